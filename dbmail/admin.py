@@ -1,0 +1,127 @@
+from django import forms
+from django.contrib import admin, messages
+from django.utils import timezone
+
+from .models import CronHeartbeat, DeliveryEvent, MessageRequest, SenderAccount, Suppression, TextOfEmail
+
+
+class SenderAccountForm(forms.ModelForm):
+    # The stored password is never shown; leaving the field empty keeps it.
+    smtp_password = forms.CharField(
+        required=False, widget=forms.PasswordInput(render_value=False), help_text="Leave empty to keep the current one."
+    )
+
+    class Meta:
+        model = SenderAccount
+        fields = "__all__"
+
+    def clean_smtp_password(self):
+        return self.cleaned_data["smtp_password"] or (self.instance.smtp_password if self.instance.pk else "")
+
+
+@admin.register(SenderAccount)
+class SenderAccountAdmin(admin.ModelAdmin):
+    form = SenderAccountForm
+    list_display = ["address", "display_name", "active", "smtp_host"]
+    list_filter = ["active"]
+    search_fields = ["address", "display_name"]
+
+
+@admin.register(MessageRequest)
+class MessageRequestAdmin(admin.ModelAdmin):
+    list_display = ["id", "subject", "sender", "recipient_set", "status", "send_at", "recipient_count", "progress"]
+    list_filter = ["status", "recipient_set", "sender"]
+    search_fields = ["subject", "creator__username"]
+    date_hierarchy = "created_at"
+    readonly_fields = ["recipient_count", "expanded_at", "checkpoint", "progress"]
+    actions = ["cancel_requests", "queue_now"]
+
+    @admin.display(description="Progress")
+    def progress(self, obj):
+        counts = obj.status_counts()
+        return ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) or "-"
+
+    def save_model(self, request, obj, form, change):
+        if not obj.creator_id:
+            obj.creator = request.user
+        super().save_model(request, obj, form, change)
+
+    @admin.action(description="Cancel (unsent emails become cancelled)")
+    def cancel_requests(self, request, queryset):
+        live = list(queryset.exclude(status=MessageRequest.Status.CANCELLED))
+        for message_request in live:
+            message_request.cancel()
+        self.message_user(request, f"Cancelled {len(live)} request(s).", messages.SUCCESS)
+
+    @admin.action(description="Send now (drafts and scheduled requests)")
+    def queue_now(self, request, queryset):
+        n = queryset.filter(status__in=[MessageRequest.Status.DRAFT, MessageRequest.Status.QUEUED]).update(
+            status=MessageRequest.Status.QUEUED, send_at=timezone.now()
+        )
+        self.message_user(request, f"{n} request(s) will go out on the next dbmail_cron run.", messages.SUCCESS)
+
+
+class DeliveryEventInline(admin.TabularInline):
+    model = DeliveryEvent
+    extra = 0
+    can_delete = False
+    fields = readonly_fields = ["at", "kind", "smtp_code", "outcome", "text"]
+
+    def has_add_permission(self, request, obj=None):
+        return False
+
+
+@admin.register(TextOfEmail)
+class TextOfEmailAdmin(admin.ModelAdmin):
+    list_display = ["id", "to_address", "subject", "status", "attempts", "next_attempt_at", "sent_at", "short_error"]
+    list_filter = ["status", "account"]
+    search_fields = ["to_address", "message_id", "subject"]
+    raw_id_fields = ["request", "user"]
+    readonly_fields = ["message_id", "claim_token", "leased_until", "created_at", "status_changed_at", "sent_at"]
+    exclude = ["raw_message"]
+    inlines = [DeliveryEventInline]
+    actions = ["cancel_emails", "retry_emails"]
+    list_select_related = ["request"]
+
+    @admin.display(description="Last error")
+    def short_error(self, obj):
+        return obj.last_error[:80]
+
+    @admin.action(description="Cancel (queued and deferred only)")
+    def cancel_emails(self, request, queryset):
+        n = TextOfEmail.cancel(queryset)
+        self.message_user(request, f"Cancelled {n} email(s).", messages.SUCCESS)
+
+    @admin.action(description="Retry now (deferred and dropped)")
+    def retry_emails(self, request, queryset):
+        n = TextOfEmail.retry_now(queryset)
+        self.message_user(request, f"{n} email(s) queued for the next run.", messages.SUCCESS)
+
+
+@admin.register(DeliveryEvent)
+class DeliveryEventAdmin(admin.ModelAdmin):
+    list_display = ["at", "email", "kind", "smtp_code", "outcome", "text"]
+    list_filter = ["kind", "outcome"]
+    search_fields = ["email__to_address", "email__message_id"]
+    raw_id_fields = ["email"]
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+
+@admin.register(Suppression)
+class SuppressionAdmin(admin.ModelAdmin):
+    list_display = ["address", "reason", "note", "created_at"]
+    list_filter = ["reason"]
+    search_fields = ["address"]
+
+
+@admin.register(CronHeartbeat)
+class CronHeartbeatAdmin(admin.ModelAdmin):
+    list_display = ["command", "host", "last_started_at", "last_success_at", "last_error"]
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False

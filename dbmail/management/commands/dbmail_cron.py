@@ -1,0 +1,84 @@
+import sys
+import time
+
+from django.core.management.base import BaseCommand, CommandError
+
+from dbmail.cron import Runner, Unreachable
+
+
+class Command(BaseCommand):
+    help = "Expand due message requests, then send due emails. Safe to run on several hosts at once."
+
+    def add_arguments(self, parser):
+        parser.add_argument("--max-seconds", type=float, help="Stop sending after this many seconds.")
+        parser.add_argument("--max-messages", type=int, help="Stop after this many send attempts.")
+        parser.add_argument("--batch-size", type=int, help="Emails claimed at a time (DBMAIL_BATCH_SIZE).")
+        parser.add_argument("--loop", action="store_true", help="Keep running (for hosts without cron).")
+        parser.add_argument("--interval", type=float, default=60, help="Seconds between runs with --loop.")
+
+    def handle(self, *args, **opts):
+        tty = sys.stderr.isatty() and opts["verbosity"] >= 1
+        self.progress = Progress(sys.stderr) if tty else None
+        self.loud = tty or opts["verbosity"] >= 2
+        runner = Runner(
+            max_seconds=opts["max_seconds"],
+            max_messages=opts["max_messages"],
+            batch_size=opts["batch_size"],
+            on_outcome=self.progress.outcome if self.progress else None,
+            on_chunk=self.progress.expanded if self.progress else None,
+        )
+        runner.install_signal_handlers()
+        if opts["loop"]:
+            runner.run_loop(opts["interval"], self.report)
+            return
+        try:
+            self.report(runner.run_once())
+        except Unreachable as exc:
+            raise CommandError(str(exc)) from exc
+
+    def report(self, outcome):
+        if self.progress:
+            self.progress.clear()
+        if isinstance(outcome, Exception):
+            self.stderr.write(f"dbmail_cron: {outcome}")
+            return
+        # Under cron, stay silent unless something failed: cron mails whatever we print.
+        failed = outcome.sent.deferred or outcome.sent.dropped
+        if self.loud or (failed and self.verbosity >= 1):
+            self.stdout.write(f"dbmail_cron: {outcome.summary()}")
+            if failed and self.verbosity >= 1:
+                for line in outcome.sent.errors:
+                    self.stdout.write(f"  {line}")
+
+    def execute(self, *args, **options):
+        self.verbosity = options.get("verbosity", 1)
+        return super().execute(*args, **options)
+
+
+class Progress:
+    """A one-line counter on a terminal, redrawn at most five times a second."""
+
+    def __init__(self, stream):
+        self.stream = stream
+        self.counts = {"expanded": 0, "sent": 0, "deferred": 0, "dropped": 0}
+        self.drawn_at = 0.0
+
+    def expanded(self, n):
+        self.counts["expanded"] += n
+        self.draw()
+
+    def outcome(self, email, outcome):
+        self.counts[outcome.status] += 1
+        self.draw()
+
+    def draw(self):
+        now = time.monotonic()
+        if now - self.drawn_at >= 0.2:
+            self.drawn_at = now
+            self.stream.write("\r" + ", ".join(f"{k} {v}" for k, v in self.counts.items()))
+            self.stream.flush()
+
+    def clear(self):
+        if self.drawn_at:
+            self.stream.write("\r\033[K")
+            self.stream.flush()

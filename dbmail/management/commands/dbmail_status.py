@@ -1,0 +1,36 @@
+from datetime import timedelta
+
+from django.conf import settings
+from django.core.management.base import BaseCommand, CommandError
+from django.db import DatabaseError
+
+from dbmail import health
+from dbmail.purge import parse_duration
+
+
+class Command(BaseCommand):
+    help = "Show the outbox: emails per status, the oldest due email, the last run. Exit 2 when mail is stuck."
+
+    def add_arguments(self, parser):
+        parser.add_argument(
+            "--stuck-after",
+            type=parse_duration,
+            default=None,
+            help="Stuck when due longer than this (e.g. 30m, 2h; default DBMAIL_STUCK_AFTER_SECONDS).",
+        )
+
+    def handle(self, *args, **opts):
+        stuck_after = opts["stuck_after"] or timedelta(seconds=settings.DBMAIL_STUCK_AFTER_SECONDS)
+        try:
+            report = health.check(stuck_after)
+        except DatabaseError as exc:
+            raise CommandError(f"cannot reach the database: {exc}") from exc
+        for status, n in sorted(report.counts.items()):
+            self.stdout.write(f"{status:<11} {n:>9}")
+        if not report.counts:
+            self.stdout.write("the outbox is empty")
+        age = f"{int(report.oldest_due_age.total_seconds())}s" if report.oldest_due_age else "none due"
+        self.stdout.write(f"oldest due: {age}")
+        self.stdout.write(f"last successful dbmail_cron: {report.last_success or 'never'}")
+        if report.stuck:
+            raise CommandError("STUCK: " + "; ".join(report.reasons), returncode=2)

@@ -1,0 +1,296 @@
+"""The outbox: requests, the emails they become, and what happened to each.
+
+A TextOfEmail's status is written only by dbmail.sending (claim and outcome),
+dbmail.expand (creation), and the cancel/retry helpers below; everything
+else reads it. See DESIGN.md for the state machine.
+"""
+
+
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.db import models
+from django.db.models import Count, Q
+from django.db.models.functions import Lower
+from django.utils import timezone
+
+
+class SenderAccount(models.Model):
+    """A From address mail may be sent from (seed 003: only configured accounts send)."""
+
+    address = models.EmailField(unique=True)
+    display_name = models.CharField(max_length=200, blank=True)
+    active = models.BooleanField(default=True)
+    # Optional own SMTP server; blank host means the site's EMAIL_* settings.
+    smtp_host = models.CharField(max_length=255, blank=True)
+    smtp_port = models.PositiveIntegerField(null=True, blank=True)
+    smtp_username = models.CharField(max_length=255, blank=True)
+    smtp_password = models.CharField(max_length=255, blank=True)
+    smtp_use_tls = models.BooleanField(default=False)
+    smtp_use_ssl = models.BooleanField(default=False)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["address"]
+
+    def __str__(self):
+        return self.from_header
+
+    def clean(self):
+        self.address = self.address.strip().lower()
+        if self.smtp_use_tls and self.smtp_use_ssl:
+            raise ValidationError("Choose TLS or SSL, not both.")
+
+    @property
+    def from_header(self):
+        from email.utils import formataddr
+
+        return formataddr((self.display_name, self.address)) if self.display_name else self.address
+
+    def connection_overrides(self):
+        """Keyword arguments for get_connection() when this account has its own server."""
+        if not self.smtp_host:
+            return {}
+        return {
+            "host": self.smtp_host,
+            "port": self.smtp_port or 25,
+            "username": self.smtp_username,
+            "password": self.smtp_password,
+            "use_tls": self.smtp_use_tls,
+            "use_ssl": self.smtp_use_ssl,
+        }
+
+
+class MessageRequest(models.Model):
+    """One "procedure" (seed 000): a composed mail and who should get it."""
+
+    class Status(models.TextChoices):
+        DRAFT = "draft"
+        QUEUED = "queued"
+        EXPANDING = "expanding"
+        EXPANDED = "expanded"
+        CANCELLED = "cancelled"
+
+    sender = models.ForeignKey(SenderAccount, on_delete=models.PROTECT, related_name="requests")
+    reply_to = models.EmailField(blank=True)
+    subject = models.CharField(max_length=998, help_text="Django template; rendered on one line.")
+    text_body = models.TextField(blank=True, help_text="Django template for the plain text part.")
+    html_body = models.TextField(blank=True, help_text="Django template for the HTML part (optional).")
+    recipient_set = models.CharField(max_length=100, help_text="A registered recipient set.")
+    recipient_params = models.JSONField(default=dict, blank=True)
+    context = models.JSONField(default=dict, blank=True, help_text="Extra template variables.")
+    creator = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)
+    send_at = models.DateTimeField(default=timezone.now, help_text="Not expanded or sent before this time.")
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.QUEUED, db_index=True)
+
+    # Expansion bookkeeping: who holds it, until when, and where it got to.
+    expand_token = models.UUIDField(null=True, blank=True, editable=False)
+    expand_lease_until = models.DateTimeField(null=True, blank=True, editable=False)
+    checkpoint = models.JSONField(null=True, blank=True, editable=False)
+    recipient_count = models.PositiveIntegerField(default=0, editable=False)
+    expanded_at = models.DateTimeField(null=True, blank=True, editable=False)
+    # Per-status counts of emails removed by dbmail_purge, so totals survive a purge.
+    purged_counts = models.JSONField(default=dict, blank=True, editable=False)
+
+    class Meta:
+        ordering = ["-created_at"]
+        indexes = [models.Index(fields=["status", "send_at"], name="dbmail_req_due")]
+
+    def __str__(self):
+        return f"#{self.pk} {self.subject[:60]}"
+
+    def clean(self):
+        from . import recipients, rendering
+
+        errors = {}
+        if not (self.text_body.strip() or self.html_body.strip()):
+            errors["text_body"] = "Write a text or an HTML body."
+        if self.sender_id and not self.sender.active:
+            errors["sender"] = "This sender account is not active."
+        try:
+            recipients.get_set(self.recipient_set)
+        except recipients.UnknownRecipientSet as exc:
+            errors["recipient_set"] = str(exc)
+        errors.update(rendering.template_errors(self))
+        if errors:
+            raise ValidationError(errors)
+
+    def status_counts(self):
+        """Emails per status, including those already purged."""
+        counts = dict(self.purged_counts or {})
+        for row in self.emails.values("status").annotate(n=Count("id")).order_by():
+            counts[row["status"]] = counts.get(row["status"], 0) + row["n"]
+        return counts
+
+    def cancel(self):
+        """Stop the request: no further expansion, and unsent emails become cancelled."""
+        updated = MessageRequest.objects.filter(pk=self.pk).exclude(status=self.Status.CANCELLED).update(
+            status=self.Status.CANCELLED, expand_token=None, expand_lease_until=None
+        )
+        self.status = self.Status.CANCELLED
+        return updated + TextOfEmail.cancel(self.emails.all())
+
+
+class TextOfEmail(models.Model):
+    """One email to one address, rendered and ready to go (seed 001's TextOfEmail)."""
+
+    class Status(models.TextChoices):
+        QUEUED = "queued"
+        SENDING = "sending"
+        SENT = "sent"
+        DEFERRED = "deferred"
+        DROPPED = "dropped"
+        CANCELLED = "cancelled"
+        DELIVERED = "delivered"
+        BOUNCED = "bounced"
+        COMPLAINED = "complained"
+
+    WAITING = (Status.QUEUED, Status.DEFERRED)
+    FINAL = (
+        Status.SENT,
+        Status.DROPPED,
+        Status.CANCELLED,
+        Status.DELIVERED,
+        Status.BOUNCED,
+        Status.COMPLAINED,
+    )
+
+    request = models.ForeignKey(
+        MessageRequest, null=True, blank=True, on_delete=models.CASCADE, related_name="emails"
+    )
+    account = models.ForeignKey(SenderAccount, null=True, blank=True, on_delete=models.PROTECT)
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
+    to_address = models.CharField(max_length=254)
+    to_name = models.CharField(max_length=200, blank=True)
+    from_header = models.CharField(max_length=400, help_text="The From header, display name included.")
+    envelope_sender = models.CharField(max_length=254, help_text="SMTP MAIL FROM; bounces go here.")
+    reply_to = models.CharField(max_length=254, blank=True)
+    subject = models.CharField(max_length=998, blank=True)
+    text = models.TextField(blank=True)
+    html = models.TextField(blank=True)
+    headers = models.JSONField(default=dict, blank=True)
+    # The complete message for forwards, which must keep their MIME structure byte for byte.
+    raw_message = models.BinaryField(null=True, blank=True)
+    message_id = models.CharField(max_length=255, unique=True)
+
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.QUEUED)
+    status_changed_at = models.DateTimeField(default=timezone.now)
+    attempts = models.PositiveIntegerField(default=0)
+    next_attempt_at = models.DateTimeField(default=timezone.now)
+    # While status is "sending": the claim's owner and when another sender may take it over.
+    claim_token = models.UUIDField(null=True, blank=True, editable=False)
+    leased_until = models.DateTimeField(null=True, blank=True)
+    sent_at = models.DateTimeField(null=True, blank=True)
+    last_error = models.TextField(blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        verbose_name = "email"
+        ordering = ["-id"]
+        constraints = [
+            # A request never yields two emails to one mailbox, whatever the case of the address.
+            models.UniqueConstraint(
+                "request",
+                Lower("to_address"),
+                condition=Q(request__isnull=False),
+                name="dbmail_one_email_per_address",
+            ),
+        ]
+        indexes = [
+            # The claim query walks these in order; partial so they stay small.
+            models.Index(fields=["next_attempt_at"], condition=Q(status__in=["queued", "deferred"]), name="dbmail_due"),
+            models.Index(fields=["leased_until"], condition=Q(status="sending"), name="dbmail_lease"),
+            models.Index(fields=["status", "status_changed_at"], name="dbmail_status"),
+            models.Index(fields=["to_address"], name="dbmail_to"),
+        ]
+
+    def __str__(self):
+        return f"{self.to_address}: {self.subject[:60]}"
+
+    @classmethod
+    def cancel(cls, emails):
+        """Cancel the waiting ones among `emails` (a queryset); return how many."""
+        now = timezone.now()
+        return emails.filter(status__in=cls.WAITING).update(
+            status=cls.Status.CANCELLED, status_changed_at=now, claim_token=None, leased_until=None
+        )
+
+    @classmethod
+    def retry_now(cls, emails):
+        """Make deferred and dropped emails due now, with a fresh attempt budget; return how many."""
+        now = timezone.now()
+        ids = list(emails.filter(status__in=[cls.Status.DEFERRED, cls.Status.DROPPED]).values_list("pk", flat=True))
+        updated = cls.objects.filter(pk__in=ids, status__in=[cls.Status.DEFERRED, cls.Status.DROPPED]).update(
+            status=cls.Status.QUEUED, status_changed_at=now, next_attempt_at=now, attempts=0
+        )
+        DeliveryEvent.objects.bulk_create(
+            DeliveryEvent(email_id=pk, kind=DeliveryEvent.Kind.ADMIN, outcome=cls.Status.QUEUED, text="retry now")
+            for pk in ids
+        )
+        return updated
+
+
+class DeliveryEvent(models.Model):
+    """The log of one email: every SMTP attempt, admin action and (later) tracking event."""
+
+    class Kind(models.TextChoices):
+        ATTEMPT = "attempt"
+        TRACKING = "tracking"
+        ADMIN = "admin"
+
+    email = models.ForeignKey(TextOfEmail, on_delete=models.CASCADE, related_name="events")
+    at = models.DateTimeField(default=timezone.now)
+    kind = models.CharField(max_length=16, choices=Kind.choices)
+    outcome = models.CharField(max_length=16, help_text="The email's status this event led to.")
+    smtp_code = models.PositiveSmallIntegerField(null=True, blank=True)
+    text = models.TextField(blank=True)
+
+    class Meta:
+        ordering = ["email", "at", "id"]
+        indexes = [models.Index(fields=["email", "at"], name="dbmail_event_email")]
+
+    def __str__(self):
+        code = f" {self.smtp_code}" if self.smtp_code else ""
+        return f"{self.at:%Y-%m-%d %H:%M:%S} {self.kind}{code} -> {self.outcome}"
+
+
+class Suppression(models.Model):
+    """Addresses that get no more mail: unsubscribed, hard-bounced, complained or blocked by hand."""
+
+    class Reason(models.TextChoices):
+        UNSUBSCRIBED = "unsubscribed"
+        BOUNCED = "bounced"
+        COMPLAINED = "complained"
+        MANUAL = "manual"
+
+    address = models.CharField(max_length=254, unique=True, help_text="Stored lower-case.")
+    reason = models.CharField(max_length=16, choices=Reason.choices, default=Reason.MANUAL)
+    note = models.CharField(max_length=500, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["address"]
+
+    def __str__(self):
+        return f"{self.address} ({self.reason})"
+
+    def save(self, *args, **kwargs):
+        self.address = self.address.strip().lower()
+        super().save(*args, **kwargs)
+
+
+class CronHeartbeat(models.Model):
+    """The last run of a command on one host, so an outage cannot go unnoticed."""
+
+    command = models.CharField(max_length=50)
+    host = models.CharField(max_length=255)
+    last_started_at = models.DateTimeField(null=True)
+    last_success_at = models.DateTimeField(null=True)
+    last_summary = models.JSONField(default=dict)
+    last_error = models.TextField(blank=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["command", "host"], name="dbmail_heartbeat_host")]
+
+    def __str__(self):
+        return f"{self.command}@{self.host}"

@@ -1,0 +1,40 @@
+"""Signed unsubscribe tokens and the headers that carry them (RFC 2369, RFC 8058).
+
+The token names the address only; it is signed with SECRET_KEY under its own
+salt, so it cannot be forged or reused for anything else, and it does not
+expire (people click year-old newsletters).
+"""
+
+from urllib.parse import quote
+
+from django.conf import settings
+from django.core import signing
+from django.urls import reverse
+
+_SALT = "dbmail.unsubscribe"
+
+
+def make_token(address):
+    return signing.Signer(salt=_SALT).sign_object({"a": address.lower()}, compress=True)
+
+
+def read_token(token):
+    """The address a token was made for, or None when it is malformed or tampered with."""
+    try:
+        data = signing.Signer(salt=_SALT).unsign_object(token)
+    except (signing.BadSignature, ValueError, TypeError):
+        return None
+    address = data.get("a") if isinstance(data, dict) else None
+    return address if isinstance(address, str) and "@" in address else None
+
+
+def unsubscribe_url(address):
+    return settings.DBMAIL_SITE_URL + reverse("dbmail:unsubscribe", args=[make_token(address)])
+
+
+def list_unsubscribe_headers(url, address):
+    mailto = f"mailto:{settings.DBMAIL_UNSUBSCRIBE_MAILTO}?subject={quote('unsubscribe ' + address)}"
+    return {
+        "List-Unsubscribe": f"<{url}>, <{mailto}>",
+        "List-Unsubscribe-Post": "List-Unsubscribe=One-Click",
+    }

@@ -1,0 +1,1 @@
+"""Inbound mail models arrive with the mailgate issue."""

@@ -1,0 +1,194 @@
+"""Settings for mailsite, read from the environment through django-environ.
+
+Every setting read here is listed in README with its default. A value that
+cannot be used stops start-up with ImproperlyConfigured naming the setting,
+so a typo in a crontab or unit file is found at once, not at 3 a.m.
+"""
+
+from email.utils import parseaddr
+from pathlib import Path
+
+import environ
+from django.core.exceptions import ImproperlyConfigured
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+VAR_DIR = BASE_DIR / "var"
+
+env = environ.Env()
+environ.Env.read_env(BASE_DIR / ".env")  # optional; absent in tests and CI
+
+
+_TRUE = {"1", "true", "yes", "on", "y", "t"}
+_FALSE = {"0", "false", "no", "off", "n", "f"}
+
+
+def setting(name, cast, default, *, minimum=None, choices=None):
+    """Read one environment setting, failing with the setting's name on bad input."""
+    raw = env.str(name, default=None)
+    if raw is None or raw == "":
+        return default
+    if cast == "bool":
+        # django-environ reads any unknown word as False; a typo must not silently turn a switch off.
+        lowered = raw.strip().lower()
+        if lowered not in _TRUE | _FALSE:
+            raise ImproperlyConfigured(f"Setting {name}={raw!r} is not a boolean (use true or false).")
+        return lowered in _TRUE
+    try:
+        value = getattr(env, cast)(name)
+    except (ValueError, TypeError, environ.ImproperlyConfigured) as exc:
+        raise ImproperlyConfigured(f"Setting {name}={raw!r} is not a valid {cast}: {exc}") from None
+    if minimum is not None and value < minimum:
+        raise ImproperlyConfigured(f"Setting {name}={raw!r} must be at least {minimum}.")
+    if choices is not None and value not in choices:
+        raise ImproperlyConfigured(f"Setting {name}={raw!r} must be one of {', '.join(choices)}.")
+    return value
+
+
+def address_setting(name, default):
+    value = setting(name, "str", default)
+    if "@" not in parseaddr(value)[1]:
+        raise ImproperlyConfigured(f"Setting {name}={value!r} is not an email address.")
+    return value
+
+
+DEBUG = setting("DEBUG", "bool", False)
+
+SECRET_KEY = env.str("SECRET_KEY", default="")
+if not SECRET_KEY:
+    if not DEBUG:
+        raise ImproperlyConfigured(
+            "Setting SECRET_KEY is required when DEBUG is off "
+            "(generate one with: python -c 'import secrets; print(secrets.token_urlsafe(50))')."
+        )
+    SECRET_KEY = "insecure-development-only-key"  # DEBUG only; never served in production
+
+ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["localhost", "127.0.0.1"] if DEBUG else [])
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "dbmail",
+    "mailgate",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "mailsite.urls"
+WSGI_APPLICATION = "mailsite.wsgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+try:
+    DATABASES = {"default": env.db("DATABASE_URL", default=f"sqlite:///{VAR_DIR / 'mailsite.sqlite3'}")}
+except (environ.ImproperlyConfigured, ValueError, KeyError) as exc:
+    raise ImproperlyConfigured(f"Setting DATABASE_URL is not a usable database URL: {exc}") from None
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    VAR_DIR.mkdir(exist_ok=True)
+    # The demo database is shared by the web server and the sender loop.
+    DATABASES["default"].setdefault("OPTIONS", {}).update({"timeout": 20, "transaction_mode": "IMMEDIATE"})
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = setting("TIME_ZONE", "str", "UTC")
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATIC_ROOT = setting("STATIC_ROOT", "str", str(VAR_DIR / "static"))
+MEDIA_ROOT = setting("MEDIA_ROOT", "str", str(VAR_DIR / "media"))
+MEDIA_URL = "media/"
+
+LOGIN_URL = "admin:login"
+
+# --- Outgoing mail transport (Django's email backends are the sending seam) ---
+EMAIL_BACKEND = setting("EMAIL_BACKEND", "str", "dbmail.backends.SMTPBackend")
+EMAIL_HOST = setting("EMAIL_HOST", "str", "localhost")
+EMAIL_PORT = setting("EMAIL_PORT", "int", 25, minimum=1)
+EMAIL_HOST_USER = setting("EMAIL_HOST_USER", "str", "")
+EMAIL_HOST_PASSWORD = setting("EMAIL_HOST_PASSWORD", "str", "")
+EMAIL_USE_TLS = setting("EMAIL_USE_TLS", "bool", False)
+EMAIL_USE_SSL = setting("EMAIL_USE_SSL", "bool", False)
+EMAIL_TIMEOUT = setting("EMAIL_TIMEOUT", "float", 30.0, minimum=0.1)
+if env.str("EMAIL_URL", default=""):
+    try:
+        _email = env.email_url("EMAIL_URL")
+    except (environ.ImproperlyConfigured, ValueError, KeyError) as exc:
+        raise ImproperlyConfigured(f"Setting EMAIL_URL is not a usable mail URL: {exc}") from None
+    if _email["EMAIL_BACKEND"] == "django.core.mail.backends.smtp.EmailBackend":
+        _email["EMAIL_BACKEND"] = EMAIL_BACKEND if "smtp" in EMAIL_BACKEND.lower() else "dbmail.backends.SMTPBackend"
+    globals().update({k: v for k, v in _email.items() if k.startswith("EMAIL_")})
+if EMAIL_USE_TLS and EMAIL_USE_SSL:
+    raise ImproperlyConfigured("Settings EMAIL_USE_TLS and EMAIL_USE_SSL cannot both be on.")
+
+DEFAULT_FROM_EMAIL = address_setting("DEFAULT_FROM_EMAIL", "mailsite <noreply@example.org>")
+SERVER_EMAIL = address_setting("SERVER_EMAIL", DEFAULT_FROM_EMAIL)
+
+# --- dbmail: the outbox ---
+# Absolute base of links in mail (unsubscribe, web version): mail is read far from the request that made it.
+DBMAIL_SITE_URL = setting("DBMAIL_SITE_URL", "str", "http://localhost:8000").rstrip("/")
+DBMAIL_SITE_NAME = setting("DBMAIL_SITE_NAME", "str", "mailsite")
+DBMAIL_MESSAGE_ID_DOMAIN = setting(
+    "DBMAIL_MESSAGE_ID_DOMAIN", "str", parseaddr(DEFAULT_FROM_EMAIL)[1].rpartition("@")[2]
+)
+DBMAIL_UNSUBSCRIBE_MAILTO = address_setting("DBMAIL_UNSUBSCRIBE_MAILTO", f"unsubscribe@{DBMAIL_MESSAGE_ID_DOMAIN}")
+DBMAIL_BATCH_SIZE = setting("DBMAIL_BATCH_SIZE", "int", 100, minimum=1)
+DBMAIL_LEASE_SECONDS = setting("DBMAIL_LEASE_SECONDS", "int", 300, minimum=1)
+DBMAIL_MAX_ATTEMPTS = setting("DBMAIL_MAX_ATTEMPTS", "int", 100, minimum=1)
+DBMAIL_RETRY_BASE_SECONDS = setting("DBMAIL_RETRY_BASE_SECONDS", "int", 300, minimum=1)
+DBMAIL_RETRY_MAX_SECONDS = setting("DBMAIL_RETRY_MAX_SECONDS", "int", 3600, minimum=1)
+DBMAIL_THROTTLE_PER_SECOND = setting("DBMAIL_THROTTLE_PER_SECOND", "float", 0.0, minimum=0)
+DBMAIL_EXPAND_CHUNK = setting("DBMAIL_EXPAND_CHUNK", "int", 2000, minimum=1)
+DBMAIL_STUCK_AFTER_SECONDS = setting("DBMAIL_STUCK_AFTER_SECONDS", "int", 3600, minimum=1)
+if DBMAIL_RETRY_MAX_SECONDS < DBMAIL_RETRY_BASE_SECONDS:
+    raise ImproperlyConfigured("Setting DBMAIL_RETRY_MAX_SECONDS must not be below DBMAIL_RETRY_BASE_SECONDS.")
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "handlers": {"console": {"class": "logging.StreamHandler"}},
+    "root": {"handlers": ["console"], "level": setting("LOG_LEVEL", "str", "WARNING")},
+}
+
+# --- Production hardening; `manage.py check --deploy` is clean with DEBUG off ---
+if not DEBUG:
+    SECURE_SSL_REDIRECT = setting("SECURE_SSL_REDIRECT", "bool", True)
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+    SESSION_COOKIE_SECURE = True
+    CSRF_COOKIE_SECURE = True
+    SECURE_HSTS_SECONDS = setting("SECURE_HSTS_SECONDS", "int", 31536000, minimum=0)
+    SECURE_HSTS_INCLUDE_SUBDOMAINS = True
+    SECURE_HSTS_PRELOAD = True
+    SECURE_CONTENT_TYPE_NOSNIFF = True
+    X_FRAME_OPTIONS = "DENY"
