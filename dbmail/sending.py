@@ -165,7 +165,12 @@ class Throttle:
 class Sender:
     """Sends claimed batches until the queue is empty or a limit is reached."""
 
-    def __init__(self, batch_size=None, max_messages=None, max_seconds=None, on_outcome=None, throttle=None):
+    def __init__(
+        self, batch_size=None, max_messages=None, max_seconds=None, on_outcome=None, throttle=None, keep_if_down=False
+    ):
+        # keep_if_down: when the server cannot be reached, give the emails back as they were
+        # (the ad-hoc path leaves them for the next cron run) instead of deferring them.
+        self.keep_if_down = keep_if_down
         self.batch_size = batch_size or settings.DBMAIL_BATCH_SIZE
         self.max_messages = max_messages
         self.deadline = time.monotonic() + max_seconds if max_seconds else None
@@ -220,6 +225,11 @@ class Sender:
                 continue
             batch.renew_if_needed()
             outcome = self._open(conn)
+            if outcome is not None and self.keep_if_down:
+                DeliveryEvent.objects.create(
+                    email_id=email.pk, kind=DeliveryEvent.Kind.ATTEMPT, outcome=Status.QUEUED, text=outcome.text
+                )
+                return  # the claim's release puts them back
             if outcome is None:
                 self.throttle.wait()
                 outcome = self._send_one(conn, email)
@@ -286,7 +296,7 @@ def send_one_now(email):
         return None  # someone else (a cron run) has it already
     claimed = TextOfEmail.objects.select_related("account").get(pk=email.pk)
     claimed.claimed_from = Status.QUEUED
-    sender = Sender(throttle=0)
+    sender = Sender(throttle=0, keep_if_down=True)
     try:
         sender.send_claim(Claim([claimed], token, lease_until))
     finally:

@@ -1,0 +1,51 @@
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from django.db import connection
+
+from .smtpserver import SMTPServer
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def smtp_server(settings):
+    """A real SMTP server on loopback, and the site's settings pointed at it."""
+    server = SMTPServer().start()
+    settings.EMAIL_BACKEND = "dbmail.backends.SMTPBackend"
+    settings.EMAIL_HOST, settings.EMAIL_PORT = server.host, server.port
+    settings.EMAIL_HOST_USER = settings.EMAIL_HOST_PASSWORD = ""
+    settings.EMAIL_USE_TLS = settings.EMAIL_USE_SSL = False
+    settings.EMAIL_TIMEOUT = 2
+    yield server
+    server.stop()
+
+
+def subprocess_env(smtp=None, **extra):
+    """Environment for a manage.py child that uses this test run's database (and SMTP server)."""
+    db = connection.settings_dict
+    env = dict(os.environ)
+    env.update(
+        DJANGO_SETTINGS_MODULE="mailsite.test_settings",
+        DATABASE_URL=f"postgres://{db['USER'] or 'postgres'}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}",
+        EMAIL_TIMEOUT="2",
+    )
+    if smtp is not None:
+        env["EMAIL_URL"] = smtp.url
+    env.update({k: str(v) for k, v in extra.items()})
+    return env
+
+
+def manage(*args, env=None, **kwargs):
+    """Run `manage.py ARGS` as a child process; returns the CompletedProcess."""
+    return subprocess.run(
+        [sys.executable, str(ROOT / "manage.py"), *args],
+        env=env or subprocess_env(),
+        capture_output=True,
+        text=True,
+        timeout=kwargs.pop("timeout", 300),
+        **kwargs,
+    )

@@ -1,0 +1,65 @@
+import factory
+from django.contrib.auth import get_user_model
+from django.contrib.auth.models import Group
+from django.utils import timezone
+
+from dbmail import rendering
+from dbmail.models import MessageRequest, SenderAccount, TextOfEmail
+
+
+class GroupFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = Group
+        django_get_or_create = ("name",)
+
+    name = factory.Sequence(lambda n: f"group{n}")
+
+
+class UserFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = get_user_model()
+        django_get_or_create = ("username",)
+
+    username = factory.Sequence(lambda n: f"user{n}")
+    first_name = factory.Faker("first_name")
+    last_name = factory.Faker("last_name")
+    email = factory.LazyAttribute(lambda u: f"{u.username}@example.org")
+    is_active = True
+
+    @factory.post_generation
+    def groups(self, create, extracted, **kwargs):
+        if create and extracted:
+            self.groups.add(*extracted)
+
+
+class SenderAccountFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = SenderAccount
+        django_get_or_create = ("address",)
+
+    address = "office@example.org"
+    display_name = "The Office"
+
+
+class MessageRequestFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = MessageRequest
+
+    sender = factory.SubFactory(SenderAccountFactory)
+    subject = "Hello {{ first_name }}"
+    text_body = "Dear {{ name }},\nyour address is {{ email }}.\n"
+    recipient_set = "all_active"
+    send_at = factory.LazyFunction(timezone.now)
+
+
+class TextOfEmailFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = TextOfEmail
+
+    account = factory.SubFactory(SenderAccountFactory)
+    to_address = factory.Sequence(lambda n: f"rcpt{n}@example.net")
+    from_header = "The Office <office@example.org>"
+    envelope_sender = "office@example.org"
+    subject = factory.Sequence(lambda n: f"Message {n}")
+    text = "Hello.\n"
+    message_id = factory.LazyFunction(rendering.new_message_id)
