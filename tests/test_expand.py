@@ -1,0 +1,169 @@
+from datetime import timedelta
+
+import pytest
+from django.contrib.auth import get_user_model
+from django.utils import timezone
+
+from dbmail import expand
+from dbmail.models import MessageRequest, Suppression, TextOfEmail
+
+from .factories import GroupFactory, MessageRequestFactory, UserFactory
+
+pytestmark = pytest.mark.django_db
+Status = TextOfEmail.Status
+
+
+def test_one_rendered_email_per_member_of_a_group():
+    teachers = GroupFactory(name="Teachers")
+    ann = UserFactory(username="ann", first_name="Ann", last_name="Smith", groups=[teachers])
+    UserFactory(username="bob", first_name="Bob", groups=[teachers])
+    UserFactory(username="outsider")
+    request = MessageRequestFactory(
+        recipient_set="groups",
+        recipient_params={"groups": ["Teachers"]},
+        subject="Hi {{ first_name }}",
+        text_body="Dear {{ name }} ({{ username }}), {{ motto }}",
+        context={"motto": "read on"},
+        reply_to="desk@example.org",
+    )
+    result = expand.expand_due()
+    assert (result.requests, result.emails) == (1, 2)
+    request.refresh_from_db()
+    assert request.status == MessageRequest.Status.EXPANDED and request.recipient_count == 2
+    email = TextOfEmail.objects.get(to_address="ann@example.org")
+    assert email.subject == "Hi Ann" and email.text == "Dear Ann Smith (ann), read on"
+    assert email.user == ann and email.to_name == "Ann Smith" and email.status == Status.QUEUED
+    assert email.from_header == "The Office <office@example.org>" and email.envelope_sender == "office@example.org"
+    assert email.reply_to == "desk@example.org"
+    assert email.headers["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+    assert "/unsubscribe/" in email.headers["List-Unsubscribe"]
+    assert len({e.message_id for e in TextOfEmail.objects.all()}) == 2
+
+
+def test_inactive_suppressed_addressless_and_repeated_are_left_out():
+    UserFactory(username="ok")
+    UserFactory(username="sleepy", is_active=False)
+    UserFactory(username="nomail", email="")
+    UserFactory(username="twin1", email="Twin@Example.org")
+    UserFactory(username="twin2", email="twin@example.ORG")
+    UserFactory(username="quiet")
+    Suppression.objects.create(address="QUIET@example.org")
+    MessageRequestFactory(recipient_set="all_active")
+    expand.expand_due()
+    assert sorted(TextOfEmail.objects.values_list("to_address", flat=True)) == [
+        "Twin@example.org",
+        "ok@example.org",
+    ]
+
+
+def test_explicit_rows_carry_their_own_variables_and_bad_rows_are_recorded():
+    MessageRequestFactory(
+        recipient_set="addresses",
+        recipient_params={
+            "rows": [
+                {"email": "ann@example.net", "name": "Ann Smith", "balance": "12.50"},
+                "plain@example.net",
+                {"email": "not-an-address", "name": "Broken"},
+                {"email": "ANN@example.net", "name": "Duplicate"},
+            ]
+        },
+        subject="Balance",
+        text_body="{{ first_name }} owes {{ balance }}",
+    )
+    expand.expand_due()
+    by_address = {e.to_address.lower(): e for e in TextOfEmail.objects.all()}
+    assert set(by_address) == {"ann@example.net", "plain@example.net", "not-an-address"}
+    assert by_address["ann@example.net"].text == "Ann owes 12.50"
+    assert by_address["plain@example.net"].text == " owes "
+    broken = by_address["not-an-address"]
+    assert broken.status == Status.DROPPED and "invalid address" in broken.last_error
+
+
+def test_a_render_error_drops_only_that_recipient():
+    MessageRequestFactory(
+        recipient_set="addresses",
+        recipient_params={"rows": [{"email": "a@example.net", "items": "xy"}, {"email": "b@example.net", "items": 3}]},
+        text_body="{% for i in items %}[{{ i }}]{% endfor %}",
+    )
+    expand.expand_due()
+    good = TextOfEmail.objects.get(to_address="a@example.net")
+    bad = TextOfEmail.objects.get(to_address="b@example.net")
+    assert (good.status, good.text) == (Status.QUEUED, "[x][y]")
+    assert bad.status == Status.DROPPED and "render error: TypeError" in bad.last_error
+
+
+def test_not_before_send_at_and_never_drafts():
+    UserFactory()
+    later = MessageRequestFactory(send_at=timezone.now() + timedelta(hours=1))
+    MessageRequestFactory(status=MessageRequest.Status.DRAFT)
+    assert expand.expand_due().requests == 0
+    later.send_at = timezone.now()
+    later.save()
+    assert expand.expand_due().requests == 1
+
+
+def test_resumes_from_the_checkpoint_after_a_crash_without_duplicates():
+    User = get_user_model()
+    User.objects.bulk_create(
+        [User(username=f"u{i:05d}", email=f"u{i:05d}@example.org", first_name=f"F{i}") for i in range(5000)]
+    )
+    request = MessageRequestFactory(recipient_set="all_active")
+    claimed = expand.claim_request()
+    chunks = []
+
+    def crash_on_third_chunk(n):
+        chunks.append(n)
+        if len(chunks) == 3:
+            raise KeyboardInterrupt("power cut")
+
+    with pytest.raises(KeyboardInterrupt):
+        expand.expand(claimed, chunk_size=1000, on_chunk=crash_on_third_chunk)
+    request.refresh_from_db()
+    assert request.status == MessageRequest.Status.EXPANDING
+    assert request.emails.count() == 3000  # the third chunk committed before the "crash" hook ran
+    assert expand.expand_due().requests == 0  # its lease still holds
+
+    MessageRequest.objects.filter(pk=request.pk).update(expand_lease_until=timezone.now())
+    result = expand.expand_due()
+    assert result.requests == 1
+    request.refresh_from_db()
+    assert request.status == MessageRequest.Status.EXPANDED and request.recipient_count == 5000
+    assert request.emails.count() == 5000
+    assert request.emails.values("to_address").distinct().count() == 5000
+
+
+def test_a_repeated_chunk_is_harmless():
+    UserFactory.create_batch(5)
+    request = MessageRequestFactory(recipient_set="all_active")
+    claimed = expand.claim_request()
+    expand.expand(claimed)
+    # As if a second expander re-ran the whole set after a lost checkpoint.
+    MessageRequest.objects.filter(pk=request.pk).update(status="expanding", checkpoint=None)
+    claimed.checkpoint = None
+    expand.expand(claimed)
+    assert request.emails.count() == 5
+
+
+def test_cancel_during_expansion_stops_it():
+    UserFactory.create_batch(30)
+    request = MessageRequestFactory(recipient_set="all_active")
+    claimed = expand.claim_request()
+    done = []
+
+    def cancel_after_first(n):
+        done.append(n)
+        if len(done) == 1:
+            MessageRequest.objects.get(pk=request.pk).cancel()
+
+    expand.expand(claimed, chunk_size=10, on_chunk=cancel_after_first)
+    request.refresh_from_db()
+    assert request.status == MessageRequest.Status.CANCELLED
+    assert len(done) == 1
+    assert set(request.emails.values_list("status", flat=True)) == {Status.CANCELLED}
+
+
+def test_two_expanders_never_hold_the_same_request():
+    MessageRequestFactory()
+    first = expand.claim_request()
+    assert first is not None
+    assert expand.claim_request() is None

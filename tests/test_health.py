@@ -1,0 +1,53 @@
+import io
+from datetime import timedelta
+
+import pytest
+from django.core.management import CommandError, call_command
+from django.utils import timezone
+
+from dbmail import health
+from dbmail.models import TextOfEmail
+
+from .factories import TextOfEmailFactory
+
+pytestmark = pytest.mark.django_db
+
+
+def status(*args):
+    out = io.StringIO()
+    call_command("dbmail_status", *args, stdout=out)
+    return out.getvalue()
+
+
+def test_reports_depth_and_is_happy_when_mail_flows():
+    TextOfEmailFactory.create_batch(2)
+    TextOfEmailFactory(status=TextOfEmail.Status.SENT)
+    health.beat("dbmail_cron", timezone.now())
+    out = status()
+    assert "queued              2" in out and "sent                1" in out
+    assert "last successful dbmail_cron: 20" in out
+
+
+def test_stuck_mail_exits_2_with_the_reason():
+    TextOfEmailFactory(next_attempt_at=timezone.now() - timedelta(hours=3))
+    health.beat("dbmail_cron", timezone.now())
+    with pytest.raises(CommandError, match="an email has been due for 3h") as exc:
+        status("--stuck-after", "2h")
+    assert exc.value.returncode == 2
+    status("--stuck-after", "4h")  # within the threshold
+
+
+def test_waiting_mail_with_no_recent_run_is_stuck():
+    TextOfEmailFactory()
+    with pytest.raises(CommandError, match="dbmail_cron last succeeded never"):
+        status()
+    health.beat("dbmail_cron", timezone.now(), error="cannot reach the SMTP server")
+    with pytest.raises(CommandError, match="never"):
+        status()  # a failing run is not a success
+
+
+def test_a_long_dead_lease_is_stuck():
+    TextOfEmailFactory(status=TextOfEmail.Status.SENDING, leased_until=timezone.now() - timedelta(hours=2))
+    health.beat("dbmail_cron", timezone.now())
+    with pytest.raises(CommandError, match="lease ran out"):
+        status("--stuck-after", "1h")

@@ -1,0 +1,42 @@
+import io
+from datetime import timedelta
+
+import pytest
+from django.core.management import CommandError, call_command
+from django.utils import timezone
+
+from dbmail.models import DeliveryEvent, TextOfEmail
+from dbmail.purge import parse_duration
+
+from .factories import MessageRequestFactory, TextOfEmailFactory
+
+pytestmark = pytest.mark.django_db
+Status = TextOfEmail.Status
+
+
+def test_purge_removes_old_finished_mail_and_keeps_request_totals():
+    request = MessageRequestFactory(status="expanded")
+    old = timezone.now() - timedelta(days=10)
+    for status in (Status.SENT, Status.SENT, Status.DROPPED, Status.CANCELLED):
+        email = TextOfEmailFactory(request=request, status=status, status_changed_at=old)
+        DeliveryEvent.objects.create(email=email, kind="attempt", outcome=status)
+    recent = TextOfEmailFactory(request=request, status=Status.SENT)
+    waiting = TextOfEmailFactory(request=request, status=Status.DEFERRED, status_changed_at=old)
+    out = io.StringIO()
+    call_command("dbmail_purge", "--older-than", "7d", stdout=out)
+    assert "removed 4" in out.getvalue()
+    assert set(TextOfEmail.objects.values_list("pk", flat=True)) == {recent.pk, waiting.pk}
+    assert not DeliveryEvent.objects.exists()
+    request.refresh_from_db()
+    assert request.status_counts() == {"sent": 3, "dropped": 1, "cancelled": 1, "deferred": 1}
+
+
+def test_durations():
+    assert parse_duration("7d") == timedelta(days=7)
+    assert parse_duration("12h") == timedelta(hours=12)
+    assert parse_duration(" 30m ") == timedelta(minutes=30)
+    assert parse_duration("2w") == timedelta(weeks=2)
+    with pytest.raises(ValueError):
+        parse_duration("soon")
+    with pytest.raises(CommandError, match="--older-than"):
+        call_command("dbmail_purge", "--older-than", "soon")

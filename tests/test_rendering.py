@@ -1,0 +1,60 @@
+import pytest
+
+from dbmail import rendering
+from dbmail.models import MessageRequest
+from dbmail.recipients import Recipient
+
+
+def compiled(subject="S", text="", html="", context=None):
+    return rendering.CompiledRequest(
+        MessageRequest(subject=subject, text_body=text, html_body=html, context=context or {})
+    )
+
+
+def render(recipient=None, **kwargs):
+    c = compiled(**kwargs)
+    rcpt = recipient or Recipient(email="ann@example.org", name="Ann <Smith>", first_name="Ann", last_name="Smith")
+    return c.render(c.context_for(rcpt, "https://x/unsub/1/"))
+
+
+def test_subject_is_one_line_and_not_escaped():
+    out = render(subject="Hello {{ name }},\n  news &\tmore", text="x")
+    assert out.subject == "Hello Ann <Smith>, news & more"
+
+
+def test_text_is_not_escaped_and_html_is():
+    out = render(text="{{ name }} {{ unsubscribe_url }}", html="<p>{{ name }}</p>")
+    assert out.text == "Ann <Smith> https://x/unsub/1/"
+    assert out.html == "<p>Ann &lt;Smith&gt;</p>"
+
+
+def test_html_only_gets_a_text_part():
+    out = render(html="<h1>News</h1><p>Read <a href='https://e.org/a'>this</a>.<br>Bye</p><style>p{}</style>")
+    assert out.text == "News\n\nRead this (https://e.org/a).\nBye\n"
+
+
+def test_context_has_plain_values_with_recipient_over_request_over_site(settings):
+    settings.DBMAIL_SITE_NAME = "Physics"
+    c = compiled(context={"site_name": "Override", "email": "spoof@x", "term": "spring"})
+    ctx = c.context_for(Recipient(email="ann@example.org", variables={"term": "autumn"}), "")
+    assert ctx["site_name"] == "Override" and ctx["email"] == "ann@example.org" and ctx["term"] == "autumn"
+    assert all(isinstance(v, (str, int, float, bool, type(None))) for v in ctx.values())
+
+
+def test_templates_cannot_load_site_templates():
+    with pytest.raises(rendering.RenderError):
+        render(text="{% include 'base.html' %}")
+
+
+def test_template_errors_name_the_line():
+    request = MessageRequest(subject="ok", text_body="line one\n{% if %}\n", html_body="<p>{{ a|nosuchfilter }}</p>")
+    errors = rendering.template_errors(request)
+    assert set(errors) == {"text_body", "html_body"}
+    assert "line 2" in errors["text_body"]
+    assert "nosuchfilter" in errors["html_body"] and "line 1" in errors["html_body"]
+
+
+def test_message_ids_are_unique_and_use_the_configured_domain(settings):
+    settings.DBMAIL_MESSAGE_ID_DOMAIN = "mail.example.org"
+    ids = {rendering.new_message_id() for _ in range(1000)}
+    assert len(ids) == 1000 and all(i.endswith("@mail.example.org>") for i in ids)
