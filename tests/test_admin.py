@@ -1,0 +1,74 @@
+import pytest
+from django.urls import reverse
+
+from dbmail.models import TextOfEmail
+
+from .factories import MessageRequestFactory, TextOfEmailFactory, UserFactory
+
+pytestmark = pytest.mark.django_db
+Status = TextOfEmail.Status
+
+
+@pytest.fixture
+def admin_client(client):
+    user = UserFactory(username="root", is_staff=True, is_superuser=True)
+    client.force_login(user)
+    return client
+
+
+@pytest.mark.parametrize(
+    "model", ["senderaccount", "messagerequest", "textofemail", "deliveryevent", "suppression", "cronheartbeat"]
+)
+def test_every_model_has_a_working_admin_list(admin_client, model):
+    MessageRequestFactory()
+    TextOfEmailFactory(to_address="find.me@example.net")
+    response = admin_client.get(reverse(f"admin:dbmail_{model}_changelist"))
+    assert response.status_code == 200
+
+
+def test_email_search_status_filter_and_detail(admin_client):
+    email = TextOfEmailFactory(to_address="find.me@example.net", status=Status.DEFERRED, last_error="451 later")
+    TextOfEmailFactory(to_address="other@example.net")
+    url = reverse("admin:dbmail_textofemail_changelist")
+    found = admin_client.get(url, {"q": "find.me"}).content.decode()
+    assert "find.me@example.net" in found and "other@example.net" not in found
+    filtered = admin_client.get(url, {"status__exact": "deferred"}).content.decode()
+    assert "find.me@example.net" in filtered and "other@example.net" not in filtered
+    detail = admin_client.get(reverse("admin:dbmail_textofemail_change", args=[email.pk]))
+    assert detail.status_code == 200
+
+
+def test_retry_and_cancel_actions(admin_client):
+    dropped = TextOfEmailFactory(status=Status.DROPPED)
+    queued = TextOfEmailFactory()
+    url = reverse("admin:dbmail_textofemail_changelist")
+    admin_client.post(url, {"action": "retry_emails", "_selected_action": [dropped.pk]})
+    admin_client.post(url, {"action": "cancel_emails", "_selected_action": [queued.pk]})
+    dropped.refresh_from_db()
+    queued.refresh_from_db()
+    assert dropped.status == Status.QUEUED and queued.status == Status.CANCELLED
+
+
+def test_request_cancel_action(admin_client):
+    request = MessageRequestFactory(status="expanded")
+    email = TextOfEmailFactory(request=request)
+    admin_client.post(
+        reverse("admin:dbmail_messagerequest_changelist"),
+        {"action": "cancel_requests", "_selected_action": [request.pk]},
+    )
+    email.refresh_from_db()
+    assert email.status == Status.CANCELLED
+
+
+def test_sender_password_is_never_shown(admin_client):
+    from .factories import SenderAccountFactory
+
+    account = SenderAccountFactory(smtp_host="relay", smtp_password="hunter2-secret")
+    page = admin_client.get(reverse("admin:dbmail_senderaccount_change", args=[account.pk])).content.decode()
+    assert "hunter2-secret" not in page
+
+
+def test_non_staff_get_nothing(client):
+    client.force_login(UserFactory(username="plain"))
+    response = client.get(reverse("admin:dbmail_textofemail_changelist"))
+    assert response.status_code == 302 and "/login/" in response["Location"]

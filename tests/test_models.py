@@ -1,0 +1,81 @@
+import pytest
+from django.core.exceptions import ValidationError
+from django.db import IntegrityError
+
+from dbmail.models import DeliveryEvent, MessageRequest, SenderAccount, Suppression, TextOfEmail
+
+from .factories import MessageRequestFactory, SenderAccountFactory, TextOfEmailFactory
+
+pytestmark = pytest.mark.django_db
+Status = TextOfEmail.Status
+
+
+def test_one_email_per_address_per_request_whatever_the_case():
+    request = MessageRequestFactory()
+    TextOfEmailFactory(request=request, to_address="Ann@example.org")
+    with pytest.raises(IntegrityError):
+        TextOfEmailFactory(request=request, to_address="ann@EXAMPLE.org")
+
+
+def test_ad_hoc_emails_may_repeat_an_address():
+    TextOfEmailFactory(to_address="ann@example.org")
+    TextOfEmailFactory(to_address="ann@example.org")
+    assert TextOfEmail.objects.count() == 2
+
+
+def test_clean_reports_template_errors_with_lines_and_missing_bodies():
+    request = MessageRequestFactory.build(
+        sender=SenderAccountFactory(), subject="{% if %}", text_body="", html_body="", recipient_set="nosuch"
+    )
+    with pytest.raises(ValidationError) as exc:
+        request.full_clean()
+    errors = exc.value.message_dict
+    assert "line 1" in errors["subject"][0]
+    assert "Write a text or an HTML body." in errors["text_body"]
+    assert "nosuch" in errors["recipient_set"][0]
+
+
+def test_inactive_sender_is_refused():
+    request = MessageRequestFactory.build(sender=SenderAccountFactory(active=False))
+    with pytest.raises(ValidationError, match="not active"):
+        request.full_clean()
+
+
+def test_cancel_covers_waiting_emails_only():
+    request = MessageRequestFactory(status="expanded")
+    queued = TextOfEmailFactory(request=request)
+    deferred = TextOfEmailFactory(request=request, status=Status.DEFERRED)
+    sent = TextOfEmailFactory(request=request, status=Status.SENT)
+    request.cancel()
+    statuses = {e.pk: e.status for e in TextOfEmail.objects.all()}
+    assert statuses == {queued.pk: Status.CANCELLED, deferred.pk: Status.CANCELLED, sent.pk: Status.SENT}
+    assert MessageRequest.objects.get().status == MessageRequest.Status.CANCELLED
+
+
+def test_retry_now_requeues_deferred_and_dropped_with_a_fresh_budget():
+    dropped = TextOfEmailFactory(status=Status.DROPPED, attempts=100)
+    deferred = TextOfEmailFactory(status=Status.DEFERRED, attempts=3)
+    sent = TextOfEmailFactory(status=Status.SENT)
+    assert TextOfEmail.retry_now(TextOfEmail.objects.all()) == 2
+    for email in (dropped, deferred):
+        email.refresh_from_db()
+        assert (email.status, email.attempts) == (Status.QUEUED, 0)
+        assert email.events.get().kind == DeliveryEvent.Kind.ADMIN
+    sent.refresh_from_db()
+    assert sent.status == Status.SENT
+
+
+def test_suppression_is_stored_lowercase_and_unique():
+    Suppression.objects.create(address=" Ann@Example.ORG ")
+    assert Suppression.objects.get().address == "ann@example.org"
+    with pytest.raises(IntegrityError):
+        Suppression.objects.create(address="ANN@example.org")
+
+
+def test_sender_account_with_own_server_gives_connection_overrides():
+    plain = SenderAccount(address="a@example.org")
+    own = SenderAccount(address="b@example.org", smtp_host="relay", smtp_username="u", smtp_password="p")
+    assert plain.connection_overrides() == {}
+    assert own.connection_overrides()["host"] == "relay" and own.connection_overrides()["port"] == 25
+    with pytest.raises(ValidationError):
+        SenderAccount(address="c@example.org", smtp_use_tls=True, smtp_use_ssl=True).full_clean()

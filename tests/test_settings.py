@@ -1,0 +1,64 @@
+"""Start-up fails on bad settings, naming the setting; production settings pass check --deploy."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from .conftest import ROOT
+
+PRODUCTION = {
+    "DJANGO_SETTINGS_MODULE": "mailsite.settings",
+    "DEBUG": "false",
+    "SECRET_KEY": "x" * 60 + "-production-like-but-not-a-real-secret",
+    "ALLOWED_HOSTS": "mail.example.org",
+    "DATABASE_URL": "sqlite:////tmp/mailsite-settings-test.sqlite3",
+}
+
+
+def run_manage(*args, **env):
+    # A clean environment: the test run's own settings variables must not leak in.
+    full = {k: os.environ[k] for k in ("PATH", "HOME", "LANG") if k in os.environ}
+    full.update(PRODUCTION)
+    full.update(env)
+    full = {k: v for k, v in full.items() if v is not None}
+    return subprocess.run(
+        [sys.executable, str(ROOT / "manage.py"), *args], env=full, capture_output=True, text=True, timeout=60
+    )
+
+
+def test_production_settings_pass_check_deploy():
+    done = run_manage("check", "--deploy", "--fail-level", "WARNING")
+    assert done.returncode == 0, done.stderr
+    assert "no issues" in done.stdout
+
+
+@pytest.mark.parametrize(
+    "name,value,message",
+    [
+        ("SECRET_KEY", None, "SECRET_KEY is required when DEBUG is off"),
+        ("DBMAIL_BATCH_SIZE", "ten", "DBMAIL_BATCH_SIZE='ten' is not a valid int"),
+        ("DBMAIL_LEASE_SECONDS", "0", "DBMAIL_LEASE_SECONDS='0' must be at least 1"),
+        ("DEBUG", "maybe", "DEBUG='maybe' is not a boolean"),
+        ("EMAIL_PORT", "smtp", "EMAIL_PORT='smtp' is not a valid int"),
+        ("DEFAULT_FROM_EMAIL", "nobody", "DEFAULT_FROM_EMAIL='nobody' is not an email address"),
+        ("DBMAIL_RETRY_MAX_SECONDS", "10", "DBMAIL_RETRY_MAX_SECONDS must not be below"),
+        ("EMAIL_URL", "smtp://host:port", "EMAIL_URL"),
+    ],
+)
+def test_a_bad_setting_stops_start_up_naming_it(name, value, message):
+    done = run_manage("check", **{name: value})
+    assert done.returncode != 0
+    assert "ImproperlyConfigured" in done.stderr and message in done.stderr
+
+
+def test_tls_and_ssl_together_are_refused():
+    done = run_manage("check", EMAIL_USE_TLS="true", EMAIL_USE_SSL="true")
+    assert done.returncode != 0 and "EMAIL_USE_TLS and EMAIL_USE_SSL" in done.stderr
+
+
+def test_email_url_sets_the_smtp_settings():
+    code = "from django.conf import settings as s; print(s.EMAIL_HOST, s.EMAIL_PORT, s.EMAIL_HOST_USER, s.EMAIL_BACKEND)"
+    done = run_manage("shell", "--no-imports", "-c", code, EMAIL_URL="smtp://u:p@relay.example.org:2525")
+    assert done.stdout.split() == ["relay.example.org", "2525", "u", "dbmail.backends.SMTPBackend"], done.stderr
