@@ -198,7 +198,9 @@ class TextOfEmail(models.Model):
         ]
         indexes = [
             # The claim query walks these in order; partial so they stay small.
-            models.Index(fields=["next_attempt_at"], condition=Q(status__in=["queued", "deferred"]), name="dbmail_due"),
+            models.Index(
+                fields=["next_attempt_at", "id"], condition=Q(status__in=["queued", "deferred"]), name="dbmail_due"
+            ),
             models.Index(fields=["leased_until"], condition=Q(status="sending"), name="dbmail_lease"),
             models.Index(fields=["status", "status_changed_at"], name="dbmail_status"),
             models.Index(fields=["to_address"], name="dbmail_to"),

@@ -1,27 +1,19 @@
-"""Claim, send, record: the only code that moves an email out of the queue.
+"""The send loop: claim a batch, send each email over one connection, record each answer.
 
-A claim takes due rows with SELECT ... FOR UPDATE SKIP LOCKED and marks them
-"sending" under this run's token with a lease. Rows whose lease ran out
-(their sender died) are due again. Each outcome is committed right after the
-server's answer to that message, so a sender killed mid-batch can cause at
-most the message in flight to be sent twice. Every write is guarded by the
-claim token: a sender that lost its lease can never overwrite another's work.
+One broken email never stops the rest: whatever goes wrong with one message
+becomes that message's outcome (retry.classify). Only an unreachable server
+stops a batch, and then the remaining emails are deferred, never dropped.
 """
 
 import logging
 import time
-import uuid
 from dataclasses import dataclass, field
-from datetime import timedelta
 from itertools import groupby
 
 from django.conf import settings
 from django.core.mail import get_connection
-from django.db import transaction
-from django.db.models import F
-from django.utils import timezone
 
-from . import retry
+from . import claims, mime, outcomes, retry
 from .message import to_email_message
 from .models import DeliveryEvent, TextOfEmail
 
@@ -48,104 +40,6 @@ class SendResult:
         return self.connect_failures > 0 and self.connections == 0
 
 
-class Claim:
-    """A batch of rows held by this process under one token."""
-
-    def __init__(self, emails, token, lease_until):
-        self.emails = emails
-        self.token = token
-        self.lease_until = lease_until
-        self.open_ids = {e.pk for e in emails}  # claimed and not yet recorded
-
-    def renew_if_needed(self):
-        """Extend the lease on the rows still to send when half of it has passed."""
-        lease = timedelta(seconds=settings.DBMAIL_LEASE_SECONDS)
-        now = timezone.now()
-        if self.lease_until - now > lease / 2 or not self.open_ids:
-            return
-        self.lease_until = now + lease
-        TextOfEmail.objects.filter(pk__in=self.open_ids, claim_token=self.token).update(
-            leased_until=self.lease_until
-        )
-
-    def release(self):
-        """Give unsent rows back untouched (a clean stop is not an attempt)."""
-        if not self.open_ids:
-            return
-        for status in (Status.QUEUED, Status.DEFERRED):
-            ids = [e.pk for e in self.emails if e.pk in self.open_ids and e.claimed_from == status]
-            if ids:
-                TextOfEmail.objects.filter(pk__in=ids, claim_token=self.token).update(
-                    status=status, claim_token=None, leased_until=None, attempts=F("attempts") - 1
-                )
-        self.open_ids.clear()
-
-
-def claim(limit, now=None):
-    """Claim up to `limit` due emails for this process; returns a Claim (maybe empty)."""
-    now = now or timezone.now()
-    token = uuid.uuid4()
-    lease_until = now + timedelta(seconds=settings.DBMAIL_LEASE_SECONDS)
-    with transaction.atomic():
-        # Two ordered index scans rather than one OR, so neither sorts the whole queue.
-        due = TextOfEmail.objects.select_for_update(skip_locked=True).filter(
-            status__in=TextOfEmail.WAITING, next_attempt_at__lte=now
-        )
-        stale = TextOfEmail.objects.select_for_update(skip_locked=True).filter(
-            status=Status.SENDING, leased_until__lte=now
-        )
-        picked = dict(stale.order_by("leased_until").values_list("pk", "status")[:limit])
-        if len(picked) < limit:
-            picked.update(due.order_by("next_attempt_at", "pk").values_list("pk", "status")[: limit - len(picked)])
-        if not picked:
-            return Claim([], token, lease_until)
-        # Re-checking the state makes this safe where SKIP LOCKED is a no-op (SQLite).
-        TextOfEmail.objects.filter(pk__in=list(picked)).filter(
-            status__in=[*TextOfEmail.WAITING, Status.SENDING]
-        ).exclude(status=Status.SENDING, leased_until__gt=now).update(
-            status=Status.SENDING,
-            claim_token=token,
-            leased_until=lease_until,
-            attempts=F("attempts") + 1,
-            status_changed_at=now,
-        )
-    emails = list(TextOfEmail.objects.filter(claim_token=token).select_related("account").order_by("account_id", "pk"))
-    for email in emails:
-        # A row whose sender died counts as deferred when given back.
-        email.claimed_from = picked.get(email.pk) if picked.get(email.pk) != Status.SENDING else Status.DEFERRED
-    return Claim(emails, token, lease_until)
-
-
-def record(email, token, outcome, now=None):
-    """Commit one email's outcome and its log row, right after the server's answer."""
-    now = now or timezone.now()
-    outcome = retry.give_up(outcome, email.attempts)
-    changes = {
-        "status": outcome.status,
-        "status_changed_at": now,
-        "claim_token": None,
-        "leased_until": None,
-        "last_error": "" if outcome.status == Status.SENT else outcome.text[:2000],
-    }
-    if outcome.status == Status.SENT:
-        changes["sent_at"] = now
-    elif outcome.status == Status.DEFERRED:
-        changes["next_attempt_at"] = now + retry.backoff(email.attempts)
-    with transaction.atomic():
-        held = TextOfEmail.objects.filter(pk=email.pk, claim_token=token).update(**changes)
-        DeliveryEvent.objects.create(
-            email_id=email.pk,
-            at=now,
-            kind=DeliveryEvent.Kind.ATTEMPT,
-            outcome=outcome.status if held else "lost-lease",
-            smtp_code=outcome.code,
-            text=outcome.text[:2000],
-        )
-    if not held:
-        log.warning("email %s: lease lost before its outcome (%s) was recorded", email.pk, outcome.status)
-    return outcome
-
-
 class Throttle:
     """Caps messages per second for relays with quotas (0 = no cap)."""
 
@@ -166,19 +60,28 @@ class Sender:
     """Sends claimed batches until the queue is empty or a limit is reached."""
 
     def __init__(
-        self, batch_size=None, max_messages=None, max_seconds=None, on_outcome=None, throttle=None, keep_if_down=False
+        self,
+        batch_size=None,
+        max_messages=None,
+        max_seconds=None,
+        on_outcome=None,
+        throttle=None,
+        keep_if_down=False,
+        only=None,
     ):
-        # keep_if_down: when the server cannot be reached, give the emails back as they were
-        # (the ad-hoc path leaves them for the next cron run) instead of deferring them.
-        self.keep_if_down = keep_if_down
         self.batch_size = batch_size or settings.DBMAIL_BATCH_SIZE
         self.max_messages = max_messages
         self.deadline = time.monotonic() + max_seconds if max_seconds else None
         self.on_outcome = on_outcome
         self.throttle = Throttle(settings.DBMAIL_THROTTLE_PER_SECOND if throttle is None else throttle)
+        # keep_if_down: when the server cannot be reached, give the emails back untouched
+        # (the ad-hoc path leaves them for the next cron run) instead of deferring them.
+        self.keep_if_down = keep_if_down
+        self.only = only  # restrict claims to this queryset (e.g. one sender's mail)
         self.result = SendResult()
         self.stopping = False
         self._connections = {}
+        self._recorder = None
 
     def _limit_reached(self):
         if self.stopping or (self.deadline and time.monotonic() >= self.deadline):
@@ -191,7 +94,7 @@ class Sender:
                 limit = self.batch_size
                 if self.max_messages is not None:
                     limit = min(limit, self.max_messages - self.result.attempted)
-                batch = claim(limit)
+                batch = claims.claim(limit, only=self.only)
                 if not batch.emails:
                     break
                 self.send_claim(batch)
@@ -200,8 +103,10 @@ class Sender:
         return self.result
 
     def send_claim(self, batch):
+        if self._recorder is None:
+            self._recorder = outcomes.recorder()
         try:
-            for account_id, emails in groupby(batch.emails, key=lambda e: e.account_id):
+            for _, emails in groupby(batch.emails, key=lambda e: e.account_id):
                 self._send_group(batch, list(emails))
         finally:
             batch.release()
@@ -253,7 +158,11 @@ class Sender:
 
     def _send_one(self, conn, email):
         try:
-            if not to_email_message(email, conn).send():
+            # Our SMTP backend takes finished bytes; any other backend gets a Django EmailMessage.
+            data = mime.compose(email) if hasattr(conn, "send_prepared") else None
+            if data is not None:
+                conn.send_prepared(email.envelope_sender, [email.to_address], data)
+            elif not to_email_message(email, conn).send():
                 return retry.Outcome("dropped", None, "the email backend sent nothing (no recipient?)")
         except Exception as exc:
             return retry.classify(exc)
@@ -262,7 +171,7 @@ class Sender:
         return retry.Outcome("sent", code, text)
 
     def _finish(self, batch, email, outcome):
-        outcome = record(email, batch.token, outcome)
+        outcome = self._recorder.submit(email, batch.token, outcome)
         batch.open_ids.discard(email.pk)
         setattr(self.result, outcome.status, getattr(self.result, outcome.status) + 1)
         if outcome.status != Status.SENT and len(self.result.errors) < 20:
@@ -277,6 +186,9 @@ class Sender:
             except Exception:  # closing a dead connection must not hide the run's result
                 pass
         self._connections.clear()
+        if self._recorder is not None:
+            recorder, self._recorder = self._recorder, None
+            recorder.close()
 
 
 def send_due(**kwargs):
@@ -284,21 +196,14 @@ def send_due(**kwargs):
 
 
 def send_one_now(email):
-    """Claim one specific queued email and send it at once (the ad-hoc path)."""
-    now = timezone.now()
-    token = uuid.uuid4()
-    lease_until = now + timedelta(seconds=settings.DBMAIL_LEASE_SECONDS)
-    taken = TextOfEmail.objects.filter(pk=email.pk, status=Status.QUEUED).update(
-        status=Status.SENDING, claim_token=token, leased_until=lease_until, attempts=F("attempts") + 1,
-        status_changed_at=now,
-    )
-    if not taken:
-        return None  # someone else (a cron run) has it already
-    claimed = TextOfEmail.objects.select_related("account").get(pk=email.pk)
-    claimed.claimed_from = Status.QUEUED
+    """Send one specific queued email at once (the ad-hoc path); None if a cron run has it."""
+    batch = claims.claim_one(email)
+    if batch is None:
+        return None
     sender = Sender(throttle=0, keep_if_down=True)
+    sender._recorder = outcomes.InlineRecorder()  # one message: no thread, and the caller sees the result
     try:
-        sender.send_claim(Claim([claimed], token, lease_until))
+        sender.send_claim(batch)
     finally:
         sender.close()
     email.refresh_from_db()

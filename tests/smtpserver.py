@@ -68,6 +68,12 @@ class ScriptedHandler:
             return "421 4.4.2 gone"
         return step
 
+    async def handle_EHLO(self, smtp, session, envelope, hostname, responses):
+        session.host_name = hostname
+        if self.server.pipelining:  # as Postfix and Exim do; turn off to test the classic path
+            responses.insert(-1, "250-PIPELINING")
+        return responses
+
     async def handle_RCPT(self, smtp, session, envelope, address, rcpt_options):
         step = self._act("rcpt", session, address)
         answer = await self._apply(step, smtp)
@@ -97,6 +103,7 @@ class SMTPServer:
     port: int = 0
     delay: float = 0.0  # seconds before each DATA answer (to keep a sender mid-batch)
     timeout_seconds: float = 5.0
+    pipelining: bool = True
     received: list = field(default_factory=list)
     refused: list = field(default_factory=list)
     rules: dict = field(default_factory=dict)

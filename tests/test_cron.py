@@ -17,7 +17,7 @@ def run_cron(*args):
     return out.getvalue(), err.getvalue()
 
 
-@pytest.mark.django_db
+@pytest.mark.django_db(transaction=True)
 def test_cron_expands_then_sends_and_records_the_run(smtp_server):
     UserFactory.create_batch(3)
     MessageRequestFactory(recipient_set="all_active")
@@ -30,7 +30,7 @@ def test_cron_expands_then_sends_and_records_the_run(smtp_server):
     assert beat.last_success_at and beat.last_summary["sent"] == 4 and beat.last_error == ""
 
 
-@pytest.mark.django_db
+@pytest.mark.django_db(transaction=True)
 def test_cron_is_silent_unless_something_failed(smtp_server):
     TextOfEmailFactory()
     assert run_cron() == ("", "")  # not a terminal, nothing failed: cron mails nothing
@@ -40,7 +40,7 @@ def test_cron_is_silent_unless_something_failed(smtp_server):
     assert "dropped 1" in out and "x@example.net: 5.1.1 unknown" in out
 
 
-@pytest.mark.django_db
+@pytest.mark.django_db(transaction=True)
 def test_cron_fails_when_the_smtp_server_cannot_be_reached(settings):
     settings.EMAIL_HOST, settings.EMAIL_PORT, settings.EMAIL_TIMEOUT = "127.0.0.1", 9, 1
     settings.EMAIL_BACKEND = "dbmail.backends.SMTPBackend"
@@ -52,7 +52,7 @@ def test_cron_fails_when_the_smtp_server_cannot_be_reached(settings):
     assert TextOfEmail.objects.get().status == Status.DEFERRED
 
 
-@pytest.mark.django_db
+@pytest.mark.django_db(transaction=True)
 def test_limits(smtp_server):
     TextOfEmailFactory.create_batch(5)
     run_cron("--max-messages", "2", "--batch-size", "1")
@@ -96,7 +96,7 @@ def test_loop_stops_cleanly_on_sigterm(smtp_server):
     assert "sent 3" in out and "sent 1" in out
 
 
-@pytest.mark.django_db
+@pytest.mark.django_db(transaction=True)
 def test_a_cancelled_request_sends_nothing(smtp_server):
     UserFactory.create_batch(2)
     request = MessageRequestFactory(recipient_set="all_active")

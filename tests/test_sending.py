@@ -10,7 +10,8 @@ from dbmail.models import DeliveryEvent, TextOfEmail
 from .factories import SenderAccountFactory, TextOfEmailFactory
 from .smtpserver import SMTPServer
 
-pytestmark = pytest.mark.django_db
+# Transactional: on PostgreSQL outcomes are committed by a writer thread with its own connection.
+pytestmark = pytest.mark.django_db(transaction=True)
 Status = TextOfEmail.Status
 
 
@@ -170,52 +171,6 @@ def test_sender_account_with_its_own_server(smtp_server):
         assert [m.message_id for m in smtp_server.received] == [site.message_id]
     finally:
         own.stop()
-
-
-def test_claim_skips_live_leases_and_takes_expired_ones():
-    live = TextOfEmailFactory()
-    dead = TextOfEmailFactory()
-    first = sending.claim(10)
-    assert {e.pk for e in first.emails} == {live.pk, dead.pk}
-    assert sending.claim(10).emails == []  # both held
-    TextOfEmail.objects.filter(pk=dead.pk).update(leased_until=timezone.now() - timedelta(seconds=1))
-    second = sending.claim(10)
-    assert [e.pk for e in second.emails] == [dead.pk]
-    dead.refresh_from_db()
-    assert dead.attempts == 2 and dead.claim_token == second.token
-
-
-def test_an_outcome_under_a_lost_claim_changes_nothing():
-    email = TextOfEmailFactory()
-    stale = sending.claim(1)
-    TextOfEmail.objects.filter(pk=email.pk).update(leased_until=timezone.now() - timedelta(seconds=1))
-    fresh = sending.claim(1)
-    sending.record(stale.emails[0], stale.token, retry.Outcome("dropped", 550, "late answer"))
-    email.refresh_from_db()
-    assert email.status == Status.SENDING and email.claim_token == fresh.token
-    assert email.events.get().outcome == "lost-lease"
-
-
-def test_release_gives_unsent_rows_back_as_they_were():
-    queued = TextOfEmailFactory()
-    deferred = TextOfEmailFactory(status=Status.DEFERRED, attempts=2)
-    claim = sending.claim(10)
-    claim.release()
-    queued.refresh_from_db()
-    deferred.refresh_from_db()
-    assert (queued.status, queued.attempts) == (Status.QUEUED, 0)
-    assert (deferred.status, deferred.attempts) == (Status.DEFERRED, 2)
-    assert queued.claim_token is None and deferred.leased_until is None
-
-
-def test_lease_is_renewed_when_half_spent(settings):
-    settings.DBMAIL_LEASE_SECONDS = 100
-    email = TextOfEmailFactory()
-    claim = sending.claim(1)
-    claim.lease_until = timezone.now() + timedelta(seconds=10)  # as if 90 s had passed
-    claim.renew_if_needed()
-    email.refresh_from_db()
-    assert email.leased_until > timezone.now() + timedelta(seconds=95)
 
 
 def test_max_messages_limits_the_run(smtp_server):

@@ -68,7 +68,7 @@ def test_four_senders_deliver_every_email_exactly_once(smtp_server):
     assert len({m.rcpt_tos[0] for m in smtp_server.received}) == 2000
 
 
-def test_a_killed_sender_loses_nothing_and_duplicates_at_most_the_message_in_flight(smtp_server):
+def test_a_killed_sender_loses_nothing_and_duplicates_at_most_the_window(smtp_server, settings):
     expected = queue(300)
     smtp_server.delay = 0.01  # keep the sender mid-batch when it is killed
     env = subprocess_env(smtp_server, DBMAIL_LEASE_SECONDS=5)
@@ -94,7 +94,8 @@ def test_a_killed_sender_loses_nothing_and_duplicates_at_most_the_message_in_fli
     received = Counter(m.message_id for m in smtp_server.received)
     assert set(received) == expected  # none lost
     duplicates = sum(n - 1 for n in received.values())
-    assert duplicates <= 1  # only the message whose outcome was not yet committed
+    # Only answered messages whose outcomes were not committed yet: the documented window.
+    assert duplicates <= settings.DBMAIL_OUTCOME_WINDOW + 1
     assert TextOfEmail.objects.exclude(status=Status.SENT).count() == 0
 
 

@@ -1,0 +1,196 @@
+"""Recording what the server said about each email, right after it said it.
+
+An outcome is one status change plus one log row. On PostgreSQL a writer
+thread with its own connection commits outcomes while the sender already
+talks to the server about the next message: the database round trip costs
+the send loop nothing, and when the database is slower than the SMTP server
+the outcomes waiting at that moment go out together in one statement. The
+sender never has more than DBMAIL_OUTCOME_WINDOW outcomes waiting for their
+commit, so a killed sender can cause at most that many messages, plus the
+one just answered, to be sent again. Elsewhere (SQLite) outcomes are written
+inline, one by one.
+"""
+
+import logging
+import queue
+import threading
+from dataclasses import dataclass
+
+from django.conf import settings
+from django.db import connection as db_connection
+from django.db import transaction
+from django.utils import timezone
+from psycopg2.extras import execute_values
+
+from . import retry
+from .models import DeliveryEvent, TextOfEmail
+
+log = logging.getLogger(__name__)
+Status = TextOfEmail.Status
+
+
+@dataclass(frozen=True)
+class Row:
+    """One outcome as written: the email's new state and its log line."""
+
+    pk: int
+    token: object
+    status: str
+    at: object
+    last_error: str
+    sent_at: object
+    next_attempt_at: object
+    smtp_code: int | None
+    text: str
+
+
+def as_row(email_pk, attempts, token, outcome, now=None):
+    """The row for an outcome, after the attempt budget is applied."""
+    now = now or timezone.now()
+    outcome = retry.give_up(outcome, attempts)
+    sent = outcome.status == Status.SENT
+    return Row(
+        pk=email_pk,
+        token=token,
+        status=outcome.status,
+        at=now,
+        last_error="" if sent else outcome.text[:2000],
+        sent_at=now if sent else None,
+        next_attempt_at=now + retry.backoff(attempts) if outcome.status == Status.DEFERRED else None,
+        smtp_code=outcome.code,
+        text=outcome.text[:2000],
+    )
+
+
+def write(rows):
+    """Commit `rows` together; returns the pks whose claim was lost (nothing changed for them)."""
+    lost = (_write_postgresql if db_connection.vendor == "postgresql" else _write_portable)(rows)
+    for pk in lost:
+        log.warning("email %s: lease lost before its outcome was recorded", pk)
+    return lost
+
+
+def record(email_pk, attempts, token, outcome, now=None):
+    """Commit one outcome; return it as applied (a deferral past the budget becomes a drop)."""
+    row = as_row(email_pk, attempts, token, outcome, now)
+    write([row])
+    return retry.give_up(outcome, attempts)
+
+
+def _write_portable(rows):
+    lost = []
+    with transaction.atomic():
+        for row in rows:
+            changes = {"status": row.status, "status_changed_at": row.at, "last_error": row.last_error}
+            changes.update({k: getattr(row, k) for k in ("sent_at", "next_attempt_at") if getattr(row, k)})
+            held = TextOfEmail.objects.filter(pk=row.pk, claim_token=row.token).update(
+                claim_token=None, leased_until=None, **changes
+            )
+            DeliveryEvent.objects.create(
+                email_id=row.pk,
+                at=row.at,
+                kind=DeliveryEvent.Kind.ATTEMPT,
+                outcome=row.status if held else "lost-lease",
+                smtp_code=row.smtp_code,
+                text=row.text,
+            )
+            if not held:
+                lost.append(row.pk)
+    return lost
+
+
+# One statement, one round trip and one commit for any number of outcomes. With
+# DBMAIL_ASYNC_COMMIT the commit does not wait for the WAL flush: a crash of the sender
+# loses nothing, and only a crash of the PostgreSQL server itself can forget the last
+# fraction of a second of outcomes, whose emails are then sent again after their lease.
+_WRITE_SQL = """
+{sync}
+WITH outcome (pk, token, status, at, last_error, sent_at, next_attempt_at, smtp_code, text) AS (VALUES %s),
+updated AS (
+    UPDATE dbmail_textofemail AS e
+       SET status = o.status, status_changed_at = o.at::timestamptz, claim_token = NULL,
+           leased_until = NULL, last_error = o.last_error,
+           sent_at = COALESCE(o.sent_at::timestamptz, e.sent_at),
+           next_attempt_at = COALESCE(o.next_attempt_at::timestamptz, e.next_attempt_at)
+      FROM outcome AS o
+     WHERE e.id = o.pk AND e.claim_token = o.token::uuid
+ RETURNING e.id
+)
+INSERT INTO dbmail_deliveryevent (email_id, at, kind, outcome, smtp_code, text)
+SELECT o.pk, o.at::timestamptz, 'attempt',
+       CASE WHEN o.pk IN (SELECT id FROM updated) THEN o.status ELSE 'lost-lease' END,
+       o.smtp_code::smallint, o.text
+  FROM outcome AS o
+RETURNING email_id, outcome
+"""
+
+
+def _write_postgresql(rows):
+    sync = "SET LOCAL synchronous_commit TO OFF;" if settings.DBMAIL_ASYNC_COMMIT else ""
+    values = [
+        (r.pk, str(r.token), r.status, r.at, r.last_error, r.sent_at, r.next_attempt_at, r.smtp_code, r.text)
+        for r in rows
+    ]
+    with db_connection.cursor() as cursor:
+        written = execute_values(cursor.cursor, _WRITE_SQL.format(sync=sync), values, page_size=len(values), fetch=True)
+    return [pk for pk, outcome in written if outcome == "lost-lease"]
+
+
+class InlineRecorder:
+    """Writes each outcome before returning."""
+
+    def submit(self, email, token, outcome):
+        return record(email.pk, email.attempts, token, outcome)
+
+    def close(self):
+        pass
+
+
+class ThreadedRecorder:
+    """Writes outcomes on its own connection while the caller goes on (see the module docstring)."""
+
+    def __init__(self, window=None):
+        self._work = queue.Queue()
+        self._slots = threading.Semaphore(window or settings.DBMAIL_OUTCOME_WINDOW)
+        self.error = None
+        self._thread = threading.Thread(target=self._run, name="dbmail-outcomes", daemon=True)
+        self._thread.start()
+
+    def submit(self, email, token, outcome):
+        self._slots.acquire()  # no more than the window waits for its commit
+        if self.error:
+            self._slots.release()
+            raise self.error
+        row = as_row(email.pk, email.attempts, token, outcome)
+        self._work.put(row)
+        return retry.give_up(outcome, email.attempts)
+
+    def _run(self):
+        try:
+            done = False
+            while not done:
+                rows = [self._work.get()]
+                while not self._work.empty():
+                    rows.append(self._work.get_nowait())
+                done = None in rows
+                rows = [r for r in rows if r is not None]
+                try:
+                    if rows:
+                        write(rows)
+                except Exception as exc:  # surfaces in the sender, which must stop: it cannot record
+                    self.error = exc
+                for _ in rows:
+                    self._slots.release()
+        finally:
+            db_connection.close()
+
+    def close(self):
+        self._work.put(None)
+        self._thread.join()
+        if self.error:
+            raise self.error
+
+
+def recorder():
+    """The fastest safe recorder for this database."""
+    return ThreadedRecorder() if db_connection.vendor == "postgresql" else InlineRecorder()

@@ -1,0 +1,80 @@
+from datetime import timedelta
+
+import pytest
+from django.utils import timezone
+
+from dbmail import claims, outcomes, retry
+from dbmail.models import TextOfEmail
+
+from .factories import TextOfEmailFactory
+
+Status = TextOfEmail.Status
+
+
+@pytest.mark.django_db
+def test_an_outcome_under_a_lost_claim_changes_nothing():
+    email = TextOfEmailFactory()
+    stale = claims.claim(1)
+    TextOfEmail.objects.filter(pk=email.pk).update(leased_until=timezone.now() - timedelta(seconds=1))
+    fresh = claims.claim(1)
+    outcomes.record(email.pk, 1, stale.token, retry.Outcome("dropped", 550, "late answer"))
+    email.refresh_from_db()
+    assert email.status == Status.SENDING and email.claim_token == fresh.token
+    assert email.events.get().outcome == "lost-lease"
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("writer", [outcomes._write_postgresql, outcomes._write_portable])
+def test_both_writers_record_the_same_way(monkeypatch, writer):
+    monkeypatch.setattr(outcomes, "_write_postgresql", writer)
+    deferred = TextOfEmailFactory()
+    sent = TextOfEmailFactory()
+    batch = claims.claim(2)
+    outcomes.record(deferred.pk, 1, batch.token, retry.Outcome("deferred", 451, "later"))
+    outcomes.record(sent.pk, 1, batch.token, retry.Outcome("sent", 250, "queued as X"))
+    deferred.refresh_from_db()
+    sent.refresh_from_db()
+    assert (deferred.status, deferred.last_error, deferred.claim_token) == (Status.DEFERRED, "later", None)
+    assert deferred.next_attempt_at > timezone.now() + timedelta(seconds=250) and deferred.sent_at is None
+    assert (sent.status, sent.last_error, sent.leased_until) == (Status.SENT, "", None) and sent.sent_at
+    assert [(e.kind, e.smtp_code, e.outcome) for e in sent.events.all()] == [("attempt", 250, "sent")]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_threaded_recorder_commits_on_its_own_connection_in_order():
+    emails = TextOfEmailFactory.create_batch(20)
+    batch = claims.claim(20)
+    recorder = outcomes.ThreadedRecorder()
+    for email in batch.emails:
+        recorder.submit(email, batch.token, retry.Outcome("sent", 250, "ok"))
+    recorder.close()
+    assert set(TextOfEmail.objects.values_list("status", flat=True)) == {Status.SENT}
+    assert sum(e.events.count() for e in emails) == 20
+
+
+@pytest.mark.django_db(transaction=True)
+def test_threaded_recorder_surfaces_a_database_error(monkeypatch):
+    TextOfEmailFactory()
+    batch = claims.claim(1)
+
+    def broken(*args):
+        raise RuntimeError("database went away")
+
+    monkeypatch.setattr(outcomes, "write", broken)
+    recorder = outcomes.ThreadedRecorder(window=1)
+    recorder.submit(batch.emails[0], batch.token, retry.Outcome("sent", 250, "ok"))
+    with pytest.raises(RuntimeError, match="went away"):
+        recorder.submit(batch.emails[0], batch.token, retry.Outcome("sent", 250, "ok"))  # the sender stops
+    with pytest.raises(RuntimeError, match="went away"):
+        recorder.close()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_group_of_outcomes_is_one_write_and_a_lost_claim_is_reported():
+    emails = TextOfEmailFactory.create_batch(3)
+    batch = claims.claim(3)
+    rows = [outcomes.as_row(e.pk, 1, batch.token, retry.Outcome("sent", 250, "ok")) for e in batch.emails]
+    rows[1] = outcomes.as_row(emails[1].pk, 1, "00000000-0000-0000-0000-000000000000", retry.Outcome("sent", 250, "x"))
+    assert outcomes.write(rows) == [emails[1].pk]
+    statuses = dict(TextOfEmail.objects.values_list("pk", "status"))
+    assert statuses == {emails[0].pk: Status.SENT, emails[1].pk: Status.SENDING, emails[2].pk: Status.SENT}
