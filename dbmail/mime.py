@@ -93,11 +93,9 @@ def compose(email):
     if email.html:
         boundary = "=_" + secrets.token_hex(12)
         lines.append(f'Content-Type: multipart/alternative; boundary="{boundary}"')
-        body = (
-            f"--{boundary}\r\n{_part('plain', email.text)}\r\n"
-            f"--{boundary}\r\n{_part('html', email.html)}\r\n"
-            f"--{boundary}--\r\n"
-        )
+        # Like Django, an empty text body is left out rather than sent as an empty part.
+        parts = ([_part("plain", email.text)] if email.text else []) + [_part("html", email.html)]
+        body = "".join(f"--{boundary}\r\n{part}\r\n" for part in parts) + f"--{boundary}--\r\n"
         head = "\r\n".join(lines)
         return f"{head}\r\n\r\n{body}".encode("ascii")
     encoding, body = _part_body(email.text)

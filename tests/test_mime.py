@@ -1,0 +1,89 @@
+"""The lean composer must say what Django's EmailMessage says, for any content."""
+
+from email import message_from_bytes, policy
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from dbmail import mime
+from dbmail.message import to_email_message
+from dbmail.models import TextOfEmail
+
+# Printable text in many scripts, without control characters (headers never carry them).
+words = st.text(st.characters(blacklist_categories=("Cc", "Cs", "Zl", "Zp")), max_size=120)
+bodies = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"), max_size=3000)
+
+
+def email_with(**fields):
+    base = dict(
+        to_address="ann@example.net",
+        to_name="",
+        from_header="The Office <office@example.org>",
+        envelope_sender="office@example.org",
+        reply_to="",
+        subject="Hello",
+        text="Hi\n",
+        html="",
+        headers={},
+        message_id="<1.2.3@example.org>",
+    )
+    base.update(fields)
+    return TextOfEmail(**base)
+
+
+def parsed(data):
+    return message_from_bytes(data, policy=policy.default)
+
+
+def same_reading(email):
+    ours = parsed(mime.compose(email))
+    django = parsed(to_email_message(email).message().as_bytes(linesep="\r\n"))
+    for name in ["From", "To", "Subject", "Reply-To", "Message-ID", *email.headers]:
+        assert " ".join(str(ours.get(name, "")).split()) == " ".join(str(django.get(name, "")).split()), name
+    text_ours, text_django = ours.get_body(("plain",)), django.get_body(("plain",))
+    assert (text_ours and text_ours.get_content()) == (text_django and text_django.get_content())
+    if email.html:
+        assert ours.get_body(("html",)).get_content() == django.get_body(("html",)).get_content()
+    else:
+        assert ours.get_body(("html",)) is None
+    assert ours.defects == [] and all(not part.defects for part in ours.walk())
+    return ours
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(subject=words, name=words, text=bodies, html=bodies, extra=words)
+def test_reads_the_same_as_djangos_message(subject, name, text, html, extra):
+    email = email_with(
+        subject=" ".join(subject.split()),
+        to_name=" ".join(name.split()),
+        text=text,
+        html=html,
+        headers={"X-Note": " ".join(extra.split()) or "-"},
+    )
+    same_reading(email)
+
+
+def test_long_ascii_headers_are_folded_and_lines_stay_short():
+    url = "https://mail.example.org/unsubscribe/" + "x" * 90 + "/"
+    email = email_with(headers={"List-Unsubscribe": f"<{url}>, <mailto:unsubscribe@example.org?subject=u>"})
+    data = mime.compose(email)
+    assert all(len(line) <= 998 for line in data.split(b"\r\n"))
+    assert same_reading(email)["List-Unsubscribe"].startswith(f"<{url}>")
+
+
+def test_non_ascii_body_is_quoted_printable_and_long_lines_survive():
+    email = email_with(text="Zażółć gęślą jaźń\n" + "y" * 2000 + "\n.dot line\n", html="<p>Grüße</p>")
+    data = mime.compose(email)
+    assert b"quoted-printable" in data and all(len(line) <= 998 for line in data.split(b"\r\n"))
+    same_reading(email)
+
+
+def test_a_header_with_a_line_break_is_refused_like_django_does():
+    with pytest.raises(ValueError, match="newlines"):
+        mime.compose(email_with(headers={"X-Bad": "a\r\nBcc: victim@example.com"}))
+
+
+def test_what_it_does_not_handle_goes_to_django():
+    assert mime.compose(email_with(raw_message=b"From: a@b\r\n\r\nx")) is None
+    assert mime.compose(email_with(to_address="jörg@exämple.org")) is None
