@@ -21,7 +21,7 @@ from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
 
-from . import retry
+from . import attachments, retry
 from .message import to_email_message
 from .models import DeliveryEvent, TextOfEmail
 
@@ -179,6 +179,7 @@ class Sender:
         self.result = SendResult()
         self.stopping = False
         self._connections = {}
+        self._attachments = attachments.Cache()
 
     def _limit_reached(self):
         if self.stopping or (self.deadline and time.monotonic() >= self.deadline):
@@ -253,7 +254,8 @@ class Sender:
 
     def _send_one(self, conn, email):
         try:
-            if not to_email_message(email, conn).send():
+            message = to_email_message(email, conn, self._attachments.for_email(email))
+            if not message.send():
                 return retry.Outcome("dropped", None, "the email backend sent nothing (no recipient?)")
         except Exception as exc:
             return retry.classify(exc)
