@@ -38,11 +38,10 @@ def parse(data):
         raise CSVError("The file is not UTF-8 text. Save it as “CSV UTF-8” and upload it again.") from None
     if not text.strip():
         raise CSVError("The file is empty.")
-    try:
-        dialect = csv.Sniffer().sniff(text[:4096], delimiters=",;\t")
-    except csv.Error:
-        dialect = csv.excel
-    reader = csv.reader(io.StringIO(text), dialect)
+    # The header decides the delimiter (spreadsheets in some locales write ";"); bad rows must not sway it.
+    first_line = text.lstrip("\r\n").splitlines()[0]
+    delimiter = max(",;\t", key=first_line.count)
+    reader = csv.reader(io.StringIO(text), delimiter=delimiter)
     header = next(reader, [])
     columns = [column_name(h) for h in header]
     bad_names = [h for h, c in zip(header, columns) if not _NAME.match(c)]
