@@ -5,6 +5,7 @@ dbmail.expand (creation), and the cancel/retry helpers below; everything
 else reads it. See DESIGN.md for the state machine.
 """
 
+import uuid
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
@@ -117,6 +118,14 @@ class MessageRequest(models.Model):
         errors.update(rendering.template_errors(self))
         if errors:
             raise ValidationError(errors)
+
+    def save(self, *args, **kwargs):
+        # A public request gets its unguessable web-version id however it was made (panel, admin, code).
+        if self.public and self.public_id is None:
+            self.public_id = uuid.uuid4()
+            if kwargs.get("update_fields") is not None:
+                kwargs["update_fields"] = {*kwargs["update_fields"], "public_id"}
+        super().save(*args, **kwargs)
 
     def status_counts(self):
         """Emails per status, including those already purged."""

@@ -9,6 +9,7 @@ import shutil
 
 import pytest
 from django.contrib.auth.models import Group
+from playwright import sync_api as playwright_api
 
 from dbmail.models import MessageRequest
 
@@ -23,16 +24,13 @@ CHROMIUM_FLAGS = [
 ]
 SCREENSHOT = ROOT / "test-output" / "commpanel-request.png"
 
-playwright_api = pytest.importorskip("playwright.sync_api")
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.django_db(transaction=True),
-    pytest.mark.skipif(not shutil.which(CHROMIUM), reason="Debian's chromium is not installed (.ci/run installs it)"),
-]
+pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 
 
 def test_staff_composes_previews_sends_and_follows_a_request(live_server, smtp_server, settings, monkeypatch):
     # Playwright's sync API keeps an event loop in this thread; the ORM calls here are still synchronous.
+    if not shutil.which(CHROMIUM):
+        pytest.fail(f"{CHROMIUM} is missing: apt-get install chromium (.ci/run does it)")
     monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
     settings.DBMAIL_PANEL_POLL_SECONDS = 1
     panel_user("chief")

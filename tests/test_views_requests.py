@@ -257,3 +257,17 @@ def test_group_request_preview_uses_user_names(panel):
     response = panel.get(reverse("commpanel:request", args=[mail.pk]))
     assert response.context["preview"].email.subject == "Hi Tess"
     assert response.context["recipients_label"] == "Users in groups: Teachers"
+
+
+def test_web_version_waits_for_the_send_time_and_escapes_html(panel, client):
+    mail = rows_request(
+        public=True, status=Status.QUEUED, send_at=timezone.now() + timedelta(hours=1),
+        html_body='<p title="x">{{ first_name }}</p>"><script>alert(1)</script>',
+    )
+    assert mail.public_id
+    url = reverse("dbmail:web_version", args=[mail.public_id])
+    assert client.get(url).status_code == 404
+    MessageRequest.objects.filter(pk=mail.pk).update(send_at=timezone.now())
+    html = client.get(url).content.decode()
+    assert 'srcdoc="&lt;p title=&quot;x&quot;&gt;&lt;/p&gt;&quot;&gt;&lt;script&gt;' in html
+    assert "<script>alert" not in html

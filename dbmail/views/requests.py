@@ -1,7 +1,5 @@
 """The requests: list, one request's page (preview, test, send, follow), its live status and actions."""
 
-import uuid
-
 from django.conf import settings
 from django.contrib import messages
 from django.core.exceptions import ValidationError
@@ -103,7 +101,7 @@ def request_detail(request, pk):
         "now": timezone.now(),
         "large_threshold": settings.DBMAIL_LARGE_SEND_WARNING,
     }
-    if mail.public and mail.public_id and mail.status != Status.DRAFT:
+    if mail.public and mail.status != Status.DRAFT:
         context["web_version_url"] = request.build_absolute_uri(reverse("dbmail:web_version", args=[mail.public_id]))
     if mail.status == Status.DRAFT:
         context["schedule_form"] = ScheduleForm()
@@ -170,9 +168,7 @@ def send(request, pk):
             return redirect("commpanel:request", pk=pk)
         mail.send_at = form.send_time()
         mail.status = Status.QUEUED
-        if mail.public and not mail.public_id:
-            mail.public_id = uuid.uuid4()
-        mail.save(update_fields=["send_at", "status", "public_id"])
+        mail.save(update_fields=["send_at", "status"])
     if form.cleaned_data["when"] == "later":
         messages.success(request, f"Scheduled for {mail.send_at:%Y-%m-%d %H:%M %Z}. You can cancel it until then.")
     else:
