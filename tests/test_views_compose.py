@@ -202,6 +202,7 @@ def test_count_warns_about_empty_variables(panel, sender):
     result = panel.post(reverse("commpanel:count"), data).json()
     assert result["empty"]["balance"] == {"count": 1, "examples": ["bob@example.org"]}
     assert result["empty"]["typo"]["count"] == 2
+    assert result["columns"] == ["email", "balance"]
 
 
 def test_count_reports_a_bad_choice(panel, sender):

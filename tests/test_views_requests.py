@@ -88,6 +88,7 @@ def test_schedule_sets_send_at_and_waits(panel, settings):
     assert mail.status == Status.QUEUED
     assert mail.send_at.isoformat() == "2099-05-01T08:30:00+00:00"
     assert "Scheduled for 2099-05-01 08:30" in response.content.decode()
+    assert 'id="request-status">Scheduled</span>' in response.content.decode()
     assert expand.claim_request() is None
 
 

@@ -87,4 +87,4 @@ def count(request, pk=None):
         html_body=form.data.get("html_body", ""),
     )
     result = audience.summarise(probe)
-    return JsonResponse({"ok": True, **result.as_dict()})
+    return JsonResponse({"ok": True, "columns": params.get("columns", []) if name == "addresses" else [], **result.as_dict()})

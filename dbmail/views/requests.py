@@ -85,7 +85,8 @@ def request_list(request):
         for status, n in per_request.get(mail.pk, {}).items():
             counts[status] = counts.get(status, 0) + n
         mail.progress = progress(mail, counts)
-    return render(request, "commpanel/request_list.html", {"page": page, "rows": rows, "query": query})
+    context = {"page": page, "rows": rows, "query": query, "now": timezone.now()}
+    return render(request, "commpanel/request_list.html", context)
 
 
 @panel_view

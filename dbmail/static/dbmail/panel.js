@@ -15,17 +15,28 @@
     form.querySelectorAll("textarea, input[type=text]").forEach(function (el) {
       el.addEventListener("focus", function () { lastField = el; });
     });
-    document.querySelectorAll("[data-insert]").forEach(function (button) {
-      button.addEventListener("click", function () {
-        if (!lastField) return;
-        var text = button.getAttribute("data-insert");
-        var start = lastField.selectionStart || 0, end = lastField.selectionEnd || 0;
-        lastField.value = lastField.value.slice(0, start) + text + lastField.value.slice(end);
-        lastField.focus();
-        lastField.selectionStart = lastField.selectionEnd = start + text.length;
-        scheduleCount();
-      });
+    var varList = document.getElementById("variables");
+    varList.addEventListener("click", function (event) {
+      var button = event.target.closest("[data-insert]");
+      if (!button || !lastField) return;
+      var text = button.getAttribute("data-insert");
+      var start = lastField.selectionStart || 0, end = lastField.selectionEnd || 0;
+      lastField.value = lastField.value.slice(0, start) + text + lastField.value.slice(end);
+      lastField.focus();
+      lastField.selectionStart = lastField.selectionEnd = start + text.length;
+      scheduleCount();
     });
+    // CSV columns are variables too: offer them once a file has been read.
+    function addVariables(names) {
+      (names || []).forEach(function (name) {
+        var text = "{{ " + name + " }}";
+        if (varList.querySelector('[data-insert="' + text + '"]')) return;
+        var li = document.createElement("li"), button = document.createElement("button");
+        button.type = "button"; button.className = "var"; button.setAttribute("data-insert", text); button.textContent = name;
+        li.appendChild(button);
+        varList.appendChild(li);
+      });
+    }
 
     function chosen(name) {
       var el = form.querySelector("[name=" + name + "]:checked") || form.querySelector("[name=" + name + "]");
@@ -63,6 +74,7 @@
             list.appendChild(note(data.error));
           } else {
             countEl.textContent = data.count;
+            addVariables(data.columns);
             if (data.large) list.appendChild(note("Large send: more than " + data.large_threshold + " addresses."));
             if (data.invalid_count) list.appendChild(note(data.invalid_count + " cannot be mailed: " + data.invalid.join(", ")));
             Object.keys(data.empty).forEach(function (name) {
@@ -110,7 +122,7 @@
             chart.appendChild(row);
           });
           var badge = document.getElementById("request-status");
-          if (badge) badge.textContent = p.status;
+          if (badge) badge.textContent = p.status.charAt(0).toUpperCase() + p.status.slice(1);
           if (p.active) setTimeout(poll, every);
           else box.setAttribute("data-active", "0");
         })
