@@ -135,16 +135,17 @@ def test_public_request_gets_an_unguessable_web_version_without_recipient_data(p
     assert client.get(reverse("dbmail:web_version", args=[mail.public_id])).status_code == 404
 
 
-def test_test_send_goes_to_me_now_with_prefix_and_attachments(
-    panel, editor, smtp_server, settings, tmp_path, django_capture_on_commit_callbacks
-):
+# Transactional, like production: the ad-hoc send runs when the view's writes commit.
+@pytest.mark.django_db(transaction=True)
+def test_test_send_goes_to_me_now_with_prefix_and_attachments(panel, editor, smtp_server, settings, tmp_path):
     settings.MEDIA_ROOT = str(tmp_path)
     mail = rows_request()
     RequestAttachment.objects.create(request=mail, file=ContentFile(b"PDFDATA", name="plan.pdf"), filename="plan.pdf", content_type="application/pdf", size=7)
     url = reverse("commpanel:test", args=[mail.pk])
-    with django_capture_on_commit_callbacks(execute=True):
-        response = panel.post(url, {"i": "2"})
+    response = panel.post(url, {"i": "2"})
     assert response["Location"].endswith("?i=2")
+    page = panel.get(response["Location"])
+    assert "Test sent to editor@example.org as cy@example.org would get it." in page.content.decode()
     [received] = smtp_server.received
     assert received.rcpt_tos == ["editor@example.org"]
     message = received.message
@@ -272,3 +273,15 @@ def test_web_version_waits_for_the_send_time_and_escapes_html(panel, client):
     html = client.get(url).content.decode()
     assert 'srcdoc="&lt;p title=&quot;x&quot;&gt;&lt;/p&gt;&quot;&gt;&lt;script&gt;' in html
     assert "<script>alert" not in html
+
+
+@pytest.mark.django_db(transaction=True)
+def test_test_send_while_the_server_is_down_stays_queued_and_says_so(panel, settings):
+    settings.EMAIL_BACKEND = "dbmail.backends.SMTPBackend"
+    settings.EMAIL_HOST, settings.EMAIL_PORT, settings.EMAIL_TIMEOUT = "127.0.0.1", 9, 1  # nothing listens
+    mail = rows_request()
+    response = panel.post(reverse("commpanel:test", args=[mail.pk]), {"i": "0"}, follow=True)
+    email = TextOfEmail.objects.get(to_address="editor@example.org")
+    assert email.status == TextOfEmail.Status.QUEUED
+    assert "cannot connect" in email.events.get().text  # it was tried, and kept for cron
+    assert "the next dbmail_cron run sends it" in response.content.decode()

@@ -194,12 +194,14 @@ def send_test(request, pk):
     except rendering.RenderError as exc:
         messages.error(request, f"Not sent: {exc}")
         return redirect("commpanel:request", pk=pk)
-    if email.status == EmailStatus.DROPPED:
-        messages.error(request, f"Test not sent: {email.last_error}")
+    # Outside a transaction the ad-hoc send has run by now; its outcome is on the row.
+    email.refresh_from_db(fields=["status", "last_error"])
+    if email.status == EmailStatus.SENT:
+        messages.success(request, f"Test sent to {email.to_address} as {shown.recipient.email} would get it.")
+    elif email.status in (EmailStatus.QUEUED, EmailStatus.DEFERRED):
+        messages.warning(request, f"The mail server did not take the test yet; the next dbmail_cron run sends it to {email.to_address}.")
     else:
-        messages.success(
-            request, f"Test sent to {email.to_address} as {shown.recipient.email} would get it."
-        )
+        messages.error(request, f"Test not sent: {email.last_error}")
     return redirect(reverse("commpanel:request", args=[pk]) + f"?i={shown.index}")
 
 
