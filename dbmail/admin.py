@@ -125,3 +125,21 @@ class CronHeartbeatAdmin(admin.ModelAdmin):
 
     def has_change_permission(self, request, obj=None):
         return False
+
+
+# --- Comm panel models -----------------------------------------------------------------------
+from .models import EmailTemplate, RequestAttachment  # noqa: E402
+
+
+@admin.register(EmailTemplate)
+class EmailTemplateAdmin(admin.ModelAdmin):
+    list_display = ["name", "subject", "updated_at", "updated_by"]
+    search_fields = ["name", "subject"]
+    readonly_fields = ["updated_by", "updated_at"]
+
+
+@admin.register(RequestAttachment)
+class RequestAttachmentAdmin(admin.ModelAdmin):
+    list_display = ["filename", "request", "content_type", "size"]
+    search_fields = ["filename"]
+    raw_id_fields = ["request"]

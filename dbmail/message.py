@@ -35,7 +35,8 @@ class RawEmailMessage(EmailMessage):
         return _RawMIME(self.raw)
 
 
-def to_email_message(email, connection=None):
+def to_email_message(email, connection=None, attachments=()):
+    """`attachments`: (filename, bytes, content type) triples, the request's files."""
     recipient = formataddr((email.to_name, email.to_address)) if email.to_name else email.to_address
     if email.raw_message is not None:
         return RawEmailMessage(
@@ -53,4 +54,6 @@ def to_email_message(email, connection=None):
     )
     if email.html:
         message.attach_alternative(email.html, "text/html")
+    for filename, content, content_type in attachments:
+        message.attach(filename, content, content_type)
     return message

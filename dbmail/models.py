@@ -5,6 +5,7 @@ dbmail.expand (creation), and the cancel/retry helpers below; everything
 else reads it. See DESIGN.md for the state machine.
 """
 
+import uuid
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
@@ -91,6 +92,9 @@ class MessageRequest(models.Model):
     expanded_at = models.DateTimeField(null=True, blank=True, editable=False)
     # Per-status counts of emails removed by dbmail_purge, so totals survive a purge.
     purged_counts = models.JSONField(default=dict, blank=True, editable=False)
+    # Comm panel: a public web version (ESP's `public`) at an unguessable address, without per-recipient data.
+    public = models.BooleanField(default=False, help_text="Show a web version to anyone with its link.")
+    public_id = models.UUIDField(null=True, blank=True, unique=True, editable=False)
 
     class Meta:
         ordering = ["-created_at"]
@@ -114,6 +118,14 @@ class MessageRequest(models.Model):
         errors.update(rendering.template_errors(self))
         if errors:
             raise ValidationError(errors)
+
+    def save(self, *args, **kwargs):
+        # A public request gets its unguessable web-version id however it was made (panel, admin, code).
+        if self.public and self.public_id is None:
+            self.public_id = uuid.uuid4()
+            if kwargs.get("update_fields") is not None:
+                kwargs["update_fields"] = {*kwargs["update_fields"], "public_id"}
+        super().save(*args, **kwargs)
 
     def status_counts(self):
         """Emails per status, including those already purged."""
@@ -296,3 +308,43 @@ class CronHeartbeat(models.Model):
 
     def __str__(self):
         return f"{self.command}@{self.host}"
+
+
+# --- Comm panel: saved templates and attachments -------------------------------------------
+
+
+class EmailTemplate(models.Model):
+    """A reusable starting point for composing (subject and bodies, as Django templates)."""
+
+    name = models.CharField(max_length=200, unique=True)
+    subject = models.CharField(max_length=998, blank=True)
+    text_body = models.TextField(blank=True)
+    html_body = models.TextField(blank=True)
+    updated_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self):
+        return self.name
+
+
+def _attachment_path(instance, filename):
+    return f"dbmail/attachments/{timezone.now():%Y/%m}/{filename}"
+
+
+class RequestAttachment(models.Model):
+    """A file sent with every email of a request, kept through Django's storage API."""
+
+    request = models.ForeignKey(MessageRequest, on_delete=models.CASCADE, related_name="attachments")
+    file = models.FileField(upload_to=_attachment_path, max_length=500)
+    filename = models.CharField(max_length=255, help_text="The name recipients see.")
+    content_type = models.CharField(max_length=255, default="application/octet-stream")
+    size = models.PositiveBigIntegerField(default=0)
+
+    class Meta:
+        ordering = ["id"]
+
+    def __str__(self):
+        return self.filename

@@ -192,5 +192,7 @@ class ThreadedRecorder:
 
 
 def recorder():
-    """The fastest safe recorder for this database."""
-    return ThreadedRecorder() if db_connection.vendor == "postgresql" else InlineRecorder()
+    """The fastest safe recorder here: a writer thread cannot see rows of a transaction still open."""
+    if db_connection.vendor == "postgresql" and not db_connection.in_atomic_block:
+        return ThreadedRecorder()
+    return InlineRecorder()

@@ -13,7 +13,7 @@ from itertools import groupby
 from django.conf import settings
 from django.core.mail import get_connection
 
-from . import claims, mime, outcomes, retry
+from . import attachments, claims, mime, outcomes, retry
 from .message import to_email_message
 from .models import DeliveryEvent, TextOfEmail
 
@@ -82,6 +82,7 @@ class Sender:
         self.stopping = False
         self._connections = {}
         self._recorder = None
+        self._attachments = attachments.Cache()
 
     def _limit_reached(self):
         if self.stopping or (self.deadline and time.monotonic() >= self.deadline):
@@ -158,11 +159,13 @@ class Sender:
 
     def _send_one(self, conn, email):
         try:
-            # Our SMTP backend takes finished bytes; any other backend gets a Django EmailMessage.
-            data = mime.compose(email) if hasattr(conn, "send_prepared") else None
+            # Our SMTP backend takes finished bytes; any other backend, and mail with
+            # attachments, gets a Django EmailMessage.
+            files = self._attachments.for_email(email)
+            data = mime.compose(email) if not files and hasattr(conn, "send_prepared") else None
             if data is not None:
                 conn.send_prepared(email.envelope_sender, [email.to_address], data)
-            elif not to_email_message(email, conn).send():
+            elif not to_email_message(email, conn, files).send():
                 return retry.Outcome("dropped", None, "the email backend sent nothing (no recipient?)")
         except Exception as exc:
             return retry.classify(exc)

@@ -1,8 +1,9 @@
 from django.urls import path
 
-from . import views
+from .views import public, unsubscribe
 
 app_name = "dbmail"
 urlpatterns = [
-    path("unsubscribe/<str:token>/", views.unsubscribe, name="unsubscribe"),
+    path("unsubscribe/<str:token>/", unsubscribe.unsubscribe, name="unsubscribe"),
+    path("mail/<uuid:public_id>/", public.web_version, name="web_version"),
 ]

@@ -4,8 +4,8 @@ from django.shortcuts import render
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_http_methods
 
-from .models import Suppression
-from .unsubscribe import read_token
+from ..models import Suppression
+from ..unsubscribe import read_token
 
 
 # One-click unsubscribe POSTs come from mail providers without cookies or a CSRF

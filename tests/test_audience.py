@@ -1,0 +1,33 @@
+"""The audience summary agrees with dbmail.recipients.count and finds empty variables."""
+
+import pytest
+from hypothesis import given, settings as hsettings, strategies as st
+
+from dbmail import audience, recipients
+from dbmail.models import MessageRequest, Suppression
+
+
+def test_printed_variables_are_the_top_level_names():
+    assert audience.printed_variables("{{ a }} {{b|upper}} {{ a.x }}", "{% if c %}{{ d }}{% endif %}") == ["a", "b", "d"]
+
+
+@pytest.mark.django_db
+@hsettings(max_examples=25, deadline=None)
+@given(st.lists(st.sampled_from(["a@x.org", "A@X.org", "b@x.org", "bad", "c@x.org", ""]), max_size=12))
+def test_count_matches_the_recipient_registry(addresses):
+    Suppression.objects.get_or_create(address="c@x.org")
+    params = {"rows": [{"email": a} for a in addresses]}
+    mail = MessageRequest(recipient_set="addresses", recipient_params=params, subject="s", text_body="t")
+    summary = audience.summarise(mail)
+    assert summary.count == recipients.count("addresses", params)
+
+
+@pytest.mark.django_db
+def test_empty_and_invalid_are_reported(settings):
+    settings.DBMAIL_LARGE_SEND_WARNING = 0
+    rows = [{"email": "a@x.org", "balance": "1"}, {"email": "b@x.org"}, {"email": "nope"}]
+    mail = MessageRequest(recipient_set="addresses", recipient_params={"rows": rows}, subject="{{ balance }}", text_body="{{ unsubscribe_url }}")
+    summary = audience.summarise(mail)
+    assert (summary.count, summary.invalid_count, summary.invalid) == (2, 1, ["nope"])
+    assert summary.empty == {"balance": {"count": 1, "examples": ["b@x.org"]}}
+    assert summary.large

@@ -1,0 +1,102 @@
+"""End to end in a real headless Chromium: compose to a group, preview, send, cron, watch it finish.
+
+Needs Debian's chromium at /usr/bin/chromium (.ci/run installs it) and Playwright's Python
+package; Playwright's own browser download is never used. The screenshot of the finished
+request page is saved as test-output/commpanel-request.png.
+"""
+
+import shutil
+
+import pytest
+from django.contrib.auth.models import Group
+from playwright import sync_api as playwright_api
+
+from dbmail.models import MessageRequest
+
+from .conftest import ROOT, manage, subprocess_env
+from .factories import SenderAccountFactory, UserFactory
+from .panel import panel_user
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_FLAGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+]
+SCREENSHOT = ROOT / "test-output" / "commpanel-request.png"
+
+pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
+
+
+def test_staff_composes_previews_sends_and_follows_a_request(live_server, smtp_server, settings, monkeypatch):
+    # Playwright's sync API keeps an event loop in this thread; the ORM calls here are still synchronous.
+    if not shutil.which(CHROMIUM):
+        pytest.fail(f"{CHROMIUM} is missing: apt-get install chromium (.ci/run does it)")
+    monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
+    settings.DBMAIL_PANEL_POLL_SECONDS = 1
+    panel_user("chief")
+    SenderAccountFactory()
+    students = Group.objects.create(name="Students")
+    names = {"ada": "Ada", "bea": "Bea", "cal": "Cal"}
+    for username, first in names.items():
+        UserFactory(username=username, first_name=first, groups=[students])
+    UserFactory(username="outsider", first_name="Olga")  # not in the group: must not get it
+
+    with playwright_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        page.set_default_timeout(15000)
+        page.on("dialog", lambda dialog: dialog.accept())
+
+        # Log in as staff and open the compose page.
+        page.goto(f"{live_server.url}/commpanel/compose/")
+        page.fill("#id_username", "chief")
+        page.fill("#id_password", "pw-for-tests")
+        page.click("input[type=submit]")
+        page.wait_for_url("**/commpanel/compose/")
+
+        # Compose to the group with a variable, inserted from the variables list.
+        page.fill("#id_subject", "News for ")
+        page.click("#id_subject")
+        page.press("#id_subject", "End")
+        page.click("button.var[data-insert='{{ first_name }}']")
+        page.fill("#id_text_body", "Dear {{ first_name }},\nthe timetable changes on Monday.\n")
+        page.select_option("#id_recipient_set", "groups")
+        page.check(f"input[name=groups][value='{students.pk}']")
+        page.wait_for_function("document.getElementById('audience-count').textContent === '3'")
+        page.click("button:has-text('Save and preview')")
+        page.wait_for_url("**/commpanel/requests/*/")
+        assert page.inner_text("#draft-count") == "3"
+        assert page.inner_text("#preview-subject") == "News for Ada"
+
+        # Step to the second recipient.
+        page.click("#preview-next")
+        page.wait_for_url("**?i=1*")
+        assert page.inner_text("#preview-to") == "bea@example.org"
+        assert page.inner_text("#preview-subject") == "News for Bea"
+        assert "Dear Bea," in page.inner_text("#preview-text")
+
+        # Send now, then let one cron run send everything.
+        page.click("#send-form button[type=submit]")
+        page.wait_for_selector("#progress")
+        assert "Queued" in page.inner_text(".messages")
+        run = manage("dbmail_cron", "-v", "2", env=subprocess_env(smtp_server))
+        assert run.returncode == 0, run.stderr
+
+        # The page refreshes itself until every email is reported sent.
+        page.wait_for_function("document.getElementById('progress-text').textContent.includes('3 of 3 finished (100%)')")
+        assert page.inner_text("#status-chart [data-status=sent]") == "3"
+        page.reload()
+        rows = page.locator("#emails tbody tr")
+        assert rows.count() == 3
+        assert all("sent" in rows.nth(i).inner_text() for i in range(3))
+        SCREENSHOT.parent.mkdir(exist_ok=True)
+        page.screenshot(path=str(SCREENSHOT), full_page=True)
+        browser.close()
+
+    mail = MessageRequest.objects.get()
+    assert mail.status_counts() == {"sent": 3}
+    received = {r.rcpt_tos[0]: r.message for r in smtp_server.received}
+    assert set(received) == {f"{u}@example.org" for u in names}
+    for username, first in names.items():
+        assert received[f"{username}@example.org"]["Subject"] == f"News for {first}"
+    assert SCREENSHOT.stat().st_size > 10_000

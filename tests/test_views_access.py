@@ -1,0 +1,94 @@
+"""Only logged-in users with dbmail.add_messagerequest reach the comm panel; forged POSTs do nothing."""
+
+import pytest
+from django.test import Client
+from django.urls import reverse
+
+from dbmail.models import MessageRequest, Suppression
+
+from .factories import MessageRequestFactory, UserFactory
+from .panel import editor, panel, panel_user  # noqa: F401
+
+pytestmark = pytest.mark.django_db
+
+
+def panel_urls(mail):
+    pk = mail.pk
+    gets = [
+        reverse("commpanel:requests"),
+        reverse("commpanel:compose"),
+        reverse("commpanel:request", args=[pk]),
+        reverse("commpanel:edit", args=[pk]),
+        reverse("commpanel:status", args=[pk]),
+        reverse("commpanel:templates"),
+        reverse("commpanel:template_new"),
+        reverse("commpanel:suppressions"),
+    ]
+    posts = [
+        reverse("commpanel:count"),
+        reverse("commpanel:send", args=[pk]),
+        reverse("commpanel:test", args=[pk]),
+        reverse("commpanel:cancel", args=[pk]),
+        reverse("commpanel:retry", args=[pk]),
+        reverse("commpanel:reuse", args=[pk]),
+        reverse("commpanel:suppressions"),
+    ]
+    return gets, posts
+
+
+def test_anonymous_visitor_is_sent_to_login_and_changes_nothing():
+    mail = MessageRequestFactory(status=MessageRequest.Status.DRAFT)
+    client = Client()
+    gets, posts = panel_urls(mail)
+    for url in gets + posts:
+        response = client.post(url, {"address": "x@example.org"}) if url in posts else client.get(url)
+        assert response.status_code == 302, url
+        assert response["Location"].startswith(reverse("admin:login")), url
+    mail.refresh_from_db()
+    assert mail.status == MessageRequest.Status.DRAFT
+    assert MessageRequest.objects.count() == 1
+    assert not Suppression.objects.exists()
+
+
+@pytest.mark.parametrize("is_staff", [False, True])
+def test_user_without_the_permission_gets_403(is_staff):
+    mail = MessageRequestFactory(status=MessageRequest.Status.DRAFT)
+    user = UserFactory(username="plain", is_staff=is_staff)
+    client = Client()
+    client.force_login(user)
+    gets, posts = panel_urls(mail)
+    for url in gets:
+        assert client.get(url).status_code == 403, url
+    for url in posts:
+        assert client.post(url, {"address": "x@example.org", "when": "now"}).status_code == 403, url
+    mail.refresh_from_db()
+    assert mail.status == MessageRequest.Status.DRAFT
+    assert MessageRequest.objects.count() == 1
+    assert not Suppression.objects.exists()
+
+
+def test_permitted_user_sees_every_page(panel):
+    mail = MessageRequestFactory(status=MessageRequest.Status.DRAFT)
+    gets, _ = panel_urls(mail)
+    for url in gets:
+        assert panel.get(url).status_code == 200, url
+
+
+def test_forged_post_without_csrf_token_is_refused(editor):
+    mail = MessageRequestFactory(status=MessageRequest.Status.DRAFT)
+    client = Client(enforce_csrf_checks=True)
+    client.force_login(editor)
+    _, posts = panel_urls(mail)
+    for url in posts:
+        assert client.post(url, {"address": "x@example.org", "when": "now"}).status_code == 403, url
+    mail.refresh_from_db()
+    assert mail.status == MessageRequest.Status.DRAFT
+    assert MessageRequest.objects.count() == 1
+    assert not Suppression.objects.exists()
+
+
+def test_every_panel_form_carries_a_csrf_token(panel):
+    mail = MessageRequestFactory(status=MessageRequest.Status.DRAFT)
+    for url in [reverse("commpanel:compose"), reverse("commpanel:request", args=[mail.pk]), reverse("commpanel:suppressions")]:
+        html = panel.get(url).content.decode()
+        assert html.count('method="post"') == html.count("csrfmiddlewaretoken"), url
