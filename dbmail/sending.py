@@ -18,7 +18,7 @@ from itertools import groupby
 from django.conf import settings
 from django.core.mail import get_connection
 from django.db import transaction
-from django.db.models import F
+from django.db.models import F, Q
 from django.utils import timezone
 
 from . import retry
@@ -81,19 +81,24 @@ class Claim:
         self.open_ids.clear()
 
 
-def claim(limit, now=None):
-    """Claim up to `limit` due emails for this process; returns a Claim (maybe empty)."""
+def claim(limit, now=None, scope=None):
+    """Claim up to `limit` due emails for this process; returns a Claim (maybe empty).
+
+    `scope` (a Q) restricts the claim to matching rows, due or not: an operator's forced send.
+    """
     now = now or timezone.now()
     token = uuid.uuid4()
     lease_until = now + timedelta(seconds=settings.DBMAIL_LEASE_SECONDS)
     with transaction.atomic():
         # Two ordered index scans rather than one OR, so neither sorts the whole queue.
         due = TextOfEmail.objects.select_for_update(skip_locked=True).filter(
-            status__in=TextOfEmail.WAITING, next_attempt_at__lte=now
+            Q(next_attempt_at__lte=now) if scope is None else scope, status__in=TextOfEmail.WAITING
         )
         stale = TextOfEmail.objects.select_for_update(skip_locked=True).filter(
             status=Status.SENDING, leased_until__lte=now
         )
+        if scope is not None:
+            stale = stale.filter(scope)
         picked = dict(stale.order_by("leased_until").values_list("pk", "status")[:limit])
         if len(picked) < limit:
             picked.update(due.order_by("next_attempt_at", "pk").values_list("pk", "status")[: limit - len(picked)])
@@ -119,7 +124,7 @@ def claim(limit, now=None):
 def record(email, token, outcome, now=None):
     """Commit one email's outcome and its log row, right after the server's answer."""
     now = now or timezone.now()
-    outcome = retry.give_up(outcome, email.attempts)
+    outcome = retry.give_up(outcome, email.attempts, email)
     changes = {
         "status": outcome.status,
         "status_changed_at": now,
@@ -130,7 +135,7 @@ def record(email, token, outcome, now=None):
     if outcome.status == Status.SENT:
         changes["sent_at"] = now
     elif outcome.status == Status.DEFERRED:
-        changes["next_attempt_at"] = now + retry.backoff(email.attempts)
+        changes["next_attempt_at"] = now + retry.backoff(email.attempts, email)
     with transaction.atomic():
         held = TextOfEmail.objects.filter(pk=email.pk, claim_token=token).update(**changes)
         DeliveryEvent.objects.create(
@@ -166,11 +171,19 @@ class Sender:
     """Sends claimed batches until the queue is empty or a limit is reached."""
 
     def __init__(
-        self, batch_size=None, max_messages=None, max_seconds=None, on_outcome=None, throttle=None, keep_if_down=False
+        self,
+        batch_size=None,
+        max_messages=None,
+        max_seconds=None,
+        on_outcome=None,
+        throttle=None,
+        keep_if_down=False,
+        scope=None,
     ):
         # keep_if_down: when the server cannot be reached, give the emails back as they were
         # (the ad-hoc path leaves them for the next cron run) instead of deferring them.
         self.keep_if_down = keep_if_down
+        self.scope = scope  # see claim()
         self.batch_size = batch_size or settings.DBMAIL_BATCH_SIZE
         self.max_messages = max_messages
         self.deadline = time.monotonic() + max_seconds if max_seconds else None
@@ -191,7 +204,7 @@ class Sender:
                 limit = self.batch_size
                 if self.max_messages is not None:
                     limit = min(limit, self.max_messages - self.result.attempted)
-                batch = claim(limit)
+                batch = claim(limit, scope=self.scope)
                 if not batch.emails:
                     break
                 self.send_claim(batch)
