@@ -191,6 +191,8 @@ for _key in sorted(k for k in os.environ if k.startswith("DATABASE_URL_")):
         DATABASES[_sid] = env.db(_key)
     except (environ.ImproperlyConfigured, ValueError, KeyError) as exc:
         raise ImproperlyConfigured(f"Setting {_key} is not a usable database URL: {exc}") from None
+    if not DATABASES[_sid].get("ENGINE"):
+        raise ImproperlyConfigured(f"Setting {_key} is not a usable database URL: unknown database engine.")
 
 LOGGING = {
     "version": 1,
