@@ -40,7 +40,8 @@ def test_sid_selects_the_sites_database_and_spool_directory(tmp_path, smtp_serve
     listed = manage("smailer", "--sid=other", "queue", "foo@example.com", env=env)
     assert listed.returncode == 0, listed.stderr
     queue_id = hashlib.sha256(email.message_id.encode()).hexdigest()[:16].upper()
-    assert listed.stdout.splitlines() == [f"{email.created_at:%d.%m.%Y%H%M%S}_{queue_id}: (foo@example.com => ann@example.net)"]
+    when = f"{email.created_at:%d.%m.%Y%H%M%S}"  # TIME_ZONE is UTC here
+    assert listed.stdout.splitlines() == [f"{when}_{queue_id}: (foo@example.com => ann@example.net)"]
 
     sent = manage("smailer", "send", "--sid", "other", env=env)
     assert sent.returncode == 0, sent.stderr
