@@ -172,6 +172,8 @@ def intake(now=None):
             continue
         try:
             _take_in(root, entry, now or timezone.now(), result)
+        except FileNotFoundError:
+            continue  # taken in and moved on by another host meanwhile, or withdrawn by its producer
         except OSError as exc:  # one unreadable file must not hold up the others
             log.warning("spool file %s: %s", entry.path, exc)
             result.errors.append(f"{entry.name}: {exc}")

@@ -1,6 +1,7 @@
 import io
 import signal
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 from django.core.management import CommandError, call_command
@@ -318,3 +319,21 @@ def test_the_sender_account_lookup_ignores_case(spool_dir, smtp_server):
     drop(spool_dir, "case.xml", xml(item(sender="FOO@example.COM")))
     cron()
     assert len(smtp_server.received) == 1
+
+
+def test_an_unreadable_file_is_reported_and_the_others_still_go(spool_dir, smtp_server, monkeypatch):
+    drop(spool_dir, "locked.xml", xml(item(address="goo@university.org")))
+    drop(spool_dir, "open.xml", xml(item()))
+    real = Path.read_bytes
+
+    def read_bytes(path):  # the suite runs as root, where file permissions cannot refuse a read
+        if path.name == "locked.xml":
+            raise PermissionError(13, "Permission denied", str(path))
+        return real(path)
+
+    with monkeypatch.context() as m:
+        m.setattr(Path, "read_bytes", read_bytes)
+        result = spool.intake()
+    assert result.files == 1 and result.errors == [f"locked.xml: [Errno 13] Permission denied: '{spool_dir}/locked.xml'"]
+    cron()  # readable again
+    assert len(smtp_server.received) == 2

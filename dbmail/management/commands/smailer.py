@@ -34,6 +34,8 @@ class Command(BaseCommand):
         taken = spool.intake()
         if verbosity >= 1 and taken.files:
             self.stdout.write(f"spool: took in {taken.files} file(s), {taken.emails} email(s)")
+        for error in taken.errors:
+            self.stderr.write(f"spool: cannot read {error}")
 
         def report(email, outcome):
             if verbosity >= 1:
