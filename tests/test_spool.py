@@ -334,6 +334,7 @@ def test_an_unreadable_file_is_reported_and_the_others_still_go(spool_dir, smtp_
     with monkeypatch.context() as m:
         m.setattr(Path, "read_bytes", read_bytes)
         result = spool.intake()
-    assert result.files == 1 and result.errors == [f"locked.xml: [Errno 13] Permission denied: '{spool_dir}/locked.xml'"]
+    assert result.files == 1
+    assert result.errors == [f"locked.xml: [Errno 13] Permission denied: '{spool_dir}/locked.xml'"]
     cron()  # readable again
     assert len(smtp_server.received) == 2
