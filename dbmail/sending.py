@@ -171,13 +171,7 @@ class Sender:
     """Sends claimed batches until the queue is empty or a limit is reached."""
 
     def __init__(
-        self,
-        batch_size=None,
-        max_messages=None,
-        max_seconds=None,
-        on_outcome=None,
-        throttle=None,
-        keep_if_down=False,
+        self, batch_size=None, max_messages=None, max_seconds=None, on_outcome=None, throttle=None, keep_if_down=False,
         scope=None,
     ):
         # keep_if_down: when the server cannot be reached, give the emails back as they were

@@ -185,7 +185,9 @@ DBMAIL_SPOOL_MAX_ATTEMPTS = setting("DBMAIL_SPOOL_MAX_ATTEMPTS", "int", 100, min
 # DATABASE_URL_<SID>=... adds the database alias <sid> (lower-case), selected with --sid.
 for _key in sorted(k for k in os.environ if k.startswith("DATABASE_URL_")):
     _sid = _key[len("DATABASE_URL_") :].lower()
-    if not re.fullmatch(r"[a-z][a-z0-9_]*", _sid) or _sid == "default":
+    if _sid == "default":
+        raise ImproperlyConfigured(f"Setting {_key}: the default site's database is DATABASE_URL.")
+    if not re.fullmatch(r"[a-z][a-z0-9_]*", _sid):
         raise ImproperlyConfigured(f"Setting {_key}: the site name must be a letter, then letters, digits or _.")
     try:
         DATABASES[_sid] = env.db(_key)

@@ -60,7 +60,7 @@ def test_sid_selects_the_sites_database_and_spool_directory(tmp_path, smtp_serve
     "name, value, message",
     [
         ("DATABASE_URL_OTHER", "nonsense", "Setting DATABASE_URL_OTHER is not a usable database URL"),
-        ("DATABASE_URL_DEFAULT", "sqlite:////tmp/x.sqlite3", "Setting DATABASE_URL_DEFAULT: the site name must be"),
+        ("DATABASE_URL_DEFAULT", "sqlite:////tmp/x.sqlite3", "Setting DATABASE_URL_DEFAULT: the default site's database is DATABASE_URL"),
         ("DATABASE_URL_9LIVES", "sqlite:////tmp/x.sqlite3", "Setting DATABASE_URL_9LIVES: the site name must be"),
     ],
 )
