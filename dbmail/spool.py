@@ -276,10 +276,10 @@ def settle(now=None):
     ):
         counts.setdefault(row["file_id"], {})[row["email__status"]] = row["n"]
     for pk, status, location in pending.values_list("pk", "status", "location"):
-        target = status if status in _FINAL_FILE else file_status(counts.get(pk, {}), status)
-        if target == status and status in SpoolFile.OPEN and _in_place(status, location):
+        if _unchanged(status, location, counts.get(pk, {})):
             continue
-        if _settle_one(root, pk, target, now):
+        target = _settle_one(root, pk, now)
+        if target:
             setattr(result, target, getattr(result, target) + 1)
     result.removed = clean(root, now)
     return result
@@ -297,7 +297,10 @@ def file_status(counts, current):
     return current  # once in defer/, a file waits there until it is done
 
 
-def _in_place(status, location):
+def _unchanged(status, location, counts):
+    """True when a file is still waiting where it should (nothing to move)."""
+    if status not in SpoolFile.OPEN or file_status(counts, status) != status:
+        return False
     if not location:
         return True  # gone (see _put); its mail goes on all the same
     if status == SpoolFile.Status.DEFERRED:
@@ -305,12 +308,18 @@ def _in_place(status, location):
     return "/" not in location
 
 
-def _settle_one(root, pk, target, now):
+def _settle_one(root, pk, now):
+    """Move one file where its items' outcomes say; the status it got, or None if it had to stay."""
     with transaction.atomic():
         # Another host settling the same file holds the lock; it does the move.
         record = SpoolFile.objects.select_for_update(skip_locked=True).filter(pk=pk, settled_at__isnull=True).first()
         if record is None:
-            return False
+            return None
+        # Counted again under the lock: the first count may be stale by now.
+        counts = dict(record.items.values_list("email__status").annotate(n=Count("pk")).order_by())
+        if _unchanged(record.status, record.location, counts):
+            return None
+        target = record.status if record.status in _FINAL_FILE else file_status(counts, record.status)
         reason = record.reason
         if target == SpoolFile.Status.DROPPED and not reason:
             reason = drop_reason(record)
@@ -320,7 +329,7 @@ def _settle_one(root, pk, target, now):
         if target in _FINAL_FILE:
             record.reason, record.settled_at = reason, now
         record.save(update_fields=["location", "status", "reason", "settled_at"])
-    return True
+    return target
 
 
 def drop_reason(record):

@@ -338,3 +338,13 @@ def test_an_unreadable_file_is_reported_and_the_others_still_go(spool_dir, smtp_
     assert result.errors == [f"locked.xml: [Errno 13] Permission denied: '{spool_dir}/locked.xml'"]
     cron()  # readable again
     assert len(smtp_server.received) == 2
+
+
+def test_a_file_another_run_just_moved_is_not_moved_again(spool_dir, smtp_server):
+    smtp_server.script("boo@hisorhermail.com", "451 4.3.0 try later")
+    drop(spool_dir, "raced.xml", xml(item()))
+    cron()
+    record = SpoolFile.objects.get()
+    # A second host that counted before the first one moved the file gets the lock afterwards.
+    assert spool._settle_one(spool_dir, record.pk, timezone.now()) is None
+    assert listing(spool_dir) == ["defer/raced.xml"]
