@@ -348,3 +348,26 @@ def test_a_file_another_run_just_moved_is_not_moved_again(spool_dir, smtp_server
     # A second host that counted before the first one moved the file gets the lock afterwards.
     assert spool._settle_one(spool_dir, record.pk, timezone.now()) is None
     assert listing(spool_dir) == ["defer/raced.xml"]
+
+
+@pytest.mark.slow
+@pytest.mark.django_db(transaction=True)
+def test_two_hosts_on_one_spool_take_in_and_send_each_item_once(spool_dir, smtp_server):
+    import subprocess
+    import sys
+
+    from .conftest import ROOT, subprocess_env
+
+    for n in range(20):
+        drop(spool_dir, f"batch-{n:02}.xml", xml(*(item(address=f"r{n}-{k}@example.net") for k in range(3))))
+    smtp_server.delay = 0.02  # keeps both runs busy at once
+    env = subprocess_env(smtp=smtp_server, DBMAIL_SPOOL_DIR=str(spool_dir))
+    command = [sys.executable, str(ROOT / "manage.py"), "dbmail_cron", "--batch-size", "5"]
+    runs = [subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE) for _ in range(2)]
+    for run in runs:
+        out, err = run.communicate(timeout=120)
+        assert run.returncode == 0, err.decode()
+    addresses = [m.rcpt_tos[0] for m in smtp_server.received]
+    assert len(addresses) == 60 and len(set(addresses)) == 60
+    assert SpoolFile.objects.count() == 20 and TextOfEmail.objects.count() == 60
+    assert listing(spool_dir) == [f"sent/batch-{n:02}.xml" for n in range(20)]
