@@ -3,6 +3,7 @@ from django.contrib import admin, messages
 from django.utils import timezone
 
 from .models import CronHeartbeat, DeliveryEvent, MessageRequest, SenderAccount, Suppression, TextOfEmail
+from .models import SpoolFile, SpoolItem  # the XML spool
 
 
 class SenderAccountForm(forms.ModelForm):
@@ -143,3 +144,40 @@ class RequestAttachmentAdmin(admin.ModelAdmin):
     list_display = ["filename", "request", "content_type", "size"]
     search_fields = ["filename"]
     raw_id_fields = ["request"]
+
+# --- XML spool (seed 003) ---
+
+
+class SpoolItemInline(admin.TabularInline):
+    model = SpoolItem
+    extra = 0
+    can_delete = False
+    fields = readonly_fields = ["position", "fld_time", "email", "email_status"]
+
+    @admin.display(description="Status")
+    def email_status(self, obj):
+        return obj.email.status
+
+    def has_add_permission(self, request, obj=None):
+        return False
+
+
+@admin.register(SpoolFile)
+class SpoolFileAdmin(admin.ModelAdmin):
+    """Read-only: files are taken in and moved by dbmail_cron; their emails are ordinary outbox rows."""
+
+    list_display = ["name", "status", "received_at", "settled_at", "location", "short_reason"]
+    list_filter = ["status"]
+    search_fields = ["name", "sha256"]
+    date_hierarchy = "received_at"
+    inlines = [SpoolItemInline]
+
+    @admin.display(description="Reason")
+    def short_reason(self, obj):
+        return obj.reason[:80]
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False

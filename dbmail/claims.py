@@ -12,7 +12,7 @@ from datetime import timedelta
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import F
+from django.db.models import F, Q
 from django.utils import timezone
 
 from .models import TextOfEmail
@@ -55,18 +55,23 @@ class Claim:
         self.open_ids.clear()
 
 
-def claim(limit, now=None, only=None):
-    """Claim up to `limit` due emails (optionally within the queryset `only`) for this process."""
+def claim(limit, now=None, scope=None):
+    """Claim up to `limit` due emails for this process.
+
+    `scope` (a Q) restricts the claim to matching rows, due or not: an operator's forced send.
+    """
     now = now or timezone.now()
     token = uuid.uuid4()
     lease_until = now + timedelta(seconds=settings.DBMAIL_LEASE_SECONDS)
-    rows = only if only is not None else TextOfEmail.objects.all()
+    rows = TextOfEmail.objects.select_for_update(skip_locked=True)
     with transaction.atomic():
         # Two ordered index scans rather than one OR, so neither sorts the whole queue.
-        stale = rows.select_for_update(skip_locked=True).filter(status=Status.SENDING, leased_until__lte=now)
-        due = rows.select_for_update(skip_locked=True).filter(
-            status__in=TextOfEmail.WAITING, next_attempt_at__lte=now
+        stale = rows.filter(status=Status.SENDING, leased_until__lte=now)
+        due = rows.filter(status__in=TextOfEmail.WAITING).filter(
+            Q(next_attempt_at__lte=now) if scope is None else scope
         )
+        if scope is not None:
+            stale = stale.filter(scope)
         picked = dict(stale.order_by("leased_until").values_list("pk", "status")[:limit])
         if len(picked) < limit:
             picked.update(due.order_by("next_attempt_at", "pk").values_list("pk", "status")[: limit - len(picked)])

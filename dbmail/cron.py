@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from django.db import DatabaseError, close_old_connections
 from django.utils import timezone
 
-from . import expand, health, sending
+from . import expand, health, sending, spool
 
 
 class Unreachable(Exception):
@@ -60,12 +60,16 @@ class Runner:
     def run_once(self):
         started, clock = timezone.now(), time.monotonic()
         try:
+            spool.intake()  # both spool steps do nothing unless DBMAIL_SPOOL_DIR is set
             expanded = expand.expand_due(on_chunk=self.on_chunk) if not self.stopping else expand.ExpandResult()
             self.sender = sending.Sender(on_outcome=self.on_outcome, **self.options)
             self.sender.stopping = self.stopping
             sent = self.sender.run()
+            spool.settle()
         except DatabaseError as exc:
             raise Unreachable(f"cannot reach the database: {exc}".strip()) from exc
+        except spool.SpoolError as exc:
+            raise Unreachable(str(exc)) from exc
         result = RunResult(expanded, sent, time.monotonic() - clock)
         error = ""
         if sent.server_unreachable:

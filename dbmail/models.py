@@ -326,6 +326,36 @@ class EmailTemplate(models.Model):
     class Meta:
         ordering = ["name"]
 
+# --- XML spool (seed 003): the files other programs drop, and the emails they became ---
+
+
+class SpoolFile(models.Model):
+    """One file taken in from DBMAIL_SPOOL_DIR; its name and content hash make a re-scan harmless."""
+
+    class Status(models.TextChoices):
+        QUEUED = "queued", "queued (in the spool directory)"
+        DEFERRED = "deferred", "deferred (in defer/)"
+        SENT = "sent", "sent (in sent/)"
+        DROPPED = "dropped", "dropped (in drop/)"
+
+    OPEN = (Status.QUEUED, Status.DEFERRED)
+
+    name = models.CharField(max_length=255)
+    sha256 = models.CharField(max_length=64)
+    size = models.PositiveBigIntegerField(default=0)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.QUEUED)
+    # Where the file is now, relative to the spool directory ("" once it is gone).
+    location = models.CharField(max_length=600)
+    reason = models.TextField(blank=True, help_text="Why the file was dropped.")
+    received_at = models.DateTimeField(default=timezone.now)
+    # When the file reached sent/ or drop/; retention counts from here.
+    settled_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-received_at", "-id"]
+        constraints = [models.UniqueConstraint(fields=["name", "sha256"], name="dbmail_spool_file_once")]
+        indexes = [models.Index(fields=["status", "settled_at"], name="dbmail_spool_status")]
+
     def __str__(self):
         return self.name
 
@@ -348,3 +378,17 @@ class RequestAttachment(models.Model):
 
     def __str__(self):
         return self.filename
+
+class SpoolItem(models.Model):
+    """The link from an email back to the <item> of the spool file it came from."""
+
+    email = models.OneToOneField(TextOfEmail, on_delete=models.CASCADE, related_name="spool_item")
+    file = models.ForeignKey(SpoolFile, on_delete=models.CASCADE, related_name="items")
+    position = models.PositiveIntegerField(help_text="1 for the file's first <item>.")
+    fld_time = models.DateTimeField(help_text="The item's own time stamp.")
+
+    class Meta:
+        ordering = ["file", "position"]
+
+    def __str__(self):
+        return f"{self.file.name} #{self.position}"

@@ -44,19 +44,19 @@ class Row:
     text: str
 
 
-def as_row(email_pk, attempts, token, outcome, now=None):
-    """The row for an outcome, after the attempt budget is applied."""
+def as_row(email, token, outcome, now=None):
+    """The row for an outcome, after the email's attempt budget is applied."""
     now = now or timezone.now()
-    outcome = retry.give_up(outcome, attempts)
+    outcome = retry.give_up(outcome, email.attempts, email)
     sent = outcome.status == Status.SENT
     return Row(
-        pk=email_pk,
+        pk=email.pk,
         token=token,
         status=outcome.status,
         at=now,
         last_error="" if sent else outcome.text[:2000],
         sent_at=now if sent else None,
-        next_attempt_at=now + retry.backoff(attempts) if outcome.status == Status.DEFERRED else None,
+        next_attempt_at=now + retry.backoff(email.attempts, email) if outcome.status == Status.DEFERRED else None,
         smtp_code=outcome.code,
         text=outcome.text[:2000],
     )
@@ -70,11 +70,11 @@ def write(rows):
     return lost
 
 
-def record(email_pk, attempts, token, outcome, now=None):
+def record(email, token, outcome, now=None):
     """Commit one outcome; return it as applied (a deferral past the budget becomes a drop)."""
-    row = as_row(email_pk, attempts, token, outcome, now)
+    row = as_row(email, token, outcome, now)
     write([row])
-    return retry.give_up(outcome, attempts)
+    return retry.give_up(outcome, email.attempts, email)
 
 
 def _write_portable(rows):
@@ -140,7 +140,7 @@ class InlineRecorder:
     """Writes each outcome before returning."""
 
     def submit(self, email, token, outcome):
-        return record(email.pk, email.attempts, token, outcome)
+        return record(email, token, outcome)
 
     def close(self):
         pass
@@ -161,9 +161,9 @@ class ThreadedRecorder:
         if self.error:
             self._slots.release()
             raise self.error
-        row = as_row(email.pk, email.attempts, token, outcome)
+        row = as_row(email, token, outcome)
         self._work.put(row)
-        return retry.give_up(outcome, email.attempts)
+        return retry.give_up(outcome, email.attempts, email)
 
     def _run(self):
         try:

@@ -59,15 +59,28 @@ def classify(exc):
     return Outcome("dropped", None, f"cannot build message: {type(exc).__name__}: {exc}")
 
 
-def backoff(attempts):
-    """Delay before attempt number `attempts + 1`: base doubling per attempt, capped."""
+def backoff(attempts, email=None):
+    """Delay before attempt number `attempts + 1`: base doubling per attempt, capped.
+
+    Spool mail keeps the seed's own pace: a fixed DBMAIL_SPOOL_RETRY_SECONDS.
+    """
+    if _spooled(email):
+        return timedelta(seconds=settings.DBMAIL_SPOOL_RETRY_SECONDS)
     base = settings.DBMAIL_RETRY_BASE_SECONDS
     delay = base * 2 ** min(max(attempts - 1, 0), 30)
     return timedelta(seconds=min(delay, settings.DBMAIL_RETRY_MAX_SECONDS))
 
 
-def give_up(outcome, attempts):
-    """A deferral past the attempt budget becomes a drop."""
-    if outcome.status == "deferred" and attempts >= settings.DBMAIL_MAX_ATTEMPTS:
+def give_up(outcome, attempts, email=None):
+    """A deferral past the attempt budget (DBMAIL_SPOOL_MAX_ATTEMPTS for spool mail) becomes a drop."""
+    if outcome.status != "deferred":
+        return outcome
+    budget = settings.DBMAIL_SPOOL_MAX_ATTEMPTS if _spooled(email) else settings.DBMAIL_MAX_ATTEMPTS
+    if attempts >= budget:
         return Outcome("dropped", outcome.code, f"too many attempts ({attempts}); last: {outcome.text}")
     return outcome
+
+
+def _spooled(email):
+    # The reverse one-to-one is cached on the instance, so backoff after give_up costs no query.
+    return email is not None and getattr(email, "spool_item", None) is not None

@@ -67,7 +67,7 @@ class Sender:
         on_outcome=None,
         throttle=None,
         keep_if_down=False,
-        only=None,
+        scope=None,
     ):
         self.batch_size = batch_size or settings.DBMAIL_BATCH_SIZE
         self.max_messages = max_messages
@@ -77,7 +77,7 @@ class Sender:
         # keep_if_down: when the server cannot be reached, give the emails back untouched
         # (the ad-hoc path leaves them for the next cron run) instead of deferring them.
         self.keep_if_down = keep_if_down
-        self.only = only  # restrict claims to this queryset (e.g. one sender's mail)
+        self.scope = scope  # see claims.claim()
         self.result = SendResult()
         self.stopping = False
         self._connections = {}
@@ -95,7 +95,7 @@ class Sender:
                 limit = self.batch_size
                 if self.max_messages is not None:
                     limit = min(limit, self.max_messages - self.result.attempted)
-                batch = claims.claim(limit, only=self.only)
+                batch = claims.claim(limit, scope=self.scope)
                 if not batch.emails:
                     break
                 self.send_claim(batch)

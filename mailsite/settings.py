@@ -5,6 +5,8 @@ cannot be used stops start-up with ImproperlyConfigured naming the setting,
 so a typo in a crontab or unit file is found at once, not at 3 a.m.
 """
 
+import os
+import re
 from email.utils import parseaddr
 from pathlib import Path
 
@@ -180,6 +182,26 @@ DBMAIL_PANEL_PAGE_SIZE = setting("DBMAIL_PANEL_PAGE_SIZE", "int", 50, minimum=1)
 DBMAIL_PANEL_POLL_SECONDS = setting("DBMAIL_PANEL_POLL_SECONDS", "int", 3, minimum=1)
 if DBMAIL_RETRY_MAX_SECONDS < DBMAIL_RETRY_BASE_SECONDS:
     raise ImproperlyConfigured("Setting DBMAIL_RETRY_MAX_SECONDS must not be below DBMAIL_RETRY_BASE_SECONDS.")
+
+# --- dbmail: the XML spool (seed 003) and other sites' databases (the commands' --sid) ---
+# The spool directory; "{sid}" in it stands for the site chosen with --sid ("default" without).
+DBMAIL_SPOOL_DIR = setting("DBMAIL_SPOOL_DIR", "str", "")
+DBMAIL_SPOOL_KEEP_DAYS = setting("DBMAIL_SPOOL_KEEP_DAYS", "int", 7, minimum=1)
+DBMAIL_SPOOL_RETRY_SECONDS = setting("DBMAIL_SPOOL_RETRY_SECONDS", "int", 3600, minimum=1)
+DBMAIL_SPOOL_MAX_ATTEMPTS = setting("DBMAIL_SPOOL_MAX_ATTEMPTS", "int", 100, minimum=1)
+# DATABASE_URL_<SID>=... adds the database alias <sid> (lower-case), selected with --sid.
+for _key in sorted(k for k in os.environ if k.startswith("DATABASE_URL_")):
+    _sid = _key[len("DATABASE_URL_") :].lower()
+    if _sid == "default":
+        raise ImproperlyConfigured(f"Setting {_key}: the default site's database is DATABASE_URL.")
+    if not re.fullmatch(r"[a-z][a-z0-9_]*", _sid):
+        raise ImproperlyConfigured(f"Setting {_key}: the site name must be a letter, then letters, digits or _.")
+    try:
+        DATABASES[_sid] = env.db(_key)
+    except (environ.ImproperlyConfigured, ValueError, KeyError) as exc:
+        raise ImproperlyConfigured(f"Setting {_key} is not a usable database URL: {exc}") from None
+    if not DATABASES[_sid].get("ENGINE"):
+        raise ImproperlyConfigured(f"Setting {_key} is not a usable database URL: unknown database engine.")
 
 LOGGING = {
     "version": 1,

@@ -72,3 +72,26 @@ def test_non_staff_get_nothing(client):
     client.force_login(UserFactory(username="plain"))
     response = client.get(reverse("admin:dbmail_textofemail_changelist"))
     assert response.status_code == 302 and "/login/" in response["Location"]
+
+
+# --- XML spool ---
+
+
+def test_spool_files_are_listed_read_only_with_their_items(admin_client, settings, tmp_path):
+    from dbmail import spool
+    from dbmail.models import SpoolFile
+
+    from .factories import SenderAccountFactory
+    from .spoolfiles import drop, item, xml
+
+    settings.DBMAIL_SPOOL_DIR = str(tmp_path)
+    SenderAccountFactory(address="foo@example.com")
+    drop(tmp_path, "reminders.xml", xml(item(), item(address="bad")))
+    spool.intake()
+    record = SpoolFile.objects.get()
+    listing = admin_client.get(reverse("admin:dbmail_spoolfile_changelist")).content.decode()
+    assert "reminders.xml" in listing
+    detail = admin_client.get(reverse("admin:dbmail_spoolfile_change", args=[record.pk])).content.decode()
+    assert "boo@hisorhermail.com" in detail and "dropped" in detail and "queued" in detail
+    assert admin_client.get(reverse("admin:dbmail_spoolfile_add")).status_code == 403
+    assert admin_client.post(reverse("admin:dbmail_spoolfile_change", args=[record.pk]), {}).status_code == 403

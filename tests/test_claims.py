@@ -1,6 +1,7 @@
 from datetime import timedelta
 
 import pytest
+from django.db.models import Q
 from django.utils import timezone
 
 from dbmail import claims
@@ -47,10 +48,10 @@ def test_lease_is_renewed_when_half_spent(settings):
     assert email.leased_until > timezone.now() + timedelta(seconds=95)
 
 
-def test_claim_within_a_queryset_and_claim_one():
-    mine = TextOfEmailFactory(envelope_sender="club@example.org")
+def test_a_scoped_claim_takes_matching_rows_due_or_not_and_claim_one():
+    mine = TextOfEmailFactory(envelope_sender="club@example.org", next_attempt_at=timezone.now() + timedelta(hours=1))
     other = TextOfEmailFactory()
-    batch = claims.claim(10, only=TextOfEmail.objects.filter(envelope_sender="club@example.org"))
+    batch = claims.claim(10, scope=Q(envelope_sender="club@example.org"))
     assert [e.pk for e in batch.emails] == [mine.pk]
     assert claims.claim_one(mine) is None  # already held
     one = claims.claim_one(other)

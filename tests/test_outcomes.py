@@ -17,7 +17,7 @@ def test_an_outcome_under_a_lost_claim_changes_nothing():
     stale = claims.claim(1)
     TextOfEmail.objects.filter(pk=email.pk).update(leased_until=timezone.now() - timedelta(seconds=1))
     fresh = claims.claim(1)
-    outcomes.record(email.pk, 1, stale.token, retry.Outcome("dropped", 550, "late answer"))
+    outcomes.record(stale.emails[0], stale.token, retry.Outcome("dropped", 550, "late answer"))
     email.refresh_from_db()
     assert email.status == Status.SENDING and email.claim_token == fresh.token
     assert email.events.get().outcome == "lost-lease"
@@ -30,8 +30,9 @@ def test_both_writers_record_the_same_way(monkeypatch, writer):
     deferred = TextOfEmailFactory()
     sent = TextOfEmailFactory()
     batch = claims.claim(2)
-    outcomes.record(deferred.pk, 1, batch.token, retry.Outcome("deferred", 451, "later"))
-    outcomes.record(sent.pk, 1, batch.token, retry.Outcome("sent", 250, "queued as X"))
+    by_pk = {e.pk: e for e in batch.emails}
+    outcomes.record(by_pk[deferred.pk], batch.token, retry.Outcome("deferred", 451, "later"))
+    outcomes.record(by_pk[sent.pk], batch.token, retry.Outcome("sent", 250, "queued as X"))
     deferred.refresh_from_db()
     sent.refresh_from_db()
     assert (deferred.status, deferred.last_error, deferred.claim_token) == (Status.DEFERRED, "later", None)
@@ -73,8 +74,8 @@ def test_threaded_recorder_surfaces_a_database_error(monkeypatch):
 def test_a_group_of_outcomes_is_one_write_and_a_lost_claim_is_reported():
     emails = TextOfEmailFactory.create_batch(3)
     batch = claims.claim(3)
-    rows = [outcomes.as_row(e.pk, 1, batch.token, retry.Outcome("sent", 250, "ok")) for e in batch.emails]
-    rows[1] = outcomes.as_row(emails[1].pk, 1, "00000000-0000-0000-0000-000000000000", retry.Outcome("sent", 250, "x"))
+    rows = [outcomes.as_row(e, batch.token, retry.Outcome("sent", 250, "ok")) for e in batch.emails]
+    rows[1] = outcomes.as_row(batch.emails[1], "00000000-0000-0000-0000-000000000000", retry.Outcome("sent", 250, "x"))
     assert outcomes.write(rows) == [emails[1].pk]
     statuses = dict(TextOfEmail.objects.values_list("pk", "status"))
     assert statuses == {emails[0].pk: Status.SENT, emails[1].pk: Status.SENDING, emails[2].pk: Status.SENT}

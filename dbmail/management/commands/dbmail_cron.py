@@ -3,6 +3,7 @@ import time
 
 from django.core.management.base import BaseCommand, CommandError
 
+from dbmail import sites
 from dbmail.cron import Runner, Unreachable
 
 
@@ -15,8 +16,13 @@ class Command(BaseCommand):
         parser.add_argument("--batch-size", type=int, help="Emails claimed at a time (DBMAIL_BATCH_SIZE).")
         parser.add_argument("--loop", action="store_true", help="Keep running (for hosts without cron).")
         parser.add_argument("--interval", type=float, default=60, help="Seconds between runs with --loop.")
+        parser.add_argument("--sid", help="The site: a database alias (DATABASE_URL_<SID>); default: DATABASE_URL.")
 
     def handle(self, *args, **opts):
+        try:
+            sites.use(opts["sid"])
+        except sites.UnknownSite as exc:
+            raise CommandError(str(exc)) from exc
         tty = sys.stderr.isatty() and opts["verbosity"] >= 1
         self.progress = Progress(sys.stderr) if tty else None
         self.loud = tty or opts["verbosity"] >= 2
