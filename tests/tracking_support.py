@@ -103,6 +103,10 @@ class TCPProxy:
                 pass
 
     def stop(self):
+        try:
+            self.listener.shutdown(socket.SHUT_RDWR)  # wakes the accept() thread; close() alone would not
+        except OSError:
+            pass
         self.listener.close()
         with self.lock:
             for s in self.sockets:
