@@ -108,9 +108,8 @@ def parse_exim(line, now=None):
     match = _EXIM.match(line)
     if not match:
         return None
-    naive = datetime.fromisoformat(match["when"])
-    when = datetime.strptime(f"{match['when'].split('.')[0]} {match['tz']}", "%Y-%m-%d %H:%M:%S %z") \
-        if match["tz"] else _local(naive)
+    when = datetime.fromisoformat(match["when"] + (match["tz"] or ""))
+    when = when if timezone.is_aware(when) else _local(when)
     qid, rest = match["qid"], match["rest"]
     flag, _, tail = rest.partition(" ")
     if flag == "<=":
@@ -175,12 +174,15 @@ class Follower:
         self.file = None
         self.inode = None
         self.offset = 0
+        self.head = b""  # the file's first bytes, to notice it was truncated and written past our offset
         self.skipped = 0  # delivery lines for mail that is not ours
 
     def poll(self):
         """Publish events for the complete lines written since the last poll; returns how many."""
         if self.file is None and not self._open():
             return 0
+        if self._truncated():
+            self.offset, self.head = 0, b""
         self.file.seek(self.offset)
         data = self.file.read(CHUNK)
         end = data.rfind(b"\n") + 1
@@ -197,6 +199,8 @@ class Follower:
                     events.append(event)
         if events:
             tracking.publish_many(events)  # raises if the queue is down: the cursor stays put
+        if self.offset < 256:
+            self.head = (self.head[: self.offset] + data[:end])[:256]
         self.offset += end
         LogCursor.objects.update_or_create(path=self.path, defaults={"inode": self.inode, "offset": self.offset})
         return len(events)
@@ -211,10 +215,20 @@ class Follower:
         cursor = None if fresh else LogCursor.objects.filter(path=self.path).first()
         if cursor and cursor.inode == stat.st_ino and cursor.offset <= stat.st_size:
             self.offset = cursor.offset
+        self.head = self._read_head(min(self.offset, 256))
         return True
 
+    def _read_head(self, size=256):
+        self.file.seek(0)
+        return self.file.read(size)
+
+    def _truncated(self):
+        """copytruncate: the file got shorter, or was cut and has already grown past where we were."""
+        size = os.fstat(self.file.fileno()).st_size
+        return size < self.offset or self._read_head(len(self.head)) != self.head
+
     def _check_rotation(self):
-        """At the end of the file: move to a new file at the path, or start over if it was truncated."""
+        """At the end of the file: move to the new file at the path once the old one was renamed."""
         try:
             stat = os.stat(self.path)
         except FileNotFoundError:
@@ -222,8 +236,6 @@ class Follower:
         if stat.st_ino != self.inode:
             self.file.close()
             self._open(fresh=True)
-        elif stat.st_size < self.offset:
-            self.offset = 0
 
     def _event(self, record, raw):
         if record.kind == "message-id":
