@@ -287,3 +287,16 @@ def test_the_database_backend_redelivers_after_a_dead_consumers_lease(settings):
     TrackingQueueItem.objects.update(leased_until=timezone.now())
     assert tracking.consume().totals.applied == 1
     assert not TrackingQueueItem.objects.exists() and AppliedTrackingEvent.objects.count() == 1
+
+
+@pytest.mark.django_db
+def test_every_outbound_email_carries_its_signed_tracking_header(smtp_server):
+    email = TextOfEmailFactory()
+    assert sending.send_due().sent == 1
+    [received] = smtp_server.received
+    header = received.message[tracking.TRACKING_HEADER]
+    assert tracking.email_pk_from_tracking_id(header) == email.pk
+    # An MTA that reports our header instead of the Message-ID reaches the same email.
+    apply_batch([event("", "delivered", tracking_id=header)])
+    email.refresh_from_db()
+    assert email.status == Status.DELIVERED
