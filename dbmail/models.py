@@ -122,6 +122,11 @@ class MessageRequest(models.Model):
             counts[row["status"]] = counts.get(row["status"], 0) + row["n"]
         return counts
 
+    def tracking_counts(self):
+        """What the MTA reported back: delivered, bounced and complained emails (zeros included)."""
+        counts = self.status_counts()
+        return {status: counts.get(status, 0) for status in ("delivered", "bounced", "complained")}
+
     def cancel(self):
         """Stop the request: no further expansion, and unsent emails become cancelled."""
         updated = MessageRequest.objects.filter(pk=self.pk).exclude(status=self.Status.CANCELLED).update(
