@@ -17,6 +17,7 @@ from dataclasses import dataclass, field, fields
 from datetime import datetime
 from datetime import timezone as dt_timezone
 
+from django.conf import settings
 from django.core import signing
 from django.db import connection, transaction
 from django.db.models import Q
@@ -24,6 +25,7 @@ from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
 from .models import AppliedTrackingEvent, DeliveryEvent, Suppression, TextOfEmail, UnmatchedTrackingEvent
+from .tracking_queue import get_queue
 
 log = logging.getLogger(__name__)
 Status = TextOfEmail.Status
@@ -197,8 +199,6 @@ def publish(event):
 
 def publish_many(events):
     """Check all events first (nothing is published if one is bad), then queue them."""
-    from .tracking_queue import get_queue
-
     checked = []
     for index, event in enumerate(events):
         try:
@@ -400,10 +400,6 @@ class RunResult:
 
 def consume(queue=None, batch_size=None, max_batches=None, should_stop=lambda: False):
     """Drain the tracking queue. A crash before an acknowledgement redelivers; the keys make that harmless."""
-    from django.conf import settings
-
-    from .tracking_queue import get_queue
-
     queue = queue or get_queue()
     batch_size = batch_size or settings.TRACKING_BATCH_SIZE
     run, clock = RunResult(), time.monotonic()

@@ -6,7 +6,6 @@ import time
 from datetime import datetime, timezone as dt_timezone
 
 import pytest
-from django.utils import timezone
 
 from dbmail import tracking
 from dbmail.logfollow import Follower, parse_exim, parse_postfix

@@ -3,7 +3,7 @@ import uuid
 
 import pytest
 from django.utils import timezone
-from hypothesis import given, settings as hsettings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from dbmail import sending, tracking

@@ -209,3 +209,20 @@ def test_when_the_queue_is_down_the_answer_is_503_and_nothing_is_lost(client, we
     assert set(TextOfEmail.objects.values_list("status", flat=True)) == {Status.DELIVERED}
     if proxy:
         proxy.stop()
+
+
+@pytest.mark.django_db
+def test_the_readme_recipe_for_signing_with_openssl_is_accepted(client, webhook, settings):
+    import subprocess
+
+    settings.TRACKING_QUEUE_URL = ""
+    email = TextOfEmailFactory(status=Status.SENT)
+    body = json.dumps(event(email.message_id)).encode()
+    ts = str(int(time.time()))
+    digest = subprocess.run(
+        ["openssl", "dgst", "-sha256", "-hmac", NEW, "-r"], input=ts.encode() + b"." + body, capture_output=True,
+        check=True,
+    ).stdout.split()[0].decode()
+    response = client.post(URL, body, content_type="application/json", HTTP_X_MAILSITE_TIMESTAMP=ts,
+                           HTTP_X_MAILSITE_SIGNATURE=f"sha256={digest}")
+    assert response.status_code == 202

@@ -18,12 +18,22 @@ def queue_backend(request, settings):
     if request.param == "database":
         settings.TRACKING_QUEUE_URL = ""
         yield request.param
-        return
+    else:
+        yield from _rabbit(settings, request.param)
+
+
+@pytest.fixture
+def rabbit_backend(settings):
+    """RabbitMQ only, with an exchange and queue of this test's own."""
+    yield from _rabbit(settings, "rabbitmq")
+
+
+def _rabbit(settings, value):
     name = f"mailsite.test.{uuid.uuid4().hex[:12]}"
     settings.TRACKING_QUEUE_URL = RABBIT_URL
     settings.TRACKING_EXCHANGE = name
     settings.TRACKING_QUEUE = f"{name}.dbmail"
-    yield request.param
+    yield value
     tracking_queue.get_queue().close()
     delete_rabbit(name, f"{name}.dbmail")
 
