@@ -246,7 +246,7 @@ def apply_batch(payloads, now=None):
             raw = json.dumps(payload, sort_keys=True, default=str)
             items.append(("invalid:" + hashlib.sha256(raw.encode()).hexdigest()[:40], None, payload, str(exc)))
     with transaction.atomic():
-        new_keys = _remember(dict.fromkeys(key for key, *_ in items), now)
+        new_keys = _remember(sorted({key for key, *_ in items}), now)
         fresh = []
         for item in items:
             if item[0] in new_keys:
@@ -303,7 +303,10 @@ def apply_batch(payloads, now=None):
 
 
 def _remember(keys, now):
-    """Insert the keys not seen before and return those; concurrent jobs cannot both get one."""
+    """Insert the keys not seen before and return those; concurrent jobs cannot both get one.
+
+    Sorted keys make every job take the unique-index locks in one order, so two never deadlock.
+    """
     if not keys:
         return set()
     table = connection.ops.quote_name(AppliedTrackingEvent._meta.db_table)

@@ -145,24 +145,25 @@ class RabbitQueue:
                 method, _properties, body = channel.basic_get(self.queue, auto_ack=False)
                 if method is None:
                     break
-                deliveries.append(Delivery(_decode(body), method.delivery_tag))
+                # Delivery tags belong to their channel: remember which one.
+                deliveries.append(Delivery(_decode(body), (channel, method.delivery_tag)))
             return deliveries
         except self._errors() as exc:
             self.close()
             raise QueueUnavailable(f"cannot read from RabbitMQ: {exc!r}") from exc
 
     def ack(self, deliveries):
-        if deliveries:
+        for channel, tag in _last_tags(deliveries):
             try:
-                self._channel.basic_ack(max(d.tag for d in deliveries), multiple=True)
+                channel.basic_ack(tag, multiple=True)
             except self._errors() as exc:
                 self.close()  # they will be redelivered; applying them again changes nothing
                 raise QueueUnavailable(f"cannot acknowledge to RabbitMQ: {exc!r}") from exc
 
     def release(self, deliveries):
-        if deliveries:
+        for channel, tag in _last_tags(deliveries):
             try:
-                self._channel.basic_nack(max(d.tag for d in deliveries), multiple=True, requeue=True)
+                channel.basic_nack(tag, multiple=True, requeue=True)
             except self._errors():
                 self.close()  # closing the channel requeues them as well
 
@@ -173,6 +174,15 @@ class RabbitQueue:
                 connection.close()
             except self._errors():
                 pass  # already gone; the broker requeues whatever was unacknowledged
+
+
+def _last_tags(deliveries):
+    """(channel, highest tag) per channel, for acknowledging everything up to it at once."""
+    last = {}
+    for delivery in deliveries:
+        channel, tag = delivery.tag
+        last[id(channel)] = (channel, max(tag, last.get(id(channel), (None, 0))[1]))
+    return list(last.values())
 
 
 def _decode(body):
