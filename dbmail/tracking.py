@@ -234,28 +234,14 @@ class ApplyResult:
 
 
 def apply_batch(payloads, now=None):
-    """Apply queued events (dicts as published, or anything read off the queue) in one transaction."""
+    """Apply queued events (as published, or whatever was read off the queue) in one transaction."""
     now = now or timezone.now()
     result = ApplyResult()
-    items = []  # (key, normalised event or None, payload, error)
-    for payload in payloads:
-        try:
-            event = normalise(payload)
-            items.append((event_key(event), event, payload, ""))
-        except InvalidEvent as exc:
-            raw = json.dumps(payload, sort_keys=True, default=str)
-            items.append(("invalid:" + hashlib.sha256(raw.encode()).hexdigest()[:40], None, payload, str(exc)))
+    items = [_prepare(payload) for payload in payloads]
     with transaction.atomic():
-        new_keys = _remember(sorted({key for key, *_ in items}), now)
-        fresh = []
-        for item in items:
-            if item[0] in new_keys:
-                new_keys.discard(item[0])  # a second copy within the batch is a duplicate too
-                fresh.append(item)
-            else:
-                result.duplicates += 1
+        fresh = _only_new(items, now, result)
         unmatched = [
-            _unmatched(key, event, payload, UnmatchedTrackingEvent.Reason.INVALID, error)
+            _unmatched(key, None, payload, UnmatchedTrackingEvent.Reason.INVALID, error)
             for key, event, payload, error in fresh
             if event is None
         ]
@@ -284,22 +270,52 @@ def apply_batch(payloads, now=None):
                 suppress.setdefault(email.to_address.lower(), (Suppression.Reason.BOUNCED, event))
         result.changed = len(changed)
         result.unmatched = len(unmatched) - result.invalid
-        for email in changed.values():
-            # Clearing the claim means a sender still holding it cannot write "sent" over this.
-            TextOfEmail.objects.filter(pk=email.pk).update(
-                status=email.status, status_changed_at=now, claim_token=None, leased_until=None,
-                last_error=email.last_error[:2000],
-            )
-        DeliveryEvent.objects.bulk_create(log_rows)
-        UnmatchedTrackingEvent.objects.bulk_create(unmatched)
-        Suppression.objects.bulk_create(
-            [
-                Suppression(address=address, reason=reason, note=_describe(event)[:500], created_at=now)
-                for address, (reason, event) in suppress.items()
-            ],
-            ignore_conflicts=True,  # an address already suppressed keeps its first reason
-        )
+        _write(changed.values(), log_rows, unmatched, suppress, now)
     return result
+
+
+def _prepare(payload):
+    """(key, normalised event or None, payload, error) for one queued payload."""
+    try:
+        event = normalise(payload)
+    except InvalidEvent as exc:
+        raw = json.dumps(payload, sort_keys=True, default=str)
+        return "invalid:" + hashlib.sha256(raw.encode()).hexdigest()[:40], None, payload, str(exc)
+    return event_key(event), event, payload, ""
+
+
+def _only_new(items, now, result):
+    """The items whose key was never applied (once each); the rest are counted as duplicates."""
+    new_keys = _remember(sorted({key for key, *_ in items}), now)
+    fresh = []
+    for item in items:
+        if item[0] in new_keys:
+            new_keys.discard(item[0])  # a second copy within the batch is a duplicate too
+            fresh.append(item)
+        else:
+            result.duplicates += 1
+    return fresh
+
+
+def _write(changed, log_rows, unmatched, suppress, now):
+    for email in changed:
+        # Clearing the claim means a sender still holding it cannot write "sent" over this.
+        TextOfEmail.objects.filter(pk=email.pk).update(
+            status=email.status,
+            status_changed_at=now,
+            claim_token=None,
+            leased_until=None,
+            last_error=email.last_error[:2000],
+        )
+    DeliveryEvent.objects.bulk_create(log_rows)
+    UnmatchedTrackingEvent.objects.bulk_create(unmatched)
+    Suppression.objects.bulk_create(
+        [
+            Suppression(address=address, reason=reason, note=_describe(event)[:500], created_at=now)
+            for address, (reason, event) in suppress.items()
+        ],
+        ignore_conflicts=True,  # an address already suppressed keeps its first reason
+    )
 
 
 def _remember(keys, now):
@@ -367,16 +383,8 @@ def _unmatched(key, event, payload, reason, error=""):
         recipient=event.get("recipient", "")[:254],
         occurred_at=parse_datetime(event["timestamp"]) if event else None,
         source=event.get("source", "")[:100],
-        payload=payload if _json_safe(payload) else {"raw": repr(payload)[:10000]},
+        payload=payload,
     )
-
-
-def _json_safe(value):
-    try:
-        json.dumps(value)
-    except (TypeError, ValueError):
-        return False
-    return True
 
 
 def retry_unmatched(queryset):
