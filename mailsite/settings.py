@@ -177,7 +177,9 @@ if DBMAIL_RETRY_MAX_SECONDS < DBMAIL_RETRY_BASE_SECONDS:
 # --- Delivery tracking: MTA callbacks -> tracking queue -> dbmail_track (see README, "Delivery tracking") ---
 TRACKING_QUEUE_URL = setting("TRACKING_QUEUE_URL", "str", "")
 if TRACKING_QUEUE_URL and not TRACKING_QUEUE_URL.startswith(("amqp://", "amqps://")):
-    raise ImproperlyConfigured(f"Setting TRACKING_QUEUE_URL={TRACKING_QUEUE_URL!r} must be an amqp:// or amqps:// URL.")
+    # The value may hold a password: name the scheme only.
+    _scheme = TRACKING_QUEUE_URL.partition(":")[0]
+    raise ImproperlyConfigured(f"Setting TRACKING_QUEUE_URL must be an amqp:// or amqps:// URL, not {_scheme}:.")
 TRACKING_EXCHANGE = setting("TRACKING_EXCHANGE", "str", "mailsite.tracking")
 TRACKING_QUEUE = setting("TRACKING_QUEUE", "str", "mailsite.tracking.dbmail")
 TRACKING_BATCH_SIZE = setting("TRACKING_BATCH_SIZE", "int", 200, minimum=1)

@@ -226,3 +226,9 @@ def test_the_readme_recipe_for_signing_with_openssl_is_accepted(client, webhook,
     response = client.post(URL, body, content_type="application/json", HTTP_X_MAILSITE_TIMESTAMP=ts,
                            HTTP_X_MAILSITE_SIGNATURE=f"sha256={digest}")
     assert response.status_code == 202
+
+
+def test_a_queue_url_that_is_not_amqp_stops_start_up_without_showing_the_password():
+    result = manage("check", env=subprocess_env(TRACKING_QUEUE_URL="redis://u:hunter2@localhost/0"))
+    assert result.returncode != 0 and "TRACKING_QUEUE_URL must be an amqp://" in result.stderr
+    assert "hunter2" not in result.stderr
