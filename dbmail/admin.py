@@ -2,8 +2,10 @@ from django import forms
 from django.contrib import admin, messages
 from django.utils import timezone
 
+from . import tracking
 from .models import CronHeartbeat, DeliveryEvent, MessageRequest, SenderAccount, Suppression, TextOfEmail
 from .models import SpoolFile, SpoolItem  # the XML spool
+from .models import TrackingQueueItem, UnmatchedTrackingEvent
 
 
 class SenderAccountForm(forms.ModelForm):
@@ -30,17 +32,23 @@ class SenderAccountAdmin(admin.ModelAdmin):
 
 @admin.register(MessageRequest)
 class MessageRequestAdmin(admin.ModelAdmin):
-    list_display = ["id", "subject", "sender", "recipient_set", "status", "send_at", "recipient_count", "progress"]
+    list_display = [
+        "id", "subject", "sender", "recipient_set", "status", "send_at", "recipient_count", "progress", "delivery",
+    ]
     list_filter = ["status", "recipient_set", "sender"]
     search_fields = ["subject", "creator__username"]
     date_hierarchy = "created_at"
-    readonly_fields = ["recipient_count", "expanded_at", "checkpoint", "progress"]
+    readonly_fields = ["recipient_count", "expanded_at", "checkpoint", "progress", "delivery"]
     actions = ["cancel_requests", "queue_now"]
 
     @admin.display(description="Progress")
     def progress(self, obj):
         counts = obj.status_counts()
         return ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) or "-"
+
+    @admin.display(description="Delivered / bounced / complained")
+    def delivery(self, obj):
+        return " / ".join(str(n) for n in obj.tracking_counts().values())
 
     def save_model(self, request, obj, form, change):
         if not obj.creator_id:
@@ -175,6 +183,46 @@ class SpoolFileAdmin(admin.ModelAdmin):
     @admin.display(description="Reason")
     def short_reason(self, obj):
         return obj.reason[:80]
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+
+# --- Delivery tracking ---
+
+
+@admin.register(UnmatchedTrackingEvent)
+class UnmatchedTrackingEventAdmin(admin.ModelAdmin):
+    """Tracking events for no email of ours, kept for inspection; the changelist count is the tally."""
+
+    list_display = ["received_at", "reason", "event", "message_id", "recipient", "source", "error"]
+    list_filter = ["reason", "event", "source"]
+    search_fields = ["message_id", "recipient", "key"]
+    date_hierarchy = "received_at"
+    readonly_fields = [f.name for f in UnmatchedTrackingEvent._meta.fields]
+    actions = ["apply_again"]
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    @admin.action(description="Apply again (their email may exist now)")
+    def apply_again(self, request, queryset):
+        result = tracking.retry_unmatched(queryset)
+        self.message_user(request, f"Applied {result.applied}; still unmatched {result.unmatched + result.invalid}.")
+
+
+@admin.register(TrackingQueueItem)
+class TrackingQueueItemAdmin(admin.ModelAdmin):
+    """The database backend of the tracking queue: what waits for dbmail_track."""
+
+    list_display = ["id", "enqueued_at", "leased_until", "deliveries", "payload"]
+    readonly_fields = [f.name for f in TrackingQueueItem._meta.fields]
 
     def has_add_permission(self, request):
         return False

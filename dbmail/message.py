@@ -10,6 +10,8 @@ from email.utils import formataddr
 
 from django.core.mail import EmailMessage, EmailMultiAlternatives
 
+from .tracking import TRACKING_HEADER, tracking_id
+
 _BARE_LF = re.compile(rb"(?<!\r)\n")
 
 
@@ -42,7 +44,12 @@ def to_email_message(email, connection=None, attachments=()):
         return RawEmailMessage(
             email.raw_message, from_email=email.envelope_sender, to=[recipient], connection=connection
         )
-    headers = {"From": email.from_header, "Message-ID": email.message_id, **(email.headers or {})}
+    headers = {
+        "From": email.from_header,
+        "Message-ID": email.message_id,
+        TRACKING_HEADER: tracking_id(email.pk),  # MTA callbacks and bounces name the email by it
+        **(email.headers or {}),
+    }
     message = EmailMultiAlternatives(
         subject=email.subject,
         body=email.text,
@@ -56,4 +63,6 @@ def to_email_message(email, connection=None, attachments=()):
         message.attach_alternative(email.html, "text/html")
     for filename, content, content_type in attachments:
         message.attach(filename, content, content_type)
+    # Email service providers (through django-anymail) echo metadata back in their tracking events.
+    message.metadata = {"mailsite_email": headers[TRACKING_HEADER]}
     return message

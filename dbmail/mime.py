@@ -19,6 +19,8 @@ from email.utils import formataddr, formatdate
 
 from django.conf import settings
 
+from .tracking import TRACKING_HEADER, tracking_id
+
 _MAX_LINE = 78
 
 
@@ -82,10 +84,12 @@ def compose(email):
         _header("Subject", email.subject),
         f"Date: {formatdate(localtime=settings.EMAIL_USE_LOCALTIME)}",
         f"Message-ID: {email.message_id}",
+        f"{TRACKING_HEADER}: {tracking_id(email.pk)}",  # MTA callbacks and bounces name the email by it
     ]
     if email.reply_to:
         lines.append(_header("Reply-To", email.reply_to))
     taken = {"from", "to", "subject", "date", "message-id", "reply-to", "mime-version", "content-type"}
+    taken.add(TRACKING_HEADER.lower())
     for name, value in (email.headers or {}).items():
         if name.lower() not in taken and name.isascii() and ":" not in name and " " not in name:
             lines.append(_header(name, value))

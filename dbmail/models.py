@@ -134,6 +134,11 @@ class MessageRequest(models.Model):
             counts[row["status"]] = counts.get(row["status"], 0) + row["n"]
         return counts
 
+    def tracking_counts(self):
+        """What the MTA reported back: delivered, bounced and complained emails (zeros included)."""
+        counts = self.status_counts()
+        return {status: counts.get(status, 0) for status in ("delivered", "bounced", "complained")}
+
     def cancel(self):
         """Stop the request: no further expansion, and unsent emails become cancelled."""
         updated = MessageRequest.objects.filter(pk=self.pk).exclude(status=self.Status.CANCELLED).update(
@@ -392,3 +397,80 @@ class SpoolItem(models.Model):
 
     def __str__(self):
         return f"{self.file.name} #{self.position}"
+
+# --- Delivery tracking (dbmail.tracking): the queue's database backend and the job's memory ---
+
+
+class TrackingQueueItem(models.Model):
+    """One event waiting in the database backend of the tracking queue (used when no RabbitMQ is set)."""
+
+    payload = models.JSONField()
+    enqueued_at = models.DateTimeField(default=timezone.now)
+    # Held by a consumer until acknowledged; an expired lease (the consumer died) makes it visible again.
+    claim_token = models.UUIDField(null=True, blank=True, editable=False)
+    leased_until = models.DateTimeField(null=True, blank=True)
+    deliveries = models.PositiveIntegerField(default=0, help_text="How often it was handed to a consumer.")
+
+    class Meta:
+        ordering = ["id"]
+        verbose_name = "tracking queue item"
+
+    def __str__(self):
+        return f"#{self.pk} {self.payload.get('event', '?') if isinstance(self.payload, dict) else '?'}"
+
+
+class AppliedTrackingEvent(models.Model):
+    """The key (source:event_id) of every tracking event already applied, so a redelivery changes nothing."""
+
+    key = models.CharField(max_length=300, unique=True)
+    applied_at = models.DateTimeField(default=timezone.now)
+
+    def __str__(self):
+        return self.key
+
+
+class UnmatchedTrackingEvent(models.Model):
+    """A tracking event for no email of ours (or one that could not be read): kept, counted, never dropped."""
+
+    class Reason(models.TextChoices):
+        UNKNOWN_EMAIL = "unknown-email", "no such email"
+        INVALID = "invalid", "invalid event"
+
+    key = models.CharField(max_length=300, db_index=True)
+    reason = models.CharField(max_length=16, choices=Reason.choices)
+    error = models.CharField(max_length=500, blank=True)
+    event = models.CharField(max_length=16, blank=True)
+    message_id = models.CharField(max_length=255, blank=True, db_index=True)
+    recipient = models.CharField(max_length=254, blank=True)
+    occurred_at = models.DateTimeField(null=True, blank=True)
+    source = models.CharField(max_length=100, blank=True)
+    payload = models.JSONField(help_text="The event as received.")
+    received_at = models.DateTimeField(default=timezone.now, db_index=True)
+
+    class Meta:
+        ordering = ["-received_at", "-id"]
+
+    def __str__(self):
+        return f"{self.event or '?'} {self.message_id or '-'} ({self.get_reason_display()})"
+
+
+class LogCursor(models.Model):
+    """How far the log follower has read an MTA log, so a restart neither skips nor rereads much."""
+
+    path = models.CharField(max_length=500, unique=True)
+    inode = models.BigIntegerField()
+    offset = models.BigIntegerField()
+    updated_at = models.DateTimeField(auto_now=True)
+
+    def __str__(self):
+        return f"{self.path} @ {self.offset}"
+
+
+class WebhookSignature(models.Model):
+    """Signatures of accepted tracking callbacks within the replay window: the same request twice is refused."""
+
+    signature = models.CharField(max_length=128, unique=True)
+    seen_at = models.DateTimeField(default=timezone.now, db_index=True)
+
+    def __str__(self):
+        return self.signature[:16]

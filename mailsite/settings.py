@@ -203,6 +203,31 @@ for _key in sorted(k for k in os.environ if k.startswith("DATABASE_URL_")):
     if not DATABASES[_sid].get("ENGINE"):
         raise ImproperlyConfigured(f"Setting {_key} is not a usable database URL: unknown database engine.")
 
+# --- Delivery tracking: MTA callbacks -> tracking queue -> dbmail_track (see README, "Delivery tracking") ---
+TRACKING_QUEUE_URL = setting("TRACKING_QUEUE_URL", "str", "")
+if TRACKING_QUEUE_URL and not TRACKING_QUEUE_URL.startswith(("amqp://", "amqps://")):
+    # The value may hold a password: name the scheme only.
+    _scheme = TRACKING_QUEUE_URL.partition(":")[0]
+    raise ImproperlyConfigured(f"Setting TRACKING_QUEUE_URL must be an amqp:// or amqps:// URL, not {_scheme}:.")
+TRACKING_EXCHANGE = setting("TRACKING_EXCHANGE", "str", "mailsite.tracking")
+TRACKING_QUEUE = setting("TRACKING_QUEUE", "str", "mailsite.tracking.dbmail")
+TRACKING_BATCH_SIZE = setting("TRACKING_BATCH_SIZE", "int", 200, minimum=1)
+TRACKING_WEBHOOK_ENABLED = setting("TRACKING_WEBHOOK_ENABLED", "bool", False)
+TRACKING_WEBHOOK_SECRETS = setting("TRACKING_WEBHOOK_SECRETS", "list", [])
+TRACKING_WEBHOOK_BASIC_AUTH = setting("TRACKING_WEBHOOK_BASIC_AUTH", "list", [])
+TRACKING_WEBHOOK_MAX_AGE = setting("TRACKING_WEBHOOK_MAX_AGE", "int", 300, minimum=1)
+if any(len(secret) < 16 for secret in TRACKING_WEBHOOK_SECRETS):
+    raise ImproperlyConfigured("Setting TRACKING_WEBHOOK_SECRETS: each secret must be at least 16 characters.")
+if any(":" not in pair or len(pair.partition(":")[2]) < 16 for pair in TRACKING_WEBHOOK_BASIC_AUTH):
+    raise ImproperlyConfigured(
+        "Setting TRACKING_WEBHOOK_BASIC_AUTH: each entry is user:password with a password of at least 16 characters."
+    )
+# An enabled endpoint without credentials would be open to anyone: refuse to start instead.
+if TRACKING_WEBHOOK_ENABLED and not (TRACKING_WEBHOOK_SECRETS or TRACKING_WEBHOOK_BASIC_AUTH):
+    raise ImproperlyConfigured(
+        "Setting TRACKING_WEBHOOK_SECRETS (or TRACKING_WEBHOOK_BASIC_AUTH) is required when TRACKING_WEBHOOK_ENABLED is on."
+    )
+
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,

@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 from dbmail import mime
 from dbmail.message import to_email_message
 from dbmail.models import TextOfEmail
+from dbmail.tracking import TRACKING_HEADER
 
 # Printable text in many scripts, without control characters (headers never carry them).
 words = st.text(st.characters(blacklist_categories=("Cc", "Cs", "Zl", "Zp")), max_size=120)
@@ -39,7 +40,7 @@ def parsed(data):
 def same_reading(email):
     ours = parsed(mime.compose(email))
     django = parsed(to_email_message(email).message().as_bytes(linesep="\r\n"))
-    for name in ["From", "To", "Subject", "Reply-To", "Message-ID", *email.headers]:
+    for name in ["From", "To", "Subject", "Reply-To", "Message-ID", TRACKING_HEADER, *email.headers]:
         assert " ".join(str(ours.get(name, "")).split()) == " ".join(str(django.get(name, "")).split()), name
     text_ours, text_django = ours.get_body(("plain",)), django.get_body(("plain",))
     assert (text_ours and text_ours.get_content()) == (text_django and text_django.get_content())
