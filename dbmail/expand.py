@@ -7,14 +7,17 @@ chunk in flight, which the next run redoes from the checkpoint; the unique
 (request, address) constraint makes a repeated chunk harmless anyway.
 """
 
+import queue
+import threading
 import uuid
 from dataclasses import dataclass
 from datetime import timedelta
 
 from django.conf import settings
-from django.db import transaction
+from django.db import connection, models, transaction
 from django.db.models import Q
 from django.utils import timezone
+from psycopg2.extras import Json, execute_values
 
 from . import recipients, rendering, unsubscribe
 from .models import MessageRequest, TextOfEmail
@@ -52,24 +55,25 @@ def claim_request(now=None):
     return request
 
 
-def build_email(request, compiled, recipient, now):
-    """The unsaved TextOfEmail for one recipient; a bad address or template makes it a dropped row."""
-    url = unsubscribe.unsubscribe_url(recipient.email) if not recipient.error else ""
-    email = TextOfEmail(
-        request=request,
-        account=request.sender,
-        user_id=recipient.user_id,
-        to_address=recipient.email[:254],
-        to_name=recipient.name[:200],
-        from_header=request.sender.from_header,
-        envelope_sender=request.sender.address,
-        reply_to=request.reply_to,
-        message_id=rendering.new_message_id(),
-        headers=unsubscribe.list_unsubscribe_headers(url, recipient.email) if url else {},
-        status_changed_at=now,
-        next_attempt_at=now,
-        created_at=now,
-    )
+def email_fields(request, compiled, recipient, now, links=None):
+    """One recipient's TextOfEmail as field values; a bad address or template makes it a dropped row."""
+    url = (links or unsubscribe.LinkMaker()).url(recipient.email) if not recipient.error else ""
+    fields = {
+        "request_id": request.pk,
+        "account_id": request.sender_id,
+        "user_id": recipient.user_id,
+        "to_address": recipient.email[:254],
+        "to_name": recipient.name[:200],
+        "from_header": request.sender.from_header,
+        "envelope_sender": request.sender.address,
+        "reply_to": request.reply_to,
+        "message_id": rendering.new_message_id(),
+        "headers": unsubscribe.list_unsubscribe_headers(url, recipient.email) if url else {},
+        "status": Status.QUEUED,
+        "status_changed_at": now,
+        "next_attempt_at": now,
+        "created_at": now,
+    }
     error = recipient.error
     if not error:
         try:
@@ -77,11 +81,98 @@ def build_email(request, compiled, recipient, now):
         except rendering.RenderError as exc:
             error = str(exc)
         else:
-            email.subject, email.text, email.html = rendered.subject[:998], rendered.text, rendered.html
+            fields.update(subject=rendered.subject[:998], text=rendered.text, html=rendered.html)
     if error:
-        email.status = Status.DROPPED
-        email.last_error = error
-    return email
+        fields.update(status=Status.DROPPED, last_error=error)
+    return fields
+
+
+def build_email(request, compiled, recipient, now):
+    """The unsaved TextOfEmail for one recipient (what the comm panel previews)."""
+    return TextOfEmail(**email_fields(request, compiled, recipient, now))
+
+
+def insert_emails(rows):
+    """Insert field dicts, leaving out any address the request already has (a repeated chunk)."""
+    if connection.vendor != "postgresql":
+        TextOfEmail.objects.bulk_create([TextOfEmail(**row) for row in rows], batch_size=500, ignore_conflicts=True)
+        return
+    # The ORM's bulk_create spends ~150 µs a row preparing values; expansion must do 10,000 a second.
+    fields = [f for f in TextOfEmail._meta.concrete_fields if not f.primary_key]
+    defaults = {f.attname: f.get_default() for f in fields}
+    json_fields = {f.attname for f in fields if isinstance(f, models.JSONField)}
+    values = [
+        tuple(
+            Json(row.get(name, defaults[name])) if name in json_fields else row.get(name, defaults[name])
+            for name in (f.attname for f in fields)
+        )
+        for row in rows
+    ]
+    columns = ", ".join(connection.ops.quote_name(f.column) for f in fields)
+    table = connection.ops.quote_name(TextOfEmail._meta.db_table)
+    sql = f"INSERT INTO {table} ({columns}) VALUES %s ON CONFLICT DO NOTHING"
+    with connection.cursor() as cursor:
+        execute_values(cursor.cursor, sql, values, page_size=1000)
+
+
+class InlineWriter:
+    """Commits each chunk before the next is rendered."""
+
+    stopped = False
+
+    def __init__(self, commit):
+        self._commit = commit
+
+    def submit(self, last_position, rows):
+        self.stopped = not self._commit(last_position, rows)
+
+    def close(self):
+        pass
+
+
+class ChunkWriter:
+    """Commits chunks on its own connection while the next chunk is rendered.
+
+    The database's half of the work (inserting and indexing) then costs the
+    renderer nothing. Each chunk still commits with its checkpoint in one
+    transaction, in order; a stop (cancel, lost lease) or an error ends it.
+    """
+
+    def __init__(self, commit):
+        self._commit = commit
+        self._work = queue.Queue(maxsize=1)
+        self.stopped = False
+        self.error = None
+        self._thread = threading.Thread(target=self._run, name="dbmail-expand", daemon=True)
+        self._thread.start()
+
+    def submit(self, last_position, rows):
+        if self.error:
+            raise self.error
+        self._work.put((last_position, rows))
+
+    def _run(self):
+        try:
+            while (item := self._work.get()) is not None:
+                if self.stopped or self.error:
+                    continue
+                try:
+                    self.stopped = not self._commit(*item)
+                except BaseException as exc:  # re-raised in the expanding thread
+                    self.error = exc
+        finally:
+            connection.close()
+
+    def close(self):
+        self._work.put(None)
+        self._thread.join()
+        if self.error:
+            raise self.error
+
+
+def _can_write_aside():
+    # Another connection cannot see rows of a transaction still open here (e.g. a caller's atomic block).
+    return connection.vendor == "postgresql" and not connection.in_atomic_block
 
 
 def expand(request, chunk_size=None, on_chunk=None):
@@ -101,17 +192,30 @@ def expand(request, chunk_size=None, on_chunk=None):
         mine.update(status=MessageRequest.Status.CANCELLED, checkpoint={"error": str(exc)})
         return 0
 
-    chunks = recipients.iter_recipients(request.recipient_set, request.recipient_params, after, chunk_size)
-    for last_position, chunk in chunks:
+    def commit(last_position, rows):
         now = timezone.now()
-        emails = [build_email(request, compiled, rcpt, now) for rcpt in chunk]
         with transaction.atomic():
             # Updating the request first locks it: a cancel waits for this chunk, then wins.
             if not mine.update(checkpoint={"after": last_position}, expand_lease_until=now + lease):
-                return 0
-            TextOfEmail.objects.bulk_create(emails, batch_size=1000, ignore_conflicts=True)
+                return False
+            insert_emails(rows)
         if on_chunk:
-            on_chunk(len(emails))
+            on_chunk(len(rows))
+        return True
+
+    chunks = recipients.iter_recipients(request.recipient_set, request.recipient_params, after, chunk_size)
+    links = unsubscribe.LinkMaker()
+    writer = ChunkWriter(commit) if _can_write_aside() else InlineWriter(commit)
+    try:
+        for last_position, chunk in chunks:
+            if writer.stopped:
+                break
+            now = timezone.now()
+            writer.submit(last_position, [email_fields(request, compiled, rcpt, now, links) for rcpt in chunk])
+    finally:
+        writer.close()
+    if writer.stopped:
+        return 0
 
     total = request.emails.count()
     mine.update(

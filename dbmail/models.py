@@ -172,10 +172,12 @@ class TextOfEmail(models.Model):
         Status.COMPLAINED,
     )
 
+    # No index of its own: the unique (request, lower(address)) index starts with it.
     request = models.ForeignKey(
-        MessageRequest, null=True, blank=True, on_delete=models.CASCADE, related_name="emails"
+        MessageRequest, null=True, blank=True, on_delete=models.CASCADE, related_name="emails", db_index=False
     )
-    account = models.ForeignKey(SenderAccount, null=True, blank=True, on_delete=models.PROTECT)
+    # Unindexed: an account is deleted rarely, and every index costs each of 10,000 inserts a second.
+    account = models.ForeignKey(SenderAccount, null=True, blank=True, on_delete=models.PROTECT, db_index=False)
     user = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
     to_address = models.CharField(max_length=254)
     to_name = models.CharField(max_length=200, blank=True)
@@ -188,7 +190,7 @@ class TextOfEmail(models.Model):
     headers = models.JSONField(default=dict, blank=True)
     # The complete message for forwards, which must keep their MIME structure byte for byte.
     raw_message = models.BinaryField(null=True, blank=True)
-    message_id = models.CharField(max_length=255, unique=True)
+    message_id = models.CharField(max_length=255)  # unique: a constraint, which spares a LIKE index
 
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.QUEUED)
     status_changed_at = models.DateTimeField(default=timezone.now)
@@ -205,6 +207,7 @@ class TextOfEmail(models.Model):
         verbose_name = "email"
         ordering = ["-id"]
         constraints = [
+            models.UniqueConstraint(fields=["message_id"], name="dbmail_message_id_unique"),
             # A request never yields two emails to one mailbox, whatever the case of the address.
             models.UniqueConstraint(
                 "request",
@@ -219,8 +222,6 @@ class TextOfEmail(models.Model):
                 fields=["next_attempt_at", "id"], condition=Q(status__in=["queued", "deferred"]), name="dbmail_due"
             ),
             models.Index(fields=["leased_until"], condition=Q(status="sending"), name="dbmail_lease"),
-            models.Index(fields=["status", "status_changed_at"], name="dbmail_status"),
-            models.Index(fields=["to_address"], name="dbmail_to"),
         ]
 
     def __str__(self):
@@ -257,7 +258,8 @@ class DeliveryEvent(models.Model):
         TRACKING = "tracking"
         ADMIN = "admin"
 
-    email = models.ForeignKey(TextOfEmail, on_delete=models.CASCADE, related_name="events")
+    # Indexed by (email, at) below, which also serves lookups by email.
+    email = models.ForeignKey(TextOfEmail, on_delete=models.CASCADE, related_name="events", db_index=False)
     at = models.DateTimeField(default=timezone.now)
     kind = models.CharField(max_length=16, choices=Kind.choices)
     outcome = models.CharField(max_length=16, help_text="The email's status this event led to.")

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from itertools import islice
 
 from django.contrib.auth import get_user_model
-from django.core.exceptions import ValidationError
+from django.core.exceptions import FieldDoesNotExist, ValidationError
 from django.core.validators import validate_email
 from django.db.models import QuerySet
 
@@ -91,15 +91,43 @@ def address_error(address):
 
 
 def _from_user(user):
-    email = normalise_address(user.email)
-    full = user.get_full_name().strip()
+    return _recipient(
+        user.email,
+        getattr(user, "first_name", ""),
+        getattr(user, "last_name", ""),
+        user.get_username(),
+        user.pk,
+    )
+
+
+_USER_VALUES = ("pk", "email", "first_name", "last_name")
+
+
+def _user_rows(users, chunk_size):
+    """(pk, Recipient) per user; plain values rather than model instances where the user model allows."""
+    model = users.model
+    username = model.USERNAME_FIELD
+    try:
+        for name in _USER_VALUES[1:]:
+            model._meta.get_field(name)
+    except FieldDoesNotExist:  # a custom user model without these fields: ask the instances
+        return ((user.pk, _from_user(user)) for user in users.iterator(chunk_size=chunk_size))
+    values = users.values_list(*_USER_VALUES, username)
+    return (
+        (pk, _recipient(email, first, last, login, pk))
+        for pk, email, first, last, login in values.iterator(chunk_size=chunk_size)
+    )
+
+
+def _recipient(email, first, last, username, user_id):
+    email = normalise_address(email)
     return Recipient(
         email=email,
-        name=full,
-        first_name=user.first_name,
-        last_name=user.last_name,
-        username=user.get_username(),
-        user_id=user.pk,
+        name=f"{first} {last}".strip(),
+        first_name=first,
+        last_name=last,
+        username=str(username),
+        user_id=user_id,
         error=address_error(email),
     )
 
@@ -129,7 +157,7 @@ def iter_recipients(name, params, after=None, chunk_size=2000):
         users = source.filter(is_active=True).exclude(email="").order_by("pk")
         if after is not None:
             users = users.filter(pk__gt=after)
-        rows = ((user.pk, _from_user(user)) for user in users.iterator(chunk_size=chunk_size))
+        rows = _user_rows(users, chunk_size)
     else:
         start = 0 if after is None else after + 1
         rows = ((pos, _from_row(row)) for pos, row in enumerate(islice(source, start, None), start))

@@ -6,7 +6,7 @@ from django.utils import timezone
 from hypothesis import given
 from hypothesis import strategies as st
 
-from dbmail import sending, tracking
+from dbmail import claims, outcomes, retry, sending, tracking
 from dbmail.models import (
     AppliedTrackingEvent,
     DeliveryEvent,
@@ -226,14 +226,14 @@ def test_the_tracking_header_finds_the_email_and_a_forged_one_does_not():
 def test_an_event_for_an_email_still_being_sent_wins_over_the_senders_late_outcome():
     """The crash window: the MTA has the mail and reports it before the sender recorded its 250."""
     TextOfEmailFactory()
-    claim = sending.claim(10)
+    claim = claims.claim(10)
     [email] = claim.emails
     apply_batch([event(email.message_id, "delivered")])
-    sending.record(email, claim.token, sending.retry.Outcome("sent", 250, "ok"))
+    outcomes.record(email, claim.token, retry.Outcome("sent", 250, "ok"))
     email.refresh_from_db()
     assert email.status == Status.DELIVERED and email.claim_token is None
     # ...and a sender whose lease runs out does not send it again.
-    assert not sending.claim(10, now=timezone.now() + timezone.timedelta(days=1)).emails
+    assert not claims.claim(10, now=timezone.now() + timezone.timedelta(days=1)).emails
 
 
 # --- Through the queue, on both backends ---
