@@ -370,7 +370,7 @@ def main(argv=None):
     notes = [
         f"message size {size:,.0f} bytes; sink CPU per message: ceiling "
         f"{ceiling_report['cpu_seconds'] / n * 1e6:.0f} us, dbmail_cron {single['sink_cpu_us']:.0f} us",
-        f"dbmail_cron: {single['summaries'][0]}",
+        f"1 sender: {single['summaries'][0]}",
         *(f"{procs} senders: " + " | ".join(r["summaries"]) for procs, r in concurrent),
         f"load average before {load_before[0]:.2f}, after {load_after[0]:.2f} ({os.cpu_count()} CPUs); "
         f"total {time.perf_counter() - clock:.0f}s",
