@@ -165,18 +165,15 @@ def profiled(args, name):
 
 
 def expand_phase(args, db_url, name):
-    """Expand the due request in a child; (emails, seconds, peak RSS in MB)."""
-    proc = subprocess.Popen(
+    """Expand the due request in a child; (emails, seconds, the child's peak RSS in MB)."""
+    proc = subprocess.run(
         [PY, *profiled(args, name), str(BENCH / "expand_child.py")],
-        env=child_env(db_url), stdout=subprocess.PIPE,
+        env=child_env(db_url), stdout=subprocess.PIPE, text=True,
     )
-    out = proc.stdout.read()
-    _, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode != 0:
         raise SystemExit(f"bench: expansion failed (exit {proc.returncode})")
-    figures = json.loads(out.decode().strip().splitlines()[-1])
-    return figures["emails"], figures["seconds"], usage.ru_maxrss / 1024  # ru_maxrss is in kB on Linux
+    figures = json.loads(proc.stdout.strip().splitlines()[-1])
+    return figures["emails"], figures["seconds"], figures["peak_rss_kb"] / 1024
 
 
 def prebuilt_messages(request):
