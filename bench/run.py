@@ -343,7 +343,9 @@ def main(argv=None):
             for procs, r in concurrent
         ],
     }
-    Path(args.results).write_text(json.dumps(results, indent=2) + "\n")
+    partial = Path(f"{args.results}.tmp")
+    partial.write_text(json.dumps(results, indent=2) + "\n")
+    partial.replace(args.results)  # a failed run never leaves half a file
 
     ratio = results["send_ratio"]
     growth = rss_big - rss_small
