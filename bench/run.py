@@ -18,10 +18,12 @@ See bench/README.md for what each figure means. The database is dropped at the e
 import argparse
 import json
 import os
+import shutil
 import signal
 import smtplib
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -113,6 +115,8 @@ def drop_database(db_url):
 class Sink:
     """bench/sink.py in its own process; stop() returns its report."""
 
+    running = []  # killed at exit if a phase fails before stopping its sink
+
     def __init__(self, workdir, name):
         self.report_path = Path(workdir) / f"sink-{name}.json"
         self.proc = subprocess.Popen(
@@ -123,8 +127,10 @@ class Sink:
             self.proc.kill()
             raise SystemExit(f"bench: the sink did not start ({line!r})")
         self.port = int(line)
+        Sink.running.append(self.proc)
 
     def stop(self):
+        Sink.running.remove(self.proc)
         self.proc.send_signal(signal.SIGTERM)
         if self.proc.wait(timeout=30) != 0:
             raise SystemExit("bench: the sink failed")
@@ -262,8 +268,6 @@ def main(argv=None):
     db_url = os.environ.get("BENCH_DATABASE_URL", DEFAULT_DB)
     if args.profile:
         Path(args.profile).mkdir(parents=True, exist_ok=True)
-    workdir = Path(os.environ.get("TMPDIR", "/tmp")) / f"mailsite-bench-{os.getpid()}"
-    workdir.mkdir(parents=True, exist_ok=True)
     load_before = os.getloadavg()
     clock = time.perf_counter()
 
@@ -285,7 +289,7 @@ def main(argv=None):
 
     sender = SenderAccount.objects.create(address="office@example.org", display_name="The Office")
     n, big = args.messages, args.big
-    results = {}
+    workdir = Path(tempfile.mkdtemp(prefix="mailsite-bench-"))  # the sinks' reports
     try:
         step(f"creating {n:,} users")
         create_users(0, n)
@@ -326,6 +330,9 @@ def main(argv=None):
             raise SystemExit(f"bench: expansion made {emails} emails, expected {big}")
         expand_big = emails / seconds
     finally:
+        for proc in Sink.running:
+            proc.kill()
+        shutil.rmtree(workdir, ignore_errors=True)
         connection.close()
         if not args.keep_db:
             drop_database(db_url)
