@@ -287,10 +287,10 @@ def main(argv=None):
 
     from dbmail.models import SenderAccount, TextOfEmail
 
-    sender = SenderAccount.objects.create(address="office@example.org", display_name="The Office")
     n, big = args.messages, args.big
     workdir = Path(tempfile.mkdtemp(prefix="mailsite-bench-"))  # the sinks' reports
     try:
+        sender = SenderAccount.objects.create(address="office@example.org", display_name="The Office")
         step(f"creating {n:,} users")
         create_users(0, n)
 
@@ -323,7 +323,6 @@ def main(argv=None):
 
         step(f"creating {big - n:,} more users, expanding a request to {big:,}")
         create_users(n, big - n)
-        connection.close()
         create_request(sender)
         emails, seconds, rss_big = expand_phase(args, db_url, "expand-big")
         if emails != big:
