@@ -1,0 +1,41 @@
+"""Expand every due request, as dbmail_cron would, and print how long the expansion took (JSON).
+
+Run by bench/run.py as its own process, so that its memory is Django's and
+the expansion's alone. Django's start-up is left out of the timing: it is
+the same for 10 and 100,000 recipients and says nothing about the expansion.
+
+The peak RSS is this process's own high-water mark (VmHWM). The rusage figure
+(ru_maxrss from wait4 or getrusage) is not used: Linux carries it over from
+the parent across fork and exec, so a child of a large bench process would
+report the parent's peak.
+"""
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "mailsite.settings")
+
+import django  # noqa: E402
+
+django.setup()
+
+from dbmail import expand  # noqa: E402
+
+started = time.perf_counter()
+result = expand.expand_due()
+seconds = time.perf_counter() - started
+
+
+def peak_rss_kb():
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    raise RuntimeError("no VmHWM in /proc/self/status")
+
+
+print(json.dumps({"requests": result.requests, "emails": result.emails, "seconds": seconds, "peak_rss_kb": peak_rss_kb()}))
