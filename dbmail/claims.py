@@ -11,8 +11,9 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 
 from django.conf import settings
-from django.db import transaction
-from django.db.models import F, Q
+from django.db import connection, transaction
+from django.db.models import BooleanField, F, Q
+from django.db.models.expressions import RawSQL
 from django.utils import timezone
 
 from .models import TextOfEmail
@@ -29,9 +30,13 @@ class Claim:
     lease_until: object
     claimed_from: dict = field(default_factory=dict)  # pk -> status to give the row back in
     open_ids: set = field(default_factory=set)  # claimed and no outcome handed over yet
+    after: tuple | None = None  # (next_attempt_at, pk) of the last row: where the next claim starts
 
     def __post_init__(self):
         self.open_ids = {e.pk for e in self.emails}
+        if self.emails:
+            last = max(self.emails, key=lambda e: (e.next_attempt_at, e.pk))
+            self.after = (last.next_attempt_at, last.pk)
 
     def renew_if_needed(self):
         """Extend the lease on the rows still to send once half of it has passed."""
@@ -55,10 +60,13 @@ class Claim:
         self.open_ids.clear()
 
 
-def claim(limit, now=None, scope=None):
+def claim(limit, now=None, scope=None, after=None):
     """Claim up to `limit` due emails for this process.
 
     `scope` (a Q) restricts the claim to matching rows, due or not: an operator's forced send.
+    `after` ((next_attempt_at, pk) of the last row this run claimed) starts the index scan past
+    the rows already sent: until vacuum runs, their old index entries would otherwise be walked
+    again by every claim, and a long queue would cost a quadratic scan.
     """
     now = now or timezone.now()
     token = uuid.uuid4()
@@ -70,6 +78,10 @@ def claim(limit, now=None, scope=None):
         due = rows.filter(status__in=TextOfEmail.WAITING).filter(
             Q(next_attempt_at__lte=now) if scope is None else scope
         )
+        if after is not None:
+            table = connection.ops.quote_name(TextOfEmail._meta.db_table)
+            past = f"({table}.next_attempt_at, {table}.id) > (%s, %s)"
+            due = due.filter(RawSQL(past, after, output_field=BooleanField()))
         if scope is not None:
             stale = stale.filter(scope)
         picked = dict(stale.order_by("leased_until").values_list("pk", "status")[:limit])

@@ -1,19 +1,10 @@
-"""Recording what the server said about each email, right after it said it.
+"""Recording what the server said about each email: one status change and one log row.
 
-An outcome is one status change plus one log row. On PostgreSQL a writer
-thread with its own connection commits outcomes while the sender already
-talks to the server about the next message: the database round trip costs
-the send loop nothing, and when the database is slower than the SMTP server
-the outcomes waiting at that moment go out together in one statement. The
-sender never has more than DBMAIL_OUTCOME_WINDOW outcomes waiting for their
-commit, so a killed sender can cause at most that many messages, plus the
-one just answered, to be sent again. Elsewhere (SQLite) outcomes are written
-inline, one by one.
+dbmail.dbworker decides when these writes happen (right after the answer,
+on the sender's database thread where there is one).
 """
 
 import logging
-import queue
-import threading
 from dataclasses import dataclass
 
 from django.conf import settings
@@ -134,65 +125,3 @@ def _write_postgresql(rows):
     with db_connection.cursor() as cursor:
         written = execute_values(cursor.cursor, _WRITE_SQL.format(sync=sync), values, page_size=len(values), fetch=True)
     return [pk for pk, outcome in written if outcome == "lost-lease"]
-
-
-class InlineRecorder:
-    """Writes each outcome before returning."""
-
-    def submit(self, email, token, outcome):
-        return record(email, token, outcome)
-
-    def close(self):
-        pass
-
-
-class ThreadedRecorder:
-    """Writes outcomes on its own connection while the caller goes on (see the module docstring)."""
-
-    def __init__(self, window=None):
-        self._work = queue.Queue()
-        self._slots = threading.Semaphore(window or settings.DBMAIL_OUTCOME_WINDOW)
-        self.error = None
-        self._thread = threading.Thread(target=self._run, name="dbmail-outcomes", daemon=True)
-        self._thread.start()
-
-    def submit(self, email, token, outcome):
-        self._slots.acquire()  # no more than the window waits for its commit
-        if self.error:
-            self._slots.release()
-            raise self.error
-        row = as_row(email, token, outcome)
-        self._work.put(row)
-        return retry.give_up(outcome, email.attempts, email)
-
-    def _run(self):
-        try:
-            done = False
-            while not done:
-                rows = [self._work.get()]
-                while not self._work.empty():
-                    rows.append(self._work.get_nowait())
-                done = None in rows
-                rows = [r for r in rows if r is not None]
-                try:
-                    if rows:
-                        write(rows)
-                except Exception as exc:  # surfaces in the sender, which must stop: it cannot record
-                    self.error = exc
-                for _ in rows:
-                    self._slots.release()
-        finally:
-            db_connection.close()
-
-    def close(self):
-        self._work.put(None)
-        self._thread.join()
-        if self.error:
-            raise self.error
-
-
-def recorder():
-    """The fastest safe recorder here: a writer thread cannot see rows of a transaction still open."""
-    if db_connection.vendor == "postgresql" and not db_connection.in_atomic_block:
-        return ThreadedRecorder()
-    return InlineRecorder()

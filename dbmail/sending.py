@@ -13,7 +13,7 @@ from itertools import groupby
 from django.conf import settings
 from django.core.mail import get_connection
 
-from . import attachments, claims, mime, outcomes, retry
+from . import attachments, claims, dbworker, mime, retry
 from .message import to_email_message
 from .models import DeliveryEvent, TextOfEmail
 
@@ -81,7 +81,7 @@ class Sender:
         self.result = SendResult()
         self.stopping = False
         self._connections = {}
-        self._recorder = None
+        self._db = None  # claims ahead and records behind (dbmail.dbworker)
         self._attachments = attachments.Cache()
 
     def _limit_reached(self):
@@ -90,22 +90,41 @@ class Sender:
         return self.max_messages is not None and self.result.attempted >= self.max_messages
 
     def run(self):
+        self._db = self._db or dbworker.worker()
+        pending, cursor = None, None
         try:
+            pending = self._claim_next(after=None)
             while not self._limit_reached():
-                limit = self.batch_size
-                if self.max_messages is not None:
-                    limit = min(limit, self.max_messages - self.result.attempted)
-                batch = claims.claim(limit, scope=self.scope)
+                batch, pending = pending.result(), None
+                if not batch.emails and cursor is not None:
+                    cursor = None  # rows may have been given back behind the scan: once more from the start
+                    batch = self._claim_next(after=None).result()
                 if not batch.emails:
                     break
+                cursor = batch.after
+                # The next batch is claimed on the database thread while this one is sent.
+                pending = self._claim_next(after=cursor, sending=len(batch.emails))
                 self.send_claim(batch)
         finally:
+            if pending is not None:
+                self._release_when_claimed(pending)
             self.close()
         return self.result
 
+    def _claim_next(self, after, sending=0):
+        limit = self.batch_size
+        if self.max_messages is not None:
+            limit = max(0, min(limit, self.max_messages - self.result.attempted - sending))
+        return self._db.call(claims.claim, limit, scope=self.scope, after=after)
+
+    def _release_when_claimed(self, pending):
+        try:
+            pending.result().release()
+        except Exception:  # nothing was claimed, or the lease will free it
+            pass
+
     def send_claim(self, batch):
-        if self._recorder is None:
-            self._recorder = outcomes.recorder()
+        self._db = self._db or dbworker.worker()
         try:
             for _, emails in groupby(batch.emails, key=lambda e: e.account_id):
                 self._send_group(batch, list(emails))
@@ -174,7 +193,7 @@ class Sender:
         return retry.Outcome("sent", code, text)
 
     def _finish(self, batch, email, outcome):
-        outcome = self._recorder.submit(email, batch.token, outcome)
+        outcome = self._db.record(email, batch.token, outcome)
         batch.open_ids.discard(email.pk)
         setattr(self.result, outcome.status, getattr(self.result, outcome.status) + 1)
         if outcome.status != Status.SENT and len(self.result.errors) < 20:
@@ -189,9 +208,9 @@ class Sender:
             except Exception:  # closing a dead connection must not hide the run's result
                 pass
         self._connections.clear()
-        if self._recorder is not None:
-            recorder, self._recorder = self._recorder, None
-            recorder.close()
+        if self._db is not None:
+            db, self._db = self._db, None
+            db.close()
 
 
 def send_due(**kwargs):
@@ -204,7 +223,7 @@ def send_one_now(email):
     if batch is None:
         return None
     sender = Sender(throttle=0, keep_if_down=True)
-    sender._recorder = outcomes.InlineRecorder()  # one message: no thread, and the caller sees the result
+    sender._db = dbworker.InlineWorker()  # one message: no thread, and the caller sees the result
     try:
         sender.send_claim(batch)
     finally:

@@ -58,3 +58,16 @@ def test_a_scoped_claim_takes_matching_rows_due_or_not_and_claim_one():
     assert [e.pk for e in one.emails] == [other.pk]
     other.refresh_from_db()
     assert other.status == Status.SENDING and other.attempts == 1
+
+
+def test_a_claim_after_a_position_skips_what_lies_before_it():
+    now = timezone.now()
+    early = TextOfEmailFactory(next_attempt_at=now - timedelta(minutes=2))
+    same_time = TextOfEmailFactory.create_batch(2, next_attempt_at=now - timedelta(minutes=1))
+    first = claims.claim(2)
+    assert [e.pk for e in first.emails] == [early.pk, same_time[0].pk]
+    assert first.after == (same_time[0].next_attempt_at, same_time[0].pk)
+    first.release()
+    rest = claims.claim(10, after=first.after)
+    assert [e.pk for e in rest.emails] == [same_time[1].pk]  # the released ones lie behind the position
+    assert {e.pk for e in claims.claim(10).emails} == {early.pk, same_time[0].pk}

@@ -3,7 +3,7 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
-from dbmail import claims, outcomes, retry
+from dbmail import claims, dbworker, outcomes, retry
 from dbmail.models import TextOfEmail
 
 from .factories import TextOfEmailFactory
@@ -42,19 +42,21 @@ def test_both_writers_record_the_same_way(monkeypatch, writer):
 
 
 @pytest.mark.django_db(transaction=True)
-def test_threaded_recorder_commits_on_its_own_connection_in_order():
+def test_threaded_worker_commits_on_its_own_connection_in_order():
     emails = TextOfEmailFactory.create_batch(20)
     batch = claims.claim(20)
-    recorder = outcomes.ThreadedRecorder()
+    worker = dbworker.ThreadedWorker()
     for email in batch.emails:
-        recorder.submit(email, batch.token, retry.Outcome("sent", 250, "ok"))
-    recorder.close()
+        worker.record(email, batch.token, retry.Outcome("sent", 250, "ok"))
+    # A call queued after the outcomes sees them committed.
+    assert worker.call(lambda: TextOfEmail.objects.filter(status=Status.SENT).count()).result() == 20
+    worker.close()
     assert set(TextOfEmail.objects.values_list("status", flat=True)) == {Status.SENT}
     assert sum(e.events.count() for e in emails) == 20
 
 
 @pytest.mark.django_db(transaction=True)
-def test_threaded_recorder_surfaces_a_database_error(monkeypatch):
+def test_threaded_worker_surfaces_a_database_error(monkeypatch):
     TextOfEmailFactory()
     batch = claims.claim(1)
 
@@ -62,12 +64,12 @@ def test_threaded_recorder_surfaces_a_database_error(monkeypatch):
         raise RuntimeError("database went away")
 
     monkeypatch.setattr(outcomes, "write", broken)
-    recorder = outcomes.ThreadedRecorder(window=1)
-    recorder.submit(batch.emails[0], batch.token, retry.Outcome("sent", 250, "ok"))
+    worker = dbworker.ThreadedWorker(window=1)
+    worker.record(batch.emails[0], batch.token, retry.Outcome("sent", 250, "ok"))
     with pytest.raises(RuntimeError, match="went away"):
-        recorder.submit(batch.emails[0], batch.token, retry.Outcome("sent", 250, "ok"))  # the sender stops
+        worker.record(batch.emails[0], batch.token, retry.Outcome("sent", 250, "ok"))  # the sender stops
     with pytest.raises(RuntimeError, match="went away"):
-        recorder.close()
+        worker.close()
 
 
 @pytest.mark.django_db(transaction=True)
