@@ -16,7 +16,7 @@ from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from . import recipients, rendering, unsubscribe
+from . import recipients, rendering, unsubscribe, verp
 from .models import MessageRequest, TextOfEmail
 
 Status = TextOfEmail.Status
@@ -55,6 +55,7 @@ def claim_request(now=None):
 def build_email(request, compiled, recipient, now):
     """The unsaved TextOfEmail for one recipient; a bad address or template makes it a dropped row."""
     url = unsubscribe.unsubscribe_url(recipient.email) if not recipient.error else ""
+    message_id = rendering.new_message_id()
     email = TextOfEmail(
         request=request,
         account=request.sender,
@@ -62,9 +63,9 @@ def build_email(request, compiled, recipient, now):
         to_address=recipient.email[:254],
         to_name=recipient.name[:200],
         from_header=request.sender.from_header,
-        envelope_sender=request.sender.address,
+        envelope_sender=verp.envelope_sender(message_id, request.sender.address),
         reply_to=request.reply_to,
-        message_id=rendering.new_message_id(),
+        message_id=message_id,
         headers=unsubscribe.list_unsubscribe_headers(url, recipient.email) if url else {},
         status_changed_at=now,
         next_attempt_at=now,

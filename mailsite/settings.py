@@ -5,6 +5,7 @@ cannot be used stops start-up with ImproperlyConfigured naming the setting,
 so a typo in a crontab or unit file is found at once, not at 3 a.m.
 """
 
+import re
 from email.utils import parseaddr
 from pathlib import Path
 
@@ -173,6 +174,15 @@ DBMAIL_EXPAND_CHUNK = setting("DBMAIL_EXPAND_CHUNK", "int", 2000, minimum=1)
 DBMAIL_STUCK_AFTER_SECONDS = setting("DBMAIL_STUCK_AFTER_SECONDS", "int", 3600, minimum=1)
 if DBMAIL_RETRY_MAX_SECONDS < DBMAIL_RETRY_BASE_SECONDS:
     raise ImproperlyConfigured("Setting DBMAIL_RETRY_MAX_SECONDS must not be below DBMAIL_RETRY_BASE_SECONDS.")
+
+# --- VERP and mailgate (incoming mail) ---
+DBMAIL_VERP_DOMAIN = setting("DBMAIL_VERP_DOMAIN", "str", "").strip().lower()
+DBMAIL_VERP_PREFIX = setting("DBMAIL_VERP_PREFIX", "str", "bounces")
+if not re.fullmatch(r"[A-Za-z0-9._-]{1,20}", DBMAIL_VERP_PREFIX):
+    raise ImproperlyConfigured(f"Setting DBMAIL_VERP_PREFIX={DBMAIL_VERP_PREFIX!r} must be 1-20 letters, digits, . _ -.")
+MAILGATE_MAX_BYTES = setting("MAILGATE_MAX_BYTES", "int", 25 * 1024 * 1024, minimum=1024)
+MAILGATE_UNKNOWN_RECIPIENT = setting("MAILGATE_UNKNOWN_RECIPIENT", "str", "bounce", choices=("bounce", "notice"))
+MAILGATE_NOTICE_INTERVAL_SECONDS = setting("MAILGATE_NOTICE_INTERVAL_SECONDS", "int", 3600, minimum=0)
 
 LOGGING = {
     "version": 1,

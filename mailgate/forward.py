@@ -1,0 +1,134 @@
+"""A list message -> one outbox email per member, the original MIME body byte for byte.
+
+Only the header section is rewritten; the body bytes are copied untouched, so
+attachments, inline images and any charset arrive exactly as sent. Each copy
+gets its own Message-ID (the outbox row's, so bounces and tracking find it);
+the original one is kept in References. Bcc, envelope and DKIM headers of the
+original are dropped: Bcc must never travel, and a signature over a From we
+replace would only fail.
+
+Senders: forwards are sent by the site's DEFAULT_FROM_EMAIL account (or by a
+SenderAccount with the list's own address when one is configured, to use its
+SMTP server). The list address appears only in the rewritten From header of
+the raw message, so no arbitrary address becomes a sender: the list address
+is by construction one the site routes itself.
+"""
+
+import re
+from email import policy as email_policy
+from email.utils import formataddr
+
+from django.conf import settings
+from django.db import transaction
+
+from dbmail import rendering
+from dbmail.models import SenderAccount
+from dbmail.outbox import send_now
+
+_SEPARATOR = re.compile(rb"\r?\n\r?\n")
+# Dropped from the original and, where they matter, written anew.
+_DROP = {
+    "bcc", "resent-bcc", "return-path", "delivered-to", "x-original-to", "envelope-to",
+    "dkim-signature", "x-google-dkim-signature", "arc-seal", "arc-message-signature", "arc-authentication-results",
+    "message-id", "list-id", "list-post", "list-help", "list-subscribe", "list-unsubscribe",
+    "list-unsubscribe-post", "list-archive", "list-owner", "precedence", "references", "x-loop",
+}  # fmt: skip
+_REWRITTEN_WITH_FROM = {"from", "reply-to", "sender"}
+
+
+def split_raw(raw):
+    """(header lines as a list of raw fields, separator bytes, body bytes)."""
+    match = _SEPARATOR.search(raw)
+    if match is None:
+        head, body = raw, b""
+    else:
+        head, body = raw[: match.start()], raw[match.end() :]
+    linesep = b"\r\n" if b"\r\n" in head[:2000] or (match and match.group().startswith(b"\r")) else b"\n"
+    fields = []
+    for line in re.split(rb"\r?\n", head):
+        if line[:1] in (b" ", b"\t") and fields:
+            fields[-1] += linesep + line
+        elif line:
+            fields.append(line)
+    return fields, linesep, body
+
+
+def field_name(raw_field):
+    name, colon, _ = raw_field.partition(b":")
+    return name.strip().decode("ascii", "replace").lower() if colon else ""
+
+
+def _fold(name, value, linesep):
+    policy = email_policy.SMTP.clone(linesep=linesep.decode(), max_line_length=78)
+    return policy.fold(name, value).rstrip("\r\n").encode("ascii")
+
+
+def display_from(parsed, email_list):
+    """The DMARC-safe From: "Ann Smith via Physics" <list address>."""
+    who = parsed.from_name or parsed.from_address.partition("@")[0] or "Someone"
+    return f"{who} via {email_list.name}"
+
+
+def list_id(route):
+    local, _, domain = route.list_address.partition("@")
+    label = re.sub(r"[^A-Za-z0-9-]+", "-", local).strip("-") or "list"
+    return f"{route.email_list.name} <{label}.{domain}>"
+
+
+def build_message(raw, parsed, route, message_id):
+    """The bytes one member receives."""
+    fields, linesep, body = split_raw(bytes(raw))
+    email_list = route.email_list
+    drop = set(_DROP)
+    if email_list.rewrite_from:
+        drop |= _REWRITTEN_WITH_FROM
+    if email_list.subject_prefix:
+        drop.add("subject")
+    kept = [f for f in fields if field_name(f) not in drop]
+
+    added = []
+    if email_list.rewrite_from:
+        added.append(_fold("From", formataddr((display_from(parsed, email_list), route.list_address)), linesep))
+        reply_to = parsed.reply_to or parsed.from_header
+        if reply_to:
+            added.append(_fold("Reply-To", reply_to, linesep))
+    if email_list.subject_prefix:
+        subject = parsed.subject
+        if email_list.subject_prefix.lower() not in subject.lower():
+            subject = f"{email_list.subject_prefix} {subject}".strip()
+        added.append(_fold("Subject", subject, linesep))
+    added.append(_fold("Message-ID", message_id, linesep))
+    references = " ".join(v for v in (parsed.first("references"), parsed.message_id) if v)
+    if references:
+        added.append(_fold("References", references, linesep))
+    added.append(_fold("List-Id", list_id(route), linesep))
+    added.append(_fold("List-Post", f"<mailto:{route.list_address}>", linesep))
+    added.append(_fold("X-Loop", route.list_address, linesep))
+    added.append(_fold("Precedence", "list", linesep))
+    return linesep.join(kept + added) + linesep + linesep + body
+
+
+def _sending_account(route):
+    if SenderAccount.objects.filter(address__iexact=route.list_address, active=True).exists():
+        return route.list_address
+    return settings.DEFAULT_FROM_EMAIL
+
+
+def forward(inbound, parsed, route):
+    """Queue (and send when the transaction commits) one email per member; returns how many."""
+    from_email = _sending_account(route)
+    from_header = formataddr((display_from(parsed, route.email_list), route.list_address))
+    count = 0
+    with transaction.atomic():
+        for member in route.members:
+            message_id = rendering.new_message_id()
+            send_now(
+                formataddr((member.name, member.address)) if member.name else member.address,
+                subject=parsed.subject,
+                from_email=from_email,
+                from_header=from_header if route.email_list.rewrite_from else parsed.from_header[:400],
+                raw_message=build_message(inbound.raw, parsed, route, message_id),
+                message_id=message_id,
+            )
+            count += 1
+    return count

@@ -1,0 +1,214 @@
+"""The pipe entry: one message from the MTA in, one sysexits code out.
+
+    store raw bytes -> parse -> bounce? -> route -> policy -> forward
+
+The raw bytes are committed before anything else is attempted, so whatever
+happens next the mail is kept. Exit codes are the only language the MTA
+understands, and any code not listed here makes Postfix and Exim bounce the
+mail permanently, so `run` never raises:
+
+    0   accepted: forwarded, held, stored as a bounce, or refused with a notice
+    65  over MAILGATE_MAX_BYTES (the MTA bounces it with our message)
+    67  no list matches the recipient (the MTA bounces "unknown user")
+    75  temporary failure: the database cannot be reached, a required setting
+        is missing; nothing was kept, the MTA keeps the mail and retries
+
+A failure after the bytes are stored (a bug, a broken resolver) is logged,
+the message gets status "failed" with the traceback in its note, and the gate
+answers 0: the mail is safe in the database and the admin can process it
+again; a retrying MTA would only store it twice. A database error at that
+point answers 75, since processing never committed.
+"""
+
+import logging
+import traceback
+from dataclasses import dataclass
+
+from django.conf import settings
+from django.db import DatabaseError, close_old_connections, transaction
+
+from . import bounces, forward, parsing, policy, routing
+from .models import InboundMessage
+
+log = logging.getLogger(__name__)
+
+EX_OK, EX_DATAERR, EX_NOUSER, EX_TEMPFAIL = 0, 65, 67, 75
+EXIT_CODES = (EX_OK, EX_DATAERR, EX_NOUSER, EX_TEMPFAIL)
+_HEADERS_KEPT_WHEN_TOO_BIG = 64 * 1024
+
+
+@dataclass
+class Result:
+    code: int
+    message: str
+    inbound_id: int | None = None
+
+
+def read_limited(stream, limit):
+    """Up to limit + 1 bytes from a binary stream (one more than allowed tells us it is too big)."""
+    chunks, total = [], 0
+    while total <= limit:
+        chunk = stream.read(min(1 << 16, limit + 1 - total))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        total += len(chunk)
+    return b"".join(chunks)
+
+
+def drain(stream):
+    """Read the rest of an oversized message so the MTA does not see a broken pipe."""
+    try:
+        while stream.read(1 << 16):
+            pass
+    except (OSError, ValueError):
+        pass
+
+
+def run(raw, recipient, sender=""):
+    """Take one message; returns a Result whose code is one of EXIT_CODES. Never raises."""
+    try:
+        return _run(raw, recipient, sender)
+    except DatabaseError as exc:
+        log.error("mailgate: database error, asking the MTA to retry: %s", exc)
+        return Result(EX_TEMPFAIL, f"temporary failure (database): {exc}".strip())
+    except Exception as exc:  # last resort: never a traceback with exit 1 (a permanent bounce)
+        log.exception("mailgate: unexpected error before the message was stored")
+        return Result(EX_TEMPFAIL, f"temporary failure: {type(exc).__name__}: {exc}")
+
+
+def _run(raw, recipient, sender):
+    recipient = routing.normalise_recipient(recipient)
+    sender = "" if parsing.is_null_sender(sender) else (sender or "").strip().strip("<>")
+    if "@" not in recipient:
+        return Result(EX_TEMPFAIL, "no envelope recipient given (--recipient, RECIPIENT or LOCAL_PART/DOMAIN)")
+
+    too_big = len(raw) > settings.MAILGATE_MAX_BYTES
+    close_old_connections()
+    inbound = InboundMessage.objects.create(
+        envelope_sender=sender[:254],
+        envelope_recipient=recipient[:254],
+        raw=raw[:_HEADERS_KEPT_WHEN_TOO_BIG] if too_big else raw,
+        size=len(raw),
+        status=InboundMessage.Status.TOO_BIG if too_big else InboundMessage.Status.RAW,
+        note=f"over the limit of {settings.MAILGATE_MAX_BYTES} bytes; only the start is kept" if too_big else "",
+    )
+    if too_big:
+        return Result(
+            EX_DATAERR,
+            f"message too large: over the limit of {settings.MAILGATE_MAX_BYTES} bytes for {recipient}",
+            inbound.pk,
+        )
+    try:
+        return process(inbound)
+    except DatabaseError:
+        raise
+    except Exception:
+        log.exception("mailgate: failed to process inbound message %s (kept)", inbound.pk)
+        note = "processing failed; the message is kept and can be processed again:\n" + traceback.format_exc()
+        InboundMessage.objects.filter(pk=inbound.pk).update(status=InboundMessage.Status.FAILED, note=note[-5000:])
+        return Result(EX_OK, f"accepted (kept as #{inbound.pk}; processing failed)", inbound.pk)
+
+
+def process(inbound):
+    """Parse, classify and route a stored message; the admin's "process again" calls this too."""
+    parsed = parsing.parse(inbound.raw)
+    if parsed.ok:
+        InboundMessage.objects.filter(pk=inbound.pk).update(
+            status=InboundMessage.Status.RECEIVED,
+            message_id=parsed.message_id,
+            from_header=parsed.from_header,
+            subject=parsed.subject,
+            note=parsed.error and f"parsed with defects: {parsed.error}",
+        )
+        inbound.message_id, inbound.from_header, inbound.subject = parsed.message_id, parsed.from_header, parsed.subject
+    else:
+        policy.mark(inbound, InboundMessage.Status.RAW, f"cannot be parsed: {parsed.error}")
+
+    with transaction.atomic():
+        is_verp, email = bounces.verp_email(inbound.envelope_recipient)
+        null_sender_report = not inbound.envelope_sender and bounces.looks_like_bounce(parsed)
+        if is_verp or null_sender_report:
+            rows = bounces.handle(inbound, parsed, verp_email=email)
+            bounces.mark_bounce(inbound, rows)
+            return Result(EX_OK, f"bounce stored ({len(rows)} finding(s))", inbound.pk)
+
+        route = routing.route(inbound.envelope_recipient)
+        if route is None:
+            return _no_list(inbound, parsed)
+        InboundMessage.objects.filter(pk=inbound.pk).update(email_list=route.email_list, match_groups=route.groups)
+        inbound.email_list = route.email_list
+        if not parsed.ok:
+            return Result(EX_OK, f"accepted and kept unparsed as #{inbound.pk}", inbound.pk)
+
+        decision = policy.decide(parsed, route, inbound.envelope_sender)
+        if decision.action == policy.LOOP:
+            policy.mark(inbound, InboundMessage.Status.LOOP, f"not forwarded: {decision.reason}")
+            return Result(EX_OK, "accepted (not forwarded: loop or automatic mail)", inbound.pk)
+        if decision.action == policy.HOLD:
+            policy.mark(inbound, InboundMessage.Status.HELD, decision.reason)
+            return Result(EX_OK, "accepted and held for moderation", inbound.pk)
+        if decision.action == policy.REFUSE:
+            sent = policy.notice_refused(inbound, parsed, decision.reason)
+            policy.mark(inbound, InboundMessage.Status.REFUSED, decision.reason + ("" if sent else " (no notice sent)"))
+            return Result(EX_OK, f"accepted; not forwarded: {decision.reason}", inbound.pk)
+        return deliver(inbound, parsed, route)
+
+
+def deliver(inbound, parsed, route):
+    count = forward.forward(inbound, parsed, route)
+    InboundMessage.objects.filter(pk=inbound.pk).update(
+        status=InboundMessage.Status.FORWARDED, forwarded_count=count, note=inbound.note
+    )
+    inbound.status, inbound.forwarded_count = InboundMessage.Status.FORWARDED, count
+    return Result(EX_OK, f"forwarded to {count} member(s)", inbound.pk)
+
+
+def _no_list(inbound, parsed):
+    if settings.MAILGATE_UNKNOWN_RECIPIENT == "notice":
+        sent = policy.notice_no_such_list(inbound, parsed)
+        policy.mark(inbound, InboundMessage.Status.NO_LIST, "no list matches" + ("" if sent else " (no notice sent)"))
+        return Result(EX_OK, "accepted; no such list (notice)", inbound.pk)
+    policy.mark(inbound, InboundMessage.Status.NO_LIST, "no list matches; the MTA bounces it")
+    return Result(EX_NOUSER, f"no such list: {inbound.envelope_recipient}", inbound.pk)
+
+
+def reprocess(inbound):
+    """Run a stored message through the gate again (admin action for raw/failed messages)."""
+    inbound.refresh_from_db()
+    try:
+        return process(inbound)
+    except DatabaseError:
+        raise
+    except Exception:
+        note = "processing failed again:\n" + traceback.format_exc()
+        InboundMessage.objects.filter(pk=inbound.pk).update(status=InboundMessage.Status.FAILED, note=note[-5000:])
+        return Result(EX_OK, "processing failed again", inbound.pk)
+
+
+def envelope_from_environment(environ, recipient=None, sender=None):
+    """(recipient, sender) from arguments, else the variables Exim (and Postfix's local) set."""
+    if not recipient:
+        recipient = environ.get("RECIPIENT") or environ.get("ORIGINAL_RECIPIENT") or ""
+        if not recipient and environ.get("LOCAL_PART") and environ.get("DOMAIN"):
+            suffix = environ.get("LOCAL_PART_SUFFIX", "")
+            prefix = environ.get("LOCAL_PART_PREFIX", "")
+            recipient = f"{prefix}{environ['LOCAL_PART']}{suffix}@{environ['DOMAIN']}"
+    if sender is None:
+        sender = environ.get("SENDER", "")
+    return recipient, sender
+
+
+def main(stdin, stdout, stderr, environ, recipient=None, sender=None):
+    """Read one message from `stdin` and process it; returns the exit code (shared by the command and the script)."""
+    try:
+        recipient, sender = envelope_from_environment(environ, recipient, sender)
+        raw = read_limited(stdin, settings.MAILGATE_MAX_BYTES)
+        if len(raw) > settings.MAILGATE_MAX_BYTES:
+            drain(stdin)
+        result = run(raw, recipient, sender)
+    except Exception as exc:  # reading stdin or the settings failed: nothing stored, let the MTA retry
+        result = Result(EX_TEMPFAIL, f"temporary failure: {type(exc).__name__}: {exc}")
+    # The MTA puts what we print into its bounce (65, 67) or its log (75).
+    (stdout if result.code == EX_OK else stderr).write(f"mailgate: {result.message}\n")
+    return result.code
