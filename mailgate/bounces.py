@@ -134,13 +134,17 @@ def original_message_ids(raw):
     return list(dict.fromkeys(_MESSAGE_ID.findall(text)))
 
 
-def handle(inbound, parsed, verp_email=None):
-    """Store the bounce's findings and hand an event on for each matched email; returns the Bounce rows."""
+def handle(inbound, parsed, verp_email=None, trust_message_ids=True):
+    """Store the bounce's findings and hand an event on for each matched email; returns the Bounce rows.
+
+    `trust_message_ids` is False for a VERP address whose signature failed: a
+    forged address must not be able to mark mail bounced by quoting its ID.
+    """
     found = failures(parsed, inbound.raw)
     candidates = []
     if verp_email is not None:
         candidates = [verp_email]
-    else:
+    elif trust_message_ids:
         ids = original_message_ids(inbound.raw)
         candidates = list(TextOfEmail.objects.filter(message_id__in=ids)) if ids else []
 

@@ -16,6 +16,7 @@ is by construction one the site routes itself.
 
 import re
 from email import policy as email_policy
+from email.header import Header
 from email.utils import formataddr
 
 from django.conf import settings
@@ -33,7 +34,7 @@ _DROP = {
     "message-id", "list-id", "list-post", "list-help", "list-subscribe", "list-unsubscribe",
     "list-unsubscribe-post", "list-archive", "list-owner", "precedence", "references", "x-loop",
 }  # fmt: skip
-_REWRITTEN_WITH_FROM = {"from", "reply-to", "sender"}
+_REWRITTEN_WITH_FROM = {"from", "sender"}
 
 
 def split_raw(raw):
@@ -59,8 +60,13 @@ def field_name(raw_field):
 
 
 def _fold(name, value, linesep):
+    """One header field as ASCII bytes, non-ASCII text as RFC 2047 encoded words."""
     policy = email_policy.SMTP.clone(linesep=linesep.decode(), max_line_length=78)
-    return policy.fold(name, value).rstrip("\r\n").encode("ascii")
+    try:
+        folded = policy.fold(*policy.header_store_parse(name, value))
+    except Exception:  # a value the structured parser rejects still goes out, as encoded text
+        folded = f"{name}: {Header(value, 'utf-8').encode(linesep=linesep.decode())}"
+    return folded.rstrip("\r\n").encode("ascii", "replace")
 
 
 def display_from(parsed, email_list):
@@ -88,10 +94,12 @@ def build_message(raw, parsed, route, message_id):
 
     added = []
     if email_list.rewrite_from:
-        added.append(_fold("From", formataddr((display_from(parsed, email_list), route.list_address)), linesep))
-        reply_to = parsed.reply_to or parsed.from_header
-        if reply_to:
-            added.append(_fold("Reply-To", reply_to, linesep))
+        added.append(b"From: " + formataddr((display_from(parsed, email_list), route.list_address), "utf-8").encode())
+        has_reply_to = any(field_name(f) == "reply-to" for f in fields)
+        original_from = next((f for f in fields if field_name(f) == "from"), None)
+        if not has_reply_to and original_from is not None:
+            # The sender's own From field, byte for byte, so its encoding survives.
+            added.append(b"Reply-To:" + original_from.partition(b":")[2])
     if email_list.subject_prefix:
         subject = parsed.subject
         if email_list.subject_prefix.lower() not in subject.lower():

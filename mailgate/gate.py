@@ -25,7 +25,7 @@ import traceback
 from dataclasses import dataclass
 
 from django.conf import settings
-from django.db import DatabaseError, close_old_connections, transaction
+from django.db import DatabaseError, transaction
 
 from . import bounces, forward, parsing, policy, routing
 from .models import InboundMessage
@@ -84,7 +84,6 @@ def _run(raw, recipient, sender):
         return Result(EX_TEMPFAIL, "no envelope recipient given (--recipient, RECIPIENT or LOCAL_PART/DOMAIN)")
 
     too_big = len(raw) > settings.MAILGATE_MAX_BYTES
-    close_old_connections()
     inbound = InboundMessage.objects.create(
         envelope_sender=sender[:254],
         envelope_recipient=recipient[:254],
@@ -122,6 +121,7 @@ def process(inbound):
             note=parsed.error and f"parsed with defects: {parsed.error}",
         )
         inbound.message_id, inbound.from_header, inbound.subject = parsed.message_id, parsed.from_header, parsed.subject
+        inbound.note = parsed.error and f"parsed with defects: {parsed.error}"
     else:
         policy.mark(inbound, InboundMessage.Status.RAW, f"cannot be parsed: {parsed.error}")
 
@@ -129,7 +129,7 @@ def process(inbound):
         is_verp, email = bounces.verp_email(inbound.envelope_recipient)
         null_sender_report = not inbound.envelope_sender and bounces.looks_like_bounce(parsed)
         if is_verp or null_sender_report:
-            rows = bounces.handle(inbound, parsed, verp_email=email)
+            rows = bounces.handle(inbound, parsed, verp_email=email, trust_message_ids=not is_verp)
             bounces.mark_bounce(inbound, rows)
             return Result(EX_OK, f"bounce stored ({len(rows)} finding(s))", inbound.pk)
 
@@ -157,9 +157,7 @@ def process(inbound):
 
 def deliver(inbound, parsed, route):
     count = forward.forward(inbound, parsed, route)
-    InboundMessage.objects.filter(pk=inbound.pk).update(
-        status=InboundMessage.Status.FORWARDED, forwarded_count=count, note=inbound.note
-    )
+    InboundMessage.objects.filter(pk=inbound.pk).update(status=InboundMessage.Status.FORWARDED, forwarded_count=count)
     inbound.status, inbound.forwarded_count = InboundMessage.Status.FORWARDED, count
     return Result(EX_OK, f"forwarded to {count} member(s)", inbound.pk)
 
