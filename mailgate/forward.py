@@ -27,6 +27,7 @@ from dbmail.models import SenderAccount
 from dbmail.outbox import send_now
 
 _SEPARATOR = re.compile(rb"\r?\n\r?\n")
+_FIELD = re.compile(rb"^[\x21-\x39\x3b-\x7e]+:")
 # Dropped from the original and, where they matter, written anew.
 _DROP = {
     "bcc", "resent-bcc", "return-path", "delivered-to", "x-original-to", "envelope-to",
@@ -38,19 +39,27 @@ _REWRITTEN_WITH_FROM = {"from", "sender"}
 
 
 def split_raw(raw):
-    """(header lines as a list of raw fields, separator bytes, body bytes)."""
+    """(header fields as raw bytes, line separator, body bytes).
+
+    The header section ends at the first empty line or, as parsers read it, at
+    the first line that is neither a field nor a continuation; what follows is
+    the body, copied untouched.
+    """
     match = _SEPARATOR.search(raw)
-    if match is None:
-        head, body = raw, b""
-    else:
-        head, body = raw[: match.start()], raw[match.end() :]
+    head, body = (raw, b"") if match is None else (raw[: match.start()], raw[match.end() :])
     linesep = b"\r\n" if b"\r\n" in head[:2000] or (match and match.group().startswith(b"\r")) else b"\n"
     fields = []
-    for line in re.split(rb"\r?\n", head):
-        if line[:1] in (b" ", b"\t") and fields:
-            fields[-1] += linesep + line
-        elif line:
-            fields.append(line)
+    lines = re.split(rb"(?<=\n)", head)
+    for index, line in enumerate(lines):
+        content = line.rstrip(b"\r\n")
+        if content[:1] in (b" ", b"\t") and fields:
+            fields[-1] += linesep + content
+        elif _FIELD.match(content):
+            fields.append(content)
+        elif content or index < len(lines) - 1:
+            rest = b"".join(lines[index:])
+            body = rest + (match.group() + body if match else b"")
+            break
     return fields, linesep, body
 
 

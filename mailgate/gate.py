@@ -57,18 +57,23 @@ def read_limited(stream, limit):
 
 
 def drain(stream):
-    """Read the rest of an oversized message so the MTA does not see a broken pipe."""
+    """Read the rest of an oversized message (so the MTA sees no broken pipe); returns how many bytes."""
+    total = 0
     try:
-        while stream.read(1 << 16):
-            pass
+        while chunk := stream.read(1 << 16):
+            total += len(chunk)
     except (OSError, ValueError):
         pass
+    return total
 
 
-def run(raw, recipient, sender=""):
-    """Take one message; returns a Result whose code is one of EXIT_CODES. Never raises."""
+def run(raw, recipient, sender="", size=None):
+    """Take one message; returns a Result whose code is one of EXIT_CODES. Never raises.
+
+    `size` is the full size when `raw` is only the start of an oversized message.
+    """
     try:
-        return _run(raw, recipient, sender)
+        return _run(raw, recipient, sender, len(raw) if size is None else size)
     except DatabaseError as exc:
         log.error("mailgate: database error, asking the MTA to retry: %s", exc)
         return Result(EX_TEMPFAIL, f"temporary failure (database): {exc}".strip())
@@ -77,18 +82,18 @@ def run(raw, recipient, sender=""):
         return Result(EX_TEMPFAIL, f"temporary failure: {type(exc).__name__}: {exc}")
 
 
-def _run(raw, recipient, sender):
+def _run(raw, recipient, sender, size):
     recipient = routing.normalise_recipient(recipient)
     sender = "" if parsing.is_null_sender(sender) else (sender or "").strip().strip("<>")
     if "@" not in recipient:
         return Result(EX_TEMPFAIL, "no envelope recipient given (--recipient, RECIPIENT or LOCAL_PART/DOMAIN)")
 
-    too_big = len(raw) > settings.MAILGATE_MAX_BYTES
+    too_big = size > settings.MAILGATE_MAX_BYTES
     inbound = InboundMessage.objects.create(
         envelope_sender=sender[:254],
         envelope_recipient=recipient[:254],
         raw=raw[:_HEADERS_KEPT_WHEN_TOO_BIG] if too_big else raw,
-        size=len(raw),
+        size=min(size, 2**31 - 1),
         status=InboundMessage.Status.TOO_BIG if too_big else InboundMessage.Status.RAW,
         note=f"over the limit of {settings.MAILGATE_MAX_BYTES} bytes; only the start is kept" if too_big else "",
     )
@@ -202,9 +207,8 @@ def main(stdin, stdout, stderr, environ, recipient=None, sender=None):
     try:
         recipient, sender = envelope_from_environment(environ, recipient, sender)
         raw = read_limited(stdin, settings.MAILGATE_MAX_BYTES)
-        if len(raw) > settings.MAILGATE_MAX_BYTES:
-            drain(stdin)
-        result = run(raw, recipient, sender)
+        size = len(raw) + (drain(stdin) if len(raw) > settings.MAILGATE_MAX_BYTES else 0)
+        result = run(raw, recipient, sender, size)
     except Exception as exc:  # reading stdin or the settings failed: nothing stored, let the MTA retry
         result = Result(EX_TEMPFAIL, f"temporary failure: {type(exc).__name__}: {exc}")
     # The MTA puts what we print into its bounce (65, 67) or its log (75).
