@@ -128,7 +128,7 @@ def process(inbound):
         inbound.message_id, inbound.from_header, inbound.subject = parsed.message_id, parsed.from_header, parsed.subject
         inbound.note = parsed.error and f"parsed with defects: {parsed.error}"
     else:
-        policy.mark(inbound, InboundMessage.Status.RAW, f"cannot be parsed: {parsed.error}")
+        _mark(inbound, InboundMessage.Status.RAW, f"cannot be parsed: {parsed.error}")
 
     with transaction.atomic():
         is_verp, email = bounces.verp_email(inbound.envelope_recipient)
@@ -148,14 +148,14 @@ def process(inbound):
 
         decision = policy.decide(parsed, route, inbound.envelope_sender)
         if decision.action == policy.LOOP:
-            policy.mark(inbound, InboundMessage.Status.LOOP, f"not forwarded: {decision.reason}")
+            _mark(inbound, InboundMessage.Status.LOOP, f"not forwarded: {decision.reason}")
             return Result(EX_OK, "accepted (not forwarded: loop or automatic mail)", inbound.pk)
         if decision.action == policy.HOLD:
-            policy.mark(inbound, InboundMessage.Status.HELD, decision.reason)
+            _mark(inbound, InboundMessage.Status.HELD, decision.reason)
             return Result(EX_OK, "accepted and held for moderation", inbound.pk)
         if decision.action == policy.REFUSE:
             sent = policy.notice_refused(inbound, parsed, decision.reason)
-            policy.mark(inbound, InboundMessage.Status.REFUSED, decision.reason + ("" if sent else " (no notice sent)"))
+            _mark(inbound, InboundMessage.Status.REFUSED, decision.reason + ("" if sent else " (no notice sent)"))
             return Result(EX_OK, f"accepted; not forwarded: {decision.reason}", inbound.pk)
         return deliver(inbound, parsed, route)
 
@@ -170,10 +170,15 @@ def deliver(inbound, parsed, route):
 def _no_list(inbound, parsed):
     if settings.MAILGATE_UNKNOWN_RECIPIENT == "notice":
         sent = policy.notice_no_such_list(inbound, parsed)
-        policy.mark(inbound, InboundMessage.Status.NO_LIST, "no list matches" + ("" if sent else " (no notice sent)"))
+        _mark(inbound, InboundMessage.Status.NO_LIST, "no list matches" + ("" if sent else " (no notice sent)"))
         return Result(EX_OK, "accepted; no such list (notice)", inbound.pk)
-    policy.mark(inbound, InboundMessage.Status.NO_LIST, "no list matches; the MTA bounces it")
+    _mark(inbound, InboundMessage.Status.NO_LIST, "no list matches; the MTA bounces it")
     return Result(EX_NOUSER, f"no such list: {inbound.envelope_recipient}", inbound.pk)
+
+
+def _mark(inbound, status, note):
+    InboundMessage.objects.filter(pk=inbound.pk).update(status=status, note=note[:5000])
+    inbound.status, inbound.note = status, note[:5000]
 
 
 def reprocess(inbound):

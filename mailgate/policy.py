@@ -22,7 +22,7 @@ from dbmail.outbox import send_now
 from dbmail.recipients import address_error
 
 from . import parsing
-from .models import EmailList, InboundMessage, SenderNotice
+from .models import EmailList, SenderNotice
 
 FORWARD, HOLD, REFUSE, LOOP = "forward", "hold", "refuse", "loop"
 _AUTO_PRECEDENCE = {"bulk", "junk", "auto_reply"}
@@ -179,8 +179,3 @@ def notice_rejected(inbound, parsed, comment=""):
     return notify_sender(
         inbound, parsed, f"Declined: your message to {inbound.envelope_recipient}", text, rate_limited=False
     )
-
-
-def mark(inbound, status, note):
-    InboundMessage.objects.filter(pk=inbound.pk).update(status=status, note=note[:5000])
-    inbound.status, inbound.note = status, note[:5000]
