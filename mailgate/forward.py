@@ -24,7 +24,7 @@ from django.db import transaction
 
 from dbmail import rendering
 from dbmail.models import SenderAccount
-from dbmail.outbox import send_now
+from dbmail.outbox import enqueue, send_now
 
 _SEPARATOR = re.compile(rb"\r?\n\r?\n")
 _FIELD = re.compile(rb"^[\x21-\x39\x3b-\x7e]+:")
@@ -132,14 +132,20 @@ def _sending_account(route):
 
 
 def forward(inbound, parsed, route):
-    """Queue (and send when the transaction commits) one email per member; returns how many."""
+    """Queue one email per member; returns how many.
+
+    Small lists are sent by this process when the transaction commits (one
+    connection per email, fine for a few); bigger ones wait for dbmail_cron,
+    which sends a batch over one connection, so the MTA is not kept waiting.
+    """
+    queue = send_now if len(route.members) <= settings.MAILGATE_SEND_NOW_MAX else enqueue
     from_email = _sending_account(route)
     from_header = formataddr((display_from(parsed, route.email_list), route.list_address))
     count = 0
     with transaction.atomic():
         for member in route.members:
             message_id = rendering.new_message_id()
-            send_now(
+            queue(
                 formataddr((member.name, member.address)) if member.name else member.address,
                 subject=parsed.subject,
                 from_email=from_email,

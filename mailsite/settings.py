@@ -182,6 +182,7 @@ if not re.fullmatch(r"[A-Za-z0-9._-]{1,20}", DBMAIL_VERP_PREFIX):
     raise ImproperlyConfigured(f"Setting DBMAIL_VERP_PREFIX={DBMAIL_VERP_PREFIX!r} must be 1-20 letters, digits, . _ -.")
 MAILGATE_MAX_BYTES = setting("MAILGATE_MAX_BYTES", "int", 25 * 1024 * 1024, minimum=1024)
 MAILGATE_UNKNOWN_RECIPIENT = setting("MAILGATE_UNKNOWN_RECIPIENT", "str", "bounce", choices=("bounce", "notice"))
+MAILGATE_SEND_NOW_MAX = setting("MAILGATE_SEND_NOW_MAX", "int", 20, minimum=0)
 MAILGATE_NOTICE_INTERVAL_SECONDS = setting("MAILGATE_NOTICE_INTERVAL_SECONDS", "int", 3600, minimum=0)
 
 LOGGING = {

@@ -157,3 +157,13 @@ def test_forward_records_one_outbox_email_per_member(physics, settings):
     rows = TextOfEmail.objects.order_by("to_address")
     assert [r.to_address for r in rows] == ["ann@example.com", "archive@example.org", "bob@example.net"]
     assert all(parse_bytes(bytes(r.raw_message))["Message-ID"] == r.message_id for r in rows)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_big_lists_are_left_to_cron(physics, smtp_server, settings):
+    settings.MAILGATE_SEND_NOW_MAX = 1
+    assert gate.run(mail_fixture("plain.eml"), LIST, "ann@example.com").code == 0
+    assert smtp_server.received == []
+    assert sorted(TextOfEmail.objects.values_list("status", flat=True)) == ["queued", "queued"]
+    result = send_due()
+    assert (result.sent, result.connections) == (2, 1)
