@@ -44,7 +44,7 @@ def _text(value):
 def _safe_items(message):
     """(name, value) pairs; a value the policy cannot parse falls back to its raw text."""
     items = []
-    for name, raw in message._headers:  # raw pairs: reading through the policy may raise on bad values
+    for name, raw in message.raw_items():  # unparsed pairs: reading through the policy may raise on bad values
         try:
             value = message.policy.header_fetch_parse(name, raw)
             value = _text(value)

@@ -1,3 +1,4 @@
+import io
 import os
 import sys
 
@@ -18,6 +19,6 @@ class Command(BaseCommand):
         parser.add_argument("--sender", help="Envelope sender (default: $SENDER; empty = the null sender).")
 
     def handle(self, *args, recipient=None, sender=None, verbosity=1, **options):
-        stdout = self.stdout if verbosity > 0 else open(os.devnull, "w")
+        stdout = self.stdout if verbosity > 0 else io.StringIO()  # -v 0: only failures are printed
         code = gate.main(sys.stdin.buffer, stdout, self.stderr, os.environ, recipient=recipient, sender=sender)
         sys.exit(code)
