@@ -73,3 +73,20 @@ def test_process_again(admin_client, physics, monkeypatch):
     admin_client.post(reverse("admin:mailgate_inboundmessage_changelist"),
                       {"action": "process_again", "_selected_action": [inbound_id]})
     assert InboundMessage.objects.get(pk=inbound_id).status == "held"
+
+
+def test_list_pages_render(admin_client, physics):
+    assert admin_client.get(reverse("admin:mailgate_emaillist_add")).status_code == 200
+    assert admin_client.get(reverse("admin:mailgate_emaillist_change", args=[physics.pk])).status_code == 200
+    for name in ("inboundmessage", "heldmessage", "bounce", "sendernotice"):
+        assert admin_client.get(reverse(f"admin:mailgate_{name}_changelist")).status_code == 200
+
+
+def test_invalid_list_is_refused_with_the_field_named(admin_client):
+    response = admin_client.post(reverse("admin:mailgate_emaillist_add"), {
+        "name": "Broken", "seq": 1, "regex": "(oops", "posting_policy": "anyone", "active": "on", "rewrite_from": "on",
+        "created_at_0": "2026-11-21", "created_at_1": "10:00:00",
+    })
+    assert response.status_code == 200
+    assert "Not a valid regular expression" in response.content.decode()
+    assert not EmailList.objects.exists()
