@@ -177,6 +177,8 @@ if DBMAIL_RETRY_MAX_SECONDS < DBMAIL_RETRY_BASE_SECONDS:
 
 # --- VERP and mailgate (incoming mail) ---
 DBMAIL_VERP_DOMAIN = setting("DBMAIL_VERP_DOMAIN", "str", "").strip().lower()
+if DBMAIL_VERP_DOMAIN and not re.fullmatch(r"[a-z0-9-]+(\.[a-z0-9-]+)+", DBMAIL_VERP_DOMAIN):
+    raise ImproperlyConfigured(f"Setting DBMAIL_VERP_DOMAIN={DBMAIL_VERP_DOMAIN!r} is not a domain name.")
 DBMAIL_VERP_PREFIX = setting("DBMAIL_VERP_PREFIX", "str", "bounces")
 if not re.fullmatch(r"[A-Za-z0-9._-]{1,20}", DBMAIL_VERP_PREFIX):
     raise ImproperlyConfigured(f"Setting DBMAIL_VERP_PREFIX={DBMAIL_VERP_PREFIX!r} must be 1-20 letters, digits, . _ -.")
