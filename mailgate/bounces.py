@@ -21,6 +21,7 @@ from dbmail import verp
 from dbmail.models import DeliveryEvent, Suppression, TextOfEmail
 
 from .models import Bounce, InboundMessage
+from .parsing import clean_text
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +39,7 @@ class Failure:
 
 def _addr(value):
     """The address in a DSN field such as "rfc822; bob@example.net"."""
-    value = str(value or "").strip()
+    value = clean_text(value).strip()
     if ";" in value:
         value = value.split(";", 1)[1]
     return value.strip().strip("<>").strip().lower()
@@ -56,9 +57,9 @@ def dsn_failures(message):
             recipient = _addr(block.get("Final-Recipient") or block.get("Original-Recipient"))
             if not recipient:
                 continue
-            action = str(block.get("Action") or "").strip().lower()
-            status = str(block.get("Status") or "").strip()
-            diagnostic = " ".join(str(block.get("Diagnostic-Code") or "").split())
+            action = clean_text(block.get("Action")).strip().lower()
+            status = clean_text(block.get("Status")).strip()
+            diagnostic = " ".join(clean_text(block.get("Diagnostic-Code")).split())
             code = _STATUS.search(status) or _STATUS.search(diagnostic)
             if action in ("delivered", "relayed", "expanded"):
                 continue
@@ -75,7 +76,7 @@ def dsn_failures(message):
 
 
 def _decode(value):
-    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+    return clean_text(value.decode("utf-8", "replace") if isinstance(value, bytes) else value)
 
 
 def heuristic_failures(raw):
@@ -106,7 +107,7 @@ def _diagnostic_text(raw):
         text = part.get_content() if part is not None else ""
     except Exception:  # undecodable text: fall back to the raw bytes
         text = bytes(raw)[:4000].decode("utf-8", "replace")
-    lines = [line.strip() for line in str(text).splitlines() if line.strip()]
+    lines = [line.strip() for line in clean_text(text).splitlines() if line.strip()]
     return " ".join(lines)[:1000]
 
 
@@ -130,7 +131,7 @@ def looks_like_bounce(parsed):
 
 def original_message_ids(raw):
     """Message-IDs quoted in the returned headers of a bounce (for bounces without VERP)."""
-    text = bytes(raw).decode("utf-8", "replace")
+    text = clean_text(bytes(raw).decode("utf-8", "replace"))
     return list(dict.fromkeys(_MESSAGE_ID.findall(text)))
 
 

@@ -26,7 +26,7 @@ from dbmail import rendering
 from dbmail.models import SenderAccount
 from dbmail.outbox import enqueue, send_now
 
-_SEPARATOR = re.compile(rb"\r?\n\r?\n")
+_LINE = re.compile(rb"([^\r\n]*)(\r\n|\r|\n|)")
 _FIELD = re.compile(rb"^[\x21-\x39\x3b-\x7e]+:")
 # Dropped from the original and, where they matter, written anew.
 _DROP = {
@@ -41,26 +41,25 @@ _REWRITTEN_WITH_FROM = {"from", "sender"}
 def split_raw(raw):
     """(header fields as raw bytes, line separator, body bytes).
 
-    The header section ends at the first empty line or, as parsers read it, at
-    the first line that is neither a field nor a continuation; what follows is
-    the body, copied untouched.
+    Lines end as the email parser ends them (CRLF, LF or a lone CR). The header
+    section ends at the first empty line or at the first line that is neither a
+    field nor a continuation; what follows is the body, copied untouched.
     """
-    match = _SEPARATOR.search(raw)
-    head, body = (raw, b"") if match is None else (raw[: match.start()], raw[match.end() :])
-    linesep = b"\r\n" if b"\r\n" in head[:2000] or (match and match.group().startswith(b"\r")) else b"\n"
-    fields = []
-    lines = re.split(rb"(?<=\n)", head)
-    for index, line in enumerate(lines):
-        content = line.rstrip(b"\r\n")
+    fields, linesep, previous_ending, pos = [], None, b"", 0
+    while pos < len(raw):
+        line = _LINE.match(raw, pos)
+        content, ending = line.group(1), line.group(2)
+        linesep = linesep or (ending if ending in (b"\r\n", b"\n") else None)
+        if not content:
+            return fields, linesep or b"\n", raw[line.end() :]
         if content[:1] in (b" ", b"\t") and fields:
-            fields[-1] += linesep + content
+            fields[-1] += previous_ending + content
         elif _FIELD.match(content):
             fields.append(content)
-        elif content or index < len(lines) - 1:
-            rest = b"".join(lines[index:])
-            body = rest + (match.group() + body if match else b"")
-            break
-    return fields, linesep, body
+        else:
+            return fields, linesep or b"\n", raw[pos:]
+        previous_ending, pos = ending, line.end()
+    return fields, linesep or b"\n", b""
 
 
 def field_name(raw_field):

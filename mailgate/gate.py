@@ -17,7 +17,8 @@ A failure after the bytes are stored (a bug, a broken resolver) is logged,
 the message gets status "failed" with the traceback in its note, and the gate
 answers 0: the mail is safe in the database and the admin can process it
 again; a retrying MTA would only store it twice. A database error at that
-point answers 75, since processing never committed.
+point answers 75, since processing never committed: the MTA's retry is
+processed afresh and this copy stays "failed".
 """
 
 import logging
@@ -83,8 +84,8 @@ def run(raw, recipient, sender="", size=None):
 
 
 def _run(raw, recipient, sender, size):
-    recipient = routing.normalise_recipient(recipient)
-    sender = "" if parsing.is_null_sender(sender) else (sender or "").strip().strip("<>")
+    recipient = routing.normalise_recipient(parsing.clean_text(recipient))
+    sender = "" if parsing.is_null_sender(sender) else parsing.clean_text(sender).strip().strip("<>")
     if "@" not in recipient:
         return Result(EX_TEMPFAIL, "no envelope recipient given (--recipient, RECIPIENT or LOCAL_PART/DOMAIN)")
 
@@ -105,32 +106,36 @@ def _run(raw, recipient, sender, size):
         )
     try:
         return process(inbound)
-    except DatabaseError:
-        raise
+    except DatabaseError as exc:
+        # Nothing was forwarded (processing is one transaction); the MTA retries and this copy stays as "failed".
+        log.error("mailgate: database error processing inbound message %s, asking the MTA to retry: %s", inbound.pk, exc)
+        _try_mark(inbound, InboundMessage.Status.FAILED, f"database error; the MTA was asked to retry: {exc}")
+        return Result(EX_TEMPFAIL, f"temporary failure (database): {exc}".strip(), inbound.pk)
     except Exception:
         log.exception("mailgate: failed to process inbound message %s (kept)", inbound.pk)
         note = "processing failed; the message is kept and can be processed again:\n" + traceback.format_exc()
-        InboundMessage.objects.filter(pk=inbound.pk).update(status=InboundMessage.Status.FAILED, note=note[-5000:])
+        _mark(inbound, InboundMessage.Status.FAILED, note[-5000:])
         return Result(EX_OK, f"accepted (kept as #{inbound.pk}; processing failed)", inbound.pk)
 
 
 def process(inbound):
-    """Parse, classify and route a stored message; the admin's "process again" calls this too."""
-    parsed = parsing.parse(inbound.raw)
-    if parsed.ok:
-        InboundMessage.objects.filter(pk=inbound.pk).update(
-            status=InboundMessage.Status.RECEIVED,
-            message_id=parsed.message_id,
-            from_header=parsed.from_header,
-            subject=parsed.subject,
-            note=parsed.error and f"parsed with defects: {parsed.error}",
-        )
-        inbound.message_id, inbound.from_header, inbound.subject = parsed.message_id, parsed.from_header, parsed.subject
-        inbound.note = parsed.error and f"parsed with defects: {parsed.error}"
-    else:
-        _mark(inbound, InboundMessage.Status.RAW, f"cannot be parsed: {parsed.error}")
+    """Parse, classify and route a stored message; the admin's "process again" calls this too.
 
+    One transaction: a failure part-way leaves the stored row as it was, with
+    nothing queued, for the caller to mark.
+    """
     with transaction.atomic():
+        parsed = parsing.parse(inbound.raw)
+        if parsed.ok:
+            inbound.message_id, inbound.from_header, inbound.subject = (
+                parsed.message_id, parsed.from_header, parsed.subject
+            )
+            inbound.note = parsed.error and f"parsed with defects: {parsed.error}"
+            inbound.status = InboundMessage.Status.RECEIVED
+            inbound.save(update_fields=["message_id", "from_header", "subject", "note", "status"])
+        else:
+            _mark(inbound, InboundMessage.Status.RAW, f"cannot be parsed: {parsed.error}")
+
         is_verp, email = bounces.verp_email(inbound.envelope_recipient)
         null_sender_report = not inbound.envelope_sender and bounces.looks_like_bounce(parsed)
         if is_verp or null_sender_report:
@@ -177,8 +182,16 @@ def _no_list(inbound, parsed):
 
 
 def _mark(inbound, status, note):
+    note = parsing.clean_text(note)
     InboundMessage.objects.filter(pk=inbound.pk).update(status=status, note=note[:5000])
     inbound.status, inbound.note = status, note[:5000]
+
+
+def _try_mark(inbound, status, note):
+    try:
+        _mark(inbound, status, note)
+    except DatabaseError:  # the database is gone: the row keeps its earlier status
+        pass
 
 
 def reprocess(inbound):
@@ -186,11 +199,13 @@ def reprocess(inbound):
     inbound.refresh_from_db()
     try:
         return process(inbound)
-    except DatabaseError:
-        raise
+    except DatabaseError as exc:
+        # Nothing was forwarded (processing is one transaction); the MTA retries and this copy stays as "failed".
+        log.error("mailgate: database error processing inbound message %s, asking the MTA to retry: %s", inbound.pk, exc)
+        _try_mark(inbound, InboundMessage.Status.FAILED, f"database error; the MTA was asked to retry: {exc}")
+        return Result(EX_TEMPFAIL, f"temporary failure (database): {exc}".strip(), inbound.pk)
     except Exception:
-        note = "processing failed again:\n" + traceback.format_exc()
-        InboundMessage.objects.filter(pk=inbound.pk).update(status=InboundMessage.Status.FAILED, note=note[-5000:])
+        _mark(inbound, InboundMessage.Status.FAILED, ("processing failed again:\n" + traceback.format_exc())[-5000:])
         return Result(EX_OK, "processing failed again", inbound.pk)
 
 

@@ -36,9 +36,14 @@ class Parsed:
         return values[0] if values else ""
 
 
+def clean_text(value):
+    """Text safe to store: no NUL characters (PostgreSQL text cannot hold them)."""
+    return str(value or "").replace("\x00", "")
+
+
 def _text(value):
     """A header value as one clean line of text."""
-    return " ".join(str(value).split())
+    return " ".join(clean_text(value).split())
 
 
 def _safe_items(message):
@@ -85,7 +90,7 @@ def _first_address(value):
         pairs = [parseaddr(value)]
     for name, address in pairs:
         if "@" in address:
-            return name, address.strip().lower()
+            return clean_text(name), clean_text(address).strip().lower()
     return "", ""
 
 

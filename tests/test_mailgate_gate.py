@@ -2,11 +2,13 @@ import email
 import io
 import subprocess
 import sys
+import uuid
 from email import policy
 
 import pytest
 from hypothesis import HealthCheck, given, settings as hsettings, strategies as st
 
+from dbmail import rendering
 from dbmail.models import TextOfEmail
 from mailgate import gate
 from mailgate.models import EmailList, InboundMessage
@@ -198,6 +200,21 @@ def test_a_bug_after_storing_keeps_the_mail_and_answers_0(physics, monkeypatch):
 
 
 @pytest.mark.django_db
+def test_a_database_error_while_processing_is_75_and_the_copy_is_kept(physics, monkeypatch):
+    from django.db import OperationalError
+
+    def lost(*args):
+        raise OperationalError("server closed the connection unexpectedly")
+
+    monkeypatch.setattr(gate.forward, "forward", lost)
+    result = gate.run(mail_fixture("plain.eml"), LIST, "ann@example.com")
+    assert result.code == 75 and "server closed the connection" in result.message
+    inbound = InboundMessage.objects.get(pk=result.inbound_id)
+    assert inbound.status == "failed" and bytes(inbound.raw) == mail_fixture("plain.eml")
+    assert not TextOfEmail.objects.exists()
+
+
+@pytest.mark.django_db
 def test_unknown_recipient_in_notice_mode_answers_0_and_notifies_once(physics, settings):
     settings.MAILGATE_UNKNOWN_RECIPIENT = "notice"
     first = gate.run(mail_fixture("plain.eml"), "nobody@lists.example.org", "stranger@example.net")
@@ -213,6 +230,18 @@ def test_main_reads_the_envelope_and_writes_the_outcome(physics):
     code = gate.main(io.BytesIO(mail_fixture("plain.eml")), out, err, {"RECIPIENT": "Nobody@Lists.Example.org"})
     assert code == 67
     assert err.getvalue() == "mailgate: no such list: Nobody@lists.example.org\n"
+
+
+@pytest.fixture
+def open_list(physics, settings, monkeypatch):
+    """Set up once per test, not per example (each settings change would nest another override)."""
+    settings.EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"
+    # Hypothesis reseeds the `random` module for every example, and make_msgid draws from it:
+    # ids made within the same 1/100 s would repeat. Ids from the OS's randomness do not.
+    monkeypatch.setattr(rendering, "new_message_id", lambda: f"<{uuid.uuid4().hex}@example.org>")
+    physics.posting_policy = EmailList.Policy.ANYONE
+    physics.save()
+    return physics
 
 
 def _mutations():
@@ -238,15 +267,13 @@ def _mutations():
 
 
 @pytest.mark.django_db
-@hsettings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@hsettings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(raw=st.one_of(st.binary(max_size=3000), _mutations()), recipient=st.sampled_from([LIST, "nobody@lists.example.org"]),
        sender=st.sampled_from(["", "ann@example.com", "<>", "x@example.com"]))
-def test_property_any_bytes_give_a_documented_code_and_are_stored(physics, settings, raw, recipient, sender):
-    settings.EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"
-    physics.posting_policy = EmailList.Policy.ANYONE
-    physics.save()
+def test_property_any_bytes_give_a_documented_code_and_are_stored(open_list, raw, recipient, sender):
     result = gate.run(raw, recipient, sender)
     assert result.code in gate.EXIT_CODES
+    assert result.inbound_id is not None
     assert result.code != 75, result.message  # the database is up: nothing is temporary here
     inbound = InboundMessage.objects.get(pk=result.inbound_id)
     assert bytes(inbound.raw) == raw
@@ -259,3 +286,13 @@ def test_property_any_bytes_give_a_documented_code_and_are_stored(physics, setti
 
 def email_policy_parse(data):
     return email.message_from_bytes(data, policy=policy.default)
+
+
+@pytest.mark.django_db
+def test_nul_characters_in_headers_are_stored_without_them(physics, settings):
+    settings.EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"
+    raw = mail_fixture("plain.eml").replace(b"Subject: Lab", b"Subject: L\x00ab").replace(b"<plain-1@", b"<pl\x00ain-1@")
+    result = gate.run(raw, LIST, "ann@example.com")
+    inbound = InboundMessage.objects.get(pk=result.inbound_id)
+    assert (result.code, inbound.status, inbound.subject) == (0, "forwarded", "Lab on Thursday")
+    assert bytes(inbound.raw) == raw
