@@ -23,8 +23,9 @@ from django.conf import settings
 from django.db import transaction
 
 from dbmail import rendering
-from dbmail.models import SenderAccount
-from dbmail.outbox import enqueue, send_now
+from dbmail.models import SenderAccount, TextOfEmail
+from dbmail.outbox import enqueue
+from dbmail.sending import send_one_now
 
 _LINE = re.compile(rb"([^\r\n]*)(\r\n|\r|\n|)")
 _FIELD = re.compile(rb"^[\x21-\x39\x3b-\x7e]+:")
@@ -133,18 +134,21 @@ def _sending_account(route):
 def forward(inbound, parsed, route):
     """Queue one email per member; returns how many.
 
-    Small lists are sent by this process when the transaction commits (one
+    Small lists are sent by this process once the transaction commits (one
     connection per email, fine for a few); bigger ones wait for dbmail_cron,
     which sends a batch over one connection, so the MTA is not kept waiting.
+    A failure while sending after the commit is logged, never raised: the
+    forwards are committed by then, and an error exit would make the MTA
+    deliver the message again.
     """
-    queue = send_now if len(route.members) <= settings.MAILGATE_SEND_NOW_MAX else enqueue
+    send_at_once = len(route.members) <= settings.MAILGATE_SEND_NOW_MAX
     from_email = _sending_account(route)
     from_header = formataddr((display_from(parsed, route.email_list), route.list_address))
     count = 0
     with transaction.atomic():
         for member in route.members:
             message_id = rendering.new_message_id()
-            queue(
+            email = enqueue(
                 formataddr((member.name, member.address)) if member.name else member.address,
                 subject=parsed.subject,
                 from_email=from_email,
@@ -152,5 +156,8 @@ def forward(inbound, parsed, route):
                 raw_message=build_message(inbound.raw, parsed, route, message_id),
                 message_id=message_id,
             )
+            if send_at_once and email.status == TextOfEmail.Status.QUEUED:
+                # A lambda, not functools.partial: robust on_commit logs the callback's __qualname__.
+                transaction.on_commit(lambda email=email: send_one_now(email), robust=True)
             count += 1
     return count

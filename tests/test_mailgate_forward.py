@@ -174,3 +174,16 @@ def test_added_headers_land_in_the_header_section_whatever_the_line_ends(physics
     out = forward.build_message(raw, parsing.parse(raw), routing.route(LIST), "<c@x>")
     message = parse_bytes(out)
     assert message["X-Loop"] == LIST and message["Message-ID"] == "<c@x>"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_error_while_sending_after_the_commit_does_not_fail_the_gate(physics, monkeypatch, settings):
+    from dbmail import sending
+
+    def broken_backend(*args, **kwargs):
+        raise RuntimeError("backend exploded")
+
+    monkeypatch.setattr(sending.Sender, "send_claim", broken_backend)
+    result = gate.run(mail_fixture("plain.eml"), LIST, "ann@example.com")
+    assert result.code == 0 and result.message == "forwarded to 2 member(s)"
+    assert TextOfEmail.objects.count() == 2  # committed; the claim's lease makes cron send them later
