@@ -26,6 +26,7 @@ from .parsing import clean_text
 log = logging.getLogger(__name__)
 
 _STATUS = re.compile(r"\b([245])\.\d{1,3}\.\d{1,3}\b")
+_BOUNCE_SUBJECTS = ("undeliver", "delivery status", "returned mail", "delivery failure", "failure notice")
 _MESSAGE_ID = re.compile(r"^Message-ID:\s*(<[^>\s]+>)", re.IGNORECASE | re.MULTILINE)
 
 
@@ -126,7 +127,7 @@ def looks_like_bounce(parsed):
     if message.get_content_type() == "multipart/report":
         return True
     subject = parsed.subject.lower()
-    return any(w in subject for w in ("undeliver", "delivery status", "returned mail", "delivery failure", "failure notice"))
+    return any(word in subject for word in _BOUNCE_SUBJECTS)
 
 
 def original_message_ids(raw):

@@ -108,7 +108,7 @@ def _run(raw, recipient, sender, size):
         return process(inbound)
     except DatabaseError as exc:
         # Nothing was forwarded (processing is one transaction); the MTA retries and this copy stays as "failed".
-        log.error("mailgate: database error processing inbound message %s, asking the MTA to retry: %s", inbound.pk, exc)
+        log.error("mailgate: database error processing inbound message %s; the MTA retries: %s", inbound.pk, exc)
         _try_mark(inbound, InboundMessage.Status.FAILED, f"database error; the MTA was asked to retry: {exc}")
         return Result(EX_TEMPFAIL, f"temporary failure (database): {exc}".strip(), inbound.pk)
     except Exception:
@@ -200,10 +200,7 @@ def reprocess(inbound):
     try:
         return process(inbound)
     except DatabaseError as exc:
-        # Nothing was forwarded (processing is one transaction); the MTA retries and this copy stays as "failed".
-        log.error("mailgate: database error processing inbound message %s, asking the MTA to retry: %s", inbound.pk, exc)
-        _try_mark(inbound, InboundMessage.Status.FAILED, f"database error; the MTA was asked to retry: {exc}")
-        return Result(EX_TEMPFAIL, f"temporary failure (database): {exc}".strip(), inbound.pk)
+        return Result(EX_TEMPFAIL, f"database error, nothing changed: {exc}", inbound.pk)
     except Exception:
         _mark(inbound, InboundMessage.Status.FAILED, ("processing failed again:\n" + traceback.format_exc())[-5000:])
         return Result(EX_OK, "processing failed again", inbound.pk)

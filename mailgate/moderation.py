@@ -39,6 +39,7 @@ def reject(inbound, user, comment=""):
     with transaction.atomic():
         locked = _take(inbound, user, InboundMessage.Status.REJECTED)
         notice = policy.notice_rejected(locked, parsing.parse(locked.raw), comment)
-        locked.note = f"rejected by {user}" + ("; sender notified" if notice else "; no notice (automatic or own sender)")
+        told = "; sender notified" if notice else "; no notice (automatic or own sender)"
+        locked.note = f"rejected by {user}{told}"
         locked.save(update_fields=["status", "decided_by", "decided_at", "note"])
     return notice

@@ -169,7 +169,9 @@ def test_big_lists_are_left_to_cron(physics, smtp_server, settings):
     assert (result.sent, result.connections) == (2, 1)
 
 
-@pytest.mark.parametrize("raw", [b"!:\r\x00", b"!:\n\x00", b"Subject: a\rFrom: x@example.com\r\rbody\r", b"Subject: only"])
+@pytest.mark.parametrize(
+    "raw", [b"!:\r\x00", b"!:\n\x00", b"Subject: a\rFrom: x@example.com\r\rbody\r", b"Subject: only"]
+)
 def test_added_headers_land_in_the_header_section_whatever_the_line_ends(physics, raw):
     out = forward.build_message(raw, parsing.parse(raw), routing.route(LIST), "<c@x>")
     message = parse_bytes(out)

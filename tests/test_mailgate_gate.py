@@ -109,7 +109,8 @@ def test_database_down_is_75_without_a_traceback():
 @pytest.mark.django_db(transaction=True)
 def test_loops_are_stopped(physics, smtp_server):
     env = subprocess_env(smtp=smtp_server)
-    assert run_gate(mail_fixture("plain.eml"), "--recipient", LIST, "--sender", "ann@example.com", env=env).returncode == 0
+    first = run_gate(mail_fixture("plain.eml"), "--recipient", LIST, "--sender", "ann@example.com", env=env)
+    assert first.returncode == 0
     copy = smtp_server.received[0].data  # what a member got, fed back to the list (e.g. by a forwarding rule)
     proc = run_gate(copy, "--recipient", LIST, "--sender", "ann@example.com", env=env)
     assert proc.returncode == 0
@@ -149,7 +150,8 @@ def test_missing_recipient_is_75_and_stores_nothing():
 @pytest.mark.parametrize("name", ["broken_mime.eml", "not_a_message.bin", "huge_headers.eml", "dsn_exim.eml"])
 def test_odd_messages_in_a_child_process(physics, name):
     raw = mail_fixture(name)
-    proc = run_gate(raw, "--recipient", LIST, "--sender", "ann@example.com", env=subprocess_env(EMAIL_URL="smtp://127.0.0.1:1"))
+    env = subprocess_env(EMAIL_URL="smtp://127.0.0.1:1")
+    proc = run_gate(raw, "--recipient", LIST, "--sender", "ann@example.com", env=env)
     assert proc.returncode == 0, proc.stderr
     assert b"Traceback" not in proc.stderr
     assert bytes(InboundMessage.objects.get().raw) == raw
@@ -178,10 +180,12 @@ def test_encoded_and_missing_headers_are_recorded(physics, settings):
     settings.EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"
     physics.posting_policy = EmailList.Policy.ANYONE
     physics.save()
-    inbound = InboundMessage.objects.get(pk=gate.run(mail_fixture("encoded_headers.eml"), LIST, "x@example.com").inbound_id)
+    result = gate.run(mail_fixture("encoded_headers.eml"), LIST, "x@example.com")
+    inbound = InboundMessage.objects.get(pk=result.inbound_id)
     assert inbound.subject == "Zajęcia w czwartek — sala 12"
     assert inbound.from_header == "Ángela Gómez <angela@example.com>"
-    bare = InboundMessage.objects.get(pk=gate.run(mail_fixture("missing_headers.eml"), LIST, "x@example.com").inbound_id)
+    result = gate.run(mail_fixture("missing_headers.eml"), LIST, "x@example.com")
+    bare = InboundMessage.objects.get(pk=result.inbound_id)
     assert (bare.status, bare.subject, bare.message_id, bare.from_header) == ("forwarded", "", "", "")
 
 
@@ -268,8 +272,11 @@ def _mutations():
 
 @pytest.mark.django_db
 @hsettings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(raw=st.one_of(st.binary(max_size=3000), _mutations()), recipient=st.sampled_from([LIST, "nobody@lists.example.org"]),
-       sender=st.sampled_from(["", "ann@example.com", "<>", "x@example.com"]))
+@given(
+    raw=st.one_of(st.binary(max_size=3000), _mutations()),
+    recipient=st.sampled_from([LIST, "nobody@lists.example.org"]),
+    sender=st.sampled_from(["", "ann@example.com", "<>", "x@example.com"]),
+)
 def test_property_any_bytes_give_a_documented_code_and_are_stored(open_list, raw, recipient, sender):
     result = gate.run(raw, recipient, sender)
     assert result.code in gate.EXIT_CODES
@@ -291,7 +298,8 @@ def email_policy_parse(data):
 @pytest.mark.django_db
 def test_nul_characters_in_headers_are_stored_without_them(physics, settings):
     settings.EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"
-    raw = mail_fixture("plain.eml").replace(b"Subject: Lab", b"Subject: L\x00ab").replace(b"<plain-1@", b"<pl\x00ain-1@")
+    raw = mail_fixture("plain.eml").replace(b"Subject: Lab", b"Subject: L\x00ab")
+    raw = raw.replace(b"<plain-1@", b"<pl\x00ain-1@")
     result = gate.run(raw, LIST, "ann@example.com")
     inbound = InboundMessage.objects.get(pk=result.inbound_id)
     assert (result.code, inbound.status, inbound.subject) == (0, "forwarded", "Lab on Thursday")
