@@ -19,7 +19,7 @@ from django.db.models import Q
 from django.utils import timezone
 from psycopg2.extras import Json, execute_values
 
-from . import recipients, rendering, unsubscribe
+from . import recipients, rendering, unsubscribe, verp
 from .models import MessageRequest, TextOfEmail
 
 Status = TextOfEmail.Status
@@ -58,6 +58,7 @@ def claim_request(now=None):
 def email_fields(request, compiled, recipient, now, links=None):
     """One recipient's TextOfEmail as field values; a bad address or template makes it a dropped row."""
     url = (links or unsubscribe.LinkMaker()).url(recipient.email) if not recipient.error else ""
+    message_id = rendering.new_message_id()
     fields = {
         "request_id": request.pk,
         "account_id": request.sender_id,
@@ -65,9 +66,9 @@ def email_fields(request, compiled, recipient, now, links=None):
         "to_address": recipient.email[:254],
         "to_name": recipient.name[:200],
         "from_header": request.sender.from_header,
-        "envelope_sender": request.sender.address,
+        "envelope_sender": verp.envelope_sender(message_id, request.sender.address),
         "reply_to": request.reply_to,
-        "message_id": rendering.new_message_id(),
+        "message_id": message_id,
         "headers": unsubscribe.list_unsubscribe_headers(url, recipient.email) if url else {},
         "status": Status.QUEUED,
         "status_changed_at": now,

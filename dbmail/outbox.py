@@ -15,7 +15,7 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from . import recipients, rendering
+from . import recipients, rendering, verp
 from .models import DeliveryEvent, SenderAccount, TextOfEmail
 
 
@@ -50,9 +50,17 @@ def enqueue(
     envelope_sender=None,
     user=None,
     send_at=None,
+    message_id=None,
+    from_header=None,
 ):
-    """Create one queued email (a dropped one, with the reason, if `to` is not an address)."""
-    account, from_header, from_address = resolve_sender(from_email)
+    """Create one queued email (a dropped one, with the reason, if `to` is not an address).
+
+    A `raw_message` carries its own headers: pass the `message_id` written in
+    it, and the `from_header` it shows if that differs from `from_email` (a
+    list forward's From is the list; the account sending it is `from_email`).
+    """
+    account, resolved_from_header, from_address = resolve_sender(from_email)
+    message_id = message_id or rendering.new_message_id()
     name, address = parseaddr(to)
     address = recipients.normalise_address(address or to)
     now = timezone.now()
@@ -63,15 +71,15 @@ def enqueue(
         user=user,
         to_address=address[:254],
         to_name=name[:200],
-        from_header=from_header,
-        envelope_sender=envelope_sender or from_address,
+        from_header=from_header or resolved_from_header,
+        envelope_sender=envelope_sender or verp.envelope_sender(message_id, from_address),
         reply_to=reply_to,
         subject=" ".join(subject.split())[:998],
         text=text,
         html=html,
         headers=headers or {},
         raw_message=raw_message,
-        message_id=rendering.new_message_id(),
+        message_id=message_id,
         status_changed_at=now,
         next_attempt_at=send_at or now,
     )

@@ -7,8 +7,9 @@ from a user to anything else.
 """
 
 import re
+import secrets
+import time
 from dataclasses import dataclass
-from email.utils import make_msgid
 from html.parser import HTMLParser
 
 from django.conf import settings
@@ -145,4 +146,6 @@ class CompiledRequest:
 
 
 def new_message_id():
-    return make_msgid(domain=settings.DBMAIL_MESSAGE_ID_DOMAIN)
+    # Not email.utils.make_msgid: it draws on the process-wide `random`, which any library
+    # (or a test framework) may reseed, and two senders would then mint the same IDs.
+    return f"<{time.time_ns()}.{secrets.token_hex(8)}@{settings.DBMAIL_MESSAGE_ID_DOMAIN}>"

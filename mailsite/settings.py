@@ -228,6 +228,18 @@ if TRACKING_WEBHOOK_ENABLED and not (TRACKING_WEBHOOK_SECRETS or TRACKING_WEBHOO
         "Setting TRACKING_WEBHOOK_SECRETS (or TRACKING_WEBHOOK_BASIC_AUTH) is required when TRACKING_WEBHOOK_ENABLED is on."
     )
 
+# --- VERP and mailgate (incoming mail) ---
+DBMAIL_VERP_DOMAIN = setting("DBMAIL_VERP_DOMAIN", "str", "").strip().lower()
+if DBMAIL_VERP_DOMAIN and not re.fullmatch(r"[a-z0-9-]+(\.[a-z0-9-]+)+", DBMAIL_VERP_DOMAIN):
+    raise ImproperlyConfigured(f"Setting DBMAIL_VERP_DOMAIN={DBMAIL_VERP_DOMAIN!r} is not a domain name.")
+DBMAIL_VERP_PREFIX = setting("DBMAIL_VERP_PREFIX", "str", "bounces")
+if not re.fullmatch(r"[A-Za-z0-9._-]{1,20}", DBMAIL_VERP_PREFIX):
+    raise ImproperlyConfigured(f"Setting DBMAIL_VERP_PREFIX={DBMAIL_VERP_PREFIX!r} must be 1-20 letters, digits, . _ -.")
+MAILGATE_MAX_BYTES = setting("MAILGATE_MAX_BYTES", "int", 25 * 1024 * 1024, minimum=1024)
+MAILGATE_UNKNOWN_RECIPIENT = setting("MAILGATE_UNKNOWN_RECIPIENT", "str", "bounce", choices=("bounce", "notice"))
+MAILGATE_SEND_NOW_MAX = setting("MAILGATE_SEND_NOW_MAX", "int", 20, minimum=0)
+MAILGATE_NOTICE_INTERVAL_SECONDS = setting("MAILGATE_NOTICE_INTERVAL_SECONDS", "int", 3600, minimum=0)
+
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,

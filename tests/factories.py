@@ -64,3 +64,37 @@ class TextOfEmailFactory(factory.django.DjangoModelFactory):
     subject = factory.Sequence(lambda n: f"Message {n}")
     text = "Hello.\n"
     message_id = factory.LazyFunction(rendering.new_message_id)
+
+
+# --- mailgate ---------------------------------------------------------------------------------
+
+from pathlib import Path  # noqa: E402
+
+from mailgate.models import EmailList  # noqa: E402
+
+MAIL_DIR = Path(__file__).resolve().parent / "mail"
+
+
+def mail_fixture(name):
+    """The bytes of a message fixture under tests/mail/."""
+    return (MAIL_DIR / name).read_bytes()
+
+
+class EmailListFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = EmailList
+        skip_postgeneration_save = True
+
+    name = factory.Sequence(lambda n: f"List {n}")
+    regex = factory.Sequence(lambda n: f"list{n}")
+    posting_policy = EmailList.Policy.ANYONE
+
+    @factory.post_generation
+    def users(self, create, extracted, **kwargs):
+        if create and extracted:
+            self.users.add(*extracted)
+
+    @factory.post_generation
+    def groups(self, create, extracted, **kwargs):
+        if create and extracted:
+            self.groups.add(*extracted)
