@@ -94,6 +94,7 @@ def test_a_killed_sender_loses_nothing_and_duplicates_at_most_the_window(smtp_se
     received = Counter(m.message_id for m in smtp_server.received)
     assert set(received) == expected  # none lost
     duplicates = sum(n - 1 for n in received.values())
+    print(f"duplicates after kill -9: {duplicates} (window {settings.DBMAIL_OUTCOME_WINDOW} + 1)")
     # Only answered messages whose outcomes were not committed yet: the documented window.
     assert duplicates <= settings.DBMAIL_OUTCOME_WINDOW + 1
     assert TextOfEmail.objects.exclude(status=Status.SENT).count() == 0
