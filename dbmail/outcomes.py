@@ -11,7 +11,6 @@ from django.conf import settings
 from django.db import connection as db_connection
 from django.db import transaction
 from django.utils import timezone
-from psycopg2.extras import execute_values
 
 from . import retry
 from .models import DeliveryEvent, TextOfEmail
@@ -90,38 +89,55 @@ def _write_portable(rows):
     return lost
 
 
-# One statement, one round trip and one commit for any number of outcomes. With
-# DBMAIL_ASYNC_COMMIT the commit does not wait for the WAL flush: a crash of the sender
+# One prepared statement, one round trip and one commit for any number of outcomes: this
+# runs for every message sent, and planning it each time would cost more than running it.
+# With DBMAIL_ASYNC_COMMIT the commit does not wait for the WAL flush: a crash of the sender
 # loses nothing, and only a crash of the PostgreSQL server itself can forget the last
 # fraction of a second of outcomes, whose emails are then sent again after their lease.
-_WRITE_SQL = """
-{sync}
-WITH outcome (pk, token, status, at, last_error, sent_at, next_attempt_at, smtp_code, text) AS (VALUES %s),
+_PREPARE_SQL = """
+PREPARE dbmail_write_outcomes (bigint[], uuid[], text[], timestamptz[], text[], timestamptz[],
+                               timestamptz[], smallint[], text[]) AS
+WITH outcome AS (
+    SELECT * FROM unnest($1, $2, $3, $4, $5, $6, $7, $8, $9)
+        AS o (pk, token, status, at, last_error, sent_at, next_attempt_at, smtp_code, text)
+),
 updated AS (
     UPDATE dbmail_textofemail AS e
-       SET status = o.status, status_changed_at = o.at::timestamptz, claim_token = NULL,
-           leased_until = NULL, last_error = o.last_error,
-           sent_at = COALESCE(o.sent_at::timestamptz, e.sent_at),
-           next_attempt_at = COALESCE(o.next_attempt_at::timestamptz, e.next_attempt_at)
+       SET status = o.status, status_changed_at = o.at, claim_token = NULL, leased_until = NULL,
+           last_error = o.last_error, sent_at = COALESCE(o.sent_at, e.sent_at),
+           next_attempt_at = COALESCE(o.next_attempt_at, e.next_attempt_at)
       FROM outcome AS o
-     WHERE e.id = o.pk AND e.claim_token = o.token::uuid
+     WHERE e.id = o.pk AND e.claim_token = o.token
  RETURNING e.id
 )
 INSERT INTO dbmail_deliveryevent (email_id, at, kind, outcome, smtp_code, text)
-SELECT o.pk, o.at::timestamptz, 'attempt',
-       CASE WHEN o.pk IN (SELECT id FROM updated) THEN o.status ELSE 'lost-lease' END,
-       o.smtp_code::smallint, o.text
+SELECT o.pk, o.at, 'attempt', CASE WHEN o.pk IN (SELECT id FROM updated) THEN o.status ELSE 'lost-lease' END,
+       o.smtp_code, o.text
   FROM outcome AS o
 RETURNING email_id, outcome
 """
+_EXECUTE_SQL = "{sync} EXECUTE dbmail_write_outcomes (%s, %s::uuid[], %s, %s, %s, %s, %s, %s, %s)"
 
 
 def _write_postgresql(rows):
     sync = "SET LOCAL synchronous_commit TO OFF;" if settings.DBMAIL_ASYNC_COMMIT else ""
-    values = [
-        (r.pk, str(r.token), r.status, r.at, r.last_error, r.sent_at, r.next_attempt_at, r.smtp_code, r.text)
-        for r in rows
+    columns = [
+        [r.pk for r in rows],
+        [str(r.token) for r in rows],
+        [r.status for r in rows],
+        [r.at for r in rows],
+        [r.last_error for r in rows],
+        [r.sent_at for r in rows],
+        [r.next_attempt_at for r in rows],
+        [r.smtp_code for r in rows],
+        [r.text for r in rows],
     ]
+    db_connection.ensure_connection()
+    session = db_connection.connection  # a prepared statement lives as long as this session
     with db_connection.cursor() as cursor:
-        written = execute_values(cursor.cursor, _WRITE_SQL.format(sync=sync), values, page_size=len(values), fetch=True)
+        if getattr(db_connection, "dbmail_prepared_in", None) is not session:
+            cursor.execute(_PREPARE_SQL)
+            db_connection.dbmail_prepared_in = session
+        cursor.execute(_EXECUTE_SQL.format(sync=sync), columns)
+        written = cursor.fetchall()
     return [pk for pk, outcome in written if outcome == "lost-lease"]
