@@ -167,3 +167,28 @@ def test_two_expanders_never_hold_the_same_request():
     first = expand.claim_request()
     assert first is not None
     assert expand.claim_request() is None
+
+
+@pytest.mark.django_db(transaction=True)
+def test_chunks_written_aside_commit_in_order_and_a_cancel_stops_them():
+    User = get_user_model()
+    User.objects.bulk_create(User(username=f"w{i:04d}", email=f"w{i:04d}@example.org") for i in range(1200))
+    request = MessageRequestFactory(recipient_set="all_active", text_body="Hi {{ username }}")
+    claimed = expand.claim_request()
+    assert expand._can_write_aside()  # outside any transaction: the writer thread is used
+    assert expand.expand(claimed, chunk_size=100) == 1200
+    request.refresh_from_db()
+    assert request.status == MessageRequest.Status.EXPANDED
+    assert set(TextOfEmail.objects.values_list("text", flat=True)) == {f"Hi w{i:04d}" for i in range(1200)}
+
+    second = MessageRequestFactory(recipient_set="all_active")
+    claimed = expand.claim_request()
+    seen = []
+
+    def cancel_after_first(n):
+        seen.append(n)
+        if len(seen) == 1:
+            MessageRequest.objects.get(pk=second.pk).cancel()
+
+    assert expand.expand(claimed, chunk_size=100, on_chunk=cancel_after_first) == 0
+    assert len(seen) == 1 and second.emails.exclude(status=Status.CANCELLED).count() == 0
