@@ -34,6 +34,7 @@ class Command(BaseCommand):
             on_chunk=self.progress.expanded if self.progress else None,
         )
         runner.install_signal_handlers()
+        self.looping = opts["loop"]
         if opts["loop"]:
             runner.run_loop(opts["interval"], self.report)
             return
@@ -49,8 +50,10 @@ class Command(BaseCommand):
             self.stderr.write(f"dbmail_cron: {outcome}")
             return
         # Under cron, stay silent unless something failed: cron mails whatever we print.
+        # A loop reports only the rounds that did something.
         failed = outcome.sent.deferred or outcome.sent.dropped
-        if self.loud or (failed and self.verbosity >= 1):
+        idle = not (outcome.expanded.requests or outcome.sent.attempted)
+        if (self.loud and not (self.looping and idle)) or (failed and self.verbosity >= 1):
             self.stdout.write(f"dbmail_cron: {outcome.summary()}")
             if failed and self.verbosity >= 1:
                 for line in outcome.sent.errors:
