@@ -1,5 +1,6 @@
 """Removing old finished emails and their log, keeping each request's totals."""
 
+import argparse
 import re
 from collections import Counter, defaultdict
 from datetime import timedelta
@@ -19,6 +20,14 @@ def parse_duration(text):
     if not match:
         raise ValueError(f"{text!r} is not a duration like 7d, 12h, 30m or 90s")
     return timedelta(seconds=int(match[1]) * _UNITS[match[2]])
+
+
+def duration_argument(text):
+    """parse_duration for argparse: a bad value becomes a usage error naming the option."""
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def purge(older_than, chunk=2000):

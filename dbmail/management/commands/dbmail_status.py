@@ -5,7 +5,7 @@ from django.core.management.base import BaseCommand, CommandError
 from django.db import DatabaseError
 
 from dbmail import health
-from dbmail.purge import parse_duration
+from dbmail.purge import duration_argument
 
 
 class Command(BaseCommand):
@@ -14,7 +14,7 @@ class Command(BaseCommand):
     def add_arguments(self, parser):
         parser.add_argument(
             "--stuck-after",
-            type=parse_duration,
+            type=duration_argument,
             default=None,
             help="Stuck when due longer than this (e.g. 30m, 2h; default DBMAIL_STUCK_AFTER_SECONDS).",
         )

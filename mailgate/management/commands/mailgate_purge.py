@@ -1,6 +1,6 @@
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import BaseCommand
 
-from dbmail.purge import parse_duration
+from dbmail.purge import duration_argument
 from mailgate.purge import purge
 
 
@@ -8,13 +8,9 @@ class Command(BaseCommand):
     help = "Delete inbound messages older than --older-than, except held, raw and failed ones."
 
     def add_arguments(self, parser):
-        parser.add_argument("--older-than", required=True, help="Age such as 30d, 12h.")
+        parser.add_argument("--older-than", type=duration_argument, required=True, help="Age such as 30d, 12h.")
 
     def handle(self, *args, **opts):
-        try:
-            age = parse_duration(opts["older_than"])
-        except ValueError as exc:
-            raise CommandError(f"--older-than: {exc}") from exc
-        removed = purge(age)
+        removed = purge(opts["older_than"])
         if opts["verbosity"] >= 1:
             self.stdout.write(f"mailgate_purge: removed {removed} inbound messages older than {opts['older_than']}")
