@@ -12,6 +12,7 @@ urlpatterns = [
     path("requests/<int:pk>/", requests.request_detail, name="request"),
     path("requests/<int:pk>/edit/", compose.compose, name="edit"),
     path("requests/<int:pk>/count/", compose.count, name="edit_count"),
+    path("requests/<int:pk>/emails/<int:email_pk>/", requests.email_detail, name="email"),
     path("requests/<int:pk>/status.json", requests.request_status, name="status"),
     path("requests/<int:pk>/send/", requests.send, name="send"),
     path("requests/<int:pk>/test/", requests.send_test, name="test"),

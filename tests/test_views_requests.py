@@ -285,3 +285,20 @@ def test_test_send_while_the_server_is_down_stays_queued_and_says_so(panel, sett
     assert email.status == TextOfEmail.Status.QUEUED
     assert "cannot connect" in email.events.get().text  # it was tried, and kept for cron
     assert "the next dbmail_cron run sends it" in response.content.decode()
+
+
+def test_each_email_has_a_history_page_with_attempts_and_tracking_events(panel, client):
+    from dbmail.models import DeliveryEvent
+
+    mail = expanded_request(["sent"])
+    email = mail.emails.get()
+    DeliveryEvent.objects.create(email=email, kind="attempt", outcome="sent", smtp_code=250, text="Ok: queued as Q1")
+    DeliveryEvent.objects.create(email=email, kind="tracking", outcome="delivered", text="[e1] delivered from postfix")
+    url = reverse("commpanel:email", args=[mail.pk, email.pk])
+    page = panel.get(url).content.decode()
+    assert "queued as Q1" in page and "delivered from postfix" in page
+    assert page.index("queued as Q1") < page.index("delivered from postfix")  # oldest first
+    assert url in panel.get(reverse("commpanel:request", args=[mail.pk])).content.decode()
+    other = MessageRequestFactory(status="expanded")
+    assert panel.get(reverse("commpanel:email", args=[other.pk, email.pk])).status_code == 404
+    assert client.get(url).status_code == 302  # anonymous: to the login page

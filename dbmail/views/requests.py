@@ -140,6 +140,18 @@ def _email_table(request, mail):
 
 
 @panel_view
+def email_detail(request, pk, email_pk):
+    """One recipient's email and its history: each attempt, tracking event and admin action."""
+    mail = get_object_or_404(MessageRequest, pk=pk)
+    email = get_object_or_404(mail.emails.select_related("request"), pk=email_pk)
+    return render(
+        request,
+        "commpanel/email_detail.html",
+        {"mail": mail, "email": email, "events": email.events.order_by("at", "id")},
+    )
+
+
+@panel_view
 def request_status(request, pk):
     """Live progress for the request page (polled while sending)."""
     mail = get_object_or_404(MessageRequest, pk=pk)
