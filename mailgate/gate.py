@@ -30,7 +30,7 @@ from django.db import DatabaseError, transaction
 
 from dbmail.tracking_queue import QueueUnavailable
 
-from . import bounces, forward, parsing, policy, routing
+from . import bounces, forward, parsing, policy, routing, unsubscribe
 from .models import InboundMessage
 
 log = logging.getLogger(__name__)
@@ -144,6 +144,11 @@ def process(inbound):
             rows = bounces.handle(inbound, parsed, verp_email=email, trust_message_ids=not is_verp)
             bounces.mark_bounce(inbound, rows)
             return Result(EX_OK, f"bounce stored ({len(rows)} finding(s))", inbound.pk)
+
+        if unsubscribe.is_unsubscribe_address(inbound.envelope_recipient):
+            note = unsubscribe.handle(inbound, parsed)
+            _mark(inbound, inbound.status, note)
+            return Result(EX_OK, note, inbound.pk)
 
         route = routing.route(inbound.envelope_recipient)
         if route is None:
