@@ -53,3 +53,23 @@ def purge(older_than, chunk=2000):
             DeliveryEvent.objects.filter(email_id__in=ids).delete()
             TextOfEmail.objects.filter(pk__in=ids).delete()
             removed += len(ids)
+
+
+def purge_tracking(older_than):
+    """Delete tracking bookkeeping older than `older_than`; return how many rows went.
+
+    Applied event keys make a redelivered event harmless; no queue redelivers
+    anything days later, so old keys only take space. Replay-guard signatures
+    are useless once older than the signature window itself.
+    """
+    from django.conf import settings
+
+    from .models import AppliedTrackingEvent, UnmatchedTrackingEvent, WebhookSignature
+
+    now = timezone.now()
+    cutoff = now - older_than
+    removed = AppliedTrackingEvent.objects.filter(applied_at__lt=cutoff).delete()[0]
+    removed += UnmatchedTrackingEvent.objects.filter(received_at__lt=cutoff).delete()[0]
+    window = timedelta(seconds=2 * settings.TRACKING_WEBHOOK_MAX_AGE)
+    removed += WebhookSignature.objects.filter(seen_at__lt=now - window).delete()[0]
+    return removed

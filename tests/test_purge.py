@@ -40,3 +40,21 @@ def test_durations():
         parse_duration("soon")
     with pytest.raises(CommandError, match="--older-than"):
         call_command("dbmail_purge", "--older-than", "soon")
+
+
+def test_purge_also_clears_old_tracking_bookkeeping(settings):
+    from dbmail.models import AppliedTrackingEvent, UnmatchedTrackingEvent, WebhookSignature
+
+    settings.TRACKING_WEBHOOK_MAX_AGE = 300
+    old = timezone.now() - timedelta(days=10)
+    AppliedTrackingEvent.objects.create(key="mta:old", applied_at=old)
+    AppliedTrackingEvent.objects.create(key="mta:new")
+    UnmatchedTrackingEvent.objects.create(key="mta:x", event="delivered", payload={}, received_at=old)
+    WebhookSignature.objects.create(signature="a" * 64, seen_at=timezone.now() - timedelta(minutes=11))
+    WebhookSignature.objects.create(signature="b" * 64)
+    out = io.StringIO()
+    call_command("dbmail_purge", "--older-than", "7d", stdout=out)
+    assert "3 tracking records" in out.getvalue()
+    assert list(AppliedTrackingEvent.objects.values_list("key", flat=True)) == ["mta:new"]
+    assert not UnmatchedTrackingEvent.objects.exists()
+    assert list(WebhookSignature.objects.values_list("signature", flat=True)) == ["b" * 64]

@@ -1,15 +1,21 @@
 from django.core.management.base import BaseCommand
 
-from dbmail.purge import duration_argument, purge
+from dbmail.purge import duration_argument, purge, purge_tracking
 
 
 class Command(BaseCommand):
-    help = "Delete finished (sent, dropped, cancelled, tracked) emails and their log; request totals are kept."
+    help = (
+        "Delete finished (sent, dropped, cancelled, tracked) emails and their log, request totals kept, "
+        "and old tracking bookkeeping."
+    )
 
     def add_arguments(self, parser):
         parser.add_argument("--older-than", type=duration_argument, required=True, help="Age such as 7d, 12h, 30m.")
 
     def handle(self, *args, **opts):
         removed = purge(opts["older_than"])
+        tracking = purge_tracking(opts["older_than"])
         if opts["verbosity"] >= 1:
-            self.stdout.write(f"dbmail_purge: removed {removed} emails older than {opts['older_than']}")
+            self.stdout.write(
+                f"dbmail_purge: removed {removed} emails and {tracking} tracking records older than {opts['older_than']}"
+            )
