@@ -18,6 +18,12 @@ import smtplib
 from django.core.mail.backends.smtp import EmailBackend
 
 _LEADING_DOT = re.compile(rb"(?m)^\.")
+_PLAIN_ADDRESS = re.compile(r"[^\s<>()\[\]\\,;:\"@]+@[^\s<>()\[\]\\,;:\"@]+")
+
+
+def _quoteaddr(address):
+    # smtplib.quoteaddr parses every address with the email package; a plain one needs no parsing.
+    return f"<{address}>" if _PLAIN_ADDRESS.fullmatch(address) else smtplib.quoteaddr(address)
 _CRLF = b"\r\n"
 
 
@@ -34,8 +40,8 @@ class _BulkSMTP:
             return super().sendmail(from_addr, to_addrs, msg, mail_options, rcpt_options)
         to_addrs = [to_addrs] if isinstance(to_addrs, str) else list(to_addrs)
         size = f" SIZE={len(msg)}" if self.has_extn("size") else ""
-        commands = [f"MAIL FROM:{smtplib.quoteaddr(from_addr)}{size}"]
-        commands += [f"RCPT TO:{smtplib.quoteaddr(a)}" for a in to_addrs]
+        commands = [f"MAIL FROM:{_quoteaddr(from_addr)}{size}"]
+        commands += [f"RCPT TO:{_quoteaddr(a)}" for a in to_addrs]
         commands.append("DATA")
         self.send("".join(c + "\r\n" for c in commands).encode(self.command_encoding))
 

@@ -60,7 +60,7 @@ def _address(name, address):
 def _part_body(text):
     """(Content-Transfer-Encoding, encoded body with CRLF line ends)."""
     text = text.replace("\r\n", "\n").replace("\r", "\n")
-    if _is_ascii(text) and all(len(line) <= 998 for line in text.split("\n")):
+    if _is_ascii(text) and max(map(len, text.split("\n"))) <= 998:
         return "7bit", text.replace("\n", "\r\n")
     encoded = binascii.b2a_qp(text.encode("utf-8"), istext=True).decode("ascii")
     return "quoted-printable", encoded.replace("\n", "\r\n")

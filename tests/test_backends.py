@@ -63,3 +63,10 @@ def test_refused_data(server, backend):
     with pytest.raises(smtplib.SMTPDataError) as exc:
         backend.send_prepared("a@example.org", ["b@example.net"], MESSAGE)
     assert exc.value.smtp_code == 554
+
+
+def test_plain_and_quoted_addresses_reach_the_envelope(server, backend):
+    backend.send_prepared("bounces+1.abc@example.org", ['"john doe"@example.net', "Ann <ann@example.net>"], MESSAGE)
+    (got,) = server.received
+    assert got.mail_from == "bounces+1.abc@example.org"
+    assert got.rcpt_tos == ['"john doe"@example.net', "ann@example.net"]
