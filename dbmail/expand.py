@@ -106,9 +106,11 @@ class EmailInsert:
     def __init__(self, rows):
         self.count = len(rows)
         self.rows = rows if connection.vendor != "postgresql" else None
-        self.sql = _insert_sql(rows) if self.rows is None else None
+        self.sql = _insert_sql(rows) if self.rows is None and rows else None
 
     def run(self):
+        if not self.count:  # every recipient of the chunk was left out (suppressed, repeated)
+            return
         if self.sql is None:
             objs = [TextOfEmail(**row) for row in self.rows]
             TextOfEmail.objects.bulk_create(objs, batch_size=500, ignore_conflicts=True)

@@ -192,3 +192,15 @@ def test_chunks_written_aside_commit_in_order_and_a_cancel_stops_them():
 
     assert expand.expand(claimed, chunk_size=100, on_chunk=cancel_after_first) == 0
     assert len(seen) == 1 and second.emails.exclude(status=Status.CANCELLED).count() == 0
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_chunk_whose_recipients_are_all_left_out_still_moves_the_checkpoint():
+    UserFactory(username="gone")
+    UserFactory(username="kept")
+    Suppression.objects.create(address="gone@example.org")
+    request = MessageRequestFactory(recipient_set="all_active")
+    assert expand.expand(expand.claim_request(), chunk_size=1) == 1
+    request.refresh_from_db()
+    assert request.status == MessageRequest.Status.EXPANDED
+    assert list(request.emails.values_list("to_address", flat=True)) == ["kept@example.org"]

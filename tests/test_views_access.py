@@ -50,8 +50,9 @@ def test_anonymous_visitor_is_sent_to_login_and_changes_nothing():
     assert not Suppression.objects.exists()
 
 
-@pytest.mark.parametrize("is_staff", [False, True])
-def test_user_without_the_permission_gets_403(is_staff):
+@pytest.mark.parametrize("is_staff, all_staff", [(False, True), (True, False)])
+def test_user_without_the_permission_gets_403(is_staff, all_staff, settings):
+    settings.DBMAIL_PANEL_ALL_STAFF = all_staff
     mail = MessageRequestFactory(status=MessageRequest.Status.DRAFT)
     user = UserFactory(username="plain", is_staff=is_staff)
     client = Client()
@@ -65,6 +66,17 @@ def test_user_without_the_permission_gets_403(is_staff):
     assert mail.status == MessageRequest.Status.DRAFT
     assert MessageRequest.objects.count() == 1
     assert not Suppression.objects.exists()
+
+
+def test_staff_may_use_the_panel_by_default_and_inactive_users_never(settings):
+    mail = MessageRequestFactory(status=MessageRequest.Status.DRAFT)
+    staff = UserFactory(username="staffer", is_staff=True)
+    client = Client()
+    client.force_login(staff)
+    assert client.get(reverse("commpanel:request", args=[mail.pk])).status_code == 200
+    staff.is_active = False
+    staff.save()
+    assert client.get(reverse("commpanel:request", args=[mail.pk])).status_code == 302  # logged out: to login
 
 
 def test_permitted_user_sees_every_page(panel):

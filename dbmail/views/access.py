@@ -1,19 +1,27 @@
-"""Who may use the comm panel: logged-in users who may add message requests."""
+"""Who may use the comm panel: logged-in users who may add message requests (staff by default)."""
 
 from functools import wraps
 
+from django.conf import settings
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
 
 PERMISSION = "dbmail.add_messagerequest"
 
 
+def may_use_panel(user):
+    """The permission decides; with DBMAIL_PANEL_ALL_STAFF (the default) being staff is enough too."""
+    if not user.is_active:
+        return False
+    return user.has_perm(PERMISSION) or (settings.DBMAIL_PANEL_ALL_STAFF and user.is_staff)
+
+
 def panel_view(view):
-    """Login required (anonymous visitors go to the login page); without the permission, 403."""
+    """Login required (anonymous visitors go to the login page); without the right, 403."""
 
     @wraps(view)
     def checked(request, *args, **kwargs):
-        if not (request.user.is_active and request.user.has_perm(PERMISSION)):
+        if not may_use_panel(request.user):
             raise PermissionDenied
         return view(request, *args, **kwargs)
 
