@@ -127,15 +127,11 @@ def _insert_sql(rows):
     row_template = "(" + ", ".join(["%s"] * len(fields)) + ")"
     columns = ", ".join(connection.ops.quote_name(f.column) for f in fields)
     table = connection.ops.quote_name(TextOfEmail._meta.db_table)
+    params = [
+        Json(row.get(n, defaults[n])) if n in json_fields else row.get(n, defaults[n]) for row in rows for n in names
+    ]
     with connection.cursor() as cursor:
-        mogrify = cursor.cursor.mogrify
-        values = b",".join(
-            mogrify(
-                row_template,
-                [Json(row.get(n, defaults[n])) if n in json_fields else row.get(n, defaults[n]) for n in names],
-            )
-            for row in rows
-        )
+        values = cursor.cursor.mogrify(",".join([row_template] * len(rows)), params)
     return b"INSERT INTO %s (%s) VALUES %s ON CONFLICT DO NOTHING" % (table.encode(), columns.encode(), values)
 
 
