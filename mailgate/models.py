@@ -187,6 +187,7 @@ class MailServerProfile(models.Model):
     smtp_port = models.PositiveIntegerField(default=587)
     smtp_starttls = models.BooleanField(default=True)
     smtp_ssl = models.BooleanField(default=False)
+    smtp_auth = models.BooleanField(default=True, help_text="Log in to the SMTP server as the account.")
     options = models.JSONField(default=dict, blank=True, help_text='e.g. {"after_read_timeout": 60}')
 
     class Meta:

@@ -36,8 +36,8 @@ def sync_sender(account):
         active=account.enabled,
         smtp_host=profile.smtp_host,
         smtp_port=profile.smtp_port if profile.smtp_host else None,
-        smtp_username=account.login if profile.smtp_host else "",
-        smtp_password=account.secret if profile.smtp_host else "",
+        smtp_username=account.login if profile.smtp_host and profile.smtp_auth else "",
+        smtp_password=account.secret if profile.smtp_host and profile.smtp_auth else "",
         smtp_use_tls=profile.smtp_starttls,
         smtp_use_ssl=profile.smtp_ssl,
     )

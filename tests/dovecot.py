@@ -89,10 +89,8 @@ class Dovecot:
         else:
             internal_user = login_user = pwd.getpwuid(uid).pw_name
             group = grp.getgrgid(gid).gr_name
-        home = self.root / "home"
-        (self.root / "passwd").write_text(
-            "".join(f"{login}:{{PLAIN}}{password}:{uid}:{gid}::{home}/{login}::\n" for login, password in users.items())
-        )
+        self.mail_uid, self.mail_gid = uid, gid
+        self._write_passwd()
         config.write_text(
             CONFIG.format(
                 root=self.root, port=self.port, internal_user=internal_user, login_user=login_user, group=group
@@ -113,6 +111,25 @@ class Dovecot:
                 time.sleep(0.1)
         self.stop()
         raise RuntimeError(f"dovecot did not answer on {self.host}:{self.port}: {self.log()}")
+
+    def _write_passwd(self):
+        home = self.root / "home"
+        lines = [
+            f"{login}:{{PLAIN}}{password}:{self.mail_uid}:{self.mail_gid}::{home}/{login}::\n"
+            for login, password in self.users.items()
+        ]
+        path = self.root / "passwd"
+        temporary = path.with_suffix(".new")
+        temporary.write_text("".join(lines))
+        temporary.chmod(0o644)
+        temporary.replace(path)
+
+    def take_user(self):
+        """A user no test has had yet."""
+        self.taken = getattr(self, "taken", set())
+        login = next(login for login in self.users if login not in self.taken)
+        self.taken.add(login)
+        return login, self.users[login]
 
     def log(self):
         path = self.root / "dovecot.log"
