@@ -102,14 +102,13 @@ def _store(folder, uidvalidity, uid, raw, digest):
     if folder.route_to_lists:
         gate.reprocess(inbound)  # never raises; its savepoint leaves this transaction usable
     else:
-        status = InboundMessage.Status.RAW if error else InboundMessage.Status.RECEIVED
-        InboundMessage.objects.filter(pk=inbound.pk).update(
-            status=status,
-            message_id=message.message_id,
-            from_header=message.from_header,
-            subject=message.subject,
-            note=f"read from IMAP folder {folder}" + (f"; cannot be parsed: {error}" if error else ""),
+        inbound.status = InboundMessage.Status.RAW if error else InboundMessage.Status.RECEIVED
+        inbound.message_id, inbound.from_header, inbound.subject = (
+            message.message_id, message.from_header, message.subject
         )
+        inbound.note = f"read from IMAP folder {folder}" + (f"; cannot be parsed: {error}" if error else "")
+        inbound.note = parsing.clean_text(inbound.note)[:5000]
+        inbound.save(update_fields=["status", "message_id", "from_header", "subject", "note"])
     return message
 
 
@@ -158,10 +157,12 @@ def _fill(message, parsed):
 
 
 def _content(part):
+    """A text part as a string with plain newlines (the wire's CRLF is no part of the text)."""
     try:
-        return part.get_content()
+        text = part.get_content()
     except (LookupError, UnicodeError):  # unknown or lying charset: decode leniently
-        return (part.get_payload(decode=True) or b"").decode("utf-8", "replace")
+        text = (part.get_payload(decode=True) or b"").decode("utf-8", "replace")
+    return text.replace("\r\n", "\n")
 
 
 def _leaf_parts(part, skip):
