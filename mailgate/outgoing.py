@@ -13,9 +13,13 @@ the message over once and mirrors the outcome back:
 
 import logging
 
+from email.utils import formatdate
+
+from django.conf import settings
+from django.core.mail import EmailMultiAlternatives
 from django.db import transaction
 
-from dbmail import outbox
+from dbmail import outbox, rendering
 from dbmail.models import SenderAccount, TextOfEmail
 from dbmail.sending import send_one_now
 
@@ -69,18 +73,37 @@ def submit(message):
         if not to:
             _set(message, Message.Status.ERROR, "no recipients (to, cc and bcc are empty)")
             return []
-        headers = {"To": ", ".join(message.to) or "undisclosed-recipients:;"}
-        if message.cc:
-            headers["Cc"] = ", ".join(message.cc)
         html = message.html.read().decode("utf-8") if message.html else ""
-        emails = [
-            outbox.enqueue(
-                address, message.subject, message.text, html, from_email=message.account.address, headers=headers
+        emails = []
+        for address in to:
+            message_id = rendering.new_message_id()
+            emails.append(
+                outbox.enqueue(
+                    address,
+                    message.subject,
+                    from_email=message.account.address,
+                    from_header=message.account.sender.from_header,
+                    raw_message=compose(message, html, message_id),
+                    message_id=message_id,
+                )
             )
-            for address in to
-        ]
         message.outbox.add(*emails)
     return emails
+
+
+def compose(message, html, message_id):
+    """The bytes every recipient gets: To and Cc as written, never Bcc; each copy its own Message-ID."""
+    email = EmailMultiAlternatives(
+        subject=message.subject,
+        body=message.text,
+        from_email=message.account.sender.from_header,
+        to=message.to,
+        cc=message.cc,
+        headers={"Message-ID": message_id, "Date": formatdate(localtime=settings.EMAIL_USE_LOCALTIME)},
+    )
+    if html:
+        email.attach_alternative(html, "text/html")
+    return email.message().as_bytes(linesep="\r\n")
 
 
 def send(message):
