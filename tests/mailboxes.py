@@ -15,7 +15,7 @@ def plain(subject="Hello", body="Just text.\n", size=0, **headers):
     message["To"] = headers.pop("to", "box@example.org")
     message["Subject"] = subject
     message["Message-ID"] = make_msgid(domain="example.org")
-    message["Date"] = "Mon, 02 Nov 2026 10:00:00 +0000"
+    message["Date"] = headers.pop("Date", "Mon, 02 Nov 2026 10:00:00 +0000")
     for name, value in headers.items():
         message[name.replace("_", "-")] = value
     message.set_content(body + ("x" * 76 + "\n") * (size // 77))
