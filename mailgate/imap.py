@@ -51,7 +51,8 @@ def connect(account):
             client.starttls(ssl.create_default_context())
         client.login(account.login, account.secret)
     except Exception as exc:  # socket, TLS and IMAP errors alike: one clear message naming the account
-        raise MailboxError(f"{account.address}: cannot log in to {profile.imap_host}:{profile.imap_port}: {exc}") from exc
+        server = f"{profile.imap_host}:{profile.imap_port}"
+        raise MailboxError(f"{account.address}: cannot log in to {server}: {exc}") from exc
     return client
 
 

@@ -141,5 +141,6 @@ def test_adding_an_account_discovers_folders(admin_client, dovecot, imap_user, m
 
     dovecot.append(login, "Sales", plain())
     changelist = reverse("admin:mailgate_mailaccount_changelist")
-    response = admin_client.post(changelist, {"action": "discover_folders", "_selected_action": [account.pk]}, follow=True)
+    action = {"action": "discover_folders", "_selected_action": [account.pk]}
+    response = admin_client.post(changelist, action, follow=True)
     assert "1 new folder(s) Sales" in response.content.decode()

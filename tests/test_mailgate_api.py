@@ -127,7 +127,9 @@ def test_creating_an_account_discovers_its_folders_and_never_shows_the_secret(ap
 def test_unreachable_server_still_creates_the_account_with_the_reason(api):
     profile = MailServerProfileFactory(imap_host="127.0.0.1", imap_port=1)
     response = api.post(
-        "/api/v1/accounts/", {"profile": profile.pk, "address": "a@example.org", "login": "a", "secret": "s"}, format="json"
+        "/api/v1/accounts/",
+        {"profile": profile.pk, "address": "a@example.org", "login": "a", "secret": "s"},
+        format="json",
     )
     assert response.status_code == 201
     assert "cannot log in" in response.json()["last_error"]

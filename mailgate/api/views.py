@@ -101,7 +101,9 @@ def _moment(name, value):
         ]
     )
 )
-class MessageViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.CreateModelMixin, viewsets.GenericViewSet):
+class MessageViewSet(
+    mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.CreateModelMixin, viewsets.GenericViewSet
+):
     """Messages read from folders, and outgoing ones: create one (status `sending`) to send it."""
 
     serializer_class = MessageSerializer
