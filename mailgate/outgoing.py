@@ -70,6 +70,9 @@ def submit(message):
             return []
         sync_sender(message.account)
         to = recipients(message)
+        if not message.account.enabled:
+            _set(message, Message.Status.ERROR, "the account is disabled")
+            return []
         if not to:
             _set(message, Message.Status.ERROR, "no recipients (to, cc and bcc are empty)")
             return []

@@ -216,3 +216,19 @@ def test_poller_killed_mid_fetch_loses_and_duplicates_nothing(dovecot, imap_user
     assert sorted(int(s.split()[1]) for s in rows.values_list("subject", flat=True)) == list(range(total))
     assert rows.values("message_id").distinct().count() == total
     assert dovecot.uids(login, "INBOX") == []
+
+
+def test_a_failing_server_is_the_folders_error_and_the_commands_exit_code(dovecot, imap_user):
+    from django.core.management import call_command
+
+    good = inbox(dovecot, imap_user)
+    dovecot.append(imap_user[0], "INBOX", plain())
+    bad = MailFolderFactory(account=account_on(dovecot, (dovecot.take_user()[0], "wrong")))
+
+    with pytest.raises(SystemExit) as exit_info:
+        call_command("mailgate_imap", verbosity=0)
+
+    assert exit_info.value.code == 1
+    bad.refresh_from_db()
+    assert "cannot log in" in bad.last_error and bad.lease_until is None and bad.last_polled_at
+    assert Message.objects.filter(folder=good).count() == 1  # the other folder was still polled

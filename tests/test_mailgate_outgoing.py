@@ -109,3 +109,13 @@ def test_the_cron_command_sends_waiting_messages(smtp_server, own_server, accoun
     message.refresh_from_db()
     assert message.status == Message.Status.SENT
     assert len(own_server.received) == 2 and smtp_server.received == []
+
+
+def test_disabled_account_sends_nothing(own_server, account):
+    account.enabled = False
+    account.save()
+    message = outgoing_message(account)
+    outgoing.send(message)
+    message.refresh_from_db()
+    assert (message.status, message.last_error) == (Message.Status.ERROR, "the account is disabled")
+    assert own_server.received == [] and TextOfEmail.objects.count() == 0

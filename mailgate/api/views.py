@@ -132,7 +132,7 @@ class MessageViewSet(
     def perform_create(self, serializer):
         message = serializer.save()
         # At once, after the commit; if the server is down the cron run (mailgate_imap) tries again.
-        transaction.on_commit(lambda: outgoing.send(message))
+        transaction.on_commit(lambda: outgoing.send(message), robust=True)
 
     def _part(self, kind, position):
         message = self.get_object()
