@@ -183,12 +183,17 @@ def _save_part(message, part, kind, position, content_id):
     else:
         data = part.get_payload(decode=True) or b""
     filename = parsing.clean_text(part.get_filename() or "")
+    return store_part(message, kind, position, filename, part.get_content_type(), data, content_id)
+
+
+def store_part(message, kind, position, filename, content_type, data, content_id=""):
+    """One attachment or inline part: its bytes in Django's storage, its description in a row."""
     row = MessagePart(
         message=message,
         kind=kind,
         position=position,
         filename=filename[:255],
-        content_type=part.get_content_type()[:255],
+        content_type=(content_type or "application/octet-stream")[:255],
         content_id=parsing.clean_text(content_id)[:998],
         size=len(data),
     )

@@ -23,7 +23,7 @@ from dbmail import outbox, rendering
 from dbmail.models import SenderAccount, TextOfEmail
 from dbmail.sending import send_one_now
 
-from .models import MailAccount, Message
+from .models import MailAccount, Message, MessagePart
 
 log = logging.getLogger(__name__)
 EmailStatus = TextOfEmail.Status
@@ -106,6 +106,9 @@ def compose(message, html, message_id):
     )
     if html:
         email.attach_alternative(html, "text/html")
+    for part in message.parts.filter(kind=MessagePart.Kind.ATTACHMENT).order_by("position"):
+        with part.file.open("rb") as handle:
+            email.attach(part.filename or f"attachment-{part.position}", handle.read(), part.content_type)
     return email.message().as_bytes(linesep="\r\n")
 
 

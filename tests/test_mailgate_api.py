@@ -228,3 +228,43 @@ def test_schema_is_served():
     paths = response.json()["paths"]
     for path in ("/api/v1/messages/{id}/raw/", "/api/v1/messages/{id}/attachments/{position}/", "/api/v1/accounts/"):
         assert path in paths
+
+
+def test_outgoing_attachments_are_sent_and_served(api, ann, smtp_server, django_capture_on_commit_callbacks):
+    from django.core.files.uploadedfile import SimpleUploadedFile
+
+    own = SMTPServer().start()
+    try:
+        profile = MailServerProfileFactory(smtp_host=own.host, smtp_port=own.port, smtp_auth=False)
+        account = MailAccountFactory(owner=ann, profile=profile, address="office@example.org")
+        files = [
+            SimpleUploadedFile("report.pdf", PDF, content_type="application/pdf"),
+            SimpleUploadedFile("logo.png", PNG, content_type="image/png"),
+        ]
+        with django_capture_on_commit_callbacks(execute=True):
+            response = api.post(
+                "/api/v1/messages/",
+                {"account": account.pk, "to": ["bob@example.net", "cy@example.net"], "subject": "Files",
+                 "text": "Two files.", "files": files},
+                format="multipart",
+            )  # fmt: skip
+        assert response.status_code == 201, response.json()
+        message = Message.objects.get()
+        assert message.status == "sent" and message.to == ["bob@example.net", "cy@example.net"]
+        received = own.to("cy@example.net")[0].message
+        sent_files = {p.get_filename(): p.get_payload(decode=True) for p in received.iter_attachments()}
+        assert sent_files == {"report.pdf": PDF, "logo.png": PNG}
+        assert api.get(f"/api/v1/messages/{message.pk}/attachments/1/").content == PNG
+    finally:
+        own.stop()
+
+
+def test_too_many_attachment_bytes_are_refused(api, ann, settings):
+    from django.core.files.uploadedfile import SimpleUploadedFile
+
+    settings.DBMAIL_MAX_ATTACHMENT_BYTES = 100
+    account = MailAccountFactory(owner=ann)
+    big = SimpleUploadedFile("big.bin", b"x" * 101)
+    response = api.post("/api/v1/messages/", {"account": account.pk, "to": ["b@example.org"], "files": [big]})
+    assert response.status_code == 400 and "at most 100" in str(response.json())
+    assert Message.objects.count() == 0

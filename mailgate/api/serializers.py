@@ -1,9 +1,13 @@
 """What the messages API shows and accepts. Account secrets are write-only: never in a response."""
 
+import mimetypes
+
+from django.conf import settings
 from django.core.files.base import ContentFile
 from django.urls import reverse
 from rest_framework import serializers
 
+from ..mailbox import store_part
 from ..models import MailAccount, MailFolder, MailServerProfile, Message, MessagePart, validate_options
 
 
@@ -96,12 +100,18 @@ class MessageSerializer(serializers.ModelSerializer):
     to = serializers.ListField(child=serializers.EmailField(), required=False)
     cc = serializers.ListField(child=serializers.EmailField(), required=False)
     bcc = serializers.ListField(child=serializers.EmailField(), required=False)
+    files = serializers.ListField(
+        child=serializers.FileField(),
+        write_only=True,
+        required=False,
+        help_text="Attachments of an outgoing message (multipart/form-data, the field repeated per file).",
+    )
 
     class Meta:
         model = Message
         fields = [
             "id", "direction", "status", "account", "folder", "message_id", "subject", "from_header",
-            "to", "cc", "bcc", "date", "headers", "text", "html", "has_html", "attachments", "inlines",
+            "to", "cc", "bcc", "date", "headers", "text", "html", "files", "has_html", "attachments", "inlines",
             "last_error", "created_at", "updated_at",
         ]  # fmt: skip
         read_only_fields = [
@@ -128,6 +138,14 @@ class MessageSerializer(serializers.ModelSerializer):
             raise serializers.ValidationError("No such account.")
         return account
 
+    def validate_files(self, files):
+        total = sum(f.size for f in files)
+        if total > settings.DBMAIL_MAX_ATTACHMENT_BYTES:
+            raise serializers.ValidationError(
+                f"The attachments come to {total} bytes; at most {settings.DBMAIL_MAX_ATTACHMENT_BYTES} are allowed."
+            )
+        return files
+
     def validate(self, data):
         if not (data.get("to") or data.get("cc") or data.get("bcc")):
             raise serializers.ValidationError("Give at least one recipient (to, cc or bcc).")
@@ -135,8 +153,12 @@ class MessageSerializer(serializers.ModelSerializer):
 
     def create(self, validated):
         html = validated.pop("html", "")
+        files = validated.pop("files", [])
         message = Message(direction=Message.Direction.OUTGOING, status=Message.Status.SENDING, **validated)
         message.save()
         if html:
             message.html.save("body.html", ContentFile(html.encode("utf-8")))
+        for position, upload in enumerate(files):
+            content_type = upload.content_type or mimetypes.guess_type(upload.name)[0]
+            store_part(message, MessagePart.Kind.ATTACHMENT, position, upload.name, content_type, upload.read())
         return message
