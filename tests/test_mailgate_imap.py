@@ -232,3 +232,27 @@ def test_a_failing_server_is_the_folders_error_and_the_commands_exit_code(doveco
     bad.refresh_from_db()
     assert "cannot log in" in bad.last_error and bad.lease_until is None and bad.last_polled_at
     assert Message.objects.filter(folder=good).count() == 1  # the other folder was still polled
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.slow
+def test_loop_polls_again_when_the_timeout_passes_and_stops_on_sigterm(dovecot, imap_user, settings):
+    login, _ = imap_user
+    folder = inbox(dovecot, imap_user, options={"after_read_timeout": 0.5})
+    env = subprocess_env(MEDIA_ROOT=settings.MEDIA_ROOT)
+    child = subprocess.Popen(
+        [sys.executable, str(ROOT / "manage.py"), "mailgate_imap", "--loop", "--interval", "0.2", "--discover"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        for n in range(2):
+            dovecot.append(login, "INBOX", plain(f"Loop {n}"))
+            deadline = time.monotonic() + 30
+            while Message.objects.filter(folder=folder).count() <= n and time.monotonic() < deadline:
+                time.sleep(0.1)
+            assert Message.objects.filter(folder=folder).count() == n + 1
+    finally:
+        child.send_signal(signal.SIGTERM)
+        out, err = child.communicate(timeout=30)
+    assert child.returncode == 0, err
+    assert "1 stored" in out
