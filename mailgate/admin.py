@@ -221,6 +221,10 @@ class MailServerProfileAdmin(admin.ModelAdmin):
     list_display = ["name", "imap_host", "imap_port", "smtp_host", "smtp_port"]
     search_fields = ["name", "imap_host", "smtp_host"]
 
+    def save_model(self, request, obj, form, change):
+        super().save_model(request, obj, form, change)
+        outgoing.sync_profile(obj)
+
 
 @admin.register(MailAccount)
 class MailAccountAdmin(admin.ModelAdmin):

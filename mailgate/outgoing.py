@@ -52,6 +52,12 @@ def sync_sender(account):
     return sender
 
 
+def sync_profile(profile):
+    """After a profile's SMTP settings change: every account's sender account follows."""
+    for account in profile.accounts.select_related("profile"):
+        sync_sender(account)
+
+
 def recipients(message):
     seen, result = set(), []
     for address in [*message.to, *message.cc, *message.bcc]:

@@ -90,6 +90,9 @@ def test_profiles_are_read_by_all_and_written_by_staff(api):
     assert created.status_code == 201 and created.json()["imap_port"] == 993
     both = staff.post("/api/v1/profiles/", {**data, "name": "Both", "imap_starttls": True}, format="json")
     assert both.status_code == 400
+    MailAccountFactory(profile=profile)
+    assert staff.delete(f"/api/v1/profiles/{profile.pk}/").status_code == 409
+    assert staff.delete(f"/api/v1/profiles/{created.json()['id']}/").status_code == 204
     timeout = staff.patch(f"/api/v1/profiles/{profile.pk}/", {"options": {"after_read_timeout": "soon"}}, format="json")
     assert timeout.status_code == 400 and "after_read_timeout" in str(timeout.json())
 

@@ -119,3 +119,14 @@ def test_disabled_account_sends_nothing(own_server, account):
     message.refresh_from_db()
     assert (message.status, message.last_error) == (Message.Status.ERROR, "the account is disabled")
     assert own_server.received == [] and TextOfEmail.objects.count() == 0
+
+
+def test_sender_account_follows_the_profile(account):
+    outgoing.sync_sender(account)
+    profile = account.profile
+    profile.smtp_host, profile.smtp_port, profile.smtp_auth = "smtp.example.org", 2525, True
+    profile.save()
+    outgoing.sync_profile(profile)
+    sender = SenderAccount.objects.get(address=account.address)
+    assert (sender.smtp_host, sender.smtp_port) == ("smtp.example.org", 2525)
+    assert (sender.smtp_username, sender.smtp_password) == (account.login, account.secret)

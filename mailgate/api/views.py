@@ -1,7 +1,7 @@
 """The messages API (seed 002's email/Profiles, Accounts, Folders, Messages) under /api/v1/."""
 
 from django.db import transaction
-from django.db.models import F
+from django.db.models import F, ProtectedError
 from django.db.models.functions import Coalesce
 from django.http import Http404, HttpResponse
 from django.shortcuts import get_object_or_404
@@ -26,6 +26,18 @@ class ProfileViewSet(viewsets.ModelViewSet):
     queryset = MailServerProfile.objects.all()
     serializer_class = ProfileSerializer
     permission_classes = [IsAuthenticated, permissions.StaffWritesProfiles]
+
+    def perform_update(self, serializer):
+        outgoing.sync_profile(serializer.save())
+
+    def destroy(self, request, *args, **kwargs):
+        try:
+            return super().destroy(request, *args, **kwargs)
+        except ProtectedError:
+            return Response(
+                {"detail": "Accounts still use this profile; move or delete them first."},
+                status=status.HTTP_409_CONFLICT,
+            )
 
 
 class DiscoveryResult(serializers.Serializer):
