@@ -140,6 +140,12 @@ def claim(folder, now=None):
     return MailFolder.objects.filter(free, pk=folder.pk).update(lease_until=until) == 1
 
 
+def renew(folder):
+    """Extend the lease of a folder this poller holds (a long folder is fetched in many batches)."""
+    until = timezone.now() + timedelta(seconds=settings.MAILGATE_IMAP_LEASE_SECONDS)
+    MailFolder.objects.filter(pk=folder.pk).update(lease_until=until)
+
+
 def release(folder, error=""):
     MailFolder.objects.filter(pk=folder.pk).update(lease_until=None, last_polled_at=timezone.now(), last_error=error)
 
@@ -200,6 +206,7 @@ def poll(folder):
                     result.duplicates += 1
             if folder.delete_on_server:
                 result.deleted += _delete_stored(client, folder, uidvalidity)
+            renew(folder)
     finally:
         _logout(client)
     return result
