@@ -209,6 +209,7 @@ def test_created_message_is_sent_through_the_accounts_server(api, ann, smtp_serv
             )  # fmt: skip
         assert response.status_code == 201, response.json()
         assert (response.json()["status"], response.json()["direction"]) == ("sending", "out")  # status is not ours
+        assert response.json()["from_header"] == "office@example.org"
         message = Message.objects.get()
         assert message.status == "sent"
         assert [m.rcpt_tos for m in own.received] == [["bob@example.net"]] and smtp_server.received == []

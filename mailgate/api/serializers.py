@@ -1,6 +1,7 @@
 """What the messages API shows and accepts. Account secrets are write-only: never in a response."""
 
 import mimetypes
+from email.utils import formataddr
 
 from django.conf import settings
 from django.core.files.base import ContentFile
@@ -155,6 +156,8 @@ class MessageSerializer(serializers.ModelSerializer):
         html = validated.pop("html", "")
         files = validated.pop("files", [])
         message = Message(direction=Message.Direction.OUTGOING, status=Message.Status.SENDING, **validated)
+        account = message.account
+        message.from_header = formataddr((account.display_name, account.address))  # bare address without a name
         message.save()
         if html:
             message.html.save("body.html", ContentFile(html.encode("utf-8")))
