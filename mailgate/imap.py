@@ -194,12 +194,20 @@ def poll(folder):
         batch_size = settings.MAILGATE_IMAP_FETCH_BATCH
         for start in range(0, len(uids), batch_size):
             batch = uids[start : start + batch_size]
-            fetched = client.fetch(batch, ["BODY.PEEK[]"])
+            sizes = {uid: data.get(b"RFC822.SIZE", 0) for uid, data in client.fetch(batch, ["RFC822.SIZE"]).items()}
+            # Over the gate's limit only the header is fetched, as the gate keeps only the start of such mail.
+            too_big = [uid for uid in batch if sizes.get(uid, 0) > settings.MAILGATE_MAX_BYTES]
+            whole = [uid for uid in batch if uid not in too_big]
+            fetched = client.fetch(whole, ["BODY.PEEK[]"]) if whole else {}
+            if too_big:
+                headers = client.fetch(too_big, ["BODY.PEEK[HEADER]"])
+                fetched.update({uid: {b"BODY[]": data.get(b"BODY[HEADER]")} for uid, data in headers.items()})
             for uid in batch:
                 data = fetched.get(uid)
-                if data is None or b"BODY[]" not in data:
+                if data is None or data.get(b"BODY[]") is None:
                     continue  # expunged by someone else between SEARCH and FETCH
-                _, created = mailbox.store_incoming(folder, uidvalidity, uid, data[b"BODY[]"])
+                size = sizes[uid] if uid in too_big else None
+                _, created = mailbox.store_incoming(folder, uidvalidity, uid, data[b"BODY[]"], size=size)
                 if created:
                     result.stored += 1
                 else:
@@ -214,7 +222,7 @@ def poll(folder):
 
 def _delete_stored(client, folder, uidvalidity):
     """Delete on the server what is safely stored here, then record it; returns how many."""
-    stored = Message.objects.filter(folder=folder, uidvalidity=uidvalidity, deleted_on_server=False)
+    stored = Message.objects.filter(folder=folder, uidvalidity=uidvalidity, deleted_on_server=False, truncated=False)
     uids = list(stored.values_list("uid", flat=True))
     if not uids:
         return 0

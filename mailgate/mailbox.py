@@ -19,6 +19,7 @@ import traceback
 from datetime import timezone as dt_timezone
 from email.utils import getaddresses, parsedate_to_datetime
 
+from django.conf import settings
 from django.core.files.base import ContentFile
 from django.db import transaction
 from django.db.models.functions import Greatest
@@ -31,8 +32,11 @@ from .models import InboundMessage, MailFolder, Message, MessagePart
 log = logging.getLogger(__name__)
 
 
-def store_incoming(folder, uidvalidity, uid, raw):
-    """Store the message at (uidvalidity, uid) of `folder`; returns (message, created). Commits before returning."""
+def store_incoming(folder, uidvalidity, uid, raw, size=None):
+    """Store the message at (uidvalidity, uid) of `folder`; returns (message, created). Commits before returning.
+
+    `size` is the message's full size when `raw` is only its header (over MAILGATE_MAX_BYTES).
+    """
     raw = bytes(raw)
     digest = hashlib.sha256(raw).hexdigest()
     with transaction.atomic():
@@ -50,7 +54,10 @@ def store_incoming(folder, uidvalidity, uid, raw):
             earlier.save(update_fields=["uidvalidity", "uid", "deleted_on_server", "updated_at"])
             _advance(folder, uid)
             return earlier, False
-        message = _store(folder, uidvalidity, uid, raw, digest)
+        if size is not None and size > len(raw):
+            message = _store_header(folder, uidvalidity, uid, raw, digest, size)
+        else:
+            message = _store(folder, uidvalidity, uid, raw, digest)
         _advance(folder, uid)
     return message, True
 
@@ -110,6 +117,41 @@ def _store(folder, uidvalidity, uid, raw, digest):
         inbound.note = parsing.clean_text(inbound.note)[:5000]
         inbound.save(update_fields=["status", "message_id", "from_header", "subject", "note"])
     return message
+
+
+def _store_header(folder, uidvalidity, uid, header, digest, size):
+    """An oversized message: its header is kept (as the gate keeps one), the message itself stays on the server."""
+    parsed = parsing.parse(header)
+    recipient, sender = _envelope(parsed, folder.account)
+    error = f"over the limit of {settings.MAILGATE_MAX_BYTES} bytes ({size}); only the header is kept here"
+    inbound = InboundMessage.objects.create(
+        envelope_sender=sender,
+        envelope_recipient=recipient,
+        raw=header,
+        size=min(size, 2**31 - 1),
+        status=InboundMessage.Status.TOO_BIG,
+        message_id=parsed.message_id,
+        from_header=parsed.from_header,
+        subject=parsed.subject,
+        note=f"read from IMAP folder {folder}; {error}",
+    )
+    return Message.objects.create(
+        direction=Message.Direction.INCOMING,
+        status=Message.Status.RAW,
+        account=folder.account,
+        folder=folder,
+        inbound=inbound,
+        uidvalidity=uidvalidity,
+        uid=uid,
+        sha256=digest,
+        truncated=True,
+        message_id=parsed.message_id,
+        subject=parsing.clean_text(parsed.subject),
+        from_header=parsing.clean_text(parsed.from_header),
+        date=_date(parsed) if parsed.ok else None,
+        headers=parsed.headers,
+        last_error=error + "; it is not deleted on the server",
+    )
 
 
 def _addresses(parsed, name):

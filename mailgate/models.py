@@ -322,6 +322,9 @@ class Message(models.Model):
     uid = models.BigIntegerField(null=True, blank=True)
     sha256 = models.CharField(max_length=64, blank=True, help_text="Of the raw bytes: finds copies after a re-sync.")
     deleted_on_server = models.BooleanField(default=False)
+    truncated = models.BooleanField(
+        default=False, help_text="Over MAILGATE_MAX_BYTES: only its header was fetched; it stays on the server."
+    )
     message_id = models.CharField(max_length=998, blank=True)
     subject = models.CharField(max_length=998, blank=True)
     from_header = models.CharField(max_length=998, blank=True)

@@ -256,3 +256,24 @@ def test_loop_polls_again_when_the_timeout_passes_and_stops_on_sigterm(dovecot, 
         out, err = child.communicate(timeout=30)
     assert child.returncode == 0, err
     assert "1 stored" in out
+
+
+def test_oversized_message_keeps_its_header_and_stays_on_the_server(dovecot, imap_user, settings):
+    settings.MAILGATE_MAX_BYTES = 4000
+    login, _ = imap_user
+    big, small = plain("Big", size=8000), plain("Small")
+    dovecot.append(login, "INBOX", big)
+    dovecot.append(login, "INBOX", small)
+    folder = inbox(dovecot, imap_user, delete_on_server=True)
+
+    result = poll(folder)
+
+    assert (result.stored, result.deleted) == (2, 1)
+    assert dovecot.uids(login, "INBOX") == [1]  # the big one is still there for a person to fetch
+    kept = Message.objects.get(folder=folder, uid=1)
+    assert (kept.status, kept.truncated, kept.subject) == (Message.Status.RAW, True, "Big")
+    assert kept.raw == big[: big.index(b"\r\n\r\n") + 4]
+    assert "over the limit of 4000 bytes" in kept.last_error
+    assert kept.inbound.status == InboundMessage.Status.TOO_BIG and kept.inbound.size == len(big)
+    assert Message.objects.get(folder=folder, uid=2).status == Message.Status.RECEIVED
+    assert poll(folder).deleted == 0
