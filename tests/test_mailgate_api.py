@@ -150,6 +150,7 @@ def test_files_byte_for_byte_after_a_real_poll(api, ann, dovecot, imap_user):
 
     detail = api.get(f"{base}/").json()
     assert (detail["status"], detail["subject"], detail["has_html"]) == ("received", "Rich mail", True)
+    assert detail["truncated"] is False
     assert api.get(f"{base}/raw/").content == raw
     assert api.get(f"{base}/raw/")["Content-Type"] == "message/rfc822"
     html = api.get(f"{base}/html/")

@@ -113,11 +113,11 @@ class MessageSerializer(serializers.ModelSerializer):
         fields = [
             "id", "direction", "status", "account", "folder", "message_id", "subject", "from_header",
             "to", "cc", "bcc", "date", "headers", "text", "html", "files", "has_html", "attachments", "inlines",
-            "last_error", "created_at", "updated_at",
+            "truncated", "last_error", "created_at", "updated_at",
         ]  # fmt: skip
         read_only_fields = [
             "direction", "status", "folder", "message_id", "from_header", "date", "headers",
-            "last_error", "created_at", "updated_at",
+            "truncated", "last_error", "created_at", "updated_at",
         ]  # fmt: skip
 
     def get_has_html(self, message) -> bool:
