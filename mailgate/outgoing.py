@@ -143,6 +143,17 @@ def refresh(message):
     return message
 
 
+def retry(message):
+    """Put an outgoing message in `error` back to `sending` for a fresh set of outbox emails; False if not in error."""
+    with transaction.atomic():
+        message = Message.objects.select_for_update().get(pk=message.pk)
+        if message.direction != Message.Direction.OUTGOING or message.status != Message.Status.ERROR:
+            return False
+        message.outbox.clear()  # the failed emails stay in dbmail's log; new ones are made on submit
+        _set(message, Message.Status.SENDING, "")
+    return True
+
+
 def _set(message, status, error):
     Message.objects.filter(pk=message.pk).update(status=status, last_error=error[:5000])
     message.status, message.last_error = status, error[:5000]

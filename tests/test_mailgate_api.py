@@ -273,3 +273,25 @@ def test_too_many_attachment_bytes_are_refused(api, ann, settings):
     response = api.post("/api/v1/messages/", {"account": account.pk, "to": ["b@example.org"], "files": [big]})
     assert response.status_code == 400 and "at most 100" in str(response.json())
     assert Message.objects.count() == 0
+
+
+def test_a_message_in_error_can_be_sent_again(api, ann, smtp_server, django_capture_on_commit_callbacks):
+    own = SMTPServer().start()
+    try:
+        own.script("bob@example.net", "550 5.1.1 no such user", "250")
+        profile = MailServerProfileFactory(smtp_host=own.host, smtp_port=own.port, smtp_auth=False)
+        account = MailAccountFactory(owner=ann, profile=profile)
+        with django_capture_on_commit_callbacks(execute=True):
+            created = api.post("/api/v1/messages/", {"account": account.pk, "to": ["bob@example.net"]}, format="json")
+        message = Message.objects.get(pk=created.json()["id"])
+        assert message.status == "error" and "5.1.1" in message.last_error
+
+        with django_capture_on_commit_callbacks(execute=True):
+            retried = api.post(f"/api/v1/messages/{message.pk}/retry/")
+        assert retried.status_code == 200 and retried.json()["status"] == "sending"
+        message.refresh_from_db()
+        assert (message.status, message.last_error) == ("sent", "")
+        assert [m.rcpt_tos for m in own.received] == [["bob@example.net"]]
+        assert api.post(f"/api/v1/messages/{message.pk}/retry/").status_code == 409
+    finally:
+        own.stop()

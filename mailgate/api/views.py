@@ -146,6 +146,17 @@ class MessageViewSet(
         # At once, after the commit; if the server is down the cron run (mailgate_imap) tries again.
         transaction.on_commit(lambda: outgoing.send(message), robust=True)
 
+    @extend_schema(request=None, responses=MessageSerializer)
+    @action(detail=True, methods=["post"])
+    def retry(self, request, pk=None):
+        """Send an outgoing message in `error` again (it becomes `sending`)."""
+        message = self.get_object()
+        if not outgoing.retry(message):
+            return Response({"detail": "Only outgoing messages in error can be sent again."}, status=409)
+        transaction.on_commit(lambda: outgoing.send(message), robust=True)
+        message.refresh_from_db()
+        return Response(self.get_serializer(message).data)
+
     def _part(self, kind, position):
         message = self.get_object()
         return get_object_or_404(MessagePart, message=message, kind=kind, position=position)
