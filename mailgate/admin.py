@@ -1,3 +1,4 @@
+from django import forms
 from django.contrib import admin, messages
 from django.http import HttpResponse
 from django.shortcuts import get_object_or_404
@@ -5,8 +6,19 @@ from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils.html import format_html
 
-from . import gate, moderation, routing
-from .models import Bounce, EmailList, HeldMessage, InboundMessage, SenderNotice
+from . import gate, imap, moderation, outgoing, routing
+from .models import (
+    Bounce,
+    EmailList,
+    HeldMessage,
+    InboundMessage,
+    MailAccount,
+    MailFolder,
+    MailServerProfile,
+    Message,
+    MessagePart,
+    SenderNotice,
+)
 
 
 @admin.register(EmailList)
@@ -173,3 +185,113 @@ class SenderNoticeAdmin(admin.ModelAdmin):
 
     def has_change_permission(self, request, obj=None):
         return False
+
+
+# --- Mailboxes (IMAP accounts, folders, messages) ---
+
+
+class MailAccountForm(forms.ModelForm):
+    """The secret is write-only: the field starts empty, and left empty it keeps the stored one."""
+
+    secret = forms.CharField(
+        widget=forms.PasswordInput(render_value=False), required=False, help_text="Leave empty to keep the current one."
+    )
+
+    class Meta:
+        model = MailAccount
+        fields = ["owner", "profile", "address", "display_name", "login", "secret", "options", "enabled"]
+
+    def clean_secret(self):
+        secret = self.cleaned_data.get("secret")
+        if not secret and not self.instance.pk:
+            raise forms.ValidationError("A new account needs its password.")
+        return secret or self.instance.secret
+
+
+class MailFolderInline(admin.TabularInline):
+    model = MailFolder
+    extra = 0
+    fields = ["name", "enabled", "delete_on_server", "route_to_lists", "options", "last_uid", "last_polled_at",
+              "exists_on_server", "last_error"]  # fmt: skip
+    readonly_fields = ["last_uid", "last_polled_at", "exists_on_server", "last_error"]
+
+
+@admin.register(MailServerProfile)
+class MailServerProfileAdmin(admin.ModelAdmin):
+    list_display = ["name", "imap_host", "imap_port", "smtp_host", "smtp_port"]
+    search_fields = ["name", "imap_host", "smtp_host"]
+
+    def save_model(self, request, obj, form, change):
+        super().save_model(request, obj, form, change)
+        outgoing.sync_profile(obj)
+
+
+@admin.register(MailAccount)
+class MailAccountAdmin(admin.ModelAdmin):
+    form = MailAccountForm
+    list_display = ["address", "owner", "profile", "enabled", "discovered_at", "last_error"]
+    list_filter = ["enabled", "profile"]
+    search_fields = ["address", "login", "display_name"]
+    readonly_fields = ["discovered_at", "last_error", "sender"]
+    inlines = [MailFolderInline]
+    actions = ["discover_folders"]
+
+    def save_model(self, request, obj, form, change):
+        super().save_model(request, obj, form, change)
+        outgoing.sync_sender(obj)
+        if not change:  # a new account: list its folders at once, as the API does
+            added = imap.discover_quietly(obj)
+            if obj.last_error:
+                self.message_user(request, obj.last_error, messages.WARNING)
+            else:
+                self.message_user(request, f"{len(added)} folder(s) found; turn on the ones to poll.")
+
+    @admin.action(description="Discover folders again")
+    def discover_folders(self, request, queryset):
+        for account in queryset.select_related("profile"):
+            try:
+                added = imap.discover(account)
+                self.message_user(request, f"{account}: {len(added)} new folder(s) {', '.join(added)}".rstrip())
+            except imap.MailboxError as exc:
+                self.message_user(request, str(exc), messages.ERROR)
+
+
+@admin.register(MailFolder)
+class MailFolderAdmin(admin.ModelAdmin):
+    list_display = ["__str__", "enabled", "delete_on_server", "route_to_lists", "last_uid", "last_polled_at",
+                    "last_error"]  # fmt: skip
+    list_filter = ["enabled", "delete_on_server", "route_to_lists", "account"]
+    search_fields = ["name", "account__address"]
+    readonly_fields = ["uidvalidity", "last_uid", "last_polled_at", "lease_until", "last_error", "exists_on_server"]
+    actions = ["enable", "disable"]
+
+    @admin.action(description="Poll the selected folders")
+    def enable(self, request, queryset):
+        queryset.update(enabled=True)
+
+    @admin.action(description="Stop polling the selected folders")
+    def disable(self, request, queryset):
+        queryset.update(enabled=False)
+
+
+class MessagePartInline(admin.TabularInline):
+    model = MessagePart
+    extra = 0
+    can_delete = False
+    fields = readonly_fields = ["kind", "position", "filename", "content_type", "content_id", "size", "file"]
+
+    def has_add_permission(self, request, obj=None):
+        return False
+
+
+@admin.register(Message)
+class MessageAdmin(admin.ModelAdmin):
+    list_display = ["id", "created_at", "direction", "status", "account", "folder", "subject", "from_header"]
+    list_filter = ["direction", "status", "account"]
+    search_fields = ["subject", "from_header", "message_id"]
+    date_hierarchy = "created_at"
+    readonly_fields = ["inbound", "uidvalidity", "uid", "sha256", "deleted_on_server", "headers", "last_error",
+                       "created_at", "updated_at"]  # fmt: skip
+    exclude = ["outbox"]
+    inlines = [MessagePartInline]
+    raw_id_fields = ["folder"]

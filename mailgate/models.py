@@ -168,3 +168,216 @@ class SenderNotice(models.Model):
 
     def __str__(self):
         return self.address
+
+
+# --- Mailboxes (issue 6, seed 002): IMAP/SMTP accounts, their folders, and the messages exchanged ---
+
+DEFAULT_AFTER_READ_TIMEOUT = 30  # seconds between polls of a folder when no options say otherwise
+
+
+class MailServerProfile(models.Model):
+    """How to reach a mail provider: its IMAP and SMTP servers, and default options for its accounts."""
+
+    name = models.CharField(max_length=100, unique=True)
+    imap_host = models.CharField(max_length=255)
+    imap_port = models.PositiveIntegerField(default=993)
+    imap_ssl = models.BooleanField(default=True, help_text="TLS from the first byte (port 993).")
+    imap_starttls = models.BooleanField(default=False, help_text="Upgrade a plain connection with STARTTLS.")
+    smtp_host = models.CharField(max_length=255, blank=True, help_text="Blank: the site's EMAIL_* server.")
+    smtp_port = models.PositiveIntegerField(default=587)
+    smtp_starttls = models.BooleanField(default=True)
+    smtp_ssl = models.BooleanField(default=False)
+    smtp_auth = models.BooleanField(default=True, help_text="Log in to the SMTP server as the account.")
+    options = models.JSONField(default=dict, blank=True, help_text='e.g. {"after_read_timeout": 60}')
+
+    class Meta:
+        ordering = ["name"]
+        verbose_name = "mail server profile"
+
+    def __str__(self):
+        return self.name
+
+    def clean(self):
+        if self.imap_ssl and self.imap_starttls:
+            raise ValidationError("IMAP: choose SSL or STARTTLS, not both.")
+        if self.smtp_ssl and self.smtp_starttls:
+            raise ValidationError("SMTP: choose SSL or STARTTLS, not both.")
+        validate_options(self.options)
+
+
+class MailAccount(models.Model):
+    """One mailbox on a profile's servers; its secret is write-only everywhere."""
+
+    owner = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="mail_accounts"
+    )
+    profile = models.ForeignKey(MailServerProfile, on_delete=models.PROTECT, related_name="accounts")
+    address = models.EmailField(unique=True)
+    display_name = models.CharField(max_length=200, blank=True)
+    login = models.CharField(max_length=255)
+    secret = models.CharField(max_length=500, help_text="The password; never shown again once saved.")
+    options = models.JSONField(default=dict, blank=True)
+    enabled = models.BooleanField(default=True)
+    # Outgoing mail goes through dbmail's outbox as this sender account (its own SMTP server).
+    sender = models.OneToOneField(
+        "dbmail.SenderAccount", null=True, blank=True, on_delete=models.SET_NULL, related_name="mail_account"
+    )
+    discovered_at = models.DateTimeField(null=True, blank=True)
+    last_error = models.TextField(blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["address"]
+        verbose_name = "mail account"
+
+    def __str__(self):
+        return self.address
+
+    def clean(self):
+        self.address = (self.address or "").strip().lower()
+        validate_options(self.options)
+
+
+class MailFolder(models.Model):
+    """One IMAP folder of an account; polled only when enabled."""
+
+    account = models.ForeignKey(MailAccount, on_delete=models.CASCADE, related_name="folders")
+    name = models.CharField(max_length=500, help_text="The folder's IMAP name, as the server lists it.")
+    enabled = models.BooleanField(default=False)
+    delete_on_server = models.BooleanField(
+        default=False, help_text="Delete each message on the server once it is stored here."
+    )
+    route_to_lists = models.BooleanField(
+        default=False, help_text="Hand each message to the gate's email list routing, as if piped by an MTA."
+    )
+    options = models.JSONField(default=dict, blank=True)
+    uidvalidity = models.BigIntegerField(null=True, blank=True, editable=False)
+    last_uid = models.BigIntegerField(default=0, editable=False, help_text="Highest UID stored.")
+    last_polled_at = models.DateTimeField(null=True, blank=True, editable=False)
+    lease_until = models.DateTimeField(null=True, blank=True, editable=False)
+    last_error = models.TextField(blank=True, editable=False)
+    exists_on_server = models.BooleanField(default=True, editable=False)
+
+    class Meta:
+        ordering = ["account", "name"]
+        constraints = [models.UniqueConstraint(fields=["account", "name"], name="mailgate_folder_unique_name")]
+        verbose_name = "mail folder"
+
+    def __str__(self):
+        return f"{self.account.address}: {self.name}"
+
+    def clean(self):
+        validate_options(self.options)
+
+    def option(self, name, default=None):
+        """An option from this folder, else its account, else its profile, else `default`."""
+        for options in (self.options, self.account.options, self.account.profile.options):
+            if isinstance(options, dict) and name in options:
+                return options[name]
+        return default
+
+    def after_read_timeout(self):
+        return float(self.option("after_read_timeout", settings.MAILGATE_IMAP_AFTER_READ_TIMEOUT))
+
+
+def validate_options(options):
+    if not isinstance(options, dict):
+        raise ValidationError({"options": "Options must be a JSON object."})
+    timeout = options.get("after_read_timeout")
+    if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout < 0):
+        raise ValidationError({"options": "after_read_timeout must be a number of seconds (0 or more)."})
+
+
+def _message_file_path(instance, filename):
+    return f"mailgate/messages/{instance.pk or 'new'}/{filename}"
+
+
+def _attachment_file_path(instance, filename):
+    return f"mailgate/messages/{instance.message_id}/{instance.kind}s/{instance.position}-{filename}"
+
+
+class Message(models.Model):
+    """One message read from a folder or written for an account to send (seed 002's email/Messages)."""
+
+    class Direction(models.TextChoices):
+        INCOMING = "in", "incoming"
+        OUTGOING = "out", "outgoing"
+
+    class Status(models.TextChoices):
+        SENDING = "sending"
+        SENT = "sent"
+        ERROR = "error"
+        RECEIVED = "received"
+        RAW = "raw", "raw (kept, cannot be parsed)"
+
+    direction = models.CharField(max_length=3, choices=Direction.choices)
+    status = models.CharField(max_length=10, choices=Status.choices, db_index=True)
+    account = models.ForeignKey(MailAccount, on_delete=models.CASCADE, related_name="messages")
+    folder = models.ForeignKey(MailFolder, null=True, blank=True, on_delete=models.SET_NULL, related_name="messages")
+    # Incoming: the stored bytes are the gate's InboundMessage (raw first, parsed by mailgate.parsing).
+    inbound = models.OneToOneField(
+        InboundMessage, null=True, blank=True, on_delete=models.PROTECT, related_name="mailbox_message"
+    )
+    uidvalidity = models.BigIntegerField(null=True, blank=True)
+    uid = models.BigIntegerField(null=True, blank=True)
+    sha256 = models.CharField(max_length=64, blank=True, help_text="Of the raw bytes: finds copies after a re-sync.")
+    deleted_on_server = models.BooleanField(default=False)
+    truncated = models.BooleanField(
+        default=False, help_text="Over MAILGATE_MAX_BYTES: only its header was fetched; it stays on the server."
+    )
+    message_id = models.CharField(max_length=998, blank=True)
+    subject = models.CharField(max_length=998, blank=True)
+    from_header = models.CharField(max_length=998, blank=True)
+    to = models.JSONField(default=list, blank=True, help_text="Addresses (outgoing: each one gets the message).")
+    cc = models.JSONField(default=list, blank=True)
+    bcc = models.JSONField(default=list, blank=True)
+    date = models.DateTimeField(null=True, blank=True, db_index=True)
+    headers = models.JSONField(default=dict, blank=True)
+    text = models.TextField(blank=True)
+    html = models.FileField(upload_to=_message_file_path, max_length=500, blank=True)
+    # Outgoing: the outbox emails (one per recipient) whose statuses this message mirrors.
+    outbox = models.ManyToManyField("dbmail.TextOfEmail", blank=True, related_name="mailbox_messages")
+    last_error = models.TextField(blank=True)
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        constraints = [
+            models.UniqueConstraint(fields=["folder", "uidvalidity", "uid"], name="mailgate_message_unique_uid"),
+        ]
+        indexes = [models.Index(fields=["folder", "sha256"], name="mailgate_msg_folder_sha")]
+
+    def __str__(self):
+        return f"#{self.pk} {self.direction} {self.status}: {self.subject[:60]}"
+
+    @property
+    def raw(self):
+        """The original RFC 822 bytes of an incoming message (None for outgoing ones)."""
+        return bytes(self.inbound.raw) if self.inbound_id else None
+
+
+class MessagePart(models.Model):
+    """An attachment, or an inline part the HTML refers to by cid:, kept in Django's storage."""
+
+    class Kind(models.TextChoices):
+        ATTACHMENT = "attachment"
+        INLINE = "inline"
+
+    message = models.ForeignKey(Message, on_delete=models.CASCADE, related_name="parts")
+    kind = models.CharField(max_length=10, choices=Kind.choices)
+    position = models.PositiveIntegerField(help_text="Order among the message's parts of this kind, from 0.")
+    filename = models.CharField(max_length=255, blank=True)
+    content_type = models.CharField(max_length=255, default="application/octet-stream")
+    content_id = models.CharField(max_length=998, blank=True)
+    size = models.PositiveIntegerField(default=0)
+    file = models.FileField(upload_to=_attachment_file_path, max_length=500)
+
+    class Meta:
+        ordering = ["message", "kind", "position"]
+        constraints = [
+            models.UniqueConstraint(fields=["message", "kind", "position"], name="mailgate_part_unique_position")
+        ]
+
+    def __str__(self):
+        return self.filename or f"{self.kind} {self.position}"

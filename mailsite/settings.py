@@ -241,6 +241,24 @@ MAILGATE_UNKNOWN_RECIPIENT = setting("MAILGATE_UNKNOWN_RECIPIENT", "str", "bounc
 MAILGATE_SEND_NOW_MAX = setting("MAILGATE_SEND_NOW_MAX", "int", 20, minimum=0)
 MAILGATE_NOTICE_INTERVAL_SECONDS = setting("MAILGATE_NOTICE_INTERVAL_SECONDS", "int", 3600, minimum=0)
 
+# --- Mailboxes (IMAP polling) and the messages API ---
+MAILGATE_IMAP_AFTER_READ_TIMEOUT = setting("MAILGATE_IMAP_AFTER_READ_TIMEOUT", "int", 30, minimum=0)
+MAILGATE_IMAP_TIMEOUT = setting("MAILGATE_IMAP_TIMEOUT", "int", 30, minimum=1)
+MAILGATE_IMAP_FETCH_BATCH = setting("MAILGATE_IMAP_FETCH_BATCH", "int", 50, minimum=1)
+MAILGATE_IMAP_LEASE_SECONDS = setting("MAILGATE_IMAP_LEASE_SECONDS", "int", 300, minimum=10)
+INSTALLED_APPS += ["rest_framework", "rest_framework.authtoken", "drf_spectacular"]
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "rest_framework.authentication.TokenAuthentication",
+        "rest_framework.authentication.SessionAuthentication",
+    ],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_PAGINATION_CLASS": "mailgate.api.pagination.Pagination",
+    "PAGE_SIZE": setting("API_PAGE_SIZE", "int", 50, minimum=1),
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+}
+SPECTACULAR_SETTINGS = {"TITLE": "mailsite API", "VERSION": "1", "SERVE_INCLUDE_SCHEMA": False}
+
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,

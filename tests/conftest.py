@@ -1,4 +1,5 @@
 import os
+import secrets
 import subprocess
 import sys
 from pathlib import Path
@@ -49,3 +50,30 @@ def manage(*args, env=None, **kwargs):
         timeout=kwargs.pop("timeout", 300),
         **kwargs,
     )
+
+
+# --- Mailboxes: one private Dovecot for the session; each test gets its own IMAP user ---
+
+
+@pytest.fixture(scope="session")
+def dovecot():
+    import shutil
+    import tempfile
+
+    from .dovecot import Dovecot
+
+    root = tempfile.mkdtemp(prefix="mailsite-dovecot-")  # not pytest's tmp: Dovecot's own users must reach it
+    server = Dovecot(root)
+    # A pool of users made up front: Dovecot notices a changed passwd-file only now and then.
+    users = {f"user{n:02d}": secrets.token_urlsafe(12) for n in range(60)}
+    try:
+        yield server.start(users)
+    finally:
+        server.stop()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def imap_user(dovecot):
+    """(login, password) of an unused, empty mailbox on the session's Dovecot."""
+    return dovecot.take_user()

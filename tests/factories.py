@@ -98,3 +98,37 @@ class EmailListFactory(factory.django.DjangoModelFactory):
     def groups(self, create, extracted, **kwargs):
         if create and extracted:
             self.groups.add(*extracted)
+
+
+# --- Mailboxes ---
+
+
+class MailServerProfileFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = "mailgate.MailServerProfile"
+
+    name = factory.Sequence(lambda n: f"profile{n}")
+    imap_host = "127.0.0.1"
+    imap_port = 143
+    imap_ssl = False
+    smtp_host = ""
+    smtp_starttls = False
+
+
+class MailAccountFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = "mailgate.MailAccount"
+
+    profile = factory.SubFactory(MailServerProfileFactory)
+    address = factory.Sequence(lambda n: f"box{n}@example.org")
+    login = factory.Sequence(lambda n: f"box{n}")
+    secret = "not-the-password"
+
+
+class MailFolderFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = "mailgate.MailFolder"
+
+    account = factory.SubFactory(MailAccountFactory)
+    name = "INBOX"
+    enabled = True

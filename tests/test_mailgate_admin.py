@@ -90,3 +90,57 @@ def test_invalid_list_is_refused_with_the_field_named(admin_client):
     assert response.status_code == 200
     assert "Not a valid regular expression" in response.content.decode()
     assert not EmailList.objects.exists()
+
+
+# --- Mailboxes ---
+
+
+@pytest.fixture
+def media(settings, tmp_path):
+    settings.MEDIA_ROOT = str(tmp_path / "media")
+
+
+def test_account_secret_is_never_shown_and_kept_when_left_empty(admin_client):
+    from .factories import MailAccountFactory
+
+    account = MailAccountFactory(secret="hunter2-secret")
+    url = reverse("admin:mailgate_mailaccount_change", args=[account.pk])
+    page = admin_client.get(url).content.decode()
+    assert "hunter2-secret" not in page and 'name="secret"' in page
+    form = {
+        "profile": account.profile_id, "address": account.address, "login": "new-login", "secret": "",
+        "options": "{}", "enabled": "on",
+        "folders-TOTAL_FORMS": "0", "folders-INITIAL_FORMS": "0", "folders-MIN_NUM_FORMS": "0",
+        "folders-MAX_NUM_FORMS": "1000",
+    }  # fmt: skip
+    response = admin_client.post(url, form)
+    assert response.status_code == 302, response.content.decode()[:2000]
+    account.refresh_from_db()
+    assert (account.login, account.secret) == ("new-login", "hunter2-secret")
+
+
+def test_adding_an_account_discovers_folders(admin_client, dovecot, imap_user, media):
+    from mailgate.models import MailAccount
+
+    from .factories import MailServerProfileFactory
+    from .mailboxes import plain
+
+    login, password = imap_user
+    dovecot.append(login, "Support", plain())
+    profile = MailServerProfileFactory(imap_host=dovecot.host, imap_port=dovecot.port)
+    form = {
+        "profile": profile.pk, "address": "support@example.org", "login": login, "secret": password,
+        "options": "{}", "enabled": "on",
+        "folders-TOTAL_FORMS": "0", "folders-INITIAL_FORMS": "0", "folders-MIN_NUM_FORMS": "0",
+        "folders-MAX_NUM_FORMS": "1000",
+    }  # fmt: skip
+    response = admin_client.post(reverse("admin:mailgate_mailaccount_add"), form, follow=True)
+    assert "2 folder(s) found" in response.content.decode()
+    account = MailAccount.objects.get(address="support@example.org")
+    assert sorted(account.folders.values_list("name", "enabled")) == [("INBOX", False), ("Support", False)]
+
+    dovecot.append(login, "Sales", plain())
+    changelist = reverse("admin:mailgate_mailaccount_changelist")
+    action = {"action": "discover_folders", "_selected_action": [account.pk]}
+    response = admin_client.post(changelist, action, follow=True)
+    assert "1 new folder(s) Sales" in response.content.decode()

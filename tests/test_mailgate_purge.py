@@ -29,3 +29,17 @@ def test_old_finished_messages_go_waiting_ones_stay(capsys):
 def test_bad_duration_is_a_clear_error():
     with pytest.raises(CommandError, match="--older-than"):
         call_command("mailgate_purge", "--older-than", "soon")
+
+
+def test_bytes_of_mailbox_messages_stay(capsys):
+    from mailgate.models import Message
+
+    from .factories import MailFolderFactory
+
+    folder = MailFolderFactory()
+    polled = inbound("received", 40)
+    Message.objects.create(direction="in", status="received", account=folder.account, folder=folder, inbound=polled)
+    inbound("received", 40)
+    call_command("mailgate_purge", "--older-than", "30d")
+    assert "removed 1 inbound messages" in capsys.readouterr().out
+    assert list(InboundMessage.objects.values_list("pk", flat=True)) == [polled.pk]

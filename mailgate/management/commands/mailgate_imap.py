@@ -1,0 +1,66 @@
+import signal
+import sys
+import time
+
+from django.core.management.base import BaseCommand
+from django.db import DatabaseError, close_old_connections
+
+from mailgate import imap, outgoing
+from mailgate.models import MailAccount
+
+
+class Command(BaseCommand):
+    help = (
+        "Poll the enabled IMAP folders whose after_read_timeout has passed, and send the mailbox messages "
+        "waiting in status `sending` through their accounts' SMTP servers. Once, or --loop."
+    )
+
+    def add_arguments(self, parser):
+        parser.add_argument("--loop", action="store_true", help="Keep running until SIGTERM/SIGINT.")
+        parser.add_argument("--interval", type=float, default=5.0, help="Seconds between rounds with --loop.")
+        parser.add_argument("--discover", action="store_true", help="List every account's folders first.")
+
+    def handle(self, *args, loop=False, interval=5.0, discover=False, verbosity=1, **options):
+        self.verbosity, self.stopping = verbosity, False
+        if discover:
+            for account in MailAccount.objects.filter(enabled=True).select_related("profile"):
+                try:
+                    added = imap.discover(account)
+                    self._say(f"{account}: {len(added)} new folder(s) {', '.join(added)}".rstrip())
+                except imap.MailboxError as exc:
+                    self.stderr.write(str(exc))
+        if not loop:
+            sys.exit(0 if self._round() else 1)
+        signal.signal(signal.SIGTERM, self._stop)
+        signal.signal(signal.SIGINT, self._stop)
+        while not self.stopping:
+            close_old_connections()
+            self._round()
+            deadline = time.monotonic() + interval
+            while not self.stopping and time.monotonic() < deadline:
+                time.sleep(min(0.2, interval))
+
+    def _stop(self, *args):
+        self.stopping = True
+
+    def _round(self):
+        """One poll and send round; False when a folder or the database failed."""
+        try:
+            polled = imap.poll_due()
+            sent = outgoing.send_pending()
+        except DatabaseError as exc:
+            self.stderr.write(f"mailgate_imap: cannot reach the database: {exc}")
+            return False
+        for folder in polled.folders:
+            if folder.error:
+                self.stderr.write(f"{folder.folder}: {folder.error}")
+            elif folder.stored or folder.deleted or self.verbosity > 1:
+                resync = " (UIDVALIDITY changed: re-synced)" if folder.resynced else ""
+                self._say(f"{folder.folder}: {folder.stored} stored, {folder.deleted} deleted on the server{resync}")
+        if sent and self.verbosity > 1:
+            self._say(f"{sent} outgoing message(s) handled")
+        return not polled.errors
+
+    def _say(self, text):
+        if self.verbosity > 0:
+            self.stdout.write(text)

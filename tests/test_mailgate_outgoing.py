@@ -1,0 +1,132 @@
+"""Outgoing mailbox messages leave through their account's own SMTP server, via dbmail's outbox."""
+
+import pytest
+from django.core.files.base import ContentFile
+
+from dbmail.models import SenderAccount, TextOfEmail
+from mailgate import outgoing
+from mailgate.models import Message
+
+from .conftest import manage, subprocess_env
+from .factories import MailAccountFactory, MailServerProfileFactory
+from .smtpserver import SMTPServer
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def own_server():
+    server = SMTPServer().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def account(smtp_server, own_server, settings, tmp_path):  # smtp_server: the site's backend is SMTP, elsewhere
+    settings.MEDIA_ROOT = str(tmp_path / "media")
+    profile = MailServerProfileFactory(smtp_host=own_server.host, smtp_port=own_server.port, smtp_auth=False)
+    return MailAccountFactory(profile=profile, address="office@example.org", display_name="Office")
+
+
+def outgoing_message(account, **kwargs):
+    values = dict(
+        direction=Message.Direction.OUTGOING,
+        status=Message.Status.SENDING,
+        account=account,
+        subject="Quarterly report",
+        text="Numbers attached.\n",
+        to=["ann@example.com"],
+        cc=["bob@example.net"],
+    )
+    values.update(kwargs)
+    return Message.objects.create(**values)
+
+
+def test_goes_out_through_the_accounts_server_not_the_sites(smtp_server, own_server, account):
+    message = outgoing_message(account, bcc=["cy@example.net"])
+    message.html.save("body.html", ContentFile(b"<p>Numbers attached.</p>"))
+
+    outgoing.send(message)
+
+    message.refresh_from_db()
+    assert (message.status, message.last_error) == (Message.Status.SENT, "")
+    assert smtp_server.received == []
+    assert sorted(r for m in own_server.received for r in m.rcpt_tos) == [
+        "ann@example.com", "bob@example.net", "cy@example.net"
+    ]  # fmt: skip
+    received = own_server.to("bob@example.net")[0].message
+    assert received["To"] == "ann@example.com" and received["Cc"] == "bob@example.net"
+    assert "Bcc" not in received and "cy@example.net" not in str(received)
+    assert received["From"] == "Office <office@example.org>"
+    assert received.get_body(("html",)).get_content().strip() == "<p>Numbers attached.</p>"
+    assert {e.status for e in message.outbox.all()} == {TextOfEmail.Status.SENT}
+    sender = SenderAccount.objects.get(address="office@example.org")
+    assert (sender.smtp_host, sender.smtp_port) == (own_server.host, own_server.port)
+
+
+def test_refused_recipient_makes_an_error_with_the_reason(own_server, account):
+    own_server.script("ann@example.com", "550 5.1.1 no such user")
+    message = outgoing_message(account, cc=[])
+    outgoing.send(message)
+    message.refresh_from_db()
+    assert message.status == Message.Status.ERROR
+    assert "ann@example.com" in message.last_error and "5.1.1" in message.last_error
+
+
+def test_deferred_copy_keeps_the_message_sending(own_server, account):
+    own_server.script("bob@example.net", "451 4.3.0 try later")
+    message = outgoing_message(account)
+    outgoing.send(message)
+    message.refresh_from_db()
+    assert message.status == Message.Status.SENDING
+    statuses = dict(message.outbox.values_list("to_address", "status"))
+    assert statuses == {"ann@example.com": "sent", "bob@example.net": "deferred"}
+
+    TextOfEmail.objects.filter(to_address="bob@example.net").update(status=TextOfEmail.Status.SENT)
+    assert outgoing.refresh(message).status == Message.Status.SENT
+
+
+def test_handed_over_once(own_server, account):
+    message = outgoing_message(account)
+    assert len(outgoing.submit(message)) == 2
+    assert outgoing.submit(message) == []
+    assert TextOfEmail.objects.count() == 2
+
+
+def test_no_recipients_is_an_error(account):
+    message = outgoing_message(account, to=[], cc=[])
+    outgoing.send(message)
+    message.refresh_from_db()
+    assert (message.status, message.last_error) == (Message.Status.ERROR, "no recipients (to, cc and bcc are empty)")
+
+
+@pytest.mark.slow
+@pytest.mark.django_db(transaction=True)
+def test_the_cron_command_sends_waiting_messages(smtp_server, own_server, account, settings):
+    message = outgoing_message(account)
+    proc = manage("mailgate_imap", "-v", "2", env=subprocess_env(smtp=smtp_server, MEDIA_ROOT=settings.MEDIA_ROOT))
+    assert proc.returncode == 0, proc.stderr
+    message.refresh_from_db()
+    assert message.status == Message.Status.SENT
+    assert len(own_server.received) == 2 and smtp_server.received == []
+
+
+def test_disabled_account_sends_nothing(own_server, account):
+    account.enabled = False
+    account.save()
+    message = outgoing_message(account)
+    outgoing.send(message)
+    message.refresh_from_db()
+    assert (message.status, message.last_error) == (Message.Status.ERROR, "the account is disabled")
+    assert own_server.received == [] and TextOfEmail.objects.count() == 0
+
+
+def test_sender_account_follows_the_profile(account):
+    outgoing.sync_sender(account)
+    profile = account.profile
+    profile.smtp_host, profile.smtp_port, profile.smtp_auth = "smtp.example.org", 2525, True
+    profile.save()
+    outgoing.sync_profile(profile)
+    sender = SenderAccount.objects.get(address=account.address)
+    assert (sender.smtp_host, sender.smtp_port) == ("smtp.example.org", 2525)
+    assert (sender.smtp_username, sender.smtp_password) == (account.login, account.secret)
