@@ -31,7 +31,7 @@ class _RawMIME:
 class RawEmailMessage(EmailMessage):
     def __init__(self, raw, **kwargs):
         super().__init__(**kwargs)
-        self.raw = raw
+        self.raw = bytes(raw)  # PostgreSQL hands back a memoryview, which backends cannot copy or pickle
 
     def message(self, **kwargs):
         return _RawMIME(self.raw)

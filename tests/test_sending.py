@@ -224,3 +224,12 @@ def test_classify_covers_the_smtp_answers():
 def test_backoff_doubles_and_is_capped(settings):
     settings.DBMAIL_RETRY_BASE_SECONDS, settings.DBMAIL_RETRY_MAX_SECONDS = 300, 3600
     assert [retry.backoff(n).total_seconds() for n in (1, 2, 3, 4, 5, 50)] == [300, 600, 1200, 2400, 3600, 3600]
+
+
+def test_a_raw_email_from_the_database_goes_through_any_backend(settings, mailoutbox):
+    settings.EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"
+    raw = b"From: a@example.com\r\nTo: list@example.org\r\nSubject: fwd\r\n\r\nbody\r\n"
+    TextOfEmailFactory(raw_message=raw, to_address="member@example.net")
+    assert sending.send_due().sent == 1
+    (message,) = mailoutbox
+    assert message.message().as_bytes(linesep="\r\n") == raw
