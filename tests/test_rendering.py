@@ -58,3 +58,43 @@ def test_message_ids_are_unique_and_use_the_configured_domain(settings):
     settings.DBMAIL_MESSAGE_ID_DOMAIN = "mail.example.org"
     ids = {rendering.new_message_id() for _ in range(1000)}
     assert len(ids) == 1000 and all(i.endswith("@mail.example.org>") for i in ids)
+
+
+# --- The engine-free path for plain templates must give the engine's output exactly ---
+
+from hypothesis import given, settings as hsettings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+_names = st.sampled_from(["first_name", "name", "email", "balance", "missing", "note"])
+_text = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="{}%#"), max_size=40)
+_values = st.one_of(
+    st.text(max_size=30), st.integers(-10**6, 10**6), st.floats(allow_nan=False, width=32), st.booleans(), st.none()
+)
+
+
+@hsettings(max_examples=300, deadline=None)
+@given(
+    parts=st.lists(st.one_of(_text, _names.map(lambda n: "{{ " + n + " }}")), max_size=12),
+    values=st.dictionaries(_names.filter(lambda n: n != "missing"), _values),
+    autoescape=st.booleans(),
+)
+def test_plain_templates_render_exactly_as_the_engine_does(parts, values, autoescape):
+    from django.template import Context
+
+    engine = rendering._HTML_ENGINE if autoescape else rendering._TEXT_ENGINE
+    template = engine.from_string("".join(parts))
+    plain = rendering.PlainTemplate.of(template, autoescape)
+    assert plain is not None
+    assert plain.render(values) == template.render(Context(values, autoescape=autoescape))
+
+
+@pytest.mark.parametrize(
+    "source", ["{{ name|upper }}", "{% if name %}x{% endif %}", "{{ user.name }}", "{{ True }}", "{{ 'lit' }}"]
+)
+def test_anything_beyond_text_and_names_is_left_to_the_engine(source):
+    assert rendering.PlainTemplate.of(rendering._TEXT_ENGINE.from_string(source), False) is None
+
+
+def test_a_value_that_is_not_plain_is_rendered_by_the_engine():
+    c = compiled(text="{{ items }}")
+    assert c.render({"items": ["a", "b"]}).text == "['a', 'b']"
