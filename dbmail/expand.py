@@ -223,7 +223,10 @@ def expand(request, chunk_size=None, on_chunk=None):
             on_chunk(emails.count)
         return True
 
-    chunks = recipients.iter_recipients(request.recipient_set, request.recipient_params, after, chunk_size)
+    # A small first chunk: the writer starts inserting while the renderer is still warming up.
+    chunks = recipients.iter_recipients(
+        request.recipient_set, request.recipient_params, after, chunk_size, first_chunk_size=min(chunk_size, 200)
+    )
     links = unsubscribe.LinkMaker()
     writer = ChunkWriter(commit) if _can_write_aside() else InlineWriter(commit)
     try:

@@ -148,8 +148,12 @@ def _from_row(row):
     )
 
 
-def iter_recipients(name, params, after=None, chunk_size=2000):
-    """Yield (last position, [Recipient, ...]) per chunk; pass a position as `after` to resume past it."""
+def iter_recipients(name, params, after=None, chunk_size=2000, first_chunk_size=None):
+    """Yield (last position, [Recipient, ...]) per chunk; pass a position as `after` to resume past it.
+
+    `first_chunk_size` makes the first chunk smaller, so a consumer working in a pipeline
+    has something to do sooner.
+    """
     from .models import Suppression
 
     source = get_set(name).func(params or {})
@@ -162,7 +166,9 @@ def iter_recipients(name, params, after=None, chunk_size=2000):
         start = 0 if after is None else after + 1
         rows = ((pos, _from_row(row)) for pos, row in enumerate(islice(source, start, None), start))
 
-    while chunk := list(islice(rows, chunk_size)):
+    size = first_chunk_size or chunk_size
+    while chunk := list(islice(rows, size)):
+        size = chunk_size
         seen = set()
         unique = []
         for pos, rcpt in chunk:

@@ -45,6 +45,9 @@ def test_positions_resume_past_a_checkpoint():
     users = UserFactory.create_batch(5)
     chunks = list(recipients.iter_recipients("all_active", {}, chunk_size=2))
     assert [len(c) for _, c in chunks] == [2, 2, 1]
+    assert [len(c) for _, c in recipients.iter_recipients("all_active", {}, chunk_size=2, first_chunk_size=1)] == [
+        1, 2, 2
+    ]
     first_end = chunks[0][0]
     rest = flatten("all_active", {}, after=first_end)
     assert [r.user_id for r in rest] == [u.pk for u in users[2:]]
