@@ -79,3 +79,14 @@ def test_sender_account_with_own_server_gives_connection_overrides():
     assert own.connection_overrides()["host"] == "relay" and own.connection_overrides()["port"] == 25
     with pytest.raises(ValidationError):
         SenderAccount(address="c@example.org", smtp_use_tls=True, smtp_use_ssl=True).full_clean()
+
+
+def test_bodies_are_compressed_with_lz4_on_postgresql():
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT attname, attcompression FROM pg_attribute WHERE attrelid = 'dbmail_textofemail'::regclass "
+            "AND attname IN ('text', 'html', 'raw_message') ORDER BY attname"
+        )
+        assert cursor.fetchall() == [("html", "l"), ("raw_message", "l"), ("text", "l")]
