@@ -90,3 +90,13 @@ def test_bodies_are_compressed_with_lz4_on_postgresql():
             "AND attname IN ('text', 'html', 'raw_message') ORDER BY attname"
         )
         assert cursor.fetchall() == [("html", "l"), ("raw_message", "l"), ("text", "l")]
+
+
+def test_deleting_a_user_keeps_their_emails_without_the_link():
+    from .factories import UserFactory
+
+    user = UserFactory(username="leaver")
+    email = TextOfEmailFactory(user=user)
+    user.delete()
+    email.refresh_from_db()
+    assert email.user_id is None and email.status == Status.QUEUED
