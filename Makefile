@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test bench venv clean
+.PHONY: run test lint bench venv clean
 
 $(STAMP): requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +23,11 @@ run: $(STAMP)
 # The whole suite, against PostgreSQL (DATABASE_URL, default postgres://postgres@127.0.0.1:5432/mailsite).
 test: $(STAMP)
 	$(PY) -m pytest
+
+# ruff, configured in pyproject.toml: the whole tree linted and formatted.
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 
 bench: $(STAMP)
 	$(PY) bench/run.py

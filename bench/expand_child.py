@@ -26,11 +26,11 @@ django.setup()
 
 from django.urls import get_resolver  # noqa: E402
 
-from dbmail import expand  # noqa: E402
+from dbmail.intake import expand  # noqa: E402
 
 # Also start-up: the first reverse() builds every URL pattern of the site (~0.13 s here, mostly
 # importing the REST API's libraries), once per process whatever the number of recipients.
-get_resolver().url_patterns
+_ = get_resolver().url_patterns
 
 started = time.perf_counter()
 result = expand.expand_due()
@@ -45,4 +45,6 @@ def peak_rss_kb():
     raise RuntimeError("no VmHWM in /proc/self/status")
 
 
-print(json.dumps({"requests": result.requests, "emails": result.emails, "seconds": seconds, "peak_rss_kb": peak_rss_kb()}))
+print(
+    json.dumps({"requests": result.requests, "emails": result.emails, "seconds": seconds, "peak_rss_kb": peak_rss_kb()})
+)

@@ -40,7 +40,8 @@ TEXT_BODY = (
     + "This is the monthly letter of {{ site_name }}. " * 4
     + "\n\n"
     + "The timetable for the coming term is now online, and the library keeps its longer opening hours "
-    "until the end of the month. Please bring back any books you borrowed before the holidays. " * 6
+    "until the end of the month. Please bring back any books you borrowed before the holidays. "
+    * 6
     + "\n\nYour account: {{ username }} ({{ email }})\n"
     "To stop receiving these letters: {{ unsubscribe_url }}\n"
 )
@@ -53,8 +54,12 @@ def parse_args(argv):
     parser.add_argument("--messages", type=int, default=10_000, help="emails per send phase and small expansion")
     parser.add_argument("--big", type=int, default=100_000, help="recipients of the large expansion")
     parser.add_argument("--senders", type=int, nargs="+", default=[2, 4], help="concurrent sender counts")
-    parser.add_argument("--profile", metavar="DIR", help="run the child processes under cProfile, writing DIR/*.prof "
-                        "(slows them down: the figures of such a run are not comparable)")
+    parser.add_argument(
+        "--profile",
+        metavar="DIR",
+        help="run the child processes under cProfile, writing DIR/*.prof "
+        "(slows them down: the figures of such a run are not comparable)",
+    )
     parser.add_argument("--results", default=str(BENCH / "results.json"))
     parser.add_argument("--keep-db", action="store_true", help="leave the database in place afterwards")
     return parser.parse_args(argv)
@@ -85,8 +90,11 @@ def recreate_database(db_url):
     parts = urlsplit(db_url)
     name = parts.path.lstrip("/")
     conn = psycopg2.connect(
-        dbname="postgres", user=parts.username or "postgres", password=parts.password,
-        host=parts.hostname or "127.0.0.1", port=parts.port or 5432,
+        dbname="postgres",
+        user=parts.username or "postgres",
+        password=parts.password,
+        host=parts.hostname or "127.0.0.1",
+        port=parts.port or 5432,
     )
     conn.autocommit = True
     with conn.cursor() as cur:
@@ -100,8 +108,11 @@ def drop_database(db_url):
 
     parts = urlsplit(db_url)
     conn = psycopg2.connect(
-        dbname="postgres", user=parts.username or "postgres", password=parts.password,
-        host=parts.hostname or "127.0.0.1", port=parts.port or 5432,
+        dbname="postgres",
+        user=parts.username or "postgres",
+        password=parts.password,
+        host=parts.hostname or "127.0.0.1",
+        port=parts.port or 5432,
     )
     conn.autocommit = True
     with conn.cursor() as cur:
@@ -149,8 +160,16 @@ def create_users(start, count):
     batch = []
     for i in range(start, start + count):
         name = f"bench{i:07d}"
-        batch.append(User(username=name, email=f"{name}@example.net", first_name=firsts[i % 8],
-                          last_name=lasts[i % 6], password="!", is_active=True))
+        batch.append(
+            User(
+                username=name,
+                email=f"{name}@example.net",
+                first_name=firsts[i % 8],
+                last_name=lasts[i % 6],
+                password="!",
+                is_active=True,
+            )
+        )
         if len(batch) == 5000:
             User.objects.bulk_create(batch)
             batch = []
@@ -161,7 +180,10 @@ def create_request(sender):
     from dbmail.models import MessageRequest
 
     return MessageRequest.objects.create(
-        sender=sender, subject=SUBJECT, text_body=TEXT_BODY, recipient_set="all_active",
+        sender=sender,
+        subject=SUBJECT,
+        text_body=TEXT_BODY,
+        recipient_set="all_active",
         context={"term": "spring"},
     )
 
@@ -174,7 +196,9 @@ def expand_phase(args, db_url, name):
     """Expand the due request in a child; (emails, seconds, the child's peak RSS in MB)."""
     proc = subprocess.run(
         [PY, *profiled(args, name), str(BENCH / "expand_child.py")],
-        env=child_env(db_url), stdout=subprocess.PIPE, text=True,
+        env=child_env(db_url),
+        stdout=subprocess.PIPE,
+        text=True,
     )
     if proc.returncode != 0:
         raise SystemExit(f"bench: expansion failed (exit {proc.returncode})")
@@ -186,7 +210,7 @@ def prebuilt_messages(request):
     """The request's emails as the exact bytes dbmail's SMTP backend would send."""
     from django.core.mail.message import sanitize_address
 
-    from dbmail.message import to_email_message
+    from dbmail.send.message import to_email_message
 
     built = []
     for email in request.emails.select_related("account").order_by("pk"):
@@ -221,14 +245,17 @@ def send_phase(args, db_url, workdir, request, n_procs, name):
     procs = [
         subprocess.Popen(
             [PY, *profiled(args, f"{name}-{i}"), str(ROOT / "manage.py"), "dbmail_cron", "-v", "2"],
-            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
         )
         for i in range(n_procs)
     ]
     outputs = [p.communicate()[0] for p in procs]
     seconds = time.perf_counter() - started
     report = sink.stop()
-    for proc, out in zip(procs, outputs):
+    for proc, out in zip(procs, outputs, strict=True):
         if proc.returncode != 0:
             raise SystemExit(f"bench: dbmail_cron failed (exit {proc.returncode}):\n{out}")
     received = set(report["message_ids"])
@@ -276,8 +303,7 @@ def main(argv=None):
 
     step(f"recreating {urlsplit(db_url).path.lstrip('/')} and migrating")
     recreate_database(db_url)
-    subprocess.run([PY, str(ROOT / "manage.py"), "migrate", "--noinput", "-v", "0"], env=child_env(db_url),
-                   check=True)
+    subprocess.run([PY, str(ROOT / "manage.py"), "migrate", "--noinput", "-v", "0"], env=child_env(db_url), check=True)
     os.environ.update(child_env(db_url))
     sys.path.insert(0, str(ROOT))
     import django
@@ -359,18 +385,32 @@ def main(argv=None):
         ("ceiling: smtplib, 1 connection", f"{ceiling:,.0f} msg/s", "(reference)"),
         (f"dbmail_cron send, {n:,} (incl. start-up)", f"{single['msgs_s']:,.0f} msg/s", ""),
         ("send / ceiling", f"{ratio:.2f}", f">= {TARGETS['send_ratio']}  {verdict(ratio >= TARGETS['send_ratio'])}"),
-        (f"expansion, {n:,} recipients", f"{expand_small:,.0f} emails/s",
-         f">= {TARGETS['expand_emails_s']:,}  {verdict(expand_small >= TARGETS['expand_emails_s'])}"),
-        (f"expansion, {big:,} recipients", f"{expand_big:,.0f} emails/s",
-         f">= {TARGETS['expand_emails_s']:,}  {verdict(expand_big >= TARGETS['expand_emails_s'])}"),
+        (
+            f"expansion, {n:,} recipients",
+            f"{expand_small:,.0f} emails/s",
+            f">= {TARGETS['expand_emails_s']:,}  {verdict(expand_small >= TARGETS['expand_emails_s'])}",
+        ),
+        (
+            f"expansion, {big:,} recipients",
+            f"{expand_big:,.0f} emails/s",
+            f">= {TARGETS['expand_emails_s']:,}  {verdict(expand_big >= TARGETS['expand_emails_s'])}",
+        ),
         (f"peak RSS, expanding {n:,}", f"{rss_small:.1f} MB", ""),
-        (f"peak RSS, expanding {big:,}", f"{rss_big:.1f} MB",
-         f"<= {n:,} + {TARGETS['rss_growth_mb']} MB ({growth:+.1f})  {verdict(growth <= TARGETS['rss_growth_mb'])}"),
+        (
+            f"peak RSS, expanding {big:,}",
+            f"{rss_big:.1f} MB",
+            f"<= {n:,} + {TARGETS['rss_growth_mb']} MB ({growth:+.1f})  {verdict(growth <= TARGETS['rss_growth_mb'])}",
+        ),
     ]
     for procs, r in concurrent:
         clean = r["duplicates"] == 0 and r["missing"] == 0 and r["unexpected"] == 0
-        rows.append((f"{procs} senders at once, {n:,}", f"{r['msgs_s']:,.0f} msg/s",
-                     f"dup {r['duplicates']}, missing {r['missing']}  {verdict(clean)}"))
+        rows.append(
+            (
+                f"{procs} senders at once, {n:,}",
+                f"{r['msgs_s']:,.0f} msg/s",
+                f"dup {r['duplicates']}, missing {r['missing']}  {verdict(clean)}",
+            )
+        )
     load_after = os.getloadavg()
     notes = [
         f"message size {size:,.0f} bytes; sink CPU per message: ceiling "

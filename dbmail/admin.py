@@ -2,10 +2,19 @@ from django import forms
 from django.contrib import admin, messages
 from django.utils import timezone
 
-from . import tracking
-from .models import CronHeartbeat, DeliveryEvent, MessageRequest, SenderAccount, Suppression, TextOfEmail
-from .models import SpoolFile, SpoolItem  # the XML spool
-from .models import TrackingQueueItem, UnmatchedTrackingEvent
+from dbmail.models import (  # the XML spool
+    CronHeartbeat,
+    DeliveryEvent,
+    MessageRequest,
+    SenderAccount,
+    SpoolFile,
+    SpoolItem,
+    Suppression,
+    TextOfEmail,
+    TrackingQueueItem,
+    UnmatchedTrackingEvent,
+)
+from dbmail.track import apply as tracking
 
 
 class SenderAccountForm(forms.ModelForm):
@@ -16,7 +25,7 @@ class SenderAccountForm(forms.ModelForm):
 
     class Meta:
         model = SenderAccount
-        fields = "__all__"
+        fields = "__all__"  # noqa: DJ007  (the admin edits every field of an account)
 
     def clean_smtp_password(self):
         return self.cleaned_data["smtp_password"] or (self.instance.smtp_password if self.instance.pk else "")
@@ -33,7 +42,15 @@ class SenderAccountAdmin(admin.ModelAdmin):
 @admin.register(MessageRequest)
 class MessageRequestAdmin(admin.ModelAdmin):
     list_display = [
-        "id", "subject", "sender", "recipient_set", "status", "send_at", "recipient_count", "progress", "delivery",
+        "id",
+        "subject",
+        "sender",
+        "recipient_set",
+        "status",
+        "send_at",
+        "recipient_count",
+        "progress",
+        "delivery",
     ]
     list_filter = ["status", "recipient_set", "sender"]
     search_fields = ["subject", "creator__username"]
@@ -137,7 +154,7 @@ class CronHeartbeatAdmin(admin.ModelAdmin):
 
 
 # --- Comm panel models -----------------------------------------------------------------------
-from .models import EmailTemplate, RequestAttachment  # noqa: E402
+from dbmail.models import EmailTemplate, RequestAttachment  # noqa: E402
 
 
 @admin.register(EmailTemplate)
@@ -152,6 +169,7 @@ class RequestAttachmentAdmin(admin.ModelAdmin):
     list_display = ["filename", "request", "content_type", "size"]
     search_fields = ["filename"]
     raw_id_fields = ["request"]
+
 
 # --- XML spool (seed 003) ---
 

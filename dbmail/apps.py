@@ -7,6 +7,6 @@ class DbmailConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self):
-        from . import anymail_events
+        from dbmail.track import anymail as anymail_events
 
         anymail_events.connect()  # a no-op without django-anymail

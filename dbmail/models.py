@@ -1,7 +1,7 @@
 """The outbox: requests, the emails they become, and what happened to each.
 
-A TextOfEmail's status is written only by dbmail.sending (claim and outcome),
-dbmail.expand (creation), and the cancel/retry helpers below; everything
+A TextOfEmail's status is written only by dbmail.send.loop (claim and outcome),
+dbmail.intake.expand (creation), and the cancel/retry helpers below; everything
 else reads it. See DESIGN.md for the state machine.
 """
 
@@ -103,8 +103,16 @@ class MessageRequest(models.Model):
     def __str__(self):
         return f"#{self.pk} {self.subject[:60]}"
 
+    def save(self, *args, **kwargs):
+        # A public request gets its unguessable web-version id however it was made (panel, admin, code).
+        if self.public and self.public_id is None:
+            self.public_id = uuid.uuid4()
+            if kwargs.get("update_fields") is not None:
+                kwargs["update_fields"] = {*kwargs["update_fields"], "public_id"}
+        super().save(*args, **kwargs)
+
     def clean(self):
-        from . import recipients, rendering
+        from dbmail.content import recipients, rendering
 
         errors = {}
         if not (self.text_body.strip() or self.html_body.strip()):
@@ -118,14 +126,6 @@ class MessageRequest(models.Model):
         errors.update(rendering.template_errors(self))
         if errors:
             raise ValidationError(errors)
-
-    def save(self, *args, **kwargs):
-        # A public request gets its unguessable web-version id however it was made (panel, admin, code).
-        if self.public and self.public_id is None:
-            self.public_id = uuid.uuid4()
-            if kwargs.get("update_fields") is not None:
-                kwargs["update_fields"] = {*kwargs["update_fields"], "public_id"}
-        super().save(*args, **kwargs)
 
     def status_counts(self):
         """Emails per status, including those already purged."""
@@ -141,8 +141,10 @@ class MessageRequest(models.Model):
 
     def cancel(self):
         """Stop the request: no further expansion, and unsent emails become cancelled."""
-        updated = MessageRequest.objects.filter(pk=self.pk).exclude(status=self.Status.CANCELLED).update(
-            status=self.Status.CANCELLED, expand_token=None, expand_lease_until=None
+        updated = (
+            MessageRequest.objects.filter(pk=self.pk)
+            .exclude(status=self.Status.CANCELLED)
+            .update(status=self.Status.CANCELLED, expand_token=None, expand_lease_until=None)
         )
         self.status = self.Status.CANCELLED
         return updated + TextOfEmail.cancel(self.emails.all())
@@ -180,9 +182,7 @@ class TextOfEmail(models.Model):
     # which dbmail_purge keeps bounded), while every index costs each of 10,000 inserts a second and
     # both status updates of every email sent.
     account = models.ForeignKey(SenderAccount, null=True, blank=True, on_delete=models.PROTECT, db_index=False)
-    user = models.ForeignKey(
-        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, db_index=False
-    )
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, db_index=False)
     to_address = models.CharField(max_length=254)
     to_name = models.CharField(max_length=200, blank=True)
     from_header = models.CharField(max_length=400, help_text="The From header, display name included.")
@@ -337,6 +337,10 @@ class EmailTemplate(models.Model):
     class Meta:
         ordering = ["name"]
 
+    def __str__(self):
+        return self.name
+
+
 # --- XML spool (seed 003): the files other programs drop, and the emails they became ---
 
 
@@ -390,6 +394,7 @@ class RequestAttachment(models.Model):
     def __str__(self):
         return self.filename
 
+
 class SpoolItem(models.Model):
     """The link from an email back to the <item> of the spool file it came from."""
 
@@ -404,7 +409,8 @@ class SpoolItem(models.Model):
     def __str__(self):
         return f"{self.file.name} #{self.position}"
 
-# --- Delivery tracking (dbmail.tracking): the queue's database backend and the job's memory ---
+
+# --- Delivery tracking (dbmail.track.apply): the queue's database backend and the job's memory ---
 
 
 class TrackingQueueItem(models.Model):

@@ -1,7 +1,8 @@
 from django.urls import path
 
-from . import webhooks
-from .views import public, unsubscribe
+from dbmail.panel.views import unsubscribe_page as unsubscribe
+from dbmail.panel.views import web_version as public
+from dbmail.track import webhooks
 
 app_name = "dbmail"
 urlpatterns = [

@@ -6,8 +6,10 @@ from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils.html import format_html
 
-from . import gate, imap, moderation, outgoing, routing
-from .models import (
+from mailgate.gate import moderation, routing
+from mailgate.gate import receive as gate
+from mailgate.mailboxes import imap, outgoing
+from mailgate.models import (
     Bounce,
     EmailList,
     HeldMessage,
@@ -41,8 +43,12 @@ class EmailListAdmin(admin.ModelAdmin):
         if not self.has_view_permission(request):
             return HttpResponse(status=403)
         address = request.GET.get("address", "").strip()
-        context = {**self.admin_site.each_context(request), "title": "Test an address", "address": address,
-                   "opts": self.model._meta}
+        context = {
+            **self.admin_site.each_context(request),
+            "title": "Test an address",
+            "address": address,
+            "opts": self.model._meta,
+        }
         if address:
             try:
                 context["route"] = routing.route(address)
@@ -82,7 +88,7 @@ class _InboundBase(admin.ModelAdmin):
     def get_urls(self):
         info = self.model._meta.app_label, self.model._meta.model_name
         return [
-            path("<int:pk>/raw/", self.admin_site.admin_view(self.raw_view), name="%s_%s_raw" % info),
+            path("<int:pk>/raw/", self.admin_site.admin_view(self.raw_view), name="{}_{}_raw".format(*info)),
             *super().get_urls(),
         ]
 
@@ -98,7 +104,7 @@ class _InboundBase(admin.ModelAdmin):
     @admin.display(description="Raw message")
     def raw_link(self, obj):
         info = self.model._meta.app_label, self.model._meta.model_name
-        url = reverse("admin:%s_%s_raw" % info, args=[obj.pk])
+        url = reverse("admin:{}_{}_raw".format(*info), args=[obj.pk])
         return format_html('<a href="{}">download ({} bytes received)</a>', url, obj.size)
 
 

@@ -58,7 +58,7 @@ class EmailList(models.Model):
         except re.error as exc:
             raise ValidationError({"regex": f"Not a valid regular expression: {exc}"}) from None
         if self.resolver:
-            from . import routing
+            from mailgate.gate import routing
 
             if self.resolver not in routing.registered_resolvers():
                 known = ", ".join(sorted(routing.registered_resolvers())) or "none"
@@ -314,7 +314,7 @@ class Message(models.Model):
     status = models.CharField(max_length=10, choices=Status.choices, db_index=True)
     account = models.ForeignKey(MailAccount, on_delete=models.CASCADE, related_name="messages")
     folder = models.ForeignKey(MailFolder, null=True, blank=True, on_delete=models.SET_NULL, related_name="messages")
-    # Incoming: the stored bytes are the gate's InboundMessage (raw first, parsed by mailgate.parsing).
+    # Incoming: the stored bytes are the gate's InboundMessage (raw first, parsed by mailgate.gate.parsing).
     inbound = models.OneToOneField(
         InboundMessage, null=True, blank=True, on_delete=models.PROTECT, related_name="mailbox_message"
     )

@@ -30,7 +30,7 @@ def main(argv=None):
         import django
 
         django.setup()
-        from mailgate import gate
+        from mailgate.gate import receive as gate
     except Exception as exc:  # settings or imports broken: nothing stored, the MTA retries later
         sys.stderr.write(f"mailgate: temporary failure (configuration): {type(exc).__name__}: {exc}\n")
         return EX_TEMPFAIL

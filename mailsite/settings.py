@@ -235,7 +235,9 @@ if DBMAIL_VERP_DOMAIN and not re.fullmatch(r"[a-z0-9-]+(\.[a-z0-9-]+)+", DBMAIL_
     raise ImproperlyConfigured(f"Setting DBMAIL_VERP_DOMAIN={DBMAIL_VERP_DOMAIN!r} is not a domain name.")
 DBMAIL_VERP_PREFIX = setting("DBMAIL_VERP_PREFIX", "str", "bounces")
 if not re.fullmatch(r"[A-Za-z0-9._-]{1,20}", DBMAIL_VERP_PREFIX):
-    raise ImproperlyConfigured(f"Setting DBMAIL_VERP_PREFIX={DBMAIL_VERP_PREFIX!r} must be 1-20 letters, digits, . _ -.")
+    raise ImproperlyConfigured(
+        f"Setting DBMAIL_VERP_PREFIX={DBMAIL_VERP_PREFIX!r} must be 1-20 letters, digits, . _ -."
+    )
 MAILGATE_MAX_BYTES = setting("MAILGATE_MAX_BYTES", "int", 25 * 1024 * 1024, minimum=1024)
 MAILGATE_UNKNOWN_RECIPIENT = setting("MAILGATE_UNKNOWN_RECIPIENT", "str", "bounce", choices=("bounce", "notice"))
 MAILGATE_SEND_NOW_MAX = setting("MAILGATE_SEND_NOW_MAX", "int", 20, minimum=0)
@@ -253,7 +255,7 @@ REST_FRAMEWORK = {
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
-    "DEFAULT_PAGINATION_CLASS": "mailgate.api.pagination.Pagination",
+    "DEFAULT_PAGINATION_CLASS": "mailgate.mailboxes.api.pagination.Pagination",
     "PAGE_SIZE": setting("API_PAGE_SIZE", "int", 50, minimum=1),
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
 }

@@ -3,7 +3,7 @@ from django.urls import include, path
 
 urlpatterns = [
     path("admin/", admin.site.urls),
-    path("commpanel/", include("dbmail.commpanel_urls")),
-    path("api/v1/", include("mailgate.api.urls")),  # mailboxes and messages (mailgate)
+    path("commpanel/", include("dbmail.panel.urls")),
+    path("api/v1/", include("mailgate.mailboxes.api.urls")),  # mailboxes and messages (mailgate)
     path("", include("dbmail.urls")),
 ]

@@ -9,6 +9,9 @@ from django.db import connection
 
 from .smtpserver import SMTPServer
 
+# Shared fixtures: the tracking queue backends and the comm panel's signed-in editor.
+pytest_plugins = ["tests.tracking_support", "tests.panel"]
+
 ROOT = Path(__file__).resolve().parent.parent
 
 

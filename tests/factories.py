@@ -3,7 +3,7 @@ from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group
 from django.utils import timezone
 
-from dbmail import rendering
+from dbmail.content import rendering
 from dbmail.models import MessageRequest, SenderAccount, TextOfEmail
 
 

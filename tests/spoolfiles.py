@@ -5,10 +5,14 @@ from pathlib import Path
 from xml.sax.saxutils import escape
 
 
-def item(address="boo@hisorhermail.com", sender="foo@example.com", topic="Upomnienie", content="Prosimy o zwrot.",
-         time="17.10.2011 00:00:11"):
-    return {"fld_time": time, "fld_sender": sender, "fld_address": address, "fld_topic": topic,
-            "fld_content": content}
+def item(
+    address="boo@hisorhermail.com",
+    sender="foo@example.com",
+    topic="Upomnienie",
+    content="Prosimy o zwrot.",
+    time="17.10.2011 00:00:11",
+):
+    return {"fld_time": time, "fld_sender": sender, "fld_address": address, "fld_topic": topic, "fld_content": content}
 
 
 def xml(*items):

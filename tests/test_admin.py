@@ -78,7 +78,7 @@ def test_non_staff_get_nothing(client):
 
 
 def test_spool_files_are_listed_read_only_with_their_items(admin_client, settings, tmp_path):
-    from dbmail import spool
+    from dbmail.intake import spool
     from dbmail.models import SpoolFile
 
     from .factories import SenderAccountFactory

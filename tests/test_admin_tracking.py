@@ -3,9 +3,9 @@
 import pytest
 from django.urls import reverse
 
-from dbmail import tracking
 from dbmail.models import TextOfEmail, UnmatchedTrackingEvent
-from dbmail.tracking import apply_batch
+from dbmail.track import apply as tracking
+from dbmail.track.apply import apply_batch
 
 from .factories import MessageRequestFactory, TextOfEmailFactory
 from .tracking_support import event
@@ -34,8 +34,12 @@ def test_a_request_shows_delivered_bounced_and_complained_counts(admin_client):
 @pytest.mark.django_db
 def test_an_email_page_shows_its_tracking_history(admin_client):
     email = TextOfEmailFactory(status=Status.SENT)
-    apply_batch([event(email.message_id, "deferred", event_id="evt-77", diagnostic="451 4.7.1 greylisted"),
-                 event(email.message_id, "delivered", event_id="evt-78")])
+    apply_batch(
+        [
+            event(email.message_id, "deferred", event_id="evt-77", diagnostic="451 4.7.1 greylisted"),
+            event(email.message_id, "delivered", event_id="evt-78"),
+        ]
+    )
     page = admin_client.get(reverse("admin:dbmail_textofemail_change", args=[email.pk])).content.decode()
     assert "[evt-77] deferred from test for someone@example.net: 451 4.7.1 greylisted" in page
     assert "[evt-78] delivered from test" in page
@@ -50,7 +54,10 @@ def test_unmatched_events_are_listed_and_can_be_applied_again(admin_client):
     email = TextOfEmailFactory(status=Status.SENT, message_id="<later@example.org>")
     response = admin_client.post(
         url,
-        {"action": "apply_again", "_selected_action": list(UnmatchedTrackingEvent.objects.values_list("pk", flat=True))},
+        {
+            "action": "apply_again",
+            "_selected_action": list(UnmatchedTrackingEvent.objects.values_list("pk", flat=True)),
+        },
         follow=True,
     )
     assert "Applied 1; still unmatched 1." in response.content.decode()

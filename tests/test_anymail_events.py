@@ -1,21 +1,22 @@
 import base64
 import json
-from datetime import datetime, timezone as dt_timezone
+from datetime import UTC, datetime
 
 import pytest
-from anymail.signals import AnymailTrackingEvent, tracking as anymail_tracking
+from anymail.signals import AnymailTrackingEvent
+from anymail.signals import tracking as anymail_tracking
 from django.core import mail
 from django.urls import include, path
 
-from dbmail import anymail_events, tracking
 from dbmail.models import Suppression, TextOfEmail
-from dbmail.sending import send_due
+from dbmail.send.loop import send_due
+from dbmail.track import anymail as anymail_events
+from dbmail.track import apply as tracking
 
 from .factories import TextOfEmailFactory
-from .tracking_support import queue_backend  # noqa: F401  (fixture)
 
 Status = TextOfEmail.Status
-WHEN = datetime(2026, 11, 22, 19, 0, tzinfo=dt_timezone.utc)
+WHEN = datetime(2026, 11, 22, 19, 0, tzinfo=UTC)
 
 # This module is also the URLconf of its webhook tests: a site includes anymail's URLs like this.
 urlpatterns = [path("anymail/", include("anymail.urls"))]
@@ -28,21 +29,37 @@ def anymail_site(settings):
 
 
 def esp_event(**kwargs):
-    defaults = dict(event_type="delivered", timestamp=WHEN, event_id="esp-1", message_id="esp-msg-1",
-                    recipient="ann@example.net", metadata={})
+    defaults = dict(
+        event_type="delivered",
+        timestamp=WHEN,
+        event_id="esp-1",
+        message_id="esp-msg-1",
+        recipient="ann@example.net",
+        metadata={},
+    )
     return AnymailTrackingEvent(**{**defaults, **kwargs})
 
 
 def test_the_receiver_is_connected_once():
     assert anymail_events.connect() is True
     assert anymail_tracking.has_listeners()
-    assert len([r for r in anymail_tracking.receivers if r[0][0] == "dbmail.anymail_events"]) == 1
+    assert len([r for r in anymail_tracking.receivers if r[0][0] == "dbmail.track.anymail"]) == 1
 
 
 @pytest.mark.parametrize(
-    "event_type, ours", [("delivered", "delivered"), ("bounced", "bounced"), ("failed", "rejected"),
-                         ("rejected", "rejected"), ("deferred", "deferred"), ("complained", "complained"),
-                         ("opened", "opened"), ("clicked", None), ("queued", None), ("unknown", None)],
+    "event_type, ours",
+    [
+        ("delivered", "delivered"),
+        ("bounced", "bounced"),
+        ("failed", "rejected"),
+        ("rejected", "rejected"),
+        ("deferred", "deferred"),
+        ("complained", "complained"),
+        ("opened", "opened"),
+        ("clicked", None),
+        ("queued", None),
+        ("unknown", None),
+    ],
 )
 def test_event_types(event_type, ours):
     data = anymail_events.to_event(esp_event(event_type=event_type), "Postmark")
@@ -66,14 +83,19 @@ def test_outbound_mail_carries_its_tracking_id_as_anymail_metadata(settings):
 def test_a_provider_webhook_updates_the_email(client, anymail_site, queue_backend):
     email = TextOfEmailFactory(status=Status.SENT)
     body = {
-        "RecordType": "Bounce", "Type": "HardBounce", "ID": 4242, "Email": email.to_address,
-        "BouncedAt": "2026-11-22T19:00:00Z", "Details": "smtp;550 5.1.1 The email account does not exist",
+        "RecordType": "Bounce",
+        "Type": "HardBounce",
+        "ID": 4242,
+        "Email": email.to_address,
+        "BouncedAt": "2026-11-22T19:00:00Z",
+        "Details": "smtp;550 5.1.1 The email account does not exist",
         "MessageID": "883953f4-6105-42a2-a16a-77a8eac79483",
         "Metadata": {"mailsite_email": tracking.tracking_id(email.pk)},
     }
     auth = "Basic " + base64.b64encode(b"esp:webhook-password-0123456789").decode()
-    response = client.post("/anymail/postmark/tracking/", json.dumps(body), content_type="application/json",
-                           HTTP_AUTHORIZATION=auth)
+    response = client.post(
+        "/anymail/postmark/tracking/", json.dumps(body), content_type="application/json", HTTP_AUTHORIZATION=auth
+    )
     assert response.status_code == 200
     assert tracking.consume().totals.applied == 1
     email.refresh_from_db()
@@ -88,9 +110,15 @@ def test_a_provider_webhook_updates_the_email(client, anymail_site, queue_backen
 def test_a_queue_outage_fails_the_providers_call_so_it_retries(client, anymail_site, settings):
     settings.TRACKING_QUEUE_URL = "amqp://guest:guest@127.0.0.1:1/%2F"
     client.raise_request_exception = False
-    body = {"RecordType": "Delivery", "Recipient": "a@example.net", "DeliveredAt": "2026-11-22T19:00:00Z",
-            "MessageID": "x", "Metadata": {"mailsite_email": "1:abc"}}
+    body = {
+        "RecordType": "Delivery",
+        "Recipient": "a@example.net",
+        "DeliveredAt": "2026-11-22T19:00:00Z",
+        "MessageID": "x",
+        "Metadata": {"mailsite_email": "1:abc"},
+    }
     auth = "Basic " + base64.b64encode(b"esp:webhook-password-0123456789").decode()
-    response = client.post("/anymail/postmark/tracking/", json.dumps(body), content_type="application/json",
-                           HTTP_AUTHORIZATION=auth)
+    response = client.post(
+        "/anymail/postmark/tracking/", json.dumps(body), content_type="application/json", HTTP_AUTHORIZATION=auth
+    )
     assert response.status_code == 500

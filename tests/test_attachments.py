@@ -5,9 +5,10 @@ from django.core.exceptions import ValidationError
 from django.core.files.base import ContentFile
 from django.core.files.uploadedfile import SimpleUploadedFile
 
-from dbmail import attachments, expand
+from dbmail.content import attachments
+from dbmail.intake import expand
 from dbmail.models import MessageRequest, RequestAttachment
-from dbmail.sending import send_due
+from dbmail.send.loop import send_due
 
 from .factories import MessageRequestFactory, TextOfEmailFactory, UserFactory
 

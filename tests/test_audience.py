@@ -1,14 +1,20 @@
-"""The audience summary agrees with dbmail.recipients.count and finds empty variables."""
+"""The audience summary agrees with dbmail.content.recipients.count and finds empty variables."""
 
 import pytest
-from hypothesis import given, settings as hsettings, strategies as st
+from hypothesis import given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
 
-from dbmail import audience, recipients
+from dbmail.content import audience, recipients
 from dbmail.models import MessageRequest, Suppression
 
 
 def test_printed_variables_are_the_top_level_names():
-    assert audience.printed_variables("{{ a }} {{b|upper}} {{ a.x }}", "{% if c %}{{ d }}{% endif %}") == ["a", "b", "d"]
+    assert audience.printed_variables("{{ a }} {{b|upper}} {{ a.x }}", "{% if c %}{{ d }}{% endif %}") == [
+        "a",
+        "b",
+        "d",
+    ]
 
 
 @pytest.mark.django_db
@@ -26,7 +32,12 @@ def test_count_matches_the_recipient_registry(addresses):
 def test_empty_and_invalid_are_reported(settings):
     settings.DBMAIL_LARGE_SEND_WARNING = 0
     rows = [{"email": "a@x.org", "balance": "1"}, {"email": "b@x.org"}, {"email": "nope"}]
-    mail = MessageRequest(recipient_set="addresses", recipient_params={"rows": rows}, subject="{{ balance }}", text_body="{{ unsubscribe_url }}")
+    mail = MessageRequest(
+        recipient_set="addresses",
+        recipient_params={"rows": rows},
+        subject="{{ balance }}",
+        text_body="{{ unsubscribe_url }}",
+    )
     summary = audience.summarise(mail)
     assert (summary.count, summary.invalid_count, summary.invalid) == (2, 1, ["nope"])
     assert summary.empty == {"balance": {"count": 1, "examples": ["b@x.org"]}}

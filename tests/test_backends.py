@@ -4,7 +4,7 @@ import smtplib
 
 import pytest
 
-from dbmail.backends import SMTPBackend
+from dbmail.send.smtp import SMTPBackend
 
 from .smtpserver import SMTPServer
 

@@ -4,8 +4,8 @@ import pytest
 from django.db.models import Q
 from django.utils import timezone
 
-from dbmail import claims
 from dbmail.models import TextOfEmail
+from dbmail.send import claims
 
 from .factories import TextOfEmailFactory
 

@@ -19,8 +19,14 @@ from .panel import panel_user
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_FLAGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-dev-shm-usage",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
 ]
 SCREENSHOT = ROOT / "test-output" / "commpanel-request.png"
 
@@ -83,7 +89,9 @@ def test_staff_composes_previews_sends_and_follows_a_request(live_server, smtp_s
         assert run.returncode == 0, run.stderr
 
         # The page refreshes itself until every email is reported sent.
-        page.wait_for_function("document.getElementById('progress-text').textContent.includes('3 of 3 finished (100%)')")
+        page.wait_for_function(
+            "document.getElementById('progress-text').textContent.includes('3 of 3 finished (100%)')"
+        )
         assert page.inner_text("#status-chart [data-status=sent]") == "3"
         page.reload()
         rows = page.locator("#emails tbody tr")

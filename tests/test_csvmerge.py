@@ -5,7 +5,7 @@ import io
 
 import pytest
 
-from dbmail import csvmerge
+from dbmail.content import csvmerge
 
 
 def test_header_names_become_variable_names_and_bom_is_ignored():

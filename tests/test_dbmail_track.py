@@ -6,12 +6,12 @@ import time
 
 import pytest
 
-from dbmail import tracking
 from dbmail.models import CronHeartbeat, DeliveryEvent, TextOfEmail
+from dbmail.track import apply as tracking
 
 from .conftest import ROOT, manage, subprocess_env
 from .factories import TextOfEmailFactory
-from .tracking_support import event, queue_backend  # noqa: F401  (fixture)
+from .tracking_support import event
 
 Status = TextOfEmail.Status
 
@@ -19,7 +19,7 @@ Status = TextOfEmail.Status
 STALLS_BEFORE_ACK = """
 import sys, time, django
 django.setup()
-from dbmail import tracking_queue
+from dbmail.track import queue as tracking_queue
 
 def ack(self, deliveries):
     with open(sys.argv[1], "w") as marker:
@@ -74,8 +74,9 @@ def test_a_consumer_killed_before_its_ack_leaves_every_event_applied_once(queue_
 def test_a_run_reports_and_records_a_heartbeat(queue_backend):
     email = TextOfEmailFactory(status=Status.SENT)
     tracking.publish(event(email.message_id))
-    from django.core.management import call_command
     from io import StringIO
+
+    from django.core.management import call_command
 
     out = StringIO()
     call_command("dbmail_track", "--batch-size", "1", verbosity=2, stdout=out)

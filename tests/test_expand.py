@@ -4,7 +4,7 @@ import pytest
 from django.contrib.auth import get_user_model
 from django.utils import timezone
 
-from dbmail import expand
+from dbmail.intake import expand
 from dbmail.models import MessageRequest, Suppression, TextOfEmail
 
 from .factories import GroupFactory, MessageRequestFactory, UserFactory

@@ -5,8 +5,8 @@ import pytest
 from django.core.management import CommandError, call_command
 from django.utils import timezone
 
-from dbmail import health
 from dbmail.models import TextOfEmail
+from dbmail.ops import health
 
 from .factories import TextOfEmailFactory
 

@@ -3,21 +3,21 @@ import signal
 import subprocess
 import sys
 import time
-from datetime import datetime, timezone as dt_timezone
+from datetime import UTC, datetime
 
 import pytest
 
-from dbmail import tracking
-from dbmail.logfollow import Follower, parse_exim, parse_postfix
 from dbmail.models import LogCursor, TextOfEmail, TrackingQueueItem
-from dbmail.sending import send_due
-from dbmail.tracking_queue import QueueUnavailable
+from dbmail.send.loop import send_due
+from dbmail.track import apply as tracking
+from dbmail.track.logfollow import Follower, parse_exim, parse_postfix
+from dbmail.track.queue import QueueUnavailable
 
 from .conftest import ROOT, subprocess_env
 from .factories import TextOfEmailFactory
 
 Status = TextOfEmail.Status
-NOW = datetime(2026, 11, 22, 20, 0, tzinfo=dt_timezone.utc)
+NOW = datetime(2026, 11, 22, 20, 0, tzinfo=UTC)
 
 
 @pytest.fixture(autouse=True)
@@ -48,28 +48,43 @@ def queued_events():
 
 def test_postfix_delivery_lines():
     sent = parse_postfix(
-        postfix("4BC2D3F1A", "to=<ann@example.net>, relay=mx.example.net[192.0.2.1]:25, delay=1.2, "
-                "delays=0.1/0/0.5/0.6, dsn=2.0.0, status=sent (250 2.0.0 Ok: queued as 99XY)"),
+        postfix(
+            "4BC2D3F1A",
+            "to=<ann@example.net>, relay=mx.example.net[192.0.2.1]:25, delay=1.2, "
+            "delays=0.1/0/0.5/0.6, dsn=2.0.0, status=sent (250 2.0.0 Ok: queued as 99XY)",
+        ),
         NOW,
     )
-    assert (sent.kind, sent.queue_id, sent.recipient, sent.event) == ("delivery", "4BC2D3F1A", "ann@example.net", "delivered")
+    assert (sent.kind, sent.queue_id, sent.recipient, sent.event) == (
+        "delivery",
+        "4BC2D3F1A",
+        "ann@example.net",
+        "delivered",
+    )
     assert sent.diagnostic == "2.0.0 250 2.0.0 Ok: queued as 99XY"
-    assert sent.when == datetime(2026, 11, 22, 19, 58, 1, tzinfo=dt_timezone.utc)
+    assert sent.when == datetime(2026, 11, 22, 19, 58, 1, tzinfo=UTC)
     bounced = parse_postfix(
-        postfix("4BC2D3F1A", "to=<bob@example.net>, relay=mx.example.net[192.0.2.1]:25, dsn=5.1.1, status=bounced "
-                "(host mx.example.net[192.0.2.1] said: 550 5.1.1 <bob@example.net>: no such user (in reply to RCPT TO command))"),
+        postfix(
+            "4BC2D3F1A",
+            "to=<bob@example.net>, relay=mx.example.net[192.0.2.1]:25, dsn=5.1.1, status=bounced "
+            "(host mx.example.net[192.0.2.1] said: 550 5.1.1 <bob@example.net>: no such user (in reply to RCPT TO command))",
+        ),
         NOW,
     )
     assert (bounced.event, bounced.bounce_type) == ("bounced", "hard")
     assert "no such user" in bounced.diagnostic
     deferred = parse_postfix(
-        postfix("4BC2D3F1A", "to=<c@example.net>, relay=none, delay=30, dsn=4.4.1, status=deferred "
-                "(connect to mx.example.net[192.0.2.1]:25: Connection refused)"),
+        postfix(
+            "4BC2D3F1A",
+            "to=<c@example.net>, relay=none, delay=30, dsn=4.4.1, status=deferred "
+            "(connect to mx.example.net[192.0.2.1]:25: Connection refused)",
+        ),
         NOW,
     )
     assert deferred.event == "deferred" and deferred.bounce_type is None
-    expired = parse_postfix(postfix("4BC2D3F1A", "from=<o@example.org>, status=expired, returned to sender",
-                                    prog="postfix/qmgr[1]"), NOW)
+    expired = parse_postfix(
+        postfix("4BC2D3F1A", "from=<o@example.org>, status=expired, returned to sender", prog="postfix/qmgr[1]"), NOW
+    )
     assert expired is None  # no recipient: the per-recipient bounced line carries the news
 
 
@@ -81,10 +96,14 @@ def test_postfix_bookkeeping_and_other_lines():
     assert parse_postfix("Nov 22 19:58:01 mx1 dovecot[3]: 4BC2D3F1A: to=<a@b>, status=sent (ok)\n", NOW) is None
     assert parse_postfix("garbage\n", NOW) is None
     # RFC 3339 stamps (rsyslog's high-precision format) and last year's lines around New Year.
-    iso = parse_postfix("2026-11-22T19:58:01.123456+01:00 mx1 postfix/smtp[1]: 4BC2D3F1A: to=<a@b.c>, dsn=2.0.0, status=sent (ok)", NOW)
-    assert iso.when == datetime(2026, 11, 22, 18, 58, 1, 123456, tzinfo=dt_timezone.utc)
-    december = parse_postfix(postfix("4BC2D3F1A", "to=<a@b.c>, dsn=2.0.0, status=sent (ok)", stamp="Dec 31 23:59:59"),
-                             datetime(2027, 1, 1, 0, 1, tzinfo=dt_timezone.utc))
+    iso = parse_postfix(
+        "2026-11-22T19:58:01.123456+01:00 mx1 postfix/smtp[1]: 4BC2D3F1A: to=<a@b.c>, dsn=2.0.0, status=sent (ok)", NOW
+    )
+    assert iso.when == datetime(2026, 11, 22, 18, 58, 1, 123456, tzinfo=UTC)
+    december = parse_postfix(
+        postfix("4BC2D3F1A", "to=<a@b.c>, dsn=2.0.0, status=sent (ok)", stamp="Dec 31 23:59:59"),
+        datetime(2027, 1, 1, 0, 1, tzinfo=UTC),
+    )
     assert december.when.year == 2026
 
 
@@ -93,26 +112,49 @@ def test_postfix_bookkeeping_and_other_lines():
 
 def test_exim_lines():
     qid = "1tE5pQ-000Abc-Xy"
-    arrival = parse_exim(exim(qid, "<= office@example.org H=localhost [127.0.0.1] P=esmtp S=1234 id=abc@example.org"), NOW)
+    arrival = parse_exim(
+        exim(qid, "<= office@example.org H=localhost [127.0.0.1] P=esmtp S=1234 id=abc@example.org"), NOW
+    )
     assert (arrival.kind, arrival.message_id) == ("message-id", "abc@example.org")
-    delivered = parse_exim(exim(qid, 'ann@example.net R=dnslookup T=remote_smtp H=mx.example.net [192.0.2.1] C="250 2.0.0 OK id=77"'), NOW)
+    delivered = parse_exim(
+        exim(qid, 'ann@example.net R=dnslookup T=remote_smtp H=mx.example.net [192.0.2.1] C="250 2.0.0 OK id=77"'), NOW
+    )
     assert delivered is None  # no flag: not a delivery line
-    delivered = parse_exim(exim(qid, '=> ann@example.net R=dnslookup T=remote_smtp H=mx.example.net [192.0.2.1] C="250 2.0.0 OK id=77"'), NOW)
-    assert (delivered.event, delivered.recipient, delivered.diagnostic) == ("delivered", "ann@example.net", "250 2.0.0 OK id=77")
+    delivered = parse_exim(
+        exim(qid, '=> ann@example.net R=dnslookup T=remote_smtp H=mx.example.net [192.0.2.1] C="250 2.0.0 OK id=77"'),
+        NOW,
+    )
+    assert (delivered.event, delivered.recipient, delivered.diagnostic) == (
+        "delivered",
+        "ann@example.net",
+        "250 2.0.0 OK id=77",
+    )
     more = parse_exim(exim(qid, "-> bob@example.net R=dnslookup T=remote_smtp H=mx.example.net [192.0.2.1]"), NOW)
     assert more.event == "delivered"
-    failed = parse_exim(exim(qid, "** carl@example.net R=dnslookup T=remote_smtp H=mx.example.net [192.0.2.1]: "
-                                  "SMTP error from remote mail server after RCPT TO:<carl@example.net>: 550 5.1.1 User unknown"), NOW)
+    failed = parse_exim(
+        exim(
+            qid,
+            "** carl@example.net R=dnslookup T=remote_smtp H=mx.example.net [192.0.2.1]: "
+            "SMTP error from remote mail server after RCPT TO:<carl@example.net>: 550 5.1.1 User unknown",
+        ),
+        NOW,
+    )
     assert (failed.event, failed.bounce_type, failed.recipient) == ("bounced", "hard", "carl@example.net")
     assert failed.diagnostic.endswith("550 5.1.1 User unknown")
     gave_up = parse_exim(exim(qid, "** dan@example.net: retry timeout exceeded"), NOW)
     assert gave_up.bounce_type == "soft"
-    deferred = parse_exim(exim(qid, "== eve@example.net R=dnslookup T=remote_smtp defer (-44) H=mx.example.net [192.0.2.1]: "
-                                    "SMTP error from remote mail server after RCPT TO:<eve@example.net>: 451 4.7.1 Greylisted"), NOW)
+    deferred = parse_exim(
+        exim(
+            qid,
+            "== eve@example.net R=dnslookup T=remote_smtp defer (-44) H=mx.example.net [192.0.2.1]: "
+            "SMTP error from remote mail server after RCPT TO:<eve@example.net>: 451 4.7.1 Greylisted",
+        ),
+        NOW,
+    )
     assert deferred.event == "deferred" and "Greylisted" in deferred.diagnostic
     assert parse_exim(exim(qid, "Completed"), NOW).kind == "done"
     zoned = parse_exim(exim("1tE5pQ-0000000Abcd-XyZ1", "Completed", stamp="2026-11-22 20:58:01.250 +0100"), NOW)
-    assert zoned.when == datetime(2026, 11, 22, 19, 58, 1, 250000, tzinfo=dt_timezone.utc)
+    assert zoned.when == datetime(2026, 11, 22, 19, 58, 1, 250000, tzinfo=UTC)
     assert parse_exim("2026-11-22 19:58:01 Start queue run: pid=1\n", NOW) is None
 
 
@@ -129,10 +171,16 @@ def test_postfix_lines_become_events_for_our_emails_by_message_id_and_by_queue_i
         log,
         postfix(queue_ids[by_id.to_address], f"message-id={by_id.message_id}", prog="postfix/cleanup[7]"),
         postfix("F00D1", "message-id=<someone-else@example.com>", prog="postfix/cleanup[7]"),
-        postfix(queue_ids[by_id.to_address], f"to=<{by_id.to_address}>, relay=mx[192.0.2.1]:25, dsn=2.0.0, status=sent (250 ok)"),
+        postfix(
+            queue_ids[by_id.to_address],
+            f"to=<{by_id.to_address}>, relay=mx[192.0.2.1]:25, dsn=2.0.0, status=sent (250 ok)",
+        ),
         # No message-id line for this one (the follower started later): the queue id finds it.
-        postfix(queue_ids[by_queue.to_address], f"to=<{by_queue.to_address}>, relay=mx[192.0.2.1]:25, dsn=5.1.1, "
-                "status=bounced (host mx said: 550 5.1.1 no such user)"),
+        postfix(
+            queue_ids[by_queue.to_address],
+            f"to=<{by_queue.to_address}>, relay=mx[192.0.2.1]:25, dsn=5.1.1, "
+            "status=bounced (host mx said: 550 5.1.1 no such user)",
+        ),
         postfix("F00D1", "to=<x@example.com>, relay=mx[192.0.2.1]:25, dsn=2.0.0, status=sent (250 ok)"),
         postfix("BEEF2", "to=<y@example.com>, relay=mx[192.0.2.1]:25, dsn=2.0.0, status=sent (250 ok)"),
     )
@@ -211,8 +259,11 @@ def test_rotation_partial_lines_restarts_and_truncation(tmp_path):
 def test_when_the_queue_is_down_the_lines_are_read_again(tmp_path, settings):
     email = TextOfEmailFactory(status=Status.SENT)
     log = tmp_path / "mail.log"
-    write(log, postfix("ABC12", f"message-id={email.message_id}", prog="postfix/cleanup[1]"),
-          postfix("ABC12", f"to=<{email.to_address}>, dsn=2.0.0, status=sent (250 ok)"))
+    write(
+        log,
+        postfix("ABC12", f"message-id={email.message_id}", prog="postfix/cleanup[1]"),
+        postfix("ABC12", f"to=<{email.to_address}>, dsn=2.0.0, status=sent (250 ok)"),
+    )
     follower = Follower(str(log), "postfix")
     settings.TRACKING_QUEUE_URL = "amqp://guest:guest@127.0.0.1:1/%2F"  # nothing listens there
     with pytest.raises(QueueUnavailable):
@@ -228,9 +279,21 @@ def test_the_command_follows_a_log_across_rotation(tmp_path):
     log = tmp_path / "mail.log"
     write(log, "")
     child = subprocess.Popen(
-        [sys.executable, str(ROOT / "manage.py"), "dbmail_track", "--follow-log", str(log), "--format", "postfix",
-         "--poll", "0.1"],
-        env=subprocess_env(TRACKING_QUEUE_URL=""), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            str(ROOT / "manage.py"),
+            "dbmail_track",
+            "--follow-log",
+            str(log),
+            "--format",
+            "postfix",
+            "--poll",
+            "0.1",
+        ],
+        env=subprocess_env(TRACKING_QUEUE_URL=""),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
 
     def wait_for(n):
@@ -240,12 +303,19 @@ def test_the_command_follows_a_log_across_rotation(tmp_path):
         return TrackingQueueItem.objects.count()
 
     try:
-        write(log, postfix("AAAA1", f"message-id={first.message_id}", prog="postfix/cleanup[1]"),
-              postfix("AAAA1", f"to=<{first.to_address}>, dsn=2.0.0, status=sent (250 ok)"))
+        write(
+            log,
+            postfix("AAAA1", f"message-id={first.message_id}", prog="postfix/cleanup[1]"),
+            postfix("AAAA1", f"to=<{first.to_address}>, dsn=2.0.0, status=sent (250 ok)"),
+        )
         assert wait_for(1) == 1
         os.rename(log, tmp_path / "mail.log.1")
-        write(log, postfix("BBBB2", f"message-id={second.message_id}", prog="postfix/cleanup[1]"),
-              postfix("BBBB2", f"to=<{second.to_address}>, dsn=5.1.1, status=bounced (550 5.1.1 unknown)"), mode="w")
+        write(
+            log,
+            postfix("BBBB2", f"message-id={second.message_id}", prog="postfix/cleanup[1]"),
+            postfix("BBBB2", f"to=<{second.to_address}>, dsn=5.1.1, status=bounced (550 5.1.1 unknown)"),
+            mode="w",
+        )
         assert wait_for(2) == 2
     finally:
         child.send_signal(signal.SIGTERM)

@@ -2,7 +2,7 @@ import pytest
 from django.urls import reverse
 
 from dbmail.models import TextOfEmail
-from mailgate import gate
+from mailgate.gate import receive as gate
 from mailgate.models import Bounce, EmailList, InboundMessage
 
 from .factories import EmailListFactory, UserFactory, mail_fixture
@@ -15,8 +15,13 @@ pytestmark = pytest.mark.django_db
 def physics(settings):
     settings.EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"
     ann = UserFactory(username="ann", email="ann@example.com", first_name="Ann", last_name="Smith")
-    return EmailListFactory(name="Physics", regex="physics", users=[ann], addresses="desk@example.org",
-                            posting_policy=EmailList.Policy.MODERATED)
+    return EmailListFactory(
+        name="Physics",
+        regex="physics",
+        users=[ann],
+        addresses="desk@example.org",
+        posting_policy=EmailList.Policy.MODERATED,
+    )
 
 
 def test_test_an_address_shows_the_list_and_its_members(admin_client, physics):
@@ -49,7 +54,9 @@ def test_moderation_queue_approve_and_reject(admin_client, physics):
     statuses = dict(InboundMessage.objects.values_list("pk", "status"))
     assert statuses == {first: "forwarded", second: "rejected"}
     assert sorted(TextOfEmail.objects.values_list("to_address", flat=True)) == [
-        "ann@example.com", "ann@example.com", "desk@example.org"
+        "ann@example.com",
+        "ann@example.com",
+        "desk@example.org",
     ]  # two copies of the approved one, one notice for the rejected one
     assert "Lab on Thursday" not in admin_client.get(queue).content.decode()
 
@@ -70,8 +77,10 @@ def test_process_again(admin_client, physics, monkeypatch):
     monkeypatch.setattr(gate.routing, "route", lambda recipient: 1 / 0)
     inbound_id = gate.run(mail_fixture("plain.eml"), LIST, "ann@example.com").inbound_id
     monkeypatch.undo()
-    admin_client.post(reverse("admin:mailgate_inboundmessage_changelist"),
-                      {"action": "process_again", "_selected_action": [inbound_id]})
+    admin_client.post(
+        reverse("admin:mailgate_inboundmessage_changelist"),
+        {"action": "process_again", "_selected_action": [inbound_id]},
+    )
     assert InboundMessage.objects.get(pk=inbound_id).status == "held"
 
 
@@ -83,10 +92,19 @@ def test_list_pages_render(admin_client, physics):
 
 
 def test_invalid_list_is_refused_with_the_field_named(admin_client):
-    response = admin_client.post(reverse("admin:mailgate_emaillist_add"), {
-        "name": "Broken", "seq": 1, "regex": "(oops", "posting_policy": "anyone", "active": "on", "rewrite_from": "on",
-        "created_at_0": "2026-11-21", "created_at_1": "10:00:00",
-    })
+    response = admin_client.post(
+        reverse("admin:mailgate_emaillist_add"),
+        {
+            "name": "Broken",
+            "seq": 1,
+            "regex": "(oops",
+            "posting_policy": "anyone",
+            "active": "on",
+            "rewrite_from": "on",
+            "created_at_0": "2026-11-21",
+            "created_at_1": "10:00:00",
+        },
+    )
     assert response.status_code == 200
     assert "Not a valid regular expression" in response.content.decode()
     assert not EmailList.objects.exists()

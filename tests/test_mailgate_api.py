@@ -4,7 +4,8 @@ import pytest
 from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
-from mailgate import imap, mailbox
+from mailgate.mailboxes import imap
+from mailgate.mailboxes import store as mailbox
 from mailgate.models import MailAccount, MailFolder, Message
 
 from .factories import MailAccountFactory, MailFolderFactory, MailServerProfileFactory, UserFactory

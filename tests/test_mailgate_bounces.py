@@ -1,8 +1,10 @@
 import pytest
 
-from dbmail import tracking, verp
+from dbmail.content import verp
 from dbmail.models import DeliveryEvent, Suppression, TextOfEmail
-from mailgate import bounces, gate
+from dbmail.track import apply as tracking
+from mailgate.gate import bounces
+from mailgate.gate import receive as gate
 from mailgate.models import Bounce, InboundMessage
 
 from .factories import TextOfEmailFactory, mail_fixture
@@ -145,7 +147,7 @@ def test_a_sending_claim_cannot_overwrite_the_bounce(sent_email):
 
 
 def test_dsn_parser_reads_every_recipient_block():
-    from mailgate import parsing
+    from mailgate.gate import parsing
 
     raw = mail_fixture("dsn_rfc3464_hard.eml").replace(
         b"--dsn-b1\nContent-Description: Undelivered",

@@ -4,8 +4,9 @@ from email import policy
 import pytest
 
 from dbmail.models import SenderAccount, TextOfEmail
-from dbmail.sending import send_due
-from mailgate import forward, gate, parsing, routing
+from dbmail.send.loop import send_due
+from mailgate.gate import forward, parsing, routing
+from mailgate.gate import receive as gate
 from mailgate.models import EmailList
 
 from .factories import EmailListFactory, UserFactory, mail_fixture
@@ -79,8 +80,18 @@ def test_encoded_names_are_encoded_again(physics):
     assert body_of(out) == body_of(raw)
 
 
-@pytest.mark.parametrize("name", ["alternative.eml", "attachments.eml", "inline_image.eml", "latin1.eml",
-                                  "broken_mime.eml", "huge_headers.eml", "cc_bcc.eml"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "alternative.eml",
+        "attachments.eml",
+        "inline_image.eml",
+        "latin1.eml",
+        "broken_mime.eml",
+        "huge_headers.eml",
+        "cc_bcc.eml",
+    ],
+)
 def test_body_bytes_are_untouched_and_bcc_is_gone(physics, name):
     raw, out = build(name)
     assert body_of(out) == body_of(raw)
@@ -180,7 +191,7 @@ def test_added_headers_land_in_the_header_section_whatever_the_line_ends(physics
 
 @pytest.mark.django_db(transaction=True)
 def test_an_error_while_sending_after_the_commit_does_not_fail_the_gate(physics, monkeypatch, settings):
-    from dbmail import sending
+    from dbmail.send import loop as sending
 
     def broken_backend(*args, **kwargs):
         raise RuntimeError("backend exploded")

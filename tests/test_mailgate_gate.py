@@ -6,11 +6,13 @@ import uuid
 from email import policy
 
 import pytest
-from hypothesis import HealthCheck, given, settings as hsettings, strategies as st
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
 
-from dbmail import rendering
+from dbmail.content import rendering
 from dbmail.models import TextOfEmail
-from mailgate import gate
+from mailgate.gate import receive as gate
 from mailgate.models import EmailList, InboundMessage
 
 from .conftest import ROOT, subprocess_env
@@ -36,8 +38,13 @@ def run_gate(raw, *args, env=None, script=False):
 def physics(db):
     ann = UserFactory(username="ann", email="ann@example.com", first_name="Ann", last_name="Smith")
     bob = UserFactory(username="bob", email="bob@example.net", first_name="Bob", last_name="Jones")
-    return EmailListFactory(name="Physics", regex="physics", users=[ann, bob], subject_prefix="[Physics]",
-                            posting_policy=EmailList.Policy.MEMBERS)
+    return EmailListFactory(
+        name="Physics",
+        regex="physics",
+        users=[ann, bob],
+        subject_prefix="[Physics]",
+        posting_policy=EmailList.Policy.MEMBERS,
+    )
 
 
 # --- As a child process ------------------------------------------------------------------------
@@ -61,8 +68,14 @@ def test_forwarded_mail_is_stored_queued_and_sent(physics, smtp_server):
 @pytest.mark.slow
 @pytest.mark.django_db(transaction=True)
 def test_cc_and_bcc_addresses_never_receive_anything(physics, smtp_server):
-    proc = run_gate(mail_fixture("cc_bcc.eml"), "--recipient", LIST, "--sender", "ann@example.com",
-                    env=subprocess_env(smtp=smtp_server))
+    proc = run_gate(
+        mail_fixture("cc_bcc.eml"),
+        "--recipient",
+        LIST,
+        "--sender",
+        "ann@example.com",
+        env=subprocess_env(smtp=smtp_server),
+    )
     assert proc.returncode == 0, proc.stderr
     delivered = sorted(r for m in smtp_server.received for r in m.rcpt_tos)
     assert delivered == ["ann@example.com", "bob@example.net"]
@@ -125,8 +138,9 @@ def test_loops_are_stopped(physics, smtp_server):
 @pytest.mark.slow
 @pytest.mark.django_db(transaction=True)
 def test_envelope_from_exim_environment_and_smtp_down_leaves_mail_queued(physics):
-    env = subprocess_env(LOCAL_PART="physics", DOMAIN="lists.example.org", SENDER="bob@example.net",
-                         EMAIL_URL="smtp://127.0.0.1:1")
+    env = subprocess_env(
+        LOCAL_PART="physics", DOMAIN="lists.example.org", SENDER="bob@example.net", EMAIL_URL="smtp://127.0.0.1:1"
+    )
     proc = run_gate(mail_fixture("attachments.eml"), env=env, script=True)
     assert proc.returncode == 0, proc.stderr
     inbound = InboundMessage.objects.get()
@@ -257,13 +271,13 @@ def _mutations():
         for kind, position, value in edits:
             at = position % (len(data) + 1)
             if kind == 0:
-                data[at:at + 1] = bytes([value % 256])
+                data[at : at + 1] = bytes([value % 256])
             elif kind == 1:
-                del data[at:at + value % 50]
+                del data[at : at + value % 50]
             elif kind == 2:
                 data[at:at] = bytes([value % 256]) * (value % 20)
             else:
-                data[at:at] = b"\r\n--boundary\r\nContent-Type: multipart/mixed; boundary=\"\r\n"
+                data[at:at] = b'\r\n--boundary\r\nContent-Type: multipart/mixed; boundary="\r\n'
         return bytes(data)
 
     edit = st.tuples(st.integers(0, 3), st.integers(0, 20000), st.integers(0, 1000))

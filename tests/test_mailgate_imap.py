@@ -9,7 +9,7 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
-from mailgate import imap
+from mailgate.mailboxes import imap
 from mailgate.models import InboundMessage, MailFolder, Message
 
 from .conftest import ROOT, subprocess_env

@@ -3,7 +3,7 @@
 import pytest
 
 from dbmail.models import TextOfEmail
-from mailgate import mailbox
+from mailgate.mailboxes import store as mailbox
 from mailgate.models import EmailList, InboundMessage, Message, MessagePart
 
 from .factories import EmailListFactory, MailFolderFactory, UserFactory

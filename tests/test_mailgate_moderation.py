@@ -1,7 +1,8 @@
 import pytest
 
 from dbmail.models import TextOfEmail
-from mailgate import gate, moderation
+from mailgate.gate import moderation
+from mailgate.gate import receive as gate
 from mailgate.models import EmailList, InboundMessage
 
 from .factories import EmailListFactory, UserFactory, mail_fixture
@@ -14,8 +15,9 @@ def moderated(db, settings):
     settings.EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"
     ann = UserFactory(username="ann", email="ann@example.com")
     bob = UserFactory(username="bob", email="bob@example.net")
-    return EmailListFactory(name="Physics", regex="physics", users=[ann, bob],
-                            posting_policy=EmailList.Policy.MODERATED)
+    return EmailListFactory(
+        name="Physics", regex="physics", users=[ann, bob], posting_policy=EmailList.Policy.MODERATED
+    )
 
 
 @pytest.fixture

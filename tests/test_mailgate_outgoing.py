@@ -4,7 +4,7 @@ import pytest
 from django.core.files.base import ContentFile
 
 from dbmail.models import SenderAccount, TextOfEmail
-from mailgate import outgoing
+from mailgate.mailboxes import outgoing
 from mailgate.models import Message
 
 from .conftest import manage, subprocess_env

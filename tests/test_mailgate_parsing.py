@@ -1,7 +1,8 @@
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from mailgate import parsing
+from mailgate.gate import parsing
 
 from .factories import MAIL_DIR, mail_fixture
 
@@ -15,7 +16,10 @@ def test_every_message_fixture_parses(path):
 def test_fields():
     parsed = parsing.parse(mail_fixture("plain.eml"))
     assert (parsed.message_id, parsed.subject, parsed.from_address, parsed.from_name) == (
-        "<plain-1@example.com>", "Lab on Thursday", "ann@example.com", "Ann Smith"
+        "<plain-1@example.com>",
+        "Lab on Thursday",
+        "ann@example.com",
+        "Ann Smith",
     )
     assert parsed.header("received")[0].startswith("from mx.example.com")
     assert parsed.first("x-nothing") == ""
@@ -37,7 +41,7 @@ def test_missing_headers_are_empty_and_broken_mime_is_noted():
 def test_huge_and_malformed_header_values_do_not_fail():
     huge = parsing.parse(mail_fixture("huge_headers.eml"))
     assert huge.ok and huge.subject.startswith("Very long subject") and len(huge.subject) <= 998
-    bad = parsing.parse(b"From: <<<@@@>>>, \"unclosed\nTo: ,,,@\nMessage-ID: <\nSubject: =?utf-8?B?####?=\n\nx")
+    bad = parsing.parse(b'From: <<<@@@>>>, "unclosed\nTo: ,,,@\nMessage-ID: <\nSubject: =?utf-8?B?####?=\n\nx')
     assert bad.ok and bad.from_address == ""
 
 

@@ -3,7 +3,7 @@ from datetime import timedelta
 import pytest
 
 from dbmail.models import SenderAccount, TextOfEmail
-from mailgate import parsing, policy, routing
+from mailgate.gate import parsing, policy, routing
 from mailgate.models import EmailList, InboundMessage, SenderNotice
 
 from .factories import EmailListFactory, UserFactory, mail_fixture
@@ -56,12 +56,27 @@ def test_loops_and_automatic_mail_are_stopped_before_the_policy(physics):
 
 def inbound_from(sender, raw=None):
     raw = raw or mail_fixture("plain.eml")
-    return InboundMessage.objects.create(envelope_sender=sender, envelope_recipient=LIST, raw=raw,
-                                         subject="Lab on Thursday", message_id="<plain-1@example.com>")
+    return InboundMessage.objects.create(
+        envelope_sender=sender,
+        envelope_recipient=LIST,
+        raw=raw,
+        subject="Lab on Thursday",
+        message_id="<plain-1@example.com>",
+    )
 
 
-@pytest.mark.parametrize("sender", ["", "MAILER-DAEMON@example.net", "noreply@example.org", LIST,
-                                    "bounces+x.y@lists.example.org", "office@example.org", "not an address"])
+@pytest.mark.parametrize(
+    "sender",
+    [
+        "",
+        "MAILER-DAEMON@example.net",
+        "noreply@example.org",
+        LIST,
+        "bounces+x.y@lists.example.org",
+        "office@example.org",
+        "not an address",
+    ],
+)
 def test_notices_never_go_to_null_or_own_addresses(physics, settings, sender):
     settings.DBMAIL_VERP_DOMAIN = "lists.example.org"
     SenderAccount.objects.create(address="office@example.org")
@@ -94,7 +109,7 @@ def test_no_notice_in_answer_to_automatic_mail(physics):
 
 
 def test_refused_mail_gets_a_notice_through_the_gate(physics, settings):
-    from mailgate import gate
+    from mailgate.gate import receive as gate
 
     settings.EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"
     physics.posting_policy = EmailList.Policy.MEMBERS

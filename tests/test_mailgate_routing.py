@@ -2,7 +2,7 @@ import pytest
 from django.core.exceptions import ValidationError
 
 from dbmail.models import Suppression
-from mailgate import routing
+from mailgate.gate import routing
 from mailgate.models import EmailList
 
 from .factories import EmailListFactory, GroupFactory, UserFactory
@@ -13,8 +13,11 @@ pytestmark = pytest.mark.django_db
 @routing.list_resolver("test_class", label="A class (tests)")
 def _class_members(match, email_list):
     code = match.group("code")
-    return [f"{code}-teacher@example.org", {"email": f"{code}-rep@example.org", "name": "Rep"},
-            *UserFactory._meta.model.objects.filter(username__startswith=code)]
+    return [
+        f"{code}-teacher@example.org",
+        {"email": f"{code}-rep@example.org", "name": "Rep"},
+        *UserFactory._meta.model.objects.filter(username__startswith=code),
+    ]
 
 
 def addresses(route):
@@ -41,9 +44,13 @@ def test_members_are_users_groups_addresses_and_archive_each_once():
     UserFactory(username="noaddr", email="", groups=[teachers])
     bob = UserFactory(username="bob", email="bob@example.net")
     Suppression.objects.create(address="gone@example.org", reason="bounced")
-    EmailListFactory(regex="staff", users=[bob, ann], groups=[teachers],
-                     addresses="Desk <desk@example.org>\nANN@example.com\ngone@example.org\n",
-                     archive_address="archive@example.org")
+    EmailListFactory(
+        regex="staff",
+        users=[bob, ann],
+        groups=[teachers],
+        addresses="Desk <desk@example.org>\nANN@example.com\ngone@example.org\n",
+        archive_address="archive@example.org",
+    )
     route = routing.route("staff@example.org")
     assert addresses(route) == ["ann@example.com", "bob@example.net", "desk@example.org", "archive@example.org"]
     assert route.is_member("Bob@Example.net") and not route.is_member("gone@example.org")

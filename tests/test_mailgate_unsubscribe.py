@@ -1,7 +1,7 @@
 import pytest
 
 from dbmail.models import Suppression
-from mailgate import gate
+from mailgate.gate import receive as gate
 from mailgate.models import InboundMessage
 
 pytestmark = pytest.mark.django_db
@@ -25,8 +25,9 @@ def test_the_mailto_link_unsubscribes_its_sender():
 
 
 def test_nobody_can_unsubscribe_someone_else_by_mail():
-    result = gate.run(mail("unsubscribe ann@example.net", "mallory@example.com"), "unsubscribe@example.org",
-                      "mallory@example.com")
+    result = gate.run(
+        mail("unsubscribe ann@example.net", "mallory@example.com"), "unsubscribe@example.org", "mallory@example.com"
+    )
     assert result.code == 0
     assert not Suppression.objects.exists()
     assert "names ann@example.net but comes from mallory@example.com" in InboundMessage.objects.get().note

@@ -6,14 +6,17 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from dbmail import mime
-from dbmail.message import to_email_message
 from dbmail.models import TextOfEmail
-from dbmail.tracking import TRACKING_HEADER
+from dbmail.send import mime
+from dbmail.send.message import to_email_message
+from dbmail.track.apply import TRACKING_HEADER
 
 # Printable text in many scripts, without control characters (headers never carry them).
 words = st.text(st.characters(blacklist_categories=("Cc", "Cs", "Zl", "Zp")), max_size=120)
-bodies = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"), max_size=3000)
+bodies = st.text(
+    st.characters(blacklist_categories=("Cs",), blacklist_characters="\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"),
+    max_size=3000,
+)
 
 
 def email_with(**fields):

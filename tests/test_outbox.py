@@ -1,7 +1,7 @@
 import pytest
 from django.db import transaction
 
-from dbmail import outbox
+from dbmail.intake import outbox
 from dbmail.models import TextOfEmail
 
 from .factories import SenderAccountFactory
@@ -43,7 +43,10 @@ def test_server_down_leaves_it_queued_for_cron(settings):
 
 def test_sender_must_be_configured():
     SenderAccountFactory(address="club@example.org", display_name="Club")
-    assert outbox.enqueue("a@example.net", "s", "t", from_email="club@example.org").from_header == "Club <club@example.org>"
+    assert (
+        outbox.enqueue("a@example.net", "s", "t", from_email="club@example.org").from_header
+        == "Club <club@example.org>"
+    )
     assert outbox.enqueue("a@example.net", "s", "t").account is None  # DEFAULT_FROM_EMAIL
     with pytest.raises(outbox.UnknownSender):
         outbox.enqueue("a@example.net", "s", "t", from_email="stranger@example.com")

@@ -3,8 +3,8 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
-from dbmail import claims, dbworker, outcomes, retry
 from dbmail.models import TextOfEmail
+from dbmail.send import claims, dbworker, outcomes, retry
 
 from .factories import TextOfEmailFactory
 

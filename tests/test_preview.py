@@ -2,8 +2,9 @@
 
 import pytest
 
-from dbmail import preview, unsubscribe
+from dbmail.content import tokens as unsubscribe
 from dbmail.models import MessageRequest
+from dbmail.panel import preview
 
 from .factories import MessageRequestFactory, UserFactory
 
@@ -12,8 +13,11 @@ pytestmark = pytest.mark.django_db
 
 def request_for(rows):
     return MessageRequestFactory(
-        status=MessageRequest.Status.DRAFT, recipient_set="addresses", recipient_params={"rows": rows},
-        subject="For {{ first_name }} ({{ email }})", text_body="{{ unsubscribe_url }}",
+        status=MessageRequest.Status.DRAFT,
+        recipient_set="addresses",
+        recipient_params={"rows": rows},
+        subject="For {{ first_name }} ({{ email }})",
+        text_body="{{ unsubscribe_url }}",
     )
 
 

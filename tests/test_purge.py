@@ -6,7 +6,7 @@ from django.core.management import CommandError, call_command
 from django.utils import timezone
 
 from dbmail.models import DeliveryEvent, TextOfEmail
-from dbmail.purge import parse_duration
+from dbmail.ops.purge import parse_duration
 
 from .factories import MessageRequestFactory, TextOfEmailFactory
 

@@ -1,6 +1,6 @@
 import pytest
 
-from dbmail import recipients
+from dbmail.content import recipients
 from dbmail.models import Suppression
 
 from .factories import GroupFactory, UserFactory
@@ -46,7 +46,9 @@ def test_positions_resume_past_a_checkpoint():
     chunks = list(recipients.iter_recipients("all_active", {}, chunk_size=2))
     assert [len(c) for _, c in chunks] == [2, 2, 1]
     assert [len(c) for _, c in recipients.iter_recipients("all_active", {}, chunk_size=2, first_chunk_size=1)] == [
-        1, 2, 2
+        1,
+        2,
+        2,
     ]
     first_end = chunks[0][0]
     rest = flatten("all_active", {}, after=first_end)

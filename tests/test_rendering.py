@@ -1,8 +1,8 @@
 import pytest
 
-from dbmail import rendering
+from dbmail.content import rendering
+from dbmail.content.recipients import Recipient
 from dbmail.models import MessageRequest
-from dbmail.recipients import Recipient
 
 
 def compiled(subject="S", text="", html="", context=None):
@@ -62,13 +62,14 @@ def test_message_ids_are_unique_and_use_the_configured_domain(settings):
 
 # --- The engine-free path for plain templates must give the engine's output exactly ---
 
-from hypothesis import given, settings as hsettings  # noqa: E402
+from hypothesis import given  # noqa: E402
+from hypothesis import settings as hsettings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 _names = st.sampled_from(["first_name", "name", "email", "balance", "missing", "note"])
 _text = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="{}%#"), max_size=40)
 _values = st.one_of(
-    st.text(max_size=30), st.integers(-10**6, 10**6), st.floats(allow_nan=False, width=32), st.booleans(), st.none()
+    st.text(max_size=30), st.integers(-(10**6), 10**6), st.floats(allow_nan=False, width=32), st.booleans(), st.none()
 )
 
 

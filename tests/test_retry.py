@@ -5,8 +5,8 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
-from dbmail import claims, outcomes, retry
 from dbmail.models import SpoolFile, SpoolItem, TextOfEmail
+from dbmail.send import claims, outcomes, retry
 
 from .factories import TextOfEmailFactory
 

@@ -4,8 +4,9 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
-from dbmail import retry, sending
 from dbmail.models import DeliveryEvent, TextOfEmail
+from dbmail.send import loop as sending
+from dbmail.send import retry
 
 from .factories import SenderAccountFactory, TextOfEmailFactory
 from .smtpserver import SMTPServer

@@ -9,7 +9,7 @@ from collections import Counter
 import pytest
 from django.contrib.auth import get_user_model
 
-from dbmail import rendering
+from dbmail.content import rendering
 from dbmail.models import MessageRequest, TextOfEmail
 
 from .conftest import ROOT, subprocess_env

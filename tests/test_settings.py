@@ -59,6 +59,8 @@ def test_tls_and_ssl_together_are_refused():
 
 
 def test_email_url_sets_the_smtp_settings():
-    code = "from django.conf import settings as s; print(s.EMAIL_HOST, s.EMAIL_PORT, s.EMAIL_HOST_USER, s.EMAIL_BACKEND)"
+    code = (
+        "from django.conf import settings as s; print(s.EMAIL_HOST, s.EMAIL_PORT, s.EMAIL_HOST_USER, s.EMAIL_BACKEND)"
+    )
     done = run_manage("shell", "--no-imports", "-c", code, EMAIL_URL="smtp://u:p@relay.example.org:2525")
     assert done.stdout.split() == ["relay.example.org", "2525", "u", "dbmail.backends.SMTPBackend"], done.stderr

@@ -23,8 +23,11 @@ def env_for_other_site(**extra):
 @pytest.mark.parametrize("command", [("smailer", "queue"), ("dbmail_cron",)])
 @pytest.mark.django_db
 def test_an_unknown_site_fails_clearly(command):
-    with pytest.raises(CommandError, match=r"unknown site 'nope': the configured sites are default \(add one with "
-                                           r"the setting DATABASE_URL_NOPE\)"):
+    with pytest.raises(
+        CommandError,
+        match=r"unknown site 'nope': the configured sites are default \(add one with "
+        r"the setting DATABASE_URL_NOPE\)",
+    ):
         call_command(*command, "--sid", "nope")
 
 
@@ -60,7 +63,11 @@ def test_sid_selects_the_sites_database_and_spool_directory(tmp_path, smtp_serve
     "name, value, message",
     [
         ("DATABASE_URL_OTHER", "nonsense", "Setting DATABASE_URL_OTHER is not a usable database URL"),
-        ("DATABASE_URL_DEFAULT", "sqlite:////tmp/x.sqlite3", "Setting DATABASE_URL_DEFAULT: the default site's database is DATABASE_URL"),
+        (
+            "DATABASE_URL_DEFAULT",
+            "sqlite:////tmp/x.sqlite3",
+            "Setting DATABASE_URL_DEFAULT: the default site's database is DATABASE_URL",
+        ),
         ("DATABASE_URL_9LIVES", "sqlite:////tmp/x.sqlite3", "Setting DATABASE_URL_9LIVES: the site name must be"),
     ],
 )

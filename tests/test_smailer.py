@@ -1,13 +1,13 @@
 import hashlib
 import io
 import re
-from datetime import datetime, timedelta, timezone as dt_timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from django.core.management import CommandError, call_command
 from django.utils import timezone
 
-from dbmail import smailer, spool
+from dbmail.intake import smailer, spool
 from dbmail.models import SpoolFile, TextOfEmail
 
 from .factories import SenderAccountFactory, TextOfEmailFactory
@@ -36,8 +36,11 @@ def foo():
 def spooled(settings, tmp_path, foo):
     """The seed's three reminders, taken in from a spool file."""
     settings.DBMAIL_SPOOL_DIR = str(tmp_path)
-    drop(tmp_path, "seed.xml", xml(*(item(address=a) for a in
-                                     ("boo@hisorhermail.com", "goo@university.org", "zoo@provider.net"))))
+    drop(
+        tmp_path,
+        "seed.xml",
+        xml(*(item(address=a) for a in ("boo@hisorhermail.com", "goo@university.org", "zoo@provider.net"))),
+    )
     spool.intake()
     return list(TextOfEmail.objects.order_by("pk"))
 
@@ -58,16 +61,18 @@ def test_the_queue_id_is_stable_and_sixteen_hex_digits(spooled):
 
 def test_other_mail_shows_its_creation_time_in_the_site_time_zone(settings, foo):
     settings.TIME_ZONE = "Europe/Warsaw"
-    email = TextOfEmailFactory(account=foo, to_address="ann@example.net",
-                               created_at=datetime(2026, 1, 5, 23, 30, 15, tzinfo=dt_timezone.utc))
+    email = TextOfEmailFactory(
+        account=foo, to_address="ann@example.net", created_at=datetime(2026, 1, 5, 23, 30, 15, tzinfo=UTC)
+    )
     assert smailer_cmd("queue") == [f"06.01.2026003015_{qid(email)}: (foo@example.com => ann@example.net)"]
 
 
 def test_queue_lists_waiting_mail_of_one_sender_or_of_all(foo):
     bar = SenderAccountFactory(address="bar@example.com")
     queued = TextOfEmailFactory(account=foo, to_address="a@example.net")
-    deferred = TextOfEmailFactory(account=bar, to_address="b@example.net", status="deferred",
-                                  next_attempt_at=timezone.now() + timedelta(hours=1))
+    deferred = TextOfEmailFactory(
+        account=bar, to_address="b@example.net", status="deferred", next_attempt_at=timezone.now() + timedelta(hours=1)
+    )
     for status in ("sent", "dropped", "sending", "cancelled"):
         TextOfEmailFactory(account=foo, status=status)
     site = TextOfEmailFactory(account=None, envelope_sender="noreply@example.org", to_address="c@example.net")
@@ -76,7 +81,8 @@ def test_queue_lists_waiting_mail_of_one_sender_or_of_all(foo):
     everyone = smailer_cmd("queue")
     assert everyone == smailer_cmd("queue", "@")
     assert [line.split(": ")[1] for line in everyone] == [
-        "(foo@example.com => a@example.net)", "(bar@example.com => b@example.net)",
+        "(foo@example.com => a@example.net)",
+        "(bar@example.com => b@example.net)",
         "(noreply@example.org => c@example.net)",
     ]
     assert smailer_cmd("queue", "noreply@example.org") == [smailer.line(site)]
@@ -91,8 +97,9 @@ def test_an_unknown_sender_fails_clearly(foo):
 def test_send_sends_that_senders_waiting_mail_now_whatever_the_schedule(foo, smtp_server):
     bar = SenderAccountFactory(address="bar@example.com")
     later = timezone.now() + timedelta(hours=5)
-    deferred = TextOfEmailFactory(account=foo, to_address="a@example.net", status="deferred", attempts=3,
-                                  next_attempt_at=later)
+    deferred = TextOfEmailFactory(
+        account=foo, to_address="a@example.net", status="deferred", attempts=3, next_attempt_at=later
+    )
     queued = TextOfEmailFactory(account=foo, to_address="b@example.net", next_attempt_at=later)
     other = TextOfEmailFactory(account=bar, to_address="c@example.net")
     smtp_server.script("b@example.net", "451 4.3.0 busy")

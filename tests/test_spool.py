@@ -7,7 +7,7 @@ import pytest
 from django.core.management import CommandError, call_command
 from django.utils import timezone
 
-from dbmail import spool
+from dbmail.intake import spool
 from dbmail.models import SenderAccount, SpoolFile, SpoolItem, TextOfEmail
 
 from .factories import SenderAccountFactory
@@ -65,8 +65,10 @@ def test_parse_reads_every_item_with_its_time_in_the_site_time_zone(settings):
         (b"<list><mail/></list>", "element 1 of <list> is <mail>"),
         (b"<list></list>", "has no <item>"),
         (xml(item(time="2011-10-17 00:00:11")), "item 1: <fld_time> '2011-10-17 00:00:11' is not dd.mm.yyyy"),
-        (b"<list><item><fld_time>17.10.2011 00:00:11</fld_time><fld_sender>a@b.c</fld_sender></item></list>",
-         "item 1: missing <fld_address>, <fld_topic>, <fld_content>"),
+        (
+            b"<list><item><fld_time>17.10.2011 00:00:11</fld_time><fld_sender>a@b.c</fld_sender></item></list>",
+            "item 1: missing <fld_address>, <fld_topic>, <fld_content>",
+        ),
         (xml(item()).replace(b"<fld_topic>", b"<fld_topic>x</fld_topic><fld_topic>"), "<fld_topic> appears twice"),
     ],
 )
@@ -76,8 +78,10 @@ def test_parse_explains_what_is_wrong(data, message):
 
 
 def test_parse_refuses_entities_and_doctypes():
-    bomb = b'<?xml version="1.0"?><!DOCTYPE list [<!ENTITY a "aaaaaaaaaa"><!ENTITY b "&a;&a;&a;&a;">]>' \
+    bomb = (
+        b'<?xml version="1.0"?><!DOCTYPE list [<!ENTITY a "aaaaaaaaaa"><!ENTITY b "&a;&a;&a;&a;">]>'
         b"<list><item><fld_content>&b;</fld_content></item></list>"
+    )
     with pytest.raises(spool.FormatError, match="not well-formed XML"):
         spool.parse(bomb)
     external = b'<?xml version="1.0"?><!DOCTYPE list SYSTEM "file:///etc/passwd"><list/>'

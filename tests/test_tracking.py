@@ -6,7 +6,6 @@ from django.utils import timezone
 from hypothesis import given
 from hypothesis import strategies as st
 
-from dbmail import claims, outcomes, retry, sending, tracking
 from dbmail.models import (
     AppliedTrackingEvent,
     DeliveryEvent,
@@ -15,10 +14,13 @@ from dbmail.models import (
     TrackingQueueItem,
     UnmatchedTrackingEvent,
 )
-from dbmail.tracking import EVENT_STATUS, RANK, InvalidEvent, apply_batch, next_status, normalise
+from dbmail.send import claims, outcomes, retry
+from dbmail.send import loop as sending
+from dbmail.track import apply as tracking
+from dbmail.track.apply import EVENT_STATUS, RANK, InvalidEvent, apply_batch, next_status, normalise
 
 from .factories import TextOfEmailFactory
-from .tracking_support import event, queue_backend  # noqa: F401  (fixture)
+from .tracking_support import event
 
 Status = TextOfEmail.Status
 
@@ -103,7 +105,12 @@ def test_normalise_refuses_bad_events_with_a_reason(data, error):
 
 @pytest.mark.parametrize(
     "diagnostic, expected",
-    [("550 5.1.1 user unknown", "hard"), ("452 4.2.2 mailbox full", "soft"), ("smtp; 5.7.1 blocked", "hard"), ("", None)],
+    [
+        ("550 5.1.1 user unknown", "hard"),
+        ("452 4.2.2 mailbox full", "soft"),
+        ("smtp; 5.7.1 blocked", "hard"),
+        ("", None),
+    ],
 )
 def test_bounce_type_is_inferred_from_the_reply_when_not_given(diagnostic, expected):
     data = normalise({"message_id": "<a@b>", "event": "bounced", "timestamp": 1, "diagnostic": diagnostic})
@@ -280,7 +287,7 @@ def test_the_database_backend_redelivers_after_a_dead_consumers_lease(settings):
     settings.TRACKING_QUEUE_URL = ""
     email = TextOfEmailFactory(status=Status.SENT)
     tracking.publish(event(email.message_id, "delivered"))
-    from dbmail.tracking_queue import get_queue
+    from dbmail.track.queue import get_queue
 
     taken = get_queue().fetch(10)  # a consumer that then dies without acknowledging
     assert len(taken) == 1 and get_queue().fetch(10) == []

@@ -4,11 +4,11 @@ import threading
 import pika
 import pytest
 
-from dbmail import tracking
 from dbmail.models import UnmatchedTrackingEvent
-from dbmail.tracking_queue import DatabaseQueue, QueueUnavailable, RabbitQueue, get_queue
+from dbmail.track import apply as tracking
+from dbmail.track.queue import DatabaseQueue, QueueUnavailable, RabbitQueue, get_queue
 
-from .tracking_support import RABBIT_URL, event, queue_backend, rabbit_backend  # noqa: F401  (fixtures)
+from .tracking_support import RABBIT_URL, event
 
 
 def events(n):
@@ -51,8 +51,12 @@ def test_rabbitmq_is_publish_subscribe_with_durable_persistent_messages(rabbit_b
         # Another subscriber binds its own queue to bounces only.
         theirs = channel.queue_declare("", exclusive=True).method.queue
         channel.queue_bind(theirs, settings.TRACKING_EXCHANGE, routing_key="bounced")
-        get_queue().publish([tracking.normalise(event("<b@example.org>", "bounced")),
-                             tracking.normalise(event("<d@example.org>", "delivered"))])
+        get_queue().publish(
+            [
+                tracking.normalise(event("<b@example.org>", "bounced")),
+                tracking.normalise(event("<d@example.org>", "delivered")),
+            ]
+        )
         method, properties, body = channel.basic_get(theirs, auto_ack=True)
         assert json.loads(body)["message_id"] == "<b@example.org>"
         assert properties.delivery_mode == 2 and properties.content_type == "application/json"

@@ -1,9 +1,9 @@
 import pytest
 
-from dbmail import verp
-from dbmail.expand import build_email
-from dbmail.outbox import enqueue
-from dbmail.recipients import Recipient
+from dbmail.content import verp
+from dbmail.content.recipients import Recipient
+from dbmail.intake.expand import build_email
+from dbmail.intake.outbox import enqueue
 
 from .factories import MessageRequestFactory, TextOfEmailFactory
 
@@ -69,8 +69,9 @@ def test_find_email(verp_on):
 @pytest.mark.django_db
 def test_expansion_and_the_outbox_use_verp_senders(verp_on):
     request = MessageRequestFactory()
-    from dbmail.rendering import CompiledRequest
     from django.utils import timezone
+
+    from dbmail.content.rendering import CompiledRequest
 
     built = build_email(request, CompiledRequest(request), Recipient(email="ann@example.net"), timezone.now())
     assert verp.decode(built.envelope_sender) == built.message_id.strip("<>").rpartition("@")[0]

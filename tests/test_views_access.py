@@ -7,7 +7,6 @@ from django.urls import reverse
 from dbmail.models import MessageRequest, Suppression
 
 from .factories import MessageRequestFactory, UserFactory
-from .panel import editor, panel, panel_user  # noqa: F401
 
 pytestmark = pytest.mark.django_db
 
@@ -101,6 +100,10 @@ def test_forged_post_without_csrf_token_is_refused(editor):
 
 def test_every_panel_form_carries_a_csrf_token(panel):
     mail = MessageRequestFactory(status=MessageRequest.Status.DRAFT)
-    for url in [reverse("commpanel:compose"), reverse("commpanel:request", args=[mail.pk]), reverse("commpanel:suppressions")]:
+    for url in [
+        reverse("commpanel:compose"),
+        reverse("commpanel:request", args=[mail.pk]),
+        reverse("commpanel:suppressions"),
+    ]:
         html = panel.get(url).content.decode()
         assert html.count('method="post"') == html.count("csrfmiddlewaretoken"), url

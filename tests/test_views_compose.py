@@ -7,7 +7,6 @@ from django.urls import reverse
 from dbmail.models import EmailTemplate, MessageRequest, Suppression
 
 from .factories import GroupFactory, MessageRequestFactory, SenderAccountFactory, UserFactory
-from .panel import editor, panel  # noqa: F401
 
 pytestmark = pytest.mark.django_db
 
@@ -124,7 +123,9 @@ def test_csv_bad_rows_left_out_only_when_asked_and_reported(panel, sender):
     ],
 )
 def test_unusable_csv_files_get_a_clear_error(panel, sender, content, message):
-    response = panel.post(reverse("commpanel:compose"), compose_data(sender, source="csv", csv_file=csv_upload(content)))
+    response = panel.post(
+        reverse("commpanel:compose"), compose_data(sender, source="csv", csv_file=csv_upload(content))
+    )
     assert message in response.context["form"].errors["csv_file"][0]
 
 
@@ -153,7 +154,10 @@ def test_editing_a_draft_keeps_csv_and_removes_attachments(panel, sender, settin
     settings.MEDIA_ROOT = str(tmp_path)
     csv = "email,balance\nann@example.org,1\n"
     upload = SimpleUploadedFile("a.txt", b"abc")
-    panel.post(reverse("commpanel:compose"), compose_data(sender, source="csv", csv_file=csv_upload(csv), new_attachments=[upload]))
+    panel.post(
+        reverse("commpanel:compose"),
+        compose_data(sender, source="csv", csv_file=csv_upload(csv), new_attachments=[upload]),
+    )
     mail = MessageRequest.objects.get()
     attachment = mail.attachments.get()
     data = compose_data(sender, source="csv", subject="Changed", remove_attachments=[attachment.pk])

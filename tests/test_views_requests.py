@@ -7,11 +7,10 @@ from django.core.files.base import ContentFile
 from django.urls import reverse
 from django.utils import timezone
 
-from dbmail import expand
+from dbmail.intake import expand
 from dbmail.models import MessageRequest, RequestAttachment, TextOfEmail
 
 from .factories import GroupFactory, MessageRequestFactory, TextOfEmailFactory, UserFactory
-from .panel import editor, panel  # noqa: F401
 
 pytestmark = pytest.mark.django_db
 Status = MessageRequest.Status
@@ -29,7 +28,12 @@ def rows_request(**kwargs):
         text_body="Balance: {{ balance }}\n",
         html_body="<p>Balance <b>{{ balance }}</b></p>",
         recipient_set="addresses",
-        recipient_params={"source": "csv", "filename": "x.csv", "columns": ["email", "first_name", "balance"], "rows": rows},
+        recipient_params={
+            "source": "csv",
+            "filename": "x.csv",
+            "columns": ["email", "first_name", "balance"],
+            "rows": rows,
+        },
     )
     defaults.update(kwargs)
     return MessageRequestFactory(**defaults)
@@ -83,7 +87,9 @@ def test_send_now_queues_the_draft(panel):
 
 def test_schedule_sets_send_at_and_waits(panel, settings):
     mail = rows_request()
-    response = panel.post(reverse("commpanel:send", args=[mail.pk]), {"when": "later", "send_at": "2099-05-01T08:30"}, follow=True)
+    response = panel.post(
+        reverse("commpanel:send", args=[mail.pk]), {"when": "later", "send_at": "2099-05-01T08:30"}, follow=True
+    )
     mail.refresh_from_db()
     assert mail.status == Status.QUEUED
     assert mail.send_at.isoformat() == "2099-05-01T08:30:00+00:00"
@@ -92,10 +98,13 @@ def test_schedule_sets_send_at_and_waits(panel, settings):
     assert expand.claim_request() is None
 
 
-@pytest.mark.parametrize("data, message", [
-    ({"when": "later", "send_at": "2001-01-01T00:00"}, "This time has passed"),
-    ({"when": "later", "send_at": ""}, "Choose when to send it."),
-])
+@pytest.mark.parametrize(
+    "data, message",
+    [
+        ({"when": "later", "send_at": "2001-01-01T00:00"}, "This time has passed"),
+        ({"when": "later", "send_at": ""}, "Choose when to send it."),
+    ],
+)
 def test_bad_schedule_is_refused(panel, data, message):
     mail = rows_request()
     response = panel.post(reverse("commpanel:send", args=[mail.pk]), data, follow=True)
@@ -140,7 +149,13 @@ def test_public_request_gets_an_unguessable_web_version_without_recipient_data(p
 def test_test_send_goes_to_me_now_with_prefix_and_attachments(panel, editor, smtp_server, settings, tmp_path):
     settings.MEDIA_ROOT = str(tmp_path)
     mail = rows_request()
-    RequestAttachment.objects.create(request=mail, file=ContentFile(b"PDFDATA", name="plan.pdf"), filename="plan.pdf", content_type="application/pdf", size=7)
+    RequestAttachment.objects.create(
+        request=mail,
+        file=ContentFile(b"PDFDATA", name="plan.pdf"),
+        filename="plan.pdf",
+        content_type="application/pdf",
+        size=7,
+    )
     url = reverse("commpanel:test", args=[mail.pk])
     response = panel.post(url, {"i": "2"})
     assert response["Location"].endswith("?i=2")
@@ -158,7 +173,6 @@ def test_test_send_goes_to_me_now_with_prefix_and_attachments(panel, editor, smt
     assert not mail.emails.exists()
 
 
-
 def test_test_send_without_my_address_is_refused(panel, editor):
     editor.email = ""
     editor.save()
@@ -171,7 +185,12 @@ def test_test_send_without_my_address_is_refused(panel, editor):
 def expanded_request(statuses):
     mail = rows_request(status=Status.EXPANDED)
     for i, status in enumerate(statuses):
-        TextOfEmailFactory(request=mail, to_address=f"r{i}@example.org", status=status, last_error="550 no" if status == "dropped" else "")
+        TextOfEmailFactory(
+            request=mail,
+            to_address=f"r{i}@example.org",
+            status=status,
+            last_error="550 no" if status == "dropped" else "",
+        )
     return mail
 
 
@@ -263,7 +282,9 @@ def test_group_request_preview_uses_user_names(panel):
 
 def test_web_version_waits_for_the_send_time_and_escapes_html(panel, client):
     mail = rows_request(
-        public=True, status=Status.QUEUED, send_at=timezone.now() + timedelta(hours=1),
+        public=True,
+        status=Status.QUEUED,
+        send_at=timezone.now() + timedelta(hours=1),
         html_body='<p title="x">{{ first_name }}</p>"><script>alert(1)</script>',
     )
     assert mail.public_id

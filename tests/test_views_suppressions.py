@@ -5,8 +5,6 @@ from django.urls import reverse
 
 from dbmail.models import Suppression
 
-from .panel import editor, panel  # noqa: F401
-
 pytestmark = pytest.mark.django_db
 
 
@@ -22,7 +20,9 @@ def test_list_search_and_filter(panel):
 
 
 def test_add_lower_cases_and_refuses_duplicates(panel):
-    panel.post(reverse("commpanel:suppressions"), {"address": "Ann@Example.org", "reason": "manual", "note": "asked by phone"})
+    panel.post(
+        reverse("commpanel:suppressions"), {"address": "Ann@Example.org", "reason": "manual", "note": "asked by phone"}
+    )
     row = Suppression.objects.get()
     assert (row.address, row.note) == ("ann@example.org", "asked by phone")
     response = panel.post(reverse("commpanel:suppressions"), {"address": "ANN@example.org", "reason": "manual"})
@@ -34,7 +34,10 @@ def test_add_lower_cases_and_refuses_duplicates(panel):
 
 def test_edit_and_remove(panel):
     row = Suppression.objects.create(address="ann@example.org", reason="bounced")
-    panel.post(reverse("commpanel:suppression_edit", args=[row.pk]), {"address": "ann@example.org", "reason": "manual", "note": "x"})
+    panel.post(
+        reverse("commpanel:suppression_edit", args=[row.pk]),
+        {"address": "ann@example.org", "reason": "manual", "note": "x"},
+    )
     row.refresh_from_db()
     assert (row.reason, row.note) == ("manual", "x")
     panel.post(reverse("commpanel:suppression_delete", args=[row.pk]))

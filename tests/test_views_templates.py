@@ -5,8 +5,6 @@ from django.urls import reverse
 
 from dbmail.models import EmailTemplate
 
-from .panel import editor, panel  # noqa: F401
-
 pytestmark = pytest.mark.django_db
 
 

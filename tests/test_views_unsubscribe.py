@@ -4,7 +4,8 @@ import pytest
 from django.test import Client
 from django.urls import reverse
 
-from dbmail import expand, unsubscribe
+from dbmail.content import tokens as unsubscribe
+from dbmail.intake import expand
 from dbmail.models import MessageRequest, Suppression
 
 from .factories import MessageRequestFactory, UserFactory
@@ -41,11 +42,14 @@ def test_unsubscribing_does_not_deactivate_the_account(client):
     assert user.is_active
 
 
-@pytest.mark.parametrize("mangle", [
-    lambda t: t[:-2] + ("AA" if not t.endswith("AA") else "BB"),  # tampered signature
-    lambda t: "x" + t,  # tampered payload
-    lambda t: "garbage",
-])
+@pytest.mark.parametrize(
+    "mangle",
+    [
+        lambda t: t[:-2] + ("AA" if not t.endswith("AA") else "BB"),  # tampered signature
+        lambda t: "x" + t,  # tampered payload
+        lambda t: "garbage",
+    ],
+)
 def test_bad_token_changes_nothing(client, mangle):
     token = mangle(unsubscribe.make_token("ann@example.org"))
     for method in (client.get, client.post):

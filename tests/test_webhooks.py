@@ -6,12 +6,13 @@ import pytest
 from django.db import connection
 from django.urls import reverse
 
-from dbmail import tracking, webhooks
 from dbmail.models import TextOfEmail, TrackingQueueItem
+from dbmail.track import apply as tracking
+from dbmail.track import webhooks
 
 from .conftest import manage, subprocess_env
 from .factories import TextOfEmailFactory
-from .tracking_support import TCPProxy, event, queue_backend  # noqa: F401  (fixture)
+from .tracking_support import TCPProxy, event
 
 OLD, NEW = "old-secret-0123456789abcdef", "new-secret-0123456789abcdef"
 URL = "/tracking/events/"
@@ -82,7 +83,9 @@ def test_a_secret_being_rotated_out_still_works(client, webhook, queue_backend):
     ],
 )
 @pytest.mark.django_db
-def test_forged_stale_and_incomplete_requests_are_refused_and_change_nothing(client, webhook, queue_backend, change, status):
+def test_forged_stale_and_incomplete_requests_are_refused_and_change_nothing(
+    client, webhook, queue_backend, change, status
+):
     email = TextOfEmailFactory(status=Status.SENT)
     payload = event(email.message_id)
     body = json.dumps(payload).encode()
@@ -98,7 +101,10 @@ def test_forged_stale_and_incomplete_requests_are_refused_and_change_nothing(cli
         "no headers at all": dict(secret=None),
         "timestamp not a number": dict(
             secret=None,
-            headers={"HTTP_X_MAILSITE_TIMESTAMP": "soon", "HTTP_X_MAILSITE_SIGNATURE": webhooks.sign(NEW, "soon", body)},
+            headers={
+                "HTTP_X_MAILSITE_TIMESTAMP": "soon",
+                "HTTP_X_MAILSITE_SIGNATURE": webhooks.sign(NEW, "soon", body),
+            },
         ),
     }[change]
     if change == "tampered body":
@@ -135,10 +141,16 @@ def test_http_basic_is_the_simpler_alternative(client, webhook, queue_backend):
     def basic(credentials):
         return {"HTTP_AUTHORIZATION": "Basic " + base64.b64encode(credentials.encode()).decode()}
 
-    assert post(client, event(email.message_id), secret=None, headers=basic("mta:basic-password-0123456789")).status_code == 202
+    assert (
+        post(client, event(email.message_id), secret=None, headers=basic("mta:basic-password-0123456789")).status_code
+        == 202
+    )
     refused = post(client, event(email.message_id, "complained"), secret=None, headers=basic("mta:guess"))
     assert refused.status_code == 401 and refused["WWW-Authenticate"].startswith("Basic")
-    assert post(client, event(email.message_id), secret=None, headers={"HTTP_AUTHORIZATION": "Basic !!"}).status_code == 401
+    assert (
+        post(client, event(email.message_id), secret=None, headers={"HTTP_AUTHORIZATION": "Basic !!"}).status_code
+        == 401
+    )
     run = tracking.consume()
     assert run.totals.applied == 1
     email.refresh_from_db()
@@ -150,7 +162,10 @@ def test_http_basic_is_the_simpler_alternative(client, webhook, queue_backend):
     [
         (b"{not json", "not JSON"),
         (b"[]", "no events"),
-        (json.dumps([{"message_id": "<a@b>", "event": "delivered", "timestamp": 1}, {"event": "x"}]).encode(), "event 1"),
+        (
+            json.dumps([{"message_id": "<a@b>", "event": "delivered", "timestamp": 1}, {"event": "x"}]).encode(),
+            "event 1",
+        ),
     ],
 )
 @pytest.mark.django_db
@@ -219,12 +234,23 @@ def test_the_readme_recipe_for_signing_with_openssl_is_accepted(client, webhook,
     email = TextOfEmailFactory(status=Status.SENT)
     body = json.dumps(event(email.message_id)).encode()
     ts = str(int(time.time()))
-    digest = subprocess.run(
-        ["openssl", "dgst", "-sha256", "-hmac", NEW, "-r"], input=ts.encode() + b"." + body, capture_output=True,
-        check=True,
-    ).stdout.split()[0].decode()
-    response = client.post(URL, body, content_type="application/json", HTTP_X_MAILSITE_TIMESTAMP=ts,
-                           HTTP_X_MAILSITE_SIGNATURE=f"sha256={digest}")
+    digest = (
+        subprocess.run(
+            ["openssl", "dgst", "-sha256", "-hmac", NEW, "-r"],
+            input=ts.encode() + b"." + body,
+            capture_output=True,
+            check=True,
+        )
+        .stdout.split()[0]
+        .decode()
+    )
+    response = client.post(
+        URL,
+        body,
+        content_type="application/json",
+        HTTP_X_MAILSITE_TIMESTAMP=ts,
+        HTTP_X_MAILSITE_SIGNATURE=f"sha256={digest}",
+    )
     assert response.status_code == 202
 
 

@@ -7,7 +7,7 @@ import uuid
 import pytest
 from django.utils import timezone
 
-from dbmail import tracking_queue
+from dbmail.track import queue as tracking_queue
 
 RABBIT_URL = "amqp://guest:guest@127.0.0.1:5672/%2F"
 

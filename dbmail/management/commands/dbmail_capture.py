@@ -3,7 +3,7 @@ import time
 from django.conf import settings
 from django.core.management.base import BaseCommand
 
-from dbmail.capture import serve
+from dbmail.ops.capture import serve
 
 
 class Command(BaseCommand):

@@ -3,8 +3,8 @@ import time
 
 from django.core.management.base import BaseCommand, CommandError
 
-from dbmail import sites
-from dbmail.cron import Runner, Unreachable
+from dbmail.ops import sites
+from dbmail.ops.cron import Runner, Unreachable
 
 
 class Command(BaseCommand):

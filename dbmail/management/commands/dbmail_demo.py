@@ -1,7 +1,7 @@
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
-from dbmail import demo
+from dbmail.ops import demo
 
 
 class Command(BaseCommand):

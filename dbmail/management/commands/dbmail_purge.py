@@ -1,6 +1,6 @@
 from django.core.management.base import BaseCommand
 
-from dbmail.purge import duration_argument, purge, purge_tracking
+from dbmail.ops.purge import duration_argument, purge, purge_tracking
 
 
 class Command(BaseCommand):

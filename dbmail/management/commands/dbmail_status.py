@@ -4,8 +4,8 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 from django.db import DatabaseError
 
-from dbmail import health
-from dbmail.purge import duration_argument
+from dbmail.ops import health
+from dbmail.ops.purge import duration_argument
 
 
 class Command(BaseCommand):

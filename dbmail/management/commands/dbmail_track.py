@@ -6,8 +6,10 @@ from django.core.management.base import BaseCommand, CommandError
 from django.db import DatabaseError, close_old_connections
 from django.utils import timezone
 
-from dbmail import health, logfollow, tracking
-from dbmail.tracking_queue import QueueUnavailable
+from dbmail.ops import health
+from dbmail.track import apply as tracking
+from dbmail.track import logfollow
+from dbmail.track.queue import QueueUnavailable
 
 
 class Command(BaseCommand):
@@ -20,7 +22,9 @@ class Command(BaseCommand):
         parser.add_argument("--batch-size", type=int, help="Events per transaction (TRACKING_BATCH_SIZE).")
         parser.add_argument("--loop", action="store_true", help="Keep running (for hosts without cron).")
         parser.add_argument("--interval", type=float, default=10, help="Seconds between runs with --loop.")
-        parser.add_argument("--follow-log", metavar="PATH", help="Follow this Postfix or Exim log (runs until stopped).")
+        parser.add_argument(
+            "--follow-log", metavar="PATH", help="Follow this Postfix or Exim log (runs until stopped)."
+        )
         parser.add_argument("--format", choices=sorted(logfollow.PARSERS), help="The log's format, with --follow-log.")
         parser.add_argument("--poll", type=float, default=1.0, help="Seconds between looks at the log.")
 

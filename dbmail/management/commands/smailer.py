@@ -1,7 +1,8 @@
 from django.core.management.base import BaseCommand, CommandError
 from django.db import DatabaseError
 
-from dbmail import sites, smailer, spool
+from dbmail.intake import smailer, spool
+from dbmail.ops import sites
 
 
 class Command(BaseCommand):

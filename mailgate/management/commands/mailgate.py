@@ -4,7 +4,7 @@ import sys
 
 from django.core.management.base import BaseCommand
 
-from mailgate import gate
+from mailgate.gate import receive as gate
 
 
 class Command(BaseCommand):

@@ -5,7 +5,7 @@ import time
 from django.core.management.base import BaseCommand
 from django.db import DatabaseError, close_old_connections
 
-from mailgate import imap, outgoing
+from mailgate.mailboxes import imap, outgoing
 from mailgate.models import MailAccount
 
 

@@ -1,7 +1,7 @@
 from django.core.management.base import BaseCommand
 
-from dbmail.purge import duration_argument
-from mailgate.purge import purge
+from dbmail.ops.purge import duration_argument
+from mailgate.gate.retention import purge
 
 
 class Command(BaseCommand):

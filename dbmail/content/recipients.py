@@ -1,0 +1,217 @@
+"""Who gets a request: the registry of recipient sets.
+
+A recipient set is a function of the request's JSON parameters that returns
+either a queryset of users or an iterable of mappings with an "email" key
+(other keys become template variables). Sites add their own::
+
+    from dbmail.content.recipients import recipient_set
+
+    @recipient_set("parents", label="Parents of a class")
+    def parents(params):
+        return User.objects.filter(profile__class_code=params["class"])
+
+Whatever the set returns, `iter_recipients` leaves out inactive users, users
+without an address, suppressed addresses and repeated addresses (per chunk;
+the database constraint catches repeats across chunks), and yields stable
+positions so an interrupted expansion resumes where it stopped.
+"""
+
+from dataclasses import dataclass, field
+from itertools import islice
+
+from django.contrib.auth import get_user_model
+from django.core.exceptions import FieldDoesNotExist, ValidationError
+from django.core.validators import validate_email
+from django.db.models import QuerySet
+
+_REGISTRY = {}
+
+
+class UnknownRecipientSet(LookupError):
+    pass
+
+
+@dataclass(frozen=True)
+class RecipientSet:
+    name: str
+    label: str
+    func: object
+    params_help: str = ""
+
+
+@dataclass
+class Recipient:
+    email: str
+    name: str = ""
+    first_name: str = ""
+    last_name: str = ""
+    username: str = ""
+    user_id: int | None = None
+    variables: dict = field(default_factory=dict)
+    error: str = ""  # set when the row cannot be mailed; expansion records it as dropped
+
+    @property
+    def key(self):
+        return self.email.lower()
+
+
+def recipient_set(name, *, label=None, params_help=""):
+    """Register a recipient set under `name` (decorator)."""
+
+    def register(func):
+        _REGISTRY[name] = RecipientSet(name, label or name.replace("_", " ").capitalize(), func, params_help)
+        return func
+
+    return register
+
+
+def get_set(name):
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise UnknownRecipientSet(f"No recipient set named {name!r}; known: {', '.join(sorted(_REGISTRY))}.") from None
+
+
+def registered_sets():
+    return sorted(_REGISTRY.values(), key=lambda s: s.label)
+
+
+def normalise_address(address):
+    """Trim and lower-case the domain; the local part is the mailbox owner's business."""
+    local, at, domain = (address or "").strip().rpartition("@")
+    return f"{local}@{domain.lower()}" if at else (address or "").strip()
+
+
+def address_error(address):
+    try:
+        validate_email(address)
+    except ValidationError:
+        return f"invalid address {address!r}"
+    return ""
+
+
+def _from_user(user):
+    return _recipient(
+        user.email,
+        getattr(user, "first_name", ""),
+        getattr(user, "last_name", ""),
+        user.get_username(),
+        user.pk,
+    )
+
+
+_USER_VALUES = ("pk", "email", "first_name", "last_name")
+
+
+def _user_rows(users, chunk_size):
+    """(pk, Recipient) per user; plain values rather than model instances where the user model allows."""
+    model = users.model
+    username = model.USERNAME_FIELD
+    try:
+        for name in _USER_VALUES[1:]:
+            model._meta.get_field(name)
+    except FieldDoesNotExist:  # a custom user model without these fields: ask the instances
+        return ((user.pk, _from_user(user)) for user in users.iterator(chunk_size=chunk_size))
+    values = users.values_list(*_USER_VALUES, username)
+    return (
+        (pk, _recipient(email, first, last, login, pk))
+        for pk, email, first, last, login in values.iterator(chunk_size=chunk_size)
+    )
+
+
+def _recipient(email, first, last, username, user_id):
+    email = normalise_address(email)
+    return Recipient(
+        email=email,
+        name=f"{first} {last}".strip(),
+        first_name=first,
+        last_name=last,
+        username=str(username),
+        user_id=user_id,
+        error=address_error(email),
+    )
+
+
+def _from_row(row):
+    row = dict(row)
+    email = normalise_address(str(row.pop("email", "")))
+    name = str(row.pop("name", "") or "").strip()
+    first = str(row.get("first_name", "") or name.partition(" ")[0])
+    last = str(row.get("last_name", "") or name.partition(" ")[2])
+    return Recipient(
+        email=email,
+        name=name or f"{first} {last}".strip(),
+        first_name=first,
+        last_name=last,
+        variables={k: v for k, v in row.items() if isinstance(k, str)},
+        error=address_error(email),
+    )
+
+
+def iter_recipients(name, params, after=None, chunk_size=2000, first_chunk_size=None):
+    """Yield (last position, [Recipient, ...]) per chunk; pass a position as `after` to resume past it.
+
+    `first_chunk_size` makes the first chunk smaller, so a consumer working in a pipeline
+    has something to do sooner.
+    """
+    from dbmail.models import Suppression
+
+    source = get_set(name).func(params or {})
+    if isinstance(source, QuerySet):
+        users = source.filter(is_active=True).exclude(email="").order_by("pk")
+        if after is not None:
+            users = users.filter(pk__gt=after)
+        rows = _user_rows(users, chunk_size)
+    else:
+        start = 0 if after is None else after + 1
+        rows = ((pos, _from_row(row)) for pos, row in enumerate(islice(source, start, None), start))
+
+    size = first_chunk_size or chunk_size
+    while chunk := list(islice(rows, size)):
+        size = chunk_size
+        seen = set()
+        unique = []
+        for _pos, rcpt in chunk:
+            if rcpt.key not in seen:
+                seen.add(rcpt.key)
+                unique.append(rcpt)
+        suppressed = set(
+            Suppression.objects.filter(address__in=[r.key for r in unique]).values_list("address", flat=True)
+        )
+        # The last position is reported even when its row was left out, so the checkpoint moves past it.
+        yield chunk[-1][0], [r for r in unique if r.key not in suppressed]
+
+
+def count(name, params):
+    """The exact number of distinct, unsuppressed addresses the set resolves to now."""
+    seen = set()
+    for _, chunk in iter_recipients(name, params):
+        seen.update(r.key for r in chunk if not r.error)
+    return len(seen)
+
+
+# --- Built-in sets -------------------------------------------------------------------------
+
+
+@recipient_set("all_active", label="All active users")
+def all_active(params):
+    return get_user_model().objects.all()
+
+
+@recipient_set("staff", label="Staff")
+def staff(params):
+    return get_user_model().objects.filter(is_staff=True)
+
+
+@recipient_set("groups", label="Users in groups", params_help='{"groups": ["Teachers", "Students"]}')
+def groups(params):
+    names = params.get("groups") or []
+    if isinstance(names, str):
+        names = [names]
+    return get_user_model().objects.filter(groups__name__in=names).distinct()
+
+
+@recipient_set("addresses", label="Explicit addresses", params_help='{"rows": [{"email": "...", "name": "..."}]}')
+def addresses(params):
+    rows = params.get("rows") or []
+    return ({"email": row} if isinstance(row, str) else row for row in rows)

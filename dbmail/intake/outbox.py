@@ -1,0 +1,102 @@
+"""The ad-hoc path (seed 000): put one email in the outbox, and optionally send it now.
+
+    from dbmail.intake.outbox import send_now
+    send_now(to="ann@example.org", subject="Your password", text="...")
+
+The email is a TextOfEmail row like any other, with the same log and
+statuses. send_now sends once the caller's transaction commits (so a rolled
+back view sends nothing); if the SMTP server is down it stays in the queue
+and the next dbmail_cron run retries it.
+"""
+
+from email.utils import formataddr, parseaddr
+
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+
+from dbmail.content import recipients, rendering, verp
+from dbmail.models import DeliveryEvent, SenderAccount, TextOfEmail
+
+
+class UnknownSender(ValueError):
+    """The From address is neither a configured sender account nor the site's own address."""
+
+
+def resolve_sender(from_email=None):
+    """(account or None, From header, address) for `from_email`, refusing unconfigured senders."""
+    from_email = from_email or settings.DEFAULT_FROM_EMAIL
+    name, address = parseaddr(from_email)
+    address = address.lower()
+    account = SenderAccount.objects.filter(address=address, active=True).first()
+    if account:
+        return account, (formataddr((name, address)) if name else account.from_header), address
+    site_addresses = {parseaddr(a)[1].lower() for a in (settings.DEFAULT_FROM_EMAIL, settings.SERVER_EMAIL)}
+    if address in site_addresses:
+        return None, from_email, address
+    raise UnknownSender(f"{address!r} is not a configured sender account")
+
+
+def enqueue(
+    to,
+    subject="",
+    text="",
+    html="",
+    *,
+    from_email=None,
+    reply_to="",
+    headers=None,
+    raw_message=None,
+    envelope_sender=None,
+    user=None,
+    send_at=None,
+    message_id=None,
+    from_header=None,
+):
+    """Create one queued email (a dropped one, with the reason, if `to` is not an address).
+
+    A `raw_message` carries its own headers: pass the `message_id` written in
+    it, and the `from_header` it shows if that differs from `from_email` (a
+    list forward's From is the list; the account sending it is `from_email`).
+    """
+    account, resolved_from_header, from_address = resolve_sender(from_email)
+    message_id = message_id or rendering.new_message_id()
+    name, address = parseaddr(to)
+    address = recipients.normalise_address(address or to)
+    now = timezone.now()
+    if html and not text:
+        text = rendering.html_to_text(html)
+    email = TextOfEmail(
+        account=account,
+        user=user,
+        to_address=address[:254],
+        to_name=name[:200],
+        from_header=from_header or resolved_from_header,
+        envelope_sender=envelope_sender or verp.envelope_sender(message_id, from_address),
+        reply_to=reply_to,
+        subject=" ".join(subject.split())[:998],
+        text=text,
+        html=html,
+        headers=headers or {},
+        raw_message=raw_message,
+        message_id=message_id,
+        status_changed_at=now,
+        next_attempt_at=send_at or now,
+    )
+    error = recipients.address_error(address)
+    if error:
+        email.status, email.last_error = TextOfEmail.Status.DROPPED, error
+    email.save()
+    if error:
+        DeliveryEvent.objects.create(email=email, kind=DeliveryEvent.Kind.ADMIN, outcome=email.status, text=error)
+    return email
+
+
+def send_now(to, subject="", text="", html="", **kwargs):
+    """Enqueue one email and send it as soon as the current transaction commits."""
+    from dbmail.send.loop import send_one_now
+
+    email = enqueue(to, subject, text, html, **kwargs)
+    if email.status == TextOfEmail.Status.QUEUED:
+        transaction.on_commit(lambda: send_one_now(email))
+    return email

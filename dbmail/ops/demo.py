@@ -1,0 +1,54 @@
+"""Demo data for `make run`: groups, people, a sender account and one request to send."""
+
+from django.conf import settings
+from django.contrib.auth import get_user_model
+from django.contrib.auth.models import Group
+
+from dbmail.models import MessageRequest, SenderAccount
+
+PEOPLE = [
+    ("ann", "Ann", "Smith", "Teachers"),
+    ("bob", "Bob", "Jones", "Teachers"),
+    ("carla", "Carla", "Diaz", "Students"),
+    ("dev", "Dev", "Patel", "Students"),
+    ("emma", "Emma", "Brown", "Students"),
+    ("farid", "Farid", "Khan", "Students"),
+    ("grace", "Grace", "Lee", "Students"),
+]
+
+
+def load(admin_password="admin"):
+    """Create the demo data if absent; return what was created, as lines to print."""
+    User = get_user_model()
+    done = []
+    if not User.objects.filter(username="admin").exists():
+        User.objects.create_superuser("admin", "admin@example.org", admin_password, first_name="Ada")
+        done.append(f"superuser admin / {admin_password}")
+    for username, first, last, group_name in PEOPLE:
+        group, _ = Group.objects.get_or_create(name=group_name)
+        user, created = User.objects.get_or_create(
+            username=username,
+            defaults={"first_name": first, "last_name": last, "email": f"{username}@example.org"},
+        )
+        user.groups.add(group)
+        if created:
+            done.append(f"user {username} in {group_name}")
+    sender, created = SenderAccount.objects.get_or_create(
+        address="office@example.org", defaults={"display_name": settings.DBMAIL_SITE_NAME + " office"}
+    )
+    if created:
+        done.append(f"sender account {sender.address}")
+    if not MessageRequest.objects.exists():
+        MessageRequest.objects.create(
+            sender=sender,
+            subject="Welcome, {{ first_name }}!",
+            text_body=(
+                "Hello {{ first_name }},\n\nthis is the first mail sent by {{ site_name }}.\n"
+                "Your user name is {{ username }}.\n\nUnsubscribe: {{ unsubscribe_url }}\n"
+            ),
+            html_body="<p>Hello <b>{{ first_name }}</b>,</p><p>this is the first mail sent by {{ site_name }}.</p>",
+            recipient_set="groups",
+            recipient_params={"groups": ["Students"]},
+        )
+        done.append("a request to the Students group, due now")
+    return done

@@ -1,0 +1,75 @@
+"""Removing old finished emails and their log, keeping each request's totals."""
+
+import argparse
+import re
+from collections import Counter, defaultdict
+from datetime import timedelta
+
+from django.db import transaction
+from django.utils import timezone
+
+from dbmail.models import DeliveryEvent, MessageRequest, TextOfEmail
+
+_DURATION = re.compile(r"^\s*(\d+)\s*([smhdw]?)\s*$")
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, "": 86400}
+
+
+def parse_duration(text):
+    """'7d', '12h', '30m', '90s', '2w' (a bare number is days) -> timedelta."""
+    match = _DURATION.match(text or "")
+    if not match:
+        raise ValueError(f"{text!r} is not a duration like 7d, 12h, 30m or 90s")
+    return timedelta(seconds=int(match[1]) * _UNITS[match[2]])
+
+
+def duration_argument(text):
+    """parse_duration for argparse: a bad value becomes a usage error naming the option."""
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def purge(older_than, chunk=2000):
+    """Delete finished emails whose status has not changed for `older_than`; return how many."""
+    cutoff = timezone.now() - older_than
+    old = TextOfEmail.objects.filter(status__in=TextOfEmail.FINAL, status_changed_at__lt=cutoff)
+    removed = 0
+    while True:
+        with transaction.atomic():
+            rows = list(old.order_by("pk").values_list("pk", "request_id", "status")[:chunk])
+            if not rows:
+                return removed
+            per_request = defaultdict(Counter)
+            for _, request_id, status in rows:
+                if request_id:
+                    per_request[request_id][status] += 1
+            for request in MessageRequest.objects.select_for_update().filter(pk__in=per_request):
+                counts = Counter(request.purged_counts or {})
+                counts.update(per_request[request.pk])
+                request.purged_counts = dict(counts)
+                request.save(update_fields=["purged_counts"])
+            ids = [pk for pk, _, _ in rows]
+            DeliveryEvent.objects.filter(email_id__in=ids).delete()
+            TextOfEmail.objects.filter(pk__in=ids).delete()
+            removed += len(ids)
+
+
+def purge_tracking(older_than):
+    """Delete tracking bookkeeping older than `older_than`; return how many rows went.
+
+    Applied event keys make a redelivered event harmless; no queue redelivers
+    anything days later, so old keys only take space. Replay-guard signatures
+    are useless once older than the signature window itself.
+    """
+    from django.conf import settings
+
+    from dbmail.models import AppliedTrackingEvent, UnmatchedTrackingEvent, WebhookSignature
+
+    now = timezone.now()
+    cutoff = now - older_than
+    removed = AppliedTrackingEvent.objects.filter(applied_at__lt=cutoff).delete()[0]
+    removed += UnmatchedTrackingEvent.objects.filter(received_at__lt=cutoff).delete()[0]
+    window = timedelta(seconds=2 * settings.TRACKING_WEBHOOK_MAX_AGE)
+    removed += WebhookSignature.objects.filter(seen_at__lt=now - window).delete()[0]
+    return removed

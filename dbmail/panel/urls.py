@@ -1,0 +1,29 @@
+"""The comm panel, mounted under /commpanel/ by mailsite.urls."""
+
+from django.urls import path
+
+from dbmail.panel.views import compose, requests, suppressions, templates
+
+app_name = "commpanel"
+urlpatterns = [
+    path("", requests.request_list, name="requests"),
+    path("compose/", compose.compose, name="compose"),
+    path("compose/count/", compose.count, name="count"),
+    path("requests/<int:pk>/", requests.request_detail, name="request"),
+    path("requests/<int:pk>/edit/", compose.compose, name="edit"),
+    path("requests/<int:pk>/count/", compose.count, name="edit_count"),
+    path("requests/<int:pk>/emails/<int:email_pk>/", requests.email_detail, name="email"),
+    path("requests/<int:pk>/status.json", requests.request_status, name="status"),
+    path("requests/<int:pk>/send/", requests.send, name="send"),
+    path("requests/<int:pk>/test/", requests.send_test, name="test"),
+    path("requests/<int:pk>/cancel/", requests.cancel, name="cancel"),
+    path("requests/<int:pk>/retry/", requests.retry, name="retry"),
+    path("requests/<int:pk>/reuse/", requests.reuse, name="reuse"),
+    path("templates/", templates.template_list, name="templates"),
+    path("templates/new/", templates.template_edit, name="template_new"),
+    path("templates/<int:pk>/", templates.template_edit, name="template_edit"),
+    path("templates/<int:pk>/delete/", templates.template_delete, name="template_delete"),
+    path("suppressions/", suppressions.suppression_list, name="suppressions"),
+    path("suppressions/<int:pk>/", suppressions.suppression_edit, name="suppression_edit"),
+    path("suppressions/<int:pk>/delete/", suppressions.suppression_delete, name="suppression_delete"),
+]

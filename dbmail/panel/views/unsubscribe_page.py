@@ -1,0 +1,24 @@
+"""Public pages of the outbox: unsubscribing (RFC 8058 one-click and a confirmation page)."""
+
+from django.shortcuts import render
+from django.views.decorators.csrf import csrf_exempt
+from django.views.decorators.http import require_http_methods
+
+from dbmail.content.tokens import read_token
+from dbmail.models import Suppression
+
+
+# One-click unsubscribe POSTs come from mail providers without cookies or a CSRF
+# token (RFC 8058); the signed token is what authorises the request.
+@csrf_exempt
+@require_http_methods(["GET", "POST"])
+def unsubscribe(request, token):
+    address = read_token(token)
+    if address is None:
+        return render(request, "dbmail/unsubscribe_invalid.html", status=400)
+    if request.method == "POST":
+        Suppression.objects.get_or_create(
+            address=address, defaults={"reason": Suppression.Reason.UNSUBSCRIBED, "note": "unsubscribe link"}
+        )
+        return render(request, "dbmail/unsubscribed.html", {"address": address})
+    return render(request, "dbmail/unsubscribe.html", {"address": address})

@@ -1,0 +1,124 @@
+"""Claiming emails to send: which process may send which row, and for how long.
+
+A claim takes due rows with SELECT ... FOR UPDATE SKIP LOCKED and marks them
+"sending" under a fresh token with a lease. Rows whose lease ran out (their
+sender died) are due again. Every later write names the token, so a sender
+that lost its lease can never overwrite another's work.
+"""
+
+import uuid
+from dataclasses import dataclass, field
+from datetime import timedelta
+
+from django.conf import settings
+from django.db import connection, transaction
+from django.db.models import BooleanField, F, Q
+from django.db.models.expressions import RawSQL
+from django.utils import timezone
+
+from dbmail.models import TextOfEmail
+
+Status = TextOfEmail.Status
+
+
+@dataclass
+class Claim:
+    """A batch of rows held by this process under one token."""
+
+    emails: list
+    token: uuid.UUID
+    lease_until: object
+    claimed_from: dict = field(default_factory=dict)  # pk -> status to give the row back in
+    open_ids: set = field(default_factory=set)  # claimed and no outcome handed over yet
+    after: tuple | None = None  # (next_attempt_at, pk) of the last row: where the next claim starts
+
+    def __post_init__(self):
+        self.open_ids = {e.pk for e in self.emails}
+        if self.emails:
+            last = max(self.emails, key=lambda e: (e.next_attempt_at, e.pk))
+            self.after = (last.next_attempt_at, last.pk)
+
+    def renew_if_needed(self):
+        """Extend the lease on the rows still to send once half of it has passed."""
+        lease = timedelta(seconds=settings.DBMAIL_LEASE_SECONDS)
+        now = timezone.now()
+        if self.lease_until - now > lease / 2 or not self.open_ids:
+            return
+        self.lease_until = now + lease
+        TextOfEmail.objects.filter(pk__in=self.open_ids, claim_token=self.token).update(leased_until=self.lease_until)
+
+    def release(self):
+        """Give the rows not attempted back as they were (a clean stop is not an attempt)."""
+        for status in (Status.QUEUED, Status.DEFERRED):
+            ids = [pk for pk in self.open_ids if self.claimed_from.get(pk, Status.QUEUED) == status]
+            if ids:
+                TextOfEmail.objects.filter(pk__in=ids, claim_token=self.token).update(
+                    status=status, claim_token=None, leased_until=None, attempts=F("attempts") - 1
+                )
+        self.open_ids.clear()
+
+
+def claim(limit, now=None, scope=None, after=None):
+    """Claim up to `limit` due emails for this process.
+
+    `scope` (a Q) restricts the claim to matching rows, due or not: an operator's forced send.
+    `after` ((next_attempt_at, pk) of the last row this run claimed) starts the index scan past
+    the rows already sent: until vacuum runs, their old index entries would otherwise be walked
+    again by every claim, and a long queue would cost a quadratic scan.
+    """
+    now = now or timezone.now()
+    token = uuid.uuid4()
+    lease_until = now + timedelta(seconds=settings.DBMAIL_LEASE_SECONDS)
+    rows = TextOfEmail.objects.select_for_update(skip_locked=True)
+    with transaction.atomic():
+        # Two ordered index scans rather than one OR, so neither sorts the whole queue.
+        stale = rows.filter(status=Status.SENDING, leased_until__lte=now)
+        due = rows.filter(status__in=TextOfEmail.WAITING).filter(
+            Q(next_attempt_at__lte=now) if scope is None else scope
+        )
+        if after is not None:
+            table = connection.ops.quote_name(TextOfEmail._meta.db_table)
+            past = f"({table}.next_attempt_at, {table}.id) > (%s, %s)"
+            due = due.filter(RawSQL(past, after, output_field=BooleanField()))
+        if scope is not None:
+            stale = stale.filter(scope)
+        picked = dict(stale.order_by("leased_until").values_list("pk", "status")[:limit])
+        if len(picked) < limit:
+            picked.update(due.order_by("next_attempt_at", "pk").values_list("pk", "status")[: limit - len(picked)])
+        if picked:
+            # Re-checking the state makes this safe where SKIP LOCKED does nothing (SQLite).
+            TextOfEmail.objects.filter(pk__in=list(picked), status__in=[*TextOfEmail.WAITING, Status.SENDING]).exclude(
+                status=Status.SENDING, leased_until__gt=now
+            ).update(
+                status=Status.SENDING,
+                claim_token=token,
+                leased_until=lease_until,
+                attempts=F("attempts") + 1,
+                status_changed_at=now,
+            )
+    emails = list(
+        TextOfEmail.objects.filter(pk__in=list(picked), claim_token=token)
+        .select_related("account")
+        .order_by("account_id", "pk")
+    )
+    # A row taken over from a dead sender goes back as deferred if it is released unsent.
+    claimed_from = {pk: (Status.DEFERRED if status == Status.SENDING else status) for pk, status in picked.items()}
+    return Claim(emails, token, lease_until, claimed_from)
+
+
+def claim_one(email):
+    """Claim one specific queued email (the ad-hoc path); None if someone else has it."""
+    now = timezone.now()
+    token = uuid.uuid4()
+    lease_until = now + timedelta(seconds=settings.DBMAIL_LEASE_SECONDS)
+    taken = TextOfEmail.objects.filter(pk=email.pk, status=Status.QUEUED).update(
+        status=Status.SENDING,
+        claim_token=token,
+        leased_until=lease_until,
+        attempts=F("attempts") + 1,
+        status_changed_at=now,
+    )
+    if not taken:
+        return None
+    claimed = TextOfEmail.objects.select_related("account").get(pk=email.pk)
+    return Claim([claimed], token, lease_until, {email.pk: Status.QUEUED})

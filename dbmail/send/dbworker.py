@@ -1,0 +1,121 @@
+"""The sender's database work, done beside the SMTP conversation rather than in its way.
+
+On PostgreSQL a sender has one database thread with its own connection. It
+claims the next batch while the current one is being sent, and commits each
+outcome as soon as the server has answered, while the SMTP thread already
+talks about the next message. When the database is slower than the SMTP
+server, the outcomes waiting at that moment go out together in one
+statement. The SMTP thread never has more than DBMAIL_OUTCOME_WINDOW
+outcomes waiting for their commit, so a killed sender can cause at most that
+many messages, plus the one just answered, to be sent twice.
+
+Where a second connection cannot help (SQLite, or inside a caller's open
+transaction, whose rows another connection cannot see) the same calls run
+inline.
+"""
+
+import queue
+import sys
+import threading
+from concurrent.futures import Future
+
+from django.conf import settings
+from django.db import connection
+
+from dbmail.send import outcomes, retry
+
+
+class InlineWorker:
+    """Does each piece of database work at once, on the caller's connection."""
+
+    def call(self, func, *args, **kwargs):
+        future = Future()
+        future.set_result(func(*args, **kwargs))
+        return future
+
+    def record(self, email, token, outcome):
+        return outcomes.record(email, token, outcome)
+
+    def close(self):
+        pass
+
+
+class ThreadedWorker:
+    """Runs claims and outcome writes, in order, on a thread with its own connection."""
+
+    # A thread waiting for a socket must get the interpreter back quickly when its
+    # answer arrives; the default 5 ms hand-over would stall the SMTP conversation.
+    SWITCH_INTERVAL = 0.0002
+
+    def __init__(self, window=None):
+        self._work = queue.Queue()
+        self._slots = threading.Semaphore(window or settings.DBMAIL_OUTCOME_WINDOW)
+        self.error = None
+        self._switch_interval = sys.getswitchinterval()
+        sys.setswitchinterval(self.SWITCH_INTERVAL)
+        self._thread = threading.Thread(target=self._run, name="dbmail-db", daemon=True)
+        self._thread.start()
+
+    def call(self, func, *args, **kwargs):
+        """Run `func` on the database thread after the work queued before it; returns a Future."""
+        future = Future()
+        self._work.put((future, func, args, kwargs))
+        return future
+
+    def record(self, email, token, outcome):
+        """Queue the outcome's commit; returns the outcome as it will be applied."""
+        self._slots.acquire()  # no more than the window waits for its commit
+        if self.error:
+            self._slots.release()
+            raise self.error
+        self._work.put(outcomes.as_row(email, token, outcome))
+        return retry.give_up(outcome, email.attempts, email)
+
+    def _run(self):
+        try:
+            while True:
+                items = [self._work.get()]
+                while not self._work.empty():
+                    items.append(self._work.get_nowait())
+                rows = []
+                for item in items:
+                    if isinstance(item, outcomes.Row):
+                        rows.append(item)
+                        continue
+                    self._write(rows)  # outcomes queued before a call are committed before it runs
+                    rows = []
+                    if item is None:
+                        return
+                    future, func, args, kwargs = item
+                    try:
+                        future.set_result(func(*args, **kwargs))
+                    except BaseException as exc:
+                        future.set_exception(exc)
+                self._write(rows)
+        finally:
+            connection.close()
+
+    def _write(self, rows):
+        if not rows:
+            return
+        try:
+            outcomes.write(rows)
+        except Exception as exc:  # surfaces in the sender, which must stop: it cannot record
+            self.error = exc
+        finally:
+            for _ in rows:
+                self._slots.release()
+
+    def close(self):
+        self._work.put(None)
+        self._thread.join()
+        sys.setswitchinterval(self._switch_interval)
+        if self.error:
+            raise self.error
+
+
+def worker():
+    """The fastest safe worker here: another connection cannot see rows of a transaction still open."""
+    if connection.vendor == "postgresql" and not connection.in_atomic_block:
+        return ThreadedWorker()
+    return InlineWorker()

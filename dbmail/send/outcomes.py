@@ -1,0 +1,143 @@
+"""Recording what the server said about each email: one status change and one log row.
+
+dbmail.send.dbworker decides when these writes happen (right after the answer,
+on the sender's database thread where there is one).
+"""
+
+import logging
+from dataclasses import dataclass
+
+from django.conf import settings
+from django.db import connection as db_connection
+from django.db import transaction
+from django.utils import timezone
+
+from dbmail.models import DeliveryEvent, TextOfEmail
+from dbmail.send import retry
+
+log = logging.getLogger(__name__)
+Status = TextOfEmail.Status
+
+
+@dataclass(frozen=True)
+class Row:
+    """One outcome as written: the email's new state and its log line."""
+
+    pk: int
+    token: object
+    status: str
+    at: object
+    last_error: str
+    sent_at: object
+    next_attempt_at: object
+    smtp_code: int | None
+    text: str
+
+
+def as_row(email, token, outcome, now=None):
+    """The row for an outcome, after the email's attempt budget is applied."""
+    now = now or timezone.now()
+    outcome = retry.give_up(outcome, email.attempts, email)
+    sent = outcome.status == Status.SENT
+    return Row(
+        pk=email.pk,
+        token=token,
+        status=outcome.status,
+        at=now,
+        last_error="" if sent else outcome.text[:2000],
+        sent_at=now if sent else None,
+        next_attempt_at=now + retry.backoff(email.attempts, email) if outcome.status == Status.DEFERRED else None,
+        smtp_code=outcome.code,
+        text=outcome.text[:2000],
+    )
+
+
+def write(rows):
+    """Commit `rows` together; returns the pks whose claim was lost (nothing changed for them)."""
+    lost = (_write_postgresql if db_connection.vendor == "postgresql" else _write_portable)(rows)
+    for pk in lost:
+        log.warning("email %s: lease lost before its outcome was recorded", pk)
+    return lost
+
+
+def record(email, token, outcome, now=None):
+    """Commit one outcome; return it as applied (a deferral past the budget becomes a drop)."""
+    row = as_row(email, token, outcome, now)
+    write([row])
+    return retry.give_up(outcome, email.attempts, email)
+
+
+def _write_portable(rows):
+    lost = []
+    with transaction.atomic():
+        for row in rows:
+            changes = {"status": row.status, "status_changed_at": row.at, "last_error": row.last_error}
+            changes.update({k: getattr(row, k) for k in ("sent_at", "next_attempt_at") if getattr(row, k)})
+            held = TextOfEmail.objects.filter(pk=row.pk, claim_token=row.token).update(
+                claim_token=None, leased_until=None, **changes
+            )
+            DeliveryEvent.objects.create(
+                email_id=row.pk,
+                at=row.at,
+                kind=DeliveryEvent.Kind.ATTEMPT,
+                outcome=row.status if held else "lost-lease",
+                smtp_code=row.smtp_code,
+                text=row.text,
+            )
+            if not held:
+                lost.append(row.pk)
+    return lost
+
+
+# One prepared statement, one round trip and one commit for any number of outcomes: this
+# runs for every message sent, and planning it each time would cost more than running it.
+# With DBMAIL_ASYNC_COMMIT the commit does not wait for the WAL flush: a crash of the sender
+# loses nothing, and only a crash of the PostgreSQL server itself can forget the last
+# fraction of a second of outcomes, whose emails are then sent again after their lease.
+_PREPARE_SQL = """
+PREPARE dbmail_write_outcomes (bigint[], uuid[], text[], timestamptz[], text[], timestamptz[],
+                               timestamptz[], smallint[], text[]) AS
+WITH outcome AS (
+    SELECT * FROM unnest($1, $2, $3, $4, $5, $6, $7, $8, $9)
+        AS o (pk, token, status, at, last_error, sent_at, next_attempt_at, smtp_code, text)
+),
+updated AS (
+    UPDATE dbmail_textofemail AS e
+       SET status = o.status, status_changed_at = o.at, claim_token = NULL, leased_until = NULL,
+           last_error = o.last_error, sent_at = COALESCE(o.sent_at, e.sent_at),
+           next_attempt_at = COALESCE(o.next_attempt_at, e.next_attempt_at)
+      FROM outcome AS o
+     WHERE e.id = o.pk AND e.claim_token = o.token
+ RETURNING e.id
+)
+INSERT INTO dbmail_deliveryevent (email_id, at, kind, outcome, smtp_code, text)
+SELECT o.pk, o.at, 'attempt', CASE WHEN o.pk IN (SELECT id FROM updated) THEN o.status ELSE 'lost-lease' END,
+       o.smtp_code, o.text
+  FROM outcome AS o
+RETURNING email_id, outcome
+"""
+_EXECUTE_SQL = "{sync} EXECUTE dbmail_write_outcomes (%s, %s::uuid[], %s, %s, %s, %s, %s, %s, %s)"
+
+
+def _write_postgresql(rows):
+    sync = "SET LOCAL synchronous_commit TO OFF;" if settings.DBMAIL_ASYNC_COMMIT else ""
+    columns = [
+        [r.pk for r in rows],
+        [str(r.token) for r in rows],
+        [r.status for r in rows],
+        [r.at for r in rows],
+        [r.last_error for r in rows],
+        [r.sent_at for r in rows],
+        [r.next_attempt_at for r in rows],
+        [r.smtp_code for r in rows],
+        [r.text for r in rows],
+    ]
+    db_connection.ensure_connection()
+    session = db_connection.connection  # a prepared statement lives as long as this session
+    with db_connection.cursor() as cursor:
+        if getattr(db_connection, "dbmail_prepared_in", None) is not session:
+            cursor.execute(_PREPARE_SQL)
+            db_connection.dbmail_prepared_in = session
+        cursor.execute(_EXECUTE_SQL.format(sync=sync), columns)
+        written = cursor.fetchall()
+    return [pk for pk, outcome in written if outcome == "lost-lease"]

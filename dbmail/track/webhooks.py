@@ -1,0 +1,154 @@
+"""POST /tracking/events/: the MTA's status callback, authenticated, onto the tracking queue.
+
+Authentication, checked in constant time against every configured secret (so
+secrets can be rotated without downtime):
+- HMAC: X-Mailsite-Timestamp (Unix seconds) and X-Mailsite-Signature
+  ("sha256=" + hex HMAC-SHA256 of "<timestamp>." + body). Requests outside
+  TRACKING_WEBHOOK_MAX_AGE seconds of our clock, and a signed request seen
+  before, are refused.
+- HTTP Basic with one of TRACKING_WEBHOOK_BASIC_AUTH's user:password pairs
+  (simpler, no replay protection: use it over HTTPS only).
+
+The answer is 2xx only once the queue has the events durably; 503 when the
+queue is down, so the MTA retries. A refused request changes nothing.
+"""
+
+import base64
+import binascii
+import hashlib
+import hmac
+import json
+import time
+from datetime import timedelta
+
+from django.conf import settings
+from django.db import DatabaseError, IntegrityError, transaction
+from django.http import Http404, JsonResponse
+from django.utils import timezone
+from django.views.decorators.csrf import csrf_exempt
+from django.views.decorators.http import require_POST
+
+from dbmail.models import WebhookSignature
+from dbmail.track import apply as tracking
+from dbmail.track.queue import QueueUnavailable
+
+TIMESTAMP_HEADER = "X-Mailsite-Timestamp"
+SIGNATURE_HEADER = "X-Mailsite-Signature"
+MAX_EVENTS = 1000
+
+
+class Refused(Exception):
+    def __init__(self, status, message):
+        super().__init__(message)
+        self.status = status
+
+
+def sign(secret, timestamp, body):
+    """The X-Mailsite-Signature value for a body sent at `timestamp` (what the MTA computes)."""
+    digest = hmac.new(secret.encode(), str(timestamp).encode() + b"." + body, hashlib.sha256).hexdigest()
+    return f"sha256={digest}"
+
+
+def _any_equal(expected_values, given):
+    # Compare against every candidate without stopping early, so timing reveals nothing.
+    matched = False
+    for expected in expected_values:
+        matched |= hmac.compare_digest(expected.encode(), given.encode())
+    return matched
+
+
+def check_signature(request, body, now=None):
+    """Return the accepted signature, or raise Refused."""
+    timestamp = request.headers.get(TIMESTAMP_HEADER, "").strip()
+    given = request.headers.get(SIGNATURE_HEADER, "").strip()
+    if not settings.TRACKING_WEBHOOK_SECRETS:
+        raise Refused(401, "signed requests are not accepted here (no TRACKING_WEBHOOK_SECRETS)")
+    if not timestamp or not given:
+        raise Refused(401, f"both {TIMESTAMP_HEADER} and {SIGNATURE_HEADER} are required")
+    if not timestamp.isdigit():
+        raise Refused(400, f"{TIMESTAMP_HEADER} must be Unix seconds")
+    if not given.startswith("sha256="):
+        given = "sha256=" + given
+    if not _any_equal([sign(secret, timestamp, body) for secret in settings.TRACKING_WEBHOOK_SECRETS], given):
+        raise Refused(401, "bad signature")
+    now = time.time() if now is None else now
+    if abs(now - int(timestamp)) > settings.TRACKING_WEBHOOK_MAX_AGE:
+        raise Refused(401, f"{TIMESTAMP_HEADER} is outside the allowed window (check the clocks)")
+    return given
+
+
+def check_basic(request):
+    kind, _, encoded = request.headers.get("Authorization", "").partition(" ")
+    if kind.lower() != "basic" or not settings.TRACKING_WEBHOOK_BASIC_AUTH:
+        raise Refused(401, "authentication required")
+    try:
+        given = base64.b64decode(encoded.strip(), validate=True).decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError):
+        raise Refused(401, "malformed Basic credentials") from None
+    if not _any_equal(settings.TRACKING_WEBHOOK_BASIC_AUTH, given):
+        raise Refused(401, "bad credentials")
+
+
+def parse_events(body):
+    try:
+        data = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        raise Refused(400, "the body is not JSON") from None
+    events = data if isinstance(data, list) else [data]
+    if not events:
+        raise Refused(400, "no events")
+    if len(events) > MAX_EVENTS:
+        raise Refused(413, f"at most {MAX_EVENTS} events per request")
+    for event in events:
+        if isinstance(event, dict):
+            event.setdefault("source", "webhook")
+    return events
+
+
+def _remember_signature(signature):
+    """Record an accepted signature for the replay check; older ones can no longer pass the window."""
+    cutoff = timezone.now() - timedelta(seconds=2 * settings.TRACKING_WEBHOOK_MAX_AGE)
+    WebhookSignature.objects.filter(seen_at__lt=cutoff).delete()
+    try:
+        with transaction.atomic():
+            WebhookSignature.objects.create(signature=signature)
+    except IntegrityError:
+        pass  # the same request raced in twice: both copies are queued, the event ids make that harmless
+
+
+def _error(status, message):
+    response = JsonResponse({"error": message}, status=status)
+    if status == 401 and settings.TRACKING_WEBHOOK_BASIC_AUTH:
+        response["WWW-Authenticate"] = 'Basic realm="tracking", charset="UTF-8"'
+    if status == 503:
+        response["Retry-After"] = "60"
+    return response
+
+
+# The MTA posts without cookies or CSRF tokens; the signature or Basic credentials authorise it.
+@csrf_exempt
+@require_POST
+def tracking_events(request):
+    if not settings.TRACKING_WEBHOOK_ENABLED:
+        raise Http404("tracking callbacks are not enabled")
+    body = request.body
+    try:
+        signature = None
+        if SIGNATURE_HEADER in request.headers or TIMESTAMP_HEADER in request.headers:
+            signature = check_signature(request, body)
+        else:
+            check_basic(request)
+        events = parse_events(body)
+        if signature and WebhookSignature.objects.filter(signature=signature).exists():
+            raise Refused(409, "this signed request was accepted before (replay)")
+        try:
+            tracking.publish_many(events)
+        except tracking.InvalidEvent as exc:
+            raise Refused(400, str(exc)) from None
+        if signature:
+            _remember_signature(signature)
+    except Refused as exc:
+        return _error(exc.status, str(exc))
+    except (QueueUnavailable, DatabaseError) as exc:
+        return _error(503, f"the tracking queue is unavailable, try again later ({type(exc).__name__})")
+    return JsonResponse({"accepted": len(events)}, status=202)

@@ -1,0 +1,160 @@
+"""Envelope recipient -> EmailList -> the addresses mail to it goes to.
+
+Lists are tried in `seq` order; the first whose regex matches wins. A list's
+members are the union of its users, its groups' users, its fixed addresses,
+its resolver's result and its archive address. Sites register resolvers in
+code; a resolver gets the regex match (named and numbered groups)::
+
+    from mailgate.gate.routing import list_resolver
+
+    @list_resolver("class_students", label="A class's students and teachers")
+    def class_students(match, email_list):
+        code = match.group("code")
+        return [*User.objects.filter(profile__class_code=code), "archive@example.org"]
+
+A resolver returns users and/or address strings (or {"email", "name"} mappings).
+Inactive users, users without an address and suppressed addresses are left
+out; each address appears once. Recipients never come from the message's
+To/Cc/Bcc headers.
+"""
+
+from dataclasses import dataclass, field
+from email.utils import parseaddr
+
+from django.contrib.auth import get_user_model
+from django.db.models import Q
+
+from dbmail.content.recipients import address_error, normalise_address
+from dbmail.models import Suppression
+from mailgate.models import EmailList
+
+_RESOLVERS = {}
+
+
+@dataclass(frozen=True)
+class Resolver:
+    name: str
+    label: str
+    func: object
+
+
+@dataclass(frozen=True)
+class Member:
+    address: str
+    name: str = ""
+    user_id: int | None = None
+
+
+@dataclass
+class Route:
+    email_list: EmailList
+    recipient: str
+    groups: dict = field(default_factory=dict)
+    args: tuple = ()
+    members: list = field(default_factory=list)
+
+    @property
+    def list_address(self):
+        return self.recipient
+
+    def is_member(self, address):
+        address = (address or "").lower()
+        return bool(address) and any(m.address.lower() == address for m in self.members)
+
+
+def list_resolver(name, *, label=None):
+    """Register a resolver under `name` (decorator)."""
+
+    def register(func):
+        _RESOLVERS[name] = Resolver(name, label or name.replace("_", " ").capitalize(), func)
+        return func
+
+    return register
+
+
+def registered_resolvers():
+    return dict(_RESOLVERS)
+
+
+def normalise_recipient(address):
+    return normalise_address(parseaddr(address or "")[1] or (address or "")).strip("<>")
+
+
+def find_list(recipient):
+    """(EmailList, re.Match) for the first active list matching `recipient`, or (None, None)."""
+    for email_list in EmailList.objects.filter(active=True).order_by("seq", "id"):
+        match = email_list.match(recipient)
+        if match:
+            return email_list, match
+    return None, None
+
+
+def route(recipient):
+    """The Route for an envelope recipient, members resolved; None when no list matches."""
+    recipient = normalise_recipient(recipient)
+    email_list, match = find_list(recipient)
+    if email_list is None:
+        return None
+    return Route(
+        email_list=email_list,
+        recipient=recipient,
+        groups={k: v for k, v in match.groupdict().items() if v is not None},
+        args=match.groups(),
+        members=resolve_members(email_list, match),
+    )
+
+
+def _user_member(user):
+    return Member(normalise_address(user.email), user.get_full_name().strip(), user.pk)
+
+
+def _as_members(items):
+    User = get_user_model()
+    for item in items or ():
+        if isinstance(item, User):
+            if item.is_active and item.email:
+                yield _user_member(item)
+        elif isinstance(item, str):
+            name, address = parseaddr(item)
+            yield Member(normalise_address(address or item), name)
+        elif isinstance(item, dict) and item.get("email"):
+            yield Member(normalise_address(item["email"]), item.get("name", ""))
+
+
+def resolve_members(email_list, match):
+    """Every address mail to this list (as matched) goes to, each once, suppressed ones left out."""
+    User = get_user_model()
+    found = []
+    users = (
+        User.objects.filter(is_active=True)
+        .exclude(email="")
+        .filter(Q(email_lists=email_list) | Q(groups__email_lists=email_list))
+    )
+    found.extend(_user_member(u) for u in users.distinct().order_by("pk"))
+    found.extend(_as_members(email_list.address_list()))
+    if email_list.resolver:
+        resolver = _RESOLVERS.get(email_list.resolver)
+        if resolver is None:
+            raise LookupError(f"list {email_list.name!r} names an unregistered resolver {email_list.resolver!r}")
+        found.extend(_as_members(resolver.func(match, email_list)))
+    if email_list.archive_address:
+        found.extend(_as_members([email_list.archive_address]))
+
+    seen, members = set(), []
+    for member in found:
+        key = member.address.lower()
+        if key in seen or address_error(member.address):
+            continue
+        seen.add(key)
+        members.append(member)
+    suppressed = set(Suppression.objects.filter(address__in=list(seen)).values_list("address", flat=True))
+    return [m for m in members if m.address.lower() not in suppressed]
+
+
+# --- Built-in resolver -----------------------------------------------------------------------
+
+
+@list_resolver("user", label="A user's own address (group 'user', else the whole local part)")
+def user_address(match, email_list):
+    username = match.groupdict().get("user") or match.string.rpartition("@")[0] or match.string
+    return list(get_user_model().objects.filter(username__iexact=username, is_active=True))

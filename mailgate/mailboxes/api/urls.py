@@ -1,0 +1,18 @@
+from django.urls import include, path
+from drf_spectacular.views import SpectacularAPIView
+from rest_framework.authtoken.views import obtain_auth_token
+from rest_framework.routers import DefaultRouter
+
+from mailgate.mailboxes.api import views
+
+router = DefaultRouter()
+router.register("profiles", views.ProfileViewSet, basename="mailbox-profile")
+router.register("accounts", views.AccountViewSet, basename="mailbox-account")
+router.register("folders", views.FolderViewSet, basename="mailbox-folder")
+router.register("messages", views.MessageViewSet, basename="mailbox-message")
+
+urlpatterns = [
+    path("schema/", SpectacularAPIView.as_view(), name="api-schema"),
+    path("token/", obtain_auth_token, name="api-token"),
+    path("", include(router.urls)),
+]

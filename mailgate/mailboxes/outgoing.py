@@ -1,0 +1,170 @@
+"""Outgoing mailbox messages: a `sending` message goes out through its account's own SMTP server.
+
+Sending is dbmail's: the message becomes one outbox email per recipient
+(dbmail.intake.outbox.enqueue) from the account's dbmail SenderAccount, whose SMTP
+settings are the account's profile and login, so dbmail's sender connects to
+that server and keeps its log, retries and statuses. This module only hands
+the message over once and mirrors the outcome back:
+
+    every copy sent (or later delivered)        -> sent
+    any copy dropped, cancelled or bounced      -> error, with the reasons
+    otherwise (queued, sending, deferred)       -> stays sending
+"""
+
+import logging
+from email.utils import formatdate
+
+from django.conf import settings
+from django.core.mail import EmailMultiAlternatives
+from django.db import transaction
+
+from dbmail.content import rendering
+from dbmail.intake import outbox
+from dbmail.models import SenderAccount, TextOfEmail
+from dbmail.send.loop import send_one_now
+from mailgate.models import MailAccount, Message, MessagePart
+
+log = logging.getLogger(__name__)
+EmailStatus = TextOfEmail.Status
+_SENT = {EmailStatus.SENT, EmailStatus.DELIVERED, EmailStatus.COMPLAINED}
+_FAILED = {EmailStatus.DROPPED, EmailStatus.CANCELLED, EmailStatus.BOUNCED}
+_PENDING = {EmailStatus.QUEUED, EmailStatus.DEFERRED, EmailStatus.SENDING}
+
+
+def sync_sender(account):
+    """Create or update the dbmail sender account that sends as `account` through its profile's SMTP server."""
+    profile = account.profile
+    values = dict(
+        display_name=account.display_name,
+        active=account.enabled,
+        smtp_host=profile.smtp_host,
+        smtp_port=profile.smtp_port if profile.smtp_host else None,
+        smtp_username=account.login if profile.smtp_host and profile.smtp_auth else "",
+        smtp_password=account.secret if profile.smtp_host and profile.smtp_auth else "",
+        smtp_use_tls=profile.smtp_starttls,
+        smtp_use_ssl=profile.smtp_ssl,
+    )
+    sender, _ = SenderAccount.objects.update_or_create(address=account.address, defaults=values)
+    if account.sender_id != sender.pk:
+        MailAccount.objects.filter(pk=account.pk).update(sender=sender)
+        account.sender = sender
+    return sender
+
+
+def sync_profile(profile):
+    """After a profile's SMTP settings change: every account's sender account follows."""
+    for account in profile.accounts.select_related("profile"):
+        sync_sender(account)
+
+
+def recipients(message):
+    seen, result = set(), []
+    for address in [*message.to, *message.cc, *message.bcc]:
+        key = address.strip().lower()
+        if key and key not in seen:
+            seen.add(key)
+            result.append(address.strip())
+    return result
+
+
+def submit(message):
+    """Hand a `sending` message to the outbox once; returns the outbox emails (empty if already handed over)."""
+    with transaction.atomic():
+        message = Message.objects.select_for_update().select_related("account__profile").get(pk=message.pk)
+        if message.status != Message.Status.SENDING or message.outbox.exists():
+            return []
+        sync_sender(message.account)
+        to = recipients(message)
+        if not message.account.enabled:
+            _set(message, Message.Status.ERROR, "the account is disabled")
+            return []
+        if not to:
+            _set(message, Message.Status.ERROR, "no recipients (to, cc and bcc are empty)")
+            return []
+        html = message.html.read().decode("utf-8") if message.html else ""
+        emails = []
+        for address in to:
+            message_id = rendering.new_message_id()
+            emails.append(
+                outbox.enqueue(
+                    address,
+                    message.subject,
+                    from_email=message.account.address,
+                    from_header=message.account.sender.from_header,
+                    raw_message=compose(message, html, message_id),
+                    message_id=message_id,
+                )
+            )
+        message.outbox.add(*emails)
+    return emails
+
+
+def compose(message, html, message_id):
+    """The bytes every recipient gets: To and Cc as written, never Bcc; each copy its own Message-ID."""
+    email = EmailMultiAlternatives(
+        subject=message.subject,
+        body=message.text,
+        from_email=message.account.sender.from_header,
+        to=message.to,
+        cc=message.cc,
+        headers={"Message-ID": message_id, "Date": formatdate(localtime=settings.EMAIL_USE_LOCALTIME)},
+    )
+    if html:
+        email.attach_alternative(html, "text/html")
+    for part in message.parts.filter(kind=MessagePart.Kind.ATTACHMENT).order_by("position"):
+        with part.file.open("rb") as handle:
+            email.attach(part.filename or f"attachment-{part.position}", handle.read(), part.content_type)
+    return email.message().as_bytes(linesep="\r\n")
+
+
+def send(message):
+    """Submit the message and try to send each of its copies at once; then mirror their statuses."""
+    for email in submit(message):
+        if email.status == EmailStatus.QUEUED:
+            send_one_now(email)
+    return refresh(message)
+
+
+def refresh(message):
+    """Mirror the outbox statuses onto a `sending` message; returns the message."""
+    message.refresh_from_db()
+    if message.status != Message.Status.SENDING:
+        return message
+    emails = list(message.outbox.all())
+    if not emails:
+        return message
+    statuses = {email.status for email in emails}
+    if statuses <= _SENT:
+        _set(message, Message.Status.SENT, "")
+    elif statuses & _FAILED and not statuses & _PENDING:
+        reasons = "; ".join(f"{e.to_address}: {e.last_error or e.status}" for e in emails if e.status in _FAILED)
+        _set(message, Message.Status.ERROR, reasons)
+    return message
+
+
+def retry(message):
+    """Put an outgoing message in `error` back to `sending` for a fresh set of outbox emails; False if not in error."""
+    with transaction.atomic():
+        message = Message.objects.select_for_update().get(pk=message.pk)
+        if message.direction != Message.Direction.OUTGOING or message.status != Message.Status.ERROR:
+            return False
+        message.outbox.clear()  # the failed emails stay in dbmail's log; new ones are made on submit
+        _set(message, Message.Status.SENDING, "")
+    return True
+
+
+def _set(message, status, error):
+    Message.objects.filter(pk=message.pk).update(status=status, last_error=error[:5000])
+    message.status, message.last_error = status, error[:5000]
+
+
+def send_pending():
+    """The cron step: every `sending` message is submitted (if new), sent if due, and its status mirrored."""
+    done = 0
+    for message in Message.objects.filter(direction=Message.Direction.OUTGOING, status=Message.Status.SENDING):
+        try:
+            send(message)
+        except Exception:  # one broken message must not stop the others; it stays `sending` and is retried
+            log.exception("mailgate: sending message %s failed", message.pk)
+        done += 1
+    return done
