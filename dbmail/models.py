@@ -11,7 +11,7 @@ from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import models
 from django.db.models import Count, Q
-from django.db.models.functions import Lower
+from django.db.models.functions import Coalesce, Lower
 from django.utils import timezone
 
 
@@ -295,6 +295,8 @@ class Suppression(models.Model):
 
     class Meta:
         ordering = ["address"]
+        # The dashboard counts unsubscribes per day.
+        indexes = [models.Index(fields=["created_at"], condition=Q(reason="unsubscribed"), name="dbmail_unsub_day")]
 
     def __str__(self):
         return f"{self.address} ({self.reason})"
@@ -486,3 +488,66 @@ class WebhookSignature(models.Model):
 
     def __str__(self):
         return self.signature[:16]
+
+
+# --- Comm panel dashboard: outcomes counted per day (dbmail.track.rollup writes and reads it) ---
+
+
+class DailyStat(models.Model):
+    """How many emails of one sender account and request reached each outcome on one day.
+
+    Additive: the send and tracking paths each add a row (merged=False) in the same transaction
+    as the outcomes they count, so concurrent senders never queue for one counter row; dbmail_cron
+    merges a key's rows into its one merged row. Readers sum, so they are exact before and after.
+    The day is the site's (TIME_ZONE) date of the outcome being recorded.
+    """
+
+    COUNTS = ("sent", "delivered", "deferred", "bounced", "complained", "dropped")
+
+    day = models.DateField()
+    # Plain ids, no foreign keys: deleting a request or an account keeps what was sent in the totals.
+    account = models.ForeignKey(
+        SenderAccount,
+        null=True,
+        blank=True,
+        on_delete=models.DO_NOTHING,
+        db_constraint=False,
+        db_index=False,
+        related_name="+",
+    )
+    request = models.ForeignKey(
+        MessageRequest,
+        null=True,
+        blank=True,
+        on_delete=models.DO_NOTHING,
+        db_constraint=False,
+        db_index=False,
+        related_name="+",
+    )
+    merged = models.BooleanField(default=False)
+    sent = models.PositiveIntegerField(default=0, help_text="Accepted by the mail server (250).")
+    delivered = models.PositiveIntegerField(default=0)
+    deferred = models.PositiveIntegerField(default=0, help_text="Attempts refused for now (4xx, no connection).")
+    bounced = models.PositiveIntegerField(default=0)
+    complained = models.PositiveIntegerField(default=0)
+    dropped = models.PositiveIntegerField(default=0, help_text="Refused for good while sending, or rejected later.")
+
+    class Meta:
+        constraints = [
+            # One merged row per key; the merge's upsert relies on it.
+            models.UniqueConstraint(
+                "day",
+                Coalesce("account", models.Value(0)),
+                Coalesce("request", models.Value(0)),
+                condition=Q(merged=True),
+                name="dbmail_dailystat_one_merged",
+            )
+        ]
+        indexes = [
+            models.Index(fields=["day"], name="dbmail_dailystat_day"),
+            models.Index(fields=["request"], name="dbmail_dailystat_request"),
+            models.Index(fields=["id"], condition=Q(merged=False), name="dbmail_dailystat_pending"),
+        ]
+
+    def __str__(self):
+        return f"{self.day} account {self.account_id} request {self.request_id}"

@@ -1,4 +1,4 @@
-"""One dbmail_cron run: expand due requests, then send due emails, then record the run."""
+"""One dbmail_cron run: expand due requests, send due emails, fold the day's counts, record the run."""
 
 import signal
 import time
@@ -10,6 +10,7 @@ from django.utils import timezone
 from dbmail.intake import expand, spool
 from dbmail.ops import health
 from dbmail.send import loop as sending
+from dbmail.track import rollup
 
 
 class Unreachable(Exception):
@@ -68,6 +69,7 @@ class Runner:
             self.sender.stopping = self.stopping
             sent = self.sender.run()
             spool.settle()
+            rollup.merge_all()  # the dashboard's counts: a few rows per batch sent, folded into one per day
         except DatabaseError as exc:
             raise Unreachable(f"cannot reach the database: {exc}".strip()) from exc
         except spool.SpoolError as exc:

@@ -24,6 +24,7 @@ from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
 from dbmail.models import AppliedTrackingEvent, DeliveryEvent, Suppression, TextOfEmail, UnmatchedTrackingEvent
+from dbmail.track import rollup
 from dbmail.track.queue import get_queue
 
 log = logging.getLogger(__name__)
@@ -304,6 +305,8 @@ def _write(changed, log_rows, unmatched, suppress, now):
             leased_until=None,
             last_error=email.last_error[:2000],
         )
+    # Counted for the dashboard by the day the report was applied (the MTA's clock is not ours).
+    rollup.count((rollup.day_of(now), email.account_id, email.request_id, email.status) for email in changed)
     DeliveryEvent.objects.bulk_create(log_rows)
     UnmatchedTrackingEvent.objects.bulk_create(unmatched)
     Suppression.objects.bulk_create(
@@ -342,7 +345,7 @@ def _lock_emails(events):
     emails = list(
         TextOfEmail.objects.select_for_update()
         .filter(Q(pk__in=pks) | Q(message_id__in=message_ids))
-        .only("pk", "status", "to_address", "message_id", "last_error")
+        .only("pk", "status", "to_address", "message_id", "last_error", "account_id", "request_id")
         .order_by("pk")  # one lock order for every job, so two never deadlock
     )
     return {e.pk: e for e in emails}, {e.message_id: e for e in emails}
