@@ -108,3 +108,84 @@ def test_staff_composes_previews_sends_and_follows_a_request(live_server, smtp_s
     for username, first in names.items():
         assert received[f"{username}@example.org"]["Subject"] == f"News for {first}"
     assert SCREENSHOT.stat().st_size > 10_000
+
+
+# --- One page each: a logged-in Chromium page on the live server ---
+
+
+@pytest.fixture
+def browser_page(live_server, monkeypatch):
+    """(page, live_server) logged in as a panel user, at desktop width."""
+    if not shutil.which(CHROMIUM):
+        pytest.fail(f"{CHROMIUM} is missing: apt-get install chromium (.ci/run does it)")
+    monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
+    panel_user("chief")
+    with playwright_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        page.set_default_timeout(15000)
+        page.on("dialog", lambda dialog: dialog.accept())
+        page.goto(f"{live_server.url}/admin/login/?next=/commpanel/")
+        page.fill("#id_username", "chief")
+        page.fill("#id_password", "pw-for-tests")
+        page.click("input[type=submit]")
+        page.wait_for_url("**/commpanel/")
+        yield page, live_server
+        browser.close()
+
+
+def screenshot(page, name):
+    path = ROOT / "test-output" / name
+    path.parent.mkdir(exist_ok=True)
+    page.screenshot(path=str(path), full_page=True)
+    assert path.stat().st_size > 10_000
+    return path
+
+
+def test_dashboard_draws_its_charts_and_fits_a_phone(browser_page):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from dbmail.track import rollup
+
+    page, server = browser_page
+    today = timezone.localdate()
+    office = SenderAccountFactory()
+    news = SenderAccountFactory(address="news@example.org")
+    for n in range(30):
+        day = today - timedelta(days=n)
+        rollup.count(
+            [(day, office.pk, None, "sent")] * (20 + n % 7) + [(day, office.pk, None, "delivered")] * (18 + n % 5)
+        )
+        rollup.count([(day, news.pk, None, "sent")] * 5 + [(day, news.pk, None, "bounced")] * (n % 3))
+    page.click("nav >> text=Dashboard")
+    page.wait_for_url("**/commpanel/dashboard/")
+    page.wait_for_selector("#chart-days[data-rendered='1']")
+    page.wait_for_selector("#chart-accounts[data-rendered='1']")
+    drawn = page.evaluate(
+        "() => { const c = Chart.getChart('chart-days'); return [c.data.labels.length, c.data.datasets.length]; }"
+    )
+    assert drawn == [30, 7]
+    assert page.evaluate("() => Chart.getChart('chart-accounts').data.labels") == [
+        "office@example.org",
+        "news@example.org",
+    ]
+    page.wait_for_timeout(500)  # the charts' short animation
+    screenshot(page, "commpanel-dashboard.png")
+
+    # Another range through the date inputs.
+    page.fill("#range-from", (today - timedelta(days=6)).isoformat())
+    page.click("#range-form button[type=submit]")
+    page.wait_for_selector("#chart-days[data-rendered='1']")
+    assert page.evaluate("() => Chart.getChart('chart-days').data.labels.length") == 7
+
+    # At phone width nothing spills sideways out of the page; wide tables scroll in their own box.
+    page.set_viewport_size({"width": 375, "height": 800})
+    for path in ("/commpanel/dashboard/", "/commpanel/", "/commpanel/suppressions/", "/commpanel/templates/"):
+        page.goto(server.url + path)
+        assert page.evaluate("() => document.documentElement.scrollWidth") <= 375, path
+    page.goto(server.url + "/commpanel/dashboard/")
+    page.wait_for_selector("#chart-days[data-rendered='1']")
+    page.wait_for_timeout(500)
+    screenshot(page, "commpanel-dashboard-phone.png")

@@ -15,6 +15,7 @@ def panel_urls(mail):
     pk = mail.pk
     gets = [
         reverse("commpanel:requests"),
+        reverse("commpanel:dashboard"),
         reverse("commpanel:compose"),
         reverse("commpanel:request", args=[pk]),
         reverse("commpanel:edit", args=[pk]),

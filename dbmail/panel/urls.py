@@ -2,11 +2,12 @@
 
 from django.urls import path
 
-from dbmail.panel.views import compose, requests, suppressions, templates
+from dbmail.panel.views import compose, dashboard, requests, suppressions, templates
 
 app_name = "commpanel"
 urlpatterns = [
     path("", requests.request_list, name="requests"),
+    path("dashboard/", dashboard.dashboard, name="dashboard"),
     path("compose/", compose.compose, name="compose"),
     path("compose/count/", compose.count, name="count"),
     path("requests/<int:pk>/", requests.request_detail, name="request"),

@@ -98,6 +98,52 @@
     count();
   }
 
+  // Dashboard: draw the figures (embedded as JSON) with Chart.js; the tables below work without it.
+  var dashData = document.getElementById("dashboard-data");
+  if (dashData && window.Chart) {
+    var data = JSON.parse(dashData.textContent);
+    var css = getComputedStyle(document.documentElement);
+    // "sent" is drawn in the sending blue: beside "delivered", two greens would not be told apart.
+    var colour = function (name) { return css.getPropertyValue("--" + (name === "sent" ? "sending" : name)).trim() || "#57606a"; };
+    var label = function (name) { return name.charAt(0).toUpperCase() + name.slice(1); };
+    var common = { responsive: true, maintainAspectRatio: false, animation: { duration: 300 },
+                   plugins: { legend: { position: "bottom", labels: { boxWidth: 12 } } } };
+    var daysCanvas = document.getElementById("chart-days");
+    if (daysCanvas) {
+      new window.Chart(daysCanvas, {
+        type: "line",
+        data: {
+          labels: data.days,
+          datasets: Object.keys(data.series).map(function (name) {
+            return { label: label(name), data: data.series[name], borderColor: colour(name), backgroundColor: colour(name),
+                     tension: 0.2, pointRadius: data.days.length > 60 ? 0 : 2, borderWidth: 2 };
+          })
+        },
+        options: Object.assign({}, common, {
+          interaction: { mode: "index", intersect: false },
+          scales: { y: { beginAtZero: true, ticks: { precision: 0 } }, x: { ticks: { maxRotation: 0, autoSkipPadding: 12 } } }
+        })
+      });
+      daysCanvas.setAttribute("data-rendered", "1");
+    }
+    var accountsCanvas = document.getElementById("chart-accounts");
+    if (accountsCanvas) {
+      var rows = data.accounts.length;
+      accountsCanvas.parentNode.style.height = Math.min(40, 6 + 3.2 * rows) + "rem";
+      new window.Chart(accountsCanvas, {
+        type: "bar",
+        data: {
+          labels: data.accounts,
+          datasets: Object.keys(data.per_account).map(function (name) {
+            return { label: label(name), data: data.per_account[name], backgroundColor: colour(name) };
+          })
+        },
+        options: Object.assign({}, common, { indexAxis: "y", scales: { x: { beginAtZero: true, ticks: { precision: 0 } } } })
+      });
+      accountsCanvas.setAttribute("data-rendered", "1");
+    }
+  }
+
   // Request page: refresh the progress bar and chart while the request is sending.
   var box = document.getElementById("progress");
   if (box && box.getAttribute("data-active") === "1") {
