@@ -2,19 +2,23 @@
 
 Needs Debian's chromium at /usr/bin/chromium (.ci/run installs it) and Playwright's Python
 package; Playwright's own browser download is never used. The screenshot of the finished
-request page is saved as test-output/commpanel-request.png.
+request page is saved as test-output/commpanel-request.png, with one screenshot per page tested.
 """
 
 import shutil
+import subprocess
+import sys
+from datetime import timedelta
 
 import pytest
 from django.contrib.auth.models import Group
+from django.utils import timezone
 from playwright import sync_api as playwright_api
 
 from dbmail.models import MessageRequest
 
-from .conftest import ROOT, manage, subprocess_env
-from .factories import SenderAccountFactory, UserFactory
+from .conftest import ROOT, subprocess_env
+from .factories import MessageRequestFactory, SenderAccountFactory, UserFactory
 from .panel import panel_user
 
 CHROMIUM = "/usr/bin/chromium"
@@ -81,22 +85,43 @@ def test_staff_composes_previews_sends_and_follows_a_request(live_server, smtp_s
         assert page.inner_text("#preview-subject") == "News for Bea"
         assert "Dear Bea," in page.inner_text("#preview-text")
 
-        # Send now, then let one cron run send everything.
+        # Send now; a real dbmail_cron sends in the background, paced so the page can be watched.
+        page.evaluate("window.notReloaded = true")
         page.click("#send-form button[type=submit]")
         page.wait_for_selector("#progress")
-        assert "Queued" in page.inner_text(".messages")
-        run = manage("dbmail_cron", "-v", "2", env=subprocess_env(smtp_server))
-        assert run.returncode == 0, run.stderr
-
-        # The page refreshes itself until every email is reported sent.
-        page.wait_for_function(
-            "document.getElementById('progress-text').textContent.includes('3 of 3 finished (100%)')"
+        assert "Queued. This goes out to 3 addresses on the next dbmail_cron run." in page.inner_text(".messages")
+        assert "No emails yet" in page.inner_text("#emails")
+        page.evaluate("window.notReloaded = true")
+        env = subprocess_env(smtp_server, DBMAIL_THROTTLE_PER_SECOND="1.5")
+        cron = subprocess.Popen(
+            [sys.executable, str(ROOT / "manage.py"), "dbmail_cron"],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
         )
+        try:
+            # While it sends: the state, the line, the bar and the emails table follow without a reload.
+            page.wait_for_function("document.getElementById('request-status').textContent === 'Sending'")
+            page.wait_for_function("document.querySelectorAll('#emails tbody tr a').length === 3")
+            page.wait_for_function(
+                "/^Sending: [12] of 3 handled/.test(document.getElementById('status-line').textContent)"
+            )
+            assert "Cancel the rest" in page.inner_text("#actions")
+            assert page.locator(".messages .message").count() == 0  # the "Queued" flash is past
+            page.wait_for_function("document.getElementById('request-status').textContent === 'Done'")
+        finally:
+            cron.communicate(timeout=60)
+        assert cron.returncode == 0
+        assert page.evaluate("window.notReloaded") is True
+        assert page.inner_text("#status-line") == "Done: 3 sent."
         assert page.inner_text("#status-chart [data-status=sent]") == "3"
-        page.reload()
+        assert page.get_attribute("#progress [data-segment=sent]", "style").replace(" ", "") == "width:100%;"
+        assert "Cancel the rest" not in page.inner_text("#actions")
         rows = page.locator("#emails tbody tr")
         assert rows.count() == 3
         assert all("sent" in rows.nth(i).inner_text() for i in range(3))
+        assert page.inner_text("#delivery [data-measure=sent]") == "3"
+        page.wait_for_timeout(500)  # the bar's short transition
         SCREENSHOT.parent.mkdir(exist_ok=True)
         page.screenshot(path=str(SCREENSHOT), full_page=True)
         browser.close()
@@ -143,10 +168,6 @@ def screenshot(page, name):
 
 
 def test_dashboard_draws_its_charts_and_fits_a_phone(browser_page):
-    from datetime import timedelta
-
-    from django.utils import timezone
-
     from dbmail.track import rollup
 
     page, server = browser_page
@@ -189,3 +210,46 @@ def test_dashboard_draws_its_charts_and_fits_a_phone(browser_page):
     page.wait_for_selector("#chart-days[data-rendered='1']")
     page.wait_for_timeout(500)
     screenshot(page, "commpanel-dashboard-phone.png")
+
+
+def test_a_scheduled_request_is_rescheduled_and_cancelled_with_words_that_say_when(browser_page):
+    page, server = browser_page
+    mail = MessageRequestFactory(
+        subject="Term dates",
+        recipient_set="addresses",
+        recipient_params={"rows": [{"email": "ann@example.org"}, {"email": "bob@example.org"}]},
+        status=MessageRequest.Status.QUEUED,
+        send_at=timezone.now() + timedelta(days=3),
+    )
+    dialogs = []
+    page.on("dialog", lambda dialog: dialogs.append(dialog.message))
+    page.goto(f"{server.url}/commpanel/requests/{mail.pk}/")
+    assert page.inner_text("#request-status") == "Scheduled"
+    assert "This will be sent to 2 addresses on" in page.inner_text("#plan")
+    page.check("#reschedule-form input[name=when][value=later]")
+    page.fill("#reschedule-form input[name=send_at]", "2099-12-03T09:00")
+    page.click("#reschedule-form button[type=submit]")
+    page.wait_for_url(f"**/commpanel/requests/{mail.pk}/")
+    assert dialogs[-1] == "Move this to 3 Dec 2099 at 09:00? It will be sent to 2 addresses then."
+    assert "Rescheduled. This will be sent to 2 addresses on 3 Dec 2099 at 09:00." in page.inner_text(".messages")
+    assert page.inner_text("#status-line") == "Scheduled: it goes out on 3 Dec 2099 at 09:00."
+    mail.refresh_from_db()
+    assert mail.send_at.isoformat() == "2099-12-03T09:00:00+00:00"
+    screenshot(page, "commpanel-scheduled.png")
+
+    # Edit: the content changes, the time stays.
+    page.click("#edit")
+    page.wait_for_url("**/edit/")
+    assert "scheduled for 3 Dec 2099 at 09:00" in page.inner_text("#edit-scheduled")
+    page.fill("#id_subject", "Term dates (corrected)")
+    page.click("button:has-text('Save changes')")
+    page.wait_for_url(f"**/commpanel/requests/{mail.pk}/")
+    assert "Changes saved. This will be sent to 2 addresses on 3 Dec 2099 at 09:00." in page.inner_text(".messages")
+    mail.refresh_from_db()
+    assert (mail.subject, mail.status) == ("Term dates (corrected)", MessageRequest.Status.QUEUED)
+
+    page.click("#cancel")
+    page.wait_for_url(f"**/commpanel/requests/{mail.pk}/")
+    assert dialogs[-1] == "Cancel this scheduled request? Nothing will be sent."
+    assert page.inner_text(".messages") == "Cancelled: nothing was sent."
+    assert page.inner_text("#request-status") == "Cancelled"

@@ -17,6 +17,7 @@ urlpatterns = [
     path("requests/<int:pk>/status.json", requests.request_status, name="status"),
     path("requests/<int:pk>/send/", requests.send, name="send"),
     path("requests/<int:pk>/test/", requests.send_test, name="test"),
+    path("requests/<int:pk>/reschedule/", requests.reschedule, name="reschedule"),
     path("requests/<int:pk>/cancel/", requests.cancel, name="cancel"),
     path("requests/<int:pk>/retry/", requests.retry, name="retry"),
     path("requests/<int:pk>/reuse/", requests.reuse, name="reuse"),
