@@ -86,7 +86,7 @@ def status_case():
     parts, edge = [], 0
     for status, share in MIX:
         edge += share
-        parts.append(f"WHEN (g * 7919) %% 1000 < {edge} THEN '{status}'")
+        parts.append(f"WHEN (g::bigint * 7919) %% 1000 < {edge} THEN '{status}'")
     return "CASE " + " ".join(parts) + " ELSE 'complained' END"
 
 
@@ -218,7 +218,9 @@ def measurements(args, requests):
         )
 
     def emails_page():
-        return list(biggest.emails.order_by(Lower("to_address"), "pk").only("id", "to_address", "status")[:50])
+        return list(
+            biggest.emails.order_by(Lower("to_address"), "pk").only("id", "request_id", "to_address", "status")[:50]
+        )
 
     return [
         ("dashboard: rollup.figures(), last 30 days", lambda: rollup.figures(start, end)),

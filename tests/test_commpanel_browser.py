@@ -18,7 +18,7 @@ from playwright import sync_api as playwright_api
 from dbmail.models import MessageRequest
 
 from .conftest import ROOT, subprocess_env
-from .factories import MessageRequestFactory, SenderAccountFactory, UserFactory
+from .factories import MessageRequestFactory, SenderAccountFactory, TextOfEmailFactory, UserFactory
 from .panel import panel_user
 
 CHROMIUM = "/usr/bin/chromium"
@@ -203,7 +203,17 @@ def test_dashboard_draws_its_charts_and_fits_a_phone(browser_page):
 
     # At phone width nothing spills sideways out of the page; wide tables scroll in their own box.
     page.set_viewport_size({"width": 375, "height": 800})
-    for path in ("/commpanel/dashboard/", "/commpanel/", "/commpanel/suppressions/", "/commpanel/templates/"):
+    mail = MessageRequestFactory(
+        sender=office, status=MessageRequest.Status.EXPANDED, subject="A rather long subject " * 4
+    )
+    email = TextOfEmailFactory(request=mail, account=office, status="dropped", last_error="550 5.1.1 " + "x" * 300)
+    pages = ["/commpanel/dashboard/", "/commpanel/", "/commpanel/suppressions/", "/commpanel/templates/"]
+    pages += [
+        f"/commpanel/requests/{mail.pk}/",
+        f"/commpanel/requests/{mail.pk}/emails/{email.pk}/",
+        "/commpanel/compose/",
+    ]
+    for path in pages:
         page.goto(server.url + path)
         assert page.evaluate("() => document.documentElement.scrollWidth") <= 375, path
     page.goto(server.url + "/commpanel/dashboard/")

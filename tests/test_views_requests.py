@@ -559,3 +559,28 @@ def test_expansion_passes_by_a_request_being_edited_and_takes_it_afterwards():
     thread.join()
     assert claimed == [None]  # skipped while locked, not blocked and not taken
     assert expand.claim_request().pk == mail.pk
+
+
+def test_tries_match_the_history_and_a_retry_is_explained(panel):
+    from dbmail.models import DeliveryEvent
+
+    mail = expanded_request(["sent"])
+    email = mail.emails.get()
+    TextOfEmail.objects.filter(pk=email.pk).update(attempts=1)
+    DeliveryEvent.objects.create(email=email, kind="attempt", outcome="sent", smtp_code=250, text="ok")
+    DeliveryEvent.objects.create(email=email, kind="tracking", outcome="delivered", text="delivered")
+    url = reverse("commpanel:email", args=[mail.pk, email.pk])
+    assert '<dd id="tries">1</dd>' in panel.get(url).content.decode()  # a tracking row is no try
+    DeliveryEvent.objects.create(email=email, kind="attempt", outcome="dropped", smtp_code=550, text="no")
+    DeliveryEvent.objects.create(email=email, kind="admin", outcome="queued", text="retry now")
+    html = panel.get(url).content.decode()
+    assert '<dd id="tries">2; 1 since the last retry, of at most 100</dd>' in html
+
+
+def test_a_page_of_emails_costs_the_same_queries_for_any_number_of_rows(panel, django_assert_max_num_queries):
+    mail = expanded_request(["sent"] * 30)
+    url = reverse("commpanel:status", args=[mail.pk])
+    with django_assert_max_num_queries(12):
+        panel.get(url)
+    with django_assert_max_num_queries(20):
+        panel.get(reverse("commpanel:request", args=[mail.pk]))

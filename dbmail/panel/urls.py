@@ -1,5 +1,6 @@
 """The comm panel, mounted under /commpanel/ by mailsite.urls."""
 
+from django.contrib.auth.views import LogoutView
 from django.urls import path
 
 from dbmail.panel.views import compose, dashboard, requests, suppressions, templates
@@ -8,6 +9,8 @@ app_name = "commpanel"
 urlpatterns = [
     path("", requests.request_list, name="requests"),
     path("dashboard/", dashboard.dashboard, name="dashboard"),
+    # Not the admin's: that one only redirects a user who is not staff, leaving them signed in.
+    path("logout/", LogoutView.as_view(next_page="admin:login"), name="logout"),
     path("compose/", compose.compose, name="compose"),
     path("compose/count/", compose.count, name="count"),
     path("requests/<int:pk>/", requests.request_detail, name="request"),

@@ -142,7 +142,18 @@ def _email_table(request, mail):
     if address:
         emails = emails.filter(to_address__icontains=address)
     page = Paginator(
-        emails.only("id", "to_address", "to_name", "status", "attempts", "sent_at", "last_error", "status_changed_at"),
+        # request_id too: the related manager sets each row's request, which would load it row by row.
+        emails.only(
+            "id",
+            "request_id",
+            "to_address",
+            "to_name",
+            "status",
+            "attempts",
+            "sent_at",
+            "last_error",
+            "status_changed_at",
+        ),
         settings.DBMAIL_PANEL_PAGE_SIZE,
     ).get_page(request.GET.get("page"))
     return {"emails": page, "status_filter": status, "address_filter": address, "statuses": EmailStatus.values}
@@ -153,10 +164,22 @@ def email_detail(request, pk, email_pk):
     """One recipient's email and its history: each attempt, tracking event and admin action."""
     mail = get_object_or_404(MessageRequest, pk=pk)
     email = get_object_or_404(mail.emails.select_related("request"), pk=email_pk)
+    events = list(email.events.order_by("at", "id"))
+    # "Tries" counts what the history shows: every SMTP attempt. The email's own counter restarts
+    # at a retry (it is the budget toward DBMAIL_MAX_ATTEMPTS), so it is shown only when it differs.
+    tries = sum(1 for e in events if e.kind == e.Kind.ATTEMPT)
+    in_flight = email.status == EmailStatus.SENDING  # claimed: this try has no history row yet
     return render(
         request,
         "commpanel/email_detail.html",
-        {"mail": mail, "email": email, "events": email.events.order_by("at", "id")},
+        {
+            "mail": mail,
+            "email": email,
+            "events": events,
+            "tries": tries + in_flight,
+            "budget_used": email.attempts if email.attempts != tries + in_flight else None,
+            "max_attempts": settings.DBMAIL_MAX_ATTEMPTS,
+        },
     )
 
 
