@@ -95,3 +95,23 @@ def test_spool_files_are_listed_read_only_with_their_items(admin_client, setting
     assert "boo@hisorhermail.com" in detail and "dropped" in detail and "queued" in detail
     assert admin_client.get(reverse("admin:dbmail_spoolfile_add")).status_code == 403
     assert admin_client.post(reverse("admin:dbmail_spoolfile_change", args=[record.pk]), {}).status_code == 403
+
+
+def test_a_send_grant_records_who_made_it_and_cannot_be_rewritten(client):
+    from django.contrib.auth.models import Permission
+
+    from dbmail.models import SendGrant
+
+    staff = UserFactory(username="granter", is_staff=True)
+    staff.user_permissions.add(*Permission.objects.filter(codename__in=["add_sendgrant", "change_sendgrant"]))
+    ann = UserFactory(username="ann")
+    client.force_login(staff)
+    response = client.post(reverse("admin:dbmail_sendgrant_add"), {"address": "Desk@Example.org", "user": ann.pk})
+    assert response.status_code == 302, response.content.decode()[:2000]
+    grant = SendGrant.objects.get()
+    assert (grant.address, grant.user, grant.granted_by) == ("desk@example.org", ann, staff)
+
+    bob = UserFactory(username="bob")
+    client.post(reverse("admin:dbmail_sendgrant_change", args=[grant.pk]), {"user": bob.pk, "note": "why"})
+    grant.refresh_from_db()
+    assert (grant.address, grant.user, grant.note) == ("desk@example.org", ann, "why")
