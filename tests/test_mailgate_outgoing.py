@@ -8,7 +8,7 @@ from mailgate.mailboxes import outgoing
 from mailgate.models import Message
 
 from .conftest import manage, subprocess_env
-from .factories import MailAccountFactory, MailServerProfileFactory
+from .factories import MailAccountFactory, MailServerProfileFactory, UserFactory
 from .smtpserver import SMTPServer
 
 pytestmark = pytest.mark.django_db
@@ -192,3 +192,18 @@ def test_a_deleted_accounts_mirror_goes_or_is_switched_off_without_its_login(own
     profile = MailServerProfileFactory(smtp_host="smtp.example.net", smtp_auth=True)
     again = MailAccountFactory(profile=profile, address="office@example.org", login="o", secret="new")
     assert outgoing.sync_sender(again).pk == mirror  # a new account with the address takes the old mirror
+
+
+def test_a_grant_made_or_removed_switches_the_mirror_at_once(account):
+    from dbmail.models import SendGrant
+
+    profile = account.profile
+    profile.smtp_host = ""  # the site's own server: a grant is needed
+    profile.save()
+    account.owner = UserFactory(username="ann")
+    account.save()
+    assert outgoing.sync_sender(account).active is False
+    grant = SendGrant.objects.create(address="@example.org", user=account.owner)
+    assert SenderAccount.objects.get(pk=account.sender_id).active is True
+    grant.delete()
+    assert SenderAccount.objects.get(pk=account.sender_id).active is False

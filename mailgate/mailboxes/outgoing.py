@@ -93,6 +93,16 @@ def sync_profile(profile):
             MailAccount.objects.filter(pk=account.pk).update(last_error=str(exc))
 
 
+def sync_covered_by(granted):
+    """After a send grant for `granted` (an address or @domain) changed: the mirrors it covers follow."""
+    lookup = {"address__iendswith": granted} if granted.startswith("@") else {"address__iexact": granted}
+    for account in MailAccount.objects.filter(**lookup).exclude(sender=None).select_related("profile", "owner"):
+        try:
+            sync_sender(account)
+        except AddressTaken as exc:
+            MailAccount.objects.filter(pk=account.pk).update(last_error=str(exc))
+
+
 def retire_sender(account):
     """A deleted account's mirror goes too; once it has sent mail (the log keeps it) it stays, off, without a login."""
     if not account.sender_id:
