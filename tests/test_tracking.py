@@ -16,8 +16,9 @@ from dbmail.models import (
 )
 from dbmail.send import claims, outcomes, retry
 from dbmail.send import loop as sending
+from dbmail.states import TRACKING_RANK as RANK
 from dbmail.track import apply as tracking
-from dbmail.track.apply import EVENT_STATUS, RANK, InvalidEvent, apply_batch, next_status, normalise
+from dbmail.track.apply import EVENT_TRANSITION, InvalidEvent, apply_batch, next_status, normalise
 
 from .factories import TextOfEmailFactory
 from .tracking_support import event
@@ -34,7 +35,7 @@ def tracking_rows(email):
 
 def test_every_status_has_a_rank_and_every_event_a_status():
     assert set(RANK) == set(Status.values)
-    assert set(EVENT_STATUS) == set(tracking.EVENTS)
+    assert set(EVENT_TRANSITION) == set(tracking.EVENTS)
 
 
 @given(start=st.sampled_from(list(Status)), events=st.lists(st.sampled_from(tracking.EVENTS), max_size=6))

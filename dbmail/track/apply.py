@@ -23,39 +23,24 @@ from django.db.models import Q
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
+from dbmail import states
 from dbmail.models import AppliedTrackingEvent, DeliveryEvent, Suppression, TextOfEmail, UnmatchedTrackingEvent
 from dbmail.track.queue import get_queue
 
 log = logging.getLogger(__name__)
-Status = TextOfEmail.Status
 
 EVENTS = ("delivered", "deferred", "bounced", "complained", "rejected", "opened")
 BOUNCE_TYPES = ("hard", "soft")
 
-# THE table. An event leads to a status; it is applied only when that status ranks higher
-# than the email's current one. So final states win, nothing moves backwards (a delivered
-# email never becomes "deferred" again), and the order in which events arrive does not
-# change where an email ends up. A "deferred" report from the MTA means the MTA has the
-# email and retries it itself: it can at most confirm "sent" (our own "deferred" would
-# make dbmail_cron send it again).
-EVENT_STATUS = {
-    "deferred": Status.SENT,
-    "rejected": Status.DROPPED,
-    "delivered": Status.DELIVERED,
-    "opened": Status.DELIVERED,
-    "bounced": Status.BOUNCED,
-    "complained": Status.COMPLAINED,
-}
-RANK = {
-    Status.QUEUED: 0,
-    Status.SENDING: 0,
-    Status.DEFERRED: 0,
-    Status.CANCELLED: 0,
-    Status.SENT: 1,
-    Status.DROPPED: 2,
-    Status.DELIVERED: 3,
-    Status.BOUNCED: 4,
-    Status.COMPLAINED: 5,
+# The transition each event leads to; dbmail.states ranks the states, so that final states
+# win and the order in which events arrive does not change where an email ends up.
+EVENT_TRANSITION = {
+    "deferred": states.TRACKED_SENT,
+    "rejected": states.TRACKED_DROPPED,
+    "delivered": states.TRACKED_DELIVERED,
+    "opened": states.TRACKED_DELIVERED,
+    "bounced": states.TRACKED_BOUNCED,
+    "complained": states.TRACKED_COMPLAINED,
 }
 
 TRACKING_HEADER = "X-Mailsite-Email"
@@ -70,9 +55,9 @@ class InvalidEvent(ValueError):
 
 
 def next_status(current, event):
-    """The status an email in `current` has after `event`, by the table above."""
-    target = EVENT_STATUS[event]
-    return target if RANK[target] > RANK[current] else current
+    """The status an email in `current` has after `event`: its transition's target, if it outranks `current`."""
+    transition = EVENT_TRANSITION[event]
+    return transition.target if current in transition.sources else current
 
 
 # --- Our own tracking header: every outbound email names itself, whatever its Message-ID became ---
@@ -257,7 +242,7 @@ def apply_batch(payloads, now=None):
             status = next_status(email.status, event["event"])
             if status != email.status:
                 email.status = status
-                if status in (Status.DROPPED, Status.BOUNCED, Status.COMPLAINED):
+                if status in states.KEEPS_DIAGNOSTIC:
                     email.last_error = event["diagnostic"] or event["event"]
                 changed[email.pk] = email
             log_rows.append(_log_row(email, event))

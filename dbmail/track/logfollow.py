@@ -25,6 +25,7 @@ from datetime import datetime, timedelta
 
 from django.utils import timezone
 
+from dbmail import states
 from dbmail.models import DeliveryEvent, LogCursor, TextOfEmail
 from dbmail.track import apply as tracking
 
@@ -156,7 +157,7 @@ def message_id_for_queue_id(queue_id, when):
     since = (when or timezone.now()) - timedelta(days=7)  # queue ids are reused; MTAs give up after ~5 days
     pattern = re.compile(rf"(?<![0-9A-Za-z-]){re.escape(queue_id)}(?![0-9A-Za-z-])")
     attempts = (
-        DeliveryEvent.objects.filter(kind=DeliveryEvent.Kind.ATTEMPT, outcome=TextOfEmail.Status.SENT, at__gte=since)
+        DeliveryEvent.objects.filter(kind=DeliveryEvent.Kind.ATTEMPT, outcome=states.EmailStatus.SENT, at__gte=since)
         .filter(text__contains=queue_id)
         .order_by("-at")
         .values_list("text", "email__message_id")
