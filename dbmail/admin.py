@@ -15,7 +15,7 @@ from dbmail.models import (  # the XML spool
     TrackingQueueItem,
     UnmatchedTrackingEvent,
 )
-from dbmail.track import apply as tracking
+from dbmail.track.apply import retry_unmatched
 
 
 class SenderAccountForm(forms.ModelForm):
@@ -250,7 +250,7 @@ class UnmatchedTrackingEventAdmin(admin.ModelAdmin):
 
     @admin.action(description="Apply again (their email may exist now)")
     def apply_again(self, request, queryset):
-        result = tracking.retry_unmatched(queryset)
+        result = retry_unmatched(queryset)
         self.message_user(request, f"Applied {result.applied}; still unmatched {result.unmatched + result.invalid}.")
 
 

@@ -387,7 +387,7 @@ class SpoolItem(models.Model):
         return f"{self.file.name} #{self.position}"
 
 
-# --- Delivery tracking (dbmail.track.apply): the queue's database backend and the job's memory ---
+# --- Delivery tracking (dbmail.track): the queue's database backend and the job's memory ---
 
 
 class TrackingQueueItem(models.Model):
