@@ -3,6 +3,7 @@ from django.contrib import admin, messages
 from django.utils import timezone
 
 from dbmail import states
+from dbmail.content.validation import RequestForm
 from dbmail.models import (  # the XML spool
     CronHeartbeat,
     DeliveryEvent,
@@ -42,6 +43,7 @@ class SenderAccountAdmin(admin.ModelAdmin):
 
 @admin.register(MessageRequest)
 class MessageRequestAdmin(admin.ModelAdmin):
+    form = RequestForm  # the recipient set and the templates are checked too
     list_display = [
         "id",
         "subject",

@@ -113,18 +113,13 @@ class MessageRequest(models.Model):
         super().save(*args, **kwargs)
 
     def clean(self):
-        from dbmail.content import recipients, rendering
-
+        # What the request knows by itself. Its recipient set and templates need the content
+        # modules, which models do not import: dbmail.content.validation checks those.
         errors = {}
         if not (self.text_body.strip() or self.html_body.strip()):
             errors["text_body"] = "Write a text or an HTML body."
         if self.sender_id and not self.sender.active:
             errors["sender"] = "This sender account is not active."
-        try:
-            recipients.get_set(self.recipient_set)
-        except recipients.UnknownRecipientSet as exc:
-            errors["recipient_set"] = str(exc)
-        errors.update(rendering.template_errors(self))
         if errors:
             raise ValidationError(errors)
 

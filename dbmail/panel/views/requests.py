@@ -13,7 +13,7 @@ from django.utils import timezone
 from django.views.decorators.http import require_POST
 
 from dbmail import states
-from dbmail.content import attachments, audience, recipients, rendering
+from dbmail.content import attachments, audience, recipients, rendering, validation
 from dbmail.models import MessageRequest, TextOfEmail
 from dbmail.panel import preview
 from dbmail.panel.forms import ScheduleForm
@@ -183,7 +183,7 @@ def send(request, pk):
                     messages.error(request, error)
             return redirect("commpanel:request", pk=pk)
         try:
-            mail.full_clean()
+            validation.full_clean(mail)
         except ValidationError as exc:  # the draft became invalid since (e.g. its sender was deactivated)
             for error in exc.messages:
                 messages.error(request, error)
