@@ -7,26 +7,13 @@ address or as its whole domain (`@example.org`; subdomains are other
 domains). There is no implicit grant, for staff or superusers either.
 """
 
-import re
-
 from django.db.models import Q
 
 from dbmail.models import SendGrant
 
-_DOMAIN = re.compile(r"[a-z0-9](?:[a-z0-9-]*[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]*[a-z0-9])?)+")
-_LOCAL = re.compile(r"[^\s@<>()\[\],;:\"\\]+")
-
 
 def normalise(address):
     return (address or "").strip().lower()
-
-
-def address_problem(address):
-    """Why `address` cannot be granted ("" when it can): an address, or @ and a domain."""
-    local, at, domain = normalise(address).rpartition("@")
-    if not at or not _DOMAIN.fullmatch(domain) or (local and not _LOCAL.fullmatch(local)):
-        return "Give an address (ann@example.org) or a whole domain (@example.org)."
-    return ""
 
 
 def grant_for(user, address):
