@@ -10,7 +10,7 @@ accounts, with a realistic mix of outcomes), builds the daily roll-up from them 
 migration does for an existing site (timed), adds a minute's worth of pending roll-up rows as
 busy senders leave them between two dbmail_cron runs, and then times:
 
-- the dashboard (dbmail.track.rollup.figures for the last 30 days: every query it makes);
+- the dashboard (dbmail.rollup.figures for the last 30 days: every query it makes);
 - the requests list's delivery columns (rollup.per_request for one page of requests);
 - the same dashboard figures computed straight from the email table, for comparison;
 - the live counts the request page and the list still make from the email table;
@@ -132,7 +132,7 @@ def build_rollup():
     from django.apps import apps
     from django.db import connection
 
-    migration = importlib.import_module("dbmail.migrations.0008_dashboard")
+    migration = importlib.import_module("dbmail.migrations.0009_dashboard")
     migration.backfill(apps, connection.schema_editor())
 
 
@@ -188,8 +188,8 @@ def measurements(args, requests):
     from django.db.models.functions import Lower, TruncDate
     from django.utils import timezone
 
+    from dbmail import rollup
     from dbmail.models import TextOfEmail
-    from dbmail.track import rollup
 
     end = timezone.localdate()
     start = end - timedelta(days=29)
@@ -245,8 +245,8 @@ def main(argv=None):
     from django.core.management import call_command
     from django.db import connection
 
+    from dbmail import rollup
     from dbmail.models import DailyStat
-    from dbmail.track import rollup
 
     try:
         step("migrating")

@@ -168,7 +168,7 @@ def screenshot(page, name):
 
 
 def test_dashboard_draws_its_charts_and_fits_a_phone(browser_page):
-    from dbmail.track import rollup
+    from dbmail import rollup
 
     page, server = browser_page
     today = timezone.localdate()

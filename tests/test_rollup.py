@@ -8,10 +8,10 @@ from django.apps import apps
 from django.db import connection
 from django.utils import timezone
 
+from dbmail import rollup
 from dbmail.models import DailyStat, Suppression, TextOfEmail
 from dbmail.send import claims, outcomes, retry
 from dbmail.send import loop as sending
-from dbmail.track import rollup
 from dbmail.track.apply import apply_batch
 
 from .factories import MessageRequestFactory, SenderAccountFactory, TextOfEmailFactory
@@ -156,7 +156,7 @@ def test_per_request_sums_over_days():
 
 @pytest.mark.django_db
 def test_the_migration_estimates_the_roll_up_of_earlier_mail():
-    migration = importlib.import_module("dbmail.migrations.0008_dashboard")
+    migration = importlib.import_module("dbmail.migrations.0009_dashboard")
     mail = MessageRequestFactory(status="expanded")
     sent_at = timezone.make_aware(timezone.datetime(2026, 11, 2, 10))
     later = sent_at + timedelta(days=1)

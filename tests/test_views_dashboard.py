@@ -7,8 +7,8 @@ import pytest
 from django.urls import reverse
 from django.utils import timezone
 
+from dbmail import rollup
 from dbmail.models import SenderAccount, Suppression
-from dbmail.track import rollup
 
 from .factories import SenderAccountFactory
 

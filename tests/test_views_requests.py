@@ -424,7 +424,7 @@ def test_rate_and_eta_while_sending(panel):
 
 
 def test_the_delivery_figures_and_rates_come_from_the_roll_up(panel):
-    from dbmail.track import rollup
+    from dbmail import rollup
 
     mail = expanded_request(["delivered"] * 3 + ["bounced"])
     day = timezone.localdate()

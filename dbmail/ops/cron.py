@@ -7,10 +7,10 @@ from dataclasses import dataclass
 from django.db import DatabaseError, close_old_connections
 from django.utils import timezone
 
+from dbmail import rollup
 from dbmail.intake import expand, spool
 from dbmail.ops import health
 from dbmail.send import loop as sending
-from dbmail.track import rollup
 
 
 class Unreachable(Exception):

@@ -9,10 +9,10 @@ from dataclasses import dataclass
 
 from django.utils import formats, timezone
 
-from dbmail.models import MessageRequest, TextOfEmail
+from dbmail import states
 
-Status = MessageRequest.Status
-E = TextOfEmail.Status
+Status = states.RequestStatus
+E = states.EmailStatus
 # Arrives with the request failure branch; the mapping is ready before the status exists.
 FAILED = getattr(Status, "FAILED", "failed")
 # "held" is derived elsewhere (waiting mail of an inactive sender account): still waiting.
@@ -20,17 +20,19 @@ HELD = "held"
 
 # The bar, left to right: (key, label, the email statuses it counts).
 SEGMENTS = (
-    ("sent", "Sent", (E.SENT, E.DELIVERED, E.COMPLAINED)),
-    ("deferred", "Deferred", (E.DEFERRED,)),
+    (E.SENT, "Sent", (E.SENT, E.DELIVERED, E.COMPLAINED)),
+    (E.DEFERRED, "Deferred", (E.DEFERRED,)),
     ("failed", "Dropped or bounced", (E.DROPPED, E.BOUNCED)),
-    ("cancelled", "Cancelled", (E.CANCELLED,)),
+    (E.CANCELLED, "Cancelled", (E.CANCELLED,)),
     ("waiting", "Waiting", (E.QUEUED, E.SENDING, HELD)),
 )
 # The per-status chart's order.
-SHOWN = ["queued", HELD, "sending", "sent", "delivered", "deferred", "dropped", "bounced", "complained", "cancelled"]
+SHOWN = [E.QUEUED, HELD, E.SENDING, E.SENT, E.DELIVERED, E.DEFERRED, E.DROPPED, E.BOUNCED, E.COMPLAINED, E.CANCELLED]
 
 # A request's state as people say it: (key for styles, label).
-DRAFT, SCHEDULED, SENDING, DONE, CANCELLED = "draft", "scheduled", "sending", "done", "cancelled"
+# Draft and Cancelled are the request statuses of those names; "sending" covers queued-and-due,
+# expanding, and expanded with mail still to go.
+DRAFT, SCHEDULED, SENDING, DONE, CANCELLED = Status.DRAFT.value, "scheduled", "sending", "done", Status.CANCELLED.value
 LABELS = {
     DRAFT: "Draft",
     SCHEDULED: "Scheduled",
@@ -55,10 +57,10 @@ def state(mail, counts=None, now=None):
         return HELD
     if mail.status == Status.QUEUED and mail.send_at > now:
         return SCHEDULED
-    if mail.status in (Status.QUEUED, Status.EXPANDING):
+    if mail.status in states.REQUEST_TO_EXPAND:
         return SENDING
     counts = counts or {}
-    if any(counts.get(s) for s in (E.QUEUED, E.SENDING, E.DEFERRED, HELD)):
+    if any(counts.get(s) for s in (*states.UNFINISHED, HELD)):
         return SENDING
     return DONE
 
@@ -118,7 +120,7 @@ def duration(seconds):
 def pace(mail, segments, now):
     """The average pace since the request's emails were made (the page refines it from its polls)."""
     started = mail.expanded_at
-    handled = segments["sent"] + segments["failed"]
+    handled = segments[E.SENT] + segments["failed"]
     if not started or not handled:
         return Pace()
     elapsed = (now - started).total_seconds()
@@ -131,7 +133,7 @@ def pace(mail, segments, now):
 def summary(segments):
     """'4,900 sent, 100 cancelled': the nonzero segments in words."""
     words = {"failed": "dropped or bounced"}
-    parts = [f"{number(segments[key])} {words.get(key, key)}" for key, _, _ in SEGMENTS if segments[key]]
+    parts = [f"{number(segments[key])} {words.get(key, str(key))}" for key, _, _ in SEGMENTS if segments[key]]
     return ", ".join(parts)
 
 
@@ -141,9 +143,9 @@ def progress(mail, counts, now=None):
     counts = {s: n for s, n in counts.items() if n}
     segments = {key: sum(counts.get(s, 0) for s in statuses) for key, _, statuses in SEGMENTS}
     total = sum(segments.values())
-    handled = segments["sent"] + segments["failed"] + segments["cancelled"]
+    handled = segments[E.SENT] + segments["failed"] + segments[E.CANCELLED]
     key = state(mail, counts, now)
-    unsent = segments["waiting"] + segments["deferred"]
+    unsent = segments["waiting"] + segments[E.DEFERRED]
     going = key == SENDING
     speed = pace(mail, segments, now) if going else Pace()
     return {
@@ -171,9 +173,9 @@ def progress(mail, counts, now=None):
         # Poll while anything can still change by itself (a scheduled request starts on its own).
         "active": key in (SCHEDULED, SENDING, HELD),
         "editable": editable(mail) and key != DRAFT,
-        "cancellable": mail.status in (Status.QUEUED, Status.EXPANDING, FAILED)
+        "cancellable": mail.status in (*states.REQUEST_TO_EXPAND, FAILED)
         or (mail.status == Status.EXPANDED and bool(unsent)),
-        "retryable": bool(counts.get(E.DEFERRED) or counts.get(E.DROPPED)),
+        "retryable": any(counts.get(s) for s in states.RETRY.sources),
         "send_at": mail.send_at.isoformat() if mail.send_at else None,
         "now": now.isoformat(),
     }
@@ -185,7 +187,7 @@ def _line(mail, key, segments, total):
     if key == SCHEDULED:
         return f"Scheduled: it goes out on {when(mail.send_at)}."
     if key == CANCELLED:
-        if not segments["sent"] and not segments["failed"]:
+        if not segments[E.SENT] and not segments["failed"]:
             return "Cancelled: nothing was sent."
         return f"Cancelled: {said}."
     if key == DONE:
@@ -199,9 +201,9 @@ def _line(mail, key, segments, total):
             if mail.status == Status.EXPANDING:
                 return "Sending: the emails are being made."
             return "Sending: waiting for the next dbmail_cron run to start."
-        handled = segments["sent"] + segments["failed"] + segments["cancelled"]
+        handled = segments[E.SENT] + segments["failed"] + segments[E.CANCELLED]
         text = f"Sending: {number(handled)} of {number(total)} handled ({said})"
-        if segments["deferred"]:
-            text += f"; {plural(segments['deferred'], 'deferred email')} will be tried again later"
+        if segments[E.DEFERRED]:
+            text += f"; {plural(segments[E.DEFERRED], 'deferred email')} will be tried again later"
         return text + "."
     return ""

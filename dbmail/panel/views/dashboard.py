@@ -1,6 +1,6 @@
 """The dashboard: what became of the mail over a range of days, in total, per day and per sender account.
 
-The figures come from the daily roll-up (dbmail.track.rollup), never from the email table.
+The figures come from the daily roll-up (dbmail.rollup), never from the email table.
 """
 
 from datetime import timedelta
@@ -8,10 +8,10 @@ from datetime import timedelta
 from django.shortcuts import render
 from django.utils import timezone
 
+from dbmail import rollup
 from dbmail.models import SenderAccount
 from dbmail.panel.forms import DashboardForm
 from dbmail.panel.views.access import panel_view
-from dbmail.track import rollup
 
 # The range links above the charts.
 PRESETS = (7, 30, 90, 365)

@@ -14,16 +14,16 @@ from django.urls import reverse
 from django.utils import timezone
 from django.views.decorators.http import require_POST
 
-from dbmail.content import attachments, audience, recipients, rendering
+from dbmail import rollup, states
+from dbmail.content import attachments, audience, recipients, rendering, validation
 from dbmail.models import MessageRequest, TextOfEmail
 from dbmail.panel import preview
 from dbmail.panel.forms import ScheduleForm
 from dbmail.panel.progress import progress, when
 from dbmail.panel.views.access import panel_view
-from dbmail.track import rollup
 
-Status = MessageRequest.Status
-EmailStatus = TextOfEmail.Status
+Status = states.RequestStatus
+EmailStatus = states.EmailStatus
 
 
 def recipients_label(mail):
@@ -209,7 +209,7 @@ def send(request, pk):
     """Queue a draft: now or at the chosen time. Checks everything once more first."""
     with transaction.atomic():
         mail = get_object_or_404(MessageRequest.objects.select_for_update(), pk=pk)
-        if mail.status != Status.DRAFT:
+        if mail.status not in states.SCHEDULE.sources:
             messages.error(request, "This request has already been queued.")
             return redirect("commpanel:request", pk=pk)
         form = ScheduleForm(request.POST)
@@ -219,13 +219,13 @@ def send(request, pk):
                     messages.error(request, error)
             return redirect("commpanel:request", pk=pk)
         try:
-            mail.full_clean()
+            validation.full_clean(mail)
         except ValidationError as exc:  # the draft became invalid since (e.g. its sender was deactivated)
             for error in exc.messages:
                 messages.error(request, error)
             return redirect("commpanel:request", pk=pk)
         mail.send_at = form.send_time()
-        mail.status = Status.QUEUED
+        mail.status = states.SCHEDULE.target
         mail.save(update_fields=["send_at", "status"])
     count = audience.summarise(mail).count
     if form.cleaned_data["when"] == "later":
@@ -286,7 +286,7 @@ def send_test(request, pk):
     email.refresh_from_db(fields=["status", "last_error"])
     if email.status == EmailStatus.SENT:
         messages.success(request, f"Test sent to {email.to_address} as {shown.recipient.email} would get it.")
-    elif email.status in (EmailStatus.QUEUED, EmailStatus.DEFERRED):
+    elif email.status in states.WAITING:
         messages.warning(
             request,
             f"The mail server did not take the test yet; the next dbmail_cron run sends it to {email.to_address}.",
@@ -317,7 +317,7 @@ def cancel(request, pk):
 def _cancelled(stopped, shown):
     """'Cancelled: 100 emails will not go out; 4,900 sent.' or 'Cancelled: nothing was sent.'"""
     went = {s["key"]: s["n"] for s in shown["segments"]}
-    if not went["sent"] and not went["failed"]:
+    if not went[EmailStatus.SENT] and not went["failed"]:
         return "Cancelled: nothing was sent."
     stopped_text = (
         f"{stopped:,} email{'s' if stopped != 1 else ''} will not go out" if stopped else "nothing was left to stop"
@@ -351,7 +351,7 @@ def reuse(request, pk):
             context=source.context,
             public=source.public,
             creator=request.user,
-            status=Status.DRAFT,
+            status=states.REQUEST_CREATE_DRAFT.target,
         )
         attachments.copy(source, copy)
     messages.success(request, f"New draft made from request #{source.pk}. Change what you need.")

@@ -51,7 +51,7 @@ def backfill(apps, schema_editor):
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('dbmail', '0007_unindexed_user'),
+        ('dbmail', '0008_identities'),
     ]
 
     operations = [

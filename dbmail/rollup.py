@@ -1,5 +1,8 @@
 """Outcomes counted per day, sender account and request: the comm panel dashboard's figures.
 
+A leaf beside the models, like dbmail.states: written by the send path and by tracking,
+merged by dbmail_cron, read by the panel (so the send path loads nothing of tracking for it).
+
 Why a roll-up and how it is kept (docs/admins.md#dashboard has the reader's version):
 
 - The dashboard sums DailyStat rows, a few per day, so its queries never touch the email
@@ -29,7 +32,10 @@ from django.db.models import Count, Sum
 from django.db.models.functions import TruncDate
 from django.utils import timezone
 
+from dbmail import states
 from dbmail.models import DailyStat, Suppression
+
+E = states.EmailStatus
 
 COUNTS = DailyStat.COUNTS
 SHOWN = (*COUNTS, "unsubscribed")
@@ -189,7 +195,7 @@ def figures(start, end):
     result.total = {name: sum(values[name] for _, values in result.days) for name in SHOWN}
     accounts = rows.values("account_id").annotate(**_sums()).order_by()
     result.accounts = sorted(
-        ((row["account_id"], _filled(row)) for row in accounts), key=lambda item: (-item[1]["sent"], item[0] or 0)
+        ((row["account_id"], _filled(row)) for row in accounts), key=lambda item: (-item[1][E.SENT], item[0] or 0)
     )
     for _, values in result.accounts:
         del values["unsubscribed"]  # not a sender's figure: see the module's docstring
@@ -208,8 +214,8 @@ def per_request(request_ids):
 
 def rates(counts):
     """Delivered, bounced and complained as percentages of the emails the server accepted (None if none)."""
-    sent = counts.get("sent") or 0
+    sent = counts.get(E.SENT) or 0
     return {name: (round(100 * (counts.get(name) or 0) / sent, 1) if sent else None) for name in RATED}
 
 
-RATED = ("delivered", "bounced", "complained")
+RATED = tuple(s.value for s in states.TRACKED)  # delivered, bounced, complained
