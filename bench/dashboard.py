@@ -1,6 +1,6 @@
 """The dashboard's queries on a large email table: one command, times and EXPLAIN plans on stdout.
 
-    python bench/dashboard.py                 # 10,000,000 emails (several minutes and ~5 GB of disk)
+    python bench/dashboard.py                 # 10,000,000 emails (several minutes and about 4 GB of disk)
     python bench/dashboard.py --rows 1000000  # a quicker run
 
 It recreates the PostgreSQL database BENCH_DASHBOARD_DATABASE_URL (default
