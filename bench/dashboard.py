@@ -38,7 +38,7 @@ def parse_args(argv):
     parser.add_argument("--days", type=int, default=90, help="days the emails are spread over")
     parser.add_argument("--requests", type=int, default=500, help="requests the emails belong to")
     parser.add_argument("--accounts", type=int, default=5, help="sender accounts")
-    parser.add_argument("--pending", type=int, default=6000, help="unmerged roll-up rows (a busy minute)")
+    parser.add_argument("--pending", type=int, default=6000, help="deltas not merged yet (a busy minute)")
     parser.add_argument("--keep-db", action="store_true", help="leave the database in place afterwards")
     return parser.parse_args(argv)
 
@@ -137,16 +137,16 @@ def build_rollup():
 
 
 def add_pending(args, requests):
-    """Rows as the senders leave them: one per batch and key, until the next dbmail_cron merges them."""
+    """Deltas as the senders leave them: one per batch and key, until the next dbmail_cron merges them."""
     from django.utils import timezone
 
-    from dbmail.models import DailyStat
+    from dbmail.models import DailyStatDelta
 
     today = timezone.localdate()
     recent = requests[-3:]
-    DailyStat.objects.bulk_create(
+    DailyStatDelta.objects.bulk_create(
         (
-            DailyStat(day=today, account_id=r.sender_id, request_id=r.pk, sent=100, deferred=1)
+            DailyStatDelta(day=today, account_id=r.sender_id, request_id=r.pk, sent=100, deferred=1)
             for n in range(args.pending)
             for r in [recent[n % len(recent)]]
         ),
@@ -265,7 +265,7 @@ def main(argv=None):
             cursor.execute("SELECT pg_size_pretty(pg_total_relation_size('dbmail_textofemail'))")
             size = cursor.fetchone()[0]
         rows = DailyStat.objects.count()
-        step(f"roll-up built in {rollup_seconds:.1f}s; {rows:,} roll-up rows ({args.pending:,} pending); emails {size}")
+        step(f"roll-up built in {rollup_seconds:.1f}s: {rows:,} rows, and {args.pending:,} deltas; emails {size}")
 
         results, plans = [], []
         for name, fn in measurements(args, requests):
@@ -275,7 +275,7 @@ def main(argv=None):
         clock = time.perf_counter()
         folded = rollup.merge_all()
         merge_seconds = time.perf_counter() - clock
-        results.append((f"dbmail_cron's merge of {folded:,} pending rows", merge_seconds))
+        results.append((f"dbmail_cron's merge of {folded:,} deltas", merge_seconds))
 
         print()
         print(f"{'query':<68} {'best of 3':>10}")

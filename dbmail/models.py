@@ -544,50 +544,31 @@ class WebhookSignature(models.Model):
 
 # --- Comm panel dashboard: outcomes counted per day (dbmail.rollup writes and reads it) ---
 
+# The outcomes counted, each a column named after the email status it counts.
+DAILY_COUNTS = tuple(
+    s.value
+    for s in (
+        states.EmailStatus.SENT,
+        states.EmailStatus.DELIVERED,
+        states.EmailStatus.DEFERRED,
+        states.EmailStatus.BOUNCED,
+        states.EmailStatus.COMPLAINED,
+        states.EmailStatus.DROPPED,
+    )
+)
 
-class DailyStat(models.Model):
-    """How many emails of one sender account and request reached each outcome on one day.
 
-    Additive: the send and tracking paths each add a row (merged=False) in the same transaction
-    as the outcomes they count, so concurrent senders never queue for one counter row; dbmail_cron
-    merges a key's rows into its one merged row. Readers sum, so they are exact before and after.
-    The day is the site's (TIME_ZONE) date of the outcome being recorded.
+class DailyCounts(models.Model):
+    """How many emails of one sender account and request reached each outcome on one day (site's date).
+
+    Plain ids, no foreign keys: deleting a request or an account keeps what was sent in the totals.
     """
 
-    # The outcomes counted, each a column named after the email status it counts.
-    COUNTS = tuple(
-        s.value
-        for s in (
-            states.EmailStatus.SENT,
-            states.EmailStatus.DELIVERED,
-            states.EmailStatus.DEFERRED,
-            states.EmailStatus.BOUNCED,
-            states.EmailStatus.COMPLAINED,
-            states.EmailStatus.DROPPED,
-        )
-    )
+    COUNTS = DAILY_COUNTS
 
     day = models.DateField()
-    # Plain ids, no foreign keys: deleting a request or an account keeps what was sent in the totals.
-    account = models.ForeignKey(
-        SenderAccount,
-        null=True,
-        blank=True,
-        on_delete=models.DO_NOTHING,
-        db_constraint=False,
-        db_index=False,
-        related_name="+",
-    )
-    request = models.ForeignKey(
-        MessageRequest,
-        null=True,
-        blank=True,
-        on_delete=models.DO_NOTHING,
-        db_constraint=False,
-        db_index=False,
-        related_name="+",
-    )
-    merged = models.BooleanField(default=False)
+    account_id = models.BigIntegerField(null=True, blank=True)
+    request_id = models.BigIntegerField(null=True, blank=True)
     sent = models.PositiveIntegerField(default=0, help_text="Accepted by the mail server (250).")
     delivered = models.PositiveIntegerField(default=0)
     deferred = models.PositiveIntegerField(default=0, help_text="Attempts refused for now (4xx, no connection).")
@@ -596,21 +577,34 @@ class DailyStat(models.Model):
     dropped = models.PositiveIntegerField(default=0, help_text="Refused for good while sending, or rejected later.")
 
     class Meta:
+        abstract = True
+
+    def __str__(self):
+        return f"{self.day} account {self.account_id} request {self.request_id}"
+
+
+class DailyStat(DailyCounts):
+    """The roll-up: one row per day, account and request, merged by dbmail_cron from the deltas."""
+
+    class Meta:
         constraints = [
-            # One merged row per key; the merge's upsert relies on it.
+            # One row per key; the merge's upsert relies on it.
             models.UniqueConstraint(
                 "day",
-                Coalesce("account", models.Value(0)),
-                Coalesce("request", models.Value(0)),
-                condition=Q(merged=True),
-                name="dbmail_dailystat_one_merged",
+                Coalesce("account_id", models.Value(0)),
+                Coalesce("request_id", models.Value(0)),
+                name="dbmail_dailystat_key",
             )
         ]
         indexes = [
             models.Index(fields=["day"], name="dbmail_dailystat_day"),
-            models.Index(fields=["request"], name="dbmail_dailystat_request"),
-            models.Index(fields=["id"], condition=Q(merged=False), name="dbmail_dailystat_pending"),
+            models.Index(fields=["request_id"], name="dbmail_dailystat_request"),
         ]
 
-    def __str__(self):
-        return f"{self.day} account {self.account_id} request {self.request_id}"
+
+class DailyStatDelta(DailyCounts):
+    """Counts added by the send and tracking paths, in the transaction of the outcomes they count.
+
+    Append-only and unindexed (but its key), so concurrent senders never wait for one counter row
+    and a write costs one small insert; dbmail_cron folds these into DailyStat. Readers add both.
+    """

@@ -12,10 +12,11 @@ Why a roll-up and how it is kept (docs/admins.md#dashboard has the reader's vers
   raw-SQL statement on PostgreSQL) and dbmail.track.apply (delivered, bounced, complained,
   and dropped for a later rejection). A recount from the emails afterwards could not do this:
   the log's tracking events carry the MTA's clock, arrive late and repeat.
-- Writers only ever INSERT (one row per batch and key), never update a shared counter, so
-  any number of senders on any number of hosts never wait for each other's row lock.
-- merge(), run by every dbmail_cron, folds those rows into one merged row per key. A reader
-  sums merged and pending rows alike, so its answer is the same before and after a merge.
+- Writers only ever INSERT a DailyStatDelta row (one per batch and key) into a table with no
+  index but its key, never update a shared counter: any number of senders on any number of
+  hosts never wait for each other's row lock, and counting costs a write one small insert.
+- merge(), run by every dbmail_cron, folds the deltas into DailyStat's one row per key. A
+  reader adds both tables, so its answer is the same before and after a merge.
 
 A day counts what was recorded on it: "delivered" on the 3rd are the delivery reports applied
 on the 3rd, whatever day the emails were sent. Unsubscribes come from the suppression list
@@ -33,7 +34,7 @@ from django.db.models.functions import TruncDate
 from django.utils import timezone
 
 from dbmail import states
-from dbmail.models import DailyStat, Suppression
+from dbmail.models import DailyStat, DailyStatDelta, Suppression
 
 E = states.EmailStatus
 
@@ -46,11 +47,11 @@ def day_of(moment):
     return timezone.localdate(moment)
 
 
-# --- Writing: one additive row per key and batch ---
+# --- Writing: one additive delta row per key and batch ---
 
 
 def count(outcomes):
-    """Add pending rows for `outcomes`, an iterable of (day, account_id, request_id, status).
+    """Add delta rows for `outcomes`, an iterable of (day, account_id, request_id, status).
 
     Statuses the dashboard does not count (queued, sending, cancelled) are skipped.
     Call it inside the transaction that writes those statuses.
@@ -59,40 +60,40 @@ def count(outcomes):
     for day, account_id, request_id, status in outcomes:
         if status in COUNTS:
             per_key[(day, account_id, request_id)][status] += 1
-    DailyStat.objects.bulk_create(
-        DailyStat(day=day, account_id=account_id, request_id=request_id, **counts)
+    DailyStatDelta.objects.bulk_create(
+        DailyStatDelta(day=day, account_id=account_id, request_id=request_id, **counts)
         for (day, account_id, request_id), counts in per_key.items()
     )
 
 
 def insert_sql(source):
-    """SQL adding pending rows from `source`, a relation with day, account_id, request_id, status.
+    """SQL adding delta rows from `source`, a relation with day, account_id, request_id, status.
 
     For a writer's own statement (a data-modifying CTE), so the count commits with the outcome.
     """
-    table = connection.ops.quote_name(DailyStat._meta.db_table)
+    table = connection.ops.quote_name(DailyStatDelta._meta.db_table)
     sums = ", ".join(f"count(*) FILTER (WHERE status = '{name}')" for name in COUNTS)
     counted = ", ".join(f"'{name}'" for name in COUNTS)
     return (
-        f"INSERT INTO {table} (day, account_id, request_id, merged, {', '.join(COUNTS)}) "
-        f"SELECT day, account_id, request_id, false, {sums} FROM {source} "
+        f"INSERT INTO {table} (day, account_id, request_id, {', '.join(COUNTS)}) "
+        f"SELECT day, account_id, request_id, {sums} FROM {source} "
         f"WHERE status IN ({counted}) GROUP BY day, account_id, request_id"
     )
 
 
-# --- Merging: dbmail_cron folds the pending rows into one row per key ---
+# --- Merging: dbmail_cron folds the deltas into one row per key ---
 
 _MERGE_SQL = """
 WITH moved AS (
-    DELETE FROM {table} WHERE id IN (
-        SELECT id FROM {table} WHERE NOT merged ORDER BY id LIMIT %s FOR UPDATE SKIP LOCKED
+    DELETE FROM {deltas} WHERE id IN (
+        SELECT id FROM {deltas} ORDER BY id LIMIT %s FOR UPDATE SKIP LOCKED
     )
     RETURNING *
 ),
 written AS (
-    INSERT INTO {table} (day, account_id, request_id, merged, {columns})
-    SELECT day, account_id, request_id, true, {sums} FROM moved GROUP BY day, account_id, request_id
-    ON CONFLICT (day, COALESCE(account_id, 0), COALESCE(request_id, 0)) WHERE merged
+    INSERT INTO {table} (day, account_id, request_id, {columns})
+    SELECT day, account_id, request_id, {sums} FROM moved GROUP BY day, account_id, request_id
+    ON CONFLICT (day, COALESCE(account_id, 0), COALESCE(request_id, 0))
     DO UPDATE SET {additions}
 )
 SELECT count(*) FROM moved
@@ -100,16 +101,17 @@ SELECT count(*) FROM moved
 
 
 def merge(limit=20_000):
-    """Fold up to `limit` pending rows into the merged rows; returns how many were folded.
+    """Fold up to `limit` deltas into the roll-up; returns how many were folded.
 
-    Safe with several dbmail_cron runs at once: each takes other pending rows (SKIP LOCKED),
-    and the upsert on the one-merged-row-per-key index serialises those that meet on a key.
+    Safe with several dbmail_cron runs at once: each takes other deltas (SKIP LOCKED), and the
+    upsert on the one-row-per-key index serialises those that meet on a key.
     """
     if connection.vendor != "postgresql":
         return _merge_portable(limit)
     table = connection.ops.quote_name(DailyStat._meta.db_table)
     sql = _MERGE_SQL.format(
         table=table,
+        deltas=connection.ops.quote_name(DailyStatDelta._meta.db_table),
         columns=", ".join(COUNTS),
         sums=", ".join(f"sum({name})" for name in COUNTS),
         additions=", ".join(f"{name} = {table}.{name} + EXCLUDED.{name}" for name in COUNTS),
@@ -120,7 +122,7 @@ def merge(limit=20_000):
 
 
 def merge_all(limit=20_000):
-    """Merge until no pending row is left (each round bounded); returns how many were folded."""
+    """Merge until no delta is left (each round bounded); returns how many were folded."""
     folded = 0
     while (n := merge(limit)) == limit:
         folded += n
@@ -130,19 +132,19 @@ def merge_all(limit=20_000):
 def _merge_portable(limit=20_000):
     # SQLite (the demo): one writer at a time, so a read-then-write is safe here.
     with transaction.atomic():
-        pending = list(DailyStat.objects.filter(merged=False).order_by("pk")[:limit])
-        if not pending:
+        deltas = list(DailyStatDelta.objects.order_by("pk")[:limit])
+        if not deltas:
             return 0
         sums = defaultdict(Counter)
-        for row in pending:
+        for row in deltas:
             sums[(row.day, row.account_id, row.request_id)].update({n: getattr(row, n) for n in COUNTS})
-        DailyStat.objects.filter(pk__in=[row.pk for row in pending]).delete()
+        DailyStatDelta.objects.filter(pk__in=[row.pk for row in deltas]).delete()
         for (day, account_id, request_id), counts in sums.items():
-            row, _ = DailyStat.objects.get_or_create(merged=True, day=day, account_id=account_id, request_id=request_id)
+            row, _ = DailyStat.objects.get_or_create(day=day, account_id=account_id, request_id=request_id)
             for name in COUNTS:
                 setattr(row, name, getattr(row, name) + counts[name])
             row.save()
-    return len(pending)
+    return len(deltas)
 
 
 # --- Reading ---
@@ -171,10 +173,18 @@ def _filled(values):
     return {name: values.get(name) or 0 for name in SHOWN}
 
 
+def _grouped(by, **filters):
+    """{key: counts} summed over the roll-up and the deltas not merged yet."""
+    grouped = defaultdict(Counter)
+    for model in (DailyStat, DailyStatDelta):
+        for row in model.objects.filter(**filters).values(by).annotate(**_sums()).order_by():
+            grouped[row.pop(by)].update({name: n or 0 for name, n in row.items()})
+    return grouped
+
+
 def figures(start, end):
     """Figures for the days start..end (dates, both included)."""
-    rows = DailyStat.objects.filter(day__gte=start, day__lte=end)
-    per_day = {row["day"]: row for row in rows.values("day").annotate(**_sums()).order_by()}
+    per_day = _grouped("day", day__gte=start, day__lte=end)
     unsubscribed = dict(
         Suppression.objects.filter(
             reason=Suppression.Reason.UNSUBSCRIBED,
@@ -193,9 +203,9 @@ def figures(start, end):
         result.days.append((day, _filled({**per_day.get(day, {}), "unsubscribed": unsubscribed.get(day, 0)})))
         day += timedelta(days=1)
     result.total = {name: sum(values[name] for _, values in result.days) for name in SHOWN}
-    accounts = rows.values("account_id").annotate(**_sums()).order_by()
+    accounts = _grouped("account_id", day__gte=start, day__lte=end)
     result.accounts = sorted(
-        ((row["account_id"], _filled(row)) for row in accounts), key=lambda item: (-item[1][E.SENT], item[0] or 0)
+        ((pk, _filled(counts)) for pk, counts in accounts.items()), key=lambda item: (-item[1][E.SENT], item[0] or 0)
     )
     for _, values in result.accounts:
         del values["unsubscribed"]  # not a sender's figure: see the module's docstring
@@ -208,8 +218,8 @@ def _start_of(day, days=0):
 
 def per_request(request_ids):
     """{request_id: counts} for these requests (requests with nothing counted yet are absent)."""
-    rows = DailyStat.objects.filter(request_id__in=list(request_ids)).values("request_id").annotate(**_sums())
-    return {row.pop("request_id"): {name: row[name] or 0 for name in COUNTS} for row in rows.order_by()}
+    grouped = _grouped("request_id", request_id__in=list(request_ids))
+    return {pk: {name: counts[name] for name in COUNTS} for pk, counts in grouped.items()}
 
 
 def rates(counts):
