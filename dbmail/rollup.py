@@ -40,6 +40,7 @@ E = states.EmailStatus
 
 COUNTS = DailyStat.COUNTS
 SHOWN = (*COUNTS, "unsubscribed")
+RATED = tuple(s.value for s in states.TRACKED)  # delivered, bounced, complained: shares of sent
 
 
 def day_of(moment):
@@ -226,6 +227,3 @@ def rates(counts):
     """Delivered, bounced and complained as percentages of the emails the server accepted (None if none)."""
     sent = counts.get(E.SENT) or 0
     return {name: (round(100 * (counts.get(name) or 0) / sent, 1) if sent else None) for name in RATED}
-
-
-RATED = tuple(s.value for s in states.TRACKED)  # delivered, bounced, complained
