@@ -21,7 +21,6 @@ from django.db import transaction
 from dbmail.content import rendering
 from dbmail.intake import outbox
 from dbmail.models import SenderAccount, TextOfEmail
-from dbmail.send.loop import send_one_now
 from mailgate.models import MailAccount, Message, MessagePart
 
 log = logging.getLogger(__name__)
@@ -119,9 +118,7 @@ def compose(message, html, message_id):
 
 def send(message):
     """Submit the message and try to send each of its copies at once; then mirror their statuses."""
-    for email in submit(message):
-        if email.status == EmailStatus.QUEUED:
-            send_one_now(email)
+    outbox.send_at_once(submit(message))
     return refresh(message)
 
 
