@@ -29,6 +29,22 @@ class UnknownSender(ValueError):
     """The From address is neither a configured sender account nor the site's own address."""
 
 
+def site_addresses():
+    """The site's own addresses (DEFAULT_FROM_EMAIL, SERVER_EMAIL), lower-case: they send without a sender account."""
+    return {parseaddr(a or "")[1].strip().lower() for a in (settings.DEFAULT_FROM_EMAIL, settings.SERVER_EMAIL)}
+
+
+def is_own_address(address):
+    """True for addresses this site sends from: its own addresses, sender accounts and VERP return paths.
+
+    mailgate adds its lists' addresses on top (mailgate.gate.policy.own_address).
+    """
+    address = (address or "").strip().lower()
+    if address in site_addresses() or verp.is_verp_address(address):
+        return True
+    return SenderAccount.objects.filter(address__iexact=address).exists()
+
+
 def resolve_sender(from_email=None):
     """(account or None, From header, address) for `from_email`, refusing unconfigured senders."""
     from_email = from_email or settings.DEFAULT_FROM_EMAIL
@@ -37,8 +53,7 @@ def resolve_sender(from_email=None):
     account = SenderAccount.objects.filter(address=address, active=True).first()
     if account:
         return account, (formataddr((name, address)) if name else account.from_header), address
-    site_addresses = {parseaddr(a)[1].lower() for a in (settings.DEFAULT_FROM_EMAIL, settings.SERVER_EMAIL)}
-    if address in site_addresses:
+    if address in site_addresses():
         return None, from_email, address
     raise UnknownSender(f"{address!r} is not a configured sender account")
 

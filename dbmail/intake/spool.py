@@ -216,6 +216,21 @@ def _take_in(root, entry, now, result):
     result.malformed += bool(error)
 
 
+def cycle(send, on_intake=None):
+    """Take in the spool, `send()`, then settle the spool: (IntakeResult, what send returned, SettleResult).
+
+    The order every sending command keeps: files become emails before the
+    send, so their mail goes in the same run, and are moved by their emails'
+    outcomes after it. Both steps do nothing unless DBMAIL_SPOOL_DIR is set.
+    `on_intake(taken)` is called before sending (to report unreadable files first).
+    """
+    taken = intake()
+    if on_intake:
+        on_intake(taken)
+    result = send()
+    return taken, result, settle()
+
+
 def create_emails(record, items, now):
     """The outbox emails of one file's items (dropped ones with their reason); returns how many."""
     senders = {item.sender.lower() for item in items}

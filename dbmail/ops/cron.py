@@ -69,12 +69,7 @@ class Runner:
     def run_once(self):
         started, clock = timezone.now(), time.monotonic()
         try:
-            spool.intake()  # both spool steps do nothing unless DBMAIL_SPOOL_DIR is set
-            expanded = expand.expand_due(on_chunk=self.on_chunk) if not self.stopping else expand.ExpandResult()
-            self.sender = sending.Sender(on_outcome=self.on_outcome, **self.options)
-            self.sender.stopping = self.stopping
-            sent = self.sender.run()
-            spool.settle()
+            _, (expanded, sent), _ = spool.cycle(self._expand_and_send)
         except DatabaseError as exc:
             raise Unreachable(f"cannot reach the database: {exc}".strip()) from exc
         except spool.SpoolError as exc:
@@ -90,6 +85,12 @@ class Runner:
         if error:
             raise Unreachable(error)
         return result
+
+    def _expand_and_send(self):
+        expanded = expand.expand_due(on_chunk=self.on_chunk) if not self.stopping else expand.ExpandResult()
+        self.sender = sending.Sender(on_outcome=self.on_outcome, **self.options)
+        self.sender.stopping = self.stopping
+        return expanded, self.sender.run()
 
     def run_loop(self, report):
         """Run every `interval` seconds until stopped; `report(result or exception)` after each.

@@ -16,10 +16,8 @@ from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from dbmail.content import verp
 from dbmail.content.recipients import address_error
-from dbmail.intake.outbox import send_now
-from dbmail.models import SenderAccount
+from dbmail.intake import outbox
 from mailgate.gate import parsing
 from mailgate.models import EmailList, SenderNotice
 
@@ -91,16 +89,10 @@ def decide(parsed, route, envelope_sender):
 
 
 def own_address(address):
-    """True for addresses of this site: sender accounts, site addresses, list and VERP addresses."""
+    """True for addresses of this site: dbmail's own (site, sender account and VERP addresses) and the lists'."""
     from mailgate.gate import routing
 
-    address = address.lower()
-    site = {parsing.parseaddr_lower(a) for a in (settings.DEFAULT_FROM_EMAIL, settings.SERVER_EMAIL)}
-    if address in site or verp.is_verp_address(address):
-        return True
-    if SenderAccount.objects.filter(address__iexact=address).exists():
-        return True
-    return routing.find_list(address)[0] is not None
+    return outbox.is_own_address(address) or routing.find_list(address.lower())[0] is not None
 
 
 def notice_recipient(inbound, parsed):
@@ -150,7 +142,7 @@ def notify_sender(inbound, parsed, subject, text, rate_limited=True):
         f"  Received: {inbound.received_at:%Y-%m-%d %H:%M %Z}\n\n"
         "This is an automatic notice; replies to it are not read.\n"
     )
-    return send_now(address, subject=subject, text=body, headers=headers)
+    return outbox.send_now(address, subject=subject, text=body, headers=headers)
 
 
 def notice_no_such_list(inbound, parsed):
