@@ -24,11 +24,9 @@ from django.core.exceptions import FieldDoesNotExist, ValidationError
 from django.core.validators import validate_email
 from django.db.models import QuerySet
 
+from dbmail.exceptions import UnknownRecipientSet
+
 _REGISTRY = {}
-
-
-class UnknownRecipientSet(LookupError):
-    pass
 
 
 @dataclass(frozen=True)

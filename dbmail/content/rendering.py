@@ -16,6 +16,8 @@ from django.conf import settings
 from django.template import Context, Engine, TemplateSyntaxError
 from django.template.base import TextNode, Variable, VariableNode, render_value_in_context
 
+from dbmail.exceptions import RenderError
+
 _TEXT_ENGINE = Engine(autoescape=False, loaders=[])
 _HTML_ENGINE = Engine(autoescape=True, loaders=[])
 # Debug engines only for checking: they attach the failing line to the error.
@@ -26,10 +28,6 @@ _WHITESPACE = re.compile(r"\s+")
 
 RECIPIENT_VARIABLES = ("first_name", "last_name", "name", "email", "username")
 SITE_VARIABLES = ("site_name", "site_url", "unsubscribe_url")
-
-
-class RenderError(Exception):
-    pass
 
 
 @dataclass

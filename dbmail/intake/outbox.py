@@ -21,12 +21,9 @@ from django.db import transaction
 from django.utils import timezone
 
 from dbmail.content import recipients, rendering, verp
+from dbmail.exceptions import UnknownSender
 from dbmail.models import DeliveryEvent, SenderAccount, TextOfEmail
 from dbmail.send.loop import send_one_now
-
-
-class UnknownSender(ValueError):
-    """The From address is neither a configured sender account nor the site's own address."""
 
 
 def site_addresses():

@@ -15,15 +15,12 @@ import hashlib
 from django.db.models import Q
 from django.utils import timezone
 
+from dbmail.exceptions import UnknownSender
 from dbmail.intake import outbox
 from dbmail.models import SenderAccount, TextOfEmail
 from dbmail.send import loop as sending
 
 ALL = "@"
-
-
-class UnknownSender(ValueError):
-    """SENDER is neither a sender account nor the site's own address."""
 
 
 def scope(sender=None):

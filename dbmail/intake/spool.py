@@ -41,6 +41,8 @@ from django.db.models.functions import Lower
 from django.utils import timezone
 
 from dbmail.content import recipients, rendering
+from dbmail.exceptions import SpoolError
+from dbmail.exceptions import SpoolFormatError as FormatError
 from dbmail.models import DeliveryEvent, SenderAccount, SpoolFile, SpoolItem, TextOfEmail
 from dbmail.ops import sites
 
@@ -58,14 +60,6 @@ DIRS = {
 GRACE_SECONDS = 60
 _DROPPED_EMAIL = (TextOfEmail.Status.DROPPED, TextOfEmail.Status.CANCELLED)
 _FINAL_FILE = (SpoolFile.Status.SENT, SpoolFile.Status.DROPPED)
-
-
-class SpoolError(Exception):
-    """The spool directory cannot be used (missing or unreadable)."""
-
-
-class FormatError(ValueError):
-    """A spool file that is not a valid <list> of <item>s."""
 
 
 @dataclass(frozen=True)

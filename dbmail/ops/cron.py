@@ -6,14 +6,11 @@ from dataclasses import dataclass
 from django.db import DatabaseError
 from django.utils import timezone
 
+from dbmail.exceptions import Unreachable
 from dbmail.intake import expand, spool
 from dbmail.ops import health
 from dbmail.ops.runloop import Round, RunLoop
 from dbmail.send import loop as sending
-
-
-class Unreachable(Exception):
-    """The database or the SMTP server could not be reached at all."""
 
 
 @dataclass

@@ -23,6 +23,7 @@ from django.db.models import Q
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
+from dbmail.exceptions import InvalidEvent
 from dbmail.models import AppliedTrackingEvent, DeliveryEvent, Suppression, TextOfEmail, UnmatchedTrackingEvent
 from dbmail.track.queue import get_queue
 
@@ -63,10 +64,6 @@ _TRACKING_SALT = "dbmail.tracking"
 _SMTP_CODE = re.compile(r"\b([245])[0-9]{2}\b")
 _ENHANCED_CODE = re.compile(r"\b([245])\.[0-9]{1,3}\.[0-9]{1,3}\b")
 _LIMITS = {"event_id": 200, "message_id": 255, "tracking_id": 100, "recipient": 254, "source": 64}
-
-
-class InvalidEvent(ValueError):
-    """An event that cannot be used; the message says which field and why."""
 
 
 def next_status(current, event):

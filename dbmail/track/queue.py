@@ -23,11 +23,8 @@ from django.db import DatabaseError, transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
+from dbmail.exceptions import QueueUnavailable
 from dbmail.models import TrackingQueueItem
-
-
-class QueueUnavailable(Exception):
-    """The queue cannot take or hand out events right now; try again later."""
 
 
 @dataclass

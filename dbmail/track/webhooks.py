@@ -28,6 +28,7 @@ from django.utils import timezone
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_POST
 
+from dbmail.exceptions import WebhookRefused as Refused
 from dbmail.models import WebhookSignature
 from dbmail.track import apply as tracking
 from dbmail.track.queue import QueueUnavailable
@@ -35,12 +36,6 @@ from dbmail.track.queue import QueueUnavailable
 TIMESTAMP_HEADER = "X-Mailsite-Timestamp"
 SIGNATURE_HEADER = "X-Mailsite-Signature"
 MAX_EVENTS = 1000
-
-
-class Refused(Exception):
-    def __init__(self, status, message):
-        super().__init__(message)
-        self.status = status
 
 
 def sign(secret, timestamp, body):

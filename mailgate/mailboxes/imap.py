@@ -26,14 +26,11 @@ from django.db.models import Q
 from django.utils import timezone
 from imapclient import IMAPClient
 
+from mailgate.exceptions import MailboxError
 from mailgate.mailboxes import store as mailbox
 from mailgate.models import MailAccount, MailFolder, Message
 
 log = logging.getLogger(__name__)
-
-
-class MailboxError(Exception):
-    """The IMAP server could not be reached or refused us; the message says which account."""
 
 
 def connect(account):
