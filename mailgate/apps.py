@@ -5,3 +5,7 @@ class MailgateConfig(AppConfig):
     name = "mailgate"
     verbose_name = "Inbound mail"
     default_auto_field = "django.db.models.BigAutoField"
+
+    def ready(self):
+        # Registers the built-in list resolvers, which the models check names against.
+        from mailgate.gate import routing  # noqa: F401

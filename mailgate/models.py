@@ -8,6 +8,8 @@ from django.core.exceptions import ValidationError
 from django.db import models
 from django.utils import timezone
 
+from mailgate import resolvers
+
 
 class EmailList(models.Model):
     """One address pattern and what mail to it does (seed 001's EmailList)."""
@@ -58,10 +60,8 @@ class EmailList(models.Model):
         except re.error as exc:
             raise ValidationError({"regex": f"Not a valid regular expression: {exc}"}) from None
         if self.resolver:
-            from mailgate.gate import routing
-
-            if self.resolver not in routing.registered_resolvers():
-                known = ", ".join(sorted(routing.registered_resolvers())) or "none"
+            if self.resolver not in resolvers.registered_resolvers():
+                known = ", ".join(sorted(resolvers.registered_resolvers())) or "none"
                 raise ValidationError({"resolver": f"No resolver named {self.resolver!r}; known: {known}."})
         bad = [a for a in self.address_list() if "@" not in a]
         if bad:
