@@ -9,6 +9,7 @@ from django.db import models
 from django.utils import timezone
 
 from mailgate import resolvers
+from mailgate.conf import settings as conf
 
 
 class EmailList(models.Model):
@@ -277,7 +278,7 @@ class MailFolder(models.Model):
         return default
 
     def after_read_timeout(self):
-        return float(self.option("after_read_timeout", settings.MAILGATE_IMAP_AFTER_READ_TIMEOUT))
+        return float(self.option("after_read_timeout", conf.MAILGATE_IMAP_AFTER_READ_TIMEOUT))
 
 
 def validate_options(options):

@@ -7,9 +7,10 @@ expire (people click year-old newsletters).
 
 from urllib.parse import quote
 
-from django.conf import settings
 from django.core import signing
 from django.urls import reverse
+
+from dbmail.conf import settings as conf
 
 _SALT = "dbmail.unsubscribe"
 
@@ -38,7 +39,7 @@ class LinkMaker:
 
     def __init__(self):
         self._signer = _signer()
-        url = settings.DBMAIL_SITE_URL + reverse("dbmail:unsubscribe", args=["TOKEN"])
+        url = conf.DBMAIL_SITE_URL + reverse("dbmail:unsubscribe", args=["TOKEN"])
         self._before, _, self._after = url.partition("TOKEN")
 
     def url(self, address):
@@ -50,7 +51,7 @@ def unsubscribe_url(address):
 
 
 def list_unsubscribe_headers(url, address):
-    mailto = f"mailto:{settings.DBMAIL_UNSUBSCRIBE_MAILTO}?subject={quote('unsubscribe ' + address)}"
+    mailto = f"mailto:{conf.DBMAIL_UNSUBSCRIBE_MAILTO}?subject={quote('unsubscribe ' + address)}"
     return {
         "List-Unsubscribe": f"<{url}>, <{mailto}>",
         "List-Unsubscribe-Post": "List-Unsubscribe=One-Click",

@@ -34,12 +34,12 @@ from xml.etree.ElementTree import ParseError
 
 from defusedxml import DefusedXmlException
 from defusedxml.ElementTree import fromstring
-from django.conf import settings
 from django.db import transaction
 from django.db.models import Count
 from django.db.models.functions import Lower
 from django.utils import timezone
 
+from dbmail.conf import settings as conf
 from dbmail.content import recipients, rendering
 from dbmail.exceptions import SpoolError
 from dbmail.exceptions import SpoolFormatError as FormatError
@@ -90,9 +90,9 @@ class SettleResult:
 
 def directory():
     """This site's spool directory, or None when the spool is not configured."""
-    if not settings.DBMAIL_SPOOL_DIR:
+    if not conf.DBMAIL_SPOOL_DIR:
         return None
-    return Path(settings.DBMAIL_SPOOL_DIR.replace("{sid}", sites.current()))
+    return Path(conf.DBMAIL_SPOOL_DIR.replace("{sid}", sites.current()))
 
 
 def _existing_directory():
@@ -405,7 +405,7 @@ def _write_atomically(path, text):
 
 def clean(root, now=None):
     """Delete files that have been in sent/ or drop/ for DBMAIL_SPOOL_KEEP_DAYS; return how many."""
-    keep = timedelta(days=settings.DBMAIL_SPOOL_KEEP_DAYS)
+    keep = timedelta(days=conf.DBMAIL_SPOOL_KEEP_DAYS)
     cutoff = time.time() - keep.total_seconds()
     removed = 0
     for name in (DIRS[SpoolFile.Status.SENT], DIRS[SpoolFile.Status.DROPPED]):

@@ -16,13 +16,13 @@ import time
 from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 
-from django.conf import settings
 from django.core import signing
 from django.db import connection, transaction
 from django.db.models import Q
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
+from dbmail.conf import settings as conf
 from dbmail.exceptions import InvalidEvent
 from dbmail.models import AppliedTrackingEvent, DeliveryEvent, Suppression, TextOfEmail, UnmatchedTrackingEvent
 from dbmail.track.queue import get_queue
@@ -406,7 +406,7 @@ class RunResult:
 def consume(queue=None, batch_size=None, max_batches=None, should_stop=lambda: False):
     """Drain the tracking queue. A crash before an acknowledgement redelivers; the keys make that harmless."""
     queue = queue or get_queue()
-    batch_size = batch_size or settings.TRACKING_BATCH_SIZE
+    batch_size = batch_size or conf.TRACKING_BATCH_SIZE
     run, clock = RunResult(), time.monotonic()
     while not should_stop() and (max_batches is None or run.batches < max_batches):
         deliveries = queue.fetch(batch_size)

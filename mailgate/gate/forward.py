@@ -25,6 +25,7 @@ from django.db import transaction
 from dbmail.content import rendering
 from dbmail.intake import outbox
 from dbmail.models import SenderAccount
+from mailgate.conf import settings as conf
 
 _LINE = re.compile(rb"([^\r\n]*)(\r\n|\r|\n|)")
 _FIELD = re.compile(rb"^[\x21-\x39\x3b-\x7e]+:")
@@ -140,7 +141,7 @@ def forward(inbound, parsed, route):
     forwards are committed by then, and an error exit would make the MTA
     deliver the message again.
     """
-    send_at_once = len(route.members) <= settings.MAILGATE_SEND_NOW_MAX
+    send_at_once = len(route.members) <= conf.MAILGATE_SEND_NOW_MAX
     from_email = _sending_account(route)
     from_header = formataddr((display_from(parsed, route.email_list), route.list_address))
     emails = []

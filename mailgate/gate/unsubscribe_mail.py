@@ -8,8 +8,7 @@ nobody can unsubscribe someone else by mail. Automatic mail is ignored.
 
 import re
 
-from django.conf import settings
-
+from dbmail.conf import settings as conf
 from dbmail.content.recipients import normalise_address
 from dbmail.models import Suppression
 from mailgate.gate import policy
@@ -18,8 +17,8 @@ _ADDRESS = re.compile(r"[^\s<>@]+@[^\s<>@]+")
 
 
 def is_unsubscribe_address(recipient):
-    return bool(settings.DBMAIL_UNSUBSCRIBE_MAILTO) and (
-        recipient.strip().lower() == settings.DBMAIL_UNSUBSCRIBE_MAILTO.lower()
+    return bool(conf.DBMAIL_UNSUBSCRIBE_MAILTO) and (
+        recipient.strip().lower() == conf.DBMAIL_UNSUBSCRIBE_MAILTO.lower()
     )
 
 
