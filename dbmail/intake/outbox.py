@@ -20,6 +20,7 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
+from dbmail import states
 from dbmail.content import recipients, rendering, verp
 from dbmail.exceptions import UnknownSender
 from dbmail.models import DeliveryEvent, SenderAccount, TextOfEmail
@@ -98,12 +99,13 @@ def enqueue(
         headers=headers or {},
         raw_message=raw_message,
         message_id=message_id,
+        status=states.ENQUEUE.target,
         status_changed_at=now,
         next_attempt_at=send_at or now,
     )
     error = recipients.address_error(address)
     if error:
-        email.status, email.last_error = TextOfEmail.Status.DROPPED, error
+        email.status, email.last_error = states.REFUSE.target, error
     email.save()
     if error:
         DeliveryEvent.objects.create(email=email, kind=DeliveryEvent.Kind.ADMIN, outcome=email.status, text=error)
@@ -125,7 +127,7 @@ def send_after_commit(emails, *, robust=False):
     stand whatever happens after it (the gate answering the MTA).
     """
     for email in emails:
-        if email.status == TextOfEmail.Status.QUEUED:
+        if email.status == states.EmailStatus.QUEUED:
             # A lambda, not functools.partial: robust on_commit logs the callback's __qualname__.
             transaction.on_commit(lambda email=email: send_one_now(email), robust=robust)
 
@@ -137,6 +139,6 @@ def send_at_once(emails):
     before they go on (a mailbox message mirrors its copies' statuses).
     """
     for email in emails:
-        if email.status == TextOfEmail.Status.QUEUED:
+        if email.status == states.EmailStatus.QUEUED:
             send_one_now(email)
     return emails

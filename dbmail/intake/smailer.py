@@ -15,6 +15,7 @@ import hashlib
 from django.db.models import Q
 from django.utils import timezone
 
+from dbmail import states
 from dbmail.exceptions import UnknownSender
 from dbmail.intake import outbox
 from dbmail.models import SenderAccount, TextOfEmail
@@ -38,7 +39,7 @@ def scope(sender=None):
 def waiting(sender=None):
     """Queued and deferred emails of `sender`, oldest first."""
     return (
-        TextOfEmail.objects.filter(scope(sender), status__in=TextOfEmail.WAITING)
+        TextOfEmail.objects.filter(scope(sender), status__in=states.WAITING)
         .select_related("account", "spool_item")
         .order_by("created_at", "pk")
     )

@@ -18,16 +18,16 @@ from django.conf import settings
 from django.core.mail import EmailMultiAlternatives
 from django.db import transaction
 
+from dbmail import states
 from dbmail.content import rendering
 from dbmail.intake import outbox
-from dbmail.models import SenderAccount, TextOfEmail
+from dbmail.models import SenderAccount
 from mailgate.models import MailAccount, Message, MessagePart
 
 log = logging.getLogger(__name__)
-EmailStatus = TextOfEmail.Status
-_SENT = {EmailStatus.SENT, EmailStatus.DELIVERED, EmailStatus.COMPLAINED}
-_FAILED = {EmailStatus.DROPPED, EmailStatus.CANCELLED, EmailStatus.BOUNCED}
-_PENDING = {EmailStatus.QUEUED, EmailStatus.DEFERRED, EmailStatus.SENDING}
+_SENT = set(states.SUCCEEDED)
+_FAILED = set(states.FAILED)
+_PENDING = set(states.UNFINISHED)
 
 
 def sync_sender(account):

@@ -6,8 +6,8 @@ from django.utils import timezone
 
 from dbmail.ops import health
 from dbmail.ops.runloop import Round, RunLoop
-from dbmail.track import apply as tracking
 from dbmail.track import logfollow
+from dbmail.track.consume import consume
 from dbmail.track.queue import QueueUnavailable
 
 
@@ -55,7 +55,7 @@ class Command(BaseCommand):
     def run_once(self, batch_size):
         started = timezone.now()
         try:
-            run = tracking.consume(batch_size=batch_size, should_stop=lambda: self.loop.stopping)
+            run = consume(batch_size=batch_size, should_stop=lambda: self.loop.stopping)
         except (QueueUnavailable, DatabaseError) as exc:
             health.beat("dbmail_track", started, error=str(exc)[:2000])
             raise
