@@ -43,6 +43,7 @@ class Setting:
     check: object = None  # value -> "" or the rest of the sentence after "Setting NAME=value"
     clean: object = None  # applied to a value read from the environment (a trailing "/", case)
     secret: bool = False  # the value never appears in a message
+    show_value: bool = True  # False: messages name the setting only (the check names the bad part itself)
 
     def default_for(self, get):
         if isinstance(self.default, Derived):
@@ -51,7 +52,9 @@ class Setting:
 
     def shown(self, value):
         """How a message names this setting with `value` (without it when secret)."""
-        return f"Setting {self.name}" if self.secret else f"Setting {self.name}={value!r}"
+        if self.secret or not self.show_value:
+            return f"Setting {self.name}"
+        return f"Setting {self.name}={value!r}"
 
     def problem(self, value, shown=None):
         """Why `value` cannot be used, as a sentence naming the setting; "" when it can."""
@@ -148,8 +151,27 @@ def _not_an_address(value):
     return "" if "@" in parseaddr(value)[1] else " is not an email address"
 
 
+def _not_an_unsubscribe_address(value):
+    if _not_an_address(value):
+        return _not_an_address(value)
+    # Mail names <local>+<26-character token>@<domain>: the whole local part must fit RFC 5321's 64 characters.
+    local = parseaddr(value)[1].rpartition("@")[0]
+    if "+" in local or len(local) > 37:
+        return ": the local part must have no + and at most 37 characters (mail adds +<token> to it)"
+    return ""
+
+
+_DOMAIN = re.compile(r"[a-z0-9-]+(\.[a-z0-9-]+)+")
+
+
 def _not_a_domain(value):
-    return "" if not value or re.fullmatch(r"[a-z0-9-]+(\.[a-z0-9-]+)+", value) else " is not a domain name"
+    return "" if not value or _DOMAIN.fullmatch(value) else " is not a domain name"
+
+
+def not_domains(value):
+    """For a list of domains (mailgate's MAILGATE_LIST_DOMAINS)."""
+    bad = next((d for d in value if not _DOMAIN.fullmatch(d)), None)
+    return f": {bad!r} is not a domain name" if bad is not None else ""
 
 
 def _not_a_verp_prefix(value):
@@ -181,7 +203,7 @@ SETTINGS = [
         "DBMAIL_UNSUBSCRIBE_MAILTO",
         Derived(lambda get: f"unsubscribe@{get('DBMAIL_MESSAGE_ID_DOMAIN')}"),
         str,
-        check=_not_an_address,
+        check=_not_an_unsubscribe_address,
     ),
     Setting("DBMAIL_BATCH_SIZE", 100, int, minimum=1),
     Setting("DBMAIL_LEASE_SECONDS", 300, int, minimum=1),

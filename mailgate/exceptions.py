@@ -1,5 +1,7 @@
 """mailgate's errors: members of dbmail's family (dbmail.exceptions), so `except DbmailError` catches them too."""
 
+from django.core.exceptions import PermissionDenied
+
 from dbmail.exceptions import DbmailError
 
 
@@ -16,3 +18,11 @@ class NotHeld(MailgateError):
 
 class MailboxError(MailgateError, ConnectionError):
     """The IMAP server could not be reached or refused us; the message says which account."""
+
+
+class NoSuchAddress(MailgateError, LookupError):
+    """A list resolver's answer: the address its list matched belongs to nobody."""
+
+
+class AddressTaken(MailgateError, PermissionDenied):
+    """A mailbox account's address is not its to use (mailgate.mailboxes.identity.address_refusal says why)."""

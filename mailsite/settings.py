@@ -40,7 +40,7 @@ def read(spec, get=None):
     if raw is None or raw == "":
         value, shown = spec.default_for(get), None
     else:
-        shown = f"Setting {spec.name}" if spec.secret else f"Setting {spec.name}={raw!r}"
+        shown = spec.shown(raw)
         value = _cast(spec, raw, shown)
         if spec.clean:
             value = spec.clean(value)
@@ -210,6 +210,8 @@ REST_FRAMEWORK = {
     "PAGE_SIZE": setting("API_PAGE_SIZE", int, 50, minimum=1),
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
 }
+# /api/v1/schema/ maps every endpoint and field: signed-in users only unless published (mailgate.mailboxes.api.urls).
+API_SCHEMA_PUBLIC = setting("API_SCHEMA_PUBLIC", bool, False)
 SPECTACULAR_SETTINGS = {"TITLE": "mailsite API", "VERSION": "1", "SERVE_INCLUDE_SCHEMA": False}
 
 LOGGING = {

@@ -32,17 +32,6 @@ def site_addresses():
     return {parseaddr(a or "")[1].strip().lower() for a in (settings.DEFAULT_FROM_EMAIL, settings.SERVER_EMAIL)}
 
 
-def is_own_address(address):
-    """True for addresses this site sends from: its own addresses, sender accounts and VERP return paths.
-
-    mailgate adds its lists' addresses on top (mailgate.gate.policy.own_address).
-    """
-    address = (address or "").strip().lower()
-    if address in site_addresses() or verp.is_verp_address(address):
-        return True
-    return SenderAccount.objects.filter(address__iexact=address).exists()
-
-
 def resolve_sender(from_email=None):
     """(account or None, From header, address) for `from_email`, refusing unconfigured senders."""
     from_email = from_email or settings.DEFAULT_FROM_EMAIL

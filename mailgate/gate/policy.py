@@ -17,9 +17,9 @@ from django.db.models import Q
 from django.utils import timezone
 
 from dbmail.content.recipients import address_error
-from dbmail.intake import outbox
+from dbmail.intake.outbox import send_now
 from mailgate.conf import settings as conf
-from mailgate.gate import parsing
+from mailgate.gate import addresses, parsing
 from mailgate.models import EmailList, SenderNotice
 
 FORWARD, HOLD, REFUSE, LOOP = "forward", "hold", "refuse", "loop"
@@ -90,10 +90,8 @@ def decide(parsed, route, envelope_sender):
 
 
 def own_address(address):
-    """True for addresses of this site: dbmail's own (site, sender account and VERP addresses) and the lists'."""
-    from mailgate.gate import routing
-
-    return outbox.is_own_address(address) or routing.find_list(address.lower())[0] is not None
+    """True for addresses of this site (mailgate.gate.addresses: only in the domains it routes)."""
+    return addresses.own_address(address)
 
 
 def notice_recipient(inbound, parsed):
@@ -143,7 +141,7 @@ def notify_sender(inbound, parsed, subject, text, rate_limited=True):
         f"  Received: {inbound.received_at:%Y-%m-%d %H:%M %Z}\n\n"
         "This is an automatic notice; replies to it are not read.\n"
     )
-    return outbox.send_now(address, subject=subject, text=body, headers=headers)
+    return send_now(address, subject=subject, text=body, headers=headers)
 
 
 def notice_no_such_list(inbound, parsed):
