@@ -2,10 +2,11 @@
 
 from functools import wraps
 
-from django.conf import settings
 from django.contrib.auth.decorators import login_required
 from django.shortcuts import render
 from django.utils.http import url_has_allowed_host_and_scheme
+
+from dbmail.conf import settings as conf
 
 PERMISSION = "dbmail.add_messagerequest"
 
@@ -14,7 +15,7 @@ def may_use_panel(user):
     """The permission decides; with DBMAIL_PANEL_ALL_STAFF (the default) being staff is enough too."""
     if not user.is_active:
         return False
-    return user.has_perm(PERMISSION) or (settings.DBMAIL_PANEL_ALL_STAFF and user.is_staff)
+    return user.has_perm(PERMISSION) or (conf.DBMAIL_PANEL_ALL_STAFF and user.is_staff)
 
 
 def panel_view(view):
@@ -36,6 +37,6 @@ def forbidden(request):
         back = ""
     context = {
         "back": back if back != request.build_absolute_uri() else "",
-        "all_staff": settings.DBMAIL_PANEL_ALL_STAFF,
+        "all_staff": conf.DBMAIL_PANEL_ALL_STAFF,
     }
     return render(request, "commpanel/forbidden.html", context, status=403)

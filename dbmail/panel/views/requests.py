@@ -1,6 +1,5 @@
 """The requests: list, one request's page (preview, test, send, follow), its live status and actions."""
 
-from django.conf import settings
 from django.contrib import messages
 from django.core.exceptions import ValidationError
 from django.core.paginator import Paginator
@@ -15,6 +14,7 @@ from django.utils import timezone
 from django.views.decorators.http import require_POST
 
 from dbmail import rollup, states
+from dbmail.conf import settings as conf
 from dbmail.content import attachments, audience, recipients, rendering, validation
 from dbmail.models import MessageRequest, TextOfEmail
 from dbmail.panel import preview
@@ -55,7 +55,7 @@ def request_list(request):
             | Q(creator__username__icontains=query)
             | (Q(pk=int(number)) if number.isdigit() else Q(pk__in=[]))
         )
-    page = Paginator(mails, settings.DBMAIL_PANEL_PAGE_SIZE).get_page(request.GET.get("page"))
+    page = Paginator(mails, conf.DBMAIL_PANEL_PAGE_SIZE).get_page(request.GET.get("page"))
     rows = list(page.object_list)
     # One grouped query for the whole page's counts.
     per_request = {}
@@ -91,11 +91,11 @@ def request_detail(request, pk):
         "progress": shown,
         "delivery": _delivery(rollup.per_request([mail.pk]).get(mail.pk)),
         "attachments": mail.attachments.all(),
-        "poll_seconds": settings.DBMAIL_PANEL_POLL_SECONDS,
+        "poll_seconds": conf.DBMAIL_PANEL_POLL_SECONDS,
         "errors": rendering.template_errors(mail),
         "recipients_label": recipients_label(mail),
         "now": now,
-        "large_threshold": settings.DBMAIL_LARGE_SEND_WARNING,
+        "large_threshold": conf.DBMAIL_LARGE_SEND_WARNING,
     }
     if mail.public and mail.status != Status.DRAFT:
         context["web_version_url"] = request.build_absolute_uri(reverse("dbmail:web_version", args=[mail.public_id]))
@@ -154,7 +154,7 @@ def _email_table(request, mail):
             "last_error",
             "status_changed_at",
         ),
-        settings.DBMAIL_PANEL_PAGE_SIZE,
+        conf.DBMAIL_PANEL_PAGE_SIZE,
     ).get_page(request.GET.get("page"))
     return {"emails": page, "status_filter": status, "address_filter": address, "statuses": EmailStatus.values}
 
@@ -178,7 +178,7 @@ def email_detail(request, pk, email_pk):
             "events": events,
             "tries": tries + in_flight,
             "budget_used": email.attempts if email.attempts != tries + in_flight else None,
-            "max_attempts": settings.DBMAIL_MAX_ATTEMPTS,
+            "max_attempts": conf.DBMAIL_MAX_ATTEMPTS,
         },
     )
 
