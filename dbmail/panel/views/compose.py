@@ -9,6 +9,7 @@ from django.views.decorators.http import require_POST
 
 from dbmail import states
 from dbmail.content import audience, rendering
+from dbmail.exceptions import TooLate
 from dbmail.models import EmailTemplate, MessageRequest
 from dbmail.panel.forms import ComposeForm
 from dbmail.panel.views import requests
@@ -27,10 +28,6 @@ def _variables(form):
 
 # A request can change until its expansion starts: as a draft, or queued (scheduled, or due but not yet taken).
 EDITABLE = (Status.DRAFT, Status.QUEUED)
-
-
-class TooLate(Exception):
-    """Expansion took the request between the form being shown and being saved."""
 
 
 @panel_view
