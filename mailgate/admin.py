@@ -6,9 +6,8 @@ from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils.html import format_html
 
-from mailgate.gate import moderation, routing
-from mailgate.gate import receive as gate
-from mailgate.mailboxes import identity, imap, outgoing
+from mailgate.exceptions import NotHeld
+from mailgate.gate import routing
 from mailgate.models import (
     Bounce,
     EmailList,
@@ -21,6 +20,10 @@ from mailgate.models import (
     MessagePart,
     SenderNotice,
 )
+
+# The gate's and the mailboxes' logic (forwarding, moderation, the IMAP client) is imported by the
+# actions that use it, not here: every manage.py command imports the admin modules at start-up
+# (admin autodiscovery), and dbmail_cron, run every minute, needs none of it.
 
 
 @admin.register(EmailList)
@@ -122,6 +125,8 @@ class InboundMessageAdmin(_InboundBase):
     def process_again(self, request, queryset):
         done = 0
         for inbound in queryset.filter(status__in=[InboundMessage.Status.RAW, InboundMessage.Status.FAILED]):
+            from mailgate.gate import receive as gate  # imported here: see the top of the module
+
             result = gate.reprocess(inbound)
             self.message_user(request, f"#{inbound.pk}: {result.message}", messages.INFO)
             done += 1
@@ -144,16 +149,20 @@ class HeldMessageAdmin(_InboundBase):
             try:
                 decide(inbound, request.user)
                 done += 1
-            except moderation.NotHeld as exc:
+            except NotHeld as exc:
                 self.message_user(request, str(exc), messages.WARNING)
         self.message_user(request, f"{verb} {done} message(s).", messages.SUCCESS)
 
     @admin.action(description="Approve (forward to the list)")
     def approve(self, request, queryset):
+        from mailgate.gate import moderation  # imported here: see the top of the module
+
         self._decide(request, queryset, moderation.approve, "Approved")
 
     @admin.action(description="Reject (notify the sender)")
     def reject(self, request, queryset):
+        from mailgate.gate import moderation  # imported here: see the top of the module
+
         self._decide(request, queryset, moderation.reject, "Rejected")
 
 
@@ -214,6 +223,8 @@ class MailAccountForm(forms.ModelForm):
 
     def clean_address(self):
         address = (self.cleaned_data.get("address") or "").strip().lower()
+        from mailgate.mailboxes import identity  # imported here: see the top of the module
+
         refusal = identity.address_refusal(address, self.instance if self.instance.pk else None)
         if refusal:
             raise forms.ValidationError(refusal)
@@ -240,6 +251,8 @@ class MailServerProfileAdmin(admin.ModelAdmin):
     search_fields = ["name", "imap_host", "smtp_host"]
 
     def save_model(self, request, obj, form, change):
+        from mailgate.mailboxes import outgoing  # imported here: see the top of the module
+
         super().save_model(request, obj, form, change)
         outgoing.sync_profile(obj)
 
@@ -255,6 +268,8 @@ class MailAccountAdmin(admin.ModelAdmin):
     actions = ["discover_folders"]
 
     def save_model(self, request, obj, form, change):
+        from mailgate.mailboxes import imap, outgoing  # imported here: see the top of the module
+
         super().save_model(request, obj, form, change)
         outgoing.sync_sender(obj)
         if not change:  # a new account: list its folders at once, as the API does
@@ -266,6 +281,8 @@ class MailAccountAdmin(admin.ModelAdmin):
 
     @admin.action(description="Discover folders again")
     def discover_folders(self, request, queryset):
+        from mailgate.mailboxes import imap  # imported here: see the top of the module
+
         for account in queryset.select_related("profile"):
             try:
                 added = imap.discover(account)

@@ -1,0 +1,70 @@
+"""dbmail_cron starts with only what a run needs: it is started every minute on every host.
+
+The REST API (Django REST framework, drf-spectacular), AMQP (pika), bounce
+parsing (flufl.bounce), the IMAP client and the site's URL patterns are
+imported only by the commands and requests that use them. A tiny wrapper runs
+manage.py in a child and writes the names in sys.modules at exit.
+"""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from .conftest import ROOT, subprocess_env
+
+WRAPPER = """
+import atexit, json, runpy, sys
+out = sys.argv.pop(1)
+atexit.register(lambda: open(out, "w").write(json.dumps(sorted(sys.modules))))
+sys.path.insert(0, sys.argv[1].rpartition("/")[0])
+sys.argv = sys.argv[1:]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+NOT_NEEDED = (
+    "rest_framework.views",
+    "rest_framework.serializers",
+    "rest_framework.generics",
+    "drf_spectacular.openapi",
+    "pika",
+    "flufl",
+    "imapclient",
+    "mailsite.urls",
+    "mailgate.mailboxes.api",
+    "mailgate.mailboxes.imap",
+    "mailgate.gate.forward",
+    "dbmail.panel.views",
+)
+
+
+def imported_by(tmp_path, *argv):
+    out = tmp_path / "modules.json"
+    done = subprocess.run(
+        [sys.executable, "-c", WRAPPER, str(out), str(ROOT / "manage.py"), *argv],
+        env=subprocess_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    return set(json.loads(out.read_text()))
+
+
+def loaded(modules, name):
+    return name in modules or any(m.startswith(name + ".") for m in modules)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_dbmail_cron_on_an_empty_queue_imports_no_api_amqp_bounce_imap_or_url_code(tmp_path):
+    modules = imported_by(tmp_path, "dbmail_cron", "-v", "2")
+    assert "dbmail.send.loop" in modules and "dbmail.intake.expand" in modules  # the run itself did happen
+    assert [name for name in NOT_NEEDED if loaded(modules, name)] == []
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_wrapper_sees_what_a_command_that_needs_the_url_patterns_imports(tmp_path):
+    # `manage.py check` checks the URL patterns, so it loads them and the REST API behind them.
+    modules = imported_by(tmp_path, "check")
+    assert loaded(modules, "mailsite.urls") and loaded(modules, "rest_framework.views")
