@@ -1,16 +1,26 @@
-"""The outbox benchmark: one command, a table on stdout, the figures in bench/results.json.
+"""The outbox benchmark: one command, a table on stdout, the figures merged into bench/results.json.
 
-    make bench                     # or: python bench/run.py [--messages N] [--big N] [--profile DIR]
+    make bench                        # or: python bench/run.py            (about ten minutes on two cores)
+    python bench/run.py --quick       # every phase at a small scale, for smoke-testing (about two minutes)
+    python bench/run.py --phases ceiling,send    # some phases only
 
 It recreates the PostgreSQL database BENCH_DATABASE_URL (default
-postgres://postgres@127.0.0.1:5432/mailsite_bench), migrates it, and then, in
-this order, each phase against a fresh lean SMTP sink (bench/sink.py):
+postgres://postgres@127.0.0.1:5432/mailsite_bench), migrates it (dbmail's
+tables and, through bench/peer_settings.py, django-post_office's and
+django-mailer's), prints the server settings the figures depend on, and runs
+the phases below, each against a fresh lean SMTP sink (bench/sink.py) and
+each figure the median of several repetitions with their spread. Every
+repetition starts from the same state (the email tables emptied, the tables
+just written analysed, as autovacuum would some time later).
 
-1. expansion of a request to N users (all_active) in a child process: emails/s and peak RSS;
-2. the ceiling: the same N messages, prebuilt as bytes, sent by plain smtplib over one connection;
-3. `manage.py dbmail_cron` sending those N emails: N / wall time including its start-up;
-4. 2 and then 4 dbmail_cron processes at once on N fresh emails: total rate, duplicates, missing;
-5. expansion of a request to BIG users: emails/s and peak RSS.
+ceiling   the raw pipelined client and plain smtplib on prebuilt bytes (bench/wire.py)
+send      dbmail_cron sending N queued emails (and the expansion of a request to N before it)
+senders   2 and 4 dbmail_cron at once on N emails: rate, duplicates, missing
+expand    expansion of a request to BIG users, peak RSS, and PostgreSQL's COPY of the same rows
+enqueue   dbmail.intake.outbox.enqueue, one email per call, autocommit
+startup   manage.py dbmail_cron on an empty queue
+peers     django-post_office and django-mailer on the same messages and sink
+history   N due emails among H finished ones: claim latency and send rate; dbmail_purge beside a sender
 
 See bench/README.md for what each figure means. The database is dropped at the end.
 """
@@ -18,109 +28,89 @@ See bench/README.md for what each figure means. The database is dropped at the e
 import argparse
 import json
 import os
+import resource
 import shutil
 import signal
-import smtplib
 import subprocess
 import sys
 import tempfile
 import time
+from datetime import date
 from pathlib import Path
-from urllib.parse import urlsplit
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"
+sys.path.insert(0, str(ROOT))
+
+from bench import db, stats, wire  # noqa: E402
+from bench.texts import SENDER, SUBJECT, TEXT_BODY  # noqa: E402
+
 PY = sys.executable
 DEFAULT_DB = "postgres://postgres@127.0.0.1:5432/mailsite_bench"
+PHASES = ("ceiling", "send", "senders", "expand", "enqueue", "startup", "peers", "history")
 
-SUBJECT = "News from {{ site_name }} for {{ first_name }}"
-# About the size of a real newsletter's text part (~1.5 kB), with a few per-recipient variables.
-TEXT_BODY = (
-    "Dear {{ name }},\n\n"
-    + "This is the monthly letter of {{ site_name }}. " * 4
-    + "\n\n"
-    + "The timetable for the coming term is now online, and the library keeps its longer opening hours "
-    "until the end of the month. Please bring back any books you borrowed before the holidays. "
-    * 6
-    + "\n\nYour account: {{ username }} ({{ email }})\n"
-    "To stop receiving these letters: {{ unsubscribe_url }}\n"
+
+TARGETS = {
+    "send_ratio": 0.6,
+    "expand_emails_s": 30_000,
+    "enqueue_msgs_s": 2_000,
+    "startup_s": 0.5,
+    "rss_growth_mb": 30,
+    "over_post_office": 4.0,
+    "expand_over_send_many": 1.5,
+    "history_drift": 0.10,
+}
+
+CEILING_KIND = (
+    "raw pipelined client: prebuilt bytes, one connection, RFC 2920 grouping across messages "
+    "(each message's content, final dot and the next envelope in one write: one round trip a message)"
 )
 
-TARGETS = {"send_ratio": 0.7, "expand_emails_s": 10_000, "rss_growth_mb": 30}
+# (full, quick) scale of each knob.
+SCALES = {
+    "messages": (10_000, 1_000),
+    "big": (100_000, 5_000),
+    "reps": (3, 2),
+    "ceiling_reps": (5, 3),
+    "startup_reps": (5, 3),
+    "enqueue": (5_000, 500),
+    "peer_messages": (10_000, 1_000),
+    "mailer_messages": (2_000, 300),
+    "history": (10_000_000, 100_000),
+    "purge_rows": (1_000_000, 20_000),
+}
 
 
 def parse_args(argv):
     parser = argparse.ArgumentParser(description="dbmail outbox benchmark")
-    parser.add_argument("--messages", type=int, default=10_000, help="emails per send phase and small expansion")
-    parser.add_argument("--big", type=int, default=100_000, help="recipients of the large expansion")
-    parser.add_argument("--senders", type=int, nargs="+", default=[2, 4], help="concurrent sender counts")
+    parser.add_argument("--quick", action="store_true", help="small scale, for smoke-testing (figures not comparable)")
+    parser.add_argument("--phases", default=",".join(PHASES), help=f"comma-separated subset of {','.join(PHASES)}")
+    for name, (full, quick) in SCALES.items():
+        parser.add_argument(f"--{name.replace('_', '-')}", type=int, help=f"default {full:,} ({quick:,} with --quick)")
+    parser.add_argument("--senders", type=int, nargs="+", help="concurrent sender counts (default 2 4; 2 with --quick)")
     parser.add_argument(
         "--profile",
         metavar="DIR",
         help="run the child processes under cProfile, writing DIR/*.prof "
         "(slows them down: the figures of such a run are not comparable)",
     )
-    parser.add_argument("--results", default=str(BENCH / "results.json"))
+    parser.add_argument("--results", help="where to merge the figures (default bench/results.json; none with --quick)")
     parser.add_argument("--keep-db", action="store_true", help="leave the database in place afterwards")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    for name, (full, quick) in SCALES.items():
+        if getattr(args, name) is None:
+            setattr(args, name, quick if args.quick else full)
+    args.senders = args.senders or ([2] if args.quick else [2, 4])
+    args.phases = [p.strip() for p in args.phases.split(",") if p.strip()]
+    unknown = set(args.phases) - set(PHASES)
+    if unknown:
+        parser.error(f"unknown phase(s): {', '.join(sorted(unknown))}")
+    if args.results is None and not args.quick:
+        args.results = str(BENCH / "results.json")
+    return args
 
 
-# --- environment and database ---------------------------------------------------------------
-
-
-def child_env(db_url, smtp_port=None):
-    env = dict(os.environ)
-    env.update(
-        DJANGO_SETTINGS_MODULE="mailsite.settings",
-        DATABASE_URL=db_url,
-        SECRET_KEY=os.environ.get("SECRET_KEY") or "bench-only-not-a-secret-0123456789abcdefghijklmnop",
-        DEBUG="false",
-        SECURE_SSL_REDIRECT="false",
-        LOG_LEVEL="WARNING",
-        PYTHONPATH=str(ROOT),
-    )
-    if smtp_port is not None:
-        env["EMAIL_URL"] = f"smtp://127.0.0.1:{smtp_port}"
-    return env
-
-
-def recreate_database(db_url):
-    import psycopg2
-
-    parts = urlsplit(db_url)
-    name = parts.path.lstrip("/")
-    conn = psycopg2.connect(
-        dbname="postgres",
-        user=parts.username or "postgres",
-        password=parts.password,
-        host=parts.hostname or "127.0.0.1",
-        port=parts.port or 5432,
-    )
-    conn.autocommit = True
-    with conn.cursor() as cur:
-        cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        cur.execute(f'CREATE DATABASE "{name}"')
-    conn.close()
-
-
-def drop_database(db_url):
-    import psycopg2
-
-    parts = urlsplit(db_url)
-    conn = psycopg2.connect(
-        dbname="postgres",
-        user=parts.username or "postgres",
-        password=parts.password,
-        host=parts.hostname or "127.0.0.1",
-        port=parts.port or 5432,
-    )
-    conn.autocommit = True
-    with conn.cursor() as cur:
-        cur.execute(f'DROP DATABASE IF EXISTS "{parts.path.lstrip("/")}" WITH (FORCE)')
-    conn.close()
-
-
-# --- the sink ---------------------------------------------------------------------------------
+# --- the sink -----------------------------------------------------------------------------------
 
 
 class Sink:
@@ -143,117 +133,152 @@ class Sink:
     def stop(self):
         Sink.running.remove(self.proc)
         self.proc.send_signal(signal.SIGTERM)
-        if self.proc.wait(timeout=30) != 0:
+        if self.proc.wait(timeout=60) != 0:
             raise SystemExit("bench: the sink failed")
         return json.loads(self.report_path.read_text())
 
 
-# --- phases -------------------------------------------------------------------------------------
+# --- the run ------------------------------------------------------------------------------------
 
 
-def create_users(start, count):
-    from django.contrib.auth import get_user_model
+class Bench:
+    """What every phase needs: the arguments, the database, child processes, and the figures so far."""
 
-    User = get_user_model()
-    firsts = ["Ann", "Bob", "Cyril", "Dora", "Emil", "Fay", "Gus", "Hana"]
-    lasts = ["Novak", "Smith", "Kowalska", "Berg", "Olsen", "Moreau"]
-    batch = []
-    for i in range(start, start + count):
-        name = f"bench{i:07d}"
-        batch.append(
-            User(
-                username=name,
-                email=f"{name}@example.net",
-                first_name=firsts[i % 8],
-                last_name=lasts[i % 6],
-                password="!",
-                is_active=True,
-            )
+    def __init__(self, args):
+        self.args = args
+        self.db_url = os.environ.get("BENCH_DATABASE_URL", DEFAULT_DB)
+        self.clock = time.perf_counter()
+        self.workdir = Path(tempfile.mkdtemp(prefix="mailsite-bench-"))
+        self.conn = None
+        self.results = {}
+        self.rows = []  # (label, value, target) for the table
+        self.notes = []
+
+    def step(self, text):
+        print(f"[{time.perf_counter() - self.clock:6.1f}s] {text}", flush=True)
+
+    def env(self, smtp_port=None, settings="mailsite.settings", **extra):
+        env = dict(os.environ)
+        # Bytecode is cached (in the run's own directory), as on any installed site: without it every
+        # child would compile the project's modules again, about 0.1 s of each start-up.
+        env.pop("PYTHONDONTWRITEBYTECODE", None)
+        env.update(
+            PYTHONPYCACHEPREFIX=str(self.workdir / "pycache"),
+            DJANGO_SETTINGS_MODULE=settings,
+            DATABASE_URL=self.db_url,
+            SECRET_KEY=os.environ.get("SECRET_KEY") or "bench-only-not-a-secret-0123456789abcdefghijklmnop",
+            DEBUG="false",
+            SECURE_SSL_REDIRECT="false",
+            LOG_LEVEL="WARNING",
+            PYTHONPATH=str(ROOT),
         )
-        if len(batch) == 5000:
-            User.objects.bulk_create(batch)
-            batch = []
-    User.objects.bulk_create(batch)
+        if smtp_port is not None:
+            env["EMAIL_URL"] = f"smtp://127.0.0.1:{smtp_port}"
+        env.update(extra)
+        return env
 
+    def profiled(self, name):
+        if not self.args.profile:
+            return []
+        return ["-m", "cProfile", "-o", str(Path(self.args.profile) / f"{name}.prof")]
 
-def create_request(sender):
-    from dbmail.models import MessageRequest
+    def child(self, script, *argv, name, env=None):
+        """Run bench/<script> in a child; the JSON on its last line of output."""
+        proc = subprocess.run(
+            [PY, *self.profiled(name), str(BENCH / script), *map(str, argv)],
+            env=env or self.env(),
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        if proc.returncode != 0:
+            raise SystemExit(f"bench: {script} {' '.join(map(str, argv))} failed (exit {proc.returncode})")
+        return json.loads(proc.stdout.strip().splitlines()[-1])
 
-    return MessageRequest.objects.create(
-        sender=sender,
-        subject=SUBJECT,
-        text_body=TEXT_BODY,
-        recipient_set="all_active",
-        context={"term": "spring"},
-    )
+    def manage_command(self, name, *argv):
+        return [PY, *self.profiled(name), str(ROOT / "manage.py"), *argv]
 
-
-def profiled(args, name):
-    return ["-m", "cProfile", "-o", str(Path(args.profile) / f"{name}.prof")] if args.profile else []
-
-
-def expand_phase(args, db_url, name):
-    """Expand the due request in a child; (emails, seconds, the child's peak RSS in MB)."""
-    proc = subprocess.run(
-        [PY, *profiled(args, name), str(BENCH / "expand_child.py")],
-        env=child_env(db_url),
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    if proc.returncode != 0:
-        raise SystemExit(f"bench: expansion failed (exit {proc.returncode})")
-    figures = json.loads(proc.stdout.strip().splitlines()[-1])
-    return figures["emails"], figures["seconds"], figures["peak_rss_kb"] / 1024
-
-
-def prebuilt_messages(request):
-    """The request's emails as the exact bytes dbmail's SMTP backend would send."""
-    from django.core.mail.message import sanitize_address
-
-    from dbmail.send.message import to_email_message
-
-    built = []
-    for email in request.emails.select_related("account").order_by("pk"):
-        message = to_email_message(email)
-        recipients = [sanitize_address(addr, "utf-8") for addr in message.recipients()]
-        built.append((email.envelope_sender, recipients, message.message().as_bytes(linesep="\r\n")))
-    return built
-
-
-def ceiling_phase(workdir, messages):
-    sink = Sink(workdir, "ceiling")
-    started = time.perf_counter()
-    with smtplib.SMTP("127.0.0.1", sink.port) as smtp:
-        smtp.ehlo()
-        for from_addr, to_addrs, data in messages:
-            smtp.sendmail(from_addr, to_addrs, data)
-    seconds = time.perf_counter() - started
-    report = sink.stop()
-    if report["messages"] != len(messages):
-        raise SystemExit(f"bench: the sink got {report['messages']} of {len(messages)} ceiling messages")
-    return len(messages) / seconds, report
-
-
-def send_phase(args, db_url, workdir, request, n_procs, name):
-    """Run n_procs dbmail_cron processes at once on the request's queued emails."""
-    from dbmail.models import TextOfEmail
-
-    expected = set(request.emails.filter(status=TextOfEmail.Status.QUEUED).values_list("message_id", flat=True))
-    sink = Sink(workdir, name)
-    env = child_env(db_url, sink.port)
-    started = time.perf_counter()
-    procs = [
-        subprocess.Popen(
-            [PY, *profiled(args, f"{name}-{i}"), str(ROOT / "manage.py"), "dbmail_cron", "-v", "2"],
+    def start_manage(self, name, *argv, env):
+        return subprocess.Popen(
+            self.manage_command(name, *argv),
             env=env,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
         )
-        for i in range(n_procs)
-    ]
+
+    def figure(self, key, values, digits=1):
+        figure = stats.summary(values, digits)
+        self.results.setdefault("spread", {})[key] = figure
+        self.results[key] = figure["median"]
+        return figure
+
+    def row(self, label, value, target=""):
+        self.rows.append((label, value, target))
+
+
+def verdict(ok):
+    return "ok" if ok else "MISSED"
+
+
+# --- shared steps -------------------------------------------------------------------------------
+
+
+def set_active_users(b, count):
+    """Exactly the first `count` bench users are active, so the recipient set all_active is `count` people."""
+    with b.conn.cursor() as cur:
+        cur.execute("SELECT count(*) FROM auth_user")
+        have = cur.fetchone()[0]
+        if have < count:
+            db.create_users(b.conn, have, count - have)
+        cur.execute(
+            "UPDATE auth_user AS u SET is_active = r.n <= %s FROM "
+            "(SELECT id, row_number() OVER (ORDER BY id) AS n FROM auth_user) AS r "
+            "WHERE u.id = r.id AND u.is_active IS DISTINCT FROM (r.n <= %s)",
+            [count, count],
+        )
+    db.analyze(b.conn, "auth_user")
+
+
+def create_request():
+    from dbmail.models import MessageRequest, SenderAccount
+
+    sender = SenderAccount.objects.get(address=SENDER)
+    return MessageRequest.objects.create(
+        sender=sender, subject=SUBJECT, text_body=TEXT_BODY, recipient_set="all_active", context={"term": "spring"}
+    )
+
+
+def expand_fresh(b, name, expected, reset=True):
+    """Empty the email tables (or, without `reset`, the tokens only), make a request to the active users
+    and expand it in a child.
+
+    Returns (request, emails/s, peak RSS MB); the new rows are analysed afterwards.
+    """
+    if reset:
+        db.reset_emails(b.conn)
+    else:
+        db.reset_tokens(b.conn)
+    request = create_request()
+    figures = b.child("expand_child.py", name=name)
+    if figures["emails"] != expected:
+        raise SystemExit(f"bench: expansion made {figures['emails']} emails, expected {expected}")
+    db.analyze(b.conn, "dbmail_textofemail", "dbmail_addresstoken")
+    return request, figures["emails"] / figures["seconds"], figures["peak_rss_kb"] / 1024
+
+
+def send_phase(b, request, n_procs, name):
+    """Run n_procs dbmail_cron processes at once on the request's queued emails."""
+    from dbmail.models import TextOfEmail
+
+    expected = set(request.emails.filter(status=TextOfEmail.Status.QUEUED).values_list("message_id", flat=True))
+    sink = Sink(b.workdir, name)
+    env = b.env(sink.port)
+    cpu_before = _children_cpu()
+    started = time.perf_counter()
+    procs = [b.start_manage(f"{name}-{i}", "dbmail_cron", "-v", "2", env=env) for i in range(n_procs)]
     outputs = [p.communicate()[0] for p in procs]
     seconds = time.perf_counter() - started
+    cpu = _children_cpu() - cpu_before  # the sink still runs: only the senders were reaped
     report = sink.stop()
     for proc, out in zip(procs, outputs, strict=True):
         if proc.returncode != 0:
@@ -266,23 +291,290 @@ def send_phase(args, db_url, workdir, request, n_procs, name):
         "missing": len(expected - received),
         "unexpected": len(received - expected),
         "sink_cpu_us": report["cpu_seconds"] / max(report["messages"], 1) * 1e6,
+        "cpu_us": cpu / max(len(expected), 1) * 1e6,
         "summaries": [out.strip().splitlines()[-1] if out.strip() else "" for out in outputs],
     }
 
 
-# --- report -------------------------------------------------------------------------------------
+def _children_cpu():
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
-def verdict(ok):
-    return "ok" if ok else "MISSED"
+def claim_latencies(b, name):
+    """Milliseconds per claim of one batch, claiming every due email once (then given back)."""
+    return b.child("claim_child.py", name=name)["ms"]
+
+
+def prebuilt_messages(request):
+    """The request's emails as the exact bytes dbmail sends them: (envelope sender, [recipient], bytes)."""
+    from dbmail.send import mime
+    from dbmail.send.message import to_email_message
+
+    built = []
+    for email in request.emails.select_related("account").order_by("pk"):
+        data = mime.compose(email)
+        if data is None:
+            data = to_email_message(email).message().as_bytes(linesep="\r\n")
+        built.append((email.envelope_sender, [email.to_address], data))
+    return built
+
+
+# --- phases -------------------------------------------------------------------------------------
+
+
+def phase_ceiling(b):
+    n, args = b.args.messages, b.args
+    set_active_users(b, n)
+    b.step(f"expanding a request to {n:,} (warm-up) and building its messages as bytes")
+    request, _, _ = expand_fresh(b, "expand-warmup", n)
+    messages = prebuilt_messages(request)
+    size = sum(len(m[2]) for m in messages) / len(messages)
+    prepared = wire.prepare(messages)
+    rates, cpu = [], []
+    for rep in range(args.ceiling_reps):
+        b.step(f"ceiling: raw pipelined client, {n:,} messages, repetition {rep + 1}/{args.ceiling_reps}")
+        sink = Sink(b.workdir, f"ceiling-{rep}")
+        started = time.perf_counter()
+        accepted = wire.pipelined("127.0.0.1", sink.port, prepared)
+        rates.append(accepted / (time.perf_counter() - started))
+        report = sink.stop()
+        if report["messages"] != n or accepted != n:
+            raise SystemExit(f"bench: the sink got {report['messages']} of {n} ceiling messages")
+        cpu.append(report["cpu_seconds"] / n * 1e6)
+    ceiling = b.figure("ceiling_msgs_s", rates)
+    b.results["ceiling_kind"] = CEILING_KIND
+    smtplib_rates = []
+    for rep in range(args.reps):
+        b.step(f"reference: plain smtplib, one connection, repetition {rep + 1}/{args.reps}")
+        sink = Sink(b.workdir, f"smtplib-{rep}")
+        started = time.perf_counter()
+        accepted = wire.smtplib_client("127.0.0.1", sink.port, messages)
+        smtplib_rates.append(accepted / (time.perf_counter() - started))
+        sink.stop()
+    smtp_ref = b.figure("smtplib_msgs_s", smtplib_rates)
+    b.results["message_bytes"] = round(size)
+    b.row("ceiling: raw pipelined client, 1 connection", stats.shown(ceiling, " msg/s"), "(reference)")
+    b.row("  plain smtplib, 1 connection (4 round trips)", stats.shown(smtp_ref, " msg/s"), "")
+    b.notes.append(
+        f"messages of {size:,.0f} bytes on average; the sink's CPU per message under the ceiling "
+        f"{stats.summary(cpu)['median']:.0f} us"
+    )
+    # The first send of a fresh database warms PostgreSQL's caches; it is not one of the repetitions.
+    b.step(f"warm-up: dbmail_cron sending those {n:,} (not counted)")
+    warm = send_phase(b, request, 1, "send-warmup")
+    b.notes.append(f"warm-up send (not counted): {warm['msgs_s']:,.0f} msg/s")
+
+
+def phase_send(b):
+    n, args = b.args.messages, b.args
+    set_active_users(b, n)
+    expand_rates, rss, send_rates, cpu, sink_cpu, summaries = [], [], [], [], [], []
+    for rep in range(args.reps):
+        b.step(f"expanding a request to {n:,}, then dbmail_cron sending it, repetition {rep + 1}/{args.reps}")
+        request, rate, peak = expand_fresh(b, f"expand-small-{rep}", n)
+        expand_rates.append(rate)
+        rss.append(peak)
+        if rep == 0:
+            b.results.setdefault("history", {})["claim_ms_empty"] = stats.summary(claim_latencies(b, "claims"), 2)
+        result = send_phase(b, request, 1, f"send-{rep}")
+        if result["missing"] or result["duplicates"]:
+            raise SystemExit(f"bench: the send phase missed {result['missing']}, duplicated {result['duplicates']}")
+        send_rates.append(result["msgs_s"])
+        cpu.append(result["cpu_us"])
+        sink_cpu.append(result["sink_cpu_us"])
+        summaries.append(result["summaries"][0])
+    send = b.figure("send_msgs_s", send_rates)
+    small = b.figure("expand_emails_s_10k", expand_rates)
+    b.figure("rss_mb_10k", rss)
+    b.row(f"dbmail_cron sending {n:,} (start-up included)", stats.shown(send, " msg/s"), "")
+    if "ceiling_msgs_s" in b.results:
+        ratio = send["median"] / b.results["ceiling_msgs_s"]
+        b.results["send_ratio"] = round(ratio, 3)
+        b.row(
+            "send / ceiling (medians)",
+            f"{ratio:.2f}",
+            f">= {TARGETS['send_ratio']}  {verdict(ratio >= TARGETS['send_ratio'])}",
+        )
+    b.row(f"expansion, {n:,} recipients", stats.shown(small, " emails/s"), "")
+    b.results["send_cpu_us_per_msg"] = stats.summary(cpu)
+    b.notes.append(
+        f"1 sender: {summaries[-1]}; CPU per message: dbmail_cron {stats.summary(cpu)['median']:.0f} us "
+        f"(start-up included; PostgreSQL's not counted), the sink {stats.summary(sink_cpu)['median']:.0f} us"
+    )
+
+
+def phase_senders(b):
+    n, args = b.args.messages, b.args
+    set_active_users(b, n)
+    out = []
+    for procs in args.senders:
+        rates, dups, missing, unexpected, summaries = [], 0, 0, 0, []
+        for rep in range(args.reps):
+            b.step(f"{procs} dbmail_cron at once on {n:,} new emails, repetition {rep + 1}/{args.reps}")
+            request, _, _ = expand_fresh(b, f"expand-for-{procs}-{rep}", n)
+            result = send_phase(b, request, procs, f"send-{procs}-{rep}")
+            rates.append(result["msgs_s"])
+            dups += result["duplicates"]
+            missing += result["missing"]
+            unexpected += result["unexpected"]
+            summaries = result["summaries"]
+        figure = stats.summary(rates)
+        out.append({"n": procs, "msgs_s": figure["median"], "spread": figure, "duplicates": dups, "missing": missing})
+        clean = dups == 0 and missing == 0 and unexpected == 0
+        b.row(
+            f"{procs} senders at once, {n:,} (x{args.reps})",
+            stats.shown(figure, " msg/s"),
+            f"dup {dups}, missing {missing}  {verdict(clean)}",
+        )
+        b.notes.append(f"{procs} senders: " + " | ".join(summaries))
+    b.results["senders"] = out
+
+
+def phase_expand(b):
+    big, args = b.args.big, b.args
+    set_active_users(b, big)
+    rates, rss = [], []
+    for rep in range(args.reps):
+        b.step(f"expanding a request to {big:,}, repetition {rep + 1}/{args.reps}")
+        _, rate, peak = expand_fresh(b, f"expand-big-{rep}", big)
+        rates.append(rate)
+        rss.append(peak)
+    expand = b.figure("expand_emails_s_100k", rates)
+    peak_big = b.figure("rss_mb_100k", rss)
+    b.step(f"PostgreSQL's own COPY of those {big:,} rows, {args.reps} times")
+    copy_rates, mb = copy_ceiling(b)
+    copy = b.figure("copy_rows_s", copy_rates)
+    target = TARGETS["expand_emails_s"]
+    b.row(
+        f"expansion, {big:,} recipients",
+        stats.shown(expand, " emails/s"),
+        f">= {target:,}  {verdict(expand['median'] >= target)}",
+    )
+    b.row(f"  PostgreSQL COPY of the same {big:,} rows", stats.shown(copy, " rows/s"), "(its ceiling)")
+    b.notes.append(
+        f"expansion at {expand['median'] / copy['median']:.2f} of PostgreSQL's COPY of the same rows "
+        f"({mb:.0f} MB in COPY text format)"
+    )
+    small = b.results.get("rss_mb_10k")
+    if small is not None:
+        growth = peak_big["median"] - small
+        b.row(
+            f"peak RSS expanding {args.messages:,} / {big:,}",
+            f"{small:.1f} / {peak_big['median']:.1f} MB",
+            f"growth <= {TARGETS['rss_growth_mb']} MB ({growth:+.1f})  {verdict(growth <= TARGETS['rss_growth_mb'])}",
+        )
+    set_active_users(b, args.messages)
+
+
+def copy_ceiling(b):
+    """COPY the last expansion's rows into a copy of the email table (same indexes) in chunks as expansion commits."""
+    import io
+
+    from dbmail.conf import settings as conf
+
+    chunk = conf.DBMAIL_EXPAND_CHUNK
+    with b.conn.cursor() as cur:
+        cur.execute("DROP TABLE IF EXISTS bench_copy")
+        cur.execute("CREATE TABLE bench_copy (LIKE dbmail_textofemail INCLUDING ALL)")
+        cur.execute(
+            "SELECT string_agg(quote_ident(attname), ', ' ORDER BY attnum) FROM pg_attribute "
+            "WHERE attrelid = 'dbmail_textofemail'::regclass AND attnum > 0 AND NOT attisdropped AND attname <> 'id'"
+        )
+        columns = cur.fetchone()[0]
+        chunks = []
+        cur.execute("SELECT min(id), max(id) FROM dbmail_textofemail")
+        low, high = cur.fetchone()
+        for start in range(low, high + 1, chunk):
+            buf = io.BytesIO()
+            cur.copy_expert(
+                f"COPY (SELECT {columns} FROM dbmail_textofemail WHERE id >= {start} AND id < {start + chunk}) "
+                "TO STDOUT",
+                buf,
+            )
+            chunks.append(buf.getvalue())
+    rows = b.args.big
+    sync = "off" if conf.DBMAIL_ASYNC_COMMIT else "on"  # the commit mode expansion's chunks use
+    rates = []
+    b.conn.autocommit = False
+    try:
+        for _ in range(b.args.reps):
+            with b.conn.cursor() as cur:
+                cur.execute("TRUNCATE bench_copy")
+                b.conn.commit()
+                started = time.perf_counter()
+                for data in chunks:
+                    cur.execute(f"SET LOCAL synchronous_commit TO {sync}")
+                    cur.copy_expert(f"COPY bench_copy ({columns}) FROM STDIN", io.BytesIO(data))
+                    b.conn.commit()
+                rates.append(rows / (time.perf_counter() - started))
+        with b.conn.cursor() as cur:
+            cur.execute("DROP TABLE bench_copy")
+        b.conn.commit()
+    finally:
+        b.conn.autocommit = True
+    return rates, sum(map(len, chunks)) / 1e6
+
+
+def phase_enqueue(b):
+    count, args = b.args.enqueue, b.args
+    rates = []
+    db.reset_emails(b.conn)
+    for rep in range(args.reps):
+        b.step(f"enqueue: {count:,} calls of one email each, repetition {rep + 1}/{args.reps}")
+        figures = b.child("enqueue_child.py", count, SENDER, name=f"enqueue-{rep}")
+        rates.append(figures["calls"] / figures["seconds"])
+        db.reset_emails(b.conn)
+    figure = b.figure("enqueue_msgs_s", rates)
+    target = TARGETS["enqueue_msgs_s"]
+    b.row(
+        "enqueue(), one email per call, autocommit",
+        stats.shown(figure, " calls/s"),
+        f">= {target:,}  {verdict(figure['median'] >= target)}",
+    )
+
+
+def phase_startup(b):
+    db.reset_emails(b.conn)
+    times = []
+    for rep in range(b.args.startup_reps):
+        b.step(f"start-up: manage.py dbmail_cron on an empty queue, repetition {rep + 1}/{b.args.startup_reps}")
+        started = time.perf_counter()
+        proc = b.start_manage(f"startup-{rep}", "dbmail_cron", env=b.env(smtp_port=9))
+        out = proc.communicate()[0]
+        times.append(time.perf_counter() - started)
+        if proc.returncode != 0:
+            raise SystemExit(f"bench: dbmail_cron failed on an empty queue:\n{out}")
+    figure = b.figure("startup_s", times, digits=3)
+    target = TARGETS["startup_s"]
+    b.row(
+        "dbmail_cron start-up, empty queue",
+        stats.shown(figure, " s", ".2f"),
+        f"<= {target}  {verdict(figure['median'] <= target)}",
+    )
+
+
+def phase_peers(b):
+    from bench import peers
+
+    peers.run(b)
+
+
+def phase_history(b):
+    from bench import history
+
+    history.run(b)
+
+
+# --- the report ---------------------------------------------------------------------------------
 
 
 def print_table(rows, notes):
     width = max(len(r[0]) for r in rows)
     vwidth = max(len(r[1]) for r in rows)
     print()
-    print(f"{'figure'.ljust(width)}  {'value'.rjust(vwidth)}  target")
-    print(f"{'-' * width}  {'-' * vwidth}  {'-' * 24}")
+    print(f"{'figure'.ljust(width)}  {'median (min-max, n)'.rjust(vwidth)}  target")
+    print(f"{'-' * width}  {'-' * vwidth}  {'-' * 30}")
     for label, value, target in rows:
         print(f"{label.ljust(width)}  {value.rjust(vwidth)}  {target}")
     print()
@@ -290,140 +582,90 @@ def print_table(rows, notes):
         print(note)
 
 
+def merge_results(path, results):
+    """Write our keys into the results file, keeping the keys other scripts put there."""
+    path = Path(path)
+    try:
+        merged = json.loads(path.read_text())
+    except (FileNotFoundError, ValueError):
+        merged = {}
+    merged.update(results)
+    partial = path.with_name(path.name + ".tmp")
+    partial.write_text(json.dumps(merged, indent=2) + "\n")
+    partial.replace(path)  # a failed run never leaves half a file
+
+
 def main(argv=None):
     args = parse_args(argv)
-    db_url = os.environ.get("BENCH_DATABASE_URL", DEFAULT_DB)
+    b = Bench(args)
     if args.profile:
         Path(args.profile).mkdir(parents=True, exist_ok=True)
     load_before = os.getloadavg()
-    clock = time.perf_counter()
 
-    def step(text):
-        print(f"[{time.perf_counter() - clock:6.1f}s] {text}", flush=True)
-
-    step(f"recreating {urlsplit(db_url).path.lstrip('/')} and migrating")
-    recreate_database(db_url)
-    subprocess.run([PY, str(ROOT / "manage.py"), "migrate", "--noinput", "-v", "0"], env=child_env(db_url), check=True)
-    os.environ.update(child_env(db_url))
-    sys.path.insert(0, str(ROOT))
+    b.step(f"recreating {db.name_of(b.db_url)} and migrating (dbmail, django-post_office, django-mailer)")
+    db.recreate(b.db_url)
+    for settings in ("mailsite.settings", "bench.peer_settings"):
+        subprocess.run(
+            [PY, str(ROOT / "manage.py"), "migrate", "--noinput", "-v", "0"], env=b.env(settings=settings), check=True
+        )
+    os.environ.update(b.env())
     import django
 
     django.setup()
     from django.db import connection
 
-    from dbmail.models import SenderAccount, TextOfEmail
+    from dbmail.conf import settings as conf
+    from dbmail.models import SenderAccount
 
-    n, big = args.messages, args.big
-    workdir = Path(tempfile.mkdtemp(prefix="mailsite-bench-"))  # the sinks' reports
+    b.conn = db.connect(b.db_url)
+    server = db.server_settings(b.conn)
+    b.results.update(server={**server, "set_by_bench": dict(db.DATABASE_SETTINGS)})
+    b.notes.append(
+        "server: "
+        + ", ".join(f"{k}={v}" for k, v in server.items())
+        + f"; set by the bench for its database: {db.DATABASE_SETTINGS or 'nothing'}"
+    )
+    b.notes.append(
+        f"dbmail settings: DBMAIL_ASYNC_COMMIT={conf.DBMAIL_ASYNC_COMMIT}, DBMAIL_BATCH_SIZE={conf.DBMAIL_BATCH_SIZE}, "
+        f"DBMAIL_EXPAND_CHUNK={conf.DBMAIL_EXPAND_CHUNK}, DBMAIL_OUTCOME_WINDOW={conf.DBMAIL_OUTCOME_WINDOW}"
+    )
     try:
-        sender = SenderAccount.objects.create(address="office@example.org", display_name="The Office")
-        step(f"creating {n:,} users")
-        create_users(0, n)
-
-        step(f"expanding a request to {n:,} recipients")
-        small = create_request(sender)
-        emails, seconds, rss_small = expand_phase(args, db_url, "expand-small")
-        if emails != n:
-            raise SystemExit(f"bench: expansion made {emails} emails, expected {n}")
-        expand_small = emails / seconds
-
-        step(f"building {n:,} messages as bytes for the ceiling")
-        messages = prebuilt_messages(small)
-        size = sum(len(m[2]) for m in messages) / len(messages)
-        step("ceiling: plain smtplib, one connection")
-        ceiling, ceiling_report = ceiling_phase(workdir, messages)
-        del messages
-
-        step(f"dbmail_cron sending {n:,}")
-        single = send_phase(args, db_url, workdir, small, 1, "send")
-        sent = small.emails.filter(status=TextOfEmail.Status.SENT).count()
-        if sent != n:
-            raise SystemExit(f"bench: {sent} of {n} emails are marked sent after the send phase")
-
-        concurrent = []
-        for procs in args.senders:
-            step(f"{procs} dbmail_cron processes at once on {n:,} new emails")
-            request = create_request(sender)
-            expand_phase(args, db_url, f"expand-for-{procs}")
-            concurrent.append((procs, send_phase(args, db_url, workdir, request, procs, f"send-{procs}")))
-
-        step(f"creating {big - n:,} more users, expanding a request to {big:,}")
-        create_users(n, big - n)
-        create_request(sender)
-        emails, seconds, rss_big = expand_phase(args, db_url, "expand-big")
-        if emails != big:
-            raise SystemExit(f"bench: expansion made {emails} emails, expected {big}")
-        expand_big = emails / seconds
+        SenderAccount.objects.create(address=SENDER, display_name="The Office")
+        b.step(f"creating {args.messages:,} users")
+        set_active_users(b, args.messages)
+        for phase in PHASES:
+            if phase in args.phases:
+                globals()[f"phase_{phase}"](b)
     finally:
         for proc in Sink.running:
             proc.kill()
-        shutil.rmtree(workdir, ignore_errors=True)
+        shutil.rmtree(b.workdir, ignore_errors=True)
         connection.close()
+        if b.conn is not None:
+            b.conn.close()
         if not args.keep_db:
-            drop_database(db_url)
+            db.drop(b.db_url)
 
-    results = {
-        "ceiling_msgs_s": round(ceiling, 1),
-        "send_msgs_s": round(single["msgs_s"], 1),
-        "send_ratio": round(single["msgs_s"] / ceiling, 3),
-        "expand_emails_s_10k": round(expand_small, 1),
-        "expand_emails_s_100k": round(expand_big, 1),
-        "rss_mb_10k": round(rss_small, 1),
-        "rss_mb_100k": round(rss_big, 1),
-        "senders": [
-            {"n": procs, "msgs_s": round(r["msgs_s"], 1), "duplicates": r["duplicates"], "missing": r["missing"]}
-            for procs, r in concurrent
-        ],
-    }
-    partial = Path(f"{args.results}.tmp")
-    partial.write_text(json.dumps(results, indent=2) + "\n")
-    partial.replace(args.results)  # a failed run never leaves half a file
-
-    ratio = results["send_ratio"]
-    growth = rss_big - rss_small
-    rows = [
-        ("ceiling: smtplib, 1 connection", f"{ceiling:,.0f} msg/s", "(reference)"),
-        (f"dbmail_cron send, {n:,} (incl. start-up)", f"{single['msgs_s']:,.0f} msg/s", ""),
-        ("send / ceiling", f"{ratio:.2f}", f">= {TARGETS['send_ratio']}  {verdict(ratio >= TARGETS['send_ratio'])}"),
-        (
-            f"expansion, {n:,} recipients",
-            f"{expand_small:,.0f} emails/s",
-            f">= {TARGETS['expand_emails_s']:,}  {verdict(expand_small >= TARGETS['expand_emails_s'])}",
-        ),
-        (
-            f"expansion, {big:,} recipients",
-            f"{expand_big:,.0f} emails/s",
-            f">= {TARGETS['expand_emails_s']:,}  {verdict(expand_big >= TARGETS['expand_emails_s'])}",
-        ),
-        (f"peak RSS, expanding {n:,}", f"{rss_small:.1f} MB", ""),
-        (
-            f"peak RSS, expanding {big:,}",
-            f"{rss_big:.1f} MB",
-            f"<= {n:,} + {TARGETS['rss_growth_mb']} MB ({growth:+.1f})  {verdict(growth <= TARGETS['rss_growth_mb'])}",
-        ),
-    ]
-    for procs, r in concurrent:
-        clean = r["duplicates"] == 0 and r["missing"] == 0 and r["unexpected"] == 0
-        rows.append(
-            (
-                f"{procs} senders at once, {n:,}",
-                f"{r['msgs_s']:,.0f} msg/s",
-                f"dup {r['duplicates']}, missing {r['missing']}  {verdict(clean)}",
-            )
-        )
     load_after = os.getloadavg()
-    notes = [
-        f"message size {size:,.0f} bytes; sink CPU per message: ceiling "
-        f"{ceiling_report['cpu_seconds'] / n * 1e6:.0f} us, dbmail_cron {single['sink_cpu_us']:.0f} us",
-        f"1 sender: {single['summaries'][0]}",
-        *(f"{procs} senders: " + " | ".join(r["summaries"]) for procs, r in concurrent),
-        f"load average before {load_before[0]:.2f}, after {load_after[0]:.2f} ({os.cpu_count()} CPUs); "
-        f"total {time.perf_counter() - clock:.0f}s",
-        f"figures written to {args.results}",
-    ]
+    b.results.update(
+        load_average={"before": [round(x, 2) for x in load_before], "after": [round(x, 2) for x in load_after]},
+        cpus=os.cpu_count(),
+        measured_on=date.today().isoformat(),
+        quick=args.quick,
+        phases=args.phases,
+        seconds=round(time.perf_counter() - b.clock),
+    )
+    if args.results:
+        merge_results(args.results, b.results)
+    b.notes.append(
+        f"load average (1, 5, 15 min) before {', '.join(f'{x:.2f}' for x in load_before)}, "
+        f"after {', '.join(f'{x:.2f}' for x in load_after)} ({os.cpu_count()} CPUs); "
+        f"total {time.perf_counter() - b.clock:.0f}s"
+    )
+    b.notes.append(f"figures merged into {args.results}" if args.results else "figures not written (--quick)")
     if args.profile:
-        notes.append(f"profiles in {args.profile} (cProfile slows the children: do not compare these figures)")
-    print_table(rows, notes)
+        b.notes.append(f"profiles in {args.profile} (cProfile slows the children: do not compare these figures)")
+    print_table(b.rows or [("(no figures)", "", "")], b.notes)
 
 
 if __name__ == "__main__":

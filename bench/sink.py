@@ -10,8 +10,11 @@ Message-ID.
     kill -TERM <pid>                              # writes out.json and exits
 
 The report: messages accepted, connections, unique Message-IDs, duplicates
-(receptions beyond the first of an ID), messages without an ID, the sink's
-own CPU seconds, and the list of IDs received.
+(receptions beyond the first of an ID), messages without an ID, duplicate
+recipients (deliveries beyond the first to one envelope recipient: the
+benchmark's messages go to one address each, and a sender that builds a
+message twice may give each copy a fresh Message-ID), the sink's own CPU
+seconds, and the list of IDs received.
 """
 
 import argparse
@@ -36,9 +39,12 @@ class Sink:
         self.messages = 0
         self.connections = 0
         self.without_id = 0
+        self.recipients = {}
 
-    def record(self, message):
+    def record(self, message, rcpts=()):
         self.messages += 1
+        for rcpt in rcpts:
+            self.recipients[rcpt] = self.recipients.get(rcpt, 0) + 1
         end = message.find(b"\r\n\r\n")
         match = _MESSAGE_ID.search(message, 0, end if end >= 0 else len(message))
         if match is None:
@@ -55,6 +61,7 @@ class Sink:
             "unique": len(self.counts),
             "duplicates": sum(n - 1 for n in self.counts.values()),
             "without_message_id": self.without_id,
+            "duplicate_recipients": sum(n - 1 for n in self.recipients.values()),
             "cpu_seconds": round(usage.ru_utime + usage.ru_stime, 3),
             "message_ids": list(self.counts),
         }
@@ -67,7 +74,7 @@ class SMTPSession(asyncio.Protocol):
         self.in_data = False
         self.scanned = 0  # how far into the buffer the end of DATA has been looked for
         self.mail_from = False
-        self.rcpts = 0
+        self.rcpts = []
 
     def connection_made(self, transport):
         self.transport = transport
@@ -106,9 +113,9 @@ class SMTPSession(asyncio.Protocol):
                 self.scanned = len(buf)
                 return False
             body_end, consumed = found + 2, found + 5
-        self.sink.record(bytes(buf[:body_end]))
+        self.sink.record(bytes(buf[:body_end]), self.rcpts)
         del buf[:consumed]
-        self.in_data, self.scanned, self.mail_from, self.rcpts = False, 0, False, 0
+        self.in_data, self.scanned, self.mail_from, self.rcpts = False, 0, False, []
         replies.append(b"250 2.0.0 Ok: queued as %d\r\n" % self.sink.messages)
         return True
 
@@ -119,12 +126,12 @@ class SMTPSession(asyncio.Protocol):
         if verb == b"HELO":
             return b"250 bench-sink\r\n"
         if verb == b"MAIL":
-            self.mail_from, self.rcpts = True, 0
+            self.mail_from, self.rcpts = True, []
             return b"250 2.1.0 Ok\r\n"
         if verb == b"RCPT":
             if not self.mail_from:
                 return b"503 5.5.1 Error: need MAIL command\r\n"
-            self.rcpts += 1
+            self.rcpts.append(bytes(line[8:]).strip().lower())
             return b"250 2.1.5 Ok\r\n"
         if verb == b"DATA":
             if not self.rcpts:
@@ -132,7 +139,7 @@ class SMTPSession(asyncio.Protocol):
             self.in_data = True
             return b"354 End data with <CR><LF>.<CR><LF>\r\n"
         if verb == b"RSET":
-            self.mail_from, self.rcpts = False, 0
+            self.mail_from, self.rcpts = False, []
             return b"250 2.0.0 Ok\r\n"
         if verb == b"NOOP":
             return b"250 2.0.0 Ok\r\n"
