@@ -175,6 +175,11 @@ DBMAIL_EXPAND_CHUNK = setting("DBMAIL_EXPAND_CHUNK", "int", 1000, minimum=1)
 DBMAIL_ASYNC_COMMIT = setting("DBMAIL_ASYNC_COMMIT", "bool", True)
 DBMAIL_OUTCOME_WINDOW = setting("DBMAIL_OUTCOME_WINDOW", "int", 32, minimum=1)
 DBMAIL_STUCK_AFTER_SECONDS = setting("DBMAIL_STUCK_AFTER_SECONDS", "int", 3600, minimum=1)
+# A server that fails for reasons no recipient caused: new connections, DELAY seconds doubling, before giving up.
+DBMAIL_RECONNECT_TRIES = setting("DBMAIL_RECONNECT_TRIES", "int", 2, minimum=0)
+DBMAIL_RECONNECT_DELAY_SECONDS = setting("DBMAIL_RECONNECT_DELAY_SECONDS", "float", 1.0, minimum=0)
+# Body bytes a sender holds at once (the batch being sent and the next one, claimed ahead).
+DBMAIL_BATCH_MAX_BYTES = setting("DBMAIL_BATCH_MAX_BYTES", "int", 20 * 1024 * 1024, minimum=1)
 # --- dbmail: comm panel ---
 DBMAIL_PANEL_ALL_STAFF = setting("DBMAIL_PANEL_ALL_STAFF", "bool", True)
 DBMAIL_LARGE_SEND_WARNING = setting("DBMAIL_LARGE_SEND_WARNING", "int", 1000, minimum=0)

@@ -6,7 +6,7 @@ from django.utils import timezone
 
 from dbmail.models import DeliveryEvent, TextOfEmail
 from dbmail.send import loop as sending
-from dbmail.send import retry
+from dbmail.send import retry, smtp
 
 from .factories import SenderAccountFactory, TextOfEmailFactory
 from .smtpserver import SMTPServer
@@ -127,14 +127,21 @@ def test_too_many_attempts_drops(smtp_server, settings):
     assert "too many attempts" in email.last_error
 
 
-def test_unreachable_server_defers_the_batch_without_dropping(settings):
+def test_unreachable_server_defers_the_batch_without_dropping_or_counting(settings):
     settings.EMAIL_BACKEND = "dbmail.backends.SMTPBackend"
     settings.EMAIL_HOST, settings.EMAIL_PORT, settings.EMAIL_TIMEOUT = "127.0.0.1", 9, 1  # nothing listens
+    settings.DBMAIL_RECONNECT_TRIES = 2
     emails = TextOfEmailFactory.create_batch(4)
     result = sending.send_due()
-    assert result.server_unreachable and result.deferred == 4 and result.connect_failures == 1
+    # Three connections tried (the first and two more after a pause), then the server is given up.
+    assert result.server_unreachable and result.deferred == 4 and result.connect_failures == 3
     assert set(TextOfEmail.objects.values_list("status", flat=True)) == {Status.DEFERRED}
-    assert all("cannot connect" in e.last_error for e in TextOfEmail.objects.filter(pk__in=[e.pk for e in emails]))
+    rows = TextOfEmail.objects.filter(pk__in=[e.pk for e in emails])
+    assert all("cannot connect to 127.0.0.1:9" in e.last_error and e.attempts == 0 for e in rows)
+    (problem,) = result.problems
+    assert (
+        problem.startswith("office@example.org: cannot connect to 127.0.0.1:9: ") and "(4 emails deferred)" in problem
+    )
 
 
 def test_a_message_that_cannot_be_built_is_dropped_alone(smtp_server):
@@ -212,14 +219,31 @@ def test_throttle_spaces_messages(monkeypatch):
 
 
 def test_classify_covers_the_smtp_answers():
-    assert retry.classify(smtplib.SMTPRecipientsRefused({"a@x": (550, b"no")})).status == "dropped"
-    assert retry.classify(smtplib.SMTPRecipientsRefused({"a@x": (450, b"busy")})).status == "deferred"
-    assert retry.classify(smtplib.SMTPDataError(554, b"spam")).status == "dropped"
-    assert retry.classify(smtplib.SMTPSenderRefused(451, b"later", "x@y")).status == "deferred"
-    auth = retry.classify(smtplib.SMTPAuthenticationError(535, b"bad login"))
-    assert auth.status == "deferred" and auth.server_down  # our fault, not the message's
+    def outcome(exc, stage=None):
+        if stage:
+            exc.stage = stage
+        got = retry.classify(exc)
+        return got.status, got.counted
+
+    # Answers about the recipient decide its fate, and count.
+    assert outcome(smtplib.SMTPRecipientsRefused({"a@x": (550, b"no")})) == ("dropped", True)
+    assert outcome(smtplib.SMTPRecipientsRefused({"a@x": (450, b"busy")})) == ("deferred", True)
+    assert outcome(smtp.MessageRefused(554, b"spam")) == ("dropped", True)
+    assert outcome(smtp.MessageRefused(452, b"full")) == ("deferred", True)
+    # The server's or the sender's failures never drop and never count.
+    assert outcome(smtplib.SMTPRecipientsRefused({"a@x": (421, b"closing")})) == ("deferred", False)
+    assert outcome(smtp.DataRefused(554, b"no")) == ("deferred", False)
+    assert outcome(smtplib.SMTPSenderRefused(553, b"sender refused", "x@y"), "mail") == ("deferred", False)
+    assert outcome(smtplib.SMTPSenderRefused(530, b"auth first", "x@y"), "mail") == ("deferred", False)
+    assert outcome(smtplib.SMTPSenderRefused(503, b"nested MAIL", "x@y"), "mail") == ("deferred", False)
+    assert outcome(smtplib.SMTPAuthenticationError(535, b"bad login"), "auth") == ("deferred", False)
+    assert outcome(ConnectionRefusedError(111, "refused"), "connect") == ("deferred", False)
     assert retry.classify(ConnectionRefusedError(111, "refused")).reset_connection
-    assert retry.classify(ValueError("Header values can't contain newlines")).status == "dropped"
+    # Too big for the server, ever (MAIL FROM with SIZE): the message's fault.
+    assert outcome(smtplib.SMTPSenderRefused(552, b"5.3.4 too big", "x@y"), "mail") == ("dropped", True)
+    lost = retry.classify(smtp.AckLost("gone"))
+    assert (lost.status, lost.counted, lost.possibly_delivered) == ("deferred", True, True)
+    assert outcome(ValueError("Header values can't contain newlines")) == ("dropped", True)
 
 
 def test_backoff_doubles_and_is_capped(settings):

@@ -56,6 +56,9 @@ class Command(BaseCommand):
         if (self.loud and not (self.looping and idle)) or (failed and self.verbosity >= 1):
             self.stdout.write(f"dbmail_cron: {outcome.summary()}")
             if failed and self.verbosity >= 1:
+                # A server's or sender's failure once, in words; then what was said about recipients.
+                for line in outcome.sent.problems:
+                    self.stdout.write(f"  sending problem: {line}")
                 for line in outcome.sent.errors:
                     self.stdout.write(f"  {line}")
 
