@@ -7,6 +7,7 @@ Per recipient address (the step used depends on the attempt):
     server.script("cy@example.org", "timeout")                        # no answer to the message in time
     server.script("di@example.org", "disconnect")                     # drops the connection at the end
     server.script("ed@example.org", "554 5.7.1 no", stage="data")     # refuses the DATA command
+    server.script("club@example.org", "553 5.7.1 no", stage="mail")   # refuses this sender at MAIL FROM
 
 For every connection or transaction, whoever the recipient:
 
@@ -25,13 +26,15 @@ the 250 comes after `timeout_seconds`). A rule's steps are used one per
 occurrence; the last step repeats.
 
 `pipelining` and `smtputf8` choose what EHLO offers; `auth` ({user:
-password}) makes AUTH required.
+password}) makes AUTH required; `max_size` is the SIZE it announces (a
+bigger MAIL FROM ... SIZE= gets 552).
 """
 
 import asyncio
 import email
 import socket
 import threading
+import time
 from dataclasses import dataclass, field
 from email import policy
 
@@ -136,10 +139,11 @@ class ScriptedHandler:
         return f"250 {smtp.hostname}"
 
     async def handle_MAIL(self, smtp, session, envelope, address, mail_options):
-        step = self.server.next_fault("mail")
+        step = self.server.next_fault("mail") or self.server.next_rule("mail", address)
         if step:
             answer = await self.server.apply(step, smtp)
             if answer:
+                self.server.refused.append((address, answer))
                 return answer  # refused: no sender is set, so RCPT and DATA get 503
         envelope.mail_from = address
         envelope.mail_options.extend(mail_options)
@@ -189,6 +193,7 @@ class SMTPServer:
     pipelining: bool = True
     smtputf8: bool = True
     auth: dict | None = None  # {"user": "password"}: AUTH offered and required
+    max_size: int = 0  # the SIZE announced (0: aiosmtpd's default, 32 MiB)
     received: list = field(default_factory=list)
     refused: list = field(default_factory=list)
     rules: dict = field(default_factory=dict)  # (stage, address) -> _Rule
@@ -203,10 +208,17 @@ class SMTPServer:
                 s.bind((self.host, 0))
                 self.port = s.getsockname()[1]
         options = {"enable_SMTPUTF8": self.smtputf8}
+        if self.max_size:
+            options["data_size_limit"] = self.max_size
         if self.auth is not None:
             options.update(auth_required=True, auth_require_tls=False, authenticator=self._authenticate)
         self.controller = _Controller(self, ScriptedHandler(self), hostname=self.host, port=self.port, **options)
         self.controller.start()
+        # aiosmtpd connects once itself to see the server up: that connection is not the sender's.
+        deadline = time.monotonic() + 2
+        while not self.connections and time.monotonic() < deadline:
+            time.sleep(0.005)
+        self.connections = 0
         return self
 
     def stop(self):
@@ -219,10 +231,13 @@ class SMTPServer:
         return AuthResult(success=ok, handled=False)
 
     def script(self, address, *steps, stage=None):
-        """Answers for one recipient: at RCPT (default), the DATA command ("data") or the message's end."""
+        """Answers for one recipient: at RCPT (default), the DATA command ("data") or the message's end.
+
+        With stage="mail", `address` is a sender: the answers to its MAIL FROM.
+        """
         if stage is None:
             stage = "message" if steps and steps[0] in ("timeout", "disconnect", "ack-lost", "late") else "rcpt"
-        assert stage in ("rcpt", "data", "message"), stage
+        assert stage in ("mail", "rcpt", "data", "message"), stage
         self.rules[(stage, address.lower())] = _Rule(list(steps), stage)
 
     def fault(self, stage, *steps):
