@@ -2,6 +2,8 @@ from django import forms
 from django.contrib import admin, messages
 from django.utils import timezone
 
+from dbmail import states
+from dbmail.content.validation import RequestForm
 from dbmail.models import (  # the XML spool
     CronHeartbeat,
     DeliveryEvent,
@@ -14,7 +16,7 @@ from dbmail.models import (  # the XML spool
     TrackingQueueItem,
     UnmatchedTrackingEvent,
 )
-from dbmail.track import apply as tracking
+from dbmail.track.apply import retry_unmatched
 
 
 class SenderAccountForm(forms.ModelForm):
@@ -41,6 +43,7 @@ class SenderAccountAdmin(admin.ModelAdmin):
 
 @admin.register(MessageRequest)
 class MessageRequestAdmin(admin.ModelAdmin):
+    form = RequestForm  # the recipient set and the templates are checked too
     list_display = [
         "id",
         "subject",
@@ -67,6 +70,17 @@ class MessageRequestAdmin(admin.ModelAdmin):
     def delivery(self, obj):
         return " / ".join(str(n) for n in obj.tracking_counts().values())
 
+    def get_readonly_fields(self, request, obj=None):
+        # Once made, a request changes state only along dbmail.states: the actions below and dbmail_cron.
+        return [*self.readonly_fields, "status"] if obj else self.readonly_fields
+
+    def formfield_for_choice_field(self, db_field, request, **kwargs):
+        if db_field.name == "status":  # a new request starts as a draft or queued, nothing else
+            kwargs["choices"] = [
+                (t.target, t.target.label) for t in (states.REQUEST_CREATE_DRAFT, states.REQUEST_CREATE)
+            ]
+        return super().formfield_for_choice_field(db_field, request, **kwargs)
+
     def save_model(self, request, obj, form, change):
         if not obj.creator_id:
             obj.creator = request.user
@@ -74,16 +88,14 @@ class MessageRequestAdmin(admin.ModelAdmin):
 
     @admin.action(description="Cancel (unsent emails become cancelled)")
     def cancel_requests(self, request, queryset):
-        live = list(queryset.exclude(status=MessageRequest.Status.CANCELLED))
+        live = list(queryset.filter(status__in=states.CANCEL_REQUEST.sources))
         for message_request in live:
             message_request.cancel()
         self.message_user(request, f"Cancelled {len(live)} request(s).", messages.SUCCESS)
 
     @admin.action(description="Send now (drafts and scheduled requests)")
     def queue_now(self, request, queryset):
-        n = queryset.filter(status__in=[MessageRequest.Status.DRAFT, MessageRequest.Status.QUEUED]).update(
-            status=MessageRequest.Status.QUEUED, send_at=timezone.now()
-        )
+        n = states.SEND_NOW.update(queryset, send_at=timezone.now())
         self.message_user(request, f"{n} request(s) will go out on the next dbmail_cron run.", messages.SUCCESS)
 
 
@@ -103,7 +115,16 @@ class TextOfEmailAdmin(admin.ModelAdmin):
     list_filter = ["status", "account"]
     search_fields = ["to_address", "message_id", "subject"]
     raw_id_fields = ["request", "user"]
-    readonly_fields = ["message_id", "claim_token", "leased_until", "created_at", "status_changed_at", "sent_at"]
+    # The status changes only along dbmail.states: the cancel and retry actions below, sending and tracking.
+    readonly_fields = [
+        "status",
+        "message_id",
+        "claim_token",
+        "leased_until",
+        "created_at",
+        "status_changed_at",
+        "sent_at",
+    ]
     exclude = ["raw_message"]
     inlines = [DeliveryEventInline]
     actions = ["cancel_emails", "retry_emails"]
@@ -231,7 +252,7 @@ class UnmatchedTrackingEventAdmin(admin.ModelAdmin):
 
     @admin.action(description="Apply again (their email may exist now)")
     def apply_again(self, request, queryset):
-        result = tracking.retry_unmatched(queryset)
+        result = retry_unmatched(queryset)
         self.message_user(request, f"Applied {result.applied}; still unmatched {result.unmatched + result.invalid}.")
 
 

@@ -1,8 +1,10 @@
 """The outbox: requests, the emails they become, and what happened to each.
 
-A TextOfEmail's status is written only by dbmail.send.loop (claim and outcome),
-dbmail.intake.expand (creation), and the cancel/retry helpers below; everything
-else reads it. See DESIGN.md for the state machine.
+The statuses of a MessageRequest and of a TextOfEmail, the transitions between
+them and the groups are defined in dbmail.states; every writer of either
+status column (creation in intake, claims and outcomes in send, tracking, the
+cancel and retry helpers below, the comm panel and the admin) moves rows only
+along its transitions. See DESIGN.md for the state machine.
 """
 
 import uuid
@@ -13,6 +15,8 @@ from django.db import models
 from django.db.models import Count, Q
 from django.db.models.functions import Lower
 from django.utils import timezone
+
+from dbmail import states
 
 
 class SenderAccount(models.Model):
@@ -45,7 +49,11 @@ class SenderAccount(models.Model):
     def from_header(self):
         from email.utils import formataddr
 
-        return formataddr((self.display_name, self.address)) if self.display_name else self.address
+        if not self.display_name:
+            return self.address
+        # formataddr quotes or encodes the name but refuses a non-ASCII address (an IDN domain, which
+        # dbmail.content.addresses writes as A-labels when the mail goes out): it gets a stand-in.
+        return formataddr((self.display_name, "a@a"))[: -len("<a@a>")] + f"<{self.address}>"
 
     def connection_overrides(self):
         """Keyword arguments for get_connection() when this account has its own server."""
@@ -64,12 +72,7 @@ class SenderAccount(models.Model):
 class MessageRequest(models.Model):
     """One "procedure" (seed 000): a composed mail and who should get it."""
 
-    class Status(models.TextChoices):
-        DRAFT = "draft"
-        QUEUED = "queued"
-        EXPANDING = "expanding"
-        EXPANDED = "expanded"
-        CANCELLED = "cancelled"
+    Status = states.RequestStatus
 
     sender = models.ForeignKey(SenderAccount, on_delete=models.PROTECT, related_name="requests")
     reply_to = models.EmailField(blank=True)
@@ -82,7 +85,9 @@ class MessageRequest(models.Model):
     creator = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
     created_at = models.DateTimeField(default=timezone.now, db_index=True)
     send_at = models.DateTimeField(default=timezone.now, help_text="Not expanded or sent before this time.")
-    status = models.CharField(max_length=16, choices=Status.choices, default=Status.QUEUED, db_index=True)
+    status = models.CharField(
+        max_length=16, choices=Status.choices, default=states.REQUEST_CREATE.target, db_index=True
+    )
 
     # Expansion bookkeeping: who holds it, until when, and where it got to.
     expand_token = models.UUIDField(null=True, blank=True, editable=False)
@@ -112,18 +117,13 @@ class MessageRequest(models.Model):
         super().save(*args, **kwargs)
 
     def clean(self):
-        from dbmail.content import recipients, rendering
-
+        # What the request knows by itself. Its recipient set and templates need the content
+        # modules, which models do not import: dbmail.content.validation checks those.
         errors = {}
         if not (self.text_body.strip() or self.html_body.strip()):
             errors["text_body"] = "Write a text or an HTML body."
         if self.sender_id and not self.sender.active:
             errors["sender"] = "This sender account is not active."
-        try:
-            recipients.get_set(self.recipient_set)
-        except recipients.UnknownRecipientSet as exc:
-            errors["recipient_set"] = str(exc)
-        errors.update(rendering.template_errors(self))
         if errors:
             raise ValidationError(errors)
 
@@ -141,42 +141,21 @@ class MessageRequest(models.Model):
     def tracking_counts(self):
         """What the MTA reported back: delivered, bounced and complained emails (zeros included)."""
         counts = self.status_counts()
-        return {status: counts.get(status, 0) for status in ("delivered", "bounced", "complained")}
+        return {status: counts.get(status, 0) for status in states.TRACKED}
 
     def cancel(self):
         """Stop the request: no further expansion, and unsent emails become cancelled."""
-        updated = (
-            MessageRequest.objects.filter(pk=self.pk)
-            .exclude(status=self.Status.CANCELLED)
-            .update(status=self.Status.CANCELLED, expand_token=None, expand_lease_until=None)
+        updated = states.CANCEL_REQUEST.update(
+            MessageRequest.objects.filter(pk=self.pk), expand_token=None, expand_lease_until=None
         )
-        self.status = self.Status.CANCELLED
+        self.status = states.CANCEL_REQUEST.target
         return updated + TextOfEmail.cancel(self.emails.all())
 
 
 class TextOfEmail(models.Model):
     """One email to one address, rendered and ready to go (seed 001's TextOfEmail)."""
 
-    class Status(models.TextChoices):
-        QUEUED = "queued"
-        SENDING = "sending"
-        SENT = "sent"
-        DEFERRED = "deferred"
-        DROPPED = "dropped"
-        CANCELLED = "cancelled"
-        DELIVERED = "delivered"
-        BOUNCED = "bounced"
-        COMPLAINED = "complained"
-
-    WAITING = (Status.QUEUED, Status.DEFERRED)
-    FINAL = (
-        Status.SENT,
-        Status.DROPPED,
-        Status.CANCELLED,
-        Status.DELIVERED,
-        Status.BOUNCED,
-        Status.COMPLAINED,
-    )
+    Status = states.EmailStatus
 
     # No index of its own: the unique (request, lower(address)) index starts with it.
     request = models.ForeignKey(
@@ -200,7 +179,7 @@ class TextOfEmail(models.Model):
     raw_message = models.BinaryField(null=True, blank=True)
     message_id = models.CharField(max_length=255)  # unique: a constraint, which spares a LIKE index
 
-    status = models.CharField(max_length=16, choices=Status.choices, default=Status.QUEUED)
+    status = models.CharField(max_length=16, choices=Status.choices, default=states.ENQUEUE.target)
     status_changed_at = models.DateTimeField(default=timezone.now)
     attempts = models.PositiveIntegerField(default=0)
     next_attempt_at = models.DateTimeField(default=timezone.now)
@@ -232,9 +211,9 @@ class TextOfEmail(models.Model):
         indexes = [
             # The claim query walks these in order; partial so they stay small.
             models.Index(
-                fields=["next_attempt_at", "id"], condition=Q(status__in=["queued", "deferred"]), name="dbmail_due"
+                fields=["next_attempt_at", "id"], condition=Q(status__in=list(states.WAITING)), name="dbmail_due"
             ),
-            models.Index(fields=["leased_until"], condition=Q(status="sending"), name="dbmail_lease"),
+            models.Index(fields=["leased_until"], condition=Q(status=states.EmailStatus.SENDING), name="dbmail_lease"),
         ]
 
     def __str__(self):
@@ -244,20 +223,17 @@ class TextOfEmail(models.Model):
     def cancel(cls, emails):
         """Cancel the waiting ones among `emails` (a queryset); return how many."""
         now = timezone.now()
-        return emails.filter(status__in=cls.WAITING).update(
-            status=cls.Status.CANCELLED, status_changed_at=now, claim_token=None, leased_until=None
-        )
+        return states.CANCEL.update(emails, status_changed_at=now, claim_token=None, leased_until=None)
 
     @classmethod
     def retry_now(cls, emails):
         """Make deferred and dropped emails due now, with a fresh attempt budget; return how many."""
         now = timezone.now()
-        ids = list(emails.filter(status__in=[cls.Status.DEFERRED, cls.Status.DROPPED]).values_list("pk", flat=True))
-        updated = cls.objects.filter(pk__in=ids, status__in=[cls.Status.DEFERRED, cls.Status.DROPPED]).update(
-            status=cls.Status.QUEUED, status_changed_at=now, next_attempt_at=now, attempts=0
-        )
+        retry = states.RETRY
+        ids = list(emails.filter(status__in=retry.sources).values_list("pk", flat=True))
+        updated = retry.update(cls.objects.filter(pk__in=ids), status_changed_at=now, next_attempt_at=now, attempts=0)
         DeliveryEvent.objects.bulk_create(
-            DeliveryEvent(email_id=pk, kind=DeliveryEvent.Kind.ADMIN, outcome=cls.Status.QUEUED, text="retry now")
+            DeliveryEvent(email_id=pk, kind=DeliveryEvent.Kind.ADMIN, outcome=retry.target, text="retry now")
             for pk in ids
         )
         return updated
@@ -449,7 +425,7 @@ class SpoolItem(models.Model):
         return f"{self.file.name} #{self.position}"
 
 
-# --- Delivery tracking (dbmail.track.apply): the queue's database backend and the job's memory ---
+# --- Delivery tracking (dbmail.track): the queue's database backend and the job's memory ---
 
 
 class TrackingQueueItem(models.Model):

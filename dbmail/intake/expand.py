@@ -20,11 +20,12 @@ from django.db.models import Q
 from django.utils import timezone
 from psycopg2.extras import Json
 
+from dbmail import states
 from dbmail.content import recipients, rendering, verp
 from dbmail.content import tokens as unsubscribe
 from dbmail.models import MessageRequest, TextOfEmail
 
-Status = TextOfEmail.Status
+RequestStatus = states.RequestStatus
 
 
 @dataclass
@@ -41,8 +42,9 @@ def claim_request(now=None):
         request = (
             MessageRequest.objects.select_for_update(skip_locked=True)
             .filter(
-                Q(status=MessageRequest.Status.QUEUED, send_at__lte=now)
-                | Q(status=MessageRequest.Status.EXPANDING, expand_lease_until__lte=now)
+                # The sources of states.START_EXPANSION: due, or held under a lease that ran out.
+                Q(status=RequestStatus.QUEUED, send_at__lte=now)
+                | Q(status=RequestStatus.EXPANDING, expand_lease_until__lte=now)
             )
             .select_related("sender")
             .order_by("send_at", "pk")
@@ -50,7 +52,7 @@ def claim_request(now=None):
         )
         if request is None:
             return None
-        request.status = MessageRequest.Status.EXPANDING
+        request.status = states.START_EXPANSION.target
         request.expand_token = uuid.uuid4()
         request.expand_lease_until = now + lease
         request.save(update_fields=["status", "expand_token", "expand_lease_until"])
@@ -72,7 +74,7 @@ def email_fields(request, compiled, recipient, now, links=None):
         "reply_to": request.reply_to,
         "message_id": message_id,
         "headers": unsubscribe.list_unsubscribe_headers(url, recipient.email) if url else {},
-        "status": Status.QUEUED,
+        "status": states.ENQUEUE.target,
         "status_changed_at": now,
         "next_attempt_at": now,
         "created_at": now,
@@ -86,7 +88,7 @@ def email_fields(request, compiled, recipient, now, links=None):
         else:
             fields.update(subject=rendered.subject[:998], text=rendered.text, html=rendered.html)
     if error:
-        fields.update(status=Status.DROPPED, last_error=error)
+        fields.update(status=states.REFUSE.target, last_error=error)
     return fields
 
 
@@ -208,12 +210,12 @@ def expand(request, chunk_size=None, on_chunk=None, deadline=None):
     chunk_size = chunk_size or settings.DBMAIL_EXPAND_CHUNK
     lease = timedelta(seconds=settings.DBMAIL_LEASE_SECONDS)
     token = request.expand_token
-    mine = MessageRequest.objects.filter(pk=request.pk, expand_token=token, status=MessageRequest.Status.EXPANDING)
+    mine = MessageRequest.objects.filter(pk=request.pk, expand_token=token, status=RequestStatus.EXPANDING)
     after = (request.checkpoint or {}).get("after")
     try:
         compiled = rendering.CompiledRequest(request)
     except rendering.RenderError as exc:
-        mine.update(status=MessageRequest.Status.CANCELLED, checkpoint={"error": str(exc)})
+        states.FAIL_EXPANSION.update(mine, checkpoint={"error": str(exc)})
         return 0
 
     def commit(last_position, emails):
@@ -253,8 +255,8 @@ def expand(request, chunk_size=None, on_chunk=None, deadline=None):
         return 0
 
     total = request.emails.count()
-    mine.update(
-        status=MessageRequest.Status.EXPANDED,
+    states.FINISH_EXPANSION.update(
+        mine,
         recipient_count=total,
         expanded_at=timezone.now(),
         expand_token=None,

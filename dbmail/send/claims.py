@@ -20,9 +20,10 @@ from django.db.models import BigIntegerField, BooleanField, F, Q
 from django.db.models.expressions import RawSQL
 from django.utils import timezone
 
+from dbmail import states
 from dbmail.models import TextOfEmail
 
-Status = TextOfEmail.Status
+Status = states.EmailStatus
 
 
 @dataclass
@@ -54,11 +55,14 @@ class Claim:
 
     def release(self):
         """Give the rows not attempted back as they were (a clean stop is not an attempt)."""
-        for status in (Status.QUEUED, Status.DEFERRED):
+        for status, release in states.RELEASE.items():
             ids = [pk for pk in self.open_ids if self.claimed_from.get(pk, Status.QUEUED) == status]
             if ids:
-                TextOfEmail.objects.filter(pk__in=ids, claim_token=self.token).update(
-                    status=status, claim_token=None, leased_until=None, attempts=F("attempts") - 1
+                release.update(
+                    TextOfEmail.objects.filter(pk__in=ids, claim_token=self.token),
+                    claim_token=None,
+                    leased_until=None,
+                    attempts=F("attempts") - 1,
                 )
         self.open_ids.clear()
 
@@ -94,7 +98,7 @@ def claim(limit, now=None, scope=None, after=None, due_by=None, max_bytes=None):
     with transaction.atomic():
         # Two ordered index scans rather than one OR, so neither sorts the whole queue.
         stale = rows.filter(status=Status.SENDING, leased_until__lte=now, status_changed_at__lte=due_by)
-        due = rows.filter(status__in=TextOfEmail.WAITING).filter(
+        due = rows.filter(status__in=states.WAITING).filter(
             Q(next_attempt_at__lte=due_by) if scope is None else scope & Q(status_changed_at__lte=due_by)
         )
         if after is not None:
@@ -117,10 +121,8 @@ def claim(limit, now=None, scope=None, after=None, due_by=None, max_bytes=None):
             total += nbytes
         if picked:
             # Re-checking the state makes this safe where SKIP LOCKED does nothing (SQLite).
-            TextOfEmail.objects.filter(pk__in=list(picked), status__in=[*TextOfEmail.WAITING, Status.SENDING]).exclude(
-                status=Status.SENDING, leased_until__gt=now
-            ).update(
-                status=Status.SENDING,
+            states.CLAIM.update(
+                TextOfEmail.objects.filter(pk__in=list(picked)).exclude(status=Status.SENDING, leased_until__gt=now),
                 claim_token=token,
                 leased_until=lease_until,
                 attempts=F("attempts") + 1,
@@ -141,8 +143,8 @@ def claim_one(email):
     now = timezone.now()
     token = uuid.uuid4()
     lease_until = now + timedelta(seconds=settings.DBMAIL_LEASE_SECONDS)
-    taken = TextOfEmail.objects.filter(pk=email.pk, status=Status.QUEUED).update(
-        status=Status.SENDING,
+    taken = states.CLAIM_NOW.update(
+        TextOfEmail.objects.filter(pk=email.pk),
         claim_token=token,
         leased_until=lease_until,
         attempts=F("attempts") + 1,

@@ -28,13 +28,14 @@ from django.conf import settings
 from django.core.mail import get_connection
 from django.utils import timezone
 
+from dbmail import states
 from dbmail.content import addresses, attachments
-from dbmail.models import DeliveryEvent, TextOfEmail
+from dbmail.models import DeliveryEvent
 from dbmail.send import claims, dbworker, message, mime, problems, retry
 from dbmail.send.recovery import DATABASE_ERRORS, DatabaseLost, Leftovers
 
 log = logging.getLogger(__name__)
-Status = TextOfEmail.Status
+Status = states.EmailStatus
 
 
 @dataclass
@@ -354,8 +355,8 @@ class Sender:
             files = self._attachments.for_email(email)
             if not hasattr(conn, "send_prepared"):  # another backend (an email service's API, locmem)
                 if not message.to_email_message(email, conn, files).send():
-                    return retry.Outcome("dropped", None, "the email backend sent nothing (no recipient?)")
-                return retry.Outcome("sent", 250, "accepted")
+                    return retry.Outcome(retry.DROPPED, None, "the email backend sent nothing (no recipient?)")
+                return retry.Outcome(retry.SENT, 250, "accepted")
             # Our SMTP backend takes finished bytes: the common email written directly (mime),
             # attachments and raw forwards through Django's EmailMessage (message).
             utf8 = _needs_smtputf8(email) and conn.offers("smtputf8")
@@ -372,7 +373,7 @@ class Sender:
             return retry.classify(exc)
         reply = conn.last_reply
         code, text = reply if reply else (250, "accepted")
-        return retry.Outcome("sent", code, text)
+        return retry.Outcome(retry.SENT, code, text)
 
     def _finish(self, batch, email, outcome, route):
         outcome = self._db.record(email, batch.token, outcome)

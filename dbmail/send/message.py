@@ -10,7 +10,7 @@ import re
 from django.core.mail import EmailMessage, EmailMultiAlternatives
 
 from dbmail.content import addresses
-from dbmail.track.apply import TRACKING_HEADER, tracking_id
+from dbmail.track.header import METADATA_KEY, TRACKING_HEADER, tracking_id
 
 _BARE_LF = re.compile(rb"(?<!\r)\n")
 _HEADER_END = re.compile(rb"\r\n\r\n")
@@ -69,7 +69,7 @@ def to_email_message(email, connection=None, attachments=(), smtputf8=True):
     for filename, content, content_type in attachments:
         message.attach(filename, content, content_type)
     # Email service providers (through django-anymail) echo metadata back in their tracking events.
-    message.metadata = {"mailsite_email": headers[TRACKING_HEADER]}
+    message.metadata = {METADATA_KEY: headers[TRACKING_HEADER]}
     return message
 
 

@@ -23,7 +23,7 @@ from email.utils import formatdate
 from django.conf import settings
 
 from dbmail.content import addresses
-from dbmail.track.apply import TRACKING_HEADER, tracking_id
+from dbmail.track.header import TRACKING_HEADER, tracking_id
 
 _MAX_LINE = 78
 

@@ -31,8 +31,11 @@ from datetime import timedelta
 
 from django.conf import settings
 
+from dbmail import states
 from dbmail.content.addresses import AddressError
 from dbmail.send.smtp import AckLost
+
+SENT, DEFERRED, DROPPED = states.SEND.target, states.DEFER.target, states.DROP.target
 
 SESSION_STAGES = ("connect", "ehlo", "starttls", "auth")
 STAGE_WORDS = {
@@ -49,7 +52,7 @@ STAGE_WORDS = {
 
 @dataclass(frozen=True)
 class Outcome:
-    status: str  # "sent", "deferred" or "dropped"
+    status: str  # the target of one of states.OUTCOMES: sent, deferred or dropped
     code: int | None = None
     text: str = ""
     reset_connection: bool = False  # the connection is unusable; reopen before the next message
@@ -62,6 +65,10 @@ class Outcome:
         """Whether this outcome counts as one of the email's attempts."""
         return not self.session
 
+    def __post_init__(self):
+        if self.status not in states.OUTCOMES:
+            raise ValueError(f"an attempt's outcome is one of {', '.join(states.OUTCOMES)}, not {self.status!r}")
+
 
 def _reply_text(resp):
     return resp.decode("utf-8", "replace") if isinstance(resp, bytes) else str(resp)
@@ -70,19 +77,19 @@ def _reply_text(resp):
 def by_code(code, text, stage=""):
     """A recipient's answer: 2xx sent, 4xx deferred, 5xx dropped; 421 and 503 are the session's."""
     if 200 <= code < 300:
-        return Outcome("sent", code, text)
+        return Outcome(SENT, code, text)
     if code in (421, 503):
         return session(code, text, reset=True, stage=stage)
     if 400 <= code < 500:
-        return Outcome("deferred", code, text, stage=stage)
-    return Outcome("dropped", code, text, stage=stage)
+        return Outcome(DEFERRED, code, text, stage=stage)
+    return Outcome(DROPPED, code, text, stage=stage)
 
 
 def session(code, text, reset=False, stage=""):
     """A failure of the connection, the session or the sender: deferred, not counted."""
     if code == 503:
         text = f"{text} (a command out of sequence: our side's fault; the session is reset)"
-    return Outcome("deferred", code, text, reset_connection=reset or code in (421, 503), session=True, stage=stage)
+    return Outcome(DEFERRED, code, text, reset_connection=reset or code in (421, 503), session=True, stage=stage)
 
 
 def classify(exc):
@@ -91,10 +98,10 @@ def classify(exc):
     words = STAGE_WORDS.get(stage, stage)
     if isinstance(exc, AckLost):
         return Outcome(
-            "deferred", None, f"outcome unknown (possibly delivered): {exc}", True, stage=stage, possibly_delivered=True
+            DEFERRED, None, f"outcome unknown (possibly delivered): {exc}", True, stage=stage, possibly_delivered=True
         )
     if isinstance(exc, AddressError):
-        return Outcome("dropped", None, str(exc))
+        return Outcome(DROPPED, None, str(exc))
     if isinstance(exc, smtplib.SMTPRecipientsRefused):
         code, resp = next(iter(exc.recipients.values()), (None, b""))
         return by_code(code or 550, _reply_text(resp), "rcpt")
@@ -103,7 +110,7 @@ def classify(exc):
     if isinstance(exc, smtplib.SMTPSenderRefused) and exc.smtp_code == 552:
         # The answer to MAIL FROM ... SIZE=n (RFC 1870): this message is bigger than the server takes, ever.
         text = f"the message is too big for the server: {exc.smtp_code} {_reply_text(exc.smtp_error)}"
-        return Outcome("dropped", exc.smtp_code, text, stage=stage)
+        return Outcome(DROPPED, exc.smtp_code, text, stage=stage)
     if isinstance(exc, smtplib.SMTPResponseException):
         # The greeting, EHLO, STARTTLS, AUTH, MAIL FROM or DATA: the server or our sender, never the recipient.
         code, text = exc.smtp_code, _reply_text(exc.smtp_error)
@@ -116,7 +123,7 @@ def classify(exc):
         return session(None, f"{kind}{where}: {exc}", reset=True, stage=stage)
     # Anything else came from the message itself (a header with a newline...): retrying cannot
     # help, and it must not hold up the rest.
-    return Outcome("dropped", None, f"cannot build message: {type(exc).__name__}: {exc}")
+    return Outcome(DROPPED, None, f"cannot build message: {type(exc).__name__}: {exc}")
 
 
 def backoff(attempts, email=None):
@@ -136,11 +143,11 @@ def give_up(outcome, attempts, email=None):
 
     A session fault is not an attempt, so it never uses up the budget.
     """
-    if outcome.status != "deferred" or not outcome.counted:
+    if outcome.status != DEFERRED or not outcome.counted:
         return outcome
     budget = settings.DBMAIL_SPOOL_MAX_ATTEMPTS if _spooled(email) else settings.DBMAIL_MAX_ATTEMPTS
     if attempts >= budget:
-        return Outcome("dropped", outcome.code, f"too many attempts ({attempts}); last: {outcome.text}")
+        return Outcome(DROPPED, outcome.code, f"too many attempts ({attempts}); last: {outcome.text}")
     return outcome
 
 
