@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import pytest
 from django.utils import timezone
 
+from dbmail import states
 from dbmail.models import SendingProblem, TextOfEmail
 from dbmail.send import loop as sending
 
@@ -128,7 +129,7 @@ def server(request, settings):
 
 
 def make_due():
-    TextOfEmail.objects.filter(status__in=TextOfEmail.WAITING).update(next_attempt_at=timezone.now())
+    TextOfEmail.objects.filter(status__in=states.WAITING).update(next_attempt_at=timezone.now())
 
 
 def state(email):
@@ -298,3 +299,33 @@ def test_a_server_fault_is_reported_once_however_many_emails_it_defers(server):
     assert len(lines) == 2  # no line per email: the emails were not at fault
     assert len(server.refused) == 3  # three transactions, then the account's route was given up
     assert not TextOfEmail.objects.filter(pk__in=[e.pk for e in emails]).exclude(attempts=0).exists()
+
+
+# --- a lost acknowledgement, from the wire to the log ---------------------------------------------
+
+
+@pytest.mark.parametrize("step", ["ack-lost", "late"])
+def test_a_lost_answer_is_recorded_as_possibly_delivered_and_sent_again(server, step):
+    from dbmail.models import DeliveryEvent
+
+    server.script(VICTIM, step, "250")
+    email = TextOfEmailFactory(to_address=VICTIM)
+    result = sending.send_due()
+    assert (result.deferred, result.possibly_delivered) == (1, 1)
+    email.refresh_from_db()
+    assert email.status == Status.DEFERRED and email.attempts == 1 and email.possibly_delivered == 1
+    (event,) = email.events.all()
+    assert event.kind == DeliveryEvent.Kind.ATTEMPT and event.text.startswith("outcome unknown (possibly delivered)")
+    assert len(server.to(VICTIM)) == 1  # the server had it all along
+    make_due()
+    assert sending.send_due().sent == 1
+    email.refresh_from_db()
+    assert email.status == Status.SENT and email.possibly_delivered == 1 and len(server.to(VICTIM)) == 2
+
+
+def test_a_disconnect_before_the_message_went_out_is_no_possible_delivery(server):
+    server.script(VICTIM, "disconnect", stage="rcpt")
+    email = TextOfEmailFactory(to_address=VICTIM)
+    assert sending.send_due().possibly_delivered == 0
+    email.refresh_from_db()
+    assert email.possibly_delivered == 0 and "outcome unknown" not in email.last_error

@@ -323,3 +323,16 @@ def test_each_email_has_a_history_page_with_attempts_and_tracking_events(panel, 
     other = MessageRequestFactory(status="expanded")
     assert panel.get(reverse("commpanel:email", args=[other.pk, email.pk])).status_code == 404
     assert client.get(url).status_code == 302  # anonymous: to the login page
+
+
+def test_the_request_page_counts_emails_possibly_delivered_twice(panel):
+    mail = MessageRequestFactory(status=Status.EXPANDED)
+    TextOfEmailFactory(request=mail, status=TextOfEmail.Status.SENT, possibly_delivered=1, attempts=2)
+    TextOfEmailFactory(request=mail, status=TextOfEmail.Status.DEFERRED, possibly_delivered=2, attempts=2)
+    TextOfEmailFactory(request=mail, status=TextOfEmail.Status.DEFERRED, attempts=1)
+    TextOfEmailFactory(status=TextOfEmail.Status.SENT, possibly_delivered=1)  # another request's
+    page = panel.get(reverse("commpanel:request", args=[mail.pk])).content.decode()
+    assert "Outcome unknown (possibly delivered) for 2 emails" in page
+    other = MessageRequestFactory(status=Status.EXPANDED)
+    TextOfEmailFactory(request=other, status=TextOfEmail.Status.SENT)
+    assert "possibly delivered" not in panel.get(reverse("commpanel:request", args=[other.pk])).content.decode()

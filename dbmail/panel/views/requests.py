@@ -118,6 +118,7 @@ def request_detail(request, pk):
         context["summary"] = audience.summarise(mail)
     else:
         context.update(_email_table(request, mail))
+        context["possibly_delivered"] = mail.possibly_delivered_count()
     context.update(_preview(request, mail))
     return render(request, "commpanel/request_detail.html", context)
 
