@@ -258,3 +258,84 @@ def test_a_raw_email_from_the_database_goes_through_any_backend(settings, mailou
     assert sending.send_due().sent == 1
     (message,) = mailoutbox
     assert message.message().as_bytes(linesep="\r\n") == raw
+
+
+# --- international addresses ---------------------------------------------------------------------
+
+
+def test_a_named_idn_address_goes_out_in_a_labels(smtp_server):
+    from dbmail.intake.outbox import enqueue
+
+    email = enqueue(to="Ann <ann@bücher.example>", subject="Grüße", text="Hallo")
+    assert email.status == Status.QUEUED
+    assert sending.send_due().sent == 1
+    (got,) = smtp_server.received
+    assert got.rcpt_tos == ["ann@xn--bcher-kva.example"] and "SMTPUTF8" not in got.mail_options
+    (to,) = got.message["To"].addresses
+    assert (to.display_name, to.addr_spec) == ("Ann", "ann@xn--bcher-kva.example") and got.data.isascii()
+
+
+def test_a_utf8_local_part_goes_out_with_smtputf8(smtp_server):
+    email = TextOfEmailFactory(to_address="jörg@exämple.org", to_name="Jörg Müller")
+    assert sending.send_due().sent == 1
+    (got,) = smtp_server.received
+    assert "SMTPUTF8" in got.mail_options and got.rcpt_tos == ["jörg@xn--exmple-cua.org"]
+    assert "<jörg@xn--exmple-cua.org>".encode() in got.data  # the header in UTF-8 (RFC 6532)
+    email.refresh_from_db()
+    assert email.status == Status.SENT
+
+
+def test_a_utf8_local_part_with_attachments_keeps_its_utf8_header(smtp_server):
+    from django.core.files.base import ContentFile
+
+    from dbmail.models import RequestAttachment
+
+    from .factories import MessageRequestFactory
+
+    request = MessageRequestFactory(recipient_set="addresses")
+    RequestAttachment.objects.create(request=request, file=ContentFile(b"%PDF", name="a.pdf"), filename="a.pdf", size=4)
+    TextOfEmailFactory(request=request, to_address="jörg@exämple.org", to_name="Jörg")
+    assert sending.send_due().sent == 1
+    (got,) = smtp_server.received
+    assert "SMTPUTF8" in got.mail_options
+    to_line = next(line for line in got.data.split(b"\r\n") if line.startswith(b"To:"))
+    assert to_line.endswith("<jörg@xn--exmple-cua.org>".encode())
+    assert [p.get_filename() for p in got.message.iter_attachments()] == ["a.pdf"]
+
+
+def test_without_smtputf8_a_utf8_local_part_is_dropped_saying_why(settings):
+    server = SMTPServer(smtputf8=False).start()
+    try:
+        settings.EMAIL_BACKEND = "dbmail.backends.SMTPBackend"
+        settings.EMAIL_HOST, settings.EMAIL_PORT, settings.EMAIL_TIMEOUT = server.host, server.port, 2
+        settings.EMAIL_HOST_USER = settings.EMAIL_HOST_PASSWORD = ""
+        utf8 = TextOfEmailFactory(to_address="用户@例子.广告")
+        idn = TextOfEmailFactory(to_address="ann@bücher.example", to_name="Ann")
+        result = sending.send_due()
+        assert (result.sent, result.dropped) == (1, 1)
+        utf8.refresh_from_db()
+        assert utf8.status == Status.DROPPED and "the server does not offer SMTPUTF8" in utf8.last_error
+        assert "cannot build message" not in utf8.last_error
+        assert [m.rcpt_tos for m in server.received] == [["ann@xn--bcher-kva.example"]]
+        assert idn.message_id == server.received[0].message_id
+    finally:
+        server.stop()
+
+
+def test_an_empty_address_never_goes_out_as_a_null_recipient(smtp_server):
+    empty = TextOfEmailFactory(to_address="")
+    fine = TextOfEmailFactory()
+    result = sending.send_due()
+    assert (result.sent, result.dropped) == (1, 1)
+    empty.refresh_from_db()
+    assert empty.status == Status.DROPPED and "no recipient address" in empty.last_error
+    assert [m.rcpt_tos for m in smtp_server.received] == [[fine.to_address]]
+    assert not [r for r in smtp_server.refused if r[0] in ("", "<>")]
+
+
+def test_a_raw_forward_to_an_idn_address(smtp_server):
+    raw = b"From: a@example.com\r\nTo: list@example.org\r\nSubject: fwd\r\n\r\nbody\r\n"
+    TextOfEmailFactory(raw_message=raw, to_address="member@bücher.example")
+    assert sending.send_due().sent == 1
+    (got,) = smtp_server.received
+    assert got.rcpt_tos == ["member@xn--bcher-kva.example"] and got.data == raw
