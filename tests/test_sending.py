@@ -339,3 +339,46 @@ def test_a_raw_forward_to_an_idn_address(smtp_server):
     assert sending.send_due().sent == 1
     (got,) = smtp_server.received
     assert got.rcpt_tos == ["member@xn--bcher-kva.example"] and got.data == raw
+
+
+# --- one attempt per email per run; bodies a batch at a time -------------------------------------
+
+
+def test_a_run_tries_each_email_once_however_short_the_retry_delay(smtp_server, settings):
+    settings.DBMAIL_RETRY_BASE_SECONDS = settings.DBMAIL_RETRY_MAX_SECONDS = 1
+    smtp_server.delay = 0.15  # each accepted message takes a while: the deferred ones come due mid-run
+    busy = []
+    for n in range(3):
+        smtp_server.script(f"busy{n}@example.net", "451 4.3.0 busy")
+        busy.append(TextOfEmailFactory(to_address=f"busy{n}@example.net"))
+    TextOfEmailFactory.create_batch(12)  # about 1.8 s of sending after the busy ones were deferred
+    result = sending.send_due(batch_size=2)
+    assert (result.sent, result.deferred) == (12, 3)
+    for email in busy:
+        email.refresh_from_db()
+        assert email.attempts == 1 and email.events.count() == 1
+        assert email.next_attempt_at <= timezone.now()  # due again, and left for the next run all the same
+
+
+def test_bodies_come_a_few_at_a_time_when_they_are_big(smtp_server, settings, monkeypatch):
+    from dbmail.send import claims
+
+    settings.DBMAIL_BATCH_MAX_BYTES = 1_000_000  # half of it per claim: the batch sent and the next
+    claimed = []
+    real_claim = claims.claim
+
+    def counting_claim(*args, **kwargs):
+        batch = real_claim(*args, **kwargs)
+        claimed.append((len(batch.emails), batch.bytes))
+        return batch
+
+    monkeypatch.setattr(claims, "claim", counting_claim)
+    big = [TextOfEmailFactory(text=("x" * 70 + "\n") * 4_225) for _ in range(5)]  # 300 kB each
+    TextOfEmailFactory(raw_message=b"From: a@b.org\r\n\r\n" + (b"y" * 68 + b"\r\n") * 10_000)  # 700 kB
+    small = TextOfEmailFactory.create_batch(3)
+    result = sending.send_due(batch_size=100)
+    assert result.sent == 9 and len(smtp_server.received) == 9
+    # One big email a claim (two would pass the half), the one over the half alone, the small ones together.
+    assert [n for n, _ in claimed if n] == [1, 1, 1, 1, 1, 1, 3]
+    assert all(n == 1 or size <= 500_000 for n, size in claimed)
+    assert {e.message_id for e in big + small} <= {m.message_id for m in smtp_server.received}

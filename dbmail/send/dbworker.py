@@ -103,7 +103,10 @@ class ThreadedWorker:
                         future.set_exception(exc)
                 self._write(rows)
         finally:
-            connection.close()
+            try:
+                connection.close()
+            except Exception:  # a connection the server broke: the sender already knows (self.error)
+                pass
 
     def _write(self, rows):
         if not rows:
