@@ -30,6 +30,7 @@ from django.core.mail.backends.smtp import EmailBackend
 _LEADING_DOT = re.compile(rb"(?m)^\.")
 _PLAIN_ADDRESS = re.compile(r"[^\s<>()\[\]\\,;:\"@]+@[^\s<>()\[\]\\,;:\"@]+")
 _CRLF = b"\r\n"
+_ONE_WRITE = 1 << 20
 
 
 def _quoteaddr(address):
@@ -112,11 +113,14 @@ class _BulkSMTP:
             self._after_failure(data_reply[0])
             raise DataRefused(*data_reply)
 
-        body = _LEADING_DOT.sub(b"..", msg)
-        if not body.endswith(_CRLF):
-            body += _CRLF
+        body = _LEADING_DOT.sub(b"..", msg) if msg.startswith(b".") or b"\n." in msg else msg
+        end = b"." + _CRLF if body.endswith(_CRLF) else _CRLF + b"." + _CRLF
         try:
-            self.send(body + b"." + _CRLF)
+            if len(body) < _ONE_WRITE:
+                self.send(body + end)  # one segment: a second small write could wait for an ACK (Nagle)
+            else:
+                self.send(body)  # a big body is not copied once more just to add its end
+                self.send(end)
         except OSError as exc:
             raise _staged(exc, "data")  # not all of it was written: the server cannot have taken it
         try:
