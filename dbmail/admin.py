@@ -9,6 +9,7 @@ from dbmail.models import (  # the XML spool
     DeliveryEvent,
     MessageRequest,
     SenderAccount,
+    SendGrant,
     SpoolFile,
     SpoolItem,
     Suppression,
@@ -39,6 +40,26 @@ class SenderAccountAdmin(admin.ModelAdmin):
     list_display = ["address", "display_name", "active", "smtp_host"]
     list_filter = ["active"]
     search_fields = ["address", "display_name"]
+
+
+@admin.register(SendGrant)
+class SendGrantAdmin(admin.ModelAdmin):
+    """Who may send as which address through the site's server; a grant is made or removed, never rewritten."""
+
+    list_display = ["address", "user", "group", "granted_by", "granted_at", "note"]
+    list_filter = ["group"]
+    search_fields = ["address", "user__username", "user__email", "group__name", "note"]
+    readonly_fields = ["granted_by", "granted_at"]
+    raw_id_fields = ["user"]
+
+    def get_readonly_fields(self, request, obj=None):
+        # Changing who or what a grant covers would leave granted_by/at naming a grant nobody made.
+        return [*self.readonly_fields, *(["address", "user", "group"] if obj else [])]
+
+    def save_model(self, request, obj, form, change):
+        if not change:
+            obj.granted_by = request.user
+        super().save_model(request, obj, form, change)
 
 
 @admin.register(MessageRequest)

@@ -25,9 +25,13 @@ kept, then the connection is dropped before the 250) and "late" (kept, and
 the 250 comes after `timeout_seconds`). A rule's steps are used one per
 occurrence; the last step repeats.
 
-`pipelining` and `smtputf8` choose what EHLO offers; `auth` ({user:
-password}) makes AUTH required; `max_size` is the SIZE it announces (a
-bigger MAIL FROM ... SIZE= gets 552).
+`pipelining` and `smtputf8` choose what EHLO offers; `max_size` is the
+SIZE it announces (a bigger MAIL FROM ... SIZE= gets 552).
+
+A submission server, as a mail provider runs one: AUTH is required and each
+login may name only its own addresses in MAIL FROM:
+
+    SMTPServer(logins={"ann": "secret"}, may_send_as={"ann": {"ann@example.net"}})
 """
 
 import asyncio
@@ -139,6 +143,11 @@ class ScriptedHandler:
         return f"250 {smtp.hostname}"
 
     async def handle_MAIL(self, smtp, session, envelope, address, mail_options):
+        if self.server.may_send_as:
+            login = session.auth_data if session.authenticated else None
+            if address.lower() not in self.server.may_send_as.get(login, set()):
+                self.server.refused.append((address, "553"))
+                return "553 5.7.1 Sender address rejected: not owned by user"
         step = self.server.next_fault("mail") or self.server.next_rule("mail", address)
         if step:
             answer = await self.server.apply(step, smtp)
@@ -192,7 +201,8 @@ class SMTPServer:
     timeout_seconds: float = 5.0
     pipelining: bool = True
     smtputf8: bool = True
-    auth: dict | None = None  # {"user": "password"}: AUTH offered and required
+    logins: dict = field(default_factory=dict)  # login -> password; when set, AUTH is required
+    may_send_as: dict = field(default_factory=dict)  # login -> the MAIL FROM addresses it may use
     max_size: int = 0  # the SIZE announced (0: aiosmtpd's default, 32 MiB)
     received: list = field(default_factory=list)
     refused: list = field(default_factory=list)
@@ -210,8 +220,8 @@ class SMTPServer:
         options = {"enable_SMTPUTF8": self.smtputf8}
         if self.max_size:
             options["data_size_limit"] = self.max_size
-        if self.auth is not None:
-            options.update(auth_required=True, auth_require_tls=False, authenticator=self._authenticate)
+        if self.logins:  # plain-text AUTH is fine on loopback; real servers insist on TLS first
+            options.update(authenticator=self._authenticate, auth_required=True, auth_require_tls=False)
         self.controller = _Controller(self, ScriptedHandler(self), hostname=self.host, port=self.port, **options)
         self.controller.start()
         # aiosmtpd connects once itself to see the server up: that connection is not the sender's.
@@ -224,11 +234,11 @@ class SMTPServer:
     def stop(self):
         self.controller.stop()
 
-    def _authenticate(self, server, session, envelope, mechanism, auth_data):
-        login = getattr(auth_data, "login", b"") or b""
-        password = getattr(auth_data, "password", b"") or b""
-        ok = self.auth.get(login.decode("utf-8", "replace")) == password.decode("utf-8", "replace")
-        return AuthResult(success=ok, handled=False)
+    def _authenticate(self, smtp, session, envelope, mechanism, auth_data):
+        login = auth_data.login.decode("utf-8", "replace")
+        password = self.logins.get(login)
+        ok = password is not None and auth_data.password.decode("utf-8", "replace") == password
+        return AuthResult(success=ok, handled=False, auth_data=login if ok else None)
 
     def script(self, address, *steps, stage=None):
         """Answers for one recipient: at RCPT (default), the DATA command ("data") or the message's end.

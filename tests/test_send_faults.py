@@ -183,7 +183,7 @@ def test_each_email_ends_where_the_fault_puts_it(server, fault):
 
 @pytest.mark.filterwarnings("ignore:Requiring AUTH while not requiring TLS")  # loopback only
 def test_auth_refused_or_missing_defers_without_counting_until_the_credentials_work(settings):
-    server = SMTPServer(auth={"mailer": "right-password"}).start()
+    server = SMTPServer(logins={"mailer": "right-password"}).start()
     try:
         settings.EMAIL_BACKEND = "dbmail.backends.SMTPBackend"
         settings.EMAIL_HOST, settings.EMAIL_PORT, settings.EMAIL_TIMEOUT = server.host, server.port, 2
