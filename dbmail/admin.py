@@ -190,7 +190,7 @@ class SuppressionAdmin(admin.ModelAdmin):
 class SendingProblemAdmin(admin.ModelAdmin):
     """Written by the sender (dbmail.send.problems); read here and by dbmail_status."""
 
-    list_display = ["server", "account", "stage", "smtp_code", "text", "deferred", "last_seen_at", "resolved_at"]
+    list_display = ["server", "account", "stage", "smtp_code", "text", "emails_deferred", "last_seen_at", "resolved_at"]
     list_filter = ["stage", ("resolved_at", admin.EmptyFieldListFilter)]
 
     def has_add_permission(self, request):

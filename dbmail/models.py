@@ -386,7 +386,9 @@ class SendingProblem(models.Model):
     stage = models.CharField(max_length=16, help_text="Where in the SMTP conversation it failed.")
     smtp_code = models.PositiveSmallIntegerField(null=True, blank=True)
     text = models.TextField()
-    deferred = models.PositiveIntegerField(default=0, help_text="Emails it deferred in the run that saw it last.")
+    emails_deferred = models.PositiveIntegerField(
+        default=0, help_text="Emails it deferred in the run that saw it last."
+    )
     first_seen_at = models.DateTimeField(default=timezone.now)
     last_seen_at = models.DateTimeField(default=timezone.now)
     resolved_at = models.DateTimeField(null=True, blank=True)

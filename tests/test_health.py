@@ -68,7 +68,7 @@ def test_shows_emails_possibly_delivered_twice_and_current_sending_problems():
         server="smtp.example.org:25",
         stage="mail",
         smtp_code=553,
-        deferred=7,
+        emails_deferred=7,
         text="MAIL FROM: 553 5.7.1 sender refused",
     )
     SendingProblem.objects.create(

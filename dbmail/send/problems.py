@@ -33,7 +33,7 @@ def settle(routes, resolve=True):
             problem.stage = fault.stage
             problem.smtp_code = fault.code
             problem.text = fault.text
-            problem.deferred = route.deferred
+            problem.emails_deferred = route.deferred
             problem.last_seen_at = now
             problem.resolved_at = None
             problem.save()

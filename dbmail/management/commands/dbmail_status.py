@@ -44,7 +44,7 @@ class Command(BaseCommand):
             who = problem.account.address if problem.account_id else "the site's mail"
             self.stdout.write(
                 f"sending problem: {who} via {problem.server}, since {problem.first_seen_at:%Y-%m-%d %H:%M:%S}, "
-                f"last {problem.last_seen_at:%Y-%m-%d %H:%M:%S} ({problem.deferred} deferred): {problem.text}"
+                f"last {problem.last_seen_at:%Y-%m-%d %H:%M:%S} ({problem.emails_deferred} deferred): {problem.text}"
             )
         if report.stuck:
             raise CommandError("STUCK: " + "; ".join(report.reasons), returncode=2)
