@@ -20,18 +20,14 @@ import idna
 from django.core.exceptions import ValidationError
 from django.core.validators import validate_email
 
+from dbmail.exceptions import AddressError, NeedsSMTPUTF8
+
+__all__ = ["AddressError", "NeedsSMTPUTF8", "a_label", "display", "error", "header", "needs_smtputf8", "wire"]
+
 # The common address, which needs none of the work below (checked on every message sent).
 _PLAIN = re.compile(r"[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9.-]+")
 _ASCII_ATOM = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+")
 _BREAKS = re.compile(r"[\r\n<>]")
-
-
-class AddressError(ValueError):
-    """An address that cannot go into an envelope; the message says why, in words."""
-
-
-class NeedsSMTPUTF8(AddressError):
-    """The address has a UTF-8 local part and the server does not offer SMTPUTF8."""
 
 
 def a_label(domain):

@@ -9,16 +9,16 @@ and a sender never holds more than one request's files.
 
 import mimetypes
 
-from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.template.defaultfilters import filesizeformat
 
+from dbmail.conf import settings as conf
 from dbmail.models import RequestAttachment
 
 
 def check_size(new_files, existing_bytes=0):
     """Refuse uploads that would take a request's attachments over DBMAIL_MAX_ATTACHMENT_BYTES."""
-    limit = settings.DBMAIL_MAX_ATTACHMENT_BYTES
+    limit = conf.DBMAIL_MAX_ATTACHMENT_BYTES
     total = existing_bytes + sum(f.size for f in new_files)
     if total > limit:
         raise ValidationError(

@@ -24,13 +24,10 @@ from django.core.exceptions import FieldDoesNotExist
 from django.db.models import QuerySet
 
 from dbmail.content.addresses import error as _address_error
+from dbmail.exceptions import UnknownRecipientSet
 from dbmail.models import Suppression
 
 _REGISTRY = {}
-
-
-class UnknownRecipientSet(LookupError):
-    pass
 
 
 @dataclass(frozen=True)

@@ -3,31 +3,24 @@
 --max-seconds counts from the start of the run, expansion included. A lost
 database connection ends a run with one line and a non-zero exit; what the
 sender held is given back as soon as the database answers again (at once
-when it does, else by the next round of --loop, which retries with backoff).
+when it does, else at the start of the next round of --loop, whose pause
+grows after each failed round: dbmail.ops.runloop).
 """
 
 import logging
-import signal
 import time
 from dataclasses import dataclass
 
-from django.db import close_old_connections
 from django.utils import timezone
 
+from dbmail.exceptions import DatabaseLost, DatabaseUnreachable, Unreachable
 from dbmail.intake import expand, spool
 from dbmail.ops import health
+from dbmail.ops.runloop import Round, RunLoop
 from dbmail.send import loop as sending
-from dbmail.send.recovery import DATABASE_ERRORS, DatabaseLost, Leftovers
+from dbmail.send.recovery import DATABASE_ERRORS, Leftovers
 
 log = logging.getLogger(__name__)
-
-
-class Unreachable(Exception):
-    """The database or the SMTP server could not be reached at all."""
-
-
-class DatabaseUnreachable(Unreachable):
-    """The database connection failed or broke during the run."""
 
 
 @dataclass
@@ -58,25 +51,32 @@ class RunResult:
 
 
 class Runner:
-    """Runs once or in a loop; SIGTERM/SIGINT stop it after the message in flight."""
+    """Runs once or in a loop (dbmail.ops.runloop); SIGTERM/SIGINT stop it after the message in flight."""
 
-    def __init__(self, max_seconds=None, max_messages=None, batch_size=None, on_outcome=None, on_chunk=None):
+    def __init__(
+        self, max_seconds=None, max_messages=None, batch_size=None, on_outcome=None, on_chunk=None, interval=60.0
+    ):
         self.max_seconds = max_seconds
         self.options = dict(max_messages=max_messages, batch_size=batch_size)
         self.on_outcome = on_outcome
         self.on_chunk = on_chunk
-        self.stopping = False
+        self.loop = RunLoop(interval, on_stop=[self._stop_sending])
         self.sender = None
         self.leftovers = Leftovers()  # what a run cut off from the database still holds
 
+    @property
+    def stopping(self):
+        return self.loop.stopping
+
     def stop(self, *args):
-        self.stopping = True
+        self.loop.stop()
+
+    def _stop_sending(self):
         if self.sender:
             self.sender.stopping = True
 
     def install_signal_handlers(self):
-        signal.signal(signal.SIGTERM, self.stop)
-        signal.signal(signal.SIGINT, self.stop)
+        self.loop.handle_signals()
 
     def give_back(self):
         """Hand back what a run cut off from the database held; False while the database is still away."""
@@ -97,16 +97,7 @@ class Runner:
         if not self.give_back():
             raise DatabaseUnreachable("cannot reach the database to give back the emails a run held")
         try:
-            spool.intake()  # both spool steps do nothing unless DBMAIL_SPOOL_DIR is set
-            expanded = (
-                expand.expand_due(on_chunk=self.on_chunk, deadline=deadline)
-                if not self.stopping
-                else expand.ExpandResult()
-            )
-            self.sender = sending.Sender(on_outcome=self.on_outcome, deadline=deadline, **self.options)
-            self.sender.stopping = self.stopping
-            sent = self.sender.run()
-            spool.settle()
+            _, (expanded, sent), _ = spool.cycle(lambda: self._expand_and_send(deadline))
         except DatabaseLost as exc:
             self.leftovers.add(exc.leftovers)
             held = len(self.leftovers)
@@ -134,29 +125,34 @@ class Runner:
             raise Unreachable(error)
         return result
 
-    def run_loop(self, interval, report):
+    def _expand_and_send(self, deadline):
+        expanded = (
+            expand.expand_due(on_chunk=self.on_chunk, deadline=deadline) if not self.stopping else expand.ExpandResult()
+        )
+        self.sender = sending.Sender(on_outcome=self.on_outcome, deadline=deadline, **self.options)
+        self.sender.stopping = self.stopping
+        return expanded, self.sender.run()
+
+    def run_loop(self, report):
         """Run every `interval` seconds until stopped; `report(result or exception)` after each.
 
-        After a database failure the next round comes sooner (1 s, doubling up to the
-        interval), so the sender is back, and its claims handed back, soon after the database.
+        After a run that could not reach the database or the SMTP server the
+        pause doubles, up to dbmail.ops.runloop.MAX_BACKOFF, until a run succeeds;
+        emails held when the database went away are given back by the first
+        round that reaches it.
         """
-        db_failures = 0
-        while not self.stopping:
-            close_old_connections()
-            wait = interval
+
+        def one_round():
             try:
                 report(self.run_once())
-                db_failures = 0
-            except DatabaseUnreachable as exc:
-                db_failures += 1
-                wait = min(interval, 2 ** (db_failures - 1))
-                _forget_connection()
-                report(exc)
             except Unreachable as exc:
+                if isinstance(exc, DatabaseUnreachable):
+                    _forget_connection()
                 report(exc)
-            deadline = time.monotonic() + wait
-            while not self.stopping and time.monotonic() < deadline:
-                time.sleep(min(0.2, wait))
+                return Round.FAILED
+            return Round.DONE
+
+        self.loop.run(one_round)
         self.give_back()
 
 

@@ -24,9 +24,9 @@ import sys
 import threading
 from concurrent.futures import Future
 
-from django.conf import settings
 from django.db import connection
 
+from dbmail.conf import settings as conf
 from dbmail.send import outcomes, retry
 
 
@@ -56,7 +56,7 @@ class ThreadedWorker:
 
     def __init__(self, window=None):
         self._work = queue.Queue()
-        self._slots = threading.Semaphore(window or settings.DBMAIL_OUTCOME_WINDOW)
+        self._slots = threading.Semaphore(window or conf.DBMAIL_OUTCOME_WINDOW)
         self.error = None
         self.unwritten = []  # outcomes.Row not committed because the database failed
         self._switch_interval = sys.getswitchinterval()

@@ -24,11 +24,11 @@ import time
 from dataclasses import dataclass, field, replace
 from itertools import groupby
 
-from django.conf import settings
 from django.core.mail import get_connection
 from django.utils import timezone
 
 from dbmail import states
+from dbmail.conf import settings as conf
 from dbmail.content import addresses, attachments
 from dbmail.models import DeliveryEvent
 from dbmail.send import claims, dbworker, message, mime, problems, retry
@@ -130,20 +130,20 @@ class Sender:
         scope=None,
         deadline=None,
     ):
-        self.batch_size = batch_size or settings.DBMAIL_BATCH_SIZE
+        self.batch_size = batch_size or conf.DBMAIL_BATCH_SIZE
         self.max_messages = max_messages
         # `deadline` (time.monotonic()) lets a caller count time it spent before sending.
         self.deadline = deadline or (time.monotonic() + max_seconds if max_seconds else None)
         self.on_outcome = on_outcome
-        self.throttle = Throttle(settings.DBMAIL_THROTTLE_PER_SECOND if throttle is None else throttle)
+        self.throttle = Throttle(conf.DBMAIL_THROTTLE_PER_SECOND if throttle is None else throttle)
         # keep_if_down: when the server cannot be reached, give the emails back untouched
         # (the ad-hoc path leaves them for the next cron run) instead of deferring them;
         # and no reconnecting with pauses: the caller is waiting.
         self.keep_if_down = keep_if_down
-        self.reconnect_tries = 0 if keep_if_down else settings.DBMAIL_RECONNECT_TRIES
+        self.reconnect_tries = 0 if keep_if_down else conf.DBMAIL_RECONNECT_TRIES
         self.scope = scope  # see claims.claim()
         self.started_at = timezone.now()  # what was due by now is this run's work, tried once each
-        self.max_bytes = settings.DBMAIL_BATCH_MAX_BYTES
+        self.max_bytes = conf.DBMAIL_BATCH_MAX_BYTES
         self.result = SendResult()
         self.stopping = False
         self._servers = {}
@@ -295,7 +295,7 @@ class Sender:
             # transaction once per email, which may be the one thing the server dislikes.
             if retried and outcome.stage not in retry.SESSION_STAGES:
                 return outcome
-            if not self._pause(settings.DBMAIL_RECONNECT_DELAY_SECONDS * 2 ** (route.faults - 1)):
+            if not self._pause(conf.DBMAIL_RECONNECT_DELAY_SECONDS * 2 ** (route.faults - 1)):
                 return outcome
             retried = True
             outcome = self._attempt(server, email)

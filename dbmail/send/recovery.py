@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from django.db import Error as DjangoDatabaseError
 from django.db import connection
 
+from dbmail.exceptions import DatabaseLost
 from dbmail.models import TextOfEmail
 from dbmail.send import outcomes
 
@@ -21,15 +22,7 @@ except ImportError:  # pragma: no cover - SQLite-only installs
     _DriverError = DjangoDatabaseError
 
 DATABASE_ERRORS = (DjangoDatabaseError, _DriverError)
-
-
-class DatabaseLost(Exception):
-    """The database connection broke during a send run; `leftovers` is what the run still held."""
-
-    def __init__(self, error, leftovers):
-        super().__init__(" ".join(str(error).split()) or type(error).__name__)
-        self.error = error
-        self.leftovers = leftovers
+__all__ = ["DATABASE_ERRORS", "DatabaseLost", "Leftovers"]
 
 
 @dataclass

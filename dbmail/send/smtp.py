@@ -27,6 +27,10 @@ import smtplib
 
 from django.core.mail.backends.smtp import EmailBackend
 
+from dbmail.exceptions import AckLost, DataRefused, MessageRefused
+
+__all__ = ["AckLost", "DataRefused", "MessageRefused", "SMTPBackend"]
+
 _LEADING_DOT = re.compile(rb"(?m)^\.")
 _PLAIN_ADDRESS = re.compile(r"[^\s<>()\[\]\\,;:\"@]+@[^\s<>()\[\]\\,;:\"@]+")
 _CRLF = b"\r\n"
@@ -36,24 +40,6 @@ _ONE_WRITE = 1 << 20
 def _quoteaddr(address):
     # smtplib.quoteaddr parses every address with the email package; a plain one needs no parsing.
     return f"<{address}>" if _PLAIN_ADDRESS.fullmatch(address) else smtplib.quoteaddr(address)
-
-
-class DataRefused(smtplib.SMTPDataError):
-    """The server refused the DATA command: the recipients were accepted, nothing of the message went out."""
-
-    stage = "data"
-
-
-class MessageRefused(smtplib.SMTPDataError):
-    """The server refused the message after its final dot."""
-
-    stage = "message"
-
-
-class AckLost(smtplib.SMTPServerDisconnected):
-    """The whole message went out (final dot written) but the server's answer never came: maybe delivered."""
-
-    stage = "message"
 
 
 def _staged(exc, stage):
