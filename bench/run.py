@@ -3,6 +3,7 @@
     make bench                        # or: python bench/run.py            (about ten minutes on two cores)
     python bench/run.py --quick       # every phase at a small scale, for smoke-testing (about two minutes)
     python bench/run.py --phases ceiling,send    # some phases only
+    python bench/run.py --memory [--memory-scale 0.1]    # memory only (bench/memory.py), or: make bench BENCH_ARGS=--memory
 
 It recreates the PostgreSQL database BENCH_DATABASE_URL (default
 postgres://postgres@127.0.0.1:5432/mailsite_bench), migrates it (dbmail's
@@ -96,6 +97,12 @@ def parse_args(argv):
     )
     parser.add_argument("--results", help="where to merge the figures (default bench/results.json; none with --quick)")
     parser.add_argument("--keep-db", action="store_true", help="leave the database in place afterwards")
+    parser.add_argument("--memory", action="store_true", help="measure memory only (results in bench/memory.json)")
+    parser.add_argument(
+        "--memory-scale", type=float, default=1.0, help="with --memory: scale 10,000 and 100,000 recipients by this"
+    )
+    parser.add_argument("--big-emails", type=int, default=20, help="with --memory: ad-hoc emails of --big-email-mb")
+    parser.add_argument("--big-email-mb", type=float, default=10.0)
     args = parser.parse_args(argv)
     for name, (full, quick) in SCALES.items():
         if getattr(args, name) is None:
@@ -631,6 +638,10 @@ def main(argv=None):
     )
     try:
         SenderAccount.objects.create(address=SENDER, display_name="The Office")
+        if args.memory:
+            from bench import memory
+
+            return memory.run(b)
         b.step(f"creating {args.messages:,} users")
         set_active_users(b, args.messages)
         for phase in PHASES:
