@@ -126,3 +126,86 @@ def count(conn, sql, params=()):
     with conn.cursor() as cur:
         cur.execute(sql, params)
         return cur.fetchone()[0]
+
+
+class BackendCpu:
+    """The CPU seconds PostgreSQL's backends spend for the bench database while a phase runs.
+
+    A thread polls pg_stat_activity for the database's backends (but the bench's own) and reads
+    each one's CPU time from /proc/<pid>/schedstat (the server runs on this machine), so
+    a phase's figure can say how much of each email's cost is PostgreSQL's. Backends that come and
+    go between two polls (0.1 s) are missed; the sender's and the expansion's live for the whole run.
+    """
+
+    def __init__(self, db_url):
+        self.db_url = db_url
+        self.seen = {}  # pid -> (start time, CPU seconds at the last poll)
+        self.baseline = {}
+        self._stop = None
+        self._thread = None
+
+    def __enter__(self):
+        import threading
+
+        self._conn = connect(self.db_url)
+        with self._conn.cursor() as cur:
+            cur.execute("SELECT pg_backend_pid()")
+            self._own = cur.fetchone()[0]
+        self._stop = threading.Event()
+        self._poll(first=True)
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def _run(self):
+        while not self._stop.wait(0.1):
+            self._poll()
+
+    def _poll(self, first=False):
+        with self._conn.cursor() as cur:
+            cur.execute(
+                "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND pid <> %s", [self._own]
+            )
+            pids = [pid for (pid,) in cur.fetchall()]
+        for pid in pids:
+            got = _proc_cpu(pid)
+            if got is None:
+                continue
+            start, cpu = got
+            if first:
+                self.baseline[pid] = (start, cpu)
+            self.seen[pid] = (start, cpu)
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self._conn.close()
+
+    @property
+    def seconds(self):
+        total = 0.0
+        for pid, (start, cpu) in self.seen.items():
+            base_start, base_cpu = self.baseline.get(pid, (None, 0.0))
+            total += cpu - (base_cpu if base_start == start else 0.0)
+        return total
+
+
+def process_cpu(pid):
+    """User + system CPU seconds of a process on this machine (a backend: connection.get_backend_pid())."""
+    got = _proc_cpu(pid)
+    return got[1] if got else 0.0
+
+
+def _proc_cpu(pid):
+    """(start time, CPU seconds) of a process, or None when it is gone.
+
+    The CPU time is the scheduler's (/proc/<pid>/schedstat, in nanoseconds): /proc/<pid>/stat
+    counts in clock ticks of 10 ms, too coarse for a statement.
+    """
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            start = stat.read().rpartition(")")[2].split()[19]
+        with open(f"/proc/{pid}/schedstat") as schedstat:
+            return start, int(schedstat.read().split()[0]) / 1e9
+    except (OSError, IndexError, ValueError):
+        return None

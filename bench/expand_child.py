@@ -32,9 +32,9 @@ from dbmail.intake import expand  # noqa: E402
 # importing the REST API's libraries), once per process whatever the number of recipients.
 _ = get_resolver().url_patterns
 
-started = time.perf_counter()
+started, cpu = time.perf_counter(), time.process_time()
 result = expand.expand_due()
-seconds = time.perf_counter() - started
+seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
 
 
 def peak_rss_kb():
@@ -46,5 +46,13 @@ def peak_rss_kb():
 
 
 print(
-    json.dumps({"requests": result.requests, "emails": result.emails, "seconds": seconds, "peak_rss_kb": peak_rss_kb()})
+    json.dumps(
+        {
+            "requests": result.requests,
+            "emails": result.emails,
+            "seconds": seconds,
+            "cpu_seconds": cpu,  # this process's, all its threads
+            "peak_rss_kb": peak_rss_kb(),
+        }
+    )
 )

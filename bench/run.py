@@ -160,6 +160,7 @@ class Bench:
         self.results = {}
         self.rows = []  # (label, value, target) for the table
         self.notes = []
+        self.cpu = {}  # phase -> [(our CPU seconds, PostgreSQL's, emails)]
 
     def step(self, text):
         print(f"[{time.perf_counter() - self.clock:6.1f}s] {text}", flush=True)
@@ -266,10 +267,12 @@ def expand_fresh(b, name, expected, reset=True):
     else:
         db.reset_tokens(b.conn)
     request = create_request()
-    figures = b.child("expand_child.py", name=name)
+    with db.BackendCpu(b.db_url) as pg:
+        figures = b.child("expand_child.py", name=name)
     if figures["emails"] != expected:
         raise SystemExit(f"bench: expansion made {figures['emails']} emails, expected {expected}")
     db.analyze(b.conn, "dbmail_textofemail", "dbmail_addresstoken")
+    b.cpu.setdefault("expand", []).append((figures["cpu_seconds"], pg.seconds, expected))
     return request, figures["emails"] / figures["seconds"], figures["peak_rss_kb"] / 1024
 
 
@@ -281,10 +284,11 @@ def send_phase(b, request, n_procs, name):
     sink = Sink(b.workdir, name)
     env = b.env(sink.port)
     cpu_before = _children_cpu()
-    started = time.perf_counter()
-    procs = [b.start_manage(f"{name}-{i}", "dbmail_cron", "-v", "2", env=env) for i in range(n_procs)]
-    outputs = [p.communicate()[0] for p in procs]
-    seconds = time.perf_counter() - started
+    with db.BackendCpu(b.db_url) as pg:
+        started = time.perf_counter()
+        procs = [b.start_manage(f"{name}-{i}", "dbmail_cron", "-v", "2", env=env) for i in range(n_procs)]
+        outputs = [p.communicate()[0] for p in procs]
+        seconds = time.perf_counter() - started
     cpu = _children_cpu() - cpu_before  # the sink still runs: only the senders were reaped
     report = sink.stop()
     for proc, out in zip(procs, outputs, strict=True):
@@ -299,6 +303,7 @@ def send_phase(b, request, n_procs, name):
         "unexpected": len(received - expected),
         "sink_cpu_us": report["cpu_seconds"] / max(report["messages"], 1) * 1e6,
         "cpu_us": cpu / max(len(expected), 1) * 1e6,
+        "pg_cpu_us": pg.seconds / max(len(expected), 1) * 1e6,
         "summaries": [out.strip().splitlines()[-1] if out.strip() else "" for out in outputs],
     }
 
@@ -338,13 +343,14 @@ def phase_ceiling(b):
     messages = prebuilt_messages(request)
     size = sum(len(m[2]) for m in messages) / len(messages)
     prepared = wire.prepare(messages)
-    rates, cpu = [], []
+    rates, cpu, client = [], [], []
     for rep in range(args.ceiling_reps):
         b.step(f"ceiling: raw pipelined client, {n:,} messages, repetition {rep + 1}/{args.ceiling_reps}")
         sink = Sink(b.workdir, f"ceiling-{rep}")
-        started = time.perf_counter()
+        started, client_cpu = time.perf_counter(), time.process_time()
         accepted = wire.pipelined("127.0.0.1", sink.port, prepared)
         rates.append(accepted / (time.perf_counter() - started))
+        client.append((time.process_time() - client_cpu) / n * 1e6)
         report = sink.stop()
         if report["messages"] != n or accepted != n:
             raise SystemExit(f"bench: the sink got {report['messages']} of {n} ceiling messages")
@@ -363,9 +369,10 @@ def phase_ceiling(b):
     b.results["message_bytes"] = round(size)
     b.row("ceiling: raw pipelined client, 1 connection", stats.shown(ceiling, " msg/s"), "(reference)")
     b.row("  plain smtplib, 1 connection (4 round trips)", stats.shown(smtp_ref, " msg/s"), "")
+    b.results["ceiling_cpu_us_per_msg"] = {"client": stats.summary(client), "sink": stats.summary(cpu)}
     b.notes.append(
-        f"messages of {size:,.0f} bytes on average; the sink's CPU per message under the ceiling "
-        f"{stats.summary(cpu)['median']:.0f} us"
+        f"messages of {size:,.0f} bytes on average; CPU per message under the ceiling: the raw client "
+        f"{stats.summary(client)['median']:.0f} us, the sink {stats.summary(cpu)['median']:.0f} us"
     )
     # The first send of a fresh database warms PostgreSQL's caches; it is not one of the repetitions.
     b.step(f"warm-up: dbmail_cron sending those {n:,} (not counted)")
@@ -376,7 +383,7 @@ def phase_ceiling(b):
 def phase_send(b):
     n, args = b.args.messages, b.args
     set_active_users(b, n)
-    expand_rates, rss, send_rates, cpu, sink_cpu, summaries = [], [], [], [], [], []
+    expand_rates, rss, send_rates, cpu, pg_cpu, sink_cpu, summaries = [], [], [], [], [], [], []
     for rep in range(args.reps):
         b.step(f"expanding a request to {n:,}, then dbmail_cron sending it, repetition {rep + 1}/{args.reps}")
         request, rate, peak = expand_fresh(b, f"expand-small-{rep}", n)
@@ -389,6 +396,7 @@ def phase_send(b):
             raise SystemExit(f"bench: the send phase missed {result['missing']}, duplicated {result['duplicates']}")
         send_rates.append(result["msgs_s"])
         cpu.append(result["cpu_us"])
+        pg_cpu.append(result["pg_cpu_us"])
         sink_cpu.append(result["sink_cpu_us"])
         summaries.append(result["summaries"][0])
     send = b.figure("send_msgs_s", send_rates)
@@ -404,10 +412,15 @@ def phase_send(b):
             f">= {TARGETS['send_ratio']}  {verdict(ratio >= TARGETS['send_ratio'])}",
         )
     b.row(f"expansion, {n:,} recipients", stats.shown(small, " emails/s"), "")
-    b.results["send_cpu_us_per_msg"] = stats.summary(cpu)
+    b.results["send_cpu_us_per_msg"] = {
+        "dbmail_cron": stats.summary(cpu),
+        "postgresql": stats.summary(pg_cpu),
+        "sink": stats.summary(sink_cpu),
+    }
     b.notes.append(
         f"1 sender: {summaries[-1]}; CPU per message: dbmail_cron {stats.summary(cpu)['median']:.0f} us "
-        f"(start-up included; PostgreSQL's not counted), the sink {stats.summary(sink_cpu)['median']:.0f} us"
+        f"(start-up included), its PostgreSQL backends {stats.summary(pg_cpu)['median']:.0f} us, "
+        f"the sink {stats.summary(sink_cpu)['median']:.0f} us"
     )
 
 
@@ -449,6 +462,9 @@ def phase_expand(b):
         rss.append(peak)
     expand = b.figure("expand_emails_s_100k", rates)
     peak_big = b.figure("rss_mb_100k", rss)
+    ours = stats.summary([c / e * 1e6 for c, _, e in b.cpu["expand"][-args.reps :]])
+    theirs = stats.summary([p / e * 1e6 for _, p, e in b.cpu["expand"][-args.reps :]])
+    b.results["expand_cpu_us_per_email"] = {"expansion": ours, "postgresql": theirs}
     b.step(f"PostgreSQL's own COPY of those {big:,} rows, {args.reps} times")
     copy_rates, mb = copy_ceiling(b)
     copy = b.figure("copy_rows_s", copy_rates)
@@ -461,7 +477,9 @@ def phase_expand(b):
     b.row(f"  PostgreSQL COPY of the same {big:,} rows", stats.shown(copy, " rows/s"), "(its ceiling)")
     b.notes.append(
         f"expansion at {expand['median'] / copy['median']:.2f} of PostgreSQL's COPY of the same rows "
-        f"({mb:.0f} MB in COPY text format)"
+        f"({mb:.0f} MB in COPY text format); CPU per email: the expanding process {ours['median']:.0f} us "
+        f"(all its threads), its PostgreSQL backends {theirs['median']:.0f} us; "
+        f"PostgreSQL's CPU per row under COPY {b.results['copy_cpu_us_per_row']['median']:.0f} us"
     )
     small = b.results.get("rss_mb_10k")
     if small is not None:
@@ -502,24 +520,28 @@ def copy_ceiling(b):
             chunks.append(buf.getvalue())
     rows = b.args.big
     sync = "off" if conf.DBMAIL_ASYNC_COMMIT else "on"  # the commit mode expansion's chunks use
-    rates = []
+    rates, server_cpu = [], []
+    backend = b.conn.get_backend_pid()
     b.conn.autocommit = False
     try:
         for _ in range(b.args.reps):
             with b.conn.cursor() as cur:
                 cur.execute("TRUNCATE bench_copy")
                 b.conn.commit()
+                cpu_before = db.process_cpu(backend)
                 started = time.perf_counter()
                 for data in chunks:
                     cur.execute(f"SET LOCAL synchronous_commit TO {sync}")
-                    cur.copy_expert(f"COPY bench_copy ({columns}) FROM STDIN", io.BytesIO(data))
+                    cur.copy_expert(f"COPY bench_copy ({columns}) FROM STDIN", io.BytesIO(data), size=len(data))
                     b.conn.commit()
                 rates.append(rows / (time.perf_counter() - started))
+                server_cpu.append((db.process_cpu(backend) - cpu_before) / rows * 1e6)
         with b.conn.cursor() as cur:
             cur.execute("DROP TABLE bench_copy")
         b.conn.commit()
     finally:
         b.conn.autocommit = True
+    b.results["copy_cpu_us_per_row"] = stats.summary(server_cpu)
     return rates, sum(map(len, chunks)) / 1e6
 
 

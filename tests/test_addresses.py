@@ -1,6 +1,8 @@
 """International addresses: which are valid, and how they are written for the envelope and the headers."""
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from dbmail.content import addresses
 from dbmail.content.recipients import address_error
@@ -55,3 +57,22 @@ def test_headers_encode_names_and_keep_addresses_whole():
     assert addresses.header("The Office <office@example.org>") == "The Office <office@example.org>"
     assert addresses.header("Ann <ann@bücher.example>") == "Ann <ann@xn--bcher-kva.example>"
     assert addresses.header_needs_smtputf8("Jörg <jörg@x.org>") and not addresses.header_needs_smtputf8("Ann <a@ü.de>")
+
+
+# Strings near the shape of an address, so both the quick check and Django's validator get exercised.
+_ADDRESS_LIKE = st.from_regex(
+    r"\A[A-Za-z0-9.!#$%&'*+/=?^_`{|}~ \"(),:;<>@\[\]\\-]{0,20}@[A-Za-z0-9._ -]{0,20}(\.[A-Za-z0-9-]{0,8})?\Z"
+)
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.one_of(_ADDRESS_LIKE, st.text(max_size=40)))
+def test_the_quick_check_of_common_addresses_accepts_nothing_djangos_validator_refuses(address):
+    from django.core.exceptions import ValidationError
+    from django.core.validators import validate_email
+
+    if addresses._SURELY_VALID.fullmatch(address) and len(address) <= 320:
+        try:
+            validate_email(address)
+        except ValidationError:
+            pytest.fail(f"the quick check accepts {address!r}, which Django refuses")

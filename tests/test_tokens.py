@@ -25,3 +25,17 @@ def test_a_token_under_another_key_reads_as_nothing(settings):
     token = tokens.issue("ann@example.org")
     settings.SECRET_KEY = "another-secret-key-for-this-test-only"
     assert tokens.address_for(token) is None
+
+
+@pytest.mark.parametrize("address", ["ann@example.org", " Ann.Smith+news@Example.ORG ", "用户@例子.测试", "x" * 200])
+def test_the_token_is_the_documented_recipe_so_links_in_mail_already_sent_keep_working(settings, address):
+    # The first 26 characters of the lower-case base32 of HMAC-SHA256(sha256(salt + SECRET_KEY), address).
+    import base64
+    import hashlib
+    import hmac
+
+    key = hashlib.sha256(("dbmail.unsubscribe.address" + settings.SECRET_KEY).encode()).digest()
+    digest = hmac.new(key, address.strip().lower().encode(), hashlib.sha256).digest()
+    expected = base64.b32encode(digest).decode("ascii")[:26].lower()
+    assert tokens.token_for(address) == expected
+    assert tokens.LinkMaker().make(address)[0].rstrip("/").endswith(expected)

@@ -21,6 +21,7 @@ from itertools import islice
 
 from django.contrib.auth import get_user_model
 from django.core.exceptions import FieldDoesNotExist
+from django.db import connection
 from django.db.models import QuerySet
 
 from dbmail.content.addresses import error as _address_error
@@ -38,7 +39,7 @@ class RecipientSet:
     params_help: str = ""
 
 
-@dataclass
+@dataclass(slots=True)
 class Recipient:
     email: str
     name: str = ""
@@ -163,17 +164,22 @@ def iter_recipients(name, params, after=None, chunk_size=2000, first_chunk_size=
     size = first_chunk_size or chunk_size
     while chunk := list(islice(rows, size)):
         size = chunk_size
-        seen = set()
-        unique = []
+        unique = {}
         for _pos, rcpt in chunk:
-            if rcpt.key not in seen:
-                seen.add(rcpt.key)
-                unique.append(rcpt)
-        suppressed = set(
-            Suppression.objects.filter(address__in=[r.key for r in unique]).values_list("address", flat=True)
-        )
+            unique.setdefault(rcpt.email.lower(), rcpt)  # rcpt.key
+        suppressed = _suppressed(list(unique))
         # The last position is reported even when its row was left out, so the checkpoint moves past it.
-        yield chunk[-1][0], [r for r in unique if r.key not in suppressed]
+        yield chunk[-1][0], [r for key, r in unique.items() if key not in suppressed]
+
+
+def _suppressed(keys):
+    """Which of `keys` (lower-case addresses) are on the suppression list."""
+    if connection.vendor == "postgresql":
+        # One array parameter: the ORM's IN (...) would prepare each of a chunk's thousand values by itself.
+        with connection.cursor() as cursor:
+            cursor.execute(f"SELECT address FROM {Suppression._meta.db_table} WHERE address = ANY(%s)", [keys])
+            return {address for (address,) in cursor.fetchall()}
+    return set(Suppression.objects.filter(address__in=keys).values_list("address", flat=True))
 
 
 def count(name, params):

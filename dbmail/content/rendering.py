@@ -6,6 +6,8 @@ holds strings and numbers only, never ORM objects, so a template cannot walk
 from a user to anything else.
 """
 
+import html
+import os
 import re
 import secrets
 import time
@@ -125,7 +127,14 @@ class PlainTemplate:
 
     def __init__(self, parts, autoescape):
         self.parts = parts
+        self.autoescape = autoescape
         self.context = Context(autoescape=autoescape)  # only read for its rendering flags
+        # When every value is a plain string (the common case), one str.format call does it all.
+        self.names = list(dict.fromkeys(p for p in parts if type(p) is _Name))
+        index = {name: i for i, name in enumerate(self.names)}
+        self.format = "".join(
+            "{" + str(index[p]) + "}" if type(p) is _Name else p.replace("{", "{{").replace("}", "}}") for p in parts
+        )
 
     @classmethod
     def of(cls, template, autoescape):
@@ -154,6 +163,14 @@ class PlainTemplate:
 
     def render(self, values):
         """The rendered text, or None when a value is not plain (the engine must render it)."""
+        given = [values.get(name, "") for name in self.names]  # a missing name: the engine's string_if_invalid
+        for value in given:
+            if type(value) is not str:
+                break
+        else:
+            # What render_value_in_context does with a plain string: nothing, or HTML-escape it
+            # (django.utils.html.escape is html.escape).
+            return self.format.format(*(map(html.escape, given) if self.autoescape else given))
         out = []
         for part in self.parts:
             if type(part) is str:
@@ -162,6 +179,10 @@ class PlainTemplate:
             value = values.get(part, _MISSING)
             if value is _MISSING:
                 out.append("")  # the engine's string_if_invalid
+            elif type(value) is str:
+                # What render_value_in_context does with a plain string, without its checks for
+                # dates and numbers: as it is, or HTML-escaped (django.utils.html.escape is html.escape).
+                out.append(html.escape(value) if self.autoescape else value)
             elif isinstance(value, _PLAIN):
                 out.append(render_value_in_context(value, self.context))
             else:
@@ -218,6 +239,27 @@ class CompiledRequest:
         if html and not text:
             text = html_to_text(html)
         return Rendered(subject, text, html)
+
+
+class MessageIds:
+    """Fresh Message-IDs for many emails (an expansion): the domain read once, the randomness drawn in bulk.
+
+    Each is new_message_id()'s form. One per process that makes them: a copy inherited across a
+    fork would hand out the same random parts twice.
+    """
+
+    _BATCH = 1024
+
+    def __init__(self):
+        self.domain = conf.DBMAIL_MESSAGE_ID_DOMAIN
+        self._random, self._at = b"", 0
+
+    def new(self):
+        if self._at >= len(self._random):
+            self._random, self._at = os.urandom(8 * self._BATCH), 0
+        part = self._random[self._at : self._at + 8].hex()
+        self._at += 8
+        return f"<{time.time_ns()}.{part}@{self.domain}>"
 
 
 def new_message_id():

@@ -17,12 +17,12 @@ from datetime import timedelta
 from django.db import connection, models, transaction
 from django.db.models import Q
 from django.utils import timezone
-from psycopg2.extras import Json
 
 from dbmail import states
 from dbmail.conf import settings as conf
 from dbmail.content import recipients, rendering, verp
 from dbmail.content import tokens as unsubscribe
+from dbmail.intake import copyrows
 from dbmail.models import AddressToken, MessageRequest, TextOfEmail
 
 RequestStatus = states.RequestStatus
@@ -59,43 +59,85 @@ def claim_request(now=None):
     return request
 
 
+# The columns each email has a value of its own for; every other column is the same for a whole chunk.
+OWN_COLUMNS = (
+    "user_id",
+    "to_address",
+    "to_name",
+    "envelope_sender",
+    "message_id",
+    "headers",
+    "subject",
+    "text",
+    "html",
+    "status",
+    "last_error",
+)
+
+
+class RowMaker:
+    """A request's emails as column values: what they share is worked out once, what differs per recipient.
+
+    `links` collects the unsubscribe tokens issued, for the caller to store
+    with the rows (EmailInsert does, in the chunk's transaction).
+    """
+
+    def __init__(self, request, compiled, links=None):
+        self.compiled = compiled
+        self.links = links if links is not None else unsubscribe.LinkMaker()
+        sender = request.sender
+        self.sender_address = sender.address
+        self.verp = verp.enabled()
+        self.message_ids = rendering.MessageIds()
+        self.request_values = {
+            "request_id": request.pk,
+            "account_id": request.sender_id,
+            "from_header": sender.from_header,
+            "reply_to": request.reply_to,
+        }
+
+    def shared(self, now):
+        """The values every email of a chunk made at `now` has."""
+        return {**self.request_values, "status_changed_at": now, "next_attempt_at": now, "created_at": now}
+
+    def own(self, recipient):
+        """This recipient's values (OWN_COLUMNS, in order); a bad address or template makes a dropped row."""
+        error = recipient.error
+        url, headers = self.links.make(recipient.email) if not error else ("", {})
+        message_id = self.message_ids.new()
+        subject = text = html = ""
+        if not error:
+            try:
+                rendered = self.compiled.render(self.compiled.context_for(recipient, url))
+            except rendering.RenderError as exc:
+                error = str(exc)
+            else:
+                subject, text, html = rendered.subject[:998], rendered.text, rendered.html
+        return (
+            recipient.user_id,
+            recipient.email[:254],
+            recipient.name[:200],
+            verp.envelope_sender(message_id, self.sender_address) if self.verp else self.sender_address,
+            message_id,
+            headers,
+            subject,
+            text,
+            html,
+            states.REFUSE.target if error else states.ENQUEUE.target,
+            error,
+        )
+
+
 def email_fields(request, compiled, recipient, now, links=None):
     """One recipient's TextOfEmail as field values; a bad address or template makes it a dropped row.
 
     `links` collects the unsubscribe tokens issued, for the caller to store
     with the rows; without it (one email: preview, test mail) they are stored here.
     """
-    maker = links or unsubscribe.LinkMaker()
-    url, headers = maker.make(recipient.email) if not recipient.error else ("", {})
-    message_id = rendering.new_message_id()
-    fields = {
-        "request_id": request.pk,
-        "account_id": request.sender_id,
-        "user_id": recipient.user_id,
-        "to_address": recipient.email[:254],
-        "to_name": recipient.name[:200],
-        "from_header": request.sender.from_header,
-        "envelope_sender": verp.envelope_sender(message_id, request.sender.address),
-        "reply_to": request.reply_to,
-        "message_id": message_id,
-        "headers": headers,
-        "status": states.ENQUEUE.target,
-        "status_changed_at": now,
-        "next_attempt_at": now,
-        "created_at": now,
-    }
-    error = recipient.error
-    if not error:
-        try:
-            rendered = compiled.render(compiled.context_for(recipient, url))
-        except rendering.RenderError as exc:
-            error = str(exc)
-        else:
-            fields.update(subject=rendered.subject[:998], text=rendered.text, html=rendered.html)
-    if error:
-        fields.update(status=states.REFUSE.target, last_error=error)
+    maker = RowMaker(request, compiled, links)
+    fields = {**maker.shared(now), **dict(zip(OWN_COLUMNS, maker.own(recipient), strict=True))}
     if links is None:
-        unsubscribe.register(maker.take_issued())
+        unsubscribe.register(maker.links.take_issued())
     return fields
 
 
@@ -107,59 +149,82 @@ def build_email(request, compiled, recipient, now):
 class EmailInsert:
     """One chunk's emails, made ready to insert by the renderer and inserted by the writer.
 
-    Emails whose address the request already has are left out (a repeated
-    chunk). On PostgreSQL the statement text is built here, in the rendering
-    thread, so the writer thread holds no Python lock while the server works:
-    the ORM's bulk_create would spend ~150 µs a row preparing values, and
-    expansion must do 10,000 a second. The unsubscribe tokens the emails
-    carry (`tokens`: (token, address) pairs) are stored in the same
-    statement, so an email never exists without its working token.
+    `shared`: the values all of them have (RowMaker.shared); `rows`: each one's
+    OWN_COLUMNS (RowMaker.own); `tokens`: the (token, address) pairs of the
+    unsubscribe links they carry, stored first in the same transaction, so an
+    email never exists without its working token. Emails whose address the
+    request already has are left out (a chunk made again).
+
+    On PostgreSQL the rows become COPY text here, in the rendering thread, so
+    the writer thread holds no Python lock while the server works
+    (dbmail.intake.copyrows); elsewhere the ORM's bulk_create inserts them.
     """
 
-    def __init__(self, rows, tokens=()):
+    def __init__(self, shared, rows, tokens=()):
         self.count = len(rows)
         self.tokens = list(tokens)
-        self.rows = rows if connection.vendor != "postgresql" else None
-        self.sql = _insert_sql(rows, self.tokens) if self.rows is None and rows else None
+        if connection.vendor == "postgresql":
+            self.columns, self.data = _copy_lines(shared, rows)
+            self.objs = None
+        else:
+            self.objs = [TextOfEmail(**shared, **dict(zip(OWN_COLUMNS, row, strict=True))) for row in rows]
 
     def run(self):
         if not self.count:  # every recipient of the chunk was left out (suppressed, repeated)
-            return
-        if self.sql is None:
+            return 0
+        if self.objs is not None:
             unsubscribe.register(self.tokens)
-            objs = [TextOfEmail(**row) for row in self.rows]
-            TextOfEmail.objects.bulk_create(objs, batch_size=500, ignore_conflicts=True)
-            return
-        with connection.cursor() as cursor:
-            cursor.execute(self.sql)
+            return len(TextOfEmail.objects.bulk_create(self.objs, batch_size=500, ignore_conflicts=True))
+        if self.tokens:
+            _store_tokens(self.tokens)
+        return copyrows.copy_new(TextOfEmail._meta.db_table, self.columns, self.data)
 
 
-def _insert_sql(rows, tokens=()):
-    fields = [f for f in TextOfEmail._meta.concrete_fields if not f.primary_key]
-    defaults = {f.attname: f.get_default() for f in fields}
-    json_fields = {f.attname for f in fields if isinstance(f, models.JSONField)}
-    names = [f.attname for f in fields]
-    row_template = "(" + ", ".join(["%s"] * len(fields)) + ")"
-    columns = ", ".join(connection.ops.quote_name(f.column) for f in fields)
-    table = connection.ops.quote_name(TextOfEmail._meta.db_table)
-    params = [
-        Json(row.get(n, defaults[n])) if n in json_fields else row.get(n, defaults[n]) for row in rows for n in names
-    ]
+def _store_tokens(tokens):
+    """Store the (token, address) pairs not stored yet, in the caller's transaction.
+
+    Most are, from earlier mail to the same people, and cost one index probe each. They go in
+    key order: a B-tree takes sorted keys with fewer page visits (about 15 % less here).
+    """
+    pairs = sorted(tokens)
     with connection.cursor() as cursor:
-        values = cursor.cursor.mogrify(",".join([row_template] * len(rows)), params)
-        prefix = _token_sql(cursor, tokens)
-    return prefix + b"INSERT INTO %s (%s) VALUES %s ON CONFLICT DO NOTHING" % (table.encode(), columns.encode(), values)
+        cursor.execute(
+            f"INSERT INTO {AddressToken._meta.db_table} (token, address, created_at) "
+            "SELECT t, a, %s FROM unnest(%s::text[], %s::text[]) AS new (t, a) ON CONFLICT DO NOTHING",
+            [timezone.now(), [t for t, _ in pairs], [a for _, a in pairs]],
+        )
 
 
-def _token_sql(cursor, tokens):
-    if not tokens:
-        return b""
-    now = timezone.now()
-    table = connection.ops.quote_name(AddressToken._meta.db_table).encode()
-    values = cursor.cursor.mogrify(
-        ",".join(["(%s, %s, %s)"] * len(tokens)), [v for t, a in tokens for v in (t, a, now)]
+def _copy_lines(shared, rows):
+    """(columns, COPY text as bytes) for one chunk: its own columns per row, the shared ones written once."""
+    fields = [f for f in TextOfEmail._meta.concrete_fields if not f.primary_key and f.attname not in OWN_COLUMNS]
+    columns = [*OWN_COLUMNS, *(f.column for f in fields)]
+    tail = "\t".join(
+        copyrows.value(shared.get(f.attname, f.get_default()), isinstance(f, models.JSONField)) for f in fields
     )
-    return b"INSERT INTO %s (token, address, created_at) VALUES %s ON CONFLICT DO NOTHING; " % (table, values)
+    text, null, dumps = copyrows.text, copyrows.NULL, copyrows.json_text
+    lines = []
+    for user_id, to_address, to_name, envelope, message_id, headers, subject, body, html, status, error in rows:
+        lines.append(
+            "\t".join(
+                (
+                    null if user_id is None else str(user_id),
+                    text(to_address),
+                    text(to_name),
+                    text(envelope),
+                    text(message_id),
+                    dumps(headers),
+                    text(subject),
+                    text(body),
+                    text(html),
+                    status,
+                    text(error),
+                    tail,
+                )
+            )
+        )
+    lines.append("")
+    return columns, "\n".join(lines).encode("utf-8")
 
 
 class InlineWriter:
@@ -217,6 +282,18 @@ class ChunkWriter:
             raise self.error
 
 
+def _commit_without_flush():
+    """With DBMAIL_ASYNC_COMMIT, this transaction's commit does not wait for the WAL flush.
+
+    Safe for a chunk: a sender's claim commits with the flush, and WAL is flushed in order, so any
+    email a sender has taken is on disk; a crash of the PostgreSQL server can forget only chunks
+    nobody took yet, together with their checkpoint, and the next expansion makes them again.
+    """
+    if conf.DBMAIL_ASYNC_COMMIT and connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute("SET LOCAL synchronous_commit TO OFF")
+
+
 def _can_write_aside():
     # Another connection cannot see rows of a transaction still open here (e.g. a caller's atomic block).
     return connection.vendor == "postgresql" and not connection.in_atomic_block
@@ -244,6 +321,7 @@ def expand(request, chunk_size=None, on_chunk=None, deadline=None):
     def commit(last_position, emails):
         now = timezone.now()
         with transaction.atomic():
+            _commit_without_flush()
             # Updating the request first locks it: a cancel waits for this chunk, then wins.
             if not mine.update(checkpoint={"after": last_position}, expand_lease_until=now + lease):
                 return False
@@ -257,6 +335,7 @@ def expand(request, chunk_size=None, on_chunk=None, deadline=None):
         request.recipient_set, request.recipient_params, after, chunk_size, first_chunk_size=min(chunk_size, 200)
     )
     links = unsubscribe.LinkMaker()
+    maker = RowMaker(request, compiled, links)
     writer = ChunkWriter(commit) if _can_write_aside() else InlineWriter(commit)
     paused = False
     try:
@@ -266,9 +345,8 @@ def expand(request, chunk_size=None, on_chunk=None, deadline=None):
             if deadline is not None and time.monotonic() >= deadline:
                 paused = True
                 break
-            now = timezone.now()
-            rows = [email_fields(request, compiled, rcpt, now, links) for rcpt in chunk]
-            writer.submit(last_position, EmailInsert(rows, links.take_issued()))
+            rows = [maker.own(rcpt) for rcpt in chunk]
+            writer.submit(last_position, EmailInsert(maker.shared(timezone.now()), rows, links.take_issued()))
     finally:
         writer.close()
     if writer.stopped:
