@@ -213,6 +213,7 @@ SETTINGS = [
     Setting("DBMAIL_THROTTLE_PER_SECOND", 0.0, float, minimum=0),
     Setting("DBMAIL_EXPAND_CHUNK", 1000, int, minimum=1),
     Setting("DBMAIL_ASYNC_COMMIT", True, bool),
+    Setting("DBMAIL_ASYNC_ENQUEUE", Derived(lambda get: get("DBMAIL_ASYNC_COMMIT")), bool),
     Setting("DBMAIL_OUTCOME_WINDOW", 32, int, minimum=1),
     Setting("DBMAIL_STUCK_AFTER_SECONDS", 3600, int, minimum=1),
     # A server that fails for reasons no recipient caused: new connections, DELAY seconds doubling, then give up.

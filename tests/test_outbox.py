@@ -1,5 +1,7 @@
 import pytest
 from django.db import transaction
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from dbmail.intake import outbox
 from dbmail.models import TextOfEmail
@@ -93,3 +95,13 @@ def test_the_sites_own_addresses_are_its_from_and_server_addresses(settings):
     settings.DEFAULT_FROM_EMAIL, settings.SERVER_EMAIL = "Site <NoReply@Example.org>", "root@example.org"
     assert outbox.site_addresses() == {"noreply@example.org", "root@example.org"}
     assert outbox.enqueue("a@example.net", "s", "t", from_email="ROOT@example.org").account is None
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.from_regex(r"\A[A-Za-z0-9!#$%&'*+/=?^_`{|}~. <>\"(),:;@\[\]\\-]{1,14}@[A-Za-z0-9. <>()-]{1,14}\Z"))
+def test_the_quick_address_split_is_parseaddrs(text):
+    from email.utils import parseaddr
+
+    from dbmail.intake.outbox import _parseaddr
+
+    assert _parseaddr(text) == parseaddr(text)
