@@ -70,6 +70,7 @@ class MessageRequest(models.Model):
         EXPANDING = "expanding"
         EXPANDED = "expanded"
         CANCELLED = "cancelled"
+        FAILED = "failed", "failed (see why; retry once fixed)"
 
     sender = models.ForeignKey(SenderAccount, on_delete=models.PROTECT, related_name="requests")
     reply_to = models.EmailField(blank=True)
@@ -90,6 +91,9 @@ class MessageRequest(models.Model):
     checkpoint = models.JSONField(null=True, blank=True, editable=False)
     recipient_count = models.PositiveIntegerField(default=0, editable=False)
     expanded_at = models.DateTimeField(null=True, blank=True, editable=False)
+    # Why expansion stopped (status "failed"), in words; cleared by a retry, kept in the request's history.
+    failure = models.TextField(blank=True, editable=False)
+    failed_at = models.DateTimeField(null=True, blank=True, editable=False)
     # Per-status counts of emails removed by dbmail_purge, so totals survive a purge.
     purged_counts = models.JSONField(default=dict, blank=True, editable=False)
     # Comm panel: a public web version (ESP's `public`) at an unguessable address, without per-recipient data.
@@ -128,26 +132,49 @@ class MessageRequest(models.Model):
             raise ValidationError(errors)
 
     def status_counts(self):
-        """Emails per status, including those already purged."""
+        """Emails per status, including those already purged; waiting mail of an inactive account counts as held."""
         counts = dict(self.purged_counts or {})
-        for row in self.emails.values("status").annotate(n=Count("id")).order_by():
-            counts[row["status"]] = counts.get(row["status"], 0) + row["n"]
+        for status, n in TextOfEmail.counts(self.emails.all()).items():
+            counts[status] = counts.get(status, 0) + n
         return counts
+
+    @property
+    def held(self):
+        """Due or being expanded while its sender account is inactive: nothing is made or sent until it is active."""
+        return self.status in (self.Status.QUEUED, self.Status.EXPANDING) and not self.sender.active
+
+    def shown_status(self):
+        """The status as the panel and admin show it: "held" is derived, never stored."""
+        return TextOfEmail.HELD if self.held else self.status
 
     def tracking_counts(self):
         """What the MTA reported back: delivered, bounced and complained emails (zeros included)."""
         counts = self.status_counts()
         return {status: counts.get(status, 0) for status in ("delivered", "bounced", "complained")}
 
-    def cancel(self):
+    def cancel(self, user=None):
         """Stop the request: no further expansion, and unsent emails become cancelled."""
         updated = (
             MessageRequest.objects.filter(pk=self.pk)
             .exclude(status=self.Status.CANCELLED)
             .update(status=self.Status.CANCELLED, expand_token=None, expand_lease_until=None)
         )
+        if updated:
+            RequestEvent.objects.create(request=self, kind=RequestEvent.Kind.CANCELLED, user=user)
         self.status = self.Status.CANCELLED
         return updated + TextOfEmail.cancel(self.emails.all())
+
+    def retry(self, user=None):
+        """A failed request goes back to queued and resumes from its checkpoint; False if it had not failed."""
+        updated = MessageRequest.objects.filter(pk=self.pk, status=self.Status.FAILED).update(
+            status=self.Status.QUEUED, failure="", failed_at=None, expand_token=None, expand_lease_until=None
+        )
+        if updated:
+            after = (self.checkpoint or {}).get("after")
+            text = "retry: expansion resumes " + ("from the start" if after is None else f"after position {after}")
+            RequestEvent.objects.create(request=self, kind=RequestEvent.Kind.RETRIED, user=user, text=text)
+            self.refresh_from_db(fields=["status", "failure", "failed_at", "expand_token", "expand_lease_until"])
+        return bool(updated)
 
 
 class TextOfEmail(models.Model):
@@ -165,6 +192,9 @@ class TextOfEmail(models.Model):
         COMPLAINED = "complained"
 
     WAITING = (Status.QUEUED, Status.DEFERRED)
+    # Shown, never stored: a waiting email whose sender account is inactive is held (not claimed) until
+    # the account is active again or an admin cancels it.
+    HELD = "held"
     FINAL = (
         Status.SENT,
         Status.DROPPED,
@@ -232,6 +262,24 @@ class TextOfEmail(models.Model):
         return f"{self.to_address}: {self.subject[:60]}"
 
     @classmethod
+    def counts(cls, emails):
+        """Emails per status in `emails` (a queryset), waiting ones of inactive sender accounts as "held"."""
+        rows = list(emails.values_list("status", "account_id").annotate(n=Count("id")).order_by())
+        accounts = {account for status, account, n in rows if account is not None and status in cls.WAITING}
+        inactive = set(SenderAccount.objects.filter(pk__in=accounts, active=False).values_list("pk", flat=True))
+        counts = {}
+        for status, account, n in rows:
+            shown = cls.HELD if status in cls.WAITING and account in inactive else status
+            counts[shown] = counts.get(shown, 0) + n
+        return counts
+
+    def shown_status(self):
+        """The status as the panel and admin show it ("held" for waiting mail of an inactive account)."""
+        if self.status in self.WAITING and self.account_id and not self.account.active:
+            return self.HELD
+        return self.status
+
+    @classmethod
     def cancel(cls, emails):
         """Cancel the waiting ones among `emails` (a queryset); return how many."""
         now = timezone.now()
@@ -277,6 +325,30 @@ class DeliveryEvent(models.Model):
     def __str__(self):
         code = f" {self.smtp_code}" if self.smtp_code else ""
         return f"{self.at:%Y-%m-%d %H:%M:%S} {self.kind}{code} -> {self.outcome}"
+
+
+class RequestEvent(models.Model):
+    """The history of one request: why it failed, who retried or cancelled it, and when (append-only)."""
+
+    class Kind(models.TextChoices):
+        FAILED = "failed"
+        RETRIED = "retried"
+        CANCELLED = "cancelled"
+
+    request = models.ForeignKey(MessageRequest, on_delete=models.CASCADE, related_name="events")
+    at = models.DateTimeField(default=timezone.now)
+    kind = models.CharField(max_length=16, choices=Kind.choices)
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    text = models.TextField(blank=True)
+
+    class Meta:
+        ordering = ["request", "at", "id"]
+
+    def __str__(self):
+        who = f" by {self.user}" if self.user_id else ""
+        return f"{self.at:%Y-%m-%d %H:%M:%S} {self.kind}{who}"
 
 
 class Suppression(models.Model):

@@ -1,5 +1,6 @@
 """One dbmail_cron run: expand due requests, then send due emails, then record the run."""
 
+import logging
 import signal
 import time
 from dataclasses import dataclass
@@ -10,6 +11,8 @@ from django.utils import timezone
 from dbmail.intake import expand, spool
 from dbmail.ops import health
 from dbmail.send import loop as sending
+
+log = logging.getLogger(__name__)
 
 
 class Unreachable(Exception):
@@ -24,8 +27,9 @@ class RunResult:
 
     def summary(self):
         e, s = self.expanded, self.sent
+        failed = f", {len(e.failed)} failed" if e.failed else ""
         return (
-            f"expanded {e.requests} request{'s' * (e.requests != 1)} ({e.emails} emails); "
+            f"expanded {e.requests} request{'s' * (e.requests != 1)} ({e.emails} emails{failed}); "
             f"sent {s.sent}, deferred {s.deferred}, dropped {s.dropped} in {self.seconds:.1f}s"
         )
 
@@ -33,6 +37,7 @@ class RunResult:
         return {
             "requests": self.expanded.requests,
             "expanded": self.expanded.emails,
+            "failed_requests": len(self.expanded.failed),
             "sent": self.sent.sent,
             "deferred": self.sent.deferred,
             "dropped": self.sent.dropped,
@@ -91,6 +96,9 @@ class Runner:
             try:
                 report(self.run_once())
             except Unreachable as exc:
+                report(exc)
+            except Exception as exc:  # a bug must not end the loop: the next round may well succeed
+                log.exception("dbmail_cron: the run failed")
                 report(exc)
             deadline = time.monotonic() + interval
             while not self.stopping and time.monotonic() < deadline:

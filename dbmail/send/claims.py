@@ -16,7 +16,7 @@ from django.db.models import BooleanField, F, Q
 from django.db.models.expressions import RawSQL
 from django.utils import timezone
 
-from dbmail.models import TextOfEmail
+from dbmail.models import SenderAccount, TextOfEmail
 
 Status = TextOfEmail.Status
 
@@ -70,11 +70,16 @@ def claim(limit, now=None, scope=None, after=None):
     token = uuid.uuid4()
     lease_until = now + timedelta(seconds=settings.DBMAIL_LEASE_SECONDS)
     rows = TextOfEmail.objects.select_for_update(skip_locked=True)
+    held = ~_held()
     with transaction.atomic():
+        if after is None:
+            _give_back_held(now)
         # Two ordered index scans rather than one OR, so neither sorts the whole queue.
-        stale = rows.filter(status=Status.SENDING, leased_until__lte=now)
-        due = rows.filter(status__in=TextOfEmail.WAITING).filter(
-            Q(next_attempt_at__lte=now) if scope is None else scope
+        stale = rows.filter(status=Status.SENDING, leased_until__lte=now).filter(held)
+        due = (
+            rows.filter(status__in=TextOfEmail.WAITING)
+            .filter(Q(next_attempt_at__lte=now) if scope is None else scope)
+            .filter(held)
         )
         if after is not None:
             table = connection.ops.quote_name(TextOfEmail._meta.db_table)
@@ -106,17 +111,37 @@ def claim(limit, now=None, scope=None, after=None):
     return Claim(emails, token, lease_until, claimed_from)
 
 
+def _held():
+    """Rows of inactive sender accounts: held, never claimed (so neither sent nor dropped) until it is active again.
+
+    A subquery, not a join: FOR UPDATE would lock the account row too, and a
+    second sender would then skip every email of that account.
+    """
+    return Q(account_id__in=SenderAccount.objects.filter(active=False).values("pk"))
+
+
+def _give_back_held(now):
+    """Rows of an inactive account left "sending" by a sender that died go back to deferred, held there."""
+    TextOfEmail.objects.filter(_held(), status=Status.SENDING, leased_until__lte=now).update(
+        status=Status.DEFERRED, claim_token=None, leased_until=None, status_changed_at=now
+    )
+
+
 def claim_one(email):
     """Claim one specific queued email (the ad-hoc path); None if someone else has it."""
     now = timezone.now()
     token = uuid.uuid4()
     lease_until = now + timedelta(seconds=settings.DBMAIL_LEASE_SECONDS)
-    taken = TextOfEmail.objects.filter(pk=email.pk, status=Status.QUEUED).update(
-        status=Status.SENDING,
-        claim_token=token,
-        leased_until=lease_until,
-        attempts=F("attempts") + 1,
-        status_changed_at=now,
+    taken = (
+        TextOfEmail.objects.filter(pk=email.pk, status=Status.QUEUED)
+        .exclude(_held())  # held: the first cron run after the account is active again sends it
+        .update(
+            status=Status.SENDING,
+            claim_token=token,
+            leased_until=lease_until,
+            attempts=F("attempts") + 1,
+            status_changed_at=now,
+        )
     )
     if not taken:
         return None

@@ -13,6 +13,7 @@ from django.utils import timezone
 from django.views.decorators.http import require_POST
 
 from dbmail.content import attachments, audience, recipients, rendering
+from dbmail.intake import expand
 from dbmail.models import MessageRequest, TextOfEmail
 from dbmail.panel import preview
 from dbmail.panel.forms import ScheduleForm
@@ -21,34 +22,35 @@ from dbmail.panel.views.access import panel_view
 Status = MessageRequest.Status
 EmailStatus = TextOfEmail.Status
 # The order statuses are shown in, bars and tables alike.
-SHOWN = ["queued", "sending", "sent", "delivered", "deferred", "dropped", "bounced", "complained", "cancelled"]
+# "held" is derived: waiting mail of an inactive sender account (TextOfEmail.counts).
+SHOWN = ["queued", "held", "sending", "sent", "delivered", "deferred", "dropped", "bounced", "complained", "cancelled"]
 DONE = {"sent", "delivered", "dropped", "bounced", "complained", "cancelled"}
+UNSENT = ("queued", "deferred", "held")
 
 
 def progress(mail, counts):
     """Numbers for the progress bar and chart of one request."""
     total = sum(counts.values())
     done = sum(n for s, n in counts.items() if s in DONE)
-    waiting = mail.status in (Status.QUEUED, Status.EXPANDING) or any(
-        counts.get(s) for s in ("queued", "sending", "deferred")
-    )
+    waiting = mail.status in (Status.QUEUED, Status.EXPANDING) or any(counts.get(s) for s in (*UNSENT, "sending"))
     return {
-        "status": mail.status,
+        "status": mail.shown_status(),
         "total": total,
         "done": done,
         "percent": round(100 * done / total) if total else (100 if mail.status == Status.EXPANDED else 0),
         "counts": {s: counts.get(s, 0) for s in SHOWN if counts.get(s)},
-        "active": waiting and mail.status not in (Status.CANCELLED, Status.DRAFT),
-        "cancellable": mail.status in (Status.QUEUED, Status.EXPANDING)
-        or (mail.status == Status.EXPANDED and any(counts.get(s) for s in ("queued", "deferred"))),
+        "active": waiting and mail.status not in (Status.CANCELLED, Status.DRAFT, Status.FAILED),
+        "cancellable": mail.status in (Status.QUEUED, Status.EXPANDING, Status.FAILED)
+        or (mail.status == Status.EXPANDED and any(counts.get(s) for s in UNSENT)),
         "retryable": bool(counts.get("deferred") or counts.get("dropped")),
+        "resumable": mail.status == Status.FAILED,
     }
 
 
 def recipients_label(mail):
     """Who the request is for, in words."""
     params = mail.recipient_params or {}
-    if mail.recipient_set == "addresses":
+    if mail.recipient_set == "addresses" and isinstance(params, dict) and isinstance(params.get("rows") or [], list):
         rows = len(params.get("rows") or [])
         if params.get("source") == "csv":
             return f"CSV {params.get('filename', '')} ({rows} rows; columns {', '.join(params.get('columns', []))})"
@@ -57,8 +59,9 @@ def recipients_label(mail):
         label = recipients.get_set(mail.recipient_set).label
     except recipients.UnknownRecipientSet:
         label = f"{mail.recipient_set} (no longer registered)"
-    if mail.recipient_set == "groups":
-        return f"{label}: {', '.join(params.get('groups', []))}"
+    groups = params.get("groups") if isinstance(params, dict) else None
+    if mail.recipient_set == "groups" and isinstance(groups, list) and all(isinstance(g, str) for g in groups):
+        return f"{label}: {', '.join(groups)}"
     return f"{label} {params}" if params else label
 
 
@@ -84,7 +87,9 @@ def request_list(request):
     for mail in rows:
         counts = dict(mail.purged_counts or {})
         for status, n in per_request.get(mail.pk, {}).items():
-            counts[status] = counts.get(status, 0) + n
+            # A request's emails are its sender's: while that account is inactive, its waiting mail is held.
+            shown = "held" if status in TextOfEmail.WAITING and not mail.sender.active else status
+            counts[shown] = counts.get(shown, 0) + n
         mail.progress = progress(mail, counts)
     context = {"page": page, "rows": rows, "query": query, "now": timezone.now()}
     return render(request, "commpanel/request_list.html", context)
@@ -102,6 +107,7 @@ def request_detail(request, pk):
         "recipients_label": recipients_label(mail),
         "now": timezone.now(),
         "large_threshold": settings.DBMAIL_LARGE_SEND_WARNING,
+        "history": mail.events.select_related("user").order_by("at", "id"),
     }
     if mail.public and mail.status != Status.DRAFT:
         context["web_version_url"] = request.build_absolute_uri(reverse("dbmail:web_version", args=[mail.public_id]))
@@ -120,7 +126,7 @@ def _preview(request, mail):
     search = request.GET.get("rcpt", "").strip()
     try:
         shown = preview.build(mail, index, search)
-    except rendering.RenderError as exc:
+    except (rendering.RenderError, recipients.UnknownRecipientSet, recipients.RecipientSetError) as exc:
         return {"preview_error": str(exc)}
     return {"preview": shown, "preview_search": search}
 
@@ -130,6 +136,8 @@ def _email_table(request, mail):
     status = request.GET.get("status", "")
     if status in EmailStatus.values:
         emails = emails.filter(status=status)
+    elif status == TextOfEmail.HELD:
+        emails = emails.filter(status__in=TextOfEmail.WAITING, account__active=False)
     address = request.GET.get("address", "").strip()
     if address:
         emails = emails.filter(to_address__icontains=address)
@@ -204,7 +212,7 @@ def send_test(request, pk):
             messages.error(request, "There is no recipient to render the test for.")
             return redirect("commpanel:request", pk=pk)
         email = preview.send_test(mail, shown.recipient, request.user)
-    except rendering.RenderError as exc:
+    except (rendering.RenderError, recipients.UnknownRecipientSet, recipients.RecipientSetError) as exc:
         messages.error(request, f"Not sent: {exc}")
         return redirect("commpanel:request", pk=pk)
     # Outside a transaction the ad-hoc send has run by now; its outcome is on the row.
@@ -229,7 +237,7 @@ def cancel(request, pk):
         messages.info(request, "This request was already cancelled.")
     else:
         before = mail.status_counts()
-        mail.cancel()
+        mail.cancel(user=request.user)
         stopped = mail.status_counts().get("cancelled", 0) - before.get("cancelled", 0)
         messages.success(request, f"Cancelled. {stopped} unsent email(s) will not go out.")
     return redirect("commpanel:request", pk=pk)
@@ -241,6 +249,23 @@ def retry(request, pk):
     mail = get_object_or_404(MessageRequest, pk=pk)
     n = TextOfEmail.retry_now(mail.emails.all())
     messages.success(request, f"{n} email(s) will be retried on the next dbmail_cron run.")
+    return redirect("commpanel:request", pk=pk)
+
+
+@require_POST
+@panel_view
+def resume(request, pk):
+    """A failed request, its cause fixed, goes back to the queue and resumes from its checkpoint."""
+    mail = get_object_or_404(MessageRequest, pk=pk)
+    if mail.status != Status.FAILED:
+        messages.info(request, "Only a failed request can be retried this way.")
+        return redirect("commpanel:request", pk=pk)
+    problem = expand.obvious_problem(mail)
+    if problem:
+        messages.error(request, f"Not retried: it would fail again: {problem}")
+        return redirect("commpanel:request", pk=pk)
+    if mail.retry(user=request.user):
+        messages.success(request, "Queued again: the next dbmail_cron run continues where it stopped.")
     return redirect("commpanel:request", pk=pk)
 
 
