@@ -188,3 +188,35 @@ def test_the_loop_survives_poisoned_requests_and_keeps_sending(smtp_server):
     assert set(MessageRequest.objects.filter(pk__in=[first.pk, second.pk]).values_list("status", flat=True)) == {
         "failed"
     }
+
+
+# --- Deactivating a sender account holds its mail (issue 11, point 10) -----------------------
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_inactive_accounts_mail_is_held_then_sent_once_it_is_active_again(smtp_server):
+    from dbmail.models import SenderAccount
+
+    quiet = SenderAccount.objects.create(address="quiet@example.org")
+    expanded = MessageRequestFactory(sender=quiet, recipient_set="addresses", recipient_params={"rows": ["a@x.net"]})
+    call_command("dbmail_cron", "--max-messages", "0")  # expanded, nothing sent yet
+    assert expanded.emails.get().status == Status.QUEUED
+    due = MessageRequestFactory(sender=quiet, recipient_set="addresses", recipient_params={"rows": ["b@x.net"]})
+    adhoc = TextOfEmailFactory(account=quiet, to_address="c@x.net")
+    cancelled = TextOfEmailFactory(account=quiet, to_address="never@x.net")
+    TextOfEmailFactory(to_address="other@x.net")  # another account's mail goes on
+    SenderAccount.objects.filter(pk=quiet.pk).update(active=False)
+
+    run_cron()
+    assert [m.rcpt_tos for m in smtp_server.received] == [["other@x.net"]]
+    assert MessageRequest.objects.get(pk=due.pk).status == MessageRequest.Status.QUEUED  # not expanded either
+    assert TextOfEmail.counts(TextOfEmail.objects.all()) == {"held": 3, "sent": 1}
+    TextOfEmail.cancel(TextOfEmail.objects.filter(pk=cancelled.pk))  # an admin may still cancel held mail
+
+    SenderAccount.objects.filter(pk=quiet.pk).update(active=True)
+    run_cron()
+    rcpts = sorted(r for m in smtp_server.received for r in m.rcpt_tos)
+    assert rcpts == ["a@x.net", "b@x.net", "c@x.net", "other@x.net"]
+    adhoc.refresh_from_db()
+    assert adhoc.status == Status.SENT and adhoc.attempts == 1  # holding cost it no attempt
+    assert TextOfEmail.objects.get(pk=cancelled.pk).status == Status.CANCELLED
