@@ -3,6 +3,8 @@ from django.contrib import admin, messages
 from django.db.models import Q
 from django.utils import timezone
 
+from dbmail import states
+from dbmail.content.validation import RequestForm
 from dbmail.intake import expand
 from dbmail.models import (  # the XML spool
     CronHeartbeat,
@@ -17,7 +19,7 @@ from dbmail.models import (  # the XML spool
     TrackingQueueItem,
     UnmatchedTrackingEvent,
 )
-from dbmail.track import apply as tracking
+from dbmail.track.apply import retry_unmatched
 
 
 class SenderAccountForm(forms.ModelForm):
@@ -55,9 +57,9 @@ class HeldFilter(admin.SimpleListFilter):
         if self.value() not in ("yes", "no"):
             return queryset
         if queryset.model is MessageRequest:
-            held = Q(status__in=[MessageRequest.Status.QUEUED, MessageRequest.Status.EXPANDING], sender__active=False)
+            held = Q(status__in=states.REQUEST_TO_EXPAND, sender__active=False)
         else:
-            held = Q(status__in=TextOfEmail.WAITING, account__active=False)
+            held = Q(status__in=states.WAITING, account__active=False)
         return queryset.filter(held) if self.value() == "yes" else queryset.exclude(held)
 
 
@@ -78,6 +80,7 @@ class RequestEventInline(admin.TabularInline):
 
 @admin.register(MessageRequest)
 class MessageRequestAdmin(admin.ModelAdmin):
+    form = RequestForm  # the recipient set and the templates are checked too
     list_display = [
         "id",
         "subject",
@@ -118,7 +121,7 @@ class MessageRequestAdmin(admin.ModelAdmin):
     @admin.action(description="Retry failed requests (back to queued; expansion resumes from its checkpoint)")
     def retry_failed(self, request, queryset):
         retried, refused = 0, []
-        for message_request in queryset.filter(status=MessageRequest.Status.FAILED).select_related("sender"):
+        for message_request in queryset.filter(status__in=states.RETRY_REQUEST.sources).select_related("sender"):
             problem = expand.obvious_problem(message_request)
             if problem:
                 refused.append(f"#{message_request.pk}: {problem}")
@@ -137,6 +140,17 @@ class MessageRequestAdmin(admin.ModelAdmin):
     def delivery(self, obj):
         return " / ".join(str(n) for n in obj.tracking_counts().values())
 
+    def get_readonly_fields(self, request, obj=None):
+        # Once made, a request changes state only along dbmail.states: the actions below and dbmail_cron.
+        return [*self.readonly_fields, "status"] if obj else self.readonly_fields
+
+    def formfield_for_choice_field(self, db_field, request, **kwargs):
+        if db_field.name == "status":  # a new request starts as a draft or queued, nothing else
+            kwargs["choices"] = [
+                (t.target, t.target.label) for t in (states.REQUEST_CREATE_DRAFT, states.REQUEST_CREATE)
+            ]
+        return super().formfield_for_choice_field(db_field, request, **kwargs)
+
     def save_model(self, request, obj, form, change):
         if not obj.creator_id:
             obj.creator = request.user
@@ -144,16 +158,14 @@ class MessageRequestAdmin(admin.ModelAdmin):
 
     @admin.action(description="Cancel (unsent emails become cancelled)")
     def cancel_requests(self, request, queryset):
-        live = list(queryset.exclude(status=MessageRequest.Status.CANCELLED))
+        live = list(queryset.filter(status__in=states.CANCEL_REQUEST.sources))
         for message_request in live:
             message_request.cancel(user=request.user)
         self.message_user(request, f"Cancelled {len(live)} request(s).", messages.SUCCESS)
 
     @admin.action(description="Send now (drafts and scheduled requests)")
     def queue_now(self, request, queryset):
-        n = queryset.filter(status__in=[MessageRequest.Status.DRAFT, MessageRequest.Status.QUEUED]).update(
-            status=MessageRequest.Status.QUEUED, send_at=timezone.now()
-        )
+        n = states.SEND_NOW.update(queryset, send_at=timezone.now())
         self.message_user(request, f"{n} request(s) will go out on the next dbmail_cron run.", messages.SUCCESS)
 
 
@@ -173,7 +185,16 @@ class TextOfEmailAdmin(admin.ModelAdmin):
     list_filter = ["status", HeldFilter, "account"]
     search_fields = ["to_address", "message_id", "subject"]
     raw_id_fields = ["request", "user"]
-    readonly_fields = ["message_id", "claim_token", "leased_until", "created_at", "status_changed_at", "sent_at"]
+    # The status changes only along dbmail.states: the cancel and retry actions below, sending and tracking.
+    readonly_fields = [
+        "status",
+        "message_id",
+        "claim_token",
+        "leased_until",
+        "created_at",
+        "status_changed_at",
+        "sent_at",
+    ]
     exclude = ["raw_message"]
     inlines = [DeliveryEventInline]
     actions = ["cancel_emails", "retry_emails"]
@@ -305,7 +326,7 @@ class UnmatchedTrackingEventAdmin(admin.ModelAdmin):
 
     @admin.action(description="Apply again (their email may exist now)")
     def apply_again(self, request, queryset):
-        result = tracking.retry_unmatched(queryset)
+        result = retry_unmatched(queryset)
         self.message_user(request, f"Applied {result.applied}; still unmatched {result.unmatched + result.invalid}.")
 
 

@@ -1,8 +1,10 @@
 """The outbox: requests, the emails they become, and what happened to each.
 
-A TextOfEmail's status is written only by dbmail.send.loop (claim and outcome),
-dbmail.intake.expand (creation), and the cancel/retry helpers below; everything
-else reads it. See DESIGN.md for the state machine.
+The statuses of a MessageRequest and of a TextOfEmail, the transitions between
+them and the groups are defined in dbmail.states; every writer of either
+status column (creation in intake, claims and outcomes in send, tracking, the
+cancel and retry helpers below, the comm panel and the admin) moves rows only
+along its transitions. See DESIGN.md for the state machine.
 """
 
 import uuid
@@ -13,6 +15,8 @@ from django.db import models
 from django.db.models import Count, Q
 from django.db.models.functions import Lower
 from django.utils import timezone
+
+from dbmail import states
 
 
 class SenderAccount(models.Model):
@@ -64,13 +68,7 @@ class SenderAccount(models.Model):
 class MessageRequest(models.Model):
     """One "procedure" (seed 000): a composed mail and who should get it."""
 
-    class Status(models.TextChoices):
-        DRAFT = "draft"
-        QUEUED = "queued"
-        EXPANDING = "expanding"
-        EXPANDED = "expanded"
-        CANCELLED = "cancelled"
-        FAILED = "failed", "failed (see why; retry once fixed)"
+    Status = states.RequestStatus
 
     sender = models.ForeignKey(SenderAccount, on_delete=models.PROTECT, related_name="requests")
     reply_to = models.EmailField(blank=True)
@@ -83,7 +81,9 @@ class MessageRequest(models.Model):
     creator = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
     created_at = models.DateTimeField(default=timezone.now, db_index=True)
     send_at = models.DateTimeField(default=timezone.now, help_text="Not expanded or sent before this time.")
-    status = models.CharField(max_length=16, choices=Status.choices, default=Status.QUEUED, db_index=True)
+    status = models.CharField(
+        max_length=16, choices=Status.choices, default=states.REQUEST_CREATE.target, db_index=True
+    )
 
     # Expansion bookkeeping: who holds it, until when, and where it got to.
     expand_token = models.UUIDField(null=True, blank=True, editable=False)
@@ -116,18 +116,13 @@ class MessageRequest(models.Model):
         super().save(*args, **kwargs)
 
     def clean(self):
-        from dbmail.content import recipients, rendering
-
+        # What the request knows by itself. Its recipient set and templates need the content
+        # modules, which models do not import: dbmail.content.validation checks those.
         errors = {}
         if not (self.text_body.strip() or self.html_body.strip()):
             errors["text_body"] = "Write a text or an HTML body."
         if self.sender_id and not self.sender.active:
             errors["sender"] = "This sender account is not active."
-        try:
-            recipients.get_set(self.recipient_set)
-        except recipients.UnknownRecipientSet as exc:
-            errors["recipient_set"] = str(exc)
-        errors.update(rendering.template_errors(self))
         if errors:
             raise ValidationError(errors)
 
@@ -141,38 +136,40 @@ class MessageRequest(models.Model):
     @property
     def held(self):
         """Due or being expanded while its sender account is inactive: nothing is made or sent until it is active."""
-        return self.status in (self.Status.QUEUED, self.Status.EXPANDING) and not self.sender.active
+        return self.status in states.REQUEST_TO_EXPAND and not self.sender.active
 
     def shown_status(self):
         """The status as the panel and admin show it: "held" is derived, never stored."""
-        return TextOfEmail.HELD if self.held else self.status
+        return states.HELD if self.held else self.status
 
     def tracking_counts(self):
         """What the MTA reported back: delivered, bounced and complained emails (zeros included)."""
         counts = self.status_counts()
-        return {status: counts.get(status, 0) for status in ("delivered", "bounced", "complained")}
+        return {status: counts.get(status, 0) for status in states.TRACKED}
 
     def cancel(self, user=None):
         """Stop the request: no further expansion, and unsent emails become cancelled."""
-        updated = (
-            MessageRequest.objects.filter(pk=self.pk)
-            .exclude(status=self.Status.CANCELLED)
-            .update(status=self.Status.CANCELLED, expand_token=None, expand_lease_until=None)
+        updated = states.CANCEL_REQUEST.update(
+            MessageRequest.objects.filter(pk=self.pk), expand_token=None, expand_lease_until=None
         )
         if updated:
-            RequestEvent.objects.create(request=self, kind=RequestEvent.Kind.CANCELLED, user=user)
-        self.status = self.Status.CANCELLED
+            RequestEvent.objects.create(request=self, kind=RequestEvent.Kind.CANCEL, user=user)
+        self.status = states.CANCEL_REQUEST.target
         return updated + TextOfEmail.cancel(self.emails.all())
 
     def retry(self, user=None):
         """A failed request goes back to queued and resumes from its checkpoint; False if it had not failed."""
-        updated = MessageRequest.objects.filter(pk=self.pk, status=self.Status.FAILED).update(
-            status=self.Status.QUEUED, failure="", failed_at=None, expand_token=None, expand_lease_until=None
+        updated = states.RETRY_REQUEST.update(
+            MessageRequest.objects.filter(pk=self.pk),
+            failure="",
+            failed_at=None,
+            expand_token=None,
+            expand_lease_until=None,
         )
         if updated:
             after = (self.checkpoint or {}).get("after")
             text = "retry: expansion resumes " + ("from the start" if after is None else f"after position {after}")
-            RequestEvent.objects.create(request=self, kind=RequestEvent.Kind.RETRIED, user=user, text=text)
+            RequestEvent.objects.create(request=self, kind=RequestEvent.Kind.RETRY, user=user, text=text)
             self.refresh_from_db(fields=["status", "failure", "failed_at", "expand_token", "expand_lease_until"])
         return bool(updated)
 
@@ -180,29 +177,7 @@ class MessageRequest(models.Model):
 class TextOfEmail(models.Model):
     """One email to one address, rendered and ready to go (seed 001's TextOfEmail)."""
 
-    class Status(models.TextChoices):
-        QUEUED = "queued"
-        SENDING = "sending"
-        SENT = "sent"
-        DEFERRED = "deferred"
-        DROPPED = "dropped"
-        CANCELLED = "cancelled"
-        DELIVERED = "delivered"
-        BOUNCED = "bounced"
-        COMPLAINED = "complained"
-
-    WAITING = (Status.QUEUED, Status.DEFERRED)
-    # Shown, never stored: a waiting email whose sender account is inactive is held (not claimed) until
-    # the account is active again or an admin cancels it.
-    HELD = "held"
-    FINAL = (
-        Status.SENT,
-        Status.DROPPED,
-        Status.CANCELLED,
-        Status.DELIVERED,
-        Status.BOUNCED,
-        Status.COMPLAINED,
-    )
+    Status = states.EmailStatus
 
     # No index of its own: the unique (request, lower(address)) index starts with it.
     request = models.ForeignKey(
@@ -226,7 +201,7 @@ class TextOfEmail(models.Model):
     raw_message = models.BinaryField(null=True, blank=True)
     message_id = models.CharField(max_length=255)  # unique: a constraint, which spares a LIKE index
 
-    status = models.CharField(max_length=16, choices=Status.choices, default=Status.QUEUED)
+    status = models.CharField(max_length=16, choices=Status.choices, default=states.ENQUEUE.target)
     status_changed_at = models.DateTimeField(default=timezone.now)
     attempts = models.PositiveIntegerField(default=0)
     next_attempt_at = models.DateTimeField(default=timezone.now)
@@ -253,9 +228,9 @@ class TextOfEmail(models.Model):
         indexes = [
             # The claim query walks these in order; partial so they stay small.
             models.Index(
-                fields=["next_attempt_at", "id"], condition=Q(status__in=["queued", "deferred"]), name="dbmail_due"
+                fields=["next_attempt_at", "id"], condition=Q(status__in=list(states.WAITING)), name="dbmail_due"
             ),
-            models.Index(fields=["leased_until"], condition=Q(status="sending"), name="dbmail_lease"),
+            models.Index(fields=["leased_until"], condition=Q(status=states.EmailStatus.SENDING), name="dbmail_lease"),
         ]
 
     def __str__(self):
@@ -265,38 +240,35 @@ class TextOfEmail(models.Model):
     def counts(cls, emails):
         """Emails per status in `emails` (a queryset), waiting ones of inactive sender accounts as "held"."""
         rows = list(emails.values_list("status", "account_id").annotate(n=Count("id")).order_by())
-        accounts = {account for status, account, n in rows if account is not None and status in cls.WAITING}
+        accounts = {account for status, account, n in rows if account is not None and status in states.WAITING}
         inactive = set(SenderAccount.objects.filter(pk__in=accounts, active=False).values_list("pk", flat=True))
         counts = {}
         for status, account, n in rows:
-            shown = cls.HELD if status in cls.WAITING and account in inactive else status
+            shown = states.HELD if status in states.WAITING and account in inactive else status
             counts[shown] = counts.get(shown, 0) + n
         return counts
 
     def shown_status(self):
         """The status as the panel and admin show it ("held" for waiting mail of an inactive account)."""
-        if self.status in self.WAITING and self.account_id and not self.account.active:
-            return self.HELD
+        if self.status in states.WAITING and self.account_id and not self.account.active:
+            return states.HELD
         return self.status
 
     @classmethod
     def cancel(cls, emails):
         """Cancel the waiting ones among `emails` (a queryset); return how many."""
         now = timezone.now()
-        return emails.filter(status__in=cls.WAITING).update(
-            status=cls.Status.CANCELLED, status_changed_at=now, claim_token=None, leased_until=None
-        )
+        return states.CANCEL.update(emails, status_changed_at=now, claim_token=None, leased_until=None)
 
     @classmethod
     def retry_now(cls, emails):
         """Make deferred and dropped emails due now, with a fresh attempt budget; return how many."""
         now = timezone.now()
-        ids = list(emails.filter(status__in=[cls.Status.DEFERRED, cls.Status.DROPPED]).values_list("pk", flat=True))
-        updated = cls.objects.filter(pk__in=ids, status__in=[cls.Status.DEFERRED, cls.Status.DROPPED]).update(
-            status=cls.Status.QUEUED, status_changed_at=now, next_attempt_at=now, attempts=0
-        )
+        retry = states.RETRY
+        ids = list(emails.filter(status__in=retry.sources).values_list("pk", flat=True))
+        updated = retry.update(cls.objects.filter(pk__in=ids), status_changed_at=now, next_attempt_at=now, attempts=0)
         DeliveryEvent.objects.bulk_create(
-            DeliveryEvent(email_id=pk, kind=DeliveryEvent.Kind.ADMIN, outcome=cls.Status.QUEUED, text="retry now")
+            DeliveryEvent(email_id=pk, kind=DeliveryEvent.Kind.ADMIN, outcome=retry.target, text="retry now")
             for pk in ids
         )
         return updated
@@ -331,9 +303,9 @@ class RequestEvent(models.Model):
     """The history of one request: why it failed, who retried or cancelled it, and when (append-only)."""
 
     class Kind(models.TextChoices):
-        FAILED = "failed"
-        RETRIED = "retried"
-        CANCELLED = "cancelled"
+        FAILURE = "failure", "expansion failed"
+        RETRY = "retry", "retried"
+        CANCEL = "cancel", "cancelled by hand"
 
     request = models.ForeignKey(MessageRequest, on_delete=models.CASCADE, related_name="events")
     at = models.DateTimeField(default=timezone.now)
@@ -482,7 +454,7 @@ class SpoolItem(models.Model):
         return f"{self.file.name} #{self.position}"
 
 
-# --- Delivery tracking (dbmail.track.apply): the queue's database backend and the job's memory ---
+# --- Delivery tracking (dbmail.track): the queue's database backend and the job's memory ---
 
 
 class TrackingQueueItem(models.Model):

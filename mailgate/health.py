@@ -67,32 +67,32 @@ def _initial(changes):
 def check_gate(now, options):
     """The gate takes mail: no run of 75s (temporary failure), no recent message failing its processing."""
     window = timedelta(seconds=settings.MAILGATE_HEALTH_TEMPFAIL_WINDOW_SECONDS)
-    states, words = [OK], []
+    grades, words = [OK], []
     beats = list(GateHeartbeat.objects.order_by("host"))
     for hb in beats:
         if not hb.last_tempfail_at or now - hb.last_tempfail_at > window:
             continue
         in_a_row = hb.tempfails_in_a_row
         if in_a_row >= settings.MAILGATE_HEALTH_TEMPFAILS_CRITICAL:
-            states.append(CRITICAL)
+            grades.append(CRITICAL)
             words.append(
                 f"the gate on {hb.host} answered 75 (temporary failure) {in_a_row} times in a row, "
                 f"last {human(now - hb.last_tempfail_at)} ago: {hb.last_tempfail[:200]}"
             )
         elif in_a_row:
-            states.append(WARNING)
+            grades.append(WARNING)
             words.append(
                 f"the gate on {hb.host} last answered 75 {human(now - hb.last_tempfail_at)} ago: {hb.last_tempfail[:200]}"
             )
     failed = InboundMessage.objects.filter(status=InboundMessage.Status.FAILED, received_at__gte=now - window)
     n_failed = failed.count()
     if n_failed:
-        states.append(WARNING)
+        grades.append(WARNING)
         words.append(
             f"{n_failed} inbound message(s) failed processing in the last {human(window)} "
             f"(kept; process them again in the admin), e.g. #{failed.order_by('-received_at').first().pk}"
         )
-    state = health.worst(*states)
+    state = health.worst(*grades)
     if state == OK:
         accepted = max((hb.last_accepted_at for hb in beats if hb.last_accepted_at), default=None)
         words.append(f"last message accepted {human(now - accepted)} ago" if accepted else "no message yet")
@@ -109,10 +109,10 @@ def check_imap(now, options):
     if not folders:
         return Finding("imap poller", OK, "no IMAP folder enabled", {"folders": 0})
     warn_n, crit_n = settings.MAILGATE_HEALTH_IMAP_WARNING_INTERVALS, settings.MAILGATE_HEALTH_IMAP_CRITICAL_INTERVALS
-    states, words, late = [OK], [], []
+    grades, words, late = [OK], [], []
     for folder in folders:
         if not folder.exists_on_server:
-            states.append(WARNING)
+            grades.append(WARNING)
             words.append(f"{folder} is enabled but no longer exists on the server")
             continue
         interval = max(folder.after_read_timeout(), _MIN_INTERVAL)
@@ -126,8 +126,8 @@ def check_imap(now, options):
         elif folder.last_error:
             state = WARNING
             words.append(f"{folder}: the last poll failed: {folder.last_error[:200]}")
-        states.append(state)
-    state = health.worst(*states)
+        grades.append(state)
+    state = health.worst(*grades)
     if state == OK:
         words.append(f"{len(folders)} folder(s) polled on time")
     return Finding("imap poller", state, "; ".join(words), {"folders": len(folders), "late": late})

@@ -1,7 +1,7 @@
 import pytest
 from django.urls import reverse
 
-from dbmail.models import TextOfEmail
+from dbmail.models import MessageRequest, TextOfEmail
 
 from .factories import MessageRequestFactory, TextOfEmailFactory, UserFactory
 
@@ -97,6 +97,32 @@ def test_spool_files_are_listed_read_only_with_their_items(admin_client, setting
     assert admin_client.post(reverse("admin:dbmail_spoolfile_change", args=[record.pk]), {}).status_code == 403
 
 
+def test_statuses_change_only_through_the_actions_never_by_editing(admin_client):
+    """A status is moved along dbmail.states; the change forms show it without a field to set it."""
+    email = TextOfEmailFactory(status=Status.SENDING)
+    request = MessageRequestFactory(status="expanded")
+    for page in (
+        admin_client.get(reverse("admin:dbmail_textofemail_change", args=[email.pk])),
+        admin_client.get(reverse("admin:dbmail_messagerequest_change", args=[request.pk])),
+    ):
+        assert page.status_code == 200
+        assert 'name="status"' not in page.content.decode()
+    # A new request starts as a draft or queued, never half way through.
+    add = admin_client.get(reverse("admin:dbmail_messagerequest_add")).context["adminform"].form
+    assert [value for value, _ in add.fields["status"].choices] == ["draft", "queued"]
+
+
+def test_send_now_action_queues_drafts_and_scheduled_requests_only(admin_client):
+    draft, later = MessageRequestFactory(status="draft"), MessageRequestFactory(status="queued")
+    done = MessageRequestFactory(status="expanded")
+    admin_client.post(
+        reverse("admin:dbmail_messagerequest_changelist"),
+        {"action": "queue_now", "_selected_action": [draft.pk, later.pk, done.pk]},
+    )
+    statuses = [r.status for r in MessageRequest.objects.filter(pk__in=[draft.pk, later.pk, done.pk]).order_by("pk")]
+    assert statuses == ["queued", "queued", "expanded"]
+
+
 # --- Failed and held requests (issue 11, points 1 and 10) -----------------------------------
 
 
@@ -125,7 +151,7 @@ def test_failed_requests_are_filtered_shown_with_the_reason_and_retried(admin_cl
     assert "1 failed request(s) queued again" in text and f"#{gone.pk}: No recipient set named" in text
     assert MessageRequest.objects.get(pk=bad.pk).status == MessageRequest.Status.QUEUED
     assert MessageRequest.objects.get(pk=gone.pk).status == MessageRequest.Status.FAILED
-    retried = MessageRequest.objects.get(pk=bad.pk).events.get(kind="retried")
+    retried = MessageRequest.objects.get(pk=bad.pk).events.get(kind="retry")
     assert retried.user.username == "root"
     assert BROKEN["on"]
 

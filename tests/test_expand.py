@@ -233,7 +233,7 @@ def test_a_poisoned_request_fails_alone_with_the_reason_in_words(kind, broken_se
     assert bad.status == MessageRequest.Status.FAILED and words in bad.failure and bad.failed_at
     assert (bad.expand_token, bad.expand_lease_until) == (None, None)
     event = bad.events.get()
-    assert event.kind == RequestEvent.Kind.FAILED and words in event.text and event.user is None
+    assert event.kind == RequestEvent.Kind.FAILURE and words in event.text and event.user is None
     good.refresh_from_db()
     assert good.status == MessageRequest.Status.EXPANDED and good.emails.count() == 3
     assert expand.expand_due().requests == 0  # a failed request is not claimed again
@@ -271,8 +271,8 @@ def test_a_failed_request_retried_after_the_fix_resumes_from_its_checkpoint(brok
     assert request.status == MessageRequest.Status.EXPANDED and request.recipient_count == 400
     assert request.emails.values("to_address").distinct().count() == 400
     kinds = [(e.kind, e.user_id) for e in request.events.order_by("at", "id")]
-    assert kinds == [("failed", None), ("retried", editor.pk), ("failed", None), ("retried", editor.pk)]
-    assert "after position 199" in request.events.filter(kind="retried").last().text
+    assert kinds == [("failure", None), ("retry", editor.pk), ("failure", None), ("retry", editor.pk)]
+    assert "after position 199" in request.events.filter(kind="retry").last().text
 
 
 def test_a_request_of_an_inactive_sender_is_held_not_expanded():

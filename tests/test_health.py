@@ -181,18 +181,18 @@ def test_tracking_backlog_age_in_the_database_queue_fires_and_clears(settings):
 
 
 def test_rabbitmq_depth_by_passive_declare_and_unknown_when_unreachable(rabbit_backend, settings):
-    from dbmail.track import apply as tracking
+    from dbmail.track import queue as tracking
 
-    from .tracking_support import event
+    from .tracking_support import tracked
 
     settings.TRACKING_HEALTH_DEPTH_WARNING, settings.TRACKING_HEALTH_DEPTH_CRITICAL = 2, 3
     found = finding("tracking")
     assert found.state == health.UNKNOWN and "does not exist" in found.summary  # nothing declared it yet
-    tracking.publish(event("<a@example.org>"))
+    tracking.publish(tracked("<a@example.org>"))
     health.beat("dbmail_track", timezone.now())
     found = finding("tracking")
     assert found.state == health.OK and found.details == {"waiting": 1, "consumers": 0}
-    tracking.publish_many([event("<b@example.org>"), event("<c@example.org>")])
+    tracking.publish_many([tracked("<b@example.org>"), tracked("<c@example.org>")])
     assert finding("tracking").state == health.CRITICAL
     CronHeartbeat.objects.update(last_success_at=ago(hours=2))
     assert "dbmail_track last succeeded 2h ago" in finding("tracking").summary

@@ -363,7 +363,7 @@ def test_retry_button_queues_a_failed_request_again_and_records_who(panel, edito
     assert "Queued again" in response.content.decode()
     mail.refresh_from_db()
     assert mail.status == Status.QUEUED and mail.failure == ""
-    retried = mail.events.get(kind="retried")
+    retried = mail.events.get(kind="retry")
     assert retried.user == editor
     html = response.content.decode()
     assert 'id="history"' in html and f"by {editor.username}" in html and "the directory server is offline" in html
@@ -376,7 +376,7 @@ def test_retry_is_refused_while_the_recipient_set_is_still_missing(panel):
     assert "Not retried: it would fail again: No recipient set named" in response.content.decode()
     assert MessageRequest.objects.get(pk=mail.pk).status == Status.FAILED
     panel.post(reverse("commpanel:resume", args=[expanded_request(["sent"]).pk]))  # not failed: nothing happens
-    assert not RequestEvent.objects.filter(kind="retried").exists()
+    assert not RequestEvent.objects.filter(kind="retry").exists()
 
 
 def test_a_failed_request_can_be_cancelled(panel, editor):
@@ -385,7 +385,7 @@ def test_a_failed_request_can_be_cancelled(panel, editor):
     assert panel.get(reverse("commpanel:status", args=[mail.pk])).json()["cancellable"]
     panel.post(reverse("commpanel:cancel", args=[mail.pk]))
     assert MessageRequest.objects.get(pk=mail.pk).status == Status.CANCELLED
-    assert mail.events.get(kind="cancelled").user == editor
+    assert mail.events.get(kind="cancel").user == editor
 
 
 def test_mail_of_an_inactive_sender_shows_as_held(panel):

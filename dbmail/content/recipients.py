@@ -26,6 +26,8 @@ from django.core.validators import validate_email
 from django.db import InterfaceError, OperationalError
 from django.db.models import QuerySet
 
+from dbmail.models import Suppression
+
 _REGISTRY = {}
 
 
@@ -189,8 +191,6 @@ def iter_recipients(name, params, after=None, chunk_size=2000, first_chunk_size=
     `first_chunk_size` makes the first chunk smaller, so a consumer working in a pipeline
     has something to do sooner.
     """
-    from dbmail.models import Suppression
-
     func = get_set(name).func
     params = params if params is not None else {}
     if not isinstance(params, dict):

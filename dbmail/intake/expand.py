@@ -21,11 +21,12 @@ from django.db.models import Q
 from django.utils import timezone
 from psycopg2.extras import Json
 
+from dbmail import states
 from dbmail.content import recipients, rendering, verp
 from dbmail.content import tokens as unsubscribe
 from dbmail.models import MessageRequest, RequestEvent, SenderAccount, TextOfEmail
 
-Status = TextOfEmail.Status
+RequestStatus = states.RequestStatus
 log = logging.getLogger(__name__)
 
 
@@ -55,8 +56,9 @@ def claim_request(now=None):
         request = (
             MessageRequest.objects.select_for_update(skip_locked=True, of=("self",))
             .filter(
-                Q(status=MessageRequest.Status.QUEUED, send_at__lte=now)
-                | Q(status=MessageRequest.Status.EXPANDING, expand_lease_until__lte=now)
+                # The sources of states.START_EXPANSION: due, or held under a lease that ran out.
+                Q(status=RequestStatus.QUEUED, send_at__lte=now)
+                | Q(status=RequestStatus.EXPANDING, expand_lease_until__lte=now)
             )
             .filter(sender_id__in=SenderAccount.objects.filter(active=True).values("pk"))
             .select_related("sender")
@@ -65,7 +67,7 @@ def claim_request(now=None):
         )
         if request is None:
             return None
-        request.status = MessageRequest.Status.EXPANDING
+        request.status = states.START_EXPANSION.target
         request.expand_token = uuid.uuid4()
         request.expand_lease_until = now + lease
         request.save(update_fields=["status", "expand_token", "expand_lease_until"])
@@ -87,7 +89,7 @@ def email_fields(request, compiled, recipient, now, links=None):
         "reply_to": request.reply_to,
         "message_id": message_id,
         "headers": unsubscribe.list_unsubscribe_headers(url, recipient.email) if url else {},
-        "status": Status.QUEUED,
+        "status": states.ENQUEUE.target,
         "status_changed_at": now,
         "next_attempt_at": now,
         "created_at": now,
@@ -101,7 +103,7 @@ def email_fields(request, compiled, recipient, now, links=None):
         else:
             fields.update(subject=rendered.subject[:998], text=rendered.text, html=rendered.html)
     if error:
-        fields.update(status=Status.DROPPED, last_error=error)
+        fields.update(status=states.REFUSE.target, last_error=error)
     return fields
 
 
@@ -215,7 +217,7 @@ def _can_write_aside():
 def _mine(request):
     """The request as long as this expander still holds it (same token, still expanding)."""
     return MessageRequest.objects.filter(
-        pk=request.pk, expand_token=request.expand_token, status=MessageRequest.Status.EXPANDING
+        pk=request.pk, expand_token=request.expand_token, status=RequestStatus.EXPANDING
     )
 
 
@@ -274,8 +276,8 @@ def fail(request, reason, trace=""):
     """Mark a request this expander holds as failed with `reason`; False if it is not held any more."""
     now = timezone.now()
     with transaction.atomic():
-        failed = _mine(request).update(
-            status=MessageRequest.Status.FAILED,
+        failed = states.FAIL_EXPANSION.update(
+            _mine(request),
             failure=reason[:5000],
             failed_at=now,
             expand_token=None,
@@ -283,7 +285,7 @@ def fail(request, reason, trace=""):
         )
         if failed:
             text = f"{reason}\n\n{trace}" if trace else reason
-            RequestEvent.objects.create(request_id=request.pk, at=now, kind=RequestEvent.Kind.FAILED, text=text)
+            RequestEvent.objects.create(request_id=request.pk, at=now, kind=RequestEvent.Kind.FAILURE, text=text)
     return bool(failed)
 
 
@@ -324,8 +326,8 @@ def _expand(request, chunk_size=None, on_chunk=None):
         return 0
 
     total = request.emails.count()
-    mine.update(
-        status=MessageRequest.Status.EXPANDED,
+    states.FINISH_EXPANSION.update(
+        mine,
         recipient_count=total,
         expanded_at=timezone.now(),
         expand_token=None,

@@ -21,6 +21,7 @@ from django.conf import settings
 from django.db.models import Count, Min, Q
 from django.utils import timezone
 
+from dbmail import states
 from dbmail.models import CronHeartbeat, MessageRequest, SenderAccount, TextOfEmail, TrackingQueueItem
 
 OK, WARNING, CRITICAL, UNKNOWN = "ok", "warning", "critical", "unknown"
@@ -107,8 +108,8 @@ def grade(value, warning, critical):
     return CRITICAL if value >= critical else WARNING
 
 
-def worst(*states):
-    return max(states, key=_RANK.__getitem__, default=OK)
+def worst(*grades):
+    return max(grades, key=_RANK.__getitem__, default=OK)
 
 
 def human(delta):
@@ -143,7 +144,7 @@ def _inactive_accounts():
 def _oldest_due_age(now):
     """Age of the longest-due email that is not held."""
     oldest = (
-        TextOfEmail.objects.filter(status__in=TextOfEmail.WAITING, next_attempt_at__lte=now)
+        TextOfEmail.objects.filter(status__in=states.WAITING, next_attempt_at__lte=now)
         .exclude(account_id__in=_inactive_accounts())
         .aggregate(m=Min("next_attempt_at"))["m"]
     )
@@ -160,32 +161,32 @@ def _last_success(command):
 
 
 def _request_counts():
-    held = Q(status__in=[MessageRequest.Status.QUEUED, MessageRequest.Status.EXPANDING], sender__active=False)
+    held = Q(status__in=states.REQUEST_TO_EXPAND, sender__active=False)
     counts = dict(MessageRequest.objects.exclude(held).values_list("status").annotate(n=Count("id")).order_by())
     n_held = MessageRequest.objects.filter(held).count()
     if n_held:
-        counts[TextOfEmail.HELD] = n_held
+        counts[states.HELD] = n_held
     return counts
 
 
 def check_sender(now, options):
     """dbmail_cron: mail that is due gets sent; its heartbeat is recent whenever mail waits."""
     warning, critical = _thresholds(options)
-    states, words = [OK], []
+    grades, words = [OK], []
     age = _oldest_due_age(now)
     if age:
-        states.append(grade(age, warning, critical))
+        grades.append(grade(age, warning, critical))
         if age >= warning:
             words.append(f"an email has been due for {human(age)}")
-    if TextOfEmail.objects.filter(status=TextOfEmail.Status.SENDING, leased_until__lte=now - critical).exists():
-        states.append(CRITICAL)
+    if TextOfEmail.objects.filter(status=states.EmailStatus.SENDING, leased_until__lte=now - critical).exists():
+        grades.append(CRITICAL)
         words.append("emails are held by a sender whose lease ran out long ago")
     last = _last_success("dbmail_cron")
     waiting = (
-        TextOfEmail.objects.filter(status__in=TextOfEmail.WAITING).exclude(account_id__in=_inactive_accounts()).exists()
+        TextOfEmail.objects.filter(status__in=states.WAITING).exclude(account_id__in=_inactive_accounts()).exists()
     )
     if waiting and (last is None or now - last >= warning):
-        states.append(CRITICAL if last is None else grade(now - last, warning, critical))
+        grades.append(CRITICAL if last is None else grade(now - last, warning, critical))
         words.append(
             f"mail is waiting and dbmail_cron last succeeded {human(now - last) + ' ago' if last else 'never'}"
         )
@@ -197,11 +198,11 @@ def check_sender(now, options):
         .order_by("host")[:10]
     )
     for hb in failing:
-        states.append(WARNING)
+        grades.append(WARNING)
         words.append(f"the last dbmail_cron run on {hb.host} failed: {hb.last_error[:300]}")
-    held = TextOfEmail.objects.filter(status__in=TextOfEmail.WAITING, account_id__in=_inactive_accounts())
+    held = TextOfEmail.objects.filter(status__in=states.WAITING, account_id__in=_inactive_accounts())
     n_held = held.count()
-    state = worst(*states)
+    state = worst(*grades)
     if state == OK:
         ran = f"dbmail_cron last succeeded {human(now - last)} ago" if last else "dbmail_cron has not run yet"
         words.append(f"{ran}; {'oldest due ' + human(age) if age else 'nothing due'}")
@@ -220,42 +221,40 @@ def check_sender(now, options):
 def check_expansion(now, options):
     """Requests become emails: none failed, none due for long, none left by a dead expander."""
     warning, critical = _thresholds(options)
-    states, words = [OK], []
+    grades, words = [OK], []
     active = MessageRequest.objects.filter(sender__active=True)
     failed = list(
-        MessageRequest.objects.filter(status=MessageRequest.Status.FAILED)
+        MessageRequest.objects.filter(status=states.RequestStatus.FAILED)
         .order_by("failed_at", "pk")[:6]
         .values("pk", "failure", "failed_at")
     )
-    n_failed = MessageRequest.objects.filter(status=MessageRequest.Status.FAILED).count()
+    n_failed = MessageRequest.objects.filter(status=states.RequestStatus.FAILED).count()
     if n_failed:
-        states.append(CRITICAL)
+        grades.append(CRITICAL)
         shown = "; ".join(
             f"#{r['pk']} {human(now - r['failed_at']) + ' ago' if r['failed_at'] else ''}: {r['failure'][:200]}"
             for r in failed[:5]
         )
         more = f" and {n_failed - 5} more" if n_failed > 5 else ""
         words.append(f"{n_failed} request(s) failed (retry once fixed, or cancel): {shown}{more}")
-    oldest_due = active.filter(status=MessageRequest.Status.QUEUED, send_at__lte=now).aggregate(m=Min("send_at"))["m"]
+    oldest_due = active.filter(status=states.RequestStatus.QUEUED, send_at__lte=now).aggregate(m=Min("send_at"))["m"]
     if oldest_due and now - oldest_due >= warning:
-        states.append(grade(now - oldest_due, warning, critical))
+        grades.append(grade(now - oldest_due, warning, critical))
         words.append(f"a request has been due for expansion for {human(now - oldest_due)}")
-    dead = active.filter(status=MessageRequest.Status.EXPANDING, expand_lease_until__lte=now).aggregate(
+    dead = active.filter(status=states.RequestStatus.EXPANDING, expand_lease_until__lte=now).aggregate(
         m=Min("expand_lease_until")
     )["m"]
     if dead and now - dead >= warning:
-        states.append(grade(now - dead, warning, critical))
+        grades.append(grade(now - dead, warning, critical))
         words.append(f"a request has been stuck expanding for {human(now - dead)} past its lease")
-    state = worst(*states)
+    state = worst(*grades)
     if state == OK:
-        expanding = active.filter(status=MessageRequest.Status.EXPANDING).count()
+        expanding = active.filter(status=states.RequestStatus.EXPANDING).count()
         words.append(f"{expanding} request(s) expanding, none failed or stuck")
-    held = MessageRequest.objects.filter(
-        status__in=[MessageRequest.Status.QUEUED, MessageRequest.Status.EXPANDING], sender__active=False
-    ).count()
+    held = MessageRequest.objects.filter(status__in=states.REQUEST_TO_EXPAND, sender__active=False).count()
     if held:
         words.append(f"{held} request(s) held while their sender account is inactive")
-    details = {"failed": n_failed, "failed_requests": [r["pk"] for r in failed], "held": held}
+    details = {"failed_count": n_failed, "failed_requests": [r["pk"] for r in failed], "held": held}
     return Finding("expansion", state, "; ".join(words), details)
 
 
@@ -334,7 +333,7 @@ def check_log_follower(now, options):
         return Finding("log follower", OK, "not in use (no dbmail_track --follow-log has run)", {})
     warning = timedelta(seconds=settings.TRACKING_HEALTH_FOLLOWER_WARNING_SECONDS)
     critical = timedelta(seconds=settings.TRACKING_HEALTH_FOLLOWER_CRITICAL_SECONDS)
-    states, words = [], []
+    grades, words = [], []
     for hb in beats:
         seen = hb.last_success_at or hb.last_started_at
         age = now - seen if seen else None
@@ -345,8 +344,8 @@ def check_log_follower(now, options):
         else:
             error = f"; last error: {hb.last_error[:200]}" if hb.last_error else ""
             words.append(f"{hb.host}: no sign of life for {human(age) if age else 'ever'} ({path}){error}")
-        states.append(state)
-    return Finding("log follower", worst(*states), "; ".join(words), {"hosts": [hb.host for hb in beats]})
+        grades.append(state)
+    return Finding("log follower", worst(*grades), "; ".join(words), {"hosts": [hb.host for hb in beats]})
 
 
 register("sender", check_sender)

@@ -16,9 +16,10 @@ from django.db.models import BooleanField, F, Q
 from django.db.models.expressions import RawSQL
 from django.utils import timezone
 
+from dbmail import states
 from dbmail.models import SenderAccount, TextOfEmail
 
-Status = TextOfEmail.Status
+Status = states.EmailStatus
 
 
 @dataclass
@@ -49,11 +50,14 @@ class Claim:
 
     def release(self):
         """Give the rows not attempted back as they were (a clean stop is not an attempt)."""
-        for status in (Status.QUEUED, Status.DEFERRED):
+        for status, release in states.RELEASE.items():
             ids = [pk for pk in self.open_ids if self.claimed_from.get(pk, Status.QUEUED) == status]
             if ids:
-                TextOfEmail.objects.filter(pk__in=ids, claim_token=self.token).update(
-                    status=status, claim_token=None, leased_until=None, attempts=F("attempts") - 1
+                release.update(
+                    TextOfEmail.objects.filter(pk__in=ids, claim_token=self.token),
+                    claim_token=None,
+                    leased_until=None,
+                    attempts=F("attempts") - 1,
                 )
         self.open_ids.clear()
 
@@ -77,7 +81,7 @@ def claim(limit, now=None, scope=None, after=None):
         # Two ordered index scans rather than one OR, so neither sorts the whole queue.
         stale = rows.filter(status=Status.SENDING, leased_until__lte=now).filter(held)
         due = (
-            rows.filter(status__in=TextOfEmail.WAITING)
+            rows.filter(status__in=states.WAITING)
             .filter(Q(next_attempt_at__lte=now) if scope is None else scope)
             .filter(held)
         )
@@ -92,10 +96,8 @@ def claim(limit, now=None, scope=None, after=None):
             picked.update(due.order_by("next_attempt_at", "pk").values_list("pk", "status")[: limit - len(picked)])
         if picked:
             # Re-checking the state makes this safe where SKIP LOCKED does nothing (SQLite).
-            TextOfEmail.objects.filter(pk__in=list(picked), status__in=[*TextOfEmail.WAITING, Status.SENDING]).exclude(
-                status=Status.SENDING, leased_until__gt=now
-            ).update(
-                status=Status.SENDING,
+            states.CLAIM.update(
+                TextOfEmail.objects.filter(pk__in=list(picked)).exclude(status=Status.SENDING, leased_until__gt=now),
                 claim_token=token,
                 leased_until=lease_until,
                 attempts=F("attempts") + 1,
@@ -122,8 +124,11 @@ def _held():
 
 def _give_back_held(now):
     """Rows of an inactive account left "sending" by a sender that died go back to deferred, held there."""
-    TextOfEmail.objects.filter(_held(), status=Status.SENDING, leased_until__lte=now).update(
-        status=Status.DEFERRED, claim_token=None, leased_until=None, status_changed_at=now
+    states.RELEASE[Status.DEFERRED].update(
+        TextOfEmail.objects.filter(_held(), leased_until__lte=now),
+        claim_token=None,
+        leased_until=None,
+        status_changed_at=now,
     )
 
 
@@ -132,16 +137,13 @@ def claim_one(email):
     now = timezone.now()
     token = uuid.uuid4()
     lease_until = now + timedelta(seconds=settings.DBMAIL_LEASE_SECONDS)
-    taken = (
-        TextOfEmail.objects.filter(pk=email.pk, status=Status.QUEUED)
-        .exclude(_held())  # held: the first cron run after the account is active again sends it
-        .update(
-            status=Status.SENDING,
-            claim_token=token,
-            leased_until=lease_until,
-            attempts=F("attempts") + 1,
-            status_changed_at=now,
-        )
+    taken = states.CLAIM_NOW.update(
+        # held: the first cron run after the account is active again sends it
+        TextOfEmail.objects.filter(pk=email.pk).exclude(_held()),
+        claim_token=token,
+        leased_until=lease_until,
+        attempts=F("attempts") + 1,
+        status_changed_at=now,
     )
     if not taken:
         return None

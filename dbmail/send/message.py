@@ -10,7 +10,7 @@ from email.utils import formataddr
 
 from django.core.mail import EmailMessage, EmailMultiAlternatives
 
-from dbmail.track.apply import TRACKING_HEADER, tracking_id
+from dbmail.track.header import METADATA_KEY, TRACKING_HEADER, tracking_id
 
 _BARE_LF = re.compile(rb"(?<!\r)\n")
 
@@ -64,5 +64,5 @@ def to_email_message(email, connection=None, attachments=()):
     for filename, content, content_type in attachments:
         message.attach(filename, content, content_type)
     # Email service providers (through django-anymail) echo metadata back in their tracking events.
-    message.metadata = {"mailsite_email": headers[TRACKING_HEADER]}
+    message.metadata = {METADATA_KEY: headers[TRACKING_HEADER]}
     return message

@@ -22,9 +22,10 @@ from email.utils import formataddr
 from django.conf import settings
 from django.db import transaction
 
+from dbmail import states
 from dbmail.content import rendering
 from dbmail.intake.outbox import enqueue
-from dbmail.models import SenderAccount, TextOfEmail
+from dbmail.models import SenderAccount
 from dbmail.send.loop import send_one_now
 
 _LINE = re.compile(rb"([^\r\n]*)(\r\n|\r|\n|)")
@@ -156,7 +157,7 @@ def forward(inbound, parsed, route):
                 raw_message=build_message(inbound.raw, parsed, route, message_id),
                 message_id=message_id,
             )
-            if send_at_once and email.status == TextOfEmail.Status.QUEUED:
+            if send_at_once and email.status == states.EmailStatus.QUEUED:
                 # A lambda, not functools.partial: robust on_commit logs the callback's __qualname__.
                 transaction.on_commit(lambda email=email: send_one_now(email), robust=True)
             count += 1

@@ -18,18 +18,18 @@ from django.conf import settings
 from django.core.mail import EmailMultiAlternatives
 from django.db import transaction
 
+from dbmail import states
 from dbmail.content import recipients as dbmail_recipients
 from dbmail.content import rendering
 from dbmail.intake import outbox
-from dbmail.models import SenderAccount, TextOfEmail
+from dbmail.models import SenderAccount
 from dbmail.send.loop import send_one_now
 from mailgate.models import MailAccount, Message, MessagePart
 
 log = logging.getLogger(__name__)
-EmailStatus = TextOfEmail.Status
-_SENT = {EmailStatus.SENT, EmailStatus.DELIVERED, EmailStatus.COMPLAINED}
-_FAILED = {EmailStatus.DROPPED, EmailStatus.CANCELLED, EmailStatus.BOUNCED}
-_PENDING = {EmailStatus.QUEUED, EmailStatus.DEFERRED, EmailStatus.SENDING}
+_SENT = set(states.SUCCEEDED)
+_FAILED = set(states.FAILED)
+_PENDING = set(states.UNFINISHED)
 
 
 def sync_sender(account):
@@ -134,7 +134,7 @@ def compose(message, html, message_id):
 def send(message):
     """Submit the message and try to send each of its copies at once; then mirror their statuses."""
     for email in submit(message):
-        if email.status == EmailStatus.QUEUED:
+        if email.status == states.EmailStatus.QUEUED:
             send_one_now(email)
     return refresh(message)
 

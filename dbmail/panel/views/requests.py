@@ -12,38 +12,47 @@ from django.urls import reverse
 from django.utils import timezone
 from django.views.decorators.http import require_POST
 
-from dbmail.content import attachments, audience, recipients, rendering
+from dbmail import states
+from dbmail.content import attachments, audience, recipients, rendering, validation
 from dbmail.intake import expand
 from dbmail.models import MessageRequest, TextOfEmail
 from dbmail.panel import preview
 from dbmail.panel.forms import ScheduleForm
 from dbmail.panel.views.access import panel_view
 
-Status = MessageRequest.Status
-EmailStatus = TextOfEmail.Status
+Status = states.RequestStatus
+EmailStatus = states.EmailStatus
 # The order statuses are shown in, bars and tables alike.
-# "held" is derived: waiting mail of an inactive sender account (TextOfEmail.counts).
-SHOWN = ["queued", "held", "sending", "sent", "delivered", "deferred", "dropped", "bounced", "complained", "cancelled"]
-DONE = {"sent", "delivered", "dropped", "bounced", "complained", "cancelled"}
-UNSENT = ("queued", "deferred", "held")
+SHOWN = [
+    EmailStatus.QUEUED,
+    states.HELD,  # derived: waiting mail of an inactive sender account (TextOfEmail.counts)
+    EmailStatus.SENDING,
+    EmailStatus.SENT,
+    EmailStatus.DELIVERED,
+    EmailStatus.DEFERRED,
+    EmailStatus.DROPPED,
+    EmailStatus.BOUNCED,
+    EmailStatus.COMPLAINED,
+    EmailStatus.CANCELLED,
+]
 
 
 def progress(mail, counts):
     """Numbers for the progress bar and chart of one request."""
     total = sum(counts.values())
-    done = sum(n for s, n in counts.items() if s in DONE)
-    waiting = mail.status in (Status.QUEUED, Status.EXPANDING) or any(counts.get(s) for s in (*UNSENT, "sending"))
+    done = sum(n for s, n in counts.items() if s in states.FINAL)
+    waiting = mail.status in states.REQUEST_TO_EXPAND or any(counts.get(s) for s in (*states.UNFINISHED, states.HELD))
     return {
         "status": mail.shown_status(),
         "total": total,
         "done": done,
         "percent": round(100 * done / total) if total else (100 if mail.status == Status.EXPANDED else 0),
         "counts": {s: counts.get(s, 0) for s in SHOWN if counts.get(s)},
-        "active": waiting and mail.status not in (Status.CANCELLED, Status.DRAFT, Status.FAILED),
-        "cancellable": mail.status in (Status.QUEUED, Status.EXPANDING, Status.FAILED)
-        or (mail.status == Status.EXPANDED and any(counts.get(s) for s in UNSENT)),
-        "retryable": bool(counts.get("deferred") or counts.get("dropped")),
-        "resumable": mail.status == Status.FAILED,
+        "active": waiting and mail.status not in states.REQUEST_DORMANT,
+        "cancellable": mail.status in (*states.REQUEST_TO_EXPAND, Status.FAILED)
+        or (mail.status == Status.EXPANDED and any(counts.get(s) for s in (*states.CANCEL.sources, states.HELD))),
+        "retryable": any(counts.get(s) for s in states.RETRY.sources),
+        "resumable": mail.status in states.RETRY_REQUEST.sources,
     }
 
 
@@ -88,7 +97,7 @@ def request_list(request):
         counts = dict(mail.purged_counts or {})
         for status, n in per_request.get(mail.pk, {}).items():
             # A request's emails are its sender's: while that account is inactive, its waiting mail is held.
-            shown = "held" if status in TextOfEmail.WAITING and not mail.sender.active else status
+            shown = states.HELD if status in states.WAITING and not mail.sender.active else status
             counts[shown] = counts.get(shown, 0) + n
         mail.progress = progress(mail, counts)
     context = {"page": page, "rows": rows, "query": query, "now": timezone.now()}
@@ -136,8 +145,8 @@ def _email_table(request, mail):
     status = request.GET.get("status", "")
     if status in EmailStatus.values:
         emails = emails.filter(status=status)
-    elif status == TextOfEmail.HELD:
-        emails = emails.filter(status__in=TextOfEmail.WAITING, account__active=False)
+    elif status == states.HELD:
+        emails = emails.filter(status__in=states.WAITING, account__active=False)
     address = request.GET.get("address", "").strip()
     if address:
         emails = emails.filter(to_address__icontains=address)
@@ -173,7 +182,7 @@ def send(request, pk):
     """Queue a draft: now or at the chosen time. Checks everything once more first."""
     with transaction.atomic():
         mail = get_object_or_404(MessageRequest.objects.select_for_update(), pk=pk)
-        if mail.status != Status.DRAFT:
+        if mail.status not in states.SCHEDULE.sources:
             messages.error(request, "This request has already been queued.")
             return redirect("commpanel:request", pk=pk)
         form = ScheduleForm(request.POST)
@@ -183,13 +192,13 @@ def send(request, pk):
                     messages.error(request, error)
             return redirect("commpanel:request", pk=pk)
         try:
-            mail.full_clean()
+            validation.full_clean(mail)
         except ValidationError as exc:  # the draft became invalid since (e.g. its sender was deactivated)
             for error in exc.messages:
                 messages.error(request, error)
             return redirect("commpanel:request", pk=pk)
         mail.send_at = form.send_time()
-        mail.status = Status.QUEUED
+        mail.status = states.SCHEDULE.target
         mail.save(update_fields=["send_at", "status"])
     if form.cleaned_data["when"] == "later":
         messages.success(request, f"Scheduled for {mail.send_at:%Y-%m-%d %H:%M %Z}. You can cancel it until then.")
@@ -219,7 +228,7 @@ def send_test(request, pk):
     email.refresh_from_db(fields=["status", "last_error"])
     if email.status == EmailStatus.SENT:
         messages.success(request, f"Test sent to {email.to_address} as {shown.recipient.email} would get it.")
-    elif email.status in (EmailStatus.QUEUED, EmailStatus.DEFERRED):
+    elif email.status in states.WAITING:
         messages.warning(
             request,
             f"The mail server did not take the test yet; the next dbmail_cron run sends it to {email.to_address}.",
@@ -238,7 +247,7 @@ def cancel(request, pk):
     else:
         before = mail.status_counts()
         mail.cancel(user=request.user)
-        stopped = mail.status_counts().get("cancelled", 0) - before.get("cancelled", 0)
+        stopped = mail.status_counts().get(EmailStatus.CANCELLED, 0) - before.get(EmailStatus.CANCELLED, 0)
         messages.success(request, f"Cancelled. {stopped} unsent email(s) will not go out.")
     return redirect("commpanel:request", pk=pk)
 
@@ -257,7 +266,7 @@ def retry(request, pk):
 def resume(request, pk):
     """A failed request, its cause fixed, goes back to the queue and resumes from its checkpoint."""
     mail = get_object_or_404(MessageRequest, pk=pk)
-    if mail.status != Status.FAILED:
+    if mail.status not in states.RETRY_REQUEST.sources:
         messages.info(request, "Only a failed request can be retried this way.")
         return redirect("commpanel:request", pk=pk)
     problem = expand.obvious_problem(mail)
@@ -286,7 +295,7 @@ def reuse(request, pk):
             context=source.context,
             public=source.public,
             creator=request.user,
-            status=Status.DRAFT,
+            status=states.REQUEST_CREATE_DRAFT.target,
         )
         attachments.copy(source, copy)
     messages.success(request, f"New draft made from request #{source.pk}. Change what you need.")
