@@ -140,6 +140,9 @@ class MessageRequestAdmin(admin.ModelAdmin):
     def delivery(self, obj):
         return " / ".join(str(n) for n in obj.tracking_counts().values())
 
+    def get_inlines(self, request, obj=None):
+        return self.inlines if obj else []  # a new request has no history yet
+
     def get_readonly_fields(self, request, obj=None):
         # Once made, a request changes state only along dbmail.states: the actions below and dbmail_cron.
         return [*self.readonly_fields, "status"] if obj else self.readonly_fields
