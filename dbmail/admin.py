@@ -12,6 +12,7 @@ from dbmail.models import (  # the XML spool
     MessageRequest,
     RequestEvent,
     SenderAccount,
+    SendGrant,
     SpoolFile,
     SpoolItem,
     Suppression,
@@ -76,6 +77,26 @@ class RequestEventInline(admin.TabularInline):
 
     def has_change_permission(self, request, obj=None):
         return False
+
+
+@admin.register(SendGrant)
+class SendGrantAdmin(admin.ModelAdmin):
+    """Who may send as which address through the site's server; a grant is made or removed, never rewritten."""
+
+    list_display = ["address", "user", "group", "granted_by", "granted_at", "note"]
+    list_filter = ["group"]
+    search_fields = ["address", "user__username", "user__email", "group__name", "note"]
+    readonly_fields = ["granted_by", "granted_at"]
+    raw_id_fields = ["user"]
+
+    def get_readonly_fields(self, request, obj=None):
+        # Changing who or what a grant covers would leave granted_by/at naming a grant nobody made.
+        return [*self.readonly_fields, *(["address", "user", "group"] if obj else [])]
+
+    def save_model(self, request, obj, form, change):
+        if not change:
+            obj.granted_by = request.user
+        super().save_model(request, obj, form, change)
 
 
 @admin.register(MessageRequest)

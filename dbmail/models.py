@@ -7,9 +7,11 @@ cancel and retry helpers below, the comm panel and the admin) moves rows only
 along its transitions. See DESIGN.md for the state machine.
 """
 
+import re
 import uuid
 
 from django.conf import settings
+from django.contrib.auth.models import Group
 from django.core.exceptions import ValidationError
 from django.db import models
 from django.db.models import Count, Q
@@ -32,6 +34,11 @@ class SenderAccount(models.Model):
     smtp_password = models.CharField(max_length=255, blank=True)
     smtp_use_tls = models.BooleanField(default=False)
     smtp_use_ssl = models.BooleanField(default=False)
+    # A user's mailbox account (mailgate) sends through a sender account of its own, made for it and written
+    # only by it; every other sender account is staff's. Kept (switched off) once the mailbox account is gone.
+    mailbox = models.BooleanField(
+        default=False, editable=False, help_text="Mirrors a user's mailbox account; not offered in the comm panel."
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -63,6 +70,79 @@ class SenderAccount(models.Model):
             "use_tls": self.smtp_use_tls,
             "use_ssl": self.smtp_use_ssl,
         }
+
+
+_GRANT_DOMAIN = re.compile(r"[a-z0-9](?:[a-z0-9-]*[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]*[a-z0-9])?)+")
+_GRANT_LOCAL = re.compile(r"[^\s@<>()\[\],;:\"\\]+")
+
+
+class SendGrant(models.Model):
+    """Staff allow a user, or everyone in a group, to send as an address (or any address of a domain).
+
+    Needed to send as an address through the site's own mail server, which
+    trusts the site and checks no From (dbmail.intake.grants). Revoking is
+    deleting; the admin's history keeps who granted and removed what.
+    """
+
+    address = models.CharField(
+        max_length=254, help_text="An address (ann@example.org) or a whole domain (@example.org); stored lower-case."
+    )
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.CASCADE, related_name="send_grants"
+    )
+    group = models.ForeignKey(Group, null=True, blank=True, on_delete=models.CASCADE, related_name="send_grants")
+    granted_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+", editable=False
+    )
+    granted_at = models.DateTimeField(default=timezone.now, editable=False)
+    note = models.CharField(max_length=500, blank=True, help_text="Why (shown to staff only).")
+
+    class Meta:
+        ordering = ["address", "id"]
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(user__isnull=False, group__isnull=True) | Q(user__isnull=True, group__isnull=False),
+                name="dbmail_grant_user_or_group",
+            )
+        ]
+        indexes = [models.Index(fields=["address"], name="dbmail_grant_address")]
+
+    def __str__(self):
+        return f"{self.address} to {self.user or self.group}"
+
+    def save(self, *args, **kwargs):
+        self.address = self.address.strip().lower()
+        super().save(*args, **kwargs)
+
+    def clean(self):
+        self.address = (self.address or "").strip().lower()
+        errors = {}
+        local, at, domain = self.address.rpartition("@")
+        if not at or not _GRANT_DOMAIN.fullmatch(domain) or (local and not _GRANT_LOCAL.fullmatch(local)):
+            errors["address"] = "Give an address (ann@example.org) or a whole domain (@example.org)."
+        if bool(self.user_id) == bool(self.group_id):
+            errors["user"] = "Grant to a user or to a group (one of the two)."
+        if errors:
+            raise ValidationError(errors)
+
+
+class AddressToken(models.Model):
+    """The short token that stands for an address in unsubscribe links and mailtos (dbmail.content.tokens).
+
+    Written when mail carrying the token is made; never purged (people use
+    year-old links). The token is a keyed hash of the address, so it is
+    checked again against the address stored here.
+    """
+
+    token = models.CharField(max_length=32, primary_key=True)
+    address = models.CharField(max_length=254)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        verbose_name = "address token"
+
+    def __str__(self):
+        return self.address
 
 
 class MessageRequest(models.Model):

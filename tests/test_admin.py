@@ -123,6 +123,26 @@ def test_send_now_action_queues_drafts_and_scheduled_requests_only(admin_client)
     assert statuses == ["queued", "queued", "expanded"]
 
 
+def test_a_send_grant_records_who_made_it_and_cannot_be_rewritten(client):
+    from django.contrib.auth.models import Permission
+
+    from dbmail.models import SendGrant
+
+    staff = UserFactory(username="granter", is_staff=True)
+    staff.user_permissions.add(*Permission.objects.filter(codename__in=["add_sendgrant", "change_sendgrant"]))
+    ann = UserFactory(username="ann")
+    client.force_login(staff)
+    response = client.post(reverse("admin:dbmail_sendgrant_add"), {"address": "Desk@Example.org", "user": ann.pk})
+    assert response.status_code == 302, response.content.decode()[:2000]
+    grant = SendGrant.objects.get()
+    assert (grant.address, grant.user, grant.granted_by) == ("desk@example.org", ann, staff)
+
+    bob = UserFactory(username="bob")
+    client.post(reverse("admin:dbmail_sendgrant_change", args=[grant.pk]), {"user": bob.pk, "note": "why"})
+    grant.refresh_from_db()
+    assert (grant.address, grant.user, grant.note) == ("desk@example.org", ann, "why")
+
+
 # --- Failed and held requests (issue 11, points 1 and 10) -----------------------------------
 
 

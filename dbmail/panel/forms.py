@@ -76,7 +76,8 @@ class ComposeForm(RequestForm):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self.fields["sender"].queryset = SenderAccount.objects.filter(active=True)
+        # A mailbox account's sender is a user's own server and login, not the organisation's.
+        self.fields["sender"].queryset = SenderAccount.objects.filter(active=True, mailbox=False)
         self.fields["sender"].empty_label = None
         self.fields["recipient_set"].choices = [
             (s.name, s.label) for s in recipients.registered_sets() if s.name != "addresses"

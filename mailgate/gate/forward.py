@@ -8,8 +8,9 @@ original are dropped: Bcc must never travel, and a signature over a From we
 replace would only fail.
 
 Senders: forwards are sent by the site's DEFAULT_FROM_EMAIL account (or by a
-SenderAccount with the list's own address when one is configured, to use its
-SMTP server). The list address appears only in the rewritten From header of
+staff-managed SenderAccount with the list's own address when one is
+configured, to use its SMTP server; never by one mirroring a user's mailbox
+account, whose server and login are the user's). The list address appears only in the rewritten From header of
 the raw message, so no arbitrary address becomes a sender: the list address
 is by construction one the site routes itself.
 """
@@ -25,8 +26,8 @@ from django.db import transaction
 from dbmail import states
 from dbmail.content import rendering
 from dbmail.intake.outbox import enqueue
-from dbmail.models import SenderAccount
 from dbmail.send.loop import send_one_now
+from mailgate.gate import addresses
 
 _LINE = re.compile(rb"([^\r\n]*)(\r\n|\r|\n|)")
 _FIELD = re.compile(rb"^[\x21-\x39\x3b-\x7e]+:")
@@ -127,7 +128,7 @@ def build_message(raw, parsed, route, message_id):
 
 
 def _sending_account(route):
-    if SenderAccount.objects.filter(address__iexact=route.list_address, active=True).exists():
+    if addresses.staff_senders().filter(address__iexact=route.list_address, active=True).exists():
         return route.list_address
     return settings.DEFAULT_FROM_EMAIL
 

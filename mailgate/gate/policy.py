@@ -16,11 +16,9 @@ from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from dbmail.content import verp
 from dbmail.content.recipients import address_error
 from dbmail.intake.outbox import send_now
-from dbmail.models import SenderAccount
-from mailgate.gate import parsing
+from mailgate.gate import addresses, parsing
 from mailgate.models import EmailList, SenderNotice
 
 FORWARD, HOLD, REFUSE, LOOP = "forward", "hold", "refuse", "loop"
@@ -91,16 +89,8 @@ def decide(parsed, route, envelope_sender):
 
 
 def own_address(address):
-    """True for addresses of this site: sender accounts, site addresses, list and VERP addresses."""
-    from mailgate.gate import routing
-
-    address = address.lower()
-    site = {parsing.parseaddr_lower(a) for a in (settings.DEFAULT_FROM_EMAIL, settings.SERVER_EMAIL)}
-    if address in site or verp.is_verp_address(address):
-        return True
-    if SenderAccount.objects.filter(address__iexact=address).exists():
-        return True
-    return routing.find_list(address)[0] is not None
+    """True for addresses of this site (mailgate.gate.addresses: only in the domains it routes)."""
+    return addresses.own_address(address)
 
 
 def notice_recipient(inbound, parsed):
