@@ -8,7 +8,14 @@ class MailgateConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self):
+        from django.core import checks
+
+        from mailgate import conf
+
+        checks.register(conf.check_settings, "mailgate")  # `manage.py check` names a bad setting and why
+        # Registers the built-in list resolvers, which the models check names against.
         from mailgate import health
+        from mailgate.gate import routing  # noqa: F401
 
         health.register()  # dbmail_status checks the IMAP poller and the gate too (dbmail never imports mailgate)
         # However an account is deleted (API, admin, code), the login its mirror holds leaves with it.

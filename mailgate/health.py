@@ -7,12 +7,12 @@ since a gate that keeps answering 75 leaves nothing else behind.
 import socket
 from datetime import timedelta
 
-from django.conf import settings
 from django.db import DatabaseError, IntegrityError, transaction
 from django.db.models import F
 
 from dbmail.ops import health
 from dbmail.ops.health import CRITICAL, OK, WARNING, Finding, human
+from mailgate.conf import settings as conf
 from mailgate.models import GateHeartbeat, InboundMessage, MailFolder
 
 EX_TEMPFAIL = 75
@@ -66,14 +66,14 @@ def _initial(changes):
 
 def check_gate(now, options):
     """The gate takes mail: no run of 75s (temporary failure), no recent message failing its processing."""
-    window = timedelta(seconds=settings.MAILGATE_HEALTH_TEMPFAIL_WINDOW_SECONDS)
+    window = timedelta(seconds=conf.MAILGATE_HEALTH_TEMPFAIL_WINDOW_SECONDS)
     grades, words = [OK], []
     beats = list(GateHeartbeat.objects.order_by("host"))
     for hb in beats:
         if not hb.last_tempfail_at or now - hb.last_tempfail_at > window:
             continue
         in_a_row = hb.tempfails_in_a_row
-        if in_a_row >= settings.MAILGATE_HEALTH_TEMPFAILS_CRITICAL:
+        if in_a_row >= conf.MAILGATE_HEALTH_TEMPFAILS_CRITICAL:
             grades.append(CRITICAL)
             words.append(
                 f"the gate on {hb.host} answered 75 (temporary failure) {in_a_row} times in a row, "
@@ -108,7 +108,7 @@ def check_imap(now, options):
     folders = list(MailFolder.objects.filter(enabled=True, account__enabled=True).select_related("account__profile"))
     if not folders:
         return Finding("imap poller", OK, "no IMAP folder enabled", {"folders": 0})
-    warn_n, crit_n = settings.MAILGATE_HEALTH_IMAP_WARNING_INTERVALS, settings.MAILGATE_HEALTH_IMAP_CRITICAL_INTERVALS
+    warn_n, crit_n = conf.MAILGATE_HEALTH_IMAP_WARNING_INTERVALS, conf.MAILGATE_HEALTH_IMAP_CRITICAL_INTERVALS
     grades, words, late = [OK], [], []
     for folder in folders:
         if not folder.exists_on_server:

@@ -124,6 +124,7 @@ NOT_STATES = {
         "sent": 1,
         "dropped": 1,
     },
+    "dbmail/ops/runloop.py": {"failed": 1},  # Round.FAILED: how a round of a long-running command ended
     "dbmail/ops/cron.py": {"expanded": 1, "sent": 1, "deferred": 1, "dropped": 1},  # the run summary's keys
     "dbmail/panel/views/compose.py": {"draft": 1},  # a template variable's name
     # Tracking: the event types (what a report says, not our states) and the words of the sources they come from.

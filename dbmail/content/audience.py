@@ -8,8 +8,7 @@ addresses: inactive users, suppressed addresses and repeats left out.
 import re
 from dataclasses import dataclass, field
 
-from django.conf import settings
-
+from dbmail.conf import settings as conf
 from dbmail.content import recipients, rendering
 
 # `{{ name }}` and `{{ name|filter }}`: the top-level variable a template prints.
@@ -34,7 +33,7 @@ class Summary:
             "invalid": self.invalid,
             "empty": self.empty,
             "large": self.large,
-            "large_threshold": settings.DBMAIL_LARGE_SEND_WARNING,
+            "large_threshold": conf.DBMAIL_LARGE_SEND_WARNING,
         }
 
 
@@ -61,7 +60,7 @@ def summarise(request):
         _walk(request, compiled, variables, summary)
     except (recipients.UnknownRecipientSet, recipients.RecipientSetError) as exc:
         return Summary(error=str(exc))
-    summary.large = summary.count > settings.DBMAIL_LARGE_SEND_WARNING
+    summary.large = summary.count > conf.DBMAIL_LARGE_SEND_WARNING
     return summary
 
 

@@ -26,17 +26,10 @@ from django.core.validators import validate_email
 from django.db import InterfaceError, OperationalError
 from django.db.models import QuerySet
 
+from dbmail.exceptions import RecipientSetError, UnknownRecipientSet
 from dbmail.models import Suppression
 
 _REGISTRY = {}
-
-
-class UnknownRecipientSet(LookupError):
-    pass
-
-
-class RecipientSetError(Exception):
-    """A recipient set could not list its recipients (bad parameters, a bug in its function); in words."""
 
 
 def _guarded(name, params, step, *args):

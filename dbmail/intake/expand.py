@@ -15,15 +15,16 @@ import uuid
 from dataclasses import dataclass, field
 from datetime import timedelta
 
-from django.conf import settings
 from django.db import InterfaceError, OperationalError, connection, models, transaction
 from django.db.models import Q
 from django.utils import timezone
 from psycopg2.extras import Json
 
 from dbmail import states
+from dbmail.conf import settings as conf
 from dbmail.content import recipients, rendering, verp
 from dbmail.content import tokens as unsubscribe
+from dbmail.exceptions import RequestFailed
 from dbmail.models import AddressToken, MessageRequest, RequestEvent, SenderAccount, TextOfEmail
 
 RequestStatus = states.RequestStatus
@@ -37,19 +38,10 @@ class ExpandResult:
     failed: list = field(default_factory=list)  # "#pk: reason" of each request that failed in this run
 
 
-class RequestFailed(Exception):
-    """Expanding one request failed; the request is marked failed with the reason, nothing else is affected."""
-
-    def __init__(self, request_id, reason):
-        super().__init__(f"request #{request_id} failed: {reason}")
-        self.request_id = request_id
-        self.reason = reason
-
-
 def claim_request(now=None):
     """Take one due request (or one whose expander died) for this process, or None."""
     now = now or timezone.now()
-    lease = timedelta(seconds=settings.DBMAIL_LEASE_SECONDS)
+    lease = timedelta(seconds=conf.DBMAIL_LEASE_SECONDS)
     with transaction.atomic():
         # A request of an inactive sender account is held: not expanded until the account is active again.
         # `of` locks the request only; locking the account row would make other expanders skip its requests.
@@ -313,8 +305,8 @@ def fail(request, reason, trace=""):
 
 
 def _expand(request, chunk_size=None, on_chunk=None):
-    chunk_size = chunk_size or settings.DBMAIL_EXPAND_CHUNK
-    lease = timedelta(seconds=settings.DBMAIL_LEASE_SECONDS)
+    chunk_size = chunk_size or conf.DBMAIL_EXPAND_CHUNK
+    lease = timedelta(seconds=conf.DBMAIL_LEASE_SECONDS)
     mine = _mine(request)
     after = (request.checkpoint or {}).get("after")
     compiled = rendering.CompiledRequest(request)  # a template error fails the request (see expand)

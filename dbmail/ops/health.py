@@ -17,11 +17,11 @@ import socket
 from dataclasses import asdict, dataclass, field
 from datetime import timedelta
 
-from django.conf import settings
 from django.db.models import Count, Min, Q
 from django.utils import timezone
 
 from dbmail import states
+from dbmail.conf import settings as conf
 from dbmail.models import CronHeartbeat, MessageRequest, SenderAccount, TextOfEmail, TrackingQueueItem
 
 OK, WARNING, CRITICAL, UNKNOWN = "ok", "warning", "critical", "unknown"
@@ -133,8 +133,8 @@ def beat(command, started_at, summary=None, error=""):
 
 
 def _thresholds(options):
-    critical = options.get("stuck_after") or timedelta(seconds=settings.DBMAIL_STUCK_AFTER_SECONDS)
-    return min(timedelta(seconds=settings.DBMAIL_HEALTH_WARNING_SECONDS), critical), critical
+    critical = options.get("stuck_after") or timedelta(seconds=conf.DBMAIL_STUCK_AFTER_SECONDS)
+    return min(timedelta(seconds=conf.DBMAIL_HEALTH_WARNING_SECONDS), critical), critical
 
 
 def _inactive_accounts():
@@ -260,10 +260,10 @@ def check_expansion(now, options):
 
 def check_tracking(now, options):
     """The tracking consumer (dbmail_track) keeps up: how long the oldest event has waited, or the queue's depth."""
-    if settings.TRACKING_QUEUE_URL:
+    if conf.TRACKING_QUEUE_URL:
         return _check_rabbitmq(now)
-    warning = timedelta(seconds=settings.TRACKING_HEALTH_WARNING_SECONDS)
-    critical = timedelta(seconds=settings.TRACKING_HEALTH_CRITICAL_SECONDS)
+    warning = timedelta(seconds=conf.TRACKING_HEALTH_WARNING_SECONDS)
+    critical = timedelta(seconds=conf.TRACKING_HEALTH_CRITICAL_SECONDS)
     waiting = TrackingQueueItem.objects.aggregate(n=Count("id"), oldest=Min("enqueued_at"))
     if not waiting["n"]:
         return Finding("tracking", OK, "no tracking event waiting (database queue)", {"waiting": 0})
@@ -280,16 +280,16 @@ def _check_rabbitmq(now):
     depth, consumers, error = rabbitmq_depth()
     if error:
         return Finding(
-            "tracking", UNKNOWN, f"cannot tell the RabbitMQ backlog: {error}", {"queue": settings.TRACKING_QUEUE}
+            "tracking", UNKNOWN, f"cannot tell the RabbitMQ backlog: {error}", {"queue": conf.TRACKING_QUEUE}
         )
-    state = grade(depth, settings.TRACKING_HEALTH_DEPTH_WARNING, settings.TRACKING_HEALTH_DEPTH_CRITICAL)
-    words = [f"{depth} tracking event(s) waiting in RabbitMQ queue {settings.TRACKING_QUEUE}"]
+    state = grade(depth, conf.TRACKING_HEALTH_DEPTH_WARNING, conf.TRACKING_HEALTH_DEPTH_CRITICAL)
+    words = [f"{depth} tracking event(s) waiting in RabbitMQ queue {conf.TRACKING_QUEUE}"]
     last = _last_success("dbmail_track")
     if depth:
         # RabbitMQ tells no message's age: a backlog nobody consumed for long is judged by the consumer's heartbeat.
         idle = now - last if last else None
-        warning = timedelta(seconds=settings.TRACKING_HEALTH_WARNING_SECONDS)
-        critical = timedelta(seconds=settings.TRACKING_HEALTH_CRITICAL_SECONDS)
+        warning = timedelta(seconds=conf.TRACKING_HEALTH_WARNING_SECONDS)
+        critical = timedelta(seconds=conf.TRACKING_HEALTH_CRITICAL_SECONDS)
         idle_state = CRITICAL if last is None else grade(idle, warning, critical)
         if idle_state != OK:
             words.append(f"dbmail_track last succeeded {human(idle) + ' ago' if last else 'never'}")
@@ -301,19 +301,19 @@ def rabbitmq_depth():
     """(messages, consumers, error) of the tracking queue, by a passive declare that changes nothing."""
     import pika
 
-    params = pika.URLParameters(settings.TRACKING_QUEUE_URL)
+    params = pika.URLParameters(conf.TRACKING_QUEUE_URL)
     params.connection_attempts, params.socket_timeout, params.blocked_connection_timeout = 1, 5, 5
     connection = None
     try:
         connection = pika.BlockingConnection(params)
-        declared = connection.channel().queue_declare(settings.TRACKING_QUEUE, passive=True)
+        declared = connection.channel().queue_declare(conf.TRACKING_QUEUE, passive=True)
         return declared.method.message_count, declared.method.consumer_count, ""
     except pika.exceptions.ChannelClosedByBroker as exc:
         if exc.reply_code == 404:
             return (
                 None,
                 None,
-                f"the queue {settings.TRACKING_QUEUE} does not exist (TRACKING_QUEUE; nothing declared it yet)",
+                f"the queue {conf.TRACKING_QUEUE} does not exist (TRACKING_QUEUE; nothing declared it yet)",
             )
         return None, None, f"RabbitMQ refused: {exc.reply_text}"
     except (pika.exceptions.AMQPError, OSError) as exc:
@@ -331,8 +331,8 @@ def check_log_follower(now, options):
     beats = list(CronHeartbeat.objects.filter(command=FOLLOWER).order_by("host"))
     if not beats:
         return Finding("log follower", OK, "not in use (no dbmail_track --follow-log has run)", {})
-    warning = timedelta(seconds=settings.TRACKING_HEALTH_FOLLOWER_WARNING_SECONDS)
-    critical = timedelta(seconds=settings.TRACKING_HEALTH_FOLLOWER_CRITICAL_SECONDS)
+    warning = timedelta(seconds=conf.TRACKING_HEALTH_FOLLOWER_WARNING_SECONDS)
+    critical = timedelta(seconds=conf.TRACKING_HEALTH_FOLLOWER_CRITICAL_SECONDS)
     grades, words = [], []
     for hb in beats:
         seen = hb.last_success_at or hb.last_started_at
