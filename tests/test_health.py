@@ -267,3 +267,41 @@ def test_warning_thresholds_above_critical_are_refused_at_start_up():
     done = manage("check", env=subprocess_env(DBMAIL_HEALTH_WARNING_SECONDS="7200"), timeout=60)
     assert done.returncode != 0
     assert "DBMAIL_HEALTH_WARNING_SECONDS must not be above DBMAIL_STUCK_AFTER_SECONDS" in done.stderr
+
+
+def test_shows_emails_possibly_delivered_twice_and_current_sending_problems():
+    from dbmail.models import SendingProblem
+
+    from .factories import SenderAccountFactory
+
+    TextOfEmailFactory(status=TextOfEmail.Status.SENT, possibly_delivered=1)
+    TextOfEmailFactory(status=TextOfEmail.Status.DEFERRED, possibly_delivered=1)
+    TextOfEmailFactory(status=TextOfEmail.Status.SENT)
+    health.beat("dbmail_cron", timezone.now())
+    report = health.run()
+    assert report.possibly_delivered == 2 and report.sending_problems == [] and report.state == health.OK
+    account = SenderAccountFactory(address="club@example.org")
+    SendingProblem.objects.create(
+        key="x",
+        account=account,
+        server="smtp.example.org:25",
+        stage="mail",
+        smtp_code=553,
+        emails_deferred=7,
+        text="MAIL FROM: 553 5.7.1 sender refused",
+    )
+    SendingProblem.objects.create(
+        key="y", server="smtp.example.org:25", stage="connect", text="old", resolved_at=timezone.now()
+    )
+    report = health.run()
+    assert report.possibly_delivered == 2 and [p.key for p in report.sending_problems] == ["x"]
+    code, out = status()
+    assert code == 1 and "sender: sending problem: club@example.org via smtp.example.org:25" in out.splitlines()[0]
+    assert "outcome unknown (possibly delivered): 2 emails" in out
+    (line,) = [line for line in out.splitlines() if line.startswith("sending problem:")]
+    assert line.startswith("sending problem: club@example.org via smtp.example.org:25, since 20")
+    assert line.endswith("(7 deferred): MAIL FROM: 553 5.7.1 sender refused")
+    data = json.loads(status("--json")[1])
+    assert data["possibly_delivered"] == 2 and data["sending_problems"][0]["smtp_code"] == 553
+    SendingProblem.objects.filter(key="x").update(resolved_at=timezone.now())  # a later run got through
+    assert status()[0] == 0

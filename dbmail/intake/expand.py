@@ -10,6 +10,7 @@ chunk in flight, which the next run redoes from the checkpoint; the unique
 import logging
 import queue
 import threading
+import time
 import traceback
 import uuid
 from dataclasses import dataclass, field
@@ -236,11 +237,13 @@ def _mine(request):
     )
 
 
-def expand(request, chunk_size=None, on_chunk=None):
+def expand(request, chunk_size=None, on_chunk=None, deadline=None):
     """Expand a claimed request to the end; return the number of emails it now has.
 
     Stops early, leaving the rest to whoever holds the request, if it was
-    cancelled or its lease was taken over meanwhile. Any error that is the
+    cancelled or its lease was taken over meanwhile. At `deadline`
+    (time.monotonic()) it stops after the chunk in hand and gives the request
+    back at once: the next run goes on from its checkpoint. Any error that is the
     request's own (its recipient set, its parameters, its templates, a bug
     they trigger) marks it failed, with the reason in words, and raises
     RequestFailed; emails already made from it stay and are sent. Only the
@@ -248,7 +251,7 @@ def expand(request, chunk_size=None, on_chunk=None):
     request to the next run.
     """
     try:
-        return _expand(request, chunk_size, on_chunk)
+        return _expand(request, chunk_size, on_chunk, deadline)
     except (OperationalError, InterfaceError):
         raise
     except RequestFailed:
@@ -304,7 +307,7 @@ def fail(request, reason, trace=""):
     return bool(failed)
 
 
-def _expand(request, chunk_size=None, on_chunk=None):
+def _expand(request, chunk_size=None, on_chunk=None, deadline=None):
     chunk_size = chunk_size or conf.DBMAIL_EXPAND_CHUNK
     lease = timedelta(seconds=conf.DBMAIL_LEASE_SECONDS)
     mine = _mine(request)
@@ -328,9 +331,13 @@ def _expand(request, chunk_size=None, on_chunk=None):
     )
     links = unsubscribe.LinkMaker()
     writer = ChunkWriter(commit) if _can_write_aside() else InlineWriter(commit)
+    paused = False
     try:
         for last_position, chunk in chunks:
             if writer.stopped:
+                break
+            if deadline is not None and time.monotonic() >= deadline:
+                paused = True
                 break
             now = timezone.now()
             rows = [email_fields(request, compiled, rcpt, now, links) for rcpt in chunk]
@@ -338,6 +345,9 @@ def _expand(request, chunk_size=None, on_chunk=None):
     finally:
         writer.close()
     if writer.stopped:
+        return 0
+    if paused:
+        mine.update(expand_lease_until=timezone.now())
         return 0
 
     total = request.emails.count()
@@ -351,16 +361,18 @@ def _expand(request, chunk_size=None, on_chunk=None):
     return total
 
 
-def expand_due(max_requests=None, on_chunk=None):
-    """Expand every due request, one at a time; return what was done."""
+def expand_due(max_requests=None, on_chunk=None, deadline=None):
+    """Expand every due request, one at a time, until `deadline` (time.monotonic()); return what was done."""
     result = ExpandResult()
     while max_requests is None or result.requests < max_requests:
+        if deadline is not None and time.monotonic() >= deadline:
+            break
         request = claim_request()
         if request is None:
             break
         result.requests += 1
         try:
-            result.emails += expand(request, on_chunk=on_chunk)
+            result.emails += expand(request, on_chunk=on_chunk, deadline=deadline)
         except RequestFailed as exc:  # that request alone: the others are expanded in this same run
             result.failed.append(f"#{exc.request_id}: {exc.reason}")
     return result

@@ -22,7 +22,7 @@ from django.utils import timezone
 
 from dbmail import states
 from dbmail.conf import settings as conf
-from dbmail.models import CronHeartbeat, MessageRequest, SenderAccount, TextOfEmail, TrackingQueueItem
+from dbmail.models import CronHeartbeat, MessageRequest, SenderAccount, SendingProblem, TextOfEmail, TrackingQueueItem
 
 OK, WARNING, CRITICAL, UNKNOWN = "ok", "warning", "critical", "unknown"
 EXIT_CODES = {OK: 0, WARNING: 1, CRITICAL: 2, UNKNOWN: 3}
@@ -45,6 +45,8 @@ class Report:
     requests: dict  # requests per status, "held" included
     oldest_due_age: timedelta | None
     last_success: object  # datetime or None: the last successful dbmail_cron run
+    possibly_delivered: int = 0  # emails with an attempt whose answer was lost (a possible duplicate)
+    sending_problems: list = field(default_factory=list)  # unresolved SendingProblem rows, the latest first
 
     @property
     def state(self):
@@ -67,6 +69,20 @@ class Report:
             "requests": self.requests,
             "oldest_due_seconds": int(self.oldest_due_age.total_seconds()) if self.oldest_due_age else None,
             "last_dbmail_cron_success": self.last_success.isoformat() if self.last_success else None,
+            "possibly_delivered": self.possibly_delivered,
+            "sending_problems": [
+                {
+                    "account": p.account.address if p.account_id else None,
+                    "server": p.server,
+                    "stage": p.stage,
+                    "smtp_code": p.smtp_code,
+                    "text": p.text,
+                    "emails_deferred": p.emails_deferred,
+                    "first_seen_at": p.first_seen_at.isoformat(),
+                    "last_seen_at": p.last_seen_at.isoformat(),
+                }
+                for p in self.sending_problems
+            ],
         }
 
 
@@ -96,9 +112,36 @@ def run(now=None, **options):
         except Exception as exc:  # a broken check says so and the others still run
             finding = Finding(name, UNKNOWN, f"the check itself failed: {type(exc).__name__}: {exc}")
         findings.append(finding)
-    counts = TextOfEmail.counts(TextOfEmail.objects.all())
-    requests = _request_counts()
-    return Report(findings, counts, requests, _oldest_due_age(now), _last_success("dbmail_cron"))
+    # One scan of the outbox for both: emails per (shown) status, and those possibly delivered twice.
+    rows = (
+        TextOfEmail.objects.values_list("status", "account_id")
+        .annotate(n=Count("id"), unknown=Count("id", filter=Q(possibly_delivered__gt=0)))
+        .order_by()
+    )
+    rows = list(rows)
+    counts = TextOfEmail.shown_counts([(status, account, n) for status, account, n, _ in rows])
+    return Report(
+        findings,
+        counts,
+        _request_counts(),
+        _oldest_due_age(now),
+        _last_success("dbmail_cron"),
+        possibly_delivered=sum(unknown for *_, unknown in rows),
+        sending_problems=unresolved_problems(),
+    )
+
+
+def unresolved_problems():
+    return list(SendingProblem.objects.filter(resolved_at__isnull=True).select_related("account"))
+
+
+def describe_problem(problem):
+    """One sending problem in words (dbmail_status prints one line each)."""
+    who = problem.account.address if problem.account_id else "the site's mail"
+    return (
+        f"{who} via {problem.server}, since {problem.first_seen_at:%Y-%m-%d %H:%M:%S}, "
+        f"last {problem.last_seen_at:%Y-%m-%d %H:%M:%S} ({problem.emails_deferred} deferred): {problem.text}"
+    )
 
 
 def grade(value, warning, critical):
@@ -200,6 +243,12 @@ def check_sender(now, options):
     for hb in failing:
         grades.append(WARNING)
         words.append(f"the last dbmail_cron run on {hb.host} failed: {hb.last_error[:300]}")
+    # A server or account refusing the session defers mail without counting attempts: say so at once,
+    # before the due mail's age grows past the thresholds.
+    problems = unresolved_problems()
+    for problem in problems[:5]:
+        grades.append(WARNING)
+        words.append(f"sending problem: {describe_problem(problem)[:400]}")
     held = TextOfEmail.objects.filter(status__in=states.WAITING, account_id__in=_inactive_accounts())
     n_held = held.count()
     state = worst(*grades)
@@ -214,6 +263,7 @@ def check_sender(now, options):
         "last_success": last.isoformat() if last else None,
         "held": n_held,
         "hosts_failing": [hb.host for hb in failing],
+        "sending_problems": len(problems),
     }
     return Finding("sender", state, "; ".join(words), details)
 

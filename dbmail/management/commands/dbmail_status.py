@@ -10,8 +10,9 @@ from dbmail.ops.purge import duration_argument
 
 class Command(BaseCommand):
     help = (
-        "Health of every moving part (sender, expansion, tracking, log follower, IMAP poller, gate) and the "
-        "outbox's counts. Exits 0 ok, 1 warning, 2 critical, 3 unknown (the monitoring-plugin convention)."
+        "Health of every moving part (sender, expansion, tracking, log follower, IMAP poller, gate), the "
+        "outbox's counts, emails possibly delivered twice and each account's current sending problem. "
+        "Exits 0 ok, 1 warning, 2 critical, 3 unknown (the monitoring-plugin convention)."
     )
 
     def add_arguments(self, parser):
@@ -52,6 +53,13 @@ class Command(BaseCommand):
         age = f"{int(report.oldest_due_age.total_seconds())}s" if report.oldest_due_age else "none due"
         self.stdout.write(f"oldest due: {age}")
         self.stdout.write(f"last successful dbmail_cron: {report.last_success or 'never'}")
+        if report.possibly_delivered:
+            self.stdout.write(
+                f"outcome unknown (possibly delivered): {report.possibly_delivered} emails went out whole but "
+                "their answer was lost; they were sent again and may have arrived twice"
+            )
+        for problem in report.sending_problems:
+            self.stdout.write(f"sending problem: {health.describe_problem(problem)}")
 
     def _unreachable(self, exc, as_json):
         words = f"cannot reach the database: {exc}".strip()
