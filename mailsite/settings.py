@@ -242,6 +242,8 @@ MAILGATE_MAX_BYTES = setting("MAILGATE_MAX_BYTES", "int", 25 * 1024 * 1024, mini
 MAILGATE_UNKNOWN_RECIPIENT = setting("MAILGATE_UNKNOWN_RECIPIENT", "str", "bounce", choices=("bounce", "notice"))
 MAILGATE_SEND_NOW_MAX = setting("MAILGATE_SEND_NOW_MAX", "int", 20, minimum=0)
 MAILGATE_NOTICE_INTERVAL_SECONDS = setting("MAILGATE_NOTICE_INTERVAL_SECONDS", "int", 3600, minimum=0)
+# No refusal notices at all: a refused post answers 77 (and an unknown list 67) so the MTA bounces it itself.
+MAILGATE_REFUSE_AT_SMTP = setting("MAILGATE_REFUSE_AT_SMTP", "bool", False)
 
 # --- Mailboxes (IMAP polling) and the messages API ---
 MAILGATE_IMAP_AFTER_READ_TIMEOUT = setting("MAILGATE_IMAP_AFTER_READ_TIMEOUT", "int", 30, minimum=0)
