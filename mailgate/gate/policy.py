@@ -81,25 +81,36 @@ def our_mark(parsed, route):
         address = parsing.parseaddr_lower(value) or value.strip().lower()
         if address == list_address or list_address in value.lower():
             return f"X-Loop: {route.list_address} (this list sent it)"
-        if "@" in address and own_address(address):
+        if address.rpartition("@")[2] in our_domains(route) and own_address(address):
             return f"X-Loop: {address[:100]} (an address of ours sent it)"
     own_id = forward.list_id_value(list_address).lower()
     for value in parsed.header("list-id")[:MARKS_CHECKED]:
         found = _LIST_ID.search(value)
-        if found and (found.group(1).lower() == own_id or _is_our_list_id(found.group(1).lower())):
+        if found and (found.group(1).lower() == own_id or _is_our_list_id(found.group(1).lower(), route)):
             return f"List-Id: <{found.group(1)[:100]}> (a list of ours sent it)"
     return ""
+
+
+def our_domains(route):
+    """Domains whose addresses are ours for the marks: the list's own, the site's and the VERP domain.
+
+    Lists match local parts at any domain the MTA hands us; a mark naming a
+    list at some other domain is someone else's list of the same name.
+    """
+    addresses = (route.list_address, settings.DEFAULT_FROM_EMAIL, settings.SERVER_EMAIL)
+    domains = {parsing.parseaddr_lower(a).rpartition("@")[2] for a in addresses}
+    return (domains | {settings.DBMAIL_VERP_DOMAIN}) - {""}
 
 
 _LIST_ID = re.compile(r"<([^<>\s]{1,300})>")
 
 
-def _is_our_list_id(value):
+def _is_our_list_id(value, route):
     """Whether `value` (label.domain) is the List-Id one of our lists writes for some address it routes."""
     from mailgate.gate import routing
 
     label, _, domain = value.partition(".")
-    if not (label and domain):
+    if not (label and domain in our_domains(route)):
         return False
     # The label is the local part with anything but letters, digits and "-" made "-"; most often that was a dot.
     for local in dict.fromkeys((label, label.replace("-", "."))):
