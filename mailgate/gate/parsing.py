@@ -274,6 +274,21 @@ def header_section(data):
     return start, end, blank.end() if blank else end
 
 
+def find_fields(data, names, start, end):
+    """(lower-case name, field start, value end, next line start) of each field called one of `names`.
+
+    One regular expression over the header section, so the cost does not
+    grow with the fields that are not asked for.
+    """
+    alternatives = b"|".join(re.escape(name.encode("ascii")) for name in sorted(names, key=len, reverse=True))
+    # At a line start: after CR or LF (a lone CR ends a line for the email parser too), or at `start`.
+    pattern = re.compile(rb"(?i)(?<![^\r\n])(" + alternatives + rb")[ \t]*:")
+    for match in pattern.finditer(data, start, end):
+        stop = _FIELD_END.search(data, match.end(), end)
+        value_end, following = (stop.start(), stop.end()) if stop else (end, end)
+        yield match.group(1).decode("ascii").lower(), match.start(), value_end, following
+
+
 def raw_fields(data, start, end):
     """(lower-case name, the field's bytes without its line end) for every field between `start` and `end`."""
     pos = start
@@ -356,7 +371,6 @@ def _structure(parsed, data, fields, start, end, body):
     if reason:
         parsed.incomplete = f"body not parsed: {reason}"
         parsed.message = _feed(chunks(with_body=False), MAX_PARTS)
-        parsed.error = parsed.incomplete
     else:
         parsed.complete = True
         parsed._input = chunks

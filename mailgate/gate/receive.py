@@ -142,7 +142,8 @@ def process(inbound):
                 parsed.from_header,
                 parsed.subject,
             )
-            inbound.note = parsed.error and f"parsed with defects: {parsed.error}"
+            defects = parsed.error and f"parsed with defects: {parsed.error}"
+            inbound.note = "; ".join(note for note in (parsed.incomplete, defects) if note)
             inbound.status = InboundMessage.Status.RECEIVED
             inbound.save(update_fields=["message_id", "from_header", "subject", "note", "status"])
         else:
