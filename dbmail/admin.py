@@ -2,11 +2,14 @@ from django import forms
 from django.contrib import admin, messages
 from django.utils import timezone
 
+from dbmail import states
+from dbmail.content.validation import RequestForm
 from dbmail.models import (  # the XML spool
     CronHeartbeat,
     DeliveryEvent,
     MessageRequest,
     SenderAccount,
+    SendGrant,
     SpoolFile,
     SpoolItem,
     Suppression,
@@ -14,7 +17,7 @@ from dbmail.models import (  # the XML spool
     TrackingQueueItem,
     UnmatchedTrackingEvent,
 )
-from dbmail.track import apply as tracking
+from dbmail.track.apply import retry_unmatched
 
 
 class SenderAccountForm(forms.ModelForm):
@@ -39,8 +42,29 @@ class SenderAccountAdmin(admin.ModelAdmin):
     search_fields = ["address", "display_name"]
 
 
+@admin.register(SendGrant)
+class SendGrantAdmin(admin.ModelAdmin):
+    """Who may send as which address through the site's server; a grant is made or removed, never rewritten."""
+
+    list_display = ["address", "user", "group", "granted_by", "granted_at", "note"]
+    list_filter = ["group"]
+    search_fields = ["address", "user__username", "user__email", "group__name", "note"]
+    readonly_fields = ["granted_by", "granted_at"]
+    raw_id_fields = ["user"]
+
+    def get_readonly_fields(self, request, obj=None):
+        # Changing who or what a grant covers would leave granted_by/at naming a grant nobody made.
+        return [*self.readonly_fields, *(["address", "user", "group"] if obj else [])]
+
+    def save_model(self, request, obj, form, change):
+        if not change:
+            obj.granted_by = request.user
+        super().save_model(request, obj, form, change)
+
+
 @admin.register(MessageRequest)
 class MessageRequestAdmin(admin.ModelAdmin):
+    form = RequestForm  # the recipient set and the templates are checked too
     list_display = [
         "id",
         "subject",
@@ -67,6 +91,17 @@ class MessageRequestAdmin(admin.ModelAdmin):
     def delivery(self, obj):
         return " / ".join(str(n) for n in obj.tracking_counts().values())
 
+    def get_readonly_fields(self, request, obj=None):
+        # Once made, a request changes state only along dbmail.states: the actions below and dbmail_cron.
+        return [*self.readonly_fields, "status"] if obj else self.readonly_fields
+
+    def formfield_for_choice_field(self, db_field, request, **kwargs):
+        if db_field.name == "status":  # a new request starts as a draft or queued, nothing else
+            kwargs["choices"] = [
+                (t.target, t.target.label) for t in (states.REQUEST_CREATE_DRAFT, states.REQUEST_CREATE)
+            ]
+        return super().formfield_for_choice_field(db_field, request, **kwargs)
+
     def save_model(self, request, obj, form, change):
         if not obj.creator_id:
             obj.creator = request.user
@@ -74,16 +109,14 @@ class MessageRequestAdmin(admin.ModelAdmin):
 
     @admin.action(description="Cancel (unsent emails become cancelled)")
     def cancel_requests(self, request, queryset):
-        live = list(queryset.exclude(status=MessageRequest.Status.CANCELLED))
+        live = list(queryset.filter(status__in=states.CANCEL_REQUEST.sources))
         for message_request in live:
             message_request.cancel()
         self.message_user(request, f"Cancelled {len(live)} request(s).", messages.SUCCESS)
 
     @admin.action(description="Send now (drafts and scheduled requests)")
     def queue_now(self, request, queryset):
-        n = queryset.filter(status__in=[MessageRequest.Status.DRAFT, MessageRequest.Status.QUEUED]).update(
-            status=MessageRequest.Status.QUEUED, send_at=timezone.now()
-        )
+        n = states.SEND_NOW.update(queryset, send_at=timezone.now())
         self.message_user(request, f"{n} request(s) will go out on the next dbmail_cron run.", messages.SUCCESS)
 
 
@@ -103,7 +136,16 @@ class TextOfEmailAdmin(admin.ModelAdmin):
     list_filter = ["status", "account"]
     search_fields = ["to_address", "message_id", "subject"]
     raw_id_fields = ["request", "user"]
-    readonly_fields = ["message_id", "claim_token", "leased_until", "created_at", "status_changed_at", "sent_at"]
+    # The status changes only along dbmail.states: the cancel and retry actions below, sending and tracking.
+    readonly_fields = [
+        "status",
+        "message_id",
+        "claim_token",
+        "leased_until",
+        "created_at",
+        "status_changed_at",
+        "sent_at",
+    ]
     exclude = ["raw_message"]
     inlines = [DeliveryEventInline]
     actions = ["cancel_emails", "retry_emails"]
@@ -231,7 +273,7 @@ class UnmatchedTrackingEventAdmin(admin.ModelAdmin):
 
     @admin.action(description="Apply again (their email may exist now)")
     def apply_again(self, request, queryset):
-        result = tracking.retry_unmatched(queryset)
+        result = retry_unmatched(queryset)
         self.message_user(request, f"Applied {result.applied}; still unmatched {result.unmatched + result.invalid}.")
 
 

@@ -1,18 +1,24 @@
 """The outbox: requests, the emails they become, and what happened to each.
 
-A TextOfEmail's status is written only by dbmail.send.loop (claim and outcome),
-dbmail.intake.expand (creation), and the cancel/retry helpers below; everything
-else reads it. See DESIGN.md for the state machine.
+The statuses of a MessageRequest and of a TextOfEmail, the transitions between
+them and the groups are defined in dbmail.states; every writer of either
+status column (creation in intake, claims and outcomes in send, tracking, the
+cancel and retry helpers below, the comm panel and the admin) moves rows only
+along its transitions. See DESIGN.md for the state machine.
 """
 
+import re
 import uuid
 
 from django.conf import settings
+from django.contrib.auth.models import Group
 from django.core.exceptions import ValidationError
 from django.db import models
 from django.db.models import Count, Q
 from django.db.models.functions import Lower
 from django.utils import timezone
+
+from dbmail import states
 
 
 class SenderAccount(models.Model):
@@ -28,6 +34,11 @@ class SenderAccount(models.Model):
     smtp_password = models.CharField(max_length=255, blank=True)
     smtp_use_tls = models.BooleanField(default=False)
     smtp_use_ssl = models.BooleanField(default=False)
+    # A user's mailbox account (mailgate) sends through a sender account of its own, made for it and written
+    # only by it; every other sender account is staff's. Kept (switched off) once the mailbox account is gone.
+    mailbox = models.BooleanField(
+        default=False, editable=False, help_text="Mirrors a user's mailbox account; not offered in the comm panel."
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -61,15 +72,83 @@ class SenderAccount(models.Model):
         }
 
 
+_GRANT_DOMAIN = re.compile(r"[a-z0-9](?:[a-z0-9-]*[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]*[a-z0-9])?)+")
+_GRANT_LOCAL = re.compile(r"[^\s@<>()\[\],;:\"\\]+")
+
+
+class SendGrant(models.Model):
+    """Staff allow a user, or everyone in a group, to send as an address (or any address of a domain).
+
+    Needed to send as an address through the site's own mail server, which
+    trusts the site and checks no From (dbmail.intake.grants). Revoking is
+    deleting; the admin's history keeps who granted and removed what.
+    """
+
+    address = models.CharField(
+        max_length=254, help_text="An address (ann@example.org) or a whole domain (@example.org); stored lower-case."
+    )
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.CASCADE, related_name="send_grants"
+    )
+    group = models.ForeignKey(Group, null=True, blank=True, on_delete=models.CASCADE, related_name="send_grants")
+    granted_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+", editable=False
+    )
+    granted_at = models.DateTimeField(default=timezone.now, editable=False)
+    note = models.CharField(max_length=500, blank=True, help_text="Why (shown to staff only).")
+
+    class Meta:
+        ordering = ["address", "id"]
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(user__isnull=False, group__isnull=True) | Q(user__isnull=True, group__isnull=False),
+                name="dbmail_grant_user_or_group",
+            )
+        ]
+        indexes = [models.Index(fields=["address"], name="dbmail_grant_address")]
+
+    def __str__(self):
+        return f"{self.address} to {self.user or self.group}"
+
+    def save(self, *args, **kwargs):
+        self.address = self.address.strip().lower()
+        super().save(*args, **kwargs)
+
+    def clean(self):
+        self.address = (self.address or "").strip().lower()
+        errors = {}
+        local, at, domain = self.address.rpartition("@")
+        if not at or not _GRANT_DOMAIN.fullmatch(domain) or (local and not _GRANT_LOCAL.fullmatch(local)):
+            errors["address"] = "Give an address (ann@example.org) or a whole domain (@example.org)."
+        if bool(self.user_id) == bool(self.group_id):
+            errors["user"] = "Grant to a user or to a group (one of the two)."
+        if errors:
+            raise ValidationError(errors)
+
+
+class AddressToken(models.Model):
+    """The short token that stands for an address in unsubscribe links and mailtos (dbmail.content.tokens).
+
+    Written when mail carrying the token is made; never purged (people use
+    year-old links). The token is a keyed hash of the address, so it is
+    checked again against the address stored here.
+    """
+
+    token = models.CharField(max_length=32, primary_key=True)
+    address = models.CharField(max_length=254)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        verbose_name = "address token"
+
+    def __str__(self):
+        return self.address
+
+
 class MessageRequest(models.Model):
     """One "procedure" (seed 000): a composed mail and who should get it."""
 
-    class Status(models.TextChoices):
-        DRAFT = "draft"
-        QUEUED = "queued"
-        EXPANDING = "expanding"
-        EXPANDED = "expanded"
-        CANCELLED = "cancelled"
+    Status = states.RequestStatus
 
     sender = models.ForeignKey(SenderAccount, on_delete=models.PROTECT, related_name="requests")
     reply_to = models.EmailField(blank=True)
@@ -82,7 +161,9 @@ class MessageRequest(models.Model):
     creator = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
     created_at = models.DateTimeField(default=timezone.now, db_index=True)
     send_at = models.DateTimeField(default=timezone.now, help_text="Not expanded or sent before this time.")
-    status = models.CharField(max_length=16, choices=Status.choices, default=Status.QUEUED, db_index=True)
+    status = models.CharField(
+        max_length=16, choices=Status.choices, default=states.REQUEST_CREATE.target, db_index=True
+    )
 
     # Expansion bookkeeping: who holds it, until when, and where it got to.
     expand_token = models.UUIDField(null=True, blank=True, editable=False)
@@ -112,18 +193,13 @@ class MessageRequest(models.Model):
         super().save(*args, **kwargs)
 
     def clean(self):
-        from dbmail.content import recipients, rendering
-
+        # What the request knows by itself. Its recipient set and templates need the content
+        # modules, which models do not import: dbmail.content.validation checks those.
         errors = {}
         if not (self.text_body.strip() or self.html_body.strip()):
             errors["text_body"] = "Write a text or an HTML body."
         if self.sender_id and not self.sender.active:
             errors["sender"] = "This sender account is not active."
-        try:
-            recipients.get_set(self.recipient_set)
-        except recipients.UnknownRecipientSet as exc:
-            errors["recipient_set"] = str(exc)
-        errors.update(rendering.template_errors(self))
         if errors:
             raise ValidationError(errors)
 
@@ -137,42 +213,21 @@ class MessageRequest(models.Model):
     def tracking_counts(self):
         """What the MTA reported back: delivered, bounced and complained emails (zeros included)."""
         counts = self.status_counts()
-        return {status: counts.get(status, 0) for status in ("delivered", "bounced", "complained")}
+        return {status: counts.get(status, 0) for status in states.TRACKED}
 
     def cancel(self):
         """Stop the request: no further expansion, and unsent emails become cancelled."""
-        updated = (
-            MessageRequest.objects.filter(pk=self.pk)
-            .exclude(status=self.Status.CANCELLED)
-            .update(status=self.Status.CANCELLED, expand_token=None, expand_lease_until=None)
+        updated = states.CANCEL_REQUEST.update(
+            MessageRequest.objects.filter(pk=self.pk), expand_token=None, expand_lease_until=None
         )
-        self.status = self.Status.CANCELLED
+        self.status = states.CANCEL_REQUEST.target
         return updated + TextOfEmail.cancel(self.emails.all())
 
 
 class TextOfEmail(models.Model):
     """One email to one address, rendered and ready to go (seed 001's TextOfEmail)."""
 
-    class Status(models.TextChoices):
-        QUEUED = "queued"
-        SENDING = "sending"
-        SENT = "sent"
-        DEFERRED = "deferred"
-        DROPPED = "dropped"
-        CANCELLED = "cancelled"
-        DELIVERED = "delivered"
-        BOUNCED = "bounced"
-        COMPLAINED = "complained"
-
-    WAITING = (Status.QUEUED, Status.DEFERRED)
-    FINAL = (
-        Status.SENT,
-        Status.DROPPED,
-        Status.CANCELLED,
-        Status.DELIVERED,
-        Status.BOUNCED,
-        Status.COMPLAINED,
-    )
+    Status = states.EmailStatus
 
     # No index of its own: the unique (request, lower(address)) index starts with it.
     request = models.ForeignKey(
@@ -196,7 +251,7 @@ class TextOfEmail(models.Model):
     raw_message = models.BinaryField(null=True, blank=True)
     message_id = models.CharField(max_length=255)  # unique: a constraint, which spares a LIKE index
 
-    status = models.CharField(max_length=16, choices=Status.choices, default=Status.QUEUED)
+    status = models.CharField(max_length=16, choices=Status.choices, default=states.ENQUEUE.target)
     status_changed_at = models.DateTimeField(default=timezone.now)
     attempts = models.PositiveIntegerField(default=0)
     next_attempt_at = models.DateTimeField(default=timezone.now)
@@ -223,9 +278,9 @@ class TextOfEmail(models.Model):
         indexes = [
             # The claim query walks these in order; partial so they stay small.
             models.Index(
-                fields=["next_attempt_at", "id"], condition=Q(status__in=["queued", "deferred"]), name="dbmail_due"
+                fields=["next_attempt_at", "id"], condition=Q(status__in=list(states.WAITING)), name="dbmail_due"
             ),
-            models.Index(fields=["leased_until"], condition=Q(status="sending"), name="dbmail_lease"),
+            models.Index(fields=["leased_until"], condition=Q(status=states.EmailStatus.SENDING), name="dbmail_lease"),
         ]
 
     def __str__(self):
@@ -235,20 +290,17 @@ class TextOfEmail(models.Model):
     def cancel(cls, emails):
         """Cancel the waiting ones among `emails` (a queryset); return how many."""
         now = timezone.now()
-        return emails.filter(status__in=cls.WAITING).update(
-            status=cls.Status.CANCELLED, status_changed_at=now, claim_token=None, leased_until=None
-        )
+        return states.CANCEL.update(emails, status_changed_at=now, claim_token=None, leased_until=None)
 
     @classmethod
     def retry_now(cls, emails):
         """Make deferred and dropped emails due now, with a fresh attempt budget; return how many."""
         now = timezone.now()
-        ids = list(emails.filter(status__in=[cls.Status.DEFERRED, cls.Status.DROPPED]).values_list("pk", flat=True))
-        updated = cls.objects.filter(pk__in=ids, status__in=[cls.Status.DEFERRED, cls.Status.DROPPED]).update(
-            status=cls.Status.QUEUED, status_changed_at=now, next_attempt_at=now, attempts=0
-        )
+        retry = states.RETRY
+        ids = list(emails.filter(status__in=retry.sources).values_list("pk", flat=True))
+        updated = retry.update(cls.objects.filter(pk__in=ids), status_changed_at=now, next_attempt_at=now, attempts=0)
         DeliveryEvent.objects.bulk_create(
-            DeliveryEvent(email_id=pk, kind=DeliveryEvent.Kind.ADMIN, outcome=cls.Status.QUEUED, text="retry now")
+            DeliveryEvent(email_id=pk, kind=DeliveryEvent.Kind.ADMIN, outcome=retry.target, text="retry now")
             for pk in ids
         )
         return updated
@@ -410,7 +462,7 @@ class SpoolItem(models.Model):
         return f"{self.file.name} #{self.position}"
 
 
-# --- Delivery tracking (dbmail.track.apply): the queue's database backend and the job's memory ---
+# --- Delivery tracking (dbmail.track): the queue's database backend and the job's memory ---
 
 
 class TrackingQueueItem(models.Model):

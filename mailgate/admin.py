@@ -8,7 +8,7 @@ from django.utils.html import format_html
 
 from mailgate.gate import moderation, routing
 from mailgate.gate import receive as gate
-from mailgate.mailboxes import imap, outgoing
+from mailgate.mailboxes import identity, imap, outgoing
 from mailgate.models import (
     Bounce,
     EmailList,
@@ -31,6 +31,11 @@ class EmailListAdmin(admin.ModelAdmin):
     search_fields = ["name", "regex", "description"]
     filter_horizontal = ["users", "groups"]
     change_list_template = "admin/mailgate/emaillist/change_list.html"
+
+    def save_model(self, request, obj, form, change):
+        super().save_model(request, obj, form, change)
+        for warning in obj.breadth_warnings():
+            self.message_user(request, warning, messages.WARNING)
 
     def get_urls(self):
         return [
@@ -206,6 +211,13 @@ class MailAccountForm(forms.ModelForm):
     class Meta:
         model = MailAccount
         fields = ["owner", "profile", "address", "display_name", "login", "secret", "options", "enabled"]
+
+    def clean_address(self):
+        address = (self.cleaned_data.get("address") or "").strip().lower()
+        refusal = identity.address_refusal(address, self.instance if self.instance.pk else None)
+        if refusal:
+            raise forms.ValidationError(refusal)
+        return address
 
     def clean_secret(self):
         secret = self.cleaned_data.get("secret")

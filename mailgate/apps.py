@@ -1,7 +1,27 @@
 from django.apps import AppConfig
+from django.db.models.signals import post_delete, post_save
 
 
 class MailgateConfig(AppConfig):
     name = "mailgate"
     verbose_name = "Inbound mail"
     default_auto_field = "django.db.models.BigAutoField"
+
+    def ready(self):
+        # However an account is deleted (API, admin, code), the login its mirror holds leaves with it.
+        post_delete.connect(_retire_sender, sender=self.get_model("MailAccount"), dispatch_uid="mailgate-retire-sender")
+        # A grant made or removed switches the mirrors it covers on or off at once, not at their next send.
+        post_save.connect(_grant_changed, sender="dbmail.SendGrant", dispatch_uid="mailgate-grant-saved")
+        post_delete.connect(_grant_changed, sender="dbmail.SendGrant", dispatch_uid="mailgate-grant-deleted")
+
+
+def _retire_sender(sender, instance, **kwargs):
+    from mailgate.mailboxes import outgoing
+
+    outgoing.retire_sender(instance)
+
+
+def _grant_changed(sender, instance, **kwargs):
+    from mailgate.mailboxes import outgoing
+
+    outgoing.sync_covered_by(instance.address)

@@ -1,6 +1,7 @@
 """Inbound mail: the lists mail is routed through, every message that arrived, and the bounces found."""
 
 import re
+import secrets
 
 from django.conf import settings
 from django.contrib.auth.models import Group
@@ -69,6 +70,35 @@ class EmailList(models.Model):
 
     def address_list(self):
         return [line.strip() for line in self.addresses.splitlines() if line.strip()]
+
+    def breadth_warnings(self):
+        """Why this pattern may catch more than meant: shown in the admin on saving (saving is still allowed).
+
+        Probed with random addresses: a local part nobody would choose, a
+        domain that exists nowhere.
+        """
+        local, domain = f"q{secrets.token_hex(6)}", f"{secrets.token_hex(4)}.outside.invalid"
+        if not self.match_full_address:
+            if self.match(f"{local}@{domain}"):
+                return [
+                    f"The pattern {self.regex!r} matches every local part (e.g. {local}): this list catches all "
+                    "mail to the list domains, and the lists after it are never reached. Set MAILGATE_LIST_DOMAINS "
+                    "so that only those domains count as the site's own."
+                ]
+            return []
+        _, at, domain_pattern = self.regex.rpartition("@")
+        try:
+            outside = bool(self.match(f"{local}@{domain}")) or (
+                bool(at) and re.fullmatch(domain_pattern, domain, re.IGNORECASE) is not None
+            )
+        except re.error:  # the part after the @ is not a pattern on its own (e.g. inside a group)
+            outside = False
+        if outside:
+            return [
+                f"The pattern {self.regex!r} matches addresses in any domain (e.g. …@{domain}), not only the "
+                "site's: write the domain literally (lists\\.example\\.org)."
+            ]
+        return []
 
     def match(self, address):
         """The re.Match of `address` (an envelope recipient) against this list, or None."""

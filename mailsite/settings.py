@@ -165,6 +165,13 @@ DBMAIL_MESSAGE_ID_DOMAIN = setting(
     "DBMAIL_MESSAGE_ID_DOMAIN", "str", parseaddr(DEFAULT_FROM_EMAIL)[1].rpartition("@")[2]
 )
 DBMAIL_UNSUBSCRIBE_MAILTO = address_setting("DBMAIL_UNSUBSCRIBE_MAILTO", f"unsubscribe@{DBMAIL_MESSAGE_ID_DOMAIN}")
+# Mail names <local>+<26-character token>@<domain>: the whole local part must fit RFC 5321's 64 characters.
+_unsubscribe_local = parseaddr(DBMAIL_UNSUBSCRIBE_MAILTO)[1].rpartition("@")[0]
+if "+" in _unsubscribe_local or len(_unsubscribe_local) > 37:
+    raise ImproperlyConfigured(
+        f"Setting DBMAIL_UNSUBSCRIBE_MAILTO={DBMAIL_UNSUBSCRIBE_MAILTO!r}: the local part must have no + "
+        "and at most 37 characters (mail adds +<token> to it)."
+    )
 DBMAIL_BATCH_SIZE = setting("DBMAIL_BATCH_SIZE", "int", 100, minimum=1)
 DBMAIL_LEASE_SECONDS = setting("DBMAIL_LEASE_SECONDS", "int", 300, minimum=1)
 DBMAIL_MAX_ATTEMPTS = setting("DBMAIL_MAX_ATTEMPTS", "int", 100, minimum=1)
@@ -244,6 +251,11 @@ MAILGATE_SEND_NOW_MAX = setting("MAILGATE_SEND_NOW_MAX", "int", 20, minimum=0)
 MAILGATE_NOTICE_INTERVAL_SECONDS = setting("MAILGATE_NOTICE_INTERVAL_SECONDS", "int", 3600, minimum=0)
 # No refusal notices at all: a refused post answers 77 (and an unknown list 67) so the MTA bounces it itself.
 MAILGATE_REFUSE_AT_SMTP = setting("MAILGATE_REFUSE_AT_SMTP", "bool", False)
+# The domains the MTA hands to the gate for lists; an address elsewhere is never one of our own (see README).
+MAILGATE_LIST_DOMAINS = [d.strip().lower() for d in setting("MAILGATE_LIST_DOMAINS", "list", []) if d.strip()]
+for _domain in MAILGATE_LIST_DOMAINS:
+    if not re.fullmatch(r"[a-z0-9-]+(\.[a-z0-9-]+)+", _domain):
+        raise ImproperlyConfigured(f"Setting MAILGATE_LIST_DOMAINS: {_domain!r} is not a domain name.")
 
 # --- Mailboxes (IMAP polling) and the messages API ---
 MAILGATE_IMAP_AFTER_READ_TIMEOUT = setting("MAILGATE_IMAP_AFTER_READ_TIMEOUT", "int", 30, minimum=0)
@@ -261,6 +273,8 @@ REST_FRAMEWORK = {
     "PAGE_SIZE": setting("API_PAGE_SIZE", "int", 50, minimum=1),
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
 }
+# /api/v1/schema/ maps every endpoint and field: signed-in users only unless published (mailgate.mailboxes.api.urls).
+API_SCHEMA_PUBLIC = setting("API_SCHEMA_PUBLIC", "bool", False)
 SPECTACULAR_SETTINGS = {"TITLE": "mailsite API", "VERSION": "1", "SERVE_INCLUDE_SCHEMA": False}
 
 LOGGING = {

@@ -8,6 +8,11 @@
 A rule's steps are used one per attempt; the last step repeats. Codes are
 answered at RCPT (as real servers refuse recipients), except "timeout",
 "disconnect" and codes listed with stage="data".
+
+A submission server, as a mail provider runs one: AUTH is required and each
+login may name only its own addresses in MAIL FROM:
+
+    SMTPServer(logins={"ann": "secret"}, may_send_as={"ann": {"ann@example.net"}})
 """
 
 import asyncio
@@ -18,6 +23,7 @@ from dataclasses import dataclass, field
 from email import policy
 
 from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import AuthResult
 
 
 @dataclass
@@ -74,6 +80,16 @@ class ScriptedHandler:
             responses.insert(-1, "250-PIPELINING")
         return responses
 
+    async def handle_MAIL(self, smtp, session, envelope, address, mail_options):
+        if self.server.may_send_as:
+            login = session.auth_data if session.authenticated else None
+            if address.lower() not in self.server.may_send_as.get(login, set()):
+                self.server.refused.append((address, "553"))
+                return "553 5.7.1 Sender address rejected: not owned by user"
+        envelope.mail_from = address
+        envelope.mail_options.extend(mail_options)
+        return "250 OK"
+
     async def handle_RCPT(self, smtp, session, envelope, address, rcpt_options):
         step = self._act("rcpt", session, address)
         answer = await self._apply(step, smtp)
@@ -107,6 +123,8 @@ class SMTPServer:
     received: list = field(default_factory=list)
     refused: list = field(default_factory=list)
     rules: dict = field(default_factory=dict)
+    logins: dict = field(default_factory=dict)  # login -> password; when set, AUTH is required
+    may_send_as: dict = field(default_factory=dict)  # login -> the MAIL FROM addresses it may use
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def start(self):
@@ -114,12 +132,21 @@ class SMTPServer:
             with socket.socket() as s:
                 s.bind((self.host, 0))
                 self.port = s.getsockname()[1]
-        self.controller = Controller(ScriptedHandler(self), hostname=self.host, port=self.port)
+        auth = {}
+        if self.logins:  # plain-text AUTH is fine on loopback; real servers insist on TLS first
+            auth = dict(authenticator=self._authenticate, auth_required=True, auth_require_tls=False)
+        self.controller = Controller(ScriptedHandler(self), hostname=self.host, port=self.port, **auth)
         self.controller.start()
         return self
 
     def stop(self):
         self.controller.stop()
+
+    def _authenticate(self, smtp, session, envelope, mechanism, auth_data):
+        login = auth_data.login.decode("utf-8", "replace")
+        password = self.logins.get(login)
+        ok = password is not None and auth_data.password.decode("utf-8", "replace") == password
+        return AuthResult(success=ok, handled=False, auth_data=login if ok else None)
 
     def script(self, address, *steps, stage=None):
         if stage is None:

@@ -1,7 +1,7 @@
 import pytest
 from django.urls import reverse
 
-from dbmail.models import TextOfEmail
+from dbmail.models import MessageRequest, TextOfEmail
 
 from .factories import MessageRequestFactory, TextOfEmailFactory, UserFactory
 
@@ -95,3 +95,49 @@ def test_spool_files_are_listed_read_only_with_their_items(admin_client, setting
     assert "boo@hisorhermail.com" in detail and "dropped" in detail and "queued" in detail
     assert admin_client.get(reverse("admin:dbmail_spoolfile_add")).status_code == 403
     assert admin_client.post(reverse("admin:dbmail_spoolfile_change", args=[record.pk]), {}).status_code == 403
+
+
+def test_statuses_change_only_through_the_actions_never_by_editing(admin_client):
+    """A status is moved along dbmail.states; the change forms show it without a field to set it."""
+    email = TextOfEmailFactory(status=Status.SENDING)
+    request = MessageRequestFactory(status="expanded")
+    for page in (
+        admin_client.get(reverse("admin:dbmail_textofemail_change", args=[email.pk])),
+        admin_client.get(reverse("admin:dbmail_messagerequest_change", args=[request.pk])),
+    ):
+        assert page.status_code == 200
+        assert 'name="status"' not in page.content.decode()
+    # A new request starts as a draft or queued, never half way through.
+    add = admin_client.get(reverse("admin:dbmail_messagerequest_add")).context["adminform"].form
+    assert [value for value, _ in add.fields["status"].choices] == ["draft", "queued"]
+
+
+def test_send_now_action_queues_drafts_and_scheduled_requests_only(admin_client):
+    draft, later = MessageRequestFactory(status="draft"), MessageRequestFactory(status="queued")
+    done = MessageRequestFactory(status="expanded")
+    admin_client.post(
+        reverse("admin:dbmail_messagerequest_changelist"),
+        {"action": "queue_now", "_selected_action": [draft.pk, later.pk, done.pk]},
+    )
+    statuses = [r.status for r in MessageRequest.objects.filter(pk__in=[draft.pk, later.pk, done.pk]).order_by("pk")]
+    assert statuses == ["queued", "queued", "expanded"]
+
+
+def test_a_send_grant_records_who_made_it_and_cannot_be_rewritten(client):
+    from django.contrib.auth.models import Permission
+
+    from dbmail.models import SendGrant
+
+    staff = UserFactory(username="granter", is_staff=True)
+    staff.user_permissions.add(*Permission.objects.filter(codename__in=["add_sendgrant", "change_sendgrant"]))
+    ann = UserFactory(username="ann")
+    client.force_login(staff)
+    response = client.post(reverse("admin:dbmail_sendgrant_add"), {"address": "Desk@Example.org", "user": ann.pk})
+    assert response.status_code == 302, response.content.decode()[:2000]
+    grant = SendGrant.objects.get()
+    assert (grant.address, grant.user, grant.granted_by) == ("desk@example.org", ann, staff)
+
+    bob = UserFactory(username="bob")
+    client.post(reverse("admin:dbmail_sendgrant_change", args=[grant.pk]), {"user": bob.pk, "note": "why"})
+    grant.refresh_from_db()
+    assert (grant.address, grant.user, grant.note) == ("desk@example.org", ann, "why")

@@ -4,11 +4,11 @@ import pytest
 from django.urls import reverse
 
 from dbmail.models import TextOfEmail, UnmatchedTrackingEvent
-from dbmail.track import apply as tracking
 from dbmail.track.apply import apply_batch
+from dbmail.track.queue import publish
 
 from .factories import MessageRequestFactory, TextOfEmailFactory
-from .tracking_support import event
+from .tracking_support import event, tracked
 
 Status = TextOfEmail.Status
 
@@ -69,7 +69,7 @@ def test_unmatched_events_are_listed_and_can_be_applied_again(admin_client):
 @pytest.mark.django_db
 def test_the_database_queue_is_visible(admin_client, settings):
     settings.TRACKING_QUEUE_URL = ""
-    tracking.publish(event("<waiting@example.org>"))
+    publish(tracked("<waiting@example.org>"))
     page = admin_client.get(reverse("admin:dbmail_trackingqueueitem_changelist")).content.decode()
     assert "waiting@example.org" in page
 

@@ -11,7 +11,9 @@ from django.urls import include, path
 from dbmail.models import Suppression, TextOfEmail
 from dbmail.send.loop import send_due
 from dbmail.track import anymail as anymail_events
-from dbmail.track import apply as tracking
+from dbmail.track.consume import consume
+from dbmail.track.events import TrackingEvent
+from dbmail.track.header import tracking_id
 
 from .factories import TextOfEmailFactory
 
@@ -62,11 +64,11 @@ def test_the_receiver_is_connected_once():
     ],
 )
 def test_event_types(event_type, ours):
-    data = anymail_events.to_event(esp_event(event_type=event_type), "Postmark")
-    assert (data and data["event"]) == ours
-    if data:
-        assert data["source"] == "anymail:Postmark" and data["timestamp"] == WHEN.isoformat()
-        tracking.normalise(data)  # always a valid event
+    event = anymail_events.to_event(esp_event(event_type=event_type), "Postmark")
+    assert (event and event.event) == ours
+    if event:
+        assert isinstance(event, TrackingEvent)  # checked when made: always a valid event
+        assert event.source == "anymail:Postmark" and event.timestamp == WHEN
 
 
 @pytest.mark.django_db
@@ -75,8 +77,8 @@ def test_outbound_mail_carries_its_tracking_id_as_anymail_metadata(settings):
     email = TextOfEmailFactory()
     assert send_due().sent == 1
     [sent] = mail.outbox
-    assert sent.anymail_test_params["metadata"] == {"mailsite_email": tracking.tracking_id(email.pk)}
-    assert sent.extra_headers["X-Mailsite-Email"] == tracking.tracking_id(email.pk)
+    assert sent.anymail_test_params["metadata"] == {"mailsite_email": tracking_id(email.pk)}
+    assert sent.extra_headers["X-Mailsite-Email"] == tracking_id(email.pk)
 
 
 @pytest.mark.django_db
@@ -90,14 +92,14 @@ def test_a_provider_webhook_updates_the_email(client, anymail_site, queue_backen
         "BouncedAt": "2026-11-22T19:00:00Z",
         "Details": "smtp;550 5.1.1 The email account does not exist",
         "MessageID": "883953f4-6105-42a2-a16a-77a8eac79483",
-        "Metadata": {"mailsite_email": tracking.tracking_id(email.pk)},
+        "Metadata": {"mailsite_email": tracking_id(email.pk)},
     }
     auth = "Basic " + base64.b64encode(b"esp:webhook-password-0123456789").decode()
     response = client.post(
         "/anymail/postmark/tracking/", json.dumps(body), content_type="application/json", HTTP_AUTHORIZATION=auth
     )
     assert response.status_code == 200
-    assert tracking.consume().totals.applied == 1
+    assert consume().totals.applied == 1
     email.refresh_from_db()
     assert email.status == Status.BOUNCED and "does not exist" in email.last_error
     assert Suppression.objects.get().address == email.to_address

@@ -10,7 +10,7 @@ import re
 import pytest
 
 from dbmail.models import TextOfEmail
-from dbmail.track.apply import TRACKING_HEADER, email_pk_from_tracking_id, tracking_id
+from dbmail.track.header import TRACKING_HEADER, email_pk_from_tracking_id, tracking_id
 from mailgate.gate import receive as gate
 from mailgate.models import EmailList, InboundMessage
 

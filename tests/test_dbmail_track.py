@@ -7,11 +7,12 @@ import time
 import pytest
 
 from dbmail.models import CronHeartbeat, DeliveryEvent, TextOfEmail
-from dbmail.track import apply as tracking
+from dbmail.track.consume import consume
+from dbmail.track.queue import publish, publish_many
 
 from .conftest import ROOT, manage, subprocess_env
 from .factories import TextOfEmailFactory
-from .tracking_support import event
+from .tracking_support import tracked
 
 Status = TextOfEmail.Status
 
@@ -45,8 +46,8 @@ def queue_env(settings, **extra):
 @pytest.mark.django_db(transaction=True)
 def test_a_consumer_killed_before_its_ack_leaves_every_event_applied_once(queue_backend, settings, tmp_path):
     emails = TextOfEmailFactory.create_batch(3, status=Status.SENT)
-    tracking.publish_many([event(e.message_id, "delivered") for e in emails])
-    tracking.publish(event(emails[0].message_id, "bounced", diagnostic="550 5.1.1 gone"))
+    publish_many([tracked(e.message_id, "delivered") for e in emails])
+    publish(tracked(emails[0].message_id, "bounced", diagnostic="550 5.1.1 gone"))
     marker = tmp_path / "before-ack"
     env = queue_env(settings, DBMAIL_LEASE_SECONDS="1")
     child = subprocess.Popen([sys.executable, "-c", STALLS_BEFORE_ACK, str(marker)], cwd=ROOT, env=env)
@@ -67,13 +68,13 @@ def test_a_consumer_killed_before_its_ack_leaves_every_event_applied_once(queue_
     assert again.returncode == 0, again.stderr
     assert "applied 0 (0 changed a status), duplicates 4" in again.stdout
     assert DeliveryEvent.objects.filter(kind="tracking").count() == 4
-    assert tracking.consume().batches == 0  # acknowledged this time
+    assert consume().batches == 0  # acknowledged this time
 
 
 @pytest.mark.django_db
 def test_a_run_reports_and_records_a_heartbeat(queue_backend):
     email = TextOfEmailFactory(status=Status.SENT)
-    tracking.publish(event(email.message_id))
+    publish(tracked(email.message_id))
     from io import StringIO
 
     from django.core.management import call_command
@@ -108,7 +109,7 @@ def test_loop_keeps_applying_until_terminated(tmp_path):
     )
     try:
         time.sleep(1)
-        tracking.publish(event(email.message_id))
+        publish(tracked(email.message_id))
         deadline = time.monotonic() + 30
         while TextOfEmail.objects.get(pk=email.pk).status != Status.DELIVERED and time.monotonic() < deadline:
             time.sleep(0.2)

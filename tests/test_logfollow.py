@@ -9,7 +9,7 @@ import pytest
 
 from dbmail.models import LogCursor, TextOfEmail, TrackingQueueItem
 from dbmail.send.loop import send_due
-from dbmail.track import apply as tracking
+from dbmail.track.consume import consume
 from dbmail.track.logfollow import Follower, parse_exim, parse_postfix
 from dbmail.track.queue import QueueUnavailable
 
@@ -187,7 +187,7 @@ def test_postfix_lines_become_events_for_our_emails_by_message_id_and_by_queue_i
     follower = Follower(str(log), "postfix")
     assert follower.poll() == 2 and follower.skipped == 2
     assert follower.poll() == 0
-    run = tracking.consume()
+    run = consume()
     assert run.totals.applied == 2 and run.totals.unmatched == 0
     by_id.refresh_from_db(), by_queue.refresh_from_db()
     assert (by_id.status, by_queue.status) == (Status.DELIVERED, Status.BOUNCED)
@@ -207,7 +207,7 @@ def test_exim_lines_become_events(tmp_path):
         exim(qid, "Completed"),
     )
     assert Follower(str(log), "exim").poll() == 2
-    tracking.consume()
+    consume()
     email.refresh_from_db()
     assert email.status == Status.DELIVERED
     assert [e.outcome for e in email.events.order_by("at", "id")] == ["sent", "delivered"]
@@ -251,7 +251,7 @@ def test_rotation_partial_lines_restarts_and_truncation(tmp_path):
         pass
     write(log, *lines(4))
     assert restarted.poll() == 1  # read from the start, though the file is as long as before
-    assert tracking.consume().totals.applied == 5
+    assert consume().totals.applied == 5
     assert set(TextOfEmail.objects.values_list("status", flat=True)) == {Status.DELIVERED}
 
 
@@ -321,7 +321,7 @@ def test_the_command_follows_a_log_across_rotation(tmp_path):
         child.send_signal(signal.SIGTERM)
         _, err = child.communicate(timeout=30)
     assert child.returncode == 0, err
-    tracking.consume()
+    consume()
     first.refresh_from_db(), second.refresh_from_db()
     assert (first.status, second.status) == (Status.DELIVERED, Status.BOUNCED)
     assert [e["event"] for e in queued_events()] == []  # consumed

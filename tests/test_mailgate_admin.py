@@ -162,3 +162,24 @@ def test_adding_an_account_discovers_folders(admin_client, dovecot, imap_user, m
     action = {"action": "discover_folders", "_selected_action": [account.pk]}
     response = admin_client.post(changelist, action, follow=True)
     assert "1 new folder(s) Sales" in response.content.decode()
+
+
+@pytest.mark.parametrize(
+    "regex, full, warning",
+    [
+        (".*", False, "matches every local part"),
+        ("physics", False, ""),
+        (r".*@.*", True, "matches addresses in any domain"),
+        (r"physics@.*", True, "matches addresses in any domain"),
+        (r"physics@lists\.example\.org", True, ""),
+    ],
+)
+def test_saving_a_list_warns_when_its_pattern_catches_too_much(admin_client, regex, full, warning):
+    data = {"name": "L", "seq": 100, "regex": regex, "posting_policy": "anyone", "rewrite_from": "on"}
+    data.update({"created_at_0": "2026-01-05", "created_at_1": "10:00:00"})
+    if full:
+        data["match_full_address"] = "on"
+    response = admin_client.post(reverse("admin:mailgate_emaillist_add"), data, follow=True)
+    assert response.status_code == 200 and EmailList.objects.filter(regex=regex).exists()
+    shown = [str(m) for m in response.context["messages"]]
+    assert any(warning in m for m in shown) if warning else not any("matches" in m for m in shown)

@@ -196,10 +196,10 @@ def test_filters_and_pagination(api, ann):
 
 
 def test_created_message_is_sent_through_the_accounts_server(api, ann, smtp_server, django_capture_on_commit_callbacks):
-    own = SMTPServer().start()
+    own = SMTPServer(logins={"ann": "not-the-password"}).start()
     try:
-        profile = MailServerProfileFactory(smtp_host=own.host, smtp_port=own.port, smtp_auth=False)
-        account = MailAccountFactory(owner=ann, profile=profile, address="office@example.org")
+        profile = MailServerProfileFactory(smtp_host=own.host, smtp_port=own.port, smtp_auth=True)
+        account = MailAccountFactory(owner=ann, profile=profile, address="office@example.org", login="ann")
         with django_capture_on_commit_callbacks(execute=True):
             response = api.post(
                 "/api/v1/messages/",
@@ -228,21 +228,30 @@ def test_no_recipient_is_refused(api, ann):
     assert response.status_code == 400 and Message.objects.count() == 0
 
 
-def test_schema_is_served():
-    response = APIClient().get("/api/v1/schema/", HTTP_ACCEPT="application/vnd.oai.openapi+json")
+def test_schema_is_for_signed_in_users_unless_published(api, settings):
+    assert APIClient().get("/api/v1/schema/").status_code == 401
+    settings.API_SCHEMA_PUBLIC = True
+    assert APIClient().get("/api/v1/schema/").status_code == 200
+
+
+def test_schema_is_served(api):
+    response = api.get("/api/v1/schema/", HTTP_ACCEPT="application/vnd.oai.openapi+json")
     assert response.status_code == 200
     paths = response.json()["paths"]
-    for path in ("/api/v1/messages/{id}/raw/", "/api/v1/messages/{id}/attachments/{position}/", "/api/v1/accounts/"):
+    for path in (
+        "/api/v1/messages/{id}/raw/", "/api/v1/messages/{id}/attachments/{position}/", "/api/v1/accounts/",
+        "/api/v1/grants/",
+    ):  # fmt: skip
         assert path in paths
 
 
 def test_outgoing_attachments_are_sent_and_served(api, ann, smtp_server, django_capture_on_commit_callbacks):
     from django.core.files.uploadedfile import SimpleUploadedFile
 
-    own = SMTPServer().start()
+    own = SMTPServer(logins={"ann": "not-the-password"}).start()
     try:
-        profile = MailServerProfileFactory(smtp_host=own.host, smtp_port=own.port, smtp_auth=False)
-        account = MailAccountFactory(owner=ann, profile=profile, address="office@example.org")
+        profile = MailServerProfileFactory(smtp_host=own.host, smtp_port=own.port, smtp_auth=True)
+        account = MailAccountFactory(owner=ann, profile=profile, address="office@example.org", login="ann")
         files = [
             SimpleUploadedFile("report.pdf", PDF, content_type="application/pdf"),
             SimpleUploadedFile("logo.png", PNG, content_type="image/png"),
@@ -277,11 +286,11 @@ def test_too_many_attachment_bytes_are_refused(api, ann, settings):
 
 
 def test_a_message_in_error_can_be_sent_again(api, ann, smtp_server, django_capture_on_commit_callbacks):
-    own = SMTPServer().start()
+    own = SMTPServer(logins={"ann": "not-the-password"}).start()
     try:
         own.script("bob@example.net", "550 5.1.1 no such user", "250")
-        profile = MailServerProfileFactory(smtp_host=own.host, smtp_port=own.port, smtp_auth=False)
-        account = MailAccountFactory(owner=ann, profile=profile)
+        profile = MailServerProfileFactory(smtp_host=own.host, smtp_port=own.port, smtp_auth=True)
+        account = MailAccountFactory(owner=ann, profile=profile, login="ann")
         with django_capture_on_commit_callbacks(execute=True):
             created = api.post("/api/v1/messages/", {"account": account.pk, "to": ["bob@example.net"]}, format="json")
         message = Message.objects.get(pk=created.json()["id"])

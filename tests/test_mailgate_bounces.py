@@ -2,7 +2,7 @@ import pytest
 
 from dbmail.content import verp
 from dbmail.models import DeliveryEvent, Suppression, TextOfEmail
-from dbmail.track import apply as tracking
+from dbmail.track.consume import consume
 from mailgate.gate import bounces
 from mailgate.gate import receive as gate
 from mailgate.models import Bounce, InboundMessage
@@ -26,7 +26,7 @@ def sent_email():
 def run_gate(raw, recipient):
     """The gate, then the tracking job that applies what it published (as dbmail_track does)."""
     result = gate.run(raw, recipient, "")
-    tracking.consume()
+    consume()
     return result
 
 
@@ -125,11 +125,13 @@ def test_unmatched_reports_are_kept_and_visible():
 
 def test_event_shape_and_the_single_publish_point(sent_email, monkeypatch):
     published = []
-    monkeypatch.setattr(tracking, "publish", published.append)
+    monkeypatch.setattr(bounces.queue, "publish", published.append)
     bounce_to_verp("dsn_rfc3464_hard.eml", sent_email)
-    (event,) = published
+    (tracked,) = published
+    event = tracked.to_dict()  # what goes on the queue
     assert set(event) == {
-        "event_id", "message_id", "event", "bounce_type", "recipient", "timestamp", "diagnostic", "source"
+        "event_id", "message_id", "tracking_id", "event", "bounce_type", "recipient", "timestamp", "diagnostic",
+        "source",
     }  # fmt: skip
     assert event["message_id"] == MID and event["event"] == "bounced" and event["source"] == "mailgate"
     assert event["bounce_type"] == "hard" and event["recipient"] == "bob@example.net"

@@ -95,6 +95,15 @@ def test_no_such_list_is_67_and_kept(physics):
     assert not TextOfEmail.objects.exists()
 
 
+def test_a_personal_address_of_nobody_is_67_like_no_list(physics):
+    EmailListFactory(name="People", regex=r"u-(?P<user>[a-z0-9]+)", resolver="user", posting_policy="anyone")
+    result = gate.run(mail_fixture("plain.eml"), "u-nobody@lists.example.org", "ann@example.com")
+    assert (result.code, result.message) == (67, "no such list: u-nobody@lists.example.org")
+    assert InboundMessage.objects.get().status == "no_list" and not TextOfEmail.objects.exists()
+    assert gate.run(mail_fixture("plain.eml"), "u-ann@lists.example.org", "ann@example.com").code == 0
+    assert TextOfEmail.objects.get().to_address == "ann@example.com"
+
+
 @pytest.mark.slow
 @pytest.mark.django_db(transaction=True)
 def test_too_big_is_65_with_a_clear_message(physics):

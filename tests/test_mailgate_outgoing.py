@@ -8,15 +8,19 @@ from mailgate.mailboxes import outgoing
 from mailgate.models import Message
 
 from .conftest import manage, subprocess_env
-from .factories import MailAccountFactory, MailServerProfileFactory
+from .factories import MailAccountFactory, MailServerProfileFactory, UserFactory
 from .smtpserver import SMTPServer
 
 pytestmark = pytest.mark.django_db
 
 
+LOGIN = ("office", "office-password")
+
+
 @pytest.fixture
 def own_server():
-    server = SMTPServer().start()
+    """The account's provider: it wants the account's login (which proves the address: no grant needed)."""
+    server = SMTPServer(logins=dict([LOGIN])).start()
     yield server
     server.stop()
 
@@ -24,8 +28,10 @@ def own_server():
 @pytest.fixture
 def account(smtp_server, own_server, settings, tmp_path):  # smtp_server: the site's backend is SMTP, elsewhere
     settings.MEDIA_ROOT = str(tmp_path / "media")
-    profile = MailServerProfileFactory(smtp_host=own_server.host, smtp_port=own_server.port, smtp_auth=False)
-    return MailAccountFactory(profile=profile, address="office@example.org", display_name="Office")
+    profile = MailServerProfileFactory(smtp_host=own_server.host, smtp_port=own_server.port, smtp_auth=True)
+    return MailAccountFactory(
+        profile=profile, address="office@example.org", display_name="Office", login=LOGIN[0], secret=LOGIN[1]
+    )
 
 
 def outgoing_message(account, **kwargs):
@@ -130,3 +136,74 @@ def test_sender_account_follows_the_profile(account):
     sender = SenderAccount.objects.get(address=account.address)
     assert (sender.smtp_host, sender.smtp_port) == ("smtp.example.org", 2525)
     assert (sender.smtp_username, sender.smtp_password) == (account.login, account.secret)
+
+
+def test_the_mirror_is_made_for_the_account_and_never_found_by_address(account):
+    staff_owned = SenderAccount.objects.create(address="desk@example.org", smtp_host="relay.example.org")
+    mirror = outgoing.sync_sender(account)
+    assert (mirror.address, mirror.mailbox, mirror.smtp_username) == ("office@example.org", True, LOGIN[0])
+    assert mirror.pk != staff_owned.pk and account.sender == mirror
+
+    account.address = "desk@example.org"  # saved past the API's and the admin's checks
+    with pytest.raises(outgoing.AddressTaken, match="managed by staff"):
+        outgoing.sync_sender(account)
+    staff_owned.refresh_from_db()
+    assert (staff_owned.smtp_host, staff_owned.smtp_username, staff_owned.mailbox) == ("relay.example.org", "", False)
+    assert SenderAccount.objects.get(pk=mirror.pk).address == "office@example.org"
+
+
+def test_a_taken_address_makes_the_message_an_error(own_server, account):
+    SenderAccount.objects.create(address="office@example.org")  # staff's, made before the account synced
+    message = outgoing_message(account)
+    outgoing.send(message)
+    message.refresh_from_db()
+    assert message.status == Message.Status.ERROR and "managed by staff" in message.last_error
+    assert own_server.received == [] and not TextOfEmail.objects.exists()
+
+
+def test_a_profile_change_notes_an_account_whose_address_is_taken(account):
+    SenderAccount.objects.create(address="office@example.org")
+    outgoing.sync_profile(account.profile)
+    account.refresh_from_db()
+    assert account.sender is None and "managed by staff" in account.last_error
+
+
+def test_the_mirror_without_a_grant_on_the_sites_server_is_off(account, settings):
+    profile = account.profile
+    profile.smtp_host = ""
+    profile.save()
+    assert outgoing.sync_sender(account).active is False
+    assert (account.sender.smtp_username, account.sender.smtp_password) == ("", "")
+
+
+def test_a_deleted_accounts_mirror_goes_or_is_switched_off_without_its_login(own_server, account):
+    unused = MailAccountFactory(profile=account.profile, login="x", secret="never-used")
+    unused_mirror = outgoing.sync_sender(unused).pk
+    unused.delete()
+    assert not SenderAccount.objects.filter(pk=unused_mirror).exists()
+
+    outgoing.send(outgoing_message(account))  # the log now holds emails from the mirror: it must stay
+    account.refresh_from_db()
+    mirror = account.sender.pk
+    account.delete()
+    kept = SenderAccount.objects.get(pk=mirror)
+    assert (kept.active, kept.smtp_username, kept.smtp_password, kept.mailbox) == (False, "", "", True)
+
+    profile = MailServerProfileFactory(smtp_host="smtp.example.net", smtp_auth=True)
+    again = MailAccountFactory(profile=profile, address="office@example.org", login="o", secret="new")
+    assert outgoing.sync_sender(again).pk == mirror  # a new account with the address takes the old mirror
+
+
+def test_a_grant_made_or_removed_switches_the_mirror_at_once(account):
+    from dbmail.models import SendGrant
+
+    profile = account.profile
+    profile.smtp_host = ""  # the site's own server: a grant is needed
+    profile.save()
+    account.owner = UserFactory(username="ann")
+    account.save()
+    assert outgoing.sync_sender(account).active is False
+    grant = SendGrant.objects.create(address="@example.org", user=account.owner)
+    assert SenderAccount.objects.get(pk=account.sender_id).active is True
+    grant.delete()
+    assert SenderAccount.objects.get(pk=account.sender_id).active is False

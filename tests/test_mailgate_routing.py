@@ -69,7 +69,24 @@ def test_user_resolver_and_full_address_matching():
     EmailListFactory(regex=r"(?P<user>[a-z]+)@people\.example\.org", match_full_address=True, resolver="user")
     assert addresses(routing.route("Ann@people.example.org")) == ["ann.smith@home.example"]
     assert routing.route("ann@other.example.org") is None
-    assert addresses(routing.route("nobody@people.example.org")) == []
+    assert routing.route("nobody@people.example.org") is None  # an unknown user is no address at all
+
+
+def test_the_user_resolver_knows_no_inactive_user():
+    UserFactory(username="gone", is_active=False)
+    EmailListFactory(regex=r"u-(?P<user>[a-z]+)", resolver="user")
+    assert routing.route("u-gone@lists.example.org") is None
+
+
+@routing.list_resolver("nobody_yet", label="A class with no students yet (tests)")
+def _nobody_yet(match, email_list):
+    return []
+
+
+def test_a_resolver_that_finds_no_members_still_routes():
+    EmailListFactory(regex="new-class", resolver="nobody_yet")
+    route = routing.route("new-class@lists.example.org")
+    assert route is not None and route.members == []
 
 
 def test_validation_names_the_bad_field():

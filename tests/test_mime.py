@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from dbmail.models import TextOfEmail
 from dbmail.send import mime
 from dbmail.send.message import to_email_message
-from dbmail.track.apply import TRACKING_HEADER
+from dbmail.track.header import TRACKING_HEADER
 
 # Printable text in many scripts, without control characters (headers never carry them).
 words = st.text(st.characters(blacklist_categories=("Cc", "Cs", "Zl", "Zp")), max_size=120)

@@ -45,6 +45,10 @@ def test_production_settings_pass_check_deploy():
         ("DEFAULT_FROM_EMAIL", "nobody", "DEFAULT_FROM_EMAIL='nobody' is not an email address"),
         ("DBMAIL_RETRY_MAX_SECONDS", "10", "DBMAIL_RETRY_MAX_SECONDS must not be below"),
         ("EMAIL_URL", "smtp://host:port", "EMAIL_URL"),
+        ("DBMAIL_UNSUBSCRIBE_MAILTO", "un+sub@example.org", "DBMAIL_UNSUBSCRIBE_MAILTO='un+sub@example.org'"),
+        ("DBMAIL_UNSUBSCRIBE_MAILTO", "u" * 38 + "@example.org", "at most 37 characters"),
+        ("MAILGATE_LIST_DOMAINS", "lists.example.org,not_a_domain", "MAILGATE_LIST_DOMAINS: 'not_a_domain'"),
+        ("API_SCHEMA_PUBLIC", "perhaps", "API_SCHEMA_PUBLIC='perhaps' is not a boolean"),
     ],
 )
 def test_a_bad_setting_stops_start_up_naming_it(name, value, message):

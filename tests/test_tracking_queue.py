@@ -5,14 +5,20 @@ import pika
 import pytest
 
 from dbmail.models import UnmatchedTrackingEvent
-from dbmail.track import apply as tracking
+from dbmail.track.consume import consume
+from dbmail.track.events import TrackingEvent
 from dbmail.track.queue import DatabaseQueue, QueueUnavailable, RabbitQueue, get_queue
 
 from .tracking_support import RABBIT_URL, event
 
 
+def wire(data):
+    """An event as a producer puts it on the queue."""
+    return TrackingEvent.from_dict(data).to_dict()
+
+
 def events(n):
-    return [tracking.normalise(event(f"<m{i}@example.org>", n=i)) for i in range(n)]
+    return [wire(event(f"<m{i}@example.org>", n=i)) for i in range(n)]
 
 
 @pytest.mark.django_db
@@ -53,8 +59,8 @@ def test_rabbitmq_is_publish_subscribe_with_durable_persistent_messages(rabbit_b
         channel.queue_bind(theirs, settings.TRACKING_EXCHANGE, routing_key="bounced")
         get_queue().publish(
             [
-                tracking.normalise(event("<b@example.org>", "bounced")),
-                tracking.normalise(event("<d@example.org>", "delivered")),
+                wire(event("<b@example.org>", "bounced")),
+                wire(event("<d@example.org>", "delivered")),
             ]
         )
         method, properties, body = channel.basic_get(theirs, auto_ack=True)
@@ -87,7 +93,7 @@ def test_a_foreign_message_that_is_not_json_is_kept_not_stuck(rabbit_backend, se
     connection = pika.BlockingConnection(pika.URLParameters(RABBIT_URL))
     connection.channel().basic_publish(settings.TRACKING_EXCHANGE, "delivered", b"\xff not json")
     connection.close()
-    run = tracking.consume()
+    run = consume()
     assert (run.totals.unmatched, run.totals.invalid) == (1, 1)
     kept = UnmatchedTrackingEvent.objects.get(reason="invalid")
     assert kept.payload == {"raw": "\ufffd not json"}

@@ -1,6 +1,7 @@
-"""Unsubscribe links: signed token, GET asks, POST (one-click, no cookies or CSRF) suppresses; bad tokens do nothing."""
+"""Unsubscribe links: a token per address, GET asks, POST (one-click, no cookies or CSRF) suppresses; bad tokens do nothing."""
 
 import pytest
+from django.core import signing
 from django.test import Client
 from django.urls import reverse
 
@@ -14,7 +15,12 @@ pytestmark = pytest.mark.django_db
 
 
 def url_for(address):
-    return reverse("dbmail:unsubscribe", args=[unsubscribe.make_token(address)])
+    return reverse("dbmail:unsubscribe", args=[unsubscribe.issue(address)])
+
+
+def legacy_token(address):
+    """The signed form earlier mail carries (django.core.signing, the address inside)."""
+    return signing.Signer(salt="dbmail.unsubscribe").sign_object({"a": address.lower()})
 
 
 def test_get_shows_a_confirmation_and_changes_nothing(client):
@@ -42,16 +48,22 @@ def test_unsubscribing_does_not_deactivate_the_account(client):
     assert user.is_active
 
 
+def flip_last(token):
+    return token[:-1] + ("a" if token[-1] != "a" else "b")
+
+
 @pytest.mark.parametrize(
-    "mangle",
+    "token",
     [
-        lambda t: t[:-2] + ("AA" if not t.endswith("AA") else "BB"),  # tampered signature
-        lambda t: "x" + t,  # tampered payload
-        lambda t: "garbage",
+        lambda: flip_last(unsubscribe.issue("ann@example.org")),  # tampered token
+        lambda: unsubscribe.token_for("ann@example.org"),  # well made, but never issued
+        lambda: legacy_token("ann@example.org")[:-2] + "AA",  # tampered earlier form
+        lambda: "x" + legacy_token("ann@example.org"),
+        lambda: "garbage",
     ],
 )
-def test_bad_token_changes_nothing(client, mangle):
-    token = mangle(unsubscribe.make_token("ann@example.org"))
+def test_bad_token_changes_nothing(client, token):
+    token = token()
     for method in (client.get, client.post):
         response = method(reverse("dbmail:unsubscribe", args=[token]))
         assert response.status_code == 400
@@ -59,9 +71,35 @@ def test_bad_token_changes_nothing(client, mangle):
     assert not Suppression.objects.exists()
 
 
-def test_token_from_another_salt_is_refused(client):
-    from django.core import signing
+def test_a_stored_token_under_another_key_is_refused(client):
+    from dbmail.models import AddressToken
 
+    AddressToken.objects.create(token="a" * unsubscribe.TOKEN_LENGTH, address="ann@example.org")
+    assert client.post(reverse("dbmail:unsubscribe", args=["a" * unsubscribe.TOKEN_LENGTH])).status_code == 400
+    assert not Suppression.objects.exists()
+
+
+def test_links_of_earlier_mail_keep_working(client):
+    client.post(reverse("dbmail:unsubscribe", args=[legacy_token("Ann@Example.org")]))
+    assert Suppression.objects.filter(address="ann@example.org").exists()
+
+
+def test_tokens_survive_a_key_rotation(client, settings):
+    path = url_for("ann@example.org")
+    settings.SECRET_KEY_FALLBACKS = [settings.SECRET_KEY]
+    settings.SECRET_KEY = "a-new-secret-key-for-the-test-only"
+    client.post(path)
+    assert Suppression.objects.filter(address="ann@example.org").exists()
+
+
+def test_the_token_is_short_lower_case_base32():
+    token = unsubscribe.token_for("Ann@Example.org")
+    assert token == unsubscribe.token_for("ann@example.org") and len(token) == 26
+    assert set(token) <= set("abcdefghijklmnopqrstuvwxyz234567")
+    assert token != unsubscribe.token_for("bob@example.org")
+
+
+def test_token_from_another_salt_is_refused(client):
     token = signing.Signer(salt="something.else").sign_object({"a": "ann@example.org"}, compress=True)
     assert client.post(reverse("dbmail:unsubscribe", args=[token])).status_code == 400
     assert not Suppression.objects.exists()
@@ -74,7 +112,9 @@ def test_request_mail_carries_the_headers_and_their_link_works(client):
     email = mail.emails.get()
     assert email.headers["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
     link, mailto = email.headers["List-Unsubscribe"].split(", ")
-    assert mailto.startswith("<mailto:")
+    token = link.strip("<>").rstrip("/").rsplit("/", 1)[1]
+    assert mailto == f"<mailto:unsubscribe+{token}@example.org?subject=unsubscribe>"
+    assert unsubscribe.address_for(token) == "ann@example.org"
     path = link.strip("<>").removeprefix("http://localhost:8000")
     client.post(path)
     assert Suppression.objects.filter(address="ann@example.org").exists()

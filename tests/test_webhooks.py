@@ -7,8 +7,8 @@ from django.db import connection
 from django.urls import reverse
 
 from dbmail.models import TextOfEmail, TrackingQueueItem
-from dbmail.track import apply as tracking
 from dbmail.track import webhooks
+from dbmail.track.consume import consume
 
 from .conftest import manage, subprocess_env
 from .factories import TextOfEmailFactory
@@ -41,7 +41,7 @@ def post(client, payload, secret=NEW, timestamp=None, body=None, headers=None):
 
 
 def nothing_queued():
-    return tracking.consume().batches == 0
+    return consume().batches == 0
 
 
 def test_the_url():
@@ -54,7 +54,7 @@ def test_a_signed_callback_reaches_the_email_through_the_queue(client, webhook, 
     response = post(client, [event(a.message_id, "delivered"), event(b.message_id, "bounced", diagnostic="550 5.1.1")])
     assert response.status_code == 202 and response.json() == {"accepted": 2}
     assert post(client, event(a.message_id, "complained")).status_code == 202  # a single object works too
-    run = tracking.consume()
+    run = consume()
     assert run.totals.applied == 3
     a.refresh_from_db(), b.refresh_from_db()
     assert (a.status, b.status) == (Status.COMPLAINED, Status.BOUNCED)
@@ -65,7 +65,7 @@ def test_a_secret_being_rotated_out_still_works(client, webhook, queue_backend):
     email = TextOfEmailFactory(status=Status.SENT)
     assert post(client, event(email.message_id), secret=OLD).status_code == 202
     assert post(client, event(email.message_id, "opened"), secret=NEW).status_code == 202
-    assert tracking.consume().totals.applied == 2
+    assert consume().totals.applied == 2
 
 
 @pytest.mark.parametrize(
@@ -130,7 +130,7 @@ def test_a_replayed_request_is_refused(client, webhook, queue_backend):
     assert post(client, None, body=body, timestamp=now).status_code == 202
     replay = post(client, None, body=body, timestamp=now)
     assert replay.status_code == 409 and "replay" in replay.json()["error"]
-    run = tracking.consume()
+    run = consume()
     assert run.totals.applied == 1 and run.totals.duplicates == 0
 
 
@@ -151,7 +151,7 @@ def test_http_basic_is_the_simpler_alternative(client, webhook, queue_backend):
         post(client, event(email.message_id), secret=None, headers={"HTTP_AUTHORIZATION": "Basic !!"}).status_code
         == 401
     )
-    run = tracking.consume()
+    run = consume()
     assert run.totals.applied == 1
     email.refresh_from_db()
     assert email.status == Status.DELIVERED
@@ -220,7 +220,7 @@ def test_when_the_queue_is_down_the_answer_is_503_and_nothing_is_lost(client, we
                 cursor.execute(f"ALTER TABLE tracking_queue_away RENAME TO {table}")
     # The MTA retries the refused callback once the queue is back.
     assert post(client, event(second.message_id)).status_code == 202
-    assert tracking.consume().totals.applied == 2
+    assert consume().totals.applied == 2
     assert set(TextOfEmail.objects.values_list("status", flat=True)) == {Status.DELIVERED}
     if proxy:
         proxy.stop()

@@ -8,6 +8,7 @@ import pytest
 from django.utils import timezone
 
 from dbmail.track import queue as tracking_queue
+from dbmail.track.events import TrackingEvent
 
 RABBIT_URL = "amqp://guest:guest@127.0.0.1:5672/%2F"
 
@@ -50,6 +51,7 @@ def delete_rabbit(exchange, *queues):
 
 
 def event(message_id, kind="delivered", n=1, **extra):
+    """An event as the queue and webhooks carry it: a JSON object."""
     data = {
         "event_id": f"ev-{kind}-{n}-{uuid.uuid4().hex[:6]}",
         "message_id": message_id,
@@ -62,6 +64,11 @@ def event(message_id, kind="delivered", n=1, **extra):
     }
     data.update(extra)
     return data
+
+
+def tracked(message_id, kind="delivered", n=1, **extra):
+    """The same event as a producer builds it."""
+    return TrackingEvent.from_dict(event(message_id, kind, n, **extra))
 
 
 class TCPProxy:

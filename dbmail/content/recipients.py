@@ -24,6 +24,8 @@ from django.core.exceptions import FieldDoesNotExist, ValidationError
 from django.core.validators import validate_email
 from django.db.models import QuerySet
 
+from dbmail.models import Suppression
+
 _REGISTRY = {}
 
 
@@ -154,8 +156,6 @@ def iter_recipients(name, params, after=None, chunk_size=2000, first_chunk_size=
     `first_chunk_size` makes the first chunk smaller, so a consumer working in a pipeline
     has something to do sooner.
     """
-    from dbmail.models import Suppression
-
     source = get_set(name).func(params or {})
     if isinstance(source, QuerySet):
         users = source.filter(is_active=True).exclude(email="").order_by("pk")

@@ -1,52 +1,171 @@
-"""Signed unsubscribe tokens and the headers that carry them (RFC 2369, RFC 8058).
+"""Unsubscribe tokens and the headers that carry them (RFC 2369, RFC 8058).
 
-The token names the address only; it is signed with SECRET_KEY under its own
-salt, so it cannot be forged or reused for anything else, and it does not
-expire (people click year-old newsletters).
+One token per address serves both halves of List-Unsubscribe:
+
+    <https://<site>/unsubscribe/<token>/>                          one-click POST, or a page to confirm
+    <mailto:unsubscribe+<token>@<domain>?subject=unsubscribe>      DBMAIL_UNSUBSCRIBE_MAILTO is the base
+
+The token is the first 26 characters of the lower-case base32 (RFC 4648:
+a-z and 2-7) of an HMAC-SHA256 of the lower-cased address, keyed by
+SECRET_KEY under its own salt: 130 bits nobody can forge, unchanged by the
+case folding MTAs apply to local parts, and short enough that `unsubscribe+`
+and the token fit the 64 characters of a local part. An address cannot be
+read back from a hash, so the token names its address through the
+AddressToken table, written when mail carrying it is made (never purged),
+and is checked again against the address stored there (SECRET_KEY_FALLBACKS
+too, so rotating the key breaks no link). It does not expire: people click
+year-old newsletters.
+
+Mail sent before this scheme carries the earlier signed form in its URL
+(`<base64 JSON>:<signature>`, django.core.signing, which holds the address
+itself); such links keep working. Their mailto named no token and trusted
+the envelope sender; the gate no longer acts on it (mailgate.gate.unsubscribe_mail).
 """
 
-from urllib.parse import quote
+import base64
+import hashlib
+import hmac
+import re
+from email.utils import parseaddr
 
 from django.conf import settings
 from django.core import signing
 from django.urls import reverse
 
-_SALT = "dbmail.unsubscribe"
+TOKEN_LENGTH = 26  # base32 characters: 130 bits
+_SALT = "dbmail.unsubscribe.address"
+_LEGACY_SALT = "dbmail.unsubscribe"  # the django.core.signing tokens of earlier mail
+_TOKEN = re.compile(rf"[a-z2-7]{{{TOKEN_LENGTH}}}")
 
 
-def make_token(address):
-    return signing.Signer(salt=_SALT).sign_object({"a": address.lower()})
+def _key(secret):
+    # The key derivation of django.utils.crypto.salted_hmac, done once per maker instead of once per address.
+    return hashlib.sha256((_SALT + secret).encode()).digest()
 
 
-def read_token(token):
-    """The address a token was made for, or None when it is malformed or tampered with."""
+def _token(key, address):
+    digest = hmac.new(key, address.strip().lower().encode(), hashlib.sha256).digest()
+    return base64.b32encode(digest).decode("ascii")[:TOKEN_LENGTH].lower()
+
+
+def token_for(address):
+    """The token for `address` under the current SECRET_KEY (no database access)."""
+    return _token(_key(settings.SECRET_KEY), address)
+
+
+def is_token(text):
+    return bool(_TOKEN.fullmatch(text or ""))
+
+
+def register(pairs):
+    """Store (token, address) pairs so the tokens can be read back; already known ones are left as they are."""
+    from dbmail.models import AddressToken
+
+    rows = {token: address.strip().lower() for token, address in pairs}
+    AddressToken.objects.bulk_create(
+        [AddressToken(token=t, address=a) for t, a in rows.items()], ignore_conflicts=True, batch_size=1000
+    )
+
+
+def issue(address):
+    """The token for `address`, stored so that it works: for one-off mail (tests, notices)."""
+    token = token_for(address)
+    register([(token, address)])
+    return token
+
+
+def address_for(token):
+    """The address a token (new or earlier form) was made for, or None when it is unknown, malformed or forged."""
+    token = (token or "").strip()
+    if is_token(token.lower()):
+        return _registered_address(token.lower())
+    return _legacy_address(token)
+
+
+def _registered_address(token):
+    from dbmail.models import AddressToken
+
+    row = AddressToken.objects.filter(token=token).first()
+    if row is None:
+        return None
+    for secret in (settings.SECRET_KEY, *settings.SECRET_KEY_FALLBACKS):
+        if hmac.compare_digest(_token(_key(secret), row.address), token):
+            return row.address
+    return None  # a row whose token is not this site's: never trusted
+
+
+def _legacy_address(token):
     try:
-        data = signing.Signer(salt=_SALT).unsign_object(token)
+        data = signing.Signer(salt=_LEGACY_SALT).unsign_object(token)
     except (signing.BadSignature, ValueError, TypeError):
         return None
     address = data.get("a") if isinstance(data, dict) else None
     return address if isinstance(address, str) and "@" in address else None
 
 
+# --- The mailto half --------------------------------------------------------------------------
+
+
+def _mailto_base():
+    local, _, domain = parseaddr(settings.DBMAIL_UNSUBSCRIBE_MAILTO)[1].lower().rpartition("@")
+    return local, domain
+
+
+def mailto_address(token):
+    """unsubscribe+<token>@<domain> for DBMAIL_UNSUBSCRIBE_MAILTO = unsubscribe@<domain>."""
+    local, domain = _mailto_base()
+    return f"{local}+{token}@{domain}"
+
+
+def mailto_token(recipient):
+    """For an envelope recipient: None if it is not the unsubscribe address, else its token ("" if it has none)."""
+    local, domain = _mailto_base()
+    got_local, at, got_domain = (recipient or "").strip().lower().rpartition("@")
+    if not at or not local or got_domain != domain:
+        return None
+    if got_local == local:
+        return ""
+    if got_local.startswith(local + "+"):
+        return got_local[len(local) + 1 :]
+    return None
+
+
+# --- Links and headers for many addresses -----------------------------------------------------
+
+
 class LinkMaker:
-    """Unsubscribe URLs for many addresses: the signer and the URL's shape are worked out once."""
+    """Unsubscribe URLs and headers for many addresses; remembers the tokens it issued until taken.
+
+    The key and the URL's shape are worked out once. Whoever makes the mail
+    stores the issued tokens with it (`take_issued`, then `register`), in the
+    same transaction, so no mail goes out with a token that does not work.
+    """
 
     def __init__(self):
-        self._signer = signing.Signer(salt=_SALT)
+        self._key = _key(settings.SECRET_KEY)
         url = settings.DBMAIL_SITE_URL + reverse("dbmail:unsubscribe", args=["TOKEN"])
         self._before, _, self._after = url.partition("TOKEN")
+        self.issued = {}
 
-    def url(self, address):
-        return f"{self._before}{self._signer.sign_object({'a': address.lower()})}{self._after}"
+    def make(self, address):
+        """(URL, List-Unsubscribe headers) for `address`."""
+        token = _token(self._key, address)
+        self.issued[token] = address.strip().lower()
+        url = f"{self._before}{token}{self._after}"
+        return url, list_unsubscribe_headers(url, token)
+
+    def take_issued(self):
+        issued, self.issued = self.issued, {}
+        return list(issued.items())
 
 
 def unsubscribe_url(address):
-    return LinkMaker().url(address)
+    """The URL for one address, its token stored."""
+    return f"{settings.DBMAIL_SITE_URL}{reverse('dbmail:unsubscribe', args=[issue(address)])}"
 
 
-def list_unsubscribe_headers(url, address):
-    mailto = f"mailto:{settings.DBMAIL_UNSUBSCRIBE_MAILTO}?subject={quote('unsubscribe ' + address)}"
+def list_unsubscribe_headers(url, token):
     return {
-        "List-Unsubscribe": f"<{url}>, <{mailto}>",
+        "List-Unsubscribe": f"<{url}>, <mailto:{mailto_address(token)}?subject=unsubscribe>",
         "List-Unsubscribe-Post": "List-Unsubscribe=One-Click",
     }

@@ -19,11 +19,12 @@ from django.db.models import Q
 from django.utils import timezone
 from psycopg2.extras import Json
 
+from dbmail import states
 from dbmail.content import recipients, rendering, verp
 from dbmail.content import tokens as unsubscribe
-from dbmail.models import MessageRequest, TextOfEmail
+from dbmail.models import AddressToken, MessageRequest, TextOfEmail
 
-Status = TextOfEmail.Status
+RequestStatus = states.RequestStatus
 
 
 @dataclass
@@ -40,8 +41,9 @@ def claim_request(now=None):
         request = (
             MessageRequest.objects.select_for_update(skip_locked=True)
             .filter(
-                Q(status=MessageRequest.Status.QUEUED, send_at__lte=now)
-                | Q(status=MessageRequest.Status.EXPANDING, expand_lease_until__lte=now)
+                # The sources of states.START_EXPANSION: due, or held under a lease that ran out.
+                Q(status=RequestStatus.QUEUED, send_at__lte=now)
+                | Q(status=RequestStatus.EXPANDING, expand_lease_until__lte=now)
             )
             .select_related("sender")
             .order_by("send_at", "pk")
@@ -49,7 +51,7 @@ def claim_request(now=None):
         )
         if request is None:
             return None
-        request.status = MessageRequest.Status.EXPANDING
+        request.status = states.START_EXPANSION.target
         request.expand_token = uuid.uuid4()
         request.expand_lease_until = now + lease
         request.save(update_fields=["status", "expand_token", "expand_lease_until"])
@@ -57,8 +59,13 @@ def claim_request(now=None):
 
 
 def email_fields(request, compiled, recipient, now, links=None):
-    """One recipient's TextOfEmail as field values; a bad address or template makes it a dropped row."""
-    url = (links or unsubscribe.LinkMaker()).url(recipient.email) if not recipient.error else ""
+    """One recipient's TextOfEmail as field values; a bad address or template makes it a dropped row.
+
+    `links` collects the unsubscribe tokens issued, for the caller to store
+    with the rows; without it (one email: preview, test mail) they are stored here.
+    """
+    maker = links or unsubscribe.LinkMaker()
+    url, headers = maker.make(recipient.email) if not recipient.error else ("", {})
     message_id = rendering.new_message_id()
     fields = {
         "request_id": request.pk,
@@ -70,8 +77,8 @@ def email_fields(request, compiled, recipient, now, links=None):
         "envelope_sender": verp.envelope_sender(message_id, request.sender.address),
         "reply_to": request.reply_to,
         "message_id": message_id,
-        "headers": unsubscribe.list_unsubscribe_headers(url, recipient.email) if url else {},
-        "status": Status.QUEUED,
+        "headers": headers,
+        "status": states.ENQUEUE.target,
         "status_changed_at": now,
         "next_attempt_at": now,
         "created_at": now,
@@ -85,7 +92,9 @@ def email_fields(request, compiled, recipient, now, links=None):
         else:
             fields.update(subject=rendered.subject[:998], text=rendered.text, html=rendered.html)
     if error:
-        fields.update(status=Status.DROPPED, last_error=error)
+        fields.update(status=states.REFUSE.target, last_error=error)
+    if links is None:
+        unsubscribe.register(maker.take_issued())
     return fields
 
 
@@ -101,18 +110,22 @@ class EmailInsert:
     chunk). On PostgreSQL the statement text is built here, in the rendering
     thread, so the writer thread holds no Python lock while the server works:
     the ORM's bulk_create would spend ~150 µs a row preparing values, and
-    expansion must do 10,000 a second.
+    expansion must do 10,000 a second. The unsubscribe tokens the emails
+    carry (`tokens`: (token, address) pairs) are stored in the same
+    statement, so an email never exists without its working token.
     """
 
-    def __init__(self, rows):
+    def __init__(self, rows, tokens=()):
         self.count = len(rows)
+        self.tokens = list(tokens)
         self.rows = rows if connection.vendor != "postgresql" else None
-        self.sql = _insert_sql(rows) if self.rows is None and rows else None
+        self.sql = _insert_sql(rows, self.tokens) if self.rows is None and rows else None
 
     def run(self):
         if not self.count:  # every recipient of the chunk was left out (suppressed, repeated)
             return
         if self.sql is None:
+            unsubscribe.register(self.tokens)
             objs = [TextOfEmail(**row) for row in self.rows]
             TextOfEmail.objects.bulk_create(objs, batch_size=500, ignore_conflicts=True)
             return
@@ -120,7 +133,7 @@ class EmailInsert:
             cursor.execute(self.sql)
 
 
-def _insert_sql(rows):
+def _insert_sql(rows, tokens=()):
     fields = [f for f in TextOfEmail._meta.concrete_fields if not f.primary_key]
     defaults = {f.attname: f.get_default() for f in fields}
     json_fields = {f.attname for f in fields if isinstance(f, models.JSONField)}
@@ -133,7 +146,19 @@ def _insert_sql(rows):
     ]
     with connection.cursor() as cursor:
         values = cursor.cursor.mogrify(",".join([row_template] * len(rows)), params)
-    return b"INSERT INTO %s (%s) VALUES %s ON CONFLICT DO NOTHING" % (table.encode(), columns.encode(), values)
+        prefix = _token_sql(cursor, tokens)
+    return prefix + b"INSERT INTO %s (%s) VALUES %s ON CONFLICT DO NOTHING" % (table.encode(), columns.encode(), values)
+
+
+def _token_sql(cursor, tokens):
+    if not tokens:
+        return b""
+    now = timezone.now()
+    table = connection.ops.quote_name(AddressToken._meta.db_table).encode()
+    values = cursor.cursor.mogrify(
+        ",".join(["(%s, %s, %s)"] * len(tokens)), [v for t, a in tokens for v in (t, a, now)]
+    )
+    return b"INSERT INTO %s (token, address, created_at) VALUES %s ON CONFLICT DO NOTHING; " % (table, values)
 
 
 class InlineWriter:
@@ -205,12 +230,12 @@ def expand(request, chunk_size=None, on_chunk=None):
     chunk_size = chunk_size or settings.DBMAIL_EXPAND_CHUNK
     lease = timedelta(seconds=settings.DBMAIL_LEASE_SECONDS)
     token = request.expand_token
-    mine = MessageRequest.objects.filter(pk=request.pk, expand_token=token, status=MessageRequest.Status.EXPANDING)
+    mine = MessageRequest.objects.filter(pk=request.pk, expand_token=token, status=RequestStatus.EXPANDING)
     after = (request.checkpoint or {}).get("after")
     try:
         compiled = rendering.CompiledRequest(request)
     except rendering.RenderError as exc:
-        mine.update(status=MessageRequest.Status.CANCELLED, checkpoint={"error": str(exc)})
+        states.FAIL_EXPANSION.update(mine, checkpoint={"error": str(exc)})
         return 0
 
     def commit(last_position, emails):
@@ -236,15 +261,15 @@ def expand(request, chunk_size=None, on_chunk=None):
                 break
             now = timezone.now()
             rows = [email_fields(request, compiled, rcpt, now, links) for rcpt in chunk]
-            writer.submit(last_position, EmailInsert(rows))
+            writer.submit(last_position, EmailInsert(rows, links.take_issued()))
     finally:
         writer.close()
     if writer.stopped:
         return 0
 
     total = request.emails.count()
-    mine.update(
-        status=MessageRequest.Status.EXPANDED,
+    states.FINISH_EXPANSION.update(
+        mine,
         recipient_count=total,
         expanded_at=timezone.now(),
         expand_token=None,

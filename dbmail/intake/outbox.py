@@ -15,6 +15,7 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
+from dbmail import states
 from dbmail.content import recipients, rendering, verp
 from dbmail.models import DeliveryEvent, SenderAccount, TextOfEmail
 
@@ -80,12 +81,13 @@ def enqueue(
         headers=headers or {},
         raw_message=raw_message,
         message_id=message_id,
+        status=states.ENQUEUE.target,
         status_changed_at=now,
         next_attempt_at=send_at or now,
     )
     error = recipients.address_error(address)
     if error:
-        email.status, email.last_error = TextOfEmail.Status.DROPPED, error
+        email.status, email.last_error = states.REFUSE.target, error
     email.save()
     if error:
         DeliveryEvent.objects.create(email=email, kind=DeliveryEvent.Kind.ADMIN, outcome=email.status, text=error)
@@ -97,6 +99,6 @@ def send_now(to, subject="", text="", html="", **kwargs):
     from dbmail.send.loop import send_one_now
 
     email = enqueue(to, subject, text, html, **kwargs)
-    if email.status == TextOfEmail.Status.QUEUED:
+    if email.status == states.EmailStatus.QUEUED:
         transaction.on_commit(lambda: send_one_now(email))
     return email

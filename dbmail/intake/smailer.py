@@ -17,6 +17,7 @@ from django.conf import settings
 from django.db.models import Q
 from django.utils import timezone
 
+from dbmail import states
 from dbmail.models import SenderAccount, TextOfEmail
 from dbmail.send import loop as sending
 
@@ -43,7 +44,7 @@ def scope(sender=None):
 def waiting(sender=None):
     """Queued and deferred emails of `sender`, oldest first."""
     return (
-        TextOfEmail.objects.filter(scope(sender), status__in=TextOfEmail.WAITING)
+        TextOfEmail.objects.filter(scope(sender), status__in=states.WAITING)
         .select_related("account", "spool_item")
         .order_by("created_at", "pk")
     )

@@ -40,6 +40,7 @@ from django.db.models import Count
 from django.db.models.functions import Lower
 from django.utils import timezone
 
+from dbmail import states
 from dbmail.content import recipients, rendering
 from dbmail.models import DeliveryEvent, SenderAccount, SpoolFile, SpoolItem, TextOfEmail
 from dbmail.ops import sites
@@ -56,7 +57,6 @@ DIRS = {
 # A file that does not parse and changed this recently may belong to a producer that writes in
 # place instead of renaming: it gets another look on a later run rather than being dropped.
 GRACE_SECONDS = 60
-_DROPPED_EMAIL = (TextOfEmail.Status.DROPPED, TextOfEmail.Status.CANCELLED)
 _FINAL_FILE = (SpoolFile.Status.SENT, SpoolFile.Status.DROPPED)
 
 
@@ -232,7 +232,7 @@ def create_emails(record, items, now):
     DeliveryEvent.objects.bulk_create(
         DeliveryEvent(email=e, at=now, kind=DeliveryEvent.Kind.ADMIN, outcome=e.status, text=e.last_error)
         for e in emails
-        if e.status == TextOfEmail.Status.DROPPED
+        if e.status == states.REFUSE.target
     )
     return len(emails)
 
@@ -247,6 +247,7 @@ def _email(item, account, now):
         subject=" ".join(item.topic.split())[:998],
         text=item.content,
         message_id=rendering.new_message_id(),
+        status=states.ENQUEUE.target,
         status_changed_at=now,
         next_attempt_at=now,
         created_at=now,
@@ -256,7 +257,7 @@ def _email(item, account, now):
     else:
         error = recipients.address_error(address)
     if error:
-        email.status, email.last_error = TextOfEmail.Status.DROPPED, error
+        email.status, email.last_error = states.REFUSE.target, error
     return email
 
 
@@ -288,12 +289,12 @@ def settle(now=None):
 
 def file_status(counts, current):
     """A file's status from its items' email statuses ({status: n})."""
-    waiting = sum(n for status, n in counts.items() if status not in TextOfEmail.FINAL)
+    waiting = sum(n for status, n in counts.items() if status not in states.FINAL)
     if not waiting:
-        if any(counts.get(status) for status in _DROPPED_EMAIL) or not counts:
+        if any(counts.get(status) for status in states.NEVER_SENT) or not counts:
             return SpoolFile.Status.DROPPED
         return SpoolFile.Status.SENT
-    if counts.get(TextOfEmail.Status.DEFERRED):
+    if counts.get(states.EmailStatus.DEFERRED):
         return SpoolFile.Status.DEFERRED
     return current  # once in defer/, a file waits there until it is done
 
@@ -336,7 +337,7 @@ def _settle_one(root, pk, now):
 def drop_reason(record):
     """One line per item that did not go out."""
     lines = []
-    for item in record.items.select_related("email").filter(email__status__in=_DROPPED_EMAIL):
+    for item in record.items.select_related("email").filter(email__status__in=states.NEVER_SENT):
         why = item.email.last_error or item.email.status
         lines.append(f"item {item.position} ({item.email.to_address}): {why}")
     return "\n".join(lines) or "the file has no items left to send"

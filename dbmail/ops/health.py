@@ -7,6 +7,7 @@ from datetime import timedelta
 from django.db.models import Count, Min
 from django.utils import timezone
 
+from dbmail import states
 from dbmail.models import CronHeartbeat, TextOfEmail
 
 
@@ -23,12 +24,12 @@ def check(stuck_after):
     """Queue depth per status and whether mail is stuck longer than `stuck_after` (a timedelta)."""
     now = timezone.now()
     counts = dict(TextOfEmail.objects.values_list("status").annotate(n=Count("id")).order_by())
-    oldest = TextOfEmail.objects.filter(status__in=TextOfEmail.WAITING, next_attempt_at__lte=now).aggregate(
+    oldest = TextOfEmail.objects.filter(status__in=states.WAITING, next_attempt_at__lte=now).aggregate(
         m=Min("next_attempt_at")
     )["m"]
     oldest_age = now - oldest if oldest else None
     stale_lease = TextOfEmail.objects.filter(
-        status=TextOfEmail.Status.SENDING, leased_until__lte=now - stuck_after
+        status=states.EmailStatus.SENDING, leased_until__lte=now - stuck_after
     ).exists()
     last_success = (
         CronHeartbeat.objects.filter(command="dbmail_cron", last_success_at__isnull=False)
@@ -41,7 +42,7 @@ def check(stuck_after):
         reasons.append(f"an email has been due for {_human(oldest_age)}")
     if stale_lease:
         reasons.append("emails are held by a sender whose lease ran out long ago")
-    waiting = sum(counts.get(s, 0) for s in TextOfEmail.WAITING)
+    waiting = sum(counts.get(s, 0) for s in states.WAITING)
     if waiting and (last_success is None or now - last_success > stuck_after):
         seen = _human(now - last_success) + " ago" if last_success else "never"
         reasons.append(f"mail is waiting and dbmail_cron last succeeded {seen}")

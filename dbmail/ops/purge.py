@@ -8,6 +8,7 @@ from datetime import timedelta
 from django.db import transaction
 from django.utils import timezone
 
+from dbmail import states
 from dbmail.models import DeliveryEvent, MessageRequest, TextOfEmail
 
 _DURATION = re.compile(r"^\s*(\d+)\s*([smhdw]?)\s*$")
@@ -33,7 +34,7 @@ def duration_argument(text):
 def purge(older_than, chunk=2000):
     """Delete finished emails whose status has not changed for `older_than`; return how many."""
     cutoff = timezone.now() - older_than
-    old = TextOfEmail.objects.filter(status__in=TextOfEmail.FINAL, status_changed_at__lt=cutoff)
+    old = TextOfEmail.objects.filter(status__in=states.FINAL, status_changed_at__lt=cutoff)
     removed = 0
     while True:
         with transaction.atomic():

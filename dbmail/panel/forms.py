@@ -8,6 +8,7 @@ from django.contrib.auth.models import Group
 from django.utils import timezone
 
 from dbmail.content import attachments, csvmerge, recipients
+from dbmail.content.validation import RequestForm
 from dbmail.models import EmailTemplate, MessageRequest, RequestAttachment, SenderAccount, Suppression
 
 SOURCE_SET, SOURCE_PASTE, SOURCE_CSV = "set", "paste", "csv"
@@ -26,7 +27,7 @@ class MultipleFileField(forms.FileField):
         return [super().clean(data, initial)] if data else []
 
 
-class ComposeForm(forms.ModelForm):
+class ComposeForm(RequestForm):
     source = forms.ChoiceField(
         label="Recipients",
         choices=[(SOURCE_SET, "A recipient set"), (SOURCE_PASTE, "Paste addresses"), (SOURCE_CSV, "Upload a CSV")],
@@ -75,7 +76,8 @@ class ComposeForm(forms.ModelForm):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self.fields["sender"].queryset = SenderAccount.objects.filter(active=True)
+        # A mailbox account's sender is a user's own server and login, not the organisation's.
+        self.fields["sender"].queryset = SenderAccount.objects.filter(active=True, mailbox=False)
         self.fields["sender"].empty_label = None
         self.fields["recipient_set"].choices = [
             (s.name, s.label) for s in recipients.registered_sets() if s.name != "addresses"

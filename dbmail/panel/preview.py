@@ -5,6 +5,7 @@ from dataclasses import dataclass
 
 from django.utils import timezone
 
+from dbmail import states
 from dbmail.content import recipients, rendering
 from dbmail.intake import expand
 from dbmail.models import TextOfEmail
@@ -80,7 +81,7 @@ def send_test(request, recipient, user):
     from dbmail.send.message import to_email_message
 
     built = for_test(request, recipient, user)
-    if built.status == TextOfEmail.Status.DROPPED:
+    if built.status == states.REFUSE.target:
         raise rendering.RenderError(built.last_error)
     row = outbox.enqueue(
         to=built.to_address,
@@ -93,9 +94,9 @@ def send_test(request, recipient, user):
         user=user,
     )
     files = attachments.read(request.pk)
-    if files and row.status == TextOfEmail.Status.QUEUED:
+    if files and row.status == states.ENQUEUE.target:
         row.raw_message = to_email_message(row, attachments=files).message().as_bytes()
         row.save(update_fields=["raw_message"])
-    if row.status == TextOfEmail.Status.QUEUED:
+    if row.status == states.ENQUEUE.target:
         transaction.on_commit(lambda: send_one_now(row))
     return row

@@ -16,9 +16,10 @@ from django.db.models import BooleanField, F, Q
 from django.db.models.expressions import RawSQL
 from django.utils import timezone
 
+from dbmail import states
 from dbmail.models import TextOfEmail
 
-Status = TextOfEmail.Status
+Status = states.EmailStatus
 
 
 @dataclass
@@ -49,11 +50,14 @@ class Claim:
 
     def release(self):
         """Give the rows not attempted back as they were (a clean stop is not an attempt)."""
-        for status in (Status.QUEUED, Status.DEFERRED):
+        for status, release in states.RELEASE.items():
             ids = [pk for pk in self.open_ids if self.claimed_from.get(pk, Status.QUEUED) == status]
             if ids:
-                TextOfEmail.objects.filter(pk__in=ids, claim_token=self.token).update(
-                    status=status, claim_token=None, leased_until=None, attempts=F("attempts") - 1
+                release.update(
+                    TextOfEmail.objects.filter(pk__in=ids, claim_token=self.token),
+                    claim_token=None,
+                    leased_until=None,
+                    attempts=F("attempts") - 1,
                 )
         self.open_ids.clear()
 
@@ -73,9 +77,7 @@ def claim(limit, now=None, scope=None, after=None):
     with transaction.atomic():
         # Two ordered index scans rather than one OR, so neither sorts the whole queue.
         stale = rows.filter(status=Status.SENDING, leased_until__lte=now)
-        due = rows.filter(status__in=TextOfEmail.WAITING).filter(
-            Q(next_attempt_at__lte=now) if scope is None else scope
-        )
+        due = rows.filter(status__in=states.WAITING).filter(Q(next_attempt_at__lte=now) if scope is None else scope)
         if after is not None:
             table = connection.ops.quote_name(TextOfEmail._meta.db_table)
             past = f"({table}.next_attempt_at, {table}.id) > (%s, %s)"
@@ -87,10 +89,8 @@ def claim(limit, now=None, scope=None, after=None):
             picked.update(due.order_by("next_attempt_at", "pk").values_list("pk", "status")[: limit - len(picked)])
         if picked:
             # Re-checking the state makes this safe where SKIP LOCKED does nothing (SQLite).
-            TextOfEmail.objects.filter(pk__in=list(picked), status__in=[*TextOfEmail.WAITING, Status.SENDING]).exclude(
-                status=Status.SENDING, leased_until__gt=now
-            ).update(
-                status=Status.SENDING,
+            states.CLAIM.update(
+                TextOfEmail.objects.filter(pk__in=list(picked)).exclude(status=Status.SENDING, leased_until__gt=now),
                 claim_token=token,
                 leased_until=lease_until,
                 attempts=F("attempts") + 1,
@@ -111,8 +111,8 @@ def claim_one(email):
     now = timezone.now()
     token = uuid.uuid4()
     lease_until = now + timedelta(seconds=settings.DBMAIL_LEASE_SECONDS)
-    taken = TextOfEmail.objects.filter(pk=email.pk, status=Status.QUEUED).update(
-        status=Status.SENDING,
+    taken = states.CLAIM_NOW.update(
+        TextOfEmail.objects.filter(pk=email.pk),
         claim_token=token,
         leased_until=lease_until,
         attempts=F("attempts") + 1,

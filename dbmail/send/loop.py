@@ -13,13 +13,14 @@ from itertools import groupby
 from django.conf import settings
 from django.core.mail import get_connection
 
+from dbmail import states
 from dbmail.content import attachments
-from dbmail.models import DeliveryEvent, TextOfEmail
+from dbmail.models import DeliveryEvent
 from dbmail.send import claims, dbworker, mime, retry
 from dbmail.send.message import to_email_message
 
 log = logging.getLogger(__name__)
-Status = TextOfEmail.Status
+Status = states.EmailStatus
 
 
 @dataclass
@@ -174,7 +175,7 @@ class Sender:
             self.result.connect_failures += 1
             outcome = retry.classify(exc)
             text = f"cannot connect: {outcome.text}"
-            return retry.Outcome("deferred", outcome.code, text, reset_connection=True, server_down=True)
+            return retry.Outcome(retry.DEFERRED, outcome.code, text, reset_connection=True, server_down=True)
         return None
 
     def _send_one(self, conn, email):
@@ -186,12 +187,12 @@ class Sender:
             if data is not None:
                 conn.send_prepared(email.envelope_sender, [email.to_address], data)
             elif not to_email_message(email, conn, files).send():
-                return retry.Outcome("dropped", None, "the email backend sent nothing (no recipient?)")
+                return retry.Outcome(retry.DROPPED, None, "the email backend sent nothing (no recipient?)")
         except Exception as exc:
             return retry.classify(exc)
         reply = getattr(conn, "last_reply", None)
         code, text = reply if reply else (250, "accepted")
-        return retry.Outcome("sent", code, text)
+        return retry.Outcome(retry.SENT, code, text)
 
     def _finish(self, batch, email, outcome):
         outcome = self._db.record(email, batch.token, outcome)

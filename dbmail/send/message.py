@@ -12,7 +12,7 @@ from email.utils import formataddr
 
 from django.core.mail import EmailMessage, EmailMultiAlternatives
 
-from dbmail.track.apply import TRACKING_HEADER, tracking_id
+from dbmail.track.header import METADATA_KEY, TRACKING_HEADER, tracking_id
 
 _BARE_LF = re.compile(rb"(?<!\r)\n")
 _HEADER_END = re.compile(rb"\r?\n\r?\n")
@@ -26,7 +26,7 @@ def with_tracking_header(raw, email_pk):
     own = re.compile(rb"(?im)^" + re.escape(TRACKING_HEADER.encode()) + rb":[^\n]*\n?(?:[ \t][^\n]*\n?)*")
     head = raw[:head_end]
     if own.search(head):
-        head = own.sub(b"", head)
+        head = own.sub(b"", head).rstrip(b"\r\n")  # `head` ends where its last field does: no line end
     newline = b"\r\n" if b"\r\n" in raw[:4096] else b"\n"
     return f"{TRACKING_HEADER}: {tracking_id(email_pk)}".encode() + newline + head + raw[head_end:]
 
@@ -59,7 +59,7 @@ def to_email_message(email, connection=None, attachments=()):
     if email.raw_message is not None:
         raw = with_tracking_header(email.raw_message, email.pk)
         message = RawEmailMessage(raw, from_email=email.envelope_sender, to=[recipient], connection=connection)
-        message.metadata = {"mailsite_email": tracking_id(email.pk)}
+        message.metadata = {METADATA_KEY: tracking_id(email.pk)}
         return message
     headers = {
         "From": email.from_header,
@@ -81,5 +81,5 @@ def to_email_message(email, connection=None, attachments=()):
     for filename, content, content_type in attachments:
         message.attach(filename, content, content_type)
     # Email service providers (through django-anymail) echo metadata back in their tracking events.
-    message.metadata = {"mailsite_email": headers[TRACKING_HEADER]}
+    message.metadata = {METADATA_KEY: headers[TRACKING_HEADER]}
     return message

@@ -19,7 +19,7 @@ from email.utils import formataddr, formatdate
 
 from django.conf import settings
 
-from dbmail.track.apply import TRACKING_HEADER, tracking_id
+from dbmail.track.header import TRACKING_HEADER, tracking_id
 
 _MAX_LINE = 78
 

@@ -12,11 +12,16 @@ from django.db import connection as db_connection
 from django.db import transaction
 from django.utils import timezone
 
+from dbmail import states
 from dbmail.models import DeliveryEvent, TextOfEmail
 from dbmail.send import retry
 
 log = logging.getLogger(__name__)
-Status = TextOfEmail.Status
+Status = states.EmailStatus
+# What the log row says when the claim was lost before the outcome was written (nothing changed).
+LOST_LEASE = "lost-lease"
+# Every outcome moves a row out of the claim's state; the claim token alone would not say so.
+_FROM = sorted({source for transition in states.OUTCOMES.values() for source in transition.sources})
 
 
 @dataclass(frozen=True)
@@ -73,14 +78,14 @@ def _write_portable(rows):
         for row in rows:
             changes = {"status": row.status, "status_changed_at": row.at, "last_error": row.last_error}
             changes.update({k: getattr(row, k) for k in ("sent_at", "next_attempt_at") if getattr(row, k)})
-            held = TextOfEmail.objects.filter(pk=row.pk, claim_token=row.token).update(
+            held = TextOfEmail.objects.filter(pk=row.pk, claim_token=row.token, status__in=_FROM).update(
                 claim_token=None, leased_until=None, **changes
             )
             DeliveryEvent.objects.create(
                 email_id=row.pk,
                 at=row.at,
                 kind=DeliveryEvent.Kind.ATTEMPT,
-                outcome=row.status if held else "lost-lease",
+                outcome=row.status if held else LOST_LEASE,
                 smtp_code=row.smtp_code,
                 text=row.text,
             )
@@ -94,7 +99,7 @@ def _write_portable(rows):
 # With DBMAIL_ASYNC_COMMIT the commit does not wait for the WAL flush: a crash of the sender
 # loses nothing, and only a crash of the PostgreSQL server itself can forget the last
 # fraction of a second of outcomes, whose emails are then sent again after their lease.
-_PREPARE_SQL = """
+_PREPARE_SQL = f"""
 PREPARE dbmail_write_outcomes (bigint[], uuid[], text[], timestamptz[], text[], timestamptz[],
                                timestamptz[], smallint[], text[]) AS
 WITH outcome AS (
@@ -107,11 +112,12 @@ updated AS (
            last_error = o.last_error, sent_at = COALESCE(o.sent_at, e.sent_at),
            next_attempt_at = COALESCE(o.next_attempt_at, e.next_attempt_at)
       FROM outcome AS o
-     WHERE e.id = o.pk AND e.claim_token = o.token
+     WHERE e.id = o.pk AND e.claim_token = o.token AND e.status IN ({", ".join(f"'{s}'" for s in _FROM)})
  RETURNING e.id
 )
 INSERT INTO dbmail_deliveryevent (email_id, at, kind, outcome, smtp_code, text)
-SELECT o.pk, o.at, 'attempt', CASE WHEN o.pk IN (SELECT id FROM updated) THEN o.status ELSE 'lost-lease' END,
+SELECT o.pk, o.at, '{DeliveryEvent.Kind.ATTEMPT}',
+       CASE WHEN o.pk IN (SELECT id FROM updated) THEN o.status ELSE '{LOST_LEASE}' END,
        o.smtp_code, o.text
   FROM outcome AS o
 RETURNING email_id, outcome
@@ -140,4 +146,4 @@ def _write_postgresql(rows):
             db_connection.dbmail_prepared_in = session
         cursor.execute(_EXECUTE_SQL.format(sync=sync), columns)
         written = cursor.fetchall()
-    return [pk for pk, outcome in written if outcome == "lost-lease"]
+    return [pk for pk, outcome in written if outcome == LOST_LEASE]

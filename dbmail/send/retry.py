@@ -13,14 +13,22 @@ from datetime import timedelta
 
 from django.conf import settings
 
+from dbmail import states
+
+SENT, DEFERRED, DROPPED = states.SEND.target, states.DEFER.target, states.DROP.target
+
 
 @dataclass(frozen=True)
 class Outcome:
-    status: str  # "sent", "deferred" or "dropped"
+    status: str  # the target of one of states.OUTCOMES: sent, deferred or dropped
     code: int | None = None
     text: str = ""
     reset_connection: bool = False  # the connection is unusable; reopen before the next message
     server_down: bool = False  # nothing can be sent on this server now; defer the rest of the batch
+
+    def __post_init__(self):
+        if self.status not in states.OUTCOMES:
+            raise ValueError(f"an attempt's outcome is one of {', '.join(states.OUTCOMES)}, not {self.status!r}")
 
 
 def _reply_text(resp):
@@ -29,11 +37,11 @@ def _reply_text(resp):
 
 def by_code(code, text):
     if 200 <= code < 300:
-        return Outcome("sent", code, text)
+        return Outcome(SENT, code, text)
     if 400 <= code < 500:
         # 421 means the server is closing the connection.
-        return Outcome("deferred", code, text, reset_connection=code == 421)
-    return Outcome("dropped", code, text)
+        return Outcome(DEFERRED, code, text, reset_connection=code == 421)
+    return Outcome(DROPPED, code, text)
 
 
 def classify(exc):
@@ -43,18 +51,18 @@ def classify(exc):
         return by_code(code or 550, _reply_text(resp))
     if isinstance(exc, (smtplib.SMTPAuthenticationError, smtplib.SMTPConnectError, smtplib.SMTPHeloError)):
         # Our account or the server is at fault, not this message.
-        return Outcome("deferred", exc.smtp_code, f"{type(exc).__name__}: {_reply_text(exc.smtp_error)}", True, True)
+        return Outcome(DEFERRED, exc.smtp_code, f"{type(exc).__name__}: {_reply_text(exc.smtp_error)}", True, True)
     if isinstance(exc, smtplib.SMTPResponseException):
         return by_code(exc.smtp_code, _reply_text(exc.smtp_error))
     if isinstance(exc, smtplib.SMTPServerDisconnected):
-        return Outcome("deferred", None, f"disconnected: {exc}", reset_connection=True)
+        return Outcome(DEFERRED, None, f"disconnected: {exc}", reset_connection=True)
     if isinstance(exc, (socket.timeout, TimeoutError)):
-        return Outcome("deferred", None, f"timeout: {exc}", reset_connection=True)
+        return Outcome(DEFERRED, None, f"timeout: {exc}", reset_connection=True)
     if isinstance(exc, (ConnectionError, OSError, smtplib.SMTPException)):
-        return Outcome("deferred", None, f"{type(exc).__name__}: {exc}", reset_connection=True)
+        return Outcome(DEFERRED, None, f"{type(exc).__name__}: {exc}", reset_connection=True)
     # Anything else came from the message itself (a header with a newline, an unencodable
     # address...): retrying cannot help, and it must not hold up the rest.
-    return Outcome("dropped", None, f"cannot build message: {type(exc).__name__}: {exc}")
+    return Outcome(DROPPED, None, f"cannot build message: {type(exc).__name__}: {exc}")
 
 
 def backoff(attempts, email=None):
@@ -71,11 +79,11 @@ def backoff(attempts, email=None):
 
 def give_up(outcome, attempts, email=None):
     """A deferral past the attempt budget (DBMAIL_SPOOL_MAX_ATTEMPTS for spool mail) becomes a drop."""
-    if outcome.status != "deferred":
+    if outcome.status != DEFERRED:
         return outcome
     budget = settings.DBMAIL_SPOOL_MAX_ATTEMPTS if _spooled(email) else settings.DBMAIL_MAX_ATTEMPTS
     if attempts >= budget:
-        return Outcome("dropped", outcome.code, f"too many attempts ({attempts}); last: {outcome.text}")
+        return Outcome(DROPPED, outcome.code, f"too many attempts ({attempts}); last: {outcome.text}")
     return outcome
 
 

@@ -9,47 +9,49 @@ anymail's webhook view fails and the provider retries later.
 
 from django.utils import timezone
 
-from dbmail.track import apply as tracking
+from dbmail.track import queue
+from dbmail.track.events import BounceType, EventType, TrackingEvent
+from dbmail.track.header import METADATA_KEY
 
 # Anymail's normalised event types that say something about delivery; the others
 # (queued, sent, clicked, unsubscribed, ...) are not statuses of ours.
 EVENT_TYPES = {
-    "delivered": "delivered",
-    "deferred": "deferred",
-    "bounced": "bounced",
-    "rejected": "rejected",
-    "failed": "rejected",
-    "complained": "complained",
-    "opened": "opened",
+    "delivered": EventType.DELIVERED,
+    "deferred": EventType.DEFERRED,
+    "bounced": EventType.BOUNCED,
+    "rejected": EventType.REJECTED,
+    "failed": EventType.REJECTED,
+    "complained": EventType.COMPLAINED,
+    "opened": EventType.OPENED,
 }
 
 
 def to_event(event, esp_name):
-    """Our event dict for an AnymailTrackingEvent, or None when it is not about delivery."""
+    """Our TrackingEvent for an AnymailTrackingEvent, or None when it is not about delivery."""
     kind = EVENT_TYPES.get(event.event_type)
     if kind is None:
         return None
     metadata = event.metadata if isinstance(event.metadata, dict) else {}
     diagnostic = " ".join(str(part) for part in (event.mta_response, event.description) if part)
-    return {
-        "event_id": str(event.event_id or ""),
+    return TrackingEvent(
+        event_id=str(event.event_id or ""),
         # The provider's own message id is not our Message-ID: it only helps if nothing else matches.
-        "message_id": str(event.message_id or "") if not metadata.get("mailsite_email") else "",
-        "tracking_id": str(metadata.get("mailsite_email") or ""),
-        "event": kind,
+        message_id=str(event.message_id or "") if not metadata.get(METADATA_KEY) else "",
+        tracking_id=str(metadata.get(METADATA_KEY) or ""),
+        event=kind,
         # Anymail's "bounced" is permanent; temporary failures arrive as "deferred".
-        "bounce_type": "hard" if kind == "bounced" else None,
-        "recipient": event.recipient or "",
-        "timestamp": (event.timestamp or timezone.now()).isoformat(),
-        "diagnostic": diagnostic,
-        "source": f"anymail:{esp_name}"[:64],
-    }
+        bounce_type=BounceType.HARD if kind == EventType.BOUNCED else None,
+        recipient=event.recipient or "",
+        timestamp=event.timestamp or timezone.now(),
+        diagnostic=diagnostic,
+        source=f"anymail:{esp_name}"[:64],
+    )
 
 
 def on_tracking(sender, event, esp_name, **kwargs):
-    data = to_event(event, esp_name)
-    if data is not None:
-        tracking.publish(data)
+    tracked = to_event(event, esp_name)
+    if tracked is not None:
+        queue.publish(tracked)
 
 
 def connect():

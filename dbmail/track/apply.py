@@ -1,212 +1,43 @@
-"""MTA status events: one normalised shape, one precedence table, one way to apply them.
+"""Applying tracking events: one precedence table, one transaction per batch, nothing applied twice.
 
-Every source (the webhook, the log follower, bounces through the mailgate,
-anymail's signal) hands a plain dict to publish(). It is checked and
-normalised here, put on the tracking queue (dbmail.track.queue), and
-applied later by the dbmail_track job through apply_batch(): one transaction
-per batch, acknowledged only after the commit. Event keys are remembered, so
-a redelivered batch changes nothing; events for no email of ours are kept.
+The dbmail_track job (dbmail.track.consume) hands each batch read off the
+tracking queue to apply_batch(). Each payload becomes a TrackingEvent again
+(dbmail.track.events); an event moves its email along dbmail.states'
+tracking transitions only, is appended to the email's log, and may suppress
+the address. Event keys are remembered, so a redelivered batch changes
+nothing; events for no email of ours, and events that cannot be read, are
+kept as UnmatchedTrackingEvent rows.
 """
 
 import hashlib
 import json
-import logging
-import re
-import time
-from dataclasses import dataclass, field, fields
-from datetime import UTC, datetime
+from dataclasses import dataclass, fields
 
-from django.conf import settings
-from django.core import signing
 from django.db import connection, transaction
 from django.db.models import Q
 from django.utils import timezone
-from django.utils.dateparse import parse_datetime
 
+from dbmail import states
 from dbmail.models import AppliedTrackingEvent, DeliveryEvent, Suppression, TextOfEmail, UnmatchedTrackingEvent
-from dbmail.track.queue import get_queue
+from dbmail.track.events import BounceType, EventType, InvalidEvent, TrackingEvent, smtp_code
+from dbmail.track.header import email_pk_from_tracking_id
 
-log = logging.getLogger(__name__)
-Status = TextOfEmail.Status
-
-EVENTS = ("delivered", "deferred", "bounced", "complained", "rejected", "opened")
-BOUNCE_TYPES = ("hard", "soft")
-
-# THE table. An event leads to a status; it is applied only when that status ranks higher
-# than the email's current one. So final states win, nothing moves backwards (a delivered
-# email never becomes "deferred" again), and the order in which events arrive does not
-# change where an email ends up. A "deferred" report from the MTA means the MTA has the
-# email and retries it itself: it can at most confirm "sent" (our own "deferred" would
-# make dbmail_cron send it again).
-EVENT_STATUS = {
-    "deferred": Status.SENT,
-    "rejected": Status.DROPPED,
-    "delivered": Status.DELIVERED,
-    "opened": Status.DELIVERED,
-    "bounced": Status.BOUNCED,
-    "complained": Status.COMPLAINED,
+# The transition each event leads to; dbmail.states ranks the states, so that final states
+# win and the order in which events arrive does not change where an email ends up.
+EVENT_TRANSITION = {
+    EventType.DEFERRED: states.TRACKED_SENT,
+    EventType.REJECTED: states.TRACKED_DROPPED,
+    EventType.DELIVERED: states.TRACKED_DELIVERED,
+    EventType.OPENED: states.TRACKED_DELIVERED,
+    EventType.BOUNCED: states.TRACKED_BOUNCED,
+    EventType.COMPLAINED: states.TRACKED_COMPLAINED,
 }
-RANK = {
-    Status.QUEUED: 0,
-    Status.SENDING: 0,
-    Status.DEFERRED: 0,
-    Status.CANCELLED: 0,
-    Status.SENT: 1,
-    Status.DROPPED: 2,
-    Status.DELIVERED: 3,
-    Status.BOUNCED: 4,
-    Status.COMPLAINED: 5,
-}
-
-TRACKING_HEADER = "X-Mailsite-Email"
-_TRACKING_SALT = "dbmail.tracking"
-_SMTP_CODE = re.compile(r"\b([245])[0-9]{2}\b")
-_ENHANCED_CODE = re.compile(r"\b([245])\.[0-9]{1,3}\.[0-9]{1,3}\b")
-_LIMITS = {"event_id": 200, "message_id": 255, "tracking_id": 100, "recipient": 254, "source": 64}
-
-
-class InvalidEvent(ValueError):
-    """An event that cannot be used; the message says which field and why."""
 
 
 def next_status(current, event):
-    """The status an email in `current` has after `event`, by the table above."""
-    target = EVENT_STATUS[event]
-    return target if RANK[target] > RANK[current] else current
-
-
-# --- Our own tracking header: every outbound email names itself, whatever its Message-ID became ---
-
-
-def tracking_id(email_pk):
-    """The signed value of the X-Mailsite-Email header for one email."""
-    return signing.Signer(salt=_TRACKING_SALT).sign(str(email_pk))
-
-
-def email_pk_from_tracking_id(value):
-    """The email's primary key, or None when the value is malformed or forged."""
-    try:
-        return int(signing.Signer(salt=_TRACKING_SALT).unsign(value))
-    except (signing.BadSignature, ValueError, TypeError):
-        return None
-
-
-# --- The normalised event ---
-
-
-def normalise_message_id(value):
-    value = value.strip()
-    if value and not value.startswith("<"):
-        value = f"<{value}>"
-    return value
-
-
-def _text(data, key, required=False):
-    value = data.get(key)
-    if value is None or value == "":
-        if required:
-            raise InvalidEvent(f"{key} is required")
-        return ""
-    if not isinstance(value, str):
-        raise InvalidEvent(f"{key} must be a string")
-    value = value.strip()
-    limit = _LIMITS.get(key)
-    if limit and len(value) > limit:
-        raise InvalidEvent(f"{key} is longer than {limit} characters")
-    return value
-
-
-def _timestamp(value):
-    if isinstance(value, bool) or value is None or value == "":
-        raise InvalidEvent("timestamp is required (ISO 8601 or Unix seconds)")
-    if isinstance(value, (int, float)):
-        try:
-            return datetime.fromtimestamp(value, tz=UTC)
-        except (OverflowError, OSError, ValueError):
-            raise InvalidEvent(f"timestamp {value!r} is out of range") from None
-    if isinstance(value, str):
-        try:
-            parsed = parse_datetime(value.strip())
-        except ValueError:
-            parsed = None
-        if parsed is not None:
-            return parsed if timezone.is_aware(parsed) else parsed.replace(tzinfo=UTC)
-    raise InvalidEvent(f"timestamp {value!r} is not ISO 8601 or Unix seconds")
-
-
-def infer_bounce_type(diagnostic):
-    """hard for a 5xx/5.x.x reply, soft for 4xx/4.x.x, None when the text names no code."""
-    match = _ENHANCED_CODE.search(diagnostic) or _SMTP_CODE.search(diagnostic)
-    if not match:
-        return None
-    return {"5": "hard", "4": "soft"}.get(match[1])
-
-
-def normalise(data):
-    """A checked event dict with every key present, or InvalidEvent naming the problem."""
-    if not isinstance(data, dict):
-        raise InvalidEvent("an event must be a JSON object")
-    event = _text(data, "event", required=True).lower()
-    if event not in EVENTS:
-        raise InvalidEvent(f"event {event!r} is not one of {', '.join(EVENTS)}")
-    message_id = normalise_message_id(_text(data, "message_id"))
-    tracking = _text(data, "tracking_id")
-    if not message_id and not tracking:
-        raise InvalidEvent("message_id or tracking_id is required")
-    when = _timestamp(data.get("timestamp"))
-    diagnostic = data.get("diagnostic") or ""
-    if not isinstance(diagnostic, str):
-        raise InvalidEvent("diagnostic must be a string")
-    diagnostic = diagnostic.strip()[:2000]
-    bounce_type = data.get("bounce_type") or None
-    if bounce_type is not None and bounce_type not in BOUNCE_TYPES:
-        raise InvalidEvent(f"bounce_type {bounce_type!r} is not hard, soft or null")
-    if event != "bounced":
-        bounce_type = None
-    elif bounce_type is None:
-        bounce_type = infer_bounce_type(diagnostic)
-    normalised = {
-        "event_id": _text(data, "event_id"),
-        "message_id": message_id,
-        "tracking_id": tracking,
-        "event": event,
-        "bounce_type": bounce_type,
-        "recipient": _text(data, "recipient"),
-        "timestamp": when.astimezone(UTC).isoformat(),
-        "diagnostic": diagnostic,
-        "source": _text(data, "source") or "unknown",
-    }
-    if not normalised["event_id"]:
-        # A sender without ids still gets deduplicated: the same report gives the same id.
-        content = json.dumps([normalised[k] for k in sorted(normalised) if k != "event_id"])
-        normalised["event_id"] = "sha256:" + hashlib.sha256(content.encode()).hexdigest()[:40]
-    return normalised
-
-
-def event_key(event):
-    """What makes an event unique: its id within its source."""
-    return f"{event['source']}:{event['event_id']}"
-
-
-def publish(event):
-    """Check one event and put it on the tracking queue; durable when this returns.
-
-    Raises InvalidEvent for a bad event, tracking_queue.QueueUnavailable when the queue is down.
-    """
-    publish_many([event])
-
-
-def publish_many(events):
-    """Check all events first (nothing is published if one is bad), then queue them."""
-    checked = []
-    for index, event in enumerate(events):
-        try:
-            checked.append(normalise(event))
-        except InvalidEvent as exc:
-            raise InvalidEvent(f"event {index}: {exc}" if len(events) > 1 else str(exc)) from None
-    if checked:
-        get_queue().publish(checked)
-    return checked
+    """The status an email in `current` has after `event`: its transition's target, if it outranks `current`."""
+    transition = EVENT_TRANSITION[event]
+    return transition.target if current in transition.sources else current
 
 
 # --- Applying a batch ---
@@ -233,7 +64,7 @@ class ApplyResult:
 
 
 def apply_batch(payloads, now=None):
-    """Apply queued events (as published, or whatever was read off the queue) in one transaction."""
+    """Apply events in one transaction: TrackingEvents, or the JSON read off the queue (whatever it is)."""
     now = now or timezone.now()
     result = ApplyResult()
     items = [_prepare(payload) for payload in payloads]
@@ -245,25 +76,25 @@ def apply_batch(payloads, now=None):
             if event is None
         ]
         result.invalid = len(unmatched)
-        events = sorted((item for item in fresh if item[1] is not None), key=lambda item: item[1]["timestamp"])
+        events = sorted((item for item in fresh if item[1] is not None), key=lambda item: item[1].timestamp)
         by_pk, by_message_id = _lock_emails([event for _, event, _, _ in events])
         changed, log_rows, suppress = {}, [], {}
         for key, event, payload, _ in events:
-            email = by_pk.get(email_pk_from_tracking_id(event["tracking_id"])) or by_message_id.get(event["message_id"])
+            email = by_pk.get(email_pk_from_tracking_id(event.tracking_id)) or by_message_id.get(event.message_id)
             if email is None:
                 unmatched.append(_unmatched(key, event, payload, UnmatchedTrackingEvent.Reason.UNKNOWN_EMAIL))
                 continue
             result.applied += 1
-            status = next_status(email.status, event["event"])
+            status = next_status(email.status, event.event)
             if status != email.status:
                 email.status = status
-                if status in (Status.DROPPED, Status.BOUNCED, Status.COMPLAINED):
-                    email.last_error = event["diagnostic"] or event["event"]
+                if status in states.KEEPS_DIAGNOSTIC:
+                    email.last_error = event.diagnostic or event.event
                 changed[email.pk] = email
             log_rows.append(_log_row(email, event))
-            if event["event"] == "complained":
+            if event.event == EventType.COMPLAINED:
                 suppress[email.to_address.lower()] = (Suppression.Reason.COMPLAINED, event)
-            elif event["event"] == "bounced" and event["bounce_type"] == "hard":
+            elif event.event == EventType.BOUNCED and event.bounce_type == BounceType.HARD:
                 suppress.setdefault(email.to_address.lower(), (Suppression.Reason.BOUNCED, event))
         result.changed = len(changed)
         result.unmatched = len(unmatched) - result.invalid
@@ -272,13 +103,15 @@ def apply_batch(payloads, now=None):
 
 
 def _prepare(payload):
-    """(key, normalised event or None, payload, error) for one queued payload."""
+    """(key, TrackingEvent or None, payload as JSON, error) for one event or queued payload."""
+    if isinstance(payload, TrackingEvent):
+        return payload.key, payload, payload.to_dict(), ""
     try:
-        event = normalise(payload)
+        event = TrackingEvent.from_dict(payload)
     except InvalidEvent as exc:
         raw = json.dumps(payload, sort_keys=True, default=str)
         return "invalid:" + hashlib.sha256(raw.encode()).hexdigest()[:40], None, payload, str(exc)
-    return event_key(event), event, payload, ""
+    return event.key, event, payload, ""
 
 
 def _only_new(items, now, result):
@@ -308,7 +141,7 @@ def _write(changed, log_rows, unmatched, suppress, now):
     UnmatchedTrackingEvent.objects.bulk_create(unmatched)
     Suppression.objects.bulk_create(
         [
-            Suppression(address=address, reason=reason, note=_describe(event)[:500], created_at=now)
+            Suppression(address=address, reason=reason, note=event.describe()[:500], created_at=now)
             for address, (reason, event) in suppress.items()
         ],
         ignore_conflicts=True,  # an address already suppressed keeps its first reason
@@ -335,8 +168,8 @@ def _remember(keys, now):
 
 
 def _lock_emails(events):
-    pks = {pk for pk in (email_pk_from_tracking_id(e["tracking_id"]) for e in events if e["tracking_id"]) if pk}
-    message_ids = {e["message_id"] for e in events if e["message_id"]}
+    pks = {pk for pk in (email_pk_from_tracking_id(e.tracking_id) for e in events if e.tracking_id) if pk}
+    message_ids = {e.message_id for e in events if e.message_id}
     if not pks and not message_ids:
         return {}, {}
     emails = list(
@@ -348,38 +181,27 @@ def _lock_emails(events):
     return {e.pk: e for e in emails}, {e.message_id: e for e in emails}
 
 
-def _describe(event):
-    kind = event["event"] + (f" ({event['bounce_type']})" if event["bounce_type"] else "")
-    parts = [f"{kind} from {event['source']}"]
-    if event["recipient"]:
-        parts.append(f"for {event['recipient']}")
-    text = " ".join(parts)
-    return f"{text}: {event['diagnostic']}" if event["diagnostic"] else text
-
-
 def _log_row(email, event):
-    code = _SMTP_CODE.search(event["diagnostic"])
     return DeliveryEvent(
         email_id=email.pk,
-        at=parse_datetime(event["timestamp"]),
+        at=event.timestamp,
         kind=DeliveryEvent.Kind.TRACKING,
         outcome=email.status,
-        smtp_code=int(code[0]) if code else None,
-        text=f"[{event['event_id']}] {_describe(event)}"[:2000],
+        smtp_code=smtp_code(event.diagnostic),
+        text=f"[{event.event_id}] {event.describe()}"[:2000],
     )
 
 
 def _unmatched(key, event, payload, reason, error=""):
-    event = event or {}
     return UnmatchedTrackingEvent(
         key=key[:300],
         reason=reason,
         error=error[:500],
-        event=str(event.get("event", ""))[:16],
-        message_id=event.get("message_id", "")[:255],
-        recipient=event.get("recipient", "")[:254],
-        occurred_at=parse_datetime(event["timestamp"]) if event else None,
-        source=event.get("source", "")[:100],
+        event=str(event.event)[:16] if event else "",
+        message_id=event.message_id[:255] if event else "",
+        recipient=event.recipient[:254] if event else "",
+        occurred_at=event.timestamp if event else None,
+        source=event.source[:100] if event else "",
         payload=payload,
     )
 
@@ -391,37 +213,3 @@ def retry_unmatched(queryset):
         AppliedTrackingEvent.objects.filter(key__in=[row.key for row in rows]).delete()
         UnmatchedTrackingEvent.objects.filter(pk__in=[row.pk for row in rows]).delete()
         return apply_batch([row.payload for row in rows])
-
-
-# --- The job: read the queue in batches, apply each in one transaction, then acknowledge ---
-
-
-@dataclass
-class RunResult:
-    batches: int = 0
-    seconds: float = 0.0
-    totals: ApplyResult = field(default_factory=ApplyResult)
-
-    def summary(self):
-        return f"{self.totals.summary()} in {self.batches} batch{'es' * (self.batches != 1)}, {self.seconds:.1f}s"
-
-
-def consume(queue=None, batch_size=None, max_batches=None, should_stop=lambda: False):
-    """Drain the tracking queue. A crash before an acknowledgement redelivers; the keys make that harmless."""
-    queue = queue or get_queue()
-    batch_size = batch_size or settings.TRACKING_BATCH_SIZE
-    run, clock = RunResult(), time.monotonic()
-    while not should_stop() and (max_batches is None or run.batches < max_batches):
-        deliveries = queue.fetch(batch_size)
-        if not deliveries:
-            break
-        try:
-            result = apply_batch([d.payload for d in deliveries])
-        except Exception:
-            queue.release(deliveries)
-            raise
-        queue.ack(deliveries)
-        run.batches += 1
-        run.totals += result
-    run.seconds = time.monotonic() - clock
-    return run

@@ -25,8 +25,10 @@ from datetime import datetime, timedelta
 
 from django.utils import timezone
 
+from dbmail import states
 from dbmail.models import DeliveryEvent, LogCursor, TextOfEmail
-from dbmail.track import apply as tracking
+from dbmail.track import queue
+from dbmail.track.events import BounceType, EventType, TrackingEvent, infer_bounce_type, normalise_message_id
 
 CHUNK = 1 << 20  # bytes read per look; a busy log is worked through in several polls
 REMEMBERED = 100_000  # queue ids kept in memory per map
@@ -39,8 +41,8 @@ class LogRecord:
     when: datetime | None = None
     message_id: str = ""
     recipient: str = ""
-    event: str = ""
-    bounce_type: str | None = None
+    event: EventType | None = None
+    bounce_type: BounceType | None = None
     diagnostic: str = ""
 
 
@@ -54,13 +56,18 @@ _POSTFIX_MSG = re.compile(r"^(?P<qid>[0-9A-Za-z]{5,}): +(?P<rest>.*)$")
 _POSTFIX_TO = re.compile(r"^to=<(?P<rcpt>[^>]*)>,")
 _POSTFIX_STATUS = re.compile(r"\bstatus=(?P<status>\w+)(?: \((?P<text>.*)\))?\s*$")
 _POSTFIX_DSN = re.compile(r"\bdsn=(?P<dsn>[245]\.\d{1,3}\.\d{1,3})")
-_POSTFIX_EVENTS = {"sent": "delivered", "deferred": "deferred", "bounced": "bounced", "expired": "bounced"}
+_POSTFIX_EVENTS = {
+    "sent": EventType.DELIVERED,
+    "deferred": EventType.DEFERRED,
+    "bounced": EventType.BOUNCED,
+    "expired": EventType.BOUNCED,
+}
 
 _EXIM = re.compile(
     r"^(?P<when>\d{4}-\d\d-\d\d \d\d:\d\d:\d\d(?:\.\d+)?)(?: (?P<tz>[-+]\d{4}))?(?: \[\d+\])?"
     r" (?P<qid>[0-9A-Za-z]{6}-[0-9A-Za-z]{6,11}-[0-9A-Za-z]{2,4}) (?P<rest>.*)$"
 )
-_EXIM_EVENTS = {"=>": "delivered", "->": "delivered", "**": "bounced", "==": "deferred"}
+_EXIM_EVENTS = {"=>": EventType.DELIVERED, "->": EventType.DELIVERED, "**": EventType.BOUNCED, "==": EventType.DEFERRED}
 _EXIM_CONFIRM = re.compile(r'\bC="(?P<text>(?:[^"\\]|\\.)*)"')
 
 
@@ -98,8 +105,9 @@ def parse_postfix(line, now=None):
     dsn = _POSTFIX_DSN.search(rest)
     diagnostic = " ".join(part for part in (dsn and dsn["dsn"], status["text"]) if part)
     bounce_type = None
-    if event == "bounced":
-        bounce_type = "soft" if status["status"] == "expired" else tracking.infer_bounce_type(diagnostic) or "hard"
+    if event == EventType.BOUNCED:
+        expired = status["status"] == "expired"
+        bounce_type = BounceType.SOFT if expired else infer_bounce_type(diagnostic) or BounceType.HARD
     return LogRecord(
         qid, "delivery", when, recipient=to["rcpt"], event=event, bounce_type=bounce_type, diagnostic=diagnostic
     )
@@ -122,16 +130,16 @@ def parse_exim(line, now=None):
         return None
     event = _EXIM_EVENTS[flag]
     recipient = tail.split(" ", 1)[0].strip("<>")
-    if event == "delivered":
+    if event == EventType.DELIVERED:
         confirm = _EXIM_CONFIRM.search(tail)
         diagnostic = confirm["text"] if confirm else ""
     else:
         # "<rcpt> R=router T=transport ...: <the reason>": the reason is after the first ": ".
         diagnostic = tail.partition(": ")[2] or tail
     bounce_type = None
-    if event == "bounced":
+    if event == EventType.BOUNCED:
         soft = "retry timeout exceeded" in diagnostic or "retry time not reached" in diagnostic
-        bounce_type = "soft" if soft else tracking.infer_bounce_type(diagnostic) or "hard"
+        bounce_type = BounceType.SOFT if soft else infer_bounce_type(diagnostic) or BounceType.HARD
     return LogRecord(
         qid, "delivery", when, recipient=recipient, event=event, bounce_type=bounce_type, diagnostic=diagnostic.strip()
     )
@@ -156,7 +164,7 @@ def message_id_for_queue_id(queue_id, when):
     since = (when or timezone.now()) - timedelta(days=7)  # queue ids are reused; MTAs give up after ~5 days
     pattern = re.compile(rf"(?<![0-9A-Za-z-]){re.escape(queue_id)}(?![0-9A-Za-z-])")
     attempts = (
-        DeliveryEvent.objects.filter(kind=DeliveryEvent.Kind.ATTEMPT, outcome=TextOfEmail.Status.SENT, at__gte=since)
+        DeliveryEvent.objects.filter(kind=DeliveryEvent.Kind.ATTEMPT, outcome=states.EmailStatus.SENT, at__gte=since)
         .filter(text__contains=queue_id)
         .order_by("-at")
         .values_list("text", "email__message_id")
@@ -200,7 +208,7 @@ class Follower:
                 if event:
                     events.append(event)
         if events:
-            tracking.publish_many(events)  # raises if the queue is down: the cursor stays put
+            queue.publish_many(events)  # raises if the queue is down: the cursor stays put
         if self.offset < 256:
             self.head = (self.head[: self.offset] + data[:end])[:256]
         self.offset += end
@@ -242,7 +250,7 @@ class Follower:
     def _event(self, record, raw):
         if record.kind == "message-id":
             if record.message_id:
-                self.logged_ids.remember(record.queue_id, tracking.normalise_message_id(record.message_id))
+                self.logged_ids.remember(record.queue_id, normalise_message_id(record.message_id))
             return None
         if record.kind == "done":
             self.logged_ids.pop(record.queue_id, None)
@@ -252,16 +260,16 @@ class Follower:
         if message_id is None:
             self.skipped += 1
             return None
-        return {
-            "event_id": "line:" + hashlib.sha256(raw).hexdigest()[:40],
-            "message_id": message_id,
-            "event": record.event,
-            "bounce_type": record.bounce_type,
-            "recipient": record.recipient,
-            "timestamp": record.when.isoformat(),
-            "diagnostic": f"{record.diagnostic} (queue id {record.queue_id})".strip(),
-            "source": self.source,
-        }
+        return TrackingEvent(
+            event_id="line:" + hashlib.sha256(raw).hexdigest()[:40],
+            message_id=message_id,
+            event=record.event,
+            bounce_type=record.bounce_type,
+            recipient=record.recipient,
+            timestamp=record.when,
+            diagnostic=f"{record.diagnostic} (queue id {record.queue_id})".strip(),
+            source=self.source,
+        )
 
     def _match(self, record):
         qid = record.queue_id

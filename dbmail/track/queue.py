@@ -1,4 +1,4 @@
-"""The tracking queue: one interface, two backends.
+"""The tracking queue: one interface, two backends, and publish() for every producer.
 
 RabbitMQ when TRACKING_QUEUE_URL is an amqp:// URL: a durable topic exchange
 (TRACKING_EXCHANGE, routing key = the event type, so other subscribers can
@@ -190,6 +190,18 @@ def _decode(body):
         return json.loads(body)
     except ValueError:
         return {"raw": body.decode("utf-8", "replace")}
+
+
+def publish(event):
+    """Put one TrackingEvent on the tracking queue; durable when this returns (QueueUnavailable if not)."""
+    publish_many([event])
+
+
+def publish_many(events):
+    """Put TrackingEvents on the tracking queue as their to_dict() JSON, all of them or none."""
+    payloads = [event.to_dict() for event in events]
+    if payloads:
+        get_queue().publish(payloads)
 
 
 _local = threading.local()

@@ -29,7 +29,8 @@ from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_POST
 
 from dbmail.models import WebhookSignature
-from dbmail.track import apply as tracking
+from dbmail.track import queue
+from dbmail.track.events import InvalidEvent, from_dicts
 from dbmail.track.queue import QueueUnavailable
 
 TIMESTAMP_HEADER = "X-Mailsite-Timestamp"
@@ -90,6 +91,7 @@ def check_basic(request):
 
 
 def parse_events(body):
+    """The posted JSON objects (one or a list), each with a default source; Refused when unusable."""
     try:
         data = json.loads(body)
     except (ValueError, UnicodeDecodeError):
@@ -142,9 +144,10 @@ def tracking_events(request):
         if signature and WebhookSignature.objects.filter(signature=signature).exists():
             raise Refused(409, "this signed request was accepted before (replay)")
         try:
-            tracking.publish_many(events)
-        except tracking.InvalidEvent as exc:
+            checked = from_dicts(events)  # every event is checked before any is queued
+        except InvalidEvent as exc:
             raise Refused(400, str(exc)) from None
+        queue.publish_many(checked)
         if signature:
             _remember_signature(signature)
     except Refused as exc:

@@ -1,4 +1,4 @@
-"""Bounces -> normalised "bounced" events for the outbound emails they are about.
+"""Bounces -> "bounced" TrackingEvents for the outbound emails they are about.
 
 A bounce is recognised by its envelope recipient (a signed VERP address, see
 dbmail.content.verp) or, for the null sender, by a delivery report naming one of our
@@ -14,7 +14,8 @@ from dataclasses import dataclass
 
 from dbmail.content import verp
 from dbmail.models import TextOfEmail
-from dbmail.track import apply as tracking
+from dbmail.track import queue
+from dbmail.track.events import EventType, TrackingEvent
 from mailgate.gate import parsing
 from mailgate.gate.parsing import clean_text
 from mailgate.models import Bounce, InboundMessage
@@ -239,24 +240,25 @@ def handle(inbound, parsed, verp_email=None, trust_message_ids=True):
 
 
 def event_for(bounce, email):
-    return {
-        "event_id": f"mailgate-bounce-{bounce.pk}",
-        "message_id": email.message_id,
-        "event": "bounced",
-        "bounce_type": bounce.bounce_type,
-        "recipient": bounce.recipient or email.to_address,
-        "timestamp": bounce.created_at.isoformat(),
-        "diagnostic": bounce.diagnostic or bounce.status_code,
-        "source": "mailgate",
-    }
+    """The TrackingEvent for a hard or soft bounce matched to one of our emails."""
+    return TrackingEvent(
+        event_id=f"mailgate-bounce-{bounce.pk}",
+        message_id=email.message_id,
+        event=EventType.BOUNCED,
+        bounce_type=bounce.bounce_type,
+        recipient=bounce.recipient or email.to_address,
+        timestamp=bounce.created_at,
+        diagnostic=bounce.diagnostic or bounce.status_code,
+        source="mailgate",
+    )
 
 
 def publish(event):
-    """Hand one normalised bounce event to the tracking queue: the same path as MTA callbacks.
+    """Hand one bounce event to the tracking queue: the same path as MTA callbacks.
 
     dbmail_track applies it (precedence, the email's log, suppression of hard bounces).
     """
-    tracking.publish(event)
+    queue.publish(event)
 
 
 def mark_bounce(inbound, rows):

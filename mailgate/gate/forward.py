@@ -8,8 +8,9 @@ original are dropped: Bcc must never travel, and a signature over a From we
 replace would only fail.
 
 Senders: forwards are sent by the site's DEFAULT_FROM_EMAIL account (or by a
-SenderAccount with the list's own address when one is configured, to use its
-SMTP server). The list address appears only in the rewritten From header of
+staff-managed SenderAccount with the list's own address when one is
+configured, to use its SMTP server; never by one mirroring a user's mailbox
+account, whose server and login are the user's). The list address appears only in the rewritten From header of
 the raw message, so no arbitrary address becomes a sender: the list address
 is by construction one the site routes itself.
 """
@@ -22,12 +23,13 @@ from email.utils import formataddr
 from django.conf import settings
 from django.db import transaction
 
+from dbmail import states
 from dbmail.content import rendering
 from dbmail.intake.outbox import enqueue
-from dbmail.models import SenderAccount, TextOfEmail
+from dbmail.models import TextOfEmail
 from dbmail.send.loop import send_one_now
-from dbmail.track.apply import TRACKING_HEADER
-from mailgate.gate import parsing
+from dbmail.track.header import TRACKING_HEADER
+from mailgate.gate import addresses, parsing
 
 # Dropped from the original and, where they matter, written anew. X-Loop stays: every list a message
 # went through adds its own, so each one recognises the message when it comes back.
@@ -172,7 +174,7 @@ def build_message(raw, parsed, route, message_id):
 
 
 def _sending_account(route):
-    if SenderAccount.objects.filter(address__iexact=route.list_address, active=True).exists():
+    if addresses.staff_senders().filter(address__iexact=route.list_address, active=True).exists():
         return route.list_address
     return settings.DEFAULT_FROM_EMAIL
 
@@ -203,7 +205,7 @@ def forward(inbound, parsed, route):
                 raw_message=copy.render(message_id),
                 message_id=message_id,
             )
-            if send_at_once and email.status == TextOfEmail.Status.QUEUED:
+            if send_at_once and email.status == states.EmailStatus.QUEUED:
                 # A lambda, not functools.partial: robust on_commit logs the callback's __qualname__. It keeps
                 # only the key: a big message times the members held until the commit would be a lot.
                 transaction.on_commit(lambda pk=email.pk: send_one_now(TextOfEmail(pk=pk)), robust=True)

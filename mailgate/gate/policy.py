@@ -27,12 +27,10 @@ from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from dbmail.content import verp
 from dbmail.content.recipients import address_error
 from dbmail.intake.outbox import send_now
-from dbmail.models import SenderAccount
-from dbmail.track.apply import TRACKING_HEADER, email_pk_from_tracking_id
-from mailgate.gate import forward, parsing
+from dbmail.track.header import TRACKING_HEADER, email_pk_from_tracking_id
+from mailgate.gate import addresses, forward, parsing, routing
 from mailgate.models import EmailList, SenderNotice
 
 FORWARD, HOLD, REFUSE, LOOP = "forward", "hold", "refuse", "loop"
@@ -81,7 +79,7 @@ def our_mark(parsed, route):
         address = parsing.parseaddr_lower(value) or value.strip().lower()
         if address == list_address or list_address in value.lower():
             return f"X-Loop: {route.list_address} (this list sent it)"
-        if address.rpartition("@")[2] in our_domains(route) and own_address(address):
+        if "@" in address and (own_address(address) or _our_list(address, route)):
             return f"X-Loop: {address[:100]} (an address of ours sent it)"
     own_id = forward.list_id_value(list_address).lower()
     for value in parsed.header("list-id")[:MARKS_CHECKED]:
@@ -91,31 +89,32 @@ def our_mark(parsed, route):
     return ""
 
 
-def our_domains(route):
-    """Domains whose addresses are ours for the marks: the list's own, the site's and the VERP domain.
-
-    Lists match local parts at any domain the MTA hands us; a mark naming a
-    list at some other domain is someone else's list of the same name.
-    """
-    addresses = (route.list_address, settings.DEFAULT_FROM_EMAIL, settings.SERVER_EMAIL)
-    domains = {parsing.parseaddr_lower(a).rpartition("@")[2] for a in addresses}
-    return (domains | {settings.DBMAIL_VERP_DOMAIN}) - {""}
-
-
 _LIST_ID = re.compile(r"<([^<>\s]{1,300})>")
 
 
-def _is_our_list_id(value, route):
-    """Whether `value` (label.domain) is the List-Id one of our lists writes for some address it routes."""
-    from mailgate.gate import routing
+def _our_list(address, route):
+    """A list of ours answers at `address`: in a domain of ours (mailgate.gate.addresses), or in the one
+    this very message came to, which the MTA has just shown to be a list domain."""
+    if addresses.list_for(address) is not None:
+        return True
+    return addresses.domain_of(address) == addresses.domain_of(route.list_address) and (
+        routing.find_list(addresses.normalise(address))[0] is not None
+    )
 
+
+def _is_our_list_id(value, route):
+    """Whether `value` (label.domain) is the List-Id one of our lists writes for some address it routes.
+
+    Only in our own domains: someone else's list of the same name writes the
+    same label under its own domain.
+    """
     label, _, domain = value.partition(".")
-    if not (label and domain in our_domains(route)):
+    if not (label and domain):
         return False
     # The label is the local part with anything but letters, digits and "-" made "-"; most often that was a dot.
     for local in dict.fromkeys((label, label.replace("-", "."))):
         address = f"{local}@{domain}"
-        if routing.find_list(address)[0] is not None and forward.list_id_value(address).lower() == value:
+        if _our_list(address, route) and forward.list_id_value(address).lower() == value:
             return True
     return False
 
@@ -173,16 +172,8 @@ def decide(parsed, route, envelope_sender):
 
 
 def own_address(address):
-    """True for addresses of this site: sender accounts, site addresses, list and VERP addresses."""
-    from mailgate.gate import routing
-
-    address = address.lower()
-    site = {parsing.parseaddr_lower(a) for a in (settings.DEFAULT_FROM_EMAIL, settings.SERVER_EMAIL)}
-    if address in site or verp.is_verp_address(address):
-        return True
-    if SenderAccount.objects.filter(address__iexact=address).exists():
-        return True
-    return routing.find_list(address)[0] is not None
+    """True for addresses of this site (mailgate.gate.addresses: only in the domains it routes)."""
+    return addresses.own_address(address)
 
 
 def notice_recipient(inbound, parsed):

@@ -14,7 +14,10 @@ code; a resolver gets the regex match (named and numbered groups)::
 
 A resolver returns users and/or address strings (or {"email", "name"} mappings).
 Inactive users, users without an address and suppressed addresses are left
-out; each address appears once. Recipients never come from the message's
+out; each address appears once. A resolver raises NoSuchAddress when the
+matched address names nobody (the built-in `user` resolver does for an
+unknown user): the gate then answers as for an address no list matches
+(exit 67, or the notice), instead of accepting mail for no one. Recipients never come from the message's
 To/Cc/Bcc headers.
 """
 
@@ -29,6 +32,10 @@ from dbmail.models import Suppression
 from mailgate.models import EmailList
 
 _RESOLVERS = {}
+
+
+class NoSuchAddress(Exception):
+    """A resolver's answer: the address its list matched belongs to nobody."""
 
 
 @dataclass(frozen=True)
@@ -90,17 +97,21 @@ def find_list(recipient):
 
 
 def route(recipient):
-    """The Route for an envelope recipient, members resolved; None when no list matches."""
+    """The Route for an envelope recipient, members resolved; None when no list matches or its resolver finds nobody."""
     recipient = normalise_recipient(recipient)
     email_list, match = find_list(recipient)
     if email_list is None:
+        return None
+    try:
+        members = resolve_members(email_list, match)
+    except NoSuchAddress:
         return None
     return Route(
         email_list=email_list,
         recipient=recipient,
         groups={k: v for k, v in match.groupdict().items() if v is not None},
         args=match.groups(),
-        members=resolve_members(email_list, match),
+        members=members,
     )
 
 
@@ -157,4 +168,7 @@ def resolve_members(email_list, match):
 @list_resolver("user", label="A user's own address (group 'user', else the whole local part)")
 def user_address(match, email_list):
     username = match.groupdict().get("user") or match.string.rpartition("@")[0] or match.string
-    return list(get_user_model().objects.filter(username__iexact=username, is_active=True))
+    users = list(get_user_model().objects.filter(username__iexact=username, is_active=True))
+    if not users:
+        raise NoSuchAddress(f"no active user {username!r}")
+    return users

@@ -1,10 +1,13 @@
 """Outgoing mailbox messages: a `sending` message goes out through its account's own SMTP server.
 
 Sending is dbmail's: the message becomes one outbox email per recipient
-(dbmail.intake.outbox.enqueue) from the account's dbmail SenderAccount, whose SMTP
-settings are the account's profile and login, so dbmail's sender connects to
-that server and keeps its log, retries and statuses. This module only hands
-the message over once and mirrors the outcome back:
+(dbmail.intake.outbox.enqueue) from the account's own dbmail SenderAccount
+(its mirror: made for it, written only by it), whose SMTP settings are the
+account's profile and login, so dbmail's sender connects to that server and
+keeps its log, retries and statuses. Whether the account may send as its
+address at all is mailgate.mailboxes.identity's to say; a message it may not
+send goes to `error` with the reason. This module only hands the message
+over once and mirrors the outcome back:
 
     every copy sent (or later delivered)        -> sent
     any copy dropped, cancelled or bounced      -> error, with the reasons
@@ -17,44 +20,100 @@ from email.utils import formatdate
 from django.conf import settings
 from django.core.mail import EmailMultiAlternatives
 from django.db import transaction
+from django.db.models import ProtectedError
 
+from dbmail import states
 from dbmail.content import rendering
 from dbmail.intake import outbox
-from dbmail.models import SenderAccount, TextOfEmail
+from dbmail.models import SenderAccount
 from dbmail.send.loop import send_one_now
+from mailgate.mailboxes import identity
 from mailgate.models import MailAccount, Message, MessagePart
 
 log = logging.getLogger(__name__)
-EmailStatus = TextOfEmail.Status
-_SENT = {EmailStatus.SENT, EmailStatus.DELIVERED, EmailStatus.COMPLAINED}
-_FAILED = {EmailStatus.DROPPED, EmailStatus.CANCELLED, EmailStatus.BOUNCED}
-_PENDING = {EmailStatus.QUEUED, EmailStatus.DEFERRED, EmailStatus.SENDING}
+_SENT = set(states.SUCCEEDED)
+_FAILED = set(states.FAILED)
+_PENDING = set(states.UNFINISHED)
+
+
+class AddressTaken(Exception):
+    """The account's address is not its to use (mailgate.mailboxes.identity.address_refusal says why)."""
 
 
 def sync_sender(account):
-    """Create or update the dbmail sender account that sends as `account` through its profile's SMTP server."""
+    """Create or update the account's own dbmail sender account (its "mirror"); never any other one.
+
+    The mirror is made fresh for the account (or is the switched-off mirror a
+    deleted account with that address left behind) and is active only while
+    the account may send (identity.sending_refusal). Raises AddressTaken, with
+    nothing written, when the address is someone else's.
+    """
+    refusal = identity.address_refusal(account.address, account)
+    if refusal:
+        raise AddressTaken(refusal)
     profile = account.profile
+    own_login = identity.proves_itself(profile)
     values = dict(
+        address=account.address,
         display_name=account.display_name,
-        active=account.enabled,
+        active=account.enabled and not identity.sending_refusal(account),
         smtp_host=profile.smtp_host,
         smtp_port=profile.smtp_port if profile.smtp_host else None,
-        smtp_username=account.login if profile.smtp_host and profile.smtp_auth else "",
-        smtp_password=account.secret if profile.smtp_host and profile.smtp_auth else "",
+        smtp_username=account.login if own_login else "",
+        smtp_password=account.secret if own_login else "",
         smtp_use_tls=profile.smtp_starttls,
         smtp_use_ssl=profile.smtp_ssl,
+        mailbox=True,
     )
-    sender, _ = SenderAccount.objects.update_or_create(address=account.address, defaults=values)
-    if account.sender_id != sender.pk:
-        MailAccount.objects.filter(pk=account.pk).update(sender=sender)
-        account.sender = sender
+    with transaction.atomic():
+        sender = account.sender_id and SenderAccount.objects.select_for_update().filter(pk=account.sender_id).first()
+        sender = sender or (
+            SenderAccount.objects.select_for_update(of=("self",))
+            .filter(address__iexact=account.address, mailbox=True, mail_account__isnull=True)
+            .first()
+        )
+        if sender is None:
+            sender = SenderAccount.objects.create(**values)
+        else:
+            for name, value in values.items():
+                setattr(sender, name, value)
+            sender.save()
+        if account.sender_id != sender.pk:
+            MailAccount.objects.filter(pk=account.pk).update(sender=sender)
+    account.sender = sender
     return sender
 
 
 def sync_profile(profile):
-    """After a profile's SMTP settings change: every account's sender account follows."""
-    for account in profile.accounts.select_related("profile"):
-        sync_sender(account)
+    """After a profile's SMTP settings change: every account's sender account follows (a taken one is noted)."""
+    for account in profile.accounts.select_related("profile", "owner"):
+        try:
+            sync_sender(account)
+        except AddressTaken as exc:
+            MailAccount.objects.filter(pk=account.pk).update(last_error=str(exc))
+
+
+def sync_covered_by(granted):
+    """After a send grant for `granted` (an address or @domain) changed: the mirrors it covers follow."""
+    lookup = {"address__iendswith": granted} if granted.startswith("@") else {"address__iexact": granted}
+    for account in MailAccount.objects.filter(**lookup).exclude(sender=None).select_related("profile", "owner"):
+        try:
+            sync_sender(account)
+        except AddressTaken as exc:
+            MailAccount.objects.filter(pk=account.pk).update(last_error=str(exc))
+
+
+def retire_sender(account):
+    """A deleted account's mirror goes too; once it has sent mail (the log keeps it) it stays, off, without a login."""
+    if not account.sender_id:
+        return
+    try:
+        with transaction.atomic():
+            SenderAccount.objects.filter(pk=account.sender_id, mailbox=True).delete()
+    except ProtectedError:
+        SenderAccount.objects.filter(pk=account.sender_id, mailbox=True).update(
+            active=False, smtp_username="", smtp_password=""
+        )
 
 
 def recipients(message):
@@ -73,13 +132,21 @@ def submit(message):
         message = Message.objects.select_for_update().select_related("account__profile").get(pk=message.pk)
         if message.status != Message.Status.SENDING or message.outbox.exists():
             return []
-        sync_sender(message.account)
         to = recipients(message)
         if not message.account.enabled:
             _set(message, Message.Status.ERROR, "the account is disabled")
             return []
         if not to:
             _set(message, Message.Status.ERROR, "no recipients (to, cc and bcc are empty)")
+            return []
+        try:
+            sync_sender(message.account)
+        except AddressTaken as exc:
+            _set(message, Message.Status.ERROR, f"{message.account.address}: {exc}")
+            return []
+        refusal = identity.sending_refusal(message.account)
+        if refusal:
+            _set(message, Message.Status.ERROR, refusal)
             return []
         html = message.html.read().decode("utf-8") if message.html else ""
         emails = []
@@ -120,7 +187,7 @@ def compose(message, html, message_id):
 def send(message):
     """Submit the message and try to send each of its copies at once; then mirror their statuses."""
     for email in submit(message):
-        if email.status == EmailStatus.QUEUED:
+        if email.status == states.EmailStatus.QUEUED:
             send_one_now(email)
     return refresh(message)
 

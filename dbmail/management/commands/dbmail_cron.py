@@ -3,6 +3,7 @@ import time
 
 from django.core.management.base import BaseCommand, CommandError
 
+from dbmail import states
 from dbmail.ops import sites
 from dbmail.ops.cron import Runner, Unreachable
 
@@ -69,7 +70,7 @@ class Progress:
 
     def __init__(self, stream):
         self.stream = stream
-        self.counts = {"expanded": 0, "sent": 0, "deferred": 0, "dropped": 0}
+        self.counts = {"expanded": 0, **dict.fromkeys(states.OUTCOMES, 0)}  # then sent, deferred, dropped
         self.drawn_at = 0.0
 
     def expanded(self, n):

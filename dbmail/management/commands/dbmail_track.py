@@ -7,8 +7,8 @@ from django.db import DatabaseError, close_old_connections
 from django.utils import timezone
 
 from dbmail.ops import health
-from dbmail.track import apply as tracking
 from dbmail.track import logfollow
+from dbmail.track.consume import consume
 from dbmail.track.queue import QueueUnavailable
 
 
@@ -53,7 +53,7 @@ class Command(BaseCommand):
     def run_once(self, batch_size):
         started = timezone.now()
         try:
-            run = tracking.consume(batch_size=batch_size, should_stop=lambda: self.stopping)
+            run = consume(batch_size=batch_size, should_stop=lambda: self.stopping)
         except (QueueUnavailable, DatabaseError) as exc:
             health.beat("dbmail_track", started, error=str(exc)[:2000])
             raise

@@ -7,12 +7,13 @@ from django.http import JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_POST
 
+from dbmail import states
 from dbmail.content import audience, rendering
 from dbmail.models import EmailTemplate, MessageRequest
 from dbmail.panel.forms import ComposeForm
 from dbmail.panel.views.access import panel_view
 
-Status = MessageRequest.Status
+Status = states.RequestStatus
 
 
 def _variables(form):
@@ -31,7 +32,7 @@ def compose(request, pk=None):
         if draft.status != Status.DRAFT:
             messages.error(request, "Only drafts can be edited; reuse it as a new request instead.")
             return redirect("commpanel:request", pk=pk)
-    instance = draft or MessageRequest(creator=request.user, status=Status.DRAFT)
+    instance = draft or MessageRequest(creator=request.user, status=states.REQUEST_CREATE_DRAFT.target)
     if request.method == "POST":
         form = ComposeForm(request.POST, request.FILES, instance=instance)
         if form.is_valid():
@@ -70,7 +71,7 @@ def _starting_point(request):
 @panel_view
 def count(request, pk=None):
     """The exact number of addresses the compose form's current choice reaches, with warnings (JSON)."""
-    instance = MessageRequest(status=Status.DRAFT)
+    instance = MessageRequest(status=states.REQUEST_CREATE_DRAFT.target)
     if pk is not None:
         instance = get_object_or_404(MessageRequest, pk=pk, status=Status.DRAFT)
     form = ComposeForm(request.POST, request.FILES, instance=instance)

@@ -12,36 +12,44 @@ from django.urls import reverse
 from django.utils import timezone
 from django.views.decorators.http import require_POST
 
-from dbmail.content import attachments, audience, recipients, rendering
+from dbmail import states
+from dbmail.content import attachments, audience, recipients, rendering, validation
 from dbmail.models import MessageRequest, TextOfEmail
 from dbmail.panel import preview
 from dbmail.panel.forms import ScheduleForm
 from dbmail.panel.views.access import panel_view
 
-Status = MessageRequest.Status
-EmailStatus = TextOfEmail.Status
+Status = states.RequestStatus
+EmailStatus = states.EmailStatus
 # The order statuses are shown in, bars and tables alike.
-SHOWN = ["queued", "sending", "sent", "delivered", "deferred", "dropped", "bounced", "complained", "cancelled"]
-DONE = {"sent", "delivered", "dropped", "bounced", "complained", "cancelled"}
+SHOWN = [
+    EmailStatus.QUEUED,
+    EmailStatus.SENDING,
+    EmailStatus.SENT,
+    EmailStatus.DELIVERED,
+    EmailStatus.DEFERRED,
+    EmailStatus.DROPPED,
+    EmailStatus.BOUNCED,
+    EmailStatus.COMPLAINED,
+    EmailStatus.CANCELLED,
+]
 
 
 def progress(mail, counts):
     """Numbers for the progress bar and chart of one request."""
     total = sum(counts.values())
-    done = sum(n for s, n in counts.items() if s in DONE)
-    waiting = mail.status in (Status.QUEUED, Status.EXPANDING) or any(
-        counts.get(s) for s in ("queued", "sending", "deferred")
-    )
+    done = sum(n for s, n in counts.items() if s in states.FINAL)
+    waiting = mail.status in states.REQUEST_TO_EXPAND or any(counts.get(s) for s in states.UNFINISHED)
     return {
         "status": mail.status,
         "total": total,
         "done": done,
         "percent": round(100 * done / total) if total else (100 if mail.status == Status.EXPANDED else 0),
         "counts": {s: counts.get(s, 0) for s in SHOWN if counts.get(s)},
-        "active": waiting and mail.status not in (Status.CANCELLED, Status.DRAFT),
-        "cancellable": mail.status in (Status.QUEUED, Status.EXPANDING)
-        or (mail.status == Status.EXPANDED and any(counts.get(s) for s in ("queued", "deferred"))),
-        "retryable": bool(counts.get("deferred") or counts.get("dropped")),
+        "active": waiting and mail.status not in states.REQUEST_DORMANT,
+        "cancellable": mail.status in states.REQUEST_TO_EXPAND
+        or (mail.status == Status.EXPANDED and any(counts.get(s) for s in states.CANCEL.sources)),
+        "retryable": any(counts.get(s) for s in states.RETRY.sources),
     }
 
 
@@ -165,7 +173,7 @@ def send(request, pk):
     """Queue a draft: now or at the chosen time. Checks everything once more first."""
     with transaction.atomic():
         mail = get_object_or_404(MessageRequest.objects.select_for_update(), pk=pk)
-        if mail.status != Status.DRAFT:
+        if mail.status not in states.SCHEDULE.sources:
             messages.error(request, "This request has already been queued.")
             return redirect("commpanel:request", pk=pk)
         form = ScheduleForm(request.POST)
@@ -175,13 +183,13 @@ def send(request, pk):
                     messages.error(request, error)
             return redirect("commpanel:request", pk=pk)
         try:
-            mail.full_clean()
+            validation.full_clean(mail)
         except ValidationError as exc:  # the draft became invalid since (e.g. its sender was deactivated)
             for error in exc.messages:
                 messages.error(request, error)
             return redirect("commpanel:request", pk=pk)
         mail.send_at = form.send_time()
-        mail.status = Status.QUEUED
+        mail.status = states.SCHEDULE.target
         mail.save(update_fields=["send_at", "status"])
     if form.cleaned_data["when"] == "later":
         messages.success(request, f"Scheduled for {mail.send_at:%Y-%m-%d %H:%M %Z}. You can cancel it until then.")
@@ -211,7 +219,7 @@ def send_test(request, pk):
     email.refresh_from_db(fields=["status", "last_error"])
     if email.status == EmailStatus.SENT:
         messages.success(request, f"Test sent to {email.to_address} as {shown.recipient.email} would get it.")
-    elif email.status in (EmailStatus.QUEUED, EmailStatus.DEFERRED):
+    elif email.status in states.WAITING:
         messages.warning(
             request,
             f"The mail server did not take the test yet; the next dbmail_cron run sends it to {email.to_address}.",
@@ -230,7 +238,7 @@ def cancel(request, pk):
     else:
         before = mail.status_counts()
         mail.cancel()
-        stopped = mail.status_counts().get("cancelled", 0) - before.get("cancelled", 0)
+        stopped = mail.status_counts().get(EmailStatus.CANCELLED, 0) - before.get(EmailStatus.CANCELLED, 0)
         messages.success(request, f"Cancelled. {stopped} unsent email(s) will not go out.")
     return redirect("commpanel:request", pk=pk)
 
@@ -261,7 +269,7 @@ def reuse(request, pk):
             context=source.context,
             public=source.public,
             creator=request.user,
-            status=Status.DRAFT,
+            status=states.REQUEST_CREATE_DRAFT.target,
         )
         attachments.copy(source, copy)
     messages.success(request, f"New draft made from request #{source.pk}. Change what you need.")

@@ -4,16 +4,16 @@ from django.shortcuts import render
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_http_methods
 
-from dbmail.content.tokens import read_token
+from dbmail.content.tokens import address_for
 from dbmail.models import Suppression
 
 
 # One-click unsubscribe POSTs come from mail providers without cookies or a CSRF
-# token (RFC 8058); the signed token is what authorises the request.
+# token (RFC 8058); the token is what authorises the request (dbmail.content.tokens: both forms).
 @csrf_exempt
 @require_http_methods(["GET", "POST"])
 def unsubscribe(request, token):
-    address = read_token(token)
+    address = address_for(token)
     if address is None:
         return render(request, "dbmail/unsubscribe_invalid.html", status=400)
     if request.method == "POST":

@@ -8,6 +8,8 @@ from django.core.files.base import ContentFile
 from django.urls import reverse
 from rest_framework import serializers
 
+from dbmail.models import SendGrant
+from mailgate.mailboxes import identity
 from mailgate.mailboxes.store import store_part
 from mailgate.models import MailAccount, MailFolder, MailServerProfile, Message, MessagePart, validate_options
 
@@ -42,8 +44,12 @@ class ProfileSerializer(serializers.ModelSerializer):
 
 
 class AccountSerializer(serializers.ModelSerializer):
+    """An address nobody else has (identity.address_refusal); sending as it is checked per message."""
+
     secret = serializers.CharField(write_only=True, style={"input_type": "password"}, max_length=500)
     owner = serializers.PrimaryKeyRelatedField(read_only=True)
+    # Declared, not derived: the model's unique check compares case-sensitively; address_refusal does not.
+    address = serializers.EmailField(max_length=254)
 
     class Meta:
         model = MailAccount
@@ -56,7 +62,11 @@ class AccountSerializer(serializers.ModelSerializer):
     validate_options = staticmethod(_options)
 
     def validate_address(self, value):
-        return value.strip().lower()
+        value = value.strip().lower()
+        refusal = identity.address_refusal(value, self.instance)
+        if refusal:
+            raise serializers.ValidationError(refusal)
+        return value
 
 
 class FolderSerializer(serializers.ModelSerializer):
@@ -137,6 +147,9 @@ class MessageSerializer(serializers.ModelSerializer):
         request = self.context["request"]
         if not (request.user.is_staff or account.owner_id == request.user.pk):
             raise serializers.ValidationError("No such account.")
+        refusal = identity.address_refusal(account.address, account) or identity.sending_refusal(account)
+        if refusal:
+            raise serializers.ValidationError(refusal)
         return account
 
     def validate_files(self, files):
@@ -165,3 +178,14 @@ class MessageSerializer(serializers.ModelSerializer):
             content_type = upload.content_type or mimetypes.guess_type(upload.name)[0]
             store_part(message, MessagePart.Kind.ATTACHMENT, position, upload.name, content_type, upload.read())
         return message
+
+
+class GrantSerializer(serializers.ModelSerializer):
+    via = serializers.SerializerMethodField(help_text='"user" for a grant to you, else the group\'s name.')
+
+    class Meta:
+        model = SendGrant
+        fields = ["address", "via", "granted_at"]
+
+    def get_via(self, grant) -> str:
+        return "user" if grant.user_id else grant.group.name

@@ -1,5 +1,4 @@
 from django.urls import include, path
-from drf_spectacular.views import SpectacularAPIView
 from rest_framework.authtoken.views import obtain_auth_token
 from rest_framework.routers import DefaultRouter
 
@@ -10,9 +9,10 @@ router.register("profiles", views.ProfileViewSet, basename="mailbox-profile")
 router.register("accounts", views.AccountViewSet, basename="mailbox-account")
 router.register("folders", views.FolderViewSet, basename="mailbox-folder")
 router.register("messages", views.MessageViewSet, basename="mailbox-message")
+router.register("grants", views.GrantViewSet, basename="send-grant")
 
 urlpatterns = [
-    path("schema/", SpectacularAPIView.as_view(), name="api-schema"),
+    path("schema/", views.SchemaView.as_view(), name="api-schema"),
     path("token/", obtain_auth_token, name="api-token"),
     path("", include(router.urls)),
 ]

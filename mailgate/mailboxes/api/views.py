@@ -1,5 +1,6 @@
 """The messages API (seed 002's email/Profiles, Accounts, Folders, Messages) under /api/v1/."""
 
+from django.conf import settings
 from django.db import transaction
 from django.db.models import F, ProtectedError
 from django.db.models.functions import Coalesce
@@ -9,16 +10,20 @@ from django.utils import timezone
 from django.utils.dateparse import parse_date, parse_datetime
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_view
+from drf_spectacular.views import SpectacularAPIView
 from rest_framework import mixins, serializers, status, viewsets
 from rest_framework.decorators import action
-from rest_framework.permissions import IsAuthenticated
+from rest_framework.permissions import AllowAny, IsAuthenticated
 from rest_framework.response import Response
 
+from dbmail.intake import grants
+from dbmail.models import SendGrant
 from mailgate.mailboxes import imap, outgoing
 from mailgate.mailboxes.api import permissions
 from mailgate.mailboxes.api.serializers import (
     AccountSerializer,
     FolderSerializer,
+    GrantSerializer,
     MessageSerializer,
     PartSerializer,
     ProfileSerializer,
@@ -26,6 +31,13 @@ from mailgate.mailboxes.api.serializers import (
 from mailgate.models import MailAccount, MailFolder, MailServerProfile, Message, MessagePart
 
 BINARY = {(200, "application/octet-stream"): OpenApiTypes.BINARY}
+
+
+class SchemaView(SpectacularAPIView):
+    """The OpenAPI schema: for signed-in users, or for anyone with API_SCHEMA_PUBLIC (read per request)."""
+
+    def get_permissions(self):
+        return [AllowAny() if settings.API_SCHEMA_PUBLIC else IsAuthenticated()]
 
 
 class ProfileViewSet(viewsets.ModelViewSet):
@@ -62,13 +74,15 @@ class AccountViewSet(viewsets.ModelViewSet):
         return permissions.visible_accounts(self.request.user, accounts)
 
     def perform_create(self, serializer):
-        account = serializer.save(owner=self.request.user)
-        outgoing.sync_sender(account)
+        with transaction.atomic():
+            account = serializer.save(owner=self.request.user)
+            _sync(account)
         imap.discover_quietly(account)  # an unreachable server is the account's last_error, not a failed create
         account.refresh_from_db()
 
     def perform_update(self, serializer):
-        outgoing.sync_sender(serializer.save())
+        with transaction.atomic():
+            _sync(serializer.save())
 
     @extend_schema(request=None, responses=DiscoveryResult)
     @action(detail=True, methods=["post"])
@@ -80,6 +94,23 @@ class AccountViewSet(viewsets.ModelViewSet):
         except imap.MailboxError as exc:
             return Response({"added": [], "error": str(exc)}, status=status.HTTP_502_BAD_GATEWAY)
         return Response({"added": added, "error": ""})
+
+
+def _sync(account):
+    try:
+        outgoing.sync_sender(account)
+    except outgoing.AddressTaken as exc:  # taken between validation and now: the atomic block undoes the save
+        raise serializers.ValidationError({"address": [str(exc)]}) from None
+
+
+class GrantViewSet(mixins.ListModelMixin, viewsets.GenericViewSet):
+    """The addresses you may send as through the site's own server (granted by staff, to you or a group)."""
+
+    serializer_class = GrantSerializer
+    queryset = SendGrant.objects.none()  # for the schema; get_queryset decides
+
+    def get_queryset(self):
+        return grants.grants_of(self.request.user).select_related("group").order_by("address", "id")
 
 
 class FolderViewSet(viewsets.ModelViewSet):
