@@ -253,7 +253,7 @@ class _FirstLine(io.TextIOBase):
     def write(self, text):
         line = one_line(text.lstrip("\n").split("\n", 1)[0])
         if line:
-            self.stream.write(line + "\n")
+            self.stream.write((line if line.startswith("mailgate:") else f"mailgate: {line}") + "\n")
         return len(text)
 
     def flush(self):
