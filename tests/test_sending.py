@@ -7,6 +7,7 @@ from django.utils import timezone
 from dbmail.models import DeliveryEvent, TextOfEmail
 from dbmail.send import loop as sending
 from dbmail.send import retry
+from dbmail.track.header import TRACKING_HEADER, tracking_id
 
 from .factories import SenderAccountFactory, TextOfEmailFactory
 from .smtpserver import SMTPServer
@@ -154,11 +155,12 @@ def test_raw_message_is_sent_byte_for_byte(smtp_server):
         b"Message-ID: <orig@example.com>\nMIME-Version: 1.0\nContent-Type: text/plain; charset=utf-8\n\n"
         b"line\n.leading dot\n"
     )
-    TextOfEmailFactory(raw_message=raw, to_address="member@example.net")
+    email = TextOfEmailFactory(raw_message=raw, to_address="member@example.net")
     assert sending.send_due().sent == 1
     (got,) = smtp_server.received
     assert got.rcpt_tos == ["member@example.net"]
-    assert got.data.replace(b"\r\n", b"\n") == raw
+    # Byte for byte after the one field the outbox puts first: the email's own tracking header.
+    assert got.data.replace(b"\r\n", b"\n") == f"{TRACKING_HEADER}: {tracking_id(email.pk)}\n".encode() + raw
 
 
 def test_sender_account_with_its_own_server(smtp_server):
@@ -230,7 +232,8 @@ def test_backoff_doubles_and_is_capped(settings):
 def test_a_raw_email_from_the_database_goes_through_any_backend(settings, mailoutbox):
     settings.EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"
     raw = b"From: a@example.com\r\nTo: list@example.org\r\nSubject: fwd\r\n\r\nbody\r\n"
-    TextOfEmailFactory(raw_message=raw, to_address="member@example.net")
+    email = TextOfEmailFactory(raw_message=raw, to_address="member@example.net")
     assert sending.send_due().sent == 1
     (message,) = mailoutbox
-    assert message.message().as_bytes(linesep="\r\n") == raw
+    own = f"{TRACKING_HEADER}: {tracking_id(email.pk)}\r\n".encode()
+    assert message.message().as_bytes(linesep="\r\n") == own + raw

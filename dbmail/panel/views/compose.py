@@ -7,7 +7,7 @@ from django.http import JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_POST
 
-from dbmail import states
+from dbmail import audit, states
 from dbmail.content import audience, rendering
 from dbmail.models import EmailTemplate, MessageRequest
 from dbmail.panel.forms import ComposeForm
@@ -38,6 +38,7 @@ def compose(request, pk=None):
         if form.is_valid():
             with transaction.atomic():
                 mail = form.save()
+                audit.record(request.user, "edit draft" if draft else "create draft", mail)
             for line in form.csv_report:
                 messages.warning(request, f"Left out: {line}")
             messages.success(request, "Draft saved. Check the preview, send yourself a test, then send it.")

@@ -12,7 +12,7 @@ from django.urls import reverse
 from django.utils import timezone
 from django.views.decorators.http import require_POST
 
-from dbmail import states
+from dbmail import audit, states
 from dbmail.content import attachments, audience, recipients, rendering, validation
 from dbmail.models import MessageRequest, TextOfEmail
 from dbmail.panel import preview
@@ -110,6 +110,7 @@ def request_detail(request, pk):
         "recipients_label": recipients_label(mail),
         "now": timezone.now(),
         "large_threshold": settings.DBMAIL_LARGE_SEND_WARNING,
+        "history": mail.audit_events.order_by("at", "id"),
     }
     if mail.public and mail.status != Status.DRAFT:
         context["web_version_url"] = request.build_absolute_uri(reverse("dbmail:web_version", args=[mail.public_id]))
@@ -191,6 +192,10 @@ def send(request, pk):
         mail.send_at = form.send_time()
         mail.status = states.SCHEDULE.target
         mail.save(update_fields=["send_at", "status"])
+        later = form.cleaned_data["when"] == "later"
+        audit.record(
+            request.user, "schedule" if later else "send", mail, detail=f"to go out at {mail.send_at:%Y-%m-%d %H:%M %Z}"
+        )
     if form.cleaned_data["when"] == "later":
         messages.success(request, f"Scheduled for {mail.send_at:%Y-%m-%d %H:%M %Z}. You can cancel it until then.")
     else:
@@ -212,6 +217,9 @@ def send_test(request, pk):
             messages.error(request, "There is no recipient to render the test for.")
             return redirect("commpanel:request", pk=pk)
         email = preview.send_test(mail, shown.recipient, request.user)
+        audit.record(
+            request.user, "send test", mail, detail=f"as {shown.recipient.email} would get it, to {email.to_address}"
+        )
     except rendering.RenderError as exc:
         messages.error(request, f"Not sent: {exc}")
         return redirect("commpanel:request", pk=pk)
@@ -237,8 +245,9 @@ def cancel(request, pk):
         messages.info(request, "This request was already cancelled.")
     else:
         before = mail.status_counts()
-        mail.cancel()
+        mail.cancel(actor=request.user)
         stopped = mail.status_counts().get(EmailStatus.CANCELLED, 0) - before.get(EmailStatus.CANCELLED, 0)
+        audit.record(request.user, "cancel", mail, detail=f"{stopped} unsent email(s) cancelled")
         messages.success(request, f"Cancelled. {stopped} unsent email(s) will not go out.")
     return redirect("commpanel:request", pk=pk)
 
@@ -247,7 +256,8 @@ def cancel(request, pk):
 @panel_view
 def retry(request, pk):
     mail = get_object_or_404(MessageRequest, pk=pk)
-    n = TextOfEmail.retry_now(mail.emails.all())
+    n = TextOfEmail.retry_now(mail.emails.all(), actor=request.user)
+    audit.record(request.user, "retry", mail, detail=f"{n} email(s) queued again")
     messages.success(request, f"{n} email(s) will be retried on the next dbmail_cron run.")
     return redirect("commpanel:request", pk=pk)
 
@@ -272,5 +282,6 @@ def reuse(request, pk):
             status=states.REQUEST_CREATE_DRAFT.target,
         )
         attachments.copy(source, copy)
+        audit.record(request.user, "create draft", copy, detail=f"reused from request #{source.pk}")
     messages.success(request, f"New draft made from request #{source.pk}. Change what you need.")
     return redirect("commpanel:edit", pk=copy.pk)
