@@ -56,6 +56,15 @@ _FIELD_END = re.compile(_EOL + rb"(?![ \t])")  # the line end after which no con
 _BLANK = re.compile(_EOL)
 _FOLD = re.compile(rb"(?:\r\n|\n|\r)(?=[ \t])")
 _MIME_FIELDS = ("content-type", "content-transfer-encoding", "mime-version")
+# The fields the gate reads (policy, loops, forwarding, mailboxes): past MAX_HEADER_FIELDS, one scan finds them all.
+WATCHED = frozenset(
+    {
+        "message-id", "subject", "from", "reply-to", "references", "to", "cc", "date", "return-path",
+        "delivered-to", "x-original-to", "auto-submitted", "precedence", "x-autoreply", "x-autorespond",
+        "x-auto-response", "x-loop", "list-id", "list-unsubscribe", "list-post", "mailing-list",
+        "x-mailing-list", "x-mailsite-email", *_MIME_FIELDS,
+    }
+)  # fmt: skip
 
 
 def clean_text(value):
@@ -168,6 +177,7 @@ class _Fields:
         self.index = {}
         self.rest = end  # where fields beyond the first MAX_HEADER_FIELDS start
         self.longest = 0
+        self._watched = None
         pos = start
         while pos < end:
             name = _FIELD.match(data, pos)
@@ -202,12 +212,24 @@ class _Fields:
         """Raw values (cut) of every field called `name`, up to MAX_VALUES_PER_NAME."""
         spans = self.index.get(name, [])[:MAX_VALUES_PER_NAME]
         if self.truncated and len(spans) < MAX_VALUES_PER_NAME:
-            pattern = re.compile(rb"(?im)^" + re.escape(name.encode("ascii")) + rb":")
-            for match in pattern.finditer(self.data, self.rest, self.end):
-                spans.append((match.end(), self._value_end(match.end())[0]))
-                if len(spans) == MAX_VALUES_PER_NAME:
-                    break
+            spans = (spans + self._beyond(name))[:MAX_VALUES_PER_NAME]
         return [self.raw(span) for span in spans]
+
+    def _beyond(self, name):
+        """Spans of `name` past the first MAX_HEADER_FIELDS fields: one scan for all the names the gate reads."""
+        if name not in WATCHED:
+            return list(self._scan((name,)).get(name, []))
+        if self._watched is None:
+            self._watched = self._scan(WATCHED)
+        return list(self._watched.get(name, []))
+
+    def _scan(self, names):
+        found = {}
+        for name, _, value_end, _ in find_fields(self.data, names, self.rest, self.end, values=True):
+            spans = found.setdefault(name, [])
+            if len(spans) < MAX_VALUES_PER_NAME:
+                spans.append(value_end)
+        return found
 
 
 @dataclass
@@ -274,11 +296,12 @@ def header_section(data):
     return start, end, blank.end() if blank else end
 
 
-def find_fields(data, names, start, end):
+def find_fields(data, names, start, end, values=False):
     """(lower-case name, field start, value end, next line start) of each field called one of `names`.
 
     One regular expression over the header section, so the cost does not
-    grow with the fields that are not asked for.
+    grow with the fields that are not asked for. With `values`, the third
+    item is the value's (start, end) span instead.
     """
     alternatives = b"|".join(re.escape(name.encode("ascii")) for name in sorted(names, key=len, reverse=True))
     # At a line start: after CR or LF (a lone CR ends a line for the email parser too), or at `start`.
@@ -286,7 +309,8 @@ def find_fields(data, names, start, end):
     for match in pattern.finditer(data, start, end):
         stop = _FIELD_END.search(data, match.end(), end)
         value_end, following = (stop.start(), stop.end()) if stop else (end, end)
-        yield match.group(1).decode("ascii").lower(), match.start(), value_end, following
+        third = (match.end(), value_end) if values else value_end
+        yield match.group(1).decode("ascii").lower(), match.start(), third, following
 
 
 def raw_fields(data, start, end):
