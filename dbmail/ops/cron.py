@@ -1,19 +1,16 @@
 """One dbmail_cron run: expand due requests, then send due emails, then record the run."""
 
-import signal
 import time
 from dataclasses import dataclass
 
-from django.db import DatabaseError, close_old_connections
+from django.db import DatabaseError
 from django.utils import timezone
 
+from dbmail.exceptions import Unreachable
 from dbmail.intake import expand, spool
 from dbmail.ops import health
+from dbmail.ops.runloop import Round, RunLoop
 from dbmail.send import loop as sending
-
-
-class Unreachable(Exception):
-    """The database or the SMTP server could not be reached at all."""
 
 
 @dataclass
@@ -41,33 +38,35 @@ class RunResult:
 
 
 class Runner:
-    """Runs once or in a loop; SIGTERM/SIGINT stop it after the message in flight."""
+    """Runs once or in a loop (dbmail.ops.runloop); SIGTERM/SIGINT stop it after the message in flight."""
 
-    def __init__(self, max_seconds=None, max_messages=None, batch_size=None, on_outcome=None, on_chunk=None):
+    def __init__(
+        self, max_seconds=None, max_messages=None, batch_size=None, on_outcome=None, on_chunk=None, interval=60.0
+    ):
         self.options = dict(max_seconds=max_seconds, max_messages=max_messages, batch_size=batch_size)
         self.on_outcome = on_outcome
         self.on_chunk = on_chunk
-        self.stopping = False
+        self.loop = RunLoop(interval, on_stop=[self._stop_sending])
         self.sender = None
 
+    @property
+    def stopping(self):
+        return self.loop.stopping
+
     def stop(self, *args):
-        self.stopping = True
+        self.loop.stop()
+
+    def _stop_sending(self):
         if self.sender:
             self.sender.stopping = True
 
     def install_signal_handlers(self):
-        signal.signal(signal.SIGTERM, self.stop)
-        signal.signal(signal.SIGINT, self.stop)
+        self.loop.handle_signals()
 
     def run_once(self):
         started, clock = timezone.now(), time.monotonic()
         try:
-            spool.intake()  # both spool steps do nothing unless DBMAIL_SPOOL_DIR is set
-            expanded = expand.expand_due(on_chunk=self.on_chunk) if not self.stopping else expand.ExpandResult()
-            self.sender = sending.Sender(on_outcome=self.on_outcome, **self.options)
-            self.sender.stopping = self.stopping
-            sent = self.sender.run()
-            spool.settle()
+            _, (expanded, sent), _ = spool.cycle(self._expand_and_send)
         except DatabaseError as exc:
             raise Unreachable(f"cannot reach the database: {exc}".strip()) from exc
         except spool.SpoolError as exc:
@@ -84,14 +83,25 @@ class Runner:
             raise Unreachable(error)
         return result
 
-    def run_loop(self, interval, report):
-        """Run every `interval` seconds until stopped; `report(result or exception)` after each."""
-        while not self.stopping:
-            close_old_connections()
+    def _expand_and_send(self):
+        expanded = expand.expand_due(on_chunk=self.on_chunk) if not self.stopping else expand.ExpandResult()
+        self.sender = sending.Sender(on_outcome=self.on_outcome, **self.options)
+        self.sender.stopping = self.stopping
+        return expanded, self.sender.run()
+
+    def run_loop(self, report):
+        """Run every `interval` seconds until stopped; `report(result or exception)` after each.
+
+        After a run that could not reach the database or the SMTP server the
+        pause doubles, up to dbmail.ops.runloop.MAX_BACKOFF, until a run succeeds.
+        """
+
+        def one_round():
             try:
                 report(self.run_once())
             except Unreachable as exc:
                 report(exc)
-            deadline = time.monotonic() + interval
-            while not self.stopping and time.monotonic() < deadline:
-                time.sleep(min(0.2, interval))
+                return Round.FAILED
+            return Round.DONE
+
+        self.loop.run(one_round)

@@ -7,12 +7,12 @@ on the sender's database thread where there is one).
 import logging
 from dataclasses import dataclass
 
-from django.conf import settings
 from django.db import connection as db_connection
 from django.db import transaction
 from django.utils import timezone
 
 from dbmail import states
+from dbmail.conf import settings as conf
 from dbmail.models import DeliveryEvent, TextOfEmail
 from dbmail.send import retry
 
@@ -126,7 +126,7 @@ _EXECUTE_SQL = "{sync} EXECUTE dbmail_write_outcomes (%s, %s::uuid[], %s, %s, %s
 
 
 def _write_postgresql(rows):
-    sync = "SET LOCAL synchronous_commit TO OFF;" if settings.DBMAIL_ASYNC_COMMIT else ""
+    sync = "SET LOCAL synchronous_commit TO OFF;" if conf.DBMAIL_ASYNC_COMMIT else ""
     columns = [
         [r.pk for r in rows],
         [str(r.token) for r in rows],

@@ -23,12 +23,11 @@ from email.utils import formataddr
 from django.conf import settings
 from django.db import transaction
 
-from dbmail import states
 from dbmail.content import rendering
-from dbmail.intake.outbox import enqueue
+from dbmail.intake import outbox
 from dbmail.models import TextOfEmail
-from dbmail.send.loop import send_one_now
 from dbmail.track.header import TRACKING_HEADER
+from mailgate.conf import settings as conf
 from mailgate.gate import addresses, parsing
 
 # Dropped from the original and, where they matter, written anew. X-Loop stays: every list a message
@@ -189,15 +188,15 @@ def forward(inbound, parsed, route):
     forwards are committed by then, and an error exit would make the MTA
     deliver the message again.
     """
-    send_at_once = len(route.members) <= settings.MAILGATE_SEND_NOW_MAX
+    send_at_once = len(route.members) <= conf.MAILGATE_SEND_NOW_MAX
     from_email = _sending_account(route)
     from_header = formataddr((display_from(parsed, route.email_list), route.list_address))
-    count = 0
+    emails = []
     copy = Copy(inbound.raw, parsed, route)
     with transaction.atomic():
         for member in route.members:
             message_id = rendering.new_message_id()
-            email = enqueue(
+            email = outbox.enqueue(
                 formataddr((member.name, member.address)) if member.name else member.address,
                 subject=parsed.subject,
                 from_email=from_email,
@@ -205,9 +204,8 @@ def forward(inbound, parsed, route):
                 raw_message=copy.render(message_id),
                 message_id=message_id,
             )
-            if send_at_once and email.status == states.EmailStatus.QUEUED:
-                # A lambda, not functools.partial: robust on_commit logs the callback's __qualname__. It keeps
-                # only the key: a big message times the members held until the commit would be a lot.
-                transaction.on_commit(lambda pk=email.pk: send_one_now(TextOfEmail(pk=pk)), robust=True)
-            count += 1
-    return count
+            # Only the key and status are kept: a big message times the members held until the commit is a lot.
+            emails.append(TextOfEmail(pk=email.pk, status=email.status))
+        if send_at_once:
+            outbox.send_after_commit(emails, robust=True)
+    return len(emails)

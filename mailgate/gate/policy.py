@@ -30,6 +30,7 @@ from django.utils import timezone
 from dbmail.content.recipients import address_error
 from dbmail.intake.outbox import send_now
 from dbmail.track.header import TRACKING_HEADER, email_pk_from_tracking_id
+from mailgate.conf import settings as conf
 from mailgate.gate import addresses, forward, parsing, routing
 from mailgate.models import EmailList, SenderNotice
 
@@ -178,7 +179,7 @@ def own_address(address):
 
 def notice_recipient(inbound, parsed):
     """Where a notice about `inbound` may go, or "" when it must not be sent at all."""
-    if settings.MAILGATE_REFUSE_AT_SMTP:
+    if conf.MAILGATE_REFUSE_AT_SMTP:
         return ""
     sender = (inbound.envelope_sender or "").strip().lower()
     if parsing.is_null_sender(sender) or address_error(sender):
@@ -208,7 +209,7 @@ def _list_name(inbound):
 def _may_send(address, rate_limited):
     """Record a notice to `address`; False when the rate limit says not now."""
     now = timezone.now()
-    interval = timedelta(seconds=settings.MAILGATE_NOTICE_INTERVAL_SECONDS)
+    interval = timedelta(seconds=conf.MAILGATE_NOTICE_INTERVAL_SECONDS)
     with transaction.atomic():
         notice, created = SenderNotice.objects.select_for_update().get_or_create(
             address=address, defaults={"last_sent_at": now, "sent_count": 1}

@@ -33,11 +33,12 @@ class Command(BaseCommand):
             batch_size=opts["batch_size"],
             on_outcome=self.progress.outcome if self.progress else None,
             on_chunk=self.progress.expanded if self.progress else None,
+            interval=opts["interval"],
         )
         runner.install_signal_handlers()
         self.looping = opts["loop"]
         if opts["loop"]:
-            runner.run_loop(opts["interval"], self.report)
+            runner.run_loop(self.report)
             return
         try:
             self.report(runner.run_once())

@@ -1,9 +1,9 @@
 from datetime import timedelta
 
-from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 from django.db import DatabaseError
 
+from dbmail.conf import settings as conf
 from dbmail.ops import health
 from dbmail.ops.purge import duration_argument
 
@@ -20,7 +20,7 @@ class Command(BaseCommand):
         )
 
     def handle(self, *args, **opts):
-        stuck_after = opts["stuck_after"] or timedelta(seconds=settings.DBMAIL_STUCK_AFTER_SECONDS)
+        stuck_after = opts["stuck_after"] or timedelta(seconds=conf.DBMAIL_STUCK_AFTER_SECONDS)
         try:
             report = health.check(stuck_after)
         except DatabaseError as exc:

@@ -2,9 +2,10 @@
 
 from functools import wraps
 
-from django.conf import settings
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
+
+from dbmail.conf import settings as conf
 
 PERMISSION = "dbmail.add_messagerequest"
 
@@ -13,7 +14,7 @@ def may_use_panel(user):
     """The permission decides; with DBMAIL_PANEL_ALL_STAFF (the default) being staff is enough too."""
     if not user.is_active:
         return False
-    return user.has_perm(PERMISSION) or (settings.DBMAIL_PANEL_ALL_STAFF and user.is_staff)
+    return user.has_perm(PERMISSION) or (conf.DBMAIL_PANEL_ALL_STAFF and user.is_staff)
 
 
 def panel_view(view):

@@ -1,6 +1,5 @@
 """The requests: list, one request's page (preview, test, send, follow), its live status and actions."""
 
-from django.conf import settings
 from django.contrib import messages
 from django.core.exceptions import ValidationError
 from django.core.paginator import Paginator
@@ -13,6 +12,7 @@ from django.utils import timezone
 from django.views.decorators.http import require_POST
 
 from dbmail import audit, states
+from dbmail.conf import settings as conf
 from dbmail.content import attachments, audience, recipients, rendering, validation
 from dbmail.models import MessageRequest, TextOfEmail
 from dbmail.panel import preview
@@ -81,7 +81,7 @@ def request_list(request):
             | Q(creator__username__icontains=query)
             | (Q(pk=int(query)) if query.isdigit() else Q(pk__in=[]))
         )
-    page = Paginator(mails, settings.DBMAIL_PANEL_PAGE_SIZE).get_page(request.GET.get("page"))
+    page = Paginator(mails, conf.DBMAIL_PANEL_PAGE_SIZE).get_page(request.GET.get("page"))
     rows = list(page.object_list)
     # One grouped query for the whole page's counts.
     per_request = {}
@@ -105,11 +105,11 @@ def request_detail(request, pk):
         "mail": mail,
         "progress": progress(mail, mail.status_counts()),
         "attachments": mail.attachments.all(),
-        "poll_seconds": settings.DBMAIL_PANEL_POLL_SECONDS,
+        "poll_seconds": conf.DBMAIL_PANEL_POLL_SECONDS,
         "errors": rendering.template_errors(mail),
         "recipients_label": recipients_label(mail),
         "now": timezone.now(),
-        "large_threshold": settings.DBMAIL_LARGE_SEND_WARNING,
+        "large_threshold": conf.DBMAIL_LARGE_SEND_WARNING,
         "history": mail.audit_events.order_by("at", "id"),
     }
     if mail.public and mail.status != Status.DRAFT:
@@ -144,7 +144,7 @@ def _email_table(request, mail):
         emails = emails.filter(to_address__icontains=address)
     page = Paginator(
         emails.only("id", "to_address", "to_name", "status", "attempts", "sent_at", "last_error", "status_changed_at"),
-        settings.DBMAIL_PANEL_PAGE_SIZE,
+        conf.DBMAIL_PANEL_PAGE_SIZE,
     ).get_page(request.GET.get("page"))
     return {"emails": page, "status_filter": status, "address_filter": address, "statuses": SHOWN}
 
