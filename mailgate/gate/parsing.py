@@ -36,6 +36,8 @@ from email.message import EmailMessage, Message
 from email.policy import Compat32, EmailPolicy
 from email.utils import getaddresses, parseaddr
 
+from mailgate.exceptions import TooManyParts
+
 MAX_FIELD_BYTES = 16 * 1024  # of one header value, decoded for the gate
 DECODE_BUDGET = 256 * 1024  # characters of RFC 2047 encoded words decoded per message
 MAX_HEADER_FIELDS = 1000  # fields in the `headers` dict (and given to the email package)
@@ -111,10 +113,6 @@ COMPAT = _CappedCompat32()
 MODERN = _CappedDefault()
 
 
-class _TooManyParts(Exception):
-    pass
-
-
 def _counting_factory(message_class, limit):
     """A message factory for the email parser that refuses to make more than `limit` messages."""
     made = [-1]  # the parser makes one at start-up to learn the factory's signature
@@ -122,7 +120,7 @@ def _counting_factory(message_class, limit):
     def make(policy):
         made[0] += 1
         if made[0] > limit:
-            raise _TooManyParts
+            raise TooManyParts
         return message_class(policy)
 
     return make
@@ -388,7 +386,7 @@ def _structure(parsed, data, fields, start, end, body):
             depth = nesting(parsed.message)
             if depth > MAX_DEPTH:
                 reason = f"nested {depth} levels deep (more than {MAX_DEPTH})"
-        except _TooManyParts:
+        except TooManyParts:
             reason = f"more than {MAX_PARTS} MIME parts"
         except RecursionError:
             reason = "nested too deep for the parser"
