@@ -78,3 +78,7 @@ class WebhookRefused(DbmailError, SuspiciousOperation):
     def __init__(self, status, message):
         super().__init__(message)
         self.status = status
+
+
+class TooLate(DbmailError, RuntimeError):
+    """A change to a request that expansion took meanwhile: nothing was changed (the comm panel's edit)."""

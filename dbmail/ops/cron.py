@@ -1,4 +1,4 @@
-"""One dbmail_cron run: expand due requests, then send due emails, then record the run."""
+"""One dbmail_cron run: expand due requests, send due emails, fold the day's counts, record the run."""
 
 import time
 from dataclasses import dataclass
@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from django.db import DatabaseError
 from django.utils import timezone
 
+from dbmail import rollup
 from dbmail.exceptions import Unreachable
 from dbmail.intake import expand, spool
 from dbmail.ops import health
@@ -67,6 +68,7 @@ class Runner:
         started, clock = timezone.now(), time.monotonic()
         try:
             _, (expanded, sent), _ = spool.cycle(self._expand_and_send)
+            rollup.merge_all()  # the dashboard's counts: the deltas of the batches sent, folded into one row per day
         except DatabaseError as exc:
             raise Unreachable(f"cannot reach the database: {exc}".strip()) from exc
         except spool.SpoolError as exc:
