@@ -584,3 +584,16 @@ def test_a_page_of_emails_costs_the_same_queries_for_any_number_of_rows(panel, d
         panel.get(url)
     with django_assert_max_num_queries(20):
         panel.get(reverse("commpanel:request", args=[mail.pk]))
+
+
+def test_the_request_page_counts_emails_possibly_delivered_twice(panel):
+    mail = MessageRequestFactory(status=Status.EXPANDED)
+    TextOfEmailFactory(request=mail, status=TextOfEmail.Status.SENT, possibly_delivered=1, attempts=2)
+    TextOfEmailFactory(request=mail, status=TextOfEmail.Status.DEFERRED, possibly_delivered=2, attempts=2)
+    TextOfEmailFactory(request=mail, status=TextOfEmail.Status.DEFERRED, attempts=1)
+    TextOfEmailFactory(status=TextOfEmail.Status.SENT, possibly_delivered=1)  # another request's
+    page = panel.get(reverse("commpanel:request", args=[mail.pk])).content.decode()
+    assert "Outcome unknown (possibly delivered) for 2 emails" in page
+    other = MessageRequestFactory(status=Status.EXPANDED)
+    TextOfEmailFactory(request=other, status=TextOfEmail.Status.SENT)
+    assert "possibly delivered" not in panel.get(reverse("commpanel:request", args=[other.pk])).content.decode()

@@ -109,6 +109,7 @@ def request_detail(request, pk):
         context["plan"] = plan(mail, context["summary"].count)
     if mail.status != Status.DRAFT:
         context.update(_email_table(request, mail))
+        context["possibly_delivered"] = mail.possibly_delivered_count()
     context.update(_preview(request, mail))
     return render(request, "commpanel/request_detail.html", context)
 
