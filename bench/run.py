@@ -44,6 +44,7 @@ BENCH = ROOT / "bench"
 sys.path.insert(0, str(ROOT))
 
 from bench import db, stats, wire  # noqa: E402
+from bench import results as bench_results  # noqa: E402
 from bench.texts import SENDER, SUBJECT, TEXT_BODY  # noqa: E402
 
 PY = sys.executable
@@ -621,19 +622,6 @@ def print_table(rows, notes):
         print(note)
 
 
-def merge_results(path, results):
-    """Write our keys into the results file, keeping the keys other scripts put there."""
-    path = Path(path)
-    try:
-        merged = json.loads(path.read_text())
-    except (FileNotFoundError, ValueError):
-        merged = {}
-    merged.update(results)
-    partial = path.with_name(path.name + ".tmp")
-    partial.write_text(json.dumps(merged, indent=2) + "\n")
-    partial.replace(path)  # a failed run never leaves half a file
-
-
 def main(argv=None):
     args = parse_args(argv)
     b = Bench(args)
@@ -699,7 +687,7 @@ def main(argv=None):
         seconds=round(time.perf_counter() - b.clock),
     )
     if args.results:
-        merge_results(args.results, b.results)
+        bench_results.update(args.results, b.results)  # other benchmarks' keys (gate_worst, dashboard) stay
     b.notes.append(
         f"load average (1, 5, 15 min) before {', '.join(f'{x:.2f}' for x in load_before)}, "
         f"after {', '.join(f'{x:.2f}' for x in load_after)} ({os.cpu_count()} CPUs); "
