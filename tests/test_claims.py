@@ -139,3 +139,38 @@ def test_a_dead_senders_rows_of_an_inactive_account_go_back_to_deferred():
     live.refresh_from_db()
     assert (stale.status, stale.claim_token, stale.shown_status()) == (Status.DEFERRED, None, "held")
     assert live.status == Status.SENDING  # a live sender finishes what it holds
+
+
+def test_the_plain_sql_claim_picks_what_the_orm_query_picks():
+    """claims._candidates_postgresql (a run's own claims) against claims._candidates (the ORM's), same rows."""
+    from django.db import transaction
+
+    from dbmail.models import SenderAccount
+
+    now = timezone.now()
+    ago = [now - timedelta(minutes=m) for m in range(10)]
+    off = SenderAccount.objects.create(address="off@example.org", active=False)
+    rows = [TextOfEmailFactory(next_attempt_at=ago[i % 5], text="x" * (i * 10)) for i in range(8)]
+    TextOfEmailFactory(account=off, next_attempt_at=ago[2])  # held: never a candidate
+    TextOfEmailFactory(account=None, next_attempt_at=ago[3])  # the site's own mail: no account
+    TextOfEmailFactory(status=Status.DEFERRED, next_attempt_at=ago[1])
+    TextOfEmailFactory(next_attempt_at=now + timedelta(hours=1))  # not due
+    TextOfEmailFactory(status=Status.SENDING, leased_until=ago[4], status_changed_at=ago[6])  # a dead sender's
+    TextOfEmailFactory(status=Status.SENDING, leased_until=now + timedelta(minutes=5))  # a live one's
+    TextOfEmailFactory(status=Status.SENT)
+    due_by = now
+    for after in (None, (ago[3], rows[3].pk), (ago[0], 10**9)):
+        for limit in (1, 3, 50):
+            with transaction.atomic():
+                orm = claims._candidates(
+                    TextOfEmail.objects.select_for_update(skip_locked=True),
+                    ~claims._held(),
+                    limit,
+                    now,
+                    due_by,
+                    after,
+                    None,
+                )
+                plain = claims._candidates_postgresql(limit, now, due_by, after)
+            assert [tuple(c) for c in plain] == [tuple(c) for c in orm], (after, limit)
+            assert plain or after == (ago[0], 10**9)

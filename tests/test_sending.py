@@ -201,6 +201,9 @@ def test_stop_flag_releases_what_was_not_sent(smtp_server):
     sender.on_outcome = stop_after_two
     assert sender.run().attempted == 2
     assert TextOfEmail.objects.filter(status=Status.QUEUED, attempts=0).count() == 3
+    # The third one's envelope went out with the second's end (PIPELINING): its DATA was open, and the
+    # connection was dropped without a QUIT, which the server would have taken for the message's content.
+    assert len(smtp_server.received) == 2
 
 
 def test_throttle_spaces_messages(monkeypatch):

@@ -1,11 +1,11 @@
 """The sender's database work, done beside the SMTP conversation rather than in its way.
 
 On PostgreSQL a sender has one database thread with its own connection. It
-claims the next batch while the current one is being sent, and commits each
-outcome as soon as the server has answered, while the SMTP thread already
-talks about the next message. When the database is slower than the SMTP
-server, the outcomes waiting at that moment go out together in one
-statement. The SMTP thread never has more than DBMAIL_OUTCOME_WINDOW
+claims the next batch while the current one is being sent, and commits the
+outcomes within a few milliseconds of the server's answers, while the SMTP
+thread already talks about the next messages: those that arrive within 5 ms
+of one another (or are waiting when the database is slower than the SMTP
+server) go out together in one statement. The SMTP thread never has more than DBMAIL_OUTCOME_WINDOW
 outcomes waiting for their commit, so a killed sender can cause at most that
 many messages, plus the one just answered, to be sent twice.
 
@@ -22,6 +22,7 @@ break), so the sender can write them once the database answers again
 import queue
 import sys
 import threading
+import time
 from concurrent.futures import Future
 
 from django.db import connection
@@ -56,7 +57,9 @@ class ThreadedWorker:
 
     def __init__(self, window=None):
         self._work = queue.Queue()
-        self._slots = threading.Semaphore(window or conf.DBMAIL_OUTCOME_WINDOW)
+        window = window or conf.DBMAIL_OUTCOME_WINDOW
+        self._slots = threading.Semaphore(window)
+        self._gather_rows = max(1, window // 2)
         self.error = None
         self.unwritten = []  # outcomes.Row not committed because the database failed
         self._switch_interval = sys.getswitchinterval()
@@ -81,10 +84,31 @@ class ThreadedWorker:
         self._work.put(row)
         return retry.give_up(outcome, email.attempts, email)
 
+    # Outcomes are committed in groups: a statement costs PostgreSQL about 0.4 ms whatever it writes,
+    # and each outcome in it about 60 µs more. So the thread waits up to GATHER_SECONDS after an
+    # outcome for others to join it (never for more than half the window, and never while a claim
+    # or another call is waiting): the crash bound above stays what the window makes it.
+    GATHER_SECONDS = 0.005
+
+    def _gather(self, items):
+        """Add to `items` (one outcome so far) what arrives within GATHER_SECONDS, up to half the window."""
+        deadline = time.monotonic() + self.GATHER_SECONDS
+        while len(items) < self._gather_rows:
+            left = deadline - time.monotonic()
+            try:
+                item = self._work.get(timeout=left) if left > 0 else self._work.get_nowait()
+            except queue.Empty:
+                return
+            items.append(item)
+            if not isinstance(item, outcomes.Row):
+                return  # a claim or a call waits: no more delay
+
     def _run(self):
         try:
             while True:
                 items = [self._work.get()]
+                if isinstance(items[0], outcomes.Row):
+                    self._gather(items)
                 while not self._work.empty():
                     items.append(self._work.get_nowait())
                 rows = []

@@ -151,6 +151,7 @@ class Sender:
         self._held = []  # claims with rows not yet handed back
         self._db = None  # claims ahead and records behind (dbmail.send.dbworker)
         self._attachments = attachments.Cache()
+        self._ahead = {}  # the next email's prepared message, when its envelope went out ahead
 
     def _limit_reached(self):
         if self.stopping or (self.deadline and time.monotonic() >= self.deadline):
@@ -263,7 +264,7 @@ class Sender:
     def _send_group(self, batch, emails):
         route = self._route(emails[0].account)
         server = route.server
-        for email in emails:
+        for i, email in enumerate(emails):
             if self._limit_reached():
                 return
             down = server.down or route.down
@@ -271,7 +272,8 @@ class Sender:
                 self._finish(batch, email, replace(down, text=f"not tried: {down.text}"), route)
                 continue
             batch.renew_if_needed()
-            outcome = self._attempt(server, email)
+            following = emails[i + 1] if i + 1 < len(emails) and self._may_pipeline(emails[i + 1]) else None
+            outcome = self._attempt(server, email, following)
             if outcome.session and outcome.stage in retry.SESSION_STAGES and self.keep_if_down:
                 DeliveryEvent.objects.create(
                     email_id=email.pk, kind=DeliveryEvent.Kind.ATTEMPT, outcome=Status.QUEUED, text=outcome.text
@@ -311,13 +313,31 @@ class Sender:
             time.sleep(min(0.1, max(until - time.monotonic(), 0)))
         return not self.stopping
 
-    def _attempt(self, server, email):
+    PIPELINE_MARGIN = 2.0  # seconds before the deadline: no envelope sent ahead
+    PIPELINE_MAX_BYTES = 1 << 20  # a bigger next message is built in its own turn
+
+    def _may_pipeline(self, following):
+        """Whether the next email's envelope may go out with this one's end (it is then sent next, surely).
+
+        Not when the run may stop before it (a limit, a deadline close by, a stop), when messages
+        are paced, for the ad-hoc path, nor for a big one (its bytes would be held twice).
+        """
+        if self.keep_if_down or self.stopping or self.throttle.interval:
+            return False
+        if self.max_messages is not None and self.result.attempted + 2 > self.max_messages:
+            return False
+        if self.deadline and self.deadline - time.monotonic() < self.PIPELINE_MARGIN:
+            return False
+        size = len(following.text) + len(following.html) + len(following.raw_message or b"")
+        return size < self.PIPELINE_MAX_BYTES
+
+    def _attempt(self, server, email, following=None):
         conn = server.conn
         self._bound_timeout(conn)
         outcome = self._open(server)
         if outcome is None:
             self.throttle.wait()
-            outcome = self._send_one(conn, email)
+            outcome = self._send_one(conn, email, following)
         if outcome.reset_connection:
             # No QUIT: the connection is broken, or the server stalls or is closing.
             (conn.abort if hasattr(conn, "abort") else conn.close)()
@@ -350,30 +370,49 @@ class Sender:
             return replace(outcome, text=f"{opening} {server.label}: {outcome.text}")
         return None
 
-    def _send_one(self, conn, email):
+    def _send_one(self, conn, email, following=None):
         try:
-            files = self._attachments.for_email(email)
             if not hasattr(conn, "send_prepared"):  # another backend (an email service's API, locmem)
+                files = self._attachments.for_email(email)
                 if not message.to_email_message(email, conn, files).send():
                     return retry.Outcome(retry.DROPPED, None, "the email backend sent nothing (no recipient?)")
                 return retry.Outcome(retry.SENT, 250, "accepted")
-            # Our SMTP backend takes finished bytes: the common email written directly (mime),
-            # attachments and raw forwards through Django's EmailMessage (message).
-            utf8 = _needs_smtputf8(email) and conn.offers("smtputf8")
-            recipient = addresses.wire(email.to_address, utf8)  # an empty address never becomes RCPT TO:<>
-            try:
-                sender = addresses.wire(email.envelope_sender, utf8) if email.envelope_sender else ""
-            except addresses.AddressError as exc:
-                return retry.session(None, f"the envelope sender: {exc}", stage="mail")
-            data = None if files else mime.compose(email, utf8)
-            if data is None:
-                data = message.as_bytes(email, files, utf8)
-            conn.send_prepared(sender, [recipient], data, smtputf8=utf8)
+            prepared = self._ahead.pop(email.pk, None) or self._prepare(conn, email)
+            self._ahead.clear()
+            if isinstance(prepared, retry.Outcome):
+                return prepared
+            then = None
+            if following is not None and conn.offers("pipelining"):
+                try:
+                    ahead = self._prepare(conn, following)
+                except Exception:  # its own attempt will meet the same error and record it
+                    ahead = None
+                if isinstance(ahead, tuple):
+                    self._ahead[following.pk] = then = ahead
+            sender, recipients, data, utf8 = prepared
+            conn.send_prepared(sender, recipients, data, smtputf8=utf8, then=then)
         except Exception as exc:
             return retry.classify(exc)
         reply = conn.last_reply
         code, text = reply if reply else (250, "accepted")
         return retry.Outcome(retry.SENT, code, text)
+
+    def _prepare(self, conn, email):
+        """(envelope sender, [recipient], message bytes, SMTPUTF8?) for our SMTP backend, or the Outcome
+        that says why the email cannot go (raises what retry.classify judges)."""
+        files = self._attachments.for_email(email)
+        # Our SMTP backend takes finished bytes: the common email written directly (mime),
+        # attachments and raw forwards through Django's EmailMessage (message).
+        utf8 = _needs_smtputf8(email) and conn.offers("smtputf8")
+        recipient = addresses.wire(email.to_address, utf8)  # an empty address never becomes RCPT TO:<>
+        try:
+            sender = addresses.wire(email.envelope_sender, utf8) if email.envelope_sender else ""
+        except addresses.AddressError as exc:
+            return retry.session(None, f"the envelope sender: {exc}", stage="mail")
+        data = None if files else mime.compose(email, utf8)
+        if data is None:
+            data = message.as_bytes(email, files, utf8)
+        return sender, [recipient], data, utf8
 
     def _finish(self, batch, email, outcome, route):
         outcome = self._db.record(email, batch.token, outcome)

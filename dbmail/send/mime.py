@@ -17,6 +17,7 @@ same headers and bodies from this output as from Django's.
 
 import binascii
 import secrets
+import time
 from email.header import Header
 from email.utils import formatdate
 
@@ -34,6 +35,8 @@ def _is_ascii(text):
 
 def _fold(name, value):
     """`Name: value` folded at spaces to about 78 columns (RFC 5322 2.2.3)."""
+    if len(name) + len(value) + 2 <= _MAX_LINE:
+        return f"{name}: {value}"  # what the loop below makes of a short value, without the loop
     lines, current, empty = [], f"{name}:", True
     for word in value.split(" "):
         if not empty and len(current) + 1 + len(word) > _MAX_LINE:
@@ -75,6 +78,21 @@ def _part(subtype, text):
     return f'Content-Type: text/{subtype}; charset="utf-8"\r\nContent-Transfer-Encoding: {encoding}\r\n\r\n{body}'
 
 
+_TAKEN = {"from", "to", "subject", "date", "message-id", "reply-to", "mime-version", "content-type"}
+_TAKEN.add(TRACKING_HEADER.lower())
+_dates = {}  # (second, localtime) -> the Date header's value: one formatdate a second, not one a message
+
+
+def _date():
+    now = time.time()
+    key = (int(now), settings.EMAIL_USE_LOCALTIME)
+    value = _dates.get(key)
+    if value is None:
+        _dates.clear()
+        value = _dates[key] = formatdate(key[0], localtime=key[1])
+    return value
+
+
 def compose(email, smtputf8=False):
     """The complete message bytes for `email`, or None when Django's EmailMessage must build it.
 
@@ -88,16 +106,14 @@ def compose(email, smtputf8=False):
         _address_header("From", addresses.header(email.from_header, smtputf8)),
         _address_header("To", to),
         _header("Subject", email.subject),
-        f"Date: {formatdate(localtime=settings.EMAIL_USE_LOCALTIME)}",
+        f"Date: {_date()}",
         f"Message-ID: {email.message_id}",
         f"{TRACKING_HEADER}: {tracking_id(email.pk)}",  # MTA callbacks and bounces name the email by it
     ]
     if email.reply_to:
         lines.append(_address_header("Reply-To", addresses.header(email.reply_to, smtputf8)))
-    taken = {"from", "to", "subject", "date", "message-id", "reply-to", "mime-version", "content-type"}
-    taken.add(TRACKING_HEADER.lower())
     for name, value in (email.headers or {}).items():
-        if name.lower() not in taken and name.isascii() and ":" not in name and " " not in name:
+        if name.lower() not in _TAKEN and name.isascii() and ":" not in name and " " not in name:
             lines.append(_header(name, value))
     lines.append("MIME-Version: 1.0")
     if email.html:

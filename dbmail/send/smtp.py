@@ -4,8 +4,9 @@
   as 4Bx7.." names the MTA's queue id, which is how a Postfix or Exim log
   line is matched back to our email.
 - When the server offers PIPELINING (RFC 2920; Postfix and Exim do), MAIL,
-  RCPT and DATA go out in one write and their replies are read together: two
-  round trips per message instead of four.
+  RCPT and DATA go out in one write and their replies are read together; and
+  when the caller names the next message, its MAIL, RCPT and DATA go out with
+  this message's final dot: one round trip per message instead of four.
 - Every failed transaction ends with RSET (or with closing the connection,
   after a 421 or when RSET itself fails), with or without PIPELINING, so the
   next message never meets "503 nested MAIL command".
@@ -50,6 +51,13 @@ def _staged(exc, stage):
 
 class _BulkSMTP:
     last_reply = None
+    # The next message's MAIL, RCPT and DATA, written after this one's final dot (RFC 2920 lets a
+    # client go on without waiting for the dot's answer): one round trip a message instead of two.
+    _ahead = None
+
+    def close(self):
+        self._ahead = None
+        super().close()
 
     def starttls(self, *args, **kwargs):
         try:
@@ -63,14 +71,8 @@ class _BulkSMTP:
         except OSError as exc:
             raise _staged(exc, "ehlo" if isinstance(exc, smtplib.SMTPHeloError) else "auth")
 
-    def sendmail(self, from_addr, to_addrs, msg, mail_options=(), rcpt_options=()):
-        try:
-            self.ehlo_or_helo_if_needed()
-        except OSError as exc:
-            raise _staged(exc, "ehlo")
-        to_addrs = [to_addrs] if isinstance(to_addrs, str) else list(to_addrs)
-        if isinstance(msg, str):
-            msg = smtplib._fix_eols(msg).encode("ascii")
+    def _envelope(self, from_addr, to_addrs, msg, mail_options=(), rcpt_options=()):
+        """(MAIL line, RCPT lines, encoding) of one message."""
         options = list(mail_options)
         utf8 = any(o.upper() == "SMTPUTF8" for o in options)
         if self.has_extn("size") and not any(o.upper().startswith("SIZE=") for o in options):
@@ -78,10 +80,36 @@ class _BulkSMTP:
         encoding = "utf-8" if utf8 else self.command_encoding
         rcpt_tail = "".join(" " + o for o in rcpt_options)
         mail = f"MAIL FROM:{_quoteaddr(from_addr)}" + "".join(" " + o for o in options)
-        rcpts = [f"RCPT TO:{_quoteaddr(a)}{rcpt_tail}" for a in to_addrs]
+        return mail, [f"RCPT TO:{_quoteaddr(a)}{rcpt_tail}" for a in to_addrs], encoding
+
+    @staticmethod
+    def _group(mail, rcpts, encoding):
+        return "".join(c + "\r\n" for c in [mail, *rcpts, "DATA"]).encode(encoding)
+
+    def sendmail(self, from_addr, to_addrs, msg, mail_options=(), rcpt_options=(), then=None):
+        """smtplib's sendmail, pipelined; `then`: the next message's (from, to, msg, mail_options, rcpt_options).
+
+        With `then` (and a server that offers PIPELINING), the next message's MAIL, RCPT and
+        DATA go out in the same write as this message's final dot; the next call must be for
+        that message, whose envelope is then not written again. A caller that does not make it
+        must abort the connection (SMTPBackend.close does): its DATA may already be open.
+        """
+        try:
+            self.ehlo_or_helo_if_needed()
+        except OSError as exc:
+            raise _staged(exc, "ehlo")
+        to_addrs = [to_addrs] if isinstance(to_addrs, str) else list(to_addrs)
+        if isinstance(msg, str):
+            msg = smtplib._fix_eols(msg).encode("ascii")
+        mail, rcpts, encoding = self._envelope(from_addr, to_addrs, msg, mail_options, rcpt_options)
+        ahead, self._ahead = self._ahead, None
+        if ahead is not None and ahead != self._group(mail, rcpts, encoding):
+            # The commands on their way are another message's: this connection cannot go on.
+            self.close()
+            raise _staged(smtplib.SMTPServerDisconnected("the pipelined envelope was another message's"), "mail")
         try:
             if self.has_extn("pipelining"):
-                mail_reply, rcpt_replies, data_reply = self._pipelined(mail, rcpts, encoding)
+                mail_reply, rcpt_replies, data_reply = self._pipelined(mail, rcpts, encoding, written=ahead is not None)
             else:
                 mail_reply, rcpt_replies, data_reply = self._one_by_one(mail, rcpts, encoding)
         except OSError as exc:
@@ -101,14 +129,19 @@ class _BulkSMTP:
 
         body = _LEADING_DOT.sub(b"..", msg) if msg.startswith(b".") or b"\n." in msg else msg
         end = b"." + _CRLF if body.endswith(_CRLF) else _CRLF + b"." + _CRLF
+        following = b""
+        if then is not None and self.has_extn("pipelining"):
+            following = self._group(*self._envelope(*then))
         try:
             if len(body) < _ONE_WRITE:
-                self.send(body + end)  # one segment: a second small write could wait for an ACK (Nagle)
+                # One segment: a second small write could wait for an ACK (Nagle).
+                self.send(body + end + following)
             else:
                 self.send(body)  # a big body is not copied once more just to add its end
-                self.send(end)
+                self.send(end + following)
         except OSError as exc:
             raise _staged(exc, "data")  # not all of it was written: the server cannot have taken it
+        self._ahead = following or None
         try:
             self.last_reply = self.getreply()
         except smtplib.SMTPServerDisconnected as exc:
@@ -116,12 +149,18 @@ class _BulkSMTP:
             raise AckLost(f"the connection was lost after the message was sent ({exc})") from exc
         code, resp = self.last_reply
         if code != 250:
-            self._after_failure(code)
+            if self._ahead is None:
+                self._after_failure(code)
+            elif code == 421:
+                self.close()
+            # Otherwise the answer to the dot ended the transaction, and the next one's commands are
+            # already on their way: an RSET now would reach the server as that message's content.
             raise MessageRefused(code, resp)
         return refused
 
-    def _pipelined(self, mail, rcpts, encoding):
-        self.send("".join(c + "\r\n" for c in [mail, *rcpts, "DATA"]).encode(encoding))
+    def _pipelined(self, mail, rcpts, encoding, written=False):
+        if not written:
+            self.send(self._group(mail, rcpts, encoding))
         mail_reply = self.getreply()
         rcpt_replies = [self.getreply() for _ in rcpts]
         data_reply = self.getreply()
@@ -205,18 +244,32 @@ class SMTPBackend(EmailBackend):
         """Whether the open connection's server announced `extension` (e.g. "smtputf8") to EHLO."""
         return self.connection is not None and bool(self.connection.has_extn(extension))
 
-    def send_prepared(self, from_addr, recipients, message_bytes, smtputf8=False):
+    def _options(self, smtputf8):
+        if not smtputf8:
+            return []
+        return ["SMTPUTF8", "BODY=8BITMIME"] if self.offers("8bitmime") else ["SMTPUTF8"]
+
+    def send_prepared(self, from_addr, recipients, message_bytes, smtputf8=False, then=None):
         """Send bytes that are already a complete message (the bulk path); raises like sendmail.
 
         `smtputf8`: the envelope or the headers have UTF-8 addresses (RFC 6531); the caller
-        checked that the server offers it.
+        checked that the server offers it. `then`: the next message's (from_addr, recipients,
+        message_bytes, smtputf8), whose envelope may go out with this message's end
+        (_BulkSMTP.sendmail); the next call must send that message.
         """
         self.open()
-        options = []
-        if smtputf8:
-            options = ["SMTPUTF8", "BODY=8BITMIME"] if self.offers("8bitmime") else ["SMTPUTF8"]
-        self.connection.sendmail(from_addr, recipients, message_bytes, options)
+        if then is not None:
+            then_from, then_to, then_bytes, then_utf8 = then
+            then = (then_from, then_to, then_bytes, self._options(then_utf8), ())
+        self.connection.sendmail(from_addr, recipients, message_bytes, self._options(smtputf8), then=then)
         return 1
+
+    def close(self):
+        # A message's DATA may be open (its envelope went out ahead): a QUIT would become its content.
+        if self.connection is not None and self.connection._ahead is not None:
+            self.abort()
+            return
+        super().close()
 
     @property
     def last_reply(self):
