@@ -10,6 +10,7 @@ it deferred is never tried twice in one run; and a claim stops adding rows
 once their bodies come to `max_bytes`, so big emails come a few at a time.
 """
 
+import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -44,11 +45,19 @@ class Claim:
             last = max(self.emails, key=lambda e: (e.next_attempt_at, e.pk))
             self.after = (last.next_attempt_at, last.pk)
 
+    _renew_for: object = field(default=None, init=False, repr=False, compare=False)
+    _renew_from: float = field(default=0.0, init=False, repr=False, compare=False)
+
     def renew_if_needed(self):
         """Extend the lease on the rows still to send once half of it has passed."""
+        if self._renew_for is not self.lease_until:  # asked before every message: work it out once a lease
+            half = timedelta(seconds=conf.DBMAIL_LEASE_SECONDS) / 2
+            self._renew_for, self._renew_from = self.lease_until, (self.lease_until - half).timestamp()
+        if time.time() < self._renew_from or not self.open_ids:
+            return
         lease = timedelta(seconds=conf.DBMAIL_LEASE_SECONDS)
         now = timezone.now()
-        if self.lease_until - now > lease / 2 or not self.open_ids:
+        if self.lease_until - now > lease / 2:
             return
         self.lease_until = now + lease
         TextOfEmail.objects.filter(pk__in=self.open_ids, claim_token=self.token).update(leased_until=self.lease_until)

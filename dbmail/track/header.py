@@ -6,6 +6,9 @@ either needs, so building a message never loads the tracking applier. The
 value is signed, so a forged or mistyped one names no email.
 """
 
+import functools
+
+from django.conf import settings
 from django.core import signing
 
 TRACKING_HEADER = "X-Mailsite-Email"
@@ -16,7 +19,13 @@ _SALT = "dbmail.tracking"
 
 def tracking_id(email_pk):
     """The signed value of the X-Mailsite-Email header for one email."""
-    return signing.Signer(salt=_SALT).sign(str(email_pk))
+    return _signer(settings.SECRET_KEY).sign(str(email_pk))
+
+
+@functools.lru_cache(maxsize=4)
+def _signer(secret_key):
+    # One Signer per key, not one per message (the send path signs every email it sends).
+    return signing.Signer(key=secret_key, salt=_SALT)
 
 
 def email_pk_from_tracking_id(value):
