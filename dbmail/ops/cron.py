@@ -9,6 +9,7 @@ from django.utils import timezone
 
 from dbmail.intake import expand, spool
 from dbmail.ops import health
+from dbmail.send import claims
 from dbmail.send import loop as sending
 
 
@@ -43,10 +44,9 @@ class RunResult:
 class Runner:
     """Runs once or in a loop; SIGTERM/SIGINT stop it after the message in flight."""
 
-    def __init__(self, max_seconds=None, max_messages=None, batch_size=None, on_outcome=None, on_chunk=None):
+    def __init__(self, max_seconds=None, max_messages=None, batch_size=None, progress=None):
         self.options = dict(max_seconds=max_seconds, max_messages=max_messages, batch_size=batch_size)
-        self.on_outcome = on_outcome
-        self.on_chunk = on_chunk
+        self.progress = progress  # a dbmail.ops.progress.Progress on a terminal, else None
         self.stopping = False
         self.sender = None
 
@@ -62,9 +62,17 @@ class Runner:
     def run_once(self):
         started, clock = timezone.now(), time.monotonic()
         try:
+            progress = self.progress
+            if progress:
+                progress.start_round()
             spool.intake()  # both spool steps do nothing unless DBMAIL_SPOOL_DIR is set
-            expanded = expand.expand_due(on_chunk=self.on_chunk) if not self.stopping else expand.ExpandResult()
-            self.sender = sending.Sender(on_outcome=self.on_outcome, **self.options)
+            on_chunk = progress.expanded if progress else None
+            expanded = expand.expand_due(on_chunk=on_chunk) if not self.stopping else expand.ExpandResult()
+            if progress:  # one count query, only for the person watching
+                due = claims.due_count()
+                limit = self.options["max_messages"]
+                progress.sending(due if limit is None else min(due, limit))
+            self.sender = sending.Sender(on_outcome=progress.outcome if progress else None, **self.options)
             self.sender.stopping = self.stopping
             sent = self.sender.run()
             spool.settle()

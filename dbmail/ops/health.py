@@ -39,13 +39,12 @@ def check(stuck_after):
     )
     reasons = []
     if oldest_age and oldest_age > stuck_after:
-        reasons.append(f"an email has been due for {_human(oldest_age)}")
+        reasons.append(f"an email has been due for {humane(oldest_age)}")
     if stale_lease:
         reasons.append("emails are held by a sender whose lease ran out long ago")
     waiting = sum(counts.get(s, 0) for s in states.WAITING)
     if waiting and (last_success is None or now - last_success > stuck_after):
-        seen = _human(now - last_success) + " ago" if last_success else "never"
-        reasons.append(f"mail is waiting and dbmail_cron last succeeded {seen}")
+        reasons.append(f"mail is waiting and dbmail_cron last succeeded {ago(last_success, now)}")
     return Health(counts, oldest_age, last_success, bool(reasons), reasons)
 
 
@@ -58,9 +57,28 @@ def beat(command, started_at, summary=None, error=""):
     CronHeartbeat.objects.update_or_create(command=command, host=socket.gethostname(), defaults=defaults)
 
 
-def _human(delta):
-    seconds = int(delta.total_seconds())
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds >= size:
-            return f"{seconds // size}{unit}"
-    return f"{seconds}s"
+def humane(delta):
+    """A duration as people say it: "12 seconds", "3 minutes", "2 hours 5 minutes", "4 days"."""
+    seconds = max(0, int(delta.total_seconds()))
+    if seconds < 60:
+        return _plural(seconds, "second")
+    if seconds < 3600:
+        return _plural(seconds // 60, "minute")
+    if seconds < 86400:
+        hours, minutes = divmod(seconds // 60, 60)
+        return _plural(hours, "hour") + (f" {_plural(minutes, 'minute')}" if minutes else "")
+    return _plural(seconds // 86400, "day")
+
+
+def ago(moment, now=None):
+    """ "3 minutes ago", or "never" for None."""
+    if moment is None:
+        return "never"
+    delta = (now or timezone.now()) - moment
+    if delta.total_seconds() < 0:
+        return "in " + humane(-delta)  # another host's clock runs ahead
+    return humane(delta) + " ago"
+
+
+def _plural(n, unit):
+    return f"{n} {unit}{'s' * (n != 1)}"
