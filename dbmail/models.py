@@ -15,7 +15,7 @@ from django.contrib.auth.models import Group
 from django.core.exceptions import ValidationError
 from django.db import models
 from django.db.models import Count, Q
-from django.db.models.functions import Lower
+from django.db.models.functions import Coalesce, Lower
 from django.utils import timezone
 
 from dbmail import states
@@ -347,6 +347,8 @@ class Suppression(models.Model):
 
     class Meta:
         ordering = ["address"]
+        # The dashboard counts unsubscribes per day.
+        indexes = [models.Index(fields=["created_at"], condition=Q(reason="unsubscribed"), name="dbmail_unsub_day")]
 
     def __str__(self):
         return f"{self.address} ({self.reason})"
@@ -538,3 +540,71 @@ class WebhookSignature(models.Model):
 
     def __str__(self):
         return self.signature[:16]
+
+
+# --- Comm panel dashboard: outcomes counted per day (dbmail.rollup writes and reads it) ---
+
+# The outcomes counted, each a column named after the email status it counts.
+DAILY_COUNTS = tuple(
+    s.value
+    for s in (
+        states.EmailStatus.SENT,
+        states.EmailStatus.DELIVERED,
+        states.EmailStatus.DEFERRED,
+        states.EmailStatus.BOUNCED,
+        states.EmailStatus.COMPLAINED,
+        states.EmailStatus.DROPPED,
+    )
+)
+
+
+class DailyCounts(models.Model):
+    """How many emails of one sender account and request reached each outcome on one day (site's date).
+
+    Plain ids, no foreign keys: deleting a request or an account keeps what was sent in the totals.
+    """
+
+    COUNTS = DAILY_COUNTS
+
+    day = models.DateField()
+    account_id = models.BigIntegerField(null=True, blank=True)
+    request_id = models.BigIntegerField(null=True, blank=True)
+    sent = models.PositiveIntegerField(default=0, help_text="Accepted by the mail server (250).")
+    delivered = models.PositiveIntegerField(default=0)
+    deferred = models.PositiveIntegerField(default=0, help_text="Attempts refused for now (4xx, no connection).")
+    bounced = models.PositiveIntegerField(default=0)
+    complained = models.PositiveIntegerField(default=0)
+    dropped = models.PositiveIntegerField(default=0, help_text="Refused for good while sending, or rejected later.")
+
+    class Meta:
+        abstract = True
+
+    def __str__(self):
+        return f"{self.day} account {self.account_id} request {self.request_id}"
+
+
+class DailyStat(DailyCounts):
+    """The roll-up: one row per day, account and request, merged by dbmail_cron from the deltas."""
+
+    class Meta:
+        constraints = [
+            # One row per key; the merge's upsert relies on it.
+            models.UniqueConstraint(
+                "day",
+                Coalesce("account_id", models.Value(0)),
+                Coalesce("request_id", models.Value(0)),
+                name="dbmail_dailystat_key",
+            )
+        ]
+        indexes = [
+            models.Index(fields=["day"], name="dbmail_dailystat_day"),
+            models.Index(fields=["request_id"], name="dbmail_dailystat_request"),
+        ]
+
+
+class DailyStatDelta(DailyCounts):
+    """Counts added by the send and tracking paths, in the transaction of the outcomes they count.
+
+    Append-only and unindexed (but its key), so concurrent senders never wait for one counter row
+    and a write costs one small insert; dbmail_cron folds these into DailyStat. Readers add both.
+    """

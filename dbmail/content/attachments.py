@@ -7,16 +7,16 @@ read on the first email and kept for the rest of the run, so a request to
 
 import mimetypes
 
-from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.template.defaultfilters import filesizeformat
 
+from dbmail.conf import settings as conf
 from dbmail.models import RequestAttachment
 
 
 def check_size(new_files, existing_bytes=0):
     """Refuse uploads that would take a request's attachments over DBMAIL_MAX_ATTACHMENT_BYTES."""
-    limit = settings.DBMAIL_MAX_ATTACHMENT_BYTES
+    limit = conf.DBMAIL_MAX_ATTACHMENT_BYTES
     total = existing_bytes + sum(f.size for f in new_files)
     if total > limit:
         raise ValidationError(

@@ -24,13 +24,10 @@ from django.core.exceptions import FieldDoesNotExist, ValidationError
 from django.core.validators import validate_email
 from django.db.models import QuerySet
 
+from dbmail.exceptions import UnknownRecipientSet
 from dbmail.models import Suppression
 
 _REGISTRY = {}
-
-
-class UnknownRecipientSet(LookupError):
-    pass
 
 
 @dataclass(frozen=True)

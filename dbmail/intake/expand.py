@@ -13,13 +13,13 @@ import uuid
 from dataclasses import dataclass
 from datetime import timedelta
 
-from django.conf import settings
 from django.db import connection, models, transaction
 from django.db.models import Q
 from django.utils import timezone
 from psycopg2.extras import Json
 
 from dbmail import states
+from dbmail.conf import settings as conf
 from dbmail.content import recipients, rendering, verp
 from dbmail.content import tokens as unsubscribe
 from dbmail.models import AddressToken, MessageRequest, TextOfEmail
@@ -36,7 +36,7 @@ class ExpandResult:
 def claim_request(now=None):
     """Take one due request (or one whose expander died) for this process, or None."""
     now = now or timezone.now()
-    lease = timedelta(seconds=settings.DBMAIL_LEASE_SECONDS)
+    lease = timedelta(seconds=conf.DBMAIL_LEASE_SECONDS)
     with transaction.atomic():
         request = (
             MessageRequest.objects.select_for_update(skip_locked=True)
@@ -227,8 +227,8 @@ def expand(request, chunk_size=None, on_chunk=None):
     Stops early, leaving the rest to whoever holds the request, if it was
     cancelled or its lease was taken over meanwhile.
     """
-    chunk_size = chunk_size or settings.DBMAIL_EXPAND_CHUNK
-    lease = timedelta(seconds=settings.DBMAIL_LEASE_SECONDS)
+    chunk_size = chunk_size or conf.DBMAIL_EXPAND_CHUNK
+    lease = timedelta(seconds=conf.DBMAIL_LEASE_SECONDS)
     token = request.expand_token
     mine = MessageRequest.objects.filter(pk=request.pk, expand_token=token, status=RequestStatus.EXPANDING)
     after = (request.checkpoint or {}).get("after")

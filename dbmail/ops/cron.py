@@ -1,20 +1,18 @@
-"""One dbmail_cron run: expand due requests, then send due emails, then record the run."""
+"""One dbmail_cron run: expand due requests, send due emails, fold the day's counts, record the run."""
 
-import signal
 import time
 from dataclasses import dataclass
 
-from django.db import DatabaseError, close_old_connections
+from django.db import DatabaseError
 from django.utils import timezone
 
+from dbmail import rollup
+from dbmail.exceptions import Unreachable
 from dbmail.intake import expand, spool
 from dbmail.ops import health
+from dbmail.ops.runloop import Round, RunLoop
 from dbmail.send import claims
 from dbmail.send import loop as sending
-
-
-class Unreachable(Exception):
-    """The database or the SMTP server could not be reached at all."""
 
 
 @dataclass
@@ -42,40 +40,33 @@ class RunResult:
 
 
 class Runner:
-    """Runs once or in a loop; SIGTERM/SIGINT stop it after the message in flight."""
+    """Runs once or in a loop (dbmail.ops.runloop); SIGTERM/SIGINT stop it after the message in flight."""
 
-    def __init__(self, max_seconds=None, max_messages=None, batch_size=None, progress=None):
+    def __init__(self, max_seconds=None, max_messages=None, batch_size=None, progress=None, interval=60.0):
         self.options = dict(max_seconds=max_seconds, max_messages=max_messages, batch_size=batch_size)
         self.progress = progress  # a dbmail.ops.progress.Progress on a terminal, else None
-        self.stopping = False
+        self.loop = RunLoop(interval, on_stop=[self._stop_sending])
         self.sender = None
 
+    @property
+    def stopping(self):
+        return self.loop.stopping
+
     def stop(self, *args):
-        self.stopping = True
+        self.loop.stop()
+
+    def _stop_sending(self):
         if self.sender:
             self.sender.stopping = True
 
     def install_signal_handlers(self):
-        signal.signal(signal.SIGTERM, self.stop)
-        signal.signal(signal.SIGINT, self.stop)
+        self.loop.handle_signals()
 
     def run_once(self):
         started, clock = timezone.now(), time.monotonic()
         try:
-            progress = self.progress
-            if progress:
-                progress.start_round()
-            spool.intake()  # both spool steps do nothing unless DBMAIL_SPOOL_DIR is set
-            on_chunk = progress.expanded if progress else None
-            expanded = expand.expand_due(on_chunk=on_chunk) if not self.stopping else expand.ExpandResult()
-            if progress:  # one count query, only for the person watching
-                due = claims.due_count()
-                limit = self.options["max_messages"]
-                progress.sending(due if limit is None else min(due, limit))
-            self.sender = sending.Sender(on_outcome=progress.outcome if progress else None, **self.options)
-            self.sender.stopping = self.stopping
-            sent = self.sender.run()
-            spool.settle()
+            _, (expanded, sent), _ = spool.cycle(self._expand_and_send)
+            rollup.merge_all()  # the dashboard's counts: the deltas of the batches sent, folded into one row per day
         except DatabaseError as exc:
             raise Unreachable(f"cannot reach the database: {exc}".strip()) from exc
         except spool.SpoolError as exc:
@@ -92,14 +83,33 @@ class Runner:
             raise Unreachable(error)
         return result
 
-    def run_loop(self, interval, report):
-        """Run every `interval` seconds until stopped; `report(result or exception)` after each."""
-        while not self.stopping:
-            close_old_connections()
+    def _expand_and_send(self):
+        progress = self.progress
+        if progress:
+            progress.start_round()
+        on_chunk = progress.expanded if progress else None
+        expanded = expand.expand_due(on_chunk=on_chunk) if not self.stopping else expand.ExpandResult()
+        if progress:  # one count query, only for the person watching
+            due = claims.due_count()
+            limit = self.options["max_messages"]
+            progress.sending(due if limit is None else min(due, limit))
+        self.sender = sending.Sender(on_outcome=progress.outcome if progress else None, **self.options)
+        self.sender.stopping = self.stopping
+        return expanded, self.sender.run()
+
+    def run_loop(self, report):
+        """Run every `interval` seconds until stopped; `report(result or exception)` after each.
+
+        After a run that could not reach the database or the SMTP server the
+        pause doubles, up to dbmail.ops.runloop.MAX_BACKOFF, until a run succeeds.
+        """
+
+        def one_round():
             try:
                 report(self.run_once())
             except Unreachable as exc:
                 report(exc)
-            deadline = time.monotonic() + interval
-            while not self.stopping and time.monotonic() < deadline:
-                time.sleep(min(0.2, interval))
+                return Round.FAILED
+            return Round.DONE
+
+        self.loop.run(one_round)

@@ -10,13 +10,13 @@ import uuid
 from dataclasses import dataclass, field
 from datetime import timedelta
 
-from django.conf import settings
 from django.db import connection, transaction
 from django.db.models import BooleanField, F, Q
 from django.db.models.expressions import RawSQL
 from django.utils import timezone
 
 from dbmail import states
+from dbmail.conf import settings as conf
 from dbmail.models import TextOfEmail
 
 Status = states.EmailStatus
@@ -41,7 +41,7 @@ class Claim:
 
     def renew_if_needed(self):
         """Extend the lease on the rows still to send once half of it has passed."""
-        lease = timedelta(seconds=settings.DBMAIL_LEASE_SECONDS)
+        lease = timedelta(seconds=conf.DBMAIL_LEASE_SECONDS)
         now = timezone.now()
         if self.lease_until - now > lease / 2 or not self.open_ids:
             return
@@ -72,7 +72,7 @@ def claim(limit, now=None, scope=None, after=None):
     """
     now = now or timezone.now()
     token = uuid.uuid4()
-    lease_until = now + timedelta(seconds=settings.DBMAIL_LEASE_SECONDS)
+    lease_until = now + timedelta(seconds=conf.DBMAIL_LEASE_SECONDS)
     rows = TextOfEmail.objects.select_for_update(skip_locked=True)
     with transaction.atomic():
         # Two ordered index scans rather than one OR, so neither sorts the whole queue.
@@ -110,7 +110,7 @@ def claim_one(email):
     """Claim one specific queued email (the ad-hoc path); None if someone else has it."""
     now = timezone.now()
     token = uuid.uuid4()
-    lease_until = now + timedelta(seconds=settings.DBMAIL_LEASE_SECONDS)
+    lease_until = now + timedelta(seconds=conf.DBMAIL_LEASE_SECONDS)
     taken = states.CLAIM_NOW.update(
         TextOfEmail.objects.filter(pk=email.pk),
         claim_token=token,

@@ -19,9 +19,9 @@ import sys
 import threading
 from concurrent.futures import Future
 
-from django.conf import settings
 from django.db import connection
 
+from dbmail.conf import settings as conf
 from dbmail.send import outcomes, retry
 
 
@@ -49,7 +49,7 @@ class ThreadedWorker:
 
     def __init__(self, window=None):
         self._work = queue.Queue()
-        self._slots = threading.Semaphore(window or settings.DBMAIL_OUTCOME_WINDOW)
+        self._slots = threading.Semaphore(window or conf.DBMAIL_OUTCOME_WINDOW)
         self.error = None
         self._switch_interval = sys.getswitchinterval()
         sys.setswitchinterval(self.SWITCH_INTERVAL)

@@ -10,10 +10,10 @@ import time
 from dataclasses import dataclass, field
 from itertools import groupby
 
-from django.conf import settings
 from django.core.mail import get_connection
 
 from dbmail import states
+from dbmail.conf import settings as conf
 from dbmail.content import attachments
 from dbmail.models import DeliveryEvent
 from dbmail.send import claims, dbworker, mime, retry
@@ -71,11 +71,11 @@ class Sender:
         keep_if_down=False,
         scope=None,
     ):
-        self.batch_size = batch_size or settings.DBMAIL_BATCH_SIZE
+        self.batch_size = batch_size or conf.DBMAIL_BATCH_SIZE
         self.max_messages = max_messages
         self.deadline = time.monotonic() + max_seconds if max_seconds else None
         self.on_outcome = on_outcome
-        self.throttle = Throttle(settings.DBMAIL_THROTTLE_PER_SECOND if throttle is None else throttle)
+        self.throttle = Throttle(conf.DBMAIL_THROTTLE_PER_SECOND if throttle is None else throttle)
         # keep_if_down: when the server cannot be reached, give the emails back untouched
         # (the ad-hoc path leaves them for the next cron run) instead of deferring them.
         self.keep_if_down = keep_if_down

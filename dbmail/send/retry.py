@@ -11,9 +11,8 @@ import socket
 from dataclasses import dataclass
 from datetime import timedelta
 
-from django.conf import settings
-
 from dbmail import states
+from dbmail.conf import settings as conf
 
 SENT, DEFERRED, DROPPED = states.SEND.target, states.DEFER.target, states.DROP.target
 
@@ -71,17 +70,17 @@ def backoff(attempts, email=None):
     Spool mail keeps the seed's own pace: a fixed DBMAIL_SPOOL_RETRY_SECONDS.
     """
     if _spooled(email):
-        return timedelta(seconds=settings.DBMAIL_SPOOL_RETRY_SECONDS)
-    base = settings.DBMAIL_RETRY_BASE_SECONDS
+        return timedelta(seconds=conf.DBMAIL_SPOOL_RETRY_SECONDS)
+    base = conf.DBMAIL_RETRY_BASE_SECONDS
     delay = base * 2 ** min(max(attempts - 1, 0), 30)
-    return timedelta(seconds=min(delay, settings.DBMAIL_RETRY_MAX_SECONDS))
+    return timedelta(seconds=min(delay, conf.DBMAIL_RETRY_MAX_SECONDS))
 
 
 def give_up(outcome, attempts, email=None):
     """A deferral past the attempt budget (DBMAIL_SPOOL_MAX_ATTEMPTS for spool mail) becomes a drop."""
     if outcome.status != DEFERRED:
         return outcome
-    budget = settings.DBMAIL_SPOOL_MAX_ATTEMPTS if _spooled(email) else settings.DBMAIL_MAX_ATTEMPTS
+    budget = conf.DBMAIL_SPOOL_MAX_ATTEMPTS if _spooled(email) else conf.DBMAIL_MAX_ATTEMPTS
     if attempts >= budget:
         return Outcome(DROPPED, outcome.code, f"too many attempts ({attempts}); last: {outcome.text}")
     return outcome

@@ -31,11 +31,12 @@ class Command(BaseCommand):
             max_messages=opts["max_messages"],
             batch_size=opts["batch_size"],
             progress=self.progress,
+            interval=opts["interval"],
         )
         runner.install_signal_handlers()
         self.looping = opts["loop"]
         if opts["loop"]:
-            runner.run_loop(opts["interval"], self.report)
+            runner.run_loop(self.report)
             return
         try:
             self.report(runner.run_once())

@@ -1,11 +1,11 @@
 import json
 from datetime import timedelta
 
-from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 from django.db import DatabaseError
 from django.utils import timezone
 
+from dbmail.conf import settings as conf
 from dbmail.ops import health
 from dbmail.ops.purge import duration_argument
 
@@ -23,7 +23,7 @@ class Command(BaseCommand):
         parser.add_argument("--json", action="store_true", help="One JSON object (times in ISO 8601) for monitoring.")
 
     def handle(self, *args, **opts):
-        stuck_after = opts["stuck_after"] or timedelta(seconds=settings.DBMAIL_STUCK_AFTER_SECONDS)
+        stuck_after = opts["stuck_after"] or timedelta(seconds=conf.DBMAIL_STUCK_AFTER_SECONDS)
         try:
             report = health.check(stuck_after)
         except DatabaseError as exc:
