@@ -79,7 +79,8 @@ class MessageRequestAdmin(admin.ModelAdmin):
     list_filter = ["status", "recipient_set", "sender"]
     search_fields = ["subject", "creator__username"]
     date_hierarchy = "created_at"
-    readonly_fields = ["recipient_count", "expanded_at", "checkpoint", "progress", "delivery"]
+    # body_format is the comm panel's editor choice; the admin edits the bodies as they are sent.
+    readonly_fields = ["body_format", "recipient_count", "expanded_at", "checkpoint", "progress", "delivery"]
     actions = ["cancel_requests", "queue_now"]
 
     @admin.display(description="Progress")
@@ -203,7 +204,7 @@ from dbmail.models import EmailTemplate, RequestAttachment  # noqa: E402
 class EmailTemplateAdmin(admin.ModelAdmin):
     list_display = ["name", "subject", "updated_at", "updated_by"]
     search_fields = ["name", "subject"]
-    readonly_fields = ["updated_by", "updated_at"]
+    readonly_fields = ["body_format", "updated_by", "updated_at"]
 
 
 @admin.register(RequestAttachment)

@@ -50,7 +50,10 @@ def test_draft_page_shows_count_warnings_and_first_preview(panel):
     assert preview.email.to_address == "ann@example.org"
     html = response.content.decode()
     assert "would get an empty <code>balance</code>" in html
-    assert 'sandbox title="HTML preview" srcdoc="&lt;p&gt;Balance &lt;b&gt;12&lt;/b&gt;&lt;/p&gt;"' in html
+    assert (
+        'sandbox title="HTML preview" srcdoc="&lt;p&gt;Balance &lt;b&gt;12&lt;/b&gt;&lt;/p&gt;&lt;p class=&quot;mail-foot'
+        in html
+    )
 
 
 def test_preview_is_what_expansion_makes(panel):

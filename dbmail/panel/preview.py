@@ -96,3 +96,21 @@ def send_test(request, recipient, user):
         row.save(update_fields=["raw_message"])
     outbox.send_after_commit([row])
     return row
+
+
+def sample(template, user, unsubscribe_url="#unsubscribe"):
+    """`template` (a request, saved template or starter: subject, bodies, body_format) rendered for `user`.
+
+    What the compose and template pages show while typing: the signed-in user
+    as the recipient, the unsubscribe footer where the body has no link of its
+    own. Raises rendering.RenderError.
+    """
+    compiled = rendering.CompiledRequest(template)
+    me = recipients.Recipient(
+        email=user.email or "you@example.org",
+        name=user.get_full_name(),
+        first_name=user.first_name,
+        last_name=user.last_name,
+        username=user.get_username(),
+    )
+    return compiled.render(compiled.context_for(me, unsubscribe_url=unsubscribe_url))

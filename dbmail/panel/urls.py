@@ -13,6 +13,7 @@ urlpatterns = [
     path("logout/", LogoutView.as_view(next_page="admin:login"), name="logout"),
     path("compose/", compose.compose, name="compose"),
     path("compose/count/", compose.count, name="count"),
+    path("compose/check/", compose.check, name="check"),
     path("requests/<int:pk>/", requests.request_detail, name="request"),
     path("requests/<int:pk>/edit/", compose.compose, name="edit"),
     path("requests/<int:pk>/count/", compose.count, name="edit_count"),
