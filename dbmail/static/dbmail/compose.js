@@ -175,6 +175,10 @@
       Object.keys(shown).forEach(function (name) {
         var el = liveError(name);
         if (!el) return;
+        // The live check now speaks for the templates: the saved page's own template errors would repeat it.
+        el.parentElement.querySelectorAll("p.error:not(.live-error)").forEach(function (old) {
+          if (/^Template error/.test(old.textContent)) old.hidden = true;
+        });
         el.textContent = shown[name] || "";
         el.hidden = !shown[name];
       });
