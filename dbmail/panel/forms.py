@@ -409,6 +409,21 @@ class SuppressionForm(forms.ModelForm):
         return address
 
 
+class SuppressionImportForm(forms.Form):
+    file = forms.FileField(
+        label="CSV file",
+        help_text="A header row with an “address” or “email” column; “reason” and “note” columns are optional.",
+    )
+    reason = forms.ChoiceField(
+        choices=Suppression.Reason.choices,
+        initial=Suppression.Reason.MANUAL,
+        help_text="For rows without a reason of their own.",
+    )
+    note = forms.CharField(
+        required=False, max_length=500, help_text="For rows without a note, e.g. “from the old newsletter tool”."
+    )
+
+
 class DashboardForm(forms.Form):
     """The dashboard's range of days: the last 30 by default."""
 

@@ -30,6 +30,8 @@ urlpatterns = [
     path("templates/<int:pk>/", templates.template_edit, name="template_edit"),
     path("templates/<int:pk>/delete/", templates.template_delete, name="template_delete"),
     path("suppressions/", suppressions.suppression_list, name="suppressions"),
+    path("suppressions/export.csv", suppressions.suppression_export, name="suppression_export"),
+    path("suppressions/import/", suppressions.suppression_import, name="suppression_import"),
     path("suppressions/<int:pk>/", suppressions.suppression_edit, name="suppression_edit"),
     path("suppressions/<int:pk>/delete/", suppressions.suppression_delete, name="suppression_delete"),
 ]
