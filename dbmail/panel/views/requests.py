@@ -359,6 +359,7 @@ def reuse(request, pk):
             subject=source.subject,
             text_body=source.text_body,
             html_body=source.html_body,
+            body_format=source.body_format,
             recipient_set=source.recipient_set,
             recipient_params=source.recipient_params,
             context=source.context,
