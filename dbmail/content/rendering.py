@@ -214,6 +214,9 @@ class CompiledRequest:
     """A request's templates compiled once, rendered per recipient."""
 
     def __init__(self, request):
+        context = getattr(request, "context", None)  # saved templates and starters have none
+        if context is not None and not isinstance(context, dict):
+            raise RenderError(f"the request's context must be a JSON object of variables, not {type(context).__name__}")
         html_source = request.html_body if request.html_body.strip() else ""
         if html_source and getattr(request, "body_format", "html") != "html":
             html_source = layout.wrap(html_source)  # rich text and Markdown are fragments

@@ -11,7 +11,9 @@ class Command(BaseCommand):
     help = "Expand due message requests, then send due emails. Safe to run on several hosts at once."
 
     def add_arguments(self, parser):
-        parser.add_argument("--max-seconds", type=float, help="Stop sending after this many seconds.")
+        parser.add_argument(
+            "--max-seconds", type=float, help="Stop after this many seconds from the start (expansion included)."
+        )
         parser.add_argument("--max-messages", type=int, help="Stop after this many send attempts.")
         parser.add_argument("--batch-size", type=int, help="Emails claimed at a time (DBMAIL_BATCH_SIZE).")
         parser.add_argument("--loop", action="store_true", help="Keep running (for hosts without cron).")
@@ -39,9 +41,12 @@ class Command(BaseCommand):
             runner.run_loop(self.report)
             return
         try:
-            self.report(runner.run_once())
+            result = runner.run_once()
         except Unreachable as exc:
             raise CommandError(str(exc)) from exc
+        self.report(result)
+        if result.expanded.failed:  # everything else was done; the failed requests wait for a fix and a retry
+            raise CommandError(f"{len(result.expanded.failed)} request(s) failed (see dbmail_status)")
 
     def report(self, outcome):
         if self.progress:
@@ -51,11 +56,16 @@ class Command(BaseCommand):
             return
         # Under cron, stay silent unless something failed: cron mails whatever we print.
         # A loop reports only the rounds that did something.
-        failed = outcome.sent.deferred or outcome.sent.dropped
+        for line in outcome.expanded.failed:
+            self.stderr.write(f"dbmail_cron: request {line}")
+        failed = outcome.sent.deferred or outcome.sent.dropped or outcome.expanded.failed
         idle = not (outcome.expanded.requests or outcome.sent.attempted)
         if (self.loud and not (self.looping and idle)) or (failed and self.verbosity >= 1):
             self.stdout.write(f"dbmail_cron: {outcome.summary()}")
             if failed and self.verbosity >= 1:
+                # A server's or sender's failure once, in words; then what was said about recipients.
+                for line in outcome.sent.problems:
+                    self.stdout.write(f"  sending problem: {line}")
                 for line in outcome.sent.errors:
                     self.stdout.write(f"  {line}")
 

@@ -130,6 +130,8 @@ def count(request, pk=None):
         html_body=form.data.get("html_body", ""),
     )
     result = audience.summarise(probe)
+    if result.error:  # the recipient set itself failed (dbmail.content.audience)
+        return JsonResponse({**answer, "ok": False, "errors": [result.error], "count": None})
     columns = verdict.params.get("columns", []) if verdict.name == "addresses" else []
     return JsonResponse({**answer, "columns": columns, **result.as_dict()})
 

@@ -10,7 +10,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('dbmail', '0009_dashboard'),
+        ('dbmail', '0011_request_failure_history'),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 
