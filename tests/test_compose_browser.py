@@ -157,6 +157,12 @@ def test_rich_text_and_markdown_make_the_html_body(page):
     assert mail.body_format == "rich"
     assert "<strong>everyone</strong>" in mail.html_body and "See you soon." in mail.html_body
 
+    # Editing the draft again opens the rich-text editor with its content, and keeps it as it was.
+    page.goto(f"{page.base}/commpanel/requests/{mail.pk}/edit/")
+    page.wait_for_selector("#rich-editor .ql-editor strong")
+    assert page.inner_text("#rich-editor .ql-editor strong") == "everyone"
+    assert page.input_value("#id_html_body") == mail.html_body
+
     # A template in Markdown: the HTML body is made from it, shown while typing and stored on save.
     page.goto(f"{page.base}/commpanel/templates/new/")
     page.fill("#id_name", "Minutes")

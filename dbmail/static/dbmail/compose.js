@@ -47,6 +47,8 @@
   var summary = document.getElementById("error-summary");
   if (summary) summary.focus();
 
+  var scheduleCheck = debounce(function () { check(); }, 500);  // check() is below
+
   // --- Editors: raw HTML, rich text (Quill) or Markdown (the text body; the server makes the HTML).
   var text = field("text_body"), html = field("html_body");
   var textLabel = form.querySelector("label[for=id_text_body]");
@@ -191,7 +193,6 @@
       }
     }).catch(function () { /* the next keystroke tries again; saving checks anyway */ });
   }
-  var scheduleCheck = debounce(check, 500);
   form.addEventListener("input", function (event) {
     if (/^(subject|text_body|html_body)$/.test(event.target.name)) scheduleCheck();
   });
