@@ -93,6 +93,11 @@ def test_import_adds_new_addresses_keeps_known_ones_and_lists_bad_rows(panel):
         "new@example.org": ("unsubscribed", "imported"),
         "plain@example.org": ("manual", "imported"),  # an unknown reason takes the form's
     }
+    from dbmail.models import AuditEvent
+
+    events = AuditEvent.objects.filter(action="suppress")
+    assert sorted(e.target for e in events) == ["new@example.org (unsubscribed)", "plain@example.org (manual)"]
+    assert {e.actor_name for e in events} == {"editor"} and {e.detail for e in events} == {"imported from old-tool.csv"}
 
 
 def test_an_unusable_import_file_is_refused_with_its_reason(panel):

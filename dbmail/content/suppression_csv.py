@@ -28,6 +28,7 @@ ADDRESS_COLUMNS = ("address", "email", "email_address", "e_mail")
 class ImportResult:
     added: int = 0
     already: int = 0
+    addresses: list = field(default_factory=list)  # the addresses added
     bad: list = field(default_factory=list)  # (line number, message)
 
 
@@ -94,6 +95,7 @@ def import_csv(data, default_reason=Suppression.Reason.MANUAL, note=""):
         new = [row for address, row in wanted.items() if address not in known]
         Suppression.objects.bulk_create(new, batch_size=1000, ignore_conflicts=True)
     result.added, result.already = len(new), len(known)
+    result.addresses = [row.address for row in new]
     return result
 
 

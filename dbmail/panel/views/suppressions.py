@@ -7,6 +7,7 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.utils import timezone
 from django.views.decorators.http import require_POST
 
+from dbmail import audit
 from dbmail.conf import settings as conf
 from dbmail.content import csvmerge, suppression_csv
 from dbmail.exceptions import CSVError
@@ -32,6 +33,7 @@ def suppression_list(request):
     form = SuppressionForm(request.POST or None, initial={"reason": Suppression.Reason.MANUAL})
     if request.method == "POST" and form.is_valid():
         added = form.save()
+        audit.record(request.user, "suppress", added, detail=f"{added.reason}: {added.note}")
         messages.success(request, f"{added.address} gets no more mail.")
         return redirect("commpanel:suppressions")
     page = Paginator(rows, conf.DBMAIL_PANEL_PAGE_SIZE).get_page(request.GET.get("page"))
@@ -55,6 +57,7 @@ def suppression_edit(request, pk):
     form = SuppressionForm(request.POST or None, instance=row)
     if request.method == "POST" and form.is_valid():
         form.save()
+        audit.record(request.user, "change suppression", row, detail=f"{row.reason}: {row.note}")
         messages.success(request, f"{row.address} updated.")
         return redirect("commpanel:suppressions")
     return render(request, "commpanel/suppression_edit.html", {"form": form, "row": row})
@@ -64,6 +67,7 @@ def suppression_edit(request, pk):
 @panel_view
 def suppression_delete(request, pk):
     row = get_object_or_404(Suppression, pk=pk)
+    audit.record(request.user, "unsuppress", row, detail=f"was {row.reason}: {row.note}")
     row.delete()
     messages.success(request, f"{row.address} removed from the list: it will get mail again.")
     return redirect("commpanel:suppressions")
@@ -93,6 +97,8 @@ def suppression_import(request):
     except CSVError as exc:
         messages.error(request, f"{upload.name}: {exc}")
         return redirect("commpanel:suppressions")
+    added = Suppression.objects.filter(address__in=result.addresses)
+    audit.record_many(request.user, "suppress", added, detail=f"imported from {upload.name}")
     messages.success(
         request,
         f"{upload.name}: {result.added} address(es) added; {result.already} already on the list, left as they were.",
