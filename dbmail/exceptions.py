@@ -57,6 +57,10 @@ class SpoolError(DbmailError, OSError):
     """The spool directory cannot be used (missing or unreadable)."""
 
 
+class DkimError(DbmailError, ValueError):
+    """A DKIM key that cannot be made, rotated or retired as asked; the message says why."""
+
+
 # --- sending and tracking: services that cannot be reached, events and requests refused ---
 
 

@@ -1,14 +1,18 @@
-"""Queue health for dbmail_status and the admin: depth, age, last runs, and stuck mail."""
+"""Queue health for dbmail_status and the admin: depth, age, last runs, stuck mail, and warnings.
+
+Stuck mail makes dbmail_status fail; a warning (mail going out without a
+DKIM signature) is printed but does not change its exit status.
+"""
 
 import socket
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 
-from django.db.models import Count, Min
+from django.db.models import Count, Min, Sum
 from django.utils import timezone
 
 from dbmail import states
-from dbmail.models import CronHeartbeat, TextOfEmail
+from dbmail.models import CronHeartbeat, DkimKey, TextOfEmail, UnsignedMail
 
 
 @dataclass
@@ -18,6 +22,7 @@ class Health:
     last_success: object  # datetime or None
     stuck: bool
     reasons: list
+    warnings: list = field(default_factory=list)
 
 
 def check(stuck_after):
@@ -46,7 +51,25 @@ def check(stuck_after):
     if waiting and (last_success is None or now - last_success > stuck_after):
         seen = _human(now - last_success) + " ago" if last_success else "never"
         reasons.append(f"mail is waiting and dbmail_cron last succeeded {seen}")
-    return Health(counts, oldest_age, last_success, bool(reasons), reasons)
+    return Health(counts, oldest_age, last_success, bool(reasons), reasons, unsigned_warnings())
+
+
+def unsigned_warnings(today=None):
+    """One warning per From domain whose mail went out without a DKIM signature today or yesterday."""
+    today = today or timezone.localdate()
+    rows = (
+        UnsignedMail.objects.filter(day__gte=today - timedelta(days=1))
+        .values("domain")
+        .annotate(n=Sum("count"))
+        .order_by("domain")
+    )
+    keyed = set(DkimKey.objects.filter(active=True).values_list("domain", flat=True))
+    warnings = []
+    for row in rows:
+        domain = row["domain"]
+        why = "signing failed (see the log)" if domain in keyed else f"no key (dbmail_dkim generate {domain})"
+        warnings.append(f"{row['n']} email(s) from {domain} went out without a DKIM signature since yesterday: {why}")
+    return warnings
 
 
 def beat(command, started_at, summary=None, error=""):

@@ -2,7 +2,9 @@
 
 The envelope sender (MAIL FROM, where bounces go) is the message's
 from_email; the visible From is a header. Forwards carry their complete MIME
-bytes, which are sent exactly as stored.
+bytes, which are sent exactly as stored. The bytes a backend takes from the
+built message (as SMTP does, right before it writes them) carry the From
+domain's DKIM signature (dbmail.send.dkim).
 """
 
 import re
@@ -10,6 +12,8 @@ from email.utils import formataddr
 
 from django.core.mail import EmailMessage, EmailMultiAlternatives
 
+from dbmail.content import headers as header_values
+from dbmail.send import dkim
 from dbmail.track.header import METADATA_KEY, TRACKING_HEADER, tracking_id
 
 _BARE_LF = re.compile(rb"(?<!\r)\n")
@@ -28,6 +32,40 @@ class _RawMIME:
         return self.raw.decode("utf-8", "replace")
 
 
+class _SignedMIME:
+    """A built message whose bytes are DKIM-signed when a backend asks for them; otherwise the message itself."""
+
+    def __init__(self, built, email):
+        self._built, self._email = built, email
+
+    def __getattr__(self, name):
+        return getattr(self._built, name)
+
+    def __getitem__(self, name):
+        return self._built[name]
+
+    def __contains__(self, name):
+        return name in self._built
+
+    def as_bytes(self, linesep="\n", **kwargs):
+        # Signed over the CRLF form, the one SMTP carries; another line end is the same text.
+        data = dkim.sign(self._email, self._built.as_bytes(linesep="\r\n", **kwargs))
+        return data if linesep == "\r\n" else data.replace(b"\r\n", linesep.encode("ascii"))
+
+    def as_string(self, linesep="\n", **kwargs):
+        return self.as_bytes(linesep=linesep, **kwargs).decode("utf-8", "replace")
+
+
+class _Signed:
+    """Mixed into the EmailMessage classes: message() is signed for `signed_for` (a TextOfEmail), if set."""
+
+    signed_for = None
+
+    def message(self, **kwargs):
+        built = super().message(**kwargs)
+        return _SignedMIME(built, self.signed_for) if self.signed_for is not None else built
+
+
 class RawEmailMessage(EmailMessage):
     def __init__(self, raw, **kwargs):
         super().__init__(**kwargs)
@@ -37,20 +75,35 @@ class RawEmailMessage(EmailMessage):
         return _RawMIME(self.raw)
 
 
-def to_email_message(email, connection=None, attachments=()):
-    """`attachments`: (filename, bytes, content type) triples, the request's files."""
+class _SignedRawEmailMessage(_Signed, RawEmailMessage):
+    pass
+
+
+class _SignedEmailMultiAlternatives(_Signed, EmailMultiAlternatives):
+    pass
+
+
+def to_email_message(email, connection=None, attachments=(), sign=True):
+    """`attachments`: (filename, bytes, content type) triples, the request's files.
+
+    With `sign` (sending), the bytes are DKIM-signed; a preview passes False.
+    """
     recipient = formataddr((email.to_name, email.to_address)) if email.to_name else email.to_address
     if email.raw_message is not None:
-        return RawEmailMessage(
+        message = (_SignedRawEmailMessage if sign else RawEmailMessage)(
             email.raw_message, from_email=email.envelope_sender, to=[recipient], connection=connection
         )
+        if sign:
+            message.signed_for = email
+        return message
     headers = {
         "From": email.from_header,
+        "Date": header_values.date(),  # Django's own default writes "-0000" for UTC: "zone unknown"
         "Message-ID": email.message_id,
         TRACKING_HEADER: tracking_id(email.pk),  # MTA callbacks and bounces name the email by it
         **(email.headers or {}),
     }
-    message = EmailMultiAlternatives(
+    message = (_SignedEmailMultiAlternatives if sign else EmailMultiAlternatives)(
         subject=email.subject,
         body=email.text,
         from_email=email.envelope_sender,
@@ -59,6 +112,8 @@ def to_email_message(email, connection=None, attachments=()):
         headers=headers,
         connection=connection,
     )
+    if sign:
+        message.signed_for = email
     if email.html:
         message.attach_alternative(email.html, "text/html")
     for filename, content, content_type in attachments:

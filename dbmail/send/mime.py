@@ -15,10 +15,10 @@ same headers and bodies from this output as from Django's.
 import binascii
 import secrets
 from email.header import Header
-from email.utils import formataddr, formatdate
+from email.utils import formataddr
 
-from django.conf import settings
-
+from dbmail.content import headers
+from dbmail.send import dkim
 from dbmail.track.header import TRACKING_HEADER, tracking_id
 
 _MAX_LINE = 78
@@ -71,8 +71,8 @@ def _part(subtype, text):
     return f'Content-Type: text/{subtype}; charset="utf-8"\r\nContent-Transfer-Encoding: {encoding}\r\n\r\n{body}'
 
 
-def compose(email):
-    """The complete message bytes for `email`, or None when Django's EmailMessage must build it."""
+def compose(email, sign=True):
+    """The complete message bytes for `email` (DKIM-signed), or None when Django's EmailMessage must build it."""
     if email.raw_message is not None:
         return None
     to = _address(email.to_name, email.to_address)
@@ -82,7 +82,7 @@ def compose(email):
         _header("From", email.from_header),
         _header("To", to),
         _header("Subject", email.subject),
-        f"Date: {formatdate(localtime=settings.EMAIL_USE_LOCALTIME)}",
+        f"Date: {headers.date()}",
         f"Message-ID: {email.message_id}",
         f"{TRACKING_HEADER}: {tracking_id(email.pk)}",  # MTA callbacks and bounces name the email by it
     ]
@@ -100,10 +100,10 @@ def compose(email):
         # Like Django, an empty text body is left out rather than sent as an empty part.
         parts = ([_part("plain", email.text)] if email.text else []) + [_part("html", email.html)]
         body = "".join(f"--{boundary}\r\n{part}\r\n" for part in parts) + f"--{boundary}--\r\n"
-        head = "\r\n".join(lines)
-        return f"{head}\r\n\r\n{body}".encode("ascii")
-    encoding, body = _part_body(email.text)
-    lines.append('Content-Type: text/plain; charset="utf-8"')
-    lines.append(f"Content-Transfer-Encoding: {encoding}")
+    else:
+        encoding, body = _part_body(email.text)
+        lines.append('Content-Type: text/plain; charset="utf-8"')
+        lines.append(f"Content-Transfer-Encoding: {encoding}")
     head = "\r\n".join(lines)
-    return f"{head}\r\n\r\n{body}".encode("ascii")
+    data = f"{head}\r\n\r\n{body}".encode("ascii")
+    return dkim.sign(email, data) if sign else data

@@ -32,5 +32,7 @@ class Command(BaseCommand):
         age = f"{int(report.oldest_due_age.total_seconds())}s" if report.oldest_due_age else "none due"
         self.stdout.write(f"oldest due: {age}")
         self.stdout.write(f"last successful dbmail_cron: {report.last_success or 'never'}")
+        for warning in report.warnings:
+            self.stdout.write(f"WARNING: {warning}")
         if report.stuck:
             raise CommandError("STUCK: " + "; ".join(report.reasons), returncode=2)
