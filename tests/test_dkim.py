@@ -15,9 +15,11 @@ import time
 
 import dkim as dkimpy
 import pytest
+from django.core.files.uploadedfile import SimpleUploadedFile
 from django.core.management import call_command
 from django.utils import timezone
 
+from dbmail.content import attachments
 from dbmail.intake import expand, outbox
 from dbmail.models import DkimKey, SendGrant, TextOfEmail, UnsignedMail
 from dbmail.ops import dkimkeys
@@ -117,15 +119,26 @@ def test_ad_hoc_mail_is_signed(smtp_server, dns):
     assert_signed(received, dns, key)
 
 
-def test_mail_built_by_django_is_signed_too(smtp_server, dns):
-    # A non-ASCII address is beyond the lean writer: Django's EmailMessage builds these bytes.
+def test_request_mail_with_attachments_built_by_django_is_signed_too(smtp_server, dns, settings, tmp_path):
+    # Attachments are beyond the lean writer: Django's EmailMessage builds these bytes.
+    settings.MEDIA_ROOT = str(tmp_path)
+    key = published_key(dns, "example.org")
+    UserFactory()
+    request = MessageRequestFactory()
+    attachments.add(request, SimpleUploadedFile("plan.pdf", b"%PDF-1.4 plan", content_type="application/pdf"))
+    expand.expand_due()
+    assert send_due().sent == 1
+    (received,) = smtp_server.received
+    assert [p.get_filename() for p in received.message.iter_attachments()] == ["plan.pdf"]
+    assert HEADERS_OF_BULK_MAIL <= set(assert_signed(received, dns, key))
+
+
+def test_smtputf8_mail_is_signed_over_its_utf8_headers(smtp_server, dns):
     key = published_key(dns, "example.org")
     SenderAccountFactory()
-    email_row = outbox.send_now(
-        to="jorg@exämple.org", subject="Grüße", html="<p>Grüße</p>", from_email="office@example.org"
-    )
-    assert mime.compose(email_row, sign=False) is None
+    outbox.send_now(to="Jörg <jörg@exämple.org>", subject="Grüße", text="Hallo", from_email="office@example.org")
     (received,) = smtp_server.received
+    assert "jörg@xn--exmple-cua.org".encode() in received.data  # the To header is UTF-8 (RFC 6532)
     assert_signed(received, dns, key)
 
 

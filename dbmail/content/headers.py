@@ -19,6 +19,8 @@ from django.conf import settings
 from django.utils import timezone
 
 from dbmail.conf import settings as conf
+from dbmail.content import addresses
+from dbmail.exceptions import AddressError
 
 FEEDBACK_ID = "Feedback-ID"
 _NOT_IN_FIELD = re.compile(r"[^A-Za-z0-9._-]+")
@@ -36,8 +38,15 @@ def date(now=None):
 
 @functools.lru_cache(maxsize=1024)
 def domain_of(address):
-    """The lower-case domain of an address or of a header value like `Ann <ann@example.org>`."""
-    return parseaddr(address or "")[1].rpartition("@")[2].strip().lower()
+    """The lower-case domain of an address or of a header value like `Ann <ann@example.org>`, in A-labels.
+
+    An international domain is written as DNS and the wire know it (xn--...); "" if it is none.
+    """
+    domain = parseaddr(address or "")[1].rpartition("@")[2].strip().lower()
+    try:
+        return addresses.a_label(domain)
+    except AddressError:
+        return ""
 
 
 def message_id_domain(from_address=None):

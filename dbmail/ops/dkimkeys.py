@@ -19,7 +19,8 @@ from dataclasses import dataclass
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from dbmail.exceptions import DkimError
+from dbmail.content import addresses
+from dbmail.exceptions import AddressError, DkimError
 from dbmail.models import DkimKey
 
 MAX_ACTIVE = 2
@@ -31,7 +32,12 @@ _TXT_STRING = 255  # bytes in one character-string of a TXT record (RFC 1035 3.3
 
 
 def clean_domain(domain):
+    """`domain` lower-case, an international one in A-labels (xn--...), as DKIM's d= and DNS have it."""
     domain = (domain or "").strip().lower().rstrip(".")
+    try:
+        domain = addresses.a_label(domain)
+    except AddressError:
+        raise DkimError(f"{domain!r} is not a domain name") from None
     if not _DOMAIN.fullmatch(domain):
         raise DkimError(f"{domain!r} is not a domain name")
     return domain

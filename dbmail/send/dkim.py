@@ -183,7 +183,7 @@ atexit.register(_at_exit)
 def sign(email, data):
     """The bytes to send for `email` (a TextOfEmail): `data` signed with its From domain's key, if it has one."""
     domain = domain_of(email.from_header)
-    key = keys.get(domain) if domain.isascii() else None
+    key = keys.get(domain)
     if key is not None:
         try:
             return sign_with(key, data)

@@ -2,21 +2,22 @@
 
 The envelope sender (MAIL FROM, where bounces go) is the message's
 from_email; the visible From is a header. Forwards carry their complete MIME
-bytes, which are sent exactly as stored. The bytes a backend takes from the
-built message (as SMTP does, right before it writes them) carry the From
-domain's DKIM signature (dbmail.send.dkim).
+bytes, which are sent exactly as stored. The bytes our SMTP backend sends
+(as_bytes), and those any other backend takes from the built message, carry
+the From domain's DKIM signature (dbmail.send.dkim), made last.
 """
 
 import re
-from email.utils import formataddr
 
 from django.core.mail import EmailMessage, EmailMultiAlternatives
 
+from dbmail.content import addresses
 from dbmail.content import headers as header_values
 from dbmail.send import dkim
 from dbmail.track.header import METADATA_KEY, TRACKING_HEADER, tracking_id
 
 _BARE_LF = re.compile(rb"(?<!\r)\n")
+_HEADER_END = re.compile(rb"\r\n\r\n")
 
 
 class _RawMIME:
@@ -83,12 +84,14 @@ class _SignedEmailMultiAlternatives(_Signed, EmailMultiAlternatives):
     pass
 
 
-def to_email_message(email, connection=None, attachments=(), sign=True):
+def to_email_message(email, connection=None, attachments=(), smtputf8=True, sign=True):
     """`attachments`: (filename, bytes, content type) triples, the request's files.
 
+    `smtputf8=False` writes the recipient for a server without SMTPUTF8 (NeedsSMTPUTF8 when
+    that is impossible); other backends (an email service's API) get the address as it is.
     With `sign` (sending), the bytes are DKIM-signed; a preview passes False.
     """
-    recipient = formataddr((email.to_name, email.to_address)) if email.to_name else email.to_address
+    recipient = addresses.display(email.to_name, addresses.wire(email.to_address, smtputf8))
     if email.raw_message is not None:
         message = (_SignedRawEmailMessage if sign else RawEmailMessage)(
             email.raw_message, from_email=email.envelope_sender, to=[recipient], connection=connection
@@ -121,3 +124,35 @@ def to_email_message(email, connection=None, attachments=(), sign=True):
     # Email service providers (through django-anymail) echo metadata back in their tracking events.
     message.metadata = {METADATA_KEY: headers[TRACKING_HEADER]}
     return message
+
+
+def as_bytes(email, attachments=(), smtputf8=False, sign=True):
+    """The message Django's EmailMessage builds for `email`, as the bytes our SMTP backend sends.
+
+    For a message sent with SMTPUTF8, Django would write a UTF-8 local part as an encoded
+    word (which is no address at all): the address headers are written here instead. The
+    DKIM signature comes last, over the bytes as they will be sent.
+    """
+    message = to_email_message(email, attachments=attachments, smtputf8=smtputf8, sign=False)
+    data = message.message().as_bytes(linesep="\r\n")
+    if smtputf8 and email.raw_message is None:
+        to = addresses.display(email.to_name, addresses.wire(email.to_address, True))
+        data = _replace_header(data, b"To", to.encode("utf-8"))
+        data = _replace_header(data, b"From", addresses.header(email.from_header, True).encode("utf-8"))
+        if email.reply_to:
+            data = _replace_header(data, b"Reply-To", addresses.header(email.reply_to, True).encode("utf-8"))
+    return dkim.sign(email, data) if sign else data
+
+
+def _replace_header(data, name, value):
+    """`data` with the (unfolded) value of its top-level header `name` replaced by `value`."""
+    end = _HEADER_END.search(data)
+    head, rest = (data[: end.start()], data[end.start() :]) if end else (data, b"")
+    lines = head.split(b"\r\n")
+    out, skipping = [], False
+    for line in lines:
+        if skipping and line[:1] in (b" ", b"\t"):
+            continue  # a folded continuation of the header being replaced
+        skipping = line.lower().startswith(name.lower() + b":")
+        out.append(name + b": " + value if skipping else line)
+    return b"\r\n".join(out) + rest
