@@ -82,3 +82,23 @@ def test_shows_emails_possibly_delivered_twice_and_current_sending_problems():
     (line,) = [line for line in out.splitlines() if line.startswith("sending problem:")]
     assert line.startswith("sending problem: club@example.org via smtp.example.org:25, since 20")
     assert line.endswith("(7 deferred): MAIL FROM: 553 5.7.1 sender refused")
+
+
+def test_unsigned_mail_is_a_warning_that_does_not_fail_the_status():
+    from dbmail.models import UnsignedMail
+    from dbmail.ops import dkimkeys
+
+    health.beat("dbmail_cron", timezone.now())
+    today = timezone.localdate()
+    UnsignedMail.objects.create(domain="other.example", day=today, count=3)
+    UnsignedMail.objects.create(domain="other.example", day=today - timedelta(days=1), count=2)
+    UnsignedMail.objects.create(domain="old.example", day=today - timedelta(days=3), count=9)  # long ago
+    dkimkeys.generate("keyed.example", algorithm="ed25519")
+    UnsignedMail.objects.create(domain="keyed.example", day=today, count=1)  # it has a key: signing failed
+    out = status()  # no CommandError: exit 0
+    assert (
+        "WARNING: 5 email(s) from other.example went out without a DKIM signature since yesterday: "
+        "no key (dbmail_dkim generate other.example)"
+    ) in out
+    assert "keyed.example went out without a DKIM signature since yesterday: signing failed (see the log)" in out
+    assert "old.example" not in out
