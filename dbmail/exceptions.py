@@ -60,10 +60,6 @@ class SpoolError(DbmailError, OSError):
     """The spool directory cannot be used (missing or unreadable)."""
 
 
-class DkimError(DbmailError, ValueError):
-    """A DKIM key that cannot be made, rotated or retired as asked; the message says why."""
-
-
 # --- sending and tracking: services that cannot be reached, events and requests refused ---
 
 
@@ -135,3 +131,14 @@ class WebhookRefused(DbmailError, SuspiciousOperation):
 
 class TooLate(DbmailError, RuntimeError):
     """A change to a request that expansion took meanwhile: nothing was changed (the comm panel's edit)."""
+
+
+# --- DKIM keys and the DNS checks ---
+
+
+class DkimError(DbmailError, ValueError):
+    """A DKIM key that cannot be made, rotated or retired as asked; the message says why."""
+
+
+class DNSLookupFailed(DbmailError, ConnectionError):
+    """The DNS gave no answer (a timeout, no server): a DNS check cannot judge that record."""

@@ -100,5 +100,5 @@ def test_unsigned_mail_is_a_warning_that_does_not_fail_the_status():
         "WARNING: 5 email(s) from other.example went out without a DKIM signature since yesterday: "
         "no key (dbmail_dkim generate other.example)"
     ) in out
-    assert "keyed.example went out without a DKIM signature since yesterday: signing failed (see the log)" in out
+    assert "keyed.example went out without a DKIM signature since yesterday: it has a key now" in out
     assert "old.example" not in out

@@ -26,6 +26,7 @@ import dns.exception
 import dns.resolver
 
 from dbmail.conf import settings as conf
+from dbmail.exceptions import DNSLookupFailed as LookupFailed
 from dbmail.ops import dkimkeys
 
 PASS, WARN, FAIL = "pass", "warn", "fail"
@@ -55,10 +56,6 @@ class DomainReport:
     @property
     def failed(self):
         return [v for v in self.verdicts if v.status == FAIL]
-
-
-class LookupFailed(Exception):
-    """The DNS could not answer (timeout, no server): nothing can be judged."""
 
 
 def make_resolver():

@@ -80,7 +80,11 @@ def unsigned_warnings(today=None):
     warnings = []
     for row in rows:
         domain = row["domain"]
-        why = "signing failed (see the log)" if domain in keyed else f"no key (dbmail_dkim generate {domain})"
+        why = (
+            "it has a key now: that mail went out before the key was made, or could not be signed (see the log)"
+            if domain in keyed
+            else f"no key (dbmail_dkim generate {domain})"
+        )
         warnings.append(f"{row['n']} email(s) from {domain} went out without a DKIM signature since yesterday: {why}")
     return warnings
 

@@ -87,27 +87,28 @@ class KeyCache:
         self._lock = threading.Lock()
 
     def get(self, domain):
-        if self._keys is None or time.monotonic() >= self._expires:
-            self._load()
-        return self._keys.get(domain)
+        keys = self._keys  # once: forget() from another thread may empty the attribute meanwhile
+        if keys is None or time.monotonic() >= self._expires:
+            keys = self._load(keys)
+        return keys.get(domain)
 
-    def _load(self):
+    def _load(self, old):
         from dbmail.models import DkimKey
 
         with self._lock:
             try:
-                rows = DkimKey.objects.filter(active=True).order_by("domain", "-created_at", "-id")
                 keys = {}
-                for row in rows:
+                for row in DkimKey.objects.filter(active=True).order_by("domain", "-created_at", "-id"):
                     keys.setdefault(row.domain, SigningKey.of(row))
             except DatabaseError as exc:
-                if self._keys is None:  # nothing to sign with yet: the email waits rather than going out unsigned
+                if old is None:  # nothing to sign with yet: the email waits rather than going out unsigned
                     raise Unreachable(f"cannot load the DKIM keys: {exc}") from exc
                 log.warning("dkim: cannot reload the keys, still using the old ones: %s", exc)
                 self._expires = time.monotonic() + min(5, conf.DBMAIL_DKIM_RELOAD_SECONDS)
-                return
+                return old
             self._keys = keys
             self._expires = time.monotonic() + conf.DBMAIL_DKIM_RELOAD_SECONDS
+            return keys
 
     def forget(self):
         """Load again at the next email."""
