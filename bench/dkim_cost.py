@@ -18,7 +18,6 @@ minute. Other keys of bench/results.json are kept.
 """
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -37,6 +36,7 @@ django.setup()
 import dkim as dkimpy  # noqa: E402
 from dkim import crypto as dkimpy_crypto  # noqa: E402
 
+from bench import results as bench_results  # noqa: E402
 from dbmail.models import DkimKey, TextOfEmail  # noqa: E402
 from dbmail.ops import dkimkeys  # noqa: E402
 from dbmail.send import dkim, mime  # noqa: E402
@@ -147,12 +147,7 @@ def main(argv=None):
     for name, us, n in rows:
         print(f"{name:36} {us:10.1f} {1e6 / us:14,.0f} {n:6}")
 
-    path = Path(args.results)
-    results = json.loads(path.read_text()) if path.exists() else {}
-    results["dkim"] = figures
-    partial = path.with_suffix(".json.tmp")
-    partial.write_text(json.dumps(results, indent=2) + "\n")
-    partial.replace(path)
+    bench_results.update(args.results, {"dkim": figures})  # the other benchmarks' keys stay
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ from django.contrib.auth.models import Permission
 from django.urls import reverse
 from django.utils import timezone
 
+from dbmail import audit
 from dbmail.models import DkimKey, SenderAccount, Suppression, UnsignedMail
 from dbmail.ops import dkimkeys, dnscheck
 
@@ -41,6 +42,7 @@ def test_adding_a_key_makes_one_and_shows_its_record_never_the_private_key(admin
     assert response.status_code == 302, response.content.decode()[:2000]
     key = DkimKey.objects.get()
     assert key.domain == "example.org" and dkimkeys.key_bits(key) == 2048
+    assert [(e.actor_name, e.action) for e in audit.for_target(key)] == [("root", "add (admin)")]
 
     page = admin_client.get(reverse("admin:dbmail_dkimkey_change", args=[key.pk])).content.decode()
     assert dkimkeys.txt_strings(dkimkeys.txt_value(key))[0] in page  # the record, ready to copy
@@ -70,6 +72,7 @@ def test_retire_action_and_no_delete(admin_client):
     admin_client.post(url, {"action": "retire_keys", "_selected_action": [key.pk]})
     key.refresh_from_db()
     assert not key.active and key.retired_at
+    assert [(e.actor_name, e.action) for e in audit.for_target(key)] == [("root", "retire DKIM key")]
     assert admin_client.get(reverse("admin:dbmail_dkimkey_delete", args=[key.pk])).status_code == 403
 
 

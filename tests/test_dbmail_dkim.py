@@ -5,6 +5,7 @@ import io
 import pytest
 from django.core.management import CommandError, call_command
 
+from dbmail import audit
 from dbmail.models import DkimKey, SenderAccount
 from dbmail.ops import dkimkeys, dnscheck
 
@@ -45,6 +46,7 @@ def test_generate_prints_the_record_to_publish_and_never_the_private_key():
     assert "it signs from now on" in output
     assert dkimkeys.zone_line(key) in output
     assert_no_private_key(output)
+    assert [(e.action, e.detail) for e in audit.for_target(key)] == [("generate DKIM key", "manage.py dbmail_dkim")]
 
 
 def test_generate_ed25519_and_a_bad_request_exits_with_the_reason():
@@ -77,6 +79,8 @@ def test_rotate_then_retire_then_dns():
     assert records == [dkimkeys.zone_line(new), dkimkeys.zone_line(DkimKey.objects.get(selector="old"))]
     assert "remove its TXT record" in run("retire", "example.org", "old")
     assert run("dns", "example.org").splitlines() == [dkimkeys.zone_line(new)]
+    assert [e.action for e in audit.for_target(new)] == ["rotate DKIM key"]
+    assert [e.action for e in audit.for_target(DkimKey.objects.get(selector="old"))] == ["retire DKIM key"]
     with pytest.raises(CommandError, match="was already retired"):
         run("retire", "example.org", "old")
     with pytest.raises(CommandError, match="has no published DKIM key"):

@@ -1,9 +1,12 @@
 from django.core.management.base import BaseCommand, CommandError
 
+from dbmail import audit
 from dbmail.content import domains
 from dbmail.exceptions import DkimError
 from dbmail.models import DkimKey
 from dbmail.ops import dkimkeys, dnscheck
+
+_BY = "manage.py dbmail_dkim"  # who: whoever runs commands on the host
 
 
 class Command(BaseCommand):
@@ -40,10 +43,12 @@ class Command(BaseCommand):
         key = dkimkeys.generate(
             opts["domain"], selector=opts["selector"], algorithm=opts["algorithm"], bits=opts["bits"]
         )
+        audit.record(None, "generate DKIM key", key, detail=_BY)
         self._made(key, f"made {key.algorithm} key {key.selector} for {key.domain}; it signs from now on.")
 
     def _rotate(self, opts):
         key = dkimkeys.rotate(opts["domain"])
+        audit.record(None, "rotate DKIM key", key, detail=_BY)
         self._made(
             key,
             f"made {key.algorithm} key {key.selector} for {key.domain}; it signs from now on. The older key stays "
@@ -74,6 +79,7 @@ class Command(BaseCommand):
 
     def _retire(self, opts):
         key = dkimkeys.retire(opts["domain"], opts["selector"])
+        audit.record(None, "retire DKIM key", key, detail=_BY)
         self.stdout.write(f"retired {key}: it no longer signs; remove its TXT record from DNS.")
 
     def _dns(self, opts):
