@@ -85,7 +85,6 @@ def _delivery(counts):
     return {"counts": counts, "rates": rollup.rates(counts)}
 
 
-@panel_view
 def history_of(mail):
     """The request's history, oldest first: people's actions (AuditEvent) and its failures and retries.
 
@@ -102,6 +101,7 @@ def history_of(mail):
     return sorted(shown, key=lambda e: e["at"])
 
 
+@panel_view
 def request_detail(request, pk):
     mail = get_object_or_404(MessageRequest.objects.select_related("sender", "creator"), pk=pk)
     now = timezone.now()
