@@ -22,6 +22,7 @@ from django.utils import timezone
 
 from dbmail import states
 from dbmail.conf import settings as conf
+from dbmail.content import headers as header_values
 from dbmail.content import recipients, rendering, verp
 from dbmail.content import tokens as unsubscribe
 from dbmail.exceptions import RequestFailed
@@ -96,7 +97,8 @@ class RowMaker:
         sender = request.sender
         self.sender_address = sender.address
         self.verp = verp.enabled()
-        self.message_ids = rendering.MessageIds()
+        self.message_ids = rendering.MessageIds(sender.address)
+        self.feedback_id = header_values.feedback_id(request)  # Gmail's complaint reports, per request
         self.request_values = {
             "request_id": request.pk,
             "account_id": request.sender_id,
@@ -112,6 +114,7 @@ class RowMaker:
         """This recipient's values (OWN_COLUMNS, in order); a bad address or template makes a dropped row."""
         error = recipient.error
         url, headers = self.links.make(recipient.email) if not error else ("", {})
+        headers[header_values.FEEDBACK_ID] = self.feedback_id
         message_id = self.message_ids.new()
         subject = text = html = ""
         if not error:

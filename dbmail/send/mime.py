@@ -16,14 +16,15 @@ same headers and bodies from this output as from Django's.
 """
 
 import binascii
+import datetime
 import secrets
 import time
 from email.header import Header
-from email.utils import formatdate
 
 from django.conf import settings
 
-from dbmail.content import addresses
+from dbmail.content import addresses, headers
+from dbmail.send import dkim
 from dbmail.track.header import TRACKING_HEADER, tracking_id
 
 _MAX_LINE = 78
@@ -80,24 +81,24 @@ def _part(subtype, text):
 
 _TAKEN = {"from", "to", "subject", "date", "message-id", "reply-to", "mime-version", "content-type"}
 _TAKEN.add(TRACKING_HEADER.lower())
-_dates = {}  # (second, localtime) -> the Date header's value: one formatdate a second, not one a message
+_dates = {}  # (second, localtime) -> the Date header's value: worked out once a second, not once a message
 
 
 def _date():
-    now = time.time()
-    key = (int(now), settings.EMAIL_USE_LOCALTIME)
+    second = int(time.time())
+    key = (second, settings.EMAIL_USE_LOCALTIME)
     value = _dates.get(key)
     if value is None:
         _dates.clear()
-        value = _dates[key] = formatdate(key[0], localtime=key[1])
+        value = _dates[key] = headers.date(datetime.datetime.fromtimestamp(second, datetime.UTC))
     return value
 
 
-def compose(email, smtputf8=False):
-    """The complete message bytes for `email`, or None when Django's EmailMessage must build it.
+def compose(email, smtputf8=False, sign=True):
+    """The complete message bytes for `email` (DKIM-signed), or None when Django's EmailMessage must build it.
 
     `smtputf8`: the message goes out with SMTPUTF8, so its addresses may keep UTF-8 local
-    parts; without it such an address raises addresses.NeedsSMTPUTF8.
+    parts; without it such an address raises addresses.NeedsSMTPUTF8. `sign=False`: unsigned.
     """
     if email.raw_message is not None:
         return None
@@ -122,10 +123,10 @@ def compose(email, smtputf8=False):
         # Like Django, an empty text body is left out rather than sent as an empty part.
         parts = ([_part("plain", email.text)] if email.text else []) + [_part("html", email.html)]
         body = "".join(f"--{boundary}\r\n{part}\r\n" for part in parts) + f"--{boundary}--\r\n"
-        head = "\r\n".join(lines)
-        return f"{head}\r\n\r\n{body}".encode("utf-8" if smtputf8 else "ascii")
-    encoding, body = _part_body(email.text)
-    lines.append('Content-Type: text/plain; charset="utf-8"')
-    lines.append(f"Content-Transfer-Encoding: {encoding}")
+    else:
+        encoding, body = _part_body(email.text)
+        lines.append('Content-Type: text/plain; charset="utf-8"')
+        lines.append(f"Content-Transfer-Encoding: {encoding}")
     head = "\r\n".join(lines)
-    return f"{head}\r\n\r\n{body}".encode("utf-8" if smtputf8 else "ascii")
+    data = f"{head}\r\n\r\n{body}".encode("utf-8" if smtputf8 else "ascii")
+    return dkim.sign(email, data) if sign else data
