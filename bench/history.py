@@ -19,9 +19,11 @@ N new ones: the purge's rate, and the sender's claims and rate beside it.
 
 import subprocess
 import time
+from datetime import timedelta
 
 from bench import db, stats
 
+# The finished emails' statuses (dbmail.states' values), a year of sending's mix.
 STATUSES = ["sent"] * 85 + ["delivered"] * 10 + ["bounced"] * 3 + ["dropped"] * 2
 REQUEST_SIZE = 10_000
 LOAD_CHUNK = 1_000_000
@@ -30,30 +32,41 @@ SPAN_SECONDS = 365 * 86400
 
 def load(b, rows, purge_rows):
     """Bulk-load `rows` finished emails; returns the seconds it took (indexes and VACUUM ANALYZE included)."""
+    from django.db import connection
+    from django.utils import timezone
+
+    from dbmail import states
+    from dbmail.models import MessageRequest, SenderAccount, TextOfEmail
+
     started = time.perf_counter()
-    with b.conn.cursor() as cur:
-        cur.execute("SELECT id FROM dbmail_senderaccount ORDER BY id LIMIT 1")
-        account = cur.fetchone()[0]
-        requests = -(-rows // REQUEST_SIZE)
-        cur.execute(
-            """
-            INSERT INTO dbmail_messagerequest (sender_id, reply_to, subject, text_body, html_body, recipient_set,
-                recipient_params, context, created_at, send_at, status, recipient_count, purged_counts, public)
-            SELECT %(account)s, '', 'Old news ' || g, 'Old letter.', '', 'all_active', '{}', '{}', t.at, t.at,
-                   'done', %(size)s, '{}', false
-              FROM generate_series(1, %(requests)s) AS g,
-                   LATERAL (SELECT now() - interval '1 second' * (%(span)s - (g - 1) * %(step)s)) AS t (at)
-            RETURNING id
-            """,
-            {
-                "account": account,
-                "size": REQUEST_SIZE,
-                "requests": requests,
-                "span": SPAN_SECONDS,
-                "step": SPAN_SECONDS / requests,
-            },
+    account = SenderAccount.objects.order_by("pk").first()
+    requests = -(-rows // REQUEST_SIZE)
+    now = timezone.now()
+    made = MessageRequest.objects.bulk_create(
+        MessageRequest(
+            sender=account,
+            subject=f"Old news {i}",
+            text_body="Old letter.",
+            recipient_set="all_active",
+            created_at=now - timedelta(seconds=SPAN_SECONDS * (1 - i / requests)),
+            send_at=now - timedelta(seconds=SPAN_SECONDS * (1 - i / requests)),
+            status=states.RequestStatus.EXPANDED,
+            recipient_count=REQUEST_SIZE,
         )
-        first_request = min(r[0] for r in cur.fetchall())
+        for i in range(requests)
+    )
+    first_request = min(r.pk for r in made)
+    # The columns given below; every other one gets its model default (the schema grows).
+    given = {
+        "to_address", "to_name", "from_header", "envelope_sender", "reply_to", "subject", "text", "html",
+        "headers", "message_id", "status", "status_changed_at", "attempts", "next_attempt_at", "last_error",
+        "created_at", "account_id", "request_id", "user_id", "sent_at",
+    }  # fmt: skip
+    others = [f for f in TextOfEmail._meta.concrete_fields if not f.primary_key and f.attname not in given]
+    defaults = [f.get_db_prep_save(f.get_default(), connection) for f in others]
+    other_columns = "".join(f", {f.column}" for f in others)
+    other_values = "".join(", %s" for _ in others)
+    with b.conn.cursor() as cur:
         cur.execute("ALTER TABLE dbmail_textofemail DROP CONSTRAINT dbmail_message_id_unique")
         cur.execute("DROP INDEX dbmail_one_email_per_address")
         cur.execute("SET session_replication_role = replica")  # no foreign-key triggers for the load
@@ -61,27 +74,29 @@ def load(b, rows, purge_rows):
         for low in range(1, rows + 1, LOAD_CHUNK):
             high = min(rows, low + LOAD_CHUNK - 1)
             cur.execute(
-                """
+                f"""
                 INSERT INTO dbmail_textofemail (to_address, to_name, from_header, envelope_sender, reply_to, subject,
                     text, html, headers, message_id, status, status_changed_at, attempts, next_attempt_at,
-                    last_error, created_at, account_id, request_id, user_id, sent_at)
-                SELECT 'reader' || (g %% %(size)s) || '@example.net', '', 'The Office <office@example.org>',
-                       'office@example.org', '', 'Old news', 'An old letter, long since read. ', '', '{}',
-                       '<' || g || '.history@example.org>', (%(statuses)s::text[])[g %% 100 + 1],
-                       t.at, 1, t.at, '', t.at, %(account)s, %(first)s + (g - 1) / %(size)s, NULL, t.at
-                  FROM generate_series(%(low)s, %(high)s) AS g,
-                       LATERAL (SELECT now() - interval '1 second' * (%(span)s - g * %(step)s)) AS t (at)
+                    last_error, created_at, account_id, request_id, user_id, sent_at{other_columns})
+                SELECT 'reader' || (g %% %s) || '@example.net', '', 'The Office <office@example.org>',
+                       'office@example.org', '', 'Old news', 'An old letter, long since read. ', '', '{{}}',
+                       '<' || g || '.history@example.org>', (%s::text[])[g %% 100 + 1],
+                       t.at, 1, t.at, '', t.at, %s, %s + (g - 1) / %s, NULL, t.at{other_values}
+                  FROM generate_series(%s, %s) AS g,
+                       LATERAL (SELECT now() - interval '1 second' * (%s - g * %s)) AS t (at)
                 """,
-                {
-                    "size": REQUEST_SIZE,
-                    "statuses": STATUSES,
-                    "account": account,
-                    "first": first_request,
-                    "low": low,
-                    "high": high,
-                    "span": SPAN_SECONDS,
-                    "step": step,
-                },
+                [
+                    REQUEST_SIZE,
+                    STATUSES,
+                    account.pk,
+                    first_request,
+                    REQUEST_SIZE,
+                    *defaults,
+                    low,
+                    high,
+                    SPAN_SECONDS,
+                    step,
+                ],
             )
             b.step(f"  history: {high:,} of {rows:,} emails loaded")
         cur.execute(

@@ -58,3 +58,48 @@ def test_purge_also_clears_old_tracking_bookkeeping(settings):
     assert list(AppliedTrackingEvent.objects.values_list("key", flat=True)) == ["mta:new"]
     assert not UnmatchedTrackingEvent.objects.exists()
     assert list(WebhookSignature.objects.values_list("signature", flat=True)) == ["b" * 64]
+
+
+def test_the_fast_purge_does_to_every_relation_what_the_orms_delete_would():
+    """On PostgreSQL the purge deletes with plain statements; the same rows go and stay as with delete()."""
+    from dbmail.models import SpoolFile, SpoolItem, TextOfEmail
+    from dbmail.ops import purge
+    from mailgate.models import Bounce, InboundMessage
+
+    old = timezone.now() - timedelta(days=10)
+    email = TextOfEmailFactory(status=Status.SENT, status_changed_at=old)
+    DeliveryEvent.objects.create(email=email, kind="attempt", outcome=Status.SENT)
+    spool = SpoolFile.objects.create(name="a.xml", sha256="0" * 64, location="a.xml")
+    SpoolItem.objects.create(email=email, file=spool, position=1, fld_time=old)
+    inbound = InboundMessage.objects.create(envelope_recipient="bounces@example.org", raw=b"x")
+    bounce = Bounce.objects.create(inbound=inbound, email=email, bounce_type=Bounce.Type.HARD)
+    plan = purge._fast_plan()
+    # Every relation to an email has its statement (a new one would otherwise be left dangling).
+    tables = {rel.through._meta.db_table if rel.many_to_many else rel.related_model._meta.db_table
+              for rel in TextOfEmail._meta.related_objects}  # fmt: skip
+    assert all(any(f'"{table}"' in sql for sql in plan) for table in tables)
+    assert purge.purge(timedelta(days=7)) == 1
+    assert not TextOfEmail.objects.filter(pk=email.pk).exists()
+    assert not DeliveryEvent.objects.exists() and not SpoolItem.objects.exists()
+    bounce.refresh_from_db()
+    assert bounce.email_id is None  # SET_NULL: the bounce itself stays, history
+
+
+def test_a_receiver_of_delete_signals_makes_the_purge_use_the_orm():
+    from django.db.models.signals import post_delete
+
+    from dbmail.ops import purge
+
+    seen = []
+
+    def receiver(sender, instance, **kwargs):
+        seen.append(instance.pk)
+
+    post_delete.connect(receiver, sender=TextOfEmail)
+    try:
+        assert purge._fast_plan() is None
+        email = TextOfEmailFactory(status=Status.SENT, status_changed_at=timezone.now() - timedelta(days=10))
+        assert purge.purge(timedelta(days=7)) == 1
+    finally:
+        post_delete.disconnect(receiver, sender=TextOfEmail)
+    assert seen == [email.pk]

@@ -5,7 +5,8 @@ import re
 from collections import Counter, defaultdict
 from datetime import timedelta
 
-from django.db import transaction
+from django.db import connection, models, transaction
+from django.db.models import signals
 from django.utils import timezone
 
 from dbmail import states
@@ -36,12 +37,16 @@ def purge(older_than, chunk=2000):
     """Delete finished emails whose status has not changed for `older_than`; return how many."""
     cutoff = timezone.now() - older_than
     old = TextOfEmail.objects.filter(status__in=states.FINAL, status_changed_at__lt=cutoff)
-    removed = 0
+    removed, last = 0, 0
+    plan = _fast_plan() if connection.vendor == "postgresql" else None
     while True:
         with transaction.atomic():
-            rows = list(old.order_by("pk").values_list("pk", "request_id", "status")[:chunk])
+            # Each chunk starts past the last one: the index entries of rows just deleted stay until
+            # vacuum, and walking them again every chunk would make a long purge quadratic.
+            rows = list(old.filter(pk__gt=last).order_by("pk").values_list("pk", "request_id", "status")[:chunk])
             if not rows:
                 return removed
+            last = rows[-1][0]
             per_request = defaultdict(Counter)
             for _, request_id, status in rows:
                 if request_id:
@@ -52,9 +57,54 @@ def purge(older_than, chunk=2000):
                 request.purged_counts = dict(counts)
                 request.save(update_fields=["purged_counts"])
             ids = [pk for pk, _, _ in rows]
-            DeliveryEvent.objects.filter(email_id__in=ids).delete()
-            TextOfEmail.objects.filter(pk__in=ids).delete()
+            _delete_emails(ids, plan)
             removed += len(ids)
+
+
+def _delete_emails(ids, plan):
+    """Delete the emails `ids` and what depends on them, as the ORM's delete() would.
+
+    On PostgreSQL, when nothing listens to their deletion (`plan`: _fast_plan()), with one
+    statement per table and the ids as one array, as Django itself does for a "fast delete":
+    the ORM's delete() would load every email as a model instance first, about 10,000 a second.
+    """
+    if plan is None:
+        DeliveryEvent.objects.filter(email_id__in=ids).delete()
+        TextOfEmail.objects.filter(pk__in=ids).delete()
+        return
+    with connection.cursor() as cursor:
+        for sql in plan:
+            cursor.execute(sql, [ids])
+
+
+def _fast_plan():
+    """The statements deleting emails (%s: their ids) and their dependents, or None when the ORM must do it.
+
+    What Django's delete() would do for each relation to an email: delete the rows of a CASCADE
+    (when they have no dependents of their own) and of a many-to-many table, set a SET_NULL to
+    NULL, leave a DO_NOTHING. Anything else (PROTECT, a cascade going further, a signal
+    receiver) is left to the ORM.
+    """
+    quote = connection.ops.quote_name
+    plan = []
+    for model in (TextOfEmail, *(rel.related_model for rel in TextOfEmail._meta.related_objects)):
+        if any(signal.has_listeners(model) for signal in (signals.pre_delete, signals.post_delete)):
+            return None
+    for rel in TextOfEmail._meta.related_objects:
+        if rel.many_to_many:
+            through = rel.through._meta
+            column = next(f.column for f in through.fields if f.is_relation and f.related_model is TextOfEmail)
+            plan.append(f"DELETE FROM {quote(through.db_table)} WHERE {quote(column)} = ANY(%s)")
+            continue
+        table, column = quote(rel.related_model._meta.db_table), quote(rel.field.column)
+        if rel.on_delete is models.CASCADE and not rel.related_model._meta.related_objects:
+            plan.append(f"DELETE FROM {table} WHERE {column} = ANY(%s)")
+        elif rel.on_delete is models.SET_NULL:
+            plan.append(f"UPDATE {table} SET {column} = NULL WHERE {column} = ANY(%s)")
+        elif rel.on_delete is not models.DO_NOTHING:
+            return None
+    plan.append(f"DELETE FROM {quote(TextOfEmail._meta.db_table)} WHERE id = ANY(%s)")
+    return plan
 
 
 def purge_tracking(older_than):
