@@ -31,7 +31,14 @@ lint: $(STAMP)
 
 # BENCH_ARGS=--memory measures memory instead (bench/README.md).
 BENCH_ARGS ?=
-bench: $(STAMP)
+BENCH_STAMP := $(VENV)/.bench-installed
+
+$(BENCH_STAMP): $(STAMP) bench/requirements.txt
+	$(PY) -m pip install --quiet -r bench/requirements.txt
+	touch $(BENCH_STAMP)
+
+# The peers (django-post_office, django-mailer) are bench-only: bench/requirements.txt.
+bench: $(BENCH_STAMP)
 	$(PY) bench/run.py $(BENCH_ARGS)
 
 clean:
