@@ -81,3 +81,39 @@ def test_a_group_of_outcomes_is_one_write_and_a_lost_claim_is_reported():
     assert outcomes.write(rows) == [emails[1].pk]
     statuses = dict(TextOfEmail.objects.values_list("pk", "status"))
     assert statuses == {emails[0].pk: Status.SENT, emails[1].pk: Status.SENDING, emails[2].pk: Status.SENT}
+
+
+@pytest.mark.django_db
+def test_an_outcome_finds_its_email_by_id_whatever_the_statistics_say():
+    """Statistics taken while nothing was being sent must not make each outcome walk every row being sent."""
+    from django.db import connection
+    from django.utils import timezone
+
+    from dbmail import rollup
+    from dbmail.send import claims
+
+    from .factories import SenderAccountFactory
+
+    account = SenderAccountFactory()
+    TextOfEmail.objects.bulk_create(  # enough rows for the planner to prefer an index to reading the table
+        TextOfEmail(account=account, to_address=f"r{i}@example.net", from_header="Office <office@example.org>",
+                    envelope_sender="office@example.org", message_id=f"<{i}.probe@example.org>", text="Hi.\n")
+        for i in range(3000)
+    )  # fmt: skip
+    with connection.cursor() as cursor:
+        cursor.execute("ANALYZE dbmail_textofemail")  # every row queued: "sending" looks rare
+    batch = claims.claim(200, due_by=timezone.now())
+    email = batch.emails[0]
+    sql = outcomes._PREPARE_SQL.format(count_sql=rollup.insert_sql("updated"))
+    with connection.cursor() as cursor:
+        cursor.execute(sql.replace("PREPARE dbmail_write_outcomes", "PREPARE plan_probe"))
+        cursor.execute(
+            "EXPLAIN EXECUTE plan_probe (ARRAY[%s]::bigint[], ARRAY[%s]::uuid[], ARRAY['sent'], ARRAY[now()], "
+            "ARRAY[''], ARRAY[now()], ARRAY[NULL::timestamptz], ARRAY[250::smallint], ARRAY['ok'], ARRAY[true], "
+            "ARRAY[false], ARRAY[current_date])",
+            [email.pk, str(batch.token)],
+        )
+        plan = "\n".join(row[0] for row in cursor.fetchall())
+        cursor.execute("DEALLOCATE plan_probe")
+    update = plan[plan.index("Update on dbmail_textofemail") :]
+    assert "dbmail_textofemail_pkey" in update and "dbmail_lease" not in update, plan

@@ -119,6 +119,9 @@ def _write_portable(rows):
 
 # One prepared statement, one round trip and one commit for any number of outcomes: this
 # runs for every message sent, and planning it each time would cost more than running it.
+# The status test is wrapped in IS TRUE so the planner cannot match it to the partial index of
+# rows being sent (dbmail_lease): statistics gathered while few rows were "sending" (the usual
+# case) would make it walk every row being sent for each outcome instead of looking up its id.
 # With DBMAIL_ASYNC_COMMIT the commit does not wait for the WAL flush: a crash of the sender
 # loses nothing, and only a crash of the PostgreSQL server itself can forget the last
 # fraction of a second of outcomes, whose emails are then sent again after their lease.
@@ -138,7 +141,7 @@ updated AS (
            attempts = e.attempts - CASE WHEN o.attempt_counts THEN 0 ELSE 1 END,
            possibly_delivered = e.possibly_delivered + CASE WHEN o.unknown THEN 1 ELSE 0 END
       FROM outcome AS o
-     WHERE e.id = o.pk AND e.claim_token = o.token AND e.status IN ({", ".join(f"'{s}'" for s in _FROM)})
+     WHERE e.id = o.pk AND e.claim_token = o.token AND (e.status IN ({", ".join(f"'{s}'" for s in _FROM)})) IS TRUE
  RETURNING e.id, e.account_id, e.request_id, o.status, o.day
 ),
 counted AS ({{count_sql}})
