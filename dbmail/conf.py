@@ -23,7 +23,14 @@ from django.conf import settings as django_settings
 from django.core import checks
 
 MISSING = object()
-_ARTICLE = {"int": "an int", "float": "a number", "bool": "a boolean", "str": "a string", "list": "a list of strings"}
+_ARTICLE = {
+    "int": "an int",
+    "float": "a number",
+    "bool": "a boolean",
+    "str": "a string",
+    "list": "a list of strings",
+    "dict": "a JSON object",
+}
 
 
 @dataclass(frozen=True)
@@ -37,7 +44,7 @@ class Derived:
 class Setting:
     name: str
     default: object
-    type: type  # int, float, bool, str or list (of str)
+    type: type  # int, float, bool, str, list (of str) or dict (JSON in the environment)
     minimum: float | None = None
     choices: tuple = ()
     check: object = None  # value -> "" or the rest of the sentence after "Setting NAME=value"
@@ -48,7 +55,9 @@ class Setting:
     def default_for(self, get):
         if isinstance(self.default, Derived):
             return self.default.compute(get)
-        return list(self.default) if isinstance(self.default, list) else self.default
+        if isinstance(self.default, list | dict):
+            return type(self.default)(self.default)  # a fresh one each time, never a shared one
+        return self.default
 
     def shown(self, value):
         """How a message names this setting with `value` (without it when secret)."""
@@ -87,6 +96,8 @@ def _has_type(value, kind):
         return isinstance(value, int | float) and not isinstance(value, bool)
     if kind is list:
         return isinstance(value, list | tuple) and all(isinstance(item, str) for item in value)
+    if kind is dict:
+        return isinstance(value, dict)
     return isinstance(value, kind)
 
 
@@ -184,6 +195,12 @@ def _not_amqp(value):
     return f" must be an amqp:// or amqps:// URL, not {value.partition(':')[0]}:"  # the rest may hold a password
 
 
+def _bad_destination_groups(value):
+    from dbmail.send import destinations  # no models: safe while the settings load
+
+    return destinations.problem(value)
+
+
 def _short_secret(value):
     return ": each secret must be at least 16 characters" if any(len(s) < 16 for s in value) else ""
 
@@ -220,6 +237,15 @@ SETTINGS = [
     Setting("DBMAIL_RECONNECT_DELAY_SECONDS", 1.0, float, minimum=0),
     # Body bytes a sender holds at once (the batch being sent and the next one, claimed ahead).
     Setting("DBMAIL_BATCH_MAX_BYTES", 20 * 1024 * 1024, int, minimum=1),
+    # Pacing per destination group, shared by every host (dbmail.send.destinations, pacing, backoff).
+    Setting("DBMAIL_DESTINATION_GROUPS", {}, dict, check=_bad_destination_groups, show_value=False),
+    Setting("DBMAIL_BACKOFF_FLOOR_PER_MINUTE", 10.0, float, minimum=0.1),
+    Setting("DBMAIL_BACKOFF_RECOVERY_PERCENT", 10.0, float, minimum=0.1),
+    Setting("DBMAIL_BACKOFF_START_PER_MINUTE", 600.0, float, minimum=0.1),
+    # The reputation guard (dbmail.track.guard): a request bouncing or drawing complaints this much is paused.
+    Setting("DBMAIL_GUARD_MIN_SENT", 500, int, minimum=1),
+    Setting("DBMAIL_GUARD_BOUNCE_PERCENT", 5.0, float, minimum=0),
+    Setting("DBMAIL_GUARD_COMPLAINT_PERCENT", 0.3, float, minimum=0),
     # The comm panel.
     Setting("DBMAIL_PANEL_ALL_STAFF", True, bool),
     Setting("DBMAIL_LARGE_SEND_WARNING", 1000, int, minimum=0),

@@ -39,6 +39,19 @@ class SenderAccount(models.Model):
     mailbox = models.BooleanField(
         default=False, editable=False, help_text="Mirrors a user's mailbox account; not offered in the comm panel."
     )
+    # A cap per day (UTC), counted for all hosts together (dbmail.send.caps); a warm-up grows it day by day.
+    daily_cap = models.PositiveIntegerField(
+        null=True, blank=True, help_text="At most this many emails a day (UTC day); empty: no cap."
+    )
+    warmup_start = models.DateField(
+        null=True, blank=True, help_text="Warm-up: the first day (UTC) of the growing cap; empty: no warm-up."
+    )
+    warmup_initial = models.PositiveIntegerField(
+        null=True, blank=True, help_text="Warm-up: the cap on its first day (and before it)."
+    )
+    warmup_factor = models.FloatField(
+        default=1.5, help_text="Warm-up: each day's cap is the day before's times this, until it reaches the daily cap."
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -51,6 +64,28 @@ class SenderAccount(models.Model):
         self.address = self.address.strip().lower()
         if self.smtp_use_tls and self.smtp_use_ssl:
             raise ValidationError("Choose TLS or SSL, not both.")
+        errors = {}
+        if (self.warmup_start is None) != (self.warmup_initial is None):
+            errors["warmup_initial"] = "A warm-up needs both its first day and its first day's cap."
+        elif self.warmup_start is not None and self.daily_cap is None:
+            errors["daily_cap"] = "A warm-up grows up to the daily cap: set one."
+        if self.warmup_factor is not None and self.warmup_factor < 1:
+            errors["warmup_factor"] = "The cap grows: the factor is 1 or more (1.5: half as much again each day)."
+        if errors:
+            raise ValidationError(errors)
+
+    def cap_on(self, day):
+        """How many emails this account may send on `day` (a UTC date); None when there is no cap."""
+        if self.daily_cap is None:
+            return None
+        if self.warmup_start is None or not self.warmup_initial:
+            return self.daily_cap
+        grown, factor = float(self.warmup_initial), max(self.warmup_factor or 1.0, 1.0)
+        for _ in range(min(max(0, (day - self.warmup_start).days), 1000)):
+            if grown >= self.daily_cap:
+                break
+            grown *= factor
+        return min(int(grown), self.daily_cap)
 
     @property
     def from_header(self):
@@ -180,6 +215,11 @@ class MessageRequest(models.Model):
     failed_at = models.DateTimeField(null=True, blank=True, editable=False)
     # Per-status counts of emails removed by dbmail_purge, so totals survive a purge.
     purged_counts = models.JSONField(default=dict, blank=True, editable=False)
+    # The reputation guard (dbmail.track.guard): why it paused the request, and what was counted when a
+    # person last resumed it (the guard then judges only the mail sent since).
+    paused_reason = models.TextField(blank=True, editable=False)
+    paused_at = models.DateTimeField(null=True, blank=True, editable=False)
+    guard_baseline = models.JSONField(null=True, blank=True, editable=False)
     # Comm panel: a public web version (ESP's `public`) at an unguessable address, without per-recipient data.
     public = models.BooleanField(default=False, help_text="Show a web version to anyone with its link.")
     public_id = models.UUIDField(null=True, blank=True, unique=True, editable=False)
@@ -278,6 +318,9 @@ class TextOfEmail(models.Model):
     user = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, db_index=False)
     to_address = models.CharField(max_length=254)
     to_name = models.CharField(max_length=200, blank=True)
+    # The recipient's destination group (dbmail.send.destinations), set when the email is made so that a
+    # claim can pass over a group that must wait; empty on older rows, which are classified when claimed.
+    dest_group = models.CharField(max_length=40, null=True, blank=True, editable=False)
     from_header = models.CharField(max_length=400, help_text="The From header, display name included.")
     envelope_sender = models.CharField(max_length=254, help_text="SMTP MAIL FROM; bounces go here.")
     reply_to = models.CharField(max_length=254, blank=True)
@@ -404,6 +447,8 @@ class RequestEvent(models.Model):
         FAILURE = "failure", "expansion failed"
         RETRY = "retry", "retried"
         CANCEL = "cancel", "cancelled by hand"
+        PAUSE = "pause", "paused by the reputation guard"
+        RESUME = "resume", "resumed"
 
     request = models.ForeignKey(MessageRequest, on_delete=models.CASCADE, related_name="events")
     at = models.DateTimeField(default=timezone.now)
@@ -478,6 +523,72 @@ class SendingProblem(models.Model):
     def __str__(self):
         who = self.account.address if self.account_id else "site"
         return f"{who} via {self.server}: {self.text[:80]}"
+
+
+# --- Pacing (dbmail.send.pacing, backoff, caps): budgets shared by every host through the database ---
+
+
+class PacingBucket(models.Model):
+    """The shared budget of one destination group (or of all mail: "*"), a token bucket refilled at its rate.
+
+    A sender takes a grant for a batch in the transaction that claims it. A
+    group whose mail server pushes back (421, 4.7.x) is slowed here for every
+    host: its rate halves (at most once every half minute, never below
+    DBMAIL_BACKOFF_FLOOR_PER_MINUTE) and recovers by
+    DBMAIL_BACKOFF_RECOVERY_PERCENT of its configured rate each minute
+    without pushback (dbmail.send.backoff).
+    """
+
+    name = models.CharField(max_length=40, primary_key=True)
+    tokens = models.FloatField(default=0, help_text="Emails that may go now.")
+    refilled_at = models.DateTimeField(default=timezone.now)
+    configured_per_minute = models.FloatField(default=0, help_text="The rate the settings give it (0: no limit).")
+    slowed_per_minute = models.FloatField(
+        null=True, blank=True, help_text="The rate its last pushback left it at; it recovers from there."
+    )
+    slowed_since = models.DateTimeField(null=True, blank=True)
+    last_pushback_at = models.DateTimeField(null=True, blank=True)
+    last_halved_at = models.DateTimeField(null=True, blank=True)
+    pushbacks = models.PositiveIntegerField(default=0, help_text="Pushbacks since it was slowed.")
+    pushback_text = models.CharField(max_length=500, blank=True, help_text="What the server said last.")
+
+    class Meta:
+        ordering = ["name"]
+        verbose_name = "pacing bucket"
+
+    def __str__(self):
+        return self.name
+
+
+class ConnectionSlot(models.Model):
+    """One of a destination group's max_connections: the sender run holding it may send to that group."""
+
+    group = models.CharField(max_length=40)
+    slot = models.PositiveSmallIntegerField()
+    holder = models.UUIDField(null=True, blank=True)
+    leased_until = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["group", "slot"]
+        constraints = [models.UniqueConstraint(fields=["group", "slot"], name="dbmail_connection_slot")]
+
+    def __str__(self):
+        return f"{self.group}#{self.slot}"
+
+
+class SenderDailyCount(models.Model):
+    """Emails a sender account's daily cap let through on one UTC day, counted for all hosts together."""
+
+    account = models.ForeignKey(SenderAccount, on_delete=models.CASCADE, related_name="daily_counts")
+    day = models.DateField()
+    taken = models.PositiveIntegerField(default=0, help_text="Places taken that day: emails claimed to be tried.")
+
+    class Meta:
+        ordering = ["-day", "account"]
+        constraints = [models.UniqueConstraint(fields=["account", "day"], name="dbmail_sender_day")]
+
+    def __str__(self):
+        return f"{self.account_id} {self.day}: {self.taken}"
 
 
 class CronHeartbeat(models.Model):

@@ -11,6 +11,7 @@ here: their defaults, types and limits are in dbmail/conf.py and
 mailgate/conf.py, and are read from the environment with those.
 """
 
+import json
 import os
 import re
 from email.utils import parseaddr
@@ -51,6 +52,11 @@ def read(spec, get=None):
 
 
 def _cast(spec, raw, shown):
+    if spec.type is dict:
+        try:
+            return json.loads(raw)
+        except ValueError as exc:
+            raise ConfigurationError(f"{shown} is not valid JSON: {exc}.") from None
     if spec.type is bool:
         # django-environ reads any unknown word as False; a typo must not silently turn a switch off.
         lowered = raw.strip().lower()

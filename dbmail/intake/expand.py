@@ -27,6 +27,7 @@ from dbmail.content import recipients, rendering, verp
 from dbmail.content import tokens as unsubscribe
 from dbmail.exceptions import RequestFailed
 from dbmail.models import AddressToken, MessageRequest, RequestEvent, SenderAccount, TextOfEmail
+from dbmail.send import destinations
 
 RequestStatus = states.RequestStatus
 log = logging.getLogger(__name__)
@@ -82,6 +83,7 @@ def email_fields(request, compiled, recipient, now, links=None):
         "user_id": recipient.user_id,
         "to_address": recipient.email[:254],
         "to_name": recipient.name[:200],
+        "dest_group": destinations.group_of(recipient.email),
         "from_header": request.sender.from_header,
         "envelope_sender": verp.envelope_sender(message_id, request.sender.address),
         "reply_to": request.reply_to,

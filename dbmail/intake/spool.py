@@ -46,6 +46,7 @@ from dbmail.exceptions import SpoolError
 from dbmail.exceptions import SpoolFormatError as FormatError
 from dbmail.models import DeliveryEvent, SenderAccount, SpoolFile, SpoolItem, TextOfEmail
 from dbmail.ops import sites
+from dbmail.send import destinations
 
 log = logging.getLogger(__name__)
 
@@ -251,6 +252,7 @@ def _email(item, account, now):
     email = TextOfEmail(
         account=account,
         to_address=address[:254],
+        dest_group=destinations.group_of(address),
         from_header=account.from_header if account else item.sender[:400],
         envelope_sender=(account.address if account else item.sender)[:254],
         subject=" ".join(item.topic.split())[:998],

@@ -21,7 +21,7 @@ from django.utils import timezone
 
 from dbmail import states
 from dbmail.conf import settings as conf
-from dbmail.models import SenderAccount, TextOfEmail
+from dbmail.models import MessageRequest, SenderAccount, TextOfEmail
 
 Status = states.EmailStatus
 
@@ -79,7 +79,7 @@ def _body_bytes():
     return RawSQL(sql, (), output_field=BigIntegerField())
 
 
-def claim(limit, now=None, scope=None, after=None, due_by=None, max_bytes=None):
+def claim(limit, now=None, scope=None, after=None, due_by=None, max_bytes=None, pacer=None):
     """Claim up to `limit` due emails for this process.
 
     `scope` (a Q) restricts the claim to matching rows, due or not: an operator's forced send.
@@ -88,14 +88,19 @@ def claim(limit, now=None, scope=None, after=None, due_by=None, max_bytes=None):
     again by every claim, and a long queue would cost a quadratic scan.
     `due_by` (the run's start): only rows due by then and not touched since (one attempt per
     email per run). `max_bytes`: stop adding rows once their bodies come to this (the first
-    row always comes, whatever its size).
+    row always comes, whatever its size). `pacer` (dbmail.send.pacing): the budgets of
+    destinations and sender accounts; rows over them are not claimed, and wait untouched.
     """
     now = now or timezone.now()
     due_by = min(due_by or now, now)
     token = uuid.uuid4()
     lease_until = now + timedelta(seconds=conf.DBMAIL_LEASE_SECONDS)
     rows = TextOfEmail.objects.select_for_update(skip_locked=True)
-    held = ~_held()
+    held = ~_held() & ~_paused()
+    columns = ("pk", "status", _body_bytes())
+    if pacer is not None:
+        held &= pacer.claimable()
+        columns += ("account_id", "dest_group", "to_address")
     with transaction.atomic():
         if after is None:
             _give_back_held(now)
@@ -112,18 +117,20 @@ def claim(limit, now=None, scope=None, after=None, due_by=None, max_bytes=None):
             due = due.filter(RawSQL(past, after, output_field=BooleanField()))
         if scope is not None:
             stale = stale.filter(scope)
-        size = _body_bytes()
-        candidates = list(stale.order_by("leased_until").values_list("pk", "status", size)[:limit])
+        candidates = list(stale.order_by("leased_until").values_list(*columns)[:limit])
         if len(candidates) < limit:
-            candidates += due.order_by("next_attempt_at", "pk").values_list("pk", "status", size)[
-                : limit - len(candidates)
-            ]
-        picked, total = {}, 0
-        for pk, status, nbytes in candidates:
+            candidates += due.order_by("next_attempt_at", "pk").values_list(*columns)[: limit - len(candidates)]
+        picked, sizes, total = {}, {}, 0
+        for pk, status, nbytes, *_ in candidates:
             if picked and max_bytes is not None and total + nbytes > max_bytes:
                 break  # the rest stay due; their row locks end with this transaction
-            picked[pk] = status
+            picked[pk], sizes[pk] = status, nbytes
             total += nbytes
+        if pacer is not None and picked:
+            # Over a budget: not claimed, no attempt counted; the row lock ends with this transaction.
+            admitted = pacer.admit([(pk, *rest) for pk, _, _, *rest in candidates if pk in picked])
+            picked = {pk: picked[pk] for pk in admitted}
+        total = sum(sizes[pk] for pk in picked)
         if picked:
             # Re-checking the state makes this safe where SKIP LOCKED does nothing (SQLite).
             states.CLAIM.update(
@@ -152,18 +159,25 @@ def _held():
     return Q(account_id__in=SenderAccount.objects.filter(active=False).values("pk"))
 
 
+def _paused():
+    """Rows of a paused request (dbmail.track.guard): not claimed until a person resumes it."""
+    return Q(request_id__in=MessageRequest.objects.filter(status=states.RequestStatus.PAUSED).values("pk"))
+
+
 def _give_back_held(now):
-    """Rows of an inactive account left "sending" by a sender that died go back to deferred, held there."""
+    """Rows of an inactive account or a paused request left "sending" by a sender that died go back to deferred."""
     states.RELEASE[Status.DEFERRED].update(
-        TextOfEmail.objects.filter(_held(), leased_until__lte=now),
+        TextOfEmail.objects.filter(_held() | _paused(), leased_until__lte=now),
         claim_token=None,
         leased_until=None,
         status_changed_at=now,
     )
 
 
-def claim_one(email):
-    """Claim one specific queued email (the ad-hoc path); None if someone else has it."""
+def claim_one(email, pacer=None):
+    """Claim one specific queued email (the ad-hoc path); None if someone else has it, or over a budget."""
+    if pacer is not None and not pacer.admit_one(email):
+        return None  # left queued for the next dbmail_cron run
     now = timezone.now()
     token = uuid.uuid4()
     lease_until = now + timedelta(seconds=conf.DBMAIL_LEASE_SECONDS)

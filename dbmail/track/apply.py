@@ -19,6 +19,7 @@ from django.utils import timezone
 
 from dbmail import rollup, states
 from dbmail.models import AppliedTrackingEvent, DeliveryEvent, Suppression, TextOfEmail, UnmatchedTrackingEvent
+from dbmail.track import guard
 from dbmail.track.events import BounceType, EventType, InvalidEvent, TrackingEvent, smtp_code
 from dbmail.track.header import email_pk_from_tracking_id
 
@@ -50,6 +51,7 @@ class ApplyResult:
     duplicates: int = 0
     unmatched: int = 0
     invalid: int = 0
+    paused: int = 0  # requests the reputation guard paused (dbmail.track.guard)
 
     def __iadd__(self, other):
         for name in (f.name for f in fields(self)):
@@ -57,9 +59,10 @@ class ApplyResult:
         return self
 
     def summary(self):
+        paused = f", paused {self.paused} request{'s' * (self.paused != 1)} (reputation guard)" if self.paused else ""
         return (
             f"applied {self.applied} ({self.changed} changed a status), duplicates {self.duplicates}, "
-            f"unmatched {self.unmatched}, invalid {self.invalid}"
+            f"unmatched {self.unmatched}, invalid {self.invalid}{paused}"
         )
 
 
@@ -99,6 +102,9 @@ def apply_batch(payloads, now=None):
         result.changed = len(changed)
         result.unmatched = len(unmatched) - result.invalid
         _write(changed.values(), log_rows, unmatched, suppress, now)
+        # In the same transaction: the batch that takes a request past a threshold pauses it.
+        alarming = {email.request_id for email in changed.values() if email.status in guard.ALARMING}
+        result.paused = len(guard.check(alarming, now)) if alarming else 0
     return result
 
 
