@@ -10,7 +10,8 @@ group pushing back. The group is slowed for every host:
 - its rate halves (from its configured rate, or from
   DBMAIL_BACKOFF_START_PER_MINUTE for a group without a rate of its own), at
   most once per HALVING_WINDOW however many answers say so, and never below
-  DBMAIL_BACKOFF_FLOOR_PER_MINUTE; its budget starts again from empty;
+  DBMAIL_BACKOFF_FLOOR_PER_MINUTE; and nothing more goes to it for
+  HALVING_WINDOW (its budget starts again from below empty);
 - without pushback it recovers by DBMAIL_BACKOFF_RECOVERY_PERCENT of its
   configured rate each minute (additive increase, multiplicative decrease,
   as TCP does), back to the configured rate (or to no limit).
@@ -78,7 +79,8 @@ def push_back(bucket, text, now):
     if halve:
         rate = max(conf.DBMAIL_BACKOFF_FLOOR_PER_MINUTE, (rate or target(bucket.configured_per_minute)) / 2)
         bucket.last_halved_at = now
-        bucket.tokens, bucket.refilled_at = 0.0, now
+        # A pause first ("try again later"): the budget refills from below zero for the whole window.
+        bucket.tokens, bucket.refilled_at = -rate / 60 * HALVING_WINDOW.total_seconds(), now
     # Recovery starts again from here: from the rate now in force.
     bucket.slowed_per_minute = rate
     bucket.last_pushback_at = now

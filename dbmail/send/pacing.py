@@ -53,7 +53,6 @@ REFRESH = timedelta(seconds=5)
 SLOT_RETRY = timedelta(seconds=2)  # how soon a run that found no free slot asks again
 # A run without a deadline waits for budget only this long; with one (--max-seconds), until then.
 MAX_IDLE_WAIT = 5.0
-HOLD_SECONDS = 5.0  # after a pushback, this run gives back the group's claimed mail untried for at least this
 
 
 @dataclass
@@ -222,7 +221,7 @@ class Pacer:
                     if name == ALL:
                         self._all_waiting = until
                     else:
-                        self._waiting[name] = until
+                        self._waiting[name] = max(self._waiting.get(name, until), until)
             for group in no_slot:
                 self._waiting[group] = max(self._waiting.get(group, now), now + SLOT_RETRY)
             for account_id, n in places.items():
@@ -307,10 +306,9 @@ class Pacer:
         if group == DEFAULT:
             return None
         now = self.clock()
-        # Long enough for the batches already claimed (this one and the next) to be given back; by then
-        # the shared bucket, emptied by the pushback, decides.
-        rate = max(conf.DBMAIL_BACKOFF_FLOOR_PER_MINUTE, (self._rate(group, now) or backoff.target(0)) / 2)
-        hold = now + timedelta(seconds=max(HOLD_SECONDS, 60 / rate))
+        # The batches already claimed (this one and the next) give the group's mail back; after the pause
+        # the shared bucket, which the pushback set below empty, decides.
+        hold = now + backoff.HALVING_WINDOW
         with self._lock:
             self._held_back[group] = max(self._held_back.get(group, now), hold)
             self._waiting[group] = max(self._waiting.get(group, now), hold)
