@@ -1,6 +1,7 @@
 from django import forms
 from django.contrib import admin, messages
-from django.db.models import Q
+from django.db.models import F, Q, Value
+from django.db.models.functions import Greatest
 from django.utils import timezone
 
 from dbmail import states
@@ -10,6 +11,7 @@ from dbmail.models import (  # the XML spool
     CronHeartbeat,
     DeliveryEvent,
     MessageRequest,
+    PacingBucket,
     RequestEvent,
     SenderAccount,
     SendGrant,
@@ -21,6 +23,8 @@ from dbmail.models import (  # the XML spool
     TrackingQueueItem,
     UnmatchedTrackingEvent,
 )
+from dbmail.send import backoff, caps
+from dbmail.track import guard
 from dbmail.track.apply import retry_unmatched
 
 
@@ -41,9 +45,14 @@ class SenderAccountForm(forms.ModelForm):
 @admin.register(SenderAccount)
 class SenderAccountAdmin(admin.ModelAdmin):
     form = SenderAccountForm
-    list_display = ["address", "display_name", "active", "smtp_host"]
+    list_display = ["address", "display_name", "active", "smtp_host", "daily_cap", "cap_today"]
     list_filter = ["active"]
     search_fields = ["address", "display_name"]
+
+    @admin.display(description="Today (UTC): taken / cap")
+    def cap_today(self, obj):
+        cap, taken = caps.usage(obj, timezone.now())
+        return "-" if cap is None else f"{taken} / {cap}"
 
 
 class HeldFilter(admin.SimpleListFilter):
@@ -123,6 +132,8 @@ class MessageRequestAdmin(admin.ModelAdmin):
         "state",
         "failure",
         "failed_at",
+        "paused_reason",
+        "paused_at",
         "recipient_count",
         "expanded_at",
         "checkpoint",
@@ -130,7 +141,7 @@ class MessageRequestAdmin(admin.ModelAdmin):
         "delivery",
     ]
     inlines = [RequestEventInline]
-    actions = ["cancel_requests", "queue_now", "retry_failed"]
+    actions = ["cancel_requests", "queue_now", "retry_failed", "resume_paused"]
 
     @admin.display(description="Status", ordering="status")
     def state(self, obj):
@@ -152,6 +163,13 @@ class MessageRequestAdmin(admin.ModelAdmin):
         self.message_user(request, f"{retried} failed request(s) queued again.", messages.SUCCESS)
         if refused:
             self.message_user(request, "Not retried, they would fail again: " + "; ".join(refused), messages.ERROR)
+
+    @admin.action(description="Resume paused requests (the reputation guard then judges only the mail sent since)")
+    def resume_paused(self, request, queryset):
+        resumed = sum(
+            bool(guard.resume(r, user=request.user)) for r in queryset.filter(status=states.PAUSE_REQUEST.target)
+        )
+        self.message_user(request, f"{resumed} paused request(s) resumed.", messages.SUCCESS)
 
     @admin.display(description="Progress")
     def progress(self, obj):
@@ -381,4 +399,31 @@ class TrackingQueueItemAdmin(admin.ModelAdmin):
         return False
 
     def has_change_permission(self, request, obj=None):
+        return False
+
+
+@admin.register(PacingBucket)
+class PacingBucketAdmin(admin.ModelAdmin):
+    """Each destination group's shared budget and back-off (dbmail.send.buckets): read-only but for lifting a slowdown."""
+
+    list_display = ["name", "configured_per_minute", "rate_now", "slowed_since", "pushbacks", "pushback_text"]
+    readonly_fields = [f.name for f in PacingBucket._meta.fields] + ["rate_now"]
+    actions = ["lift_slowdown"]
+
+    @admin.display(description="Rate now (a minute; 0: no limit)")
+    def rate_now(self, obj):
+        return round(backoff.effective_rate(obj, timezone.now()), 1)
+
+    @admin.action(description="Lift the slowdown (back to the configured rate at once)")
+    def lift_slowdown(self, request, queryset):
+        n = queryset.update(
+            slowed_per_minute=None,
+            slowed_since=None,
+            last_halved_at=None,
+            pushbacks=0,
+            tokens=Greatest(F("tokens"), Value(0.0)),  # no pause left either
+        )
+        self.message_user(request, f"{n} group(s) back at their configured rate.", messages.SUCCESS)
+
+    def has_add_permission(self, request):
         return False

@@ -219,6 +219,9 @@ class MessageRequest(models.Model):
     # person last resumed it (the guard then judges only the mail sent since).
     paused_reason = models.TextField(blank=True, editable=False)
     paused_at = models.DateTimeField(null=True, blank=True, editable=False)
+    paused_from = models.CharField(
+        max_length=16, blank=True, editable=False, help_text="The status a resume returns to."
+    )
     guard_baseline = models.JSONField(null=True, blank=True, editable=False)
     # Comm panel: a public web version (ESP's `public`) at an unguessable address, without per-recipient data.
     public = models.BooleanField(default=False, help_text="Show a web version to anyone with its link.")

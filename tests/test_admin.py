@@ -17,7 +17,8 @@ def admin_client(client):
 
 
 @pytest.mark.parametrize(
-    "model", ["senderaccount", "messagerequest", "textofemail", "deliveryevent", "suppression", "cronheartbeat"]
+    "model",
+    ["senderaccount", "messagerequest", "textofemail", "deliveryevent", "suppression", "cronheartbeat", "pacingbucket"],
 )
 def test_every_model_has_a_working_admin_list(admin_client, model):
     MessageRequestFactory()
@@ -190,3 +191,36 @@ def test_held_mail_has_a_filter_and_shows_as_held(admin_client):
     assert "goes@example.net" in others and "waits@example.net" not in others
     requests = admin_client.get(reverse("admin:dbmail_messagerequest_changelist"), {"held": "yes"}).content.decode()
     assert "Held request" in requests and "Free request" not in requests
+
+
+def test_a_paused_request_is_resumed_by_the_admin_action_with_who(admin_client):
+    from dbmail.models import RequestEvent
+    from dbmail.track import guard
+
+    mail = MessageRequestFactory(status=MessageRequest.Status.EXPANDED)
+    guard.pause(mail, "too many bounces")
+    page = admin_client.get(reverse("admin:dbmail_messagerequest_change", args=[mail.pk])).content.decode()
+    assert "too many bounces" in page
+    admin_client.post(
+        reverse("admin:dbmail_messagerequest_changelist"), {"action": "resume_paused", "_selected_action": [mail.pk]}
+    )
+    mail.refresh_from_db()
+    assert mail.status == MessageRequest.Status.EXPANDED
+    assert RequestEvent.objects.get(request=mail, kind=RequestEvent.Kind.RESUME).user.username == "root"
+
+
+def test_a_slowdown_can_be_lifted_and_a_daily_cap_is_shown_with_todays_count(admin_client):
+    from django.utils import timezone
+
+    from dbmail.models import PacingBucket, SenderAccount
+    from dbmail.send import backoff, buckets
+
+    buckets.push_back("gmail", 600, "421 4.7.0 try later", timezone.now())
+    listing = admin_client.get(reverse("admin:dbmail_pacingbucket_changelist")).content.decode()
+    assert "421 4.7.0 try later" in listing and "300.0" in listing
+    admin_client.post(
+        reverse("admin:dbmail_pacingbucket_changelist"), {"action": "lift_slowdown", "_selected_action": ["gmail"]}
+    )
+    assert not backoff.is_slowed(PacingBucket.objects.get(name="gmail"), timezone.now())
+    SenderAccount.objects.create(address="news@example.org", daily_cap=40)
+    assert "0 / 40" in admin_client.get(reverse("admin:dbmail_senderaccount_changelist")).content.decode()

@@ -87,8 +87,10 @@ def pause(request, reason, now=None):
     """Pause a request (by the guard); False if it was not in a state that can be paused."""
     now = now or timezone.now()
     with transaction.atomic():
+        locked = MessageRequest.objects.select_for_update().filter(pk=request.pk)
+        before = locked.values_list("status", flat=True).first()
         moved = states.PAUSE_REQUEST.update(
-            MessageRequest.objects.filter(pk=request.pk), paused_reason=reason[:2000], paused_at=now
+            locked, paused_reason=reason[:2000], paused_at=now, paused_from=before or ""
         )
         if moved:
             RequestEvent.objects.create(request_id=request.pk, at=now, kind=RequestEvent.Kind.PAUSE, text=reason)
@@ -100,16 +102,20 @@ def resume(request, user=None, now=None):
     now = now or timezone.now()
     with transaction.atomic():
         locked = MessageRequest.objects.select_for_update().filter(pk=request.pk, status=states.RequestStatus.PAUSED)
-        current = locked.only("pk", "expanded_at").first()
+        current = locked.only("pk", "paused_from", "expanded_at").first()
         if current is None:
             return ""
         # Still to expand: queued again, and expansion goes on from its checkpoint.
-        transition = states.RESUME_SENDING if current.expanded_at else states.RESUME_EXPANSION
+        expanded = current.paused_from == states.RequestStatus.EXPANDED or (
+            not current.paused_from and current.expanded_at is not None
+        )
+        transition = states.RESUME_SENDING if expanded else states.RESUME_EXPANSION
         baseline = {name: n for name, n in rollup.per_request([request.pk]).get(request.pk, {}).items() if n}
         transition.update(
             MessageRequest.objects.filter(pk=request.pk),
             paused_reason="",
             paused_at=None,
+            paused_from="",
             guard_baseline=baseline,
             expand_token=None,
             expand_lease_until=None,

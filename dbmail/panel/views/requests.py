@@ -22,6 +22,8 @@ from dbmail.panel import preview
 from dbmail.panel.forms import ScheduleForm
 from dbmail.panel.progress import LOST, progress, when
 from dbmail.panel.views.access import panel_view
+from dbmail.send import caps
+from dbmail.track import guard
 
 Status = states.RequestStatus
 EmailStatus = states.EmailStatus
@@ -89,7 +91,7 @@ def _delivery(counts):
 def request_detail(request, pk):
     mail = get_object_or_404(MessageRequest.objects.select_related("sender", "creator"), pk=pk)
     now = timezone.now()
-    shown = progress(mail, mail.status_counts(), now)
+    shown = progress(mail, mail.status_counts(), now, waiting=_waiting(mail, now))
     context = {
         "mail": mail,
         "progress": shown,
@@ -116,6 +118,13 @@ def request_detail(request, pk):
         context["possibly_delivered"] = mail.possibly_delivered_count()
     context.update(_preview(request, mail))
     return render(request, "commpanel/request_detail.html", context)
+
+
+def _waiting(mail, now=None):
+    """Why the request's waiting mail waits beyond its own state: its sender account's daily cap (or "")."""
+    if mail.sender.daily_cap is None or mail.status in (Status.DRAFT, Status.CANCELLED):
+        return ""
+    return caps.waiting_words(mail.sender, now or timezone.now())
 
 
 def _preview(request, mail):
@@ -196,7 +205,7 @@ def request_status(request, pk):
     """The request page's live state (polled while anything can change): numbers and words,
     the delivery figures, and the parts of the page redrawn from the same templates."""
     mail = get_object_or_404(MessageRequest.objects.select_related("sender"), pk=pk)
-    shown = progress(mail, mail.status_counts())
+    shown = progress(mail, mail.status_counts(), waiting=_waiting(mail))
     delivery = _delivery(rollup.per_request([mail.pk]).get(mail.pk))
     context = {"mail": mail, "progress": shown, "delivery": delivery, **_email_table(request, mail)}
     return JsonResponse(
@@ -345,10 +354,16 @@ def retry(request, pk):
 @require_POST
 @panel_view
 def resume(request, pk):
-    """A failed request, its cause fixed, goes back to the queue and resumes from its checkpoint."""
+    """A failed request, its cause fixed, goes back to the queue and resumes from its checkpoint;
+    a request the reputation guard paused goes on where it was."""
     mail = get_object_or_404(MessageRequest, pk=pk)
+    if mail.status == Status.PAUSED:
+        words = guard.resume(mail, user=request.user)
+        if words:
+            messages.success(request, f"Resumed: the rest goes out with the next dbmail_cron runs ({words}).")
+        return redirect("commpanel:request", pk=pk)
     if mail.status not in states.RETRY_REQUEST.sources:
-        messages.info(request, "Only a failed request can be retried this way.")
+        messages.info(request, "Only a failed or paused request can be resumed this way.")
         return redirect("commpanel:request", pk=pk)
     problem = expand.obvious_problem(mail)
     if problem:
