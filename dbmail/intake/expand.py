@@ -68,11 +68,12 @@ def claim_request(now=None):
     return request
 
 
-def email_fields(request, compiled, recipient, now, links=None):
+def email_fields(request, compiled, recipient, now, links=None, groups=None):
     """One recipient's TextOfEmail as field values; a bad address or template makes it a dropped row.
 
     `links` collects the unsubscribe tokens issued, for the caller to store
     with the rows; without it (one email: preview, test mail) they are stored here.
+    `groups`: the destination groups (dbmail.send.destinations), looked up once per chunk.
     """
     maker = links or unsubscribe.LinkMaker()
     url, headers = maker.make(recipient.email) if not recipient.error else ("", {})
@@ -83,7 +84,7 @@ def email_fields(request, compiled, recipient, now, links=None):
         "user_id": recipient.user_id,
         "to_address": recipient.email[:254],
         "to_name": recipient.name[:200],
-        "dest_group": destinations.group_of(recipient.email),
+        "dest_group": (groups or destinations.current()).of(recipient.email),
         "from_header": request.sender.from_header,
         "envelope_sender": verp.envelope_sender(message_id, request.sender.address),
         "reply_to": request.reply_to,
@@ -341,8 +342,8 @@ def _expand(request, chunk_size=None, on_chunk=None, deadline=None):
             if deadline is not None and time.monotonic() >= deadline:
                 paused = True
                 break
-            now = timezone.now()
-            rows = [email_fields(request, compiled, rcpt, now, links) for rcpt in chunk]
+            now, groups = timezone.now(), destinations.current()
+            rows = [email_fields(request, compiled, rcpt, now, links, groups) for rcpt in chunk]
             writer.submit(last_position, EmailInsert(rows, links.take_issued()))
     finally:
         writer.close()

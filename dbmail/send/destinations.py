@@ -28,7 +28,6 @@ comm panel and dbmail_status show it. Every host must have the same groups.
 This module imports nothing of Django's models: dbmail.conf uses it to check the setting.
 """
 
-import copy
 import re
 from dataclasses import dataclass
 
@@ -175,19 +174,19 @@ def problem(value):
     return ""
 
 
-_cache = (None, None, None)  # (the setting's object, a copy of its value, its Groups)
+_cache = (None, None)  # (the setting's value, its Groups)
 
 
 def current():
-    """The groups of the live settings (parsed again only when the setting changes)."""
+    """The groups of the live settings (parsed again when the setting is given another value)."""
     global _cache
     from dbmail.conf import settings as conf
 
     value = conf.DBMAIL_DESTINATION_GROUPS
-    seen, copied, groups = _cache
-    if groups is None or not (value is seen and value == copied):
+    seen, groups = _cache
+    if groups is None or (value is not seen and value != seen):
         groups = parse(value)
-        _cache = (value, copy.deepcopy(value), groups)
+        _cache = (value, groups)
     return groups
 
 
