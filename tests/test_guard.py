@@ -125,7 +125,7 @@ def test_a_paused_request_can_be_cancelled():
     mail, emails = request_with(sent=500, waiting=5)
     apply_batch(events(emails[:40], "bounced"))
     mail.refresh_from_db()
-    assert mail.cancel(user=UserFactory(username="ops")) > 0
+    assert mail.cancel(actor=UserFactory(username="ops")) > 0
     assert MessageRequest.objects.get(pk=mail.pk).status == R.CANCELLED
     assert not mail.emails.filter(status=E.QUEUED).exists()
 

@@ -189,7 +189,7 @@ def progress(mail, counts, now=None, waiting=""):
         or (mail.status == Status.EXPANDED and bool(unsent)),
         "retryable": any(counts.get(s) for s in states.RETRY.sources),
         "resumable": mail.status in (*states.RETRY_REQUEST.sources, PAUSED),
-        "paused": mail.status == PAUSED,
+        "paused_now": mail.status == PAUSED,
         "send_at": mail.send_at.isoformat() if mail.send_at else None,
         "now": now.isoformat(),
     }

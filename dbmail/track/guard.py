@@ -24,7 +24,7 @@ from django.utils import timezone
 
 from dbmail import rollup, states
 from dbmail.conf import settings as conf
-from dbmail.models import DeliveryEvent, MessageRequest, RequestEvent, Suppression, TextOfEmail
+from dbmail.models import MessageRequest, RequestEvent, Suppression, TextOfEmail
 
 E = states.EmailStatus
 COUNTED = (E.SENT, E.BOUNCED, E.COMPLAINED)
@@ -120,7 +120,7 @@ def resume(request, user=None, now=None):
             expand_token=None,
             expand_lease_until=None,
         )
-        stopped = _cancel_suppressed(request, now)
+        stopped = _cancel_suppressed(request, user)
         text = "resumed; the guard now judges only the mail sent from here"
         if stopped:
             text += f"; {stopped:,} email{'s' * (stopped != 1)} to addresses suppressed meanwhile cancelled"
@@ -129,26 +129,11 @@ def resume(request, user=None, now=None):
     return text
 
 
-def _cancel_suppressed(request, now):
-    """Cancel the request's waiting emails to addresses on the suppression list; returns how many."""
-    suppressed = Suppression.objects.values("address")
+def _cancel_suppressed(request, user):
+    """Cancel the request's waiting emails to addresses on the suppression list (each with its event); how many."""
     emails = (
         TextOfEmail.objects.filter(request_id=request.pk, status__in=states.WAITING)
         .alias(address=Lower("to_address"))
-        .filter(address__in=suppressed)
+        .filter(address__in=Suppression.objects.values("address"))
     )
-    ids = list(emails.values_list("pk", flat=True))
-    if not ids:
-        return 0
-    n = TextOfEmail.cancel(TextOfEmail.objects.filter(pk__in=ids))
-    DeliveryEvent.objects.bulk_create(
-        DeliveryEvent(
-            email_id=pk,
-            at=now,
-            kind=DeliveryEvent.Kind.ADMIN,
-            outcome=states.CANCEL.target,
-            text="cancelled when the request was resumed: the address is suppressed",
-        )
-        for pk in ids
-    )
-    return n
+    return TextOfEmail.cancel(emails, actor=user)

@@ -69,7 +69,7 @@ def deliverability(now):
         for b in buckets.slowed(now)
     ]
     paused = list(MessageRequest.objects.filter(status=states.RequestStatus.PAUSED).order_by("paused_at")[:10])
-    return {"slowed": slowed, "capped": caps.reached(now), "paused": paused, "next_day": caps.next_day(now)}
+    return {"slowed": slowed, "capped": caps.reached(now), "stopped": paused, "next_day": caps.next_day(now)}
 
 
 def _account_name(pk, names):
