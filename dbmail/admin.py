@@ -40,8 +40,16 @@ class SenderAccountForm(forms.ModelForm):
         model = SenderAccount
         fields = "__all__"  # noqa: DJ007  (the admin edits every field of an account)
 
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["warmup_factor"].required = False  # left empty: the usual 1.5
+
     def clean_smtp_password(self):
         return self.cleaned_data["smtp_password"] or (self.instance.smtp_password if self.instance.pk else "")
+
+    def clean_warmup_factor(self):
+        factor = self.cleaned_data.get("warmup_factor")
+        return SenderAccount._meta.get_field("warmup_factor").default if factor is None else factor
 
 
 @admin.register(SenderAccount)
