@@ -97,6 +97,10 @@ class DatabaseLost(DbmailError, DatabaseError):
         self.leftovers = leftovers
 
 
+class DestinationGroupsError(DbmailError, ValueError):
+    """DBMAIL_DESTINATION_GROUPS cannot be used (dbmail.send.destinations); the message says which part and why."""
+
+
 class AddressError(DbmailError, ValueError):
     """An address that cannot go into an envelope; the message says why, in words."""
 

@@ -14,7 +14,7 @@ from dbmail import exceptions
 from dbmail.content import addresses, csvmerge, recipients, rendering
 from dbmail.intake import expand, outbox, smailer, spool
 from dbmail.ops import cron, sites
-from dbmail.send import recovery, smtp
+from dbmail.send import destinations, recovery, smtp
 from dbmail.track import apply, queue, webhooks
 from mailgate import exceptions as mailgate_exceptions
 from mailgate.gate import moderation
@@ -40,6 +40,7 @@ from mailgate.mailboxes import imap
         (exceptions.NeedsSMTPUTF8, exceptions.AddressError),
         (exceptions.QueueUnavailable, ConnectionError),
         (exceptions.InvalidEvent, ValueError),
+        (exceptions.DestinationGroupsError, ValueError),
         (exceptions.WebhookRefused, SuspiciousOperation),
         (mailgate_exceptions.MailboxError, ConnectionError),
         (mailgate_exceptions.NotHeld, mailgate_exceptions.MailgateError),
@@ -70,6 +71,7 @@ def test_the_raising_modules_keep_their_names_for_the_same_classes():
         exceptions.MessageRefused,
     )
     assert recovery.DatabaseLost is exceptions.DatabaseLost
+    assert destinations.GroupsError is exceptions.DestinationGroupsError
     assert (moderation.NotHeld, imap.MailboxError) == (mailgate_exceptions.NotHeld, mailgate_exceptions.MailboxError)
 
 

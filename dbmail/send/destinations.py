@@ -31,6 +31,8 @@ This module imports nothing of Django's models: dbmail.conf uses it to check the
 import re
 from dataclasses import dataclass
 
+from dbmail.exceptions import DestinationGroupsError as GroupsError
+
 DEFAULT = "default"  # the group of every domain no other group names
 ALL = "*"  # the budget of all mail together (DBMAIL_THROTTLE_PER_SECOND), never a group's name
 
@@ -51,10 +53,6 @@ _LABEL = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
 _DOMAIN = re.compile(rf"{_LABEL}(?:\.{_LABEL})+")
 _ANY_SUFFIX = re.compile(rf"({_LABEL})\.\*")
 _SUBDOMAINS = re.compile(rf"\*\.({_LABEL}(?:\.{_LABEL})+)")
-
-
-class GroupsError(ValueError):
-    """DBMAIL_DESTINATION_GROUPS cannot be used; the message says which part and why."""
 
 
 @dataclass(frozen=True)
