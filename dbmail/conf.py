@@ -194,6 +194,22 @@ def _bad_basic_auth(value):
     return ""
 
 
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
+
+
+def _not_a_table_name(value):
+    # Quoted when used, but a name must still be one a DBA would write: no quotes, spaces or dots beyond one.
+    if not value or (value.count(".") <= 1 and all(_IDENTIFIER.fullmatch(part) for part in value.split("."))):
+        return ""
+    return " is not a table name (letters, digits and _, at most 63 of them, optionally schema.table)"
+
+
+def _not_a_database_alias(value):
+    if not value or re.fullmatch(r"[a-z][a-z0-9_]*", value.replace("{sid}", "x")):
+        return ""
+    return " is not a database alias (a site name: lower-case letters, digits and _, or {sid})"
+
+
 SETTINGS = [
     # The outbox.
     Setting("DBMAIL_SITE_URL", "http://localhost:8000", str, clean=lambda v: v.rstrip("/")),
@@ -226,6 +242,9 @@ SETTINGS = [
     Setting("DBMAIL_SPOOL_KEEP_DAYS", 7, int, minimum=1),
     Setting("DBMAIL_SPOOL_RETRY_SECONDS", 3600, int, minimum=1),
     Setting("DBMAIL_SPOOL_MAX_ATTEMPTS", 100, int, minimum=1),
+    # The table queue (seed 003, SOWASQL): a table of the seed's shape, in this site's database or another.
+    Setting("DBMAIL_SMAILER_TABLE", "tbl_mails", str, check=_not_a_table_name),
+    Setting("DBMAIL_SMAILER_DATABASE", "", str, check=_not_a_database_alias),
     # VERP return paths.
     Setting("DBMAIL_VERP_DOMAIN", "", str, check=_not_a_domain, clean=lambda v: v.strip().lower()),
     Setting("DBMAIL_VERP_PREFIX", "bounces", str, check=_not_a_verp_prefix),

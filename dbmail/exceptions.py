@@ -57,6 +57,10 @@ class SpoolError(DbmailError, OSError):
     """The spool directory cannot be used (missing or unreadable)."""
 
 
+class QueueTableError(DbmailError, RuntimeError):
+    """The queue table cannot be used (DBMAIL_SMAILER_TABLE missing, a column missing, its database unknown)."""
+
+
 # --- sending and tracking: services that cannot be reached, events and requests refused ---
 
 

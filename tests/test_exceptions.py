@@ -30,6 +30,7 @@ from mailgate.mailboxes import imap
         (exceptions.UnknownSender, ValueError),
         (exceptions.SpoolFormatError, ValueError),
         (exceptions.SpoolError, OSError),
+        (exceptions.QueueTableError, RuntimeError),
         (exceptions.Unreachable, ConnectionError),
         (exceptions.QueueUnavailable, ConnectionError),
         (exceptions.InvalidEvent, ValueError),

@@ -6,8 +6,8 @@ from dataclasses import dataclass
 from django.db import DatabaseError
 from django.utils import timezone
 
-from dbmail.exceptions import Unreachable
-from dbmail.intake import expand, spool
+from dbmail.exceptions import QueueTableError, Unreachable
+from dbmail.intake import expand, smailer, spool
 from dbmail.ops import health
 from dbmail.ops.runloop import Round, RunLoop
 from dbmail.send import loop as sending
@@ -66,10 +66,10 @@ class Runner:
     def run_once(self):
         started, clock = timezone.now(), time.monotonic()
         try:
-            _, (expanded, sent), _ = spool.cycle(self._expand_and_send)
+            expanded, sent = smailer.cycle(self._expand_and_send).result
         except DatabaseError as exc:
             raise Unreachable(f"cannot reach the database: {exc}".strip()) from exc
-        except spool.SpoolError as exc:
+        except (spool.SpoolError, QueueTableError) as exc:
             raise Unreachable(str(exc)) from exc
         result = RunResult(expanded, sent, time.monotonic() - clock)
         error = ""
