@@ -210,6 +210,16 @@ def _not_a_database_alias(value):
     return " is not a database alias (a site name: lower-case letters, digits and _, or {sid})"
 
 
+def _short_token(value):
+    return ": each token must be at least 16 characters" if any(len(s) < 16 for s in value) else ""
+
+
+def _bad_mappings(value):
+    from dbmail.track import mappings  # only when set: conf is read before Django is set up
+
+    return mappings.problem(value) if value else ""
+
+
 SETTINGS = [
     # The outbox.
     Setting("DBMAIL_SITE_URL", "http://localhost:8000", str, clean=lambda v: v.rstrip("/")),
@@ -257,6 +267,8 @@ SETTINGS = [
     Setting("TRACKING_WEBHOOK_SECRETS", [], list, check=_short_secret, secret=True),
     Setting("TRACKING_WEBHOOK_BASIC_AUTH", [], list, check=_bad_basic_auth, secret=True),
     Setting("TRACKING_WEBHOOK_MAX_AGE", 300, int, minimum=1),
+    Setting("TRACKING_WEBHOOK_BEARER_TOKENS", [], list, check=_short_token, secret=True),
+    Setting("TRACKING_WEBHOOK_MAPPINGS", "", str, check=_bad_mappings, show_value=False),
 ]
 
 
@@ -268,10 +280,11 @@ def _retry_order(get):
 
 def _webhook_credentials(get):
     # An enabled endpoint without credentials would be open to anyone.
-    if get("TRACKING_WEBHOOK_ENABLED") and not (get("TRACKING_WEBHOOK_SECRETS") or get("TRACKING_WEBHOOK_BASIC_AUTH")):
+    credentials = ("TRACKING_WEBHOOK_SECRETS", "TRACKING_WEBHOOK_BASIC_AUTH", "TRACKING_WEBHOOK_BEARER_TOKENS")
+    if get("TRACKING_WEBHOOK_ENABLED") and not any(get(name) for name in credentials):
         return (
-            "Setting TRACKING_WEBHOOK_SECRETS (or TRACKING_WEBHOOK_BASIC_AUTH) is required "
-            "when TRACKING_WEBHOOK_ENABLED is on."
+            "Setting TRACKING_WEBHOOK_SECRETS (or TRACKING_WEBHOOK_BASIC_AUTH, or TRACKING_WEBHOOK_BEARER_TOKENS) "
+            "is required when TRACKING_WEBHOOK_ENABLED is on."
         )
     return ""
 
@@ -294,7 +307,12 @@ RULES = [
     Rule("dbmail.E002", ("DBMAIL_RETRY_BASE_SECONDS", "DBMAIL_RETRY_MAX_SECONDS"), _retry_order),
     Rule(
         "dbmail.E003",
-        ("TRACKING_WEBHOOK_ENABLED", "TRACKING_WEBHOOK_SECRETS", "TRACKING_WEBHOOK_BASIC_AUTH"),
+        (
+            "TRACKING_WEBHOOK_ENABLED",
+            "TRACKING_WEBHOOK_SECRETS",
+            "TRACKING_WEBHOOK_BASIC_AUTH",
+            "TRACKING_WEBHOOK_BEARER_TOKENS",
+        ),
         _webhook_credentials,
     ),
     Rule("dbmail.E004", ("EMAIL_USE_TLS", "EMAIL_USE_SSL"), _tls_and_ssl),

@@ -76,6 +76,10 @@ class InvalidEvent(DbmailError, ValueError):
     """A tracking event that cannot be used; the message says which field and why."""
 
 
+class WebhookMappingError(DbmailError, ValueError):
+    """TRACKING_WEBHOOK_MAPPINGS does not describe usable mappings; the message says where."""
+
+
 class WebhookRefused(DbmailError, SuspiciousOperation):
     """A tracking callback that is not accepted; `status` is the HTTP answer it gets (400, 401, 409...)."""
 

@@ -35,6 +35,7 @@ from mailgate.mailboxes import imap
         (exceptions.QueueUnavailable, ConnectionError),
         (exceptions.InvalidEvent, ValueError),
         (exceptions.WebhookRefused, SuspiciousOperation),
+        (exceptions.WebhookMappingError, ValueError),
         (mailgate_exceptions.MailboxError, ConnectionError),
         (mailgate_exceptions.NotHeld, mailgate_exceptions.MailgateError),
     ],
