@@ -194,7 +194,7 @@ def _make_emails(where, rows, now, result):
         if row_id in linked:
             continue
         try:
-            when = _time(fld_time, now)
+            when = _time(fld_time, where)
         except FormatError as exc:
             marks[row_id] = (DROPPED, str(exc)[:REASON_LIMIT])
             result.refused += 1
@@ -220,10 +220,14 @@ def _make_emails(where, rows, now, result):
     return marks
 
 
-def _time(value, now):
-    """A row's fld_time: a timestamp column, or the seed's 'dd.mm.yyyy HH:MM:SS' text in TIME_ZONE."""
+def _time(value, where):
+    """A row's fld_time: a timestamp column, or the seed's 'dd.mm.yyyy HH:MM:SS' text in TIME_ZONE.
+
+    A timestamp without a zone is read as Django reads its own: in the connection's time zone
+    (UTC unless DATABASES sets TIME_ZONE), which is also what the database's now() wrote.
+    """
     if isinstance(value, datetime):
-        return value if timezone.is_aware(value) else timezone.make_aware(value, timezone.get_default_timezone())
+        return value if timezone.is_aware(value) else timezone.make_aware(value, where.connection.timezone)
     if isinstance(value, str) and value.strip():
         try:
             naive = datetime.strptime(value.strip(), spool.TIME_FORMAT)
@@ -365,7 +369,7 @@ def waiting_rows(sender=None):
             if row_id in linked:
                 continue  # taken in, its mark not written yet: the outbox lists its email
             try:
-                when = _time(fld_time, None)
+                when = _time(fld_time, where)
             except FormatError:
                 when = fld_time
             yield WaitingRow(row_id, when, _str(row_sender), _str(address), where.name)
