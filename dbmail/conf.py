@@ -241,6 +241,11 @@ SETTINGS = [
     Setting("DBMAIL_ASYNC_COMMIT", True, bool),
     Setting("DBMAIL_OUTCOME_WINDOW", 32, int, minimum=1),
     Setting("DBMAIL_STUCK_AFTER_SECONDS", 3600, int, minimum=1),
+    # A server that fails for reasons no recipient caused: new connections, DELAY seconds doubling, then give up.
+    Setting("DBMAIL_RECONNECT_TRIES", 2, int, minimum=0),
+    Setting("DBMAIL_RECONNECT_DELAY_SECONDS", 1.0, float, minimum=0),
+    # Body bytes a sender holds at once (the batch being sent and the next one, claimed ahead).
+    Setting("DBMAIL_BATCH_MAX_BYTES", 20 * 1024 * 1024, int, minimum=1),
     # The comm panel.
     Setting("DBMAIL_PANEL_ALL_STAFF", True, bool),
     Setting("DBMAIL_LARGE_SEND_WARNING", 1000, int, minimum=0),

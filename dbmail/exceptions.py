@@ -12,7 +12,10 @@ dbmail.content.rendering.RenderError, ...), so callers may import either way.
 mailgate's errors (mailgate.exceptions) derive from DbmailError as well.
 """
 
+import smtplib
+
 from django.core.exceptions import ImproperlyConfigured, SuspiciousOperation
+from django.db import DatabaseError
 
 
 class DbmailError(Exception):
@@ -68,6 +71,52 @@ class Unreachable(DbmailError, ConnectionError):
     """The database or the SMTP server could not be reached at all."""
 
 
+class DatabaseUnreachable(Unreachable):
+    """The database could not be reached, or its connection broke during the run."""
+
+
+class DatabaseLost(DbmailError, DatabaseError):
+    """The database connection broke during a send run; `leftovers` is what the run still held.
+
+    `leftovers` (dbmail.send.recovery.Leftovers) gives its outcomes and claims back
+    once the database answers again; `error` is the database's own error.
+    """
+
+    def __init__(self, error, leftovers=None):
+        super().__init__(" ".join(str(error).split()) or type(error).__name__)
+        self.error = error
+        self.leftovers = leftovers
+
+
+class AddressError(DbmailError, ValueError):
+    """An address that cannot go into an envelope; the message says why, in words."""
+
+
+class NeedsSMTPUTF8(AddressError):
+    """The address has a UTF-8 local part and the server does not offer SMTPUTF8 (RFC 6531)."""
+
+
+# The SMTP conversation's own failures, each also the smtplib error callers already catch.
+
+
+class DataRefused(DbmailError, smtplib.SMTPDataError):
+    """The server refused the DATA command: the recipients were accepted, nothing of the message went out."""
+
+    stage = "data"
+
+
+class MessageRefused(DbmailError, smtplib.SMTPDataError):
+    """The server refused the message after its final dot."""
+
+    stage = "message"
+
+
+class AckLost(DbmailError, smtplib.SMTPServerDisconnected):
+    """The whole message went out (final dot written) but the server's answer never came: maybe delivered."""
+
+    stage = "message"
+
+
 class QueueUnavailable(DbmailError, ConnectionError):
     """The tracking queue cannot take or hand out events right now; try again later."""
 
@@ -86,3 +135,7 @@ class WebhookRefused(DbmailError, SuspiciousOperation):
     def __init__(self, status, message):
         super().__init__(message)
         self.status = status
+
+
+class TooLate(DbmailError, RuntimeError):
+    """A change to a request that expansion took meanwhile: nothing was changed (the comm panel's edit)."""

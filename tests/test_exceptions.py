@@ -6,13 +6,15 @@ import pkgutil
 
 import pytest
 from django.core.exceptions import ImproperlyConfigured, SuspiciousOperation
+from django.db import DatabaseError
 
 import dbmail
 import mailgate
 from dbmail import exceptions
-from dbmail.content import csvmerge, recipients, rendering
+from dbmail.content import addresses, csvmerge, recipients, rendering
 from dbmail.intake import outbox, smailer, spool
 from dbmail.ops import cron, sites
+from dbmail.send import recovery, smtp
 from dbmail.track import apply, queue, webhooks
 from mailgate import exceptions as mailgate_exceptions
 from mailgate.gate import moderation
@@ -32,6 +34,10 @@ from mailgate.mailboxes import imap
         (exceptions.SpoolError, OSError),
         (exceptions.QueueTableError, RuntimeError),
         (exceptions.Unreachable, ConnectionError),
+        (exceptions.DatabaseUnreachable, exceptions.Unreachable),
+        (exceptions.DatabaseLost, DatabaseError),
+        (exceptions.AddressError, ValueError),
+        (exceptions.NeedsSMTPUTF8, exceptions.AddressError),
         (exceptions.QueueUnavailable, ConnectionError),
         (exceptions.InvalidEvent, ValueError),
         (exceptions.WebhookRefused, SuspiciousOperation),
@@ -55,7 +61,26 @@ def test_the_raising_modules_keep_their_names_for_the_same_classes():
     assert (sites.UnknownSite, cron.Unreachable) == (exceptions.UnknownSite, exceptions.Unreachable)
     assert (apply.InvalidEvent, queue.QueueUnavailable) == (exceptions.InvalidEvent, exceptions.QueueUnavailable)
     assert webhooks.Refused is exceptions.WebhookRefused
+    assert (addresses.AddressError, addresses.NeedsSMTPUTF8) == (exceptions.AddressError, exceptions.NeedsSMTPUTF8)
+    assert (smtp.AckLost, smtp.DataRefused, smtp.MessageRefused) == (
+        exceptions.AckLost,
+        exceptions.DataRefused,
+        exceptions.MessageRefused,
+    )
+    assert recovery.DatabaseLost is exceptions.DatabaseLost
     assert (moderation.NotHeld, imap.MailboxError) == (mailgate_exceptions.NotHeld, mailgate_exceptions.MailboxError)
+
+
+def test_the_smtp_conversations_errors_are_smtplibs_too():
+    import smtplib
+
+    for error, kind in (
+        (exceptions.DataRefused, smtplib.SMTPDataError),
+        (exceptions.MessageRefused, smtplib.SMTPDataError),
+        (exceptions.AckLost, smtplib.SMTPServerDisconnected),
+    ):
+        assert issubclass(error, exceptions.DbmailError) and issubclass(error, kind)
+    assert exceptions.DataRefused(554, b"no").smtp_code == 554 and exceptions.DataRefused.stage == "data"
 
 
 def _modules(package):
