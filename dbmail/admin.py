@@ -1,14 +1,19 @@
 from django import forms
 from django.contrib import admin, messages
+from django.db.models import Q
 from django.utils import timezone
 
-from dbmail import states
+from dbmail import audit, states
+from dbmail.audit import AuditedAdmin
 from dbmail.content.validation import RequestForm
+from dbmail.intake import expand
 from dbmail.models import (  # the XML spool
+    AuditEvent,
     CronHeartbeat,
     DeliveryEvent,
     MessageRequest,
     QueueTableItem,
+    RequestEvent,
     SenderAccount,
     SendGrant,
     SendingProblem,
@@ -37,15 +42,49 @@ class SenderAccountForm(forms.ModelForm):
 
 
 @admin.register(SenderAccount)
-class SenderAccountAdmin(admin.ModelAdmin):
+class SenderAccountAdmin(AuditedAdmin):
     form = SenderAccountForm
     list_display = ["address", "display_name", "active", "smtp_host"]
     list_filter = ["active"]
     search_fields = ["address", "display_name"]
 
 
+class HeldFilter(admin.SimpleListFilter):
+    """Mail of an inactive sender account: waiting, never claimed, until the account is active again."""
+
+    title = "held (inactive sender account)"
+    parameter_name = "held"
+
+    def lookups(self, request, model_admin):
+        return [("yes", "held"), ("no", "not held")]
+
+    def queryset(self, request, queryset):
+        if self.value() not in ("yes", "no"):
+            return queryset
+        if queryset.model is MessageRequest:
+            held = Q(status__in=states.REQUEST_TO_EXPAND, sender__active=False)
+        else:
+            held = Q(status__in=states.WAITING, account__active=False)
+        return queryset.filter(held) if self.value() == "yes" else queryset.exclude(held)
+
+
+class RequestEventInline(admin.TabularInline):
+    """The request's history (failures, retries, cancels): append-only."""
+
+    model = RequestEvent
+    extra = 0
+    can_delete = False
+    fields = readonly_fields = ["at", "kind", "user", "text"]
+
+    def has_add_permission(self, request, obj=None):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+
 @admin.register(SendGrant)
-class SendGrantAdmin(admin.ModelAdmin):
+class SendGrantAdmin(AuditedAdmin):
     """Who may send as which address through the site's server; a grant is made or removed, never rewritten."""
 
     list_display = ["address", "user", "group", "granted_by", "granted_at", "note"]
@@ -65,24 +104,59 @@ class SendGrantAdmin(admin.ModelAdmin):
 
 
 @admin.register(MessageRequest)
-class MessageRequestAdmin(admin.ModelAdmin):
+class MessageRequestAdmin(AuditedAdmin):
+    """Drafts are edited here; once queued a request is history: read-only, changed only by the actions."""
+
     form = RequestForm  # the recipient set and the templates are checked too
     list_display = [
         "id",
         "subject",
         "sender",
         "recipient_set",
-        "status",
+        "state",
         "send_at",
         "recipient_count",
         "progress",
         "delivery",
+        "short_failure",
     ]
-    list_filter = ["status", "recipient_set", "sender"]
+    list_filter = ["status", HeldFilter, "recipient_set", "sender"]
+    list_select_related = ["sender"]
     search_fields = ["subject", "creator__username"]
     date_hierarchy = "created_at"
-    readonly_fields = ["recipient_count", "expanded_at", "checkpoint", "progress", "delivery"]
-    actions = ["cancel_requests", "queue_now"]
+    readonly_fields = [
+        "state",
+        "failure",
+        "failed_at",
+        "recipient_count",
+        "expanded_at",
+        "checkpoint",
+        "progress",
+        "delivery",
+    ]
+    inlines = [RequestEventInline]
+    actions = ["cancel_requests", "queue_now", "retry_failed"]
+
+    @admin.display(description="Status", ordering="status")
+    def state(self, obj):
+        return obj.shown_status() if obj.sender_id else obj.status
+
+    @admin.display(description="Why it failed")
+    def short_failure(self, obj):
+        return obj.failure[:120] or "-"
+
+    @admin.action(description="Retry failed requests (back to queued; expansion resumes from its checkpoint)")
+    def retry_failed(self, request, queryset):
+        retried, refused = 0, []
+        for message_request in queryset.filter(status__in=states.RETRY_REQUEST.sources).select_related("sender"):
+            problem = expand.obvious_problem(message_request)
+            if problem:
+                refused.append(f"#{message_request.pk}: {problem}")
+            elif message_request.retry(user=request.user):
+                retried += 1
+        self.message_user(request, f"{retried} failed request(s) queued again.", messages.SUCCESS)
+        if refused:
+            self.message_user(request, "Not retried, they would fail again: " + "; ".join(refused), messages.ERROR)
 
     @admin.display(description="Progress")
     def progress(self, obj):
@@ -93,9 +167,23 @@ class MessageRequestAdmin(admin.ModelAdmin):
     def delivery(self, obj):
         return " / ".join(str(n) for n in obj.tracking_counts().values())
 
+    def get_inlines(self, request, obj=None):
+        return self.inlines if obj else []  # a new request has no history yet
+
     def get_readonly_fields(self, request, obj=None):
         # Once made, a request changes state only along dbmail.states: the actions below and dbmail_cron.
-        return [*self.readonly_fields, "status"] if obj else self.readonly_fields
+        if obj is None:
+            return self.readonly_fields
+        if obj.status != states.RequestStatus.DRAFT:  # what went out (or is going) is not rewritten
+            return [*self.readonly_fields, *(f.name for f in obj._meta.fields if f.name not in self.readonly_fields)]
+        return [*self.readonly_fields, "status"]
+
+    def has_delete_permission(self, request, obj=None):
+        # A sent request's deletion would take its emails and their delivery log with it; drafts only,
+        # one at a time (no bulk delete of a mixed selection).
+        return (
+            obj is not None and obj.status == states.RequestStatus.DRAFT and super().has_delete_permission(request, obj)
+        )
 
     def formfield_for_choice_field(self, db_field, request, **kwargs):
         if db_field.name == "status":  # a new request starts as a draft or queued, nothing else
@@ -109,79 +197,132 @@ class MessageRequestAdmin(admin.ModelAdmin):
             obj.creator = request.user
         super().save_model(request, obj, form, change)
 
-    @admin.action(description="Cancel (unsent emails become cancelled)")
+    @admin.action(description="Cancel (unsent emails become cancelled)", permissions=["change"])
     def cancel_requests(self, request, queryset):
         live = list(queryset.filter(status__in=states.CANCEL_REQUEST.sources))
         for message_request in live:
-            message_request.cancel()
+            stopped = message_request.cancel(actor=request.user)
+            audit.record(request.user, "cancel", message_request, detail=f"{stopped} row(s) cancelled (admin)")
         self.message_user(request, f"Cancelled {len(live)} request(s).", messages.SUCCESS)
 
-    @admin.action(description="Send now (drafts and scheduled requests)")
+    @admin.action(description="Send now (drafts and scheduled requests)", permissions=["change"])
     def queue_now(self, request, queryset):
-        n = states.SEND_NOW.update(queryset, send_at=timezone.now())
+        now = timezone.now()
+        moved = list(queryset.filter(status__in=states.SEND_NOW.sources))
+        n = states.SEND_NOW.update(MessageRequest.objects.filter(pk__in=[r.pk for r in moved]), send_at=now)
+        for message_request in moved:
+            audit.record(request.user, "send now", message_request, detail="queued to go out now (admin)")
         self.message_user(request, f"{n} request(s) will go out on the next dbmail_cron run.", messages.SUCCESS)
 
 
 class DeliveryEventInline(admin.TabularInline):
+    """An email's delivery log: read-only, nothing added or removed by hand."""
+
     model = DeliveryEvent
     extra = 0
     can_delete = False
-    fields = readonly_fields = ["at", "kind", "smtp_code", "outcome", "text"]
+    fields = readonly_fields = ["at", "kind", "smtp_code", "outcome", "text", "actor_name"]
 
     def has_add_permission(self, request, obj=None):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
         return False
 
 
 @admin.register(TextOfEmail)
 class TextOfEmailAdmin(admin.ModelAdmin):
-    list_display = ["id", "to_address", "subject", "status", "attempts", "next_attempt_at", "sent_at", "short_error"]
-    list_filter = ["status", "account"]
+    """Read-only: an email changes only by sending, tracking and the cancel and retry actions (each logged)."""
+
+    list_display = ["id", "to_address", "subject", "state", "attempts", "next_attempt_at", "sent_at", "short_error"]
+    list_filter = ["status", HeldFilter, "account"]
     search_fields = ["to_address", "message_id", "subject"]
-    raw_id_fields = ["request", "user"]
-    # The status changes only along dbmail.states: the cancel and retry actions below, sending and tracking.
-    readonly_fields = [
-        "status",
-        "message_id",
-        "claim_token",
-        "leased_until",
-        "created_at",
-        "status_changed_at",
-        "sent_at",
-        "possibly_delivered",
-    ]
     exclude = ["raw_message"]
     inlines = [DeliveryEventInline]
     actions = ["cancel_emails", "retry_emails"]
-    list_select_related = ["request"]
+    list_select_related = ["request", "account"]
+
+    @admin.display(description="Status", ordering="status")
+    def state(self, obj):
+        return obj.shown_status()
 
     @admin.display(description="Last error")
     def short_error(self, obj):
         return obj.last_error[:80]
 
-    @admin.action(description="Cancel (queued and deferred only)")
+    def has_add_permission(self, request):
+        return False  # emails are made by expansion and the outbox, never typed in
+
+    def has_change_permission(self, request, obj=None):
+        return False  # the page is a view; status, body and attempts are history
+
+    def has_delete_permission(self, request, obj=None):
+        return False  # dbmail_purge removes old emails by the retention settings
+
+    def has_act_permission(self, request):
+        """The cancel and retry actions: for staff who may change emails (the form itself stays read-only)."""
+        return request.user.has_perm("dbmail.change_textofemail")
+
+    @admin.action(description="Cancel (queued and deferred only)", permissions=["act"])
     def cancel_emails(self, request, queryset):
-        n = TextOfEmail.cancel(queryset)
+        n = TextOfEmail.cancel(queryset, actor=request.user)
+        self._record(request, "cancel", queryset, n)
         self.message_user(request, f"Cancelled {n} email(s).", messages.SUCCESS)
 
-    @admin.action(description="Retry now (deferred and dropped)")
+    @admin.action(description="Retry now (deferred and dropped)", permissions=["act"])
     def retry_emails(self, request, queryset):
-        n = TextOfEmail.retry_now(queryset)
+        n = TextOfEmail.retry_now(queryset, actor=request.user)
+        self._record(request, "retry", queryset, n)
         self.message_user(request, f"{n} email(s) queued for the next run.", messages.SUCCESS)
+
+    def _record(self, request, action, queryset, n):
+        for email in queryset.select_related("request")[:100]:
+            audit.record(request.user, action, email, detail=f"admin action on {n} email(s)")
 
 
 @admin.register(DeliveryEvent)
 class DeliveryEventAdmin(admin.ModelAdmin):
-    list_display = ["at", "email", "kind", "smtp_code", "outcome", "text"]
+    """The delivery log, append-only: written by sending, tracking and the actions, never by hand."""
+
+    list_display = ["at", "email", "kind", "smtp_code", "outcome", "actor_name", "text"]
     list_filter = ["kind", "outcome"]
     search_fields = ["email__to_address", "email__message_id"]
     raw_id_fields = ["email"]
 
+    def has_add_permission(self, request):
+        return False
+
     def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+
+@admin.register(AuditEvent)
+class AuditEventAdmin(admin.ModelAdmin):
+    """Who did what and when: read-only, for everyone with view permission, never changed."""
+
+    list_display = ["at", "actor_name", "action", "target_type", "target", "detail"]
+    list_filter = ["action", "target_type"]
+    search_fields = ["actor_name", "target", "target_id", "detail"]
+    date_hierarchy = "at"
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
         return False
 
 
 @admin.register(Suppression)
-class SuppressionAdmin(admin.ModelAdmin):
+class SuppressionAdmin(AuditedAdmin):
     list_display = ["address", "reason", "note", "created_at"]
     list_filter = ["reason"]
     search_fields = ["address"]
@@ -217,17 +358,32 @@ from dbmail.models import EmailTemplate, RequestAttachment  # noqa: E402
 
 
 @admin.register(EmailTemplate)
-class EmailTemplateAdmin(admin.ModelAdmin):
+class EmailTemplateAdmin(AuditedAdmin):
     list_display = ["name", "subject", "updated_at", "updated_by"]
     search_fields = ["name", "subject"]
     readonly_fields = ["updated_by", "updated_at"]
 
 
 @admin.register(RequestAttachment)
-class RequestAttachmentAdmin(admin.ModelAdmin):
+class RequestAttachmentAdmin(AuditedAdmin):
+    """Files are added in the comm panel; here they can be changed or removed only while their request is a draft."""
+
     list_display = ["filename", "request", "content_type", "size"]
     search_fields = ["filename"]
     raw_id_fields = ["request"]
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return _draft(obj) and super().has_change_permission(request, obj)
+
+    def has_delete_permission(self, request, obj=None):
+        return obj is not None and _draft(obj) and super().has_delete_permission(request, obj)
+
+
+def _draft(attachment):
+    return attachment is None or attachment.request.status == states.RequestStatus.DRAFT
 
 
 # --- XML spool (seed 003) ---

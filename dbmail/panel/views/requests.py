@@ -13,13 +13,14 @@ from django.urls import reverse
 from django.utils import timezone
 from django.views.decorators.http import require_POST
 
-from dbmail import rollup, states
+from dbmail import audit, rollup, states
 from dbmail.conf import settings as conf
 from dbmail.content import attachments, audience, recipients, rendering, validation
-from dbmail.models import MessageRequest, TextOfEmail
+from dbmail.intake import expand
+from dbmail.models import MessageRequest, RequestEvent, TextOfEmail
 from dbmail.panel import preview
 from dbmail.panel.forms import ScheduleForm
-from dbmail.panel.progress import progress, when
+from dbmail.panel.progress import LOST, progress, when
 from dbmail.panel.views.access import panel_view
 
 Status = states.RequestStatus
@@ -29,7 +30,7 @@ EmailStatus = states.EmailStatus
 def recipients_label(mail):
     """Who the request is for, in words."""
     params = mail.recipient_params or {}
-    if mail.recipient_set == "addresses":
+    if mail.recipient_set == "addresses" and isinstance(params, dict) and isinstance(params.get("rows") or [], list):
         rows = len(params.get("rows") or [])
         if params.get("source") == "csv":
             return f"CSV {params.get('filename', '')} ({rows} rows; columns {', '.join(params.get('columns', []))})"
@@ -38,8 +39,9 @@ def recipients_label(mail):
         label = recipients.get_set(mail.recipient_set).label
     except recipients.UnknownRecipientSet:
         label = f"{mail.recipient_set} (no longer registered)"
-    if mail.recipient_set == "groups":
-        return f"{label}: {', '.join(params.get('groups', []))}"
+    groups = params.get("groups") if isinstance(params, dict) else None
+    if mail.recipient_set == "groups" and isinstance(groups, list) and all(isinstance(g, str) for g in groups):
+        return f"{label}: {', '.join(groups)}"
     return f"{label} {params}" if params else label
 
 
@@ -68,7 +70,9 @@ def request_list(request):
     for mail in rows:
         counts = dict(mail.purged_counts or {})
         for status, n in per_request.get(mail.pk, {}).items():
-            counts[status] = counts.get(status, 0) + n
+            # A request's emails are its sender's: while that account is inactive, its waiting mail is held.
+            shown = states.HELD if status in states.WAITING and not mail.sender.active else status
+            counts[shown] = counts.get(shown, 0) + n
         mail.progress = progress(mail, counts, now)
         mail.delivery = _delivery(delivery.get(mail.pk))
     context = {"page": page, "rows": rows, "query": query, "now": now}
@@ -82,6 +86,22 @@ def _delivery(counts):
 
 
 @panel_view
+def history_of(mail):
+    """The request's history, oldest first: people's actions (AuditEvent) and its failures and retries.
+
+    A cancel is written both ways (the model's RequestEvent and the panel's or admin's AuditEvent);
+    it is shown once, from the audit, which says who and from where.
+    """
+    shown = [
+        {"at": e.at, "who": e.actor_name, "what": e.action, "detail": e.detail}
+        for e in mail.audit_events.order_by("at", "id")
+    ]
+    for e in mail.events.select_related("user").exclude(kind=RequestEvent.Kind.CANCEL).order_by("at", "id"):
+        who = e.user.get_username() if e.user else "dbmail_cron"
+        shown.append({"at": e.at, "who": who, "what": e.get_kind_display(), "detail": e.text})
+    return sorted(shown, key=lambda e: e["at"])
+
+
 def request_detail(request, pk):
     mail = get_object_or_404(MessageRequest.objects.select_related("sender", "creator"), pk=pk)
     now = timezone.now()
@@ -96,6 +116,7 @@ def request_detail(request, pk):
         "recipients_label": recipients_label(mail),
         "now": now,
         "large_threshold": conf.DBMAIL_LARGE_SEND_WARNING,
+        "history": history_of(mail),
     }
     if mail.public and mail.status != Status.DRAFT:
         context["web_version_url"] = request.build_absolute_uri(reverse("dbmail:web_version", args=[mail.public_id]))
@@ -119,7 +140,7 @@ def _preview(request, mail):
     search = request.GET.get("rcpt", "").strip()
     try:
         shown = preview.build(mail, index, search)
-    except rendering.RenderError as exc:
+    except (rendering.RenderError, recipients.UnknownRecipientSet, recipients.RecipientSetError) as exc:
         return {"preview_error": str(exc)}
     return {"preview": shown, "preview_search": search}
 
@@ -139,6 +160,8 @@ def _email_table(request, mail):
     status = request.GET.get("status", "")
     if status in EmailStatus.values:
         emails = emails.filter(status=status)
+    elif status == states.HELD:
+        emails = emails.filter(status__in=states.WAITING, account__active=False)
     address = request.GET.get("address", "").strip()
     if address:
         emails = emails.filter(to_address__icontains=address)
@@ -228,6 +251,10 @@ def send(request, pk):
         mail.send_at = form.send_time()
         mail.status = states.SCHEDULE.target
         mail.save(update_fields=["send_at", "status"])
+        later = form.cleaned_data["when"] == "later"
+        audit.record(
+            request.user, "schedule" if later else "send", mail, detail=f"to go out at {mail.send_at:%Y-%m-%d %H:%M %Z}"
+        )
     count = audience.summarise(mail).count
     if form.cleaned_data["when"] == "later":
         messages.success(request, f"Scheduled. {plan(mail, count)} You can change or cancel it until then.")
@@ -255,6 +282,7 @@ def reschedule(request, pk):
         messages.error(request, _too_late(mail))
         return redirect("commpanel:request", pk=pk)
     mail.send_at = send_at
+    audit.record(request.user, "reschedule", mail, detail=f"to go out at {send_at:%Y-%m-%d %H:%M %Z}")
     messages.success(request, f"Rescheduled. {plan(mail, audience.summarise(mail).count)}")
     return redirect("commpanel:request", pk=pk)
 
@@ -280,7 +308,10 @@ def send_test(request, pk):
             messages.error(request, "There is no recipient to render the test for.")
             return redirect("commpanel:request", pk=pk)
         email = preview.send_test(mail, shown.recipient, request.user)
-    except rendering.RenderError as exc:
+        audit.record(
+            request.user, "send test", mail, detail=f"as {shown.recipient.email} would get it, to {email.to_address}"
+        )
+    except (rendering.RenderError, recipients.UnknownRecipientSet, recipients.RecipientSetError) as exc:
         messages.error(request, f"Not sent: {exc}")
         return redirect("commpanel:request", pk=pk)
     # Outside a transaction the ad-hoc send has run by now; its outcome is on the row.
@@ -304,13 +335,15 @@ def cancel(request, pk):
     if mail.status == Status.CANCELLED:
         messages.info(request, "This request was already cancelled.")
     elif mail.status == Status.DRAFT:
-        mail.cancel()
+        mail.cancel(actor=request.user)
+        audit.record(request.user, "discard draft", mail)
         messages.success(request, "Draft discarded: nothing was sent.")
     else:
         before = mail.status_counts()
-        mail.cancel()
+        mail.cancel(actor=request.user)
         after = mail.status_counts()
         stopped = after.get(EmailStatus.CANCELLED, 0) - before.get(EmailStatus.CANCELLED, 0)
+        audit.record(request.user, "cancel", mail, detail=f"{stopped} email(s) stopped before sending")
         messages.success(request, _cancelled(stopped, progress(mail, after)))
     return redirect("commpanel:request", pk=pk)
 
@@ -318,7 +351,7 @@ def cancel(request, pk):
 def _cancelled(stopped, shown):
     """'Cancelled: 100 emails will not go out; 4,900 sent.' or 'Cancelled: nothing was sent.'"""
     went = {s["key"]: s["n"] for s in shown["segments"]}
-    if not went[EmailStatus.SENT] and not went["failed"]:
+    if not went[EmailStatus.SENT] and not went[LOST]:
         return "Cancelled: nothing was sent."
     stopped_text = (
         f"{stopped:,} email{'s' if stopped != 1 else ''} will not go out" if stopped else "nothing was left to stop"
@@ -330,8 +363,26 @@ def _cancelled(stopped, shown):
 @panel_view
 def retry(request, pk):
     mail = get_object_or_404(MessageRequest, pk=pk)
-    n = TextOfEmail.retry_now(mail.emails.all())
+    n = TextOfEmail.retry_now(mail.emails.all(), actor=request.user)
+    audit.record(request.user, "retry", mail, detail=f"{n} email(s) queued again")
     messages.success(request, f"{n:,} email{'s' if n != 1 else ''} will be tried again on the next dbmail_cron run.")
+    return redirect("commpanel:request", pk=pk)
+
+
+@require_POST
+@panel_view
+def resume(request, pk):
+    """A failed request, its cause fixed, goes back to the queue and resumes from its checkpoint."""
+    mail = get_object_or_404(MessageRequest, pk=pk)
+    if mail.status not in states.RETRY_REQUEST.sources:
+        messages.info(request, "Only a failed request can be retried this way.")
+        return redirect("commpanel:request", pk=pk)
+    problem = expand.obvious_problem(mail)
+    if problem:
+        messages.error(request, f"Not retried: it would fail again: {problem}")
+        return redirect("commpanel:request", pk=pk)
+    if mail.retry(user=request.user):
+        messages.success(request, "Queued again: the next dbmail_cron run continues where it stopped.")
     return redirect("commpanel:request", pk=pk)
 
 
@@ -355,5 +406,6 @@ def reuse(request, pk):
             status=states.REQUEST_CREATE_DRAFT.target,
         )
         attachments.copy(source, copy)
+        audit.record(request.user, "create draft", copy, detail=f"reused from request #{source.pk}")
     messages.success(request, f"New draft made from request #{source.pk}. Change what you need.")
     return redirect("commpanel:edit", pk=copy.pk)
