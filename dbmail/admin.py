@@ -124,7 +124,9 @@ class MessageRequestAdmin(AuditedAdmin):
     list_select_related = ["sender"]
     search_fields = ["subject", "creator__username"]
     date_hierarchy = "created_at"
+    # body_format is the comm panel's editor choice; the admin edits the bodies as they are sent.
     readonly_fields = [
+        "body_format",
         "state",
         "failure",
         "failed_at",
@@ -361,7 +363,7 @@ from dbmail.models import EmailTemplate, RequestAttachment  # noqa: E402
 class EmailTemplateAdmin(AuditedAdmin):
     list_display = ["name", "subject", "updated_at", "updated_by"]
     search_fields = ["name", "subject"]
-    readonly_fields = ["updated_by", "updated_at"]
+    readonly_fields = ["body_format", "updated_by", "updated_at"]
 
 
 @admin.register(RequestAttachment)

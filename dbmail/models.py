@@ -149,6 +149,20 @@ class AddressToken(models.Model):
         return self.address
 
 
+class BodyFormat(models.TextChoices):
+    """How the author wrote the HTML part (the comm panel's editors); the HTML body is what is sent either way.
+
+    html: raw HTML, sent as written. rich: made in the WYSIWYG editor, cleaned
+    on save. markdown: the text body is Markdown; the HTML body is made from it
+    on save. Rich and Markdown bodies are fragments, sent in the house layout
+    (dbmail.content.layout).
+    """
+
+    HTML = "html", "HTML"
+    RICH = "rich", "Rich text"
+    MARKDOWN = "markdown", "Markdown"
+
+
 class MessageRequest(models.Model):
     """One "procedure" (seed 000): a composed mail and who should get it."""
 
@@ -159,6 +173,7 @@ class MessageRequest(models.Model):
     subject = models.CharField(max_length=998, help_text="Django template; rendered on one line.")
     text_body = models.TextField(blank=True, help_text="Django template for the plain text part.")
     html_body = models.TextField(blank=True, help_text="Django template for the HTML part (optional).")
+    body_format = models.CharField(max_length=16, choices=BodyFormat.choices, default=BodyFormat.HTML)
     recipient_set = models.CharField(max_length=100, help_text="A registered recipient set.")
     recipient_params = models.JSONField(default=dict, blank=True)
     context = models.JSONField(default=dict, blank=True, help_text="Extra template variables.")
@@ -589,6 +604,7 @@ class EmailTemplate(models.Model):
     subject = models.CharField(max_length=998, blank=True)
     text_body = models.TextField(blank=True)
     html_body = models.TextField(blank=True)
+    body_format = models.CharField(max_length=16, choices=BodyFormat.choices, default=BodyFormat.HTML)
     updated_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -635,6 +651,35 @@ class SpoolFile(models.Model):
 
 def _attachment_path(instance, filename):
     return f"dbmail/attachments/{timezone.now():%Y/%m}/{filename}"
+
+
+def _pending_path(instance, filename):
+    return f"dbmail/pending/{timezone.now():%Y/%m}/{filename}"
+
+
+class PendingUpload(models.Model):
+    """A file uploaded with a compose form that did not save, kept for the next try (a day at most).
+
+    Only its owner may use it: the form looks ids up among the owner's rows.
+    """
+
+    class Kind(models.TextChoices):
+        CSV = "csv"
+        ATTACHMENT = "attachment"
+
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+")
+    kind = models.CharField(max_length=16, choices=Kind.choices)
+    file = models.FileField(upload_to=_pending_path, max_length=500)
+    filename = models.CharField(max_length=255)
+    content_type = models.CharField(max_length=255, default="application/octet-stream")
+    size = models.PositiveBigIntegerField(default=0)
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)
+
+    class Meta:
+        ordering = ["id"]
+
+    def __str__(self):
+        return self.filename
 
 
 class RequestAttachment(models.Model):

@@ -156,11 +156,30 @@ def worst(*grades):
 
 
 def human(delta):
-    seconds = int(delta.total_seconds())
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds >= size:
-            return f"{seconds // size}{unit}"
-    return f"{seconds}s"
+    """A duration as people say it: "12 seconds", "3 minutes", "2 hours 5 minutes", "4 days"."""
+    seconds = max(0, int(delta.total_seconds()))
+    if seconds < 60:
+        return _plural(seconds, "second")
+    if seconds < 3600:
+        return _plural(seconds // 60, "minute")
+    if seconds < 86400:
+        hours, minutes = divmod(seconds // 60, 60)
+        return _plural(hours, "hour") + (f" {_plural(minutes, 'minute')}" if minutes else "")
+    return _plural(seconds // 86400, "day")
+
+
+def ago(moment, now=None):
+    """ "3 minutes ago", or "never" for None."""
+    if moment is None:
+        return "never"
+    delta = (now or timezone.now()) - moment
+    if delta.total_seconds() < 0:
+        return "in " + human(-delta)  # another host's clock runs ahead
+    return human(delta) + " ago"
+
+
+def _plural(n, unit):
+    return f"{n} {unit}{'s' * (n != 1)}"
 
 
 def beat(command, started_at, summary=None, error=""):

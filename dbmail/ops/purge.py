@@ -74,3 +74,19 @@ def purge_tracking(older_than):
     window = timedelta(seconds=2 * conf.TRACKING_WEBHOOK_MAX_AGE)
     removed += WebhookSignature.objects.filter(seen_at__lt=now - window).delete()[0]
     return removed
+
+
+PENDING_UPLOAD_DAYS = 1
+
+
+def purge_pending_uploads(now=None):
+    """Delete the files kept from failed compose saves once a day old (a try nobody came back to); how many."""
+    from dbmail.models import PendingUpload
+
+    cutoff = (now or timezone.now()) - timedelta(days=PENDING_UPLOAD_DAYS)
+    removed = 0
+    for kept in PendingUpload.objects.filter(created_at__lt=cutoff).iterator():
+        kept.file.delete(save=False)
+        kept.delete()
+        removed += 1
+    return removed
