@@ -1,6 +1,6 @@
 """Queue tables for the table-queue tests (seed 003, SOWASQL), filled the way producers fill them: plain SQL.
 
-own_table         the default tbl_mails in the test database (migration 0014_table_queue), emptied around the test
+own_table         the default tbl_mails in the test database (migration 0015_table_queue), emptied around the test
 queue_database    a second PostgreSQL database, created for the test, with a SOWASQL-shaped tbl_mails
                   (text fld_time, char(1) fld_status), reachable as the database alias "sowa"
 """

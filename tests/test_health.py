@@ -46,14 +46,14 @@ def test_all_is_well_exit_0_with_counts_and_every_part_in_a_line():
     code, out = status()
     assert code == 0
     assert out.splitlines()[0] == "MAILSITE OK"
-    for check in ("sender", "expansion", "tracking", "log follower", "imap poller", "gate"):
+    for check in ("sender", "expansion", "tracking", "log follower", "dkim", "imap poller", "gate"):
         assert re.search(rf"^  {check} +ok +\S", out, re.M), check
     assert "queued              2" in out and "sent                1" in out
     assert "last successful dbmail_cron: 0 seconds ago (20" in out
 
 
 def test_mailgate_checks_are_registered_by_its_app_not_imported_by_dbmail():
-    assert health.registered() == ["sender", "expansion", "tracking", "log follower", "imap poller", "gate"]
+    assert health.registered() == ["sender", "expansion", "tracking", "log follower", "dkim", "imap poller", "gate"]
     import ast
     from pathlib import Path
 
@@ -331,3 +331,27 @@ def test_status_says_when_the_last_run_was_not_its_raw_timestamp():
     assert not re.search(r"\d\d:\d\d:\d\d", out) and "+00:00" not in out  # no raw timestamp
     _, raw = status("--json")
     assert json.loads(raw)["last_dbmail_cron_success"].endswith("+00:00")  # --json keeps ISO 8601
+
+
+def test_unsigned_mail_is_a_warning_per_domain():
+    from dbmail.models import UnsignedMail
+    from dbmail.ops import dkimkeys
+
+    health.beat("dbmail_cron", timezone.now())
+    assert finding("dkim").state == health.OK
+    today = timezone.localdate()
+    UnsignedMail.objects.create(domain="other.example", day=today, count=3)
+    UnsignedMail.objects.create(domain="other.example", day=today - timedelta(days=1), count=2)
+    UnsignedMail.objects.create(domain="old.example", day=today - timedelta(days=3), count=9)  # long ago
+    dkimkeys.generate("keyed.example", algorithm="ed25519")
+    UnsignedMail.objects.create(domain="keyed.example", day=today, count=1)  # it has a key by now
+    code, out = status()
+    assert code == 1 and out.splitlines()[0].startswith("MAILSITE WARNING: dkim: ")
+    assert (
+        "5 email(s) from other.example went out without a DKIM signature since yesterday: "
+        "no key (dbmail_dkim generate other.example)"
+    ) in out
+    assert "keyed.example went out without a DKIM signature since yesterday: it has a key now" in out
+    assert "old.example" not in out
+    dkim = next(c for c in json.loads(status("--json")[1])["checks"] if c["check"] == "dkim")
+    assert dkim["state"] == "warning" and dkim["details"]["unsigned"] == {"keyed.example": 1, "other.example": 5}

@@ -114,3 +114,13 @@ def test_export_then_import_round_trips(panel):
     Suppression.objects.all().delete()
     panel.post(reverse("commpanel:suppression_import"), {"file": upload(exported), "reason": "manual"})
     assert Suppression.objects.get().reason == "complained" and Suppression.objects.get().note == "spam button"
+
+
+def test_each_row_says_what_it_stops(panel):
+    Suppression.objects.create(address="ann@example.org", reason="unsubscribed")
+    Suppression.objects.create(address="bob@example.org", reason="bounced")
+    html = panel.get(reverse("commpanel:suppressions")).content.decode()
+    assert "<th>Stops</th>" in html
+    rows = {line.split("</td>")[0].split("<td>")[-1]: line for line in html.splitlines() if "suppression-stops" in line}
+    assert '<td class="suppression-stops">bulk mail only</td>' in rows["ann@example.org"]
+    assert '<td class="suppression-stops">all mail</td>' in rows["bob@example.org"]

@@ -16,7 +16,7 @@ from django.template import Context, Engine, TemplateSyntaxError
 from django.template.base import TextNode, Variable, VariableNode, render_value_in_context, tag_re
 
 from dbmail.conf import settings as conf
-from dbmail.content import layout
+from dbmail.content import headers, layout
 from dbmail.exceptions import RenderError
 
 _TEXT_ENGINE = Engine(autoescape=False, loaders=[])
@@ -275,7 +275,8 @@ class CompiledRequest:
         return Rendered(subject, text, html)
 
 
-def new_message_id():
+def new_message_id(from_address=None):
+    """A fresh Message-ID for mail from `from_address`, in its domain (dbmail.content.headers.message_id_domain)."""
     # Not email.utils.make_msgid: it draws on the process-wide `random`, which any library
     # (or a test framework) may reseed, and two senders would then mint the same IDs.
-    return f"<{time.time_ns()}.{secrets.token_hex(8)}@{conf.DBMAIL_MESSAGE_ID_DOMAIN}>"
+    return f"<{time.time_ns()}.{secrets.token_hex(8)}@{headers.message_id_domain(from_address)}>"

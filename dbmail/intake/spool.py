@@ -44,7 +44,7 @@ from dbmail.conf import settings as conf
 from dbmail.content import recipients, rendering
 from dbmail.exceptions import SpoolError
 from dbmail.exceptions import SpoolFormatError as FormatError
-from dbmail.models import DeliveryEvent, SenderAccount, SpoolFile, SpoolItem, TextOfEmail
+from dbmail.models import DeliveryEvent, SenderAccount, SpoolFile, SpoolItem, Suppression, TextOfEmail
 from dbmail.ops import sites
 
 log = logging.getLogger(__name__)
@@ -242,15 +242,16 @@ def create_emails(record, items, now):
 def make_emails(items, now):
     """Save one outbox email per item, in order (the table queue's rows are items too); returns them.
 
-    The seed's rules: only an active sender account sends, and a bad address is dropped with its
-    reason, logged as the admin's event of its creation.
+    The seed's rules: only an active sender account sends, and a bad address (or one that gets
+    no mail at all) is dropped with its reason, logged as the admin's event of its creation.
     """
     senders = {item.sender.lower() for item in items}
     accounts = {
         a.address.lower(): a
         for a in SenderAccount.objects.annotate(lower=Lower("address")).filter(active=True, lower__in=senders)
     }
-    emails = [email_for(item, accounts.get(item.sender.lower()), now) for item in items]
+    stopped = Suppression.stopping_all_mail(recipients.normalise_address(item.address) for item in items)
+    emails = [email_for(item, accounts.get(item.sender.lower()), now, stopped) for item in items]
     TextOfEmail.objects.bulk_create(emails)
     DeliveryEvent.objects.bulk_create(
         DeliveryEvent(email=e, at=now, kind=DeliveryEvent.Kind.ADMIN, outcome=e.status, text=e.last_error)
@@ -260,7 +261,7 @@ def make_emails(items, now):
     return emails
 
 
-def email_for(item, account, now):
+def email_for(item, account, now, stopped):
     """The (unsaved) email of one item: queued, or dropped with the reason it can never be sent."""
     address = recipients.normalise_address(item.address)
     email = TextOfEmail(
@@ -270,7 +271,7 @@ def email_for(item, account, now):
         envelope_sender=(account.address if account else item.sender)[:254],
         subject=" ".join(item.topic.split())[:998],
         text=item.content,
-        message_id=rendering.new_message_id(),
+        message_id=rendering.new_message_id(account.address if account else item.sender),
         status=states.ENQUEUE.target,
         status_changed_at=now,
         next_attempt_at=now,
@@ -279,7 +280,9 @@ def email_for(item, account, now):
     if account is None:
         error = f"fld_sender {item.sender!r} is not a configured sender account"
     else:
-        error = recipients.address_error(address)
+        # Spool mail is one program's message to one person: only what stops all mail stops it.
+        suppression = stopped.get(address.lower())
+        error = recipients.address_error(address) or (suppression.refusal() if suppression else "")
     if error:
         email.status, email.last_error = states.REFUSE.target, error
     return email

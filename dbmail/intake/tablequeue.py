@@ -3,7 +3,7 @@
 The table has the seed's tbl_mails shape: id, fld_time, fld_sender,
 fld_address, fld_topic, fld_content, fld_status and, beside the status,
 fld_reason. Its name is DBMAIL_SMAILER_TABLE (tbl_mails, which migration
-0014_table_queue creates, by default); DBMAIL_SMAILER_DATABASE names another database
+0015_table_queue creates, by default); DBMAIL_SMAILER_DATABASE names another database
 alias (DATABASE_URL_<SID>) when the table lives in a site's own database.
 Because the table may be anyone's, it is read and written with plain SQL
 through connections[alias], its name quoted.
@@ -405,7 +405,7 @@ def check_table(app_configs=None, databases=None, **kwargs):
         with where.connection.cursor() as cursor:
             if "." not in where.name and where.name not in where.connection.introspection.table_names(cursor):
                 if where.database == "" and where.name == QueueTableMail._meta.db_table:
-                    return []  # ours, before migrate has created it (dbmail 0014_table_queue)
+                    return []  # ours, before migrate has created it (dbmail 0015_table_queue)
                 return [checks.Error(f"{where.describe()} does not exist", id="dbmail.E011")]
             _sql(where, cursor, f"SELECT * FROM {where.quoted} WHERE 1 = 0")
             present = {column[0].lower() for column in cursor.description}

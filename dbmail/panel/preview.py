@@ -124,7 +124,7 @@ def send_test(request, recipient, user):
     )
     files = attachments.read(request.pk)
     if files and row.status == states.ENQUEUE.target:
-        row.raw_message = to_email_message(row, attachments=files).message().as_bytes()
+        row.raw_message = to_email_message(row, attachments=files, sign=False).message().as_bytes()
         row.save(update_fields=["raw_message"])
     outbox.send_after_commit([row])
     return row

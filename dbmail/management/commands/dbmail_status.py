@@ -11,7 +11,7 @@ from dbmail.ops.purge import duration_argument
 
 class Command(BaseCommand):
     help = (
-        "Health of every moving part (sender, expansion, tracking, log follower, IMAP poller, gate), the "
+        "Health of every moving part (sender, expansion, tracking, log follower, DKIM signing, IMAP poller, gate), the "
         "outbox's counts, emails possibly delivered twice and each account's current sending problem. "
         "Exits 0 ok, 1 warning, 2 critical, 3 unknown (the monitoring-plugin convention)."
     )

@@ -18,7 +18,7 @@ def create_queue_table(apps, schema_editor):
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('dbmail', '0013_compose_formats_pending'),
+        ('dbmail', '0014_dkim'),
     ]
 
     operations = [
