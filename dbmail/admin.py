@@ -20,6 +20,7 @@ from dbmail.models import (  # the XML spool
     DkimKey,
     MessageRequest,
     PacingBucket,
+    QueueTableItem,
     RequestEvent,
     SenderAccount,
     SendGrant,
@@ -585,6 +586,30 @@ class SpoolFileAdmin(admin.ModelAdmin):
     @admin.display(description="Reason")
     def short_reason(self, obj):
         return obj.reason[:80]
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+
+# --- The table queue (seed 003, SOWASQL) ---
+
+
+@admin.register(QueueTableItem)
+class QueueTableItemAdmin(admin.ModelAdmin):
+    """Read-only: which row of which queue table each email came from, and the status last written to it."""
+
+    list_display = ["table", "database", "row_id", "fld_time", "email", "email_status", "written", "settled_at"]
+    list_filter = ["written", "table"]
+    search_fields = ["email__to_address", "=row_id"]
+    list_select_related = ["email"]
+    raw_id_fields = ["email"]
+
+    @admin.display(description="Status")
+    def email_status(self, obj):
+        return obj.email.status
 
     def has_add_permission(self, request):
         return False

@@ -211,6 +211,32 @@ def _bad_basic_auth(value):
     return ""
 
 
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
+
+
+def _not_a_table_name(value):
+    # Quoted when used, but a name must still be one a DBA would write: no quotes, spaces or dots beyond one.
+    if not value or (value.count(".") <= 1 and all(_IDENTIFIER.fullmatch(part) for part in value.split("."))):
+        return ""
+    return " is not a table name (letters, digits and _, at most 63 of them, optionally schema.table)"
+
+
+def _not_a_database_alias(value):
+    if not value or re.fullmatch(r"[a-z][a-z0-9_]*", value.replace("{sid}", "x")):
+        return ""
+    return " is not a database alias (a site name: lower-case letters, digits and _, or {sid})"
+
+
+def _short_token(value):
+    return ": each token must be at least 16 characters" if any(len(s) < 16 for s in value) else ""
+
+
+def _bad_mappings(value):
+    from dbmail.track import mappings  # only when set: conf is read before Django is set up
+
+    return mappings.problem(value) if value else ""
+
+
 SETTINGS = [
     # The outbox.
     Setting("DBMAIL_SITE_URL", "http://localhost:8000", str, clean=lambda v: v.rstrip("/")),
@@ -261,6 +287,9 @@ SETTINGS = [
     Setting("DBMAIL_SPOOL_KEEP_DAYS", 7, int, minimum=1),
     Setting("DBMAIL_SPOOL_RETRY_SECONDS", 3600, int, minimum=1),
     Setting("DBMAIL_SPOOL_MAX_ATTEMPTS", 100, int, minimum=1),
+    # The table queue (seed 003, SOWASQL): a table of the seed's shape, in this site's database or another.
+    Setting("DBMAIL_SMAILER_TABLE", "tbl_mails", str, check=_not_a_table_name),
+    Setting("DBMAIL_SMAILER_DATABASE", "", str, check=_not_a_database_alias),
     # VERP return paths.
     Setting("DBMAIL_VERP_DOMAIN", "", str, check=_not_a_domain, clean=lambda v: v.strip().lower()),
     Setting("DBMAIL_VERP_PREFIX", "bounces", str, check=_not_a_verp_prefix),
@@ -273,6 +302,8 @@ SETTINGS = [
     Setting("TRACKING_WEBHOOK_SECRETS", [], list, check=_short_secret, secret=True),
     Setting("TRACKING_WEBHOOK_BASIC_AUTH", [], list, check=_bad_basic_auth, secret=True),
     Setting("TRACKING_WEBHOOK_MAX_AGE", 300, int, minimum=1),
+    Setting("TRACKING_WEBHOOK_BEARER_TOKENS", [], list, check=_short_token, secret=True),
+    Setting("TRACKING_WEBHOOK_MAPPINGS", "", str, check=_bad_mappings, show_value=False),
     # Health: dbmail_status's thresholds, a warning first, then critical (DBMAIL_STUCK_AFTER_SECONDS above).
     Setting("DBMAIL_HEALTH_WARNING_SECONDS", 900, int, minimum=1),
     Setting("TRACKING_HEALTH_WARNING_SECONDS", 600, int, minimum=1),
@@ -292,10 +323,11 @@ def _retry_order(get):
 
 def _webhook_credentials(get):
     # An enabled endpoint without credentials would be open to anyone.
-    if get("TRACKING_WEBHOOK_ENABLED") and not (get("TRACKING_WEBHOOK_SECRETS") or get("TRACKING_WEBHOOK_BASIC_AUTH")):
+    credentials = ("TRACKING_WEBHOOK_SECRETS", "TRACKING_WEBHOOK_BASIC_AUTH", "TRACKING_WEBHOOK_BEARER_TOKENS")
+    if get("TRACKING_WEBHOOK_ENABLED") and not any(get(name) for name in credentials):
         return (
-            "Setting TRACKING_WEBHOOK_SECRETS (or TRACKING_WEBHOOK_BASIC_AUTH) is required "
-            "when TRACKING_WEBHOOK_ENABLED is on."
+            "Setting TRACKING_WEBHOOK_SECRETS (or TRACKING_WEBHOOK_BASIC_AUTH, or TRACKING_WEBHOOK_BEARER_TOKENS) "
+            "is required when TRACKING_WEBHOOK_ENABLED is on."
         )
     return ""
 
@@ -329,7 +361,12 @@ RULES = [
     Rule("dbmail.E002", ("DBMAIL_RETRY_BASE_SECONDS", "DBMAIL_RETRY_MAX_SECONDS"), _retry_order),
     Rule(
         "dbmail.E003",
-        ("TRACKING_WEBHOOK_ENABLED", "TRACKING_WEBHOOK_SECRETS", "TRACKING_WEBHOOK_BASIC_AUTH"),
+        (
+            "TRACKING_WEBHOOK_ENABLED",
+            "TRACKING_WEBHOOK_SECRETS",
+            "TRACKING_WEBHOOK_BASIC_AUTH",
+            "TRACKING_WEBHOOK_BEARER_TOKENS",
+        ),
         _webhook_credentials,
     ),
     Rule("dbmail.E004", ("EMAIL_USE_TLS", "EMAIL_USE_SSL"), _tls_and_ssl),

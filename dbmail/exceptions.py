@@ -73,6 +73,10 @@ class SpoolError(DbmailError, OSError):
     """The spool directory cannot be used (missing or unreadable)."""
 
 
+class QueueTableError(DbmailError, RuntimeError):
+    """The queue table cannot be used (DBMAIL_SMAILER_TABLE missing, a column missing, its database unknown)."""
+
+
 # --- sending and tracking: services that cannot be reached, events and requests refused ---
 
 
@@ -136,6 +140,10 @@ class QueueUnavailable(DbmailError, ConnectionError):
 
 class InvalidEvent(DbmailError, ValueError):
     """A tracking event that cannot be used; the message says which field and why."""
+
+
+class WebhookMappingError(DbmailError, ValueError):
+    """TRACKING_WEBHOOK_MAPPINGS does not describe usable mappings; the message says where."""
 
 
 class WebhookRefused(DbmailError, SuspiciousOperation):

@@ -15,7 +15,7 @@ from django.contrib.auth.models import Group
 from django.core.exceptions import ValidationError
 from django.db import models
 from django.db.models import Count, Q
-from django.db.models.functions import Coalesce, Lower
+from django.db.models.functions import Coalesce, Lower, Now
 from django.utils import timezone
 
 from dbmail import states
@@ -925,6 +925,65 @@ class SpoolItem(models.Model):
 
     def __str__(self):
         return f"{self.file.name} #{self.position}"
+
+
+# --- The table queue (seed 003, SOWASQL): rows other programs insert, and the emails they became ---
+
+
+class QueueTableMail(models.Model):
+    """The default queue table, shaped as the seed's tbl_mails (dbmail.intake.tablequeue).
+
+    Producers write it with plain SQL (INSERT INTO tbl_mails (fld_time, fld_sender, fld_address,
+    fld_topic, fld_content) VALUES ...); the sender reads and updates it with plain SQL too, so
+    DBMAIL_SMAILER_TABLE may name a site's own table of the same shape instead. Unmanaged: the
+    migration creates it only where no such table exists yet, and never drops it.
+    """
+
+    id = models.BigAutoField(primary_key=True)
+    fld_time = models.DateTimeField(db_default=Now())
+    fld_sender = models.TextField()
+    fld_address = models.TextField()
+    fld_topic = models.TextField(db_default="")
+    fld_content = models.TextField(db_default="")
+    # '' waiting, T taken into the outbox, S sent, d deferred (retried), D dropped (fld_reason says why).
+    fld_status = models.CharField(max_length=1, db_default="", blank=True)
+    fld_reason = models.TextField(db_default="", blank=True)
+
+    class Meta:
+        managed = False
+        db_table = "tbl_mails"
+        verbose_name = "queue table mail"
+        indexes = [
+            models.Index(
+                fields=["id"], condition=Q(fld_status="") | Q(fld_status__isnull=True), name="tbl_mails_waiting"
+            )
+        ]
+
+    def __str__(self):
+        return f"#{self.pk} {self.fld_sender} => {self.fld_address}"
+
+
+class QueueTableItem(models.Model):
+    """The link from an email back to the queue table row it came from; (database, table, row) is taken once."""
+
+    email = models.OneToOneField(TextOfEmail, on_delete=models.CASCADE, related_name="table_item")
+    database = models.CharField(max_length=100, blank=True, help_text="The row's database alias; blank: this site's.")
+    table = models.CharField(max_length=200)
+    row_id = models.BigIntegerField()
+    fld_time = models.DateTimeField(help_text="The row's own time stamp.")
+    written = models.CharField(max_length=1, help_text="The fld_status last written to the row.")
+    # When S or D was written: the row is done and no longer watched.
+    settled_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["database", "table", "row_id"]
+        constraints = [
+            models.UniqueConstraint(fields=["database", "table", "row_id"], name="dbmail_table_row_once"),
+        ]
+        indexes = [models.Index(fields=["id"], condition=Q(settled_at__isnull=True), name="dbmail_table_row_open")]
+
+    def __str__(self):
+        return f"{self.table} #{self.row_id}"
 
 
 # --- Delivery tracking (dbmail.track): the queue's database backend and the job's memory ---

@@ -98,6 +98,20 @@ def test_spool_files_are_listed_read_only_with_their_items(admin_client, setting
     assert admin_client.post(reverse("admin:dbmail_spoolfile_change", args=[record.pk]), {}).status_code == 403
 
 
+def test_queue_table_rows_are_listed_read_only_with_their_emails(admin_client):
+    from dbmail.models import QueueTableItem
+
+    email = TextOfEmailFactory(to_address="row.mail@example.net")
+    link = QueueTableItem.objects.create(
+        email=email, table="tbl_mails", row_id=4711, fld_time=email.created_at, written="T"
+    )
+    listing = admin_client.get(reverse("admin:dbmail_queuetableitem_changelist"), {"q": "4711"}).content.decode()
+    assert "row.mail@example.net" in listing and "tbl_mails" in listing
+    assert admin_client.get(reverse("admin:dbmail_queuetableitem_add")).status_code == 403
+    detail = admin_client.get(reverse("admin:dbmail_queuetableitem_change", args=[link.pk]))
+    assert detail.status_code == 200 and b'name="row_id"' not in detail.content  # shown, not editable
+
+
 def test_statuses_change_only_through_the_actions_never_by_editing(admin_client):
     """A status is moved along dbmail.states; the change forms show it without a field to set it."""
     email = TextOfEmailFactory(status=Status.SENDING)

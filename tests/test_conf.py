@@ -107,8 +107,8 @@ def test_the_check_names_a_bad_value_and_why(settings, name, value, message):
         (
             {"TRACKING_WEBHOOK_ENABLED": True, "TRACKING_WEBHOOK_SECRETS": [], "TRACKING_WEBHOOK_BASIC_AUTH": []},
             "dbmail.E003",
-            "Setting TRACKING_WEBHOOK_SECRETS (or TRACKING_WEBHOOK_BASIC_AUTH) is required "
-            "when TRACKING_WEBHOOK_ENABLED is on.",
+            "Setting TRACKING_WEBHOOK_SECRETS (or TRACKING_WEBHOOK_BASIC_AUTH, or TRACKING_WEBHOOK_BEARER_TOKENS) "
+            "is required when TRACKING_WEBHOOK_ENABLED is on.",
         ),
         (
             {"EMAIL_USE_TLS": True, "EMAIL_USE_SSL": True},

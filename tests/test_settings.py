@@ -69,7 +69,10 @@ def test_a_bad_setting_stops_start_up_naming_it(name, value, message):
     "env,message",
     [
         ({"EMAIL_USE_TLS": "true", "EMAIL_USE_SSL": "true"}, "EMAIL_USE_TLS and EMAIL_USE_SSL"),
-        ({"TRACKING_WEBHOOK_ENABLED": "true"}, "TRACKING_WEBHOOK_SECRETS (or TRACKING_WEBHOOK_BASIC_AUTH) is required"),
+        (
+            {"TRACKING_WEBHOOK_ENABLED": "true"},
+            "TRACKING_WEBHOOK_SECRETS (or TRACKING_WEBHOOK_BASIC_AUTH, or TRACKING_WEBHOOK_BEARER_TOKENS) is required",
+        ),
         ({"TRACKING_WEBHOOK_SECRETS": "short"}, "TRACKING_WEBHOOK_SECRETS: each secret must be at least 16"),
         (
             {"TRACKING_QUEUE_URL": "http://u:pw@host/"},
