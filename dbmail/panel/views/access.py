@@ -2,18 +2,14 @@
 
 from functools import wraps
 
-from django.conf import settings
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
 
-PERMISSION = "dbmail.add_messagerequest"
+from dbmail.intake import grants
 
-
-def may_use_panel(user):
-    """The permission decides; with DBMAIL_PANEL_ALL_STAFF (the default) being staff is enough too."""
-    if not user.is_active:
-        return False
-    return user.has_perm(PERMISSION) or (settings.DBMAIL_PANEL_ALL_STAFF and user.is_staff)
+# The rule is the sending API's too, so it lives with the other "who may send" rules.
+PERMISSION = grants.COMPOSE_PERMISSION
+may_use_panel = grants.may_compose
 
 
 def panel_view(view):
