@@ -4,6 +4,7 @@ from django.urls import include, path
 urlpatterns = [
     path("admin/", admin.site.urls),
     path("commpanel/", include("dbmail.panel.urls")),
+    path("api/v1/", include("dbmail.intake.api.urls")),  # sending: requests and transactional mail (dbmail)
     path("api/v1/", include("mailgate.mailboxes.api.urls")),  # mailboxes and messages (mailgate)
     path("", include("dbmail.urls")),
 ]

@@ -1,12 +1,12 @@
 from django.core.management.base import BaseCommand
 
-from dbmail.ops.purge import duration_argument, purge, purge_tracking
+from dbmail.ops.purge import duration_argument, purge, purge_api_sends, purge_tracking
 
 
 class Command(BaseCommand):
     help = (
         "Delete finished (sent, dropped, cancelled, tracked) emails and their log, request totals kept, "
-        "and old tracking bookkeeping."
+        "old tracking bookkeeping and the sending API's old idempotency keys."
     )
 
     def add_arguments(self, parser):
@@ -15,7 +15,9 @@ class Command(BaseCommand):
     def handle(self, *args, **opts):
         removed = purge(opts["older_than"])
         tracking = purge_tracking(opts["older_than"])
+        keys = purge_api_sends(opts["older_than"])
         if opts["verbosity"] >= 1:
             self.stdout.write(
-                f"dbmail_purge: removed {removed} emails and {tracking} tracking records older than {opts['older_than']}"
+                f"dbmail_purge: removed {removed} emails, {tracking} tracking records and {keys} API idempotency keys "
+                f"older than {opts['older_than']}"
             )
