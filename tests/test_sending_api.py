@@ -133,6 +133,34 @@ def test_rows_with_variables_and_bad_rows_reported_or_left_out(api, office):
     assert TextOfEmail.objects.get(to_address="dee@example.net").to_name == "Dee Dee"
 
 
+def test_a_csv_file_as_the_comm_panel_takes_it(api, office):
+    form = {k: v for k, v in rows_request().items() if k != "rows"}
+    data = b"email,first_name,code\ncy@example.net,Cy,11\nnot an address,X,1\ndee@example.net,Dee,12\n"
+
+    refused = api.post("/api/v1/requests/", {**form, "csv": SimpleUploadedFile("list.csv", data)}, format="multipart")
+    assert refused.status_code == 400
+    assert refused.json()["csv"][1].startswith("line 3: invalid address")
+    made = api.post(
+        "/api/v1/requests/",
+        {**form, "csv": SimpleUploadedFile("list.csv", data), "skip_bad_rows": "true"},
+        format="multipart",
+    )
+    assert made.status_code == 201, made.json()
+    assert made.json()["left_out"][0].startswith("line 3") and made.json()["recipient_params"]["rows"] == 2
+    expand.expand_due()
+    assert "your code is 12." in TextOfEmail.objects.get(to_address="dee@example.net").text
+    no_email = api.post(
+        "/api/v1/requests/", {**form, "csv": SimpleUploadedFile("x.csv", b"name\nAnn\n")}, format="multipart"
+    )
+    assert no_email.status_code == 400 and "email" in no_email.json()["csv"][0]
+    both = api.post(
+        "/api/v1/requests/",
+        {**form, "rows": "cy@example.net", "csv": SimpleUploadedFile("list.csv", data)},
+        format="multipart",
+    )
+    assert both.status_code == 400 and "recipient_set" in both.json()
+
+
 def test_template_errors_are_400_with_the_line(api, office):
     response = api.post(
         "/api/v1/requests/",

@@ -120,6 +120,7 @@ REQUEST_CASES = [
     ({"public": [True]}, "public"),
     ({"reply_to": "@"}, "reply_to"),
     ({"attachments": [{"filename": "a", "content": 5}]}, "attachments"),
+    ({"csv": "email\ncy@example.net", "rows": DROP}, "csv"),
 ]
 
 
@@ -148,6 +149,16 @@ def test_a_body_over_djangos_limit_is_413(api, path, settings):
     settings.DATA_UPLOAD_MAX_MEMORY_SIZE = 1000
     response = api.post(path, {**SEND_OK, "text": "x" * 2000}, format="json")
     assert response.status_code == 413 and "DATA_UPLOAD_MAX_MEMORY_SIZE" in response.json()["detail"]
+
+
+def test_a_csv_file_that_is_not_text_is_400(api):
+    from django.core.files.uploadedfile import SimpleUploadedFile
+
+    form = {k: v for k, v in REQUEST_OK.items() if k != "rows"}
+    response = api.post(
+        "/api/v1/requests/", {**form, "csv": SimpleUploadedFile("x.csv", bytes(range(256)))}, format="multipart"
+    )
+    assert response.status_code == 400 and "UTF-8" in response.json()["csv"][0]
 
 
 def test_multipart_json_fields_that_are_not_json_are_400(api):
@@ -187,7 +198,7 @@ def payload(fields, good):
 SEND_FIELDS = ["to", "cc", "subject", "text", "html", "from", "reply_to", "headers", "attachments"]
 REQUEST_FIELDS = [
     "sender", "reply_to", "subject", "text_body", "html_body", "recipient_set", "recipient_params", "rows",
-    "skip_bad_rows", "context", "send_at", "public", "draft", "attachments",
+    "skip_bad_rows", "context", "send_at", "public", "draft", "attachments", "csv",
 ]  # fmt: skip
 
 

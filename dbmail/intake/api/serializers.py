@@ -26,7 +26,7 @@ from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from dbmail import states
-from dbmail.content import recipients, validation
+from dbmail.content import csvmerge, recipients, validation
 from dbmail.intake import grants
 from dbmail.models import MessageRequest, RequestAttachment, TextOfEmail
 
@@ -278,6 +278,10 @@ class RequestCreateSerializer(FilesMixin):
         max_length=MAX_ROWS,
         help_text='Instead of a set: addresses, or objects {"email": ..., "name": ..., any variables}.',
     )
+    csv = serializers.FileField(
+        required=False,
+        help_text="Instead of a set or rows (multipart): a CSV file as the comm panel takes it, one column named email.",
+    )
     skip_bad_rows = serializers.BooleanField(
         default=False, help_text="Leave out the bad rows (listed in the answer) instead of refusing the request."
     )
@@ -307,12 +311,14 @@ class RequestCreateSerializer(FilesMixin):
     def validate(self, attrs):
         self.left_out = []
         self.files = self.uploads(attrs)
-        has_set, has_rows = "recipient_set" in attrs, "rows" in attrs
-        if has_set == has_rows:
+        given = [name for name in ("recipient_set", "rows", "csv") if name in attrs]
+        if len(given) != 1:
             raise serializers.ValidationError(
-                {"recipient_set": ["Give either recipient_set (with recipient_params) or rows."]}
+                {"recipient_set": ["Give one of recipient_set (with recipient_params), rows or csv."]}
             )
-        if has_rows:
+        if "csv" in attrs:
+            attrs["recipient_set"], attrs["recipient_params"] = "addresses", self.csv_params(attrs)
+        elif "rows" in attrs:
             rows, bad = clean_rows(attrs.pop("rows"))
             if bad and not attrs.get("skip_bad_rows"):
                 raise serializers.ValidationError(
@@ -352,6 +358,34 @@ class RequestCreateSerializer(FilesMixin):
             raise serializers.ValidationError(exc.message_dict) from None
         self.probe(request)
         return {"request": request}
+
+    def csv_params(self, attrs):
+        """The recipient parameters of an uploaded CSV file, exactly as the comm panel stores them."""
+        upload = attrs.pop("csv")
+        try:
+            parsed = csvmerge.parse(upload.read())
+        except csvmerge.CSVError as exc:
+            raise serializers.ValidationError({"csv": [str(exc)]}) from None
+        bad = csvmerge.describe_bad(parsed.bad)
+        if parsed.bad and not attrs.get("skip_bad_rows"):
+            raise serializers.ValidationError(
+                {
+                    "csv": [
+                        f"{len(parsed.bad)} bad row(s); fix them, or send skip_bad_rows: true to leave them out:",
+                        *bad,
+                    ]
+                }
+            )
+        if not parsed.rows:
+            raise serializers.ValidationError({"csv": ["The file has no rows with an address."]})
+        self.left_out = bad
+        return {
+            "source": "csv",
+            "filename": upload.name[:255],
+            "columns": parsed.columns,
+            "rows": parsed.rows,
+            "left_out": len(parsed.bad),
+        }
 
     def probe(self, request):
         """Ask the recipient set for its first recipient: parameters it cannot use are a 400 now, not a failure later."""
