@@ -135,7 +135,7 @@ class SenderField(serializers.Field):
 
     default_error_messages = {
         "invalid": "Give a sender account's id or address.",
-        "unknown": "No sender account you may use has this id or address: {value}.",
+        "unknown": "No sender account you may use has this id or address: {value}.",  # value: a repr, never raw
     }
 
     def __init__(self, *, site_address=False, **kwargs):
@@ -146,18 +146,18 @@ class SenderField(serializers.Field):
         senders = grants.request_senders()
         if isinstance(data, bool) or not isinstance(data, (int, str)):
             self.fail("invalid")
-        if isinstance(data, int) or (isinstance(data, str) and data.strip().isdigit()):
+        if isinstance(data, int) or re.fullmatch(r"[0-9]{1,20}", data.strip()):  # not isdigit(): "²" is one
             number = int(data)
             account = senders.filter(pk=number).first() if 0 < number < 2**63 else None
         else:
-            if len(data) > 400:
+            if len(data) > 400 or unstorable_text(data):  # nor may it reach a query
                 self.fail("invalid")
             address = parseaddr(_no_line_breaks(data))[1].strip().lower()
             if self.site_address and address == parseaddr(settings.DEFAULT_FROM_EMAIL)[1].lower():
                 return None
             account = senders.filter(address=address).first() if address else None
         if account is None:
-            self.fail("unknown", value=str(data)[:100])
+            self.fail("unknown", value=repr(str(data)[:100]))
         return account
 
     def to_representation(self, account):
@@ -209,6 +209,24 @@ class FilesMixin(serializers.Serializer):
         return files
 
 
+def unstorable_text(value):
+    """Why PostgreSQL's jsonb cannot store `value` (a NUL or a lone surrogate in a key or string), or ""."""
+    todo = [value]
+    while todo:
+        item = todo.pop()
+        if isinstance(item, dict):
+            todo.extend(item.keys())
+            todo.extend(item.values())
+        elif isinstance(item, list):
+            todo.extend(item)
+        elif isinstance(item, str):
+            if "\x00" in item:
+                return "NUL characters are not allowed."
+            if any("\ud800" <= ch <= "\udfff" for ch in item):
+                return "Lone surrogate characters are not allowed."
+    return ""
+
+
 def _scalar_mapping(value, what):
     """A {variable: scalar} mapping, or the reason it is not one."""
     if not isinstance(value, dict):
@@ -222,6 +240,8 @@ def _scalar_mapping(value, what):
             return None, f"the value of {key!r} must be text or a number, not a list or object."
         if isinstance(item, str) and len(item) > MAX_VALUE:
             return None, f"the value of {key!r} is longer than {MAX_VALUE} characters."
+        if isinstance(item, str) and unstorable_text(item):
+            return None, f"the value of {key!r}: {unstorable_text(item)}"
     return value, ""
 
 
@@ -295,6 +315,8 @@ class RequestCreateSerializer(FilesMixin):
             raise serializers.ValidationError('Give a JSON object, e.g. {"groups": ["Teachers"]}.')
         if len(json.dumps(value)) > MAX_BODY:
             raise serializers.ValidationError("Too large.")
+        if unstorable_text(value):
+            raise serializers.ValidationError(unstorable_text(value))
         return value
 
     def validate_context(self, value):
