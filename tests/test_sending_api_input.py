@@ -126,6 +126,9 @@ REQUEST_CASES = [
     ({"public": [True]}, "public"),
     ({"reply_to": "@"}, "reply_to"),
     ({"attachments": [{"filename": "a", "content": 5}]}, "attachments"),
+    ({"attachments": [{"filename": "../../settings.py", "content": "AA=="}]}, "attachments"),
+    ({"attachments": [{"filename": "a\\b.txt", "content": "AA=="}]}, "attachments"),
+    ({"attachments": [{"filename": "..", "content": "AA=="}]}, "attachments"),
     ({"csv": "email\ncy@example.net", "rows": DROP}, "csv"),
     # What PostgreSQL's jsonb cannot store: NULs and lone surrogates, in values and keys.
     ({"rows": [{"email": "cy@example.net", "v": "a\x00b"}]}, "rows"),

@@ -171,6 +171,12 @@ class AttachmentSerializer(serializers.Serializer):
     content_type = serializers.RegexField(_CONTENT_TYPE, max_length=255, required=False)
     content = serializers.CharField(help_text="The file's bytes, base64.", trim_whitespace=False)
 
+    def validate_filename(self, value):
+        # A name, not a path: the storage refuses "../x" with an error, and recipients see only the name.
+        if "/" in value or "\\" in value or value.strip(".") == "" or unstorable_text(value):
+            raise serializers.ValidationError("Give a file name without a path.")
+        return value
+
     def validate_content(self, value):
         try:
             return base64.b64decode(value, validate=True)
