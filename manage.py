@@ -1,9 +1,7 @@
 #!/usr/bin/env python
-import os
 import sys
 
 if __name__ == "__main__":
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "mailsite.settings")
-    from django.core.management import execute_from_command_line
+    from mailsite.startup import manage
 
-    execute_from_command_line(sys.argv)
+    manage(sys.argv)

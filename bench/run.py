@@ -13,6 +13,13 @@ this order, each phase against a fresh lean SMTP sink (bench/sink.py):
 5. expansion of a request to BIG users: emails/s and peak RSS.
 
 See bench/README.md for what each figure means. The database is dropped at the end.
+
+    python bench/run.py --memory [--memory-scale 0.1]    # or: make bench BENCH_ARGS=--memory
+
+measures memory instead (nothing else): the peak RSS of one dbmail_cron
+child sending 20 ad-hoc emails of 10 MB, and of one expanding and sending a
+request to 10,000 and then to 100,000 recipients (both scaled by
+--memory-scale), written to bench/memory.json.
 """
 
 import argparse
@@ -47,6 +54,9 @@ TEXT_BODY = (
 )
 
 TARGETS = {"send_ratio": 0.7, "expand_emails_s": 10_000, "rss_growth_mb": 30}
+# Body bytes a sender may hold (DBMAIL_BATCH_MAX_BYTES, default 20 MB) plus the message being built and
+# written (a few copies of one body) above Django's own size.
+MEMORY_TARGET_OVER_START_MB = 120
 
 
 def parse_args(argv):
@@ -61,6 +71,12 @@ def parse_args(argv):
         "(slows them down: the figures of such a run are not comparable)",
     )
     parser.add_argument("--results", default=str(BENCH / "results.json"))
+    parser.add_argument("--memory", action="store_true", help="measure memory only (results in bench/memory.json)")
+    parser.add_argument(
+        "--memory-scale", type=float, default=1.0, help="with --memory: scale 10,000 and 100,000 recipients by this"
+    )
+    parser.add_argument("--big-emails", type=int, default=20, help="with --memory: ad-hoc emails of --big-email-mb")
+    parser.add_argument("--big-email-mb", type=float, default=10.0)
     parser.add_argument("--keep-db", action="store_true", help="leave the database in place afterwards")
     return parser.parse_args(argv)
 
@@ -270,6 +286,102 @@ def send_phase(args, db_url, workdir, request, n_procs, name):
     }
 
 
+def cron_child(args, db_url, sink_port, name):
+    """One dbmail_cron in a child that measures itself; (peak RSS MB, RSS after start-up MB, seconds)."""
+    proc = subprocess.run(
+        [PY, *profiled(args, name), str(BENCH / "cron_child.py")],
+        env=child_env(db_url, sink_port),
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    if proc.returncode != 0:
+        raise SystemExit(f"bench: dbmail_cron failed (exit {proc.returncode}):\n{proc.stdout}")
+    figures = json.loads(proc.stdout.strip().splitlines()[-1])
+    return figures["peak_rss_kb"] / 1024, figures["baseline_rss_kb"] / 1024, figures["seconds"]
+
+
+def big_body(megabytes):
+    """About `megabytes` MB of plain text in lines of 72 characters (as a long report would be)."""
+    line = "The quarterly figures, department by department, with the notes of each. "[:71] + "\n"
+    return line * int(megabytes * 1024 * 1024 / len(line))
+
+
+def memory_main(args, db_url, step):
+    from django.db import connection
+
+    from dbmail.intake.outbox import enqueue
+    from dbmail.models import SenderAccount
+
+    n = max(1, int(10_000 * args.memory_scale))
+    big = max(n + 1, int(100_000 * args.memory_scale))
+    workdir = Path(tempfile.mkdtemp(prefix="mailsite-bench-"))
+    rows = []
+    try:
+        sender = SenderAccount.objects.create(address="office@example.org", display_name="The Office")
+        step(f"queuing {args.big_emails} ad-hoc emails of {args.big_email_mb:g} MB")
+        body = big_body(args.big_email_mb)
+        for i in range(args.big_emails):
+            enqueue(to=f"reader{i}@example.net", subject=f"Report {i}", text=body, from_email=sender.address)
+        del body
+        step("dbmail_cron sending them")
+        sink = Sink(workdir, "memory-big")
+        peak_big, start_big, seconds = cron_child(args, db_url, sink.port, "memory-big")
+        report = sink.stop()
+        if report["messages"] != args.big_emails:
+            raise SystemExit(f"bench: the sink got {report['messages']} of {args.big_emails} big emails")
+        rows.append(("big", args.big_emails, peak_big, start_big, seconds))
+
+        for count, start in ((n, 0), (big, n)):
+            step(f"creating {count - start:,} users; dbmail_cron expanding and sending a request to {count:,}")
+            create_users(start, count - start)
+            create_request(sender)
+            sink = Sink(workdir, f"memory-{count}")
+            peak, at_start, seconds = cron_child(args, db_url, sink.port, f"memory-{count}")
+            report = sink.stop()
+            if report["messages"] != count:
+                raise SystemExit(f"bench: the sink got {report['messages']} of {count} emails")
+            rows.append(("request", count, peak, at_start, seconds))
+    finally:
+        for proc in Sink.running:
+            proc.kill()
+        shutil.rmtree(workdir, ignore_errors=True)
+        connection.close()
+        if not args.keep_db:
+            drop_database(db_url)
+
+    (_, _, peak_big, start_big, _), (_, _, peak_n, _, _), (_, _, peak_many, _, _) = rows
+    results = {
+        "big_emails": args.big_emails,
+        "big_email_mb": args.big_email_mb,
+        "rss_mb_big_emails": round(peak_big, 1),
+        "rss_mb_at_start": round(start_big, 1),
+        f"rss_mb_expand_send_{n}": round(peak_n, 1),
+        f"rss_mb_expand_send_{big}": round(peak_many, 1),
+        "seconds": {f"{kind}-{count}": round(sec, 1) for kind, count, _, _, sec in rows},
+    }
+    path = BENCH / "memory.json"
+    path.write_text(json.dumps(results, indent=2) + "\n")
+    over = peak_big - start_big
+    growth = peak_many - peak_n
+    print_table(
+        [
+            (
+                f"peak RSS, {args.big_emails} emails of {args.big_email_mb:g} MB",
+                f"{peak_big:.1f} MB",
+                f"<= start ({start_big:.1f} MB) + {MEMORY_TARGET_OVER_START_MB} MB ({over:+.1f})  "
+                f"{verdict(over <= MEMORY_TARGET_OVER_START_MB)}",
+            ),
+            (f"peak RSS, expand + send {n:,}", f"{peak_n:.1f} MB", ""),
+            (
+                f"peak RSS, expand + send {big:,}",
+                f"{peak_many:.1f} MB",
+                f"<= {n:,} + {TARGETS['rss_growth_mb']} MB ({growth:+.1f})  {verdict(growth <= TARGETS['rss_growth_mb'])}",
+            ),
+        ],
+        [f"figures written to {path}"],
+    )
+
+
 # --- report -------------------------------------------------------------------------------------
 
 
@@ -313,6 +425,9 @@ def main(argv=None):
 
     from dbmail.models import SenderAccount, TextOfEmail
 
+    if args.memory:
+        memory_main(args, db_url, step)
+        return
     n, big = args.messages, args.big
     workdir = Path(tempfile.mkdtemp(prefix="mailsite-bench-"))  # the sinks' reports
     try:

@@ -10,6 +10,7 @@ from dbmail.models import (  # the XML spool
     MessageRequest,
     SenderAccount,
     SendGrant,
+    SendingProblem,
     SpoolFile,
     SpoolItem,
     Suppression,
@@ -145,6 +146,7 @@ class TextOfEmailAdmin(admin.ModelAdmin):
         "created_at",
         "status_changed_at",
         "sent_at",
+        "possibly_delivered",
     ]
     exclude = ["raw_message"]
     inlines = [DeliveryEventInline]
@@ -182,6 +184,20 @@ class SuppressionAdmin(admin.ModelAdmin):
     list_display = ["address", "reason", "note", "created_at"]
     list_filter = ["reason"]
     search_fields = ["address"]
+
+
+@admin.register(SendingProblem)
+class SendingProblemAdmin(admin.ModelAdmin):
+    """Written by the sender (dbmail.send.problems); read here and by dbmail_status."""
+
+    list_display = ["server", "account", "stage", "smtp_code", "text", "emails_deferred", "last_seen_at", "resolved_at"]
+    list_filter = ["stage", ("resolved_at", admin.EmptyFieldListFilter)]
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
 
 
 @admin.register(CronHeartbeat)

@@ -15,7 +15,7 @@ from django.contrib.auth.models import Group
 from django.core.exceptions import ValidationError
 from django.db import models
 from django.db.models import Count, Q
-from django.db.models.functions import Lower
+from django.db.models.functions import Coalesce, Lower
 from django.utils import timezone
 
 from dbmail import states
@@ -56,7 +56,11 @@ class SenderAccount(models.Model):
     def from_header(self):
         from email.utils import formataddr
 
-        return formataddr((self.display_name, self.address)) if self.display_name else self.address
+        if not self.display_name:
+            return self.address
+        # formataddr quotes or encodes the name but refuses a non-ASCII address (an IDN domain, which
+        # dbmail.content.addresses writes as A-labels when the mail goes out): it gets a stand-in.
+        return formataddr((self.display_name, "a@a"))[: -len("<a@a>")] + f"<{self.address}>"
 
     def connection_overrides(self):
         """Keyword arguments for get_connection() when this account has its own server."""
@@ -203,6 +207,10 @@ class MessageRequest(models.Model):
         if errors:
             raise ValidationError(errors)
 
+    def possibly_delivered_count(self):
+        """Emails with an attempt of unknown outcome (possibly delivered twice); purged ones are not counted."""
+        return self.emails.filter(possibly_delivered__gt=0).count()
+
     def status_counts(self):
         """Emails per status, including those already purged."""
         counts = dict(self.purged_counts or {})
@@ -260,6 +268,11 @@ class TextOfEmail(models.Model):
     leased_until = models.DateTimeField(null=True, blank=True)
     sent_at = models.DateTimeField(null=True, blank=True)
     last_error = models.TextField(blank=True)
+    # Attempts after which the outcome was unknown: the whole message went out but the server's
+    # answer was lost (disconnect, or later than EMAIL_TIMEOUT). It may have arrived once more.
+    possibly_delivered = models.PositiveSmallIntegerField(
+        default=0, help_text="Attempts whose message went out whole but whose answer never came."
+    )
     created_at = models.DateTimeField(default=timezone.now)
 
     class Meta:
@@ -347,6 +360,8 @@ class Suppression(models.Model):
 
     class Meta:
         ordering = ["address"]
+        # The dashboard counts unsubscribes per day.
+        indexes = [models.Index(fields=["created_at"], condition=Q(reason="unsubscribed"), name="dbmail_unsub_day")]
 
     def __str__(self):
         return f"{self.address} ({self.reason})"
@@ -354,6 +369,38 @@ class Suppression(models.Model):
     def save(self, *args, **kwargs):
         self.address = self.address.strip().lower()
         super().save(*args, **kwargs)
+
+
+class SendingProblem(models.Model):
+    """The last failure of an account's SMTP server that was no recipient's fault, for dbmail_status.
+
+    Connection, session and sender failures (the server unreachable, a 421,
+    EHLO, STARTTLS, AUTH or MAIL FROM refused) defer mail without counting
+    attempts; the run that gave up on a server writes it here once. A later
+    run that sends through that server marks it resolved.
+    """
+
+    key = models.CharField(max_length=600, unique=True, editable=False)
+    account = models.ForeignKey(
+        SenderAccount, null=True, blank=True, on_delete=models.CASCADE, related_name="sending_problems"
+    )
+    server = models.CharField(max_length=300, help_text="host:port")
+    stage = models.CharField(max_length=16, help_text="Where in the SMTP conversation it failed.")
+    smtp_code = models.PositiveSmallIntegerField(null=True, blank=True)
+    text = models.TextField()
+    emails_deferred = models.PositiveIntegerField(
+        default=0, help_text="Emails it deferred in the run that saw it last."
+    )
+    first_seen_at = models.DateTimeField(default=timezone.now)
+    last_seen_at = models.DateTimeField(default=timezone.now)
+    resolved_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-last_seen_at"]
+
+    def __str__(self):
+        who = self.account.address if self.account_id else "site"
+        return f"{who} via {self.server}: {self.text[:80]}"
 
 
 class CronHeartbeat(models.Model):
@@ -538,6 +585,74 @@ class WebhookSignature(models.Model):
 
     def __str__(self):
         return self.signature[:16]
+
+
+# --- Comm panel dashboard: outcomes counted per day (dbmail.rollup writes and reads it) ---
+
+# The outcomes counted, each a column named after the email status it counts.
+DAILY_COUNTS = tuple(
+    s.value
+    for s in (
+        states.EmailStatus.SENT,
+        states.EmailStatus.DELIVERED,
+        states.EmailStatus.DEFERRED,
+        states.EmailStatus.BOUNCED,
+        states.EmailStatus.COMPLAINED,
+        states.EmailStatus.DROPPED,
+    )
+)
+
+
+class DailyCounts(models.Model):
+    """How many emails of one sender account and request reached each outcome on one day (site's date).
+
+    Plain ids, no foreign keys: deleting a request or an account keeps what was sent in the totals.
+    """
+
+    COUNTS = DAILY_COUNTS
+
+    day = models.DateField()
+    account_id = models.BigIntegerField(null=True, blank=True)
+    request_id = models.BigIntegerField(null=True, blank=True)
+    sent = models.PositiveIntegerField(default=0, help_text="Accepted by the mail server (250).")
+    delivered = models.PositiveIntegerField(default=0)
+    deferred = models.PositiveIntegerField(default=0, help_text="Attempts refused for now (4xx, no connection).")
+    bounced = models.PositiveIntegerField(default=0)
+    complained = models.PositiveIntegerField(default=0)
+    dropped = models.PositiveIntegerField(default=0, help_text="Refused for good while sending, or rejected later.")
+
+    class Meta:
+        abstract = True
+
+    def __str__(self):
+        return f"{self.day} account {self.account_id} request {self.request_id}"
+
+
+class DailyStat(DailyCounts):
+    """The roll-up: one row per day, account and request, merged by dbmail_cron from the deltas."""
+
+    class Meta:
+        constraints = [
+            # One row per key; the merge's upsert relies on it.
+            models.UniqueConstraint(
+                "day",
+                Coalesce("account_id", models.Value(0)),
+                Coalesce("request_id", models.Value(0)),
+                name="dbmail_dailystat_key",
+            )
+        ]
+        indexes = [
+            models.Index(fields=["day"], name="dbmail_dailystat_day"),
+            models.Index(fields=["request_id"], name="dbmail_dailystat_request"),
+        ]
+
+
+class DailyStatDelta(DailyCounts):
+    """Counts added by the send and tracking paths, in the transaction of the outcomes they count.
+
+    Append-only and unindexed (but its key), so concurrent senders never wait for one counter row
+    and a write costs one small insert; dbmail_cron folds these into DailyStat. Readers add both.
+    """
 
 
 # --- The sending API (dbmail.intake.api): one answer per idempotency key, and the rate counters ---

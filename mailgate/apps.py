@@ -8,6 +8,14 @@ class MailgateConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self):
+        from django.core import checks
+
+        from mailgate import conf
+
+        checks.register(conf.check_settings, "mailgate")  # `manage.py check` names a bad setting and why
+        # Registers the built-in list resolvers, which the models check names against.
+        from mailgate.gate import routing  # noqa: F401
+
         # However an account is deleted (API, admin, code), the login its mirror holds leaves with it.
         post_delete.connect(_retire_sender, sender=self.get_model("MailAccount"), dispatch_uid="mailgate-retire-sender")
         # A grant made or removed switches the mirrors it covers on or off at once, not at their next send.

@@ -9,6 +9,9 @@ from django.core.exceptions import ValidationError
 from django.db import models
 from django.utils import timezone
 
+from mailgate import resolvers
+from mailgate.conf import settings as conf
+
 
 class EmailList(models.Model):
     """One address pattern and what mail to it does (seed 001's EmailList)."""
@@ -59,10 +62,8 @@ class EmailList(models.Model):
         except re.error as exc:
             raise ValidationError({"regex": f"Not a valid regular expression: {exc}"}) from None
         if self.resolver:
-            from mailgate.gate import routing
-
-            if self.resolver not in routing.registered_resolvers():
-                known = ", ".join(sorted(routing.registered_resolvers())) or "none"
+            if self.resolver not in resolvers.registered_resolvers():
+                known = ", ".join(sorted(resolvers.registered_resolvers())) or "none"
                 raise ValidationError({"resolver": f"No resolver named {self.resolver!r}; known: {known}."})
         bad = [a for a in self.address_list() if "@" not in a]
         if bad:
@@ -307,7 +308,7 @@ class MailFolder(models.Model):
         return default
 
     def after_read_timeout(self):
-        return float(self.option("after_read_timeout", settings.MAILGATE_IMAP_AFTER_READ_TIMEOUT))
+        return float(self.option("after_read_timeout", conf.MAILGATE_IMAP_AFTER_READ_TIMEOUT))
 
 
 def validate_options(options):

@@ -1,6 +1,13 @@
 from django.contrib import admin
 from django.urls import include, path
 
+from dbmail.conf import settings as conf
+
+# The sign-in page is the comm panel's too: it names the site, not "Django administration".
+admin.site.site_header = conf.DBMAIL_SITE_NAME
+admin.site.site_title = f"{conf.DBMAIL_SITE_NAME} administration"
+admin.site.index_title = "Administration"
+
 urlpatterns = [
     path("admin/", admin.site.urls),
     path("commpanel/", include("dbmail.panel.urls")),

@@ -59,7 +59,7 @@ def test_421_closes_the_connection(server, backend):
 
 
 def test_refused_data(server, backend):
-    server.script("b@example.net", "554 5.7.1 spam", stage="data")
+    server.script("b@example.net", "554 5.7.1 spam", stage="message")
     with pytest.raises(smtplib.SMTPDataError) as exc:
         backend.send_prepared("a@example.org", ["b@example.net"], MESSAGE)
     assert exc.value.smtp_code == 554

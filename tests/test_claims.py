@@ -1,3 +1,4 @@
+import time
 from datetime import timedelta
 
 import pytest
@@ -71,3 +72,31 @@ def test_a_claim_after_a_position_skips_what_lies_before_it():
     rest = claims.claim(10, after=first.after)
     assert [e.pk for e in rest.emails] == [same_time[1].pk]  # the released ones lie behind the position
     assert {e.pk for e in claims.claim(10).emails} == {early.pk, same_time[0].pk}
+
+
+def test_a_claim_stops_at_its_byte_budget_but_always_takes_one_row():
+    big = [TextOfEmailFactory(text="x" * 300_000, html="<p>" + "y" * 99_993 + "</p>") for _ in range(3)]
+    raw = TextOfEmailFactory(text="", raw_message=b"z" * 500_000)
+    first = claims.claim(10, max_bytes=900_000)
+    assert [e.pk for e in first.emails] == [big[0].pk, big[1].pk] and first.bytes == 800_000
+    alone = claims.claim(10, max_bytes=1_000)
+    assert [e.pk for e in alone.emails] == [big[2].pk] and alone.bytes == 400_000  # bigger than the budget, alone
+    assert claims.claim(10, max_bytes=499_999).bytes == 500_000  # the raw message counts too
+    TextOfEmail.objects.filter(pk=raw.pk).update(status=Status.QUEUED, claim_token=None)
+    assert claims.claim(10).bytes == 500_000  # no budget: all that is due
+
+
+def test_a_claim_takes_only_what_was_due_when_the_run_began():
+    started = timezone.now()
+    before = TextOfEmailFactory(next_attempt_at=started - timedelta(seconds=1))
+    later = TextOfEmailFactory(next_attempt_at=started + timedelta(milliseconds=1))
+    # Taken over from a sender that died, but claimed by it after this run began: not this run's.
+    TextOfEmailFactory(status=Status.SENDING, leased_until=started, status_changed_at=started + timedelta(seconds=1))
+    time.sleep(0.01)
+    assert [e.pk for e in claims.claim(10, due_by=started).emails] == [before.pk]
+    assert claims.claim(10, due_by=started).emails == []
+    assert {e.pk for e in claims.claim(10).emails} >= {later.pk}
+    scoped = TextOfEmailFactory(next_attempt_at=started + timedelta(hours=1), status_changed_at=started)
+    TextOfEmailFactory(next_attempt_at=started + timedelta(hours=1), status_changed_at=timezone.now())
+    forced = claims.claim(10, scope=Q(next_attempt_at__gt=started), due_by=started)
+    assert [e.pk for e in forced.emails] == [scoped.pk]

@@ -2,6 +2,7 @@ import io
 
 import pytest
 from django.core.management import CommandError, call_command
+from django.utils import timezone
 
 from dbmail.models import CronHeartbeat, MessageRequest, TextOfEmail
 
@@ -104,3 +105,38 @@ def test_a_cancelled_request_sends_nothing(smtp_server):
     run_cron()
     assert smtp_server.received == []
     assert MessageRequest.objects.get().status == MessageRequest.Status.CANCELLED
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("stage", ["mail", "message"])
+def test_max_seconds_is_kept_to_within_a_second_whatever_the_smtp_timeout(smtp_server, settings, stage):
+    import time
+
+    settings.EMAIL_TIMEOUT = 30  # a stalled server would hold a message this long
+    smtp_server.timeout_seconds = 30
+    smtp_server.fault(stage, "timeout")
+    TextOfEmailFactory.create_batch(3)
+    started = time.monotonic()
+    out, _ = run_cron("--max-seconds", "1.5", "-v", "2")
+    took = time.monotonic() - started
+    assert took < 2.5, out
+    assert "sent 0" in out
+    assert not TextOfEmail.objects.filter(status=Status.SENDING).exists()  # what was not tried went back
+
+
+@pytest.mark.django_db(transaction=True)
+def test_max_seconds_counts_the_expansion_too(smtp_server, settings):
+    import time
+
+    from dbmail.intake import expand
+
+    UserFactory.create_batch(3)
+    MessageRequestFactory(recipient_set="all_active")
+    request = expand.claim_request()
+    assert expand.expand(request, deadline=time.monotonic()) == 0  # past its deadline: not a chunk more
+    request.refresh_from_db()
+    assert request.status == MessageRequest.Status.EXPANDING and request.expand_lease_until <= timezone.now()
+    assert expand.claim_request().pk == request.pk  # given back at once, not after the lease
+    MessageRequest.objects.filter(pk=request.pk).update(expand_lease_until=timezone.now())
+    run_cron()
+    assert len(smtp_server.received) == 3

@@ -51,3 +51,34 @@ def test_a_long_dead_lease_is_stuck():
     health.beat("dbmail_cron", timezone.now())
     with pytest.raises(CommandError, match="lease ran out"):
         status("--stuck-after", "1h")
+
+
+def test_shows_emails_possibly_delivered_twice_and_current_sending_problems():
+    from dbmail.models import SendingProblem
+
+    from .factories import SenderAccountFactory
+
+    TextOfEmailFactory(status=TextOfEmail.Status.SENT, possibly_delivered=1)
+    TextOfEmailFactory(status=TextOfEmail.Status.DEFERRED, possibly_delivered=1)
+    TextOfEmailFactory(status=TextOfEmail.Status.SENT)
+    account = SenderAccountFactory(address="club@example.org")
+    SendingProblem.objects.create(
+        key="x",
+        account=account,
+        server="smtp.example.org:25",
+        stage="mail",
+        smtp_code=553,
+        emails_deferred=7,
+        text="MAIL FROM: 553 5.7.1 sender refused",
+    )
+    SendingProblem.objects.create(
+        key="y", server="smtp.example.org:25", stage="connect", text="old", resolved_at=timezone.now()
+    )
+    health.beat("dbmail_cron", timezone.now())
+    report = health.check(timedelta(hours=1))
+    assert report.possibly_delivered == 2 and [p.key for p in report.problems] == ["x"]
+    out = status()
+    assert "outcome unknown (possibly delivered): 2 emails" in out
+    (line,) = [line for line in out.splitlines() if line.startswith("sending problem:")]
+    assert line.startswith("sending problem: club@example.org via smtp.example.org:25, since 20")
+    assert line.endswith("(7 deferred): MAIL FROM: 553 5.7.1 sender refused")

@@ -219,16 +219,16 @@ def test_poller_killed_mid_fetch_loses_and_duplicates_nothing(dovecot, imap_user
 
 
 def test_a_failing_server_is_the_folders_error_and_the_commands_exit_code(dovecot, imap_user):
-    from django.core.management import call_command
+    from django.core.management import CommandError, call_command
 
     good = inbox(dovecot, imap_user)
     dovecot.append(imap_user[0], "INBOX", plain())
     bad = MailFolderFactory(account=account_on(dovecot, (dovecot.take_user()[0], "wrong")))
 
-    with pytest.raises(SystemExit) as exit_info:
+    with pytest.raises(CommandError, match=r"mailgate_imap: 1 folder\(s\) failed") as exit_info:
         call_command("mailgate_imap", verbosity=0)
 
-    assert exit_info.value.code == 1
+    assert exit_info.value.returncode == 1  # what manage.py exits with
     bad.refresh_from_db()
     assert "cannot log in" in bad.last_error and bad.lease_until is None and bad.last_polled_at
     assert Message.objects.filter(folder=good).count() == 1  # the other folder was still polled

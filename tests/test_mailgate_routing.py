@@ -101,6 +101,27 @@ def test_validation_names_the_bad_field():
     assert "addresses" in bad_address.value.message_dict
 
 
+def test_the_built_in_and_registered_resolvers_pass_validation():
+    for name in ("user", "test_class"):
+        EmailList(name="x", regex="x", resolver=name).clean()
+
+
+def test_the_models_import_no_logic():
+    """mailgate/models.py checks resolver names against the registry, never importing the routing (or other) logic."""
+    import ast
+    from pathlib import Path
+
+    from .conftest import ROOT
+
+    tree = ast.parse(Path(ROOT / "mailgate" / "models.py").read_text())
+    imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+    imported |= {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+    ours = {name for name in imported if name.split(".")[0] in ("dbmail", "mailgate")}
+    # `from mailgate import resolvers` (the registry only) and the settings table; nothing from gate/ or mailboxes/.
+    assert ours == {"mailgate", "mailgate.conf"}
+    assert "from mailgate import resolvers\n" in Path(ROOT / "mailgate" / "models.py").read_text()
+
+
 def test_a_broken_saved_pattern_matches_nothing():
     EmailListFactory(regex="(broken", seq=1)
     EmailListFactory(name="Next", regex="physics", seq=2)

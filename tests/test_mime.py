@@ -1,11 +1,12 @@
 """The lean composer must say what Django's EmailMessage says, for any content."""
 
-from email import message_from_bytes, policy
+from email import message_from_bytes, message_from_string, policy
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from dbmail.content import addresses
 from dbmail.models import TextOfEmail
 from dbmail.send import mime
 from dbmail.send.message import to_email_message
@@ -90,4 +91,30 @@ def test_a_header_with_a_line_break_is_refused_like_django_does():
 
 def test_what_it_does_not_handle_goes_to_django():
     assert mime.compose(email_with(raw_message=b"From: a@b\r\n\r\nx")) is None
-    assert mime.compose(email_with(to_address="jörg@exämple.org")) is None
+
+
+def test_an_idn_domain_goes_out_in_a_labels_with_the_name_encoded():
+    data = mime.compose(email_with(to_address="ann@bücher.example", to_name="Ann Müller"))
+    assert data.isascii() and b"\r\nTo: =?utf-8?" in data and b"?= <ann@xn--bcher-kva.example>\r\n" in data
+    (to,) = parsed(data)["To"].addresses
+    assert (to.display_name, to.addr_spec) == ("Ann Müller", "ann@xn--bcher-kva.example")
+    same = mime.compose(email_with(to_address="ann@bücher.example", to_name="Ann"))
+    assert b"\r\nTo: Ann <ann@xn--bcher-kva.example>\r\n" in same
+    sender = mime.compose(email_with(from_header="Büro <office@bücher.example>"))
+    (frm,) = parsed(sender)["From"].addresses
+    assert (frm.display_name, frm.addr_spec) == ("Büro", "office@xn--bcher-kva.example") and sender.isascii()
+
+
+def test_a_utf8_local_part_needs_smtputf8_and_then_stays_utf8():
+    with pytest.raises(addresses.NeedsSMTPUTF8, match="does not offer SMTPUTF8"):
+        mime.compose(email_with(to_address="jörg@exämple.org"))
+    data = mime.compose(email_with(to_address="jörg@exämple.org", to_name="Jörg"), smtputf8=True)
+    assert "?= <jörg@xn--exmple-cua.org>\r\n".encode() in data  # raw UTF-8 in the header (RFC 6532)
+    # The email package reads header bytes as ASCII; an SMTPUTF8 reader reads them as UTF-8.
+    (to,) = message_from_string(data.decode("utf-8"), policy=policy.default)["To"].addresses
+    assert (to.display_name, to.addr_spec) == ("Jörg", "jörg@xn--exmple-cua.org")
+
+
+def test_an_empty_address_is_no_message():
+    with pytest.raises(addresses.AddressError, match="no recipient address"):
+        mime.compose(email_with(to_address=""))

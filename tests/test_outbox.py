@@ -66,3 +66,30 @@ def test_html_only_gets_text_and_send_at_schedules():
     later = timezone.now() + timedelta(hours=2)
     email = outbox.enqueue("a@example.net", "s", html="<p>Hello <b>you</b></p>", send_at=later)
     assert email.text == "Hello you\n" and email.next_attempt_at == later
+
+
+def test_send_after_commit_sends_the_callers_emails_once_committed(smtp_server):
+    with pytest.raises(RuntimeError):
+        with transaction.atomic():
+            outbox.send_after_commit([outbox.enqueue("a@example.net", "rolled back", "x")])
+            raise RuntimeError("the caller failed")
+    with transaction.atomic():
+        emails = [outbox.enqueue(f"{n}@example.net", "kept", "x") for n in "bc"]
+        outbox.send_after_commit(emails)
+        assert smtp_server.received == []
+    assert sorted(m.rcpt_tos[0] for m in smtp_server.received) == ["b@example.net", "c@example.net"]
+    assert {e.status for e in emails} == {Status.SENT}  # refreshed in place
+
+
+def test_send_at_once_sends_queued_emails_and_leaves_the_others(smtp_server):
+    dropped = outbox.enqueue("not an address", "s", "t")
+    queued = outbox.enqueue("a@example.net", "s", "t")
+    assert outbox.send_at_once([dropped, queued]) == [dropped, queued]
+    assert [m.rcpt_tos for m in smtp_server.received] == [["a@example.net"]]
+    assert (queued.status, dropped.status) == (Status.SENT, Status.DROPPED)
+
+
+def test_the_sites_own_addresses_are_its_from_and_server_addresses(settings):
+    settings.DEFAULT_FROM_EMAIL, settings.SERVER_EMAIL = "Site <NoReply@Example.org>", "root@example.org"
+    assert outbox.site_addresses() == {"noreply@example.org", "root@example.org"}
+    assert outbox.enqueue("a@example.net", "s", "t", from_email="ROOT@example.org").account is None

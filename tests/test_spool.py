@@ -375,3 +375,19 @@ def test_two_hosts_on_one_spool_take_in_and_send_each_item_once(spool_dir, smtp_
     assert len(addresses) == 60 and len(set(addresses)) == 60
     assert SpoolFile.objects.count() == 20 and TextOfEmail.objects.count() == 60
     assert listing(spool_dir) == [f"sent/batch-{n:02}.xml" for n in range(20)]
+
+
+def test_cycle_takes_in_before_the_send_and_settles_after_it(spool_dir, smtp_server):
+    from dbmail.send.loop import send_due
+
+    drop(spool_dir, "cycle-1.xml", xml(item()))
+    seen = []
+
+    def send():
+        seen.append(("send", listing(spool_dir), TextOfEmail.objects.filter(status=Status.QUEUED).count()))
+        return send_due()
+
+    taken, sent, settled = spool.cycle(send, on_intake=lambda t: seen.append(("intake", t.files, t.emails)))
+    assert seen == [("intake", 1, 1), ("send", ["cycle-1.xml"], 1)]  # taken in, not yet moved, when sending
+    assert (taken.files, sent.sent, settled.sent) == (1, 1, 1)
+    assert listing(spool_dir) == ["sent/cycle-1.xml"]

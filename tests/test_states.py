@@ -127,6 +127,7 @@ NOT_STATES = {
     "dbmail/ops/cron.py": {"expanded": 1, "sent": 1, "deferred": 1, "dropped": 1},  # the run summary's keys
     "dbmail/panel/views/compose.py": {"draft": 1},  # a template variable's name
     "dbmail/intake/api/serializers.py": {"draft": 1},  # the API's field name (draft: true)
+    "dbmail/panel/progress.py": {"sending": 1},  # a request's state as shown ("Sending"), not an email's
     # Tracking: the event types (what a report says, not our states) and the words of the sources they come from.
     "dbmail/track/events.py": {"delivered": 1, "deferred": 1, "bounced": 1, "complained": 1},  # EventType
     "dbmail/track/anymail.py": {"delivered": 1, "deferred": 1, "bounced": 1, "complained": 1},  # anymail's

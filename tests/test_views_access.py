@@ -15,6 +15,7 @@ def panel_urls(mail):
     pk = mail.pk
     gets = [
         reverse("commpanel:requests"),
+        reverse("commpanel:dashboard"),
         reverse("commpanel:compose"),
         reverse("commpanel:request", args=[pk]),
         reverse("commpanel:edit", args=[pk]),
@@ -107,3 +108,28 @@ def test_every_panel_form_carries_a_csrf_token(panel):
     ]:
         html = panel.get(url).content.decode()
         assert html.count('method="post"') == html.count("csrfmiddlewaretoken"), url
+
+
+def test_the_403_page_says_why_and_offers_a_way_out(settings):
+    user = UserFactory(username="plain", is_staff=False)
+    client = Client()
+    client.force_login(user)
+    response = client.get(reverse("commpanel:requests"), HTTP_REFERER="http://testserver/somewhere/")
+    assert response.status_code == 403
+    html = response.content.decode()
+    assert "This account may not use the comm panel" in html and "signed in as <b>plain</b>" in html
+    assert "“Can add message request”, or to make it a staff account" in html
+    assert 'href="http://testserver/somewhere/" id="go-back"' in html
+    assert f'action="{reverse("commpanel:logout")}"' in html and "Sign in as someone else" in html
+    foreign = client.get(reverse("commpanel:requests"), HTTP_REFERER="https://evil.example/")
+    assert "evil.example" not in foreign.content.decode() and 'href="/" id="go-back"' in foreign.content.decode()
+    # The way out works: logged out, then to the sign-in page that leads back here.
+    out = client.post(reverse("commpanel:logout"), {"next": reverse("admin:login") + "?next=/commpanel/"})
+    assert out.status_code == 302 and out["Location"] == reverse("admin:login") + "?next=/commpanel/"
+    assert client.get(reverse("commpanel:requests")).status_code == 302
+
+
+def test_the_sign_in_page_names_the_site_not_django(client, settings):
+    html = client.get(reverse("admin:login") + "?next=/commpanel/").content.decode()
+    assert "Django administration" not in html
+    assert "Staff sign-in for the comm panel" in html and settings.DBMAIL_SITE_NAME in html

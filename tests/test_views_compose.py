@@ -169,10 +169,13 @@ def test_editing_a_draft_keeps_csv_and_removes_attachments(panel, sender, settin
     assert not mail.attachments.exists()
 
 
-def test_only_drafts_can_be_edited(panel):
-    mail = MessageRequestFactory(status=MessageRequest.Status.QUEUED)
-    response = panel.get(reverse("commpanel:edit", args=[mail.pk]))
-    assert response.status_code == 302
+@pytest.mark.parametrize("status", [MessageRequest.Status.EXPANDING, MessageRequest.Status.EXPANDED, "cancelled"])
+def test_only_requests_not_yet_started_can_be_edited(panel, status):
+    mail = MessageRequestFactory(status=status)
+    response = panel.get(reverse("commpanel:edit", args=[mail.pk]), follow=True)
+    assert response.redirect_chain[-1][0] == reverse("commpanel:request", args=[mail.pk])
+    assert "Sending has started, so it can no longer be edited" in response.content.decode()
+    assert panel.post(reverse("commpanel:edit_count", args=[mail.pk]), {}).status_code == 404
 
 
 def test_compose_can_start_from_a_saved_template(panel):

@@ -78,7 +78,8 @@ def test_preview_search_finds_a_recipient(panel):
 def test_send_now_queues_the_draft(panel):
     mail = rows_request()
     before = timezone.now()
-    panel.post(reverse("commpanel:send", args=[mail.pk]), {"when": "now"})
+    response = panel.post(reverse("commpanel:send", args=[mail.pk]), {"when": "now"}, follow=True)
+    assert "Queued. This goes out to 3 addresses on the next dbmail_cron run." in response.content.decode()
     mail.refresh_from_db()
     assert mail.status == Status.QUEUED
     assert before <= mail.send_at <= timezone.now()
@@ -93,8 +94,10 @@ def test_schedule_sets_send_at_and_waits(panel, settings):
     mail.refresh_from_db()
     assert mail.status == Status.QUEUED
     assert mail.send_at.isoformat() == "2099-05-01T08:30:00+00:00"
-    assert "Scheduled for 2099-05-01 08:30" in response.content.decode()
-    assert 'id="request-status">Scheduled</span>' in response.content.decode()
+    html = response.content.decode()
+    assert "Scheduled. This will be sent to 3 addresses on 1 May 2099 at 08:30. You can change or cancel" in html
+    assert 'id="request-status">Scheduled</span>' in html
+    assert "Scheduled: it goes out on 1 May 2099 at 08:30." in html
     assert expand.claim_request() is None
 
 
@@ -221,12 +224,18 @@ def test_cancel_stops_the_unsent_rest(panel):
     mail.refresh_from_db()
     assert mail.status == Status.CANCELLED
     assert mail.status_counts() == {"sent": 1, "cancelled": 2}
-    assert "2 unsent email(s) will not go out" in response.content.decode()
+    html = response.content.decode()
+    assert "Cancelled: 2 emails will not go out. So far: 1 sent, 2 cancelled." in html
+    assert "Cancelled: 1 sent, 2 cancelled." in html  # the status line
+    assert "Cancel the rest" not in html
 
 
 def test_cancel_a_scheduled_request_before_expansion(panel):
     mail = rows_request(status=Status.QUEUED, send_at=timezone.now() + timedelta(days=1))
-    panel.post(reverse("commpanel:cancel", args=[mail.pk]))
+    response = panel.post(reverse("commpanel:cancel", args=[mail.pk]), follow=True)
+    html = response.content.decode()
+    assert html.count("Cancelled: nothing was sent.") == 2  # the flash and the status line
+    assert "unsent" not in html and 'id="request-status">Cancelled</span>' in html
     mail.refresh_from_db()
     assert mail.status == Status.CANCELLED
     mail.send_at = timezone.now()
@@ -323,3 +332,268 @@ def test_each_email_has_a_history_page_with_attempts_and_tracking_events(panel, 
     other = MessageRequestFactory(status="expanded")
     assert panel.get(reverse("commpanel:email", args=[other.pk, email.pk])).status_code == 404
     assert client.get(url).status_code == 302  # anonymous: to the login page
+
+
+# --- The live page's JSON: states in words, one segment per outcome, the page's parts ---
+
+
+def status_json(panel, mail, query=""):
+    response = panel.get(reverse("commpanel:status", args=[mail.pk]) + query)
+    assert response.status_code == 200
+    return response.json()
+
+
+def test_status_json_draws_each_outcome_as_itself_and_never_cancelled_as_sent(panel):
+    mail = expanded_request(["sent"] * 3 + ["delivered", "deferred", "dropped", "bounced"] + ["cancelled"] * 3)
+    data = status_json(panel, mail)
+    segments = {s["key"]: s["n"] for s in data["segments"]}
+    assert segments == {"sent": 4, "deferred": 1, "failed": 2, "cancelled": 3, "waiting": 0}
+    assert [s["percent"] for s in data["segments"]] == [40.0, 10.0, 20.0, 30.0, 0]
+    assert data["summary"] == "4 sent, 1 deferred, 2 dropped or bounced, 3 cancelled"
+    assert (data["state"], data["state_label"]) == ("sending", "Sending")  # the deferred one is tried again
+    assert "1 deferred email will be tried again later" in data["line"]
+
+
+def test_after_a_cancel_the_words_say_sent_and_cancelled_not_finished(panel):
+    mail = expanded_request(["sent"] * 49 + ["queued"])
+    panel.post(reverse("commpanel:cancel", args=[mail.pk]))
+    data = status_json(panel, mail)
+    assert data["line"] == "Cancelled: 49 sent, 1 cancelled."
+    assert (data["state_label"], data["active"], data["cancellable"]) == ("Cancelled", False, False)
+    assert "finished" not in data["line"] and "Cancel the rest" not in data["html"]["actions"]
+
+
+@pytest.mark.parametrize(
+    "status, send_in, emails, label",
+    [
+        (Status.DRAFT, 0, [], "Draft"),
+        (Status.QUEUED, 3600, [], "Scheduled"),
+        (Status.QUEUED, -1, [], "Sending"),
+        (Status.EXPANDING, -1, ["queued"], "Sending"),
+        (Status.EXPANDED, -1, ["sent", "queued"], "Sending"),
+        (Status.EXPANDED, -1, ["sent", "dropped"], "Done"),
+        (Status.CANCELLED, -1, ["sent", "cancelled"], "Cancelled"),
+    ],
+)
+def test_states_in_plain_words(panel, status, send_in, emails, label):
+    mail = expanded_request(emails)
+    MessageRequest.objects.filter(pk=mail.pk).update(status=status, send_at=timezone.now() + timedelta(seconds=send_in))
+    mail.refresh_from_db()
+    assert status_json(panel, mail)["state_label"] == label
+    assert (
+        f'id="request-status">{label}</span>'
+        in panel.get(reverse("commpanel:request", args=[mail.pk])).content.decode()
+    )
+    listed = panel.get(reverse("commpanel:requests")).content.decode()
+    assert f'badge-{label.lower()}">{label}</span>' in listed
+
+
+def test_a_failed_request_is_called_failed():
+    from dbmail.panel import progress
+
+    mail = MessageRequest(status="failed", send_at=timezone.now())
+    assert progress.label(mail, {}) == "Failed"
+    assert progress.progress(mail, {"sent": 2})["line"] == "Failed: 2 sent."
+
+
+def test_status_json_carries_the_emails_table_and_the_buttons_of_the_state(panel):
+    mail = rows_request(status=Status.EXPANDING)
+    data = status_json(panel, mail)
+    assert "No emails yet: they are being made." in data["html"]["emails"]
+    TextOfEmailFactory(request=mail, to_address="zed@example.org", status="queued")
+    TextOfEmailFactory(request=mail, to_address="amy@example.org", status="sent")
+    data = status_json(panel, mail)
+    assert data["html"]["emails"].index("amy@example.org") < data["html"]["emails"].index("zed@example.org")
+    assert "Cancel the rest" in data["html"]["actions"] and "csrfmiddlewaretoken" in data["html"]["actions"]
+    assert "sent" in status_json(panel, mail, "?status=sent")["html"]["emails"]
+    assert "zed@" not in status_json(panel, mail, "?status=sent")["html"]["emails"]  # the page's filter is kept
+    MessageRequest.objects.filter(pk=mail.pk).update(status=Status.EXPANDED)
+    TextOfEmail.objects.filter(to_address="zed@example.org").update(status="sent")
+    data = status_json(panel, mail)
+    assert (data["percent"], data["state_label"], data["active"]) == (100, "Done", False)
+    assert "Cancel the rest" not in data["html"]["actions"] and "Reuse as new request" in data["html"]["actions"]
+
+
+def test_rate_and_eta_while_sending(panel):
+    mail = expanded_request(["sent"] * 30 + ["queued"] * 60)
+    MessageRequest.objects.filter(pk=mail.pk).update(expanded_at=timezone.now() - timedelta(seconds=60))
+    data = status_json(panel, mail)
+    assert 29 <= data["per_minute"] <= 30.1 and 119 <= data["eta_seconds"] <= 122
+    assert data["pace"] in ("30 a minute, about 2 minutes left", "29 a minute, about 2 minutes left")
+    assert data["line"] == "Sending: 30 of 90 handled (30 sent, 60 waiting)."
+
+
+def test_the_delivery_figures_and_rates_come_from_the_roll_up(panel):
+    from dbmail import rollup
+
+    mail = expanded_request(["delivered"] * 3 + ["bounced"])
+    day = timezone.localdate()
+    rollup.count([(day, mail.sender_id, mail.pk, "sent")] * 4 + [(day, mail.sender_id, mail.pk, "delivered")] * 3)
+    rollup.count([(day, mail.sender_id, mail.pk, "bounced")])
+    data = status_json(panel, mail)
+    assert data["delivery"]["counts"]["sent"] == 4 and data["delivery"]["rates"]["delivered"] == 75.0
+    page = panel.get(reverse("commpanel:request", args=[mail.pk])).content.decode()
+    assert '<dd data-measure="bounced">1 <span class="rate">25.0 %</span>' in page
+    row = panel.get(reverse("commpanel:requests")).context["rows"][0]
+    assert row.delivery["counts"]["delivered"] == 3 and row.delivery["rates"]["bounced"] == 25.0
+
+
+def test_search_by_hash_id(panel):
+    wanted = rows_request(subject="Spring")
+    rows_request(subject="Other")
+    for query in (f"#{wanted.pk}", f"{wanted.pk}", f"# {wanted.pk}"):
+        page = panel.get(reverse("commpanel:requests"), {"q": query})
+        assert [m.pk for m in page.context["rows"]] == [wanted.pk], query
+
+
+# --- Scheduled requests can change until expansion starts ---
+
+
+def scheduled(**kwargs):
+    return rows_request(status=Status.QUEUED, send_at=timezone.now() + timedelta(days=2), **kwargs)
+
+
+def test_a_scheduled_request_says_what_will_happen_and_offers_edit_and_reschedule(panel):
+    mail = scheduled()
+    MessageRequest.objects.filter(pk=mail.pk).update(send_at="2099-12-03T09:00:00Z")
+    html = panel.get(reverse("commpanel:request", args=[mail.pk])).content.decode()
+    assert "This will be sent to 3 addresses on 3 Dec 2099 at 09:00." in html
+    assert 'id="reschedule-form"' in html and reverse("commpanel:edit", args=[mail.pk]) in html
+    assert "Cancel the send" in html and "Nothing will be sent." in html
+
+
+def test_reschedule_moves_the_time_and_says_when(panel):
+    mail = scheduled()
+    response = panel.post(
+        reverse("commpanel:reschedule", args=[mail.pk]), {"when": "later", "send_at": "2099-12-03T09:00"}, follow=True
+    )
+    mail.refresh_from_db()
+    assert mail.send_at.isoformat() == "2099-12-03T09:00:00+00:00" and mail.status == Status.QUEUED
+    assert "Rescheduled. This will be sent to 3 addresses on 3 Dec 2099 at 09:00." in response.content.decode()
+    response = panel.post(reverse("commpanel:reschedule", args=[mail.pk]), {"when": "now"}, follow=True)
+    assert "Rescheduled. This goes out to 3 addresses on the next dbmail_cron run." in response.content.decode()
+    assert expand.claim_request().pk == mail.pk
+
+
+def test_reschedule_to_the_past_is_refused(panel):
+    mail = scheduled()
+    before = mail.send_at
+    response = panel.post(
+        reverse("commpanel:reschedule", args=[mail.pk]), {"when": "later", "send_at": "2001-01-01T00:00"}, follow=True
+    )
+    mail.refresh_from_db()
+    assert mail.send_at == before and "This time has passed" in response.content.decode()
+
+
+@pytest.mark.parametrize("status", [Status.EXPANDING, Status.EXPANDED, Status.CANCELLED, Status.DRAFT])
+def test_reschedule_changes_nothing_once_expansion_started(panel, status):
+    mail = scheduled()
+    MessageRequest.objects.filter(pk=mail.pk).update(status=status)
+    before = mail.send_at
+    response = panel.post(reverse("commpanel:reschedule", args=[mail.pk]), {"when": "now"}, follow=True)
+    mail.refresh_from_db()
+    assert (mail.status, mail.send_at) == (status, before)
+    assert "Too late to change it" in response.content.decode() or "Not changed" in response.content.decode()
+
+
+def test_editing_a_scheduled_request_keeps_it_scheduled(panel):
+    mail = scheduled()
+    edit = panel.get(reverse("commpanel:edit", args=[mail.pk]))
+    assert edit.status_code == 200 and "Edit scheduled request" in edit.content.decode()
+    data = {**edit.context["form"].initial, "subject": "Changed {{ first_name }}", "source": "paste"}
+    data.update(addresses="ann@example.org\nbob@example.org", sender=mail.sender_id, public="")
+    data = {k: v for k, v in data.items() if v is not None and k != "public"}
+    response = panel.post(reverse("commpanel:edit", args=[mail.pk]), data, follow=True)
+    mail.refresh_from_db()
+    assert (mail.subject, mail.status) == ("Changed {{ first_name }}", Status.QUEUED)
+    assert "Changes saved. This will be sent to 2 addresses on" in response.content.decode()
+
+
+@pytest.mark.parametrize("when", ["before the post", "while the form is checked"])
+def test_an_edit_saved_after_expansion_started_is_refused_and_changes_nothing(panel, monkeypatch, when):
+    from dbmail.panel.forms import ComposeForm
+
+    mail = scheduled()
+    edit = panel.get(reverse("commpanel:edit", args=[mail.pk]))
+    data = {**edit.context["form"].initial, "subject": "Too late", "source": "paste", "addresses": "ann@example.org"}
+    data = {k: v for k, v in data.items() if v is not None and k != "public"}
+
+    def taken():  # the cron claims the request
+        MessageRequest.objects.filter(pk=mail.pk).update(status=Status.EXPANDING)
+
+    if when == "before the post":
+        taken()
+    else:  # between the view's first status check and the save: only the locked re-read sees it
+        checked = ComposeForm.is_valid
+        monkeypatch.setattr(ComposeForm, "is_valid", lambda form: (checked(form), taken())[0])
+    response = panel.post(reverse("commpanel:edit", args=[mail.pk]), data, follow=True)
+    mail.refresh_from_db()
+    assert mail.subject == "Hi {{ first_name }}" and mail.status == Status.EXPANDING
+    html = response.content.decode()
+    assert "can no longer be edited" in html or "Not saved: sending started meanwhile." in html
+    if when != "before the post":
+        assert "Not saved: sending started meanwhile." in html
+
+
+@pytest.mark.django_db(transaction=True)
+def test_expansion_passes_by_a_request_being_edited_and_takes_it_afterwards():
+    import threading
+
+    from django.db import connection, transaction
+
+    mail = rows_request(status=Status.QUEUED, send_at=timezone.now())
+    locked, release, claimed = threading.Event(), threading.Event(), []
+
+    def editor():  # holds the row lock the compose save takes
+        with transaction.atomic():
+            MessageRequest.objects.select_for_update().get(pk=mail.pk)
+            locked.set()
+            release.wait(10)
+        connection.close()
+
+    thread = threading.Thread(target=editor)
+    thread.start()
+    assert locked.wait(10)
+    claimed.append(expand.claim_request())
+    release.set()
+    thread.join()
+    assert claimed == [None]  # skipped while locked, not blocked and not taken
+    assert expand.claim_request().pk == mail.pk
+
+
+def test_tries_match_the_history_and_a_retry_is_explained(panel):
+    from dbmail.models import DeliveryEvent
+
+    mail = expanded_request(["sent"])
+    email = mail.emails.get()
+    TextOfEmail.objects.filter(pk=email.pk).update(attempts=1)
+    DeliveryEvent.objects.create(email=email, kind="attempt", outcome="sent", smtp_code=250, text="ok")
+    DeliveryEvent.objects.create(email=email, kind="tracking", outcome="delivered", text="delivered")
+    url = reverse("commpanel:email", args=[mail.pk, email.pk])
+    assert '<dd id="tries">1</dd>' in panel.get(url).content.decode()  # a tracking row is no try
+    DeliveryEvent.objects.create(email=email, kind="attempt", outcome="dropped", smtp_code=550, text="no")
+    DeliveryEvent.objects.create(email=email, kind="admin", outcome="queued", text="retry now")
+    html = panel.get(url).content.decode()
+    assert '<dd id="tries">2; 1 since the last retry, of at most 100</dd>' in html
+
+
+def test_a_page_of_emails_costs_the_same_queries_for_any_number_of_rows(panel, django_assert_max_num_queries):
+    mail = expanded_request(["sent"] * 30)
+    url = reverse("commpanel:status", args=[mail.pk])
+    with django_assert_max_num_queries(12):
+        panel.get(url)
+    with django_assert_max_num_queries(20):
+        panel.get(reverse("commpanel:request", args=[mail.pk]))
+
+
+def test_the_request_page_counts_emails_possibly_delivered_twice(panel):
+    mail = MessageRequestFactory(status=Status.EXPANDED)
+    TextOfEmailFactory(request=mail, status=TextOfEmail.Status.SENT, possibly_delivered=1, attempts=2)
+    TextOfEmailFactory(request=mail, status=TextOfEmail.Status.DEFERRED, possibly_delivered=2, attempts=2)
+    TextOfEmailFactory(request=mail, status=TextOfEmail.Status.DEFERRED, attempts=1)
+    TextOfEmailFactory(status=TextOfEmail.Status.SENT, possibly_delivered=1)  # another request's
+    page = panel.get(reverse("commpanel:request", args=[mail.pk])).content.decode()
+    assert "Outcome unknown (possibly delivered) for 2 emails" in page
+    other = MessageRequestFactory(status=Status.EXPANDED)
+    TextOfEmailFactory(request=other, status=TextOfEmail.Status.SENT)
+    assert "possibly delivered" not in panel.get(reverse("commpanel:request", args=[other.pk])).content.decode()

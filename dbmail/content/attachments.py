@@ -1,22 +1,24 @@
 """A request's attachments: stored through Django's storage API, read once per send run.
 
-The sender asks `for_request` for every email; the files of a request are
-read on the first email and kept for the rest of the run, so a request to
-20,000 people reads each file once per run, not once per email.
+The sender asks `for_email` for every email; the files of a request are
+read on its first email and kept while the emails that follow are of the
+same request (a claimed batch comes ordered by request), so a request to
+20,000 people reads each file about once per batch, not once per email,
+and a sender never holds more than one request's files.
 """
 
 import mimetypes
 
-from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.template.defaultfilters import filesizeformat
 
+from dbmail.conf import settings as conf
 from dbmail.models import RequestAttachment
 
 
 def check_size(new_files, existing_bytes=0):
     """Refuse uploads that would take a request's attachments over DBMAIL_MAX_ATTACHMENT_BYTES."""
-    limit = settings.DBMAIL_MAX_ATTACHMENT_BYTES
+    limit = conf.DBMAIL_MAX_ATTACHMENT_BYTES
     total = existing_bytes + sum(f.size for f in new_files)
     if total > limit:
         raise ValidationError(
@@ -59,14 +61,15 @@ def read(request_id):
 
 
 class Cache:
-    """Per-run memory of each request's attachments (one query and one read per request)."""
+    """The attachments of the request last asked for (one query and one read per run of its emails)."""
 
     def __init__(self):
-        self._files = {}
+        self._request_id, self._files = None, []
 
     def for_email(self, email):
         if email.request_id is None or email.raw_message is not None:
             return []
-        if email.request_id not in self._files:
-            self._files[email.request_id] = read(email.request_id)
-        return self._files[email.request_id]
+        if email.request_id != self._request_id:
+            self._request_id, self._files = None, []  # the last request's files go before the next are read
+            self._files, self._request_id = read(email.request_id), email.request_id
+        return self._files

@@ -8,8 +8,7 @@ addresses: inactive users, suppressed addresses and repeats left out.
 import re
 from dataclasses import dataclass, field
 
-from django.conf import settings
-
+from dbmail.conf import settings as conf
 from dbmail.content import recipients, rendering
 
 # `{{ name }}` and `{{ name|filter }}`: the top-level variable a template prints.
@@ -32,7 +31,7 @@ class Summary:
             "invalid": self.invalid,
             "empty": self.empty,
             "large": self.large,
-            "large_threshold": settings.DBMAIL_LARGE_SEND_WARNING,
+            "large_threshold": conf.DBMAIL_LARGE_SEND_WARNING,
         }
 
 
@@ -76,5 +75,5 @@ def summarise(request):
                     entry["count"] += 1
                     if len(entry["examples"]) < EXAMPLES:
                         entry["examples"].append(rcpt.email)
-    summary.large = summary.count > settings.DBMAIL_LARGE_SEND_WARNING
+    summary.large = summary.count > conf.DBMAIL_LARGE_SEND_WARNING
     return summary

@@ -10,13 +10,10 @@ import re
 from dataclasses import dataclass, field
 
 from dbmail.content import recipients
+from dbmail.exceptions import CSVError
 
 _NAME = re.compile(r"^[a-z_][a-z0-9_]*$")
 MAX_REPORTED = 50
-
-
-class CSVError(ValueError):
-    """The file as a whole cannot be used (encoding, no header, no email column)."""
 
 
 @dataclass

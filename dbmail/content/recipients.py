@@ -20,17 +20,14 @@ from dataclasses import dataclass, field
 from itertools import islice
 
 from django.contrib.auth import get_user_model
-from django.core.exceptions import FieldDoesNotExist, ValidationError
-from django.core.validators import validate_email
+from django.core.exceptions import FieldDoesNotExist
 from django.db.models import QuerySet
 
+from dbmail.content.addresses import error as _address_error
+from dbmail.exceptions import UnknownRecipientSet
 from dbmail.models import Suppression
 
 _REGISTRY = {}
-
-
-class UnknownRecipientSet(LookupError):
-    pass
 
 
 @dataclass(frozen=True)
@@ -85,11 +82,8 @@ def normalise_address(address):
 
 
 def address_error(address):
-    try:
-        validate_email(address)
-    except ValidationError:
-        return f"invalid address {address!r}"
-    return ""
+    """Why `address` cannot be mailed ("" when it can); UTF-8 local parts and IDN domains are valid."""
+    return _address_error(address)
 
 
 def _from_user(user):

@@ -12,9 +12,11 @@ import time
 from dataclasses import dataclass
 from html.parser import HTMLParser
 
-from django.conf import settings
 from django.template import Context, Engine, TemplateSyntaxError
 from django.template.base import TextNode, Variable, VariableNode, render_value_in_context
+
+from dbmail.conf import settings as conf
+from dbmail.exceptions import RenderError
 
 _TEXT_ENGINE = Engine(autoescape=False, loaders=[])
 _HTML_ENGINE = Engine(autoescape=True, loaders=[])
@@ -26,10 +28,6 @@ _WHITESPACE = re.compile(r"\s+")
 
 RECIPIENT_VARIABLES = ("first_name", "last_name", "name", "email", "username")
 SITE_VARIABLES = ("site_name", "site_url", "unsubscribe_url")
-
-
-class RenderError(Exception):
-    pass
 
 
 @dataclass
@@ -187,8 +185,8 @@ class CompiledRequest:
             if template is not None
         }
         self.base = {
-            "site_name": settings.DBMAIL_SITE_NAME,
-            "site_url": settings.DBMAIL_SITE_URL,
+            "site_name": conf.DBMAIL_SITE_NAME,
+            "site_url": conf.DBMAIL_SITE_URL,
             **{k: v for k, v in (request.context or {}).items() if isinstance(k, str)},
         }
 
@@ -225,4 +223,4 @@ class CompiledRequest:
 def new_message_id():
     # Not email.utils.make_msgid: it draws on the process-wide `random`, which any library
     # (or a test framework) may reseed, and two senders would then mint the same IDs.
-    return f"<{time.time_ns()}.{secrets.token_hex(8)}@{settings.DBMAIL_MESSAGE_ID_DOMAIN}>"
+    return f"<{time.time_ns()}.{secrets.token_hex(8)}@{conf.DBMAIL_MESSAGE_ID_DOMAIN}>"

@@ -32,6 +32,8 @@ from django.conf import settings
 from django.core import signing
 from django.urls import reverse
 
+from dbmail.conf import settings as conf
+
 TOKEN_LENGTH = 26  # base32 characters: 130 bits
 _SALT = "dbmail.unsubscribe.address"
 _LEGACY_SALT = "dbmail.unsubscribe"  # the django.core.signing tokens of earlier mail
@@ -107,7 +109,7 @@ def _legacy_address(token):
 
 
 def _mailto_base():
-    local, _, domain = parseaddr(settings.DBMAIL_UNSUBSCRIBE_MAILTO)[1].lower().rpartition("@")
+    local, _, domain = parseaddr(conf.DBMAIL_UNSUBSCRIBE_MAILTO)[1].lower().rpartition("@")
     return local, domain
 
 
@@ -143,7 +145,7 @@ class LinkMaker:
 
     def __init__(self):
         self._key = _key(settings.SECRET_KEY)
-        url = settings.DBMAIL_SITE_URL + reverse("dbmail:unsubscribe", args=["TOKEN"])
+        url = conf.DBMAIL_SITE_URL + reverse("dbmail:unsubscribe", args=["TOKEN"])
         self._before, _, self._after = url.partition("TOKEN")
         self.issued = {}
 
@@ -161,7 +163,7 @@ class LinkMaker:
 
 def unsubscribe_url(address):
     """The URL for one address, its token stored."""
-    return f"{settings.DBMAIL_SITE_URL}{reverse('dbmail:unsubscribe', args=[issue(address)])}"
+    return f"{conf.DBMAIL_SITE_URL}{reverse('dbmail:unsubscribe', args=[issue(address)])}"
 
 
 def list_unsubscribe_headers(url, token):

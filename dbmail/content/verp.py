@@ -13,8 +13,9 @@ import base64
 import hmac
 import re
 
-from django.conf import settings
 from django.utils.crypto import salted_hmac
+
+from dbmail.conf import settings as conf
 
 _SALT = "dbmail.verp"
 _LEFT = re.compile(r"[A-Za-z0-9._-]{1,64}")
@@ -23,7 +24,7 @@ _MAX_LOCAL = 64  # RFC 5321
 
 
 def enabled():
-    return bool(settings.DBMAIL_VERP_DOMAIN)
+    return bool(conf.DBMAIL_VERP_DOMAIN)
 
 
 def _left_part(message_id):
@@ -42,10 +43,10 @@ def envelope_sender(message_id, default):
     left = _left_part(message_id)
     if not _LEFT.fullmatch(left):
         return default
-    local = f"{settings.DBMAIL_VERP_PREFIX}+{left}.{_signature(left)}"
+    local = f"{conf.DBMAIL_VERP_PREFIX}+{left}.{_signature(left)}"
     if len(local) > _MAX_LOCAL:
         return default
-    return f"{local}@{settings.DBMAIL_VERP_DOMAIN}"
+    return f"{local}@{conf.DBMAIL_VERP_DOMAIN}"
 
 
 def is_verp_address(address):
@@ -55,8 +56,8 @@ def is_verp_address(address):
     local, at, domain = (address or "").strip().rpartition("@")
     return (
         bool(at)
-        and domain.lower() == settings.DBMAIL_VERP_DOMAIN.lower()
-        and (local.lower().startswith(settings.DBMAIL_VERP_PREFIX.lower() + "+"))
+        and domain.lower() == conf.DBMAIL_VERP_DOMAIN.lower()
+        and (local.lower().startswith(conf.DBMAIL_VERP_PREFIX.lower() + "+"))
     )
 
 
@@ -65,7 +66,7 @@ def decode(address):
     if not is_verp_address(address):
         return None
     local = address.strip().rpartition("@")[0]
-    token = local[len(settings.DBMAIL_VERP_PREFIX) + 1 :]
+    token = local[len(conf.DBMAIL_VERP_PREFIX) + 1 :]
     left, dot, signature = token.rpartition(".")
     if not dot or not _LEFT.fullmatch(left):
         return None
@@ -82,5 +83,5 @@ def find_email(address):
     if left is None:
         return None
     # The exact Message-ID first (an index lookup); the prefix scan only if the ID domain has changed since.
-    exact = TextOfEmail.objects.filter(message_id=f"<{left}@{settings.DBMAIL_MESSAGE_ID_DOMAIN}>").first()
+    exact = TextOfEmail.objects.filter(message_id=f"<{left}@{conf.DBMAIL_MESSAGE_ID_DOMAIN}>").first()
     return exact or TextOfEmail.objects.filter(message_id__startswith=f"<{left}@").first()

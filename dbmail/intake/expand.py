@@ -9,17 +9,18 @@ chunk in flight, which the next run redoes from the checkpoint; the unique
 
 import queue
 import threading
+import time
 import uuid
 from dataclasses import dataclass
 from datetime import timedelta
 
-from django.conf import settings
 from django.db import connection, models, transaction
 from django.db.models import Q
 from django.utils import timezone
 from psycopg2.extras import Json
 
 from dbmail import states
+from dbmail.conf import settings as conf
 from dbmail.content import recipients, rendering, verp
 from dbmail.content import tokens as unsubscribe
 from dbmail.models import AddressToken, MessageRequest, TextOfEmail
@@ -36,7 +37,7 @@ class ExpandResult:
 def claim_request(now=None):
     """Take one due request (or one whose expander died) for this process, or None."""
     now = now or timezone.now()
-    lease = timedelta(seconds=settings.DBMAIL_LEASE_SECONDS)
+    lease = timedelta(seconds=conf.DBMAIL_LEASE_SECONDS)
     with transaction.atomic():
         request = (
             MessageRequest.objects.select_for_update(skip_locked=True)
@@ -221,14 +222,16 @@ def _can_write_aside():
     return connection.vendor == "postgresql" and not connection.in_atomic_block
 
 
-def expand(request, chunk_size=None, on_chunk=None):
+def expand(request, chunk_size=None, on_chunk=None, deadline=None):
     """Expand a claimed request to the end; return the number of emails it now has.
 
     Stops early, leaving the rest to whoever holds the request, if it was
-    cancelled or its lease was taken over meanwhile.
+    cancelled or its lease was taken over meanwhile. At `deadline`
+    (time.monotonic()) it stops after the chunk in hand and gives the request
+    back at once: the next run goes on from its checkpoint.
     """
-    chunk_size = chunk_size or settings.DBMAIL_EXPAND_CHUNK
-    lease = timedelta(seconds=settings.DBMAIL_LEASE_SECONDS)
+    chunk_size = chunk_size or conf.DBMAIL_EXPAND_CHUNK
+    lease = timedelta(seconds=conf.DBMAIL_LEASE_SECONDS)
     token = request.expand_token
     mine = MessageRequest.objects.filter(pk=request.pk, expand_token=token, status=RequestStatus.EXPANDING)
     after = (request.checkpoint or {}).get("after")
@@ -255,9 +258,13 @@ def expand(request, chunk_size=None, on_chunk=None):
     )
     links = unsubscribe.LinkMaker()
     writer = ChunkWriter(commit) if _can_write_aside() else InlineWriter(commit)
+    paused = False
     try:
         for last_position, chunk in chunks:
             if writer.stopped:
+                break
+            if deadline is not None and time.monotonic() >= deadline:
+                paused = True
                 break
             now = timezone.now()
             rows = [email_fields(request, compiled, rcpt, now, links) for rcpt in chunk]
@@ -265,6 +272,9 @@ def expand(request, chunk_size=None, on_chunk=None):
     finally:
         writer.close()
     if writer.stopped:
+        return 0
+    if paused:
+        mine.update(expand_lease_until=timezone.now())
         return 0
 
     total = request.emails.count()
@@ -278,13 +288,15 @@ def expand(request, chunk_size=None, on_chunk=None):
     return total
 
 
-def expand_due(max_requests=None, on_chunk=None):
-    """Expand every due request, one at a time; return what was done."""
+def expand_due(max_requests=None, on_chunk=None, deadline=None):
+    """Expand every due request, one at a time, until `deadline` (time.monotonic()); return what was done."""
     result = ExpandResult()
     while max_requests is None or result.requests < max_requests:
+        if deadline is not None and time.monotonic() >= deadline:
+            break
         request = claim_request()
         if request is None:
             break
         result.requests += 1
-        result.emails += expand(request, on_chunk=on_chunk)
+        result.emails += expand(request, on_chunk=on_chunk, deadline=deadline)
     return result

@@ -14,9 +14,9 @@ address or as its whole domain (`@example.org`; subdomains are other
 domains). There is no implicit grant, for staff or superusers either.
 """
 
-from django.conf import settings
 from django.db.models import Q
 
+from dbmail.conf import settings as conf
 from dbmail.models import SenderAccount, SendGrant
 
 COMPOSE_PERMISSION = "dbmail.add_messagerequest"
@@ -26,7 +26,7 @@ def may_compose(user):
     """The permission decides; with DBMAIL_PANEL_ALL_STAFF (the default) being staff is enough too."""
     if user is None or not user.is_active:
         return False
-    return user.has_perm(COMPOSE_PERMISSION) or (settings.DBMAIL_PANEL_ALL_STAFF and user.is_staff)
+    return user.has_perm(COMPOSE_PERMISSION) or (conf.DBMAIL_PANEL_ALL_STAFF and user.is_staff)
 
 
 def request_senders():

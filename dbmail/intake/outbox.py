@@ -1,4 +1,4 @@
-"""The ad-hoc path (seed 000): put one email in the outbox, and optionally send it now.
+"""The ad-hoc path (seed 000): the one door for mail that is sent now rather than by dbmail_cron.
 
     from dbmail.intake.outbox import send_now
     send_now(to="ann@example.org", subject="Your password", text="...")
@@ -7,6 +7,11 @@ The email is a TextOfEmail row like any other, with the same log and
 statuses. send_now sends once the caller's transaction commits (so a rolled
 back view sends nothing); if the SMTP server is down it stays in the queue
 and the next dbmail_cron run retries it.
+
+Callers that build their emails themselves (enqueue, then adjust them: list
+forwards, mailbox messages, the panel's test mail) hand them to
+send_after_commit or send_at_once; no one else calls the send loop's
+single-email path.
 """
 
 from email.utils import formataddr, parseaddr
@@ -17,11 +22,14 @@ from django.utils import timezone
 
 from dbmail import states
 from dbmail.content import recipients, rendering, verp
+from dbmail.exceptions import UnknownSender
 from dbmail.models import DeliveryEvent, SenderAccount, TextOfEmail
+from dbmail.send.loop import send_one_now
 
 
-class UnknownSender(ValueError):
-    """The From address is neither a configured sender account nor the site's own address."""
+def site_addresses():
+    """The site's own addresses (DEFAULT_FROM_EMAIL, SERVER_EMAIL), lower-case: they send without a sender account."""
+    return {parseaddr(a or "")[1].strip().lower() for a in (settings.DEFAULT_FROM_EMAIL, settings.SERVER_EMAIL)}
 
 
 def resolve_sender(from_email=None):
@@ -32,8 +40,7 @@ def resolve_sender(from_email=None):
     account = SenderAccount.objects.filter(address=address, active=True).first()
     if account:
         return account, (formataddr((name, address)) if name else account.from_header), address
-    site_addresses = {parseaddr(a)[1].lower() for a in (settings.DEFAULT_FROM_EMAIL, settings.SERVER_EMAIL)}
-    if address in site_addresses:
+    if address in site_addresses():
         return None, from_email, address
     raise UnknownSender(f"{address!r} is not a configured sender account")
 
@@ -96,9 +103,31 @@ def enqueue(
 
 def send_now(to, subject="", text="", html="", **kwargs):
     """Enqueue one email and send it as soon as the current transaction commits."""
-    from dbmail.send.loop import send_one_now
-
     email = enqueue(to, subject, text, html, **kwargs)
-    if email.status == states.EmailStatus.QUEUED:
-        transaction.on_commit(lambda: send_one_now(email))
+    send_after_commit([email])
     return email
+
+
+def send_after_commit(emails, *, robust=False):
+    """Send each still queued email of `emails` once the current transaction commits (at once outside one).
+
+    A rolled back transaction sends nothing. With `robust`, a failure while
+    sending is logged instead of raised, for callers whose committed work must
+    stand whatever happens after it (the gate answering the MTA).
+    """
+    for email in emails:
+        if email.status == states.EmailStatus.QUEUED:
+            # A lambda, not functools.partial: robust on_commit logs the callback's __qualname__.
+            transaction.on_commit(lambda email=email: send_one_now(email), robust=robust)
+
+
+def send_at_once(emails):
+    """Send each still queued email of `emails` now, in this process; the emails are refreshed in place.
+
+    For callers whose emails are already committed and who want the outcome
+    before they go on (a mailbox message mirrors its copies' statuses).
+    """
+    for email in emails:
+        if email.status == states.EmailStatus.QUEUED:
+            send_one_now(email)
+    return emails

@@ -11,21 +11,17 @@ its Message-ID: stable, and unique in practice), then sender => recipient.
 """
 
 import hashlib
-from email.utils import parseaddr
 
-from django.conf import settings
 from django.db.models import Q
 from django.utils import timezone
 
 from dbmail import states
+from dbmail.exceptions import UnknownSender
+from dbmail.intake import outbox
 from dbmail.models import SenderAccount, TextOfEmail
 from dbmail.send import loop as sending
 
 ALL = "@"
-
-
-class UnknownSender(ValueError):
-    """SENDER is neither a sender account nor the site's own address."""
 
 
 def scope(sender=None):
@@ -35,8 +31,7 @@ def scope(sender=None):
     address = sender.strip().lower()
     if SenderAccount.objects.filter(address__iexact=address).exists():
         return Q(account__address__iexact=address)
-    site = {parseaddr(a)[1].lower() for a in (settings.DEFAULT_FROM_EMAIL, settings.SERVER_EMAIL)}
-    if address in site:
+    if address in outbox.site_addresses():
         return Q(account__isnull=True, envelope_sender__iexact=address)
     raise UnknownSender(f"{sender!r} is not a sender account (nor the site's own address)")
 

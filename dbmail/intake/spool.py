@@ -34,14 +34,16 @@ from xml.etree.ElementTree import ParseError
 
 from defusedxml import DefusedXmlException
 from defusedxml.ElementTree import fromstring
-from django.conf import settings
 from django.db import transaction
 from django.db.models import Count
 from django.db.models.functions import Lower
 from django.utils import timezone
 
 from dbmail import states
+from dbmail.conf import settings as conf
 from dbmail.content import recipients, rendering
+from dbmail.exceptions import SpoolError
+from dbmail.exceptions import SpoolFormatError as FormatError
 from dbmail.models import DeliveryEvent, SenderAccount, SpoolFile, SpoolItem, TextOfEmail
 from dbmail.ops import sites
 
@@ -58,14 +60,6 @@ DIRS = {
 # place instead of renaming: it gets another look on a later run rather than being dropped.
 GRACE_SECONDS = 60
 _FINAL_FILE = (SpoolFile.Status.SENT, SpoolFile.Status.DROPPED)
-
-
-class SpoolError(Exception):
-    """The spool directory cannot be used (missing or unreadable)."""
-
-
-class FormatError(ValueError):
-    """A spool file that is not a valid <list> of <item>s."""
 
 
 @dataclass(frozen=True)
@@ -96,9 +90,9 @@ class SettleResult:
 
 def directory():
     """This site's spool directory, or None when the spool is not configured."""
-    if not settings.DBMAIL_SPOOL_DIR:
+    if not conf.DBMAIL_SPOOL_DIR:
         return None
-    return Path(settings.DBMAIL_SPOOL_DIR.replace("{sid}", sites.current()))
+    return Path(conf.DBMAIL_SPOOL_DIR.replace("{sid}", sites.current()))
 
 
 def _existing_directory():
@@ -214,6 +208,21 @@ def _take_in(root, entry, now, result):
         result.emails += create_emails(record, items, now)
     result.files += 1
     result.malformed += bool(error)
+
+
+def cycle(send, on_intake=None):
+    """Take in the spool, `send()`, then settle the spool: (IntakeResult, what send returned, SettleResult).
+
+    The order every sending command keeps: files become emails before the
+    send, so their mail goes in the same run, and are moved by their emails'
+    outcomes after it. Both steps do nothing unless DBMAIL_SPOOL_DIR is set.
+    `on_intake(taken)` is called before sending (to report unreadable files first).
+    """
+    taken = intake()
+    if on_intake:
+        on_intake(taken)
+    result = send()
+    return taken, result, settle()
 
 
 def create_emails(record, items, now):
@@ -397,7 +406,7 @@ def _write_atomically(path, text):
 
 def clean(root, now=None):
     """Delete files that have been in sent/ or drop/ for DBMAIL_SPOOL_KEEP_DAYS; return how many."""
-    keep = timedelta(days=settings.DBMAIL_SPOOL_KEEP_DAYS)
+    keep = timedelta(days=conf.DBMAIL_SPOOL_KEEP_DAYS)
     cutoff = time.time() - keep.total_seconds()
     removed = 0
     for name in (DIRS[SpoolFile.Status.SENT], DIRS[SpoolFile.Status.DROPPED]):

@@ -1,19 +1,27 @@
-"""One dbmail_cron run: expand due requests, then send due emails, then record the run."""
+"""One dbmail_cron run: expand due requests, send due emails, fold the day's counts, record the run.
 
-import signal
+--max-seconds counts from the start of the run, expansion included. A lost
+database connection ends a run with one line and a non-zero exit; what the
+sender held is given back as soon as the database answers again (at once
+when it does, else at the start of the next round of --loop, whose pause
+grows after each failed round: dbmail.ops.runloop).
+"""
+
+import logging
 import time
 from dataclasses import dataclass
 
-from django.db import DatabaseError, close_old_connections
 from django.utils import timezone
 
+from dbmail import rollup
+from dbmail.exceptions import DatabaseLost, DatabaseUnreachable, Unreachable
 from dbmail.intake import expand, spool
 from dbmail.ops import health
+from dbmail.ops.runloop import Round, RunLoop
 from dbmail.send import loop as sending
+from dbmail.send.recovery import DATABASE_ERRORS, Leftovers
 
-
-class Unreachable(Exception):
-    """The database or the SMTP server could not be reached at all."""
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -24,9 +32,10 @@ class RunResult:
 
     def summary(self):
         e, s = self.expanded, self.sent
+        unknown = f" ({s.possibly_delivered} with outcome unknown, possibly delivered)" if s.possibly_delivered else ""
         return (
             f"expanded {e.requests} request{'s' * (e.requests != 1)} ({e.emails} emails); "
-            f"sent {s.sent}, deferred {s.deferred}, dropped {s.dropped} in {self.seconds:.1f}s"
+            f"sent {s.sent}, deferred {s.deferred}{unknown}, dropped {s.dropped} in {self.seconds:.1f}s"
         )
 
     def as_dict(self):
@@ -36,62 +45,124 @@ class RunResult:
             "sent": self.sent.sent,
             "deferred": self.sent.deferred,
             "dropped": self.sent.dropped,
+            "possibly_delivered": self.sent.possibly_delivered,
+            "problems": self.sent.problems,
             "seconds": round(self.seconds, 3),
         }
 
 
 class Runner:
-    """Runs once or in a loop; SIGTERM/SIGINT stop it after the message in flight."""
+    """Runs once or in a loop (dbmail.ops.runloop); SIGTERM/SIGINT stop it after the message in flight."""
 
-    def __init__(self, max_seconds=None, max_messages=None, batch_size=None, on_outcome=None, on_chunk=None):
-        self.options = dict(max_seconds=max_seconds, max_messages=max_messages, batch_size=batch_size)
+    def __init__(
+        self, max_seconds=None, max_messages=None, batch_size=None, on_outcome=None, on_chunk=None, interval=60.0
+    ):
+        self.max_seconds = max_seconds
+        self.options = dict(max_messages=max_messages, batch_size=batch_size)
         self.on_outcome = on_outcome
         self.on_chunk = on_chunk
-        self.stopping = False
+        self.loop = RunLoop(interval, on_stop=[self._stop_sending])
         self.sender = None
+        self.leftovers = Leftovers()  # what a run cut off from the database still holds
+
+    @property
+    def stopping(self):
+        return self.loop.stopping
 
     def stop(self, *args):
-        self.stopping = True
+        self.loop.stop()
+
+    def _stop_sending(self):
         if self.sender:
             self.sender.stopping = True
 
     def install_signal_handlers(self):
-        signal.signal(signal.SIGTERM, self.stop)
-        signal.signal(signal.SIGINT, self.stop)
+        self.loop.handle_signals()
+
+    def give_back(self):
+        """Hand back what a run cut off from the database held; False while the database is still away."""
+        if not self.leftovers:
+            return True
+        count = len(self.leftovers)
+        try:
+            self.leftovers.give_back()
+        except DATABASE_ERRORS as exc:
+            log.info("cannot give back %s claimed emails yet: %s", count, exc)
+            return False
+        log.info("gave back %s emails claimed before the database connection broke", count)
+        return True
 
     def run_once(self):
         started, clock = timezone.now(), time.monotonic()
+        deadline = clock + self.max_seconds if self.max_seconds else None
+        if not self.give_back():
+            raise DatabaseUnreachable("cannot reach the database to give back the emails a run held")
         try:
-            spool.intake()  # both spool steps do nothing unless DBMAIL_SPOOL_DIR is set
-            expanded = expand.expand_due(on_chunk=self.on_chunk) if not self.stopping else expand.ExpandResult()
-            self.sender = sending.Sender(on_outcome=self.on_outcome, **self.options)
-            self.sender.stopping = self.stopping
-            sent = self.sender.run()
-            spool.settle()
-        except DatabaseError as exc:
-            raise Unreachable(f"cannot reach the database: {exc}".strip()) from exc
+            _, (expanded, sent), _ = spool.cycle(lambda: self._expand_and_send(deadline))
+            rollup.merge_all()  # the dashboard's counts: the deltas of the batches sent, folded into one row per day
+        except DatabaseLost as exc:
+            self.leftovers.add(exc.leftovers)
+            held = len(self.leftovers)
+            given = self.give_back()
+            fate = (
+                f"the {held} emails it held were given back"
+                if given
+                else f"the {held} emails it held go back when the database answers (at the latest after "
+                "their lease, DBMAIL_LEASE_SECONDS)"
+            )
+            raise DatabaseUnreachable(f"lost the database connection while sending ({exc}); {fate}") from exc
+        except DATABASE_ERRORS as exc:
+            raise DatabaseUnreachable(f"cannot reach the database: {' '.join(str(exc).split())}".strip()) from exc
         except spool.SpoolError as exc:
             raise Unreachable(str(exc)) from exc
         result = RunResult(expanded, sent, time.monotonic() - clock)
         error = ""
         if sent.server_unreachable:
-            error = "cannot reach the SMTP server: " + (sent.errors[0] if sent.errors else "")
+            error = "cannot reach the SMTP server: " + (sent.problems[0] if sent.problems else "")
         try:
             health.beat("dbmail_cron", started, result.as_dict(), error)
-        except DatabaseError:
+        except DATABASE_ERRORS:
             pass  # the run's own outcome stands; the heartbeat is only a report
         if error:
             raise Unreachable(error)
         return result
 
-    def run_loop(self, interval, report):
-        """Run every `interval` seconds until stopped; `report(result or exception)` after each."""
-        while not self.stopping:
-            close_old_connections()
+    def _expand_and_send(self, deadline):
+        expanded = (
+            expand.expand_due(on_chunk=self.on_chunk, deadline=deadline) if not self.stopping else expand.ExpandResult()
+        )
+        self.sender = sending.Sender(on_outcome=self.on_outcome, deadline=deadline, **self.options)
+        self.sender.stopping = self.stopping
+        return expanded, self.sender.run()
+
+    def run_loop(self, report):
+        """Run every `interval` seconds until stopped; `report(result or exception)` after each.
+
+        After a run that could not reach the database or the SMTP server the
+        pause doubles, up to dbmail.ops.runloop.MAX_BACKOFF, until a run succeeds;
+        emails held when the database went away are given back by the first
+        round that reaches it.
+        """
+
+        def one_round():
             try:
                 report(self.run_once())
             except Unreachable as exc:
+                if isinstance(exc, DatabaseUnreachable):
+                    _forget_connection()
                 report(exc)
-            deadline = time.monotonic() + interval
-            while not self.stopping and time.monotonic() < deadline:
-                time.sleep(min(0.2, interval))
+                return Round.FAILED
+            return Round.DONE
+
+        self.loop.run(one_round)
+        self.give_back()
+
+
+def _forget_connection():
+    """Drop a connection the server broke, so the next round opens a new one."""
+    from django.db import connection
+
+    try:
+        connection.close()
+    except DATABASE_ERRORS:
+        pass

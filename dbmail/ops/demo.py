@@ -1,9 +1,9 @@
 """Demo data for `make run`: groups, people, a sender account and one request to send."""
 
-from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group
 
+from dbmail.conf import settings as conf
 from dbmail.models import MessageRequest, SenderAccount
 
 PEOPLE = [
@@ -34,7 +34,7 @@ def load(admin_password="admin"):
         if created:
             done.append(f"user {username} in {group_name}")
     sender, created = SenderAccount.objects.get_or_create(
-        address="office@example.org", defaults={"display_name": settings.DBMAIL_SITE_NAME + " office"}
+        address="office@example.org", defaults={"display_name": conf.DBMAIL_SITE_NAME + " office"}
     )
     if created:
         done.append(f"sender account {sender.address}")

@@ -1,14 +1,14 @@
 """Queue health for dbmail_status and the admin: depth, age, last runs, and stuck mail."""
 
 import socket
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 
-from django.db.models import Count, Min
+from django.db.models import Count, Min, Q
 from django.utils import timezone
 
 from dbmail import states
-from dbmail.models import CronHeartbeat, TextOfEmail
+from dbmail.models import CronHeartbeat, SendingProblem, TextOfEmail
 
 
 @dataclass
@@ -18,12 +18,22 @@ class Health:
     last_success: object  # datetime or None
     stuck: bool
     reasons: list
+    possibly_delivered: int = 0  # emails with an attempt whose answer was lost (a possible duplicate)
+    problems: list = field(default_factory=list)  # unresolved SendingProblem rows, the latest first
 
 
 def check(stuck_after):
     """Queue depth per status and whether mail is stuck longer than `stuck_after` (a timedelta)."""
     now = timezone.now()
-    counts = dict(TextOfEmail.objects.values_list("status").annotate(n=Count("id")).order_by())
+    per_status = (
+        TextOfEmail.objects.values_list("status")
+        .annotate(n=Count("id"), unknown=Count("id", filter=Q(possibly_delivered__gt=0)))
+        .order_by()
+    )
+    counts, possibly_delivered = {}, 0
+    for status, n, unknown in per_status:  # one scan for both
+        counts[status] = n
+        possibly_delivered += unknown
     oldest = TextOfEmail.objects.filter(status__in=states.WAITING, next_attempt_at__lte=now).aggregate(
         m=Min("next_attempt_at")
     )["m"]
@@ -46,7 +56,8 @@ def check(stuck_after):
     if waiting and (last_success is None or now - last_success > stuck_after):
         seen = _human(now - last_success) + " ago" if last_success else "never"
         reasons.append(f"mail is waiting and dbmail_cron last succeeded {seen}")
-    return Health(counts, oldest_age, last_success, bool(reasons), reasons)
+    problems = list(SendingProblem.objects.filter(resolved_at__isnull=True).select_related("account"))
+    return Health(counts, oldest_age, last_success, bool(reasons), reasons, possibly_delivered, problems)
 
 
 def beat(command, started_at, summary=None, error=""):

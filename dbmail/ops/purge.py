@@ -9,6 +9,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from dbmail import states
+from dbmail.conf import settings as conf
 from dbmail.models import DeliveryEvent, MessageRequest, TextOfEmail
 
 _DURATION = re.compile(r"^\s*(\d+)\s*([smhdw]?)\s*$")
@@ -63,7 +64,6 @@ def purge_tracking(older_than):
     anything days later, so old keys only take space. Replay-guard signatures
     are useless once older than the signature window itself.
     """
-    from django.conf import settings
 
     from dbmail.models import AppliedTrackingEvent, UnmatchedTrackingEvent, WebhookSignature
 
@@ -71,7 +71,7 @@ def purge_tracking(older_than):
     cutoff = now - older_than
     removed = AppliedTrackingEvent.objects.filter(applied_at__lt=cutoff).delete()[0]
     removed += UnmatchedTrackingEvent.objects.filter(received_at__lt=cutoff).delete()[0]
-    window = timedelta(seconds=2 * settings.TRACKING_WEBHOOK_MAX_AGE)
+    window = timedelta(seconds=2 * conf.TRACKING_WEBHOOK_MAX_AGE)
     removed += WebhookSignature.objects.filter(seen_at__lt=now - window).delete()[0]
     return removed
 

@@ -13,11 +13,9 @@ for one-site command processes; call it once, at the start.
 from django.conf import settings
 from django.db import DEFAULT_DB_ALIAS, connections
 
+from dbmail.exceptions import UnknownSite
+
 _current = DEFAULT_DB_ALIAS
-
-
-class UnknownSite(ValueError):
-    """The --sid names no configured database."""
 
 
 def use(sid):

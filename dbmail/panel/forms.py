@@ -1,6 +1,7 @@
-"""Comm panel forms: compose (with recipients and attachments), schedule, templates, suppressions."""
+"""Comm panel forms: compose (with recipients and attachments), schedule, templates, suppressions, dashboard."""
 
 import json
+from datetime import timedelta
 from email.utils import getaddresses
 
 from django import forms
@@ -250,6 +251,7 @@ class EmailTemplateForm(forms.ModelForm):
             "text_body": forms.Textarea(attrs={"rows": 12}),
             "html_body": forms.Textarea(attrs={"rows": 12}),
         }
+        labels = {"text_body": "Text body", "html_body": "HTML body"}  # as compose says
 
     def clean(self):
         from dbmail.content import rendering
@@ -274,3 +276,32 @@ class SuppressionForm(forms.ModelForm):
         if Suppression.objects.filter(address=address).exclude(pk=self.instance.pk).exists():
             raise forms.ValidationError("This address is already on the list.")
         return address
+
+
+class DashboardForm(forms.Form):
+    """The dashboard's range of days: the last 30 by default."""
+
+    DEFAULT_DAYS = 30
+    MAX_DAYS = 732
+
+    start = forms.DateField(label="From", required=False, widget=forms.DateInput(attrs={"type": "date"}))
+    end = forms.DateField(label="To", required=False, widget=forms.DateInput(attrs={"type": "date"}))
+
+    def clean(self):
+        data = super().clean()
+        today = timezone.localdate()
+        end = data.get("end") or today
+        start = data.get("start") or end - timedelta(days=self.DEFAULT_DAYS - 1)
+        if start > end:
+            raise forms.ValidationError("“From” is after “To”; choose an earlier start.")
+        if (end - start).days >= self.MAX_DAYS:
+            raise forms.ValidationError(f"Choose at most {self.MAX_DAYS} days.")
+        data["start"], data["end"] = start, end
+        return data
+
+    def days(self):
+        """(start, end): the valid choice, or the default range when the choice is not valid."""
+        if self.is_valid():
+            return self.cleaned_data["start"], self.cleaned_data["end"]
+        end = timezone.localdate()
+        return end - timedelta(days=self.DEFAULT_DAYS - 1), end

@@ -73,11 +73,8 @@ def send_test(request, recipient, user):
     Returns the outbox TextOfEmail. Attachments go along: the message is then
     stored whole (raw) so the test is exactly what recipients will get.
     """
-    from django.db import transaction
-
     from dbmail.content import attachments
     from dbmail.intake import outbox
-    from dbmail.send.loop import send_one_now
     from dbmail.send.message import to_email_message
 
     built = for_test(request, recipient, user)
@@ -97,6 +94,5 @@ def send_test(request, recipient, user):
     if files and row.status == states.ENQUEUE.target:
         row.raw_message = to_email_message(row, attachments=files).message().as_bytes()
         row.save(update_fields=["raw_message"])
-    if row.status == states.ENQUEUE.target:
-        transaction.on_commit(lambda: send_one_now(row))
+    outbox.send_after_commit([row])
     return row

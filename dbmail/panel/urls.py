@@ -1,12 +1,16 @@
 """The comm panel, mounted under /commpanel/ by mailsite.urls."""
 
+from django.contrib.auth.views import LogoutView
 from django.urls import path
 
-from dbmail.panel.views import compose, requests, suppressions, templates
+from dbmail.panel.views import compose, dashboard, requests, suppressions, templates
 
 app_name = "commpanel"
 urlpatterns = [
     path("", requests.request_list, name="requests"),
+    path("dashboard/", dashboard.dashboard, name="dashboard"),
+    # Not the admin's: that one only redirects a user who is not staff, leaving them signed in.
+    path("logout/", LogoutView.as_view(next_page="admin:login"), name="logout"),
     path("compose/", compose.compose, name="compose"),
     path("compose/count/", compose.count, name="count"),
     path("requests/<int:pk>/", requests.request_detail, name="request"),
@@ -16,6 +20,7 @@ urlpatterns = [
     path("requests/<int:pk>/status.json", requests.request_status, name="status"),
     path("requests/<int:pk>/send/", requests.send, name="send"),
     path("requests/<int:pk>/test/", requests.send_test, name="test"),
+    path("requests/<int:pk>/reschedule/", requests.reschedule, name="reschedule"),
     path("requests/<int:pk>/cancel/", requests.cancel, name="cancel"),
     path("requests/<int:pk>/retry/", requests.retry, name="retry"),
     path("requests/<int:pk>/reuse/", requests.reuse, name="reuse"),

@@ -12,6 +12,11 @@ many messages, plus the one just answered, to be sent twice.
 Where a second connection cannot help (SQLite, or inside a caller's open
 transaction, whose rows another connection cannot see) the same calls run
 inline.
+
+When the database connection breaks, the outcomes that could not be
+committed are kept in `unwritten` (with the one handed over after the
+break), so the sender can write them once the database answers again
+(dbmail.send.recovery).
 """
 
 import queue
@@ -19,9 +24,9 @@ import sys
 import threading
 from concurrent.futures import Future
 
-from django.conf import settings
 from django.db import connection
 
+from dbmail.conf import settings as conf
 from dbmail.send import outcomes, retry
 
 
@@ -33,10 +38,12 @@ class InlineWorker:
         future.set_result(func(*args, **kwargs))
         return future
 
+    unwritten = ()
+
     def record(self, email, token, outcome):
         return outcomes.record(email, token, outcome)
 
-    def close(self):
+    def close(self, raise_error=True):
         pass
 
 
@@ -49,8 +56,9 @@ class ThreadedWorker:
 
     def __init__(self, window=None):
         self._work = queue.Queue()
-        self._slots = threading.Semaphore(window or settings.DBMAIL_OUTCOME_WINDOW)
+        self._slots = threading.Semaphore(window or conf.DBMAIL_OUTCOME_WINDOW)
         self.error = None
+        self.unwritten = []  # outcomes.Row not committed because the database failed
         self._switch_interval = sys.getswitchinterval()
         sys.setswitchinterval(self.SWITCH_INTERVAL)
         self._thread = threading.Thread(target=self._run, name="dbmail-db", daemon=True)
@@ -65,10 +73,12 @@ class ThreadedWorker:
     def record(self, email, token, outcome):
         """Queue the outcome's commit; returns the outcome as it will be applied."""
         self._slots.acquire()  # no more than the window waits for its commit
+        row = outcomes.as_row(email, token, outcome)
         if self.error:
             self._slots.release()
+            self.unwritten.append(row)  # the message was sent all the same: its outcome must not be lost
             raise self.error
-        self._work.put(outcomes.as_row(email, token, outcome))
+        self._work.put(row)
         return retry.give_up(outcome, email.attempts, email)
 
     def _run(self):
@@ -93,7 +103,10 @@ class ThreadedWorker:
                         future.set_exception(exc)
                 self._write(rows)
         finally:
-            connection.close()
+            try:
+                connection.close()
+            except Exception:  # a connection the server broke: the sender already knows (self.error)
+                pass
 
     def _write(self, rows):
         if not rows:
@@ -101,16 +114,17 @@ class ThreadedWorker:
         try:
             outcomes.write(rows)
         except Exception as exc:  # surfaces in the sender, which must stop: it cannot record
-            self.error = exc
+            self.error = self.error or exc
+            self.unwritten.extend(rows)
         finally:
             for _ in rows:
                 self._slots.release()
 
-    def close(self):
+    def close(self, raise_error=True):
         self._work.put(None)
         self._thread.join()
         sys.setswitchinterval(self._switch_interval)
-        if self.error:
+        if self.error and raise_error:
             raise self.error
 
 

@@ -6,13 +6,14 @@ bytes, which are sent exactly as stored.
 """
 
 import re
-from email.utils import formataddr
 
 from django.core.mail import EmailMessage, EmailMultiAlternatives
 
+from dbmail.content import addresses
 from dbmail.track.header import METADATA_KEY, TRACKING_HEADER, tracking_id
 
 _BARE_LF = re.compile(rb"(?<!\r)\n")
+_HEADER_END = re.compile(rb"\r\n\r\n")
 
 
 class _RawMIME:
@@ -37,9 +38,13 @@ class RawEmailMessage(EmailMessage):
         return _RawMIME(self.raw)
 
 
-def to_email_message(email, connection=None, attachments=()):
-    """`attachments`: (filename, bytes, content type) triples, the request's files."""
-    recipient = formataddr((email.to_name, email.to_address)) if email.to_name else email.to_address
+def to_email_message(email, connection=None, attachments=(), smtputf8=True):
+    """`attachments`: (filename, bytes, content type) triples, the request's files.
+
+    `smtputf8=False` writes the recipient for a server without SMTPUTF8 (NeedsSMTPUTF8 when
+    that is impossible); other backends (an email service's API) get the address as it is.
+    """
+    recipient = addresses.display(email.to_name, addresses.wire(email.to_address, smtputf8))
     if email.raw_message is not None:
         return RawEmailMessage(
             email.raw_message, from_email=email.envelope_sender, to=[recipient], connection=connection
@@ -66,3 +71,34 @@ def to_email_message(email, connection=None, attachments=()):
     # Email service providers (through django-anymail) echo metadata back in their tracking events.
     message.metadata = {METADATA_KEY: headers[TRACKING_HEADER]}
     return message
+
+
+def as_bytes(email, attachments=(), smtputf8=False):
+    """The message Django's EmailMessage builds for `email`, as the bytes our SMTP backend sends.
+
+    For a message sent with SMTPUTF8, Django would write a UTF-8 local part as an encoded
+    word (which is no address at all): the address headers are written here instead.
+    """
+    message = to_email_message(email, attachments=attachments, smtputf8=smtputf8)
+    data = message.message().as_bytes(linesep="\r\n")
+    if smtputf8 and email.raw_message is None:
+        to = addresses.display(email.to_name, addresses.wire(email.to_address, True))
+        data = _replace_header(data, b"To", to.encode("utf-8"))
+        data = _replace_header(data, b"From", addresses.header(email.from_header, True).encode("utf-8"))
+        if email.reply_to:
+            data = _replace_header(data, b"Reply-To", addresses.header(email.reply_to, True).encode("utf-8"))
+    return data
+
+
+def _replace_header(data, name, value):
+    """`data` with the (unfolded) value of its top-level header `name` replaced by `value`."""
+    end = _HEADER_END.search(data)
+    head, rest = (data[: end.start()], data[end.start() :]) if end else (data, b"")
+    lines = head.split(b"\r\n")
+    out, skipping = [], False
+    for line in lines:
+        if skipping and line[:1] in (b" ", b"\t"):
+            continue  # a folded continuation of the header being replaced
+        skipping = line.lower().startswith(name.lower() + b":")
+        out.append(name + b": " + value if skipping else line)
+    return b"\r\n".join(out) + rest

@@ -5,8 +5,11 @@ which costs about 200 µs per message: more than the SMTP conversation
 itself, and the reason a bulk sender falls far behind its connection. The
 shape of a comm-panel email is always the same, so it is written directly
 here, using the email package only for what needs care (RFC 2047 words for
-non-ASCII headers). Anything else (attachments, non-ASCII addresses, raw
-forwards) returns None and goes through Django's EmailMessage.
+non-ASCII headers). Addresses are written by dbmail.content.addresses: IDN
+domains as A-labels, UTF-8 local parts only in a message sent with SMTPUTF8
+(whose address headers are then UTF-8, RFC 6532). Anything else
+(attachments, raw forwards) returns None and goes through Django's
+EmailMessage.
 
 tests/test_mime.py checks, over generated input, that a parser reads the
 same headers and bodies from this output as from Django's.
@@ -15,10 +18,11 @@ same headers and bodies from this output as from Django's.
 import binascii
 import secrets
 from email.header import Header
-from email.utils import formataddr, formatdate
+from email.utils import formatdate
 
 from django.conf import settings
 
+from dbmail.content import addresses
 from dbmail.track.header import TRACKING_HEADER, tracking_id
 
 _MAX_LINE = 78
@@ -50,11 +54,11 @@ def _header(name, value):
     return f"{name}: " + Header(value, "utf-8", header_name=name).encode(linesep="\r\n")
 
 
-def _address(name, address):
-    if not _is_ascii(address):
-        return None
-    name = " ".join(name.split())
-    return formataddr((name, address), charset="utf-8") if name else address
+def _address_header(name, value):
+    # Names are already encoded words here; what is left that is not ASCII is a UTF-8 address (SMTPUTF8).
+    if "\n" in value or "\r" in value:
+        raise ValueError(f"Header values can't contain newlines ({name})")
+    return _fold(name, value)
 
 
 def _part_body(text):
@@ -71,23 +75,25 @@ def _part(subtype, text):
     return f'Content-Type: text/{subtype}; charset="utf-8"\r\nContent-Transfer-Encoding: {encoding}\r\n\r\n{body}'
 
 
-def compose(email):
-    """The complete message bytes for `email`, or None when Django's EmailMessage must build it."""
+def compose(email, smtputf8=False):
+    """The complete message bytes for `email`, or None when Django's EmailMessage must build it.
+
+    `smtputf8`: the message goes out with SMTPUTF8, so its addresses may keep UTF-8 local
+    parts; without it such an address raises addresses.NeedsSMTPUTF8.
+    """
     if email.raw_message is not None:
         return None
-    to = _address(email.to_name, email.to_address)
-    if to is None or not _is_ascii(email.from_header + email.reply_to):
-        return None
+    to = addresses.display(email.to_name, addresses.wire(email.to_address, smtputf8))
     lines = [
-        _header("From", email.from_header),
-        _header("To", to),
+        _address_header("From", addresses.header(email.from_header, smtputf8)),
+        _address_header("To", to),
         _header("Subject", email.subject),
         f"Date: {formatdate(localtime=settings.EMAIL_USE_LOCALTIME)}",
         f"Message-ID: {email.message_id}",
         f"{TRACKING_HEADER}: {tracking_id(email.pk)}",  # MTA callbacks and bounces name the email by it
     ]
     if email.reply_to:
-        lines.append(_header("Reply-To", email.reply_to))
+        lines.append(_address_header("Reply-To", addresses.header(email.reply_to, smtputf8)))
     taken = {"from", "to", "subject", "date", "message-id", "reply-to", "mime-version", "content-type"}
     taken.add(TRACKING_HEADER.lower())
     for name, value in (email.headers or {}).items():
@@ -101,9 +107,9 @@ def compose(email):
         parts = ([_part("plain", email.text)] if email.text else []) + [_part("html", email.html)]
         body = "".join(f"--{boundary}\r\n{part}\r\n" for part in parts) + f"--{boundary}--\r\n"
         head = "\r\n".join(lines)
-        return f"{head}\r\n\r\n{body}".encode("ascii")
+        return f"{head}\r\n\r\n{body}".encode("utf-8" if smtputf8 else "ascii")
     encoding, body = _part_body(email.text)
     lines.append('Content-Type: text/plain; charset="utf-8"')
     lines.append(f"Content-Transfer-Encoding: {encoding}")
     head = "\r\n".join(lines)
-    return f"{head}\r\n\r\n{body}".encode("ascii")
+    return f"{head}\r\n\r\n{body}".encode("utf-8" if smtputf8 else "ascii")

@@ -7,12 +7,13 @@ on the sender's database thread where there is one).
 import logging
 from dataclasses import dataclass
 
-from django.conf import settings
 from django.db import connection as db_connection
 from django.db import transaction
+from django.db.models import F
 from django.utils import timezone
 
-from dbmail import states
+from dbmail import rollup, states
+from dbmail.conf import settings as conf
 from dbmail.models import DeliveryEvent, TextOfEmail
 from dbmail.send import retry
 
@@ -37,6 +38,11 @@ class Row:
     next_attempt_at: object
     smtp_code: int | None
     text: str
+    counted: bool = True  # False: not the recipient's fault, the claim's attempt is taken back
+    possibly_delivered: bool = False
+
+
+NOT_COUNTED = " (not counted as an attempt: the server's or the sender's fault, not the recipient's)"
 
 
 def as_row(email, token, outcome, now=None):
@@ -44,16 +50,21 @@ def as_row(email, token, outcome, now=None):
     now = now or timezone.now()
     outcome = retry.give_up(outcome, email.attempts, email)
     sent = outcome.status == Status.SENT
+    # The claim counted this attempt; a session fault gives it back, and waits as the last one did.
+    attempts = email.attempts if outcome.counted else email.attempts - 1
+    text = outcome.text if outcome.counted else outcome.text + NOT_COUNTED
     return Row(
         pk=email.pk,
         token=token,
         status=outcome.status,
         at=now,
-        last_error="" if sent else outcome.text[:2000],
+        last_error="" if sent else text[:2000],
         sent_at=now if sent else None,
-        next_attempt_at=now + retry.backoff(email.attempts, email) if outcome.status == Status.DEFERRED else None,
+        next_attempt_at=now + retry.backoff(attempts, email) if outcome.status == Status.DEFERRED else None,
         smtp_code=outcome.code,
-        text=outcome.text[:2000],
+        text=text[:2000],
+        counted=outcome.counted,
+        possibly_delivered=outcome.possibly_delivered,
     )
 
 
@@ -73,11 +84,15 @@ def record(email, token, outcome, now=None):
 
 
 def _write_portable(rows):
-    lost = []
+    lost, held_rows = [], []
     with transaction.atomic():
         for row in rows:
             changes = {"status": row.status, "status_changed_at": row.at, "last_error": row.last_error}
             changes.update({k: getattr(row, k) for k in ("sent_at", "next_attempt_at") if getattr(row, k)})
+            if not row.counted:
+                changes["attempts"] = F("attempts") - 1
+            if row.possibly_delivered:
+                changes["possibly_delivered"] = F("possibly_delivered") + 1
             held = TextOfEmail.objects.filter(pk=row.pk, claim_token=row.token, status__in=_FROM).update(
                 claim_token=None, leased_until=None, **changes
             )
@@ -89,8 +104,16 @@ def _write_portable(rows):
                 smtp_code=row.smtp_code,
                 text=row.text,
             )
-            if not held:
+            if held:
+                held_rows.append(row)
+            else:
                 lost.append(row.pk)
+        # Counted for the dashboard in the same transaction as the outcomes.
+        owners = TextOfEmail.objects.filter(pk__in=[r.pk for r in held_rows]).values_list(
+            "pk", "account_id", "request_id"
+        )
+        owner = {pk: (account_id, request_id) for pk, account_id, request_id in owners}
+        rollup.count((rollup.day_of(r.at), *owner[r.pk], r.status) for r in held_rows)
     return lost
 
 
@@ -101,20 +124,24 @@ def _write_portable(rows):
 # fraction of a second of outcomes, whose emails are then sent again after their lease.
 _PREPARE_SQL = f"""
 PREPARE dbmail_write_outcomes (bigint[], uuid[], text[], timestamptz[], text[], timestamptz[],
-                               timestamptz[], smallint[], text[]) AS
+                               timestamptz[], smallint[], text[], boolean[], boolean[], date[]) AS
 WITH outcome AS (
-    SELECT * FROM unnest($1, $2, $3, $4, $5, $6, $7, $8, $9)
-        AS o (pk, token, status, at, last_error, sent_at, next_attempt_at, smtp_code, text)
+    SELECT * FROM unnest($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
+        AS o (pk, token, status, at, last_error, sent_at, next_attempt_at, smtp_code, text, attempt_counts,
+              unknown, day)
 ),
 updated AS (
     UPDATE dbmail_textofemail AS e
        SET status = o.status, status_changed_at = o.at, claim_token = NULL, leased_until = NULL,
            last_error = o.last_error, sent_at = COALESCE(o.sent_at, e.sent_at),
-           next_attempt_at = COALESCE(o.next_attempt_at, e.next_attempt_at)
+           next_attempt_at = COALESCE(o.next_attempt_at, e.next_attempt_at),
+           attempts = e.attempts - CASE WHEN o.attempt_counts THEN 0 ELSE 1 END,
+           possibly_delivered = e.possibly_delivered + CASE WHEN o.unknown THEN 1 ELSE 0 END
       FROM outcome AS o
      WHERE e.id = o.pk AND e.claim_token = o.token AND e.status IN ({", ".join(f"'{s}'" for s in _FROM)})
- RETURNING e.id
-)
+ RETURNING e.id, e.account_id, e.request_id, o.status, o.day
+),
+counted AS ({{count_sql}})
 INSERT INTO dbmail_deliveryevent (email_id, at, kind, outcome, smtp_code, text)
 SELECT o.pk, o.at, '{DeliveryEvent.Kind.ATTEMPT}',
        CASE WHEN o.pk IN (SELECT id FROM updated) THEN o.status ELSE '{LOST_LEASE}' END,
@@ -122,11 +149,11 @@ SELECT o.pk, o.at, '{DeliveryEvent.Kind.ATTEMPT}',
   FROM outcome AS o
 RETURNING email_id, outcome
 """
-_EXECUTE_SQL = "{sync} EXECUTE dbmail_write_outcomes (%s, %s::uuid[], %s, %s, %s, %s, %s, %s, %s)"
+_EXECUTE_SQL = "{sync} EXECUTE dbmail_write_outcomes (%s, %s::uuid[], %s, %s, %s, %s, %s, %s, %s, %s, %s, %s::date[])"
 
 
 def _write_postgresql(rows):
-    sync = "SET LOCAL synchronous_commit TO OFF;" if settings.DBMAIL_ASYNC_COMMIT else ""
+    sync = "SET LOCAL synchronous_commit TO OFF;" if conf.DBMAIL_ASYNC_COMMIT else ""
     columns = [
         [r.pk for r in rows],
         [str(r.token) for r in rows],
@@ -137,12 +164,16 @@ def _write_postgresql(rows):
         [r.next_attempt_at for r in rows],
         [r.smtp_code for r in rows],
         [r.text for r in rows],
+        [r.counted for r in rows],
+        [r.possibly_delivered for r in rows],
+        [rollup.day_of(r.at) for r in rows],
     ]
     db_connection.ensure_connection()
     session = db_connection.connection  # a prepared statement lives as long as this session
     with db_connection.cursor() as cursor:
         if getattr(db_connection, "dbmail_prepared_in", None) is not session:
-            cursor.execute(_PREPARE_SQL)
+            # The dashboard's counts (dbmail.rollup) are added by the same statement.
+            cursor.execute(_PREPARE_SQL.format(count_sql=rollup.insert_sql("updated")))
             db_connection.dbmail_prepared_in = session
         cursor.execute(_EXECUTE_SQL.format(sync=sync), columns)
         written = cursor.fetchall()

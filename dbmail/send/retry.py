@@ -1,9 +1,27 @@
-"""How a failed attempt is classified, and when the next one is due.
+"""Whose fault a failed attempt was, what becomes of the email, and when the next attempt is due.
 
-Temporary (4xx, connection refused, timeout, disconnect): deferred with
-backoff. Permanent (5xx, a message that cannot be built, too many attempts):
-dropped with the reason. A connection-level failure also says the connection
-must be opened again before the next message.
+Only an answer about one recipient decides that recipient's fate: a 5xx to
+RCPT TO, or a 5xx after the final dot of a transaction with that one
+recipient (we send one recipient per transaction), drops the email; a 4xx
+there defers it, and counts as one of its attempts.
+
+Everything that concerns the connection, the session or the sender is never
+the recipient's fault (a "session" fault): a connection refused, a stall or
+a disconnect before the whole message went out, a 421 at any stage, an error
+to the greeting, EHLO, STARTTLS or AUTH, to MAIL FROM (the relay refuses our
+sender or wants AUTH), to DATA once the recipient was accepted, and a 503
+(bad sequence of commands, which is our own fault). Such an email is
+deferred and the attempt is not counted against it; the sender reconnects
+(dbmail.send.loop).
+
+In between: when the whole message went out but the answer never came (the
+connection dropped, or the answer took longer than EMAIL_TIMEOUT), the
+outcome is unknown and the message may have been delivered. The email is
+deferred and retried, the attempt counts, and it is recorded as "outcome
+unknown (possibly delivered)" so that a duplicate can be told from a failure.
+
+An email that cannot be built (a header with a line break, an address that
+cannot be written) is dropped with the reason: retrying cannot help.
 """
 
 import smtplib
@@ -11,11 +29,24 @@ import socket
 from dataclasses import dataclass
 from datetime import timedelta
 
-from django.conf import settings
-
 from dbmail import states
+from dbmail.conf import settings as conf
+from dbmail.content.addresses import AddressError
+from dbmail.send.smtp import AckLost
 
 SENT, DEFERRED, DROPPED = states.SEND.target, states.DEFER.target, states.DROP.target
+
+SESSION_STAGES = ("connect", "ehlo", "starttls", "auth")
+STAGE_WORDS = {
+    "connect": "connecting",
+    "ehlo": "EHLO",
+    "starttls": "STARTTLS",
+    "auth": "AUTH",
+    "mail": "MAIL FROM",
+    "rcpt": "RCPT TO",
+    "data": "DATA",
+    "message": "the end of the message",
+}
 
 
 @dataclass(frozen=True)
@@ -24,7 +55,14 @@ class Outcome:
     code: int | None = None
     text: str = ""
     reset_connection: bool = False  # the connection is unusable; reopen before the next message
-    server_down: bool = False  # nothing can be sent on this server now; defer the rest of the batch
+    session: bool = False  # the connection, session or sender failed, not the recipient: not an attempt
+    stage: str = ""  # where in the conversation it failed (SESSION_STAGES: before any message)
+    possibly_delivered: bool = False  # the message went out and its answer was lost
+
+    @property
+    def counted(self):
+        """Whether this outcome counts as one of the email's attempts."""
+        return not self.session
 
     def __post_init__(self):
         if self.status not in states.OUTCOMES:
@@ -35,33 +73,55 @@ def _reply_text(resp):
     return resp.decode("utf-8", "replace") if isinstance(resp, bytes) else str(resp)
 
 
-def by_code(code, text):
+def by_code(code, text, stage=""):
+    """A recipient's answer: 2xx sent, 4xx deferred, 5xx dropped; 421 and 503 are the session's."""
     if 200 <= code < 300:
         return Outcome(SENT, code, text)
+    if code in (421, 503):
+        return session(code, text, reset=True, stage=stage)
     if 400 <= code < 500:
-        # 421 means the server is closing the connection.
-        return Outcome(DEFERRED, code, text, reset_connection=code == 421)
-    return Outcome(DROPPED, code, text)
+        return Outcome(DEFERRED, code, text, stage=stage)
+    return Outcome(DROPPED, code, text, stage=stage)
+
+
+def session(code, text, reset=False, stage=""):
+    """A failure of the connection, the session or the sender: deferred, not counted."""
+    if code == 503:
+        text = f"{text} (a command out of sequence: our side's fault; the session is reset)"
+    return Outcome(DEFERRED, code, text, reset_connection=reset or code in (421, 503), session=True, stage=stage)
 
 
 def classify(exc):
     """The outcome of an attempt that raised `exc`."""
+    stage = getattr(exc, "stage", None) or ""
+    words = STAGE_WORDS.get(stage, stage)
+    if isinstance(exc, AckLost):
+        return Outcome(
+            DEFERRED, None, f"outcome unknown (possibly delivered): {exc}", True, stage=stage, possibly_delivered=True
+        )
+    if isinstance(exc, AddressError):
+        return Outcome(DROPPED, None, str(exc))
     if isinstance(exc, smtplib.SMTPRecipientsRefused):
         code, resp = next(iter(exc.recipients.values()), (None, b""))
-        return by_code(code or 550, _reply_text(resp))
-    if isinstance(exc, (smtplib.SMTPAuthenticationError, smtplib.SMTPConnectError, smtplib.SMTPHeloError)):
-        # Our account or the server is at fault, not this message.
-        return Outcome(DEFERRED, exc.smtp_code, f"{type(exc).__name__}: {_reply_text(exc.smtp_error)}", True, True)
+        return by_code(code or 550, _reply_text(resp), "rcpt")
+    if isinstance(exc, smtplib.SMTPResponseException) and stage == "message":
+        return by_code(exc.smtp_code, _reply_text(exc.smtp_error), stage)  # after the final dot: this message
+    if isinstance(exc, smtplib.SMTPSenderRefused) and exc.smtp_code == 552:
+        # The answer to MAIL FROM ... SIZE=n (RFC 1870): this message is bigger than the server takes, ever.
+        text = f"the message is too big for the server: {exc.smtp_code} {_reply_text(exc.smtp_error)}"
+        return Outcome(DROPPED, exc.smtp_code, text, stage=stage)
     if isinstance(exc, smtplib.SMTPResponseException):
-        return by_code(exc.smtp_code, _reply_text(exc.smtp_error))
-    if isinstance(exc, smtplib.SMTPServerDisconnected):
-        return Outcome(DEFERRED, None, f"disconnected: {exc}", reset_connection=True)
-    if isinstance(exc, (socket.timeout, TimeoutError)):
-        return Outcome(DEFERRED, None, f"timeout: {exc}", reset_connection=True)
-    if isinstance(exc, (ConnectionError, OSError, smtplib.SMTPException)):
-        return Outcome(DEFERRED, None, f"{type(exc).__name__}: {exc}", reset_connection=True)
-    # Anything else came from the message itself (a header with a newline, an unencodable
-    # address...): retrying cannot help, and it must not hold up the rest.
+        # The greeting, EHLO, STARTTLS, AUTH, MAIL FROM or DATA: the server or our sender, never the recipient.
+        code, text = exc.smtp_code, _reply_text(exc.smtp_error)
+        return session(code, f"{words}: {code} {text}".strip(), reset=stage in SESSION_STAGES, stage=stage)
+    if isinstance(exc, (OSError, smtplib.SMTPException)):
+        kind = "timeout" if isinstance(exc, (socket.timeout, TimeoutError)) else type(exc).__name__
+        if isinstance(exc, smtplib.SMTPServerDisconnected):
+            kind = "disconnected"
+        where = f" ({words})" if words else ""
+        return session(None, f"{kind}{where}: {exc}", reset=True, stage=stage)
+    # Anything else came from the message itself (a header with a newline...): retrying cannot
+    # help, and it must not hold up the rest.
     return Outcome(DROPPED, None, f"cannot build message: {type(exc).__name__}: {exc}")
 
 
@@ -71,17 +131,20 @@ def backoff(attempts, email=None):
     Spool mail keeps the seed's own pace: a fixed DBMAIL_SPOOL_RETRY_SECONDS.
     """
     if _spooled(email):
-        return timedelta(seconds=settings.DBMAIL_SPOOL_RETRY_SECONDS)
-    base = settings.DBMAIL_RETRY_BASE_SECONDS
+        return timedelta(seconds=conf.DBMAIL_SPOOL_RETRY_SECONDS)
+    base = conf.DBMAIL_RETRY_BASE_SECONDS
     delay = base * 2 ** min(max(attempts - 1, 0), 30)
-    return timedelta(seconds=min(delay, settings.DBMAIL_RETRY_MAX_SECONDS))
+    return timedelta(seconds=min(delay, conf.DBMAIL_RETRY_MAX_SECONDS))
 
 
 def give_up(outcome, attempts, email=None):
-    """A deferral past the attempt budget (DBMAIL_SPOOL_MAX_ATTEMPTS for spool mail) becomes a drop."""
-    if outcome.status != DEFERRED:
+    """A deferral past the attempt budget (DBMAIL_SPOOL_MAX_ATTEMPTS for spool mail) becomes a drop.
+
+    A session fault is not an attempt, so it never uses up the budget.
+    """
+    if outcome.status != DEFERRED or not outcome.counted:
         return outcome
-    budget = settings.DBMAIL_SPOOL_MAX_ATTEMPTS if _spooled(email) else settings.DBMAIL_MAX_ATTEMPTS
+    budget = conf.DBMAIL_SPOOL_MAX_ATTEMPTS if _spooled(email) else conf.DBMAIL_MAX_ATTEMPTS
     if attempts >= budget:
         return Outcome(DROPPED, outcome.code, f"too many attempts ({attempts}); last: {outcome.text}")
     return outcome

@@ -1,12 +1,22 @@
-"""Django's SMTP backend, with two additions for a bulk sender.
+"""Django's SMTP backend, with what a bulk sender needs on top.
 
 - It keeps the server's final reply to each message. "250 2.0.0 Ok: queued
   as 4Bx7.." names the MTA's queue id, which is how a Postfix or Exim log
   line is matched back to our email.
 - When the server offers PIPELINING (RFC 2920; Postfix and Exim do), MAIL,
   RCPT and DATA go out in one write and their replies are read together: two
-  round trips per message instead of four. Error handling matches smtplib's
-  sendmail, so callers see the same exceptions.
+  round trips per message instead of four.
+- Every failed transaction ends with RSET (or with closing the connection,
+  after a 421 or when RSET itself fails), with or without PIPELINING, so the
+  next message never meets "503 nested MAIL command".
+- Each failure says at which step of the conversation it came, because that
+  decides whose fault it is (dbmail.send.retry): the exceptions are smtplib's
+  own, with a `stage` attribute ("connect", "ehlo", "starttls", "auth",
+  "mail", "rcpt", "data", "message"), and two kinds of their own: the DATA
+  command refused (DataRefused: nothing of the message went out) and the
+  answer lost after the final dot (AckLost: the message may have been
+  delivered).
+- SMTPUTF8 (RFC 6531) is asked for when the caller says the message needs it.
 
 Everything else is Django's own backend, so EMAIL_* settings mean what
 Django's documentation says.
@@ -17,8 +27,14 @@ import smtplib
 
 from django.core.mail.backends.smtp import EmailBackend
 
+from dbmail.exceptions import AckLost, DataRefused, MessageRefused
+
+__all__ = ["AckLost", "DataRefused", "MessageRefused", "SMTPBackend"]
+
 _LEADING_DOT = re.compile(rb"(?m)^\.")
 _PLAIN_ADDRESS = re.compile(r"[^\s<>()\[\]\\,;:\"@]+@[^\s<>()\[\]\\,;:\"@]+")
+_CRLF = b"\r\n"
+_ONE_WRITE = 1 << 20
 
 
 def _quoteaddr(address):
@@ -26,69 +42,125 @@ def _quoteaddr(address):
     return f"<{address}>" if _PLAIN_ADDRESS.fullmatch(address) else smtplib.quoteaddr(address)
 
 
-_CRLF = b"\r\n"
+def _staged(exc, stage):
+    if getattr(exc, "stage", None) is None:
+        exc.stage = stage
+    return exc
 
 
 class _BulkSMTP:
     last_reply = None
 
-    def data(self, msg):
-        self.last_reply = super().data(msg)
-        return self.last_reply
+    def starttls(self, *args, **kwargs):
+        try:
+            return super().starttls(*args, **kwargs)
+        except OSError as exc:
+            raise _staged(exc, "ehlo" if isinstance(exc, smtplib.SMTPHeloError) else "starttls")
+
+    def login(self, *args, **kwargs):
+        try:
+            return super().login(*args, **kwargs)
+        except OSError as exc:
+            raise _staged(exc, "ehlo" if isinstance(exc, smtplib.SMTPHeloError) else "auth")
 
     def sendmail(self, from_addr, to_addrs, msg, mail_options=(), rcpt_options=()):
-        self.ehlo_or_helo_if_needed()
-        if mail_options or rcpt_options or not self.has_extn("pipelining") or not isinstance(msg, bytes):
-            return super().sendmail(from_addr, to_addrs, msg, mail_options, rcpt_options)
+        try:
+            self.ehlo_or_helo_if_needed()
+        except OSError as exc:
+            raise _staged(exc, "ehlo")
         to_addrs = [to_addrs] if isinstance(to_addrs, str) else list(to_addrs)
-        size = f" SIZE={len(msg)}" if self.has_extn("size") else ""
-        commands = [f"MAIL FROM:{_quoteaddr(from_addr)}{size}"]
-        commands += [f"RCPT TO:{_quoteaddr(a)}" for a in to_addrs]
-        commands.append("DATA")
-        self.send("".join(c + "\r\n" for c in commands).encode(self.command_encoding))
+        if isinstance(msg, str):
+            msg = smtplib._fix_eols(msg).encode("ascii")
+        options = list(mail_options)
+        utf8 = any(o.upper() == "SMTPUTF8" for o in options)
+        if self.has_extn("size") and not any(o.upper().startswith("SIZE=") for o in options):
+            options.append(f"SIZE={len(msg)}")
+        encoding = "utf-8" if utf8 else self.command_encoding
+        rcpt_tail = "".join(" " + o for o in rcpt_options)
+        mail = f"MAIL FROM:{_quoteaddr(from_addr)}" + "".join(" " + o for o in options)
+        rcpts = [f"RCPT TO:{_quoteaddr(a)}{rcpt_tail}" for a in to_addrs]
+        try:
+            if self.has_extn("pipelining"):
+                mail_reply, rcpt_replies, data_reply = self._pipelined(mail, rcpts, encoding)
+            else:
+                mail_reply, rcpt_replies, data_reply = self._one_by_one(mail, rcpts, encoding)
+        except OSError as exc:
+            raise _staged(exc, "mail")  # the connection broke before the message went out
 
-        mail_reply = self.getreply()
-        refused = {}
-        for address in to_addrs:
-            code, resp = self.getreply()
-            if code not in (250, 251):
-                refused[address] = (code, resp)
-        data_code, data_resp = self.getreply()
-
-        if data_code == 354 and (mail_reply[0] != 250 or len(refused) == len(to_addrs)):
-            # A lenient server opened DATA although nothing can be delivered: close it empty.
-            self.send(b"." + _CRLF)
-            self.getreply()
-            data_code = 554
+        refused = {a: r for a, r in zip(to_addrs, rcpt_replies, strict=False) if r[0] not in (250, 251)}
+        refused.update({a: (421, b"not tried: the server closed the session") for a in to_addrs[len(rcpt_replies) :]})
         if mail_reply[0] != 250:
             self._after_failure(mail_reply[0])
-            raise smtplib.SMTPSenderRefused(mail_reply[0], mail_reply[1], from_addr)
+            raise _staged(smtplib.SMTPSenderRefused(mail_reply[0], mail_reply[1], from_addr), "mail")
         if any(code == 421 for code, _ in refused.values()) or len(refused) == len(to_addrs):
-            self._after_failure(421 if any(c == 421 for c, _ in refused.values()) else 0)
-            raise smtplib.SMTPRecipientsRefused(refused)
-        if data_code != 354:
-            self._after_failure(data_code)
-            raise smtplib.SMTPDataError(data_code, data_resp)
+            self._after_failure(421 if any(code == 421 for code, _ in refused.values()) else 0)
+            raise _staged(smtplib.SMTPRecipientsRefused(refused), "rcpt")
+        if data_reply[0] != 354:
+            self._after_failure(data_reply[0])
+            raise DataRefused(*data_reply)
 
-        body = _LEADING_DOT.sub(b"..", msg)
-        if not body.endswith(_CRLF):
-            body += _CRLF
-        self.send(body + b"." + _CRLF)
-        self.last_reply = self.getreply()
+        body = _LEADING_DOT.sub(b"..", msg) if msg.startswith(b".") or b"\n." in msg else msg
+        end = b"." + _CRLF if body.endswith(_CRLF) else _CRLF + b"." + _CRLF
+        try:
+            if len(body) < _ONE_WRITE:
+                self.send(body + end)  # one segment: a second small write could wait for an ACK (Nagle)
+            else:
+                self.send(body)  # a big body is not copied once more just to add its end
+                self.send(end)
+        except OSError as exc:
+            raise _staged(exc, "data")  # not all of it was written: the server cannot have taken it
+        try:
+            self.last_reply = self.getreply()
+        except smtplib.SMTPServerDisconnected as exc:
+            self.close()
+            raise AckLost(f"the connection was lost after the message was sent ({exc})") from exc
         code, resp = self.last_reply
         if code != 250:
             self._after_failure(code)
-            raise smtplib.SMTPDataError(code, resp)
+            raise MessageRefused(code, resp)
         return refused
 
+    def _pipelined(self, mail, rcpts, encoding):
+        self.send("".join(c + "\r\n" for c in [mail, *rcpts, "DATA"]).encode(encoding))
+        mail_reply = self.getreply()
+        rcpt_replies = [self.getreply() for _ in rcpts]
+        data_reply = self.getreply()
+        if data_reply[0] == 354 and (mail_reply[0] != 250 or all(r[0] not in (250, 251) for r in rcpt_replies)):
+            # A lenient server opened DATA although nothing can be delivered: close it empty.
+            self.send(b"." + _CRLF)
+            self.getreply()
+            data_reply = (554, b"nothing to deliver")
+        return mail_reply, rcpt_replies, data_reply
+
+    def _one_by_one(self, mail, rcpts, encoding):
+        not_sent = (503, b"not sent")
+        mail_reply = self._command(mail, encoding)
+        if mail_reply[0] != 250:
+            return mail_reply, [], not_sent
+        rcpt_replies = []
+        for rcpt in rcpts:
+            rcpt_replies.append(self._command(rcpt, encoding))
+            if rcpt_replies[-1][0] == 421:
+                return mail_reply, rcpt_replies, not_sent
+        if all(r[0] not in (250, 251) for r in rcpt_replies):
+            return mail_reply, rcpt_replies, not_sent
+        return mail_reply, rcpt_replies, self._command("DATA", encoding)
+
+    def _command(self, line, encoding):
+        self.send((line + "\r\n").encode(encoding))
+        return self.getreply()
+
     def _after_failure(self, code):
-        if code == 421:
+        """End a failed transaction: RSET, or close when the server is closing or RSET fails too."""
+        if code == 421 or self.sock is None:
             self.close()
             return
         try:
-            self.rset()
-        except smtplib.SMTPServerDisconnected:
-            pass  # the original failure is what the caller needs to see
+            ok = self.rset()[0] == 250
+        except (smtplib.SMTPServerDisconnected, OSError):
+            ok = False
+        if not ok:
+            self.close()  # the original failure is what the caller needs to see
 
 
 class _SMTP(_BulkSMTP, smtplib.SMTP):
@@ -104,10 +176,46 @@ class SMTPBackend(EmailBackend):
     def connection_class(self):
         return _SMTP_SSL if self.use_ssl else _SMTP
 
-    def send_prepared(self, from_addr, recipients, message_bytes):
-        """Send bytes that are already a complete message (the bulk path); raises like sendmail."""
+    def open(self):
+        """Open and greet (EHLO), so the server's extensions are known before a message is built."""
+        try:
+            opened = super().open()
+            if opened:
+                try:
+                    self.connection.ehlo_or_helo_if_needed()
+                except OSError as exc:
+                    raise _staged(exc, "ehlo")
+        except OSError as exc:
+            _staged(exc, "ehlo" if isinstance(exc, smtplib.SMTPHeloError) else "connect")
+            self.abort()
+            raise
+        return opened
+
+    def abort(self):
+        """Forget the connection without a QUIT (it is broken, or the server stalls)."""
+        for conn in (self._partial_connection, self.connection):
+            if conn is not None:
+                try:
+                    conn.close()
+                except OSError:
+                    pass
+        self._partial_connection = self.connection = None
+
+    def offers(self, extension):
+        """Whether the open connection's server announced `extension` (e.g. "smtputf8") to EHLO."""
+        return self.connection is not None and bool(self.connection.has_extn(extension))
+
+    def send_prepared(self, from_addr, recipients, message_bytes, smtputf8=False):
+        """Send bytes that are already a complete message (the bulk path); raises like sendmail.
+
+        `smtputf8`: the envelope or the headers have UTF-8 addresses (RFC 6531); the caller
+        checked that the server offers it.
+        """
         self.open()
-        self.connection.sendmail(from_addr, recipients, message_bytes)
+        options = []
+        if smtputf8:
+            options = ["SMTPUTF8", "BODY=8BITMIME"] if self.offers("8bitmime") else ["SMTPUTF8"]
+        self.connection.sendmail(from_addr, recipients, message_bytes, options)
         return 1
 
     @property

@@ -15,3 +15,9 @@ def query_with(context, **changes):
         else:
             params[key] = value
     return "?" + params.urlencode() if params else "?"
+
+
+@register.filter
+def get(mapping, key):
+    """mapping[key] in a template (dict keys that are variables); None when absent."""
+    return mapping.get(key) if hasattr(mapping, "get") else None

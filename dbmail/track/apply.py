@@ -17,7 +17,7 @@ from django.db import connection, transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from dbmail import states
+from dbmail import rollup, states
 from dbmail.models import AppliedTrackingEvent, DeliveryEvent, Suppression, TextOfEmail, UnmatchedTrackingEvent
 from dbmail.track.events import BounceType, EventType, InvalidEvent, TrackingEvent, smtp_code
 from dbmail.track.header import email_pk_from_tracking_id
@@ -137,6 +137,8 @@ def _write(changed, log_rows, unmatched, suppress, now):
             leased_until=None,
             last_error=email.last_error[:2000],
         )
+    # Counted for the dashboard by the day the report was applied (the MTA's clock is not ours).
+    rollup.count((rollup.day_of(now), email.account_id, email.request_id, email.status) for email in changed)
     DeliveryEvent.objects.bulk_create(log_rows)
     UnmatchedTrackingEvent.objects.bulk_create(unmatched)
     Suppression.objects.bulk_create(
@@ -175,7 +177,7 @@ def _lock_emails(events):
     emails = list(
         TextOfEmail.objects.select_for_update()
         .filter(Q(pk__in=pks) | Q(message_id__in=message_ids))
-        .only("pk", "status", "to_address", "message_id", "last_error")
+        .only("pk", "status", "to_address", "message_id", "last_error", "account_id", "request_id")
         .order_by("pk")  # one lock order for every job, so two never deadlock
     )
     return {e.pk: e for e in emails}, {e.message_id: e for e in emails}

@@ -7,8 +7,7 @@ A crash before an acknowledgement redelivers the batch; the applied keys
 import time
 from dataclasses import dataclass, field
 
-from django.conf import settings
-
+from dbmail.conf import settings as conf
 from dbmail.track import apply
 from dbmail.track.queue import get_queue
 
@@ -28,7 +27,7 @@ class ConsumeResult:
 def consume(queue=None, batch_size=None, max_batches=None, should_stop=lambda: False):
     """Drain the tracking queue, batch by batch, until it is empty (or stopped, or max_batches)."""
     queue = queue or get_queue()
-    batch_size = batch_size or settings.TRACKING_BATCH_SIZE
+    batch_size = batch_size or conf.TRACKING_BATCH_SIZE
     run, clock = ConsumeResult(), time.monotonic()
     while not should_stop() and (max_batches is None or run.batches < max_batches):
         deliveries = queue.fetch(batch_size)

@@ -19,6 +19,8 @@ from enum import StrEnum
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
+from dbmail.exceptions import InvalidEvent
+
 
 class EventType(StrEnum):
     DELIVERED = "delivered"
@@ -32,10 +34,6 @@ class EventType(StrEnum):
 class BounceType(StrEnum):
     HARD = "hard"  # permanent: the address is suppressed
     SOFT = "soft"
-
-
-class InvalidEvent(ValueError):
-    """An event that cannot be used; the message says which field and why."""
 
 
 _SMTP_CODE = re.compile(r"\b([245])[0-9]{2}\b")

@@ -18,16 +18,13 @@ import uuid
 from dataclasses import dataclass
 from datetime import timedelta
 
-from django.conf import settings
 from django.db import DatabaseError, transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
+from dbmail.conf import settings as conf
+from dbmail.exceptions import QueueUnavailable
 from dbmail.models import TrackingQueueItem
-
-
-class QueueUnavailable(Exception):
-    """The queue cannot take or hand out events right now; try again later."""
 
 
 @dataclass
@@ -60,7 +57,7 @@ class DatabaseQueue:
                 # Re-checking the lease keeps this right where SKIP LOCKED is a no-op (SQLite).
                 TrackingQueueItem.objects.filter(free, id__in=ids).update(
                     claim_token=token,
-                    leased_until=now + timedelta(seconds=settings.DBMAIL_LEASE_SECONDS),
+                    leased_until=now + timedelta(seconds=conf.DBMAIL_LEASE_SECONDS),
                     deliveries=F("deliveries") + 1,
                 )
             rows = TrackingQueueItem.objects.filter(claim_token=token).order_by("id").values_list("id", "payload")
@@ -209,7 +206,7 @@ _local = threading.local()
 
 def get_queue():
     """This thread's queue for the current settings (connections are not shared between threads)."""
-    config = (settings.TRACKING_QUEUE_URL, settings.TRACKING_EXCHANGE, settings.TRACKING_QUEUE)
+    config = (conf.TRACKING_QUEUE_URL, conf.TRACKING_EXCHANGE, conf.TRACKING_QUEUE)
     cached = getattr(_local, "queue", None)
     if cached is None or _local.config != config:
         if cached is not None:

@@ -21,13 +21,14 @@ import json
 import time
 from datetime import timedelta
 
-from django.conf import settings
 from django.db import DatabaseError, IntegrityError, transaction
 from django.http import Http404, JsonResponse
 from django.utils import timezone
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_POST
 
+from dbmail.conf import settings as conf
+from dbmail.exceptions import WebhookRefused as Refused
 from dbmail.models import WebhookSignature
 from dbmail.track import queue
 from dbmail.track.events import InvalidEvent, from_dicts
@@ -36,12 +37,6 @@ from dbmail.track.queue import QueueUnavailable
 TIMESTAMP_HEADER = "X-Mailsite-Timestamp"
 SIGNATURE_HEADER = "X-Mailsite-Signature"
 MAX_EVENTS = 1000
-
-
-class Refused(Exception):
-    def __init__(self, status, message):
-        super().__init__(message)
-        self.status = status
 
 
 def sign(secret, timestamp, body):
@@ -62,7 +57,7 @@ def check_signature(request, body, now=None):
     """Return the accepted signature, or raise Refused."""
     timestamp = request.headers.get(TIMESTAMP_HEADER, "").strip()
     given = request.headers.get(SIGNATURE_HEADER, "").strip()
-    if not settings.TRACKING_WEBHOOK_SECRETS:
+    if not conf.TRACKING_WEBHOOK_SECRETS:
         raise Refused(401, "signed requests are not accepted here (no TRACKING_WEBHOOK_SECRETS)")
     if not timestamp or not given:
         raise Refused(401, f"both {TIMESTAMP_HEADER} and {SIGNATURE_HEADER} are required")
@@ -70,23 +65,23 @@ def check_signature(request, body, now=None):
         raise Refused(400, f"{TIMESTAMP_HEADER} must be Unix seconds")
     if not given.startswith("sha256="):
         given = "sha256=" + given
-    if not _any_equal([sign(secret, timestamp, body) for secret in settings.TRACKING_WEBHOOK_SECRETS], given):
+    if not _any_equal([sign(secret, timestamp, body) for secret in conf.TRACKING_WEBHOOK_SECRETS], given):
         raise Refused(401, "bad signature")
     now = time.time() if now is None else now
-    if abs(now - int(timestamp)) > settings.TRACKING_WEBHOOK_MAX_AGE:
+    if abs(now - int(timestamp)) > conf.TRACKING_WEBHOOK_MAX_AGE:
         raise Refused(401, f"{TIMESTAMP_HEADER} is outside the allowed window (check the clocks)")
     return given
 
 
 def check_basic(request):
     kind, _, encoded = request.headers.get("Authorization", "").partition(" ")
-    if kind.lower() != "basic" or not settings.TRACKING_WEBHOOK_BASIC_AUTH:
+    if kind.lower() != "basic" or not conf.TRACKING_WEBHOOK_BASIC_AUTH:
         raise Refused(401, "authentication required")
     try:
         given = base64.b64decode(encoded.strip(), validate=True).decode("utf-8")
     except (binascii.Error, UnicodeDecodeError):
         raise Refused(401, "malformed Basic credentials") from None
-    if not _any_equal(settings.TRACKING_WEBHOOK_BASIC_AUTH, given):
+    if not _any_equal(conf.TRACKING_WEBHOOK_BASIC_AUTH, given):
         raise Refused(401, "bad credentials")
 
 
@@ -109,7 +104,7 @@ def parse_events(body):
 
 def _remember_signature(signature):
     """Record an accepted signature for the replay check; older ones can no longer pass the window."""
-    cutoff = timezone.now() - timedelta(seconds=2 * settings.TRACKING_WEBHOOK_MAX_AGE)
+    cutoff = timezone.now() - timedelta(seconds=2 * conf.TRACKING_WEBHOOK_MAX_AGE)
     WebhookSignature.objects.filter(seen_at__lt=cutoff).delete()
     try:
         with transaction.atomic():
@@ -120,7 +115,7 @@ def _remember_signature(signature):
 
 def _error(status, message):
     response = JsonResponse({"error": message}, status=status)
-    if status == 401 and settings.TRACKING_WEBHOOK_BASIC_AUTH:
+    if status == 401 and conf.TRACKING_WEBHOOK_BASIC_AUTH:
         response["WWW-Authenticate"] = 'Basic realm="tracking", charset="UTF-8"'
     if status == 503:
         response["Retry-After"] = "60"
@@ -131,7 +126,7 @@ def _error(status, message):
 @csrf_exempt
 @require_POST
 def tracking_events(request):
-    if not settings.TRACKING_WEBHOOK_ENABLED:
+    if not conf.TRACKING_WEBHOOK_ENABLED:
         raise Http404("tracking callbacks are not enabled")
     body = request.body
     try:

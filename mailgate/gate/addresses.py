@@ -20,10 +20,11 @@ the routed ones; where guessing wrong would let a user take a list's address
 
 from email.utils import parseaddr
 
-from django.conf import settings
-
+from dbmail.conf import settings as dbmail_conf
 from dbmail.content import tokens, verp
+from dbmail.intake import outbox
 from dbmail.models import SenderAccount
+from mailgate.conf import settings as conf
 from mailgate.gate import routing
 
 
@@ -36,10 +37,8 @@ def domain_of(address):
 
 
 def site_addresses():
-    return {
-        parseaddr(a)[1].lower()
-        for a in (settings.DEFAULT_FROM_EMAIL, settings.SERVER_EMAIL, settings.DBMAIL_UNSUBSCRIBE_MAILTO)
-    }
+    """dbmail's own addresses (outbox.site_addresses) and the unsubscribe address."""
+    return outbox.site_addresses() | {parseaddr(dbmail_conf.DBMAIL_UNSUBSCRIBE_MAILTO)[1].lower()}
 
 
 def is_site_address(address):
@@ -54,9 +53,9 @@ def staff_senders():
 
 
 def routed_domains():
-    domains = set(settings.MAILGATE_LIST_DOMAINS)
-    if settings.DBMAIL_VERP_DOMAIN:
-        domains.add(settings.DBMAIL_VERP_DOMAIN.lower())
+    domains = set(conf.MAILGATE_LIST_DOMAINS)
+    if dbmail_conf.DBMAIL_VERP_DOMAIN:
+        domains.add(dbmail_conf.DBMAIL_VERP_DOMAIN.lower())
     domains |= {domain_of(a) for a in site_addresses()}
     domains |= {domain_of(a) for a in staff_senders().filter(active=True).values_list("address", flat=True)}
     domains.discard("")
@@ -65,7 +64,7 @@ def routed_domains():
 
 def list_for(address, *, assume_any_domain=False):
     """The active list mail to `address` reaches, when its domain is a list domain; else None."""
-    domains = set(settings.MAILGATE_LIST_DOMAINS)
+    domains = set(conf.MAILGATE_LIST_DOMAINS)
     if not domains and not assume_any_domain:
         domains = routed_domains()
     if domains and domain_of(address) not in domains:

@@ -23,10 +23,9 @@ from email.utils import formataddr
 from django.conf import settings
 from django.db import transaction
 
-from dbmail import states
 from dbmail.content import rendering
-from dbmail.intake.outbox import enqueue
-from dbmail.send.loop import send_one_now
+from dbmail.intake import outbox
+from mailgate.conf import settings as conf
 from mailgate.gate import addresses
 
 _LINE = re.compile(rb"([^\r\n]*)(\r\n|\r|\n|)")
@@ -143,14 +142,14 @@ def forward(inbound, parsed, route):
     forwards are committed by then, and an error exit would make the MTA
     deliver the message again.
     """
-    send_at_once = len(route.members) <= settings.MAILGATE_SEND_NOW_MAX
+    send_at_once = len(route.members) <= conf.MAILGATE_SEND_NOW_MAX
     from_email = _sending_account(route)
     from_header = formataddr((display_from(parsed, route.email_list), route.list_address))
-    count = 0
+    emails = []
     with transaction.atomic():
         for member in route.members:
             message_id = rendering.new_message_id()
-            email = enqueue(
+            email = outbox.enqueue(
                 formataddr((member.name, member.address)) if member.name else member.address,
                 subject=parsed.subject,
                 from_email=from_email,
@@ -158,8 +157,7 @@ def forward(inbound, parsed, route):
                 raw_message=build_message(inbound.raw, parsed, route, message_id),
                 message_id=message_id,
             )
-            if send_at_once and email.status == states.EmailStatus.QUEUED:
-                # A lambda, not functools.partial: robust on_commit logs the callback's __qualname__.
-                transaction.on_commit(lambda email=email: send_one_now(email), robust=True)
-            count += 1
-    return count
+            emails.append(email)
+        if send_at_once:
+            outbox.send_after_commit(emails, robust=True)
+    return len(emails)

@@ -3,12 +3,9 @@
 from django.db import transaction
 from django.utils import timezone
 
+from mailgate.exceptions import NotHeld
 from mailgate.gate import forward, parsing, policy, routing
 from mailgate.models import InboundMessage
-
-
-class NotHeld(Exception):
-    """The message is no longer held (someone else decided it first)."""
 
 
 def _take(inbound, user, status):

@@ -18,6 +18,7 @@ from django.utils import timezone
 
 from dbmail.content.recipients import address_error
 from dbmail.intake.outbox import send_now
+from mailgate.conf import settings as conf
 from mailgate.gate import addresses, parsing
 from mailgate.models import EmailList, SenderNotice
 
@@ -109,7 +110,7 @@ def notice_recipient(inbound, parsed):
 def _may_send(address, rate_limited):
     """Record a notice to `address`; False when the rate limit says not now."""
     now = timezone.now()
-    interval = timedelta(seconds=settings.MAILGATE_NOTICE_INTERVAL_SECONDS)
+    interval = timedelta(seconds=conf.MAILGATE_NOTICE_INTERVAL_SECONDS)
     with transaction.atomic():
         notice, created = SenderNotice.objects.select_for_update().get_or_create(
             address=address, defaults={"last_sent_at": now, "sent_count": 1}

@@ -25,10 +25,10 @@ import logging
 import traceback
 from dataclasses import dataclass
 
-from django.conf import settings
 from django.db import DatabaseError, transaction
 
 from dbmail.track.queue import QueueUnavailable
+from mailgate.conf import settings as conf
 from mailgate.gate import bounces, forward, parsing, policy, routing
 from mailgate.gate import unsubscribe_mail as unsubscribe
 from mailgate.models import InboundMessage
@@ -91,19 +91,19 @@ def _run(raw, recipient, sender, size):
     if "@" not in recipient:
         return Result(EX_TEMPFAIL, "no envelope recipient given (--recipient, RECIPIENT or LOCAL_PART/DOMAIN)")
 
-    too_big = size > settings.MAILGATE_MAX_BYTES
+    too_big = size > conf.MAILGATE_MAX_BYTES
     inbound = InboundMessage.objects.create(
         envelope_sender=sender[:254],
         envelope_recipient=recipient[:254],
         raw=raw[:_HEADERS_KEPT_WHEN_TOO_BIG] if too_big else raw,
         size=min(size, 2**31 - 1),
         status=InboundMessage.Status.TOO_BIG if too_big else InboundMessage.Status.RAW,
-        note=f"over the limit of {settings.MAILGATE_MAX_BYTES} bytes; only the start is kept" if too_big else "",
+        note=f"over the limit of {conf.MAILGATE_MAX_BYTES} bytes; only the start is kept" if too_big else "",
     )
     if too_big:
         return Result(
             EX_DATAERR,
-            f"message too large: over the limit of {settings.MAILGATE_MAX_BYTES} bytes for {recipient}",
+            f"message too large: over the limit of {conf.MAILGATE_MAX_BYTES} bytes for {recipient}",
             inbound.pk,
         )
     try:
@@ -182,7 +182,7 @@ def deliver(inbound, parsed, route):
 
 
 def _no_list(inbound, parsed):
-    if settings.MAILGATE_UNKNOWN_RECIPIENT == "notice":
+    if conf.MAILGATE_UNKNOWN_RECIPIENT == "notice":
         sent = policy.notice_no_such_list(inbound, parsed)
         _mark(inbound, InboundMessage.Status.NO_LIST, "no list matches" + ("" if sent else " (no notice sent)"))
         return Result(EX_OK, "accepted; no such list (notice)", inbound.pk)
@@ -232,8 +232,8 @@ def main(stdin, stdout, stderr, environ, recipient=None, sender=None):
     """Read one message from `stdin` and process it; returns the exit code (shared by the command and the script)."""
     try:
         recipient, sender = envelope_from_environment(environ, recipient, sender)
-        raw = read_limited(stdin, settings.MAILGATE_MAX_BYTES)
-        size = len(raw) + (drain(stdin) if len(raw) > settings.MAILGATE_MAX_BYTES else 0)
+        raw = read_limited(stdin, conf.MAILGATE_MAX_BYTES)
+        size = len(raw) + (drain(stdin) if len(raw) > conf.MAILGATE_MAX_BYTES else 0)
         result = run(raw, recipient, sender, size)
     except Exception as exc:  # reading stdin or the settings failed: nothing stored, let the MTA retry
         result = Result(EX_TEMPFAIL, f"temporary failure: {type(exc).__name__}: {exc}")

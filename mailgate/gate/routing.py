@@ -29,20 +29,10 @@ from django.db.models import Q
 
 from dbmail.content.recipients import address_error, normalise_address
 from dbmail.models import Suppression
+from mailgate import resolvers
+from mailgate.exceptions import NoSuchAddress
 from mailgate.models import EmailList
-
-_RESOLVERS = {}
-
-
-class NoSuchAddress(Exception):
-    """A resolver's answer: the address its list matched belongs to nobody."""
-
-
-@dataclass(frozen=True)
-class Resolver:
-    name: str
-    label: str
-    func: object
+from mailgate.resolvers import list_resolver, registered_resolvers  # noqa: F401 (sites import them from here)
 
 
 @dataclass(frozen=True)
@@ -67,20 +57,6 @@ class Route:
     def is_member(self, address):
         address = (address or "").lower()
         return bool(address) and any(m.address.lower() == address for m in self.members)
-
-
-def list_resolver(name, *, label=None):
-    """Register a resolver under `name` (decorator)."""
-
-    def register(func):
-        _RESOLVERS[name] = Resolver(name, label or name.replace("_", " ").capitalize(), func)
-        return func
-
-    return register
-
-
-def registered_resolvers():
-    return dict(_RESOLVERS)
 
 
 def normalise_recipient(address):
@@ -144,7 +120,7 @@ def resolve_members(email_list, match):
     found.extend(_user_member(u) for u in users.distinct().order_by("pk"))
     found.extend(_as_members(email_list.address_list()))
     if email_list.resolver:
-        resolver = _RESOLVERS.get(email_list.resolver)
+        resolver = resolvers.get(email_list.resolver)
         if resolver is None:
             raise LookupError(f"list {email_list.name!r} names an unregistered resolver {email_list.resolver!r}")
         found.extend(_as_members(resolver.func(match, email_list)))

@@ -13,8 +13,7 @@ that mailbox can use; notices are rate-limited and never go to automatic mail,
 the null sender or our own addresses (mailgate.gate.policy).
 """
 
-from django.conf import settings
-
+from dbmail.conf import settings as conf
 from dbmail.content import tokens
 from dbmail.models import Suppression
 from mailgate.gate import policy
@@ -49,7 +48,7 @@ def _confirmation_notice(inbound, parsed):
     text = (
         f"Your mail to {inbound.envelope_recipient} carried no valid unsubscribe code, so nothing was changed: "
         "a sender address alone proves nothing, so we never unsubscribe by it.\n\n"
-        f"To stop all mail from {settings.DBMAIL_SITE_NAME} to {address}, open this link and confirm:\n\n"
+        f"To stop all mail from {conf.DBMAIL_SITE_NAME} to {address}, open this link and confirm:\n\n"
         f"  {url}\n\n"
         "If you did not ask for this, ignore this message; nothing changes."
     )

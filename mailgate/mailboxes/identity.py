@@ -17,10 +17,9 @@ An account's address is the From of what it sends. Two rules:
    checks no From at all.
 """
 
-from django.conf import settings
-
 from dbmail.intake import grants
 from dbmail.models import SenderAccount
+from mailgate.conf import settings as conf
 from mailgate.gate import addresses
 from mailgate.models import MailAccount
 
@@ -40,7 +39,7 @@ def address_refusal(address, account=None):
         others = others.exclude(pk=account.pk)
     if others.exists() or senders.filter(mail_account__isnull=False).exists():
         return "This address belongs to another mail account."
-    email_list = addresses.list_for(address, assume_any_domain=not settings.MAILGATE_LIST_DOMAINS)
+    email_list = addresses.list_for(address, assume_any_domain=not conf.MAILGATE_LIST_DOMAINS)
     if email_list is not None:
         return f"This address is the address of the list {email_list.name!r}."
     return ""

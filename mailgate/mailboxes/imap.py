@@ -21,19 +21,16 @@ import ssl
 from dataclasses import dataclass, field
 from datetime import timedelta
 
-from django.conf import settings
 from django.db.models import Q
 from django.utils import timezone
 from imapclient import IMAPClient
 
+from mailgate.conf import settings as conf
+from mailgate.exceptions import MailboxError
 from mailgate.mailboxes import store as mailbox
 from mailgate.models import MailAccount, MailFolder, Message
 
 log = logging.getLogger(__name__)
-
-
-class MailboxError(Exception):
-    """The IMAP server could not be reached or refused us; the message says which account."""
 
 
 def connect(account):
@@ -45,7 +42,7 @@ def connect(account):
             port=profile.imap_port,
             ssl=profile.imap_ssl,
             ssl_context=ssl.create_default_context() if profile.imap_ssl else None,
-            timeout=settings.MAILGATE_IMAP_TIMEOUT,
+            timeout=conf.MAILGATE_IMAP_TIMEOUT,
         )
         if profile.imap_starttls:
             client.starttls(ssl.create_default_context())
@@ -135,14 +132,14 @@ def due_folders(now=None):
 def claim(folder, now=None):
     """Take the folder's lease; False when another poller holds it."""
     now = now or timezone.now()
-    until = now + timedelta(seconds=settings.MAILGATE_IMAP_LEASE_SECONDS)
+    until = now + timedelta(seconds=conf.MAILGATE_IMAP_LEASE_SECONDS)
     free = Q(lease_until__isnull=True) | Q(lease_until__lt=now)
     return MailFolder.objects.filter(free, pk=folder.pk).update(lease_until=until) == 1
 
 
 def renew(folder):
     """Extend the lease of a folder this poller holds (a long folder is fetched in many batches)."""
-    until = timezone.now() + timedelta(seconds=settings.MAILGATE_IMAP_LEASE_SECONDS)
+    until = timezone.now() + timedelta(seconds=conf.MAILGATE_IMAP_LEASE_SECONDS)
     MailFolder.objects.filter(pk=folder.pk).update(lease_until=until)
 
 
@@ -191,12 +188,12 @@ def poll(folder):
         if folder.delete_on_server:
             result.deleted += _delete_stored(client, folder, uidvalidity)
         uids = sorted(uid for uid in client.search(["UID", f"{folder.last_uid + 1}:*"]) if uid > folder.last_uid)
-        batch_size = settings.MAILGATE_IMAP_FETCH_BATCH
+        batch_size = conf.MAILGATE_IMAP_FETCH_BATCH
         for start in range(0, len(uids), batch_size):
             batch = uids[start : start + batch_size]
             sizes = {uid: data.get(b"RFC822.SIZE", 0) for uid, data in client.fetch(batch, ["RFC822.SIZE"]).items()}
             # Over the gate's limit only the header is fetched, as the gate keeps only the start of such mail.
-            too_big = [uid for uid in batch if sizes.get(uid, 0) > settings.MAILGATE_MAX_BYTES]
+            too_big = [uid for uid in batch if sizes.get(uid, 0) > conf.MAILGATE_MAX_BYTES]
             whole = [uid for uid in batch if uid not in too_big]
             fetched = client.fetch(whole, ["BODY.PEEK[]"]) if whole else {}
             if too_big:

@@ -26,7 +26,7 @@ from dbmail import states
 from dbmail.content import rendering
 from dbmail.intake import outbox
 from dbmail.models import SenderAccount
-from dbmail.send.loop import send_one_now
+from mailgate.exceptions import AddressTaken
 from mailgate.mailboxes import identity
 from mailgate.models import MailAccount, Message, MessagePart
 
@@ -34,10 +34,6 @@ log = logging.getLogger(__name__)
 _SENT = set(states.SUCCEEDED)
 _FAILED = set(states.FAILED)
 _PENDING = set(states.UNFINISHED)
-
-
-class AddressTaken(Exception):
-    """The account's address is not its to use (mailgate.mailboxes.identity.address_refusal says why)."""
 
 
 def sync_sender(account):
@@ -186,9 +182,7 @@ def compose(message, html, message_id):
 
 def send(message):
     """Submit the message and try to send each of its copies at once; then mirror their statuses."""
-    for email in submit(message):
-        if email.status == states.EmailStatus.QUEUED:
-            send_one_now(email)
+    outbox.send_at_once(submit(message))
     return refresh(message)
 
 

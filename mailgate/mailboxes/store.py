@@ -19,13 +19,13 @@ import traceback
 from datetime import UTC
 from email.utils import getaddresses, parsedate_to_datetime
 
-from django.conf import settings
 from django.core.files.base import ContentFile
 from django.db import transaction
 from django.db.models.functions import Greatest
 from django.utils import timezone
 from django.utils.text import get_valid_filename
 
+from mailgate.conf import settings as conf
 from mailgate.gate import parsing
 from mailgate.gate import receive as gate
 from mailgate.models import InboundMessage, MailFolder, Message, MessagePart
@@ -126,7 +126,7 @@ def _store_header(folder, uidvalidity, uid, header, digest, size):
     """An oversized message: its header is kept (as the gate keeps one), the message itself stays on the server."""
     parsed = parsing.parse(header)
     recipient, sender = _envelope(parsed, folder.account)
-    error = f"over the limit of {settings.MAILGATE_MAX_BYTES} bytes ({size}); only the header is kept here"
+    error = f"over the limit of {conf.MAILGATE_MAX_BYTES} bytes ({size}); only the header is kept here"
     inbound = InboundMessage.objects.create(
         envelope_sender=sender,
         envelope_recipient=recipient,

@@ -26,6 +26,7 @@ from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from dbmail import states
+from dbmail.conf import settings as conf
 from dbmail.content import csvmerge, recipients, validation
 from dbmail.intake import grants
 from dbmail.models import MessageRequest, RequestAttachment, TextOfEmail
@@ -202,7 +203,7 @@ class FilesMixin(serializers.Serializer):
             upload = ContentFile(item["content"], name=item["filename"])
             upload.content_type = item.get("content_type") or ""
             files.append(upload)
-        total, limit = sum(f.size for f in files), settings.DBMAIL_MAX_ATTACHMENT_BYTES
+        total, limit = sum(f.size for f in files), conf.DBMAIL_MAX_ATTACHMENT_BYTES
         if total > limit:
             raise serializers.ValidationError(
                 {

@@ -15,10 +15,10 @@ count; a signed-in session counts with its user's token.
 import math
 import time
 
-from django.conf import settings
 from django.db import connection
 from rest_framework.throttling import BaseThrottle
 
+from dbmail.conf import settings as conf
 from dbmail.models import ApiRateCounter
 
 _PERIODS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -57,7 +57,7 @@ class SendRateThrottle(BaseThrottle):
         self.wait_seconds = None
 
     def allow_request(self, request, view):
-        limit = parse_rate(settings.DBMAIL_API_SEND_RATE)
+        limit = parse_rate(conf.DBMAIL_API_SEND_RATE)
         if limit is None or not request.user.is_authenticated:
             return True  # the permission check answers the anonymous
         number, seconds = limit

@@ -83,7 +83,6 @@ def send_once(user, key, data, files):
 
 def make_emails(user, data, files):
     """One queued email per address, each sent once the transaction commits (the ad-hoc path)."""
-    from dbmail.send.loop import send_one_now
     from dbmail.send.message import to_email_message
 
     account = data.get("from")
@@ -107,17 +106,14 @@ def make_emails(user, data, files):
             headers=data.get("headers") or {},
             user=user,
         )
-        if email.status != states.ENQUEUE.target:
-            emails.append(email)
-            continue
-        if cc or files:
+        if email.status == states.ENQUEUE.target and (cc or files):
             message = to_email_message(email, attachments=files)
             if cc:
                 message.extra_headers["To"] = formataddr(to) if to[0] else to[1]
                 message.cc = [formataddr(c) if c[0] else c[1] for c in cc]
             email.raw_message = message.message().as_bytes()
             email.save(update_fields=["raw_message"])
-        # A lambda, not functools.partial: robust on_commit logs the callback's __qualname__.
-        transaction.on_commit(lambda email=email: send_one_now(email), robust=True)
         emails.append(email)
+    # After the commit: a send that fails then is logged, never raised (the emails stand, cron retries).
+    outbox.send_after_commit(emails, robust=True)
     return emails

@@ -12,7 +12,9 @@ class Command(BaseCommand):
     help = "Expand due message requests, then send due emails. Safe to run on several hosts at once."
 
     def add_arguments(self, parser):
-        parser.add_argument("--max-seconds", type=float, help="Stop sending after this many seconds.")
+        parser.add_argument(
+            "--max-seconds", type=float, help="Stop after this many seconds from the start (expansion included)."
+        )
         parser.add_argument("--max-messages", type=int, help="Stop after this many send attempts.")
         parser.add_argument("--batch-size", type=int, help="Emails claimed at a time (DBMAIL_BATCH_SIZE).")
         parser.add_argument("--loop", action="store_true", help="Keep running (for hosts without cron).")
@@ -33,11 +35,12 @@ class Command(BaseCommand):
             batch_size=opts["batch_size"],
             on_outcome=self.progress.outcome if self.progress else None,
             on_chunk=self.progress.expanded if self.progress else None,
+            interval=opts["interval"],
         )
         runner.install_signal_handlers()
         self.looping = opts["loop"]
         if opts["loop"]:
-            runner.run_loop(opts["interval"], self.report)
+            runner.run_loop(self.report)
             return
         try:
             self.report(runner.run_once())
@@ -57,6 +60,9 @@ class Command(BaseCommand):
         if (self.loud and not (self.looping and idle)) or (failed and self.verbosity >= 1):
             self.stdout.write(f"dbmail_cron: {outcome.summary()}")
             if failed and self.verbosity >= 1:
+                # A server's or sender's failure once, in words; then what was said about recipients.
+                for line in outcome.sent.problems:
+                    self.stdout.write(f"  sending problem: {line}")
                 for line in outcome.sent.errors:
                     self.stdout.write(f"  {line}")
 

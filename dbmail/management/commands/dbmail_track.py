@@ -1,12 +1,11 @@
-import signal
 import sys
-import time
 
 from django.core.management.base import BaseCommand, CommandError
-from django.db import DatabaseError, close_old_connections
+from django.db import DatabaseError
 from django.utils import timezone
 
 from dbmail.ops import health
+from dbmail.ops.runloop import Round, RunLoop
 from dbmail.track import logfollow
 from dbmail.track.consume import consume
 from dbmail.track.queue import QueueUnavailable
@@ -29,31 +28,34 @@ class Command(BaseCommand):
         parser.add_argument("--poll", type=float, default=1.0, help="Seconds between looks at the log.")
 
     def handle(self, *args, **opts):
-        self.stopping = False
-        signal.signal(signal.SIGTERM, self.stop)
-        signal.signal(signal.SIGINT, self.stop)
+        self.loop = RunLoop(opts["poll"] if opts["follow_log"] else opts["interval"]).handle_signals()
         self.loud = opts["verbosity"] >= 2 or (sys.stdout.isatty() and opts["verbosity"] >= 1)
         if opts["follow_log"]:
             if not opts["format"]:
                 raise CommandError("--follow-log needs --format postfix or --format exim")
             self.follow(opts)
             return
-        while True:
+        if not opts["loop"]:
             try:
                 self.run_once(opts["batch_size"])
             except (QueueUnavailable, DatabaseError) as exc:
-                if not opts["loop"]:
-                    raise CommandError(f"dbmail_track: {exc}") from exc
+                raise CommandError(f"dbmail_track: {exc}") from exc
+            return
+
+        def one_round():
+            try:
+                self.run_once(opts["batch_size"])
+            except (QueueUnavailable, DatabaseError) as exc:
                 self.stderr.write(f"dbmail_track: {exc}")
-            if not opts["loop"] or self.stopping:
-                return
-            self.sleep(opts["interval"])
-            close_old_connections()
+                return Round.FAILED
+            return Round.DONE
+
+        self.loop.run(one_round)
 
     def run_once(self, batch_size):
         started = timezone.now()
         try:
-            run = consume(batch_size=batch_size, should_stop=lambda: self.stopping)
+            run = consume(batch_size=batch_size, should_stop=lambda: self.loop.stopping)
         except (QueueUnavailable, DatabaseError) as exc:
             health.beat("dbmail_track", started, error=str(exc)[:2000])
             raise
@@ -65,23 +67,16 @@ class Command(BaseCommand):
         follower = logfollow.Follower(opts["follow_log"], opts["format"])
         if self.loud:
             self.stdout.write(f"dbmail_track: following {opts['follow_log']} ({opts['format']})")
-        while not self.stopping:
+
+        def one_round():
             try:
                 published = follower.poll()
             except (QueueUnavailable, DatabaseError) as exc:
                 # Nothing was marked as read: the same lines are tried again.
                 self.stderr.write(f"dbmail_track: {exc}")
-                close_old_connections()
-                published = 0
+                return Round.FAILED
             if published and self.loud:
                 self.stdout.write(f"dbmail_track: published {published} event(s) from the log")
-            if not published:
-                self.sleep(opts["poll"])
+            return Round.BUSY if published else Round.DONE
 
-    def sleep(self, seconds):
-        deadline = time.monotonic() + seconds
-        while not self.stopping and time.monotonic() < deadline:
-            time.sleep(min(0.2, seconds))
-
-    def stop(self, *args):
-        self.stopping = True
+        self.loop.run(one_round)

@@ -32,19 +32,18 @@ class Command(BaseCommand):
             raise CommandError(f"cannot reach the database: {exc}") from exc
 
     def send(self, sender, verbosity):
-        taken = spool.intake()
-        if verbosity >= 1 and taken.files:
-            self.stdout.write(f"spool: took in {taken.files} file(s), {taken.emails} email(s)")
-        for error in taken.errors:
-            self.stderr.write(f"spool: cannot read {error}")
+        def show_intake(taken):
+            if verbosity >= 1 and taken.files:
+                self.stdout.write(f"spool: took in {taken.files} file(s), {taken.emails} email(s)")
+            for error in taken.errors:
+                self.stderr.write(f"spool: cannot read {error}")
 
         def report(email, outcome):
             if verbosity >= 1:
                 code = f" {outcome.code}" if outcome.code else ""
                 self.stdout.write(f"{smailer.line(email)} {outcome.status}{code}: {outcome.text}")
 
-        result = smailer.send(sender, on_outcome=report)
-        settled = spool.settle()
+        _, result, settled = spool.cycle(lambda: smailer.send(sender, on_outcome=report), on_intake=show_intake)
         if verbosity >= 1:
             self.stdout.write(f"sent {result.sent}, deferred {result.deferred}, dropped {result.dropped}")
             if settled.sent or settled.deferred or settled.dropped:

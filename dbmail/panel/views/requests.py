@@ -1,56 +1,29 @@
 """The requests: list, one request's page (preview, test, send, follow), its live status and actions."""
 
-from django.conf import settings
 from django.contrib import messages
 from django.core.exceptions import ValidationError
 from django.core.paginator import Paginator
 from django.db import transaction
 from django.db.models import Count, Q
+from django.db.models.functions import Lower
 from django.http import JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
+from django.template.loader import render_to_string
 from django.urls import reverse
 from django.utils import timezone
 from django.views.decorators.http import require_POST
 
-from dbmail import states
+from dbmail import rollup, states
+from dbmail.conf import settings as conf
 from dbmail.content import attachments, audience, recipients, rendering, validation
 from dbmail.models import MessageRequest, TextOfEmail
 from dbmail.panel import preview
 from dbmail.panel.forms import ScheduleForm
+from dbmail.panel.progress import progress, when
 from dbmail.panel.views.access import panel_view
 
 Status = states.RequestStatus
 EmailStatus = states.EmailStatus
-# The order statuses are shown in, bars and tables alike.
-SHOWN = [
-    EmailStatus.QUEUED,
-    EmailStatus.SENDING,
-    EmailStatus.SENT,
-    EmailStatus.DELIVERED,
-    EmailStatus.DEFERRED,
-    EmailStatus.DROPPED,
-    EmailStatus.BOUNCED,
-    EmailStatus.COMPLAINED,
-    EmailStatus.CANCELLED,
-]
-
-
-def progress(mail, counts):
-    """Numbers for the progress bar and chart of one request."""
-    total = sum(counts.values())
-    done = sum(n for s, n in counts.items() if s in states.FINAL)
-    waiting = mail.status in states.REQUEST_TO_EXPAND or any(counts.get(s) for s in states.UNFINISHED)
-    return {
-        "status": mail.status,
-        "total": total,
-        "done": done,
-        "percent": round(100 * done / total) if total else (100 if mail.status == Status.EXPANDED else 0),
-        "counts": {s: counts.get(s, 0) for s in SHOWN if counts.get(s)},
-        "active": waiting and mail.status not in states.REQUEST_DORMANT,
-        "cancellable": mail.status in states.REQUEST_TO_EXPAND
-        or (mail.status == Status.EXPANDED and any(counts.get(s) for s in states.CANCEL.sources)),
-        "retryable": any(counts.get(s) for s in states.RETRY.sources),
-    }
 
 
 def recipients_label(mail):
@@ -78,13 +51,14 @@ def request_list(request):
     mails = MessageRequest.objects.select_related("sender", "creator").order_by("-created_at", "-pk")
     query = request.GET.get("q", "").strip()
     if query:
+        number = query.removeprefix("#").strip()  # "#4", as the placeholder says, or "4"
         mails = mails.filter(
             Q(subject__icontains=query)
             | Q(sender__address__icontains=query)
             | Q(creator__username__icontains=query)
-            | (Q(pk=int(query)) if query.isdigit() else Q(pk__in=[]))
+            | (Q(pk=int(number)) if number.isdigit() else Q(pk__in=[]))
         )
-    page = Paginator(mails, settings.DBMAIL_PANEL_PAGE_SIZE).get_page(request.GET.get("page"))
+    page = Paginator(mails, conf.DBMAIL_PANEL_PAGE_SIZE).get_page(request.GET.get("page"))
     rows = list(page.object_list)
     # One grouped query for the whole page's counts.
     per_request = {}
@@ -92,35 +66,52 @@ def request_list(request):
         TextOfEmail.objects.filter(request__in=rows).values("request_id", "status").annotate(n=Count("id")).order_by()
     ):
         per_request.setdefault(row["request_id"], {})[row["status"]] = row["n"]
+    delivery = rollup.per_request(mail.pk for mail in rows)
+    now = timezone.now()
     for mail in rows:
         counts = dict(mail.purged_counts or {})
         for status, n in per_request.get(mail.pk, {}).items():
             counts[status] = counts.get(status, 0) + n
-        mail.progress = progress(mail, counts)
-    context = {"page": page, "rows": rows, "query": query, "now": timezone.now()}
+        mail.progress = progress(mail, counts, now)
+        mail.delivery = _delivery(delivery.get(mail.pk))
+    context = {"page": page, "rows": rows, "query": query, "now": now}
     return render(request, "commpanel/request_list.html", context)
+
+
+def _delivery(counts):
+    """A request's delivery figures from the roll-up, and their rates."""
+    counts = counts or {name: 0 for name in rollup.COUNTS}
+    return {"counts": counts, "rates": rollup.rates(counts)}
 
 
 @panel_view
 def request_detail(request, pk):
     mail = get_object_or_404(MessageRequest.objects.select_related("sender", "creator"), pk=pk)
+    now = timezone.now()
+    shown = progress(mail, mail.status_counts(), now)
     context = {
         "mail": mail,
-        "progress": progress(mail, mail.status_counts()),
+        "progress": shown,
+        "delivery": _delivery(rollup.per_request([mail.pk]).get(mail.pk)),
         "attachments": mail.attachments.all(),
-        "poll_seconds": settings.DBMAIL_PANEL_POLL_SECONDS,
+        "poll_seconds": conf.DBMAIL_PANEL_POLL_SECONDS,
         "errors": rendering.template_errors(mail),
         "recipients_label": recipients_label(mail),
-        "now": timezone.now(),
-        "large_threshold": settings.DBMAIL_LARGE_SEND_WARNING,
+        "now": now,
+        "large_threshold": conf.DBMAIL_LARGE_SEND_WARNING,
     }
     if mail.public and mail.status != Status.DRAFT:
         context["web_version_url"] = request.build_absolute_uri(reverse("dbmail:web_version", args=[mail.public_id]))
     if mail.status == Status.DRAFT:
         context["schedule_form"] = ScheduleForm()
         context["summary"] = audience.summarise(mail)
-    else:
+    elif shown["editable"]:  # scheduled, or queued and not yet taken: it may still change
+        context["schedule_form"] = ScheduleForm(initial={"when": "later", "send_at": timezone.localtime(mail.send_at)})
+        context["summary"] = audience.summarise(mail)
+        context["plan"] = plan(mail, context["summary"].count)
+    if mail.status != Status.DRAFT:
         context.update(_email_table(request, mail))
+        context["possibly_delivered"] = mail.possibly_delivered_count()
     context.update(_preview(request, mail))
     return render(request, "commpanel/request_detail.html", context)
 
@@ -136,8 +127,18 @@ def _preview(request, mail):
     return {"preview": shown, "preview_search": search}
 
 
+def plan(mail, count, now=None):
+    """What will happen and when, in one sentence."""
+    now = now or timezone.now()
+    whom = f"{count:,} address{'es' if count != 1 else ''}"
+    if mail.send_at > now:
+        return f"This will be sent to {whom} on {when(mail.send_at)}."
+    return f"This goes out to {whom} on the next dbmail_cron run."
+
+
 def _email_table(request, mail):
-    emails = mail.emails.order_by("to_address")
+    # Lower(address) walks the (request, lower(address)) index: a page of a big request is quick.
+    emails = mail.emails.order_by(Lower("to_address"), "pk")
     status = request.GET.get("status", "")
     if status in EmailStatus.values:
         emails = emails.filter(status=status)
@@ -145,10 +146,21 @@ def _email_table(request, mail):
     if address:
         emails = emails.filter(to_address__icontains=address)
     page = Paginator(
-        emails.only("id", "to_address", "to_name", "status", "attempts", "sent_at", "last_error", "status_changed_at"),
-        settings.DBMAIL_PANEL_PAGE_SIZE,
+        # request_id too: the related manager sets each row's request, which would load it row by row.
+        emails.only(
+            "id",
+            "request_id",
+            "to_address",
+            "to_name",
+            "status",
+            "attempts",
+            "sent_at",
+            "last_error",
+            "status_changed_at",
+        ),
+        conf.DBMAIL_PANEL_PAGE_SIZE,
     ).get_page(request.GET.get("page"))
-    return {"emails": page, "status_filter": status, "address_filter": address, "statuses": SHOWN}
+    return {"emails": page, "status_filter": status, "address_filter": address, "statuses": EmailStatus.values}
 
 
 @panel_view
@@ -156,18 +168,43 @@ def email_detail(request, pk, email_pk):
     """One recipient's email and its history: each attempt, tracking event and admin action."""
     mail = get_object_or_404(MessageRequest, pk=pk)
     email = get_object_or_404(mail.emails.select_related("request"), pk=email_pk)
+    events = list(email.events.order_by("at", "id"))
+    # "Tries" counts what the history shows: every SMTP attempt. The email's own counter restarts
+    # at a retry (it is the budget toward DBMAIL_MAX_ATTEMPTS), so it is shown only when it differs.
+    tries = sum(1 for e in events if e.kind == e.Kind.ATTEMPT)
+    in_flight = email.status == EmailStatus.SENDING  # claimed: this try has no history row yet
     return render(
         request,
         "commpanel/email_detail.html",
-        {"mail": mail, "email": email, "events": email.events.order_by("at", "id")},
+        {
+            "mail": mail,
+            "email": email,
+            "events": events,
+            "tries": tries + in_flight,
+            "budget_used": email.attempts if email.attempts != tries + in_flight else None,
+            "max_attempts": conf.DBMAIL_MAX_ATTEMPTS,
+        },
     )
 
 
 @panel_view
 def request_status(request, pk):
-    """Live progress for the request page (polled while sending)."""
-    mail = get_object_or_404(MessageRequest, pk=pk)
-    return JsonResponse(progress(mail, mail.status_counts()))
+    """The request page's live state (polled while anything can change): numbers and words,
+    the delivery figures, and the parts of the page redrawn from the same templates."""
+    mail = get_object_or_404(MessageRequest.objects.select_related("sender"), pk=pk)
+    shown = progress(mail, mail.status_counts())
+    delivery = _delivery(rollup.per_request([mail.pk]).get(mail.pk))
+    context = {"mail": mail, "progress": shown, "delivery": delivery, **_email_table(request, mail)}
+    return JsonResponse(
+        {
+            **shown,
+            "delivery": delivery,
+            "html": {
+                part: render_to_string(f"commpanel/_request_{part}.html", context, request=request)
+                for part in ("actions", "emails", "delivery")
+            },
+        }
+    )
 
 
 @require_POST
@@ -194,11 +231,42 @@ def send(request, pk):
         mail.send_at = form.send_time()
         mail.status = states.SCHEDULE.target
         mail.save(update_fields=["send_at", "status"])
+    count = audience.summarise(mail).count
     if form.cleaned_data["when"] == "later":
-        messages.success(request, f"Scheduled for {mail.send_at:%Y-%m-%d %H:%M %Z}. You can cancel it until then.")
+        messages.success(request, f"Scheduled. {plan(mail, count)} You can change or cancel it until then.")
     else:
-        messages.success(request, "Queued: it goes out on the next dbmail_cron run.")
+        messages.success(request, f"Queued. {plan(mail, count)}")
     return redirect("commpanel:request", pk=pk)
+
+
+@require_POST
+@panel_view
+def reschedule(request, pk):
+    """Move a request that has not started yet to another time (or to now)."""
+    mail = get_object_or_404(MessageRequest, pk=pk)
+    form = ScheduleForm(request.POST)
+    if not form.is_valid():
+        for errors in form.errors.values():
+            for error in errors:
+                messages.error(request, error)
+        return redirect("commpanel:request", pk=pk)
+    send_at = form.send_time()
+    # Conditional on the status: once expansion has taken the request (queued -> expanding),
+    # nothing changes. Expansion's claim skips a row this UPDATE holds, so the two never interleave.
+    moved = MessageRequest.objects.filter(pk=pk, status=Status.QUEUED).update(send_at=send_at)
+    if not moved:
+        messages.error(request, _too_late(mail))
+        return redirect("commpanel:request", pk=pk)
+    mail.send_at = send_at
+    messages.success(request, f"Rescheduled. {plan(mail, audience.summarise(mail).count)}")
+    return redirect("commpanel:request", pk=pk)
+
+
+def _too_late(mail):
+    mail.refresh_from_db(fields=["status"])
+    if mail.status == Status.CANCELLED:
+        return "Not changed: this request was cancelled."
+    return "Too late to change it: sending has started. Cancel the rest if it must not go out."
 
 
 @require_POST
@@ -238,12 +306,27 @@ def cancel(request, pk):
     mail = get_object_or_404(MessageRequest, pk=pk)
     if mail.status == Status.CANCELLED:
         messages.info(request, "This request was already cancelled.")
+    elif mail.status == Status.DRAFT:
+        mail.cancel()
+        messages.success(request, "Draft discarded: nothing was sent.")
     else:
         before = mail.status_counts()
         mail.cancel()
-        stopped = mail.status_counts().get(EmailStatus.CANCELLED, 0) - before.get(EmailStatus.CANCELLED, 0)
-        messages.success(request, f"Cancelled. {stopped} unsent email(s) will not go out.")
+        after = mail.status_counts()
+        stopped = after.get(EmailStatus.CANCELLED, 0) - before.get(EmailStatus.CANCELLED, 0)
+        messages.success(request, _cancelled(stopped, progress(mail, after)))
     return redirect("commpanel:request", pk=pk)
+
+
+def _cancelled(stopped, shown):
+    """'Cancelled: 100 emails will not go out; 4,900 sent.' or 'Cancelled: nothing was sent.'"""
+    went = {s["key"]: s["n"] for s in shown["segments"]}
+    if not went[EmailStatus.SENT] and not went["failed"]:
+        return "Cancelled: nothing was sent."
+    stopped_text = (
+        f"{stopped:,} email{'s' if stopped != 1 else ''} will not go out" if stopped else "nothing was left to stop"
+    )
+    return f"Cancelled: {stopped_text}. So far: {shown['summary']}."
 
 
 @require_POST
@@ -251,7 +334,7 @@ def cancel(request, pk):
 def retry(request, pk):
     mail = get_object_or_404(MessageRequest, pk=pk)
     n = TextOfEmail.retry_now(mail.emails.all())
-    messages.success(request, f"{n} email(s) will be retried on the next dbmail_cron run.")
+    messages.success(request, f"{n:,} email{'s' if n != 1 else ''} will be tried again on the next dbmail_cron run.")
     return redirect("commpanel:request", pk=pk)
 
 

@@ -1,11 +1,11 @@
 """The suppression list: addresses that get no more mail (unsubscribed, bounced, blocked by hand)."""
 
-from django.conf import settings
 from django.contrib import messages
 from django.core.paginator import Paginator
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_POST
 
+from dbmail.conf import settings as conf
 from dbmail.models import Suppression
 from dbmail.panel.forms import SuppressionForm
 from dbmail.panel.views.access import panel_view
@@ -25,7 +25,7 @@ def suppression_list(request):
         added = form.save()
         messages.success(request, f"{added.address} gets no more mail.")
         return redirect("commpanel:suppressions")
-    page = Paginator(rows, settings.DBMAIL_PANEL_PAGE_SIZE).get_page(request.GET.get("page"))
+    page = Paginator(rows, conf.DBMAIL_PANEL_PAGE_SIZE).get_page(request.GET.get("page"))
     return render(
         request,
         "commpanel/suppression_list.html",

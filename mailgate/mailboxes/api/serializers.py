@@ -3,11 +3,11 @@
 import mimetypes
 from email.utils import formataddr
 
-from django.conf import settings
 from django.core.files.base import ContentFile
 from django.urls import reverse
 from rest_framework import serializers
 
+from dbmail.conf import settings as conf
 from dbmail.models import SendGrant
 from mailgate.mailboxes import identity
 from mailgate.mailboxes.store import store_part
@@ -161,9 +161,9 @@ class MessageSerializer(serializers.ModelSerializer):
 
     def validate_files(self, files):
         total = sum(f.size for f in files)
-        if total > settings.DBMAIL_MAX_ATTACHMENT_BYTES:
+        if total > conf.DBMAIL_MAX_ATTACHMENT_BYTES:
             raise serializers.ValidationError(
-                f"The attachments come to {total} bytes; at most {settings.DBMAIL_MAX_ATTACHMENT_BYTES} are allowed."
+                f"The attachments come to {total} bytes; at most {conf.DBMAIL_MAX_ATTACHMENT_BYTES} are allowed."
             )
         return files
 

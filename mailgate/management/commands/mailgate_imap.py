@@ -1,10 +1,7 @@
-import signal
-import sys
-import time
+from django.core.management.base import BaseCommand, CommandError
+from django.db import DatabaseError
 
-from django.core.management.base import BaseCommand
-from django.db import DatabaseError, close_old_connections
-
+from dbmail.ops.runloop import Round, RunLoop
 from mailgate.mailboxes import imap, outgoing
 from mailgate.models import MailAccount
 
@@ -21,7 +18,7 @@ class Command(BaseCommand):
         parser.add_argument("--discover", action="store_true", help="List every account's folders first.")
 
     def handle(self, *args, loop=False, interval=5.0, discover=False, verbosity=1, **options):
-        self.verbosity, self.stopping = verbosity, False
+        self.verbosity = verbosity
         if discover:
             for account in MailAccount.objects.filter(enabled=True).select_related("profile"):
                 try:
@@ -30,27 +27,29 @@ class Command(BaseCommand):
                 except imap.MailboxError as exc:
                     self.stderr.write(str(exc))
         if not loop:
-            sys.exit(0 if self._round() else 1)
-        signal.signal(signal.SIGTERM, self._stop)
-        signal.signal(signal.SIGINT, self._stop)
-        while not self.stopping:
-            close_old_connections()
-            self._round()
-            deadline = time.monotonic() + interval
-            while not self.stopping and time.monotonic() < deadline:
-                time.sleep(min(0.2, interval))
+            try:
+                failed = self._round()
+            except DatabaseError as exc:
+                raise CommandError(f"mailgate_imap: cannot reach the database: {exc}") from exc
+            if failed:
+                raise CommandError(f"mailgate_imap: {failed} folder(s) failed")
+            return
 
-    def _stop(self, *args):
-        self.stopping = True
+        def one_round():
+            try:
+                self._round()
+            except DatabaseError as exc:
+                # Only this slows the loop down: one account's failing server must not delay the others.
+                self.stderr.write(f"mailgate_imap: cannot reach the database: {exc}")
+                return Round.FAILED
+            return Round.DONE
+
+        RunLoop(interval).handle_signals().run(one_round)
 
     def _round(self):
-        """One poll and send round; False when a folder or the database failed."""
-        try:
-            polled = imap.poll_due()
-            sent = outgoing.send_pending()
-        except DatabaseError as exc:
-            self.stderr.write(f"mailgate_imap: cannot reach the database: {exc}")
-            return False
+        """One poll and send round; how many folders failed."""
+        polled = imap.poll_due()
+        sent = outgoing.send_pending()
         for folder in polled.folders:
             if folder.error:
                 self.stderr.write(f"{folder.folder}: {folder.error}")
@@ -59,7 +58,7 @@ class Command(BaseCommand):
                 self._say(f"{folder.folder}: {folder.stored} stored, {folder.deleted} deleted on the server{resync}")
         if sent and self.verbosity > 1:
             self._say(f"{sent} outgoing message(s) handled")
-        return not polled.errors
+        return len(polled.errors)
 
     def _say(self, text):
         if self.verbosity > 0:

@@ -9,7 +9,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('dbmail', '0008_identities'),
+        ('dbmail', '0010_sending_faults'),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 

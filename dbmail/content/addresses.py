@@ -1,0 +1,120 @@
+"""International addresses: which ones are valid, and how they are written on the wire.
+
+- A domain with non-ASCII letters (an IDN, ann@bücher.example) always goes
+  out as A-labels (ann@xn--bcher-kva.example; IDNA 2008 with the UTS #46
+  mapping, from the `idna` package), in the envelope and in the headers,
+  so no server needs to know about IDN.
+- A local part with non-ASCII letters (用户@example.org) can only go out
+  with SMTPUTF8 (RFC 6531): the envelope and the address headers then carry
+  it as UTF-8 (RFC 6532). A server that does not offer SMTPUTF8 cannot take
+  it at all (NeedsSMTPUTF8).
+- Display names with non-ASCII letters become RFC 2047 encoded words, with
+  or without SMTPUTF8.
+"""
+
+import re
+import unicodedata
+from email.utils import formataddr, getaddresses
+
+import idna
+from django.core.exceptions import ValidationError
+from django.core.validators import validate_email
+
+from dbmail.exceptions import AddressError, NeedsSMTPUTF8
+
+__all__ = ["AddressError", "NeedsSMTPUTF8", "a_label", "display", "error", "header", "needs_smtputf8", "wire"]
+
+# The common address, which needs none of the work below (checked on every message sent).
+_PLAIN = re.compile(r"[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9.-]+")
+_ASCII_ATOM = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+")
+_BREAKS = re.compile(r"[\r\n<>]")
+
+
+def a_label(domain):
+    """`domain` in A-labels (xn--...); AddressError if it is no valid IDN."""
+    if domain.isascii():
+        return domain
+    try:
+        return idna.encode(domain, uts46=True).decode("ascii")
+    except idna.IDNAError as exc:
+        raise AddressError(f"the domain {domain!r} is not a valid international domain name ({exc})") from None
+
+
+def needs_smtputf8(address):
+    """Whether `address` (a bare address) has a UTF-8 local part."""
+    return not address.rpartition("@")[0].isascii()
+
+
+def wire(address, smtputf8=False):
+    """`address` as it goes into MAIL FROM, RCPT TO and address headers.
+
+    The domain in A-labels; a UTF-8 local part only when `smtputf8` (the
+    server offers it and the message uses it), NeedsSMTPUTF8 otherwise.
+    """
+    if _PLAIN.fullmatch(address):
+        return address
+    address = address.strip()
+    if not address:
+        raise AddressError("no recipient address (the address is empty)")
+    local, at, domain = address.rpartition("@")
+    unquoted_space = not local.startswith('"') and any(c.isspace() for c in local)
+    if not at or not local or not domain or _BREAKS.search(address) or unquoted_space or domain != domain.strip():
+        raise AddressError(f"invalid address {address!r}")
+    if not local.isascii() and not smtputf8:
+        raise NeedsSMTPUTF8(f"the server does not offer SMTPUTF8, which the address {address!r} needs (RFC 6531)")
+    return f"{local}@{a_label(domain)}"
+
+
+def display(name, address):
+    """A header's `Name <address>` for an address from wire(): the name quoted or RFC 2047-encoded."""
+    name = " ".join((name or "").split())
+    if not name:
+        return address
+    # email.utils quotes or encodes the name but insists on an ASCII address: give it a stand-in.
+    return formataddr((name, "a@a"), charset="utf-8")[: -len("<a@a>")] + f"<{address}>"
+
+
+def header(value, smtputf8=False):
+    """A stored address header ("Name <addr>, ...") as it goes out; unchanged when it is ASCII."""
+    if value.isascii():
+        return value
+    pairs = getaddresses([value])
+    if not pairs or any(not addr for _, addr in pairs):
+        raise AddressError(f"invalid address header {value!r}")
+    return ", ".join(display(name, wire(addr, smtputf8)) for name, addr in pairs)
+
+
+def header_needs_smtputf8(value):
+    return not value.isascii() and any(needs_smtputf8(addr) for _, addr in getaddresses([value]))
+
+
+def error(address):
+    """Why `address` cannot be mailed, in words; "" when it can.
+
+    Django's validator knows ASCII local parts and IDN domains; a UTF-8
+    local part (RFC 6531) is checked here: dot-separated atoms of ASCII
+    atext and printable non-ASCII letters, at most 64 bytes.
+    """
+    invalid = f"invalid address {address!r}"
+    local, at, domain = (address or "").rpartition("@")
+    if at and local and not local.isascii():
+        if len(local.encode("utf-8")) > 64 or not all(_utf8_atom(atom) for atom in local.split(".")):
+            return invalid
+        address = f"x@{domain}"  # the domain is Django's to judge
+    try:
+        validate_email(address)
+    except ValidationError:
+        return invalid
+    return ""
+
+
+def _utf8_atom(atom):
+    if not atom:
+        return False
+    for char in atom:
+        if char.isascii():
+            if not _ASCII_ATOM.fullmatch(char):
+                return False
+        elif unicodedata.category(char)[0] in "CZ":  # controls, format characters, spaces, unassigned
+            return False
+    return True

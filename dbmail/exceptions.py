@@ -1,0 +1,133 @@
+"""Every error dbmail raises on purpose: one base class, and each member also the built-in or Django class it means.
+
+    try:
+        outbox.send_now(to=..., from_email=address)
+    except DbmailError:       # anything dbmail refused or could not do
+        ...
+    except ValueError:        # or the general kind: UnknownSender is a ValueError too
+        ...
+
+The modules that raise them keep their names (dbmail.intake.outbox.UnknownSender,
+dbmail.content.rendering.RenderError, ...), so callers may import either way.
+mailgate's errors (mailgate.exceptions) derive from DbmailError as well.
+"""
+
+import smtplib
+
+from django.core.exceptions import ImproperlyConfigured, SuspiciousOperation
+from django.db import DatabaseError
+
+
+class DbmailError(Exception):
+    """The base of every error raised on purpose by dbmail and mailgate."""
+
+
+# --- configuration ---
+
+
+class ConfigurationError(DbmailError, ImproperlyConfigured):
+    """A setting that cannot be used; the message names it and says why."""
+
+
+class UnknownSite(DbmailError, ValueError):
+    """The --sid names no configured database."""
+
+
+# --- content and intake: input that cannot be used ---
+
+
+class RenderError(DbmailError, ValueError):
+    """A subject or body template that cannot be compiled or rendered; the message says where."""
+
+
+class UnknownRecipientSet(DbmailError, LookupError):
+    """A request names a recipient set no code registered."""
+
+
+class CSVError(DbmailError, ValueError):
+    """The file as a whole cannot be used (encoding, no header, no email column)."""
+
+
+class UnknownSender(DbmailError, ValueError):
+    """The From address (or SENDER) is neither a configured sender account nor the site's own address."""
+
+
+class SpoolFormatError(DbmailError, ValueError):
+    """A spool file that is not a valid <list> of <item>s."""
+
+
+class SpoolError(DbmailError, OSError):
+    """The spool directory cannot be used (missing or unreadable)."""
+
+
+# --- sending and tracking: services that cannot be reached, events and requests refused ---
+
+
+class Unreachable(DbmailError, ConnectionError):
+    """The database or the SMTP server could not be reached at all."""
+
+
+class DatabaseUnreachable(Unreachable):
+    """The database could not be reached, or its connection broke during the run."""
+
+
+class DatabaseLost(DbmailError, DatabaseError):
+    """The database connection broke during a send run; `leftovers` is what the run still held.
+
+    `leftovers` (dbmail.send.recovery.Leftovers) gives its outcomes and claims back
+    once the database answers again; `error` is the database's own error.
+    """
+
+    def __init__(self, error, leftovers=None):
+        super().__init__(" ".join(str(error).split()) or type(error).__name__)
+        self.error = error
+        self.leftovers = leftovers
+
+
+class AddressError(DbmailError, ValueError):
+    """An address that cannot go into an envelope; the message says why, in words."""
+
+
+class NeedsSMTPUTF8(AddressError):
+    """The address has a UTF-8 local part and the server does not offer SMTPUTF8 (RFC 6531)."""
+
+
+# The SMTP conversation's own failures, each also the smtplib error callers already catch.
+
+
+class DataRefused(DbmailError, smtplib.SMTPDataError):
+    """The server refused the DATA command: the recipients were accepted, nothing of the message went out."""
+
+    stage = "data"
+
+
+class MessageRefused(DbmailError, smtplib.SMTPDataError):
+    """The server refused the message after its final dot."""
+
+    stage = "message"
+
+
+class AckLost(DbmailError, smtplib.SMTPServerDisconnected):
+    """The whole message went out (final dot written) but the server's answer never came: maybe delivered."""
+
+    stage = "message"
+
+
+class QueueUnavailable(DbmailError, ConnectionError):
+    """The tracking queue cannot take or hand out events right now; try again later."""
+
+
+class InvalidEvent(DbmailError, ValueError):
+    """A tracking event that cannot be used; the message says which field and why."""
+
+
+class WebhookRefused(DbmailError, SuspiciousOperation):
+    """A tracking callback that is not accepted; `status` is the HTTP answer it gets (400, 401, 409...)."""
+
+    def __init__(self, status, message):
+        super().__init__(message)
+        self.status = status
+
+
+class TooLate(DbmailError, RuntimeError):
+    """A change to a request that expansion took meanwhile: nothing was changed (the comm panel's edit)."""

@@ -1,0 +1,38 @@
+"""mailgate's settings, each with its default, type and limits; read through `settings` (see dbmail.conf).
+
+    from mailgate.conf import settings as conf
+    conf.MAILGATE_MAX_BYTES
+
+The dbmail settings mailgate uses too (DBMAIL_UNSUBSCRIBE_MAILTO...) are read through dbmail.conf.
+"""
+
+from dbmail.conf import AppSettings, Setting, not_domains
+
+SETTINGS = [
+    # The gate (mail piped in by the MTA).
+    Setting("MAILGATE_MAX_BYTES", 25 * 1024 * 1024, int, minimum=1024),
+    Setting("MAILGATE_UNKNOWN_RECIPIENT", "bounce", str, choices=("bounce", "notice")),
+    Setting("MAILGATE_SEND_NOW_MAX", 20, int, minimum=0),
+    Setting("MAILGATE_NOTICE_INTERVAL_SECONDS", 3600, int, minimum=0),
+    # The domains the MTA hands to the gate for lists; an address elsewhere is never one of our own.
+    Setting(
+        "MAILGATE_LIST_DOMAINS",
+        [],
+        list,
+        check=not_domains,
+        show_value=False,
+        clean=lambda domains: [d.strip().lower() for d in domains if d.strip()],
+    ),
+    # Mailboxes (IMAP polling).
+    Setting("MAILGATE_IMAP_AFTER_READ_TIMEOUT", 30, int, minimum=0),
+    Setting("MAILGATE_IMAP_TIMEOUT", 30, int, minimum=1),
+    Setting("MAILGATE_IMAP_FETCH_BATCH", 50, int, minimum=1),
+    Setting("MAILGATE_IMAP_LEASE_SECONDS", 300, int, minimum=10),
+]
+
+settings = AppSettings("mailgate", SETTINGS)
+
+
+def check_settings(app_configs=None, **kwargs):
+    """mailgate's system check (registered in MailgateConfig.ready)."""
+    return settings.check()
