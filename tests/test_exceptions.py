@@ -13,6 +13,7 @@ import mailgate
 from dbmail import exceptions
 from dbmail.content import addresses, csvmerge, recipients, rendering
 from dbmail.intake import outbox, smailer, spool
+from dbmail.intake.api import transactional
 from dbmail.ops import cron, sites
 from dbmail.send import recovery, smtp
 from dbmail.track import apply, queue, webhooks
@@ -40,6 +41,7 @@ from mailgate.mailboxes import imap
         (exceptions.QueueUnavailable, ConnectionError),
         (exceptions.InvalidEvent, ValueError),
         (exceptions.WebhookRefused, SuspiciousOperation),
+        (exceptions.IdempotencyKeyReused, ValueError),
         (mailgate_exceptions.MailboxError, ConnectionError),
         (mailgate_exceptions.NotHeld, mailgate_exceptions.MailgateError),
     ],
@@ -66,6 +68,7 @@ def test_the_raising_modules_keep_their_names_for_the_same_classes():
         exceptions.MessageRefused,
     )
     assert recovery.DatabaseLost is exceptions.DatabaseLost
+    assert transactional.KeyReused is exceptions.IdempotencyKeyReused
     assert (moderation.NotHeld, imap.MailboxError) == (mailgate_exceptions.NotHeld, mailgate_exceptions.MailboxError)
 
 

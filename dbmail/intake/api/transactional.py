@@ -23,16 +23,11 @@ from django.conf import settings
 from django.db import IntegrityError, transaction
 
 from dbmail import states
+from dbmail.exceptions import IdempotencyKeyReused
 from dbmail.intake import outbox
 from dbmail.models import ApiSend
 
-
-class KeyReused(Exception):
-    """The Idempotency-Key was used before with another payload."""
-
-    def __init__(self, send):
-        super().__init__(f"Idempotency-Key already used for send #{send.pk} with another payload.")
-        self.send = send
+KeyReused = IdempotencyKeyReused  # raised here under this name; the class is in dbmail.exceptions
 
 
 def files_of(uploads):
@@ -75,7 +70,9 @@ def send_once(user, key, data, files):
             # The first request with this key has committed (the insert waited for it): answer with its emails.
             send = ApiSend.objects.get(user=user, key=key)
             if send.payload_sha256 != fingerprint:
-                raise KeyReused(send) from None
+                raise KeyReused(
+                    f"Idempotency-Key already used for send #{send.pk} with another payload.", send
+                ) from None
             return send, False
         send.emails.add(*make_emails(user, data, files))
     return send, True
