@@ -1,13 +1,16 @@
 from django import forms
 from django.contrib import admin, messages
+from django.db.models import Q
 from django.utils import timezone
 
 from dbmail import states
 from dbmail.content.validation import RequestForm
+from dbmail.intake import expand
 from dbmail.models import (  # the XML spool
     CronHeartbeat,
     DeliveryEvent,
     MessageRequest,
+    RequestEvent,
     SenderAccount,
     SendGrant,
     SendingProblem,
@@ -43,6 +46,40 @@ class SenderAccountAdmin(admin.ModelAdmin):
     search_fields = ["address", "display_name"]
 
 
+class HeldFilter(admin.SimpleListFilter):
+    """Mail of an inactive sender account: waiting, never claimed, until the account is active again."""
+
+    title = "held (inactive sender account)"
+    parameter_name = "held"
+
+    def lookups(self, request, model_admin):
+        return [("yes", "held"), ("no", "not held")]
+
+    def queryset(self, request, queryset):
+        if self.value() not in ("yes", "no"):
+            return queryset
+        if queryset.model is MessageRequest:
+            held = Q(status__in=states.REQUEST_TO_EXPAND, sender__active=False)
+        else:
+            held = Q(status__in=states.WAITING, account__active=False)
+        return queryset.filter(held) if self.value() == "yes" else queryset.exclude(held)
+
+
+class RequestEventInline(admin.TabularInline):
+    """The request's history (failures, retries, cancels): append-only."""
+
+    model = RequestEvent
+    extra = 0
+    can_delete = False
+    fields = readonly_fields = ["at", "kind", "user", "text"]
+
+    def has_add_permission(self, request, obj=None):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+
 @admin.register(SendGrant)
 class SendGrantAdmin(admin.ModelAdmin):
     """Who may send as which address through the site's server; a grant is made or removed, never rewritten."""
@@ -71,17 +108,50 @@ class MessageRequestAdmin(admin.ModelAdmin):
         "subject",
         "sender",
         "recipient_set",
-        "status",
+        "state",
         "send_at",
         "recipient_count",
         "progress",
         "delivery",
+        "short_failure",
     ]
-    list_filter = ["status", "recipient_set", "sender"]
+    list_filter = ["status", HeldFilter, "recipient_set", "sender"]
+    list_select_related = ["sender"]
     search_fields = ["subject", "creator__username"]
     date_hierarchy = "created_at"
-    readonly_fields = ["recipient_count", "expanded_at", "checkpoint", "progress", "delivery"]
-    actions = ["cancel_requests", "queue_now"]
+    readonly_fields = [
+        "state",
+        "failure",
+        "failed_at",
+        "recipient_count",
+        "expanded_at",
+        "checkpoint",
+        "progress",
+        "delivery",
+    ]
+    inlines = [RequestEventInline]
+    actions = ["cancel_requests", "queue_now", "retry_failed"]
+
+    @admin.display(description="Status", ordering="status")
+    def state(self, obj):
+        return obj.shown_status() if obj.sender_id else obj.status
+
+    @admin.display(description="Why it failed")
+    def short_failure(self, obj):
+        return obj.failure[:120] or "-"
+
+    @admin.action(description="Retry failed requests (back to queued; expansion resumes from its checkpoint)")
+    def retry_failed(self, request, queryset):
+        retried, refused = 0, []
+        for message_request in queryset.filter(status__in=states.RETRY_REQUEST.sources).select_related("sender"):
+            problem = expand.obvious_problem(message_request)
+            if problem:
+                refused.append(f"#{message_request.pk}: {problem}")
+            elif message_request.retry(user=request.user):
+                retried += 1
+        self.message_user(request, f"{retried} failed request(s) queued again.", messages.SUCCESS)
+        if refused:
+            self.message_user(request, "Not retried, they would fail again: " + "; ".join(refused), messages.ERROR)
 
     @admin.display(description="Progress")
     def progress(self, obj):
@@ -91,6 +161,9 @@ class MessageRequestAdmin(admin.ModelAdmin):
     @admin.display(description="Delivered / bounced / complained")
     def delivery(self, obj):
         return " / ".join(str(n) for n in obj.tracking_counts().values())
+
+    def get_inlines(self, request, obj=None):
+        return self.inlines if obj else []  # a new request has no history yet
 
     def get_readonly_fields(self, request, obj=None):
         # Once made, a request changes state only along dbmail.states: the actions below and dbmail_cron.
@@ -112,7 +185,7 @@ class MessageRequestAdmin(admin.ModelAdmin):
     def cancel_requests(self, request, queryset):
         live = list(queryset.filter(status__in=states.CANCEL_REQUEST.sources))
         for message_request in live:
-            message_request.cancel()
+            message_request.cancel(user=request.user)
         self.message_user(request, f"Cancelled {len(live)} request(s).", messages.SUCCESS)
 
     @admin.action(description="Send now (drafts and scheduled requests)")
@@ -133,8 +206,8 @@ class DeliveryEventInline(admin.TabularInline):
 
 @admin.register(TextOfEmail)
 class TextOfEmailAdmin(admin.ModelAdmin):
-    list_display = ["id", "to_address", "subject", "status", "attempts", "next_attempt_at", "sent_at", "short_error"]
-    list_filter = ["status", "account"]
+    list_display = ["id", "to_address", "subject", "state", "attempts", "next_attempt_at", "sent_at", "short_error"]
+    list_filter = ["status", HeldFilter, "account"]
     search_fields = ["to_address", "message_id", "subject"]
     raw_id_fields = ["request", "user"]
     # The status changes only along dbmail.states: the cancel and retry actions below, sending and tracking.
@@ -151,7 +224,11 @@ class TextOfEmailAdmin(admin.ModelAdmin):
     exclude = ["raw_message"]
     inlines = [DeliveryEventInline]
     actions = ["cancel_emails", "retry_emails"]
-    list_select_related = ["request"]
+    list_select_related = ["request", "account"]
+
+    @admin.display(description="Status", ordering="status")
+    def state(self, obj):
+        return obj.shown_status()
 
     @admin.display(description="Last error")
     def short_error(self, obj):

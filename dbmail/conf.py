@@ -254,6 +254,14 @@ SETTINGS = [
     Setting("TRACKING_WEBHOOK_SECRETS", [], list, check=_short_secret, secret=True),
     Setting("TRACKING_WEBHOOK_BASIC_AUTH", [], list, check=_bad_basic_auth, secret=True),
     Setting("TRACKING_WEBHOOK_MAX_AGE", 300, int, minimum=1),
+    # Health: dbmail_status's thresholds, a warning first, then critical (DBMAIL_STUCK_AFTER_SECONDS above).
+    Setting("DBMAIL_HEALTH_WARNING_SECONDS", 900, int, minimum=1),
+    Setting("TRACKING_HEALTH_WARNING_SECONDS", 600, int, minimum=1),
+    Setting("TRACKING_HEALTH_CRITICAL_SECONDS", 3600, int, minimum=1),
+    Setting("TRACKING_HEALTH_DEPTH_WARNING", 1000, int, minimum=1),
+    Setting("TRACKING_HEALTH_DEPTH_CRITICAL", 10000, int, minimum=1),
+    Setting("TRACKING_HEALTH_FOLLOWER_WARNING_SECONDS", 300, int, minimum=1),
+    Setting("TRACKING_HEALTH_FOLLOWER_CRITICAL_SECONDS", 1800, int, minimum=1),
 ]
 
 
@@ -279,6 +287,17 @@ def _tls_and_ssl(get):
     return ""
 
 
+def warning_first(warning, critical):
+    """A rule: the warning threshold `warning` must not be above the critical one."""
+
+    def problem(get):
+        if get(warning) > get(critical):
+            return f"Setting {warning} must not be above {critical} (the warning comes first)."
+        return ""
+
+    return problem
+
+
 def _or_false(get, name):
     """A Django setting that may be absent (a project without it means off)."""
     try:
@@ -295,6 +314,15 @@ RULES = [
         _webhook_credentials,
     ),
     Rule("dbmail.E004", ("EMAIL_USE_TLS", "EMAIL_USE_SSL"), _tls_and_ssl),
+    *(
+        Rule("dbmail.E005", (warning, critical), warning_first(warning, critical))
+        for warning, critical in (
+            ("DBMAIL_HEALTH_WARNING_SECONDS", "DBMAIL_STUCK_AFTER_SECONDS"),
+            ("TRACKING_HEALTH_WARNING_SECONDS", "TRACKING_HEALTH_CRITICAL_SECONDS"),
+            ("TRACKING_HEALTH_DEPTH_WARNING", "TRACKING_HEALTH_DEPTH_CRITICAL"),
+            ("TRACKING_HEALTH_FOLLOWER_WARNING_SECONDS", "TRACKING_HEALTH_FOLLOWER_CRITICAL_SECONDS"),
+        )
+    ),
 ]
 
 settings = AppSettings("dbmail", SETTINGS, RULES)

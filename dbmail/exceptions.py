@@ -44,6 +44,19 @@ class UnknownRecipientSet(DbmailError, LookupError):
     """A request names a recipient set no code registered."""
 
 
+class RecipientSetError(DbmailError, ValueError):
+    """A recipient set could not list its recipients (parameters it cannot use, a bug in its function); in words."""
+
+
+class RequestFailed(DbmailError):
+    """Expanding one request failed; the request is marked failed with the reason, nothing else is affected."""
+
+    def __init__(self, request_id, reason):
+        super().__init__(f"request #{request_id} failed: {reason}")
+        self.request_id = request_id
+        self.reason = reason
+
+
 class CSVError(DbmailError, ValueError):
     """The file as a whole cannot be used (encoding, no header, no email column)."""
 

@@ -23,6 +23,7 @@ class RequestStatus(models.TextChoices):
     EXPANDING = "expanding"
     EXPANDED = "expanded"
     CANCELLED = "cancelled"
+    FAILED = "failed"  # expansion hit an error of the request's own; a person fixes it, then retries
 
 
 class EmailStatus(models.TextChoices):
@@ -62,8 +63,11 @@ SEND_NOW = Transition("send now (the admin's action)", (R.DRAFT, R.QUEUED), R.QU
 # Due and queued, or expanding under a lease that ran out (its expander died).
 START_EXPANSION = Transition("start expansion", (R.QUEUED, R.EXPANDING), R.EXPANDING)
 FINISH_EXPANSION = Transition("finish expansion", (R.EXPANDING,), R.EXPANDED)
-FAIL_EXPANSION = Transition("fail expansion (templates do not compile)", (R.EXPANDING,), R.CANCELLED)
-CANCEL_REQUEST = Transition("cancel a request", (R.DRAFT, R.QUEUED, R.EXPANDING, R.EXPANDED), R.CANCELLED)
+# Any error of the request's own (its recipient set, parameters, templates) fails it alone, with the reason.
+FAIL_EXPANSION = Transition("fail expansion", (R.EXPANDING,), R.FAILED)
+# Once the cause is fixed: queued again, and expansion resumes from the checkpoint.
+RETRY_REQUEST = Transition("retry a failed request", (R.FAILED,), R.QUEUED)
+CANCEL_REQUEST = Transition("cancel a request", (R.DRAFT, R.QUEUED, R.EXPANDING, R.EXPANDED, R.FAILED), R.CANCELLED)
 
 REQUEST_TRANSITIONS = (
     REQUEST_CREATE_DRAFT,
@@ -73,6 +77,7 @@ REQUEST_TRANSITIONS = (
     START_EXPANSION,
     FINISH_EXPANSION,
     FAIL_EXPANSION,
+    RETRY_REQUEST,
     CANCEL_REQUEST,
 )
 
@@ -153,6 +158,10 @@ EMAIL_TRANSITIONS = (
 
 # Claimable once due (next_attempt_at), and cancellable.
 WAITING = (E.QUEUED, E.DEFERRED)
+# Shown, never stored: waiting mail (and requests still to expand) of an inactive sender account
+# is "held": not claimed nor expanded, so neither sent nor dropped, until the account is active
+# again or an admin cancels it (dbmail.send.claims, dbmail.intake.expand).
+HELD = "held"
 # Not done yet: waiting, or held by a sender.
 UNFINISHED = (E.QUEUED, E.SENDING, E.DEFERRED)
 # Done: only tracking (and an admin's retry of a drop) moves an email on from here; purge may delete it.

@@ -12,6 +12,7 @@ from mailgate.mailboxes import identity, imap, outgoing
 from mailgate.models import (
     Bounce,
     EmailList,
+    GateHeartbeat,
     HeldMessage,
     InboundMessage,
     MailAccount,
@@ -190,6 +191,26 @@ class BounceAdmin(admin.ModelAdmin):
 class SenderNoticeAdmin(admin.ModelAdmin):
     list_display = ["address", "last_sent_at", "sent_count", "suppressed_count"]
     search_fields = ["address"]
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+
+@admin.register(GateHeartbeat)
+class GateHeartbeatAdmin(admin.ModelAdmin):
+    """What the gate last answered the MTA, per host (dbmail_status reads it). Delete a host that is gone."""
+
+    list_display = [
+        "host",
+        "last_run_at",
+        "last_accepted_at",
+        "last_tempfail_at",
+        "tempfails_in_a_row",
+        "last_tempfail",
+    ]
 
     def has_add_permission(self, request):
         return False

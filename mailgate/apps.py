@@ -14,8 +14,10 @@ class MailgateConfig(AppConfig):
 
         checks.register(conf.check_settings, "mailgate")  # `manage.py check` names a bad setting and why
         # Registers the built-in list resolvers, which the models check names against.
+        from mailgate import health
         from mailgate.gate import routing  # noqa: F401
 
+        health.register()  # dbmail_status checks the IMAP poller and the gate too (dbmail never imports mailgate)
         # However an account is deleted (API, admin, code), the login its mirror holds leaves with it.
         post_delete.connect(_retire_sender, sender=self.get_model("MailAccount"), dispatch_uid="mailgate-retire-sender")
         # A grant made or removed switches the mirrors it covers on or off at once, not at their next send.

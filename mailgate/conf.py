@@ -6,7 +6,7 @@
 The dbmail settings mailgate uses too (DBMAIL_UNSUBSCRIBE_MAILTO...) are read through dbmail.conf.
 """
 
-from dbmail.conf import AppSettings, Setting, not_domains
+from dbmail.conf import AppSettings, Rule, Setting, not_domains, warning_first
 
 SETTINGS = [
     # The gate (mail piped in by the MTA).
@@ -28,9 +28,22 @@ SETTINGS = [
     Setting("MAILGATE_IMAP_TIMEOUT", 30, int, minimum=1),
     Setting("MAILGATE_IMAP_FETCH_BATCH", 50, int, minimum=1),
     Setting("MAILGATE_IMAP_LEASE_SECONDS", 300, int, minimum=10),
+    # Health: dbmail_status's thresholds for the IMAP poller and the gate.
+    Setting("MAILGATE_HEALTH_IMAP_WARNING_INTERVALS", 10, int, minimum=1),
+    Setting("MAILGATE_HEALTH_IMAP_CRITICAL_INTERVALS", 30, int, minimum=1),
+    Setting("MAILGATE_HEALTH_TEMPFAIL_WINDOW_SECONDS", 3600, int, minimum=1),
+    Setting("MAILGATE_HEALTH_TEMPFAILS_CRITICAL", 3, int, minimum=1),
 ]
 
-settings = AppSettings("mailgate", SETTINGS)
+RULES = [
+    Rule(
+        "mailgate.E002",
+        ("MAILGATE_HEALTH_IMAP_WARNING_INTERVALS", "MAILGATE_HEALTH_IMAP_CRITICAL_INTERVALS"),
+        warning_first("MAILGATE_HEALTH_IMAP_WARNING_INTERVALS", "MAILGATE_HEALTH_IMAP_CRITICAL_INTERVALS"),
+    ),
+]
+
+settings = AppSettings("mailgate", SETTINGS, RULES)
 
 
 def check_settings(app_configs=None, **kwargs):

@@ -153,6 +153,28 @@ class InboundMessage(models.Model):
         return f"#{self.pk} {self.envelope_sender or '<>'} -> {self.envelope_recipient}: {self.subject[:60]}"
 
 
+class GateHeartbeat(models.Model):
+    """What the gate last answered the MTA on one host, so health sees a gate that keeps answering 75.
+
+    A 75 caused by the database being down cannot be written here; dbmail_status
+    then finds the database unreachable itself.
+    """
+
+    host = models.CharField(max_length=255, unique=True)
+    last_run_at = models.DateTimeField(null=True, blank=True)
+    last_accepted_at = models.DateTimeField(null=True, blank=True, help_text="Last answer other than 75.")
+    last_tempfail_at = models.DateTimeField(null=True, blank=True)
+    last_tempfail = models.TextField(blank=True, help_text="Why the gate last answered 75.")
+    tempfails_in_a_row = models.PositiveIntegerField(default=0)
+    tempfails_total = models.PositiveBigIntegerField(default=0)
+
+    class Meta:
+        verbose_name = "gate heartbeat"
+
+    def __str__(self):
+        return self.host
+
+
 class HeldMessage(InboundMessage):
     """The moderation queue: inbound messages waiting for approval (a proxy for its own admin page)."""
 

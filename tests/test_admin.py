@@ -141,3 +141,52 @@ def test_a_send_grant_records_who_made_it_and_cannot_be_rewritten(client):
     client.post(reverse("admin:dbmail_sendgrant_change", args=[grant.pk]), {"user": bob.pk, "note": "why"})
     grant.refresh_from_db()
     assert (grant.address, grant.user, grant.note) == ("desk@example.org", ann, "why")
+
+
+# --- Failed and held requests (issue 11, points 1 and 10) -----------------------------------
+
+
+def test_failed_requests_are_filtered_shown_with_the_reason_and_retried(admin_client):
+    from dbmail.intake import expand
+    from dbmail.models import MessageRequest
+
+    from .poison import BROKEN
+
+    bad = MessageRequestFactory(recipient_set="groups", recipient_params={"groups": 5}, subject="Broken one")
+    gone = MessageRequestFactory(recipient_set="retired_set", subject="Gone one")
+    MessageRequestFactory(status=MessageRequest.Status.DRAFT, subject="Fine draft")
+    expand.expand_due()
+    url = reverse("admin:dbmail_messagerequest_changelist")
+    listed = admin_client.get(url, {"status__exact": "failed"}).content.decode()
+    assert "Broken one" in listed and "Gone one" in listed and "Fine draft" not in listed
+    assert "must be a list of group names" in listed  # the column
+
+    detail = admin_client.get(reverse("admin:dbmail_messagerequest_change", args=[bad.pk])).content.decode()
+    assert "must be a list of group names" in detail and 'name="failure"' not in detail  # shown, never editable
+    assert "field-failed_at" in detail and "Request events" in detail  # when, and the history inline
+
+    MessageRequest.objects.filter(pk=bad.pk).update(recipient_params={"groups": ["Teachers"]})  # the fix
+    response = admin_client.post(url, {"action": "retry_failed", "_selected_action": [bad.pk, gone.pk]}, follow=True)
+    text = response.content.decode()
+    assert "1 failed request(s) queued again" in text and f"#{gone.pk}: No recipient set named" in text
+    assert MessageRequest.objects.get(pk=bad.pk).status == MessageRequest.Status.QUEUED
+    assert MessageRequest.objects.get(pk=gone.pk).status == MessageRequest.Status.FAILED
+    retried = MessageRequest.objects.get(pk=bad.pk).events.get(kind="retry")
+    assert retried.user.username == "root"
+    assert BROKEN["on"]
+
+
+def test_held_mail_has_a_filter_and_shows_as_held(admin_client):
+    from dbmail.models import SenderAccount
+
+    quiet = SenderAccount.objects.create(address="quiet@example.org", active=False)
+    TextOfEmailFactory(to_address="waits@example.net", account=quiet)
+    TextOfEmailFactory(to_address="goes@example.net")
+    MessageRequestFactory(sender=quiet, subject="Held request")
+    MessageRequestFactory(subject="Free request")
+    emails = admin_client.get(reverse("admin:dbmail_textofemail_changelist"), {"held": "yes"}).content.decode()
+    assert "waits@example.net" in emails and "goes@example.net" not in emails and ">held<" in emails
+    others = admin_client.get(reverse("admin:dbmail_textofemail_changelist"), {"held": "no"}).content.decode()
+    assert "goes@example.net" in others and "waits@example.net" not in others
+    requests = admin_client.get(reverse("admin:dbmail_messagerequest_changelist"), {"held": "yes"}).content.decode()
+    assert "Held request" in requests and "Free request" not in requests

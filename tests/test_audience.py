@@ -42,3 +42,13 @@ def test_empty_and_invalid_are_reported(settings):
     assert (summary.count, summary.invalid_count, summary.invalid) == (2, 1, ["nope"])
     assert summary.empty == {"balance": {"count": 1, "examples": ["b@x.org"]}}
     assert summary.large
+
+
+@pytest.mark.django_db
+def test_a_set_that_cannot_list_its_recipients_is_an_error_not_a_crash():
+    broken = MessageRequest(recipient_set="groups", recipient_params={"groups": 5}, subject="s", text_body="t")
+    summary = audience.summarise(broken)
+    assert summary.count == 0 and "must be a list of group names" in summary.error
+    assert audience.summarise(MessageRequest(recipient_set="gone", subject="s", text_body="t")).error.startswith(
+        "No recipient set named 'gone'"
+    )

@@ -100,3 +100,42 @@ def test_a_claim_takes_only_what_was_due_when_the_run_began():
     TextOfEmailFactory(next_attempt_at=started + timedelta(hours=1), status_changed_at=timezone.now())
     forced = claims.claim(10, scope=Q(next_attempt_at__gt=started), due_by=started)
     assert [e.pk for e in forced.emails] == [scoped.pk]
+
+
+# --- Mail of an inactive sender account is held (issue 11, point 10) -------------------------
+
+
+def test_mail_of_an_inactive_account_is_held_not_claimed():
+    from dbmail.models import SenderAccount
+
+    quiet = SenderAccount.objects.create(address="quiet@example.org", active=False)
+    held_queued = TextOfEmailFactory(account=quiet)
+    held_deferred = TextOfEmailFactory(account=quiet, status=Status.DEFERRED, attempts=3)
+    site = TextOfEmailFactory(account=None)  # the site's own address: no account, never held
+    other = TextOfEmailFactory()
+    claim = claims.claim(10)
+    assert {e.pk for e in claim.emails} == {site.pk, other.pk}
+    claim.release()
+    assert claims.claim_one(held_queued) is None  # the ad-hoc path holds it too
+    assert claims.claim(10, scope=Q(pk=held_queued.pk)).emails == []  # even an operator's forced send
+    for email in (held_queued, held_deferred):
+        before = (email.status, email.attempts)
+        email.refresh_from_db()
+        assert (email.status, email.attempts) == before and email.shown_status() == "held"
+    assert TextOfEmail.counts(TextOfEmail.objects.all()) == {"held": 2, "queued": 2}
+
+    SenderAccount.objects.filter(pk=quiet.pk).update(active=True)
+    assert {e.pk for e in claims.claim(10).emails} == {held_queued.pk, held_deferred.pk, site.pk, other.pk}
+
+
+def test_a_dead_senders_rows_of_an_inactive_account_go_back_to_deferred():
+    from dbmail.models import SenderAccount
+
+    quiet = SenderAccount.objects.create(address="quiet@example.org", active=False)
+    stale = TextOfEmailFactory(account=quiet, status=Status.SENDING, leased_until=timezone.now() - timedelta(1))
+    live = TextOfEmailFactory(account=quiet, status=Status.SENDING, leased_until=timezone.now() + timedelta(1))
+    assert claims.claim(10).emails == []
+    stale.refresh_from_db()
+    live.refresh_from_db()
+    assert (stale.status, stale.claim_token, stale.shown_status()) == (Status.DEFERRED, None, "held")
+    assert live.status == Status.SENDING  # a live sender finishes what it holds

@@ -1,4 +1,5 @@
 import io
+from datetime import timedelta
 
 import pytest
 from django.core.management import CommandError, call_command
@@ -6,6 +7,7 @@ from django.utils import timezone
 
 from dbmail.models import CronHeartbeat, MessageRequest, TextOfEmail
 
+from . import poison
 from .conftest import manage, subprocess_env
 from .factories import MessageRequestFactory, TextOfEmailFactory, UserFactory
 
@@ -140,3 +142,116 @@ def test_max_seconds_counts_the_expansion_too(smtp_server, settings):
     MessageRequest.objects.filter(pk=request.pk).update(expand_lease_until=timezone.now())
     run_cron()
     assert len(smtp_server.received) == 3
+
+
+# --- One poisoned request never stops the sender (issue 11, point 1) -------------------------
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("kind", sorted(poison.POISONS))
+def test_a_poisoned_request_fails_alone_and_the_run_sends_everything_else(kind, smtp_server):
+    UserFactory.create_batch(2)
+    fields, words = poison.POISONS[kind]
+    bad = MessageRequestFactory(send_at=timezone.now() - timedelta(minutes=5), **fields)
+    good = MessageRequestFactory(recipient_set="addresses", recipient_params={"rows": ["ok1@example.net"]})
+    TextOfEmailFactory(to_address="adhoc@example.net")
+
+    out, err = io.StringIO(), io.StringIO()
+    with pytest.raises(CommandError, match=r"1 request\(s\) failed") as raised:
+        call_command("dbmail_cron", stdout=out, stderr=err)
+    assert raised.value.returncode == 1
+    assert f"dbmail_cron: request #{bad.pk}: " in err.getvalue() and words in err.getvalue()
+    assert "expanded 2 requests" in out.getvalue() and "1 failed" in out.getvalue()
+    assert {r for m in smtp_server.received for r in m.rcpt_tos} >= {"ok1@example.net", "adhoc@example.net"}
+    assert MessageRequest.objects.get(pk=bad.pk).status == MessageRequest.Status.FAILED
+    assert MessageRequest.objects.get(pk=good.pk).status == MessageRequest.Status.EXPANDED
+    beat = CronHeartbeat.objects.get(command="dbmail_cron")  # the run itself succeeded
+    assert beat.last_success_at and beat.last_error == "" and beat.last_summary["failed_requests"] == 1
+
+    assert run_cron() == ("", "")  # the next run has nothing to say: the failure is reported once
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("kind", poison.BUILTIN)
+def test_the_command_exits_1_with_the_failure_in_one_line(kind, smtp_server):
+    fields, words = poison.POISONS[kind]
+    bad = MessageRequestFactory(**fields)
+    MessageRequestFactory(recipient_set="addresses", recipient_params={"rows": ["fine@example.net"]})
+    done = manage("dbmail_cron", env=subprocess_env(smtp_server), timeout=120)
+    assert done.returncode == 1, done.stderr
+    assert "Traceback" not in done.stderr and words in done.stderr
+    assert f"request #{bad.pk}: " in done.stderr and "1 request(s) failed" in done.stderr
+    assert [m.rcpt_tos for m in smtp_server.received] == [["fine@example.net"]]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_loop_survives_poisoned_requests_and_keeps_sending(smtp_server):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from .conftest import ROOT
+
+    first = MessageRequestFactory(recipient_set="groups", recipient_params={"groups": 5})
+    MessageRequestFactory(recipient_set="addresses", recipient_params={"rows": ["one@example.net"]})
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "manage.py"), "dbmail_cron", "--loop", "--interval", "0.3", "-v", "2"],
+        env=subprocess_env(smtp_server),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+
+        def wait_for(n):
+            while len(smtp_server.received) < n and time.monotonic() < deadline and proc.poll() is None:
+                time.sleep(0.1)
+
+        wait_for(1)
+        second = MessageRequestFactory(recipient_set="retired_set")  # poisoned again, in a later round
+        MessageRequestFactory(recipient_set="addresses", recipient_params={"rows": ["two@example.net"]})
+        wait_for(2)
+        assert proc.poll() is None, "the loop exited"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    assert sorted(r for m in smtp_server.received for r in m.rcpt_tos) == ["one@example.net", "two@example.net"]
+    assert f"request #{first.pk}: " in err and f"request #{second.pk}: " in err and "Traceback" not in err
+    assert set(MessageRequest.objects.filter(pk__in=[first.pk, second.pk]).values_list("status", flat=True)) == {
+        "failed"
+    }
+
+
+# --- Deactivating a sender account holds its mail (issue 11, point 10) -----------------------
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_inactive_accounts_mail_is_held_then_sent_once_it_is_active_again(smtp_server):
+    from dbmail.models import SenderAccount
+
+    quiet = SenderAccount.objects.create(address="quiet@example.org")
+    expanded = MessageRequestFactory(sender=quiet, recipient_set="addresses", recipient_params={"rows": ["a@x.net"]})
+    call_command("dbmail_cron", "--max-messages", "0")  # expanded, nothing sent yet
+    assert expanded.emails.get().status == Status.QUEUED
+    due = MessageRequestFactory(sender=quiet, recipient_set="addresses", recipient_params={"rows": ["b@x.net"]})
+    adhoc = TextOfEmailFactory(account=quiet, to_address="c@x.net")
+    cancelled = TextOfEmailFactory(account=quiet, to_address="never@x.net")
+    TextOfEmailFactory(to_address="other@x.net")  # another account's mail goes on
+    SenderAccount.objects.filter(pk=quiet.pk).update(active=False)
+
+    run_cron()
+    assert [m.rcpt_tos for m in smtp_server.received] == [["other@x.net"]]
+    assert MessageRequest.objects.get(pk=due.pk).status == MessageRequest.Status.QUEUED  # not expanded either
+    assert TextOfEmail.counts(TextOfEmail.objects.all()) == {"held": 3, "sent": 1}
+    TextOfEmail.cancel(TextOfEmail.objects.filter(pk=cancelled.pk))  # an admin may still cancel held mail
+
+    SenderAccount.objects.filter(pk=quiet.pk).update(active=True)
+    run_cron()
+    rcpts = sorted(r for m in smtp_server.received for r in m.rcpt_tos)
+    assert rcpts == ["a@x.net", "b@x.net", "c@x.net", "other@x.net"]
+    adhoc.refresh_from_db()
+    assert adhoc.status == Status.SENT and adhoc.attempts == 1  # holding cost it no attempt
+    assert TextOfEmail.objects.get(pk=cancelled.pk).status == Status.CANCELLED

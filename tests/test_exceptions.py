@@ -12,7 +12,7 @@ import dbmail
 import mailgate
 from dbmail import exceptions
 from dbmail.content import addresses, csvmerge, recipients, rendering
-from dbmail.intake import outbox, smailer, spool
+from dbmail.intake import expand, outbox, smailer, spool
 from dbmail.intake.api import transactional
 from dbmail.ops import cron, sites
 from dbmail.send import recovery, smtp
@@ -29,6 +29,7 @@ from mailgate.mailboxes import imap
         (exceptions.UnknownSite, ValueError),
         (exceptions.RenderError, ValueError),
         (exceptions.UnknownRecipientSet, LookupError),
+        (exceptions.RecipientSetError, ValueError),
         (exceptions.CSVError, ValueError),
         (exceptions.UnknownSender, ValueError),
         (exceptions.SpoolFormatError, ValueError),
@@ -57,6 +58,9 @@ def test_the_raising_modules_keep_their_names_for_the_same_classes():
     assert (spool.SpoolError, spool.FormatError) == (exceptions.SpoolError, exceptions.SpoolFormatError)
     assert rendering.RenderError is exceptions.RenderError
     assert recipients.UnknownRecipientSet is exceptions.UnknownRecipientSet
+    assert recipients.RecipientSetError is exceptions.RecipientSetError
+    assert expand.RequestFailed is exceptions.RequestFailed
+    assert str(exceptions.RequestFailed(5, "said why")) == "request #5 failed: said why"
     assert csvmerge.CSVError is exceptions.CSVError
     assert (sites.UnknownSite, cron.Unreachable) == (exceptions.UnknownSite, exceptions.Unreachable)
     assert (apply.InvalidEvent, queue.QueueUnavailable) == (exceptions.InvalidEvent, exceptions.QueueUnavailable)

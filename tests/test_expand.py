@@ -5,8 +5,9 @@ from django.contrib.auth import get_user_model
 from django.utils import timezone
 
 from dbmail.intake import expand
-from dbmail.models import MessageRequest, Suppression, TextOfEmail
+from dbmail.models import MessageRequest, RequestEvent, SenderAccount, Suppression, TextOfEmail
 
+from . import poison
 from .factories import GroupFactory, MessageRequestFactory, UserFactory
 
 pytestmark = pytest.mark.django_db
@@ -205,3 +206,99 @@ def test_a_chunk_whose_recipients_are_all_left_out_still_moves_the_checkpoint():
     request.refresh_from_db()
     assert request.status == MessageRequest.Status.EXPANDED
     assert list(request.emails.values_list("to_address", flat=True)) == ["kept@example.org"]
+
+
+# --- A poisoned request fails alone (issue 11, point 1) --------------------------------------
+
+
+@pytest.fixture
+def broken_sets():
+    poison.BROKEN["on"] = True
+    yield poison.BROKEN
+    poison.BROKEN["on"] = True
+
+
+@pytest.mark.parametrize("kind", sorted(poison.POISONS))
+def test_a_poisoned_request_fails_alone_with_the_reason_in_words(kind, broken_sets):
+    UserFactory.create_batch(3)
+    fields, words = poison.POISONS[kind]
+    bad = MessageRequestFactory(send_at=timezone.now() - timedelta(minutes=1), **fields)
+    good = MessageRequestFactory(recipient_set="all_active")
+
+    result = expand.expand_due()
+
+    assert result.requests == 2 and len(result.failed) == 1
+    assert result.failed[0].startswith(f"#{bad.pk}: ") and words in result.failed[0]
+    bad.refresh_from_db()
+    assert bad.status == MessageRequest.Status.FAILED and words in bad.failure and bad.failed_at
+    assert (bad.expand_token, bad.expand_lease_until) == (None, None)
+    event = bad.events.get()
+    assert event.kind == RequestEvent.Kind.FAILURE and words in event.text and event.user is None
+    good.refresh_from_db()
+    assert good.status == MessageRequest.Status.EXPANDED and good.emails.count() == 3
+    assert expand.expand_due().requests == 0  # a failed request is not claimed again
+
+
+def test_a_bug_in_a_set_keeps_its_traceback_in_the_history(broken_sets):
+    bad = MessageRequestFactory(recipient_set="test_explodes")
+    expand.expand_due()
+    text = bad.events.get().text
+    assert text.startswith("recipient set 'test_explodes' failed") and "Traceback" in text and "explodes" in text
+    assert "Traceback" not in MessageRequest.objects.get(pk=bad.pk).failure  # the failure itself is words only
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_failed_request_retried_after_the_fix_resumes_from_its_checkpoint(broken_sets, editor):
+    request = MessageRequestFactory(recipient_set="test_breaks_midway")
+    assert expand._can_write_aside()  # the writer thread is in play, as in production
+    assert expand.expand_due().failed
+    request.refresh_from_db()
+    assert request.status == MessageRequest.Status.FAILED
+    assert request.checkpoint == {"after": 199} and request.emails.count() == 200  # the first chunk was kept
+
+    assert request.retry(user=editor) and not request.retry(user=editor)  # only a failed request goes back
+    request.refresh_from_db()
+    assert (request.status, request.failure, request.failed_at) == (MessageRequest.Status.QUEUED, "", None)
+    failed = expand.expand_due().failed  # not fixed yet: fails again, the same way
+    assert failed == [f"#{request.pk}: recipient set 'test_breaks_midway' failed with parameters {{}}: "
+                      "ConnectionResetError: the directory server went away"]  # fmt: skip
+
+    broken_sets["on"] = False  # the cause is fixed
+    MessageRequest.objects.get(pk=request.pk).retry(user=editor)
+    result = expand.expand_due()
+    assert (result.requests, result.failed) == (1, [])
+    request.refresh_from_db()
+    assert request.status == MessageRequest.Status.EXPANDED and request.recipient_count == 400
+    assert request.emails.values("to_address").distinct().count() == 400
+    kinds = [(e.kind, e.user_id) for e in request.events.order_by("at", "id")]
+    assert kinds == [("failure", None), ("retry", editor.pk), ("failure", None), ("retry", editor.pk)]
+    assert "after position 199" in request.events.filter(kind="retry").last().text
+
+
+def test_a_request_of_an_inactive_sender_is_held_not_expanded():
+    UserFactory.create_batch(2)
+    request = MessageRequestFactory(recipient_set="all_active")
+    SenderAccount.objects.filter(pk=request.sender_id).update(active=False)
+    assert expand.expand_due().requests == 0
+    request.refresh_from_db()
+    assert request.status == MessageRequest.Status.QUEUED and request.held and request.shown_status() == "held"
+    SenderAccount.objects.filter(pk=request.sender_id).update(active=True)
+    assert expand.expand_due().emails == 2
+
+
+def test_an_unexpected_crash_while_rendering_fails_the_request_not_the_run(monkeypatch):
+    UserFactory.create_batch(2)
+    crashing = MessageRequestFactory(subject="crash me", send_at=timezone.now() - timedelta(minutes=1))
+    other = MessageRequestFactory()
+    real = expand.email_fields
+
+    def buggy(request, *args, **kwargs):  # a bug (ours or a library's) that only this request's data triggers
+        if request.subject == "crash me":
+            raise KeyError("unsubscribe_url")
+        return real(request, *args, **kwargs)
+
+    monkeypatch.setattr(expand, "email_fields", buggy)
+    result = expand.expand_due()
+    assert result.failed == [f"#{crashing.pk}: expansion failed: KeyError: 'unsubscribe_url'"]
+    assert MessageRequest.objects.get(pk=other.pk).emails.count() == 2
+    assert "Traceback" in crashing.events.get().text

@@ -1,56 +1,272 @@
+"""dbmail_status: every moving part of dbmail checked against its thresholds, in words, exit 0/1/2/3, --json."""
+
 import io
+import json
+import re
 from datetime import timedelta
 
 import pytest
-from django.core.management import CommandError, call_command
+from django.core.management import call_command
 from django.utils import timezone
 
-from dbmail.models import TextOfEmail
+from dbmail.intake import expand
+from dbmail.models import CronHeartbeat, MessageRequest, SenderAccount, TextOfEmail, TrackingQueueItem
 from dbmail.ops import health
 
-from .factories import TextOfEmailFactory
+from .conftest import manage, subprocess_env
+from .factories import MessageRequestFactory, TextOfEmailFactory, UserFactory
 
 pytestmark = pytest.mark.django_db
+Status = TextOfEmail.Status
+AGO = timedelta(hours=3)
 
 
 def status(*args):
+    """(exit code, stdout) of dbmail_status."""
     out = io.StringIO()
-    call_command("dbmail_status", *args, stdout=out)
-    return out.getvalue()
+    try:
+        call_command("dbmail_status", *args, stdout=out)
+    except SystemExit as exc:
+        return exc.code, out.getvalue()
+    return 0, out.getvalue()
 
 
-def test_reports_depth_and_is_happy_when_mail_flows():
+def finding(name, **options):
+    return next(f for f in health.run(**options).findings if f.check == name)
+
+
+def ago(**kwargs):
+    return timezone.now() - timedelta(**kwargs)
+
+
+def test_all_is_well_exit_0_with_counts_and_every_part_in_a_line():
     TextOfEmailFactory.create_batch(2)
-    TextOfEmailFactory(status=TextOfEmail.Status.SENT)
+    TextOfEmailFactory(status=Status.SENT)
     health.beat("dbmail_cron", timezone.now())
-    out = status()
+    code, out = status()
+    assert code == 0
+    assert out.splitlines()[0] == "MAILSITE OK"
+    for check in ("sender", "expansion", "tracking", "log follower", "imap poller", "gate"):
+        assert re.search(rf"^  {check} +ok +\S", out, re.M), check
     assert "queued              2" in out and "sent                1" in out
     assert "last successful dbmail_cron: 20" in out
 
 
-def test_stuck_mail_exits_2_with_the_reason():
-    TextOfEmailFactory(next_attempt_at=timezone.now() - timedelta(hours=3))
+def test_mailgate_checks_are_registered_by_its_app_not_imported_by_dbmail():
+    assert health.registered() == ["sender", "expansion", "tracking", "log follower", "imap poller", "gate"]
+    import ast
+    from pathlib import Path
+
+    for path in Path(health.__file__).resolve().parents[1].rglob("*.py"):  # the whole dbmail package
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            names += [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            assert not any(n.split(".")[0] == "mailgate" for n in names), path
+
+
+# --- sender ----------------------------------------------------------------------------------
+
+
+def test_due_mail_warns_then_is_critical_and_clears_once_sent(settings):
+    settings.DBMAIL_HEALTH_WARNING_SECONDS, settings.DBMAIL_STUCK_AFTER_SECONDS = 900, 3600
     health.beat("dbmail_cron", timezone.now())
-    with pytest.raises(CommandError, match="an email has been due for 3h") as exc:
-        status("--stuck-after", "2h")
-    assert exc.value.returncode == 2
-    status("--stuck-after", "4h")  # within the threshold
+    email = TextOfEmailFactory(next_attempt_at=ago(minutes=20))
+    code, out = status()
+    assert code == 1 and out.startswith("MAILSITE WARNING: sender: an email has been due for 20m")
+    TextOfEmail.objects.filter(pk=email.pk).update(next_attempt_at=ago(hours=3))
+    code, out = status()
+    assert code == 2 and "an email has been due for 3h" in out.splitlines()[0]
+    assert status("--stuck-after", "4h")[0] == 1  # within the critical threshold given: a warning only
+    TextOfEmail.objects.filter(pk=email.pk).update(status=Status.SENT)
+    assert status()[0] == 0
 
 
-def test_waiting_mail_with_no_recent_run_is_stuck():
+def test_waiting_mail_with_no_recent_run_is_critical_until_a_run_succeeds():
     TextOfEmailFactory()
-    with pytest.raises(CommandError, match="dbmail_cron last succeeded never"):
-        status()
-    health.beat("dbmail_cron", timezone.now(), error="cannot reach the SMTP server")
-    with pytest.raises(CommandError, match="never"):
-        status()  # a failing run is not a success
-
-
-def test_a_long_dead_lease_is_stuck():
-    TextOfEmailFactory(status=TextOfEmail.Status.SENDING, leased_until=timezone.now() - timedelta(hours=2))
+    code, out = status()
+    assert code == 2 and "mail is waiting and dbmail_cron last succeeded never" in out
+    health.beat("dbmail_cron", timezone.now(), error="cannot reach the SMTP server: refused")
+    code, out = status()
+    assert code == 2 and "succeeded never" in out  # a failing run is not a success
+    assert "the last dbmail_cron run on" in out and "failed: cannot reach the SMTP server: refused" in out
     health.beat("dbmail_cron", timezone.now())
-    with pytest.raises(CommandError, match="lease ran out"):
-        status("--stuck-after", "1h")
+    assert status()[0] == 0
+
+
+def test_a_long_dead_lease_is_critical():
+    TextOfEmailFactory(status=Status.SENDING, leased_until=ago(hours=2))
+    health.beat("dbmail_cron", timezone.now())
+    code, out = status("--stuck-after", "1h")
+    assert code == 2 and "lease ran out" in out
+
+
+def test_held_mail_is_neither_due_nor_stuck_but_is_counted_and_named():
+    quiet = SenderAccount.objects.create(address="quiet@example.org", active=False)
+    TextOfEmailFactory.create_batch(2, account=quiet, next_attempt_at=ago(days=2))
+    MessageRequestFactory(sender=quiet, send_at=ago(days=2))
+    code, out = status()
+    assert code == 0, out  # nothing waits that could be sent; an operator chose to hold it
+    assert "2 email(s) held while their sender account is inactive (quiet@example.org)" in out
+    assert "1 request(s) held" in out and "held                2" in out and "requests: held 1" in out
+    report = json.loads(status("--json")[1])
+    assert report["emails"] == {"held": 2} and report["requests"] == {"held": 1}
+
+
+# --- expansion -------------------------------------------------------------------------------
+
+
+def test_a_failed_request_is_critical_until_it_is_retried_or_cancelled():
+    health.beat("dbmail_cron", timezone.now())
+    bad = MessageRequestFactory(recipient_set="groups", recipient_params={"groups": 5})
+    expand.expand_due()
+    code, out = status()
+    assert code == 2
+    assert f"expansion: 1 request(s) failed (retry once fixed, or cancel): #{bad.pk}" in out.splitlines()[0]
+    assert "must be a list of group names" in out
+    MessageRequest.objects.filter(pk=bad.pk).update(recipient_params={"groups": []})
+    bad.retry()
+    assert status()[0] == 0
+    expand.expand_due()  # an empty group: expanded, nothing to send
+    assert MessageRequest.objects.get(pk=bad.pk).status == MessageRequest.Status.EXPANDED
+    other = MessageRequestFactory(recipient_set="retired_set")
+    expand.expand_due()
+    assert status()[0] == 2
+    MessageRequest.objects.get(pk=other.pk).cancel()
+    assert status()[0] == 0
+
+
+def test_a_request_stuck_expanding_past_its_lease_fires_and_clears():
+    health.beat("dbmail_cron", timezone.now())
+    UserFactory()
+    request = MessageRequestFactory()
+    claimed = expand.claim_request()
+    MessageRequest.objects.filter(pk=request.pk).update(expand_lease_until=ago(minutes=30))
+    found = finding("expansion")
+    assert found.state == health.WARNING and "stuck expanding for 30m past its lease" in found.summary
+    MessageRequest.objects.filter(pk=request.pk).update(expand_lease_until=ago(hours=2))
+    assert finding("expansion").state == health.CRITICAL
+    expand.expand(expand.claim_request() or claimed)  # the next run takes it over
+    assert finding("expansion").state == health.OK
+
+
+def test_a_request_due_for_long_and_not_expanded_fires():
+    health.beat("dbmail_cron", timezone.now())
+    request = MessageRequestFactory(send_at=ago(minutes=20))
+    found = finding("expansion")
+    assert found.state == health.WARNING and "due for expansion for 20m" in found.summary
+    MessageRequestFactory(send_at=timezone.now() + timedelta(days=1))  # scheduled: not due, not a problem
+    expand.expand_due()
+    assert MessageRequest.objects.get(pk=request.pk).status == MessageRequest.Status.EXPANDED
+    assert finding("expansion").state == health.OK
+
+
+# --- tracking consumer -----------------------------------------------------------------------
+
+
+def test_tracking_backlog_age_in_the_database_queue_fires_and_clears(settings):
+    settings.TRACKING_QUEUE_URL = ""
+    settings.TRACKING_HEALTH_WARNING_SECONDS, settings.TRACKING_HEALTH_CRITICAL_SECONDS = 600, 3600
+    assert finding("tracking").summary == "no tracking event waiting (database queue)"
+    TrackingQueueItem.objects.create(payload={"event": "delivered"}, enqueued_at=ago(minutes=15))
+    TrackingQueueItem.objects.create(payload={"event": "delivered"})
+    found = finding("tracking")
+    assert found.state == health.WARNING
+    assert found.summary.startswith("2 tracking event(s) waiting, the oldest for 15m (database queue)")
+    assert "dbmail_track last succeeded never" in found.summary
+    TrackingQueueItem.objects.filter(enqueued_at__lt=ago(minutes=10)).update(enqueued_at=ago(hours=2))
+    assert finding("tracking").state == health.CRITICAL
+    call_command("dbmail_track")  # the consumer runs: the queue empties
+    assert finding("tracking").state == health.OK and not TrackingQueueItem.objects.exists()
+
+
+def test_rabbitmq_depth_by_passive_declare_and_unknown_when_unreachable(rabbit_backend, settings):
+    from dbmail.track import queue as tracking
+
+    from .tracking_support import tracked
+
+    settings.TRACKING_HEALTH_DEPTH_WARNING, settings.TRACKING_HEALTH_DEPTH_CRITICAL = 2, 3
+    found = finding("tracking")
+    assert found.state == health.UNKNOWN and "does not exist" in found.summary  # nothing declared it yet
+    tracking.publish(tracked("<a@example.org>"))
+    health.beat("dbmail_track", timezone.now())
+    found = finding("tracking")
+    assert found.state == health.OK and found.details == {"waiting": 1, "consumers": 0}
+    tracking.publish_many([tracked("<b@example.org>"), tracked("<c@example.org>")])
+    assert finding("tracking").state == health.CRITICAL
+    CronHeartbeat.objects.update(last_success_at=ago(hours=2))
+    assert "dbmail_track last succeeded 2h ago" in finding("tracking").summary
+    call_command("dbmail_track")
+    assert finding("tracking").state == health.OK and finding("tracking").details["waiting"] == 0
+
+    settings.TRACKING_QUEUE_URL = "amqp://guest:guest@127.0.0.1:9/%2F"  # nothing listens there
+    code, out = status()
+    found = finding("tracking")
+    assert found.state == health.UNKNOWN and found.summary.startswith("cannot tell the RabbitMQ backlog: cannot reach")
+    assert code == 3 and out.startswith("MAILSITE UNKNOWN: tracking: cannot tell the RabbitMQ backlog")
+
+
+# --- log follower ----------------------------------------------------------------------------
+
+
+def test_log_follower_heartbeat_fires_when_old_and_is_quiet_when_not_used(settings):
+    settings.TRACKING_HEALTH_FOLLOWER_WARNING_SECONDS, settings.TRACKING_HEALTH_FOLLOWER_CRITICAL_SECONDS = 300, 1800
+    assert finding("log follower").summary.startswith("not in use")
+    health.beat(health.FOLLOWER, timezone.now(), {"path": "/var/log/mail.log"})
+    found = finding("log follower")
+    assert found.state == health.OK and "follows /var/log/mail.log" in found.summary
+    CronHeartbeat.objects.filter(command=health.FOLLOWER).update(last_success_at=ago(minutes=10))
+    assert finding("log follower").state == health.WARNING
+    CronHeartbeat.objects.filter(command=health.FOLLOWER).update(last_success_at=ago(hours=1), last_error="queue down")
+    found = finding("log follower")
+    assert (
+        found.state == health.CRITICAL and "no sign of life for 1h" in found.summary and "queue down" in found.summary
+    )
+    health.beat(health.FOLLOWER, timezone.now(), {"path": "/var/log/mail.log"})
+    assert finding("log follower").state == health.OK
+
+
+# --- the command -----------------------------------------------------------------------------
+
+
+def test_json_has_every_check_the_state_and_the_counts():
+    TextOfEmailFactory(next_attempt_at=ago(hours=3))
+    code, out = status("--json")
+    data = json.loads(out)
+    assert code == 2 and (data["state"], data["code"]) == ("critical", 2)
+    assert [c["check"] for c in data["checks"]] == health.registered()
+    sender = data["checks"][0]
+    assert sender["state"] == "critical" and "due for 3h" in sender["summary"]
+    assert sender["details"]["oldest_due_seconds"] >= 3 * 3600
+    assert data["emails"] == {"queued": 1} and data["oldest_due_seconds"] >= 10800
+
+
+def test_a_broken_check_is_unknown_and_the_others_still_run():
+    def broken(now, options):
+        raise RuntimeError("no idea")
+
+    health.register("broken", broken)
+    try:
+        health.beat("dbmail_cron", timezone.now())
+        code, out = status()
+    finally:
+        health._CHECKS.pop("broken")
+    assert code == 3 and "broken: the check itself failed: RuntimeError: no idea" in out and "sender " in out
+
+
+def test_unreachable_database_is_critical_in_words():
+    env = subprocess_env(DATABASE_URL="postgres://postgres@127.0.0.1:9/nowhere")
+    done = manage("dbmail_status", env=env, timeout=60)
+    assert done.returncode == 2 and done.stdout.startswith("MAILSITE CRITICAL: cannot reach the database")
+    assert "Traceback" not in done.stderr
+    done = manage("dbmail_status", "--json", env=env, timeout=60)
+    assert done.returncode == 2 and json.loads(done.stdout)["state"] == "critical"
+
+
+def test_warning_thresholds_above_critical_are_refused_at_start_up():
+    done = manage("check", env=subprocess_env(DBMAIL_HEALTH_WARNING_SECONDS="7200"), timeout=60)
+    assert done.returncode != 0
+    assert "DBMAIL_HEALTH_WARNING_SECONDS must not be above DBMAIL_STUCK_AFTER_SECONDS" in done.stderr
 
 
 def test_shows_emails_possibly_delivered_twice_and_current_sending_problems():
@@ -61,6 +277,9 @@ def test_shows_emails_possibly_delivered_twice_and_current_sending_problems():
     TextOfEmailFactory(status=TextOfEmail.Status.SENT, possibly_delivered=1)
     TextOfEmailFactory(status=TextOfEmail.Status.DEFERRED, possibly_delivered=1)
     TextOfEmailFactory(status=TextOfEmail.Status.SENT)
+    health.beat("dbmail_cron", timezone.now())
+    report = health.run()
+    assert report.possibly_delivered == 2 and report.sending_problems == [] and report.state == health.OK
     account = SenderAccountFactory(address="club@example.org")
     SendingProblem.objects.create(
         key="x",
@@ -74,11 +293,15 @@ def test_shows_emails_possibly_delivered_twice_and_current_sending_problems():
     SendingProblem.objects.create(
         key="y", server="smtp.example.org:25", stage="connect", text="old", resolved_at=timezone.now()
     )
-    health.beat("dbmail_cron", timezone.now())
-    report = health.check(timedelta(hours=1))
-    assert report.possibly_delivered == 2 and [p.key for p in report.problems] == ["x"]
-    out = status()
+    report = health.run()
+    assert report.possibly_delivered == 2 and [p.key for p in report.sending_problems] == ["x"]
+    code, out = status()
+    assert code == 1 and "sender: sending problem: club@example.org via smtp.example.org:25" in out.splitlines()[0]
     assert "outcome unknown (possibly delivered): 2 emails" in out
     (line,) = [line for line in out.splitlines() if line.startswith("sending problem:")]
     assert line.startswith("sending problem: club@example.org via smtp.example.org:25, since 20")
     assert line.endswith("(7 deferred): MAIL FROM: 553 5.7.1 sender refused")
+    data = json.loads(status("--json")[1])
+    assert data["possibly_delivered"] == 2 and data["sending_problems"][0]["smtp_code"] == 553
+    SendingProblem.objects.filter(key="x").update(resolved_at=timezone.now())  # a later run got through
+    assert status()[0] == 0

@@ -325,3 +325,9 @@ def test_the_command_follows_a_log_across_rotation(tmp_path):
     first.refresh_from_db(), second.refresh_from_db()
     assert (first.status, second.status) == (Status.DELIVERED, Status.BOUNCED)
     assert [e["event"] for e in queued_events()] == []  # consumed
+    from dbmail.models import CronHeartbeat
+    from dbmail.ops import health
+
+    beat = CronHeartbeat.objects.get(command=health.FOLLOWER)  # dbmail_status sees the follower alive
+    assert beat.last_success_at and beat.last_summary["path"] == str(log) and beat.last_error == ""
+    assert next(f for f in health.run().findings if f.check == "log follower").state == health.OK

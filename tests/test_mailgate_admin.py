@@ -87,7 +87,7 @@ def test_process_again(admin_client, physics, monkeypatch):
 def test_list_pages_render(admin_client, physics):
     assert admin_client.get(reverse("admin:mailgate_emaillist_add")).status_code == 200
     assert admin_client.get(reverse("admin:mailgate_emaillist_change", args=[physics.pk])).status_code == 200
-    for name in ("inboundmessage", "heldmessage", "bounce", "sendernotice"):
+    for name in ("inboundmessage", "heldmessage", "bounce", "sendernotice", "gateheartbeat"):
         assert admin_client.get(reverse(f"admin:mailgate_{name}_changelist")).status_code == 200
 
 

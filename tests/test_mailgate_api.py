@@ -4,6 +4,7 @@ import pytest
 from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
+from dbmail.models import TextOfEmail
 from mailgate.mailboxes import imap
 from mailgate.mailboxes import store as mailbox
 from mailgate.models import MailAccount, MailFolder, Message
@@ -303,5 +304,37 @@ def test_a_message_in_error_can_be_sent_again(api, ann, smtp_server, django_capt
         assert (message.status, message.last_error) == ("sent", "")
         assert [m.rcpt_tos for m in own.received] == [["bob@example.net"]]
         assert api.post(f"/api/v1/messages/{message.pk}/retry/").status_code == 409
+    finally:
+        own.stop()
+
+
+def test_a_retry_sends_only_to_the_recipients_that_failed(api, ann, smtp_server, django_capture_on_commit_callbacks):
+    own = SMTPServer(logins={"ann": "not-the-password"}).start()  # the account's own server, which proves it
+    try:
+        own.script("bob@example.net", "550 5.1.1 no such user", "250")  # refused once, then accepted
+        profile = MailServerProfileFactory(smtp_host=own.host, smtp_port=own.port, smtp_auth=True)
+        account = MailAccountFactory(owner=ann, profile=profile, login="ann")
+        to = ["ann.other@EXAMPLE.net", "bob@example.net"]
+        with django_capture_on_commit_callbacks(execute=True):
+            created = api.post("/api/v1/messages/", {"account": account.pk, "to": to, "subject": "Once"}, format="json")
+        message = Message.objects.get(pk=created.json()["id"])
+        assert message.status == "error" and "bob@example.net: 5.1.1" in message.last_error
+        assert [m.rcpt_tos for m in own.received] == [["ann.other@example.net"]]
+        first_copy = message.outbox.get(to_address="ann.other@example.net")
+
+        with django_capture_on_commit_callbacks(execute=True):
+            retried = api.post(f"/api/v1/messages/{message.pk}/retry/")
+        assert retried.status_code == 200
+        message.refresh_from_db()
+        assert (message.status, message.last_error) == ("sent", "")
+        assert [m.rcpt_tos for m in own.received] == [["ann.other@example.net"], ["bob@example.net"]]
+        assert own.refused == [("bob@example.net", "550 5.1.1 no such user")]
+        assert sorted(message.outbox.values_list("to_address", "status")) == [
+            ("ann.other@example.net", "sent"),
+            ("bob@example.net", "sent"),
+        ]
+        assert message.outbox.get(to_address="ann.other@example.net") == first_copy  # kept, not remade
+        # The failed copy stays in dbmail's log, no longer the message's.
+        assert TextOfEmail.objects.filter(to_address="bob@example.net", status="dropped").count() == 1
     finally:
         own.stop()

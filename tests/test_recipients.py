@@ -68,3 +68,51 @@ def test_count_is_distinct_deliverable_addresses():
 
 def test_normalise_lowercases_only_the_domain():
     assert recipients.normalise_address("  Ann.Smith@EXAMPLE.Org ") == "Ann.Smith@example.org"
+
+
+@pytest.mark.parametrize(
+    "name, params, words",
+    [
+        ("groups", {"groups": 5}, '"groups" must be a list of group names, not 5'),
+        ("groups", {"groups": [1, 2]}, "must be a list of group names"),
+        ("addresses", {"rows": "a@example.org"}, '"rows" must be a list'),
+        ("all_active", ["not", "an", "object"], "must be a JSON object, not ['not', 'an', 'object']"),
+    ],
+)
+def test_parameters_a_set_cannot_use_are_an_error_in_words(name, params, words):
+    with pytest.raises(recipients.RecipientSetError) as raised:
+        flatten(name, params)
+    assert words in str(raised.value) and name in str(raised.value)
+
+
+def test_a_set_that_raises_says_so_when_called_or_part_way():
+    @recipient_set_named("raises_for_test")
+    def raises(params):
+        raise LookupError("no such class")
+
+    @recipient_set_named("stops_for_test")
+    def stops(params):
+        yield {"email": "first@example.org"}
+        raise OSError("directory gone")
+
+    @recipient_set_named("none_for_test")
+    def nothing(params):
+        return None
+
+    with pytest.raises(recipients.RecipientSetError, match="'raises_for_test' failed .*LookupError: no such class"):
+        flatten("raises_for_test", {})
+    chunks = recipients.iter_recipients("stops_for_test", {}, chunk_size=1)
+    assert [r.email for r in next(chunks)[1]] == ["first@example.org"]  # what came before the error is usable
+    with pytest.raises(recipients.RecipientSetError, match="OSError: directory gone"):
+        next(chunks)
+    with pytest.raises(recipients.RecipientSetError, match="TypeError"):
+        flatten("none_for_test", {})
+
+
+def test_a_row_that_is_not_a_mapping_is_one_dropped_recipient():
+    rows = flatten("addresses", {"rows": ["ok@example.org", 42, {"email": "b@example.org"}]})
+    assert [(r.email, r.error) for r in rows] == [
+        ("ok@example.org", ""),
+        ("42", "not a recipient row: 42"),
+        ("b@example.org", ""),
+    ]

@@ -353,3 +353,37 @@ def test_the_permission_alone_is_enough_without_staff(office):
     assert client.get("/api/v1/requests/").status_code == 403
     user.user_permissions.add(Permission.objects.get(codename="add_messagerequest"))
     assert client.get("/api/v1/requests/").status_code == 200
+
+
+def test_a_failed_request_shows_why_and_can_be_retried(api, ann, office):
+    from dbmail.models import RequestEvent
+
+    made = api.post("/api/v1/requests/", rows_request(), format="json").json()
+    assert api.post(f"/api/v1/requests/{made['id']}/retry/").status_code == 409  # it has not failed
+    MessageRequest.objects.filter(pk=made["id"]).update(
+        status=R.FAILED, failure="recipient set failed", failed_at=timezone.now()
+    )
+    shown = api.get(f"/api/v1/requests/{made['id']}/").json()
+    assert (shown["status"], shown["failure"]) == (R.FAILED, "recipient set failed") and shown["failed_at"]
+    retried = api.post(f"/api/v1/requests/{made['id']}/retry/")
+    assert retried.json() == {"id": made["id"], "status": R.QUEUED}
+    assert MessageRequest.objects.get().failure == ""
+    assert RequestEvent.objects.get(kind=RequestEvent.Kind.RETRY).user == ann
+    assert client_for(composer("bob")).post(f"/api/v1/requests/{made['id']}/retry/").status_code == 404
+
+
+def test_mail_of_an_inactive_sender_is_shown_held(api, ann, office):
+    from dbmail.models import RequestEvent
+
+    mail = MessageRequest.objects.create(sender=office, subject="s", text_body="t", recipient_set="staff", creator=ann)
+    for n in range(2):
+        TextOfEmailFactory(request=mail, account=office, to_address=f"r{n}@example.net", status=E.QUEUED)
+    SenderAccount.objects.filter(pk=office.pk).update(active=False)
+
+    shown = api.get(f"/api/v1/requests/{mail.pk}/").json()
+    assert shown["held"] is True
+    assert shown["progress"]["counts"][states.HELD] == 2 and shown["progress"]["counts"][E.QUEUED] == 0
+    assert shown["progress"]["waiting"] == 2 and shown["progress"]["total"] == 2
+    assert api.get("/api/v1/requests/").json()["results"][0]["progress"] == shown["progress"]
+    api.post(f"/api/v1/requests/{mail.pk}/cancel/")
+    assert RequestEvent.objects.get(kind=RequestEvent.Kind.CANCEL).user == ann  # who cancelled, in its history

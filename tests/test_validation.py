@@ -57,3 +57,12 @@ def test_the_admin_refuses_an_unknown_set_and_a_broken_template(client):
     good = {**data, "subject": "Hello {{ first_name }}", "recipient_set": "all_active"}
     assert client.post(reverse("admin:dbmail_messagerequest_add"), good).status_code == 302
     assert MessageRequest.objects.get().status == "draft"
+
+
+def test_parameters_and_variables_that_are_not_objects_are_refused():
+    request = MessageRequestFactory.build(sender=SenderAccountFactory(), recipient_params=[1], context="x")
+    errors = validation.request_errors(request)
+    assert errors == {
+        "recipient_params": "The recipient parameters must be a JSON object, e.g. {}.",
+        "context": "The template variables must be a JSON object, e.g. {}.",
+    }

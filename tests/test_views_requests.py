@@ -8,8 +8,9 @@ from django.urls import reverse
 from django.utils import timezone
 
 from dbmail.intake import expand
-from dbmail.models import MessageRequest, RequestAttachment, TextOfEmail
+from dbmail.models import MessageRequest, RequestAttachment, RequestEvent, SenderAccount, TextOfEmail
 
+from . import poison
 from .factories import GroupFactory, MessageRequestFactory, TextOfEmailFactory, UserFactory
 
 pytestmark = pytest.mark.django_db
@@ -597,3 +598,82 @@ def test_the_request_page_counts_emails_possibly_delivered_twice(panel):
     other = MessageRequestFactory(status=Status.EXPANDED)
     TextOfEmailFactory(request=other, status=TextOfEmail.Status.SENT)
     assert "possibly delivered" not in panel.get(reverse("commpanel:request", args=[other.pk])).content.decode()
+
+
+# --- Failed and held requests (issue 11, points 1 and 10) -----------------------------------
+
+
+@pytest.mark.parametrize("kind", sorted(poison.POISONS))
+@pytest.mark.parametrize("status", [Status.QUEUED, Status.DRAFT])
+def test_a_poisoned_request_page_answers_200_before_and_after_it_failed(panel, kind, status):
+    fields, words = poison.POISONS[kind]
+    mail = MessageRequestFactory(status=status, **fields)
+    url = reverse("commpanel:request", args=[mail.pk])
+    assert panel.get(url).status_code == 200
+    assert panel.get(reverse("commpanel:requests")).status_code == 200
+    if status == Status.DRAFT:
+        return
+    expand.expand_due()
+    page = panel.get(url)
+    assert page.status_code == 200
+    html = page.content.decode()
+    assert 'id="failure"' in html and "Expansion failed" in html and 'id="resume"' in html
+    from django.utils.html import escape
+
+    assert escape(words) in html
+    live = panel.get(reverse("commpanel:status", args=[mail.pk])).json()
+    assert (live["status"], live["state_label"], live["resumable"]) == ("failed", "Failed", True)
+    assert 'id="resume"' in live["html"]["actions"]
+    assert ">Failed<" in panel.get(reverse("commpanel:requests")).content.decode()
+
+
+def test_retry_button_queues_a_failed_request_again_and_records_who(panel, editor):
+    poison.BROKEN["on"] = True
+    mail = MessageRequestFactory(recipient_set="test_explodes")
+    expand.expand_due()
+    try:
+        poison.BROKEN["on"] = False
+        response = panel.post(reverse("commpanel:resume", args=[mail.pk]), follow=True)
+    finally:
+        poison.BROKEN["on"] = True
+    assert "Queued again" in response.content.decode()
+    mail.refresh_from_db()
+    assert mail.status == Status.QUEUED and mail.failure == ""
+    retried = mail.events.get(kind="retry")
+    assert retried.user == editor
+    html = response.content.decode()
+    assert 'id="history"' in html and f"by {editor.username}" in html and "the directory server is offline" in html
+
+
+def test_retry_is_refused_while_the_recipient_set_is_still_missing(panel):
+    mail = MessageRequestFactory(recipient_set="retired_set")
+    expand.expand_due()
+    response = panel.post(reverse("commpanel:resume", args=[mail.pk]), follow=True)
+    assert "Not retried: it would fail again: No recipient set named" in response.content.decode()
+    assert MessageRequest.objects.get(pk=mail.pk).status == Status.FAILED
+    panel.post(reverse("commpanel:resume", args=[expanded_request(["sent"]).pk]))  # not failed: nothing happens
+    assert not RequestEvent.objects.filter(kind="retry").exists()
+
+
+def test_a_failed_request_can_be_cancelled(panel, editor):
+    mail = MessageRequestFactory(recipient_set="retired_set")
+    expand.expand_due()
+    assert panel.get(reverse("commpanel:status", args=[mail.pk])).json()["cancellable"]
+    panel.post(reverse("commpanel:cancel", args=[mail.pk]))
+    assert MessageRequest.objects.get(pk=mail.pk).status == Status.CANCELLED
+    assert mail.events.get(kind="cancel").user == editor
+
+
+def test_mail_of_an_inactive_sender_shows_as_held(panel):
+    mail = expanded_request(["queued", "deferred", "sent"])
+    SenderAccount.objects.filter(pk=mail.sender_id).update(active=False)
+    data = panel.get(reverse("commpanel:status", args=[mail.pk])).json()
+    assert data["counts"] == {"held": 2, "sent": 1} and data["cancellable"]
+    page = panel.get(reverse("commpanel:request", args=[mail.pk]) + "?status=held")
+    assert [e.to_address for e in page.context["emails"]] == ["r0@example.org", "r1@example.org"]
+    assert (data["state"], data["state_label"]) == ("held", "Held") and data["line"].startswith("Held: ")
+    listing = panel.get(reverse("commpanel:requests")).content.decode()
+    assert '<span class="badge badge-held">Held</span>' in listing
+    queued = MessageRequestFactory(recipient_set="all_active")
+    page = panel.get(reverse("commpanel:request", args=[queued.pk])).content.decode()
+    assert 'id="held"' in page and ">Held<" in page

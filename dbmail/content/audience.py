@@ -23,9 +23,11 @@ class Summary:
     invalid_count: int = 0
     empty: dict = field(default_factory=dict)  # variable -> {"count": n, "examples": [...]}
     large: bool = False
+    error: str = ""  # the recipient set could not list its recipients (count is then 0)
 
     def as_dict(self):
         return {
+            "error": self.error,
             "count": self.count,
             "invalid_count": self.invalid_count,
             "invalid": self.invalid,
@@ -54,6 +56,15 @@ def summarise(request):
     variables = printed_variables(request.subject, request.text_body, request.html_body)
     variables = [v for v in variables if v != "unsubscribe_url"]
     summary = Summary()
+    try:
+        _walk(request, compiled, variables, summary)
+    except (recipients.UnknownRecipientSet, recipients.RecipientSetError) as exc:
+        return Summary(error=str(exc))
+    summary.large = summary.count > conf.DBMAIL_LARGE_SEND_WARNING
+    return summary
+
+
+def _walk(request, compiled, variables, summary):
     seen = set()
     for _, chunk in recipients.iter_recipients(request.recipient_set, request.recipient_params):
         for rcpt in chunk:
@@ -75,5 +86,3 @@ def summarise(request):
                     entry["count"] += 1
                     if len(entry["examples"]) < EXAMPLES:
                         entry["examples"].append(rcpt.email)
-    summary.large = summary.count > conf.DBMAIL_LARGE_SEND_WARNING
-    return summary

@@ -16,18 +16,47 @@ the database constraint catches repeats across chunks), and yields stable
 positions so an interrupted expansion resumes where it stopped.
 """
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from itertools import islice
 
 from django.contrib.auth import get_user_model
 from django.core.exceptions import FieldDoesNotExist
+from django.db import InterfaceError, OperationalError
 from django.db.models import QuerySet
 
 from dbmail.content.addresses import error as _address_error
-from dbmail.exceptions import UnknownRecipientSet
+from dbmail.exceptions import RecipientSetError, UnknownRecipientSet
 from dbmail.models import Suppression
 
 _REGISTRY = {}
+
+
+def _guarded(name, params, step, *args):
+    """Run `step(*args)` for recipient set `name`; any error but the database's own becomes a RecipientSetError."""
+    try:
+        return step(*args)
+    except (OperationalError, InterfaceError):
+        raise  # the database is unreachable: not the set's fault, the caller retries later
+    except (UnknownRecipientSet, RecipientSetError):
+        raise
+    except Exception as exc:
+        raise RecipientSetError(
+            f"recipient set {name!r} failed with parameters {_short(params)}: {type(exc).__name__}: {exc}"
+        ) from exc
+
+
+def _positioned(source, start):
+    return ((pos, _from_row(row)) for pos, row in enumerate(islice(source, start, None), start))
+
+
+def _take(rows, n):
+    return list(islice(rows, n))
+
+
+def _short(value, limit=200):
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 @dataclass(frozen=True)
@@ -129,6 +158,8 @@ def _recipient(email, first, last, username, user_id):
 
 
 def _from_row(row):
+    if not isinstance(row, Mapping):  # one bad row is recorded as dropped, the rest go on
+        return Recipient(email=str(row)[:254], error=f"not a recipient row: {_short(row, 80)}")
     row = dict(row)
     email = normalise_address(str(row.pop("email", "")))
     name = str(row.pop("name", "") or "").strip()
@@ -150,18 +181,25 @@ def iter_recipients(name, params, after=None, chunk_size=2000, first_chunk_size=
     `first_chunk_size` makes the first chunk smaller, so a consumer working in a pipeline
     has something to do sooner.
     """
-    source = get_set(name).func(params or {})
+    func = get_set(name).func
+    params = params if params is not None else {}
+    if not isinstance(params, dict):
+        raise RecipientSetError(f"the parameters of recipient set {name!r} must be a JSON object, not {_short(params)}")
+    source = _guarded(name, params, func, params)
     if isinstance(source, QuerySet):
-        users = source.filter(is_active=True).exclude(email="").order_by("pk")
-        if after is not None:
-            users = users.filter(pk__gt=after)
-        rows = _user_rows(users, chunk_size)
+
+        def users_after():
+            users = source.filter(is_active=True).exclude(email="").order_by("pk")
+            return users.filter(pk__gt=after) if after is not None else users
+
+        rows = _user_rows(_guarded(name, params, users_after), chunk_size)
     else:
         start = 0 if after is None else after + 1
-        rows = ((pos, _from_row(row)) for pos, row in enumerate(islice(source, start, None), start))
+        rows = _guarded(name, params, _positioned, source, start)
 
     size = first_chunk_size or chunk_size
-    while chunk := list(islice(rows, size)):
+    # The set's own code runs as its rows are read: an error there is the set's, in words.
+    while chunk := _guarded(name, params, _take, rows, size):
         size = chunk_size
         seen = set()
         unique = []
@@ -202,10 +240,14 @@ def groups(params):
     names = params.get("groups") or []
     if isinstance(names, str):
         names = [names]
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise ValueError(f'"groups" must be a list of group names, not {_short(names)}')
     return get_user_model().objects.filter(groups__name__in=names).distinct()
 
 
 @recipient_set("addresses", label="Explicit addresses", params_help='{"rows": [{"email": "...", "name": "..."}]}')
 def addresses(params):
     rows = params.get("rows") or []
+    if not isinstance(rows, list):
+        raise ValueError(f'"rows" must be a list of addresses or {{"email": ...}} objects, not {_short(rows)}')
     return ({"email": row} if isinstance(row, str) else row for row in rows)

@@ -173,6 +173,10 @@ class CompiledRequest:
     """A request's templates compiled once, rendered per recipient."""
 
     def __init__(self, request):
+        if request.context is not None and not isinstance(request.context, dict):
+            raise RenderError(
+                f"the request's context must be a JSON object of variables, not {type(request.context).__name__}"
+            )
         try:
             self.subject = _TEXT_ENGINE.from_string(request.subject)
             self.text = _TEXT_ENGINE.from_string(request.text_body) if request.text_body.strip() else None

@@ -20,6 +20,12 @@ def request_errors(request):
         recipients.get_set(request.recipient_set)
     except recipients.UnknownRecipientSet as exc:
         errors["recipient_set"] = str(exc)
+    # Anything else wrong with the parameters shows when the set reads them: expansion then fails the
+    # request alone, with the reason (dbmail.intake.expand).
+    if request.recipient_params is not None and not isinstance(request.recipient_params, dict):
+        errors["recipient_params"] = "The recipient parameters must be a JSON object, e.g. {}."
+    if request.context is not None and not isinstance(request.context, dict):
+        errors["context"] = "The template variables must be a JSON object, e.g. {}."
     errors.update(rendering.template_errors(request))
     return errors
 

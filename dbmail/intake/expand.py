@@ -7,14 +7,16 @@ chunk in flight, which the next run redoes from the checkpoint; the unique
 (request, address) constraint makes a repeated chunk harmless anyway.
 """
 
+import logging
 import queue
 import threading
 import time
+import traceback
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 
-from django.db import connection, models, transaction
+from django.db import InterfaceError, OperationalError, connection, models, transaction
 from django.db.models import Q
 from django.utils import timezone
 from psycopg2.extras import Json
@@ -23,15 +25,18 @@ from dbmail import states
 from dbmail.conf import settings as conf
 from dbmail.content import recipients, rendering, verp
 from dbmail.content import tokens as unsubscribe
-from dbmail.models import AddressToken, MessageRequest, TextOfEmail
+from dbmail.exceptions import RequestFailed
+from dbmail.models import AddressToken, MessageRequest, RequestEvent, SenderAccount, TextOfEmail
 
 RequestStatus = states.RequestStatus
+log = logging.getLogger(__name__)
 
 
 @dataclass
 class ExpandResult:
     requests: int = 0
     emails: int = 0
+    failed: list = field(default_factory=list)  # "#pk: reason" of each request that failed in this run
 
 
 def claim_request(now=None):
@@ -39,13 +44,16 @@ def claim_request(now=None):
     now = now or timezone.now()
     lease = timedelta(seconds=conf.DBMAIL_LEASE_SECONDS)
     with transaction.atomic():
+        # A request of an inactive sender account is held: not expanded until the account is active again.
+        # `of` locks the request only; locking the account row would make other expanders skip its requests.
         request = (
-            MessageRequest.objects.select_for_update(skip_locked=True)
+            MessageRequest.objects.select_for_update(skip_locked=True, of=("self",))
             .filter(
                 # The sources of states.START_EXPANSION: due, or held under a lease that ran out.
                 Q(status=RequestStatus.QUEUED, send_at__lte=now)
                 | Q(status=RequestStatus.EXPANDING, expand_lease_until__lte=now)
             )
+            .filter(sender_id__in=SenderAccount.objects.filter(active=True).values("pk"))
             .select_related("sender")
             .order_by("send_at", "pk")
             .first()
@@ -222,24 +230,89 @@ def _can_write_aside():
     return connection.vendor == "postgresql" and not connection.in_atomic_block
 
 
+def _mine(request):
+    """The request as long as this expander still holds it (same token, still expanding)."""
+    return MessageRequest.objects.filter(
+        pk=request.pk, expand_token=request.expand_token, status=RequestStatus.EXPANDING
+    )
+
+
 def expand(request, chunk_size=None, on_chunk=None, deadline=None):
     """Expand a claimed request to the end; return the number of emails it now has.
 
     Stops early, leaving the rest to whoever holds the request, if it was
     cancelled or its lease was taken over meanwhile. At `deadline`
     (time.monotonic()) it stops after the chunk in hand and gives the request
-    back at once: the next run goes on from its checkpoint.
+    back at once: the next run goes on from its checkpoint. Any error that is the
+    request's own (its recipient set, its parameters, its templates, a bug
+    they trigger) marks it failed, with the reason in words, and raises
+    RequestFailed; emails already made from it stay and are sent. Only the
+    database being unreachable propagates as it is: the lease hands the
+    request to the next run.
     """
+    try:
+        return _expand(request, chunk_size, on_chunk, deadline)
+    except (OperationalError, InterfaceError):
+        raise
+    except RequestFailed:
+        raise
+    except Exception as exc:
+        reason = _reason(exc)
+        # dbmail_cron reports the failure in words; a bug's traceback goes to the request's history and the log.
+        trace = "" if isinstance(exc, _IN_WORDS) else traceback.format_exc()[-4000:]
+        log.info("dbmail: request %s failed: %s", request.pk, reason, exc_info=bool(trace))
+        if fail(request, reason, trace):
+            raise RequestFailed(request.pk, reason) from exc
+        return 0  # no longer ours (cancelled, or taken over): its holder decides
+
+
+# Errors whose message says all there is to say; any other (a recipient set's bug included) keeps its traceback.
+_IN_WORDS = (recipients.UnknownRecipientSet, rendering.RenderError)
+
+
+def _reason(exc):
+    if isinstance(exc, recipients.UnknownRecipientSet):
+        return f"{exc} (the set was removed from the code or renamed)"
+    if isinstance(exc, (recipients.RecipientSetError, rendering.RenderError)):
+        return str(exc)
+    return f"expansion failed: {type(exc).__name__}: {exc}"
+
+
+def obvious_problem(request):
+    """What would fail the request again before any recipient is read (set gone, bad templates), or ""."""
+    try:
+        recipients.get_set(request.recipient_set)
+        if request.recipient_params is not None and not isinstance(request.recipient_params, dict):
+            return "the recipient parameters must be a JSON object"
+        rendering.CompiledRequest(request)
+    except Exception as exc:  # whatever it is, it is the request's: say it instead of failing the page
+        return _reason(exc)
+    return ""
+
+
+def fail(request, reason, trace=""):
+    """Mark a request this expander holds as failed with `reason`; False if it is not held any more."""
+    now = timezone.now()
+    with transaction.atomic():
+        failed = states.FAIL_EXPANSION.update(
+            _mine(request),
+            failure=reason[:5000],
+            failed_at=now,
+            expand_token=None,
+            expand_lease_until=None,
+        )
+        if failed:
+            text = f"{reason}\n\n{trace}" if trace else reason
+            RequestEvent.objects.create(request_id=request.pk, at=now, kind=RequestEvent.Kind.FAILURE, text=text)
+    return bool(failed)
+
+
+def _expand(request, chunk_size=None, on_chunk=None, deadline=None):
     chunk_size = chunk_size or conf.DBMAIL_EXPAND_CHUNK
     lease = timedelta(seconds=conf.DBMAIL_LEASE_SECONDS)
-    token = request.expand_token
-    mine = MessageRequest.objects.filter(pk=request.pk, expand_token=token, status=RequestStatus.EXPANDING)
+    mine = _mine(request)
     after = (request.checkpoint or {}).get("after")
-    try:
-        compiled = rendering.CompiledRequest(request)
-    except rendering.RenderError as exc:
-        states.FAIL_EXPANSION.update(mine, checkpoint={"error": str(exc)})
-        return 0
+    compiled = rendering.CompiledRequest(request)  # a template error fails the request (see expand)
 
     def commit(last_position, emails):
         now = timezone.now()
@@ -298,5 +371,8 @@ def expand_due(max_requests=None, on_chunk=None, deadline=None):
         if request is None:
             break
         result.requests += 1
-        result.emails += expand(request, on_chunk=on_chunk, deadline=deadline)
+        try:
+            result.emails += expand(request, on_chunk=on_chunk, deadline=deadline)
+        except RequestFailed as exc:  # that request alone: the others are expanded in this same run
+            result.failed.append(f"#{exc.request_id}: {exc.reason}")
     return result

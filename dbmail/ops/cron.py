@@ -23,6 +23,8 @@ from dbmail.send.recovery import DATABASE_ERRORS, Leftovers
 
 log = logging.getLogger(__name__)
 
+log = logging.getLogger(__name__)
+
 
 @dataclass
 class RunResult:
@@ -32,9 +34,10 @@ class RunResult:
 
     def summary(self):
         e, s = self.expanded, self.sent
+        failed = f", {len(e.failed)} failed" if e.failed else ""
         unknown = f" ({s.possibly_delivered} with outcome unknown, possibly delivered)" if s.possibly_delivered else ""
         return (
-            f"expanded {e.requests} request{'s' * (e.requests != 1)} ({e.emails} emails); "
+            f"expanded {e.requests} request{'s' * (e.requests != 1)} ({e.emails} emails{failed}); "
             f"sent {s.sent}, deferred {s.deferred}{unknown}, dropped {s.dropped} in {self.seconds:.1f}s"
         )
 
@@ -42,6 +45,7 @@ class RunResult:
         return {
             "requests": self.expanded.requests,
             "expanded": self.expanded.emails,
+            "failed_requests": len(self.expanded.failed),
             "sent": self.sent.sent,
             "deferred": self.sent.deferred,
             "dropped": self.sent.dropped,
@@ -150,6 +154,10 @@ class Runner:
             except Unreachable as exc:
                 if isinstance(exc, DatabaseUnreachable):
                     _forget_connection()
+                report(exc)
+                return Round.FAILED
+            except Exception as exc:  # a bug must not end the loop: the next round may well succeed
+                log.exception("dbmail_cron: the run failed")
                 report(exc)
                 return Round.FAILED
             return Round.DONE

@@ -13,16 +13,17 @@ from dbmail import states
 
 Status = states.RequestStatus
 E = states.EmailStatus
-# Arrives with the request failure branch; the mapping is ready before the status exists.
-FAILED = getattr(Status, "FAILED", "failed")
-# "held" is derived elsewhere (waiting mail of an inactive sender account): still waiting.
-HELD = "held"
+FAILED = Status.FAILED.value  # expansion failed: the request waits for a fix and a retry
+# Derived, never stored (dbmail.states.HELD): waiting mail of an inactive sender account, still waiting.
+HELD = states.HELD
+# The bar segment of mail that will not arrive (the styles and the script use the key too).
+LOST = "failed"
 
 # The bar, left to right: (key, label, the email statuses it counts).
 SEGMENTS = (
     (E.SENT, "Sent", (E.SENT, E.DELIVERED, E.COMPLAINED)),
     (E.DEFERRED, "Deferred", (E.DEFERRED,)),
-    ("failed", "Dropped or bounced", (E.DROPPED, E.BOUNCED)),
+    (LOST, "Dropped or bounced", (E.DROPPED, E.BOUNCED)),
     (E.CANCELLED, "Cancelled", (E.CANCELLED,)),
     ("waiting", "Waiting", (E.QUEUED, E.SENDING, HELD)),
 )
@@ -39,7 +40,7 @@ LABELS = {
     SENDING: "Sending",
     DONE: "Done",
     CANCELLED: "Cancelled",
-    "failed": "Failed",
+    FAILED: "Failed",
     HELD: "Held",
 }
 
@@ -52,7 +53,7 @@ def state(mail, counts=None, now=None):
     if mail.status == Status.CANCELLED:
         return CANCELLED
     if mail.status == FAILED:
-        return "failed"
+        return FAILED
     if getattr(mail, "held", False):
         return HELD
     if mail.status == Status.QUEUED and mail.send_at > now:
@@ -60,8 +61,10 @@ def state(mail, counts=None, now=None):
     if mail.status in states.REQUEST_TO_EXPAND:
         return SENDING
     counts = counts or {}
-    if any(counts.get(s) for s in (*states.UNFINISHED, HELD)):
+    if any(counts.get(s) for s in states.UNFINISHED):
         return SENDING
+    if counts.get(HELD):  # all that is left waits for its sender account to be active again
+        return HELD
     return DONE
 
 
@@ -120,7 +123,7 @@ def duration(seconds):
 def pace(mail, segments, now):
     """The average pace since the request's emails were made (the page refines it from its polls)."""
     started = mail.expanded_at
-    handled = segments[E.SENT] + segments["failed"]
+    handled = segments[E.SENT] + segments[LOST]
     if not started or not handled:
         return Pace()
     elapsed = (now - started).total_seconds()
@@ -132,7 +135,7 @@ def pace(mail, segments, now):
 
 def summary(segments):
     """'4,900 sent, 100 cancelled': the nonzero segments in words."""
-    words = {"failed": "dropped or bounced"}
+    words = {LOST: "dropped or bounced"}
     parts = [f"{number(segments[key])} {words.get(key, str(key))}" for key, _, _ in SEGMENTS if segments[key]]
     return ", ".join(parts)
 
@@ -143,7 +146,7 @@ def progress(mail, counts, now=None):
     counts = {s: n for s, n in counts.items() if n}
     segments = {key: sum(counts.get(s, 0) for s in statuses) for key, _, statuses in SEGMENTS}
     total = sum(segments.values())
-    handled = segments[E.SENT] + segments["failed"] + segments[E.CANCELLED]
+    handled = segments[E.SENT] + segments[LOST] + segments[E.CANCELLED]
     key = state(mail, counts, now)
     unsent = segments["waiting"] + segments[E.DEFERRED]
     going = key == SENDING
@@ -176,6 +179,7 @@ def progress(mail, counts, now=None):
         "cancellable": mail.status in (*states.REQUEST_TO_EXPAND, FAILED)
         or (mail.status == Status.EXPANDED and bool(unsent)),
         "retryable": any(counts.get(s) for s in states.RETRY.sources),
+        "resumable": mail.status in states.RETRY_REQUEST.sources,
         "send_at": mail.send_at.isoformat() if mail.send_at else None,
         "now": now.isoformat(),
     }
@@ -187,12 +191,12 @@ def _line(mail, key, segments, total):
     if key == SCHEDULED:
         return f"Scheduled: it goes out on {when(mail.send_at)}."
     if key == CANCELLED:
-        if not segments[E.SENT] and not segments["failed"]:
+        if not segments[E.SENT] and not segments[LOST]:
             return "Cancelled: nothing was sent."
         return f"Cancelled: {said}."
     if key == DONE:
         return f"Done: {said}." if total else "Done: nobody was left to send it to."
-    if key == "failed":
+    if key == FAILED:
         return f"Failed: {said}." if total else "Failed before any email was made."
     if key == HELD:
         return "Held: its sender account is inactive." + (f" {said}." if total else "")
@@ -201,7 +205,7 @@ def _line(mail, key, segments, total):
             if mail.status == Status.EXPANDING:
                 return "Sending: the emails are being made."
             return "Sending: waiting for the next dbmail_cron run to start."
-        handled = segments[E.SENT] + segments["failed"] + segments[E.CANCELLED]
+        handled = segments[E.SENT] + segments[LOST] + segments[E.CANCELLED]
         text = f"Sending: {number(handled)} of {number(total)} handled ({said})"
         if segments[E.DEFERRED]:
             text += f"; {plural(segments[E.DEFERRED], 'deferred email')} will be tried again later"

@@ -23,6 +23,7 @@ urlpatterns = [
     path("requests/<int:pk>/reschedule/", requests.reschedule, name="reschedule"),
     path("requests/<int:pk>/cancel/", requests.cancel, name="cancel"),
     path("requests/<int:pk>/retry/", requests.retry, name="retry"),
+    path("requests/<int:pk>/resume/", requests.resume, name="resume"),
     path("requests/<int:pk>/reuse/", requests.reuse, name="reuse"),
     path("templates/", templates.template_list, name="templates"),
     path("templates/new/", templates.template_edit, name="template_new"),

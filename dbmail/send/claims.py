@@ -21,7 +21,7 @@ from django.utils import timezone
 
 from dbmail import states
 from dbmail.conf import settings as conf
-from dbmail.models import TextOfEmail
+from dbmail.models import SenderAccount, TextOfEmail
 
 Status = states.EmailStatus
 
@@ -95,11 +95,16 @@ def claim(limit, now=None, scope=None, after=None, due_by=None, max_bytes=None):
     token = uuid.uuid4()
     lease_until = now + timedelta(seconds=conf.DBMAIL_LEASE_SECONDS)
     rows = TextOfEmail.objects.select_for_update(skip_locked=True)
+    held = ~_held()
     with transaction.atomic():
+        if after is None:
+            _give_back_held(now)
         # Two ordered index scans rather than one OR, so neither sorts the whole queue.
-        stale = rows.filter(status=Status.SENDING, leased_until__lte=now, status_changed_at__lte=due_by)
-        due = rows.filter(status__in=states.WAITING).filter(
-            Q(next_attempt_at__lte=due_by) if scope is None else scope & Q(status_changed_at__lte=due_by)
+        stale = rows.filter(status=Status.SENDING, leased_until__lte=now, status_changed_at__lte=due_by).filter(held)
+        due = (
+            rows.filter(status__in=states.WAITING)
+            .filter(Q(next_attempt_at__lte=due_by) if scope is None else scope & Q(status_changed_at__lte=due_by))
+            .filter(held)
         )
         if after is not None:
             table = connection.ops.quote_name(TextOfEmail._meta.db_table)
@@ -138,13 +143,33 @@ def claim(limit, now=None, scope=None, after=None, due_by=None, max_bytes=None):
     return Claim(emails, token, lease_until, claimed_from, bytes=total)
 
 
+def _held():
+    """Rows of inactive sender accounts: held, never claimed (so neither sent nor dropped) until it is active again.
+
+    A subquery, not a join: FOR UPDATE would lock the account row too, and a
+    second sender would then skip every email of that account.
+    """
+    return Q(account_id__in=SenderAccount.objects.filter(active=False).values("pk"))
+
+
+def _give_back_held(now):
+    """Rows of an inactive account left "sending" by a sender that died go back to deferred, held there."""
+    states.RELEASE[Status.DEFERRED].update(
+        TextOfEmail.objects.filter(_held(), leased_until__lte=now),
+        claim_token=None,
+        leased_until=None,
+        status_changed_at=now,
+    )
+
+
 def claim_one(email):
     """Claim one specific queued email (the ad-hoc path); None if someone else has it."""
     now = timezone.now()
     token = uuid.uuid4()
     lease_until = now + timedelta(seconds=conf.DBMAIL_LEASE_SECONDS)
     taken = states.CLAIM_NOW.update(
-        TextOfEmail.objects.filter(pk=email.pk),
+        # held: the first cron run after the account is active again sends it
+        TextOfEmail.objects.filter(pk=email.pk).exclude(_held()),
         claim_token=token,
         leased_until=lease_until,
         attempts=F("attempts") + 1,

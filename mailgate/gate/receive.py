@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from django.db import DatabaseError, transaction
 
 from dbmail.track.queue import QueueUnavailable
+from mailgate import health as gate_health
 from mailgate.conf import settings as conf
 from mailgate.gate import bounces, forward, parsing, policy, routing
 from mailgate.gate import unsubscribe_mail as unsubscribe
@@ -237,6 +238,7 @@ def main(stdin, stdout, stderr, environ, recipient=None, sender=None):
         result = run(raw, recipient, sender, size)
     except Exception as exc:  # reading stdin or the settings failed: nothing stored, let the MTA retry
         result = Result(EX_TEMPFAIL, f"temporary failure: {type(exc).__name__}: {exc}")
+    gate_health.record_answer(result)  # so dbmail_status sees a gate that keeps answering 75
     # The MTA puts what we print into its bounce (65, 67) or its log (75).
     (stdout if result.code == EX_OK else stderr).write(f"mailgate: {result.message}\n")
     return result.code

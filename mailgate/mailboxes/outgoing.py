@@ -15,7 +15,7 @@ over once and mirrors the outcome back:
 """
 
 import logging
-from email.utils import formatdate
+from email.utils import formatdate, parseaddr
 
 from django.conf import settings
 from django.core.mail import EmailMultiAlternatives
@@ -23,6 +23,7 @@ from django.db import transaction
 from django.db.models import ProtectedError
 
 from dbmail import states
+from dbmail.content import recipients as dbmail_recipients
 from dbmail.content import rendering
 from dbmail.intake import outbox
 from dbmail.models import SenderAccount
@@ -122,13 +123,26 @@ def recipients(message):
     return result
 
 
+def _key(address):
+    """An address as the outbox stores it (dbmail.intake.outbox.enqueue), for comparing."""
+    return dbmail_recipients.normalise_address(parseaddr(address)[1] or address).lower()
+
+
 def submit(message):
-    """Hand a `sending` message to the outbox once; returns the outbox emails (empty if already handed over)."""
+    """Hand a `sending` message to the outbox: one email per recipient it has no email for yet.
+
+    Returns the new outbox emails (empty when every recipient already has one).
+    A retry (below) removes only the failed emails, so only their recipients
+    get a new one: who already had the message never gets it twice.
+    """
     with transaction.atomic():
         message = Message.objects.select_for_update().select_related("account__profile").get(pk=message.pk)
-        if message.status != Message.Status.SENDING or message.outbox.exists():
+        if message.status != Message.Status.SENDING:
             return []
-        to = recipients(message)
+        handed = {_key(address) for address in message.outbox.values_list("to_address", flat=True)}
+        if handed and all(_key(address) in handed for address in recipients(message)):
+            return []
+        to = [address for address in recipients(message) if _key(address) not in handed]
         if not message.account.enabled:
             _set(message, Message.Status.ERROR, "the account is disabled")
             return []
@@ -204,12 +218,17 @@ def refresh(message):
 
 
 def retry(message):
-    """Put an outgoing message in `error` back to `sending` for a fresh set of outbox emails; False if not in error."""
+    """Put an outgoing message in `error` back to `sending` for its failed recipients only; False if not in error.
+
+    The failed emails leave the message (they stay in dbmail's log); submit
+    then makes new ones for their recipients alone. The copies that were sent
+    stay, so their recipients are not sent the message again.
+    """
     with transaction.atomic():
         message = Message.objects.select_for_update().get(pk=message.pk)
         if message.direction != Message.Direction.OUTGOING or message.status != Message.Status.ERROR:
             return False
-        message.outbox.clear()  # the failed emails stay in dbmail's log; new ones are made on submit
+        message.outbox.remove(*message.outbox.filter(status__in=_FAILED))
         _set(message, Message.Status.SENDING, "")
     return True
 

@@ -28,6 +28,7 @@ from rest_framework import serializers
 from dbmail import states
 from dbmail.conf import settings as conf
 from dbmail.content import csvmerge, recipients, validation
+from dbmail.exceptions import DbmailError
 from dbmail.intake import grants
 from dbmail.models import MessageRequest, RequestAttachment, TextOfEmail
 
@@ -420,7 +421,7 @@ class RequestCreateSerializer(FilesMixin):
         """Ask the recipient set for its first recipient: parameters it cannot use are a 400 now, not a failure later."""
         try:
             next(recipients.iter_recipients(request.recipient_set, request.recipient_params, chunk_size=1), None)
-        except Exception as exc:  # a site's set may raise anything on parameters it does not expect
+        except DbmailError as exc:  # whatever a site's set raised, as RecipientSetError; the database's own errors pass
             raise serializers.ValidationError(
                 {"recipient_params": [f"The set {request.recipient_set!r} cannot use these parameters: {exc}"]}
             ) from None
@@ -436,9 +437,14 @@ def _rate(part, whole):
     return round(part / whole, 4) if whole else None
 
 
+# Every status an email is shown in: the stored ones, and "held" (waiting while its sender account is inactive).
+SHOWN_STATUSES = (*EmailStatus.values, states.HELD)
+_UNFINISHED = (*states.UNFINISHED, states.HELD)
+
+
 def progress(mail, counts):
-    """Where a request's emails are: counts per status (zeros included) and the rates that matter."""
-    by_status = {status: counts.get(status, 0) for status in EmailStatus}
+    """Where a request's emails are: counts per shown status (zeros included) and the rates that matter."""
+    by_status = {status: counts.get(status, 0) for status in SHOWN_STATUSES}
     total = sum(by_status.values())
     accepted = sum(by_status[s] for s in states.ACCEPTED)
     done = sum(by_status[s] for s in states.FINAL)
@@ -446,10 +452,10 @@ def progress(mail, counts):
     return {
         "total": total,
         "done": done,
-        "waiting": sum(by_status[s] for s in states.UNFINISHED),
+        "waiting": sum(by_status[s] for s in _UNFINISHED),
         "percent_done": round(100 * done / total) if total else 0,
         "finished": mail.status in (states.FINISH_EXPANSION.target, states.CANCEL_REQUEST.target)
-        and not any(by_status[s] for s in states.UNFINISHED),
+        and not any(by_status[s] for s in _UNFINISHED),
         "counts": by_status,
         "rates": {
             "accepted": _rate(accepted, total),  # the MTA took it
@@ -469,7 +475,10 @@ class ProgressSerializer(serializers.Serializer):
     waiting = serializers.IntegerField()
     percent_done = serializers.IntegerField()
     finished = serializers.BooleanField()
-    counts = serializers.DictField(child=serializers.IntegerField(), help_text="Emails per status, zeros included.")
+    counts = serializers.DictField(
+        child=serializers.IntegerField(),
+        help_text="Emails per status, zeros included; held: waiting while the sender account is inactive.",
+    )
     rates = serializers.DictField(
         child=serializers.FloatField(allow_null=True),
         help_text="accepted (of all), delivered, bounced, complained (of accepted), dropped (of all); "
@@ -481,14 +490,18 @@ class RequestListSerializer(serializers.ModelSerializer):
     sender = serializers.SlugRelatedField(slug_field="address", read_only=True)
     creator = serializers.SlugRelatedField(slug_field="username", read_only=True)
     progress = serializers.SerializerMethodField()
+    held = serializers.SerializerMethodField(help_text="Due, but its sender account is inactive: nothing goes out.")
 
     class Meta:
         model = MessageRequest
         fields = [
-            "id", "status", "sender", "subject", "recipient_set", "send_at", "created_at", "expanded_at",
-            "creator", "public", "progress",
+            "id", "status", "held", "failure", "failed_at", "sender", "subject", "recipient_set", "send_at",
+            "created_at", "expanded_at", "creator", "public", "progress",
         ]  # fmt: skip
         read_only_fields = fields
+
+    def get_held(self, mail) -> bool:
+        return mail.held
 
     @extend_schema_field(ProgressSerializer)
     def get_progress(self, mail):
@@ -543,6 +556,11 @@ class ScheduleSerializer(serializers.Serializer):
     send_at = serializers.DateTimeField(required=False, help_text="Default: now.")
 
     validate_send_at = RequestCreateSerializer.validate_send_at
+
+
+class RetryResultSerializer(serializers.Serializer):
+    id = serializers.IntegerField()
+    status = serializers.CharField()
 
 
 class CancelResultSerializer(serializers.Serializer):

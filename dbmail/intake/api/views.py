@@ -25,6 +25,7 @@ from dbmail.intake.api.serializers import (
     RequestCreateSerializer,
     RequestListSerializer,
     RequestSerializer,
+    RetryResultSerializer,
     ScheduleSerializer,
     SendResultSerializer,
     SendSerializer,
@@ -35,7 +36,7 @@ from dbmail.models import ApiSend, MessageRequest, TextOfEmail
 
 EmailStatus = states.EmailStatus
 _KEY = re.compile(r"[\x21-\x7e]{1,255}")  # printable ASCII, no spaces
-_SENDING_ACTIONS = {"create", "schedule"}
+_SENDING_ACTIONS = {"create", "schedule", "retry"}
 
 
 class _SendingViewSet(viewsets.GenericViewSet):
@@ -46,12 +47,16 @@ class _SendingViewSet(viewsets.GenericViewSet):
 
 
 def _counts_by_request(mails):
-    """{request id: {status: n}} for a page of requests, in one grouped query (purged emails included)."""
-    counts = {mail.pk: dict(mail.purged_counts or {}) for mail in mails}
-    rows = TextOfEmail.objects.filter(request__in=mails).values("request_id", "status").annotate(n=Count("id"))
-    for row in rows.order_by():
-        per = counts[row["request_id"]]
-        per[row["status"]] = per.get(row["status"], 0) + row["n"]
+    """{request id: {shown status: n}} for a page of requests, from one grouped query (purged emails included)."""
+    grouped = TextOfEmail.objects.filter(request__in=mails).values_list("request_id", "status", "account_id")
+    rows = {}
+    for request_id, *row in grouped.annotate(n=Count("id")).order_by():
+        rows.setdefault(request_id, []).append(row)
+    counts = {}
+    for mail in mails:
+        per = counts[mail.pk] = dict(mail.purged_counts or {})
+        for shown, n in TextOfEmail.shown_counts(rows.get(mail.pk, [])).items():
+            per[shown] = per.get(shown, 0) + n
     return counts
 
 
@@ -132,9 +137,21 @@ class RequestViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, _SendingV
         mail = self.get_object()
         before = mail.status_counts().get(EmailStatus.CANCELLED, 0)
         if mail.status in states.CANCEL_REQUEST.sources:
-            mail.cancel()
+            mail.cancel(user=request.user)
         stopped = mail.status_counts().get(EmailStatus.CANCELLED, 0) - before
         return Response({"id": mail.pk, "status": mail.status, "cancelled_emails": stopped})
+
+    @extend_schema(
+        request=None,
+        responses={200: RetryResultSerializer, 409: OpenApiResponse(description="The request has not failed.")},
+    )
+    @action(detail=True, methods=["post"])
+    def retry(self, request, pk=None):
+        """Queue a failed request again (once its cause is fixed): expansion resumes from its checkpoint."""
+        mail = self.get_object()
+        if not mail.retry(user=request.user):
+            return Response({"detail": "Only a failed request can be retried."}, status=status.HTTP_409_CONFLICT)
+        return Response({"id": mail.pk, "status": mail.status})
 
     @extend_schema(
         request=ScheduleSerializer,

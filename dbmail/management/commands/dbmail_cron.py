@@ -43,9 +43,12 @@ class Command(BaseCommand):
             runner.run_loop(self.report)
             return
         try:
-            self.report(runner.run_once())
+            result = runner.run_once()
         except Unreachable as exc:
             raise CommandError(str(exc)) from exc
+        self.report(result)
+        if result.expanded.failed:  # everything else was done; the failed requests wait for a fix and a retry
+            raise CommandError(f"{len(result.expanded.failed)} request(s) failed (see dbmail_status)")
 
     def report(self, outcome):
         if self.progress:
@@ -55,7 +58,9 @@ class Command(BaseCommand):
             return
         # Under cron, stay silent unless something failed: cron mails whatever we print.
         # A loop reports only the rounds that did something.
-        failed = outcome.sent.deferred or outcome.sent.dropped
+        for line in outcome.expanded.failed:
+            self.stderr.write(f"dbmail_cron: request {line}")
+        failed = outcome.sent.deferred or outcome.sent.dropped or outcome.expanded.failed
         idle = not (outcome.expanded.requests or outcome.sent.attempted)
         if (self.loud and not (self.looping and idle)) or (failed and self.verbosity >= 1):
             self.stdout.write(f"dbmail_cron: {outcome.summary()}")

@@ -1,17 +1,18 @@
-from datetime import timedelta
+import json
+import sys
 
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import BaseCommand
 from django.db import DatabaseError
 
-from dbmail.conf import settings as conf
 from dbmail.ops import health
 from dbmail.ops.purge import duration_argument
 
 
 class Command(BaseCommand):
     help = (
-        "Show the outbox: emails per status, the oldest due email, the last run, emails possibly delivered twice, "
-        "and each account's current sending problem. Exit 2 when mail is stuck."
+        "Health of every moving part (sender, expansion, tracking, log follower, IMAP poller, gate), the "
+        "outbox's counts, emails possibly delivered twice and each account's current sending problem. "
+        "Exits 0 ok, 1 warning, 2 critical, 3 unknown (the monitoring-plugin convention)."
     )
 
     def add_arguments(self, parser):
@@ -19,19 +20,36 @@ class Command(BaseCommand):
             "--stuck-after",
             type=duration_argument,
             default=None,
-            help="Stuck when due longer than this (e.g. 30m, 2h; default DBMAIL_STUCK_AFTER_SECONDS).",
+            help="Mail or a request due longer than this is critical (e.g. 30m, 2h; default DBMAIL_STUCK_AFTER_SECONDS).",
         )
+        parser.add_argument("--json", action="store_true", help="One JSON object, for monitoring systems.")
 
     def handle(self, *args, **opts):
-        stuck_after = opts["stuck_after"] or timedelta(seconds=conf.DBMAIL_STUCK_AFTER_SECONDS)
         try:
-            report = health.check(stuck_after)
+            report = health.run(stuck_after=opts["stuck_after"])
         except DatabaseError as exc:
-            raise CommandError(f"cannot reach the database: {exc}") from exc
+            self._unreachable(exc, opts["json"])
+            sys.exit(health.EXIT_CODES[health.CRITICAL])
+        if opts["json"]:
+            self.stdout.write(json.dumps(report.as_dict(), indent=2, default=str))
+        else:
+            self._print(report)
+        if report.code:
+            sys.exit(report.code)
+
+    def _print(self, report):
+        # The first line is what a monitoring plugin shows: the state and what is wrong.
+        problems = "; ".join(f"{f.check}: {f.summary}" for f in report.problems)
+        self.stdout.write(f"MAILSITE {report.state.upper()}" + (f": {problems}" if problems else ""))
+        for finding in report.findings:
+            self.stdout.write(f"  {finding.check:<13} {finding.state:<9} {finding.summary}")
+        self.stdout.write("emails:")
         for status, n in sorted(report.counts.items()):
             self.stdout.write(f"{status:<11} {n:>9}")
         if not report.counts:
             self.stdout.write("the outbox is empty")
+        if report.requests:
+            self.stdout.write("requests: " + ", ".join(f"{s} {n}" for s, n in sorted(report.requests.items())))
         age = f"{int(report.oldest_due_age.total_seconds())}s" if report.oldest_due_age else "none due"
         self.stdout.write(f"oldest due: {age}")
         self.stdout.write(f"last successful dbmail_cron: {report.last_success or 'never'}")
@@ -40,11 +58,12 @@ class Command(BaseCommand):
                 f"outcome unknown (possibly delivered): {report.possibly_delivered} emails went out whole but "
                 "their answer was lost; they were sent again and may have arrived twice"
             )
-        for problem in report.problems:
-            who = problem.account.address if problem.account_id else "the site's mail"
-            self.stdout.write(
-                f"sending problem: {who} via {problem.server}, since {problem.first_seen_at:%Y-%m-%d %H:%M:%S}, "
-                f"last {problem.last_seen_at:%Y-%m-%d %H:%M:%S} ({problem.emails_deferred} deferred): {problem.text}"
-            )
-        if report.stuck:
-            raise CommandError("STUCK: " + "; ".join(report.reasons), returncode=2)
+        for problem in report.sending_problems:
+            self.stdout.write(f"sending problem: {health.describe_problem(problem)}")
+
+    def _unreachable(self, exc, as_json):
+        words = f"cannot reach the database: {exc}".strip()
+        if as_json:
+            self.stdout.write(json.dumps({"state": health.CRITICAL, "code": 2, "error": words}))
+        else:
+            self.stdout.write(f"MAILSITE CRITICAL: {words}")

@@ -1,4 +1,5 @@
 import sys
+import time
 
 from django.core.management.base import BaseCommand, CommandError
 from django.db import DatabaseError
@@ -67,6 +68,7 @@ class Command(BaseCommand):
         follower = logfollow.Follower(opts["follow_log"], opts["format"])
         if self.loud:
             self.stdout.write(f"dbmail_track: following {opts['follow_log']} ({opts['format']})")
+        beat = FollowerBeat(follower.path)
 
         def one_round():
             try:
@@ -74,9 +76,41 @@ class Command(BaseCommand):
             except (QueueUnavailable, DatabaseError) as exc:
                 # Nothing was marked as read: the same lines are tried again.
                 self.stderr.write(f"dbmail_track: {exc}")
+                beat.failed(str(exc))
                 return Round.FAILED
+            beat.alive(published, follower.offset)
             if published and self.loud:
                 self.stdout.write(f"dbmail_track: published {published} event(s) from the log")
             return Round.BUSY if published else Round.DONE
 
         self.loop.run(one_round)
+
+
+class FollowerBeat:
+    """The log follower's heartbeat for dbmail_status: written once a minute, and at once when it starts or stops failing."""
+
+    EVERY = 60.0
+
+    def __init__(self, path):
+        self.path = path
+        self.started = timezone.now()
+        self.next_at = 0.0
+        self.published = 0
+        self.failing = None  # unknown until the first write
+
+    def alive(self, published, offset):
+        self.published += published
+        self._maybe_write({"path": self.path, "published": self.published, "offset": offset}, "")
+
+    def failed(self, error):
+        self._maybe_write({"path": self.path, "published": self.published}, error[:2000])
+
+    def _maybe_write(self, summary, error):
+        if bool(error) == self.failing and time.monotonic() < self.next_at:
+            return
+        try:
+            health.beat(health.FOLLOWER, self.started, summary, error)
+        except DatabaseError:
+            return  # the database is what failed; the next poll tries again
+        self.failing = bool(error)
+        self.next_at = time.monotonic() + self.EVERY

@@ -118,6 +118,8 @@ def count(request, pk=None):
         html_body=form.data.get("html_body", ""),
     )
     result = audience.summarise(probe)
+    if result.error:
+        return JsonResponse({"ok": False, "error": result.error})
     return JsonResponse(
         {"ok": True, "columns": params.get("columns", []) if name == "addresses" else [], **result.as_dict()}
     )

@@ -16,10 +16,11 @@ from django.views.decorators.http import require_POST
 from dbmail import rollup, states
 from dbmail.conf import settings as conf
 from dbmail.content import attachments, audience, recipients, rendering, validation
+from dbmail.intake import expand
 from dbmail.models import MessageRequest, TextOfEmail
 from dbmail.panel import preview
 from dbmail.panel.forms import ScheduleForm
-from dbmail.panel.progress import progress, when
+from dbmail.panel.progress import LOST, progress, when
 from dbmail.panel.views.access import panel_view
 
 Status = states.RequestStatus
@@ -29,7 +30,7 @@ EmailStatus = states.EmailStatus
 def recipients_label(mail):
     """Who the request is for, in words."""
     params = mail.recipient_params or {}
-    if mail.recipient_set == "addresses":
+    if mail.recipient_set == "addresses" and isinstance(params, dict) and isinstance(params.get("rows") or [], list):
         rows = len(params.get("rows") or [])
         columns = ", ".join(params.get("columns", []))
         if params.get("source") == "csv":
@@ -41,8 +42,9 @@ def recipients_label(mail):
         label = recipients.get_set(mail.recipient_set).label
     except recipients.UnknownRecipientSet:
         label = f"{mail.recipient_set} (no longer registered)"
-    if mail.recipient_set == "groups":
-        return f"{label}: {', '.join(params.get('groups', []))}"
+    groups = params.get("groups") if isinstance(params, dict) else None
+    if mail.recipient_set == "groups" and isinstance(groups, list) and all(isinstance(g, str) for g in groups):
+        return f"{label}: {', '.join(groups)}"
     return f"{label} {params}" if params else label
 
 
@@ -71,7 +73,9 @@ def request_list(request):
     for mail in rows:
         counts = dict(mail.purged_counts or {})
         for status, n in per_request.get(mail.pk, {}).items():
-            counts[status] = counts.get(status, 0) + n
+            # A request's emails are its sender's: while that account is inactive, its waiting mail is held.
+            shown = states.HELD if status in states.WAITING and not mail.sender.active else status
+            counts[shown] = counts.get(shown, 0) + n
         mail.progress = progress(mail, counts, now)
         mail.delivery = _delivery(delivery.get(mail.pk))
     context = {"page": page, "rows": rows, "query": query, "now": now}
@@ -99,6 +103,7 @@ def request_detail(request, pk):
         "recipients_label": recipients_label(mail),
         "now": now,
         "large_threshold": conf.DBMAIL_LARGE_SEND_WARNING,
+        "history": mail.events.select_related("user").order_by("at", "id"),
     }
     if mail.public and mail.status != Status.DRAFT:
         context["web_version_url"] = request.build_absolute_uri(reverse("dbmail:web_version", args=[mail.public_id]))
@@ -122,7 +127,7 @@ def _preview(request, mail):
     search = request.GET.get("rcpt", "").strip()
     try:
         shown = preview.build(mail, index, search)
-    except rendering.RenderError as exc:
+    except (rendering.RenderError, recipients.UnknownRecipientSet, recipients.RecipientSetError) as exc:
         return {"preview_error": str(exc)}
     return {"preview": shown, "preview_search": search}
 
@@ -142,6 +147,8 @@ def _email_table(request, mail):
     status = request.GET.get("status", "")
     if status in EmailStatus.values:
         emails = emails.filter(status=status)
+    elif status == states.HELD:
+        emails = emails.filter(status__in=states.WAITING, account__active=False)
     address = request.GET.get("address", "").strip()
     if address:
         emails = emails.filter(to_address__icontains=address)
@@ -283,7 +290,7 @@ def send_test(request, pk):
             messages.error(request, "There is no recipient to render the test for.")
             return redirect("commpanel:request", pk=pk)
         email = preview.send_test(mail, shown.recipient, request.user)
-    except rendering.RenderError as exc:
+    except (rendering.RenderError, recipients.UnknownRecipientSet, recipients.RecipientSetError) as exc:
         messages.error(request, f"Not sent: {exc}")
         return redirect("commpanel:request", pk=pk)
     # Outside a transaction the ad-hoc send has run by now; its outcome is on the row.
@@ -311,7 +318,7 @@ def cancel(request, pk):
         messages.success(request, "Draft discarded: nothing was sent.")
     else:
         before = mail.status_counts()
-        mail.cancel()
+        mail.cancel(user=request.user)
         after = mail.status_counts()
         stopped = after.get(EmailStatus.CANCELLED, 0) - before.get(EmailStatus.CANCELLED, 0)
         messages.success(request, _cancelled(stopped, progress(mail, after)))
@@ -321,7 +328,7 @@ def cancel(request, pk):
 def _cancelled(stopped, shown):
     """'Cancelled: 100 emails will not go out; 4,900 sent.' or 'Cancelled: nothing was sent.'"""
     went = {s["key"]: s["n"] for s in shown["segments"]}
-    if not went[EmailStatus.SENT] and not went["failed"]:
+    if not went[EmailStatus.SENT] and not went[LOST]:
         return "Cancelled: nothing was sent."
     stopped_text = (
         f"{stopped:,} email{'s' if stopped != 1 else ''} will not go out" if stopped else "nothing was left to stop"
@@ -335,6 +342,23 @@ def retry(request, pk):
     mail = get_object_or_404(MessageRequest, pk=pk)
     n = TextOfEmail.retry_now(mail.emails.all())
     messages.success(request, f"{n:,} email{'s' if n != 1 else ''} will be tried again on the next dbmail_cron run.")
+    return redirect("commpanel:request", pk=pk)
+
+
+@require_POST
+@panel_view
+def resume(request, pk):
+    """A failed request, its cause fixed, goes back to the queue and resumes from its checkpoint."""
+    mail = get_object_or_404(MessageRequest, pk=pk)
+    if mail.status not in states.RETRY_REQUEST.sources:
+        messages.info(request, "Only a failed request can be retried this way.")
+        return redirect("commpanel:request", pk=pk)
+    problem = expand.obvious_problem(mail)
+    if problem:
+        messages.error(request, f"Not retried: it would fail again: {problem}")
+        return redirect("commpanel:request", pk=pk)
+    if mail.retry(user=request.user):
+        messages.success(request, "Queued again: the next dbmail_cron run continues where it stopped.")
     return redirect("commpanel:request", pk=pk)
 
 

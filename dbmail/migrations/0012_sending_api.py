@@ -9,7 +9,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('dbmail', '0010_sending_faults'),
+        ('dbmail', '0011_request_failure_history'),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 
