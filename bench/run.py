@@ -37,6 +37,9 @@ from urllib.parse import urlsplit
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"
+sys.path.insert(0, str(ROOT))
+from bench import results as bench_results  # noqa: E402
+
 PY = sys.executable
 DEFAULT_DB = "postgres://postgres@127.0.0.1:5432/mailsite_bench"
 
@@ -490,9 +493,7 @@ def main(argv=None):
             for procs, r in concurrent
         ],
     }
-    partial = Path(f"{args.results}.tmp")
-    partial.write_text(json.dumps(results, indent=2) + "\n")
-    partial.replace(args.results)  # a failed run never leaves half a file
+    bench_results.update(args.results, results)  # other benchmarks' keys (gate_worst) stay
 
     ratio = results["send_ratio"]
     growth = rss_big - rss_small

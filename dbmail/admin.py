@@ -3,10 +3,12 @@ from django.contrib import admin, messages
 from django.db.models import Q
 from django.utils import timezone
 
-from dbmail import states
+from dbmail import audit, states
+from dbmail.audit import AuditedAdmin
 from dbmail.content.validation import RequestForm
 from dbmail.intake import expand
 from dbmail.models import (  # the XML spool
+    AuditEvent,
     CronHeartbeat,
     DeliveryEvent,
     MessageRequest,
@@ -39,7 +41,7 @@ class SenderAccountForm(forms.ModelForm):
 
 
 @admin.register(SenderAccount)
-class SenderAccountAdmin(admin.ModelAdmin):
+class SenderAccountAdmin(AuditedAdmin):
     form = SenderAccountForm
     list_display = ["address", "display_name", "active", "smtp_host"]
     list_filter = ["active"]
@@ -81,7 +83,7 @@ class RequestEventInline(admin.TabularInline):
 
 
 @admin.register(SendGrant)
-class SendGrantAdmin(admin.ModelAdmin):
+class SendGrantAdmin(AuditedAdmin):
     """Who may send as which address through the site's server; a grant is made or removed, never rewritten."""
 
     list_display = ["address", "user", "group", "granted_by", "granted_at", "note"]
@@ -101,7 +103,9 @@ class SendGrantAdmin(admin.ModelAdmin):
 
 
 @admin.register(MessageRequest)
-class MessageRequestAdmin(admin.ModelAdmin):
+class MessageRequestAdmin(AuditedAdmin):
+    """Drafts are edited here; once queued a request is history: read-only, changed only by the actions."""
+
     form = RequestForm  # the recipient set and the templates are checked too
     list_display = [
         "id",
@@ -167,7 +171,18 @@ class MessageRequestAdmin(admin.ModelAdmin):
 
     def get_readonly_fields(self, request, obj=None):
         # Once made, a request changes state only along dbmail.states: the actions below and dbmail_cron.
-        return [*self.readonly_fields, "status"] if obj else self.readonly_fields
+        if obj is None:
+            return self.readonly_fields
+        if obj.status != states.RequestStatus.DRAFT:  # what went out (or is going) is not rewritten
+            return [*self.readonly_fields, *(f.name for f in obj._meta.fields if f.name not in self.readonly_fields)]
+        return [*self.readonly_fields, "status"]
+
+    def has_delete_permission(self, request, obj=None):
+        # A sent request's deletion would take its emails and their delivery log with it; drafts only,
+        # one at a time (no bulk delete of a mixed selection).
+        return (
+            obj is not None and obj.status == states.RequestStatus.DRAFT and super().has_delete_permission(request, obj)
+        )
 
     def formfield_for_choice_field(self, db_field, request, **kwargs):
         if db_field.name == "status":  # a new request starts as a draft or queued, nothing else
@@ -181,46 +196,49 @@ class MessageRequestAdmin(admin.ModelAdmin):
             obj.creator = request.user
         super().save_model(request, obj, form, change)
 
-    @admin.action(description="Cancel (unsent emails become cancelled)")
+    @admin.action(description="Cancel (unsent emails become cancelled)", permissions=["change"])
     def cancel_requests(self, request, queryset):
         live = list(queryset.filter(status__in=states.CANCEL_REQUEST.sources))
         for message_request in live:
-            message_request.cancel(user=request.user)
+            stopped = message_request.cancel(actor=request.user)
+            audit.record(request.user, "cancel", message_request, detail=f"{stopped} row(s) cancelled (admin)")
         self.message_user(request, f"Cancelled {len(live)} request(s).", messages.SUCCESS)
 
-    @admin.action(description="Send now (drafts and scheduled requests)")
+    @admin.action(description="Send now (drafts and scheduled requests)", permissions=["change"])
     def queue_now(self, request, queryset):
-        n = states.SEND_NOW.update(queryset, send_at=timezone.now())
+        now = timezone.now()
+        moved = list(queryset.filter(status__in=states.SEND_NOW.sources))
+        n = states.SEND_NOW.update(MessageRequest.objects.filter(pk__in=[r.pk for r in moved]), send_at=now)
+        for message_request in moved:
+            audit.record(request.user, "send now", message_request, detail="queued to go out now (admin)")
         self.message_user(request, f"{n} request(s) will go out on the next dbmail_cron run.", messages.SUCCESS)
 
 
 class DeliveryEventInline(admin.TabularInline):
+    """An email's delivery log: read-only, nothing added or removed by hand."""
+
     model = DeliveryEvent
     extra = 0
     can_delete = False
-    fields = readonly_fields = ["at", "kind", "smtp_code", "outcome", "text"]
+    fields = readonly_fields = ["at", "kind", "smtp_code", "outcome", "text", "actor_name"]
 
     def has_add_permission(self, request, obj=None):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
         return False
 
 
 @admin.register(TextOfEmail)
 class TextOfEmailAdmin(admin.ModelAdmin):
+    """Read-only: an email changes only by sending, tracking and the cancel and retry actions (each logged)."""
+
     list_display = ["id", "to_address", "subject", "state", "attempts", "next_attempt_at", "sent_at", "short_error"]
     list_filter = ["status", HeldFilter, "account"]
     search_fields = ["to_address", "message_id", "subject"]
-    raw_id_fields = ["request", "user"]
-    # The status changes only along dbmail.states: the cancel and retry actions below, sending and tracking.
-    readonly_fields = [
-        "status",
-        "message_id",
-        "claim_token",
-        "leased_until",
-        "created_at",
-        "status_changed_at",
-        "sent_at",
-        "possibly_delivered",
-    ]
     exclude = ["raw_message"]
     inlines = [DeliveryEventInline]
     actions = ["cancel_emails", "retry_emails"]
@@ -234,30 +252,76 @@ class TextOfEmailAdmin(admin.ModelAdmin):
     def short_error(self, obj):
         return obj.last_error[:80]
 
-    @admin.action(description="Cancel (queued and deferred only)")
+    def has_add_permission(self, request):
+        return False  # emails are made by expansion and the outbox, never typed in
+
+    def has_change_permission(self, request, obj=None):
+        return False  # the page is a view; status, body and attempts are history
+
+    def has_delete_permission(self, request, obj=None):
+        return False  # dbmail_purge removes old emails by the retention settings
+
+    def has_act_permission(self, request):
+        """The cancel and retry actions: for staff who may change emails (the form itself stays read-only)."""
+        return request.user.has_perm("dbmail.change_textofemail")
+
+    @admin.action(description="Cancel (queued and deferred only)", permissions=["act"])
     def cancel_emails(self, request, queryset):
-        n = TextOfEmail.cancel(queryset)
+        n = TextOfEmail.cancel(queryset, actor=request.user)
+        self._record(request, "cancel", queryset, n)
         self.message_user(request, f"Cancelled {n} email(s).", messages.SUCCESS)
 
-    @admin.action(description="Retry now (deferred and dropped)")
+    @admin.action(description="Retry now (deferred and dropped)", permissions=["act"])
     def retry_emails(self, request, queryset):
-        n = TextOfEmail.retry_now(queryset)
+        n = TextOfEmail.retry_now(queryset, actor=request.user)
+        self._record(request, "retry", queryset, n)
         self.message_user(request, f"{n} email(s) queued for the next run.", messages.SUCCESS)
+
+    def _record(self, request, action, queryset, n):
+        for email in queryset.select_related("request")[:100]:
+            audit.record(request.user, action, email, detail=f"admin action on {n} email(s)")
 
 
 @admin.register(DeliveryEvent)
 class DeliveryEventAdmin(admin.ModelAdmin):
-    list_display = ["at", "email", "kind", "smtp_code", "outcome", "text"]
+    """The delivery log, append-only: written by sending, tracking and the actions, never by hand."""
+
+    list_display = ["at", "email", "kind", "smtp_code", "outcome", "actor_name", "text"]
     list_filter = ["kind", "outcome"]
     search_fields = ["email__to_address", "email__message_id"]
     raw_id_fields = ["email"]
 
+    def has_add_permission(self, request):
+        return False
+
     def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+
+@admin.register(AuditEvent)
+class AuditEventAdmin(admin.ModelAdmin):
+    """Who did what and when: read-only, for everyone with view permission, never changed."""
+
+    list_display = ["at", "actor_name", "action", "target_type", "target", "detail"]
+    list_filter = ["action", "target_type"]
+    search_fields = ["actor_name", "target", "target_id", "detail"]
+    date_hierarchy = "at"
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
         return False
 
 
 @admin.register(Suppression)
-class SuppressionAdmin(admin.ModelAdmin):
+class SuppressionAdmin(AuditedAdmin):
     list_display = ["address", "reason", "note", "created_at"]
     list_filter = ["reason"]
     search_fields = ["address"]
@@ -293,17 +357,32 @@ from dbmail.models import EmailTemplate, RequestAttachment  # noqa: E402
 
 
 @admin.register(EmailTemplate)
-class EmailTemplateAdmin(admin.ModelAdmin):
+class EmailTemplateAdmin(AuditedAdmin):
     list_display = ["name", "subject", "updated_at", "updated_by"]
     search_fields = ["name", "subject"]
     readonly_fields = ["updated_by", "updated_at"]
 
 
 @admin.register(RequestAttachment)
-class RequestAttachmentAdmin(admin.ModelAdmin):
+class RequestAttachmentAdmin(AuditedAdmin):
+    """Files are added in the comm panel; here they can be changed or removed only while their request is a draft."""
+
     list_display = ["filename", "request", "content_type", "size"]
     search_fields = ["filename"]
     raw_id_fields = ["request"]
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return _draft(obj) and super().has_change_permission(request, obj)
+
+    def has_delete_permission(self, request, obj=None):
+        return obj is not None and _draft(obj) and super().has_delete_permission(request, obj)
+
+
+def _draft(attachment):
+    return attachment is None or attachment.request.status == states.RequestStatus.DRAFT
 
 
 # --- XML spool (seed 003) ---

@@ -235,15 +235,15 @@ class MessageRequest(models.Model):
         counts = self.status_counts()
         return {status: counts.get(status, 0) for status in states.TRACKED}
 
-    def cancel(self, user=None):
-        """Stop the request: no further expansion, and unsent emails become cancelled."""
+    def cancel(self, actor=None):
+        """Stop the request: no further expansion, and unsent emails become cancelled (each with its event)."""
         updated = states.CANCEL_REQUEST.update(
             MessageRequest.objects.filter(pk=self.pk), expand_token=None, expand_lease_until=None
         )
         if updated:
-            RequestEvent.objects.create(request=self, kind=RequestEvent.Kind.CANCEL, user=user)
+            RequestEvent.objects.create(request=self, kind=RequestEvent.Kind.CANCEL, user=actor)
         self.status = states.CANCEL_REQUEST.target
-        return updated + TextOfEmail.cancel(self.emails.all())
+        return updated + TextOfEmail.cancel(self.emails.all(), actor=actor)
 
     def retry(self, user=None):
         """A failed request goes back to queued and resumes from its checkpoint; False if it had not failed."""
@@ -260,6 +260,9 @@ class MessageRequest(models.Model):
             RequestEvent.objects.create(request=self, kind=RequestEvent.Kind.RETRY, user=user, text=text)
             self.refresh_from_db(fields=["status", "failure", "failed_at", "expand_token", "expand_lease_until"])
         return bool(updated)
+
+
+_ACTION_CHUNK = 5000  # emails a cancel or retry locks and logs per transaction
 
 
 class TextOfEmail(models.Model):
@@ -353,23 +356,61 @@ class TextOfEmail(models.Model):
         return self.status
 
     @classmethod
-    def cancel(cls, emails):
-        """Cancel the waiting ones among `emails` (a queryset); return how many."""
+    def cancel(cls, emails, actor=None):
+        """Cancel the waiting ones among `emails` (a queryset); return how many. Each gets its event."""
         now = timezone.now()
-        return states.CANCEL.update(emails, status_changed_at=now, claim_token=None, leased_until=None)
+        return cls._act(
+            emails, states.CANCEL, actor, "cancel", status_changed_at=now, claim_token=None, leased_until=None
+        )
 
     @classmethod
-    def retry_now(cls, emails):
+    def retry_now(cls, emails, actor=None):
         """Make deferred and dropped emails due now, with a fresh attempt budget; return how many."""
         now = timezone.now()
-        retry = states.RETRY
-        ids = list(emails.filter(status__in=retry.sources).values_list("pk", flat=True))
-        updated = retry.update(cls.objects.filter(pk__in=ids), status_changed_at=now, next_attempt_at=now, attempts=0)
-        DeliveryEvent.objects.bulk_create(
-            DeliveryEvent(email_id=pk, kind=DeliveryEvent.Kind.ADMIN, outcome=retry.target, text="retry now")
-            for pk in ids
+        return cls._act(
+            emails, states.RETRY, actor, "retry now", status_changed_at=now, next_attempt_at=now, attempts=0
         )
-        return updated
+
+    @classmethod
+    def _act(cls, emails, transition, actor, text, **changes):
+        """Move `emails` along a human transition, writing an event (who, when) for exactly each one moved.
+
+        Rows are locked first, in chunks, skipping those a sender holds at this
+        moment (they are not waiting any more), so the events name exactly the
+        emails that changed.
+        """
+        from django.db import transaction
+
+        name = actor.get_username() if actor is not None else ""
+        by = f"{text} by {name}" if name else text
+        chosen = cls.objects.filter(
+            pk__in=emails.order_by().values("pk")
+        )  # plain rows: lockable whatever `emails` joins
+        moved, last = 0, 0
+        while True:
+            with transaction.atomic():
+                ids = list(
+                    chosen.filter(status__in=transition.sources, pk__gt=last)
+                    .order_by("pk")
+                    .select_for_update(skip_locked=True)
+                    .values_list("pk", flat=True)[:_ACTION_CHUNK]
+                )
+                if not ids:
+                    return moved
+                moved += transition.update(cls.objects.filter(pk__in=ids), **changes)
+                DeliveryEvent.objects.bulk_create(
+                    DeliveryEvent(
+                        email_id=pk,
+                        at=changes["status_changed_at"],
+                        kind=DeliveryEvent.Kind.ADMIN,
+                        outcome=transition.target,
+                        text=by,
+                        actor=actor,
+                        actor_name=name,
+                    )
+                    for pk in ids
+                )
+            last = ids[-1]
 
 
 class DeliveryEvent(models.Model):
@@ -387,6 +428,14 @@ class DeliveryEvent(models.Model):
     outcome = models.CharField(max_length=16, help_text="The email's status this event led to.")
     smtp_code = models.PositiveSmallIntegerField(null=True, blank=True)
     text = models.TextField(blank=True)
+    # Who, for an action a person took (kind "admin"); empty for what the machinery did.
+    actor = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+", db_index=False
+    )
+    # A database default too: the sender's raw-SQL insert of attempts leaves these columns out.
+    actor_name = models.CharField(
+        max_length=150, blank=True, default="", db_default="", help_text="The actor's username then."
+    )
 
     class Meta:
         ordering = ["email", "at", "id"]
@@ -419,6 +468,39 @@ class RequestEvent(models.Model):
     def __str__(self):
         who = f" by {self.user}" if self.user_id else ""
         return f"{self.at:%Y-%m-%d %H:%M:%S} {self.kind}{who}"
+
+
+class AuditEvent(models.Model):
+    """One action a person took: who, when, what, on what. Written once, never changed (dbmail.audit).
+
+    Sending, scheduling, cancelling or retrying a request or an email, approving
+    or rejecting a held post, suppressing or unsuppressing an address, changing
+    a sender account, a list or a grant: each leaves one row here (an email's
+    own history also gets a DeliveryEvent naming the actor).
+    """
+
+    at = models.DateTimeField(default=timezone.now, db_index=True)
+    actor = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+", db_index=False
+    )
+    actor_name = models.CharField(max_length=150, help_text="The actor's username then (kept if the user goes).")
+    action = models.CharField(max_length=50, help_text='What was done, e.g. "cancel" or "approve".')
+    target_type = models.CharField(max_length=100, help_text="The model acted on, e.g. dbmail.messagerequest.")
+    target_id = models.CharField(max_length=64, blank=True)
+    target = models.CharField(max_length=300, blank=True, help_text="What it was called then.")
+    # The request page shows its history from here; kept when a draft is deleted.
+    request = models.ForeignKey(
+        MessageRequest, null=True, blank=True, on_delete=models.SET_NULL, related_name="audit_events"
+    )
+    detail = models.TextField(blank=True)
+
+    class Meta:
+        ordering = ["-at", "-id"]
+        indexes = [models.Index(fields=["target_type", "target_id"], name="dbmail_audit_target")]
+        verbose_name = "audit event"
+
+    def __str__(self):
+        return f"{self.at:%Y-%m-%d %H:%M:%S} {self.actor_name or '?'} {self.action} {self.target}"
 
 
 class Suppression(models.Model):

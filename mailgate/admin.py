@@ -6,6 +6,8 @@ from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils.html import format_html
 
+from dbmail import audit
+from dbmail.audit import AuditedAdmin
 from mailgate.gate import moderation, routing
 from mailgate.gate import receive as gate
 from mailgate.mailboxes import identity, imap, outgoing
@@ -25,7 +27,7 @@ from mailgate.models import (
 
 
 @admin.register(EmailList)
-class EmailListAdmin(admin.ModelAdmin):
+class EmailListAdmin(AuditedAdmin):
     list_display = ["name", "seq", "regex", "posting_policy", "resolver", "active"]
     list_editable = ["seq"]
     list_filter = ["active", "posting_policy"]
@@ -91,6 +93,9 @@ class _InboundBase(admin.ModelAdmin):
     def has_change_permission(self, request, obj=None):
         return False
 
+    def has_delete_permission(self, request, obj=None):
+        return False  # what arrived is history; mailgate_purge removes it by the retention settings
+
     def get_urls(self):
         info = self.model._meta.app_label, self.model._meta.model_name
         return [
@@ -124,6 +129,7 @@ class InboundMessageAdmin(_InboundBase):
         done = 0
         for inbound in queryset.filter(status__in=[InboundMessage.Status.RAW, InboundMessage.Status.FAILED]):
             result = gate.reprocess(inbound)
+            audit.record(request.user, "process again", inbound, detail=result.message)
             self.message_user(request, f"#{inbound.pk}: {result.message}", messages.INFO)
             done += 1
         if not done:
@@ -185,6 +191,9 @@ class BounceAdmin(admin.ModelAdmin):
 
     def has_change_permission(self, request, obj=None):
         return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False  # a finding of a stored bounce: history, like the bounce itself
 
 
 @admin.register(SenderNotice)
@@ -256,7 +265,7 @@ class MailFolderInline(admin.TabularInline):
 
 
 @admin.register(MailServerProfile)
-class MailServerProfileAdmin(admin.ModelAdmin):
+class MailServerProfileAdmin(AuditedAdmin):
     list_display = ["name", "imap_host", "imap_port", "smtp_host", "smtp_port"]
     search_fields = ["name", "imap_host", "smtp_host"]
 
@@ -266,7 +275,7 @@ class MailServerProfileAdmin(admin.ModelAdmin):
 
 
 @admin.register(MailAccount)
-class MailAccountAdmin(admin.ModelAdmin):
+class MailAccountAdmin(AuditedAdmin):
     form = MailAccountForm
     list_display = ["address", "owner", "profile", "enabled", "discovered_at", "last_error"]
     list_filter = ["enabled", "profile"]
@@ -296,7 +305,7 @@ class MailAccountAdmin(admin.ModelAdmin):
 
 
 @admin.register(MailFolder)
-class MailFolderAdmin(admin.ModelAdmin):
+class MailFolderAdmin(AuditedAdmin):
     list_display = ["__str__", "enabled", "delete_on_server", "route_to_lists", "last_uid", "last_polled_at",
                     "last_error"]  # fmt: skip
     list_filter = ["enabled", "delete_on_server", "route_to_lists", "account"]
@@ -306,11 +315,16 @@ class MailFolderAdmin(admin.ModelAdmin):
 
     @admin.action(description="Poll the selected folders")
     def enable(self, request, queryset):
-        queryset.update(enabled=True)
+        self._switch(request, queryset, True)
 
     @admin.action(description="Stop polling the selected folders")
     def disable(self, request, queryset):
-        queryset.update(enabled=False)
+        self._switch(request, queryset, False)
+
+    def _switch(self, request, queryset, enabled):
+        for folder in queryset.select_related("account"):
+            audit.record(request.user, "poll" if enabled else "stop polling", folder)
+        queryset.update(enabled=enabled)
 
 
 class MessagePartInline(admin.TabularInline):

@@ -14,6 +14,8 @@ SETTINGS = [
     Setting("MAILGATE_UNKNOWN_RECIPIENT", "bounce", str, choices=("bounce", "notice")),
     Setting("MAILGATE_SEND_NOW_MAX", 20, int, minimum=0),
     Setting("MAILGATE_NOTICE_INTERVAL_SECONDS", 3600, int, minimum=0),
+    # No refusal notices at all: a refused post answers 77 (an unknown list 67) and the MTA bounces it itself.
+    Setting("MAILGATE_REFUSE_AT_SMTP", False, bool),
     # The domains the MTA hands to the gate for lists; an address elsewhere is never one of our own.
     Setting(
         "MAILGATE_LIST_DOMAINS",

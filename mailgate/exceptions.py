@@ -26,3 +26,10 @@ class NoSuchAddress(MailgateError, LookupError):
 
 class AddressTaken(MailgateError, PermissionDenied):
     """A mailbox account's address is not its to use (mailgate.mailboxes.identity.address_refusal says why)."""
+
+
+class TooManyParts(MailgateError):
+    """The email parser was about to make more MIME parts than mailgate.gate.parsing.MAX_PARTS.
+
+    Raised and caught inside the parsing module: such a message is read by its header only.
+    """

@@ -5,7 +5,9 @@
 
 It differs from `manage.py mailgate` in one way that matters to an MTA:
 a settings or import error (a typo in .env, a missing package) answers 75 so
-the MTA keeps the mail, instead of a traceback and exit 1 (a bounce).
+the MTA keeps the mail, instead of a traceback and exit 1 (a bounce). It
+prints nothing but one-line messages, whatever fails (exit codes:
+mailgate.gate.receive).
 """
 
 import argparse
@@ -32,10 +34,23 @@ def main(argv=None):
         django.setup()
         from mailgate.gate import receive as gate
     except Exception as exc:  # settings or imports broken: nothing stored, the MTA retries later
-        sys.stderr.write(f"mailgate: temporary failure (configuration): {type(exc).__name__}: {exc}\n")
+        sys.stderr.write(f"mailgate: temporary failure (configuration): {_line(exc)}\n")
         return EX_TEMPFAIL
     return gate.main(sys.stdin.buffer, sys.stdout, sys.stderr, os.environ, args.recipient, args.sender)
 
 
+def _line(exc):
+    return " ".join(f"{type(exc).__name__}: {exc}".split())[:1000]
+
+
+def guarded_main(argv=None):
+    """main(), and should anything escape it, one line and 75 rather than a traceback and 1 (a bounce)."""
+    try:
+        return main(argv)
+    except Exception as exc:
+        sys.stderr.write(f"mailgate: temporary failure: {_line(exc)}\n")
+        return EX_TEMPFAIL
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(guarded_main())

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import pytest
 from django.db import connection
+from hypothesis import HealthCheck
+from hypothesis import settings as hypothesis_settings
 
 from .smtpserver import SMTPServer
 
@@ -13,6 +15,31 @@ from .smtpserver import SMTPServer
 pytest_plugins = ["tests.tracking_support", "tests.panel"]
 
 ROOT = Path(__file__).resolve().parent.parent
+
+# The nightly profile: `pytest --hypothesis-profile=long tests/test_attack_fuzzed_bounces.py` (see README, Tests).
+# The normal suite runs the fuzz tests with a fixed seed and a bounded number of examples instead.
+LONG_EXAMPLES = 20_000
+hypothesis_settings.register_profile(
+    "long",
+    max_examples=LONG_EXAMPLES,
+    derandomize=False,
+    deadline=None,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.function_scoped_fixture],
+)
+
+
+def fuzz_settings(examples):
+    """`examples` examples with a fixed seed, or the long profile's when that one is loaded."""
+    if hypothesis_settings.default.max_examples == LONG_EXAMPLES:
+        return hypothesis_settings(hypothesis_settings.get_profile("long"))
+    return hypothesis_settings(
+        max_examples=examples,
+        derandomize=True,
+        deadline=None,
+        database=None,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.function_scoped_fixture],
+    )
 
 
 @pytest.fixture

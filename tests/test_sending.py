@@ -7,6 +7,7 @@ from django.utils import timezone
 from dbmail.models import DeliveryEvent, TextOfEmail
 from dbmail.send import loop as sending
 from dbmail.send import retry, smtp
+from dbmail.track.header import TRACKING_HEADER, tracking_id
 
 from .factories import SenderAccountFactory, TextOfEmailFactory
 from .smtpserver import SMTPServer
@@ -161,11 +162,12 @@ def test_raw_message_is_sent_byte_for_byte(smtp_server):
         b"Message-ID: <orig@example.com>\nMIME-Version: 1.0\nContent-Type: text/plain; charset=utf-8\n\n"
         b"line\n.leading dot\n"
     )
-    TextOfEmailFactory(raw_message=raw, to_address="member@example.net")
+    email = TextOfEmailFactory(raw_message=raw, to_address="member@example.net")
     assert sending.send_due().sent == 1
     (got,) = smtp_server.received
     assert got.rcpt_tos == ["member@example.net"]
-    assert got.data.replace(b"\r\n", b"\n") == raw
+    # Byte for byte after the one field the outbox puts first: the email's own tracking header.
+    assert got.data.replace(b"\r\n", b"\n") == f"{TRACKING_HEADER}: {tracking_id(email.pk)}\n".encode() + raw
 
 
 def test_sender_account_with_its_own_server(smtp_server):
@@ -254,10 +256,11 @@ def test_backoff_doubles_and_is_capped(settings):
 def test_a_raw_email_from_the_database_goes_through_any_backend(settings, mailoutbox):
     settings.EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"
     raw = b"From: a@example.com\r\nTo: list@example.org\r\nSubject: fwd\r\n\r\nbody\r\n"
-    TextOfEmailFactory(raw_message=raw, to_address="member@example.net")
+    email = TextOfEmailFactory(raw_message=raw, to_address="member@example.net")
     assert sending.send_due().sent == 1
     (message,) = mailoutbox
-    assert message.message().as_bytes(linesep="\r\n") == raw
+    own = f"{TRACKING_HEADER}: {tracking_id(email.pk)}\r\n".encode()
+    assert message.message().as_bytes(linesep="\r\n") == own + raw
 
 
 # --- international addresses ---------------------------------------------------------------------
@@ -335,10 +338,11 @@ def test_an_empty_address_never_goes_out_as_a_null_recipient(smtp_server):
 
 def test_a_raw_forward_to_an_idn_address(smtp_server):
     raw = b"From: a@example.com\r\nTo: list@example.org\r\nSubject: fwd\r\n\r\nbody\r\n"
-    TextOfEmailFactory(raw_message=raw, to_address="member@bücher.example")
+    email = TextOfEmailFactory(raw_message=raw, to_address="member@bücher.example")
     assert sending.send_due().sent == 1
     (got,) = smtp_server.received
-    assert got.rcpt_tos == ["member@xn--bcher-kva.example"] and got.data == raw
+    own = f"{TRACKING_HEADER}: {tracking_id(email.pk)}\r\n".encode()  # put first by the outbox
+    assert got.rcpt_tos == ["member@xn--bcher-kva.example"] and got.data == own + raw
 
 
 # --- one attempt per email per run; bodies a batch at a time -------------------------------------

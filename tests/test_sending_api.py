@@ -387,3 +387,18 @@ def test_mail_of_an_inactive_sender_is_shown_held(api, ann, office):
     assert api.get("/api/v1/requests/").json()["results"][0]["progress"] == shown["progress"]
     api.post(f"/api/v1/requests/{mail.pk}/cancel/")
     assert RequestEvent.objects.get(kind=RequestEvent.Kind.CANCEL).user == ann  # who cancelled, in its history
+
+
+def test_every_action_through_the_api_is_in_the_audit_trail(api, ann, office):
+    from dbmail.models import AuditEvent
+
+    made = api.post("/api/v1/requests/", rows_request(draft=True), format="json").json()
+    api.post(f"/api/v1/requests/{made['id']}/schedule/", {}, format="json")
+    api.post(f"/api/v1/requests/{made['id']}/cancel/")
+    events = AuditEvent.objects.filter(request_id=made["id"]).order_by("id")
+    assert [(e.action, e.actor_name) for e in events] == [
+        ("create draft (API)", "ann"),
+        ("schedule (API)", "ann"),
+        ("cancel (API)", "ann"),
+    ]
+    assert events[2].detail == "0 email(s) stopped before sending"

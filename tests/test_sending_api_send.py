@@ -259,3 +259,17 @@ def _first_holds_its_key():
             "WHERE c.relname = 'dbmail_apisend' AND l.mode = 'RowExclusiveLock' AND l.pid <> pg_backend_pid()"
         )
         return cursor.fetchone()[0] > 0
+
+
+def test_a_send_is_in_the_audit_trail_once(api, ann, smtp_server):
+    from dbmail.models import AuditEvent
+
+    payload = {"to": "cy@example.net", "cc": ["dee@example.net"], "subject": "s", "text": "t"}
+    post(api, payload, key="k-audit")
+    post(api, payload, key="k-audit")  # the repeat makes nothing, records nothing
+    (event,) = AuditEvent.objects.all()
+    assert (event.action, event.actor, event.detail) == (
+        "send email (API)",
+        ann,
+        "to cy@example.net and 1 cc, key k-audit",
+    )

@@ -2,7 +2,9 @@
 
 The envelope sender (MAIL FROM, where bounces go) is the message's
 from_email; the visible From is a header. Forwards carry their complete MIME
-bytes, which are sent exactly as stored.
+bytes, which are sent as stored with one field put first: the email's own
+signed tracking header, as every outbound email has (a copy's row, hence its
+key, exists only once the bytes are stored, so the outbox writes it here).
 """
 
 import re
@@ -14,6 +16,20 @@ from dbmail.track.header import METADATA_KEY, TRACKING_HEADER, tracking_id
 
 _BARE_LF = re.compile(rb"(?<!\r)\n")
 _HEADER_END = re.compile(rb"\r\n\r\n")
+_RAW_HEADER_END = re.compile(rb"\r?\n\r?\n")  # stored raw messages end lines with LF or CRLF
+
+
+def with_tracking_header(raw, email_pk):
+    """`raw` with its X-Mailsite-Email field(s) replaced by this email's own, put first."""
+    raw = bytes(raw)
+    end = _RAW_HEADER_END.search(raw)
+    head_end = end.start() if end else len(raw)
+    own = re.compile(rb"(?im)^" + re.escape(TRACKING_HEADER.encode()) + rb":[^\n]*\n?(?:[ \t][^\n]*\n?)*")
+    head = raw[:head_end]
+    if own.search(head):
+        head = own.sub(b"", head).rstrip(b"\r\n")  # `head` ends where its last field does: no line end
+    newline = b"\r\n" if b"\r\n" in raw[:4096] else b"\n"
+    return f"{TRACKING_HEADER}: {tracking_id(email_pk)}".encode() + newline + head + raw[head_end:]
 
 
 class _RawMIME:
@@ -46,9 +62,10 @@ def to_email_message(email, connection=None, attachments=(), smtputf8=True):
     """
     recipient = addresses.display(email.to_name, addresses.wire(email.to_address, smtputf8))
     if email.raw_message is not None:
-        return RawEmailMessage(
-            email.raw_message, from_email=email.envelope_sender, to=[recipient], connection=connection
-        )
+        raw = with_tracking_header(email.raw_message, email.pk)
+        message = RawEmailMessage(raw, from_email=email.envelope_sender, to=[recipient], connection=connection)
+        message.metadata = {METADATA_KEY: tracking_id(email.pk)}
+        return message
     headers = {
         "From": email.from_header,
         "Message-ID": email.message_id,

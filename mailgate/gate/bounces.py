@@ -8,16 +8,15 @@ for the many non-standard forms, from flufl.bounce's detectors. Every finding
 is stored as a Bounce row, matched or not, so nothing is silently dropped.
 """
 
-import email
 import logging
 import re
 from dataclasses import dataclass
-from email import policy
 
 from dbmail.content import verp
 from dbmail.models import TextOfEmail
 from dbmail.track import queue
 from dbmail.track.events import EventType, TrackingEvent
+from mailgate.gate import parsing
 from mailgate.gate.parsing import clean_text
 from mailgate.models import Bounce, InboundMessage
 
@@ -25,7 +24,10 @@ log = logging.getLogger(__name__)
 
 _STATUS = re.compile(r"\b([245])\.\d{1,3}\.\d{1,3}\b")
 _BOUNCE_SUBJECTS = ("undeliver", "delivery status", "returned mail", "delivery failure", "failure notice")
-_MESSAGE_ID = re.compile(r"^Message-ID:\s*(<[^>\s]+>)", re.IGNORECASE | re.MULTILINE)
+_MESSAGE_ID = re.compile(rb"^Message-ID:[ \t]*(<[^>\s]{1,250}>)", re.IGNORECASE | re.MULTILINE)
+HEURISTICS_MAX_BYTES = 1024 * 1024  # flufl.bounce's detectors scan every line of every part
+MAX_DSN_RECIPIENTS = 1000  # recipient blocks read from one delivery-status part
+MAX_QUOTED_MESSAGE_IDS = 100
 
 
 @dataclass
@@ -45,14 +47,14 @@ def _addr(value):
 
 
 def dsn_failures(message):
-    """Per-recipient failures from RFC 3464 delivery-status parts."""
+    """Per-recipient failures from RFC 3464 delivery-status parts (of a complete parse: parts are capped)."""
     failures = []
-    for part in message.walk():
+    for part in parsing.walk(message):
         if part.get_content_type() != "message/delivery-status":
             continue
         payload = part.get_payload()
         blocks = payload if isinstance(payload, list) else []
-        for block in blocks[1:] if len(blocks) > 1 else blocks:
+        for block in (blocks[1:] if len(blocks) > 1 else blocks)[:MAX_DSN_RECIPIENTS]:
             recipient = _addr(block.get("Final-Recipient") or block.get("Original-Recipient"))
             if not recipient:
                 continue
@@ -78,19 +80,54 @@ def _decode(value):
     return clean_text(value.decode("utf-8", "replace") if isinstance(value, bytes) else value)
 
 
-def heuristic_failures(raw):
-    """Failures found by flufl.bounce's detectors (Exim, qmail, Postfix, Yahoo, ... forms)."""
-    from flufl.bounce import all_failures
-
+def _detectors():
+    """flufl.bounce's detectors, most specific first, as its all_failures() runs them."""
     try:
-        message = email.message_from_bytes(bytes(raw))  # the detectors expect the compat32 API
-        temporary, permanent = all_failures(message)
-    except Exception as exc:  # a detector choking on odd input must not lose the bounce
-        log.warning("flufl.bounce failed on a bounce: %s", exc)
+        from flufl.bounce._scan import _DETECTORS  # the list all_failures() walks; pinned in requirements.txt
+    except ImportError:  # a flufl.bounce without it: its one entry point, all failures at once
+        from flufl.bounce import all_failures
+
+        class _All:
+            def process(self, message):
+                return all_failures(message)
+
+        return [_All]
+    return list(_DETECTORS)
+
+
+def run_detectors(message):
+    """(temporary, permanent) addresses as flufl.bounce finds them, each detector on its own.
+
+    Like flufl.bounce, the first detector that finds anything decides. Unlike
+    it, a detector that raises (odd bytes make some of them fail) is logged in
+    one line and skipped, so the others still look at the bounce.
+    """
+    for detector in _detectors():
+        try:
+            temporary, permanent = detector().process(message)
+        except Exception as exc:  # one broken detector must not lose what the others find
+            log.warning("mailgate: bounce detector %s failed: %s: %s", detector.__name__, type(exc).__name__, exc)
+            continue
+        if temporary or permanent:
+            return set(temporary), set(permanent)
+    return set(), set()
+
+
+def heuristic_failures(parsed, raw):
+    """Failures found by flufl.bounce's detectors (Exim, qmail, Postfix, Yahoo, ... forms).
+
+    They walk every part with regular expressions, so they run only on a
+    message parsed whole and no bigger than HEURISTICS_MAX_BYTES; anything
+    else is stored as an unrecognised bounce (its bytes are kept).
+    """
+    if not (parsed.ok and parsed.complete) or len(raw) > HEURISTICS_MAX_BYTES:
         return []
-    failures = [Failure(_decode(a).strip("<>").lower(), Bounce.Type.HARD) for a in sorted(permanent)]
-    failures += [Failure(_decode(a).strip("<>").lower(), Bounce.Type.SOFT) for a in sorted(temporary - permanent)]
-    text = _diagnostic_text(raw)
+    temporary, permanent = run_detectors(parsed.message)
+    failures = [Failure(_decode(a).strip("<>").lower(), Bounce.Type.HARD) for a in sorted(permanent, key=str)]
+    failures += [
+        Failure(_decode(a).strip("<>").lower(), Bounce.Type.SOFT) for a in sorted(temporary - permanent, key=str)
+    ]
+    text = diagnostic_text(parsed, raw)
     for failure in failures:
         failure.diagnostic = text
         code = _STATUS.search(text)
@@ -98,24 +135,38 @@ def heuristic_failures(raw):
     return failures
 
 
-def _diagnostic_text(raw):
-    """The human-readable start of a bounce, for the log."""
-    try:
-        message = email.message_from_bytes(bytes(raw), policy=policy.default)
-        part = message.get_body(preferencelist=("plain",)) if message.is_multipart() else message
-        text = part.get_content() if part is not None else ""
-    except Exception:  # undecodable text: fall back to the raw bytes
+def diagnostic_text(parsed, raw):
+    """The human-readable start of a bounce, for the log: its first text part, else its first bytes."""
+    text = ""
+    if parsed.ok and parsed.complete:
+        for part in parsing.walk(parsed.message):
+            if part.get_content_type() == "text/plain":
+                text = _part_text(part)
+                break
+    if not text:
         text = bytes(raw)[:4000].decode("utf-8", "replace")
-    lines = [line.strip() for line in clean_text(text).splitlines() if line.strip()]
+    lines = [line.strip() for line in clean_text(text[:20000]).splitlines() if line.strip()]
     return " ".join(lines)[:1000]
 
 
+def _part_text(part):
+    try:
+        data = part.get_payload(decode=True) or b""
+    except Exception:  # a broken transfer encoding: nothing readable here
+        return ""
+    data = data[:20000]
+    try:
+        return data.decode(part.get_content_charset() or "utf-8", "replace")
+    except LookupError:  # an unknown or made-up charset
+        return data.decode("utf-8", "replace")
+
+
 def failures(parsed, raw):
-    if parsed.ok:
+    if parsed.ok and parsed.complete:
         found = dsn_failures(parsed.message)
         if found:
             return found
-    return heuristic_failures(raw)
+    return heuristic_failures(parsed, raw)
 
 
 def looks_like_bounce(parsed):
@@ -129,9 +180,13 @@ def looks_like_bounce(parsed):
 
 
 def original_message_ids(raw):
-    """Message-IDs quoted in the returned headers of a bounce (for bounces without VERP)."""
-    text = clean_text(bytes(raw).decode("utf-8", "replace"))
-    return list(dict.fromkeys(_MESSAGE_ID.findall(text)))
+    """Message-IDs quoted in the returned headers of a bounce (for bounces without VERP), the first 100."""
+    found = {}
+    for match in _MESSAGE_ID.finditer(bytes(raw)):
+        found.setdefault(clean_text(match.group(1).decode("utf-8", "replace")), None)
+        if len(found) == MAX_QUOTED_MESSAGE_IDS:
+            break
+    return list(found)
 
 
 def handle(inbound, parsed, verp_email=None, trust_message_ids=True):
@@ -140,7 +195,7 @@ def handle(inbound, parsed, verp_email=None, trust_message_ids=True):
     `trust_message_ids` is False for a VERP address whose signature failed: a
     forged address must not be able to mark mail bounced by quoting its ID.
     """
-    found = failures(parsed, inbound.raw)
+    found = failures(parsed, bytes(inbound.raw))
     candidates = []
     if verp_email is not None:
         candidates = [verp_email]
@@ -160,7 +215,7 @@ def handle(inbound, parsed, verp_email=None, trust_message_ids=True):
                 verp_email.to_address.lower() if verp_email else "",
                 Bounce.Type.UNKNOWN,
                 "",
-                _diagnostic_text(inbound.raw),
+                diagnostic_text(parsed, bytes(inbound.raw)),
             )
         ]
 

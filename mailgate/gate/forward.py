@@ -25,43 +25,35 @@ from django.db import transaction
 
 from dbmail.content import rendering
 from dbmail.intake import outbox
+from dbmail.models import TextOfEmail
+from dbmail.track.header import TRACKING_HEADER
 from mailgate.conf import settings as conf
-from mailgate.gate import addresses
+from mailgate.gate import addresses, parsing
 
-_LINE = re.compile(rb"([^\r\n]*)(\r\n|\r|\n|)")
-_FIELD = re.compile(rb"^[\x21-\x39\x3b-\x7e]+:")
-# Dropped from the original and, where they matter, written anew.
+# Dropped from the original and, where they matter, written anew. X-Loop stays: every list a message
+# went through adds its own, so each one recognises the message when it comes back.
 _DROP = {
     "bcc", "resent-bcc", "return-path", "delivered-to", "x-original-to", "envelope-to",
     "dkim-signature", "x-google-dkim-signature", "arc-seal", "arc-message-signature", "arc-authentication-results",
     "message-id", "list-id", "list-post", "list-help", "list-subscribe", "list-unsubscribe",
-    "list-unsubscribe-post", "list-archive", "list-owner", "precedence", "references", "x-loop",
+    "list-unsubscribe-post", "list-archive", "list-owner", "precedence", "references",
+    TRACKING_HEADER.lower(),  # the outbox writes each copy's own when it sends it
 }  # fmt: skip
 _REWRITTEN_WITH_FROM = {"from", "sender"}
 
 
 def split_raw(raw):
-    """(header fields as raw bytes, line separator, body bytes).
+    """(header fields as raw bytes, line separator, body bytes), in one pass over the bytes.
 
     Lines end as the email parser ends them (CRLF, LF or a lone CR). The header
     section ends at the first empty line or at the first line that is neither a
     field nor a continuation; what follows is the body, copied untouched.
     """
-    fields, linesep, previous_ending, pos = [], None, b"", 0
-    while pos < len(raw):
-        line = _LINE.match(raw, pos)
-        content, ending = line.group(1), line.group(2)
-        linesep = linesep or (ending if ending in (b"\r\n", b"\n") else None)
-        if not content:
-            return fields, linesep or b"\n", raw[line.end() :]
-        if content[:1] in (b" ", b"\t") and fields:
-            fields[-1] += previous_ending + content
-        elif _FIELD.match(content):
-            fields.append(content)
-        else:
-            return fields, linesep or b"\n", raw[pos:]
-        previous_ending, pos = ending, line.end()
-    return fields, linesep or b"\n", b""
+    start, end, body = parsing.header_section(raw)
+    newline = re.search(rb"\r\n|\n", raw[: min(len(raw), 64 * 1024)])
+    linesep = newline.group() if newline else b"\n"
+    fields = [field for _, field in parsing.raw_fields(raw, start, end)]
+    return fields, linesep, raw[body:]
 
 
 def field_name(raw_field):
@@ -85,45 +77,99 @@ def display_from(parsed, email_list):
     return f"{who} via {email_list.name}"
 
 
-def list_id(route):
-    local, _, domain = route.list_address.partition("@")
+REFERENCES_CHARS = 2000  # of References written: the thread's first ids and the last ones (RFC 5322 3.6.4)
+
+
+def _references(parsed):
+    """The original's References plus its Message-ID, trimmed from the middle to REFERENCES_CHARS."""
+    ids = [v for v in parsed.first("references").split() if v] + ([parsed.message_id] if parsed.message_id else [])
+    text = " ".join(ids)
+    if len(text) <= REFERENCES_CHARS:
+        return text
+    head = ids[0][: REFERENCES_CHARS // 2]
+    tail = []
+    for value in reversed(ids[1:]):
+        if len(head) + sum(len(t) + 1 for t in tail) + len(value) + 1 > REFERENCES_CHARS:
+            break
+        tail.insert(0, value)
+    return " ".join([head, *tail])
+
+
+def list_id_value(address):
+    """The id of our List-Id for a list address: label.domain (RFC 2919), the label the local part made safe."""
+    local, _, domain = address.partition("@")
     label = re.sub(r"[^A-Za-z0-9-]+", "-", local).strip("-") or "list"
-    return f"{route.email_list.name} <{label}.{domain}>"
+    return f"{label}.{domain}"
+
+
+def list_id(route):
+    return f"{route.email_list.name} <{list_id_value(route.list_address)}>"
+
+
+class Copy:
+    """The bytes a member receives, prepared once per message: only the Message-ID differs between copies.
+
+    The original header section is copied as it is, less the dropped fields,
+    which one regular expression finds: the cost is one pass, however many
+    fields the message has.
+    """
+
+    def __init__(self, raw, parsed, route):
+        raw = bytes(raw)
+        start, end, body = parsing.header_section(raw)
+        newline = re.search(rb"\r\n|\n", raw[: min(len(raw), 64 * 1024)])
+        self.linesep = linesep = newline.group() if newline else b"\n"
+        self.body = raw[body:]
+        email_list = route.email_list
+        drop = set(_DROP)
+        if email_list.rewrite_from:
+            drop |= _REWRITTEN_WITH_FROM
+        if email_list.subject_prefix:
+            drop.add("subject")
+        found = list(parsing.find_fields(raw, drop | {"from", "reply-to"}, start, end))
+        pieces, pos = [], start
+        for name, field_start, _, following in found:
+            if name in drop:
+                pieces.append(raw[pos:field_start])
+                pos = following
+        pieces.append(raw[pos:end])
+        kept = b"".join(pieces)
+        if kept and not kept.endswith((b"\n", b"\r")):  # the last field ended the message
+            kept += linesep
+
+        added = []
+        if email_list.rewrite_from:
+            added.append(
+                b"From: " + formataddr((display_from(parsed, email_list), route.list_address), "utf-8").encode()
+            )
+            has_reply_to = any(name == "reply-to" for name, *_ in found)
+            original_from = next(((s, e) for name, s, e, _ in found if name == "from"), None)
+            if not has_reply_to and original_from is not None:
+                # The sender's own From field, byte for byte, so its encoding survives.
+                added.append(b"Reply-To:" + raw[original_from[0] : original_from[1]].partition(b":")[2])
+        if email_list.subject_prefix:
+            subject = parsed.subject
+            if email_list.subject_prefix.lower() not in subject.lower():
+                subject = f"{email_list.subject_prefix} {subject}".strip()
+            added.append(_fold("Subject", subject, linesep))
+        self.head = kept + b"".join(field + linesep for field in added)
+        after = []
+        references = _references(parsed)
+        if references:
+            after.append(_fold("References", references, linesep))
+        after.append(_fold("List-Id", list_id(route), linesep))
+        after.append(_fold("List-Post", f"<mailto:{route.list_address}>", linesep))
+        after.append(_fold("X-Loop", route.list_address, linesep))
+        after.append(_fold("Precedence", "list", linesep))
+        self.tail = linesep + linesep.join(after) + linesep + linesep
+
+    def render(self, message_id):
+        return b"".join((self.head, _fold("Message-ID", message_id, self.linesep), self.tail, self.body))
 
 
 def build_message(raw, parsed, route, message_id):
     """The bytes one member receives."""
-    fields, linesep, body = split_raw(bytes(raw))
-    email_list = route.email_list
-    drop = set(_DROP)
-    if email_list.rewrite_from:
-        drop |= _REWRITTEN_WITH_FROM
-    if email_list.subject_prefix:
-        drop.add("subject")
-    kept = [f for f in fields if field_name(f) not in drop]
-
-    added = []
-    if email_list.rewrite_from:
-        added.append(b"From: " + formataddr((display_from(parsed, email_list), route.list_address), "utf-8").encode())
-        has_reply_to = any(field_name(f) == "reply-to" for f in fields)
-        original_from = next((f for f in fields if field_name(f) == "from"), None)
-        if not has_reply_to and original_from is not None:
-            # The sender's own From field, byte for byte, so its encoding survives.
-            added.append(b"Reply-To:" + original_from.partition(b":")[2])
-    if email_list.subject_prefix:
-        subject = parsed.subject
-        if email_list.subject_prefix.lower() not in subject.lower():
-            subject = f"{email_list.subject_prefix} {subject}".strip()
-        added.append(_fold("Subject", subject, linesep))
-    added.append(_fold("Message-ID", message_id, linesep))
-    references = " ".join(v for v in (parsed.first("references"), parsed.message_id) if v)
-    if references:
-        added.append(_fold("References", references, linesep))
-    added.append(_fold("List-Id", list_id(route), linesep))
-    added.append(_fold("List-Post", f"<mailto:{route.list_address}>", linesep))
-    added.append(_fold("X-Loop", route.list_address, linesep))
-    added.append(_fold("Precedence", "list", linesep))
-    return linesep.join(kept + added) + linesep + linesep + body
+    return Copy(raw, parsed, route).render(message_id)
 
 
 def _sending_account(route):
@@ -146,6 +192,7 @@ def forward(inbound, parsed, route):
     from_email = _sending_account(route)
     from_header = formataddr((display_from(parsed, route.email_list), route.list_address))
     emails = []
+    copy = Copy(inbound.raw, parsed, route)
     with transaction.atomic():
         for member in route.members:
             message_id = rendering.new_message_id()
@@ -154,10 +201,11 @@ def forward(inbound, parsed, route):
                 subject=parsed.subject,
                 from_email=from_email,
                 from_header=from_header if route.email_list.rewrite_from else parsed.from_header[:400],
-                raw_message=build_message(inbound.raw, parsed, route, message_id),
+                raw_message=copy.render(message_id),
                 message_id=message_id,
             )
-            emails.append(email)
+            # Only the key and status are kept: a big message times the members held until the commit is a lot.
+            emails.append(TextOfEmail(pk=email.pk, status=email.status))
         if send_at_once:
             outbox.send_after_commit(emails, robust=True)
     return len(emails)

@@ -3,6 +3,7 @@
 from django.db import transaction
 from django.utils import timezone
 
+from dbmail import audit
 from mailgate.exceptions import NotHeld
 from mailgate.gate import forward, parsing, policy, routing
 from mailgate.models import InboundMessage
@@ -28,6 +29,7 @@ def approve(inbound, user):
         locked.forwarded_count = forward.forward(locked, parsed, route)
         locked.note = f"approved by {user}"
         locked.save(update_fields=["status", "decided_by", "decided_at", "forwarded_count", "note"])
+        audit.record(user, "approve", locked, detail=f"forwarded to {locked.forwarded_count} member(s)")
     return locked.forwarded_count
 
 
@@ -39,4 +41,5 @@ def reject(inbound, user, comment=""):
         told = "; sender notified" if notice else "; no notice (automatic or own sender)"
         locked.note = f"rejected by {user}{told}"
         locked.save(update_fields=["status", "decided_by", "decided_at", "note"])
+        audit.record(user, "reject", locked, detail=told.lstrip("; ") + (f"; comment: {comment}" if comment else ""))
     return notice

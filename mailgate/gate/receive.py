@@ -3,7 +3,9 @@
     store raw bytes -> parse -> bounce? -> route -> policy -> forward
 
 The raw bytes are committed before anything else is attempted, so whatever
-happens next the mail is kept. Exit codes are the only language the MTA
+happens next the mail is kept. While `main` runs, the only thing written to
+the MTA is the gate's own one-line answer and one line per log record:
+tracebacks and stray output of libraries never reach the MTA's log. Exit codes are the only language the MTA
 understands, and any code not listed here makes Postfix and Exim bounce the
 mail permanently, so `run` never raises:
 
@@ -12,6 +14,9 @@ mail permanently, so `run` never raises:
     67  no list matches the recipient (the MTA bounces "unknown user")
     75  temporary failure: the database cannot be reached, a required setting
         is missing; nothing was kept, the MTA keeps the mail and retries
+    77  refused by the list's posting policy, with MAILGATE_REFUSE_AT_SMTP on:
+        the message is kept (status refused) and the MTA bounces it itself
+        instead of the gate sending a notice (docs: "Refusals and backscatter")
 
 A failure after the bytes are stored (a bug, a broken resolver) is logged,
 the message gets status "failed" with the traceback in its note, and the gate
@@ -21,8 +26,11 @@ point answers 75, since processing never committed: the MTA's retry is
 processed afresh and this copy stays "failed".
 """
 
+import io
 import logging
+import sys
 import traceback
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from django.db import DatabaseError, transaction
@@ -36,8 +44,8 @@ from mailgate.models import InboundMessage
 
 log = logging.getLogger(__name__)
 
-EX_OK, EX_DATAERR, EX_NOUSER, EX_TEMPFAIL = 0, 65, 67, 75
-EXIT_CODES = (EX_OK, EX_DATAERR, EX_NOUSER, EX_TEMPFAIL)
+EX_OK, EX_DATAERR, EX_NOUSER, EX_TEMPFAIL, EX_NOPERM = 0, 65, 67, 75, 77
+EXIT_CODES = (EX_OK, EX_DATAERR, EX_NOUSER, EX_TEMPFAIL, EX_NOPERM)
 _HEADERS_KEPT_WHEN_TOO_BIG = 64 * 1024
 
 
@@ -135,7 +143,8 @@ def process(inbound):
                 parsed.from_header,
                 parsed.subject,
             )
-            inbound.note = parsed.error and f"parsed with defects: {parsed.error}"
+            defects = parsed.error and f"parsed with defects: {parsed.error}"
+            inbound.note = "; ".join(note for note in (parsed.incomplete, defects) if note)
             inbound.status = InboundMessage.Status.RECEIVED
             inbound.save(update_fields=["message_id", "from_header", "subject", "note", "status"])
         else:
@@ -169,6 +178,9 @@ def process(inbound):
             _mark(inbound, InboundMessage.Status.HELD, decision.reason)
             return Result(EX_OK, "accepted and held for moderation", inbound.pk)
         if decision.action == policy.REFUSE:
+            if conf.MAILGATE_REFUSE_AT_SMTP:  # the MTA tells the sender, in its own bounce
+                _mark(inbound, InboundMessage.Status.REFUSED, f"{decision.reason} (refused to the MTA, exit 77)")
+                return Result(EX_NOPERM, f"refused: {decision.reason}", inbound.pk)
             sent = policy.notice_refused(inbound, parsed, decision.reason)
             _mark(inbound, InboundMessage.Status.REFUSED, decision.reason + ("" if sent else " (no notice sent)"))
             return Result(EX_OK, f"accepted; not forwarded: {decision.reason}", inbound.pk)
@@ -183,7 +195,7 @@ def deliver(inbound, parsed, route):
 
 
 def _no_list(inbound, parsed):
-    if conf.MAILGATE_UNKNOWN_RECIPIENT == "notice":
+    if conf.MAILGATE_UNKNOWN_RECIPIENT == "notice" and not conf.MAILGATE_REFUSE_AT_SMTP:
         sent = policy.notice_no_such_list(inbound, parsed)
         _mark(inbound, InboundMessage.Status.NO_LIST, "no list matches" + ("" if sent else " (no notice sent)"))
         return Result(EX_OK, "accepted; no such list (notice)", inbound.pk)
@@ -229,16 +241,75 @@ def envelope_from_environment(environ, recipient=None, sender=None):
     return recipient, sender
 
 
+def one_line(text, limit=500):
+    return " ".join(str(text).split())[:limit]
+
+
+class _FirstLine(io.TextIOBase):
+    """A stream for log handlers: each record (one write) becomes its first line; a traceback never follows."""
+
+    def __init__(self, stream):
+        self.stream = stream
+
+    def write(self, text):
+        line = one_line(text.lstrip("\n").split("\n", 1)[0])
+        if line:
+            self.stream.write((line if line.startswith("mailgate:") else f"mailgate: {line}") + "\n")
+        return len(text)
+
+    def flush(self):
+        self.stream.flush()
+
+
+def _stream_handlers():
+    loggers = [logging.getLogger()] + [
+        logger for logger in logging.Logger.manager.loggerDict.values() if isinstance(logger, logging.Logger)
+    ]
+    for logger in loggers:
+        for handler in logger.handlers:
+            if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler):
+                yield handler
+
+
+@contextmanager
+def mta_output(stderr):
+    """While the gate answers an MTA: log records go to `stderr` one line each, nothing else is printed.
+
+    Log handlers that write to a stream get a one-line view of it; anything
+    else written to sys.stdout or sys.stderr (a library's warning or
+    traceback) is dropped, since the MTA would put it in its log or a bounce.
+    """
+    handlers = list(_stream_handlers())
+    saved = [(handler, handler.stream) for handler in handlers]
+    real_out, real_err = sys.stdout, sys.stderr
+    try:
+        for handler in handlers:
+            handler.setStream(_FirstLine(stderr))
+        if not logging.getLogger().handlers:  # no configuration at all: logging would print to sys.stderr
+            logging.getLogger().addHandler(logging.StreamHandler(_FirstLine(stderr)))
+            saved.append((logging.getLogger().handlers[-1], None))
+        sys.stdout, sys.stderr = io.StringIO(), io.StringIO()
+        yield
+    finally:
+        sys.stdout, sys.stderr = real_out, real_err
+        for handler, stream in saved:
+            if stream is None:
+                logging.getLogger().removeHandler(handler)
+            else:
+                handler.setStream(stream)
+
+
 def main(stdin, stdout, stderr, environ, recipient=None, sender=None):
     """Read one message from `stdin` and process it; returns the exit code (shared by the command and the script)."""
-    try:
-        recipient, sender = envelope_from_environment(environ, recipient, sender)
-        raw = read_limited(stdin, conf.MAILGATE_MAX_BYTES)
-        size = len(raw) + (drain(stdin) if len(raw) > conf.MAILGATE_MAX_BYTES else 0)
-        result = run(raw, recipient, sender, size)
-    except Exception as exc:  # reading stdin or the settings failed: nothing stored, let the MTA retry
-        result = Result(EX_TEMPFAIL, f"temporary failure: {type(exc).__name__}: {exc}")
+    with mta_output(stderr):
+        try:
+            recipient, sender = envelope_from_environment(environ, recipient, sender)
+            raw = read_limited(stdin, conf.MAILGATE_MAX_BYTES)
+            size = len(raw) + (drain(stdin) if len(raw) > conf.MAILGATE_MAX_BYTES else 0)
+            result = run(raw, recipient, sender, size)
+        except Exception as exc:  # reading stdin or the settings failed: nothing stored, let the MTA retry
+            result = Result(EX_TEMPFAIL, f"temporary failure: {type(exc).__name__}: {exc}")
     gate_health.record_answer(result)  # so dbmail_status sees a gate that keeps answering 75
-    # The MTA puts what we print into its bounce (65, 67) or its log (75).
-    (stdout if result.code == EX_OK else stderr).write(f"mailgate: {result.message}\n")
+    # The MTA puts what we print into its bounce (65, 67, 77) or its log (75).
+    (stdout if result.code == EX_OK else stderr).write(f"mailgate: {one_line(result.message, 2000)}\n")
     return result.code

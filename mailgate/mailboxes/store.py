@@ -176,13 +176,18 @@ def _date(parsed):
 
 
 def _fill(message, parsed):
-    email = parsed.message
     message.message_id = parsed.message_id
     message.subject = parsing.clean_text(parsed.subject)
     message.from_header = parsing.clean_text(parsed.from_header)
     message.to, message.cc = _addresses(parsed, "to"), _addresses(parsed, "cc")
     message.date = _date(parsed)
     message.headers = {name: [parsing.clean_text(v) for v in values] for name, values in parsed.headers.items()}
+    email = parsed.email_message()
+    if email is None:  # past the parsing limits: the header is read, the body stays in the raw bytes
+        message.last_error = f"{parsed.incomplete}; text and attachments are not extracted (the raw bytes are kept)"
+        message.status = Message.Status.RECEIVED
+        message.save()
+        return
     text_part = email.get_body(preferencelist=("plain",))
     html_part = email.get_body(preferencelist=("html",))
     message.text = parsing.clean_text(_content(text_part)) if text_part is not None else ""

@@ -22,7 +22,7 @@ from email.utils import formataddr
 from django.conf import settings
 from django.db import IntegrityError, transaction
 
-from dbmail import states
+from dbmail import audit, states
 from dbmail.exceptions import IdempotencyKeyReused
 from dbmail.intake import outbox
 from dbmail.models import ApiSend
@@ -74,7 +74,10 @@ def send_once(user, key, data, files):
                     f"Idempotency-Key already used for send #{send.pk} with another payload.", send
                 ) from None
             return send, False
-        send.emails.add(*make_emails(user, data, files))
+        emails = make_emails(user, data, files)
+        send.emails.add(*emails)
+        copies = f" and {len(emails) - 1} cc" if len(emails) > 1 else ""
+        audit.record(user, "send email (API)", emails[0], detail=f"to {emails[0].to_address}{copies}, key {key or '-'}")
     return send, True
 
 

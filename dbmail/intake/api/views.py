@@ -16,7 +16,7 @@ from rest_framework import mixins, serializers, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.response import Response
 
-from dbmail import states
+from dbmail import audit, states
 from dbmail.content import attachments, validation
 from dbmail.intake.api import permissions, transactional
 from dbmail.intake.api.serializers import (
@@ -115,6 +115,8 @@ class RequestViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, _SendingV
             mail.save()
             for upload in serializer.files:
                 attachments.add(mail, upload)
+            action = "create draft (API)" if mail.status == states.RequestStatus.DRAFT else "create (API)"
+            audit.record(request.user, action, mail)
         context = {**self.get_serializer_context(), "left_out": serializer.left_out}
         return Response(RequestSerializer(mail, context=context).data, status=status.HTTP_201_CREATED)
 
@@ -136,9 +138,12 @@ class RequestViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, _SendingV
         """Stop the request: nothing more is made, and its unsent emails are cancelled."""
         mail = self.get_object()
         before = mail.status_counts().get(EmailStatus.CANCELLED, 0)
-        if mail.status in states.CANCEL_REQUEST.sources:
-            mail.cancel(user=request.user)
+        cancelled = mail.status in states.CANCEL_REQUEST.sources
+        if cancelled:
+            mail.cancel(actor=request.user)
         stopped = mail.status_counts().get(EmailStatus.CANCELLED, 0) - before
+        if cancelled:
+            audit.record(request.user, "cancel (API)", mail, detail=f"{stopped} email(s) stopped before sending")
         return Response({"id": mail.pk, "status": mail.status, "cancelled_emails": stopped})
 
     @extend_schema(
@@ -151,6 +156,7 @@ class RequestViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, _SendingV
         mail = self.get_object()
         if not mail.retry(user=request.user):
             return Response({"detail": "Only a failed request can be retried."}, status=status.HTTP_409_CONFLICT)
+        audit.record(request.user, "retry (API)", mail)
         return Response({"id": mail.pk, "status": mail.status})
 
     @extend_schema(
@@ -174,6 +180,7 @@ class RequestViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, _SendingV
             mail.send_at = when.validated_data.get("send_at") or timezone.now()
             mail.status = states.SCHEDULE.target
             mail.save(update_fields=["send_at", "status"])
+            audit.record(request.user, "schedule (API)", mail, detail=f"to go out at {mail.send_at:%Y-%m-%d %H:%M %Z}")
         return Response(RequestSerializer(mail, context=self.get_serializer_context()).data)
 
 

@@ -7,7 +7,7 @@ from django.http import JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_POST
 
-from dbmail import states
+from dbmail import audit, states
 from dbmail.content import audience, rendering
 from dbmail.exceptions import TooLate
 from dbmail.models import EmailTemplate, MessageRequest
@@ -49,6 +49,8 @@ def compose(request, pk=None):
                     request, "Not saved: sending started meanwhile. Reuse it as a new request to send a changed copy."
                 )
                 return redirect("commpanel:request", pk=pk)
+            action = "create draft" if draft is None else ("edit" if mail.status == Status.QUEUED else "edit draft")
+            audit.record(request.user, action, mail)
             for line in form.csv_report:
                 messages.warning(request, f"Left out: {line}")
             if mail.status == Status.QUEUED:

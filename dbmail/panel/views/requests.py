@@ -13,11 +13,11 @@ from django.urls import reverse
 from django.utils import timezone
 from django.views.decorators.http import require_POST
 
-from dbmail import rollup, states
+from dbmail import audit, rollup, states
 from dbmail.conf import settings as conf
 from dbmail.content import attachments, audience, recipients, rendering, validation
 from dbmail.intake import expand
-from dbmail.models import MessageRequest, TextOfEmail
+from dbmail.models import MessageRequest, RequestEvent, TextOfEmail
 from dbmail.panel import preview
 from dbmail.panel.forms import ScheduleForm
 from dbmail.panel.progress import LOST, progress, when
@@ -88,6 +88,22 @@ def _delivery(counts):
     return {"counts": counts, "rates": rollup.rates(counts)}
 
 
+def history_of(mail):
+    """The request's history, oldest first: people's actions (AuditEvent) and its failures and retries.
+
+    A cancel is written both ways (the model's RequestEvent and the panel's or admin's AuditEvent);
+    it is shown once, from the audit, which says who and from where.
+    """
+    shown = [
+        {"at": e.at, "who": e.actor_name, "what": e.action, "detail": e.detail}
+        for e in mail.audit_events.order_by("at", "id")
+    ]
+    for e in mail.events.select_related("user").exclude(kind=RequestEvent.Kind.CANCEL).order_by("at", "id"):
+        who = e.user.get_username() if e.user else "dbmail_cron"
+        shown.append({"at": e.at, "who": who, "what": e.get_kind_display(), "detail": e.text})
+    return sorted(shown, key=lambda e: e["at"])
+
+
 @panel_view
 def request_detail(request, pk):
     mail = get_object_or_404(MessageRequest.objects.select_related("sender", "creator"), pk=pk)
@@ -103,7 +119,7 @@ def request_detail(request, pk):
         "recipients_label": recipients_label(mail),
         "now": now,
         "large_threshold": conf.DBMAIL_LARGE_SEND_WARNING,
-        "history": mail.events.select_related("user").order_by("at", "id"),
+        "history": history_of(mail),
     }
     if mail.public and mail.status != Status.DRAFT:
         context["web_version_url"] = request.build_absolute_uri(reverse("dbmail:web_version", args=[mail.public_id]))
@@ -238,6 +254,10 @@ def send(request, pk):
         mail.send_at = form.send_time()
         mail.status = states.SCHEDULE.target
         mail.save(update_fields=["send_at", "status"])
+        later = form.cleaned_data["when"] == "later"
+        audit.record(
+            request.user, "schedule" if later else "send", mail, detail=f"to go out at {mail.send_at:%Y-%m-%d %H:%M %Z}"
+        )
     count = audience.summarise(mail).count
     if form.cleaned_data["when"] == "later":
         messages.success(request, f"Scheduled. {plan(mail, count)} You can change or cancel it until then.")
@@ -265,6 +285,7 @@ def reschedule(request, pk):
         messages.error(request, _too_late(mail))
         return redirect("commpanel:request", pk=pk)
     mail.send_at = send_at
+    audit.record(request.user, "reschedule", mail, detail=f"to go out at {send_at:%Y-%m-%d %H:%M %Z}")
     messages.success(request, f"Rescheduled. {plan(mail, audience.summarise(mail).count)}")
     return redirect("commpanel:request", pk=pk)
 
@@ -290,6 +311,9 @@ def send_test(request, pk):
             messages.error(request, "There is no recipient to render the test for.")
             return redirect("commpanel:request", pk=pk)
         email = preview.send_test(mail, shown.recipient, request.user)
+        audit.record(
+            request.user, "send test", mail, detail=f"as {shown.recipient.email} would get it, to {email.to_address}"
+        )
     except (rendering.RenderError, recipients.UnknownRecipientSet, recipients.RecipientSetError) as exc:
         messages.error(request, f"Not sent: {exc}")
         return redirect("commpanel:request", pk=pk)
@@ -314,13 +338,15 @@ def cancel(request, pk):
     if mail.status == Status.CANCELLED:
         messages.info(request, "This request was already cancelled.")
     elif mail.status == Status.DRAFT:
-        mail.cancel()
+        mail.cancel(actor=request.user)
+        audit.record(request.user, "discard draft", mail)
         messages.success(request, "Draft discarded: nothing was sent.")
     else:
         before = mail.status_counts()
-        mail.cancel(user=request.user)
+        mail.cancel(actor=request.user)
         after = mail.status_counts()
         stopped = after.get(EmailStatus.CANCELLED, 0) - before.get(EmailStatus.CANCELLED, 0)
+        audit.record(request.user, "cancel", mail, detail=f"{stopped} email(s) stopped before sending")
         messages.success(request, _cancelled(stopped, progress(mail, after)))
     return redirect("commpanel:request", pk=pk)
 
@@ -340,7 +366,8 @@ def _cancelled(stopped, shown):
 @panel_view
 def retry(request, pk):
     mail = get_object_or_404(MessageRequest, pk=pk)
-    n = TextOfEmail.retry_now(mail.emails.all())
+    n = TextOfEmail.retry_now(mail.emails.all(), actor=request.user)
+    audit.record(request.user, "retry", mail, detail=f"{n} email(s) queued again")
     messages.success(request, f"{n:,} email{'s' if n != 1 else ''} will be tried again on the next dbmail_cron run.")
     return redirect("commpanel:request", pk=pk)
 
@@ -382,5 +409,6 @@ def reuse(request, pk):
             status=states.REQUEST_CREATE_DRAFT.target,
         )
         attachments.copy(source, copy)
+        audit.record(request.user, "create draft", copy, detail=f"reused from request #{source.pk}")
     messages.success(request, f"New draft made from request #{source.pk}. Change what you need.")
     return redirect("commpanel:edit", pk=copy.pk)

@@ -16,6 +16,7 @@ from rest_framework.decorators import action
 from rest_framework.permissions import AllowAny, IsAuthenticated
 from rest_framework.response import Response
 
+from dbmail import audit
 from dbmail.intake import grants
 from dbmail.models import SendGrant
 from mailgate.mailboxes import imap, outgoing
@@ -180,6 +181,7 @@ class MessageViewSet(
 
     def perform_create(self, serializer):
         message = serializer.save()
+        audit.record(self.request.user, "send (API)", message, detail=f"from {message.account}")
         # At once, after the commit; if the server is down the cron run (mailgate_imap) tries again.
         transaction.on_commit(lambda: outgoing.send(message), robust=True)
 
@@ -190,6 +192,7 @@ class MessageViewSet(
         message = self.get_object()
         if not outgoing.retry(message):
             return Response({"detail": "Only outgoing messages in error can be sent again."}, status=409)
+        audit.record(request.user, "retry (API)", message)
         transaction.on_commit(lambda: outgoing.send(message), robust=True)
         message.refresh_from_db()
         return Response(self.get_serializer(message).data)

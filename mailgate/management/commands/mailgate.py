@@ -10,7 +10,8 @@ from mailgate.gate import receive as gate
 class Command(BaseCommand):
     help = (
         "Read one message from stdin (as an MTA pipe transport delivers it) and route it. "
-        "Exits 0 accepted, 65 too big, 67 no such list, 75 temporary failure."
+        "Exits 0 accepted, 65 too big, 67 no such list, 75 temporary failure, "
+        "77 refused by the posting policy (only with MAILGATE_REFUSE_AT_SMTP)."
     )
     requires_system_checks = []  # checks could touch the database; a down database must still give 75
 

@@ -9,7 +9,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('dbmail', '0011_request_failure_history'),
+        ('dbmail', '0012_audit'),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 
