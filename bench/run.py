@@ -493,7 +493,7 @@ def main(argv=None):
             for procs, r in concurrent
         ],
     }
-    bench_results.update(args.results, results)  # other benchmarks' keys (gate_worst) stay
+    bench_results.update(args.results, results)  # other benchmarks' keys (gate_worst, dkim) stay
 
     ratio = results["send_ratio"]
     growth = rss_big - rss_small

@@ -1,16 +1,22 @@
 from django import forms
 from django.contrib import admin, messages
+from django.core.exceptions import PermissionDenied
 from django.db.models import Q
+from django.template.response import TemplateResponse
+from django.urls import path
 from django.utils import timezone
 
 from dbmail import audit, states
 from dbmail.audit import AuditedAdmin
+from dbmail.content import domains
 from dbmail.content.validation import RequestForm
+from dbmail.exceptions import DkimError
 from dbmail.intake import expand
 from dbmail.models import (  # the XML spool
     AuditEvent,
     CronHeartbeat,
     DeliveryEvent,
+    DkimKey,
     MessageRequest,
     RequestEvent,
     SenderAccount,
@@ -22,7 +28,9 @@ from dbmail.models import (  # the XML spool
     TextOfEmail,
     TrackingQueueItem,
     UnmatchedTrackingEvent,
+    UnsignedMail,
 )
+from dbmail.ops import dkimkeys, dnscheck
 from dbmail.track.apply import retry_unmatched
 
 
@@ -46,6 +54,7 @@ class SenderAccountAdmin(AuditedAdmin):
     list_display = ["address", "display_name", "active", "smtp_host"]
     list_filter = ["active"]
     search_fields = ["address", "display_name"]
+    change_list_template = "admin/dbmail/dns_check_link_change_list.html"
 
 
 class HeldFilter(admin.SimpleListFilter):
@@ -123,7 +132,9 @@ class MessageRequestAdmin(AuditedAdmin):
     list_select_related = ["sender"]
     search_fields = ["subject", "creator__username"]
     date_hierarchy = "created_at"
+    # body_format is the comm panel's editor choice; the admin edits the bodies as they are sent.
     readonly_fields = [
+        "body_format",
         "state",
         "failure",
         "failed_at",
@@ -322,9 +333,139 @@ class AuditEventAdmin(admin.ModelAdmin):
 
 @admin.register(Suppression)
 class SuppressionAdmin(AuditedAdmin):
-    list_display = ["address", "reason", "note", "created_at"]
+    """Deleting a suppression lifts it: the address gets mail again."""
+
+    list_display = ["address", "reason", "stops", "note", "created_at"]
     list_filter = ["reason"]
     search_fields = ["address"]
+
+    @admin.display(description="Stops")
+    def stops(self, obj):
+        return obj.stops
+
+
+# --- DKIM keys and the DNS check ---
+
+
+class DkimKeyAddForm(forms.ModelForm):
+    """Adding a key is making one: the key pair is generated (dbmail.ops.dkimkeys), never typed in."""
+
+    selector = forms.CharField(required=False, help_text="Leave empty for s<YYYYMM> (rsa) or e<YYYYMM> (ed25519).")
+    bits = forms.TypedChoiceField(
+        choices=[(n, n) for n in dkimkeys.RSA_BITS], coerce=int, initial=2048, help_text="RSA only."
+    )
+
+    class Meta:
+        model = DkimKey
+        fields = ["domain", "selector", "algorithm"]
+
+    def clean(self):
+        data = super().clean()
+        try:
+            data["domain"] = dkimkeys.clean_domain(data.get("domain"))
+            dkimkeys.can_add(data["domain"], data.get("selector") or None)
+        except DkimError as exc:
+            raise forms.ValidationError(str(exc)) from exc
+        return data
+
+    def save(self, commit=True):
+        data = self.cleaned_data
+        self.instance = dkimkeys.generate(
+            data["domain"], selector=data.get("selector") or None, algorithm=data["algorithm"], bits=data["bits"]
+        )
+        self.save_m2m = lambda: None
+        return self.instance
+
+
+@admin.register(DkimKey)
+class DkimKeyAdmin(AuditedAdmin):
+    """Keys are made (add), shown with the DNS record to publish, and retired; the private key never appears."""
+
+    list_display = ["domain", "selector", "algorithm", "state", "created_at", "retired_at"]
+    list_filter = ["active", "algorithm"]
+    search_fields = ["domain", "selector"]
+    readonly_fields = ["domain", "selector", "algorithm", "state", "created_at", "retired_at", "dns_record"]
+    actions = ["retire_keys"]
+    change_list_template = "admin/dbmail/dns_check_link_change_list.html"
+
+    def get_form(self, request, obj=None, **kwargs):
+        if obj is None:
+            kwargs["form"] = DkimKeyAddForm
+        return super().get_form(request, obj, **kwargs)
+
+    def get_fields(self, request, obj=None):
+        if obj is None:
+            return ["domain", "selector", "algorithm", "bits"]
+        return self.readonly_fields
+
+    def get_readonly_fields(self, request, obj=None):
+        return self.readonly_fields if obj else []
+
+    def save_model(self, request, obj, form, change):
+        pass  # the add form's save() made and stored the key; a made key is never edited
+
+    def has_delete_permission(self, request, obj=None):
+        return False  # retired instead: which key signed what stays known
+
+    @admin.display(description="State")
+    def state(self, obj):
+        if not obj.active:
+            return "retired"
+        newest = dkimkeys.active_keys(obj.domain)
+        return "signs" if newest and newest[0].pk == obj.pk else "published (no longer signs)"
+
+    @admin.display(description="DNS record to publish")
+    def dns_record(self, obj):
+        return dkimkeys.zone_line(obj) if obj.active else "(retired: remove its record from DNS)"
+
+    @admin.action(description="Retire (stop signing and publishing)", permissions=["change"])
+    def retire_keys(self, request, queryset):
+        retired = 0
+        for key in queryset.filter(active=True):
+            audit.record(request.user, "retire DKIM key", dkimkeys.retire(key.domain, key.selector))
+            retired += 1
+        self.message_user(request, f"Retired {retired} key(s); remove their TXT records from DNS.", messages.SUCCESS)
+
+    def get_urls(self):
+        return [
+            path("dns-check/", self.admin_site.admin_view(self.dns_check_view), name="dbmail_dns_check"),
+            *super().get_urls(),
+        ]
+
+    def dns_check_view(self, request):
+        """SPF, DKIM and DMARC of every sender domain (or of ?domain=), as DNS has them now."""
+        if not self.has_view_permission(request):
+            raise PermissionDenied
+        wanted = request.GET.get("domain", "").strip().lower()
+        names = domains.sender_domains()
+        context = {
+            **self.admin_site.each_context(request),
+            "title": "DNS check",
+            "opts": self.model._meta,
+            "domains": names,
+            "wanted": wanted,
+            "reports": [],
+        }
+        try:
+            context["reports"] = [dnscheck.check(name) for name in ([wanted] if wanted else names)]
+        except DkimError as exc:
+            context["error"] = str(exc)
+        return TemplateResponse(request, "admin/dbmail/dns_check.html", context)
+
+
+@admin.register(UnsignedMail)
+class UnsignedMailAdmin(admin.ModelAdmin):
+    """Emails sent without a DKIM signature, per From domain and day (their domain has no key)."""
+
+    list_display = ["day", "domain", "count"]
+    list_filter = ["domain"]
+    date_hierarchy = "day"
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
 
 
 @admin.register(SendingProblem)
@@ -360,7 +501,7 @@ from dbmail.models import EmailTemplate, RequestAttachment  # noqa: E402
 class EmailTemplateAdmin(AuditedAdmin):
     list_display = ["name", "subject", "updated_at", "updated_by"]
     search_fields = ["name", "subject"]
-    readonly_fields = ["updated_by", "updated_at"]
+    readonly_fields = ["body_format", "updated_by", "updated_at"]
 
 
 @admin.register(RequestAttachment)

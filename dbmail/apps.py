@@ -1,4 +1,5 @@
 from django.apps import AppConfig
+from django.db.models.signals import post_delete, post_save
 
 
 class DbmailConfig(AppConfig):
@@ -15,3 +16,10 @@ class DbmailConfig(AppConfig):
         checks.register(conf.check_settings, "dbmail")  # `manage.py check` names a bad setting and why
 
         anymail_events.connect()  # a no-op without django-anymail
+
+        # A key made, rotated or retired here signs (or stops) at once in this process; others reload on their own.
+        from dbmail.send import dkim
+
+        key = self.get_model("DkimKey")
+        post_save.connect(dkim.forget_keys, sender=key, dispatch_uid="dbmail-dkim-saved")
+        post_delete.connect(dkim.forget_keys, sender=key, dispatch_uid="dbmail-dkim-deleted")

@@ -64,3 +64,22 @@ def _change_text(message):
         fields = [", ".join(part.get("changed", {}).get("fields", [])) for part in message if "changed" in part]
         return "; ".join(f for f in fields if f) or ("added" if any("added" in part for part in message) else "")
     return str(message or "")
+
+
+def record_many(user, action, targets, *, detail=""):
+    """One AuditEvent per target, written together (a CSV import of thousands of rows). Returns how many."""
+    name = actor_name(user)
+    events = [
+        AuditEvent(
+            actor=user if name else None,
+            actor_name=name or "(unknown)",
+            action=action[:50],
+            target_type=target._meta.label_lower,
+            target_id=str(target.pk or "")[:64],
+            target=str(target)[:300],
+            detail=" ".join(str(detail).split())[:5000],
+        )
+        for target in targets
+    ]
+    AuditEvent.objects.bulk_create(events, batch_size=1000)
+    return len(events)

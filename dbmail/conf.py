@@ -207,10 +207,11 @@ SETTINGS = [
     # The outbox.
     Setting("DBMAIL_SITE_URL", "http://localhost:8000", str, clean=lambda v: v.rstrip("/")),
     Setting("DBMAIL_SITE_NAME", "mailsite", str),
-    Setting("DBMAIL_MESSAGE_ID_DOMAIN", Derived(lambda get: _domain_of(get("DEFAULT_FROM_EMAIL"))), str),
+    # Empty: each Message-ID takes its From address's domain (aligned with From, as DKIM and DMARC read mail).
+    Setting("DBMAIL_MESSAGE_ID_DOMAIN", "", str, check=_not_a_domain, clean=lambda v: v.strip().lower()),
     Setting(
         "DBMAIL_UNSUBSCRIBE_MAILTO",
-        Derived(lambda get: f"unsubscribe@{get('DBMAIL_MESSAGE_ID_DOMAIN')}"),
+        Derived(lambda get: f"unsubscribe@{get('DBMAIL_MESSAGE_ID_DOMAIN') or _domain_of(get('DEFAULT_FROM_EMAIL'))}"),
         str,
         check=_not_an_unsubscribe_address,
     ),
@@ -229,6 +230,9 @@ SETTINGS = [
     Setting("DBMAIL_RECONNECT_DELAY_SECONDS", 1.0, float, minimum=0),
     # Body bytes a sender holds at once (the batch being sent and the next one, claimed ahead).
     Setting("DBMAIL_BATCH_MAX_BYTES", 20 * 1024 * 1024, int, minimum=1),
+    # DKIM signing and the DNS checks.
+    Setting("DBMAIL_DKIM_RELOAD_SECONDS", 60, int, minimum=1),
+    Setting("DBMAIL_DNS_TIMEOUT", 5.0, float, minimum=0.1),
     # The comm panel.
     Setting("DBMAIL_PANEL_ALL_STAFF", True, bool),
     Setting("DBMAIL_LARGE_SEND_WARNING", 1000, int, minimum=0),

@@ -152,3 +152,14 @@ class IdempotencyKeyReused(DbmailError, ValueError):
 
 class TooLate(DbmailError, RuntimeError):
     """A change to a request that expansion took meanwhile: nothing was changed (the comm panel's edit)."""
+
+
+# --- DKIM keys and the DNS checks ---
+
+
+class DkimError(DbmailError, ValueError):
+    """A DKIM key that cannot be made, rotated or retired as asked; the message says why."""
+
+
+class DNSLookupFailed(DbmailError, ConnectionError):
+    """The DNS gave no answer (a timeout, no server): a DNS check cannot judge that record."""

@@ -149,6 +149,20 @@ class AddressToken(models.Model):
         return self.address
 
 
+class BodyFormat(models.TextChoices):
+    """How the author wrote the HTML part (the comm panel's editors); the HTML body is what is sent either way.
+
+    html: raw HTML, sent as written. rich: made in the WYSIWYG editor, cleaned
+    on save. markdown: the text body is Markdown; the HTML body is made from it
+    on save. Rich and Markdown bodies are fragments, sent in the house layout
+    (dbmail.content.layout).
+    """
+
+    HTML = "html", "HTML"
+    RICH = "rich", "Rich text"
+    MARKDOWN = "markdown", "Markdown"
+
+
 class MessageRequest(models.Model):
     """One "procedure" (seed 000): a composed mail and who should get it."""
 
@@ -159,6 +173,7 @@ class MessageRequest(models.Model):
     subject = models.CharField(max_length=998, help_text="Django template; rendered on one line.")
     text_body = models.TextField(blank=True, help_text="Django template for the plain text part.")
     html_body = models.TextField(blank=True, help_text="Django template for the HTML part (optional).")
+    body_format = models.CharField(max_length=16, choices=BodyFormat.choices, default=BodyFormat.HTML)
     recipient_set = models.CharField(max_length=100, help_text="A registered recipient set.")
     recipient_params = models.JSONField(default=dict, blank=True)
     context = models.JSONField(default=dict, blank=True, help_text="Extra template variables.")
@@ -504,13 +519,32 @@ class AuditEvent(models.Model):
 
 
 class Suppression(models.Model):
-    """Addresses that get no more mail: unsubscribed, hard-bounced, complained or blocked by hand."""
+    """Addresses that get no more mail: unsubscribed, hard-bounced, complained or blocked by hand.
+
+    What a suppression stops depends on its reason, and this is the one place
+    that says so: an unsubscribe stops bulk mail (requests, list forwards)
+    only, since the person still wants the mail they ask for (a password
+    reset, a reply from a mailbox); a hard bounce, a complaint or a block by
+    hand stops all mail to the address, transactional included, until an
+    admin lifts it (deletes the row). Bulk mail leaves suppressed addresses
+    out when it picks its recipients; everything else is dropped when it is
+    made, with `refusal()` as the reason.
+    """
 
     class Reason(models.TextChoices):
         UNSUBSCRIBED = "unsubscribed"
         BOUNCED = "bounced"
         COMPLAINED = "complained"
         MANUAL = "manual"
+
+    # Sending to an address that bounced or complained hurts the sender's reputation, whatever the mail is.
+    STOPS_ALL_MAIL = (Reason.BOUNCED, Reason.COMPLAINED, Reason.MANUAL)
+    _CAUSE = {
+        Reason.UNSUBSCRIBED: "unsubscribed",
+        Reason.BOUNCED: "hard bounce",
+        Reason.COMPLAINED: "complaint",
+        Reason.MANUAL: "blocked by hand",
+    }
 
     address = models.CharField(max_length=254, unique=True, help_text="Stored lower-case.")
     reason = models.CharField(max_length=16, choices=Reason.choices, default=Reason.MANUAL)
@@ -528,6 +562,87 @@ class Suppression(models.Model):
     def save(self, *args, **kwargs):
         self.address = self.address.strip().lower()
         super().save(*args, **kwargs)
+
+    @property
+    def stops_all_mail(self):
+        return self.reason in self.STOPS_ALL_MAIL
+
+    @property
+    def stops(self):
+        """The rule in words, as the suppression lists show it."""
+        return "all mail" if self.stops_all_mail else "bulk mail only"
+
+    def refusal(self):
+        """Why an email to this address is dropped: "suppressed: hard bounce on 2026-11-30"."""
+        cause = self._CAUSE.get(self.reason, self.reason)
+        return f"suppressed: {cause} on {timezone.localdate(self.created_at):%Y-%m-%d}"
+
+    @classmethod
+    def stopping_all_mail(cls, addresses):
+        """{lower-case address: suppression} for those of `addresses` that get no mail at all."""
+        keys = {a.strip().lower() for a in addresses if a}
+        if not keys:
+            return {}
+        rows = cls.objects.filter(address__in=keys, reason__in=cls.STOPS_ALL_MAIL)
+        return {row.address: row for row in rows}
+
+
+class DkimKey(models.Model):
+    """One DKIM key of a domain, under one selector (dbmail.ops.dkimkeys makes them, dbmail.send.dkim signs).
+
+    A domain's newest active key signs its mail; an older active key stays
+    published (its DNS record is still wanted: mail signed with it may be
+    checked for days) until it is retired. The private key is written once,
+    when the key is made, and never shown again.
+    """
+
+    class Algorithm(models.TextChoices):
+        RSA = "rsa-sha256", "rsa-sha256"
+        ED25519 = "ed25519-sha256", "ed25519-sha256"
+
+    domain = models.CharField(max_length=253, help_text="Stored lower-case.")
+    selector = models.CharField(max_length=63)
+    algorithm = models.CharField(max_length=16, choices=Algorithm.choices, default=Algorithm.RSA)
+    # RSA: PKCS#1 PEM; Ed25519: the base64 32-byte seed (dkimpy's formats). Never shown again.
+    private_key = models.TextField(editable=False)
+    public_key = models.TextField(editable=False, help_text="The p= value of the DNS record (base64).")
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+    active = models.BooleanField(default=True, editable=False, help_text="Published; the newest active key signs.")
+    retired_at = models.DateTimeField(null=True, blank=True, editable=False)
+
+    class Meta:
+        ordering = ["domain", "-created_at", "-id"]
+        verbose_name = "DKIM key"
+        constraints = [models.UniqueConstraint(fields=["domain", "selector"], name="dbmail_dkim_selector_once")]
+
+    def __str__(self):
+        return f"{self.selector}._domainkey.{self.domain}"
+
+    def save(self, *args, **kwargs):
+        self.domain = self.domain.strip().lower()
+        super().save(*args, **kwargs)
+
+    @property
+    def key_type(self):
+        """The k= tag of the DNS record."""
+        return "ed25519" if self.algorithm == self.Algorithm.ED25519 else "rsa"
+
+
+class UnsignedMail(models.Model):
+    """How many emails went out without a DKIM signature, per From domain and day (no key for the domain)."""
+
+    domain = models.CharField(max_length=253)
+    day = models.DateField()
+    count = models.PositiveIntegerField(default=0)
+
+    class Meta:
+        ordering = ["-day", "domain"]
+        verbose_name = "unsigned mail"
+        verbose_name_plural = "unsigned mail"
+        constraints = [models.UniqueConstraint(fields=["domain", "day"], name="dbmail_unsigned_domain_day")]
+
+    def __str__(self):
+        return f"{self.domain} {self.day}: {self.count}"
 
 
 class SendingProblem(models.Model):
@@ -589,6 +704,7 @@ class EmailTemplate(models.Model):
     subject = models.CharField(max_length=998, blank=True)
     text_body = models.TextField(blank=True)
     html_body = models.TextField(blank=True)
+    body_format = models.CharField(max_length=16, choices=BodyFormat.choices, default=BodyFormat.HTML)
     updated_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -635,6 +751,35 @@ class SpoolFile(models.Model):
 
 def _attachment_path(instance, filename):
     return f"dbmail/attachments/{timezone.now():%Y/%m}/{filename}"
+
+
+def _pending_path(instance, filename):
+    return f"dbmail/pending/{timezone.now():%Y/%m}/{filename}"
+
+
+class PendingUpload(models.Model):
+    """A file uploaded with a compose form that did not save, kept for the next try (a day at most).
+
+    Only its owner may use it: the form looks ids up among the owner's rows.
+    """
+
+    class Kind(models.TextChoices):
+        CSV = "csv"
+        ATTACHMENT = "attachment"
+
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+")
+    kind = models.CharField(max_length=16, choices=Kind.choices)
+    file = models.FileField(upload_to=_pending_path, max_length=500)
+    filename = models.CharField(max_length=255)
+    content_type = models.CharField(max_length=255, default="application/octet-stream")
+    size = models.PositiveBigIntegerField(default=0)
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)
+
+    class Meta:
+        ordering = ["id"]
+
+    def __str__(self):
+        return self.filename
 
 
 class RequestAttachment(models.Model):

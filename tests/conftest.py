@@ -42,6 +42,15 @@ def fuzz_settings(examples):
     )
 
 
+@pytest.fixture(autouse=True)
+def fresh_dkim_state(monkeypatch):
+    """Each test starts with no DKIM key cached for signing and nothing counted unsigned (both are per process)."""
+    from dbmail.send import dkim
+
+    monkeypatch.setattr(dkim, "keys", dkim.KeyCache())
+    monkeypatch.setattr(dkim, "unsigned", dkim.UnsignedCounter())
+
+
 @pytest.fixture
 def smtp_server(settings):
     """A real SMTP server on loopback, and the site's settings pointed at it."""

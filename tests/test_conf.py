@@ -45,8 +45,10 @@ def test_an_absent_setting_reads_as_its_default(settings):
 def test_a_derived_default_follows_the_settings_it_comes_from(settings):
     del settings.DBMAIL_MESSAGE_ID_DOMAIN, settings.DBMAIL_UNSUBSCRIBE_MAILTO
     settings.DEFAULT_FROM_EMAIL = "Club <club@club.example>"
-    assert conf.DBMAIL_MESSAGE_ID_DOMAIN == "club.example"
+    assert conf.DBMAIL_MESSAGE_ID_DOMAIN == ""  # each Message-ID takes its From domain
     assert conf.DBMAIL_UNSUBSCRIBE_MAILTO == "unsubscribe@club.example"
+    settings.DBMAIL_MESSAGE_ID_DOMAIN = "mail.club.example"
+    assert conf.DBMAIL_UNSUBSCRIBE_MAILTO == "unsubscribe@mail.club.example"
 
 
 def test_each_read_sees_the_setting_as_it_is_now(settings):

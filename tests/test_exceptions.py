@@ -14,7 +14,7 @@ from dbmail import exceptions
 from dbmail.content import addresses, csvmerge, recipients, rendering
 from dbmail.intake import expand, outbox, smailer, spool
 from dbmail.intake.api import transactional
-from dbmail.ops import cron, sites
+from dbmail.ops import cron, dkimkeys, dnscheck, sites
 from dbmail.send import recovery, smtp
 from dbmail.track import apply, queue, webhooks
 from mailgate import exceptions as mailgate_exceptions
@@ -43,6 +43,8 @@ from mailgate.mailboxes import imap
         (exceptions.InvalidEvent, ValueError),
         (exceptions.WebhookRefused, SuspiciousOperation),
         (exceptions.IdempotencyKeyReused, ValueError),
+        (exceptions.DkimError, ValueError),
+        (exceptions.DNSLookupFailed, ConnectionError),
         (mailgate_exceptions.MailboxError, ConnectionError),
         (mailgate_exceptions.NotHeld, mailgate_exceptions.MailgateError),
     ],
@@ -73,6 +75,7 @@ def test_the_raising_modules_keep_their_names_for_the_same_classes():
     )
     assert recovery.DatabaseLost is exceptions.DatabaseLost
     assert transactional.KeyReused is exceptions.IdempotencyKeyReused
+    assert (dnscheck.LookupFailed, dkimkeys.DkimError) == (exceptions.DNSLookupFailed, exceptions.DkimError)
     assert (moderation.NotHeld, imap.MailboxError) == (mailgate_exceptions.NotHeld, mailgate_exceptions.MailboxError)
 
 

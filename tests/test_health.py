@@ -46,14 +46,14 @@ def test_all_is_well_exit_0_with_counts_and_every_part_in_a_line():
     code, out = status()
     assert code == 0
     assert out.splitlines()[0] == "MAILSITE OK"
-    for check in ("sender", "expansion", "tracking", "log follower", "imap poller", "gate"):
+    for check in ("sender", "expansion", "tracking", "log follower", "dkim", "imap poller", "gate"):
         assert re.search(rf"^  {check} +ok +\S", out, re.M), check
     assert "queued              2" in out and "sent                1" in out
-    assert "last successful dbmail_cron: 20" in out
+    assert "last successful dbmail_cron: 0 seconds ago (20" in out
 
 
 def test_mailgate_checks_are_registered_by_its_app_not_imported_by_dbmail():
-    assert health.registered() == ["sender", "expansion", "tracking", "log follower", "imap poller", "gate"]
+    assert health.registered() == ["sender", "expansion", "tracking", "log follower", "dkim", "imap poller", "gate"]
     import ast
     from pathlib import Path
 
@@ -73,10 +73,10 @@ def test_due_mail_warns_then_is_critical_and_clears_once_sent(settings):
     health.beat("dbmail_cron", timezone.now())
     email = TextOfEmailFactory(next_attempt_at=ago(minutes=20))
     code, out = status()
-    assert code == 1 and out.startswith("MAILSITE WARNING: sender: an email has been due for 20m")
+    assert code == 1 and out.startswith("MAILSITE WARNING: sender: an email has been due for 20 minutes")
     TextOfEmail.objects.filter(pk=email.pk).update(next_attempt_at=ago(hours=3))
     code, out = status()
-    assert code == 2 and "an email has been due for 3h" in out.splitlines()[0]
+    assert code == 2 and "an email has been due for 3 hours" in out.splitlines()[0]
     assert status("--stuck-after", "4h")[0] == 1  # within the critical threshold given: a warning only
     TextOfEmail.objects.filter(pk=email.pk).update(status=Status.SENT)
     assert status()[0] == 0
@@ -143,7 +143,7 @@ def test_a_request_stuck_expanding_past_its_lease_fires_and_clears():
     claimed = expand.claim_request()
     MessageRequest.objects.filter(pk=request.pk).update(expand_lease_until=ago(minutes=30))
     found = finding("expansion")
-    assert found.state == health.WARNING and "stuck expanding for 30m past its lease" in found.summary
+    assert found.state == health.WARNING and "stuck expanding for 30 minutes past its lease" in found.summary
     MessageRequest.objects.filter(pk=request.pk).update(expand_lease_until=ago(hours=2))
     assert finding("expansion").state == health.CRITICAL
     expand.expand(expand.claim_request() or claimed)  # the next run takes it over
@@ -154,7 +154,7 @@ def test_a_request_due_for_long_and_not_expanded_fires():
     health.beat("dbmail_cron", timezone.now())
     request = MessageRequestFactory(send_at=ago(minutes=20))
     found = finding("expansion")
-    assert found.state == health.WARNING and "due for expansion for 20m" in found.summary
+    assert found.state == health.WARNING and "due for expansion for 20 minutes" in found.summary
     MessageRequestFactory(send_at=timezone.now() + timedelta(days=1))  # scheduled: not due, not a problem
     expand.expand_due()
     assert MessageRequest.objects.get(pk=request.pk).status == MessageRequest.Status.EXPANDED
@@ -172,7 +172,7 @@ def test_tracking_backlog_age_in_the_database_queue_fires_and_clears(settings):
     TrackingQueueItem.objects.create(payload={"event": "delivered"})
     found = finding("tracking")
     assert found.state == health.WARNING
-    assert found.summary.startswith("2 tracking event(s) waiting, the oldest for 15m (database queue)")
+    assert found.summary.startswith("2 tracking event(s) waiting, the oldest for 15 minutes (database queue)")
     assert "dbmail_track last succeeded never" in found.summary
     TrackingQueueItem.objects.filter(enqueued_at__lt=ago(minutes=10)).update(enqueued_at=ago(hours=2))
     assert finding("tracking").state == health.CRITICAL
@@ -195,7 +195,7 @@ def test_rabbitmq_depth_by_passive_declare_and_unknown_when_unreachable(rabbit_b
     tracking.publish_many([tracked("<b@example.org>"), tracked("<c@example.org>")])
     assert finding("tracking").state == health.CRITICAL
     CronHeartbeat.objects.update(last_success_at=ago(hours=2))
-    assert "dbmail_track last succeeded 2h ago" in finding("tracking").summary
+    assert "dbmail_track last succeeded 2 hours ago" in finding("tracking").summary
     call_command("dbmail_track")
     assert finding("tracking").state == health.OK and finding("tracking").details["waiting"] == 0
 
@@ -220,7 +220,9 @@ def test_log_follower_heartbeat_fires_when_old_and_is_quiet_when_not_used(settin
     CronHeartbeat.objects.filter(command=health.FOLLOWER).update(last_success_at=ago(hours=1), last_error="queue down")
     found = finding("log follower")
     assert (
-        found.state == health.CRITICAL and "no sign of life for 1h" in found.summary and "queue down" in found.summary
+        found.state == health.CRITICAL
+        and "no sign of life for 1 hour" in found.summary
+        and "queue down" in found.summary
     )
     health.beat(health.FOLLOWER, timezone.now(), {"path": "/var/log/mail.log"})
     assert finding("log follower").state == health.OK
@@ -236,7 +238,7 @@ def test_json_has_every_check_the_state_and_the_counts():
     assert code == 2 and (data["state"], data["code"]) == ("critical", 2)
     assert [c["check"] for c in data["checks"]] == health.registered()
     sender = data["checks"][0]
-    assert sender["state"] == "critical" and "due for 3h" in sender["summary"]
+    assert sender["state"] == "critical" and "due for 3 hours" in sender["summary"]
     assert sender["details"]["oldest_due_seconds"] >= 3 * 3600
     assert data["emails"] == {"queued": 1} and data["oldest_due_seconds"] >= 10800
 
@@ -305,3 +307,51 @@ def test_shows_emails_possibly_delivered_twice_and_current_sending_problems():
     assert data["possibly_delivered"] == 2 and data["sending_problems"][0]["smtp_code"] == 553
     SendingProblem.objects.filter(key="x").update(resolved_at=timezone.now())  # a later run got through
     assert status()[0] == 0
+
+
+def test_times_are_said_the_way_people_say_them():
+    now = timezone.now()
+    assert health.ago(now - timedelta(minutes=3, seconds=10), now) == "3 minutes ago"
+    assert health.ago(now - timedelta(seconds=1), now) == "1 second ago"
+    assert health.ago(now - timedelta(hours=2, minutes=5), now) == "2 hours 5 minutes ago"
+    assert health.ago(now - timedelta(days=3, hours=1), now) == "3 days ago"
+    assert health.ago(now + timedelta(seconds=30), now) == "in 30 seconds"
+    assert health.ago(None) == "never"
+
+
+def test_status_says_when_the_last_run_was_not_its_raw_timestamp():
+    from dbmail.models import CronHeartbeat
+
+    TextOfEmailFactory(next_attempt_at=timezone.now() - timedelta(minutes=2))
+    health.beat("dbmail_cron", timezone.now())
+    CronHeartbeat.objects.update(last_success_at=timezone.now() - timedelta(minutes=3, seconds=5))
+    _, out = status()
+    assert "last successful dbmail_cron: 3 minutes ago (" in out
+    assert "oldest due: due for 2 minutes" in out
+    assert not re.search(r"\d\d:\d\d:\d\d", out) and "+00:00" not in out  # no raw timestamp
+    _, raw = status("--json")
+    assert json.loads(raw)["last_dbmail_cron_success"].endswith("+00:00")  # --json keeps ISO 8601
+
+
+def test_unsigned_mail_is_a_warning_per_domain():
+    from dbmail.models import UnsignedMail
+    from dbmail.ops import dkimkeys
+
+    health.beat("dbmail_cron", timezone.now())
+    assert finding("dkim").state == health.OK
+    today = timezone.localdate()
+    UnsignedMail.objects.create(domain="other.example", day=today, count=3)
+    UnsignedMail.objects.create(domain="other.example", day=today - timedelta(days=1), count=2)
+    UnsignedMail.objects.create(domain="old.example", day=today - timedelta(days=3), count=9)  # long ago
+    dkimkeys.generate("keyed.example", algorithm="ed25519")
+    UnsignedMail.objects.create(domain="keyed.example", day=today, count=1)  # it has a key by now
+    code, out = status()
+    assert code == 1 and out.splitlines()[0].startswith("MAILSITE WARNING: dkim: ")
+    assert (
+        "5 email(s) from other.example went out without a DKIM signature since yesterday: "
+        "no key (dbmail_dkim generate other.example)"
+    ) in out
+    assert "keyed.example went out without a DKIM signature since yesterday: it has a key now" in out
+    assert "old.example" not in out
+    dkim = next(c for c in json.loads(status("--json")[1])["checks"] if c["check"] == "dkim")
+    assert dkim["state"] == "warning" and dkim["details"]["unsigned"] == {"keyed.example": 1, "other.example": 5}

@@ -265,7 +265,7 @@ def open_list(physics, settings, monkeypatch):
     settings.EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"
     # Hypothesis reseeds the `random` module for every example, and make_msgid draws from it:
     # ids made within the same 1/100 s would repeat. Ids from the OS's randomness do not.
-    monkeypatch.setattr(rendering, "new_message_id", lambda: f"<{uuid.uuid4().hex}@example.org>")
+    monkeypatch.setattr(rendering, "new_message_id", lambda *args: f"<{uuid.uuid4().hex}@example.org>")
     physics.posting_policy = EmailList.Policy.ANYONE
     physics.save()
     return physics

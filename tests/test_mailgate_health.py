@@ -45,7 +45,7 @@ def test_a_folder_not_polled_for_many_intervals_fires_and_a_real_poll_clears_it(
     MailFolder.objects.filter(pk=folder.pk).update(last_polled_at=ago(minutes=25))  # 12.5 intervals of 2 minutes
     found = finding("imap poller")
     assert found.state == health.WARNING and found.details["late"] == [folder.pk]
-    assert f"{folder}: last polled 25m ago (every 120s expected)" in found.summary
+    assert f"{folder}: last polled 25 minutes ago (every 120s expected)" in found.summary
     MailFolder.objects.filter(pk=folder.pk).update(last_polled_at=ago(hours=2))
     assert finding("imap poller").state == health.CRITICAL
 
@@ -91,7 +91,9 @@ def test_a_run_of_75s_is_critical_and_one_accepted_message_clears_it(settings):
     assert finding("gate").summary == "no message yet"
     assert answer("") == 75  # the MTA's pipe passes no recipient: a configuration fault that repeats
     found = finding("gate")
-    assert found.state == health.WARNING and "last answered 75 0s ago: no envelope recipient given" in found.summary
+    assert (
+        found.state == health.WARNING and "last answered 75 0 seconds ago: no envelope recipient given" in found.summary
+    )
     assert answer("") == 75 and answer("") == 75
     found = finding("gate")
     assert found.state == health.CRITICAL and "answered 75 (temporary failure) 3 times in a row" in found.summary
@@ -99,7 +101,7 @@ def test_a_run_of_75s_is_critical_and_one_accepted_message_clears_it(settings):
 
     assert answer("desk@example.org") == 0
     found = finding("gate")
-    assert found.state == health.OK and found.summary.startswith("last message accepted 0s ago")
+    assert found.state == health.OK and found.summary.startswith("last message accepted 0 seconds ago")
     assert GateHeartbeat.objects.get().tempfails_in_a_row == 0
 
 
@@ -109,7 +111,9 @@ def test_recent_messages_that_failed_processing_warn_until_old_or_processed_agai
         envelope_recipient="desk@example.org", raw=b"x", status=InboundMessage.Status.FAILED
     )
     found = finding("gate")
-    assert found.state == health.WARNING and "1 inbound message(s) failed processing in the last 1h" in found.summary
+    assert (
+        found.state == health.WARNING and "1 inbound message(s) failed processing in the last 1 hour" in found.summary
+    )
     assert f"#{inbound.pk}" in found.summary
     InboundMessage.objects.filter(pk=inbound.pk).update(received_at=ago(hours=2))
     assert finding("gate").state == health.OK

@@ -24,13 +24,15 @@ def test_subject_is_one_line_and_not_escaped():
 
 def test_text_is_not_escaped_and_html_is():
     out = render(text="{{ name }} {{ unsubscribe_url }}", html="<p>{{ name }}</p>")
-    assert out.text == "Ann <Smith> https://x/unsub/1/"
-    assert out.html == "<p>Ann &lt;Smith&gt;</p>"
+    assert out.text == "Ann <Smith> https://x/unsub/1/"  # the body has its link: no footer
+    assert out.html.startswith("<p>Ann &lt;Smith&gt;</p>")
 
 
 def test_html_only_gets_a_text_part():
     out = render(html="<h1>News</h1><p>Read <a href='https://e.org/a'>this</a>.<br>Bye</p><style>p{}</style>")
-    assert out.text == "News\n\nRead this (https://e.org/a).\nBye\n"
+    assert out.text == (
+        "News\n\nRead this (https://e.org/a).\nBye\n\nNo longer want these emails? Unsubscribe (https://x/unsub/1/).\n"
+    )
 
 
 def test_context_has_plain_values_with_recipient_over_request_over_site(settings):
@@ -99,3 +101,53 @@ def test_anything_beyond_text_and_names_is_left_to_the_engine(source):
 def test_a_value_that_is_not_plain_is_rendered_by_the_engine():
     c = compiled(text="{{ items }}")
     assert c.render({"items": ["a", "b"]}).text == "['a', 'b']"
+
+
+# --- Half-written template syntax, and the unsubscribe footer every body carries ---
+
+
+@pytest.mark.parametrize(
+    "source, fragment",
+    [
+        ("Hi {{ first_name }", "“{{ first_name }” is not closed"),
+        ("a\nb {% if vip }", "line 2: “{% if vip }” is not closed"),
+        ("Hi { first_name }} there", "“Hi { first_name }}” closes a variable that was never opened"),
+        ("{ if x %}", "closes a tag that was never opened"),
+        ("{# note", "comment"),
+    ],
+)
+def test_half_braces_are_template_errors(source, fragment):
+    errors = rendering.template_errors(MessageRequest(subject="S", text_body=source, html_body=""))
+    assert fragment in errors["text_body"]
+
+
+@pytest.mark.parametrize(
+    "source",
+    ["{{ a }} {% if b %}c{% endif %} {# d #}", ".a{color:red}} .b{width:100%}}", "{ a: 1 }", "100% }"],
+)
+def test_whole_tokens_and_css_are_not_half_braces(source):
+    assert rendering.half_brace(source) == ""
+
+
+def test_a_body_without_the_link_gets_a_footer_with_it():
+    out = render(text="Hello", html="<html><body><p>Hello</p></body></html>")
+    assert out.text == "Hello\n\n--\nNo longer want these emails? Unsubscribe: https://x/unsub/1/\n"
+    assert out.html.startswith('<html><body><p>Hello</p><p class="mail-foot"')
+    assert out.html.endswith('<a href="https://x/unsub/1/" style="color:#656d76;">Unsubscribe</a>.</p></body></html>')
+
+
+def test_no_footer_where_the_author_placed_the_link_or_there_is_no_link():
+    placed = render(text="Bye: {{ unsubscribe_url }}", html='<a href="{{ unsubscribe_url }}">out</a>')
+    assert placed.text == "Bye: https://x/unsub/1/" and placed.html == '<a href="https://x/unsub/1/">out</a>'
+    c = compiled(text="Hello", html="<p>Hello</p>")
+    public = c.render(c.context_for(Recipient(email=""), ""))  # the web version has no link to give
+    assert (public.text, public.html) == ("Hello", "<p>Hello</p>")
+
+
+def test_rich_and_markdown_bodies_are_sent_in_the_house_layout():
+    c = rendering.CompiledRequest(
+        MessageRequest(subject="S", text_body="", html_body="<p>Hi {{ first_name }}</p>", body_format="rich")
+    )
+    out = c.render(c.context_for(Recipient(email="a@x.org", first_name="Ann"), "https://x/u/"))
+    assert out.html.startswith("<!doctype html>") and '<meta name="color-scheme" content="light dark">' in out.html
+    assert "<p>Hi Ann</p>" in out.html and out.html.index("Unsubscribe") < out.html.index("</body>")

@@ -273,3 +273,34 @@ def test_a_send_is_in_the_audit_trail_once(api, ann, smtp_server):
         ann,
         "to cy@example.net and 1 cc, key k-audit",
     )
+
+
+def test_copies_with_cc_and_attachments_are_dkim_signed_once_when_sent(api, smtp_server):
+    import dkim as dkimpy
+
+    from dbmail.ops import dkimkeys
+
+    from .dnsstub import StubDNS
+
+    dns = StubDNS()
+    dns.publish(dkimkeys.generate("example.org"))
+    SenderAccountFactory(address="office@example.org")
+    payload = {
+        "to": "cy@example.net", "cc": ["dee@example.net"], "subject": "Signed", "text": "See the file.",
+        "from": "office@example.org",
+        "attachments": [{"filename": "a.txt", "content_type": "text/plain", "content": base64.b64encode(b"hi").decode()}],
+    }  # fmt: skip
+    assert post(api, payload).status_code == 201
+    assert len(smtp_server.received) == 2
+    for got in smtp_server.received:
+        assert len(message_from_bytes(got.data).get_all("DKIM-Signature") or []) == 1  # stored unsigned, signed once
+        assert dkimpy.verify(got.data, dnsfunc=dns.dkim_lookup)
+
+
+def test_a_hard_bounced_address_gets_nothing_and_the_answer_says_why(api, smtp_server):
+    from dbmail.models import Suppression
+
+    Suppression.objects.create(address="gone@example.net", reason=Suppression.Reason.BOUNCED)
+    response = post(api, {"to": "gone@example.net", "subject": "s", "text": "t"})
+    assert response.status_code == 201 and response.json()["status"] == E.DROPPED
+    assert "suppressed" in response.json()["emails"][0]["last_error"] and smtp_server.received == []

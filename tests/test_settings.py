@@ -90,7 +90,7 @@ def test_the_apps_rules_stop_start_up_too(env, message):
 def test_the_apps_settings_take_their_defaults_and_their_environment_values():
     code = (
         "from django.conf import settings as s; "
-        "print(s.DBMAIL_BATCH_SIZE, s.DBMAIL_SITE_URL, s.DBMAIL_MESSAGE_ID_DOMAIN, s.DBMAIL_UNSUBSCRIBE_MAILTO, "
+        "print(s.DBMAIL_BATCH_SIZE, s.DBMAIL_SITE_URL, repr(s.DBMAIL_MESSAGE_ID_DOMAIN), s.DBMAIL_UNSUBSCRIBE_MAILTO, "
         "s.MAILGATE_SEND_NOW_MAX, s.TRACKING_WEBHOOK_SECRETS)"
     )
     done = run_manage(
@@ -100,7 +100,7 @@ def test_the_apps_settings_take_their_defaults_and_their_environment_values():
     assert done.stdout.split() == [
         "7",
         "https://mail.example.org",
-        "club.example",
+        "''",  # empty: each Message-ID takes its From address's domain
         "unsubscribe@club.example",
         "20",
         "[]",
@@ -113,3 +113,20 @@ def test_email_url_sets_the_smtp_settings():
     )
     done = run_manage("shell", "--no-imports", "-c", code, EMAIL_URL="smtp://u:p@relay.example.org:2525")
     assert done.stdout.split() == ["relay.example.org", "2525", "u", "dbmail.backends.SMTPBackend"], done.stderr
+
+
+def _commands():
+    names = []
+    for app in ("dbmail", "mailgate"):
+        names += sorted(p.stem for p in (ROOT / app / "management" / "commands").glob("[a-z]*.py"))
+    return names
+
+
+@pytest.mark.parametrize("command", _commands())
+def test_every_command_prints_a_settings_error_in_one_line(command):
+    # Without DEBUG and without SECRET_KEY: the message alone, whatever the command, and exit 2.
+    done = run_manage(command, SECRET_KEY=None)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.splitlines() == [done.stderr.strip()]
+    assert done.stderr.startswith("mailsite: Setting SECRET_KEY is required when DEBUG is off")
+    assert done.stdout == ""

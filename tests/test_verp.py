@@ -85,3 +85,16 @@ def test_expansion_and_the_outbox_use_verp_senders(verp_on):
 def test_without_verp_the_envelope_sender_is_the_from_address(settings):
     settings.DBMAIL_VERP_DOMAIN = ""
     assert enqueue("bob@example.net", "Hi", "Text").envelope_sender == "noreply@example.org"
+
+
+@pytest.mark.django_db
+def test_find_email_looks_in_each_sender_domain_without_scanning_the_table(verp_on, django_assert_max_num_queries):
+    # Message-IDs are in their From domain now: each domain the site sends from is an exact lookup.
+    from .factories import SenderAccountFactory
+
+    account = SenderAccountFactory(address="news@other.example")
+    email = TextOfEmailFactory(account=account, message_id="<1763.77@other.example>")
+    address = verp.envelope_sender(email.message_id, "news@other.example")
+    with django_assert_max_num_queries(3) as queries:
+        assert verp.find_email(address) == email
+    assert not any("LIKE" in q["sql"] for q in queries.captured_queries)

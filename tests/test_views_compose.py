@@ -64,7 +64,8 @@ def test_reply_to_is_validated(panel, sender):
 
 def test_pasted_bad_addresses_are_named(panel, sender):
     response = panel.post(reverse("commpanel:compose"), compose_data(sender, addresses="ann@example.org, nope"))
-    assert "nope" in response.context["form"].errors["addresses"][0]
+    errors = response.context["form"].errors["addresses"]
+    assert errors[0].startswith("1 bad line(s)") and "line 1: not an email address: 'nope'" in errors
     assert not MessageRequest.objects.exists()
 
 
@@ -78,7 +79,7 @@ def test_group_choice_is_stored_as_groups_params(panel, sender):
 
 def test_group_set_without_a_group_is_refused(panel, sender):
     response = panel.post(reverse("commpanel:compose"), compose_data(sender, source="set", recipient_set="groups"))
-    assert "Tick at least one group." in response.context["form"].errors["recipient_set"]
+    assert "Tick at least one group." in response.context["form"].errors["groups"]
 
 
 def csv_upload(text, name="people.csv"):
@@ -106,7 +107,7 @@ def test_csv_bad_rows_are_listed_and_the_file_refused(panel, sender):
 
 def test_csv_bad_rows_left_out_only_when_asked_and_reported(panel, sender):
     csv = "email,balance\nann@example.org,1\nnope,2\n"
-    data = compose_data(sender, source="csv", csv_file=csv_upload(csv), csv_skip_bad="on")
+    data = compose_data(sender, source="csv", csv_file=csv_upload(csv), skip_bad="on")
     response = panel.post(reverse("commpanel:compose"), data, follow=True)
     mail = MessageRequest.objects.get()
     assert [r["email"] for r in mail.recipient_params["rows"]] == ["ann@example.org"]
@@ -214,7 +215,7 @@ def test_count_warns_about_empty_variables(panel, sender):
 
 def test_count_reports_a_bad_choice(panel, sender):
     result = panel.post(reverse("commpanel:count"), compose_data(sender, addresses="")).json()
-    assert result == {"ok": False, "error": "Paste at least one address."}
+    assert result == {"ok": False, "errors": ["Paste at least one address."], "bad": [], "left_out": [], "count": None}
 
 
 def test_count_of_a_draft_uses_its_stored_csv(panel, sender):
@@ -225,3 +226,157 @@ def test_count_of_a_draft_uses_its_stored_csv(panel, sender):
     )
     result = panel.post(reverse("commpanel:edit_count", args=[mail.pk]), compose_data(sender, source="csv")).json()
     assert result["count"] == 2
+
+
+# --- One verdict for the live box and for saving ---
+
+
+def test_the_live_box_and_saving_agree_on_a_paste_with_bad_lines(panel, sender):
+    lines = [f"p{i}@example.org" for i in range(5000)]
+    lines[3], lines[77] = "foo@", "just words"
+    data = compose_data(sender, addresses="\n".join(lines))
+    live = panel.post(reverse("commpanel:count"), data).json()
+    assert live["ok"] is False and live["count"] == 4998
+    assert live["bad"] == ["line 4: invalid address 'foo@'", "line 78: not an email address: 'just words'"]
+    saved = panel.post(reverse("commpanel:compose"), data)
+    assert saved.context["form"].errors["addresses"][0] == live["errors"][0]
+    assert not MessageRequest.objects.exists()
+    data["skip_bad"] = "on"
+    live = panel.post(reverse("commpanel:count"), data).json()
+    assert live["ok"] is True and live["count"] == 4998 and live["left_out"] == live["bad"]
+    assert panel.post(reverse("commpanel:compose"), data).status_code == 302
+    assert len(MessageRequest.objects.get().recipient_params["rows"]) == 4998
+
+
+def test_two_addresses_on_one_line_are_two(panel, sender):
+    live = panel.post(reverse("commpanel:count"), compose_data(sender, addresses="a@x.org b@x.org")).json()
+    assert live["ok"] and live["count"] == 2 and live["bad"] == []
+
+
+def test_the_live_box_counts_a_csv_with_one_bad_row_and_lists_it(panel, sender):
+    csv = "email,balance\nann@example.org,1\nbroken,2\nbob@example.org,3\n"
+    live = panel.post(reverse("commpanel:count"), compose_data(sender, source="csv", csv_file=csv_upload(csv))).json()
+    assert live["ok"] is False and live["count"] == 2
+    assert live["errors"][0].startswith("1 bad row(s) in people.csv") and live["bad"] == [
+        "line 3: invalid address 'broken'"
+    ]
+    assert live["columns"] == ["email", "balance"]
+
+
+def test_a_hidden_section_gives_no_stray_error(panel, sender):
+    response = panel.post(reverse("commpanel:compose"), compose_data(sender, addresses="", subject=""))
+    form = response.context["form"]
+    assert "recipient_set" not in form.errors  # no "No recipient set named ''" for a paste
+    summary = form.error_summary()
+    assert ("field-subject", "Subject", "This field is required.") in summary
+    assert ("field-addresses", "Addresses", "Paste at least one address.") in summary
+    html = response.content.decode()
+    assert html.index('id="error-summary"') < html.index('id="field-sender"')
+    assert '<a href="#field-addresses">Addresses: Paste at least one address.</a>' in html
+
+
+def test_a_failed_save_keeps_the_files_for_the_next_try(panel, editor, sender, settings, tmp_path):
+    from dbmail.models import PendingUpload
+
+    settings.MEDIA_ROOT = str(tmp_path)
+    csv = "email,first_name\nann@example.org,Ann\n"
+    data = compose_data(sender, subject="", source="csv", csv_file=csv_upload(csv))
+    data["new_attachments"] = [SimpleUploadedFile("plan.txt", b"the plan", content_type="text/plain")]
+    response = panel.post(reverse("commpanel:compose"), data)
+    assert response.status_code == 200
+    kept_csv = PendingUpload.objects.get(kind="csv")
+    kept_file = PendingUpload.objects.get(kind="attachment")
+    assert kept_csv.owner == editor and kept_file.file.read() == b"the plan"
+    html = response.content.decode()
+    assert f'name="pending_csv" value="{kept_csv.pk}"' in html and "people.csv" in html
+    assert f'value="{kept_file.pk}"' in html and "plan.txt" in html
+    # The next try names them; nothing is chosen again.
+    again = compose_data(
+        sender, subject="Hi", source="csv", pending_csv=kept_csv.pk, pending_attachments=[kept_file.pk]
+    )
+    assert panel.post(reverse("commpanel:count"), again).json()["count"] == 1
+    assert panel.post(reverse("commpanel:compose"), again).status_code == 302
+    mail = MessageRequest.objects.get()
+    assert mail.recipient_params["rows"] == [{"email": "ann@example.org", "first_name": "Ann"}]
+    assert mail.attachments.get().file.read() == b"the plan"
+    assert not PendingUpload.objects.exists()
+
+
+def test_nobody_may_use_another_users_kept_files(panel, sender, settings, tmp_path):
+    from django.core.files.base import ContentFile
+
+    from dbmail.models import PendingUpload
+
+    settings.MEDIA_ROOT = str(tmp_path)
+    theirs = PendingUpload.objects.create(
+        owner=UserFactory(username="other"),
+        kind="attachment",
+        file=ContentFile(b"secret", name="s.txt"),
+        filename="s.txt",
+        size=6,
+    )
+    response = panel.post(reverse("commpanel:compose"), compose_data(sender, pending_attachments=[theirs.pk]))
+    assert response.status_code == 200 and "pending_attachments" in response.context["form"].errors
+    assert not MessageRequest.objects.exists()
+
+
+def test_kept_uploads_are_purged_after_a_day(editor, settings, tmp_path):
+    from datetime import timedelta
+
+    from django.core.files.base import ContentFile
+    from django.utils import timezone
+
+    from dbmail.models import PendingUpload
+    from dbmail.ops.purge import purge_pending_uploads
+
+    settings.MEDIA_ROOT = str(tmp_path)
+    old = PendingUpload.objects.create(
+        owner=editor, kind="csv", file=ContentFile(b"x", name="old.csv"), filename="old.csv"
+    )
+    PendingUpload.objects.filter(pk=old.pk).update(created_at=timezone.now() - timedelta(days=2))
+    PendingUpload.objects.create(owner=editor, kind="csv", file=ContentFile(b"y", name="new.csv"), filename="new.csv")
+    assert purge_pending_uploads() == 1
+    assert list(PendingUpload.objects.values_list("filename", flat=True)) == ["new.csv"]
+    assert not (tmp_path / old.file.name).exists()
+
+
+# --- The template check while typing ---
+
+
+def test_check_reports_the_errors_saving_would_and_renders_a_preview(panel, editor):
+    data = {"subject": "Hi {{ first_name }", "text_body": "Dear {{ first_name }},", "html_body": "<p>{% if x %}</p>"}
+    result = panel.post(reverse("commpanel:check"), data).json()
+    assert result["ok"] is False
+    assert "is not closed" in result["errors"]["subject"] and "line 1" in result["errors"]["html_body"]
+    assert set(result["errors"]) == {"subject", "html_body"}
+    saved = panel.post(reverse("commpanel:compose"), compose_data(SenderAccountFactory(), **data))
+    assert saved.context["form"].errors["subject"] == [result["errors"]["subject"]]
+    good = panel.post(reverse("commpanel:check"), {**data, "subject": "Hi {{ first_name }}", "html_body": "<p>x</p>"})
+    result = good.json()
+    assert result["ok"] and result["preview"]["subject"] == f"Hi {editor.first_name}"
+    assert result["preview"]["text"].startswith(f"Dear {editor.first_name},")
+    assert "Unsubscribe" in result["preview"]["html"]
+
+
+def test_check_makes_the_html_of_a_markdown_body(panel):
+    data = {"subject": "S", "text_body": "# Title\n\n**bold** {{ first_name }}", "body_format": "markdown"}
+    result = panel.post(reverse("commpanel:check"), data).json()
+    assert result["html_body"] == "<h1>Title</h1>\n<p><strong>bold</strong> {{ first_name }}</p>"
+    assert "<h1>Title</h1>" in result["preview"]["html"] and "color-scheme" in result["preview"]["html"]
+
+
+def test_check_is_for_the_panel_only(client):
+    assert client.post(reverse("commpanel:check"), {}).status_code == 302
+
+
+def test_a_markdown_draft_stores_the_html_made_from_it(panel, sender):
+    data = compose_data(sender, body_format="markdown", text_body="Hello **{{ first_name }}**")
+    assert panel.post(reverse("commpanel:compose"), data).status_code == 302
+    mail = MessageRequest.objects.get()
+    assert (mail.body_format, mail.html_body) == ("markdown", "<p>Hello <strong>{{ first_name }}</strong></p>")
+
+
+def test_compose_can_start_from_a_starter(panel):
+    response = panel.get(reverse("commpanel:compose") + "?template=starter:newsletter")
+    initial = response.context["form"].initial
+    assert initial["body_format"] == "html" and "color-scheme" in initial["html_body"]

@@ -51,7 +51,10 @@ def test_draft_page_shows_count_warnings_and_first_preview(panel):
     assert preview.email.to_address == "ann@example.org"
     html = response.content.decode()
     assert "would get an empty <code>balance</code>" in html
-    assert 'sandbox title="HTML preview" srcdoc="&lt;p&gt;Balance &lt;b&gt;12&lt;/b&gt;&lt;/p&gt;"' in html
+    assert (
+        'sandbox title="HTML preview" srcdoc="&lt;p&gt;Balance &lt;b&gt;12&lt;/b&gt;&lt;/p&gt;&lt;p class=&quot;mail-foot'
+        in html
+    )
 
 
 def test_preview_is_what_expansion_makes(panel):
@@ -678,3 +681,28 @@ def test_mail_of_an_inactive_sender_shows_as_held(panel):
     queued = MessageRequestFactory(recipient_set="all_active")
     page = panel.get(reverse("commpanel:request", args=[queued.pk])).content.decode()
     assert 'id="held"' in page and ">Held<" in page
+
+
+def test_the_email_page_shows_the_message_as_it_was_sent(panel):
+    mail = expanded_request(["sent"])
+    email = mail.emails.get()
+    email.subject, email.text = "Hello Ann", "Dear Ann,\nread on.\n"
+    email.html = '<p>Dear <b>Ann</b></p><script>alert("x")</script>'
+    email.headers = {"List-Unsubscribe": "<https://x/unsubscribe/t/>"}
+    email.save()
+    page = panel.get(reverse("commpanel:email", args=[mail.pk, email.pk])).content.decode()
+    assert '<dd id="sent-subject">Hello Ann</dd>' in page
+    assert "Dear Ann,\nread on." in page
+    assert "List-Unsubscribe" in page and "https://x/unsubscribe/t/" in page
+    # The HTML part in a sandboxed frame (no scripts run), escaped into srcdoc.
+    assert '<iframe class="html-preview" id="sent-html" sandbox ' in page
+    assert 'srcdoc="&lt;p&gt;Dear &lt;b&gt;Ann&lt;/b&gt;&lt;/p&gt;&lt;script&gt;' in page
+
+
+def test_a_message_stored_whole_is_shown_as_its_source(panel):
+    mail = expanded_request(["sent"])
+    email = mail.emails.get()
+    email.raw_message = b"Subject: With a file\r\nContent-Type: multipart/mixed; boundary=x\r\n\r\n--x--\r\n"
+    email.save()
+    page = panel.get(reverse("commpanel:email", args=[mail.pk, email.pk])).content.decode()
+    assert 'id="sent-raw"' in page and "multipart/mixed; boundary=x" in page

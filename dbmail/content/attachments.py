@@ -27,9 +27,9 @@ def check_size(new_files, existing_bytes=0):
         )
 
 
-def add(request, uploaded):
+def add(request, uploaded, content_type=""):
     """Store one uploaded file on `request`."""
-    content_type = getattr(uploaded, "content_type", "") or mimetypes.guess_type(uploaded.name)[0]
+    content_type = content_type or getattr(uploaded, "content_type", "") or mimetypes.guess_type(uploaded.name)[0]
     return RequestAttachment.objects.create(
         request=request,
         file=uploaded,

@@ -13,9 +13,10 @@ from dataclasses import dataclass
 from html.parser import HTMLParser
 
 from django.template import Context, Engine, TemplateSyntaxError
-from django.template.base import TextNode, Variable, VariableNode, render_value_in_context
+from django.template.base import TextNode, Variable, VariableNode, render_value_in_context, tag_re
 
 from dbmail.conf import settings as conf
+from dbmail.content import headers, layout
 from dbmail.exceptions import RenderError
 
 _TEXT_ENGINE = Engine(autoescape=False, loaders=[])
@@ -38,20 +39,60 @@ class Rendered:
 
 
 def template_errors(request):
-    """Map of field name -> message with the line, for each template that does not compile."""
+    """Map of field name -> message with the line, for each template that does not compile or has a half brace.
+
+    The one check behind saving (forms, validation.full_clean) and the compose
+    page's check while typing, so both say the same.
+    """
     errors = {}
     for field, engine in (
         ("subject", _CHECK_TEXT_ENGINE),
         ("text_body", _CHECK_TEXT_ENGINE),
         ("html_body", _CHECK_HTML_ENGINE),
     ):
+        source = getattr(request, field) or ""
         try:
-            engine.from_string(getattr(request, field) or "")
+            engine.from_string(source)
         except TemplateSyntaxError as exc:
             info = getattr(exc, "template_debug", None) or {}
             line = f"line {info['line']}: " if "line" in info else ""
             errors[field] = f"Template error on {line}{exc}"
+            continue
+        half = half_brace(source)
+        if half:
+            errors[field] = half
     return errors
+
+
+# What is left of template syntax once Django's own tokens are taken out: an opener, or a
+# closer after a word and a space (`{ first_name }}`; minified CSS such as `a{color:red}}`
+# has no space, and `width:100%}` none either).
+_HALF_BRACE = re.compile(r"{{|{%|{#|[A-Za-z_][\w.|:\"']*\s+(}}|%})")
+_HINT = {
+    "{{": "is not closed; a variable is written {{ name }}, with two braces on each side",
+    "{%": "is not closed; a tag is written {% name %}",
+    "{#": "is not closed; a comment is written {# text #}",
+    "}}": "closes a variable that was never opened with {{",
+    "%}": "closes a tag that was never opened with {%",
+}
+
+
+def half_brace(source):
+    """A message for the first half-written template token in `source` (Django would print it as text), or ""."""
+    blanked = tag_re.sub(lambda m: " " * len(m.group(0)), source)
+    match = _HALF_BRACE.search(blanked)
+    if not match:
+        return ""
+    kind = match.group(1) or match.group(0)
+    line_start = source.rfind("\n", 0, match.start()) + 1
+    line_end = source.find("\n", match.start())
+    line_end = len(source) if line_end == -1 else line_end
+    if kind in ("{{", "{%", "{#"):
+        snippet = source[match.start() : min(line_end, match.start() + 40)]
+    else:
+        snippet = source[max(line_start, match.end() - 40) : match.end()]
+    line = source.count("\n", 0, match.start()) + 1
+    return f"Template error on line {line}: “{snippet.strip()}” {_HINT[kind]}."
 
 
 def html_to_text(html):
@@ -173,14 +214,19 @@ class CompiledRequest:
     """A request's templates compiled once, rendered per recipient."""
 
     def __init__(self, request):
-        if request.context is not None and not isinstance(request.context, dict):
-            raise RenderError(
-                f"the request's context must be a JSON object of variables, not {type(request.context).__name__}"
-            )
+        context = getattr(request, "context", None)  # saved templates and starters have none
+        if context is not None and not isinstance(context, dict):
+            raise RenderError(f"the request's context must be a JSON object of variables, not {type(context).__name__}")
+        html_source = request.html_body if request.html_body.strip() else ""
+        if html_source and getattr(request, "body_format", "html") != "html":
+            html_source = layout.wrap(html_source)  # rich text and Markdown are fragments
+        # Every body carries the unsubscribe link: added after rendering where the author did not place it.
+        self.html_footer = layout.needs_footer(html_source)
+        self.text_footer = layout.needs_footer(request.text_body.strip())
         try:
             self.subject = _TEXT_ENGINE.from_string(request.subject)
             self.text = _TEXT_ENGINE.from_string(request.text_body) if request.text_body.strip() else None
-            self.html = _HTML_ENGINE.from_string(request.html_body) if request.html_body.strip() else None
+            self.html = _HTML_ENGINE.from_string(html_source) if html_source else None
         except TemplateSyntaxError as exc:
             raise RenderError(f"template error: {exc}") from exc
         self.plain = {
@@ -191,7 +237,7 @@ class CompiledRequest:
         self.base = {
             "site_name": conf.DBMAIL_SITE_NAME,
             "site_url": conf.DBMAIL_SITE_URL,
-            **{k: v for k, v in (request.context or {}).items() if isinstance(k, str)},
+            **{k: v for k, v in (getattr(request, "context", None) or {}).items() if isinstance(k, str)},
         }
 
     def context_for(self, recipient, unsubscribe_url=""):
@@ -219,12 +265,18 @@ class CompiledRequest:
             html = self._render(self.html, context, True) if self.html else ""
         except Exception as exc:  # a filter or tag can raise anything; the row is dropped with it
             raise RenderError(f"render error: {exc.__class__.__name__}: {exc}") from exc
+        url = context.get("unsubscribe_url")
+        if url and html and self.html_footer:
+            html = layout.add_html_footer(html, url)
         if html and not text:
-            text = html_to_text(html)
+            text = html_to_text(html)  # the footer's link comes along
+        elif url and text and self.text_footer:
+            text = layout.add_text_footer(text, url)
         return Rendered(subject, text, html)
 
 
-def new_message_id():
+def new_message_id(from_address=None):
+    """A fresh Message-ID for mail from `from_address`, in its domain (dbmail.content.headers.message_id_domain)."""
     # Not email.utils.make_msgid: it draws on the process-wide `random`, which any library
     # (or a test framework) may reseed, and two senders would then mint the same IDs.
-    return f"<{time.time_ns()}.{secrets.token_hex(8)}@{conf.DBMAIL_MESSAGE_ID_DOMAIN}>"
+    return f"<{time.time_ns()}.{secrets.token_hex(8)}@{headers.message_id_domain(from_address)}>"

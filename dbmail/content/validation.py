@@ -49,6 +49,10 @@ class RequestForm(forms.ModelForm):
 
     def _post_clean(self):
         super()._post_clean()  # builds the instance from the form and runs the model's validation
-        errors = request_errors(self.instance)
+        errors = self.content_errors()
         if errors:
             self._update_errors(ValidationError(errors))
+
+    def content_errors(self):
+        """request_errors() of the instance the form built; a form may leave out what it reports itself."""
+        return request_errors(self.instance)

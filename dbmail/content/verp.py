@@ -16,6 +16,7 @@ import re
 from django.utils.crypto import salted_hmac
 
 from dbmail.conf import settings as conf
+from dbmail.content import domains
 
 _SALT = "dbmail.verp"
 _LEFT = re.compile(r"[A-Za-z0-9._-]{1,64}")
@@ -82,6 +83,8 @@ def find_email(address):
     left = decode(address)
     if left is None:
         return None
-    # The exact Message-ID first (an index lookup); the prefix scan only if the ID domain has changed since.
-    exact = TextOfEmail.objects.filter(message_id=f"<{left}@{conf.DBMAIL_MESSAGE_ID_DOMAIN}>").first()
+    # The exact Message-ID in each domain IDs are made in first (index lookups); the prefix scan,
+    # which reads the table, only if none matches (a domain no longer among them).
+    candidates = (set(domains.sender_domains(include_mailboxes=True)) | {conf.DBMAIL_MESSAGE_ID_DOMAIN}) - {""}
+    exact = TextOfEmail.objects.filter(message_id__in=[f"<{left}@{d}>" for d in sorted(candidates)]).first()
     return exact or TextOfEmail.objects.filter(message_id__startswith=f"<{left}@").first()

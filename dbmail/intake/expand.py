@@ -23,6 +23,7 @@ from psycopg2.extras import Json
 
 from dbmail import states
 from dbmail.conf import settings as conf
+from dbmail.content import headers as header_values
 from dbmail.content import recipients, rendering, verp
 from dbmail.content import tokens as unsubscribe
 from dbmail.exceptions import RequestFailed
@@ -75,7 +76,8 @@ def email_fields(request, compiled, recipient, now, links=None):
     """
     maker = links or unsubscribe.LinkMaker()
     url, headers = maker.make(recipient.email) if not recipient.error else ("", {})
-    message_id = rendering.new_message_id()
+    headers[header_values.FEEDBACK_ID] = header_values.feedback_id(request)  # Gmail's complaint reports, per request
+    message_id = rendering.new_message_id(request.sender.address)
     fields = {
         "request_id": request.pk,
         "account_id": request.sender_id,

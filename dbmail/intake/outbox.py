@@ -23,7 +23,7 @@ from django.utils import timezone
 from dbmail import states
 from dbmail.content import recipients, rendering, verp
 from dbmail.exceptions import UnknownSender
-from dbmail.models import DeliveryEvent, SenderAccount, TextOfEmail
+from dbmail.models import DeliveryEvent, SenderAccount, Suppression, TextOfEmail
 from dbmail.send.loop import send_one_now
 
 
@@ -61,14 +61,18 @@ def enqueue(
     message_id=None,
     from_header=None,
 ):
-    """Create one queued email (a dropped one, with the reason, if `to` is not an address).
+    """Create one queued email (a dropped one, with the reason, if `to` is not an address or gets no mail).
+
+    An address suppressed for a hard bounce, a complaint or by hand gets no
+    mail at all: the email is made dropped, its reason naming the suppression
+    ("suppressed: hard bounce on 2026-11-30"). An unsubscribe does not stop it.
 
     A `raw_message` carries its own headers: pass the `message_id` written in
     it, and the `from_header` it shows if that differs from `from_email` (a
     list forward's From is the list; the account sending it is `from_email`).
     """
     account, resolved_from_header, from_address = resolve_sender(from_email)
-    message_id = message_id or rendering.new_message_id()
+    message_id = message_id or rendering.new_message_id(from_address)
     name, address = parseaddr(to)
     address = recipients.normalise_address(address or to)
     now = timezone.now()
@@ -92,13 +96,20 @@ def enqueue(
         status_changed_at=now,
         next_attempt_at=send_at or now,
     )
-    error = recipients.address_error(address)
+    error = recipients.address_error(address) or _suppressed(address)
     if error:
         email.status, email.last_error = states.REFUSE.target, error
     email.save()
     if error:
         DeliveryEvent.objects.create(email=email, kind=DeliveryEvent.Kind.ADMIN, outcome=email.status, text=error)
     return email
+
+
+def _suppressed(address):
+    # A hard bounce, a complaint or a block stops even this mail; an unsubscribe stops bulk mail only,
+    # which never reaches here for an unsubscribed address (its recipients leave them out).
+    row = Suppression.stopping_all_mail([address]).get(address.lower())
+    return row.refusal() if row else ""
 
 
 def send_now(to, subject="", text="", html="", **kwargs):

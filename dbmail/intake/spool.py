@@ -44,7 +44,7 @@ from dbmail.conf import settings as conf
 from dbmail.content import recipients, rendering
 from dbmail.exceptions import SpoolError
 from dbmail.exceptions import SpoolFormatError as FormatError
-from dbmail.models import DeliveryEvent, SenderAccount, SpoolFile, SpoolItem, TextOfEmail
+from dbmail.models import DeliveryEvent, SenderAccount, SpoolFile, SpoolItem, Suppression, TextOfEmail
 from dbmail.ops import sites
 
 log = logging.getLogger(__name__)
@@ -232,7 +232,8 @@ def create_emails(record, items, now):
         a.address.lower(): a
         for a in SenderAccount.objects.annotate(lower=Lower("address")).filter(active=True, lower__in=senders)
     }
-    emails = [_email(item, accounts.get(item.sender.lower()), now) for item in items]
+    stopped = Suppression.stopping_all_mail(recipients.normalise_address(item.address) for item in items)
+    emails = [_email(item, accounts.get(item.sender.lower()), now, stopped) for item in items]
     TextOfEmail.objects.bulk_create(emails)
     SpoolItem.objects.bulk_create(
         SpoolItem(email=email, file=record, position=item.position, fld_time=item.fld_time)
@@ -246,7 +247,7 @@ def create_emails(record, items, now):
     return len(emails)
 
 
-def _email(item, account, now):
+def _email(item, account, now, stopped):
     address = recipients.normalise_address(item.address)
     email = TextOfEmail(
         account=account,
@@ -255,7 +256,7 @@ def _email(item, account, now):
         envelope_sender=(account.address if account else item.sender)[:254],
         subject=" ".join(item.topic.split())[:998],
         text=item.content,
-        message_id=rendering.new_message_id(),
+        message_id=rendering.new_message_id(account.address if account else item.sender),
         status=states.ENQUEUE.target,
         status_changed_at=now,
         next_attempt_at=now,
@@ -264,7 +265,9 @@ def _email(item, account, now):
     if account is None:
         error = f"fld_sender {item.sender!r} is not a configured sender account"
     else:
-        error = recipients.address_error(address)
+        # Spool mail is one program's message to one person: only what stops all mail stops it.
+        suppression = stopped.get(address.lower())
+        error = recipients.address_error(address) or (suppression.refusal() if suppression else "")
     if error:
         email.status, email.last_error = states.REFUSE.target, error
     return email

@@ -18,6 +18,7 @@ from dbmail.exceptions import DatabaseLost, DatabaseUnreachable, Unreachable
 from dbmail.intake import expand, spool
 from dbmail.ops import health
 from dbmail.ops.runloop import Round, RunLoop
+from dbmail.send import claims
 from dbmail.send import loop as sending
 from dbmail.send.recovery import DATABASE_ERRORS, Leftovers
 
@@ -58,13 +59,10 @@ class RunResult:
 class Runner:
     """Runs once or in a loop (dbmail.ops.runloop); SIGTERM/SIGINT stop it after the message in flight."""
 
-    def __init__(
-        self, max_seconds=None, max_messages=None, batch_size=None, on_outcome=None, on_chunk=None, interval=60.0
-    ):
+    def __init__(self, max_seconds=None, max_messages=None, batch_size=None, progress=None, interval=60.0):
         self.max_seconds = max_seconds
         self.options = dict(max_messages=max_messages, batch_size=batch_size)
-        self.on_outcome = on_outcome
-        self.on_chunk = on_chunk
+        self.progress = progress  # a dbmail.ops.progress.Progress on a terminal, else None
         self.loop = RunLoop(interval, on_stop=[self._stop_sending])
         self.sender = None
         self.leftovers = Leftovers()  # what a run cut off from the database still holds
@@ -132,10 +130,19 @@ class Runner:
         return result
 
     def _expand_and_send(self, deadline):
+        progress = self.progress
+        if progress:
+            progress.start_round()
+        on_chunk = progress.expanded if progress else None
         expanded = (
-            expand.expand_due(on_chunk=self.on_chunk, deadline=deadline) if not self.stopping else expand.ExpandResult()
+            expand.expand_due(on_chunk=on_chunk, deadline=deadline) if not self.stopping else expand.ExpandResult()
         )
-        self.sender = sending.Sender(on_outcome=self.on_outcome, deadline=deadline, **self.options)
+        if progress:  # one count query, only for the person watching
+            due = claims.due_count()
+            limit = self.options["max_messages"]
+            progress.sending(due if limit is None else min(due, limit))
+        on_outcome = progress.outcome if progress else None
+        self.sender = sending.Sender(on_outcome=on_outcome, deadline=deadline, **self.options)
         self.sender.stopping = self.stopping
         return expanded, self.sender.run()
 

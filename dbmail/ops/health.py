@@ -1,7 +1,7 @@
 """Health of every moving part, for dbmail_status and monitoring: one finding per check, in words.
 
 Each check looks at one part (the sender, expansion, the tracking consumer,
-the log follower; mailgate adds the IMAP poller and the gate) and says ok,
+the log follower, DKIM signing; mailgate adds the IMAP poller and the gate) and says ok,
 warning or critical against its thresholds (settings, see README), or
 unknown when it cannot tell. The exit code follows the monitoring-plugin
 convention: 0 ok, 1 warning, 2 critical, 3 unknown (the worst finding wins,
@@ -17,12 +17,21 @@ import socket
 from dataclasses import asdict, dataclass, field
 from datetime import timedelta
 
-from django.db.models import Count, Min, Q
+from django.db.models import Count, Min, Q, Sum
 from django.utils import timezone
 
 from dbmail import states
 from dbmail.conf import settings as conf
-from dbmail.models import CronHeartbeat, MessageRequest, SenderAccount, SendingProblem, TextOfEmail, TrackingQueueItem
+from dbmail.models import (
+    CronHeartbeat,
+    DkimKey,
+    MessageRequest,
+    SenderAccount,
+    SendingProblem,
+    TextOfEmail,
+    TrackingQueueItem,
+    UnsignedMail,
+)
 
 OK, WARNING, CRITICAL, UNKNOWN = "ok", "warning", "critical", "unknown"
 EXIT_CODES = {OK: 0, WARNING: 1, CRITICAL: 2, UNKNOWN: 3}
@@ -156,11 +165,30 @@ def worst(*grades):
 
 
 def human(delta):
-    seconds = int(delta.total_seconds())
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds >= size:
-            return f"{seconds // size}{unit}"
-    return f"{seconds}s"
+    """A duration as people say it: "12 seconds", "3 minutes", "2 hours 5 minutes", "4 days"."""
+    seconds = max(0, int(delta.total_seconds()))
+    if seconds < 60:
+        return _plural(seconds, "second")
+    if seconds < 3600:
+        return _plural(seconds // 60, "minute")
+    if seconds < 86400:
+        hours, minutes = divmod(seconds // 60, 60)
+        return _plural(hours, "hour") + (f" {_plural(minutes, 'minute')}" if minutes else "")
+    return _plural(seconds // 86400, "day")
+
+
+def ago(moment, now=None):
+    """ "3 minutes ago", or "never" for None."""
+    if moment is None:
+        return "never"
+    delta = (now or timezone.now()) - moment
+    if delta.total_seconds() < 0:
+        return "in " + human(-delta)  # another host's clock runs ahead
+    return human(delta) + " ago"
+
+
+def _plural(n, unit):
+    return f"{n} {unit}{'s' * (n != 1)}"
 
 
 def beat(command, started_at, summary=None, error=""):
@@ -398,7 +426,33 @@ def check_log_follower(now, options):
     return Finding("log follower", worst(*grades), "; ".join(words), {"hosts": [hb.host for hb in beats]})
 
 
+def check_dkim(now, options):
+    """DKIM signing: a warning per From domain whose mail went out unsigned today or yesterday (dbmail.send.dkim)."""
+    today = timezone.localdate(now)
+    rows = (
+        UnsignedMail.objects.filter(day__gte=today - timedelta(days=1))
+        .values("domain")
+        .annotate(n=Sum("count"))
+        .order_by("domain")
+    )
+    keyed = set(DkimKey.objects.filter(active=True).values_list("domain", flat=True))
+    words = []
+    for row in rows:
+        domain = row["domain"]
+        why = (
+            "it has a key now: that mail went out before the key was made, or could not be signed (see the log)"
+            if domain in keyed
+            else f"no key (dbmail_dkim generate {domain})"
+        )
+        words.append(f"{row['n']} email(s) from {domain} went out without a DKIM signature since yesterday: {why}")
+    details = {"unsigned": {row["domain"]: row["n"] for row in rows}, "domains_with_keys": len(keyed)}
+    if words:
+        return Finding("dkim", WARNING, "; ".join(words), details)
+    return Finding("dkim", OK, f"no unsigned mail since yesterday; {len(keyed)} domain(s) with a DKIM key", details)
+
+
 register("sender", check_sender)
 register("expansion", check_expansion)
 register("tracking", check_tracking)
 register("log follower", check_log_follower)
+register("dkim", check_dkim)

@@ -86,3 +86,19 @@ def purge_api_sends(older_than):
     from dbmail.models import ApiSend
 
     return ApiSend.objects.filter(created_at__lt=timezone.now() - older_than).delete()[0]
+
+
+PENDING_UPLOAD_DAYS = 1
+
+
+def purge_pending_uploads(now=None):
+    """Delete the files kept from failed compose saves once a day old (a try nobody came back to); how many."""
+    from dbmail.models import PendingUpload
+
+    cutoff = (now or timezone.now()) - timedelta(days=PENDING_UPLOAD_DAYS)
+    removed = 0
+    for kept in PendingUpload.objects.filter(created_at__lt=cutoff).iterator():
+        kept.file.delete(save=False)
+        kept.delete()
+        removed += 1
+    return removed

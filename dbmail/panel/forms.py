@@ -1,17 +1,26 @@
 """Comm panel forms: compose (with recipients and attachments), schedule, templates, suppressions, dashboard."""
 
 import json
+from dataclasses import dataclass, field
 from datetime import timedelta
-from email.utils import getaddresses
 
 from django import forms
 from django.contrib.auth.models import Group
+from django.core.files import File
 from django.utils import timezone
 
-from dbmail.content import attachments, csvmerge, recipients
+from dbmail.content import attachments, authoring, csvmerge, pasted, recipients, rendering
 from dbmail.content.validation import RequestForm
+from dbmail.exceptions import CSVError
 from dbmail.intake import grants
-from dbmail.models import EmailTemplate, MessageRequest, RequestAttachment, Suppression
+from dbmail.models import (
+    BodyFormat,
+    EmailTemplate,
+    MessageRequest,
+    PendingUpload,
+    RequestAttachment,
+    Suppression,
+)
 
 SOURCE_SET, SOURCE_PASTE, SOURCE_CSV = "set", "paste", "csv"
 # Rows sent through the sending API (dbmail.intake.api.serializers.ROWS_SOURCE): kept and shown like a CSV's.
@@ -29,6 +38,27 @@ class MultipleFileField(forms.FileField):
         if isinstance(data, (list, tuple)):
             return [super(MultipleFileField, self).clean(d, initial) for d in data if d]
         return [super().clean(data, initial)] if data else []
+
+
+@dataclass
+class RecipientsVerdict:
+    """What saving makes of the recipients chosen: the one answer for the save and the live count.
+
+    `params` holds the usable part even when saving refuses (the good rows of
+    a paste or CSV with bad ones), so the live box can count them and list the
+    bad ones beside the reason.
+    """
+
+    name: str = ""
+    params: dict | None = None
+    errors: list = field(default_factory=list)  # why saving refuses the choice; empty when it accepts it
+    bad: list = field(default_factory=list)  # "line 3: invalid address 'foo@'"
+    left_out: list = field(default_factory=list)  # bad lines knowingly left out (shown after saving)
+    where: str = "recipient_set"  # the form field the errors belong to
+
+    @property
+    def ok(self):
+        return not self.errors
 
 
 class ComposeForm(RequestForm):
@@ -51,42 +81,65 @@ class ComposeForm(RequestForm):
     addresses = forms.CharField(
         required=False,
         widget=forms.Textarea(attrs={"rows": 4, "placeholder": "ann@example.org\nBob Smith <bob@example.org>"}),
-        help_text="One per line, or separated by commas or semicolons.",
+        help_text="One per line, or separated by commas, semicolons or spaces; a name may come before each.",
     )
     csv_file = forms.FileField(
         label="CSV file",
         required=False,
         help_text="First row: column names, one of them “email”. Every column becomes a template variable.",
     )
-    csv_skip_bad = forms.BooleanField(
-        label="Leave out the bad rows listed",
+    pending_csv = forms.ModelChoiceField(
+        queryset=PendingUpload.objects.none(), required=False, widget=forms.HiddenInput
+    )
+    skip_bad = forms.BooleanField(
+        label="Leave out the bad lines listed",
         required=False,
-        help_text="Otherwise a file with bad rows is refused, so nobody is left out by accident.",
+        help_text="Otherwise addresses with bad lines are refused, so nobody is left out by accident.",
     )
     new_attachments = MultipleFileField(label="Add attachments", required=False)
+    pending_attachments = forms.ModelMultipleChoiceField(
+        queryset=PendingUpload.objects.none(),
+        required=False,
+        widget=forms.CheckboxSelectMultiple,
+        label="Kept from your last try",
+        help_text="Untick a file to leave it out.",
+    )
     remove_attachments = forms.ModelMultipleChoiceField(
         queryset=None, required=False, widget=forms.CheckboxSelectMultiple, label="Remove"
     )
 
     class Meta:
         model = MessageRequest
-        fields = ["sender", "reply_to", "subject", "text_body", "html_body", "public"]
+        fields = ["sender", "reply_to", "subject", "body_format", "text_body", "html_body", "public"]
         widgets = {
             "subject": forms.TextInput(),
+            "body_format": forms.RadioSelect,
             "text_body": forms.Textarea(attrs={"rows": 12}),
             "html_body": forms.Textarea(attrs={"rows": 12}),
         }
-        labels = {"text_body": "Text body", "html_body": "HTML body", "public": "Public web version"}
+        labels = {
+            "body_format": "Write the HTML part as",
+            "text_body": "Text body",
+            "html_body": "HTML body",
+            "public": "Public web version",
+        }
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args, user=None, **kwargs):
         super().__init__(*args, **kwargs)
+        self.user = user
+        self.fields["body_format"].required = False  # left out, it stays as it was (HTML for a new request)
         self.fields["sender"].queryset = grants.request_senders()
         self.fields["sender"].empty_label = None
         self.fields["recipient_set"].choices = [
             (s.name, s.label) for s in recipients.registered_sets() if s.name != "addresses"
         ]
         self.fields["remove_attachments"].queryset = RequestAttachment.objects.filter(request_id=self.instance.pk)
-        self.csv_report = []  # lines about bad CSV rows left out knowingly
+        self._mine = PendingUpload.objects.filter(owner_id=getattr(user, "pk", None))
+        self.fields["pending_csv"].queryset = self._mine.filter(kind=PendingUpload.Kind.CSV)
+        offered = self.data.getlist("pending_attachments") if hasattr(self.data, "getlist") else []
+        self._offer_attachments(offered)
+        self.verdict = RecipientsVerdict()
+        self.csv_report = []  # lines about bad rows left out knowingly
         params = self.instance.recipient_params or {}
         if self.instance.recipient_set and not self.is_bound:
             if self.instance.recipient_set == "addresses":
@@ -102,6 +155,11 @@ class ComposeForm(RequestForm):
                 elif params:
                     self.initial["params"] = json.dumps(params)
 
+    def _offer_attachments(self, ids):
+        # Only the files this form carries are offered, never another try's leftovers.
+        ids = [int(i) for i in ids if str(i).isdigit()]
+        self.fields["pending_attachments"].queryset = self._mine.filter(kind=PendingUpload.Kind.ATTACHMENT, pk__in=ids)
+
     @property
     def kept_csv(self):
         """The CSV (or API) rows stored on the draft being edited, if any."""
@@ -110,98 +168,145 @@ class ComposeForm(RequestForm):
             return params
         return None
 
+    @property
+    def pending_csv_upload(self):
+        """The CSV file kept from a failed save, when the form refers to one."""
+        if self.is_bound:
+            value = self["pending_csv"].value()
+            return self.fields["pending_csv"].queryset.filter(pk=value).first() if str(value or "").isdigit() else None
+        return None
+
     def clean(self):
         data = super().clean()
         existing = self.instance.attachments.all() if self.instance.pk else []
         removed = {a.pk for a in data.get("remove_attachments") or []}
+        kept = data.get("pending_attachments") or []
         try:
             attachments.check_size(
-                data.get("new_attachments") or [], sum(a.size for a in existing if a.pk not in removed)
+                list(data.get("new_attachments") or []) + list(kept),
+                sum(a.size for a in existing if a.pk not in removed),
             )
         except forms.ValidationError as exc:
             self.add_error("new_attachments", exc)
-        try:
-            name, params = self.recipients_choice()
-        except forms.ValidationError as exc:
-            self.add_error(self._recipient_field(), exc)
+        self.verdict = verdict = self.recipients_verdict()
+        if verdict.ok:
+            self.instance.recipient_set, self.instance.recipient_params = verdict.name, verdict.params
+            self.csv_report = verdict.left_out
         else:
-            self.instance.recipient_set, self.instance.recipient_params = name, params
+            self.add_error(verdict.where, verdict.errors)
+        # Markdown and rich text make the HTML body here, so every check below sees what will be sent.
+        body_format = data.get("body_format") or self.instance.body_format
+        if "html_body" in data or body_format == BodyFormat.MARKDOWN:
+            data["html_body"] = authoring.html_body(body_format, data.get("text_body", ""), data.get("html_body", ""))
         return data
 
-    def _recipient_field(self):
-        return {SOURCE_PASTE: "addresses", SOURCE_CSV: "csv_file"}.get(self.cleaned_data.get("source"), "recipient_set")
+    def content_errors(self):
+        errors = super().content_errors()
+        if not self.verdict.ok:
+            errors.pop("recipient_set", None)  # the recipients' own error says it better
+        return errors
 
-    def recipients_choice(self):
-        """(recipient set name, params) from the submitted choice; ValidationError when unusable."""
+    def recipients_verdict(self):
+        """The RecipientsVerdict for the submitted choice (needs cleaned_data)."""
         source = self.cleaned_data.get("source")
         if source == SOURCE_PASTE:
-            return "addresses", {"source": SOURCE_PASTE, "rows": self._pasted_rows()}
+            return self._listed_verdict(pasted.parse(self.cleaned_data.get("addresses") or ""), "addresses")
         if source == SOURCE_CSV:
-            return "addresses", self._csv_params()
+            return self._csv_verdict()
+        verdict = RecipientsVerdict(where="recipient_set")
         name = self.cleaned_data.get("recipient_set")
         if not name:
-            raise forms.ValidationError("Choose a recipient set.")
+            verdict.errors.append("Choose a recipient set.")
+            return verdict
+        verdict.name = name
         if name == "groups":
             groups = self.cleaned_data.get("groups") or []
             if not groups:
-                raise forms.ValidationError("Tick at least one group.")
-            return name, {"groups": sorted(g.name for g in groups)}
+                verdict.where = "groups"
+                verdict.errors.append("Tick at least one group.")
+            else:
+                verdict.params = {"groups": sorted(g.name for g in groups)}
+            return verdict
+        verdict.where = "params"
         raw = (self.cleaned_data.get("params") or "").strip()
         try:
             params = json.loads(raw) if raw else {}
         except json.JSONDecodeError as exc:
-            raise forms.ValidationError(f"The parameters are not valid JSON: {exc}") from None
+            verdict.errors.append(f"The parameters are not valid JSON: {exc}")
+            return verdict
         if not isinstance(params, dict):
-            raise forms.ValidationError('The parameters must be a JSON object, e.g. {"class": "5b"}.')
-        return name, params
+            verdict.errors.append('The parameters must be a JSON object, e.g. {"class": "5b"}.')
+            return verdict
+        verdict.params = params
+        return verdict
 
-    def _pasted_rows(self):
-        text = self.cleaned_data.get("addresses") or ""
-        rows, bad = [], []
-        for name, address in getaddresses([text.replace(";", ",").replace("\n", ",")]):
-            if not address and not name:
-                continue
-            address = recipients.normalise_address(address)
-            error = recipients.address_error(address)
-            if error:
-                bad.append(name or address or "?")
-            else:
-                rows.append({"email": address, "name": name} if name else {"email": address})
-        if bad:
-            raise forms.ValidationError(
-                f"Not email addresses: {', '.join(bad[:20])}" + (" ..." if len(bad) > 20 else "")
+    def _listed_verdict(self, parsed, field_name, filename=""):
+        """Pasted lines or CSV rows: the good ones counted, the bad ones listed, refused unless left out knowingly."""
+        what = f"row(s) in {filename}" if filename else "line(s)"
+        verdict = RecipientsVerdict(name="addresses", where=field_name, bad=csvmerge.describe_bad(parsed.bad))
+        if parsed.rows:
+            verdict.params = {"source": SOURCE_CSV if filename else SOURCE_PASTE, "rows": parsed.rows}
+        if parsed.bad and not self.cleaned_data.get("skip_bad"):
+            verdict.errors = [f"{len(parsed.bad)} bad {what}; fix them, or tick “Leave out the bad lines listed”:"]
+            verdict.errors += verdict.bad
+        elif parsed.bad:
+            verdict.left_out = verdict.bad
+        if not parsed.rows and not verdict.errors:
+            verdict.errors.append(
+                "The file has no rows with an address." if filename else "Paste at least one address."
             )
-        if not rows:
-            raise forms.ValidationError("Paste at least one address.")
-        return rows
+        return verdict
 
-    def _csv_params(self):
-        upload = self.cleaned_data.get("csv_file")
+    def _csv_verdict(self):
+        upload = self.cleaned_data.get("csv_file") or self.cleaned_data.get("pending_csv")
         if not upload:
             if self.kept_csv:
-                return self.kept_csv
-            raise forms.ValidationError("Choose a CSV file.")
-        try:
-            parsed = csvmerge.parse(upload.read())
-        except csvmerge.CSVError as exc:
-            raise forms.ValidationError(str(exc)) from None
-        finally:
+                return RecipientsVerdict(name="addresses", params=self.kept_csv, where="csv_file")
+            return RecipientsVerdict(where="csv_file", errors=["Choose a CSV file."])
+        if isinstance(upload, PendingUpload):
+            name = upload.filename
+            with upload.file.open("rb") as fh:
+                content = fh.read()
+        else:
+            name = upload.name
+            content = upload.read()
             upload.seek(0)
-        lines = csvmerge.describe_bad(parsed.bad)
-        if parsed.bad and not self.cleaned_data.get("csv_skip_bad"):
-            raise forms.ValidationError(
-                [f"{len(parsed.bad)} bad row(s) in {upload.name}; fix them, or tick “Leave out the bad rows”:"] + lines
-            )
-        if not parsed.rows:
-            raise forms.ValidationError("The file has no rows with an address.")
-        self.csv_report = lines
-        return {
-            "source": SOURCE_CSV,
-            "filename": upload.name,
-            "columns": parsed.columns,
-            "rows": parsed.rows,
-            "left_out": len(parsed.bad),
-        }
+        try:
+            parsed = csvmerge.parse(content)
+        except CSVError as exc:
+            return RecipientsVerdict(where="csv_file", errors=[str(exc)])
+        verdict = self._listed_verdict(parsed, "csv_file", filename=name)
+        if verdict.params:
+            verdict.params.update(filename=name, columns=parsed.columns, left_out=len(parsed.bad))
+        return verdict
+
+    def keep_uploads(self):
+        """After a failed save: keep this try's CSV and attachments for the next one (they are not sent again).
+
+        The re-shown form refers to them by id; only this user may use those ids.
+        """
+        if self.user is None or not self.user.pk:
+            return
+        data = self.data.copy()
+        upload = self.files.get("csv_file") if self.files else None
+        if upload and not self.has_error("csv_file", code="invalid"):
+            kept = _keep(self.user, PendingUpload.Kind.CSV, upload)
+            data["pending_csv"] = str(kept.pk)
+        for upload in self.files.getlist("new_attachments") if self.files else []:
+            kept = _keep(self.user, PendingUpload.Kind.ATTACHMENT, upload)
+            data.appendlist("pending_attachments", str(kept.pk))
+        self.data = data
+        self._offer_attachments(data.getlist("pending_attachments"))
+
+    def error_summary(self):
+        """[(anchor id, label, message)] for every error of the form, in the order of the page."""
+        rows = [("error-summary", "", message) for message in self.non_field_errors()]
+        for bound in self:
+            if bound.errors:  # the first message; a list of bad lines stays beside its field
+                more = len(bound.errors) - 1
+                message = bound.errors[0] + (f" ({more} more below the field)" if more else "")
+                rows.append((f"field-{bound.html_name}", bound.label, message))
+        return rows
 
     def save(self, commit=True):
         request = super().save(commit=commit)
@@ -211,7 +316,30 @@ class ComposeForm(RequestForm):
                 att.delete()
             for upload in self.cleaned_data.get("new_attachments") or []:
                 attachments.add(request, upload)
+            for kept in self.cleaned_data.get("pending_attachments") or []:
+                with kept.file.open("rb") as fh:
+                    attachments.add(request, File(fh, name=kept.filename), content_type=kept.content_type)
+                _discard(kept)
+            if self.cleaned_data.get("pending_csv"):
+                _discard(self.cleaned_data["pending_csv"])
         return request
+
+
+def _keep(user, kind, upload):
+    upload.seek(0)
+    return PendingUpload.objects.create(
+        owner=user,
+        kind=kind,
+        file=File(upload, name=upload.name),
+        filename=upload.name[:255],
+        content_type=getattr(upload, "content_type", "") or "application/octet-stream",
+        size=upload.size,
+    )
+
+
+def _discard(kept):
+    kept.file.delete(save=False)
+    kept.delete()
 
 
 def _row_line(row):
@@ -245,22 +373,26 @@ class ScheduleForm(forms.Form):
 class EmailTemplateForm(forms.ModelForm):
     class Meta:
         model = EmailTemplate
-        fields = ["name", "subject", "text_body", "html_body"]
+        fields = ["name", "subject", "body_format", "text_body", "html_body"]
         widgets = {
             "subject": forms.TextInput(),
+            "body_format": forms.RadioSelect,
             "text_body": forms.Textarea(attrs={"rows": 12}),
             "html_body": forms.Textarea(attrs={"rows": 12}),
         }
-        labels = {"text_body": "Text body", "html_body": "HTML body"}  # as compose says
+        labels = {"body_format": "Write the HTML part as", "text_body": "Text body", "html_body": "HTML body"}
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["body_format"].required = False
 
     def clean(self):
-        from dbmail.content import rendering
-
         data = super().clean()
-        for field, message in rendering.template_errors(
-            self.instance.__class__(**{k: data.get(k) or "" for k in ("subject", "text_body", "html_body")})
-        ).items():
-            self.add_error(field, message)
+        body_format = data.get("body_format") or self.instance.body_format
+        data["html_body"] = authoring.html_body(body_format, data.get("text_body", ""), data.get("html_body", ""))
+        probe = EmailTemplate(**{k: data.get(k) or "" for k in ("subject", "text_body", "html_body")})
+        for name, message in rendering.template_errors(probe).items():
+            self.add_error(name, message)
         return data
 
 
@@ -276,6 +408,21 @@ class SuppressionForm(forms.ModelForm):
         if Suppression.objects.filter(address=address).exclude(pk=self.instance.pk).exists():
             raise forms.ValidationError("This address is already on the list.")
         return address
+
+
+class SuppressionImportForm(forms.Form):
+    file = forms.FileField(
+        label="CSV file",
+        help_text="A header row with an “address” or “email” column; “reason” and “note” columns are optional.",
+    )
+    reason = forms.ChoiceField(
+        choices=Suppression.Reason.choices,
+        initial=Suppression.Reason.MANUAL,
+        help_text="For rows without a reason of their own.",
+    )
+    note = forms.CharField(
+        required=False, max_length=500, help_text="For rows without a note, e.g. “from the old newsletter tool”."
+    )
 
 
 class DashboardForm(forms.Form):

@@ -13,10 +13,11 @@ from dbmail.models import TextOfEmail
 
 @dataclass
 class Preview:
-    email: TextOfEmail  # unsaved
+    email: TextOfEmail  # unsaved, or the stored email when `sent`
     recipient: recipients.Recipient
-    index: int  # position among deliverable recipients
+    index: int  # position among deliverable recipients, or among the request's stored emails
     has_next: bool
+    sent: bool = False  # the email as it was made and sent, not rebuilt from today's audience
 
 
 def find(request, index=0, address=""):
@@ -46,6 +47,37 @@ def build(request, index=0, address=""):
     compiled = rendering.CompiledRequest(request)
     email = expand.build_email(request, compiled, rcpt, timezone.now())
     return Preview(email, rcpt, position, has_next)
+
+
+def for_page(request, index=0, address=""):
+    """What the request page shows: the stored emails once it has some, else the mail rebuilt now.
+
+    After expansion the audience may have changed (someone unsubscribed, a
+    group gained members): rebuilding would show mail nobody got. So a
+    request with emails shows them, in the order they were made.
+    """
+    unsent = (states.RequestStatus.DRAFT, states.RequestStatus.QUEUED)
+    if request.status not in unsent and request.emails.exists():
+        return stored(request, index, address)
+    return build(request, index, address)
+
+
+def stored(request, index=0, address=""):
+    """The Preview of the request's `index`-th stored email (or the first whose address contains `address`)."""
+    emails = request.emails.order_by("pk")
+    address = address.strip()
+    if address:
+        email = emails.filter(to_address__icontains=address).first()
+        if email is None:
+            return None
+        index = emails.filter(pk__lt=email.pk).count()
+    else:
+        email = emails[index : index + 1].first() if index >= 0 else None
+        if email is None:
+            return None
+    has_next = emails.filter(pk__gt=email.pk).exists()
+    rcpt = recipients.Recipient(email=email.to_address, name=email.to_name)
+    return Preview(email, rcpt, index, has_next, sent=True)
 
 
 def for_test(request, recipient, user):
@@ -92,7 +124,25 @@ def send_test(request, recipient, user):
     )
     files = attachments.read(request.pk)
     if files and row.status == states.ENQUEUE.target:
-        row.raw_message = to_email_message(row, attachments=files).message().as_bytes()
+        row.raw_message = to_email_message(row, attachments=files, sign=False).message().as_bytes()
         row.save(update_fields=["raw_message"])
     outbox.send_after_commit([row])
     return row
+
+
+def sample(template, user, unsubscribe_url="#unsubscribe"):
+    """`template` (a request, saved template or starter: subject, bodies, body_format) rendered for `user`.
+
+    What the compose and template pages show while typing: the signed-in user
+    as the recipient, the unsubscribe footer where the body has no link of its
+    own. Raises rendering.RenderError.
+    """
+    compiled = rendering.CompiledRequest(template)
+    me = recipients.Recipient(
+        email=user.email or "you@example.org",
+        name=user.get_full_name(),
+        first_name=user.first_name,
+        last_name=user.last_name,
+        username=user.get_username(),
+    )
+    return compiled.render(compiled.context_for(me, unsubscribe_url=unsubscribe_url))

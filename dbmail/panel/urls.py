@@ -13,6 +13,7 @@ urlpatterns = [
     path("logout/", LogoutView.as_view(next_page="admin:login"), name="logout"),
     path("compose/", compose.compose, name="compose"),
     path("compose/count/", compose.count, name="count"),
+    path("compose/check/", compose.check, name="check"),
     path("requests/<int:pk>/", requests.request_detail, name="request"),
     path("requests/<int:pk>/edit/", compose.compose, name="edit"),
     path("requests/<int:pk>/count/", compose.count, name="edit_count"),
@@ -30,6 +31,8 @@ urlpatterns = [
     path("templates/<int:pk>/", templates.template_edit, name="template_edit"),
     path("templates/<int:pk>/delete/", templates.template_delete, name="template_delete"),
     path("suppressions/", suppressions.suppression_list, name="suppressions"),
+    path("suppressions/export.csv", suppressions.suppression_export, name="suppression_export"),
+    path("suppressions/import/", suppressions.suppression_import, name="suppression_import"),
     path("suppressions/<int:pk>/", suppressions.suppression_edit, name="suppression_edit"),
     path("suppressions/<int:pk>/delete/", suppressions.suppression_delete, name="suppression_delete"),
 ]

@@ -179,3 +179,11 @@ def claim_one(email):
         return None
     claimed = TextOfEmail.objects.select_related("account").get(pk=email.pk)
     return Claim([claimed], token, lease_until, {email.pk: Status.QUEUED})
+
+
+def due_count(now=None):
+    """How many emails a claim could take now: due waiting ones and those whose sender's lease ran out."""
+    now = now or timezone.now()
+    return TextOfEmail.objects.filter(
+        Q(status__in=states.WAITING, next_attempt_at__lte=now) | Q(status=Status.SENDING, leased_until__lte=now)
+    ).count()

@@ -18,11 +18,9 @@ same headers and bodies from this output as from Django's.
 import binascii
 import secrets
 from email.header import Header
-from email.utils import formatdate
 
-from django.conf import settings
-
-from dbmail.content import addresses
+from dbmail.content import addresses, headers
+from dbmail.send import dkim
 from dbmail.track.header import TRACKING_HEADER, tracking_id
 
 _MAX_LINE = 78
@@ -75,11 +73,11 @@ def _part(subtype, text):
     return f'Content-Type: text/{subtype}; charset="utf-8"\r\nContent-Transfer-Encoding: {encoding}\r\n\r\n{body}'
 
 
-def compose(email, smtputf8=False):
-    """The complete message bytes for `email`, or None when Django's EmailMessage must build it.
+def compose(email, smtputf8=False, sign=True):
+    """The complete message bytes for `email` (DKIM-signed), or None when Django's EmailMessage must build it.
 
     `smtputf8`: the message goes out with SMTPUTF8, so its addresses may keep UTF-8 local
-    parts; without it such an address raises addresses.NeedsSMTPUTF8.
+    parts; without it such an address raises addresses.NeedsSMTPUTF8. `sign=False`: unsigned.
     """
     if email.raw_message is not None:
         return None
@@ -88,7 +86,7 @@ def compose(email, smtputf8=False):
         _address_header("From", addresses.header(email.from_header, smtputf8)),
         _address_header("To", to),
         _header("Subject", email.subject),
-        f"Date: {formatdate(localtime=settings.EMAIL_USE_LOCALTIME)}",
+        f"Date: {headers.date()}",
         f"Message-ID: {email.message_id}",
         f"{TRACKING_HEADER}: {tracking_id(email.pk)}",  # MTA callbacks and bounces name the email by it
     ]
@@ -106,10 +104,10 @@ def compose(email, smtputf8=False):
         # Like Django, an empty text body is left out rather than sent as an empty part.
         parts = ([_part("plain", email.text)] if email.text else []) + [_part("html", email.html)]
         body = "".join(f"--{boundary}\r\n{part}\r\n" for part in parts) + f"--{boundary}--\r\n"
-        head = "\r\n".join(lines)
-        return f"{head}\r\n\r\n{body}".encode("utf-8" if smtputf8 else "ascii")
-    encoding, body = _part_body(email.text)
-    lines.append('Content-Type: text/plain; charset="utf-8"')
-    lines.append(f"Content-Transfer-Encoding: {encoding}")
+    else:
+        encoding, body = _part_body(email.text)
+        lines.append('Content-Type: text/plain; charset="utf-8"')
+        lines.append(f"Content-Transfer-Encoding: {encoding}")
     head = "\r\n".join(lines)
-    return f"{head}\r\n\r\n{body}".encode("utf-8" if smtputf8 else "ascii")
+    data = f"{head}\r\n\r\n{body}".encode("utf-8" if smtputf8 else "ascii")
+    return dkim.sign(email, data) if sign else data

@@ -195,7 +195,7 @@ def forward(inbound, parsed, route):
     copy = Copy(inbound.raw, parsed, route)
     with transaction.atomic():
         for member in route.members:
-            message_id = rendering.new_message_id()
+            message_id = rendering.new_message_id(route.list_address)  # the domain of the From it gets
             email = outbox.enqueue(
                 formataddr((member.name, member.address)) if member.name else member.address,
                 subject=parsed.subject,

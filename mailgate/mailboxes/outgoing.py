@@ -15,14 +15,14 @@ over once and mirrors the outcome back:
 """
 
 import logging
-from email.utils import formatdate, parseaddr
+from email.utils import parseaddr
 
-from django.conf import settings
 from django.core.mail import EmailMultiAlternatives
 from django.db import transaction
 from django.db.models import ProtectedError
 
 from dbmail import states
+from dbmail.content import headers as header_values
 from dbmail.content import recipients as dbmail_recipients
 from dbmail.content import rendering
 from dbmail.intake import outbox
@@ -161,7 +161,7 @@ def submit(message):
         html = message.html.read().decode("utf-8") if message.html else ""
         emails = []
         for address in to:
-            message_id = rendering.new_message_id()
+            message_id = rendering.new_message_id(message.account.address)
             emails.append(
                 outbox.enqueue(
                     address,
@@ -184,7 +184,7 @@ def compose(message, html, message_id):
         from_email=message.account.sender.from_header,
         to=message.to,
         cc=message.cc,
-        headers={"Message-ID": message_id, "Date": formatdate(localtime=settings.EMAIL_USE_LOCALTIME)},
+        headers={"Message-ID": message_id, "Date": header_values.date()},
     )
     if html:
         email.attach_alternative(html, "text/html")

@@ -107,7 +107,7 @@ def make_emails(user, data, files):
             user=user,
         )
         if email.status == states.ENQUEUE.target and (cc or files):
-            message = to_email_message(email, attachments=files)
+            message = to_email_message(email, attachments=files, sign=False)  # signed when sent, as every email
             if cc:
                 message.extra_headers["To"] = formataddr(to) if to[0] else to[1]
                 message.cc = [formataddr(c) if c[0] else c[1] for c in cc]

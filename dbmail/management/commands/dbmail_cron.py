@@ -1,11 +1,10 @@
 import sys
-import time
 
 from django.core.management.base import BaseCommand, CommandError
 
-from dbmail import states
 from dbmail.ops import sites
 from dbmail.ops.cron import Runner, Unreachable
+from dbmail.ops.progress import Progress
 
 
 class Command(BaseCommand):
@@ -33,8 +32,7 @@ class Command(BaseCommand):
             max_seconds=opts["max_seconds"],
             max_messages=opts["max_messages"],
             batch_size=opts["batch_size"],
-            on_outcome=self.progress.outcome if self.progress else None,
-            on_chunk=self.progress.expanded if self.progress else None,
+            progress=self.progress,
             interval=opts["interval"],
         )
         runner.install_signal_handlers()
@@ -74,32 +72,3 @@ class Command(BaseCommand):
     def execute(self, *args, **options):
         self.verbosity = options.get("verbosity", 1)
         return super().execute(*args, **options)
-
-
-class Progress:
-    """A one-line counter on a terminal, redrawn at most five times a second."""
-
-    def __init__(self, stream):
-        self.stream = stream
-        self.counts = {"expanded": 0, **dict.fromkeys(states.OUTCOMES, 0)}  # then sent, deferred, dropped
-        self.drawn_at = 0.0
-
-    def expanded(self, n):
-        self.counts["expanded"] += n
-        self.draw()
-
-    def outcome(self, email, outcome):
-        self.counts[outcome.status] += 1
-        self.draw()
-
-    def draw(self):
-        now = time.monotonic()
-        if now - self.drawn_at >= 0.2:
-            self.drawn_at = now
-            self.stream.write("\r" + ", ".join(f"{k} {v}" for k, v in self.counts.items()))
-            self.stream.flush()
-
-    def clear(self):
-        if self.drawn_at:
-            self.stream.write("\r\033[K")
-            self.stream.flush()

@@ -3,6 +3,7 @@ import sys
 
 from django.core.management.base import BaseCommand
 from django.db import DatabaseError
+from django.utils import timezone
 
 from dbmail.ops import health
 from dbmail.ops.purge import duration_argument
@@ -10,7 +11,7 @@ from dbmail.ops.purge import duration_argument
 
 class Command(BaseCommand):
     help = (
-        "Health of every moving part (sender, expansion, tracking, log follower, IMAP poller, gate), the "
+        "Health of every moving part (sender, expansion, tracking, log follower, DKIM signing, IMAP poller, gate), the "
         "outbox's counts, emails possibly delivered twice and each account's current sending problem. "
         "Exits 0 ok, 1 warning, 2 critical, 3 unknown (the monitoring-plugin convention)."
     )
@@ -50,9 +51,11 @@ class Command(BaseCommand):
             self.stdout.write("the outbox is empty")
         if report.requests:
             self.stdout.write("requests: " + ", ".join(f"{s} {n}" for s, n in sorted(report.requests.items())))
-        age = f"{int(report.oldest_due_age.total_seconds())}s" if report.oldest_due_age else "none due"
+        age = f"due for {health.human(report.oldest_due_age)}" if report.oldest_due_age else "none due"
         self.stdout.write(f"oldest due: {age}")
-        self.stdout.write(f"last successful dbmail_cron: {report.last_success or 'never'}")
+        last = report.last_success
+        when = f" ({timezone.localtime(last):%Y-%m-%d %H:%M %Z})" if last else ""  # --json has the ISO time
+        self.stdout.write(f"last successful dbmail_cron: {health.ago(last)}{when}")
         if report.possibly_delivered:
             self.stdout.write(
                 f"outcome unknown (possibly delivered): {report.possibly_delivered} emails went out whole but "

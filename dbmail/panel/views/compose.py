@@ -1,6 +1,5 @@
-"""Compose and edit drafts, and the live recipient count behind the compose form."""
+"""Compose and edit drafts; behind the form, the live recipient count and the live template check and preview."""
 
-from django import forms
 from django.contrib import messages
 from django.db import transaction
 from django.http import JsonResponse
@@ -8,9 +7,10 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_POST
 
 from dbmail import audit, states
-from dbmail.content import audience, rendering
-from dbmail.exceptions import TooLate
-from dbmail.models import EmailTemplate, MessageRequest
+from dbmail.content import audience, authoring, rendering, starters
+from dbmail.exceptions import RenderError, TooLate
+from dbmail.models import BodyFormat, EmailTemplate, MessageRequest
+from dbmail.panel import preview
 from dbmail.panel.forms import ComposeForm
 from dbmail.panel.views import requests
 from dbmail.panel.views.access import panel_view
@@ -40,7 +40,7 @@ def compose(request, pk=None):
             return redirect("commpanel:request", pk=pk)
     instance = draft or MessageRequest(creator=request.user, status=states.REQUEST_CREATE_DRAFT.target)
     if request.method == "POST":
-        form = ComposeForm(request.POST, request.FILES, instance=instance)
+        form = ComposeForm(request.POST, request.FILES, instance=instance, user=request.user)
         if form.is_valid():
             try:
                 mail = _save(form, draft)
@@ -58,8 +58,10 @@ def compose(request, pk=None):
             else:
                 messages.success(request, "Draft saved. Check the preview, send yourself a test, then send it.")
             return redirect("commpanel:request", pk=mail.pk)
+        form.keep_uploads()  # a failed save loses no file: they come back with the form
     else:
-        form = ComposeForm(instance=instance, initial=_starting_point(request) if draft is None else None)
+        initial = _starting_point(request) if draft is None else None
+        form = ComposeForm(instance=instance, initial=initial, user=request.user)
     return render(
         request,
         "commpanel/compose.html",
@@ -68,6 +70,7 @@ def compose(request, pk=None):
             "draft": draft,
             "variables": _variables(form),
             "templates": EmailTemplate.objects.all(),
+            "starters": starters.STARTERS,
             "attachments": draft.attachments.all() if draft else [],
         },
     )
@@ -90,38 +93,76 @@ def _save(form, draft):
 
 
 def _starting_point(request):
-    """Initial values from ?template=<id>."""
-    template_id = request.GET.get("template")
-    if template_id and template_id.isdigit():
-        template = EmailTemplate.objects.filter(pk=template_id).first()
-        if template:
-            return {"subject": template.subject, "text_body": template.text_body, "html_body": template.html_body}
-    return {}
+    """Initial values from ?template=<id> (a saved template) or ?template=starter:<key> (a built-in one)."""
+    choice = request.GET.get("template", "")
+    template = None
+    if choice.startswith("starter:"):
+        template = starters.get(choice.partition(":")[2])
+    elif choice.isdigit():
+        template = EmailTemplate.objects.filter(pk=choice).first()
+    if template is None:
+        return {}
+    fields = ("subject", "text_body", "html_body", "body_format")
+    return {name: getattr(template, name) for name in fields}
 
 
 @require_POST
 @panel_view
 def count(request, pk=None):
-    """The exact number of addresses the compose form's current choice reaches, with warnings (JSON)."""
+    """Who the compose form's current choice reaches, exactly as saving would judge it (JSON).
+
+    The verdict is the form's own (ComposeForm.recipients_verdict): `ok` says
+    whether saving accepts the recipients; the good addresses are counted
+    even when it does not, and the bad lines are listed.
+    """
     instance = MessageRequest(status=states.REQUEST_CREATE_DRAFT.target)
     if pk is not None:
         instance = get_object_or_404(MessageRequest, pk=pk, status__in=EDITABLE)
-    form = ComposeForm(request.POST, request.FILES, instance=instance)
-    form.is_valid()  # fills cleaned_data; only the recipient part matters here
-    try:
-        name, params = form.recipients_choice()
-    except forms.ValidationError as exc:
-        return JsonResponse({"ok": False, "error": " ".join(exc.messages)})
+    form = ComposeForm(request.POST, request.FILES, instance=instance, user=request.user)
+    form.is_valid()  # fills cleaned_data and the verdict; only the recipient part matters here
+    verdict = form.verdict
+    answer = {"ok": verdict.ok, "errors": verdict.errors, "bad": verdict.bad, "left_out": verdict.left_out}
+    if verdict.params is None:
+        return JsonResponse({**answer, "count": None})
     probe = MessageRequest(
-        recipient_set=name,
-        recipient_params=params,
+        recipient_set=verdict.name,
+        recipient_params=verdict.params,
         subject=form.data.get("subject", ""),
         text_body=form.data.get("text_body", ""),
         html_body=form.data.get("html_body", ""),
     )
     result = audience.summarise(probe)
-    if result.error:
-        return JsonResponse({"ok": False, "error": result.error})
-    return JsonResponse(
-        {"ok": True, "columns": params.get("columns", []) if name == "addresses" else [], **result.as_dict()}
+    if result.error:  # the recipient set itself failed (dbmail.content.audience)
+        return JsonResponse({**answer, "ok": False, "errors": [result.error], "count": None})
+    columns = verdict.params.get("columns", []) if verdict.name == "addresses" else []
+    return JsonResponse({**answer, "columns": columns, **result.as_dict()})
+
+
+@require_POST
+@panel_view
+def check(request):
+    """The templates as typed: their errors (the check saving makes) and a rendered preview (JSON).
+
+    Serves the compose page and the template page. The preview is rendered for
+    the signed-in user as the recipient (CSV columns are empty), with the
+    unsubscribe footer where the body has no link of its own.
+    """
+    body_format = request.POST.get("body_format", BodyFormat.HTML)
+    if body_format not in BodyFormat.values:
+        body_format = BodyFormat.HTML
+    text_body = request.POST.get("text_body", "")
+    probe = MessageRequest(
+        subject=request.POST.get("subject", ""),
+        text_body=text_body,
+        html_body=authoring.html_body(body_format, text_body, request.POST.get("html_body", "")),
+        body_format=body_format,
     )
+    errors = rendering.template_errors(probe)
+    answer = {"ok": not errors, "errors": errors, "html_body": probe.html_body}
+    try:
+        shown = preview.sample(probe, request.user)
+    except RenderError as exc:
+        answer["preview_error"] = str(exc)
+    else:
+        answer["preview"] = {"subject": shown.subject, "text": shown.text, "html": shown.html}
+    return JsonResponse(answer)

@@ -142,7 +142,7 @@ def _preview(request, mail):
     index = int(index) if index.isdigit() else 0
     search = request.GET.get("rcpt", "").strip()
     try:
-        shown = preview.build(mail, index, search)
+        shown = preview.for_page(mail, index, search)  # once sent: the stored emails
     except (rendering.RenderError, recipients.UnknownRecipientSet, recipients.RecipientSetError) as exc:
         return {"preview_error": str(exc)}
     return {"preview": shown, "preview_search": search}
@@ -206,8 +206,21 @@ def email_detail(request, pk, email_pk):
             "tries": tries + in_flight,
             "budget_used": email.attempts if email.attempts != tries + in_flight else None,
             "max_attempts": conf.DBMAIL_MAX_ATTEMPTS,
+            "raw": _raw_source(email),
+            "attachments": mail.attachments.all() if email.raw_message is None else [],
         },
     )
+
+
+RAW_SHOWN = 200_000  # characters of a stored whole message shown on the email page
+
+
+def _raw_source(email):
+    """A message stored whole (attachments, forwards) as text to read, cut to RAW_SHOWN characters."""
+    if email.raw_message is None:
+        return ""
+    text = bytes(email.raw_message).decode("utf-8", "replace")
+    return text if len(text) <= RAW_SHOWN else text[:RAW_SHOWN] + f"\n[... {len(text) - RAW_SHOWN:,} more characters]"
 
 
 @panel_view
@@ -401,6 +414,7 @@ def reuse(request, pk):
             subject=source.subject,
             text_body=source.text_body,
             html_body=source.html_body,
+            body_format=source.body_format,
             recipient_set=source.recipient_set,
             recipient_params=source.recipient_params,
             context=source.context,

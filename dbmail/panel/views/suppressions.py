@@ -2,18 +2,21 @@
 
 from django.contrib import messages
 from django.core.paginator import Paginator
+from django.http import StreamingHttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
+from django.utils import timezone
 from django.views.decorators.http import require_POST
 
 from dbmail import audit
 from dbmail.conf import settings as conf
+from dbmail.content import csvmerge, suppression_csv
+from dbmail.exceptions import CSVError
 from dbmail.models import Suppression
-from dbmail.panel.forms import SuppressionForm
+from dbmail.panel.forms import SuppressionForm, SuppressionImportForm
 from dbmail.panel.views.access import panel_view
 
 
-@panel_view
-def suppression_list(request):
+def _filtered(request):
     rows = Suppression.objects.order_by("-created_at", "address")
     query = request.GET.get("q", "").strip()
     if query:
@@ -21,6 +24,12 @@ def suppression_list(request):
     reason = request.GET.get("reason", "")
     if reason in Suppression.Reason.values:
         rows = rows.filter(reason=reason)
+    return rows, query, reason
+
+
+@panel_view
+def suppression_list(request):
+    rows, query, reason = _filtered(request)
     form = SuppressionForm(request.POST or None, initial={"reason": Suppression.Reason.MANUAL})
     if request.method == "POST" and form.is_valid():
         added = form.save()
@@ -31,7 +40,14 @@ def suppression_list(request):
     return render(
         request,
         "commpanel/suppression_list.html",
-        {"page": page, "form": form, "query": query, "reason": reason, "reasons": Suppression.Reason.choices},
+        {
+            "page": page,
+            "form": form,
+            "import_form": SuppressionImportForm(),
+            "query": query,
+            "reason": reason,
+            "reasons": Suppression.Reason.choices,
+        },
     )
 
 
@@ -54,4 +70,40 @@ def suppression_delete(request, pk):
     audit.record(request.user, "unsuppress", row, detail=f"was {row.reason}: {row.note}")
     row.delete()
     messages.success(request, f"{row.address} removed from the list: it will get mail again.")
+    return redirect("commpanel:suppressions")
+
+
+@panel_view
+def suppression_export(request):
+    """The list (as filtered on the page) as CSV, streamed: a list of a million addresses is fine."""
+    rows, _, _ = _filtered(request)
+    response = StreamingHttpResponse(suppression_csv.export_rows(rows), content_type="text/csv; charset=utf-8")
+    response["Content-Disposition"] = f'attachment; filename="suppressions-{timezone.localdate():%Y-%m-%d}.csv"'
+    return response
+
+
+@require_POST
+@panel_view
+def suppression_import(request):
+    form = SuppressionImportForm(request.POST, request.FILES)
+    if not form.is_valid():
+        for errors in form.errors.values():
+            for error in errors:
+                messages.error(request, error)
+        return redirect("commpanel:suppressions")
+    upload = form.cleaned_data["file"]
+    try:
+        result = suppression_csv.import_csv(upload.read(), form.cleaned_data["reason"], form.cleaned_data["note"])
+    except CSVError as exc:
+        messages.error(request, f"{upload.name}: {exc}")
+        return redirect("commpanel:suppressions")
+    added = Suppression.objects.filter(address__in=result.addresses)
+    audit.record_many(request.user, "suppress", added, detail=f"imported from {upload.name}")
+    messages.success(
+        request,
+        f"{upload.name}: {result.added} address(es) added; {result.already} already on the list, left as they were.",
+    )
+    if result.bad:
+        lines = csvmerge.describe_bad(result.bad)
+        messages.warning(request, f"{len(result.bad)} bad row(s) skipped: " + "; ".join(lines))
     return redirect("commpanel:suppressions")

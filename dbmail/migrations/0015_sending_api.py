@@ -9,7 +9,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('dbmail', '0012_audit'),
+        ('dbmail', '0014_dkim'),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 

@@ -1,0 +1,69 @@
+"""Header values every kind of outbound email shares: Date, the Message-ID's domain, Feedback-ID.
+
+- Date: RFC 5322 reads `-0000` as "time zone unknown", which is what
+  email.utils.formatdate writes for UTC; an aware datetime through
+  format_datetime gives `+0000` (or the local offset with EMAIL_USE_LOCALTIME).
+- Message-ID: its domain is the From address's (aligned with From, as DKIM
+  and DMARC look at mail) unless DBMAIL_MESSAGE_ID_DOMAIN names one.
+- Feedback-ID: Gmail's feedback loop reports complaints per value of this
+  header, in its `a:b:c:SenderId` form; ours is
+  `<request id>:<sender account id>:mailsite:<site name>`.
+"""
+
+import datetime
+import functools
+import re
+from email.utils import format_datetime, parseaddr
+
+from django.conf import settings
+from django.utils import timezone
+
+from dbmail.conf import settings as conf
+from dbmail.content import addresses
+from dbmail.exceptions import AddressError
+
+FEEDBACK_ID = "Feedback-ID"
+_NOT_IN_FIELD = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def date(now=None):
+    """The Date header's value for `now` (default: this moment)."""
+    now = now or timezone.now()
+    if settings.EMAIL_USE_LOCALTIME:
+        now = now.astimezone()  # the host's own zone, with its offset
+    else:
+        now = now.astimezone(datetime.UTC)
+    return format_datetime(now)
+
+
+@functools.lru_cache(maxsize=1024)
+def domain_of(address):
+    """The lower-case domain of an address or of a header value like `Ann <ann@example.org>`, in A-labels.
+
+    An international domain is written as DNS and the wire know it (xn--...); "" if it is none.
+    """
+    domain = parseaddr(address or "")[1].rpartition("@")[2].strip().lower()
+    try:
+        return addresses.a_label(domain)
+    except AddressError:
+        return ""
+
+
+def message_id_domain(from_address=None):
+    """The right-hand side of a new Message-ID for mail from `from_address`."""
+    return (
+        conf.DBMAIL_MESSAGE_ID_DOMAIN
+        or domain_of(from_address)
+        or domain_of(settings.DEFAULT_FROM_EMAIL)
+        or "localhost"
+    )
+
+
+def _field(value):
+    # Colons separate the fields; anything but letters, digits and . _ - would only confuse a reader of reports.
+    return _NOT_IN_FIELD.sub("-", str(value)).strip("-") or "-"
+
+
+def feedback_id(request):
+    """The Feedback-ID of every email of `request` (a MessageRequest)."""
+    return f"{request.pk}:{request.sender_id}:mailsite:{_field(conf.DBMAIL_SITE_NAME)}"
