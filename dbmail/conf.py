@@ -201,6 +201,15 @@ def _bad_destination_groups(value):
     return destinations.problem(value)
 
 
+_RATE = re.compile(r"[1-9][0-9]*/(s|sec|second|m|min|minute|h|hour|d|day)")
+
+
+def _not_a_rate(value):
+    if value == "off" or _RATE.fullmatch(value.replace(" ", "")):
+        return ""
+    return " must be like 120/min (per second, min, hour or day) or off"
+
+
 def _short_secret(value):
     return ": each secret must be at least 16 characters" if any(len(s) < 16 for s in value) else ""
 
@@ -282,6 +291,8 @@ SETTINGS = [
     Setting("DBMAIL_MAX_ATTACHMENT_BYTES", 10 * 1024 * 1024, int, minimum=0),
     Setting("DBMAIL_PANEL_PAGE_SIZE", 50, int, minimum=1),
     Setting("DBMAIL_PANEL_POLL_SECONDS", 3, int, minimum=1),
+    # The sending API: calls that send, per user and window (dbmail.intake.api.throttling).
+    Setting("DBMAIL_API_SEND_RATE", "120/min", str, check=_not_a_rate, clean=lambda v: v.strip().lower()),
     # The XML spool (seed 003); "{sid}" in the directory stands for the site chosen with --sid.
     Setting("DBMAIL_SPOOL_DIR", "", str),
     Setting("DBMAIL_SPOOL_KEEP_DAYS", 7, int, minimum=1),

@@ -154,6 +154,14 @@ class WebhookRefused(DbmailError, SuspiciousOperation):
         self.status = status
 
 
+class IdempotencyKeyReused(DbmailError, ValueError):
+    """The sending API's Idempotency-Key was used before with another payload; `send` is what it made then."""
+
+    def __init__(self, message, send=None):
+        super().__init__(message)
+        self.send = send
+
+
 class TooLate(DbmailError, RuntimeError):
     """A change to a request that expansion took meanwhile: nothing was changed (the comm panel's edit)."""
 

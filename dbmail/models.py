@@ -1130,3 +1130,45 @@ class DailyStatDelta(DailyCounts):
     Append-only and unindexed (but its key), so concurrent senders never wait for one counter row
     and a write costs one small insert; dbmail_cron folds these into DailyStat. Readers add both.
     """
+
+
+# --- The sending API (dbmail.intake.api): one answer per idempotency key, and the rate counters ---
+
+
+class ApiSend(models.Model):
+    """One POST /api/v1/send/: the emails it made, under the caller's Idempotency-Key.
+
+    The unique (user, key) constraint is what makes a repeated key harmless,
+    even for two requests at the same moment on two hosts: the second insert
+    waits for the first transaction and then fails, and the second request
+    answers with the first one's emails.
+    """
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+")
+    key = models.CharField(max_length=255, null=True, blank=True, help_text="The Idempotency-Key header, if any.")
+    payload_sha256 = models.CharField(max_length=64, help_text="Of the request as understood: a reused key must match.")
+    emails = models.ManyToManyField(TextOfEmail, related_name="api_sends")
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["-id"]
+        verbose_name = "API send"
+        constraints = [models.UniqueConstraint(fields=["user", "key"], name="dbmail_api_send_once")]
+
+    def __str__(self):
+        return f"#{self.pk} by {self.user_id}" + (f" ({self.key})" if self.key else "")
+
+
+class ApiRateCounter(models.Model):
+    """Sending calls one user made to the API in the current window of DBMAIL_API_SEND_RATE.
+
+    In the database, so every process and host counts against the same number
+    (Django's default cache is each process's own memory).
+    """
+
+    ident = models.CharField(max_length=100, unique=True)
+    slot = models.BigIntegerField(help_text="Which window: seconds since the epoch // the window's length.")
+    hits = models.PositiveIntegerField(default=0)
+
+    def __str__(self):
+        return f"{self.ident}: {self.hits} in window {self.slot}"

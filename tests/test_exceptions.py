@@ -13,6 +13,7 @@ import mailgate
 from dbmail import exceptions
 from dbmail.content import addresses, csvmerge, recipients, rendering
 from dbmail.intake import expand, outbox, smailer, spool
+from dbmail.intake.api import transactional
 from dbmail.ops import cron, dkimkeys, dnscheck, sites
 from dbmail.send import destinations, recovery, smtp
 from dbmail.track import apply, queue, webhooks
@@ -44,6 +45,7 @@ from mailgate.mailboxes import imap
         (exceptions.DestinationGroupsError, ValueError),
         (exceptions.WebhookRefused, SuspiciousOperation),
         (exceptions.WebhookMappingError, ValueError),
+        (exceptions.IdempotencyKeyReused, ValueError),
         (exceptions.DkimError, ValueError),
         (exceptions.DNSLookupFailed, ConnectionError),
         (mailgate_exceptions.MailboxError, ConnectionError),
@@ -76,6 +78,7 @@ def test_the_raising_modules_keep_their_names_for_the_same_classes():
     )
     assert recovery.DatabaseLost is exceptions.DatabaseLost
     assert destinations.GroupsError is exceptions.DestinationGroupsError
+    assert transactional.KeyReused is exceptions.IdempotencyKeyReused
     assert (dnscheck.LookupFailed, dkimkeys.DkimError) == (exceptions.DNSLookupFailed, exceptions.DkimError)
     assert (moderation.NotHeld, imap.MailboxError) == (mailgate_exceptions.NotHeld, mailgate_exceptions.MailboxError)
 

@@ -56,6 +56,8 @@ def test_production_settings_pass_check_deploy():
         ("DBMAIL_UNSUBSCRIBE_MAILTO", "u" * 38 + "@example.org", "at most 37 characters"),
         ("MAILGATE_LIST_DOMAINS", "lists.example.org,not_a_domain", "MAILGATE_LIST_DOMAINS: 'not_a_domain'"),
         ("API_SCHEMA_PUBLIC", "perhaps", "API_SCHEMA_PUBLIC='perhaps' is not a boolean"),
+        ("DBMAIL_API_SEND_RATE", "lots", "DBMAIL_API_SEND_RATE='lots' must be like 120/min"),
+        ("DBMAIL_API_SEND_RATE", "0/min", "DBMAIL_API_SEND_RATE='0/min'"),
     ],
 )
 def test_a_bad_setting_stops_start_up_naming_it(name, value, message):

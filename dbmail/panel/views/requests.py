@@ -34,8 +34,11 @@ def recipients_label(mail):
     params = mail.recipient_params or {}
     if mail.recipient_set == "addresses" and isinstance(params, dict) and isinstance(params.get("rows") or [], list):
         rows = len(params.get("rows") or [])
+        columns = ", ".join(params.get("columns", []))
         if params.get("source") == "csv":
-            return f"CSV {params.get('filename', '')} ({rows} rows; columns {', '.join(params.get('columns', []))})"
+            return f"CSV {params.get('filename', '')} ({rows} rows; columns {columns})"
+        if params.get("source") == "api":
+            return f"{rows} rows from the API (columns {columns})"
         return f"{rows} pasted address{'es' if rows != 1 else ''}"
     try:
         label = recipients.get_set(mail.recipient_set).label
