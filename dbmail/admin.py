@@ -1,7 +1,8 @@
 from django import forms
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
-from django.db.models import Q
+from django.db.models import F, Q, Value
+from django.db.models.functions import Greatest
 from django.template.response import TemplateResponse
 from django.urls import path
 from django.utils import timezone
@@ -18,6 +19,8 @@ from dbmail.models import (  # the XML spool
     DeliveryEvent,
     DkimKey,
     MessageRequest,
+    PacingBucket,
+    QueueTableItem,
     RequestEvent,
     SenderAccount,
     SendGrant,
@@ -31,6 +34,8 @@ from dbmail.models import (  # the XML spool
     UnsignedMail,
 )
 from dbmail.ops import dkimkeys, dnscheck
+from dbmail.send import backoff, caps
+from dbmail.track import guard
 from dbmail.track.apply import retry_unmatched
 
 
@@ -44,17 +49,30 @@ class SenderAccountForm(forms.ModelForm):
         model = SenderAccount
         fields = "__all__"  # noqa: DJ007  (the admin edits every field of an account)
 
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["warmup_factor"].required = False  # left empty: the usual 1.5
+
     def clean_smtp_password(self):
         return self.cleaned_data["smtp_password"] or (self.instance.smtp_password if self.instance.pk else "")
+
+    def clean_warmup_factor(self):
+        factor = self.cleaned_data.get("warmup_factor")
+        return SenderAccount._meta.get_field("warmup_factor").default if factor is None else factor
 
 
 @admin.register(SenderAccount)
 class SenderAccountAdmin(AuditedAdmin):
     form = SenderAccountForm
-    list_display = ["address", "display_name", "active", "smtp_host"]
+    list_display = ["address", "display_name", "active", "smtp_host", "daily_cap", "cap_today"]
     list_filter = ["active"]
     search_fields = ["address", "display_name"]
     change_list_template = "admin/dbmail/dns_check_link_change_list.html"
+
+    @admin.display(description="Today (UTC): taken / cap")
+    def cap_today(self, obj):
+        cap, taken = caps.usage(obj, timezone.now())
+        return "-" if cap is None else f"{taken} / {cap}"
 
 
 class HeldFilter(admin.SimpleListFilter):
@@ -138,6 +156,8 @@ class MessageRequestAdmin(AuditedAdmin):
         "state",
         "failure",
         "failed_at",
+        "paused_reason",
+        "paused_at",
         "recipient_count",
         "expanded_at",
         "checkpoint",
@@ -145,7 +165,7 @@ class MessageRequestAdmin(AuditedAdmin):
         "delivery",
     ]
     inlines = [RequestEventInline]
-    actions = ["cancel_requests", "queue_now", "retry_failed"]
+    actions = ["cancel_requests", "queue_now", "retry_failed", "resume_paused"]
 
     @admin.display(description="Status", ordering="status")
     def state(self, obj):
@@ -167,6 +187,16 @@ class MessageRequestAdmin(AuditedAdmin):
         self.message_user(request, f"{retried} failed request(s) queued again.", messages.SUCCESS)
         if refused:
             self.message_user(request, "Not retried, they would fail again: " + "; ".join(refused), messages.ERROR)
+
+    @admin.action(description="Resume paused requests (the reputation guard then judges only the mail sent since)")
+    def resume_paused(self, request, queryset):
+        resumed = 0
+        for message_request in queryset.filter(status=states.PAUSE_REQUEST.target):
+            words = guard.resume(message_request, user=request.user)
+            if words:
+                audit.record(request.user, "resume", message_request, detail=f"{words} (admin)")
+                resumed += 1
+        self.message_user(request, f"{resumed} paused request(s) resumed.", messages.SUCCESS)
 
     @admin.display(description="Progress")
     def progress(self, obj):
@@ -564,6 +594,30 @@ class SpoolFileAdmin(admin.ModelAdmin):
         return False
 
 
+# --- The table queue (seed 003, SOWASQL) ---
+
+
+@admin.register(QueueTableItem)
+class QueueTableItemAdmin(admin.ModelAdmin):
+    """Read-only: which row of which queue table each email came from, and the status last written to it."""
+
+    list_display = ["table", "database", "row_id", "fld_time", "email", "email_status", "written", "settled_at"]
+    list_filter = ["written", "table"]
+    search_fields = ["email__to_address", "=row_id"]
+    list_select_related = ["email"]
+    raw_id_fields = ["email"]
+
+    @admin.display(description="Status")
+    def email_status(self, obj):
+        return obj.email.status
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+
 # --- Delivery tracking ---
 
 
@@ -601,4 +655,31 @@ class TrackingQueueItemAdmin(admin.ModelAdmin):
         return False
 
     def has_change_permission(self, request, obj=None):
+        return False
+
+
+@admin.register(PacingBucket)
+class PacingBucketAdmin(admin.ModelAdmin):
+    """Each destination group's shared budget and back-off (dbmail.send.buckets): read-only but for lifting a slowdown."""
+
+    list_display = ["name", "configured_per_minute", "rate_now", "slowed_since", "pushbacks", "pushback_text"]
+    readonly_fields = [f.name for f in PacingBucket._meta.fields] + ["rate_now"]
+    actions = ["lift_slowdown"]
+
+    @admin.display(description="Rate now (a minute; 0: no limit)")
+    def rate_now(self, obj):
+        return round(backoff.effective_rate(obj, timezone.now()), 1)
+
+    @admin.action(description="Lift the slowdown (back to the configured rate at once)")
+    def lift_slowdown(self, request, queryset):
+        n = queryset.update(
+            slowed_per_minute=None,
+            slowed_since=None,
+            last_halved_at=None,
+            pushbacks=0,
+            tokens=Greatest(F("tokens"), Value(0.0)),  # no pause left either
+        )
+        self.message_user(request, f"{n} group(s) back at their configured rate.", messages.SUCCESS)
+
+    def has_add_permission(self, request):
         return False

@@ -11,9 +11,12 @@ class DbmailConfig(AppConfig):
         from django.core import checks
 
         from dbmail import conf
+        from dbmail.intake import tablequeue
         from dbmail.track import anymail as anymail_events
 
         checks.register(conf.check_settings, "dbmail")  # `manage.py check` names a bad setting and why
+        checks.register(tablequeue.check_database, "dbmail")
+        checks.register(tablequeue.check_table, checks.Tags.database)
 
         anymail_events.connect()  # a no-op without django-anymail
 

@@ -23,7 +23,14 @@ from django.conf import settings as django_settings
 from django.core import checks
 
 MISSING = object()
-_ARTICLE = {"int": "an int", "float": "a number", "bool": "a boolean", "str": "a string", "list": "a list of strings"}
+_ARTICLE = {
+    "int": "an int",
+    "float": "a number",
+    "bool": "a boolean",
+    "str": "a string",
+    "list": "a list of strings",
+    "dict": "a JSON object",
+}
 
 
 @dataclass(frozen=True)
@@ -37,7 +44,7 @@ class Derived:
 class Setting:
     name: str
     default: object
-    type: type  # int, float, bool, str or list (of str)
+    type: type  # int, float, bool, str, list (of str) or dict (JSON in the environment)
     minimum: float | None = None
     choices: tuple = ()
     check: object = None  # value -> "" or the rest of the sentence after "Setting NAME=value"
@@ -48,7 +55,9 @@ class Setting:
     def default_for(self, get):
         if isinstance(self.default, Derived):
             return self.default.compute(get)
-        return list(self.default) if isinstance(self.default, list) else self.default
+        if isinstance(self.default, list | dict):
+            return type(self.default)(self.default)  # a fresh one each time, never a shared one
+        return self.default
 
     def shown(self, value):
         """How a message names this setting with `value` (without it when secret)."""
@@ -87,6 +96,8 @@ def _has_type(value, kind):
         return isinstance(value, int | float) and not isinstance(value, bool)
     if kind is list:
         return isinstance(value, list | tuple) and all(isinstance(item, str) for item in value)
+    if kind is dict:
+        return isinstance(value, dict)
     return isinstance(value, kind)
 
 
@@ -184,6 +195,21 @@ def _not_amqp(value):
     return f" must be an amqp:// or amqps:// URL, not {value.partition(':')[0]}:"  # the rest may hold a password
 
 
+def _bad_destination_groups(value):
+    from dbmail.send import destinations  # no models: safe while the settings load
+
+    return destinations.problem(value)
+
+
+_RATE = re.compile(r"[1-9][0-9]*/(s|sec|second|m|min|minute|h|hour|d|day)")
+
+
+def _not_a_rate(value):
+    if value == "off" or _RATE.fullmatch(value.replace(" ", "")):
+        return ""
+    return " must be like 120/min (per second, min, hour or day) or off"
+
+
 def _short_secret(value):
     return ": each secret must be at least 16 characters" if any(len(s) < 16 for s in value) else ""
 
@@ -192,6 +218,32 @@ def _bad_basic_auth(value):
     if any(":" not in pair or len(pair.partition(":")[2]) < 16 for pair in value):
         return ": each entry is user:password with a password of at least 16 characters"
     return ""
+
+
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
+
+
+def _not_a_table_name(value):
+    # Quoted when used, but a name must still be one a DBA would write: no quotes, spaces or dots beyond one.
+    if not value or (value.count(".") <= 1 and all(_IDENTIFIER.fullmatch(part) for part in value.split("."))):
+        return ""
+    return " is not a table name (letters, digits and _, at most 63 of them, optionally schema.table)"
+
+
+def _not_a_database_alias(value):
+    if not value or re.fullmatch(r"[a-z][a-z0-9_]*", value.replace("{sid}", "x")):
+        return ""
+    return " is not a database alias (a site name: lower-case letters, digits and _, or {sid})"
+
+
+def _short_token(value):
+    return ": each token must be at least 16 characters" if any(len(s) < 16 for s in value) else ""
+
+
+def _bad_mappings(value):
+    from dbmail.track import mappings  # only when set: conf is read before Django is set up
+
+    return mappings.problem(value) if value else ""
 
 
 SETTINGS = [
@@ -222,6 +274,15 @@ SETTINGS = [
     Setting("DBMAIL_RECONNECT_DELAY_SECONDS", 1.0, float, minimum=0),
     # Body bytes a sender holds at once (the batch being sent and the next one, claimed ahead).
     Setting("DBMAIL_BATCH_MAX_BYTES", 20 * 1024 * 1024, int, minimum=1),
+    # Pacing per destination group, shared by every host (dbmail.send.destinations, pacing, backoff).
+    Setting("DBMAIL_DESTINATION_GROUPS", {}, dict, check=_bad_destination_groups, show_value=False),
+    Setting("DBMAIL_BACKOFF_FLOOR_PER_MINUTE", 10.0, float, minimum=0.1),
+    Setting("DBMAIL_BACKOFF_RECOVERY_PERCENT", 10.0, float, minimum=0.1),
+    Setting("DBMAIL_BACKOFF_START_PER_MINUTE", 600.0, float, minimum=0.1),
+    # The reputation guard (dbmail.track.guard): a request bouncing or drawing complaints this much is paused.
+    Setting("DBMAIL_GUARD_MIN_SENT", 500, int, minimum=1),
+    Setting("DBMAIL_GUARD_BOUNCE_PERCENT", 5.0, float, minimum=0),
+    Setting("DBMAIL_GUARD_COMPLAINT_PERCENT", 0.3, float, minimum=0),
     # DKIM signing and the DNS checks.
     Setting("DBMAIL_DKIM_RELOAD_SECONDS", 60, int, minimum=1),
     Setting("DBMAIL_DNS_TIMEOUT", 5.0, float, minimum=0.1),
@@ -231,11 +292,16 @@ SETTINGS = [
     Setting("DBMAIL_MAX_ATTACHMENT_BYTES", 10 * 1024 * 1024, int, minimum=0),
     Setting("DBMAIL_PANEL_PAGE_SIZE", 50, int, minimum=1),
     Setting("DBMAIL_PANEL_POLL_SECONDS", 3, int, minimum=1),
+    # The sending API: calls that send, per user and window (dbmail.intake.api.throttling).
+    Setting("DBMAIL_API_SEND_RATE", "120/min", str, check=_not_a_rate, clean=lambda v: v.strip().lower()),
     # The XML spool (seed 003); "{sid}" in the directory stands for the site chosen with --sid.
     Setting("DBMAIL_SPOOL_DIR", "", str),
     Setting("DBMAIL_SPOOL_KEEP_DAYS", 7, int, minimum=1),
     Setting("DBMAIL_SPOOL_RETRY_SECONDS", 3600, int, minimum=1),
     Setting("DBMAIL_SPOOL_MAX_ATTEMPTS", 100, int, minimum=1),
+    # The table queue (seed 003, SOWASQL): a table of the seed's shape, in this site's database or another.
+    Setting("DBMAIL_SMAILER_TABLE", "tbl_mails", str, check=_not_a_table_name),
+    Setting("DBMAIL_SMAILER_DATABASE", "", str, check=_not_a_database_alias),
     # VERP return paths.
     Setting("DBMAIL_VERP_DOMAIN", "", str, check=_not_a_domain, clean=lambda v: v.strip().lower()),
     Setting("DBMAIL_VERP_PREFIX", "bounces", str, check=_not_a_verp_prefix),
@@ -248,6 +314,8 @@ SETTINGS = [
     Setting("TRACKING_WEBHOOK_SECRETS", [], list, check=_short_secret, secret=True),
     Setting("TRACKING_WEBHOOK_BASIC_AUTH", [], list, check=_bad_basic_auth, secret=True),
     Setting("TRACKING_WEBHOOK_MAX_AGE", 300, int, minimum=1),
+    Setting("TRACKING_WEBHOOK_BEARER_TOKENS", [], list, check=_short_token, secret=True),
+    Setting("TRACKING_WEBHOOK_MAPPINGS", "", str, check=_bad_mappings, show_value=False),
     # Health: dbmail_status's thresholds, a warning first, then critical (DBMAIL_STUCK_AFTER_SECONDS above).
     Setting("DBMAIL_HEALTH_WARNING_SECONDS", 900, int, minimum=1),
     Setting("TRACKING_HEALTH_WARNING_SECONDS", 600, int, minimum=1),
@@ -267,10 +335,11 @@ def _retry_order(get):
 
 def _webhook_credentials(get):
     # An enabled endpoint without credentials would be open to anyone.
-    if get("TRACKING_WEBHOOK_ENABLED") and not (get("TRACKING_WEBHOOK_SECRETS") or get("TRACKING_WEBHOOK_BASIC_AUTH")):
+    credentials = ("TRACKING_WEBHOOK_SECRETS", "TRACKING_WEBHOOK_BASIC_AUTH", "TRACKING_WEBHOOK_BEARER_TOKENS")
+    if get("TRACKING_WEBHOOK_ENABLED") and not any(get(name) for name in credentials):
         return (
-            "Setting TRACKING_WEBHOOK_SECRETS (or TRACKING_WEBHOOK_BASIC_AUTH) is required "
-            "when TRACKING_WEBHOOK_ENABLED is on."
+            "Setting TRACKING_WEBHOOK_SECRETS (or TRACKING_WEBHOOK_BASIC_AUTH, or TRACKING_WEBHOOK_BEARER_TOKENS) "
+            "is required when TRACKING_WEBHOOK_ENABLED is on."
         )
     return ""
 
@@ -304,7 +373,12 @@ RULES = [
     Rule("dbmail.E002", ("DBMAIL_RETRY_BASE_SECONDS", "DBMAIL_RETRY_MAX_SECONDS"), _retry_order),
     Rule(
         "dbmail.E003",
-        ("TRACKING_WEBHOOK_ENABLED", "TRACKING_WEBHOOK_SECRETS", "TRACKING_WEBHOOK_BASIC_AUTH"),
+        (
+            "TRACKING_WEBHOOK_ENABLED",
+            "TRACKING_WEBHOOK_SECRETS",
+            "TRACKING_WEBHOOK_BASIC_AUTH",
+            "TRACKING_WEBHOOK_BEARER_TOKENS",
+        ),
         _webhook_credentials,
     ),
     Rule("dbmail.E004", ("EMAIL_USE_TLS", "EMAIL_USE_SSL"), _tls_and_ssl),

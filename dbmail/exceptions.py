@@ -73,6 +73,10 @@ class SpoolError(DbmailError, OSError):
     """The spool directory cannot be used (missing or unreadable)."""
 
 
+class QueueTableError(DbmailError, RuntimeError):
+    """The queue table cannot be used (DBMAIL_SMAILER_TABLE missing, a column missing, its database unknown)."""
+
+
 # --- sending and tracking: services that cannot be reached, events and requests refused ---
 
 
@@ -95,6 +99,10 @@ class DatabaseLost(DbmailError, DatabaseError):
         super().__init__(" ".join(str(error).split()) or type(error).__name__)
         self.error = error
         self.leftovers = leftovers
+
+
+class DestinationGroupsError(DbmailError, ValueError):
+    """DBMAIL_DESTINATION_GROUPS cannot be used (dbmail.send.destinations); the message says which part and why."""
 
 
 class AddressError(DbmailError, ValueError):
@@ -134,12 +142,24 @@ class InvalidEvent(DbmailError, ValueError):
     """A tracking event that cannot be used; the message says which field and why."""
 
 
+class WebhookMappingError(DbmailError, ValueError):
+    """TRACKING_WEBHOOK_MAPPINGS does not describe usable mappings; the message says where."""
+
+
 class WebhookRefused(DbmailError, SuspiciousOperation):
     """A tracking callback that is not accepted; `status` is the HTTP answer it gets (400, 401, 409...)."""
 
     def __init__(self, status, message):
         super().__init__(message)
         self.status = status
+
+
+class IdempotencyKeyReused(DbmailError, ValueError):
+    """The sending API's Idempotency-Key was used before with another payload; `send` is what it made then."""
+
+    def __init__(self, message, send=None):
+        super().__init__(message)
+        self.send = send
 
 
 class TooLate(DbmailError, RuntimeError):

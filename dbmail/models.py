@@ -15,7 +15,7 @@ from django.contrib.auth.models import Group
 from django.core.exceptions import ValidationError
 from django.db import models
 from django.db.models import Count, Q
-from django.db.models.functions import Coalesce, Lower
+from django.db.models.functions import Coalesce, Lower, Now
 from django.utils import timezone
 
 from dbmail import states
@@ -39,6 +39,19 @@ class SenderAccount(models.Model):
     mailbox = models.BooleanField(
         default=False, editable=False, help_text="Mirrors a user's mailbox account; not offered in the comm panel."
     )
+    # A cap per day (UTC), counted for all hosts together (dbmail.send.caps); a warm-up grows it day by day.
+    daily_cap = models.PositiveIntegerField(
+        null=True, blank=True, help_text="At most this many emails a day (UTC day); empty: no cap."
+    )
+    warmup_start = models.DateField(
+        null=True, blank=True, help_text="Warm-up: the first day (UTC) of the growing cap; empty: no warm-up."
+    )
+    warmup_initial = models.PositiveIntegerField(
+        null=True, blank=True, help_text="Warm-up: the cap on its first day (and before it)."
+    )
+    warmup_factor = models.FloatField(
+        default=1.5, help_text="Warm-up: each day's cap is the day before's times this, until it reaches the daily cap."
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -51,6 +64,28 @@ class SenderAccount(models.Model):
         self.address = self.address.strip().lower()
         if self.smtp_use_tls and self.smtp_use_ssl:
             raise ValidationError("Choose TLS or SSL, not both.")
+        errors = {}
+        if (self.warmup_start is None) != (self.warmup_initial is None):
+            errors["warmup_initial"] = "A warm-up needs both its first day and its first day's cap."
+        elif self.warmup_start is not None and self.daily_cap is None:
+            errors["daily_cap"] = "A warm-up grows up to the daily cap: set one."
+        if self.warmup_factor is not None and self.warmup_factor < 1:
+            errors["warmup_factor"] = "The cap grows: the factor is 1 or more (1.5: half as much again each day)."
+        if errors:
+            raise ValidationError(errors)
+
+    def cap_on(self, day):
+        """How many emails this account may send on `day` (a UTC date); None when there is no cap."""
+        if self.daily_cap is None:
+            return None
+        if self.warmup_start is None or not self.warmup_initial:
+            return self.daily_cap
+        grown, factor = float(self.warmup_initial), max(self.warmup_factor or 1.0, 1.0)
+        for _ in range(min(max(0, (day - self.warmup_start).days), 1000)):
+            if grown >= self.daily_cap:
+                break
+            grown *= factor
+        return min(int(grown), self.daily_cap)
 
     @property
     def from_header(self):
@@ -195,6 +230,14 @@ class MessageRequest(models.Model):
     failed_at = models.DateTimeField(null=True, blank=True, editable=False)
     # Per-status counts of emails removed by dbmail_purge, so totals survive a purge.
     purged_counts = models.JSONField(default=dict, blank=True, editable=False)
+    # The reputation guard (dbmail.track.guard): why it paused the request, and what was counted when a
+    # person last resumed it (the guard then judges only the mail sent since).
+    paused_reason = models.TextField(blank=True, editable=False)
+    paused_at = models.DateTimeField(null=True, blank=True, editable=False)
+    paused_from = models.CharField(
+        max_length=16, blank=True, editable=False, help_text="The status a resume returns to."
+    )
+    guard_baseline = models.JSONField(null=True, blank=True, editable=False)
     # Comm panel: a public web version (ESP's `public`) at an unguessable address, without per-recipient data.
     public = models.BooleanField(default=False, help_text="Show a web version to anyone with its link.")
     public_id = models.UUIDField(null=True, blank=True, unique=True, editable=False)
@@ -296,6 +339,9 @@ class TextOfEmail(models.Model):
     user = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, db_index=False)
     to_address = models.CharField(max_length=254)
     to_name = models.CharField(max_length=200, blank=True)
+    # The recipient's destination group (dbmail.send.destinations), set when the email is made so that a
+    # claim can pass over a group that must wait; empty on older rows, which are classified when claimed.
+    dest_group = models.CharField(max_length=40, null=True, blank=True, editable=False)
     from_header = models.CharField(max_length=400, help_text="The From header, display name included.")
     envelope_sender = models.CharField(max_length=254, help_text="SMTP MAIL FROM; bounces go here.")
     reply_to = models.CharField(max_length=254, blank=True)
@@ -468,6 +514,8 @@ class RequestEvent(models.Model):
         FAILURE = "failure", "expansion failed"
         RETRY = "retry", "retried"
         CANCEL = "cancel", "cancelled by hand"
+        PAUSE = "pause", "paused by the reputation guard"
+        RESUME = "resume", "resumed"
 
     request = models.ForeignKey(MessageRequest, on_delete=models.CASCADE, related_name="events")
     at = models.DateTimeField(default=timezone.now)
@@ -677,6 +725,72 @@ class SendingProblem(models.Model):
         return f"{who} via {self.server}: {self.text[:80]}"
 
 
+# --- Pacing (dbmail.send.pacing, backoff, caps): budgets shared by every host through the database ---
+
+
+class PacingBucket(models.Model):
+    """The shared budget of one destination group (or of all mail: "*"), a token bucket refilled at its rate.
+
+    A sender takes a grant for a batch in the transaction that claims it. A
+    group whose mail server pushes back (421, 4.7.x) is slowed here for every
+    host: its rate halves (at most once every half minute, never below
+    DBMAIL_BACKOFF_FLOOR_PER_MINUTE) and recovers by
+    DBMAIL_BACKOFF_RECOVERY_PERCENT of its configured rate each minute
+    without pushback (dbmail.send.backoff).
+    """
+
+    name = models.CharField(max_length=40, primary_key=True)
+    tokens = models.FloatField(default=0, help_text="Emails that may go now.")
+    refilled_at = models.DateTimeField(default=timezone.now)
+    configured_per_minute = models.FloatField(default=0, help_text="The rate the settings give it (0: no limit).")
+    slowed_per_minute = models.FloatField(
+        null=True, blank=True, help_text="The rate its last pushback left it at; it recovers from there."
+    )
+    slowed_since = models.DateTimeField(null=True, blank=True)
+    last_pushback_at = models.DateTimeField(null=True, blank=True)
+    last_halved_at = models.DateTimeField(null=True, blank=True)
+    pushbacks = models.PositiveIntegerField(default=0, help_text="Pushbacks since it was slowed.")
+    pushback_text = models.CharField(max_length=500, blank=True, help_text="What the server said last.")
+
+    class Meta:
+        ordering = ["name"]
+        verbose_name = "pacing bucket"
+
+    def __str__(self):
+        return self.name
+
+
+class ConnectionSlot(models.Model):
+    """One of a destination group's max_connections: the sender run holding it may send to that group."""
+
+    group = models.CharField(max_length=40)
+    slot = models.PositiveSmallIntegerField()
+    holder = models.UUIDField(null=True, blank=True)
+    leased_until = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["group", "slot"]
+        constraints = [models.UniqueConstraint(fields=["group", "slot"], name="dbmail_connection_slot")]
+
+    def __str__(self):
+        return f"{self.group}#{self.slot}"
+
+
+class SenderDailyCount(models.Model):
+    """Emails a sender account's daily cap let through on one UTC day, counted for all hosts together."""
+
+    account = models.ForeignKey(SenderAccount, on_delete=models.CASCADE, related_name="daily_counts")
+    day = models.DateField()
+    taken = models.PositiveIntegerField(default=0, help_text="Places taken that day: emails claimed to be tried.")
+
+    class Meta:
+        ordering = ["-day", "account"]
+        constraints = [models.UniqueConstraint(fields=["account", "day"], name="dbmail_sender_day")]
+
+    def __str__(self):
+        return f"{self.account_id} {self.day}: {self.taken}"
+
+
 class CronHeartbeat(models.Model):
     """The last run of a command on one host, so an outage cannot go unnoticed."""
 
@@ -811,6 +925,65 @@ class SpoolItem(models.Model):
 
     def __str__(self):
         return f"{self.file.name} #{self.position}"
+
+
+# --- The table queue (seed 003, SOWASQL): rows other programs insert, and the emails they became ---
+
+
+class QueueTableMail(models.Model):
+    """The default queue table, shaped as the seed's tbl_mails (dbmail.intake.tablequeue).
+
+    Producers write it with plain SQL (INSERT INTO tbl_mails (fld_time, fld_sender, fld_address,
+    fld_topic, fld_content) VALUES ...); the sender reads and updates it with plain SQL too, so
+    DBMAIL_SMAILER_TABLE may name a site's own table of the same shape instead. Unmanaged: the
+    migration creates it only where no such table exists yet, and never drops it.
+    """
+
+    id = models.BigAutoField(primary_key=True)
+    fld_time = models.DateTimeField(db_default=Now())
+    fld_sender = models.TextField()
+    fld_address = models.TextField()
+    fld_topic = models.TextField(db_default="")
+    fld_content = models.TextField(db_default="")
+    # '' waiting, T taken into the outbox, S sent, d deferred (retried), D dropped (fld_reason says why).
+    fld_status = models.CharField(max_length=1, db_default="", blank=True)
+    fld_reason = models.TextField(db_default="", blank=True)
+
+    class Meta:
+        managed = False
+        db_table = "tbl_mails"
+        verbose_name = "queue table mail"
+        indexes = [
+            models.Index(
+                fields=["id"], condition=Q(fld_status="") | Q(fld_status__isnull=True), name="tbl_mails_waiting"
+            )
+        ]
+
+    def __str__(self):
+        return f"#{self.pk} {self.fld_sender} => {self.fld_address}"
+
+
+class QueueTableItem(models.Model):
+    """The link from an email back to the queue table row it came from; (database, table, row) is taken once."""
+
+    email = models.OneToOneField(TextOfEmail, on_delete=models.CASCADE, related_name="table_item")
+    database = models.CharField(max_length=100, blank=True, help_text="The row's database alias; blank: this site's.")
+    table = models.CharField(max_length=200)
+    row_id = models.BigIntegerField()
+    fld_time = models.DateTimeField(help_text="The row's own time stamp.")
+    written = models.CharField(max_length=1, help_text="The fld_status last written to the row.")
+    # When S or D was written: the row is done and no longer watched.
+    settled_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["database", "table", "row_id"]
+        constraints = [
+            models.UniqueConstraint(fields=["database", "table", "row_id"], name="dbmail_table_row_once"),
+        ]
+        indexes = [models.Index(fields=["id"], condition=Q(settled_at__isnull=True), name="dbmail_table_row_open")]
+
+    def __str__(self):
+        return f"{self.table} #{self.row_id}"
 
 
 # --- Delivery tracking (dbmail.track): the queue's database backend and the job's memory ---
@@ -957,3 +1130,45 @@ class DailyStatDelta(DailyCounts):
     Append-only and unindexed (but its key), so concurrent senders never wait for one counter row
     and a write costs one small insert; dbmail_cron folds these into DailyStat. Readers add both.
     """
+
+
+# --- The sending API (dbmail.intake.api): one answer per idempotency key, and the rate counters ---
+
+
+class ApiSend(models.Model):
+    """One POST /api/v1/send/: the emails it made, under the caller's Idempotency-Key.
+
+    The unique (user, key) constraint is what makes a repeated key harmless,
+    even for two requests at the same moment on two hosts: the second insert
+    waits for the first transaction and then fails, and the second request
+    answers with the first one's emails.
+    """
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+")
+    key = models.CharField(max_length=255, null=True, blank=True, help_text="The Idempotency-Key header, if any.")
+    payload_sha256 = models.CharField(max_length=64, help_text="Of the request as understood: a reused key must match.")
+    emails = models.ManyToManyField(TextOfEmail, related_name="api_sends")
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["-id"]
+        verbose_name = "API send"
+        constraints = [models.UniqueConstraint(fields=["user", "key"], name="dbmail_api_send_once")]
+
+    def __str__(self):
+        return f"#{self.pk} by {self.user_id}" + (f" ({self.key})" if self.key else "")
+
+
+class ApiRateCounter(models.Model):
+    """Sending calls one user made to the API in the current window of DBMAIL_API_SEND_RATE.
+
+    In the database, so every process and host counts against the same number
+    (Django's default cache is each process's own memory).
+    """
+
+    ident = models.CharField(max_length=100, unique=True)
+    slot = models.BigIntegerField(help_text="Which window: seconds since the epoch // the window's length.")
+    hits = models.PositiveIntegerField(default=0)
+
+    def __str__(self):
+        return f"{self.ident}: {self.hits} in window {self.slot}"

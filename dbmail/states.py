@@ -24,6 +24,7 @@ class RequestStatus(models.TextChoices):
     EXPANDED = "expanded"
     CANCELLED = "cancelled"
     FAILED = "failed"  # expansion hit an error of the request's own; a person fixes it, then retries
+    PAUSED = "paused"  # the reputation guard stopped it (too many bounces or complaints); a person resumes or cancels
 
 
 class EmailStatus(models.TextChoices):
@@ -67,7 +68,15 @@ FINISH_EXPANSION = Transition("finish expansion", (R.EXPANDING,), R.EXPANDED)
 FAIL_EXPANSION = Transition("fail expansion", (R.EXPANDING,), R.FAILED)
 # Once the cause is fixed: queued again, and expansion resumes from the checkpoint.
 RETRY_REQUEST = Transition("retry a failed request", (R.FAILED,), R.QUEUED)
-CANCEL_REQUEST = Transition("cancel a request", (R.DRAFT, R.QUEUED, R.EXPANDING, R.EXPANDED, R.FAILED), R.CANCELLED)
+# The reputation guard (dbmail.track.guard) stops a request that bounces or draws complaints too much:
+# nothing more of it is made or sent (its waiting emails are not claimed) until a person resumes it,
+# to where it was: still to expand (queued: expansion goes on from its checkpoint) or expanded.
+PAUSE_REQUEST = Transition("pause a request (the reputation guard)", (R.QUEUED, R.EXPANDING, R.EXPANDED), R.PAUSED)
+RESUME_EXPANSION = Transition("resume a paused request still to expand", (R.PAUSED,), R.QUEUED)
+RESUME_SENDING = Transition("resume a paused request", (R.PAUSED,), R.EXPANDED)
+CANCEL_REQUEST = Transition(
+    "cancel a request", (R.DRAFT, R.QUEUED, R.EXPANDING, R.EXPANDED, R.FAILED, R.PAUSED), R.CANCELLED
+)
 
 REQUEST_TRANSITIONS = (
     REQUEST_CREATE_DRAFT,
@@ -78,13 +87,16 @@ REQUEST_TRANSITIONS = (
     FINISH_EXPANSION,
     FAIL_EXPANSION,
     RETRY_REQUEST,
+    PAUSE_REQUEST,
+    RESUME_EXPANSION,
+    RESUME_SENDING,
     CANCEL_REQUEST,
 )
 
 # Emails are still to be made for these.
 REQUEST_TO_EXPAND = (R.QUEUED, R.EXPANDING)
 # Nothing goes out for a request in these, whatever its emails say.
-REQUEST_DORMANT = (R.DRAFT, R.CANCELLED)
+REQUEST_DORMANT = (R.DRAFT, R.CANCELLED, R.PAUSED)
 
 # --- An email ---
 

@@ -9,4 +9,5 @@ urlpatterns = [
     path("unsubscribe/<str:token>/", unsubscribe.unsubscribe, name="unsubscribe"),
     path("mail/<uuid:public_id>/", public.web_version, name="web_version"),
     path("tracking/events/", webhooks.tracking_events, name="tracking-events"),
+    path("tracking/events/<slug:mapping>/", webhooks.tracking_events, name="tracking-events-mapped"),
 ]

@@ -11,6 +11,7 @@ here: their defaults, types and limits are in dbmail/conf.py and
 mailgate/conf.py, and are read from the environment with those.
 """
 
+import json
 import os
 import re
 from email.utils import parseaddr
@@ -51,6 +52,11 @@ def read(spec, get=None):
 
 
 def _cast(spec, raw, shown):
+    if spec.type is dict:
+        try:
+            return json.loads(raw)
+        except ValueError as exc:
+            raise ConfigurationError(f"{shown} is not valid JSON: {exc}.") from None
     if spec.type is bool:
         # django-environ reads any unknown word as False; a typo must not silently turn a switch off.
         lowered = raw.strip().lower()
@@ -217,12 +223,30 @@ REST_FRAMEWORK = {
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_PAGINATION_CLASS": "mailgate.mailboxes.api.pagination.Pagination",
+    # DRF's parsers, but a JSON body nested too deeply is a 400 rather than a RecursionError (a 500).
+    "DEFAULT_PARSER_CLASSES": [
+        "dbmail.intake.api.parsers.JSONParser",
+        "rest_framework.parsers.FormParser",
+        "rest_framework.parsers.MultiPartParser",
+    ],
     "PAGE_SIZE": setting("API_PAGE_SIZE", int, 50, minimum=1),
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    # DRF's handler, and a body over DATA_UPLOAD_MAX_MEMORY_SIZE is a 413 in JSON.
+    "EXCEPTION_HANDLER": "dbmail.intake.api.errors.exception_handler",
 }
 # /api/v1/schema/ maps every endpoint and field: signed-in users only unless published (mailgate.mailboxes.api.urls).
 API_SCHEMA_PUBLIC = setting("API_SCHEMA_PUBLIC", bool, False)
-SPECTACULAR_SETTINGS = {"TITLE": "mailsite API", "VERSION": "1", "SERVE_INCLUDE_SCHEMA": False}
+SPECTACULAR_SETTINGS = {
+    "TITLE": "mailsite API",
+    "VERSION": "1",
+    "SERVE_INCLUDE_SCHEMA": False,
+    # Three fields are called status: name their choice sets after what they are the status of.
+    "ENUM_NAME_OVERRIDES": {
+        "RequestStatusEnum": "dbmail.states.RequestStatus",
+        "EmailStatusEnum": "dbmail.states.EmailStatus",
+        "MessageStatusEnum": "mailgate.models.Message.Status",
+    },
+}
 
 LOGGING = {
     "version": 1,

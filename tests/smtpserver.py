@@ -8,6 +8,7 @@ Per recipient address (the step used depends on the attempt):
     server.script("di@example.org", "disconnect")                     # drops the connection at the end
     server.script("ed@example.org", "554 5.7.1 no", stage="data")     # refuses the DATA command
     server.script("club@example.org", "553 5.7.1 no", stage="mail")   # refuses this sender at MAIL FROM
+    server.script("@gmail.com", "421 4.7.0 try again later")          # every recipient of a domain
 
 For every connection or transaction, whoever the recipient:
 
@@ -54,6 +55,7 @@ class Received:
     rcpt_tos: list
     data: bytes
     mail_options: list = field(default_factory=list)
+    at: float = 0.0  # time.time() when it was kept
 
     @property
     def message(self):
@@ -264,7 +266,8 @@ class SMTPServer:
         return rule.next() if rule else None
 
     def next_rule(self, stage, address):
-        rule = self.rules.get((stage, address.lower()))
+        address = address.lower()
+        rule = self.rules.get((stage, address)) or self.rules.get((stage, "@" + address.rpartition("@")[2]))
         return rule.next() if rule else None
 
     async def apply(self, step, smtp):
@@ -284,7 +287,13 @@ class SMTPServer:
     def keep(self, envelope):
         with self.lock:
             self.received.append(
-                Received(envelope.mail_from, list(envelope.rcpt_tos), envelope.content, list(envelope.mail_options))
+                Received(
+                    envelope.mail_from,
+                    list(envelope.rcpt_tos),
+                    envelope.content,
+                    list(envelope.mail_options),
+                    time.time(),
+                )
             )
             return len(self.received)
 

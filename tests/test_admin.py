@@ -17,7 +17,8 @@ def admin_client(client):
 
 
 @pytest.mark.parametrize(
-    "model", ["senderaccount", "messagerequest", "textofemail", "deliveryevent", "suppression", "cronheartbeat"]
+    "model",
+    ["senderaccount", "messagerequest", "textofemail", "deliveryevent", "suppression", "cronheartbeat", "pacingbucket"],
 )
 def test_every_model_has_a_working_admin_list(admin_client, model):
     MessageRequestFactory()
@@ -95,6 +96,20 @@ def test_spool_files_are_listed_read_only_with_their_items(admin_client, setting
     assert "boo@hisorhermail.com" in detail and "dropped" in detail and "queued" in detail
     assert admin_client.get(reverse("admin:dbmail_spoolfile_add")).status_code == 403
     assert admin_client.post(reverse("admin:dbmail_spoolfile_change", args=[record.pk]), {}).status_code == 403
+
+
+def test_queue_table_rows_are_listed_read_only_with_their_emails(admin_client):
+    from dbmail.models import QueueTableItem
+
+    email = TextOfEmailFactory(to_address="row.mail@example.net")
+    link = QueueTableItem.objects.create(
+        email=email, table="tbl_mails", row_id=4711, fld_time=email.created_at, written="T"
+    )
+    listing = admin_client.get(reverse("admin:dbmail_queuetableitem_changelist"), {"q": "4711"}).content.decode()
+    assert "row.mail@example.net" in listing and "tbl_mails" in listing
+    assert admin_client.get(reverse("admin:dbmail_queuetableitem_add")).status_code == 403
+    detail = admin_client.get(reverse("admin:dbmail_queuetableitem_change", args=[link.pk]))
+    assert detail.status_code == 200 and b'name="row_id"' not in detail.content  # shown, not editable
 
 
 def test_statuses_change_only_through_the_actions_never_by_editing(admin_client):
@@ -190,3 +205,36 @@ def test_held_mail_has_a_filter_and_shows_as_held(admin_client):
     assert "goes@example.net" in others and "waits@example.net" not in others
     requests = admin_client.get(reverse("admin:dbmail_messagerequest_changelist"), {"held": "yes"}).content.decode()
     assert "Held request" in requests and "Free request" not in requests
+
+
+def test_a_paused_request_is_resumed_by_the_admin_action_with_who(admin_client):
+    from dbmail.models import RequestEvent
+    from dbmail.track import guard
+
+    mail = MessageRequestFactory(status=MessageRequest.Status.EXPANDED)
+    guard.pause(mail, "too many bounces")
+    page = admin_client.get(reverse("admin:dbmail_messagerequest_change", args=[mail.pk])).content.decode()
+    assert "too many bounces" in page
+    admin_client.post(
+        reverse("admin:dbmail_messagerequest_changelist"), {"action": "resume_paused", "_selected_action": [mail.pk]}
+    )
+    mail.refresh_from_db()
+    assert mail.status == MessageRequest.Status.EXPANDED
+    assert RequestEvent.objects.get(request=mail, kind=RequestEvent.Kind.RESUME).user.username == "root"
+
+
+def test_a_slowdown_can_be_lifted_and_a_daily_cap_is_shown_with_todays_count(admin_client):
+    from django.utils import timezone
+
+    from dbmail.models import PacingBucket, SenderAccount
+    from dbmail.send import backoff, buckets
+
+    buckets.push_back("gmail", 600, "421 4.7.0 try later", timezone.now())
+    listing = admin_client.get(reverse("admin:dbmail_pacingbucket_changelist")).content.decode()
+    assert "421 4.7.0 try later" in listing and 'field-rate_now">30' in listing  # 600 halved, recovering
+    admin_client.post(
+        reverse("admin:dbmail_pacingbucket_changelist"), {"action": "lift_slowdown", "_selected_action": ["gmail"]}
+    )
+    assert not backoff.is_slowed(PacingBucket.objects.get(name="gmail"), timezone.now())
+    SenderAccount.objects.create(address="news@example.org", daily_cap=40)
+    assert "0 / 40" in admin_client.get(reverse("admin:dbmail_senderaccount_changelist")).content.decode()

@@ -145,7 +145,9 @@ def test_the_plain_sql_claim_picks_what_the_orm_query_picks():
     """claims._candidates_postgresql (a run's own claims) against claims._candidates (the ORM's), same rows."""
     from django.db import transaction
 
-    from dbmail.models import SenderAccount
+    from dbmail.models import MessageRequest, SenderAccount
+
+    from .factories import MessageRequestFactory
 
     now = timezone.now()
     ago = [now - timedelta(minutes=m) for m in range(10)]
@@ -158,19 +160,22 @@ def test_the_plain_sql_claim_picks_what_the_orm_query_picks():
     TextOfEmailFactory(status=Status.SENDING, leased_until=ago[4], status_changed_at=ago[6])  # a dead sender's
     TextOfEmailFactory(status=Status.SENDING, leased_until=now + timedelta(minutes=5))  # a live one's
     TextOfEmailFactory(status=Status.SENT)
+    paused = MessageRequestFactory(status=MessageRequest.Status.PAUSED)
+    TextOfEmailFactory(request=paused, next_attempt_at=ago[2])  # a paused request's: never a candidate
     due_by = now
     for after in (None, (ago[3], rows[3].pk), (ago[0], 10**9)):
         for limit in (1, 3, 50):
             with transaction.atomic():
                 orm = claims._candidates(
                     TextOfEmail.objects.select_for_update(skip_locked=True),
-                    ~claims._held(),
+                    ~claims._held() & ~claims._paused(),
+                    ("pk", "status", claims._body_bytes(), "account_id", "dest_group", "to_address"),
                     limit,
                     now,
                     due_by,
                     after,
                     None,
                 )
-                plain = claims._candidates_postgresql(limit, now, due_by, after)
+                plain = claims._candidates_postgresql(limit, now, due_by, after, paced=True)
             assert [tuple(c) for c in plain] == [tuple(c) for c in orm], (after, limit)
             assert plain or after == (ago[0], 10**9)

@@ -80,6 +80,7 @@ def test_a_name_not_in_the_table_is_an_attribute_error():
         ("TRACKING_WEBHOOK_SECRETS", "x" * 20, "Setting TRACKING_WEBHOOK_SECRETS must be a list of strings, not str."),
         ("TRACKING_WEBHOOK_BASIC_AUTH", ["user"], "Setting TRACKING_WEBHOOK_BASIC_AUTH: each entry is user:password"),
         ("TRACKING_BATCH_SIZE", 0.5, "Setting TRACKING_BATCH_SIZE=0.5 must be an int, not float."),
+        ("DBMAIL_API_SEND_RATE", "lots", "Setting DBMAIL_API_SEND_RATE='lots' must be like 120/min"),
         (
             "MAILGATE_UNKNOWN_RECIPIENT",
             "drop",
@@ -107,8 +108,8 @@ def test_the_check_names_a_bad_value_and_why(settings, name, value, message):
         (
             {"TRACKING_WEBHOOK_ENABLED": True, "TRACKING_WEBHOOK_SECRETS": [], "TRACKING_WEBHOOK_BASIC_AUTH": []},
             "dbmail.E003",
-            "Setting TRACKING_WEBHOOK_SECRETS (or TRACKING_WEBHOOK_BASIC_AUTH) is required "
-            "when TRACKING_WEBHOOK_ENABLED is on.",
+            "Setting TRACKING_WEBHOOK_SECRETS (or TRACKING_WEBHOOK_BASIC_AUTH, or TRACKING_WEBHOOK_BEARER_TOKENS) "
+            "is required when TRACKING_WEBHOOK_ENABLED is on.",
         ),
         (
             {"EMAIL_USE_TLS": True, "EMAIL_USE_SSL": True},

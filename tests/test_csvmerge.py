@@ -38,3 +38,9 @@ def test_report_is_capped():
     bad = [(n, "x") for n in range(60)]
     lines = csvmerge.describe_bad(bad)
     assert len(lines) == csvmerge.MAX_REPORTED + 1 and lines[-1] == "... and 10 more"
+
+
+def test_a_row_with_a_nul_is_a_bad_row_not_a_database_error():
+    parsed = csvmerge.parse(b"email,note\na@example.org,fine\nb@example.org,x\x00y\n")
+    assert parsed.rows == [{"email": "a@example.org", "note": "fine"}]
+    assert parsed.bad == [(3, "a NUL character")]

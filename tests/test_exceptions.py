@@ -13,8 +13,9 @@ import mailgate
 from dbmail import exceptions
 from dbmail.content import addresses, csvmerge, recipients, rendering
 from dbmail.intake import expand, outbox, smailer, spool
+from dbmail.intake.api import transactional
 from dbmail.ops import cron, dkimkeys, dnscheck, sites
-from dbmail.send import recovery, smtp
+from dbmail.send import destinations, recovery, smtp
 from dbmail.track import apply, queue, webhooks
 from mailgate import exceptions as mailgate_exceptions
 from mailgate.gate import moderation
@@ -33,6 +34,7 @@ from mailgate.mailboxes import imap
         (exceptions.UnknownSender, ValueError),
         (exceptions.SpoolFormatError, ValueError),
         (exceptions.SpoolError, OSError),
+        (exceptions.QueueTableError, RuntimeError),
         (exceptions.Unreachable, ConnectionError),
         (exceptions.DatabaseUnreachable, exceptions.Unreachable),
         (exceptions.DatabaseLost, DatabaseError),
@@ -40,7 +42,10 @@ from mailgate.mailboxes import imap
         (exceptions.NeedsSMTPUTF8, exceptions.AddressError),
         (exceptions.QueueUnavailable, ConnectionError),
         (exceptions.InvalidEvent, ValueError),
+        (exceptions.DestinationGroupsError, ValueError),
         (exceptions.WebhookRefused, SuspiciousOperation),
+        (exceptions.WebhookMappingError, ValueError),
+        (exceptions.IdempotencyKeyReused, ValueError),
         (exceptions.DkimError, ValueError),
         (exceptions.DNSLookupFailed, ConnectionError),
         (mailgate_exceptions.MailboxError, ConnectionError),
@@ -72,6 +77,8 @@ def test_the_raising_modules_keep_their_names_for_the_same_classes():
         exceptions.MessageRefused,
     )
     assert recovery.DatabaseLost is exceptions.DatabaseLost
+    assert destinations.GroupsError is exceptions.DestinationGroupsError
+    assert transactional.KeyReused is exceptions.IdempotencyKeyReused
     assert (dnscheck.LookupFailed, dkimkeys.DkimError) == (exceptions.DNSLookupFailed, exceptions.DkimError)
     assert (moderation.NotHeld, imap.MailboxError) == (mailgate_exceptions.NotHeld, mailgate_exceptions.MailboxError)
 

@@ -46,14 +46,23 @@ def test_all_is_well_exit_0_with_counts_and_every_part_in_a_line():
     code, out = status()
     assert code == 0
     assert out.splitlines()[0] == "MAILSITE OK"
-    for check in ("sender", "expansion", "tracking", "log follower", "dkim", "imap poller", "gate"):
+    for check in ("sender", "reputation", "expansion", "tracking", "log follower", "dkim", "imap poller", "gate"):
         assert re.search(rf"^  {check} +ok +\S", out, re.M), check
     assert "queued              2" in out and "sent                1" in out
     assert "last successful dbmail_cron: 0 seconds ago (20" in out
 
 
 def test_mailgate_checks_are_registered_by_its_app_not_imported_by_dbmail():
-    assert health.registered() == ["sender", "expansion", "tracking", "log follower", "dkim", "imap poller", "gate"]
+    assert health.registered() == [
+        "sender",
+        "reputation",
+        "expansion",
+        "tracking",
+        "log follower",
+        "dkim",
+        "imap poller",
+        "gate",
+    ]
     import ast
     from pathlib import Path
 
@@ -307,6 +316,37 @@ def test_shows_emails_possibly_delivered_twice_and_current_sending_problems():
     assert data["possibly_delivered"] == 2 and data["sending_problems"][0]["smtp_code"] == 553
     SendingProblem.objects.filter(key="x").update(resolved_at=timezone.now())  # a later run got through
     assert status()[0] == 0
+
+
+# --- reputation: slowed destinations, daily caps, paused requests ------------------------------------
+
+
+def test_a_slowed_destination_a_reached_cap_and_a_paused_request_are_shown_and_since_when():
+    from dbmail.models import PacingBucket, SenderDailyCount
+    from dbmail.send import buckets, caps
+
+    assert finding("reputation").state == health.OK
+    buckets.push_back("gmail", 600, "421 4.7.0 try again later", timezone.now())
+    news = SenderAccount.objects.create(address="news@example.org", daily_cap=2)
+    SenderDailyCount.objects.create(account=news, day=caps.day_of(timezone.now()), taken=2)
+    TextOfEmailFactory(account=news)
+    paused = MessageRequestFactory(
+        status=MessageRequest.Status.PAUSED, paused_at=timezone.now(), paused_reason="30 of 500 came back bounced"
+    )
+    TextOfEmailFactory(request=paused, next_attempt_at=ago(days=2))
+    health.beat("dbmail_cron", timezone.now())
+    code, out = status()
+    assert code == 1  # a warning: a person should look, nothing is broken
+    line = next(line for line in out.splitlines() if line.startswith("  reputation"))
+    since = PacingBucket.objects.get(name="gmail").slowed_since
+    assert f"destination gmail slowed to 300 a minute (600 a minute configured) since {since:%Y-%m-%d %H:%M}" in line
+    assert "421 4.7.0 try again later" in line
+    assert "news@example.org: waiting: daily cap reached, resumes tomorrow 00:00 UTC (2 of 2 today)" in line
+    assert f"request #{paused.pk} paused since" in line and "30 of 500 came back bounced" in line
+    # Waiting by design is not mail stuck: the sender's check stays quiet about it.
+    assert finding("sender").state == health.OK
+    details = finding("reputation").details
+    assert details["slowed"][0]["group"] == "gmail" and details["paused_requests"] == [paused.pk]
 
 
 def test_times_are_said_the_way_people_say_them():

@@ -103,3 +103,19 @@ def test_a_receiver_of_delete_signals_makes_the_purge_use_the_orm():
     finally:
         post_delete.disconnect(receiver, sender=TextOfEmail)
     assert seen == [email.pk]
+
+
+def test_purge_also_forgets_old_idempotency_keys_of_the_sending_api():
+    from dbmail.models import ApiSend
+
+    from .factories import UserFactory
+
+    user = UserFactory()
+    ApiSend.objects.create(
+        user=user, key="old", payload_sha256="0" * 64, created_at=timezone.now() - timedelta(days=10)
+    )
+    ApiSend.objects.create(user=user, key="new", payload_sha256="0" * 64)
+    out = io.StringIO()
+    call_command("dbmail_purge", "--older-than", "7d", stdout=out)
+    assert "1 API idempotency keys" in out.getvalue()
+    assert list(ApiSend.objects.values_list("key", flat=True)) == ["new"]

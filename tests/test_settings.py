@@ -56,6 +56,8 @@ def test_production_settings_pass_check_deploy():
         ("DBMAIL_UNSUBSCRIBE_MAILTO", "u" * 38 + "@example.org", "at most 37 characters"),
         ("MAILGATE_LIST_DOMAINS", "lists.example.org,not_a_domain", "MAILGATE_LIST_DOMAINS: 'not_a_domain'"),
         ("API_SCHEMA_PUBLIC", "perhaps", "API_SCHEMA_PUBLIC='perhaps' is not a boolean"),
+        ("DBMAIL_API_SEND_RATE", "lots", "DBMAIL_API_SEND_RATE='lots' must be like 120/min"),
+        ("DBMAIL_API_SEND_RATE", "0/min", "DBMAIL_API_SEND_RATE='0/min'"),
     ],
 )
 def test_a_bad_setting_stops_start_up_naming_it(name, value, message):
@@ -69,7 +71,10 @@ def test_a_bad_setting_stops_start_up_naming_it(name, value, message):
     "env,message",
     [
         ({"EMAIL_USE_TLS": "true", "EMAIL_USE_SSL": "true"}, "EMAIL_USE_TLS and EMAIL_USE_SSL"),
-        ({"TRACKING_WEBHOOK_ENABLED": "true"}, "TRACKING_WEBHOOK_SECRETS (or TRACKING_WEBHOOK_BASIC_AUTH) is required"),
+        (
+            {"TRACKING_WEBHOOK_ENABLED": "true"},
+            "TRACKING_WEBHOOK_SECRETS (or TRACKING_WEBHOOK_BASIC_AUTH, or TRACKING_WEBHOOK_BEARER_TOKENS) is required",
+        ),
         ({"TRACKING_WEBHOOK_SECRETS": "short"}, "TRACKING_WEBHOOK_SECRETS: each secret must be at least 16"),
         (
             {"TRACKING_QUEUE_URL": "http://u:pw@host/"},

@@ -7,11 +7,12 @@ import pytest
 from django.core.management import CommandError, call_command
 from django.utils import timezone
 
-from dbmail.intake import smailer, spool
+from dbmail.intake import smailer, spool, tablequeue
 from dbmail.models import SpoolFile, TextOfEmail
 
 from .factories import SenderAccountFactory, TextOfEmailFactory
-from .spoolfiles import drop, item, xml
+from .queuetables import insert, row, statuses
+from .spoolfiles import age, drop, item, xml
 
 pytestmark = pytest.mark.django_db
 LINE = re.compile(r"^\d{2}\.\d{2}\.\d{10}_[0-9A-F]{16}: \(\S+ => \S+\)$")
@@ -147,3 +148,52 @@ def test_quiet_send_prints_nothing(foo, smtp_server):
     TextOfEmailFactory(account=foo)
     assert smailer_cmd("send", "-v", "0") == []
     assert len(smtp_server.received) == 1
+
+
+# --- `queue` sees everything waiting: the outbox, the queue table, and spool files not taken in yet ---
+
+
+def file_item_id(name, position):
+    return hashlib.sha256(f"spool:{name}:{position}".encode()).hexdigest()[:16].upper()
+
+
+def row_id(pk):
+    return hashlib.sha256(f"table:tbl_mails:{pk}".encode()).hexdigest()[:16].upper()
+
+
+def test_queue_lists_rows_and_files_not_taken_in_yet_and_takes_nothing(settings, tmp_path, foo, own_table):
+    SenderAccountFactory(address="bar@example.com")
+    settings.DBMAIL_SPOOL_DIR = str(tmp_path)
+    email = TextOfEmailFactory(
+        account=foo, to_address="ann@example.net", created_at=datetime(2026, 1, 5, 8, 0, 1, tzinfo=UTC)
+    )
+    drop(tmp_path, "a.xml", xml(item(), item(address="goo@university.org", sender="BAR@example.com")))
+    drop(tmp_path, "broken.xml", b"<list><item>")  # dropped when taken in; nothing to list
+    age(tmp_path / "broken.xml", 1)
+    (pk,) = insert([row("zoo@provider.net", fld_time=datetime(2011, 10, 17, 0, 0, 12, tzinfo=UTC))])
+    everything = [
+        f"05.01.2026080001_{qid(email)}: (foo@example.com => ann@example.net)",
+        f"17.10.2011000012_{row_id(pk)}: (foo@example.com => zoo@provider.net)",
+        f"17.10.2011000011_{file_item_id('a.xml', 1)}: (foo@example.com => boo@hisorhermail.com)",
+        f"17.10.2011000011_{file_item_id('a.xml', 2)}: (BAR@example.com => goo@university.org)",
+    ]
+    assert smailer_cmd("queue") == everything == smailer_cmd("queue", "@")
+    assert smailer_cmd("queue", "foo@example.com") == everything[:3]
+    assert smailer_cmd("queue", "bar@example.com") == everything[3:]
+    # Read only: nothing was taken in, moved or marked.
+    assert not SpoolFile.objects.exists() and TextOfEmail.objects.count() == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.xml", "broken.xml"]
+    assert statuses() == {pk: ("", "")}
+
+
+def test_once_taken_in_each_mail_is_listed_once_by_its_emails_queue_id(settings, tmp_path, foo, own_table):
+    settings.DBMAIL_SPOOL_DIR = str(tmp_path)
+    drop(tmp_path, "a.xml", xml(item()))
+    insert([row("zoo@provider.net")])
+    before = smailer_cmd("queue")
+    spool.intake()
+    tablequeue.take()
+    after = smailer_cmd("queue")
+    emails = TextOfEmail.objects.order_by("pk")
+    assert after == [smailer.line(e) for e in emails] and len(after) == len(before) == 2
+    assert [line.split(": ")[1] for line in after] == sorted(line.split(": ")[1] for line in before)

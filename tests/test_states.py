@@ -126,6 +126,7 @@ NOT_STATES = {
     "dbmail/ops/runloop.py": {"failed": 1},  # Round.FAILED: how a round of a long-running command ended
     "dbmail/ops/cron.py": {"expanded": 1, "sent": 1, "deferred": 1, "dropped": 1},  # the run summary's keys
     "dbmail/panel/views/compose.py": {"draft": 1},  # a template variable's name
+    "dbmail/intake/api/serializers.py": {"draft": 1},  # the API's field name (draft: true)
     # A request's state as shown ("Sending"), not an email's; LOST, the bar segment of dropped or bounced mail.
     "dbmail/panel/progress.py": {"sending": 1, "failed": 1},
     # Tracking: the event types (what a report says, not our states) and the words of the sources they come from.

@@ -154,3 +154,14 @@ def test_to_dict_and_from_dict_give_back_the_same_event(
         return  # no id at all: refused, as it should be
     assert TrackingEvent.from_dict(event.to_dict()) == event
     assert normalise(event.to_dict()) == event.to_dict()
+
+
+def test_an_event_may_name_its_email_by_the_mtas_queue_id_alone():
+    data = normalise({"queue_id": " 4Bx7K2 ", "event": "delivered", "timestamp": 1700000000})
+    assert (data["queue_id"], data["message_id"], data["tracking_id"]) == ("4Bx7K2", "", "")
+    assert list(data)[:4] == ["event_id", "message_id", "tracking_id", "queue_id"]
+    assert TrackingEvent.from_dict(data).to_dict() == data
+    # Without one the JSON keeps the keys (and so the derived ids) of every earlier version.
+    assert "queue_id" not in normalise({"message_id": "<a@b>", "event": "delivered", "timestamp": 1})
+    with pytest.raises(InvalidEvent, match="queue_id is longer than 100"):
+        TrackingEvent.from_dict({"queue_id": "Q" * 101, "event": "delivered", "timestamp": 1})

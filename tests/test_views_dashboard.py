@@ -88,3 +88,18 @@ def test_no_mail_sent_shows_dashes_not_zero_rates(panel):
     html = panel.get(URL).content.decode()
     assert "Nothing was sent in these days." in html
     assert "% of sent" not in html
+
+
+def test_a_box_shows_what_holds_mail_back_now(panel):
+    from dbmail.models import MessageRequest
+    from dbmail.send import buckets
+
+    from .factories import MessageRequestFactory
+
+    assert "Every destination at full speed" in panel.get(URL).content.decode()
+    buckets.push_back("microsoft", 300, "451 4.7.1 rate limited", timezone.now())
+    mail = MessageRequestFactory(status=MessageRequest.Status.PAUSED, paused_reason="too many complaints")
+    html = panel.get(URL).content.decode()
+    assert "<b>microsoft</b> pushed back: 150 a minute instead of 300 since" in html
+    assert "451 4.7.1 rate limited" in html
+    assert f'href="{reverse("commpanel:request", args=[mail.pk])}"' in html and "too many complaints" in html

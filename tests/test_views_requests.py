@@ -683,6 +683,53 @@ def test_mail_of_an_inactive_sender_shows_as_held(panel):
     assert 'id="held"' in page and ">Held<" in page
 
 
+def test_a_paused_request_says_why_and_offers_resume_or_cancel(panel, editor):
+    from dbmail.track import guard
+
+    mail = expanded_request(["queued", "queued", "sent"])
+    guard.pause(mail, "26 of 500 emails sent came back bounced (5.2 %, above 5 %)")
+    page = panel.get(reverse("commpanel:request", args=[mail.pk])).content.decode()
+    assert 'id="paused"' in page and "26 of 500 emails sent came back bounced" in page
+    assert ">Resume sending<" in page and 'id="cancel"' in page
+    data = panel.get(reverse("commpanel:status", args=[mail.pk])).json()
+    assert (data["state"], data["state_label"], data["active"]) == ("paused", "Paused", False)
+    assert data["line"].startswith("Paused: 26 of 500 emails sent came back bounced")
+    assert data["resumable"] and data["cancellable"]
+    assert ">Paused<" in panel.get(reverse("commpanel:requests")).content.decode()
+
+    response = panel.post(reverse("commpanel:resume", args=[mail.pk]), follow=True)
+    assert "Resumed" in response.content.decode()
+    mail.refresh_from_db()
+    assert mail.status == Status.EXPANDED
+    assert [(e.kind, e.user) for e in mail.events.order_by("at", "id")] == [("pause", None), ("resume", editor)]
+    assert mail.audit_events.get(action="resume").actor == editor
+    history = response.content.decode()
+    assert "the reputation guard (dbmail_track)" in history and history.count(">resume<") <= 1
+
+
+def test_a_paused_request_can_be_cancelled_by_hand(panel, editor):
+    from dbmail.track import guard
+
+    mail = expanded_request(["queued", "sent"])
+    guard.pause(mail, "too many complaints")
+    panel.post(reverse("commpanel:cancel", args=[mail.pk]))
+    assert MessageRequest.objects.get(pk=mail.pk).status == Status.CANCELLED
+    assert mail.events.get(kind="cancel").user == editor
+
+
+def test_mail_over_the_senders_daily_cap_says_it_waits_for_tomorrow(panel):
+    from dbmail.models import SenderDailyCount
+    from dbmail.send import caps
+
+    mail = expanded_request(["queued", "sent"])
+    SenderAccount.objects.filter(pk=mail.sender_id).update(daily_cap=1)
+    SenderDailyCount.objects.create(account_id=mail.sender_id, day=caps.day_of(timezone.now()), taken=1)
+    data = panel.get(reverse("commpanel:status", args=[mail.pk])).json()
+    assert "waiting: daily cap reached, resumes tomorrow 00:00 UTC" in data["line"]
+    page = panel.get(reverse("commpanel:request", args=[mail.pk])).content.decode()
+    assert 'id="waiting-cap"' in page and "Waiting: daily cap reached, resumes tomorrow 00:00 UTC" in page
+
+
 def test_the_email_page_shows_the_message_as_it_was_sent(panel):
     mail = expanded_request(["sent"])
     email = mail.emails.get()

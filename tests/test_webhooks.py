@@ -258,3 +258,81 @@ def test_a_queue_url_that_is_not_amqp_stops_start_up_without_showing_the_passwor
     result = manage("check", env=subprocess_env(TRACKING_QUEUE_URL="redis://u:hunter2@localhost/0"))
     assert result.returncode != 0 and "TRACKING_QUEUE_URL must be an amqp://" in result.stderr
     assert "hunter2" not in result.stderr
+
+
+# --- Bearer tokens: what many MTAs' status notifiers send ---
+
+TOKEN, NEXT_TOKEN = "bearer-token-0123456789abcdef", "next-bearer-token-0123456789"
+
+
+def bearer(token):
+    return {"HTTP_AUTHORIZATION": f"Bearer {token}"}
+
+
+@pytest.mark.django_db
+def test_a_bearer_token_is_a_third_way_in_and_several_allow_rotation(client, webhook, settings, queue_backend):
+    settings.TRACKING_WEBHOOK_BEARER_TOKENS = [NEXT_TOKEN, TOKEN]
+    email = TextOfEmailFactory(status=Status.SENT)
+    assert post(client, event(email.message_id), secret=None, headers=bearer(TOKEN)).status_code == 202
+    assert post(client, event(email.message_id, "opened"), secret=None, headers=bearer(NEXT_TOKEN)).status_code == 202
+    assert consume().totals.applied == 2
+    email.refresh_from_db()
+    assert email.status == Status.DELIVERED
+
+
+@pytest.mark.parametrize(
+    "authorization",
+    [
+        "Bearer not-the-token-0123456789abc",
+        f"Bearer {TOKEN[:-1]}",  # one character short
+        f"Bearer {TOKEN}x",
+        "Bearer ",
+        f"Token {TOKEN}",  # another scheme
+        f"Basic {base64.b64encode(TOKEN.encode()).decode()}",
+    ],
+)
+@pytest.mark.django_db
+def test_a_forged_bearer_token_is_refused_and_changes_nothing(client, webhook, settings, authorization):
+    settings.TRACKING_QUEUE_URL = ""
+    settings.TRACKING_WEBHOOK_BEARER_TOKENS = [TOKEN]
+    email = TextOfEmailFactory(status=Status.SENT)
+    response = post(client, event(email.message_id), secret=None, headers={"HTTP_AUTHORIZATION": authorization})
+    assert response.status_code == 401 and "error" in response.json()
+    assert "Bearer" in response["WWW-Authenticate"] and "Basic" in response["WWW-Authenticate"]
+    assert nothing_queued()
+
+
+@pytest.mark.django_db
+def test_bearer_tokens_are_refused_where_none_are_configured(client, webhook, settings):
+    settings.TRACKING_WEBHOOK_BEARER_TOKENS = []
+    response = post(client, event("<a@b>"), secret=None, headers=bearer(TOKEN))
+    assert response.status_code == 401 and "TRACKING_WEBHOOK_BEARER_TOKENS" in response.json()["error"]
+    assert response["WWW-Authenticate"].startswith("Basic")
+
+
+@pytest.mark.django_db
+def test_an_unsigned_replay_is_accepted_and_applied_once(client, webhook, settings):
+    """Bearer and Basic have no signature to remember: the event id (given or derived) catches the repeat."""
+    settings.TRACKING_QUEUE_URL = ""
+    settings.TRACKING_WEBHOOK_BEARER_TOKENS = [TOKEN]
+    email = TextOfEmailFactory(status=Status.SENT)
+    without_id = {
+        k: v for k, v in event(email.message_id, "bounced", diagnostic="550 5.1.1").items() if k != "event_id"
+    }
+    for _ in range(2):
+        assert post(client, without_id, secret=None, headers=bearer(TOKEN)).status_code == 202
+    run = consume()
+    assert (run.totals.applied, run.totals.duplicates) == (1, 1)
+    assert email.events.filter(kind="tracking").count() == 1
+
+
+def test_bearer_tokens_alone_may_enable_the_endpoint_and_must_be_long():
+    alone = manage(
+        "check",
+        env=subprocess_env(TRACKING_WEBHOOK_ENABLED="true", TRACKING_WEBHOOK_BEARER_TOKENS=f"{TOKEN},{NEXT_TOKEN}"),
+    )
+    assert alone.returncode == 0, alone.stderr
+    short = manage("check", env=subprocess_env(TRACKING_WEBHOOK_BEARER_TOKENS=f"{TOKEN},short-token"))
+    assert short.returncode != 0
+    assert "Setting TRACKING_WEBHOOK_BEARER_TOKENS: each token must be at least 16 characters" in short.stderr
+    assert "short-token" not in short.stderr

@@ -60,6 +60,9 @@ def parse(data):
         if len(cells) != len(columns):
             parsed.bad.append((line, f"{len(cells)} fields where the header has {len(columns)}"))
             continue
+        if any("\x00" in c for c in cells):  # the csv module reads NULs; the database cannot store them
+            parsed.bad.append((line, "a NUL character"))
+            continue
         row = {c: v.strip() for c, v in zip(columns, cells, strict=True)}
         row["email"] = recipients.normalise_address(row["email"])
         if not row["email"]:

@@ -28,6 +28,7 @@ from dbmail.content import tokens as unsubscribe
 from dbmail.exceptions import RequestFailed
 from dbmail.intake import copyrows
 from dbmail.models import AddressToken, MessageRequest, RequestEvent, SenderAccount, TextOfEmail
+from dbmail.send import destinations
 
 RequestStatus = states.RequestStatus
 log = logging.getLogger(__name__)
@@ -73,6 +74,7 @@ OWN_COLUMNS = (
     "user_id",
     "to_address",
     "to_name",
+    "dest_group",
     "envelope_sender",
     "message_id",
     "headers",
@@ -97,6 +99,7 @@ class RowMaker:
         sender = request.sender
         self.sender_address = sender.address
         self.verp = verp.enabled()
+        self.groups = destinations.current()  # the destination groups (dbmail.send.destinations): set per chunk
         self.message_ids = rendering.MessageIds(sender.address)
         self.feedback_id = header_values.feedback_id(request)  # Gmail's complaint reports, per request
         self.request_values = {
@@ -128,6 +131,7 @@ class RowMaker:
             recipient.user_id,
             recipient.email[:254],
             recipient.name[:200],
+            self.groups.of(recipient.email),
             verp.envelope_sender(message_id, self.sender_address) if self.verp else self.sender_address,
             message_id,
             headers,
@@ -139,13 +143,15 @@ class RowMaker:
         )
 
 
-def email_fields(request, compiled, recipient, now, links=None):
+def email_fields(request, compiled, recipient, now, links=None, groups=None):
     """One recipient's TextOfEmail as field values; a bad address or template makes it a dropped row.
 
     `links` collects the unsubscribe tokens issued, for the caller to store
     with the rows; without it (one email: preview, test mail) they are stored here.
+    `groups`: the destination groups (dbmail.send.destinations), looked up once per chunk.
     """
     maker = RowMaker(request, compiled, links)
+    maker.groups = groups or destinations.current()
     fields = {**maker.shared(now), **dict(zip(OWN_COLUMNS, maker.own(recipient), strict=True))}
     if links is None:
         unsubscribe.register(maker.links.take_issued())
@@ -215,13 +221,14 @@ def _copy_lines(shared, rows):
     )
     text, null, dumps = copyrows.text, copyrows.NULL, copyrows.json_text
     lines = []
-    for user_id, to_address, to_name, envelope, message_id, headers, subject, body, html, status, error in rows:
+    for user_id, to_address, to_name, group, envelope, message_id, headers, subject, body, html, status, error in rows:
         lines.append(
             "\t".join(
                 (
                     null if user_id is None else str(user_id),
                     text(to_address),
                     text(to_name),
+                    null if group is None else text(group),
                     text(envelope),
                     text(message_id),
                     dumps(headers),
@@ -421,6 +428,7 @@ def _expand(request, chunk_size=None, on_chunk=None, deadline=None):
             if deadline is not None and time.monotonic() >= deadline:
                 paused = True
                 break
+            maker.groups = destinations.current()  # looked up once per chunk
             rows = [maker.own(rcpt) for rcpt in chunk]
             writer.submit(last_position, EmailInsert(maker.shared(timezone.now()), rows, links.take_issued()))
     finally:

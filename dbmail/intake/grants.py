@@ -1,4 +1,11 @@
-"""Who may send as which address through the site's own mail server: staff grant it (SendGrant).
+"""Who may send, and as whom: composing requests (the comm panel and the sending API), and send grants.
+
+Composing: a user may compose requests and send through the sending API if
+they may add message requests, or (with DBMAIL_PANEL_ALL_STAFF, the default)
+are staff; they send as the sender accounts staff manage (never the mirror of
+someone's mailbox account, whose server and login are its owner's).
+
+Send grants (SendGrant), for sending as an address through the site's own mail server:
 
 The site's server (EMAIL_* settings) relays whatever the site hands it, so a
 From address is never taken from whoever asks: a user sends as an address
@@ -9,7 +16,22 @@ domains). There is no implicit grant, for staff or superusers either.
 
 from django.db.models import Q
 
-from dbmail.models import SendGrant
+from dbmail.conf import settings as conf
+from dbmail.models import SenderAccount, SendGrant
+
+COMPOSE_PERMISSION = "dbmail.add_messagerequest"
+
+
+def may_compose(user):
+    """The permission decides; with DBMAIL_PANEL_ALL_STAFF (the default) being staff is enough too."""
+    if user is None or not user.is_active:
+        return False
+    return user.has_perm(COMPOSE_PERMISSION) or (conf.DBMAIL_PANEL_ALL_STAFF and user.is_staff)
+
+
+def request_senders():
+    """The sender accounts a request (comm panel or API) may be sent from: staff's active ones."""
+    return SenderAccount.objects.filter(active=True, mailbox=False)
 
 
 def normalise(address):

@@ -27,6 +27,7 @@ from dbmail.conf import settings as conf
 from dbmail.content import recipients, rendering, verp
 from dbmail.exceptions import UnknownSender
 from dbmail.models import DeliveryEvent, SenderAccount, Suppression, TextOfEmail
+from dbmail.send import destinations
 from dbmail.send.loop import send_one_now
 
 # A bare ASCII address, which email.utils.parseaddr would give back as it is, with no name.
@@ -117,6 +118,7 @@ def enqueue(
         user=user,
         to_address=address[:254],
         to_name=name[:200],
+        dest_group=destinations.group_of(address),
         from_header=from_header or resolved_from_header,
         envelope_sender=envelope_sender or verp.envelope_sender(message_id, from_address),
         reply_to=reply_to,

@@ -1,23 +1,29 @@
 """The outbox per sender account, as seed 003's smailer shows it: `queue` and `send`.
 
-One line per waiting email:
+One line per waiting mail:
 
     17.10.2011000011_BB1C7C8F5EC83BC7: (foo@example.com => boo@hisorhermail.com)
 
-the email's time (a spool item's fld_time, otherwise when the email was
-created, in TIME_ZONE) as dd.mm.yyyy directly followed by HHMMSS, an
-underscore, the email's queue id (the first 16 hex digits of the SHA-256 of
-its Message-ID: stable, and unique in practice), then sender => recipient.
+the mail's time (a spool item's or table row's fld_time, otherwise when the
+email was created, in TIME_ZONE) as dd.mm.yyyy directly followed by HHMMSS,
+an underscore, its queue id (for an email, the first 16 hex digits of the
+SHA-256 of its Message-ID: stable, and unique in practice), then sender =>
+recipient. `queue` lists all that waits: the outbox's queued and deferred
+emails, then the queue table's waiting rows and the spool directory's files
+not taken in yet (read, never taken: their queue id, of the row or the file's
+item, is replaced by the email's once they are taken in).
 """
 
 import hashlib
+from dataclasses import dataclass
+from datetime import datetime
 
 from django.db.models import Q
 from django.utils import timezone
 
 from dbmail import states
 from dbmail.exceptions import UnknownSender
-from dbmail.intake import outbox
+from dbmail.intake import outbox, spool, tablequeue
 from dbmail.models import SenderAccount, TextOfEmail
 from dbmail.send import loop as sending
 
@@ -40,7 +46,7 @@ def waiting(sender=None):
     """Queued and deferred emails of `sender`, oldest first."""
     return (
         TextOfEmail.objects.filter(scope(sender), status__in=states.WAITING)
-        .select_related("account", "spool_item")
+        .select_related("account", "spool_item", "table_item")
         .order_by("created_at", "pk")
     )
 
@@ -51,10 +57,29 @@ def queue_id(email):
 
 def line(email):
     """The email's queue line (see the module's docstring)."""
-    item = getattr(email, "spool_item", None)
-    when = timezone.localtime(item.fld_time if item else email.created_at)
+    item = getattr(email, "spool_item", None) or getattr(email, "table_item", None)
     sender = email.account.address if email.account_id else email.envelope_sender
-    return f"{when:%d.%m.%Y%H%M%S}_{queue_id(email)}: ({sender} => {email.to_address})"
+    return _line(item.fld_time if item else email.created_at, queue_id(email), sender, email.to_address)
+
+
+def _line(when, qid, sender, address):
+    # A row's fld_time that does not parse is shown as it is (taking the row in drops it, saying so).
+    shown = f"{timezone.localtime(when):%d.%m.%Y%H%M%S}" if isinstance(when, datetime) else str(when)
+    return f"{shown}_{qid}: ({sender} => {address})"
+
+
+def lines(sender=None):
+    """Every queue line of `sender` (see the module's docstring): the outbox, then the table, then the files."""
+    emails = waiting(sender)  # checks SENDER first
+    address = None if not sender or sender == ALL else sender.strip().lower()
+    for email in emails.iterator(chunk_size=2000):
+        yield line(email)
+    for row in tablequeue.waiting_rows(address):
+        yield _line(row.fld_time, row.queue_id, row.sender, row.address)
+    for waiting_item in spool.waiting_items():
+        item = waiting_item.item
+        if address is None or item.sender.strip().lower() == address:
+            yield _line(item.fld_time, waiting_item.queue_id, item.sender, item.address)
 
 
 def send(sender=None, on_outcome=None):
@@ -66,3 +91,29 @@ def send(sender=None, on_outcome=None):
     started = timezone.now()
     only = scope(sender) & Q(status_changed_at__lt=started)
     return sending.Sender(scope=only, on_outcome=on_outcome).run()
+
+
+@dataclass
+class Cycle:
+    """What one cycle did: the table's and the spool's intake, the send's result, and the write-backs."""
+
+    table_taken: tablequeue.TakeResult
+    spool_taken: spool.IntakeResult
+    result: object
+    table_written: tablequeue.WriteResult
+    spool_settled: spool.SettleResult
+
+
+def cycle(send, on_intake=None):
+    """Take in the queue table and the spool, `send()`, then write outcomes back to both.
+
+    The order every sending command keeps (dbmail_cron, `smailer send`): rows and files
+    become emails before the send, so their mail goes in the same run, and get their
+    statuses after it. Either half does nothing when its setting is empty.
+    `on_intake(table_taken, spool_taken)` is called before sending (to report errors first).
+    """
+    table_taken = tablequeue.take()
+    spool_taken, result, settled = spool.cycle(
+        send, on_intake=(lambda taken: on_intake(table_taken, taken)) if on_intake else None
+    )
+    return Cycle(table_taken, spool_taken, result, tablequeue.write_back(), settled)

@@ -46,6 +46,7 @@ from dbmail.exceptions import SpoolError
 from dbmail.exceptions import SpoolFormatError as FormatError
 from dbmail.models import DeliveryEvent, SenderAccount, SpoolFile, SpoolItem, Suppression, TextOfEmail
 from dbmail.ops import sites
+from dbmail.send import destinations
 
 log = logging.getLogger(__name__)
 
@@ -156,15 +157,7 @@ def intake(now=None):
     """Take in every complete file in the spool directory; a no-op when DBMAIL_SPOOL_DIR is unset."""
     result = IntakeResult()
     root = _existing_directory()
-    if root is None:
-        return result
-    try:
-        entries = sorted(os.scandir(root), key=lambda e: e.name)
-    except OSError as exc:
-        raise SpoolError(f"cannot read the spool directory {root}: {exc}") from exc
-    for entry in entries:
-        if entry.name.startswith(".") or not entry.is_file(follow_symlinks=False):
-            continue
+    for entry in _complete_files(root):
         try:
             _take_in(root, entry, now or timezone.now(), result)
         except FileNotFoundError:
@@ -173,6 +166,18 @@ def intake(now=None):
             log.warning("spool file %s: %s", entry.path, exc)
             result.errors.append(f"{entry.name}: {exc}")
     return result
+
+
+def _complete_files(root=None):
+    """The spool directory's entries a producer has finished (not hidden, regular files), by name."""
+    root = root or _existing_directory()
+    if root is None:
+        return []
+    try:
+        entries = sorted(os.scandir(root), key=lambda e: e.name)
+    except OSError as exc:
+        raise SpoolError(f"cannot read the spool directory {root}: {exc}") from exc
+    return [e for e in entries if not e.name.startswith(".") and e.is_file(follow_symlinks=False)]
 
 
 def _take_in(root, entry, now, result):
@@ -227,31 +232,43 @@ def cycle(send, on_intake=None):
 
 def create_emails(record, items, now):
     """The outbox emails of one file's items (dropped ones with their reason); returns how many."""
+    emails = make_emails(items, now)
+    SpoolItem.objects.bulk_create(
+        SpoolItem(email=email, file=record, position=item.position, fld_time=item.fld_time)
+        for item, email in zip(items, emails, strict=True)
+    )
+    return len(emails)
+
+
+def make_emails(items, now):
+    """Save one outbox email per item, in order (the table queue's rows are items too); returns them.
+
+    The seed's rules: only an active sender account sends, and a bad address (or one that gets
+    no mail at all) is dropped with its reason, logged as the admin's event of its creation.
+    """
     senders = {item.sender.lower() for item in items}
     accounts = {
         a.address.lower(): a
         for a in SenderAccount.objects.annotate(lower=Lower("address")).filter(active=True, lower__in=senders)
     }
     stopped = Suppression.stopping_all_mail(recipients.normalise_address(item.address) for item in items)
-    emails = [_email(item, accounts.get(item.sender.lower()), now, stopped) for item in items]
+    emails = [email_for(item, accounts.get(item.sender.lower()), now, stopped) for item in items]
     TextOfEmail.objects.bulk_create(emails)
-    SpoolItem.objects.bulk_create(
-        SpoolItem(email=email, file=record, position=item.position, fld_time=item.fld_time)
-        for item, email in zip(items, emails, strict=True)
-    )
     DeliveryEvent.objects.bulk_create(
         DeliveryEvent(email=e, at=now, kind=DeliveryEvent.Kind.ADMIN, outcome=e.status, text=e.last_error)
         for e in emails
         if e.status == states.REFUSE.target
     )
-    return len(emails)
+    return emails
 
 
-def _email(item, account, now, stopped):
+def email_for(item, account, now, stopped):
+    """The (unsaved) email of one item: queued, or dropped with the reason it can never be sent."""
     address = recipients.normalise_address(item.address)
     email = TextOfEmail(
         account=account,
         to_address=address[:254],
+        dest_group=destinations.group_of(address),
         from_header=account.from_header if account else item.sender[:400],
         envelope_sender=(account.address if account else item.sender)[:254],
         subject=" ".join(item.topic.split())[:998],
@@ -271,6 +288,41 @@ def _email(item, account, now, stopped):
     if error:
         email.status, email.last_error = states.REFUSE.target, error
     return email
+
+
+# --- what waits in the directory, read only (smailer queue) ---
+
+
+@dataclass(frozen=True)
+class WaitingItem:
+    """An item of a file not taken in yet, with a queue id of its own until it becomes an email."""
+
+    file: str
+    item: Item
+
+    @property
+    def queue_id(self):
+        return hashlib.sha256(f"spool:{self.file}:{self.item.position}".encode()).hexdigest()[:16].upper()
+
+
+def waiting_items():
+    """The items of the complete files in the spool directory not taken in yet; reads, never moves.
+
+    A malformed file is left out (it is dropped when taken in), as is one taken in before.
+    """
+    for entry in _complete_files():
+        try:
+            data = Path(entry.path).read_bytes()
+        except OSError:
+            continue  # taken in and moved meanwhile, or unreadable: the next run reports it
+        if SpoolFile.objects.filter(name=entry.name, sha256=hashlib.sha256(data).hexdigest()).exists():
+            continue
+        try:
+            items = parse(data)
+        except FormatError:
+            continue
+        for item in items:
+            yield WaitingItem(entry.name, item)
 
 
 # --- settling: moving files to where their items' outcomes say ---

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from django.utils import timezone
 
 from dbmail import rollup
-from dbmail.exceptions import DatabaseLost, DatabaseUnreachable, Unreachable
-from dbmail.intake import expand, spool
+from dbmail.exceptions import DatabaseLost, DatabaseUnreachable, QueueTableError, Unreachable
+from dbmail.intake import expand, smailer, spool
 from dbmail.ops import health
 from dbmail.ops.runloop import Round, RunLoop
 from dbmail.send import claims
@@ -100,7 +100,7 @@ class Runner:
         if not self.give_back():
             raise DatabaseUnreachable("cannot reach the database to give back the emails a run held")
         try:
-            _, (expanded, sent), _ = spool.cycle(lambda: self._expand_and_send(deadline))
+            expanded, sent = smailer.cycle(lambda: self._expand_and_send(deadline)).result
             rollup.merge_all()  # the dashboard's counts: the deltas of the batches sent, folded into one row per day
         except DatabaseLost as exc:
             self.leftovers.add(exc.leftovers)
@@ -115,7 +115,7 @@ class Runner:
             raise DatabaseUnreachable(f"lost the database connection while sending ({exc}); {fate}") from exc
         except DATABASE_ERRORS as exc:
             raise DatabaseUnreachable(f"cannot reach the database: {' '.join(str(exc).split())}".strip()) from exc
-        except spool.SpoolError as exc:
+        except (spool.SpoolError, QueueTableError) as exc:
             raise Unreachable(str(exc)) from exc
         result = RunResult(expanded, sent, time.monotonic() - clock)
         error = ""

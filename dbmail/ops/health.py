@@ -15,7 +15,7 @@ command line overrides (today "stuck_after", a timedelta or None).
 
 import socket
 from dataclasses import asdict, dataclass, field
-from datetime import timedelta
+from datetime import UTC, timedelta
 
 from django.db.models import Count, Min, Q, Sum
 from django.utils import timezone
@@ -32,6 +32,7 @@ from dbmail.models import (
     TrackingQueueItem,
     UnsignedMail,
 )
+from dbmail.send import backoff, buckets, caps
 
 OK, WARNING, CRITICAL, UNKNOWN = "ok", "warning", "critical", "unknown"
 EXIT_CODES = {OK: 0, WARNING: 1, CRITICAL: 2, UNKNOWN: 3}
@@ -212,11 +213,19 @@ def _inactive_accounts():
     return SenderAccount.objects.filter(active=False).values("pk")
 
 
+def _waiting_by_design(now):
+    """Waiting mail nobody should be alarmed by: of a paused request, or of an account at its daily cap."""
+    capped = [account.pk for account, _, _ in caps.reached(now)]
+    paused = MessageRequest.objects.filter(status=states.RequestStatus.PAUSED).values("pk")
+    return Q(request_id__in=paused) | Q(account_id__in=capped)
+
+
 def _oldest_due_age(now):
-    """Age of the longest-due email that is not held."""
+    """Age of the longest-due email that is not held (nor waiting by design: a paused request, a daily cap)."""
     oldest = (
         TextOfEmail.objects.filter(status__in=states.WAITING, next_attempt_at__lte=now)
         .exclude(account_id__in=_inactive_accounts())
+        .exclude(_waiting_by_design(now))
         .aggregate(m=Min("next_attempt_at"))["m"]
     )
     return now - oldest if oldest else None
@@ -426,6 +435,51 @@ def check_log_follower(now, options):
     return Finding("log follower", worst(*grades), "; ".join(words), {"hosts": [hb.host for hb in beats]})
 
 
+def check_reputation(now, options):
+    """What holds mail back on purpose: destinations slowed by their pushback, daily caps, paused requests."""
+    grades, words = [OK], []
+    slowed = buckets.slowed(now)
+    for b in slowed[:10]:
+        grades.append(WARNING)
+        configured = f"{b.configured_per_minute:,.0f} a minute" if b.configured_per_minute else "no limit"
+        words.append(
+            f"destination {b.name} slowed to {backoff.effective_rate(b, now) or backoff.target(0):,.0f} a minute "
+            f"({configured} configured) since {b.slowed_since.astimezone(UTC):%Y-%m-%d %H:%M:%S} UTC after "
+            f"{b.pushbacks} pushback(s), last: {b.pushback_text[:200]}; full speed again by "
+            f"{backoff.recovered_at(b, now).astimezone(UTC):%H:%M} UTC if nothing pushes back"
+        )
+    capped = caps.reached(now)
+    for account, cap, taken in capped[:10]:
+        words.append(f"{account.address}: {caps.WAITING_WORDS} ({taken:,} of {cap:,} today)")
+    paused = list(
+        MessageRequest.objects.filter(status=states.RequestStatus.PAUSED)
+        .order_by("paused_at", "pk")
+        .values("pk", "paused_at", "paused_reason")[:10]
+    )
+    for row in paused:
+        grades.append(WARNING)
+        since = f" since {row['paused_at'].astimezone(UTC):%Y-%m-%d %H:%M:%S} UTC" if row["paused_at"] else ""
+        words.append(f"request #{row['pk']} paused{since}: {row['paused_reason'][:300]} (resume or cancel it)")
+    if not words:
+        words.append("every destination at full speed, no daily cap reached, no request paused")
+    details = {
+        "slowed": [
+            {
+                "group": b.name,
+                "per_minute": round(backoff.effective_rate(b, now) or backoff.target(0), 1),
+                "configured_per_minute": b.configured_per_minute,
+                "since": b.slowed_since.isoformat() if b.slowed_since else None,
+                "pushbacks": b.pushbacks,
+                "last": b.pushback_text,
+            }
+            for b in slowed
+        ],
+        "daily_cap_reached": [account.address for account, _, _ in capped],
+        "paused_requests": [row["pk"] for row in paused],
+    }
+    return Finding("reputation", worst(*grades), "; ".join(words), details)
+
+
 def check_dkim(now, options):
     """DKIM signing: a warning per From domain whose mail went out unsigned today or yesterday (dbmail.send.dkim)."""
     today = timezone.localdate(now)
@@ -452,6 +506,7 @@ def check_dkim(now, options):
 
 
 register("sender", check_sender)
+register("reputation", check_reputation)
 register("expansion", check_expansion)
 register("tracking", check_tracking)
 register("log follower", check_log_follower)

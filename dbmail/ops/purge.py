@@ -126,6 +126,18 @@ def purge_tracking(older_than):
     return removed
 
 
+def purge_api_sends(older_than):
+    """Delete the sending API's idempotency keys older than `older_than` (their emails are kept); return how many.
+
+    A key guards against a client retrying the same email, which happens
+    within minutes; kept as long as the emails' log, it can still answer a
+    late retry with the email it made.
+    """
+    from dbmail.models import ApiSend
+
+    return ApiSend.objects.filter(created_at__lt=timezone.now() - older_than).delete()[0]
+
+
 PENDING_UPLOAD_DAYS = 1
 
 

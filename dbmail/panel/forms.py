@@ -12,17 +12,19 @@ from django.utils import timezone
 from dbmail.content import attachments, authoring, csvmerge, pasted, recipients, rendering
 from dbmail.content.validation import RequestForm
 from dbmail.exceptions import CSVError
+from dbmail.intake import grants
 from dbmail.models import (
     BodyFormat,
     EmailTemplate,
     MessageRequest,
     PendingUpload,
     RequestAttachment,
-    SenderAccount,
     Suppression,
 )
 
 SOURCE_SET, SOURCE_PASTE, SOURCE_CSV = "set", "paste", "csv"
+# Rows sent through the sending API (dbmail.intake.api.serializers.ROWS_SOURCE): kept and shown like a CSV's.
+SOURCE_API = "api"
 
 
 class MultipleFileInput(forms.ClearableFileInput):
@@ -126,8 +128,7 @@ class ComposeForm(RequestForm):
         super().__init__(*args, **kwargs)
         self.user = user
         self.fields["body_format"].required = False  # left out, it stays as it was (HTML for a new request)
-        # A mailbox account's sender is a user's own server and login, not the organisation's.
-        self.fields["sender"].queryset = SenderAccount.objects.filter(active=True, mailbox=False)
+        self.fields["sender"].queryset = grants.request_senders()
         self.fields["sender"].empty_label = None
         self.fields["recipient_set"].choices = [
             (s.name, s.label) for s in recipients.registered_sets() if s.name != "addresses"
@@ -143,7 +144,7 @@ class ComposeForm(RequestForm):
         if self.instance.recipient_set and not self.is_bound:
             if self.instance.recipient_set == "addresses":
                 source = params.get("source", SOURCE_PASTE)
-                self.initial["source"] = source
+                self.initial["source"] = SOURCE_CSV if source == SOURCE_API else source
                 if source == SOURCE_PASTE:
                     self.initial["addresses"] = "\n".join(_row_line(r) for r in params.get("rows", []))
             else:
@@ -161,9 +162,9 @@ class ComposeForm(RequestForm):
 
     @property
     def kept_csv(self):
-        """The CSV rows stored on the draft being edited, if any."""
+        """The CSV (or API) rows stored on the draft being edited, if any."""
         params = self.instance.recipient_params or {}
-        if self.instance.recipient_set == "addresses" and params.get("source") == SOURCE_CSV:
+        if self.instance.recipient_set == "addresses" and params.get("source") in (SOURCE_CSV, SOURCE_API):
             return params
         return None
 

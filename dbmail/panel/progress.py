@@ -14,6 +14,7 @@ from dbmail import states
 Status = states.RequestStatus
 E = states.EmailStatus
 FAILED = Status.FAILED.value  # expansion failed: the request waits for a fix and a retry
+PAUSED = Status.PAUSED.value  # the reputation guard paused it: a person resumes or cancels it
 # Derived, never stored (dbmail.states.HELD): waiting mail of an inactive sender account, still waiting.
 HELD = states.HELD
 # The bar segment of mail that will not arrive (the styles and the script use the key too).
@@ -41,6 +42,7 @@ LABELS = {
     DONE: "Done",
     CANCELLED: "Cancelled",
     FAILED: "Failed",
+    PAUSED: "Paused",
     HELD: "Held",
 }
 
@@ -54,6 +56,8 @@ def state(mail, counts=None, now=None):
         return CANCELLED
     if mail.status == FAILED:
         return FAILED
+    if mail.status == PAUSED:
+        return PAUSED
     if getattr(mail, "held", False):
         return HELD
     if mail.status == Status.QUEUED and mail.send_at > now:
@@ -140,8 +144,12 @@ def summary(segments):
     return ", ".join(parts)
 
 
-def progress(mail, counts, now=None):
-    """Everything the request page shows about where a request is, as plain data (the poll's JSON too)."""
+def progress(mail, counts, now=None, waiting=""):
+    """Everything the request page shows about where a request is, as plain data (the poll's JSON too).
+
+    `waiting`: why its waiting mail waits, when something other than its own state holds it
+    (its sender account's daily cap: dbmail.send.caps.waiting_words).
+    """
     now = now or timezone.now()
     counts = {s: n for s, n in counts.items() if n}
     segments = {key: sum(counts.get(s, 0) for s in statuses) for key, _, statuses in SEGMENTS}
@@ -169,25 +177,30 @@ def progress(mail, counts, now=None):
         ],
         "counts": {s: counts[s] for s in SHOWN if counts.get(s)},
         "summary": summary(segments),
-        "line": _line(mail, key, segments, total),
+        "line": _line(mail, key, segments, total, waiting if segments["waiting"] + segments[E.DEFERRED] else ""),
+        "waiting": waiting if key == SENDING and segments["waiting"] + segments[E.DEFERRED] else "",
         "pace": speed.text,
         "per_minute": round(speed.per_minute, 1) if speed.per_minute else None,
         "eta_seconds": speed.eta_seconds,
         # Poll while anything can still change by itself (a scheduled request starts on its own).
         "active": key in (SCHEDULED, SENDING, HELD),
         "editable": editable(mail) and key != DRAFT,
-        "cancellable": mail.status in (*states.REQUEST_TO_EXPAND, FAILED)
+        "cancellable": mail.status in (*states.REQUEST_TO_EXPAND, FAILED, PAUSED)
         or (mail.status == Status.EXPANDED and bool(unsent)),
         "retryable": any(counts.get(s) for s in states.RETRY.sources),
-        "resumable": mail.status in states.RETRY_REQUEST.sources,
+        "resumable": mail.status in (*states.RETRY_REQUEST.sources, PAUSED),
+        "paused_now": mail.status == PAUSED,
         "send_at": mail.send_at.isoformat() if mail.send_at else None,
         "now": now.isoformat(),
     }
 
 
-def _line(mail, key, segments, total):
+def _line(mail, key, segments, total, waiting=""):
     """The status line: one sentence saying where the request is."""
     said = summary(segments)
+    if key == PAUSED:
+        reason = (mail.paused_reason or "by the reputation guard").rstrip(".")
+        return f"Paused: {reason}. Resume it or cancel the rest." + (f" So far: {said}." if total else "")
     if key == SCHEDULED:
         return f"Scheduled: it goes out on {when(mail.send_at)}."
     if key == CANCELLED:
@@ -209,5 +222,7 @@ def _line(mail, key, segments, total):
         text = f"Sending: {number(handled)} of {number(total)} handled ({said})"
         if segments[E.DEFERRED]:
             text += f"; {plural(segments[E.DEFERRED], 'deferred email')} will be tried again later"
+        if waiting:
+            text += f"; {waiting}"
         return text + "."
     return ""

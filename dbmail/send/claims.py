@@ -22,7 +22,7 @@ from django.utils import timezone
 
 from dbmail import prepared, states
 from dbmail.conf import settings as conf
-from dbmail.models import SenderAccount, TextOfEmail
+from dbmail.models import MessageRequest, SenderAccount, TextOfEmail
 
 Status = states.EmailStatus
 
@@ -88,7 +88,7 @@ def _body_bytes():
     return RawSQL(sql, (), output_field=BigIntegerField())
 
 
-def claim(limit, now=None, scope=None, after=None, due_by=None, max_bytes=None):
+def claim(limit, now=None, scope=None, after=None, due_by=None, max_bytes=None, pacer=None):
     """Claim up to `limit` due emails for this process.
 
     `scope` (a Q) restricts the claim to matching rows, due or not: an operator's forced send.
@@ -97,27 +97,39 @@ def claim(limit, now=None, scope=None, after=None, due_by=None, max_bytes=None):
     again by every claim, and a long queue would cost a quadratic scan.
     `due_by` (the run's start): only rows due by then and not touched since (one attempt per
     email per run). `max_bytes`: stop adding rows once their bodies come to this (the first
-    row always comes, whatever its size).
+    row always comes, whatever its size). `pacer` (dbmail.send.pacing): the budgets of
+    destinations and sender accounts; rows over them are not claimed, and wait untouched.
     """
     now = now or timezone.now()
     due_by = min(due_by or now, now)
     token = uuid.uuid4()
     lease_until = now + timedelta(seconds=conf.DBMAIL_LEASE_SECONDS)
     rows = TextOfEmail.objects.select_for_update(skip_locked=True)
-    held = ~_held()
+    held = ~_held() & ~_paused()
+    columns = ("pk", "status", _body_bytes())
+    waiting = Q()  # the pacer's groups and accounts that must wait now (usually none)
+    if pacer is not None:
+        waiting = pacer.claimable()
+        held &= waiting
+        columns += ("account_id", "dest_group", "to_address")
     with transaction.atomic():
         if after is None:
             _give_back_held(now)
-        if scope is None and connection.vendor == "postgresql":
-            candidates = _candidates_postgresql(limit, now, due_by, after)
+        if scope is None and not waiting and connection.vendor == "postgresql":
+            candidates = _candidates_postgresql(limit, now, due_by, after, paced=pacer is not None)
         else:
-            candidates = _candidates(rows, held, limit, now, due_by, after, scope)
-        picked, total = {}, 0
-        for pk, status, nbytes in candidates:
+            candidates = _candidates(rows, held, columns, limit, now, due_by, after, scope)
+        picked, sizes, total = {}, {}, 0
+        for pk, status, nbytes, *_ in candidates:
             if picked and max_bytes is not None and total + nbytes > max_bytes:
                 break  # the rest stay due; their row locks end with this transaction
-            picked[pk] = status
+            picked[pk], sizes[pk] = status, nbytes
             total += nbytes
+        if pacer is not None and picked:
+            # Over a budget: not claimed, no attempt counted; the row lock ends with this transaction.
+            admitted = pacer.admit([(pk, *rest) for pk, _, _, *rest in candidates if pk in picked])
+            picked = {pk: picked[pk] for pk in admitted}
+        total = sum(sizes[pk] for pk in picked)
         if picked and connection.vendor == "postgresql":
             emails = _take_postgresql(list(picked), token, lease_until, now)
         elif picked:
@@ -137,8 +149,8 @@ def claim(limit, now=None, scope=None, after=None, due_by=None, max_bytes=None):
     return Claim(emails, token, lease_until, claimed_from, bytes=total)
 
 
-def _candidates(rows, held, limit, now, due_by, after, scope):
-    """(pk, status, body bytes) of the rows to claim, locked, stale ones first: the ORM's way (any database, a scope)."""
+def _candidates(rows, held, columns, limit, now, due_by, after, scope):
+    """`columns` of the rows to claim, locked, stale ones first: the ORM's way (any database, a scope, pacing waits)."""
     # Two ordered index scans rather than one OR, so neither sorts the whole queue.
     stale = rows.filter(status=Status.SENDING, leased_until__lte=now, status_changed_at__lte=due_by).filter(held)
     due = (
@@ -152,15 +164,16 @@ def _candidates(rows, held, limit, now, due_by, after, scope):
         due = due.filter(RawSQL(past, after, output_field=BooleanField()))
     if scope is not None:
         stale = stale.filter(scope)
-    size = _body_bytes()
-    candidates = list(stale.order_by("leased_until").values_list("pk", "status", size)[:limit])
+    candidates = list(stale.order_by("leased_until").values_list(*columns)[:limit])
     if len(candidates) < limit:
-        candidates += due.order_by("next_attempt_at", "pk").values_list("pk", "status", size)[: limit - len(candidates)]
+        candidates += due.order_by("next_attempt_at", "pk").values_list(*columns)[: limit - len(candidates)]
     return candidates
 
 
-def _candidates_postgresql(limit, now, due_by, after):
-    """The same rows as _candidates for a run's own claims (no scope), in two plain statements.
+def _candidates_postgresql(limit, now, due_by, after, paced=False):
+    """The same rows as _candidates for a run's own claims (no scope, no pacing wait), in two plain statements.
+
+    `paced`: with the pacer's columns (account, destination group, address) after the size.
 
     The ORM would spend longer composing these two queries, for every batch, than PostgreSQL
     spends running them; the SQL is the ORM's, written out (tests/test_claims.py runs both).
@@ -169,8 +182,15 @@ def _candidates_postgresql(limit, now, due_by, after):
     table = quote(TextOfEmail._meta.db_table)
     size = _body_bytes().sql
     accounts = quote(SenderAccount._meta.db_table)
-    held = f"({table}.account_id IS NULL OR {table}.account_id NOT IN (SELECT id FROM {accounts} WHERE NOT active))"
+    requests = quote(MessageRequest._meta.db_table)
+    held = (
+        f"({table}.account_id IS NULL OR {table}.account_id NOT IN (SELECT id FROM {accounts} WHERE NOT active)) "
+        f"AND ({table}.request_id IS NULL OR {table}.request_id NOT IN "
+        f"(SELECT id FROM {requests} WHERE status = '{states.RequestStatus.PAUSED}'))"
+    )
     waiting = ", ".join(f"'{status}'" for status in states.WAITING)
+    if paced:
+        size += f", {table}.account_id, {table}.dest_group, {table}.to_address"
     with connection.cursor() as cursor:
         cursor.execute(
             f"SELECT id, status, {size} FROM {table} WHERE status = %s AND leased_until <= %s "
@@ -254,18 +274,25 @@ def _held():
     return Q(account_id__in=SenderAccount.objects.filter(active=False).values("pk"))
 
 
+def _paused():
+    """Rows of a paused request (dbmail.track.guard): not claimed until a person resumes it."""
+    return Q(request_id__in=MessageRequest.objects.filter(status=states.RequestStatus.PAUSED).values("pk"))
+
+
 def _give_back_held(now):
-    """Rows of an inactive account left "sending" by a sender that died go back to deferred, held there."""
+    """Rows of an inactive account or a paused request left "sending" by a sender that died go back to deferred."""
     states.RELEASE[Status.DEFERRED].update(
-        TextOfEmail.objects.filter(_held(), leased_until__lte=now),
+        TextOfEmail.objects.filter(_held() | _paused(), leased_until__lte=now),
         claim_token=None,
         leased_until=None,
         status_changed_at=now,
     )
 
 
-def claim_one(email):
-    """Claim one specific queued email (the ad-hoc path); None if someone else has it."""
+def claim_one(email, pacer=None):
+    """Claim one specific queued email (the ad-hoc path); None if someone else has it, or over a budget."""
+    if pacer is not None and not pacer.admit_one(email):
+        return None  # left queued for the next dbmail_cron run
     now = timezone.now()
     token = uuid.uuid4()
     lease_until = now + timedelta(seconds=conf.DBMAIL_LEASE_SECONDS)

@@ -17,6 +17,14 @@ for dbmail_status).
 A run tries each email at most once: it claims only what was due when it
 started. It holds at most DBMAIL_BATCH_MAX_BYTES of bodies: half for the
 batch being sent, half for the next, claimed ahead.
+
+Budgets shared by every host (dbmail.send.pacing): a claim takes only the
+mail its destination groups, DBMAIL_THROTTLE_PER_SECOND and its sender
+accounts' daily caps allow now; the rest waits untouched. When only such
+mail is left, the run waits for the next grant if it comes before its
+deadline (--max-seconds), or within pacing.MAX_IDLE_WAIT without one, and
+otherwise ends. A destination that pushes back (dbmail.send.backoff) is
+slowed for every host, and the rest of its claimed mail is given back untried.
 """
 
 import logging
@@ -31,7 +39,7 @@ from dbmail import states
 from dbmail.conf import settings as conf
 from dbmail.content import addresses, attachments
 from dbmail.models import DeliveryEvent
-from dbmail.send import claims, dbworker, message, mime, problems, retry
+from dbmail.send import claims, dbworker, message, mime, pacing, problems, retry
 from dbmail.send.recovery import DATABASE_ERRORS, DatabaseLost, Leftovers
 
 log = logging.getLogger(__name__)
@@ -129,6 +137,7 @@ class Sender:
         keep_if_down=False,
         scope=None,
         deadline=None,
+        clock=None,
     ):
         self.batch_size = batch_size or conf.DBMAIL_BATCH_SIZE
         self.max_messages = max_messages
@@ -152,6 +161,8 @@ class Sender:
         self._db = None  # claims ahead and records behind (dbmail.send.dbworker)
         self._attachments = attachments.Cache()
         self._ahead = {}  # the next email's prepared message, when its envelope went out ahead
+        # `clock` (a callable returning now): the budgets' time, which a test may move (a daily cap's next day).
+        self.pacer = pacing.Pacer(self.batch_size, clock=clock)
 
     def _limit_reached(self):
         if self.stopping or (self.deadline and time.monotonic() >= self.deadline):
@@ -165,11 +176,14 @@ class Sender:
             pending = self._claim_next(after=None)
             while not self._limit_reached():
                 batch, pending = self._claimed(pending), None
-                if not batch.emails and cursor is not None:
-                    cursor = None  # rows may have been given back behind the scan: once more from the start
-                    batch = self._claimed(self._claim_next(after=None))
                 if not batch.emails:
-                    break
+                    self._release(batch)
+                    # Only mail over a budget is left: wait for it if it comes soon enough. Then, or when the
+                    # scan reached the end, once more from the start: rows may have been given back behind it.
+                    if not self._wait_for_budget() and cursor is None:
+                        break
+                    cursor, pending = None, self._claim_next(after=None)
+                    continue
                 cursor = batch.after
                 # The next batch is claimed on the database thread while this one is sent.
                 pending = self._claim_next(after=cursor, sending=len(batch.emails))
@@ -178,6 +192,7 @@ class Sender:
                 self._release(self._claimed(pending))
                 pending = None
             self._settle_problems()
+            self._db.call(self.pacer.finish).result()  # the connection slots it held, the places it did not use
             self._db.close()  # the last outcomes are committed here (a failure is handled as any other)
             self._db = None
         except DATABASE_ERRORS as exc:
@@ -197,7 +212,20 @@ class Sender:
             after=after,
             due_by=self.started_at,
             max_bytes=self.max_bytes // 2,
+            pacer=self.pacer,
         )
+
+    def _wait_for_budget(self):
+        """Only mail over a budget is left: wait for the next grant if it comes soon enough (True), else False."""
+        until = self.pacer.next_chance()
+        if until is None:
+            return False
+        seconds = max(0.0, (until - self.pacer.clock()).total_seconds()) + 0.01
+        if not self.deadline and seconds > pacing.MAX_IDLE_WAIT:
+            return False  # it waits for a later run
+        if not self._db.call(self.pacer.mail_waiting, self.started_at).result():
+            return False
+        return self._pause(seconds)
 
     def _claimed(self, pending):
         batch = pending.result()
@@ -206,6 +234,7 @@ class Sender:
         return batch
 
     def _release(self, batch):
+        self.pacer.give_back(batch.open_ids)
         batch.release()
         self._held.remove(batch)
 
@@ -271,9 +300,19 @@ class Sender:
             if down:
                 self._finish(batch, email, replace(down, text=f"not tried: {down.text}"), route)
                 continue
+            if self.pacer.holds_back(email):
+                self._forget_ahead(server, email)
+                continue  # its destination just pushed back: given back with the batch, not an attempt
             batch.renew_if_needed()
             following = emails[i + 1] if i + 1 < len(emails) and self._may_pipeline(emails[i + 1]) else None
             outcome = self._attempt(server, email, following)
+            pushed_back = self.pacer.pushed_back(email, outcome)
+            if pushed_back:
+                # That destination's doing, not the server's or the session's: no reconnecting, no giving
+                # up on the route; the group is slowed for every host and its other mail waits.
+                self._db.call(self.pacer.record_pushback, pushed_back, outcome.text).add_done_callback(_logged)
+                self._finish(batch, email, outcome, None)
+                continue
             if outcome.session and outcome.stage in retry.SESSION_STAGES and self.keep_if_down:
                 DeliveryEvent.objects.create(
                     email_id=email.pk, kind=DeliveryEvent.Kind.ATTEMPT, outcome=Status.QUEUED, text=outcome.text
@@ -313,6 +352,12 @@ class Sender:
             time.sleep(min(0.1, max(until - time.monotonic(), 0)))
         return not self.stopping
 
+    def _forget_ahead(self, server, email):
+        """`email` will not be sent now: if its envelope went out ahead, its DATA may be open, so the
+        connection is dropped (without QUIT, which would become its content) and the next email opens another."""
+        if self._ahead.pop(email.pk, None) is not None:
+            (server.conn.abort if hasattr(server.conn, "abort") else server.conn.close)()
+
     PIPELINE_MARGIN = 2.0  # seconds before the deadline: no envelope sent ahead
     PIPELINE_MAX_BYTES = 1 << 20  # a bigger next message is built in its own turn
 
@@ -322,7 +367,7 @@ class Sender:
         Not when the run may stop before it (a limit, a deadline close by, a stop), when messages
         are paced, for the ad-hoc path, nor for a big one (its bytes would be held twice).
         """
-        if self.keep_if_down or self.stopping or self.throttle.interval:
+        if self.keep_if_down or self.stopping or self.throttle.interval or self.pacer.holds_back(following):
             return False
         if self.max_messages is not None and self.result.attempted + 2 > self.max_messages:
             return False
@@ -420,7 +465,10 @@ class Sender:
         setattr(self.result, outcome.status, getattr(self.result, outcome.status) + 1)
         if outcome.possibly_delivered:
             self.result.possibly_delivered += 1
-        if outcome.session:
+        self.pacer.counted(email, outcome)
+        if route is None:
+            pass  # a destination's pushback: nothing about the route
+        elif outcome.session:
             route.deferred += 1
         elif outcome.status == Status.SENT:
             route.sent += 1
@@ -434,6 +482,7 @@ class Sender:
 
     def _settle_problems(self):
         """Report each account and server that failed this run once; clear those that worked."""
+        self.result.problems.extend(self.pacer.report())
         failing = [r for r in self._routes.values() if r.deferred]
         for route in failing:
             fault = route.down or route.last_fault
@@ -459,16 +508,21 @@ class Sender:
             db.close()
 
 
+def _logged(future):
+    if future.exception() is not None:
+        log.warning("could not record a destination's pushback: %s", future.exception())
+
+
 def send_due(**kwargs):
     return Sender(**kwargs).run()
 
 
 def send_one_now(email):
     """Send one specific queued email at once (the ad-hoc path); None if a cron run has it."""
-    batch = claims.claim_one(email)
+    sender = Sender(throttle=0, keep_if_down=True)
+    batch = claims.claim_one(email, pacer=sender.pacer)
     if batch is None:
         return None
-    sender = Sender(throttle=0, keep_if_down=True)
     sender._db = dbworker.InlineWorker()  # one message: no thread, and the caller sees the result
     try:
         sender.send_claim(batch)

@@ -128,7 +128,7 @@ def classify(exc):
 def backoff(attempts, email=None):
     """Delay before attempt number `attempts + 1`: base doubling per attempt, capped.
 
-    Spool mail keeps the seed's own pace: a fixed DBMAIL_SPOOL_RETRY_SECONDS.
+    Spool mail (files and the queue table) keeps the seed's own pace: a fixed DBMAIL_SPOOL_RETRY_SECONDS.
     """
     if _spooled(email):
         return timedelta(seconds=conf.DBMAIL_SPOOL_RETRY_SECONDS)
@@ -151,5 +151,10 @@ def give_up(outcome, attempts, email=None):
 
 
 def _spooled(email):
-    # The reverse one-to-one is cached on the instance, so backoff after give_up costs no query.
-    return email is not None and getattr(email, "spool_item", None) is not None
+    """Spool mail: a spool file's item or a queue table's row (seed 003's pace and budget apply).
+
+    The reverse one-to-ones are cached on the instance, so backoff after give_up costs no query.
+    """
+    if email is None:
+        return False
+    return getattr(email, "spool_item", None) is not None or getattr(email, "table_item", None) is not None

@@ -19,8 +19,10 @@ from django.utils import timezone
 
 from dbmail import rollup, states
 from dbmail.models import AppliedTrackingEvent, DeliveryEvent, Suppression, TextOfEmail, UnmatchedTrackingEvent
+from dbmail.track import guard
 from dbmail.track.events import BounceType, EventType, InvalidEvent, TrackingEvent, smtp_code
 from dbmail.track.header import email_pk_from_tracking_id
+from dbmail.track.mta_ids import message_id_for_queue_id
 
 # The transition each event leads to; dbmail.states ranks the states, so that final states
 # win and the order in which events arrive does not change where an email ends up.
@@ -50,6 +52,7 @@ class ApplyResult:
     duplicates: int = 0
     unmatched: int = 0
     invalid: int = 0
+    paused: int = 0  # requests the reputation guard paused (dbmail.track.guard)
 
     def __iadd__(self, other):
         for name in (f.name for f in fields(self)):
@@ -57,9 +60,10 @@ class ApplyResult:
         return self
 
     def summary(self):
+        paused = f", paused {self.paused} request{'s' * (self.paused != 1)} (reputation guard)" if self.paused else ""
         return (
             f"applied {self.applied} ({self.changed} changed a status), duplicates {self.duplicates}, "
-            f"unmatched {self.unmatched}, invalid {self.invalid}"
+            f"unmatched {self.unmatched}, invalid {self.invalid}{paused}"
         )
 
 
@@ -77,12 +81,19 @@ def apply_batch(payloads, now=None):
         ]
         result.invalid = len(unmatched)
         events = sorted((item for item in fresh if item[1] is not None), key=lambda item: item[1].timestamp)
-        by_pk, by_message_id = _lock_emails([event for _, event, _, _ in events])
+        by_queue_id = _resolve_queue_ids([event for _, event, _, _ in events])
+        by_pk, by_message_id = _lock_emails([event for _, event, _, _ in events], by_queue_id.values())
         changed, log_rows, suppress = {}, [], {}
         for key, event, payload, _ in events:
-            email = by_pk.get(email_pk_from_tracking_id(event.tracking_id)) or by_message_id.get(event.message_id)
+            email = (
+                by_pk.get(email_pk_from_tracking_id(event.tracking_id))
+                or by_message_id.get(event.message_id)
+                or by_message_id.get(by_queue_id.get(event.queue_id))
+            )
             if email is None:
-                unmatched.append(_unmatched(key, event, payload, UnmatchedTrackingEvent.Reason.UNKNOWN_EMAIL))
+                only_queue_id = event.queue_id and not (event.message_id or event.tracking_id)
+                why = f"no email of ours got the MTA's queue id {event.queue_id!r}" if only_queue_id else ""
+                unmatched.append(_unmatched(key, event, payload, UnmatchedTrackingEvent.Reason.UNKNOWN_EMAIL, why))
                 continue
             result.applied += 1
             status = next_status(email.status, event.event)
@@ -99,6 +110,9 @@ def apply_batch(payloads, now=None):
         result.changed = len(changed)
         result.unmatched = len(unmatched) - result.invalid
         _write(changed.values(), log_rows, unmatched, suppress, now)
+        # In the same transaction: the batch that takes a request past a threshold pauses it.
+        alarming = {email.request_id for email in changed.values() if email.status in guard.ALARMING}
+        result.paused = len(guard.check(alarming, now)) if alarming else 0
     return result
 
 
@@ -169,9 +183,18 @@ def _remember(keys, now):
         return {row[0] for row in cursor.fetchall()}
 
 
-def _lock_emails(events):
+def _resolve_queue_ids(events):
+    """{queue id: Message-ID} for the events that name their email by the MTA's queue id alone."""
+    found = {}
+    for event in events:
+        if event.queue_id and not event.message_id and not event.tracking_id and event.queue_id not in found:
+            found[event.queue_id] = message_id_for_queue_id(event.queue_id, event.timestamp)
+    return {queue_id: message_id for queue_id, message_id in found.items() if message_id}
+
+
+def _lock_emails(events, more_message_ids=()):
     pks = {pk for pk in (email_pk_from_tracking_id(e.tracking_id) for e in events if e.tracking_id) if pk}
-    message_ids = {e.message_id for e in events if e.message_id}
+    message_ids = {e.message_id for e in events if e.message_id} | set(more_message_ids)
     if not pks and not message_ids:
         return {}, {}
     emails = list(

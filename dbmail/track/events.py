@@ -38,7 +38,7 @@ class BounceType(StrEnum):
 
 _SMTP_CODE = re.compile(r"\b([245])[0-9]{2}\b")
 _ENHANCED_CODE = re.compile(r"\b([245])\.[0-9]{1,3}\.[0-9]{1,3}\b")
-_LIMITS = {"event_id": 200, "message_id": 255, "tracking_id": 100, "recipient": 254, "source": 64}
+_LIMITS = {"event_id": 200, "message_id": 255, "tracking_id": 100, "queue_id": 100, "recipient": 254, "source": 64}
 DIAGNOSTIC_LIMIT = 2000
 
 
@@ -65,7 +65,10 @@ def smtp_code(diagnostic):
 
 @dataclass(frozen=True, kw_only=True)
 class TrackingEvent:
-    """One report about one email, named by its Message-ID or our tracking header (either will do).
+    """One report about one email, named by its Message-ID, our tracking header or the MTA's queue id.
+
+    The queue id is the one the MTA named in its "250 ... queued as ID" reply to our send; the
+    applier finds the email by it (dbmail.track.mta_ids) only when neither of the others is given.
 
     `timestamp` is a datetime (naive means UTC); from JSON also ISO 8601 text or Unix seconds.
     Without an `event_id` the same report always gets the same one, so a repeat is recognised.
@@ -75,6 +78,7 @@ class TrackingEvent:
     timestamp: datetime
     message_id: str = ""
     tracking_id: str = ""
+    queue_id: str = ""
     recipient: str = ""
     diagnostic: str = ""
     bounce_type: BounceType | None = None
@@ -86,8 +90,9 @@ class TrackingEvent:
         self._set("event", _event_type(_text(self.event, "event", required=True)))
         self._set("message_id", normalise_message_id(_text(self.message_id, "message_id")))
         self._set("tracking_id", _text(self.tracking_id, "tracking_id"))
-        if not self.message_id and not self.tracking_id:
-            raise InvalidEvent("message_id or tracking_id is required")
+        self._set("queue_id", _text(self.queue_id, "queue_id"))
+        if not self.message_id and not self.tracking_id and not self.queue_id:
+            raise InvalidEvent("message_id or tracking_id is required (or the MTA's queue_id)")
         self._set("timestamp", _timestamp(self.timestamp).astimezone(UTC))
         diagnostic = self.diagnostic or ""
         if not isinstance(diagnostic, str):
@@ -120,14 +125,18 @@ class TrackingEvent:
         return cls(**{f.name: data.get(f.name) for f in fields(cls)})
 
     def to_dict(self):
-        """The queue's JSON for this event (every key present, the timestamp as ISO 8601 in UTC)."""
+        """The queue's JSON for this event (every key present, the timestamp as ISO 8601 in UTC).
+
+        queue_id is the one exception: present only when given, so the JSON (and the digest that is
+        the event id of an event without one) of every other event is what earlier versions made.
+        """
         data = asdict(self)
         data.update(
             event=str(self.event),
             bounce_type=str(self.bounce_type) if self.bounce_type else None,
             timestamp=self.timestamp.isoformat(),
         )
-        return {key: data[key] for key in _WIRE_ORDER}
+        return {key: data[key] for key in _WIRE_ORDER if key != "queue_id" or self.queue_id}
 
     @property
     def key(self):
@@ -145,6 +154,7 @@ _WIRE_ORDER = (
     "event_id",
     "message_id",
     "tracking_id",
+    "queue_id",
     "event",
     "bounce_type",
     "recipient",

@@ -25,10 +25,10 @@ from datetime import datetime, timedelta
 
 from django.utils import timezone
 
-from dbmail import states
-from dbmail.models import DeliveryEvent, LogCursor, TextOfEmail
+from dbmail.models import LogCursor, TextOfEmail
 from dbmail.track import queue
 from dbmail.track.events import BounceType, EventType, TrackingEvent, infer_bounce_type, normalise_message_id
+from dbmail.track.mta_ids import message_id_for_queue_id
 
 CHUNK = 1 << 20  # bytes read per look; a busy log is worked through in several polls
 REMEMBERED = 100_000  # queue ids kept in memory per map
@@ -157,19 +157,6 @@ class _Bounded(OrderedDict):
         self.move_to_end(key)
         while len(self) > REMEMBERED:
             self.popitem(last=False)
-
-
-def message_id_for_queue_id(queue_id, when):
-    """Our email's Message-ID for an MTA queue id, from the server's reply to our send, or None."""
-    since = (when or timezone.now()) - timedelta(days=7)  # queue ids are reused; MTAs give up after ~5 days
-    pattern = re.compile(rf"(?<![0-9A-Za-z-]){re.escape(queue_id)}(?![0-9A-Za-z-])")
-    attempts = (
-        DeliveryEvent.objects.filter(kind=DeliveryEvent.Kind.ATTEMPT, outcome=states.EmailStatus.SENT, at__gte=since)
-        .filter(text__contains=queue_id)
-        .order_by("-at")
-        .values_list("text", "email__message_id")
-    )
-    return next((message_id for text, message_id in attempts if pattern.search(text)), None)
 
 
 class Follower:

@@ -8,6 +8,14 @@ secrets can be rotated without downtime):
   before, are refused.
 - HTTP Basic with one of TRACKING_WEBHOOK_BASIC_AUTH's user:password pairs
   (simpler, no replay protection: use it over HTTPS only).
+- "Authorization: Bearer <token>" with one of TRACKING_WEBHOOK_BEARER_TOKENS
+  (what many MTAs' status notifiers send; HTTPS only, like Basic).
+
+POST /tracking/events/ takes our own events (dbmail.track.events);
+POST /tracking/events/NAME/ takes a sender's own shape, turned into ours by
+mapping NAME of TRACKING_WEBHOOK_MAPPINGS (dbmail.track.mappings). Either way
+an event without an id gets one derived from its content, so a repeated
+callback is applied once (dbmail.track.apply remembers every event id).
 
 The answer is 2xx only once the queue has the events durably; 503 when the
 queue is down, so the MTA retries. A refused request changes nothing.
@@ -30,7 +38,7 @@ from django.views.decorators.http import require_POST
 from dbmail.conf import settings as conf
 from dbmail.exceptions import WebhookRefused as Refused
 from dbmail.models import WebhookSignature
-from dbmail.track import queue
+from dbmail.track import mappings, queue
 from dbmail.track.events import InvalidEvent, from_dicts
 from dbmail.track.queue import QueueUnavailable
 
@@ -85,17 +93,39 @@ def check_basic(request):
         raise Refused(401, "bad credentials")
 
 
-def parse_events(body):
-    """The posted JSON objects (one or a list), each with a default source; Refused when unusable."""
+def check_bearer(token):
+    if not conf.TRACKING_WEBHOOK_BEARER_TOKENS:
+        raise Refused(401, "Bearer tokens are not accepted here (no TRACKING_WEBHOOK_BEARER_TOKENS)")
+    if not token or not _any_equal(conf.TRACKING_WEBHOOK_BEARER_TOKENS, token):
+        raise Refused(401, "bad token")
+
+
+def check_authorization(request):
+    """Basic credentials or a Bearer token in the Authorization header, or raise Refused."""
+    kind, _, value = request.headers.get("Authorization", "").strip().partition(" ")
+    if kind.lower() == "bearer":
+        check_bearer(value.strip())
+    else:
+        check_basic(request)
+
+
+def posted_objects(body):
+    """The JSON objects posted (one or a list), as they came; Refused when unusable."""
     try:
         data = json.loads(body)
     except (ValueError, UnicodeDecodeError):
         raise Refused(400, "the body is not JSON") from None
-    events = data if isinstance(data, list) else [data]
-    if not events:
+    posted = data if isinstance(data, list) else [data]
+    if not posted:
         raise Refused(400, "no events")
-    if len(events) > MAX_EVENTS:
+    if len(posted) > MAX_EVENTS:
         raise Refused(413, f"at most {MAX_EVENTS} events per request")
+    return posted
+
+
+def parse_events(body):
+    """Our own events as posted (one or a list), each with a default source; Refused when unusable."""
+    events = posted_objects(body)
     for event in events:
         if isinstance(event, dict):
             event.setdefault("source", "webhook")
@@ -115,17 +145,45 @@ def _remember_signature(signature):
 
 def _error(status, message):
     response = JsonResponse({"error": message}, status=status)
-    if status == 401 and conf.TRACKING_WEBHOOK_BASIC_AUTH:
-        response["WWW-Authenticate"] = 'Basic realm="tracking", charset="UTF-8"'
+    challenges = []
+    if conf.TRACKING_WEBHOOK_BASIC_AUTH:
+        challenges.append('Basic realm="tracking", charset="UTF-8"')
+    if conf.TRACKING_WEBHOOK_BEARER_TOKENS:
+        challenges.append('Bearer realm="tracking"')
+    if status == 401 and challenges:
+        response["WWW-Authenticate"] = ", ".join(challenges)
     if status == 503:
         response["Retry-After"] = "60"
     return response
 
 
-# The MTA posts without cookies or CSRF tokens; the signature or Basic credentials authorise it.
+def _mapped(mapping, posted):
+    """Our events for a sender's posted objects (those mapped to null left out); Refused naming a bad one."""
+    events = []
+    for index, item in enumerate(posted):
+        try:
+            ours = mapping.event_dict(item)
+        except InvalidEvent as exc:
+            raise Refused(400, f"event {index}: {exc}" if len(posted) > 1 else str(exc)) from None
+        if ours is not None:
+            events.append(ours)
+    return events
+
+
+def _mapping(name):
+    try:
+        mapping = mappings.parsed(conf.TRACKING_WEBHOOK_MAPPINGS).get(name)
+    except mappings.MappingError:
+        mapping = None  # refused at start-up and by the system check; here, as unknown
+    if mapping is None:
+        raise Http404(f"no mapping {name!r} in TRACKING_WEBHOOK_MAPPINGS")
+    return mapping
+
+
+# The MTA posts without cookies or CSRF tokens; the signature, token or Basic credentials authorise it.
 @csrf_exempt
 @require_POST
-def tracking_events(request):
+def tracking_events(request, mapping=None):
     if not conf.TRACKING_WEBHOOK_ENABLED:
         raise Http404("tracking callbacks are not enabled")
     body = request.body
@@ -134,19 +192,25 @@ def tracking_events(request):
         if SIGNATURE_HEADER in request.headers or TIMESTAMP_HEADER in request.headers:
             signature = check_signature(request, body)
         else:
-            check_basic(request)
-        events = parse_events(body)
+            check_authorization(request)
+        mapping = _mapping(mapping) if mapping is not None else None  # names are told to callers who sign in only
+        posted = parse_events(body) if mapping is None else posted_objects(body)
         if signature and WebhookSignature.objects.filter(signature=signature).exists():
             raise Refused(409, "this signed request was accepted before (replay)")
+        events = posted if mapping is None else _mapped(mapping, posted)
         try:
             checked = from_dicts(events)  # every event is checked before any is queued
         except InvalidEvent as exc:
             raise Refused(400, str(exc)) from None
-        queue.publish_many(checked)
+        if checked:
+            queue.publish_many(checked)
         if signature:
             _remember_signature(signature)
     except Refused as exc:
         return _error(exc.status, str(exc))
     except (QueueUnavailable, DatabaseError) as exc:
         return _error(503, f"the tracking queue is unavailable, try again later ({type(exc).__name__})")
-    return JsonResponse({"accepted": len(events)}, status=202)
+    answer = {"accepted": len(checked)}
+    if len(checked) != len(posted):
+        answer["ignored"] = len(posted) - len(checked)  # mapped to null: acknowledged, not queued
+    return JsonResponse(answer, status=202)

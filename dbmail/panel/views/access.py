@@ -7,15 +7,11 @@ from django.shortcuts import render
 from django.utils.http import url_has_allowed_host_and_scheme
 
 from dbmail.conf import settings as conf
+from dbmail.intake import grants
 
-PERMISSION = "dbmail.add_messagerequest"
-
-
-def may_use_panel(user):
-    """The permission decides; with DBMAIL_PANEL_ALL_STAFF (the default) being staff is enough too."""
-    if not user.is_active:
-        return False
-    return user.has_perm(PERMISSION) or (conf.DBMAIL_PANEL_ALL_STAFF and user.is_staff)
+# The rule is the sending API's too, so it lives with the other "who may send" rules.
+PERMISSION = grants.COMPOSE_PERMISSION
+may_use_panel = grants.may_compose
 
 
 def panel_view(view):

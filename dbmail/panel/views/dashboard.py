@@ -8,10 +8,11 @@ from datetime import timedelta
 from django.shortcuts import render
 from django.utils import timezone
 
-from dbmail import rollup
-from dbmail.models import SenderAccount
+from dbmail import rollup, states
+from dbmail.models import MessageRequest, SenderAccount
 from dbmail.panel.forms import DashboardForm
 from dbmail.panel.views.access import panel_view
+from dbmail.send import backoff, buckets, caps
 
 # The range links above the charts.
 PRESETS = (7, 30, 90, 365)
@@ -48,8 +49,27 @@ def dashboard(request):
             "measures": rollup.SHOWN,
             "presets": [(n, (today - timedelta(days=n - 1)).isoformat(), today.isoformat()) for n in PRESETS],
             "days_desc": list(reversed(shown.days)),
+            "deliverability": deliverability(timezone.now()),
         },
     )
+
+
+def deliverability(now):
+    """What holds mail back right now: slowed destinations, accounts at their daily cap, paused requests."""
+    slowed = [
+        {
+            "name": b.name,
+            "rate": backoff.effective_rate(b, now) or backoff.target(b.configured_per_minute),
+            "configured": b.configured_per_minute,
+            "since": b.slowed_since,
+            "pushbacks": b.pushbacks,
+            "text": b.pushback_text,
+            "recovers_at": backoff.recovered_at(b, now),
+        }
+        for b in buckets.slowed(now)
+    ]
+    paused = list(MessageRequest.objects.filter(status=states.RequestStatus.PAUSED).order_by("paused_at")[:10])
+    return {"slowed": slowed, "capped": caps.reached(now), "stopped": paused, "next_day": caps.next_day(now)}
 
 
 def _account_name(pk, names):

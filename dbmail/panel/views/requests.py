@@ -22,6 +22,8 @@ from dbmail.panel import preview
 from dbmail.panel.forms import ScheduleForm
 from dbmail.panel.progress import LOST, progress, when
 from dbmail.panel.views.access import panel_view
+from dbmail.send import caps
+from dbmail.track import guard
 
 Status = states.RequestStatus
 EmailStatus = states.EmailStatus
@@ -32,8 +34,11 @@ def recipients_label(mail):
     params = mail.recipient_params or {}
     if mail.recipient_set == "addresses" and isinstance(params, dict) and isinstance(params.get("rows") or [], list):
         rows = len(params.get("rows") or [])
+        columns = ", ".join(params.get("columns", []))
         if params.get("source") == "csv":
-            return f"CSV {params.get('filename', '')} ({rows} rows; columns {', '.join(params.get('columns', []))})"
+            return f"CSV {params.get('filename', '')} ({rows} rows; columns {columns})"
+        if params.get("source") == "api":
+            return f"{rows} rows from the API (columns {columns})"
         return f"{rows} pasted address{'es' if rows != 1 else ''}"
     try:
         label = recipients.get_set(mail.recipient_set).label
@@ -85,18 +90,23 @@ def _delivery(counts):
     return {"counts": counts, "rates": rollup.rates(counts)}
 
 
+_AUTOMATIC = {RequestEvent.Kind.PAUSE: "the reputation guard (dbmail_track)"}
+
+
 def history_of(mail):
     """The request's history, oldest first: people's actions (AuditEvent) and its failures and retries.
 
-    A cancel is written both ways (the model's RequestEvent and the panel's or admin's AuditEvent);
-    it is shown once, from the audit, which says who and from where.
+    A cancel and a resume are written both ways (the model's RequestEvent and the panel's or admin's
+    AuditEvent); each is shown once, from the audit, which says who and from where. A pause is the
+    reputation guard's (dbmail_track), nobody's action.
     """
     shown = [
         {"at": e.at, "who": e.actor_name, "what": e.action, "detail": e.detail}
         for e in mail.audit_events.order_by("at", "id")
     ]
-    for e in mail.events.select_related("user").exclude(kind=RequestEvent.Kind.CANCEL).order_by("at", "id"):
-        who = e.user.get_username() if e.user else "dbmail_cron"
+    both_ways = (RequestEvent.Kind.CANCEL, RequestEvent.Kind.RESUME)
+    for e in mail.events.select_related("user").exclude(kind__in=both_ways).order_by("at", "id"):
+        who = e.user.get_username() if e.user else _AUTOMATIC.get(e.kind, "dbmail_cron")
         shown.append({"at": e.at, "who": who, "what": e.get_kind_display(), "detail": e.text})
     return sorted(shown, key=lambda e: e["at"])
 
@@ -105,7 +115,7 @@ def history_of(mail):
 def request_detail(request, pk):
     mail = get_object_or_404(MessageRequest.objects.select_related("sender", "creator"), pk=pk)
     now = timezone.now()
-    shown = progress(mail, mail.status_counts(), now)
+    shown = progress(mail, mail.status_counts(), now, waiting=_waiting(mail, now))
     context = {
         "mail": mail,
         "progress": shown,
@@ -132,6 +142,13 @@ def request_detail(request, pk):
         context["possibly_delivered"] = mail.possibly_delivered_count()
     context.update(_preview(request, mail))
     return render(request, "commpanel/request_detail.html", context)
+
+
+def _waiting(mail, now=None):
+    """Why the request's waiting mail waits beyond its own state: its sender account's daily cap (or "")."""
+    if mail.sender.daily_cap is None or mail.status in (Status.DRAFT, Status.CANCELLED):
+        return ""
+    return caps.waiting_words(mail.sender, now or timezone.now())
 
 
 def _preview(request, mail):
@@ -225,7 +242,7 @@ def request_status(request, pk):
     """The request page's live state (polled while anything can change): numbers and words,
     the delivery figures, and the parts of the page redrawn from the same templates."""
     mail = get_object_or_404(MessageRequest.objects.select_related("sender"), pk=pk)
-    shown = progress(mail, mail.status_counts())
+    shown = progress(mail, mail.status_counts(), waiting=_waiting(mail))
     delivery = _delivery(rollup.per_request([mail.pk]).get(mail.pk))
     context = {"mail": mail, "progress": shown, "delivery": delivery, **_email_table(request, mail)}
     return JsonResponse(
@@ -385,10 +402,17 @@ def retry(request, pk):
 @require_POST
 @panel_view
 def resume(request, pk):
-    """A failed request, its cause fixed, goes back to the queue and resumes from its checkpoint."""
+    """A failed request, its cause fixed, goes back to the queue and resumes from its checkpoint;
+    a request the reputation guard paused goes on where it was."""
     mail = get_object_or_404(MessageRequest, pk=pk)
+    if mail.status == Status.PAUSED:
+        words = guard.resume(mail, user=request.user)
+        if words:
+            audit.record(request.user, "resume", mail, detail=words)
+            messages.success(request, f"Resumed: the rest goes out with the next dbmail_cron runs ({words}).")
+        return redirect("commpanel:request", pk=pk)
     if mail.status not in states.RETRY_REQUEST.sources:
-        messages.info(request, "Only a failed request can be retried this way.")
+        messages.info(request, "Only a failed or paused request can be resumed this way.")
         return redirect("commpanel:request", pk=pk)
     problem = expand.obvious_problem(mail)
     if problem:

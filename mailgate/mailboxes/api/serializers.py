@@ -89,6 +89,12 @@ class FolderSerializer(serializers.ModelSerializer):
         return account
 
 
+PART_URL_NAMES = {
+    MessagePart.Kind.ATTACHMENT: "mailbox-message-attachment",
+    MessagePart.Kind.INLINE: "mailbox-message-inline",
+}
+
+
 class PartSerializer(serializers.ModelSerializer):
     url = serializers.SerializerMethodField()
 
@@ -97,8 +103,9 @@ class PartSerializer(serializers.ModelSerializer):
         fields = ["position", "filename", "content_type", "content_id", "size", "url"]
 
     def get_url(self, part) -> str:
-        name = "mailbox-message-attachment" if part.kind == MessagePart.Kind.ATTACHMENT else "mailbox-message-inline"
-        path = reverse(name, kwargs={"pk": part.message_id, "position": part.position})
+        # The view says under which routes its parts are served (/api/v1/ or seed 002's paths).
+        names = getattr(self.context.get("view"), "part_url_names", PART_URL_NAMES)
+        path = reverse(names[part.kind], kwargs={"pk": part.message_id, "position": part.position})
         request = self.context.get("request")
         return request.build_absolute_uri(path) if request else path
 

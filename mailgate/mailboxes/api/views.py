@@ -205,13 +205,13 @@ class MessageViewSet(
     @action(detail=True, methods=["get"], pagination_class=None)
     def attachments(self, request, pk=None):
         parts = self.get_object().parts.filter(kind=MessagePart.Kind.ATTACHMENT)
-        return Response(PartSerializer(parts, many=True, context={"request": request}).data)
+        return Response(PartSerializer(parts, many=True, context=self.get_serializer_context()).data)
 
     @extend_schema(responses=PartSerializer(many=True))
     @action(detail=True, methods=["get"], pagination_class=None)
     def inlines(self, request, pk=None):
         parts = self.get_object().parts.filter(kind=MessagePart.Kind.INLINE)
-        return Response(PartSerializer(parts, many=True, context={"request": request}).data)
+        return Response(PartSerializer(parts, many=True, context=self.get_serializer_context()).data)
 
     @extend_schema(responses=BINARY)
     @action(detail=True, methods=["get"], url_path=r"attachments/(?P<position>\d+)", url_name="attachment")

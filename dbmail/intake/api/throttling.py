@@ -1,0 +1,72 @@
+"""DBMAIL_API_SEND_RATE: how many sending calls one user may make to the API per window.
+
+DRF's own throttles keep their history in Django's cache, which by default is
+each process's memory: four workers on two hosts would allow eight times the
+rate. The count lives in the database instead (ApiRateCounter), one row per
+user, moved on with one atomic upsert, so every process and host counts
+against the same number. Windows are fixed (12:00:00-12:00:59 for a minute),
+which lets a client spend one window's allowance at its end and the next at
+its start; the rate is a guard against runaway scripts, not a meter.
+
+DRF's tokens are one per user, so "per token" and "per user" are the same
+count; a signed-in session counts with its user's token.
+"""
+
+import math
+import time
+
+from django.db import connection
+from rest_framework.throttling import BaseThrottle
+
+from dbmail.conf import settings as conf
+from dbmail.models import ApiRateCounter
+
+_PERIODS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_rate(rate):
+    """'120/min' -> (120, 60); 'off' -> None. The setting was checked at start-up."""
+    if rate == "off":
+        return None
+    number, _, period = rate.replace(" ", "").partition("/")
+    return int(number), _PERIODS[period[0]]
+
+
+def hit(ident, seconds, now=None):
+    """Count one call for `ident` in the current window of `seconds`; returns (calls in it, window number)."""
+    now = time.time() if now is None else now
+    window = int(now // seconds)
+    table = connection.ops.quote_name(ApiRateCounter._meta.db_table)
+    # One statement, atomic on PostgreSQL and SQLite alike: a new window starts again from 1.
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"INSERT INTO {table} (ident, slot, hits) VALUES (%s, %s, 1) "
+            f"ON CONFLICT (ident) DO UPDATE SET "
+            f"hits = CASE WHEN {table}.slot = excluded.slot THEN {table}.hits + 1 ELSE 1 END, "
+            f"slot = excluded.slot RETURNING hits",
+            [ident, window],
+        )
+        (hits,) = cursor.fetchone()
+    return hits, window
+
+
+class SendRateThrottle(BaseThrottle):
+    """Counts the calls that send (creating a request, queueing a draft, POST /send/) per user."""
+
+    def __init__(self):
+        self.wait_seconds = None
+
+    def allow_request(self, request, view):
+        limit = parse_rate(conf.DBMAIL_API_SEND_RATE)
+        if limit is None or not request.user.is_authenticated:
+            return True  # the permission check answers the anonymous
+        number, seconds = limit
+        now = time.time()
+        hits, window = hit(f"send:user:{request.user.pk}", seconds, now)
+        if hits <= number:
+            return True
+        self.wait_seconds = max(1, math.ceil((window + 1) * seconds - now))
+        return False
+
+    def wait(self):
+        return self.wait_seconds

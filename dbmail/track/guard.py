@@ -1,0 +1,139 @@
+"""The reputation guard: a request that bounces or draws complaints too much is paused, for a person to decide.
+
+Mailbox providers judge a sender by its bounces and complaints (Gmail and
+Yahoo want complaints under 0.3 %). Once a request has DBMAIL_GUARD_MIN_SENT
+emails sent, it is paused when more than DBMAIL_GUARD_BOUNCE_PERCENT of them
+bounced, or more than DBMAIL_GUARD_COMPLAINT_PERCENT drew a complaint. The
+figures are the dashboard's (dbmail.rollup): "bounced" counts what the MTA
+reported bounced (it gave up on the email), "sent" what our server accepted.
+
+The check runs where tracking events are applied (dbmail.track.apply), in
+the same transaction, for the requests whose emails the batch moved to
+bounced or complained: the batch that takes a request over the threshold
+pauses it. Paused (dbmail.states.PAUSE_REQUEST), nothing more of it is made
+or sent: its waiting emails are not claimed (dbmail.send.claims). Its page
+in the comm panel says why and offers Resume or Cancel; both are recorded
+with who and when (RequestEvent). After a resume the guard judges only the
+mail sent since, with the same minimum; addresses suppressed meanwhile (a
+hard bounce, a complaint) stay suppressed: their waiting emails are cancelled.
+"""
+
+from django.db import transaction
+from django.db.models.functions import Lower
+from django.utils import timezone
+
+from dbmail import rollup, states
+from dbmail.conf import settings as conf
+from dbmail.models import MessageRequest, RequestEvent, Suppression, TextOfEmail
+
+E = states.EmailStatus
+COUNTED = (E.SENT, E.BOUNCED, E.COMPLAINED)
+# What moves a request towards the thresholds: only these outcomes need the check.
+ALARMING = (E.BOUNCED, E.COMPLAINED)
+
+
+def since_baseline(counts, baseline):
+    """The counts less what they were when the request was last resumed."""
+    baseline = baseline or {}
+    return {name: max(0, (counts.get(name) or 0) - (baseline.get(name) or 0)) for name in COUNTED}
+
+
+def judge(counts):
+    """Why counts of sent, bounced and complained mail call for a pause, in words; "" when they do not."""
+    sent = counts.get(E.SENT) or 0
+    if sent < conf.DBMAIL_GUARD_MIN_SENT:
+        return ""
+    for name, limit, words in (
+        (E.BOUNCED, conf.DBMAIL_GUARD_BOUNCE_PERCENT, "came back bounced"),
+        (E.COMPLAINED, conf.DBMAIL_GUARD_COMPLAINT_PERCENT, "drew a complaint"),
+    ):
+        share = 100 * (counts.get(name) or 0) / sent
+        if share > limit:
+            return (
+                f"{counts.get(name):,} of {sent:,} emails sent {words} ({share:.1f} %, above "
+                f"{_percent(limit)} %): paused to protect the sender's reputation"
+            )
+    return ""
+
+
+def _percent(value):
+    return f"{value:g}"
+
+
+def check(request_ids, now=None):
+    """Pause the requests among `request_ids` whose figures passed a threshold; returns their pks.
+
+    Inside the transaction that wrote the events' outcomes (their roll-up counts are visible to it).
+    """
+    ids = sorted({pk for pk in request_ids if pk})
+    if not ids:
+        return []
+    requests = MessageRequest.objects.filter(pk__in=ids, status__in=states.PAUSE_REQUEST.sources).only(
+        "pk", "status", "guard_baseline"
+    )
+    candidates = {r.pk: r for r in requests}
+    if not candidates:
+        return []
+    counts = rollup.per_request(candidates)
+    paused = []
+    for pk, request in candidates.items():
+        reason = judge(since_baseline(counts.get(pk, {}), request.guard_baseline))
+        if reason and pause(request, reason, now):
+            paused.append(pk)
+    return paused
+
+
+def pause(request, reason, now=None):
+    """Pause a request (by the guard); False if it was not in a state that can be paused."""
+    now = now or timezone.now()
+    with transaction.atomic():
+        locked = MessageRequest.objects.select_for_update().filter(pk=request.pk)
+        before = locked.values_list("status", flat=True).first()
+        moved = states.PAUSE_REQUEST.update(
+            locked, paused_reason=reason[:2000], paused_at=now, paused_from=before or ""
+        )
+        if moved:
+            RequestEvent.objects.create(request_id=request.pk, at=now, kind=RequestEvent.Kind.PAUSE, text=reason)
+    return bool(moved)
+
+
+def resume(request, user=None, now=None):
+    """A person resumes a paused request: it goes on where it was; returns what was done in words, or ""."""
+    now = now or timezone.now()
+    with transaction.atomic():
+        locked = MessageRequest.objects.select_for_update().filter(pk=request.pk, status=states.RequestStatus.PAUSED)
+        current = locked.only("pk", "paused_from", "expanded_at").first()
+        if current is None:
+            return ""
+        # Still to expand: queued again, and expansion goes on from its checkpoint.
+        expanded = current.paused_from == states.RequestStatus.EXPANDED or (
+            not current.paused_from and current.expanded_at is not None
+        )
+        transition = states.RESUME_SENDING if expanded else states.RESUME_EXPANSION
+        baseline = {name: n for name, n in rollup.per_request([request.pk]).get(request.pk, {}).items() if n}
+        transition.update(
+            MessageRequest.objects.filter(pk=request.pk),
+            paused_reason="",
+            paused_at=None,
+            paused_from="",
+            guard_baseline=baseline,
+            expand_token=None,
+            expand_lease_until=None,
+        )
+        stopped = _cancel_suppressed(request, user)
+        text = "resumed; the guard now judges only the mail sent from here"
+        if stopped:
+            text += f"; {stopped:,} email{'s' * (stopped != 1)} to addresses suppressed meanwhile cancelled"
+        RequestEvent.objects.create(request_id=request.pk, at=now, kind=RequestEvent.Kind.RESUME, user=user, text=text)
+    request.refresh_from_db(fields=["status", "paused_reason", "paused_at", "guard_baseline"])
+    return text
+
+
+def _cancel_suppressed(request, user):
+    """Cancel the request's waiting emails to addresses on the suppression list (each with its event); how many."""
+    emails = (
+        TextOfEmail.objects.filter(request_id=request.pk, status__in=states.WAITING)
+        .alias(address=Lower("to_address"))
+        .filter(address__in=Suppression.objects.values("address"))
+    )
+    return TextOfEmail.cancel(emails, actor=user)

@@ -1,0 +1,263 @@
+"""dbmail.send.pacing: budgets per destination group, for all mail and per connection, shared through the database.
+
+Budgets are asserted on what was claimed and on the bucket rows, with a
+clock the test moves; the concurrent test runs real dbmail_cron processes
+against the scripted SMTP server and allows generous margins (the rate
+figure itself is bench/pacing.py's).
+"""
+
+import json
+import subprocess
+import sys
+import time
+from collections import Counter
+from datetime import timedelta
+
+import pytest
+from django.utils import timezone
+
+from dbmail import states
+from dbmail.content import rendering
+from dbmail.intake import outbox
+from dbmail.models import ConnectionSlot, PacingBucket, TextOfEmail
+from dbmail.send import claims, destinations, pacing
+from dbmail.send import loop as sending
+
+from .conftest import ROOT, subprocess_env
+from .factories import SenderAccountFactory
+
+Status = states.EmailStatus
+GROUPS = {"gmail": {"rate_per_minute": 60, "max_connections": 0}}
+
+
+class Clock:
+    """A clock the test moves (the pacer's `clock`)."""
+
+    def __init__(self):
+        self.now = timezone.now()
+
+    def __call__(self):
+        return self.now
+
+    def advance(self, seconds):
+        self.now += timedelta(seconds=seconds)
+
+
+def queue(domain, n, account=None, classified=True, start=0):
+    account = account or SenderAccountFactory()
+    emails = [
+        TextOfEmail(
+            account=account,
+            to_address=f"r{start + i:05d}@{domain}",
+            dest_group=destinations.group_of(f"x@{domain}") if classified else None,
+            from_header=account.from_header,
+            envelope_sender=account.address,
+            subject=f"n{i}",
+            text="hello\n",
+            message_id=rendering.new_message_id(),
+        )
+        for i in range(n)
+    ]
+    TextOfEmail.objects.bulk_create(emails)
+    return emails
+
+
+def domains(batch):
+    return Counter(e.to_address.rpartition("@")[2] for e in batch.emails)
+
+
+@pytest.fixture
+def gmail_paced(settings):
+    settings.DBMAIL_DESTINATION_GROUPS = GROUPS
+    settings.DBMAIL_THROTTLE_PER_SECOND = 0
+
+
+@pytest.mark.django_db
+def test_a_group_gets_no_more_than_its_budget_and_the_rest_waits_untouched(gmail_paced):
+    queue("gmail.com", 100)
+    queue("example.net", 20)
+    pacer = pacing.Pacer(clock=Clock())
+    batch = claims.claim(500, pacer=pacer)
+    # A new bucket holds a minute's worth; mail to other groups is not held up by it.
+    assert domains(batch) == {"gmail.com": 60, "example.net": 20}
+    waiting = TextOfEmail.objects.filter(to_address__endswith="@gmail.com", status=Status.QUEUED)
+    assert waiting.count() == 40 and set(waiting.values_list("attempts", flat=True)) == {0}
+    assert PacingBucket.objects.get(name="gmail").tokens < 1
+    # The group waits (the next claim passes over its rows without taking them).
+    assert not claims.claim(500, pacer=pacer).emails
+    assert pacer.next_chance() is not None
+
+
+@pytest.mark.django_db
+def test_the_budget_fills_at_the_rate(gmail_paced):
+    queue("gmail.com", 100)
+    clock = Clock()
+    pacer = pacing.Pacer(clock=clock)
+    assert len(claims.claim(500, pacer=pacer).emails) == 60
+    clock.advance(30)  # 60 a minute: 30 more
+    assert len(claims.claim(500, pacer=pacer).emails) == 30
+    clock.advance(600)  # never more than a minute's worth at once
+    assert len(claims.claim(500, pacer=pacer).emails) == 10  # all that is left
+    assert PacingBucket.objects.get(name="gmail").tokens == pytest.approx(50)
+
+
+@pytest.mark.django_db
+def test_two_senders_share_one_budget(gmail_paced):
+    queue("gmail.com", 200)
+    clock = Clock()
+    first, second = pacing.Pacer(clock=clock), pacing.Pacer(clock=clock)
+    taken = [len(claims.claim(50, pacer=p).emails) for p in (first, second, first, second)]
+    assert taken == [50, 10, 0, 0]
+    clock.advance(10)
+    assert len(claims.claim(50, pacer=second).emails) == 10
+
+
+@pytest.mark.django_db
+def test_the_throttle_for_all_mail_is_shared_too(settings):
+    settings.DBMAIL_THROTTLE_PER_SECOND = 5
+    queue("example.net", 50)
+    clock = Clock()
+    first, second = pacing.Pacer(clock=clock), pacing.Pacer(clock=clock)
+    assert len(claims.claim(50, pacer=first).emails) == 5  # a second's worth
+    assert len(claims.claim(50, pacer=second).emails) == 0
+    assert claims.claim(50, pacer=first).emails == []  # it waits without asking the database
+    clock.advance(2)
+    assert len(claims.claim(50, pacer=second).emails) == 5  # never more than a second's worth
+
+
+@pytest.mark.django_db
+def test_connection_slots_limit_the_senders_of_a_group(settings):
+    settings.DBMAIL_DESTINATION_GROUPS = {"gmail": {"rate_per_minute": 0, "max_connections": 1}}
+    queue("gmail.com", 10)
+    queue("example.net", 10)
+    clock = Clock()
+    first, second = pacing.Pacer(clock=clock), pacing.Pacer(clock=clock)
+    assert domains(claims.claim(5, pacer=first)) == {"gmail.com": 5}
+    assert domains(claims.claim(20, pacer=second)) == {"example.net": 10}  # no slot for gmail: other mail goes
+    assert ConnectionSlot.objects.get(group="gmail").holder == first.holder
+    first.finish()  # the end of its run frees the slot
+    clock.advance(pacing.SLOT_RETRY.total_seconds() + 1)
+    assert domains(claims.claim(20, pacer=second)) == {"gmail.com": 5}
+    assert ConnectionSlot.objects.get(group="gmail").holder == second.holder
+
+
+@pytest.mark.django_db
+def test_a_slot_whose_holder_died_is_taken_over_after_its_lease(settings):
+    settings.DBMAIL_DESTINATION_GROUPS = {"gmail": {"rate_per_minute": 0, "max_connections": 1}}
+    settings.DBMAIL_LEASE_SECONDS = 60
+    queue("gmail.com", 10)
+    clock = Clock()
+    dead, alive = pacing.Pacer(clock=clock), pacing.Pacer(clock=clock)
+    claims.claim(2, pacer=dead)  # and never finishes
+    assert not claims.claim(2, pacer=alive).emails
+    clock.advance(61)
+    assert len(claims.claim(2, pacer=alive).emails) == 2
+
+
+@pytest.mark.django_db
+def test_rows_made_without_a_group_are_classified_when_claimed(gmail_paced):
+    queue("gmail.com", 80, classified=False)
+    pacer = pacing.Pacer(clock=Clock())
+    assert len(claims.claim(100, pacer=pacer).emails) == 60
+    # Those left waiting carry their group now, so that the next claims pass over them.
+    assert set(TextOfEmail.objects.filter(status=Status.QUEUED).values_list("dest_group", flat=True)) == {"gmail"}
+
+
+@pytest.mark.django_db
+def test_a_group_no_longer_configured_is_the_default_group(gmail_paced):
+    queue("example.net", 3)
+    TextOfEmail.objects.update(dest_group="gone")
+    assert len(claims.claim(10, pacer=pacing.Pacer(clock=Clock())).emails) == 3
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_run_without_a_deadline_leaves_mail_whose_budget_is_far_off(gmail_paced, smtp_server, settings):
+    settings.DBMAIL_DESTINATION_GROUPS = {"gmail": {"rate_per_minute": 6, "max_connections": 0}}
+    PacingBucket.objects.create(name="gmail", tokens=0, configured_per_minute=6)
+    queue("gmail.com", 3)
+    queue("example.net", 3)
+    started = time.monotonic()
+    result = sending.send_due()
+    assert time.monotonic() - started < pacing.MAX_IDLE_WAIT  # one every 10 s: not worth waiting for
+    assert (result.sent, result.deferred) == (3, 0)
+    left = TextOfEmail.objects.filter(to_address__endswith="@gmail.com")
+    assert set(left.values_list("status", "attempts")) == {(Status.QUEUED, 0)}
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_run_waits_for_budget_that_comes_soon(gmail_paced, smtp_server, settings):
+    settings.DBMAIL_DESTINATION_GROUPS = {"gmail": {"rate_per_minute": 240, "max_connections": 0}}
+    PacingBucket.objects.create(name="gmail", tokens=0, configured_per_minute=240)
+    queue("gmail.com", 4)
+    result = sending.send_due(max_seconds=30)
+    assert result.sent == 4  # 4 a second: waited for, within the deadline
+    assert len(smtp_server.received) == 4
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_ad_hoc_path_takes_from_the_budget_or_leaves_the_email_to_cron(gmail_paced, smtp_server):
+    account = SenderAccountFactory()
+    PacingBucket.objects.create(name="gmail", tokens=1, configured_per_minute=60)
+    first = outbox.send_now("ann@gmail.com", "hi", "text", from_email=account.address)
+    second = outbox.send_now("bob@gmail.com", "hi", "text", from_email=account.address)
+    other = outbox.send_now("cy@example.net", "hi", "text", from_email=account.address)
+    for email in (first, second, other):
+        email.refresh_from_db()
+    assert (first.status, second.status, other.status) == (Status.SENT, Status.QUEUED, Status.SENT)
+    assert second.attempts == 0
+
+
+# --- several dbmail_cron processes at once ---------------------------------------------------------
+
+
+def cron(env, *args):
+    return subprocess.Popen(
+        [sys.executable, str(ROOT / "manage.py"), "dbmail_cron", *args],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+@pytest.mark.slow
+@pytest.mark.django_db(transaction=True)
+def test_three_senders_share_each_groups_budget_and_a_pushback_slows_only_its_group(smtp_server):
+    groups = {
+        "gmail": {"rate_per_minute": 60, "max_connections": 0},
+        "microsoft": {"rate_per_minute": 600, "max_connections": 0},
+    }
+    # gmail's budget starts empty: what goes out is what 60 a minute earns while the senders run.
+    PacingBucket.objects.create(name="gmail", tokens=0, configured_per_minute=60)
+    smtp_server.script("@outlook.com", "421 4.7.0 try again later")
+    queue("gmail.com", 100)
+    queue("outlook.com", 100)
+    queue("example.net", 300)
+    env = subprocess_env(smtp_server, DBMAIL_DESTINATION_GROUPS=json.dumps(groups), DBMAIL_BATCH_SIZE=20)
+    started = time.time()
+    procs = [cron(env, "--max-seconds", "6") for _ in range(3)]
+    for proc in procs:
+        out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err
+    elapsed = time.time() - started
+    received = Counter(m.rcpt_tos[0].rpartition("@")[2] for m in smtp_server.received)
+
+    # Other mail went at full speed, untouched by gmail's budget or outlook's pushback.
+    assert received["example.net"] == 300
+    # One budget for the three: one a second while they ran (three times that if each counted its own).
+    assert 1 <= received["gmail.com"] <= elapsed + 2
+    assert TextOfEmail.objects.filter(to_address__endswith="@gmail.com", status=Status.QUEUED, attempts=0).count() == (
+        100 - received["gmail.com"]
+    )
+    # Outlook pushed back: slowed once for every sender (halved, not halved by each), its mail waits untried.
+    microsoft = PacingBucket.objects.get(name="microsoft")
+    assert 300 <= microsoft.slowed_per_minute < 400  # 600 halved once, recovering since (150: halved twice)
+    print(f"received {dict(received)} in {elapsed:.1f}s; microsoft {microsoft.slowed_per_minute:.0f} a minute")
+    assert microsoft.slowed_since is not None and "4.7.0" in microsoft.pushback_text
+    assert received["outlook.com"] == 0
+    tried = TextOfEmail.objects.filter(to_address__endswith="@outlook.com").exclude(status=Status.QUEUED)
+    assert tried.count() <= 3 * 2  # at most the first of a batch per sender, and one more after the hold
+    assert set(TextOfEmail.objects.filter(to_address__endswith="@outlook.com").values_list("attempts", flat=True)) == {
+        0
+    }  # a 421 is not an attempt
+    assert not PacingBucket.objects.filter(name="gmail", slowed_per_minute__isnull=False).exists()
