@@ -118,6 +118,35 @@ def parse_args(argv):
     return args
 
 
+# --- the children's environment and the database (also used by bench/gate_worst.py, dashboard.py, pacing.py) ---
+
+
+def child_env(db_url, smtp_port=None, settings="mailsite.settings", pycache=None, **extra):
+    """The environment of a child process: the bench database, DEBUG off, a throw-away SECRET_KEY."""
+    env = dict(os.environ)
+    # Bytecode is cached (in the run's own directory), as on any installed site: without it every
+    # child would compile the project's modules again, about 0.1 s of each start-up.
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
+    env.update(
+        PYTHONPYCACHEPREFIX=str(pycache or Path(tempfile.gettempdir()) / "mailsite-bench-pycache"),
+        DJANGO_SETTINGS_MODULE=settings,
+        DATABASE_URL=db_url,
+        SECRET_KEY=os.environ.get("SECRET_KEY") or "bench-only-not-a-secret-0123456789abcdefghijklmnop",
+        DEBUG="false",
+        SECURE_SSL_REDIRECT="false",
+        LOG_LEVEL="WARNING",
+        PYTHONPATH=str(ROOT),
+    )
+    if smtp_port is not None:
+        env["EMAIL_URL"] = f"smtp://127.0.0.1:{smtp_port}"
+    env.update(extra)
+    return env
+
+
+recreate_database = db.recreate
+drop_database = db.drop
+
+
 # --- the sink -----------------------------------------------------------------------------------
 
 
@@ -167,24 +196,7 @@ class Bench:
         print(f"[{time.perf_counter() - self.clock:6.1f}s] {text}", flush=True)
 
     def env(self, smtp_port=None, settings="mailsite.settings", **extra):
-        env = dict(os.environ)
-        # Bytecode is cached (in the run's own directory), as on any installed site: without it every
-        # child would compile the project's modules again, about 0.1 s of each start-up.
-        env.pop("PYTHONDONTWRITEBYTECODE", None)
-        env.update(
-            PYTHONPYCACHEPREFIX=str(self.workdir / "pycache"),
-            DJANGO_SETTINGS_MODULE=settings,
-            DATABASE_URL=self.db_url,
-            SECRET_KEY=os.environ.get("SECRET_KEY") or "bench-only-not-a-secret-0123456789abcdefghijklmnop",
-            DEBUG="false",
-            SECURE_SSL_REDIRECT="false",
-            LOG_LEVEL="WARNING",
-            PYTHONPATH=str(ROOT),
-        )
-        if smtp_port is not None:
-            env["EMAIL_URL"] = f"smtp://127.0.0.1:{smtp_port}"
-        env.update(extra)
-        return env
+        return child_env(self.db_url, smtp_port, settings, pycache=self.workdir / "pycache", **extra)
 
     def profiled(self, name):
         if not self.args.profile:
