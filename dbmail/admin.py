@@ -33,7 +33,7 @@ from dbmail.models import (  # the XML spool
     UnmatchedTrackingEvent,
     UnsignedMail,
 )
-from dbmail.ops import dkimkeys, dnscheck
+from dbmail.ops import dkimkeys
 from dbmail.send import backoff, caps
 from dbmail.track import guard
 from dbmail.track.apply import retry_unmatched
@@ -476,6 +476,10 @@ class DkimKeyAdmin(AuditedAdmin):
             "wanted": wanted,
             "reports": [],
         }
+        # Here, not at the top: every manage.py command imports this module at start-up (admin
+        # autodiscovery), and only this page needs the DNS check.
+        from dbmail.ops import dnscheck
+
         try:
             context["reports"] = [dnscheck.check(name) for name in ([wanted] if wanted else names)]
         except DkimError as exc:

@@ -36,6 +36,7 @@ NOT_NEEDED = (
     "mailgate.mailboxes.imap",
     "mailgate.gate.forward",
     "dbmail.panel.views",
+    "dbmail.ops.dnscheck",  # the admin's DNS page and dbmail_dkim
 )
 
 
