@@ -1067,7 +1067,7 @@ class WebhookSignature(models.Model):
 # --- Comm panel dashboard: outcomes counted per day (dbmail.rollup writes and reads it) ---
 
 # The outcomes counted, each a column named after the email status it counts.
-DAILY_COUNTS = tuple(
+DAILY_STATUS_COUNTS = tuple(
     s.value
     for s in (
         states.EmailStatus.SENT,
@@ -1078,6 +1078,10 @@ DAILY_COUNTS = tuple(
         states.EmailStatus.DROPPED,
     )
 )
+# Of the bounced, those reported permanent (a hard bounce): not a status of its own, since a bounce's
+# kind does not change where an email stands, but the figure the reputation guard judges.
+HARD_BOUNCED = "hard_bounced"
+DAILY_COUNTS = (*DAILY_STATUS_COUNTS, HARD_BOUNCED)
 
 
 class DailyCounts(models.Model):
@@ -1097,6 +1101,10 @@ class DailyCounts(models.Model):
     bounced = models.PositiveIntegerField(default=0)
     complained = models.PositiveIntegerField(default=0)
     dropped = models.PositiveIntegerField(default=0, help_text="Refused for good while sending, or rejected later.")
+    # A database default too: the sender's raw-SQL insert of its deltas counts statuses only.
+    hard_bounced = models.PositiveIntegerField(
+        default=0, db_default=0, help_text="Of the bounced, those reported permanent (hard), each email once."
+    )
 
     class Meta:
         abstract = True
