@@ -18,7 +18,10 @@ shares them, with no coordinator:
   (dbmail.send.backoff);
 - DBMAIL_THROTTLE_PER_SECOND: one bucket for all mail together;
 - each group's max_connections: leased slot rows (ConnectionSlot); a run
-  holds one from its first email to that group until it ends;
+  takes one with its first email to that group and gives it back as soon
+  as it has no more of that group's mail in hand (every email it claimed
+  tried or given back), or at its end; the lease, renewed while the run
+  lives, frees it after a kill -9;
 - each sender account's daily cap (dbmail.send.caps).
 
 A grant that is not used up (the run stops, the destination pushes back)
@@ -32,6 +35,7 @@ row's group in memory. What it knows of others' work (slowed groups, caps)
 it reads again every REFRESH, two small queries.
 """
 
+import logging
 import math
 import threading
 import uuid
@@ -39,7 +43,7 @@ from collections import Counter
 from dataclasses import dataclass
 from datetime import timedelta
 
-from django.db import transaction
+from django.db import DatabaseError, transaction
 from django.db.models import Q
 from django.utils import timezone
 
@@ -48,6 +52,8 @@ from dbmail.conf import settings as conf
 from dbmail.models import ConnectionSlot, MessageRequest, PacingBucket, SenderAccount, TextOfEmail
 from dbmail.send import backoff, buckets, caps, destinations
 from dbmail.send.destinations import ALL, DEFAULT
+
+log = logging.getLogger(__name__)
 
 REFRESH = timedelta(seconds=5)
 SLOT_RETRY = timedelta(seconds=2)  # how soon a run that found no free slot asks again
@@ -87,6 +93,9 @@ class Pacer:
         self._all_waiting = None  # until when no mail is claimed (DBMAIL_THROTTLE_PER_SECOND)
         self._held_back = {}  # group -> until when its claimed mail is given back untried (it pushed back)
         self._slots = {}  # group -> the slot this run holds
+        self._in_hand = {}  # email pk -> group, for the claimed mail of groups whose slot this run holds
+        self._in_hand_count = Counter()  # group -> how many of its emails are in hand
+        self._idle = set()  # groups whose slot is held with none of their mail in hand: to give back
         self._slots_until = None
         self._reserved = {}  # email pk -> (account pk, day): a daily cap's place
         self._refunds = Counter()  # (account pk, day) -> places to give back
@@ -117,7 +126,16 @@ class Pacer:
         those left waiting is written on them so that the next claims pass over them.
         """
         plan = self._plan(candidates)
-        return [pk for pk, _, _ in plan.rows] if plan.free else self._grant(plan)
+        admitted = [pk for pk, _, _ in plan.rows] if plan.free else self._grant(plan)
+        if self._slots and admitted:
+            taken = set(admitted)
+            with self._lock:
+                for pk, _, group in plan.rows:
+                    if pk in taken and group in self._slots and pk not in self._in_hand:
+                        self._in_hand[pk] = group
+                        self._in_hand_count[group] += 1
+                        self._idle.discard(group)
+        return admitted
 
     def admit_one(self, email):
         """The ad-hoc path: whether one email may go now (its group's rate, all mail's, its account's cap).
@@ -148,6 +166,8 @@ class Pacer:
                 group = unclassified[pk] = self.groups.of(address)
             rows.append((pk, account_id, group))
         present = {group for _, _, group in rows}
+        if slots and self._idle:
+            self.release_idle(keep=present)  # a group about to be claimed again keeps its slot
         rates = {g: self._rate(g, now) for g in present}
         paced = {g for g in present if rates[g] > 0}
         if self.per_second > 0:
@@ -324,7 +344,12 @@ class Pacer:
         return halved
 
     def counted(self, email, outcome):
-        """After an attempt: one that did not count as an attempt gives its daily cap's place back."""
+        """After an attempt: one that did not count as an attempt gives its daily cap's place back.
+
+        True when that was the last email in hand of a group whose connection slot this run holds:
+        the caller has release_idle() run on the database thread, so the slot is free for others now.
+        """
+        idle = bool(self._in_hand) and self._out_of_hand([email.pk])
         if self._reserved and not outcome.counted:
             with self._lock:
                 place = self._reserved.pop(email.pk, None)
@@ -332,9 +357,47 @@ class Pacer:
                     self._refunds[place] += 1
         elif self._reserved:
             self._reserved.pop(email.pk, None)
+        return idle
+
+    def _out_of_hand(self, pks):
+        """These emails are done with (tried, or given back untried); whether a group was left with none in hand."""
+        emptied = False
+        with self._lock:
+            for pk in pks:
+                group = self._in_hand.pop(pk, None)
+                if group is None:
+                    continue
+                self._in_hand_count[group] -= 1
+                if self._in_hand_count[group] <= 0:
+                    del self._in_hand_count[group]
+                    self._idle.add(group)
+                    emptied = True
+        return emptied
+
+    def release_idle(self, keep=()):
+        """Give back the connection slots of the groups this run has no mail of in hand (the database thread).
+
+        `keep`: groups whose mail is being claimed right now. An email of such a group claimed later
+        takes a slot again, if one is free.
+        """
+        with self._lock:
+            groups = sorted(g for g in self._idle if g not in keep and g in self._slots and not self._in_hand_count[g])
+            self._idle.difference_update(groups)
+            for group in groups:
+                del self._slots[group]
+        if not groups:
+            return []
+        try:
+            ConnectionSlot.objects.filter(holder=self.holder, group__in=groups).update(holder=None, leased_until=None)
+        except DatabaseError as exc:
+            # Nobody waits for this call: the slots stay leased until finish() or their lease runs out.
+            log.warning("could not give back the connection slots of %s: %s", ", ".join(groups), exc)
+        return groups
 
     def give_back(self, pks):
         """Emails claimed and not tried (given back with their batch): their daily cap's places come back."""
+        if self._in_hand:
+            self._out_of_hand(pks)
         if not self._reserved and not self._refunds:
             return
         with self._lock:
@@ -359,6 +422,8 @@ class Pacer:
 
     def mail_waiting(self, due_by):
         """Whether any mail due by `due_by` waits for a budget this run waits for (one query)."""
+        if self._idle:
+            self.release_idle()  # a run waiting for budget holds no slot it has no mail for
         now = self.clock()
         with self._lock:
             everything = bool(self._all_waiting and self._all_waiting > now)
@@ -380,6 +445,10 @@ class Pacer:
         if self._slots:
             ConnectionSlot.objects.filter(holder=self.holder).update(holder=None, leased_until=None)
             self._slots.clear()
+        with self._lock:
+            self._in_hand.clear()
+            self._in_hand_count.clear()
+            self._idle.clear()
 
     def report(self):
         """The run's pushbacks in words (SendResult.problems), one per group."""
