@@ -361,3 +361,48 @@ def test_a_second_run_gets_the_slot_once_the_first_is_done_with_the_group_while_
     assert second_runs == [(2, 3)]
     assert [m.rcpt_tos[0] for m in smtp_server.received][3:5] == ["r00100@gmail.com", "r00101@gmail.com"]
     assert ConnectionSlot.objects.get(group="gmail").holder is None
+
+
+# --- a waiting group's backlog: the claim names the other groups' values ------------------------------
+
+
+@pytest.mark.django_db
+def test_while_a_group_waits_the_claim_takes_every_other_kind_of_row_and_none_of_the_waiting_ones(settings):
+    settings.DBMAIL_DESTINATION_GROUPS = {"gmail": {"rate_per_minute": 60, "max_connections": 0}}
+    settings.DBMAIL_THROTTLE_PER_SECOND = 0
+    PacingBucket.objects.create(name="gmail", tokens=0, configured_per_minute=60)  # gmail waits
+    backlog = queue("gmail.com", 30)  # ahead of the rest in the queue
+    plain = queue("example.net", 3, start=100)
+    stale = queue("example.org", 2, start=200)
+    TextOfEmail.objects.filter(pk__in=[e.pk for e in stale]).update(dest_group="gone")  # a group removed since
+    unclassified = queue("example.com", 2, classified=False, start=300)
+    dead = queue("example.net", 1, start=400)[0]  # a dead sender's, its lease run out
+    TextOfEmail.objects.filter(pk=dead.pk).update(
+        status=Status.SENDING, leased_until=timezone.now() - timedelta(minutes=1), claim_token=None
+    )
+    clock = Clock()
+    pacer = pacing.Pacer(clock=clock)
+    first = claims.claim(10, pacer=pacer)  # gmail's rows come first: none admitted, and gmail now waits
+    assert not [e for e in first.emails if e.to_address.endswith("@gmail.com")]
+    taken = {e.pk for e in first.emails}
+    for _ in range(3):
+        taken |= {e.pk for e in claims.claim(10, pacer=pacer).emails}
+    assert taken == {e.pk for e in (*plain, *stale, *unclassified, dead)}
+    assert not TextOfEmail.objects.filter(pk__in=[e.pk for e in backlog]).exclude(status=Status.QUEUED).exists()
+    assert set(TextOfEmail.objects.filter(pk__in=[e.pk for e in backlog]).values_list("attempts", flat=True)) == {0}
+
+
+@pytest.mark.django_db
+def test_mail_of_a_group_that_appears_while_another_waits_is_claimed_after_the_next_reading(settings):
+    settings.DBMAIL_DESTINATION_GROUPS = {"gmail": {"rate_per_minute": 60, "max_connections": 0}}
+    settings.DBMAIL_THROTTLE_PER_SECOND = 0
+    PacingBucket.objects.create(name="gmail", tokens=0, configured_per_minute=60)
+    queue("gmail.com", 5)
+    clock = Clock()
+    pacer = pacing.Pacer(clock=clock)
+    assert not claims.claim(10, pacer=pacer).emails
+    assert not claims.claim(10, pacer=pacer).emails  # gmail waits: the claim names what else is due (nothing)
+    later = queue("outlook.com", 2, start=100)
+    clock.advance(pacing.REFRESH.total_seconds())  # the groups of due mail are read again (gmail still waits)
+    PacingBucket.objects.filter(name="gmail").update(tokens=0, refilled_at=clock.now)
+    assert {e.pk for e in claims.claim(10, pacer=pacer).emails} == {e.pk for e in later}

@@ -43,7 +43,7 @@ from collections import Counter
 from dataclasses import dataclass
 from datetime import timedelta
 
-from django.db import DatabaseError, transaction
+from django.db import DatabaseError, connection, transaction
 from django.db.models import Q
 from django.utils import timezone
 
@@ -76,6 +76,41 @@ class _Plan:
     free: bool
 
 
+# The destination groups the due mail and the mail of dead senders carry now (NULL: not classified yet):
+# a loose index scan of dbmail_waiting_group, one index descent for each value, however many rows.
+_PRESENT_SQL = """
+WITH RECURSIVE present(value) AS (
+    (SELECT dest_group FROM {table} WHERE status IN ({waiting}) AND next_attempt_at <= %(now)s
+     AND dest_group IS NOT NULL ORDER BY dest_group LIMIT 1)
+    UNION ALL
+    SELECT (SELECT dest_group FROM {table} WHERE status IN ({waiting}) AND next_attempt_at <= %(now)s
+            AND dest_group > present.value ORDER BY dest_group LIMIT 1)
+    FROM present WHERE present.value IS NOT NULL
+)
+SELECT value FROM present WHERE value IS NOT NULL
+UNION SELECT NULL WHERE EXISTS (
+    SELECT 1 FROM {table} WHERE status IN ({waiting}) AND next_attempt_at <= %(now)s AND dest_group IS NULL)
+UNION SELECT dest_group FROM {table} WHERE status = '{sending}' AND leased_until <= %(now)s
+"""
+
+
+def other_groups(waiting, present=None):
+    """Rows of any group but those `waiting` (and rows not classified yet: admit() sorts them).
+
+    `present` (PostgreSQL): the dest_group values due mail carries now (_PRESENT_SQL). Then the
+    filter names the others, not the waiting ones: with one group left (usually the default),
+    PostgreSQL reads its rows in queue order from the index dbmail_waiting_group and never
+    touches the waiting rows. A NOT IN can only be checked row by row: each claim from the start
+    of the queue would walk a waiting backlog of a million rows in dbmail_due to reach the rest
+    (bench/backlog.py). Values, not configured names: a row may carry a group no longer configured.
+    """
+    if present is None:
+        return ~Q(dest_group__in=sorted(waiting))
+    names = sorted(v for v in present if v is not None and v not in waiting)
+    q = Q(dest_group__in=names) if names else Q(pk__in=[])
+    return q | Q(dest_group__isnull=True) if None in present else q
+
+
 class Pacer:
     def __init__(self, batch_size=None, clock=None, throttle=None):
         self.clock = clock or timezone.now
@@ -92,6 +127,7 @@ class Pacer:
         self._accounts_waiting = {}  # account pk -> until when (the next UTC day)
         self._all_waiting = None  # until when no mail is claimed (DBMAIL_THROTTLE_PER_SECOND)
         self._held_back = {}  # group -> until when its claimed mail is given back untried (it pushed back)
+        self._present = None  # (when read, the dest_group values of due mail) while a group waits
         self._slots = {}  # group -> the slot this run holds
         self._in_hand = {}  # email pk -> group, for the claimed mail of groups whose slot this run holds
         self._in_hand_count = Counter()  # group -> how many of its emails are in hand
@@ -113,7 +149,7 @@ class Pacer:
             accounts = sorted(a for a, until in self._accounts_waiting.items() if until > now)
         q = Q()
         if groups:
-            q &= ~Q(dest_group__in=groups)  # rows not classified yet (NULL) still come: admit() sorts them
+            q &= other_groups(set(groups), self._present_groups(now))
         if accounts:
             q &= ~Q(account_id__in=accounts)
         return q
@@ -248,6 +284,25 @@ class Pacer:
                 if n - used_places[account_id] <= 0:
                     self._accounts_waiting[account_id] = caps.next_day(now)
             self._reserved.update(reserved)
+
+    def _present_groups(self, now):
+        """The dest_group values of due mail (PostgreSQL), read again every REFRESH; None elsewhere.
+
+        A value that appears meanwhile (mail made due since) waits for the next read, REFRESH at most.
+        """
+        if connection.vendor != "postgresql":
+            return None
+        if self._present is None or now - self._present[0] >= REFRESH:
+            quote = connection.ops.quote_name
+            sql = _PRESENT_SQL.format(
+                table=quote(TextOfEmail._meta.db_table),
+                waiting=", ".join(f"'{status}'" for status in states.WAITING),
+                sending=states.EmailStatus.SENDING,
+            )
+            with connection.cursor() as cursor:
+                cursor.execute(sql, {"now": now})
+                self._present = (now, {row[0] for row in cursor.fetchall()})
+        return self._present[1]
 
     def _start(self, now):
         """Create the buckets and connection slots this run may need (once; cheap when they exist)."""
