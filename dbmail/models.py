@@ -769,6 +769,49 @@ class PacingBucket(models.Model):
         return self.name
 
 
+class DestinationLimit(models.Model):
+    """An admin's change to one destination group's limits, over what the settings give it.
+
+    The groups themselves (their names and domains) come from the settings
+    (DBMAIL_DESTINATION_GROUPS over the built-in ones, dbmail.send.destinations):
+    a domain's group is stored on each email when it is made. Their two figures
+    can also be changed here, for every host at once and without a restart
+    (senders read these rows at most REFRESH_SECONDS late: dbmail.send.limits).
+    An empty figure keeps the settings' value; 0 switches that limit off.
+    """
+
+    REFRESH_SECONDS = 5
+
+    group = models.CharField(max_length=40, primary_key=True, help_text="A destination group of the settings.")
+    rate_per_minute = models.FloatField(
+        null=True,
+        blank=True,
+        help_text="Emails a minute to this group, all hosts together; 0: no limit; empty: as the settings say.",
+    )
+    max_connections = models.PositiveIntegerField(
+        null=True,
+        blank=True,
+        help_text="Senders sending to this group at once; 0: no limit; empty: as the settings say.",
+    )
+    note = models.CharField(max_length=300, blank=True, help_text="Why (a provider's limit, a warm-up).")
+    changed_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["group"]
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(rate_per_minute__isnull=True) | Q(rate_per_minute__gte=0), name="dbmail_limit_rate"
+            ),
+            models.CheckConstraint(
+                condition=Q(max_connections__isnull=True) | Q(max_connections__lte=1000),
+                name="dbmail_limit_connections",
+            ),
+        ]
+
+    def __str__(self):
+        return self.group
+
+
 class ConnectionSlot(models.Model):
     """One of a destination group's max_connections: the sender run holding it may send to that group."""
 

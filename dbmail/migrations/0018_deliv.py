@@ -33,4 +33,56 @@ class Migration(migrations.Migration):
                 name="dbmail_waiting_group",
             ),
         ),
+        migrations.CreateModel(
+            name="DestinationLimit",
+            fields=[
+                (
+                    "group",
+                    models.CharField(
+                        help_text="A destination group of the settings.",
+                        max_length=40,
+                        primary_key=True,
+                        serialize=False,
+                    ),
+                ),
+                (
+                    "rate_per_minute",
+                    models.FloatField(
+                        blank=True,
+                        help_text="Emails a minute to this group, all hosts together; 0: no limit; empty: as the settings say.",
+                        null=True,
+                    ),
+                ),
+                (
+                    "max_connections",
+                    models.PositiveIntegerField(
+                        blank=True,
+                        help_text="Senders sending to this group at once; 0: no limit; empty: as the settings say.",
+                        null=True,
+                    ),
+                ),
+                (
+                    "note",
+                    models.CharField(blank=True, help_text="Why (a provider's limit, a warm-up).", max_length=300),
+                ),
+                ("changed_at", models.DateTimeField(auto_now=True)),
+            ],
+            options={
+                "ordering": ["group"],
+                "constraints": [
+                    models.CheckConstraint(
+                        condition=models.Q(
+                            ("rate_per_minute__isnull", True), ("rate_per_minute__gte", 0), _connector="OR"
+                        ),
+                        name="dbmail_limit_rate",
+                    ),
+                    models.CheckConstraint(
+                        condition=models.Q(
+                            ("max_connections__isnull", True), ("max_connections__lte", 1000), _connector="OR"
+                        ),
+                        name="dbmail_limit_connections",
+                    ),
+                ],
+            },
+        ),
     ]

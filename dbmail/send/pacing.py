@@ -50,7 +50,7 @@ from django.utils import timezone
 from dbmail import states
 from dbmail.conf import settings as conf
 from dbmail.models import ConnectionSlot, MessageRequest, PacingBucket, SenderAccount, TextOfEmail
-from dbmail.send import backoff, buckets, caps, destinations
+from dbmail.send import backoff, buckets, caps, limits
 from dbmail.send.destinations import ALL, DEFAULT
 
 log = logging.getLogger(__name__)
@@ -114,7 +114,7 @@ def other_groups(waiting, present=None):
 class Pacer:
     def __init__(self, batch_size=None, clock=None, throttle=None):
         self.clock = clock or timezone.now
-        self.groups = destinations.current()
+        self.groups = limits.in_force()  # the settings' groups, with the admin's changes (DestinationLimit)
         self.batch_size = batch_size or conf.DBMAIL_BATCH_SIZE
         self.per_second = conf.DBMAIL_THROTTLE_PER_SECOND if throttle is None else throttle
         self.holder = uuid.uuid4()  # this run, in the connection slots it holds
