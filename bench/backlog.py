@@ -20,7 +20,8 @@ Each time it measures, on the same rows (given back in between):
 - claim latency: the claims of one run (dbmail.send.claims.claim with one
   Pacer, continuing where the last claim stopped, from the start again after
   an empty one, as dbmail.send.loop does), each timed, until every due email
-  was claimed;
+  was claimed; --rounds times, the round with the least total kept (the
+  machine is shared: that is the one least disturbed);
 - send rate: one `dbmail_cron --max-seconds S` against the scripted SMTP
   server of the tests (tests/smtpserver.py, which timestamps what it keeps):
   how long from its start until the last due email arrived, the rate while
@@ -61,6 +62,7 @@ def parse_args(argv):
     parser.add_argument("--backlog", type=int, default=1_000_000, help="gmail emails waiting for their budget")
     parser.add_argument("--due", type=int, default=10_000, help="default-group emails due")
     parser.add_argument("--seconds", type=float, default=60, help="the sender's --max-seconds")
+    parser.add_argument("--rounds", type=int, default=3, help="claim-latency rounds per run (the quietest is kept)")
     parser.add_argument("--results", default=str(ROOT / "bench" / "results.json"))
     parser.add_argument("--keep-db", action="store_true")
     return parser.parse_args(argv)
@@ -114,8 +116,12 @@ def measure(args, db_url, server):
             fill(conn, account.pk, args.backlog, "gmail.com", "gmail", "held", minutes_ago=120)
         _set_index(conn, index_sql, indexed)
         print(f"\n{name} ({cpu_line()})", flush=True)
-        reset(conn)
-        claimed = claim_latency(args.due)
+        rounds = []
+        for _ in range(args.rounds):  # the machine is shared: the quietest round is the figure
+            reset(conn)
+            rounds.append(claim_latency(args.due))
+        claimed = min(rounds, key=lambda r: r["claim_ms_total"])
+        claimed["claim_ms_total_each_round"] = [r["claim_ms_total"] for r in rounds]
         reset(conn)
         sent = send_rate(args, db_url, server)
         figures["runs"][name] = {**claimed, **sent, "loadavg": Path("/proc/loadavg").read_text().split()[:3]}

@@ -1133,7 +1133,8 @@ DAILY_STATUS_COUNTS = tuple(
 # Of the bounced, those reported permanent (a hard bounce): not a status of its own, since a bounce's
 # kind does not change where an email stands, but the figure the reputation guard judges.
 HARD_BOUNCED = "hard_bounced"
-DAILY_COUNTS = (*DAILY_STATUS_COUNTS, HARD_BOUNCED)
+_AFTER = DAILY_STATUS_COUNTS.index(states.EmailStatus.BOUNCED) + 1  # shown beside "bounced"
+DAILY_COUNTS = (*DAILY_STATUS_COUNTS[:_AFTER], HARD_BOUNCED, *DAILY_STATUS_COUNTS[_AFTER:])
 
 
 class DailyCounts(models.Model):
