@@ -17,6 +17,7 @@ from dbmail.models import (  # the XML spool
     AuditEvent,
     CronHeartbeat,
     DeliveryEvent,
+    DestinationLimit,
     DkimKey,
     MessageRequest,
     PacingBucket,
@@ -34,7 +35,7 @@ from dbmail.models import (  # the XML spool
     UnsignedMail,
 )
 from dbmail.ops import dkimkeys
-from dbmail.send import backoff, caps
+from dbmail.send import backoff, caps, destinations, limits
 from dbmail.track import guard
 from dbmail.track.apply import retry_unmatched
 
@@ -660,6 +661,71 @@ class TrackingQueueItemAdmin(admin.ModelAdmin):
 
     def has_change_permission(self, request, obj=None):
         return False
+
+
+class DestinationLimitForm(forms.ModelForm):
+    class Meta:
+        model = DestinationLimit
+        fields = ["group", "rate_per_minute", "max_connections", "note"]
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        groups = destinations.current()  # the settings' groups: only their figures can be changed here
+        self.fields["group"] = forms.ChoiceField(
+            choices=[(g.name, f"{g.name} ({_limits_text(g)} in the settings)") for g in groups],
+            help_text="The groups and their domains come from the settings (DBMAIL_DESTINATION_GROUPS).",
+            disabled=bool(self.instance.pk),
+        )
+        self.fields["max_connections"].max_value = 1000
+        self.fields["max_connections"].widget.attrs["max"] = 1000
+
+    def clean_rate_per_minute(self):
+        rate = self.cleaned_data.get("rate_per_minute")
+        if rate is not None and rate < 0:
+            raise forms.ValidationError("A rate is 0 or more (0: no limit; empty: as the settings say).")
+        return rate
+
+    def clean_max_connections(self):
+        n = self.cleaned_data.get("max_connections")
+        if n is not None and n > 1000:
+            raise forms.ValidationError("At most 1000 (0: no limit; empty: as the settings say).")
+        return n
+
+
+def _limits_text(group):
+    rate = f"{group.rate_per_minute:g} a minute" if group.rate_per_minute else "no rate limit"
+    connections = f"{group.max_connections} connections" if group.max_connections else "any number of connections"
+    return f"{rate}, {connections}"
+
+
+@admin.register(DestinationLimit)
+class DestinationLimitAdmin(AuditedAdmin):
+    """Change a destination group's rate or connections for every host, or switch them off (0), without a restart."""
+
+    form = DestinationLimitForm
+    list_display = ["group", "rate_per_minute", "max_connections", "in_settings", "in_force", "note", "changed_at"]
+
+    @admin.display(description="In the settings")
+    def in_settings(self, obj):
+        group = destinations.current().by_name.get(obj.group)
+        return _limits_text(group) if group else "not a group of the settings: changes nothing"
+
+    @admin.display(description="In force")
+    def in_force(self, obj):
+        group = limits.apply(destinations.current(), {obj.group: (obj.rate_per_minute, obj.max_connections)})
+        return _limits_text(group.by_name[obj.group]) if obj.group in group.by_name else "-"
+
+    def save_model(self, request, obj, form, change):
+        super().save_model(request, obj, form, change)
+        limits.forget()  # this process at once; the others within DestinationLimit.REFRESH_SECONDS
+
+    def delete_model(self, request, obj):
+        super().delete_model(request, obj)
+        limits.forget()
+
+    def delete_queryset(self, request, queryset):
+        super().delete_queryset(request, queryset)
+        limits.forget()
 
 
 @admin.register(PacingBucket)

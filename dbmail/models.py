@@ -388,6 +388,15 @@ class TextOfEmail(models.Model):
                 fields=["next_attempt_at", "id"], condition=Q(status__in=list(states.WAITING)), name="dbmail_due"
             ),
             models.Index(fields=["leased_until"], condition=Q(status=states.EmailStatus.SENDING), name="dbmail_lease"),
+            # While a destination group waits for its budget, the claim asks for the other groups' due
+            # mail (dbmail.send.pacing.Pacer.claimable, ranges of dest_group around the waiting ones):
+            # this lets PostgreSQL read just those rows, instead of walking a waiting backlog of a
+            # million in dbmail_due for every claim (bench/backlog.py measures both).
+            models.Index(
+                fields=["dest_group", "next_attempt_at", "id"],
+                condition=Q(status__in=list(states.WAITING)),
+                name="dbmail_waiting_group",
+            ),
         ]
 
     def __str__(self):
@@ -760,6 +769,49 @@ class PacingBucket(models.Model):
         return self.name
 
 
+class DestinationLimit(models.Model):
+    """An admin's change to one destination group's limits, over what the settings give it.
+
+    The groups themselves (their names and domains) come from the settings
+    (DBMAIL_DESTINATION_GROUPS over the built-in ones, dbmail.send.destinations):
+    a domain's group is stored on each email when it is made. Their two figures
+    can also be changed here, for every host at once and without a restart
+    (senders read these rows at most REFRESH_SECONDS late: dbmail.send.limits).
+    An empty figure keeps the settings' value; 0 switches that limit off.
+    """
+
+    REFRESH_SECONDS = 5
+
+    group = models.CharField(max_length=40, primary_key=True, help_text="A destination group of the settings.")
+    rate_per_minute = models.FloatField(
+        null=True,
+        blank=True,
+        help_text="Emails a minute to this group, all hosts together; 0: no limit; empty: as the settings say.",
+    )
+    max_connections = models.PositiveIntegerField(
+        null=True,
+        blank=True,
+        help_text="Senders sending to this group at once; 0: no limit; empty: as the settings say.",
+    )
+    note = models.CharField(max_length=300, blank=True, help_text="Why (a provider's limit, a warm-up).")
+    changed_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["group"]
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(rate_per_minute__isnull=True) | Q(rate_per_minute__gte=0), name="dbmail_limit_rate"
+            ),
+            models.CheckConstraint(
+                condition=Q(max_connections__isnull=True) | Q(max_connections__lte=1000),
+                name="dbmail_limit_connections",
+            ),
+        ]
+
+    def __str__(self):
+        return self.group
+
+
 class ConnectionSlot(models.Model):
     """One of a destination group's max_connections: the sender run holding it may send to that group."""
 
@@ -1067,7 +1119,7 @@ class WebhookSignature(models.Model):
 # --- Comm panel dashboard: outcomes counted per day (dbmail.rollup writes and reads it) ---
 
 # The outcomes counted, each a column named after the email status it counts.
-DAILY_COUNTS = tuple(
+DAILY_STATUS_COUNTS = tuple(
     s.value
     for s in (
         states.EmailStatus.SENT,
@@ -1078,6 +1130,11 @@ DAILY_COUNTS = tuple(
         states.EmailStatus.DROPPED,
     )
 )
+# Of the bounced, those reported permanent (a hard bounce): not a status of its own, since a bounce's
+# kind does not change where an email stands, but the figure the reputation guard judges.
+HARD_BOUNCED = "hard_bounced"
+_AFTER = DAILY_STATUS_COUNTS.index(states.EmailStatus.BOUNCED) + 1  # shown beside "bounced"
+DAILY_COUNTS = (*DAILY_STATUS_COUNTS[:_AFTER], HARD_BOUNCED, *DAILY_STATUS_COUNTS[_AFTER:])
 
 
 class DailyCounts(models.Model):
@@ -1097,6 +1154,10 @@ class DailyCounts(models.Model):
     bounced = models.PositiveIntegerField(default=0)
     complained = models.PositiveIntegerField(default=0)
     dropped = models.PositiveIntegerField(default=0, help_text="Refused for good while sending, or rejected later.")
+    # A database default too: the sender's raw-SQL insert of its deltas counts statuses only.
+    hard_bounced = models.PositiveIntegerField(
+        default=0, db_default=0, help_text="Of the bounced, those reported permanent (hard), each email once."
+    )
 
     class Meta:
         abstract = True

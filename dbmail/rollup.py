@@ -10,7 +10,8 @@ Why a roll-up and how it is kept (docs/admins.md#dashboard has the reader's vers
 - Counting happens where an outcome is written, in the same transaction, so a count can
   neither be lost nor taken twice: dbmail.send.outcomes (sent, deferred, dropped, in its one
   raw-SQL statement on PostgreSQL) and dbmail.track.apply (delivered, bounced, complained,
-  and dropped for a later rejection). A recount from the emails afterwards could not do this:
+  and dropped for a later rejection; and "hard_bounced", the bounced whose report was a hard
+  bounce, each email once: the reputation guard's figure, dbmail.track.guard). A recount from the emails afterwards could not do this:
   the log's tracking events carry the MTA's clock, arrive late and repeat.
 - Writers only ever INSERT a DailyStatDelta row (one per batch and key) into a table with no
   index but its key, never update a shared counter: any number of senders on any number of
@@ -34,13 +35,14 @@ from django.db.models.functions import TruncDate
 from django.utils import timezone
 
 from dbmail import states
-from dbmail.models import DailyStat, DailyStatDelta, Suppression
+from dbmail.models import DAILY_STATUS_COUNTS, HARD_BOUNCED, DailyStat, DailyStatDelta, Suppression
 
 E = states.EmailStatus
 
-COUNTS = DailyStat.COUNTS
+COUNTS = DailyStat.COUNTS  # the statuses counted, and HARD_BOUNCED
 SHOWN = (*COUNTS, "unsubscribed")
-RATED = tuple(s.value for s in states.TRACKED)  # delivered, bounced, complained: shares of sent
+# Delivered, bounced, hard bounced, complained: shares of sent.
+RATED = (E.DELIVERED.value, E.BOUNCED.value, HARD_BOUNCED, E.COMPLAINED.value)
 
 
 def day_of(moment):
@@ -54,7 +56,9 @@ def day_of(moment):
 def count(outcomes):
     """Add delta rows for `outcomes`, an iterable of (day, account_id, request_id, status).
 
-    Statuses the dashboard does not count (queued, sending, cancelled) are skipped.
+    `status` is an email status, or HARD_BOUNCED for an email whose bounce was reported hard
+    (counted besides its "bounced"). Statuses the dashboard does not count (queued, sending,
+    cancelled) are skipped.
     Call it inside the transaction that writes those statuses.
     """
     per_key = defaultdict(Counter)
@@ -71,12 +75,13 @@ def insert_sql(source):
     """SQL adding delta rows from `source`, a relation with day, account_id, request_id, status.
 
     For a writer's own statement (a data-modifying CTE), so the count commits with the outcome.
+    Statuses only: HARD_BOUNCED, which only tracking writes, takes its column's database default.
     """
     table = connection.ops.quote_name(DailyStatDelta._meta.db_table)
-    sums = ", ".join(f"count(*) FILTER (WHERE status = '{name}')" for name in COUNTS)
-    counted = ", ".join(f"'{name}'" for name in COUNTS)
+    sums = ", ".join(f"count(*) FILTER (WHERE status = '{name}')" for name in DAILY_STATUS_COUNTS)
+    counted = ", ".join(f"'{name}'" for name in DAILY_STATUS_COUNTS)
     return (
-        f"INSERT INTO {table} (day, account_id, request_id, {', '.join(COUNTS)}) "
+        f"INSERT INTO {table} (day, account_id, request_id, {', '.join(DAILY_STATUS_COUNTS)}) "
         f"SELECT day, account_id, request_id, {sums} FROM {source} "
         f"WHERE status IN ({counted}) GROUP BY day, account_id, request_id"
     )
@@ -224,6 +229,6 @@ def per_request(request_ids):
 
 
 def rates(counts):
-    """Delivered, bounced and complained as percentages of the emails the server accepted (None if none)."""
+    """Delivered, bounced, hard bounced and complained as percentages of the emails the server accepted (None if none)."""
     sent = counts.get(E.SENT) or 0
     return {name: (round(100 * (counts.get(name) or 0) / sent, 1) if sent else None) for name in RATED}

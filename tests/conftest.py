@@ -51,6 +51,16 @@ def fresh_dkim_state(monkeypatch):
     monkeypatch.setattr(dkim, "unsigned", dkim.UnsignedCounter())
 
 
+@pytest.fixture(autouse=True)
+def fresh_destination_limits():
+    """Each test reads the admin's destination limits afresh (they are cached per process for a few seconds)."""
+    from dbmail.send import limits
+
+    limits.forget()
+    yield
+    limits.forget()
+
+
 @pytest.fixture
 def smtp_server(settings):
     """A real SMTP server on loopback, and the site's settings pointed at it."""

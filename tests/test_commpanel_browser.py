@@ -187,7 +187,7 @@ def test_dashboard_draws_its_charts_and_fits_a_phone(browser_page):
     drawn = page.evaluate(
         "() => { const c = Chart.getChart('chart-days'); return [c.data.labels.length, c.data.datasets.length]; }"
     )
-    assert drawn == [30, 7]
+    assert drawn == [30, 8]  # sent, delivered, deferred, bounced, hard bounced, complained, dropped, unsubscribed
     assert page.evaluate("() => Chart.getChart('chart-accounts').data.labels") == [
         "office@example.org",
         "news@example.org",

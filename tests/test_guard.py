@@ -7,7 +7,7 @@ from django.utils import timezone
 
 from dbmail import rollup, states
 from dbmail.content import rendering
-from dbmail.models import MessageRequest, RequestEvent, Suppression, TextOfEmail
+from dbmail.models import HARD_BOUNCED, MessageRequest, RequestEvent, Suppression, TextOfEmail
 from dbmail.send import claims
 from dbmail.track import guard
 from dbmail.track.apply import apply_batch
@@ -47,9 +47,10 @@ def events(emails, kind, **extra):
 @pytest.mark.parametrize(
     "counts,paused",
     [
-        ({E.SENT: 500, E.BOUNCED: 26}, True),  # 5.2 %
-        ({E.SENT: 500, E.BOUNCED: 25}, False),  # 5 %: not above
-        ({E.SENT: 499, E.BOUNCED: 200}, False),  # too few sent to judge
+        ({E.SENT: 500, HARD_BOUNCED: 26}, True),  # 5.2 %
+        ({E.SENT: 500, HARD_BOUNCED: 25}, False),  # 5 %: not above
+        ({E.SENT: 499, HARD_BOUNCED: 200}, False),  # too few sent to judge
+        ({E.SENT: 500, E.BOUNCED: 500}, False),  # soft bounces are not judged
         ({E.SENT: 1000, E.COMPLAINED: 4}, True),  # 0.4 %
         ({E.SENT: 1000, E.COMPLAINED: 3}, False),
     ],
@@ -64,7 +65,7 @@ def test_events_taking_a_request_past_the_threshold_pause_it_in_the_same_run():
     assert result.paused == 1 and "paused 1 request" in result.summary()
     mail.refresh_from_db()
     assert mail.status == R.PAUSED
-    assert mail.paused_reason.startswith("26 of 500 emails sent came back bounced (5.2 %, above 5 %)")
+    assert mail.paused_reason.startswith("26 of 500 emails sent bounced hard (5.2 %, above 5 %)")
     event_row = RequestEvent.objects.get(request=mail)
     assert event_row.kind == RequestEvent.Kind.PAUSE and event_row.user is None
     # Its waiting emails are not claimed while it is paused; other mail still is.
@@ -101,7 +102,7 @@ def test_resume_goes_on_where_it_was_records_who_and_keeps_suppressed_addresses_
     words = guard.resume(mail, user=staff)
     assert "1 email to addresses suppressed meanwhile cancelled" in words
     assert mail.status == R.EXPANDED and mail.paused_reason == ""
-    assert mail.guard_baseline == {E.SENT: 500, E.BOUNCED: 30}
+    assert mail.guard_baseline == {E.SENT: 500, E.BOUNCED: 30, HARD_BOUNCED: 30}
     last = RequestEvent.objects.filter(request=mail).latest("at", "id")
     assert (last.kind, last.user) == (RequestEvent.Kind.RESUME, staff)
     assert TextOfEmail.objects.get(pk=emails[-1].pk).status == E.CANCELLED
@@ -114,7 +115,7 @@ def test_resume_goes_on_where_it_was_records_who_and_keeps_suppressed_addresses_
 
 def test_a_request_paused_while_expanding_resumes_its_expansion():
     mail, emails = request_with(sent=500, status=R.EXPANDING)
-    apply_batch(events(emails[:40], "bounced"))
+    apply_batch(events(emails[:40], "bounced", bounce_type="hard"))
     mail.refresh_from_db()
     assert mail.status == R.PAUSED
     guard.resume(mail)
@@ -123,7 +124,7 @@ def test_a_request_paused_while_expanding_resumes_its_expansion():
 
 def test_a_paused_request_can_be_cancelled():
     mail, emails = request_with(sent=500, waiting=5)
-    apply_batch(events(emails[:40], "bounced"))
+    apply_batch(events(emails[:40], "bounced", bounce_type="hard"))
     mail.refresh_from_db()
     assert mail.cancel(actor=UserFactory(username="ops")) > 0
     assert MessageRequest.objects.get(pk=mail.pk).status == R.CANCELLED
@@ -134,3 +135,65 @@ def test_resume_of_a_request_that_is_not_paused_does_nothing():
     mail, _ = request_with(sent=1)
     assert guard.resume(mail) == ""
     assert not RequestEvent.objects.filter(request=mail).exists()
+
+
+def hard_and_soft(mail):
+    counts = rollup.per_request([mail.pk]).get(mail.pk, {})
+    return counts.get(HARD_BOUNCED, 0), counts.get(E.BOUNCED, 0)
+
+
+def test_soft_bounces_alone_never_pause_however_many():
+    mail, emails = request_with(sent=600)
+    # Every one of them bounced soft: the MTA gave up on a full mailbox, or a report says so outright.
+    apply_batch(events(emails[:300], "bounced", bounce_type="soft", diagnostic="452 4.2.2 mailbox full"))
+    apply_batch(events(emails[300:], "bounced", diagnostic="451 4.4.1 no answer from host"))  # kind inferred: soft
+    mail.refresh_from_db()
+    assert mail.status == R.EXPANDED and mail.paused_reason == ""
+    assert hard_and_soft(mail) == (0, 600)
+    assert not Suppression.objects.exists()
+
+
+def test_hard_bounces_past_five_percent_after_500_pause_in_the_same_run_soft_ones_beside_them_do_not_count():
+    mail, emails = request_with(sent=500, waiting=20)
+    apply_batch(events(emails[:200], "bounced", bounce_type="soft"))
+    # 25 hard (5 %, not above), some of them emails that had bounced soft before: still not paused.
+    apply_batch(events(emails[190:215], "bounced", diagnostic="550 5.1.1 no such user"))  # kind inferred: hard
+    mail.refresh_from_db()
+    assert mail.status == R.EXPANDED
+    assert hard_and_soft(mail) == (25, 215)
+    # One more: 26 of 500, in the batch that applies it.
+    result = apply_batch(events(emails[215:216], "bounced", bounce_type="hard"))
+    assert result.paused == 1
+    mail.refresh_from_db()
+    assert mail.status == R.PAUSED and mail.paused_reason.startswith("26 of 500 emails sent bounced hard (5.2 %")
+    assert not claims.claim(100).emails  # its waiting mail is held
+
+
+def test_a_hard_bounce_counts_once_per_email_whatever_reports_it_again():
+    mail, emails = request_with(sent=500)
+    first = emails[0]
+    apply_batch(events([first], "bounced", bounce_type="soft", diagnostic="452 4.2.2 full"))
+    apply_batch([event(first.message_id, "bounced", 1, bounce_type="hard", source="mta-log")])  # soft, then hard
+    apply_batch([event(first.message_id, "bounced", 2, bounce_type="hard", source="webhook")])  # another source
+    apply_batch([event(first.message_id, "complained", 3)])  # outranks the bounce, no second hard one
+    two = [event(emails[1].message_id, "bounced", n, bounce_type="hard") for n in (4, 5)]  # twice in one batch
+    apply_batch(two)
+    assert hard_and_soft(mail) == (2, 2)
+    # A soft report quoting a hard one's log line in its diagnostic does not pass for one.
+    third = emails[2]
+    quoted = "452 4.2.2 full; earlier: [x] bounced (hard) from test"
+    apply_batch([event(third.message_id, "bounced", 6, bounce_type="soft", diagnostic=quoted)])
+    apply_batch([event(third.message_id, "bounced", 7, bounce_type="hard")])
+    assert hard_and_soft(mail) == (3, 3)
+
+
+def test_complaints_past_three_in_a_thousand_pause_soft_bounces_do_not_help():
+    mail, emails = request_with(sent=1000)
+    apply_batch(events(emails[:100], "bounced", bounce_type="soft"))
+    apply_batch([event(e.message_id, "complained", n) for n, e in enumerate(emails[100:103])])  # 0.3 %: not above
+    mail.refresh_from_db()
+    assert mail.status == R.EXPANDED
+    result = apply_batch([event(emails[103].message_id, "complained", 9)])
+    assert result.paused == 1
+    mail.refresh_from_db()
+    assert mail.status == R.PAUSED and mail.paused_reason.startswith("4 of 1,000 emails sent drew a complaint (0.4 %")

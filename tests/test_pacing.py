@@ -14,6 +14,7 @@ from collections import Counter
 from datetime import timedelta
 
 import pytest
+from django.db.models import Q
 from django.utils import timezone
 
 from dbmail import states
@@ -261,3 +262,147 @@ def test_three_senders_share_each_groups_budget_and_a_pushback_slows_only_its_gr
         0
     }  # a 421 is not an attempt
     assert not PacingBucket.objects.filter(name="gmail", slowed_per_minute__isnull=False).exists()
+
+
+# --- connection slots given back as soon as a run is done with a group --------------------------------
+
+
+def tried(pacer, emails, domain):
+    """The emails to `domain`, each tried as the sender would: whether each one left its group with none in hand."""
+    return [pacer.counted(e, sending.retry.Outcome("sent", 250, "ok")) for e in emails if e.to_address.endswith(domain)]
+
+
+@pytest.mark.django_db
+def test_a_run_gives_its_slot_back_once_it_has_no_more_of_that_groups_mail_in_hand(settings):
+    settings.DBMAIL_DESTINATION_GROUPS = {"gmail": {"rate_per_minute": 0, "max_connections": 1}}
+    queue("gmail.com", 4)
+    queue("example.net", 6)
+    clock = Clock()
+    first, second = pacing.Pacer(clock=clock), pacing.Pacer(clock=clock)
+    batch = claims.claim(10, pacer=first)
+    assert domains(batch) == {"gmail.com": 4, "example.net": 6}
+    queue("gmail.com", 3, start=100)  # more gmail mail, for the second run
+    # Three of four tried: the first run still has gmail mail in hand, so it keeps the slot.
+    gmail = [e for e in batch.emails if e.to_address.endswith("@gmail.com")]
+    assert tried(first, gmail[:3], "gmail.com") == [False] * 3
+    assert first.release_idle() == []
+    assert not claims.claim(10, pacer=second).emails
+    # The fourth: nothing of gmail in hand any more, while its example.net mail is still to send.
+    assert tried(first, gmail[3:], "gmail.com") == [True]
+    assert first.release_idle() == ["gmail"]
+    assert ConnectionSlot.objects.get(group="gmail").holder is None
+    clock.advance(pacing.SLOT_RETRY.total_seconds() + 1)
+    assert domains(claims.claim(10, pacer=second)) == {"gmail.com": 3}
+    assert ConnectionSlot.objects.get(group="gmail").holder == second.holder
+    # The first run, asked again for gmail mail (none left), takes nothing, and the slot stays the second's.
+    assert not claims.claim(10, pacer=first).emails
+    assert ConnectionSlot.objects.get(group="gmail").holder == second.holder
+    second.finish()
+    first.finish()
+    assert ConnectionSlot.objects.get(group="gmail").holder is None
+
+
+@pytest.mark.django_db
+def test_mail_given_back_untried_frees_the_slot_too_and_a_dead_runs_slot_still_waits_for_its_lease(settings):
+    settings.DBMAIL_DESTINATION_GROUPS = {"gmail": {"rate_per_minute": 0, "max_connections": 1}}
+    settings.DBMAIL_LEASE_SECONDS = 60
+    queue("gmail.com", 4)
+    clock = Clock()
+    first, dead, third = pacing.Pacer(clock=clock), pacing.Pacer(clock=clock), pacing.Pacer(clock=clock)
+    batch = claims.claim(10, pacer=first)
+    first.give_back(batch.open_ids)  # a clean stop, say: the batch goes back untried
+    batch.release()
+    assert first.release_idle() == ["gmail"]
+    clock.advance(pacing.SLOT_RETRY.total_seconds() + 1)
+    assert len(claims.claim(2, pacer=dead).emails) == 2  # and then it is killed (kill -9): nothing given back
+    clock.advance(30)
+    assert not claims.claim(10, pacer=third).emails  # its lease still runs
+    clock.advance(31)
+    assert len(claims.claim(10, pacer=third).emails) == 2
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_second_run_gets_the_slot_once_the_first_is_done_with_the_group_while_the_first_still_sends(
+    settings, smtp_server
+):
+    settings.DBMAIL_DESTINATION_GROUPS = {"gmail": {"rate_per_minute": 0, "max_connections": 1}}
+    settings.DBMAIL_THROTTLE_PER_SECOND = 0
+    account = SenderAccountFactory()
+    queue("gmail.com", 3, account=account)
+    queue("example.net", 12, account=account)  # behind the gmail mail in the queue
+    seen, second_runs = [], []
+
+    def second_run():
+        # Mail that was not due when the first run started: only a second run may take it (and only it:
+        # the first run's example.net mail stays the first run's).
+        queue("gmail.com", 2, account=account, start=100)
+        gmail = Q(to_address__endswith="@gmail.com")
+        result = sending.Sender(batch_size=5, max_messages=2, max_seconds=20, scope=gmail).run()
+        second_runs.append((result.sent, len(seen)))
+
+    def on_outcome(email, outcome):
+        seen.append(email.to_address)
+        if email.to_address.endswith("@gmail.com") and len(seen) == 1:
+            # The first run holds the slot and has gmail mail in hand: a run asking now gets none of it.
+            other = pacing.Pacer()
+            assert not claims.claim(10, scope=Q(to_address__endswith="@gmail.com"), pacer=other).emails
+            other.finish()
+        if seen == [e for e in seen if e.endswith("@gmail.com")] and len(seen) == 3:
+            # Its last gmail email: the slot is given back on the database thread; the second run gets it.
+            deadline = time.monotonic() + 10
+            while ConnectionSlot.objects.filter(group="gmail", holder__isnull=False).exists():
+                assert time.monotonic() < deadline, "the first run kept the slot"
+                time.sleep(0.02)
+            second_run()
+
+    first = sending.Sender(batch_size=3, on_outcome=on_outcome).run()
+    assert first.sent == 15
+    # The second run sent its two gmail emails in the middle of the first run: 3 of its 15 tried then.
+    assert second_runs == [(2, 3)]
+    assert [m.rcpt_tos[0] for m in smtp_server.received][3:5] == ["r00100@gmail.com", "r00101@gmail.com"]
+    assert ConnectionSlot.objects.get(group="gmail").holder is None
+
+
+# --- a waiting group's backlog: the claim names the other groups' values ------------------------------
+
+
+@pytest.mark.django_db
+def test_while_a_group_waits_the_claim_takes_every_other_kind_of_row_and_none_of_the_waiting_ones(settings):
+    settings.DBMAIL_DESTINATION_GROUPS = {"gmail": {"rate_per_minute": 60, "max_connections": 0}}
+    settings.DBMAIL_THROTTLE_PER_SECOND = 0
+    PacingBucket.objects.create(name="gmail", tokens=0, configured_per_minute=60)  # gmail waits
+    backlog = queue("gmail.com", 30)  # ahead of the rest in the queue
+    plain = queue("example.net", 3, start=100)
+    stale = queue("example.org", 2, start=200)
+    TextOfEmail.objects.filter(pk__in=[e.pk for e in stale]).update(dest_group="gone")  # a group removed since
+    unclassified = queue("example.com", 2, classified=False, start=300)
+    dead = queue("example.net", 1, start=400)[0]  # a dead sender's, its lease run out
+    TextOfEmail.objects.filter(pk=dead.pk).update(
+        status=Status.SENDING, leased_until=timezone.now() - timedelta(minutes=1), claim_token=None
+    )
+    clock = Clock()
+    pacer = pacing.Pacer(clock=clock)
+    first = claims.claim(10, pacer=pacer)  # gmail's rows come first: none admitted, and gmail now waits
+    assert not [e for e in first.emails if e.to_address.endswith("@gmail.com")]
+    taken = {e.pk for e in first.emails}
+    for _ in range(3):
+        taken |= {e.pk for e in claims.claim(10, pacer=pacer).emails}
+    assert taken == {e.pk for e in (*plain, *stale, *unclassified, dead)}
+    assert not TextOfEmail.objects.filter(pk__in=[e.pk for e in backlog]).exclude(status=Status.QUEUED).exists()
+    assert set(TextOfEmail.objects.filter(pk__in=[e.pk for e in backlog]).values_list("attempts", flat=True)) == {0}
+
+
+@pytest.mark.django_db
+def test_mail_of_a_group_that_appears_while_another_waits_is_claimed_after_the_next_reading(settings):
+    settings.DBMAIL_DESTINATION_GROUPS = {"gmail": {"rate_per_minute": 60, "max_connections": 0}}
+    settings.DBMAIL_THROTTLE_PER_SECOND = 0
+    PacingBucket.objects.create(name="gmail", tokens=0, configured_per_minute=60)
+    queue("gmail.com", 5)
+    clock = Clock()
+    pacer = pacing.Pacer(clock=clock)
+    assert not claims.claim(10, pacer=pacer).emails
+    assert not claims.claim(10, pacer=pacer).emails  # gmail waits: the claim names what else is due (nothing)
+    later = queue("outlook.com", 2, start=100)
+    clock.advance(pacing.REFRESH.total_seconds())  # the groups of due mail are read again (gmail still waits)
+    PacingBucket.objects.filter(name="gmail").update(tokens=0, refilled_at=clock.now)
+    assert {e.pk for e in claims.claim(10, pacer=pacer).emails} == {e.pk for e in later}

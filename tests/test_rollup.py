@@ -75,7 +75,7 @@ def test_tracking_counts_status_changes_once_by_the_day_they_were_applied():
     apply_batch(events)
     apply_batch(events)  # redelivered: nothing new
     apply_batch([event(c.message_id, "complained"), event(a.message_id, "opened")])  # opened changes nothing
-    assert totals(request_id=mail.pk) == only(delivered=2, bounced=1, complained=1)
+    assert totals(request_id=mail.pk) == only(delivered=2, bounced=1, hard_bounced=1, complained=1)
     assert set(DailyStatDelta.objects.values_list("day", flat=True)) == {timezone.localdate()}
 
 
@@ -88,6 +88,7 @@ def test_merge_folds_the_deltas_into_one_row_per_key_and_changes_no_sum(merge):
         (today, mail.sender_id, mail.pk, "sent"),
         (today, mail.sender_id, mail.pk, "sent"),
         (today, mail.sender_id, mail.pk, "bounced"),
+        (today, mail.sender_id, mail.pk, "hard_bounced"),
         (yesterday, mail.sender_id, mail.pk, "sent"),
         (today, None, None, "delivered"),
         (today, mail.sender_id, mail.pk, "queued"),  # not a counted outcome
@@ -96,7 +97,7 @@ def test_merge_folds_the_deltas_into_one_row_per_key_and_changes_no_sum(merge):
         rollup.count([row])
     before = rollup.figures(yesterday, today)
     assert merge(limit=3) == 3
-    assert merge() == 2
+    assert merge() == 3
     assert merge() == 0
     rollup.count([(today, mail.sender_id, mail.pk, "sent")])
     assert merge() == 1
@@ -105,7 +106,8 @@ def test_merge_folds_the_deltas_into_one_row_per_key_and_changes_no_sum(merge):
     assert not DailyStatDelta.objects.exists()
     keyed = {(r.day, r.account_id, r.request_id): r for r in DailyStat.objects.all()}
     assert len(keyed) == DailyStat.objects.count() == 3
-    assert (keyed[(today, mail.sender_id, mail.pk)].sent, keyed[(today, mail.sender_id, mail.pk)].bounced) == (3, 1)
+    row = keyed[(today, mail.sender_id, mail.pk)]
+    assert (row.sent, row.bounced, row.hard_bounced) == (3, 1, 1)
 
 
 @pytest.mark.django_db
@@ -122,7 +124,8 @@ def test_figures_fill_every_day_count_unsubscribes_and_rank_accounts():
     b = SenderAccountFactory(address="b@example.org")
     first, last = date(2026, 11, 28), date(2026, 12, 1)
     rollup.count([(first, a.pk, None, "sent")] * 2 + [(first, a.pk, None, "delivered")])
-    rollup.count([(last, b.pk, None, "sent")] * 5 + [(last, b.pk, None, "bounced")])
+    rollup.count([(last, b.pk, None, "sent")] * 5 + [(last, b.pk, None, "bounced")] * 2)
+    rollup.count([(last, b.pk, None, "hard_bounced")])
     rollup.count([(last + timedelta(days=1), b.pk, None, "sent")])  # outside the range
     noon = timezone.make_aware(timezone.datetime(2026, 11, 29, 12))
     Suppression.objects.create(address="x@example.org", reason="unsubscribed", created_at=noon)
@@ -131,16 +134,19 @@ def test_figures_fill_every_day_count_unsubscribes_and_rank_accounts():
     assert [d for d, _ in shown.days] == [first + timedelta(days=n) for n in range(4)]
     assert shown.days[0][1]["sent"] == 2 and shown.days[1][1]["unsubscribed"] == 1
     assert shown.days[2][1] == {name: 0 for name in rollup.SHOWN}
-    assert shown.total == {**{n: 0 for n in rollup.SHOWN}, "sent": 7, "delivered": 1, "bounced": 1, "unsubscribed": 1}
+    expected = {"sent": 7, "delivered": 1, "bounced": 2, "hard_bounced": 1, "unsubscribed": 1}
+    assert shown.total == {**{n: 0 for n in rollup.SHOWN}, **expected}
     assert [account for account, _ in shown.accounts] == [b.pk, a.pk]
-    assert shown.rates == {"delivered": 14.3, "bounced": 14.3, "complained": 0.0}
+    assert shown.rates == {"delivered": 14.3, "bounced": 28.6, "hard_bounced": 14.3, "complained": 0.0}
 
 
 def test_rates_are_none_without_sent_mail():
-    assert rollup.rates({"sent": 0, "delivered": 0}) == {"delivered": None, "bounced": None, "complained": None}
-    assert rollup.rates({"sent": 8, "delivered": 6, "bounced": 1}) == {
+    none = {"delivered": None, "bounced": None, "hard_bounced": None, "complained": None}
+    assert rollup.rates({"sent": 0, "delivered": 0}) == none
+    assert rollup.rates({"sent": 8, "delivered": 6, "bounced": 2, "hard_bounced": 1}) == {
         "delivered": 75.0,
-        "bounced": 12.5,
+        "bounced": 25.0,
+        "hard_bounced": 12.5,
         "complained": 0.0,
     }
 

@@ -28,21 +28,26 @@ def test_last_30_days_by_default_with_totals_rates_and_every_day(panel):
     today = timezone.localdate()
     office = SenderAccountFactory()
     rollup.count([(today, office.pk, None, "sent")] * 8 + [(today, office.pk, None, "delivered")] * 6)
-    rollup.count([(today - timedelta(days=29), office.pk, None, "bounced")])
+    rollup.count([(today - timedelta(days=29), office.pk, None, "bounced")] * 2)
+    rollup.count([(today - timedelta(days=29), office.pk, None, "hard_bounced")])
     rollup.count([(today - timedelta(days=30), office.pk, None, "sent")] * 100)  # the 31st day back: outside
     Suppression.objects.create(address="gone@example.org", reason="unsubscribed")
     response = panel.get(URL)
     assert response.status_code == 200
     figures = response.context["figures"]
     assert (figures.start, figures.end) == (today - timedelta(days=29), today)
-    assert figures.total["sent"] == 8 and figures.total["bounced"] == 1 and figures.total["unsubscribed"] == 1
-    assert response.context["rates"] == {"delivered": 75.0, "bounced": 12.5, "complained": 0.0}
+    assert figures.total["sent"] == 8 and figures.total["bounced"] == 2 and figures.total["unsubscribed"] == 1
+    assert figures.total["hard_bounced"] == 1
+    assert response.context["rates"] == {"delivered": 75.0, "bounced": 25.0, "hard_bounced": 12.5, "complained": 0.0}
     data = chart(response)
     assert len(data["days"]) == 30 and data["days"][-1] == today.isoformat()
-    assert data["series"]["sent"][-1] == 8 and data["series"]["bounced"][0] == 1
+    assert data["series"]["sent"][-1] == 8 and data["series"]["bounced"][0] == 2
+    assert data["series"]["hard_bounced"][0] == 1 and data["per_account"]["hard_bounced"] == [1]
     assert data["accounts"] == ["office@example.org"] and data["per_account"]["delivered"] == [6]
     html = response.content.decode()
     assert "75.0 % of sent" in html
+    assert 'data-measure="hard_bounced"><span class="tile-label">Hard bounced</span> <b class="tile-n">1</b>' in html
+    assert "<th>Hard bounced</th>" in html
     assert 'href="/commpanel/dashboard/"' in html and 'aria-current="page">Dashboard' in html
 
 

@@ -433,13 +433,18 @@ def test_the_delivery_figures_and_rates_come_from_the_roll_up(panel):
     mail = expanded_request(["delivered"] * 3 + ["bounced"])
     day = timezone.localdate()
     rollup.count([(day, mail.sender_id, mail.pk, "sent")] * 4 + [(day, mail.sender_id, mail.pk, "delivered")] * 3)
-    rollup.count([(day, mail.sender_id, mail.pk, "bounced")])
+    rollup.count([(day, mail.sender_id, mail.pk, "bounced"), (day, mail.sender_id, mail.pk, "hard_bounced")])
     data = status_json(panel, mail)
     assert data["delivery"]["counts"]["sent"] == 4 and data["delivery"]["rates"]["delivered"] == 75.0
     page = panel.get(reverse("commpanel:request", args=[mail.pk])).content.decode()
     assert '<dd data-measure="bounced">1 <span class="rate">25.0 %</span>' in page
-    row = panel.get(reverse("commpanel:requests")).context["rows"][0]
+    assert '<dt>Hard bounced</dt><dd data-measure="hard_bounced">1 <span class="rate">25.0 %</span>' in page
+    listed = panel.get(reverse("commpanel:requests"))
+    row = listed.context["rows"][0]
     assert row.delivery["counts"]["delivered"] == 3 and row.delivery["rates"]["bounced"] == 25.0
+    assert (
+        row.delivery["counts"]["hard_bounced"] == 1 and '<th class="num">Hard bounced</th>' in listed.content.decode()
+    )
 
 
 def test_search_by_hash_id(panel):
@@ -687,13 +692,13 @@ def test_a_paused_request_says_why_and_offers_resume_or_cancel(panel, editor):
     from dbmail.track import guard
 
     mail = expanded_request(["queued", "queued", "sent"])
-    guard.pause(mail, "26 of 500 emails sent came back bounced (5.2 %, above 5 %)")
+    guard.pause(mail, "26 of 500 emails sent bounced hard (5.2 %, above 5 %)")
     page = panel.get(reverse("commpanel:request", args=[mail.pk])).content.decode()
-    assert 'id="paused"' in page and "26 of 500 emails sent came back bounced" in page
+    assert 'id="paused"' in page and "26 of 500 emails sent bounced hard" in page
     assert ">Resume sending<" in page and 'id="cancel"' in page
     data = panel.get(reverse("commpanel:status", args=[mail.pk])).json()
     assert (data["state"], data["state_label"], data["active"]) == ("paused", "Paused", False)
-    assert data["line"].startswith("Paused: 26 of 500 emails sent came back bounced")
+    assert data["line"].startswith("Paused: 26 of 500 emails sent bounced hard")
     assert data["resumable"] and data["cancellable"]
     assert ">Paused<" in panel.get(reverse("commpanel:requests")).content.decode()
 

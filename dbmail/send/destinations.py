@@ -19,11 +19,13 @@ email is made and stored on it (TextOfEmail.dest_group), so a claim can pass
 over a group that must wait without reading its rows; rows made before (or
 by a path that leaves it empty) are classified when they are claimed.
 
-Why settings and not the admin: the groups change about as often as the
-mail server does and belong with its settings; a typo stops start-up naming
-the setting instead of slowing mail at 3 a.m.; and the state that must be
-shared (budgets, slots, back-off) is in the database either way, where the
-comm panel and dbmail_status show it. Every host must have the same groups.
+Why the groups are settings: they change about as often as the mail server
+does and belong with its settings; a typo stops start-up naming the setting
+instead of slowing mail at 3 a.m.; and the state that must be shared
+(budgets, slots, back-off) is in the database either way, where the comm
+panel and dbmail_status show it. Every host must have the same groups. A
+group's two figures can also be changed (or switched off) in the admin, for
+every host without a restart: dbmail.send.limits lays those over these.
 
 This module imports nothing of Django's models: dbmail.conf uses it to check the setting.
 """

@@ -465,7 +465,8 @@ class Sender:
         setattr(self.result, outcome.status, getattr(self.result, outcome.status) + 1)
         if outcome.possibly_delivered:
             self.result.possibly_delivered += 1
-        self.pacer.counted(email, outcome)
+        if self.pacer.counted(email, outcome):  # its group's last email in hand: free its connection slot now
+            self._db.call(self.pacer.release_idle)
         if route is None:
             pass  # a destination's pushback: nothing about the route
         elif outcome.session:

@@ -18,7 +18,10 @@ shares them, with no coordinator:
   (dbmail.send.backoff);
 - DBMAIL_THROTTLE_PER_SECOND: one bucket for all mail together;
 - each group's max_connections: leased slot rows (ConnectionSlot); a run
-  holds one from its first email to that group until it ends;
+  takes one with its first email to that group and gives it back as soon
+  as it has no more of that group's mail in hand (every email it claimed
+  tried or given back), or at its end; the lease, renewed while the run
+  lives, frees it after a kill -9;
 - each sender account's daily cap (dbmail.send.caps).
 
 A grant that is not used up (the run stops, the destination pushes back)
@@ -32,6 +35,7 @@ row's group in memory. What it knows of others' work (slowed groups, caps)
 it reads again every REFRESH, two small queries.
 """
 
+import logging
 import math
 import threading
 import uuid
@@ -39,15 +43,17 @@ from collections import Counter
 from dataclasses import dataclass
 from datetime import timedelta
 
-from django.db import transaction
+from django.db import DatabaseError, connection, transaction
 from django.db.models import Q
 from django.utils import timezone
 
 from dbmail import states
 from dbmail.conf import settings as conf
 from dbmail.models import ConnectionSlot, MessageRequest, PacingBucket, SenderAccount, TextOfEmail
-from dbmail.send import backoff, buckets, caps, destinations
+from dbmail.send import backoff, buckets, caps, limits
 from dbmail.send.destinations import ALL, DEFAULT
+
+log = logging.getLogger(__name__)
 
 REFRESH = timedelta(seconds=5)
 SLOT_RETRY = timedelta(seconds=2)  # how soon a run that found no free slot asks again
@@ -70,10 +76,45 @@ class _Plan:
     free: bool
 
 
+# The destination groups the due mail and the mail of dead senders carry now (NULL: not classified yet):
+# a loose index scan of dbmail_waiting_group, one index descent for each value, however many rows.
+_PRESENT_SQL = """
+WITH RECURSIVE present(value) AS (
+    (SELECT dest_group FROM {table} WHERE status IN ({waiting}) AND next_attempt_at <= %(now)s
+     AND dest_group IS NOT NULL ORDER BY dest_group LIMIT 1)
+    UNION ALL
+    SELECT (SELECT dest_group FROM {table} WHERE status IN ({waiting}) AND next_attempt_at <= %(now)s
+            AND dest_group > present.value ORDER BY dest_group LIMIT 1)
+    FROM present WHERE present.value IS NOT NULL
+)
+SELECT value FROM present WHERE value IS NOT NULL
+UNION SELECT NULL WHERE EXISTS (
+    SELECT 1 FROM {table} WHERE status IN ({waiting}) AND next_attempt_at <= %(now)s AND dest_group IS NULL)
+UNION SELECT dest_group FROM {table} WHERE status = '{sending}' AND leased_until <= %(now)s
+"""
+
+
+def other_groups(waiting, present=None):
+    """Rows of any group but those `waiting` (and rows not classified yet: admit() sorts them).
+
+    `present` (PostgreSQL): the dest_group values due mail carries now (_PRESENT_SQL). Then the
+    filter names the others, not the waiting ones: with one group left (usually the default),
+    PostgreSQL reads its rows in queue order from the index dbmail_waiting_group and never
+    touches the waiting rows. A NOT IN can only be checked row by row: each claim from the start
+    of the queue would walk a waiting backlog of a million rows in dbmail_due to reach the rest
+    (bench/backlog.py). Values, not configured names: a row may carry a group no longer configured.
+    """
+    if present is None:
+        return ~Q(dest_group__in=sorted(waiting))
+    names = sorted(v for v in present if v is not None and v not in waiting)
+    q = Q(dest_group__in=names) if names else Q(pk__in=[])
+    return q | Q(dest_group__isnull=True) if None in present else q
+
+
 class Pacer:
     def __init__(self, batch_size=None, clock=None, throttle=None):
         self.clock = clock or timezone.now
-        self.groups = destinations.current()
+        self.groups = limits.in_force()  # the settings' groups, with the admin's changes (DestinationLimit)
         self.batch_size = batch_size or conf.DBMAIL_BATCH_SIZE
         self.per_second = conf.DBMAIL_THROTTLE_PER_SECOND if throttle is None else throttle
         self.holder = uuid.uuid4()  # this run, in the connection slots it holds
@@ -86,7 +127,11 @@ class Pacer:
         self._accounts_waiting = {}  # account pk -> until when (the next UTC day)
         self._all_waiting = None  # until when no mail is claimed (DBMAIL_THROTTLE_PER_SECOND)
         self._held_back = {}  # group -> until when its claimed mail is given back untried (it pushed back)
+        self._present = None  # (when read, the dest_group values of due mail) while a group waits
         self._slots = {}  # group -> the slot this run holds
+        self._in_hand = {}  # email pk -> group, for the claimed mail of groups whose slot this run holds
+        self._in_hand_count = Counter()  # group -> how many of its emails are in hand
+        self._idle = set()  # groups whose slot is held with none of their mail in hand: to give back
         self._slots_until = None
         self._reserved = {}  # email pk -> (account pk, day): a daily cap's place
         self._refunds = Counter()  # (account pk, day) -> places to give back
@@ -104,7 +149,7 @@ class Pacer:
             accounts = sorted(a for a, until in self._accounts_waiting.items() if until > now)
         q = Q()
         if groups:
-            q &= ~Q(dest_group__in=groups)  # rows not classified yet (NULL) still come: admit() sorts them
+            q &= other_groups(set(groups), self._present_groups(now))
         if accounts:
             q &= ~Q(account_id__in=accounts)
         return q
@@ -117,7 +162,16 @@ class Pacer:
         those left waiting is written on them so that the next claims pass over them.
         """
         plan = self._plan(candidates)
-        return [pk for pk, _, _ in plan.rows] if plan.free else self._grant(plan)
+        admitted = [pk for pk, _, _ in plan.rows] if plan.free else self._grant(plan)
+        if self._slots and admitted:
+            taken = set(admitted)
+            with self._lock:
+                for pk, _, group in plan.rows:
+                    if pk in taken and group in self._slots and pk not in self._in_hand:
+                        self._in_hand[pk] = group
+                        self._in_hand_count[group] += 1
+                        self._idle.discard(group)
+        return admitted
 
     def admit_one(self, email):
         """The ad-hoc path: whether one email may go now (its group's rate, all mail's, its account's cap).
@@ -148,6 +202,8 @@ class Pacer:
                 group = unclassified[pk] = self.groups.of(address)
             rows.append((pk, account_id, group))
         present = {group for _, _, group in rows}
+        if slots and self._idle:
+            self.release_idle(keep=present)  # a group about to be claimed again keeps its slot
         rates = {g: self._rate(g, now) for g in present}
         paced = {g for g in present if rates[g] > 0}
         if self.per_second > 0:
@@ -228,6 +284,25 @@ class Pacer:
                 if n - used_places[account_id] <= 0:
                     self._accounts_waiting[account_id] = caps.next_day(now)
             self._reserved.update(reserved)
+
+    def _present_groups(self, now):
+        """The dest_group values of due mail (PostgreSQL), read again every REFRESH; None elsewhere.
+
+        A value that appears meanwhile (mail made due since) waits for the next read, REFRESH at most.
+        """
+        if connection.vendor != "postgresql":
+            return None
+        if self._present is None or now - self._present[0] >= REFRESH:
+            quote = connection.ops.quote_name
+            sql = _PRESENT_SQL.format(
+                table=quote(TextOfEmail._meta.db_table),
+                waiting=", ".join(f"'{status}'" for status in states.WAITING),
+                sending=states.EmailStatus.SENDING,
+            )
+            with connection.cursor() as cursor:
+                cursor.execute(sql, {"now": now})
+                self._present = (now, {row[0] for row in cursor.fetchall()})
+        return self._present[1]
 
     def _start(self, now):
         """Create the buckets and connection slots this run may need (once; cheap when they exist)."""
@@ -324,7 +399,12 @@ class Pacer:
         return halved
 
     def counted(self, email, outcome):
-        """After an attempt: one that did not count as an attempt gives its daily cap's place back."""
+        """After an attempt: one that did not count as an attempt gives its daily cap's place back.
+
+        True when that was the last email in hand of a group whose connection slot this run holds:
+        the caller has release_idle() run on the database thread, so the slot is free for others now.
+        """
+        idle = bool(self._in_hand) and self._out_of_hand([email.pk])
         if self._reserved and not outcome.counted:
             with self._lock:
                 place = self._reserved.pop(email.pk, None)
@@ -332,9 +412,47 @@ class Pacer:
                     self._refunds[place] += 1
         elif self._reserved:
             self._reserved.pop(email.pk, None)
+        return idle
+
+    def _out_of_hand(self, pks):
+        """These emails are done with (tried, or given back untried); whether a group was left with none in hand."""
+        emptied = False
+        with self._lock:
+            for pk in pks:
+                group = self._in_hand.pop(pk, None)
+                if group is None:
+                    continue
+                self._in_hand_count[group] -= 1
+                if self._in_hand_count[group] <= 0:
+                    del self._in_hand_count[group]
+                    self._idle.add(group)
+                    emptied = True
+        return emptied
+
+    def release_idle(self, keep=()):
+        """Give back the connection slots of the groups this run has no mail of in hand (the database thread).
+
+        `keep`: groups whose mail is being claimed right now. An email of such a group claimed later
+        takes a slot again, if one is free.
+        """
+        with self._lock:
+            groups = sorted(g for g in self._idle if g not in keep and g in self._slots and not self._in_hand_count[g])
+            self._idle.difference_update(groups)
+            for group in groups:
+                del self._slots[group]
+        if not groups:
+            return []
+        try:
+            ConnectionSlot.objects.filter(holder=self.holder, group__in=groups).update(holder=None, leased_until=None)
+        except DatabaseError as exc:
+            # Nobody waits for this call: the slots stay leased until finish() or their lease runs out.
+            log.warning("could not give back the connection slots of %s: %s", ", ".join(groups), exc)
+        return groups
 
     def give_back(self, pks):
         """Emails claimed and not tried (given back with their batch): their daily cap's places come back."""
+        if self._in_hand:
+            self._out_of_hand(pks)
         if not self._reserved and not self._refunds:
             return
         with self._lock:
@@ -359,6 +477,8 @@ class Pacer:
 
     def mail_waiting(self, due_by):
         """Whether any mail due by `due_by` waits for a budget this run waits for (one query)."""
+        if self._idle:
+            self.release_idle()  # a run waiting for budget holds no slot it has no mail for
         now = self.clock()
         with self._lock:
             everything = bool(self._all_waiting and self._all_waiting > now)
@@ -380,6 +500,10 @@ class Pacer:
         if self._slots:
             ConnectionSlot.objects.filter(holder=self.holder).update(holder=None, leased_until=None)
             self._slots.clear()
+        with self._lock:
+            self._in_hand.clear()
+            self._in_hand_count.clear()
+            self._idle.clear()
 
     def report(self):
         """The run's pushbacks in words (SendResult.problems), one per group."""

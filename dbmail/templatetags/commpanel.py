@@ -21,3 +21,9 @@ def query_with(context, **changes):
 def get(mapping, key):
     """mapping[key] in a template (dict keys that are variables); None when absent."""
     return mapping.get(key) if hasattr(mapping, "get") else None
+
+
+@register.filter
+def measure(name):
+    """A dashboard measure's name as a heading ("hard_bounced" -> "Hard bounced")."""
+    return str(name).replace("_", " ").capitalize()

@@ -4,7 +4,10 @@ The dbmail_track job (dbmail.track.consume) hands each batch read off the
 tracking queue to apply_batch(). Each payload becomes a TrackingEvent again
 (dbmail.track.events); an event moves its email along dbmail.states'
 tracking transitions only, is appended to the email's log, and may suppress
-the address. Event keys are remembered, so a redelivered batch changes
+the address. A bounce's kind is recorded too: an email reported hard-bounced
+is counted once as such in the roll-up (dbmail.rollup's "hard_bounced"),
+the figure the reputation guard judges; a soft bounce the MTA gave up on
+counts as bounced only. Event keys are remembered, so a redelivered batch changes
 nothing; events for no email of ours, and events that cannot be read, are
 kept as UnmatchedTrackingEvent rows.
 """
@@ -18,7 +21,14 @@ from django.db.models import Q
 from django.utils import timezone
 
 from dbmail import rollup, states
-from dbmail.models import AppliedTrackingEvent, DeliveryEvent, Suppression, TextOfEmail, UnmatchedTrackingEvent
+from dbmail.models import (
+    HARD_BOUNCED,
+    AppliedTrackingEvent,
+    DeliveryEvent,
+    Suppression,
+    TextOfEmail,
+    UnmatchedTrackingEvent,
+)
 from dbmail.track import guard
 from dbmail.track.events import BounceType, EventType, InvalidEvent, TrackingEvent, smtp_code
 from dbmail.track.header import email_pk_from_tracking_id
@@ -84,6 +94,7 @@ def apply_batch(payloads, now=None):
         by_queue_id = _resolve_queue_ids([event for _, event, _, _ in events])
         by_pk, by_message_id = _lock_emails([event for _, event, _, _ in events], by_queue_id.values())
         changed, log_rows, suppress = {}, [], {}
+        before, hard = {}, {}  # pk -> status before this batch; pk -> email reported hard-bounced in it
         for key, event, payload, _ in events:
             email = (
                 by_pk.get(email_pk_from_tracking_id(event.tracking_id))
@@ -96,6 +107,7 @@ def apply_batch(payloads, now=None):
                 unmatched.append(_unmatched(key, event, payload, UnmatchedTrackingEvent.Reason.UNKNOWN_EMAIL, why))
                 continue
             result.applied += 1
+            before.setdefault(email.pk, email.status)
             status = next_status(email.status, event.event)
             if status != email.status:
                 email.status = status
@@ -107,11 +119,14 @@ def apply_batch(payloads, now=None):
                 suppress[email.to_address.lower()] = (Suppression.Reason.COMPLAINED, event)
             elif event.event == EventType.BOUNCED and event.bounce_type == BounceType.HARD:
                 suppress.setdefault(email.to_address.lower(), (Suppression.Reason.BOUNCED, event))
+                hard[email.pk] = email
         result.changed = len(changed)
         result.unmatched = len(unmatched) - result.invalid
-        _write(changed.values(), log_rows, unmatched, suppress, now)
+        hard = _first_hard_bounces(hard, before)
+        _write(changed.values(), log_rows, unmatched, suppress, now, hard.values())
         # In the same transaction: the batch that takes a request past a threshold pauses it.
         alarming = {email.request_id for email in changed.values() if email.status in guard.ALARMING}
+        alarming |= {email.request_id for email in hard.values()}
         result.paused = len(guard.check(alarming, now)) if alarming else 0
     return result
 
@@ -141,7 +156,29 @@ def _only_new(items, now, result):
     return fresh
 
 
-def _write(changed, log_rows, unmatched, suppress, now):
+def _first_hard_bounces(hard, before):
+    """Of the emails reported hard-bounced in this batch, those never reported so before: counted once each.
+
+    An email that was below "bounced" before the batch had no hard report (one would have moved it
+    there). One already bounced or complained may have had one: its log says (the line of each
+    event applied, DeliveryEvent.text, names the kind as TrackingEvent.describe() writes it).
+    """
+    seen = [pk for pk in hard if states.TRACKING_RANK[before[pk]] >= states.TRACKING_RANK[states.EmailStatus.BOUNCED]]
+    if seen:
+        earlier = DeliveryEvent.objects.filter(
+            email_id__in=seen, kind=DeliveryEvent.Kind.TRACKING, text__regex=HARD_LINE
+        ).values_list("email_id", flat=True)
+        for pk in set(earlier):
+            del hard[pk]
+    return hard
+
+
+# How an applied hard bounce's line in the email's log begins: "[event id] bounced (hard) from ..." (_log_row).
+# Anchored, so that a diagnostic quoting those words (a remote server writes it) cannot pass for one.
+HARD_LINE = rf"^\[[^]]*\] {EventType.BOUNCED} \({BounceType.HARD}\) from "
+
+
+def _write(changed, log_rows, unmatched, suppress, now, hard=()):
     for email in changed:
         # Clearing the claim means a sender still holding it cannot write "sent" over this.
         TextOfEmail.objects.filter(pk=email.pk).update(
@@ -152,7 +189,13 @@ def _write(changed, log_rows, unmatched, suppress, now):
             last_error=email.last_error[:2000],
         )
     # Counted for the dashboard by the day the report was applied (the MTA's clock is not ours).
-    rollup.count((rollup.day_of(now), email.account_id, email.request_id, email.status) for email in changed)
+    day = rollup.day_of(now)
+    rollup.count(
+        [
+            *((day, email.account_id, email.request_id, email.status) for email in changed),
+            *((day, email.account_id, email.request_id, HARD_BOUNCED) for email in hard),
+        ]
+    )
     DeliveryEvent.objects.bulk_create(log_rows)
     UnmatchedTrackingEvent.objects.bulk_create(unmatched)
     Suppression.objects.bulk_create(

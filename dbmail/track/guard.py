@@ -3,9 +3,13 @@
 Mailbox providers judge a sender by its bounces and complaints (Gmail and
 Yahoo want complaints under 0.3 %). Once a request has DBMAIL_GUARD_MIN_SENT
 emails sent, it is paused when more than DBMAIL_GUARD_BOUNCE_PERCENT of them
-bounced, or more than DBMAIL_GUARD_COMPLAINT_PERCENT drew a complaint. The
-figures are the dashboard's (dbmail.rollup): "bounced" counts what the MTA
-reported bounced (it gave up on the email), "sent" what our server accepted.
+bounced hard, or more than DBMAIL_GUARD_COMPLAINT_PERCENT drew a complaint.
+The figures are the dashboard's (dbmail.rollup): "hard_bounced" counts the
+emails reported bounced for good (the address does not exist, the domain
+refuses it), each once, "sent" what our server accepted. Soft bounces (the
+MTA gave up on a full mailbox, a server down for days) count as "bounced"
+but not here: they say little of the list's quality, and providers judge
+senders by their hard bounces.
 
 The check runs where tracking events are applied (dbmail.track.apply), in
 the same transaction, for the requests whose emails the batch moved to
@@ -24,11 +28,11 @@ from django.utils import timezone
 
 from dbmail import rollup, states
 from dbmail.conf import settings as conf
-from dbmail.models import MessageRequest, RequestEvent, Suppression, TextOfEmail
+from dbmail.models import HARD_BOUNCED, MessageRequest, RequestEvent, Suppression, TextOfEmail
 
 E = states.EmailStatus
-COUNTED = (E.SENT, E.BOUNCED, E.COMPLAINED)
-# What moves a request towards the thresholds: only these outcomes need the check.
+COUNTED = (E.SENT, HARD_BOUNCED, E.COMPLAINED)
+# What moves a request towards the thresholds: only these outcomes need the check (and a hard bounce).
 ALARMING = (E.BOUNCED, E.COMPLAINED)
 
 
@@ -39,12 +43,12 @@ def since_baseline(counts, baseline):
 
 
 def judge(counts):
-    """Why counts of sent, bounced and complained mail call for a pause, in words; "" when they do not."""
+    """Why counts of sent, hard-bounced and complained mail call for a pause, in words; "" when they do not."""
     sent = counts.get(E.SENT) or 0
     if sent < conf.DBMAIL_GUARD_MIN_SENT:
         return ""
     for name, limit, words in (
-        (E.BOUNCED, conf.DBMAIL_GUARD_BOUNCE_PERCENT, "came back bounced"),
+        (HARD_BOUNCED, conf.DBMAIL_GUARD_BOUNCE_PERCENT, "bounced hard"),
         (E.COMPLAINED, conf.DBMAIL_GUARD_COMPLAINT_PERCENT, "drew a complaint"),
     ):
         share = 100 * (counts.get(name) or 0) / sent

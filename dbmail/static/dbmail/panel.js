@@ -37,7 +37,7 @@
     var css = getComputedStyle(document.documentElement);
     // "sent" is drawn in the sending blue: beside "delivered", two greens would not be told apart.
     var colour = function (name) { return css.getPropertyValue("--" + (name === "sent" ? "sending" : name)).trim() || "#57606a"; };
-    var label = function (name) { return name.charAt(0).toUpperCase() + name.slice(1); };
+    var label = function (name) { name = name.replace(/_/g, " "); return name.charAt(0).toUpperCase() + name.slice(1); };
     var common = { responsive: true, maintainAspectRatio: false, animation: { duration: 300 },
                    plugins: { legend: { position: "bottom", labels: { boxWidth: 12 } } } };
     var daysCanvas = document.getElementById("chart-days");
