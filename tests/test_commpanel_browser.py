@@ -263,3 +263,27 @@ def test_a_scheduled_request_is_rescheduled_and_cancelled_with_words_that_say_wh
     assert dialogs[-1] == "Cancel this scheduled request? Nothing will be sent."
     assert page.inner_text(".messages") == "Cancelled: nothing was sent."
     assert page.inner_text("#request-status") == "Cancelled"
+
+
+def test_a_send_that_ends_before_the_first_poll_loses_its_cancel_button(browser_page, settings):
+    # The newcomer's walk: the demo's sender loop sent both emails before the page first polled, and the
+    # finished request still offered "Cancel the rest" until a reload.
+    from dbmail.models import TextOfEmail
+
+    page, server = browser_page
+    settings.DBMAIL_PANEL_POLL_SECONDS = 2
+    office = SenderAccountFactory()
+    mail = MessageRequestFactory(sender=office, status=MessageRequest.Status.EXPANDED, subject="Staff meeting")
+    for address in ("ann@example.org", "bob@example.org"):
+        TextOfEmailFactory(request=mail, account=office, to_address=address, status="queued")
+    page.goto(f"{server.url}/commpanel/requests/{mail.pk}/")
+    assert page.inner_text("#request-status") == "Sending"
+    assert "Cancel the rest" in page.inner_text("#actions")
+    TextOfEmail.objects.filter(request=mail).update(status="sent", sent_at=timezone.now())
+    page.evaluate("window.notReloaded = true")
+
+    page.wait_for_function("document.getElementById('request-status').textContent === 'Done'")
+    assert page.inner_text("#status-line") == "Done: 2 sent."
+    assert "Cancel the rest" not in page.inner_text("#actions")
+    assert "Reuse as new request" in page.inner_text("#actions")
+    assert page.evaluate("window.notReloaded") is True
