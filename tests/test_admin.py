@@ -238,3 +238,46 @@ def test_a_slowdown_can_be_lifted_and_a_daily_cap_is_shown_with_todays_count(adm
     assert not backoff.is_slowed(PacingBucket.objects.get(name="gmail"), timezone.now())
     SenderAccount.objects.create(address="news@example.org", daily_cap=40)
     assert "0 / 40" in admin_client.get(reverse("admin:dbmail_senderaccount_changelist")).content.decode()
+
+
+# What each read-only page refuses a superuser: (model, may its rows be deleted here).
+READ_ONLY = [
+    ("textofemail", False),
+    ("deliveryevent", False),
+    ("auditevent", False),
+    ("unsignedmail", True),
+    ("sendingproblem", True),
+    ("cronheartbeat", True),  # a host's row goes once the host runs the commands no more
+    ("spoolfile", True),
+    ("queuetableitem", True),
+    ("unmatchedtrackingevent", True),
+    ("trackingqueueitem", True),
+]
+
+
+@pytest.mark.parametrize(("model", "deletable"), READ_ONLY)
+def test_read_only_pages_refuse_even_a_superuser(admin_client, model, deletable):
+    from django.apps import apps
+    from django.contrib import admin
+
+    page = admin.site._registry[apps.get_model("dbmail", model)]
+    request = admin_client.get(reverse("admin:index")).wsgi_request
+    assert request.user.is_superuser
+    assert not page.has_add_permission(request) and not page.has_change_permission(request)
+    assert page.has_view_permission(request)
+    assert page.has_delete_permission(request) is deletable
+    assert admin_client.get(reverse(f"admin:dbmail_{model}_add")).status_code == 403
+
+
+def test_history_inlines_add_change_and_delete_nothing(admin_client):
+    from django.contrib import admin
+
+    from dbmail.admin import DeliveryEventInline, MessageRequestAdmin, RequestEventInline, TextOfEmailAdmin
+
+    assert DeliveryEventInline in TextOfEmailAdmin.inlines and RequestEventInline in MessageRequestAdmin.inlines
+    request = admin_client.get(reverse("admin:index")).wsgi_request
+    for inline in (DeliveryEventInline, RequestEventInline):
+        shown = inline(inline.model, admin.site)
+        assert not shown.can_delete and shown.extra == 0
+        assert not shown.has_add_permission(request, None) and not shown.has_change_permission(request)
+        assert not shown.has_delete_permission(request)
