@@ -233,13 +233,22 @@ class MessageRequestAdmin(AuditedAdmin):
     def get_inlines(self, request, obj=None):
         return self.inlines if obj else []  # a new request has no history yet
 
+    def get_fields(self, request, obj=None):
+        # One "Status" row: a new request's choice (draft or queued), else the status as shown (with held).
+        hidden = "state" if obj is None else "status"
+        return [f for f in super().get_fields(request, obj) if f != hidden]
+
+    def has_change_permission(self, request, obj=None):
+        # Once queued a request is a view here, with no Save (that would write the row back as it was read
+        # while dbmail_cron moves it on); the actions still move it along dbmail.states.
+        if obj is not None and obj.status != states.RequestStatus.DRAFT:
+            return False
+        return super().has_change_permission(request, obj)
+
     def get_readonly_fields(self, request, obj=None):
-        # Once made, a request changes state only along dbmail.states: the actions below and dbmail_cron.
-        if obj is None:
-            return self.readonly_fields
-        if obj.status != states.RequestStatus.DRAFT:  # what went out (or is going) is not rewritten
-            return [*self.readonly_fields, *(f.name for f in obj._meta.fields if f.name not in self.readonly_fields)]
-        return [*self.readonly_fields, "status"]
+        # Once made, a request changes state only along dbmail.states: the actions below and dbmail_cron
+        # (a queued one has no change permission here at all: every field is shown read-only).
+        return self.readonly_fields if obj is None else [*self.readonly_fields, "status"]
 
     def has_delete_permission(self, request, obj=None):
         # A sent request's deletion would take its emails and their delivery log with it; drafts only,

@@ -281,3 +281,45 @@ def test_history_inlines_add_change_and_delete_nothing(admin_client):
         assert not shown.can_delete and shown.extra == 0
         assert not shown.has_add_permission(request, None) and not shown.has_change_permission(request)
         assert not shown.has_delete_permission(request)
+
+
+def row_labels(page):
+    """The labels of a change form's rows, editable or read-only."""
+    fields = [field for fieldset in page.context["adminform"] for line in fieldset for field in line]
+    return [f.field["label"] if isinstance(f.field, dict) else f.field.label for f in fields]
+
+
+def test_a_queued_request_is_a_view_without_save_and_one_status_row(admin_client):
+    from dbmail.models import AuditEvent
+
+    mail = MessageRequestFactory(status="expanded", subject="Sent already")
+    url = reverse("admin:dbmail_messagerequest_change", args=[mail.pk])
+    page = admin_client.get(url)
+    html = page.content.decode()
+    assert page.status_code == 200 and 'name="_save"' not in html and 'name="_continue"' not in html
+    rows = row_labels(page)
+    assert rows.count("Status") == 1
+    # A forged Save changes nothing and records nothing.
+    assert admin_client.post(url, {"subject": "Rewritten"}).status_code == 403
+    mail.refresh_from_db()
+    assert (mail.subject, mail.status) == ("Sent already", "expanded")
+    assert not AuditEvent.objects.filter(action="change (admin)").exists()
+    # The actions still apply to it.
+    admin_client.post(
+        reverse("admin:dbmail_messagerequest_changelist"),
+        {"action": "cancel_requests", "_selected_action": [mail.pk]},
+    )
+    mail.refresh_from_db()
+    assert mail.status == "cancelled"
+
+
+def test_a_draft_is_still_edited_here_with_one_status_row(admin_client):
+    draft = MessageRequestFactory(status="draft", subject="Not yet")
+    page = admin_client.get(reverse("admin:dbmail_messagerequest_change", args=[draft.pk]))
+    assert 'name="_save"' in page.content.decode() and 'name="subject"' in page.content.decode()
+    rows = row_labels(page)
+    assert rows.count("Status") == 1
+    add = admin_client.get(reverse("admin:dbmail_messagerequest_add"))
+    assert 'name="status"' in add.content.decode()
+    rows = row_labels(add)
+    assert rows.count("Status") == 1
