@@ -287,3 +287,20 @@ def test_a_send_that_ends_before_the_first_poll_loses_its_cancel_button(browser_
     assert "Cancel the rest" not in page.inner_text("#actions")
     assert "Reuse as new request" in page.inner_text("#actions")
     assert page.evaluate("window.notReloaded") is True
+
+
+def test_the_requests_list_fits_a_desktop_window_without_scrolling_sideways(browser_page):
+    # The newcomer's walk: the demo's one request pushed "Send at" out of the list at 1280 px.
+    page, server = browser_page
+    office = SenderAccountFactory(address="office@example.org", display_name="mailsite office")
+    mail = MessageRequestFactory(
+        sender=office, status=MessageRequest.Status.EXPANDED, subject="Welcome, {{ first_name }}!"
+    )
+    for _ in range(5):
+        TextOfEmailFactory(request=mail, account=office, status="sent", sent_at=timezone.now())
+    for width in (1280, 1440):
+        page.set_viewport_size({"width": width, "height": 900})
+        page.goto(f"{server.url}/commpanel/")
+        assert "5 sent" in page.inner_text("table.list")
+        fits = "(() => { const t = document.querySelector('table.list'); return t.scrollWidth <= t.parentElement.clientWidth })()"
+        assert page.evaluate(fits), width
