@@ -5,6 +5,7 @@ package; Playwright's own browser download is never used. The screenshot of the 
 request page is saved as test-output/commpanel-request.png, with one screenshot per page tested.
 """
 
+import contextlib
 import shutil
 import subprocess
 import sys
@@ -12,6 +13,7 @@ from datetime import timedelta
 
 import pytest
 from django.contrib.auth.models import Group
+from django.db import connections
 from django.utils import timezone
 from playwright import sync_api as playwright_api
 
@@ -37,6 +39,18 @@ SCREENSHOT = ROOT / "test-output" / "commpanel-request.png"
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 
 
+@contextlib.contextmanager
+def playwright_session():
+    """Playwright's sync API, leaving no database session behind. Its event loop runs in this thread,
+    and the ORM keeps a connection of its own for code run while it does (asgiref's context-local
+    connections); left open, it outlived the test and the test database could not be dropped."""
+    with playwright_api.sync_playwright() as p:
+        try:
+            yield p
+        finally:
+            connections.close_all()
+
+
 def test_staff_composes_previews_sends_and_follows_a_request(live_server, smtp_server, settings, monkeypatch):
     # Playwright's sync API keeps an event loop in this thread; the ORM calls here are still synchronous.
     if not shutil.which(CHROMIUM):
@@ -51,7 +65,7 @@ def test_staff_composes_previews_sends_and_follows_a_request(live_server, smtp_s
         UserFactory(username=username, first_name=first, groups=[students])
     UserFactory(username="outsider", first_name="Olga")  # not in the group: must not get it
 
-    with playwright_api.sync_playwright() as p:
+    with playwright_session() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
         page = browser.new_page(viewport={"width": 1280, "height": 900})
         page.set_default_timeout(15000)
@@ -145,7 +159,7 @@ def browser_page(live_server, monkeypatch):
         pytest.fail(f"{CHROMIUM} is missing: apt-get install chromium (.ci/run does it)")
     monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
     panel_user("chief")
-    with playwright_api.sync_playwright() as p:
+    with playwright_session() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
         page = browser.new_page(viewport={"width": 1280, "height": 900})
         page.set_default_timeout(15000)
