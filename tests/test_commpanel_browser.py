@@ -202,6 +202,19 @@ def test_dashboard_draws_its_charts_and_fits_a_phone(browser_page):
         "() => { const c = Chart.getChart('chart-days'); return [c.data.labels.length, c.data.datasets.length]; }"
     )
     assert drawn == [30, 7]
+    # Each figure's tile has the colour of its line in the chart (sent was green above, blue below).
+    colours = page.evaluate(
+        """() => {
+            const rgb = (c) => { const e = document.createElement("i"); e.style.color = c; document.body.append(e);
+                                 const v = getComputedStyle(e).color; e.remove(); return v; };
+            return Chart.getChart('chart-days').data.datasets.map((d) => [
+                rgb(d.borderColor),
+                getComputedStyle(document.querySelector(`.tile[data-measure=${d.label.toLowerCase()}]`), '::before')
+                    .backgroundColor,
+            ]);
+        }"""
+    )
+    assert len(colours) == 7 and all(line == tile for line, tile in colours), colours
     assert page.evaluate("() => Chart.getChart('chart-accounts').data.labels") == [
         "office@example.org",
         "news@example.org",
