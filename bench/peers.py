@@ -65,13 +65,30 @@ def _enqueue(b, mode, count, name):
     return figures["emails"] / figures["seconds"]
 
 
-def _two_senders(report):
-    return {
-        "duplicates": report["duplicates"],
-        "duplicate_recipients": report["duplicate_recipients"],
-        "missing": report["missing"],
-        "messages": report["messages"],
-    }
+def _alone(b, peer, tables, mode, count, send_command, step):
+    """`reps` times over: empty the tables, enqueue `count` (`mode` of peer_child.py), send with one command.
+    (enqueue rates, send rates); a message missed or sent twice by one sender stops the benchmark."""
+    prefix = mode.split("-")[0]  # the sink's and the commands' names: po-send-0, mailer-send-0
+    enqueues, sends = [], []
+    for rep in range(b.args.reps):
+        b.step(f"{step}, repetition {rep + 1}/{b.args.reps}")
+        _truncate(b, tables)
+        enqueues.append(_enqueue(b, mode, count, f"{mode}-{rep}"))
+        rate, report = _send(b, f"{prefix}-send-{rep}", [send_command(b)], count)
+        if report["missing"] or report["duplicate_recipients"]:
+            raise SystemExit(f"bench: {peer} alone missed {report['missing']} or duplicated some")
+        sends.append(rate)
+    return enqueues, sends
+
+
+def _two_senders(b, tables, mode, count, send_command):
+    """Two send commands at once on one queue of `count`, each with its own lock file (two hosts)."""
+    _truncate(b, tables)
+    _enqueue(b, mode, count, f"{mode}-two")
+    two = [send_command(b, "host-a"), send_command(b, "host-b")]
+    _, report = _send(b, f"{mode.split('-')[0]}-two", two, count)  # po-two, mailer-two
+    _truncate(b, tables)
+    return {key: report[key] for key in ("duplicates", "duplicate_recipients", "missing", "messages")}
 
 
 def run(b):
@@ -81,15 +98,15 @@ def run(b):
     set_active_users(b, n)
     po, mailer = {"version": metadata.version("django-post-office")}, {"version": metadata.version("django-mailer")}
 
-    bulk, sends = [], []
-    for rep in range(reps):
-        b.step(f"post_office: send_many of {n:,} from a template, then send_queued_mail, repetition {rep + 1}/{reps}")
-        _truncate(b, PO_TABLES)
-        bulk.append(_enqueue(b, "po-bulk", n, f"po-bulk-{rep}"))
-        rate, report = _send(b, f"po-send-{rep}", [_po_send_command(b)], n)
-        if report["missing"] or report["duplicate_recipients"]:
-            raise SystemExit(f"bench: post_office alone missed {report['missing']} or duplicated some")
-        sends.append(rate)
+    bulk, sends = _alone(
+        b,
+        "post_office",
+        PO_TABLES,
+        "po-bulk",
+        n,
+        _po_send_command,
+        f"post_office: send_many of {n:,} from a template, then send_queued_mail",
+    )
     po["send_many_msgs_s"] = stats.summary(bulk)
     po["send_queued_mail_msgs_s"] = stats.summary(sends)
 
@@ -110,31 +127,23 @@ def run(b):
     po["startup_s"] = stats.summary(starts, 3)
 
     b.step(f"post_office: two send_queued_mail at once (two hosts' lock files) on {n:,}")
-    _truncate(b, PO_TABLES)
-    _enqueue(b, "po-bulk", n, "po-bulk-two")
-    _, report = _send(b, "po-two", [_po_send_command(b, "host-a"), _po_send_command(b, "host-b")], n)
-    po["two_senders"] = _two_senders(report)
-    _truncate(b, PO_TABLES)
+    po["two_senders"] = _two_senders(b, PO_TABLES, "po-bulk", n, _po_send_command)
 
-    per_call, sends = [], []
-    for rep in range(reps):
-        b.step(f"django-mailer: send_mail x{m:,}, then manage.py send_mail, repetition {rep + 1}/{reps}")
-        _truncate(b, MAILER_TABLES)
-        per_call.append(_enqueue(b, "mailer-each", m, f"mailer-each-{rep}"))
-        rate, report = _send(b, f"mailer-send-{rep}", [_mailer_send_command(b)], m)
-        if report["missing"] or report["duplicate_recipients"]:
-            raise SystemExit(f"bench: django-mailer alone missed {report['missing']} or duplicated some")
-        sends.append(rate)
+    per_call, sends = _alone(
+        b,
+        "django-mailer",
+        MAILER_TABLES,
+        "mailer-each",
+        m,
+        _mailer_send_command,
+        f"django-mailer: send_mail x{m:,}, then manage.py send_mail",
+    )
     mailer["send_mail_per_call_msgs_s"] = stats.summary(per_call)
     mailer["send_all_msgs_s"] = stats.summary(sends)
     mailer["messages"] = m
 
     b.step(f"django-mailer: two manage.py send_mail at once (two hosts' lock files) on {m:,}")
-    _truncate(b, MAILER_TABLES)
-    _enqueue(b, "mailer-each", m, "mailer-each-two")
-    _, report = _send(b, "mailer-two", [_mailer_send_command(b, "host-a"), _mailer_send_command(b, "host-b")], m)
-    mailer["two_senders"] = _two_senders(report)
-    _truncate(b, MAILER_TABLES)
+    mailer["two_senders"] = _two_senders(b, MAILER_TABLES, "mailer-each", m, _mailer_send_command)
 
     b.results["peers"] = {"post_office": po, "django_mailer": mailer, "messages": n}
     report_rows(b, po, mailer, n, m)

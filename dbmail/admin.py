@@ -40,6 +40,37 @@ from dbmail.track import guard
 from dbmail.track.apply import retry_unmatched
 
 
+class ReadOnly:
+    """Pages that are a record, not a form: written by the commands, the gate and the actions, never by
+    hand, whatever permissions a staff user holds. Rows may still be deleted, by whoever may delete them,
+    unless `deletable` is off (history, which is only ever added to)."""
+
+    deletable = True
+
+    def has_add_permission(self, request, obj=None):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return self.deletable and super().has_delete_permission(request, obj)
+
+
+class ReadOnlyAdmin(ReadOnly, admin.ModelAdmin):
+    pass
+
+
+class HistoryAdmin(ReadOnlyAdmin):
+    deletable = False
+
+
+class HistoryInline(ReadOnly, admin.TabularInline):
+    deletable = False
+    extra = 0
+    can_delete = False
+
+
 class SenderAccountForm(forms.ModelForm):
     # The stored password is never shown; leaving the field empty keeps it.
     smtp_password = forms.CharField(
@@ -95,19 +126,11 @@ class HeldFilter(admin.SimpleListFilter):
         return queryset.filter(held) if self.value() == "yes" else queryset.exclude(held)
 
 
-class RequestEventInline(admin.TabularInline):
+class RequestEventInline(HistoryInline):
     """The request's history (failures, retries, cancels): append-only."""
 
     model = RequestEvent
-    extra = 0
-    can_delete = False
     fields = readonly_fields = ["at", "kind", "user", "text"]
-
-    def has_add_permission(self, request, obj=None):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
 
 
 @admin.register(SendGrant)
@@ -211,13 +234,22 @@ class MessageRequestAdmin(AuditedAdmin):
     def get_inlines(self, request, obj=None):
         return self.inlines if obj else []  # a new request has no history yet
 
+    def get_fields(self, request, obj=None):
+        # One "Status" row: a new request's choice (draft or queued), else the status as shown (with held).
+        hidden = "state" if obj is None else "status"
+        return [f for f in super().get_fields(request, obj) if f != hidden]
+
+    def has_change_permission(self, request, obj=None):
+        # Once queued a request is a view here, with no Save (that would write the row back as it was read
+        # while dbmail_cron moves it on); the actions still move it along dbmail.states.
+        if obj is not None and obj.status != states.RequestStatus.DRAFT:
+            return False
+        return super().has_change_permission(request, obj)
+
     def get_readonly_fields(self, request, obj=None):
-        # Once made, a request changes state only along dbmail.states: the actions below and dbmail_cron.
-        if obj is None:
-            return self.readonly_fields
-        if obj.status != states.RequestStatus.DRAFT:  # what went out (or is going) is not rewritten
-            return [*self.readonly_fields, *(f.name for f in obj._meta.fields if f.name not in self.readonly_fields)]
-        return [*self.readonly_fields, "status"]
+        # Once made, a request changes state only along dbmail.states: the actions below and dbmail_cron
+        # (a queued one has no change permission here at all: every field is shown read-only).
+        return self.readonly_fields if obj is None else [*self.readonly_fields, "status"]
 
     def has_delete_permission(self, request, obj=None):
         # A sent request's deletion would take its emails and their delivery log with it; drafts only,
@@ -256,27 +288,17 @@ class MessageRequestAdmin(AuditedAdmin):
         self.message_user(request, f"{n} request(s) will go out on the next dbmail_cron run.", messages.SUCCESS)
 
 
-class DeliveryEventInline(admin.TabularInline):
+class DeliveryEventInline(HistoryInline):
     """An email's delivery log: read-only, nothing added or removed by hand."""
 
     model = DeliveryEvent
-    extra = 0
-    can_delete = False
     fields = readonly_fields = ["at", "kind", "smtp_code", "outcome", "text", "actor_name"]
-
-    def has_add_permission(self, request, obj=None):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False
 
 
 @admin.register(TextOfEmail)
-class TextOfEmailAdmin(admin.ModelAdmin):
-    """Read-only: an email changes only by sending, tracking and the cancel and retry actions (each logged)."""
+class TextOfEmailAdmin(HistoryAdmin):
+    """Read-only: an email changes only by sending, tracking and the cancel and retry actions (each logged).
+    Emails are made by expansion and the outbox, never typed in; dbmail_purge removes old ones."""
 
     list_display = ["id", "to_address", "subject", "state", "attempts", "next_attempt_at", "sent_at", "short_error"]
     list_filter = ["status", HeldFilter, "account"]
@@ -293,15 +315,6 @@ class TextOfEmailAdmin(admin.ModelAdmin):
     @admin.display(description="Last error")
     def short_error(self, obj):
         return obj.last_error[:80]
-
-    def has_add_permission(self, request):
-        return False  # emails are made by expansion and the outbox, never typed in
-
-    def has_change_permission(self, request, obj=None):
-        return False  # the page is a view; status, body and attempts are history
-
-    def has_delete_permission(self, request, obj=None):
-        return False  # dbmail_purge removes old emails by the retention settings
 
     def has_act_permission(self, request):
         """The cancel and retry actions: for staff who may change emails (the form itself stays read-only)."""
@@ -325,7 +338,7 @@ class TextOfEmailAdmin(admin.ModelAdmin):
 
 
 @admin.register(DeliveryEvent)
-class DeliveryEventAdmin(admin.ModelAdmin):
+class DeliveryEventAdmin(HistoryAdmin):
     """The delivery log, append-only: written by sending, tracking and the actions, never by hand."""
 
     list_display = ["at", "email", "kind", "smtp_code", "outcome", "actor_name", "text"]
@@ -333,33 +346,15 @@ class DeliveryEventAdmin(admin.ModelAdmin):
     search_fields = ["email__to_address", "email__message_id"]
     raw_id_fields = ["email"]
 
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False
-
 
 @admin.register(AuditEvent)
-class AuditEventAdmin(admin.ModelAdmin):
+class AuditEventAdmin(HistoryAdmin):
     """Who did what and when: read-only, for everyone with view permission, never changed."""
 
     list_display = ["at", "actor_name", "action", "target_type", "target", "detail"]
     list_filter = ["action", "target_type"]
     search_fields = ["actor_name", "target", "target_id", "detail"]
     date_hierarchy = "at"
-
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False
 
 
 @admin.register(Suppression)
@@ -489,43 +484,25 @@ class DkimKeyAdmin(AuditedAdmin):
 
 
 @admin.register(UnsignedMail)
-class UnsignedMailAdmin(admin.ModelAdmin):
+class UnsignedMailAdmin(ReadOnlyAdmin):
     """Emails sent without a DKIM signature, per From domain and day (their domain has no key)."""
 
     list_display = ["day", "domain", "count"]
     list_filter = ["domain"]
     date_hierarchy = "day"
 
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
 
 @admin.register(SendingProblem)
-class SendingProblemAdmin(admin.ModelAdmin):
+class SendingProblemAdmin(ReadOnlyAdmin):
     """Written by the sender (dbmail.send.problems); read here and by dbmail_status."""
 
     list_display = ["server", "account", "stage", "smtp_code", "text", "emails_deferred", "last_seen_at", "resolved_at"]
     list_filter = ["stage", ("resolved_at", admin.EmptyFieldListFilter)]
 
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
 
 @admin.register(CronHeartbeat)
-class CronHeartbeatAdmin(admin.ModelAdmin):
+class CronHeartbeatAdmin(ReadOnlyAdmin):
     list_display = ["command", "host", "last_started_at", "last_success_at", "last_error"]
-
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
 
 
 # --- Comm panel models -----------------------------------------------------------------------
@@ -579,7 +556,7 @@ class SpoolItemInline(admin.TabularInline):
 
 
 @admin.register(SpoolFile)
-class SpoolFileAdmin(admin.ModelAdmin):
+class SpoolFileAdmin(ReadOnlyAdmin):
     """Read-only: files are taken in and moved by dbmail_cron; their emails are ordinary outbox rows."""
 
     list_display = ["name", "status", "received_at", "settled_at", "location", "short_reason"]
@@ -592,18 +569,12 @@ class SpoolFileAdmin(admin.ModelAdmin):
     def short_reason(self, obj):
         return obj.reason[:80]
 
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
 
 # --- The table queue (seed 003, SOWASQL) ---
 
 
 @admin.register(QueueTableItem)
-class QueueTableItemAdmin(admin.ModelAdmin):
+class QueueTableItemAdmin(ReadOnlyAdmin):
     """Read-only: which row of which queue table each email came from, and the status last written to it."""
 
     list_display = ["table", "database", "row_id", "fld_time", "email", "email_status", "written", "settled_at"]
@@ -616,18 +587,12 @@ class QueueTableItemAdmin(admin.ModelAdmin):
     def email_status(self, obj):
         return obj.email.status
 
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
 
 # --- Delivery tracking ---
 
 
 @admin.register(UnmatchedTrackingEvent)
-class UnmatchedTrackingEventAdmin(admin.ModelAdmin):
+class UnmatchedTrackingEventAdmin(ReadOnlyAdmin):
     """Tracking events for no email of ours, kept for inspection; the changelist count is the tally."""
 
     list_display = ["received_at", "reason", "event", "message_id", "recipient", "source", "error"]
@@ -637,12 +602,6 @@ class UnmatchedTrackingEventAdmin(admin.ModelAdmin):
     readonly_fields = [f.name for f in UnmatchedTrackingEvent._meta.fields]
     actions = ["apply_again"]
 
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
     @admin.action(description="Apply again (their email may exist now)")
     def apply_again(self, request, queryset):
         result = retry_unmatched(queryset)
@@ -650,17 +609,11 @@ class UnmatchedTrackingEventAdmin(admin.ModelAdmin):
 
 
 @admin.register(TrackingQueueItem)
-class TrackingQueueItemAdmin(admin.ModelAdmin):
+class TrackingQueueItemAdmin(ReadOnlyAdmin):
     """The database backend of the tracking queue: what waits for dbmail_track."""
 
     list_display = ["id", "enqueued_at", "leased_until", "deliveries", "payload"]
     readonly_fields = [f.name for f in TrackingQueueItem._meta.fields]
-
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
 
 
 class DestinationLimitForm(forms.ModelForm):

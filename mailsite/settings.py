@@ -248,10 +248,18 @@ SPECTACULAR_SETTINGS = {
     },
 }
 
+
+def _not_printed_by_django(record):
+    # With DEBUG on, Django's own console handler prints its loggers' records (runserver's lines,
+    # "Not Found: ..."); passed up to the root's handler too, each came out twice under make run.
+    return not (DEBUG and (record.name == "django" or record.name.startswith("django.")))
+
+
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "handlers": {"console": {"class": "logging.StreamHandler"}},
+    "filters": {"once": {"()": "django.utils.log.CallbackFilter", "callback": _not_printed_by_django}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "filters": ["once"]}},
     "root": {"handlers": ["console"], "level": setting("LOG_LEVEL", str, "WARNING")},
 }
 

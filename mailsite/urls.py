@@ -1,5 +1,7 @@
 from django.contrib import admin
+from django.templatetags.static import static
 from django.urls import include, path
+from django.views.generic import RedirectView
 
 from dbmail.conf import settings as conf
 
@@ -9,6 +11,10 @@ admin.site.site_title = f"{conf.DBMAIL_SITE_NAME} administration"
 admin.site.index_title = "Administration"
 
 urlpatterns = [
+    # The site has no page of its own at /: README's address and the admin's "View site" lead to the panel.
+    path("", RedirectView.as_view(pattern_name="commpanel:requests"), name="home"),
+    # Browsers ask for /favicon.ico on every page, the admin's too; a 404 each time only fills the log.
+    path("favicon.ico", RedirectView.as_view(url=static("dbmail/favicon.svg"), permanent=True)),
     path("admin/", admin.site.urls),
     path("commpanel/", include("dbmail.panel.urls")),
     path("api/v1/", include("dbmail.intake.api.urls")),  # sending: requests and transactional mail (dbmail)

@@ -109,8 +109,10 @@ def dovecot():
     import shutil
     import tempfile
 
-    from .dovecot import Dovecot
+    from .dovecot import DOVECOT, Dovecot
 
+    if not os.access(DOVECOT, os.X_OK):  # said plainly, as for Chromium, not as a KeyError from getpwnam
+        pytest.fail(f"{DOVECOT} is missing: apt-get install dovecot-imapd (.ci/run does it)")
     root = tempfile.mkdtemp(prefix="mailsite-dovecot-")  # not pytest's tmp: Dovecot's own users must reach it
     server = Dovecot(root)
     # A pool of users made up front: Dovecot notices a changed passwd-file only now and then.

@@ -238,3 +238,88 @@ def test_a_slowdown_can_be_lifted_and_a_daily_cap_is_shown_with_todays_count(adm
     assert not backoff.is_slowed(PacingBucket.objects.get(name="gmail"), timezone.now())
     SenderAccount.objects.create(address="news@example.org", daily_cap=40)
     assert "0 / 40" in admin_client.get(reverse("admin:dbmail_senderaccount_changelist")).content.decode()
+
+
+# What each read-only page refuses a superuser: (model, may its rows be deleted here).
+READ_ONLY = [
+    ("textofemail", False),
+    ("deliveryevent", False),
+    ("auditevent", False),
+    ("unsignedmail", True),
+    ("sendingproblem", True),
+    ("cronheartbeat", True),  # a host's row goes once the host runs the commands no more
+    ("spoolfile", True),
+    ("queuetableitem", True),
+    ("unmatchedtrackingevent", True),
+    ("trackingqueueitem", True),
+]
+
+
+@pytest.mark.parametrize(("model", "deletable"), READ_ONLY)
+def test_read_only_pages_refuse_even_a_superuser(admin_client, model, deletable):
+    from django.apps import apps
+    from django.contrib import admin
+
+    page = admin.site._registry[apps.get_model("dbmail", model)]
+    request = admin_client.get(reverse("admin:index")).wsgi_request
+    assert request.user.is_superuser
+    assert not page.has_add_permission(request) and not page.has_change_permission(request)
+    assert page.has_view_permission(request)
+    assert page.has_delete_permission(request) is deletable
+    assert admin_client.get(reverse(f"admin:dbmail_{model}_add")).status_code == 403
+
+
+def test_history_inlines_add_change_and_delete_nothing(admin_client):
+    from django.contrib import admin
+
+    from dbmail.admin import DeliveryEventInline, MessageRequestAdmin, RequestEventInline, TextOfEmailAdmin
+
+    assert DeliveryEventInline in TextOfEmailAdmin.inlines and RequestEventInline in MessageRequestAdmin.inlines
+    request = admin_client.get(reverse("admin:index")).wsgi_request
+    for inline in (DeliveryEventInline, RequestEventInline):
+        shown = inline(inline.model, admin.site)
+        assert not shown.can_delete and shown.extra == 0
+        assert not shown.has_add_permission(request, None) and not shown.has_change_permission(request)
+        assert not shown.has_delete_permission(request)
+
+
+def row_labels(page):
+    """The labels of a change form's rows, editable or read-only."""
+    fields = [field for fieldset in page.context["adminform"] for line in fieldset for field in line]
+    return [f.field["label"] if isinstance(f.field, dict) else f.field.label for f in fields]
+
+
+def test_a_queued_request_is_a_view_without_save_and_one_status_row(admin_client):
+    from dbmail.models import AuditEvent
+
+    mail = MessageRequestFactory(status="expanded", subject="Sent already")
+    url = reverse("admin:dbmail_messagerequest_change", args=[mail.pk])
+    page = admin_client.get(url)
+    html = page.content.decode()
+    assert page.status_code == 200 and 'name="_save"' not in html and 'name="_continue"' not in html
+    rows = row_labels(page)
+    assert rows.count("Status") == 1
+    # A forged Save changes nothing and records nothing.
+    assert admin_client.post(url, {"subject": "Rewritten"}).status_code == 403
+    mail.refresh_from_db()
+    assert (mail.subject, mail.status) == ("Sent already", "expanded")
+    assert not AuditEvent.objects.filter(action="change (admin)").exists()
+    # The actions still apply to it.
+    admin_client.post(
+        reverse("admin:dbmail_messagerequest_changelist"),
+        {"action": "cancel_requests", "_selected_action": [mail.pk]},
+    )
+    mail.refresh_from_db()
+    assert mail.status == "cancelled"
+
+
+def test_a_draft_is_still_edited_here_with_one_status_row(admin_client):
+    draft = MessageRequestFactory(status="draft", subject="Not yet")
+    page = admin_client.get(reverse("admin:dbmail_messagerequest_change", args=[draft.pk]))
+    assert 'name="_save"' in page.content.decode() and 'name="subject"' in page.content.decode()
+    rows = row_labels(page)
+    assert rows.count("Status") == 1
+    add = admin_client.get(reverse("admin:dbmail_messagerequest_add"))
+    assert 'name="status"' in add.content.decode()
+    rows = row_labels(add)
+    assert rows.count("Status") == 1

@@ -17,6 +17,13 @@ def test_printed_variables_are_the_top_level_names():
     ]
 
 
+def test_a_variable_with_a_default_is_not_reported_empty():
+    # "1 would get an empty {{ first_name }}" for a subject that said {{ first_name|default:'friend' }}.
+    assert audience.unguarded_variables("Hi {{ first_name|default:'friend' }}", "{{ x | default_if_none:'-' }}") == []
+    assert audience.unguarded_variables("{{ a|default:'-' }} {{ a }}", '{{ b|lower|default:"b" }}') == ["a"]
+    assert audience.printed_variables("{{ a|default:'-' }}") == ["a"]  # still listed as a variable it uses
+
+
 @pytest.mark.django_db
 @hsettings(max_examples=25, deadline=None)
 @given(st.lists(st.sampled_from(["a@x.org", "A@X.org", "b@x.org", "bad", "c@x.org", ""]), max_size=12))
@@ -36,7 +43,7 @@ def test_empty_and_invalid_are_reported(settings):
         recipient_set="addresses",
         recipient_params={"rows": rows},
         subject="{{ balance }}",
-        text_body="{{ unsubscribe_url }}",
+        text_body="{{ unsubscribe_url }} {{ email|default:'-' }} {{ note|default:'none' }}",
     )
     summary = audience.summarise(mail)
     assert (summary.count, summary.invalid_count, summary.invalid) == (2, 1, ["nope"])

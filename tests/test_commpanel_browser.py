@@ -5,6 +5,7 @@ package; Playwright's own browser download is never used. The screenshot of the 
 request page is saved as test-output/commpanel-request.png, with one screenshot per page tested.
 """
 
+import contextlib
 import shutil
 import subprocess
 import sys
@@ -12,6 +13,7 @@ from datetime import timedelta
 
 import pytest
 from django.contrib.auth.models import Group
+from django.db import connections
 from django.utils import timezone
 from playwright import sync_api as playwright_api
 
@@ -37,6 +39,18 @@ SCREENSHOT = ROOT / "test-output" / "commpanel-request.png"
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 
 
+@contextlib.contextmanager
+def playwright_session():
+    """Playwright's sync API, leaving no database session behind. Its event loop runs in this thread,
+    and the ORM keeps a connection of its own for code run while it does (asgiref's context-local
+    connections); left open, it outlived the test and the test database could not be dropped."""
+    with playwright_api.sync_playwright() as p:
+        try:
+            yield p
+        finally:
+            connections.close_all()
+
+
 def test_staff_composes_previews_sends_and_follows_a_request(live_server, smtp_server, settings, monkeypatch):
     # Playwright's sync API keeps an event loop in this thread; the ORM calls here are still synchronous.
     if not shutil.which(CHROMIUM):
@@ -51,7 +65,7 @@ def test_staff_composes_previews_sends_and_follows_a_request(live_server, smtp_s
         UserFactory(username=username, first_name=first, groups=[students])
     UserFactory(username="outsider", first_name="Olga")  # not in the group: must not get it
 
-    with playwright_api.sync_playwright() as p:
+    with playwright_session() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
         page = browser.new_page(viewport={"width": 1280, "height": 900})
         page.set_default_timeout(15000)
@@ -145,7 +159,7 @@ def browser_page(live_server, monkeypatch):
         pytest.fail(f"{CHROMIUM} is missing: apt-get install chromium (.ci/run does it)")
     monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
     panel_user("chief")
-    with playwright_api.sync_playwright() as p:
+    with playwright_session() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
         page = browser.new_page(viewport={"width": 1280, "height": 900})
         page.set_default_timeout(15000)
@@ -188,6 +202,19 @@ def test_dashboard_draws_its_charts_and_fits_a_phone(browser_page):
         "() => { const c = Chart.getChart('chart-days'); return [c.data.labels.length, c.data.datasets.length]; }"
     )
     assert drawn == [30, 8]  # sent, delivered, deferred, bounced, hard bounced, complained, dropped, unsubscribed
+    # Each figure's tile has the colour of its line in the chart (sent was green above, blue below).
+    colours = page.evaluate(
+        """() => {
+            const rgb = (c) => { const e = document.createElement("i"); e.style.color = c; document.body.append(e);
+                                 const v = getComputedStyle(e).color; e.remove(); return v; };
+            return Chart.getChart('chart-days').data.datasets.map((d) => [
+                rgb(d.borderColor),
+                getComputedStyle(document.querySelector(`.tile[data-measure=${d.label.toLowerCase().replace(/ /g, '_')}]`), '::before')
+                    .backgroundColor,
+            ]);
+        }"""
+    )
+    assert len(colours) == 8 and all(line == tile for line, tile in colours), colours
     assert page.evaluate("() => Chart.getChart('chart-accounts').data.labels") == [
         "office@example.org",
         "news@example.org",
@@ -263,3 +290,44 @@ def test_a_scheduled_request_is_rescheduled_and_cancelled_with_words_that_say_wh
     assert dialogs[-1] == "Cancel this scheduled request? Nothing will be sent."
     assert page.inner_text(".messages") == "Cancelled: nothing was sent."
     assert page.inner_text("#request-status") == "Cancelled"
+
+
+def test_a_send_that_ends_before_the_first_poll_loses_its_cancel_button(browser_page, settings):
+    # The newcomer's walk: the demo's sender loop sent both emails before the page first polled, and the
+    # finished request still offered "Cancel the rest" until a reload.
+    from dbmail.models import TextOfEmail
+
+    page, server = browser_page
+    settings.DBMAIL_PANEL_POLL_SECONDS = 2
+    office = SenderAccountFactory()
+    mail = MessageRequestFactory(sender=office, status=MessageRequest.Status.EXPANDED, subject="Staff meeting")
+    for address in ("ann@example.org", "bob@example.org"):
+        TextOfEmailFactory(request=mail, account=office, to_address=address, status="queued")
+    page.goto(f"{server.url}/commpanel/requests/{mail.pk}/")
+    assert page.inner_text("#request-status") == "Sending"
+    assert "Cancel the rest" in page.inner_text("#actions")
+    TextOfEmail.objects.filter(request=mail).update(status="sent", sent_at=timezone.now())
+    page.evaluate("window.notReloaded = true")
+
+    page.wait_for_function("document.getElementById('request-status').textContent === 'Done'")
+    assert page.inner_text("#status-line") == "Done: 2 sent."
+    assert "Cancel the rest" not in page.inner_text("#actions")
+    assert "Reuse as new request" in page.inner_text("#actions")
+    assert page.evaluate("window.notReloaded") is True
+
+
+def test_the_requests_list_fits_a_desktop_window_without_scrolling_sideways(browser_page):
+    # The newcomer's walk: the demo's one request pushed "Send at" out of the list at 1280 px.
+    page, server = browser_page
+    office = SenderAccountFactory(address="office@example.org", display_name="mailsite office")
+    mail = MessageRequestFactory(
+        sender=office, status=MessageRequest.Status.EXPANDED, subject="Welcome, {{ first_name }}!"
+    )
+    for _ in range(5):
+        TextOfEmailFactory(request=mail, account=office, status="sent", sent_at=timezone.now())
+    for width in (1280, 1440):
+        page.set_viewport_size({"width": width, "height": 900})
+        page.goto(f"{server.url}/commpanel/")
+        assert "5 sent" in page.inner_text("table.list")
+        fits = "(() => { const t = document.querySelector('table.list'); return t.scrollWidth <= t.parentElement.clientWidth })()"
+        assert page.evaluate(fits), width

@@ -10,14 +10,13 @@ import shutil
 
 import pytest
 from django.contrib.auth.models import Group
-from playwright import sync_api as playwright_api
 
 from dbmail.models import EmailTemplate, MessageRequest, PendingUpload
 
 from .conftest import ROOT
 from .factories import SenderAccountFactory, UserFactory
 from .panel import panel_user
-from .test_commpanel_browser import CHROMIUM, CHROMIUM_FLAGS
+from .test_commpanel_browser import CHROMIUM, CHROMIUM_FLAGS, playwright_session
 
 OUT = ROOT / "test-output"
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
@@ -31,7 +30,7 @@ def browser():
     # calls here (the test database's flush included) are still synchronous.
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
-        with playwright_api.sync_playwright() as p:
+        with playwright_session() as p:
             browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
             yield browser
             browser.close()

@@ -11,6 +11,8 @@ import hashlib
 import io
 import logging
 import signal
+import subprocess
+import sys
 import time
 
 import dkim as dkimpy
@@ -30,6 +32,7 @@ from mailgate.gate import receive as gate
 from mailgate.mailboxes import outgoing
 from mailgate.models import Message
 
+from .conftest import ROOT, subprocess_env
 from .dnsstub import StubDNS
 from .factories import (
     EmailListFactory,
@@ -309,3 +312,71 @@ def test_openssl_gives_dkimpys_own_rsa_signature():
     for text in (b"", b"one message", b"another" * 100):
         digest = hashlib.sha256(text)
         assert bytes(rsa_sign(digest, private)) == bytes(rsa_sign.pure(digest, private))
+
+
+# --- The exit flush: the last counts as a process ends, whatever is already gone ---
+
+EXIT_CHILD = """
+import logging, os, sys
+import django
+django.setup()
+from dbmail.send import dkim
+dkim.log.disabled = True  # the adds' own warnings are not what is tested here
+for _ in range(int(os.environ["ADDS"])):
+    dkim.unsigned.add("nokey.example")
+dkim.log.disabled = False
+if os.environ.get("CLOSE_LOG_STREAM"):  # as pytest leaves it: its capture closed under the handler
+    dead = open(os.devnull, "w")
+    for handler in logging.getLogger().handlers:
+        handler.setStream(dead)
+    dead.close()
+print("pending", sum(dkim.unsigned.pending().values()), flush=True)
+"""
+
+
+def exit_child(database_url=None, adds=2, **env):
+    env = subprocess_env(ADDS=str(adds), **env)
+    if database_url:
+        env["DATABASE_URL"] = database_url
+    return subprocess.run(
+        [sys.executable, "-c", EXIT_CHILD], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
+    )
+
+
+@pytest.mark.slow
+@pytest.mark.django_db(transaction=True)
+def test_the_counts_left_at_exit_are_written():
+    done = exit_child(adds=3)  # the first add writes at once (a new day's row), the other two wait for exit
+    assert (done.returncode, done.stdout, done.stderr) == (0, "pending 2\n", "")
+    assert UnsignedMail.objects.get(domain="nokey.example").count == 3
+
+
+@pytest.mark.slow
+@pytest.mark.django_db
+def test_a_database_gone_at_exit_costs_one_line_and_no_traceback():
+    # After a test run its database is dropped before the interpreter ends.
+    gone = "postgres://postgres@127.0.0.1:5432/mailsite_no_such_database"
+    done = exit_child(gone)
+    assert done.returncode == 0 and done.stdout == "pending 2\n"
+    assert done.stderr == "dkim: 2 unsigned emails not recorded at exit: the database is unavailable\n"
+
+
+@pytest.mark.slow
+@pytest.mark.django_db
+def test_a_closed_log_stream_at_exit_prints_nothing():
+    done = exit_child("postgres://postgres@127.0.0.1:5432/mailsite_no_such_database", CLOSE_LOG_STREAM="1")
+    assert (done.returncode, done.stdout, done.stderr) == (0, "pending 2\n", "")
+
+
+def test_any_other_failure_at_exit_is_one_warning(monkeypatch, caplog):
+    def broken(self):
+        raise RuntimeError("the app registry is gone\nsecond line")
+
+    monkeypatch.setattr(dkim.UnsignedCounter, "flush", broken)
+    dkim.unsigned._counts[("nokey.example", timezone.localdate())] = 4
+    with caplog.at_level(logging.WARNING, logger="dbmail.send.dkim"):
+        dkim._at_exit()
+    assert [r.getMessage() for r in caplog.records] == [
+        "dkim: 4 unsigned emails not recorded at exit: the app registry is gone"
+    ]
+    assert logging.raiseExceptions is True and not dkim.log.disabled

@@ -133,3 +133,23 @@ def test_every_command_prints_a_settings_error_in_one_line(command):
     assert done.stderr.splitlines() == [done.stderr.strip()]
     assert done.stderr.startswith("mailsite: Setting SECRET_KEY is required when DEBUG is off")
     assert done.stdout == ""
+
+
+@pytest.mark.parametrize("debug", ["true", "false"])
+def test_each_log_line_is_printed_once(debug):
+    # make run (DEBUG on) printed Django's own lines twice: its console handler and the root's.
+    code = (
+        "import logging, django; django.setup(); "
+        "logging.getLogger('django.request').warning('Not Found: /nowhere/'); "
+        "logging.getLogger('dbmail.send.dkim').warning('dkim: a line of ours')"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=ROOT,
+        env=environment(DEBUG=debug),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.splitlines() == ["Not Found: /nowhere/", "dkim: a line of ours"]

@@ -20,5 +20,15 @@ def test_each_starter_is_a_safe_email_document(starter):
     assert "{{" not in out.text
 
 
+@pytest.mark.parametrize("starter", starters.STARTERS, ids=lambda s: s.key)
+def test_the_public_web_version_of_a_starter_names_no_recipient_and_links_nowhere(starter):
+    # Rendered with no recipient, the footers read "You get this newsletter as ." with an empty link.
+    from dbmail.panel import preview
+
+    out = preview.public_version(starter)
+    assert 'href=""' not in out.html and " as ." not in out.html and " to ." not in out.html
+    assert "Unsubscribe" not in out.html and "Unsubscribe" not in out.text
+
+
 def test_starters_are_found_by_key():
     assert starters.get("newsletter").name == "Newsletter" and starters.get("nope") is None

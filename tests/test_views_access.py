@@ -1,6 +1,7 @@
 """Only logged-in users with dbmail.add_messagerequest reach the comm panel; forged POSTs do nothing."""
 
 import pytest
+from django.contrib.staticfiles import finders
 from django.test import Client
 from django.urls import reverse
 
@@ -133,3 +134,20 @@ def test_the_sign_in_page_names_the_site_not_django(client, settings):
     html = client.get(reverse("admin:login") + "?next=/commpanel/").content.decode()
     assert "Django administration" not in html
     assert "Staff sign-in for the comm panel" in html and settings.DBMAIL_SITE_NAME in html
+
+
+def test_the_site_root_leads_to_the_comm_panel(client):
+    # README names http://127.0.0.1:8000/ and the admin's "View site" links to /: neither may be a 404.
+    response = client.get("/")
+    assert response.status_code == 302 and response["Location"] == reverse("commpanel:requests")
+    response = client.get("/", follow=True)
+    assert response.redirect_chain[-1][0].startswith(reverse("admin:login"))
+    assert response.status_code == 200
+
+
+def test_favicon_is_served_not_a_404(client):
+    response = client.get("/favicon.ico")
+    assert response.status_code == 301 and response["Location"].endswith("dbmail/favicon.svg")
+    assert finders.find("dbmail/favicon.svg"), "the icon the redirect names must exist"
+    html = client.get("/unsubscribe/not-a-token/").content.decode()  # a page of base.html
+    assert 'rel="icon" href="/static/dbmail/favicon.svg"' in html

@@ -284,6 +284,18 @@ def test_list_is_newest_first_searchable_paginated_with_progress(panel, editor, 
     assert {m.pk for m in page.context["rows"]} == {n.pk for n in newer}
 
 
+def test_the_list_gives_a_send_time_only_once_one_was_chosen(panel):
+    # A draft's send_at is its default (when it was made); shown, it read as if the draft were scheduled.
+    later = timezone.now() + timedelta(days=3)
+    rows_request(subject="Still a draft", status=MessageRequest.Status.DRAFT)
+    rows_request(subject="Scheduled", status=MessageRequest.Status.QUEUED, send_at=later)
+    html = panel.get(reverse("commpanel:requests")).content.decode()
+    draft_row = html[html.index("Still a draft") :].split("</tr>")[0]
+    scheduled_row = html[html.index("Scheduled") :].split("</tr>")[0]
+    assert "not yet" in draft_row and "<time" not in draft_row.split("</td>")[-2]
+    assert timezone.localtime(later).strftime("%Y-%m-%d %H:%M") in scheduled_row
+
+
 def test_group_request_preview_uses_user_names(panel):
     group = GroupFactory(name="Teachers")
     UserFactory(username="t1", first_name="Tess", groups=[group])
@@ -443,7 +455,8 @@ def test_the_delivery_figures_and_rates_come_from_the_roll_up(panel):
     row = listed.context["rows"][0]
     assert row.delivery["counts"]["delivered"] == 3 and row.delivery["rates"]["bounced"] == 25.0
     assert (
-        row.delivery["counts"]["hard_bounced"] == 1 and '<th class="num">Hard bounced</th>' in listed.content.decode()
+        row.delivery["counts"]["hard_bounced"] == 1
+        and '<div class="muted" data-measure="hard_bounced">1 hard</div>' in listed.content.decode()
     )
 
 

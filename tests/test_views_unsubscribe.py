@@ -122,3 +122,12 @@ def test_request_mail_carries_the_headers_and_their_link_works(client):
     again = MessageRequestFactory(status=MessageRequest.Status.QUEUED)
     expand.expand(expand.claim_request())
     assert not again.emails.exists()
+
+
+def test_the_pages_promise_what_an_unsubscribe_does(client):
+    # An unsubscribe stops bulk mail only; "no more mail from us" told the reader something untrue.
+    page = client.get(url_for("ann@example.org")).content.decode()
+    assert "all mail" not in page and "mailings" in page and "still arrives" in page
+    done = client.post(url_for("ann@example.org")).content.decode()
+    assert "no more mail" not in done and "no more of our mailings" in done and "still arrives" in done
+    assert Suppression.objects.get().stops == "bulk mail only"

@@ -12,7 +12,9 @@ from dbmail.conf import settings as conf
 from dbmail.content import recipients, rendering
 
 # `{{ name }}` and `{{ name|filter }}`: the top-level variable a template prints.
-_PRINTED = re.compile(r"{{\s*([A-Za-z_][A-Za-z0-9_]*)")
+_PRINTED = re.compile(r"{{\s*([A-Za-z_][A-Za-z0-9_]*)([^}]*)")
+# A variable printed through one of these has its own words for "empty": no warning is due for it.
+_FALLBACK = re.compile(r"\|\s*(default|default_if_none)\s*:")
 EXAMPLES = 5
 
 
@@ -38,10 +40,20 @@ class Summary:
 
 
 def printed_variables(*templates):
+    """The top-level names printed with {{ }}, in order of first use."""
+    return _printed(templates, lambda rest: True)
+
+
+def unguarded_variables(*templates):
+    """The printed names that an empty value would leave blank: printed at least once without a default."""
+    return _printed(templates, lambda rest: not _FALLBACK.search(rest))
+
+
+def _printed(templates, counts):
     names = []
     for template in templates:
-        for name in _PRINTED.findall(template or ""):
-            if name not in names:
+        for name, rest in _PRINTED.findall(template or ""):
+            if name not in names and counts(rest):
                 names.append(name)
     return names
 
@@ -53,7 +65,7 @@ def summarise(request):
         compiled = rendering.CompiledRequest(request)
     except rendering.RenderError:
         pass  # template errors are the form's business; the count is still useful
-    variables = printed_variables(request.subject, request.text_body, request.html_body)
+    variables = unguarded_variables(request.subject, request.text_body, request.html_body)
     variables = [v for v in variables if v != "unsubscribe_url"]
     summary = Summary()
     try:

@@ -23,8 +23,9 @@ def load(admin_password="admin"):
     """Create the demo data if absent; return what was created, as lines to print."""
     User = get_user_model()
     done = []
-    if not User.objects.filter(username="admin").exists():
-        User.objects.create_superuser("admin", "admin@example.org", admin_password, first_name="Ada")
+    admin = User.objects.filter(username="admin").first()
+    if admin is None:
+        admin = User.objects.create_superuser("admin", "admin@example.org", admin_password, first_name="Ada")
         done.append(f"superuser admin / {admin_password}")
     for username, first, last, group_name in PEOPLE:
         group, _ = Group.objects.get_or_create(name=group_name)
@@ -59,6 +60,7 @@ def load(admin_password="admin"):
             html_body="<p>Hello <b>{{ first_name }}</b>,</p><p>this is the first mail sent by {{ site_name }}.</p>",
             recipient_set="groups",
             recipient_params={"groups": ["Students"]},
+            creator=admin,  # the request page and its history then say who made it, as for any other
         )
         done.append("a request to the Students group, due now")
     return done

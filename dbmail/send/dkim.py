@@ -171,11 +171,25 @@ def forget_keys(**kwargs):
 
 
 def _at_exit():
+    """The last counts, as the process ends. By then the database may be gone (a test run drops its
+    own first) and so may the log's stream (pytest closes its capture): one line at most, no traceback."""
+    counted = sum(unsigned.pending().values())
+    if not counted:
+        return
+    raise_exceptions, logging.raiseExceptions = logging.raiseExceptions, False  # a dead stream: say nothing
+    disabled, log.disabled = log.disabled, True  # flush's own warning repeats the driver's message over lines
     try:
-        if unsigned.pending():
-            unsigned.flush()
-    except Exception:  # the interpreter is going away; the count is not worth a traceback
-        pass
+        unsigned.flush()  # keeps the counts when the database refuses them
+        left, reason = sum(unsigned.pending().values()), "the database is unavailable"
+    except Exception as exc:  # the interpreter is going away; the count is not worth a traceback
+        left, reason = counted, (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    finally:
+        log.disabled = disabled
+    try:
+        if left:
+            log.warning("dkim: %d unsigned emails not recorded at exit: %s", left, reason)
+    finally:
+        logging.raiseExceptions = raise_exceptions
 
 
 atexit.register(_at_exit)

@@ -83,7 +83,8 @@
   if (box && box.getAttribute("data-active") === "1") {
     var every = (parseInt(box.getAttribute("data-poll"), 10) || 3) * 1000;
     var shownLine = document.getElementById("status-line").textContent;
-    var actionsKey = null;
+    // What the buttons as rendered offer: a send that ends before the first poll must still lose "Cancel the rest".
+    var actionsKey = box.getAttribute("data-actions");
     var samples = [];  // [server time ms, handled] of recent polls, for the pace
     var fmt = function (n) { return Number(n).toLocaleString("en"); };
     var duration = function (seconds) {
@@ -145,8 +146,8 @@
       setHTML("delivery", p.html.delivery);
       setHTML("emails-table", p.html.emails);
       // The buttons change only with what they offer (their CSRF tokens differ on every render).
-      var key = [p.state, p.cancellable, p.retryable].join();
-      if (actionsKey !== null && key !== actionsKey) setHTML("actions", p.html.actions);
+      var key = [p.state, !!p.cancellable, !!p.retryable].join();
+      if (key !== actionsKey) setHTML("actions", p.html.actions);
       actionsKey = key;
       if (!p.editable) {
         var schedule = document.getElementById("schedule");
