@@ -336,7 +336,18 @@ class TextOfEmail(models.Model):
     # which dbmail_purge keeps bounded), while every index costs each of 10,000 inserts a second and
     # both status updates of every email sent.
     account = models.ForeignKey(SenderAccount, null=True, blank=True, on_delete=models.PROTECT, db_index=False)
-    user = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, db_index=False)
+    # No database constraint: PostgreSQL checks a foreign key row by row, and for the user (a different
+    # row for every email, each locked in turn) that cost expansion as much as the COPY of the row itself
+    # (docs/scaling.md#where-expansion-spends). Nothing reads the user back when sending; Django's
+    # SET_NULL still clears it when a user is deleted through the ORM.
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        db_index=False,
+        db_constraint=False,
+    )
     to_address = models.CharField(max_length=254)
     to_name = models.CharField(max_length=200, blank=True)
     # The recipient's destination group (dbmail.send.destinations), set when the email is made so that a

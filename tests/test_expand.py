@@ -311,3 +311,41 @@ def test_an_unexpected_crash_while_rendering_fails_the_request_not_the_run(monke
     assert result.failed == [f"#{crashing.pk}: expansion failed: KeyError: 'unsubscribe_url'"]
     assert MessageRequest.objects.get(pk=other.pk).emails.count() == 2
     assert "Traceback" in crashing.events.get().text
+
+
+# --- The email's user has no foreign key in the database (docs/scaling.md#where-expansion-spends) -----
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_user_deleted_while_their_chunk_is_written_fails_nothing(monkeypatch):
+    """PostgreSQL used to check each email's user at commit: one user deleted mid-chunk failed the request."""
+    from django.db import connection
+
+    from dbmail.intake import copyrows
+
+    users = [UserFactory(username=f"u{i}") for i in range(5)]
+    request = MessageRequestFactory(recipient_set="all_active")
+    copy = copyrows.copy_new
+
+    def delete_one_then_copy(*args, **kwargs):
+        # Read, rendered, not yet committed: the user goes in the same transaction, as a concurrent
+        # deletion that commits first would look to this one's check at commit.
+        with connection.cursor() as cursor:
+            cursor.execute("DELETE FROM auth_user WHERE id = %s", [users[2].pk])
+        return copy(*args, **kwargs)
+
+    monkeypatch.setattr(copyrows, "copy_new", delete_one_then_copy)
+    assert expand.expand(expand.claim_request()) == 5
+    request.refresh_from_db()
+    assert request.status == MessageRequest.Status.EXPANDED and request.emails.count() == 5
+
+
+def test_deleting_a_user_through_django_still_clears_their_emails_user():
+    ann = UserFactory(username="ann")
+    UserFactory(username="bob")
+    MessageRequestFactory(recipient_set="all_active")
+    expand.expand_due()
+    ann.delete()
+    email = TextOfEmail.objects.get(to_address="ann@example.org")
+    assert email.user_id is None and email.status == Status.QUEUED
+    assert TextOfEmail.objects.get(to_address="bob@example.org").user.username == "bob"
