@@ -423,3 +423,49 @@ def test_an_error_storing_tokens_stops_the_emails_too(monkeypatch):
     request.refresh_from_db()
     assert request.status == MessageRequest.Status.FAILED
     assert request.emails.count() == 100 and len(calls) == 2  # no chunk past the failed one
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_request_deleted_while_a_chunk_is_written_leaves_no_email_behind():
+    """The emails' request_id has no database constraint: MessageRequest.delete() must wait for the chunk."""
+    import threading
+
+    from django.db import connection, transaction
+
+    UserFactory(username="early")
+    request = MessageRequestFactory(recipient_set="all_active")
+    expand.expand(expand.claim_request())
+    written, release, deleted = threading.Event(), threading.Event(), threading.Event()
+
+    def chunk_in_flight():
+        # What expansion's commit does: the request row updated first, then the emails, then the commit.
+        try:
+            with transaction.atomic():
+                MessageRequest.objects.filter(pk=request.pk).update(checkpoint={"after": 99})
+                TextOfEmail.objects.create(
+                    request_id=request.pk, account_id=request.sender_id, to_address="late@example.org"
+                )
+                written.set()
+                release.wait(10)
+        finally:
+            connection.close()
+
+    def delete():
+        try:
+            MessageRequest.objects.get(pk=request.pk).delete()
+            deleted.set()
+        finally:
+            connection.close()
+
+    writer = threading.Thread(target=chunk_in_flight)
+    writer.start()
+    assert written.wait(10)
+    deleter = threading.Thread(target=delete)
+    deleter.start()
+    assert not deleted.wait(0.5)  # waits for the chunk's transaction
+    release.set()
+    writer.join(10)
+    deleter.join(10)
+    assert deleted.is_set()
+    assert not MessageRequest.objects.filter(pk=request.pk).exists()
+    assert not TextOfEmail.objects.filter(request_id=request.pk).exists()  # the late chunk went with it

@@ -1,7 +1,7 @@
 """Expansion's per-row costs in PostgreSQL (docs/scaling.md#where-expansion-spends).
 
-The email's user keeps Django's SET_NULL but loses the database's foreign key, which
-PostgreSQL checked row by row. AddressToken loses the varchar_pattern_ops index Django
+The email's user and request keep Django's SET_NULL and CASCADE but lose the database's
+foreign keys, which PostgreSQL checked row by row. AddressToken loses the varchar_pattern_ops index Django
 adds to every character primary key: tokens are only ever looked up whole.
 """
 
@@ -36,6 +36,19 @@ class Migration(migrations.Migration):
     ]
 
     operations = [
+        migrations.AlterField(
+            model_name="textofemail",
+            name="request",
+            field=models.ForeignKey(
+                blank=True,
+                db_constraint=False,
+                db_index=False,
+                null=True,
+                on_delete=django.db.models.deletion.CASCADE,
+                related_name="emails",
+                to="dbmail.messagerequest",
+            ),
+        ),
         migrations.AlterField(
             model_name="textofemail",
             name="user",
