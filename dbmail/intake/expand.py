@@ -168,9 +168,11 @@ class EmailInsert:
 
     `shared`: the values all of them have (RowMaker.shared); `rows`: each one's
     OWN_COLUMNS (RowMaker.own); `tokens`: the (token, address) pairs of the
-    unsubscribe links they carry, stored first in the same transaction, so an
-    email never exists without its working token. Emails whose address the
-    request already has are left out (a chunk made again).
+    unsubscribe links they carry, stored before the emails, so an email never
+    exists without its working token: in the same transaction here, or
+    committed ahead of it by the tokens' writer (_tokens_first), which then
+    empties the list. Emails whose address the request already has are left
+    out (a chunk made again).
 
     On PostgreSQL the rows become COPY text here, in the rendering thread, so
     the writer thread holds no Python lock while the server works
