@@ -13,7 +13,7 @@ import uuid
 from django.conf import settings
 from django.contrib.auth.models import Group
 from django.core.exceptions import ValidationError
-from django.db import models
+from django.db import models, transaction
 from django.db.models import Count, Q
 from django.db.models.functions import Coalesce, Lower, Now
 from django.utils import timezone
@@ -293,6 +293,14 @@ class MessageRequest(models.Model):
         counts = self.status_counts()
         return {status: counts.get(status, 0) for status in states.TRACKED}
 
+    def delete(self, *args, **kwargs):
+        # The emails' request_id has no database constraint (migration 0018_expand): lock the request
+        # first, so a chunk being written commits before its emails are collected, and the next
+        # chunk's checkpoint update finds the request gone and writes nothing.
+        with transaction.atomic():
+            MessageRequest.objects.select_for_update().filter(pk=self.pk).exists()
+            return super().delete(*args, **kwargs)
+
     def cancel(self, actor=None):
         """Stop the request: no further expansion, and unsent emails become cancelled (each with its event)."""
         updated = states.CANCEL_REQUEST.update(
@@ -328,15 +336,35 @@ class TextOfEmail(models.Model):
 
     Status = states.EmailStatus
 
-    # No index of its own: the unique (request, lower(address)) index starts with it.
+    # No index of its own: the unique (request, lower(address)) index starts with it. No database
+    # constraint either (checked row by row, it was a fifth of PostgreSQL's work per email expanded):
+    # only expansion writes it, in a transaction that first updates the request, so the request is
+    # there at the commit; and MessageRequest.delete() waits for a chunk being written.
     request = models.ForeignKey(
-        MessageRequest, null=True, blank=True, on_delete=models.CASCADE, related_name="emails", db_index=False
+        MessageRequest,
+        null=True,
+        blank=True,
+        on_delete=models.CASCADE,
+        related_name="emails",
+        db_index=False,
+        db_constraint=False,
     )
     # Unindexed: accounts and users are deleted rarely (a user's deletion then scans the table once,
     # which dbmail_purge keeps bounded), while every index costs each of 10,000 inserts a second and
     # both status updates of every email sent.
     account = models.ForeignKey(SenderAccount, null=True, blank=True, on_delete=models.PROTECT, db_index=False)
-    user = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, db_index=False)
+    # No database constraint: PostgreSQL checks a foreign key row by row, and for the user (a different
+    # row for every email, each locked in turn) that cost expansion as much as the COPY of the row itself
+    # (docs/scaling.md#where-expansion-spends). Nothing reads the user back when sending; Django's
+    # SET_NULL still clears it when a user is deleted through the ORM.
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        db_index=False,
+        db_constraint=False,
+    )
     to_address = models.CharField(max_length=254)
     to_name = models.CharField(max_length=200, blank=True)
     # The recipient's destination group (dbmail.send.destinations), set when the email is made so that a

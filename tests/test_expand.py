@@ -311,3 +311,161 @@ def test_an_unexpected_crash_while_rendering_fails_the_request_not_the_run(monke
     assert result.failed == [f"#{crashing.pk}: expansion failed: KeyError: 'unsubscribe_url'"]
     assert MessageRequest.objects.get(pk=other.pk).emails.count() == 2
     assert "Traceback" in crashing.events.get().text
+
+
+# --- The email's user has no foreign key in the database (docs/scaling.md#where-expansion-spends) -----
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_user_deleted_while_their_chunk_is_written_fails_nothing(monkeypatch):
+    """PostgreSQL used to check each email's user at commit: one user deleted mid-chunk failed the request."""
+    from django.db import connection
+
+    from dbmail.intake import copyrows
+
+    users = [UserFactory(username=f"u{i}") for i in range(5)]
+    request = MessageRequestFactory(recipient_set="all_active")
+    copy = copyrows.copy_new
+
+    def delete_one_then_copy(*args, **kwargs):
+        # Read, rendered, not yet committed: the user goes in the same transaction, as a concurrent
+        # deletion that commits first would look to this one's check at commit.
+        with connection.cursor() as cursor:
+            cursor.execute("DELETE FROM auth_user WHERE id = %s", [users[2].pk])
+        return copy(*args, **kwargs)
+
+    monkeypatch.setattr(copyrows, "copy_new", delete_one_then_copy)
+    assert expand.expand(expand.claim_request()) == 5
+    request.refresh_from_db()
+    assert request.status == MessageRequest.Status.EXPANDED and request.emails.count() == 5
+
+
+def test_deleting_a_user_through_django_still_clears_their_emails_user():
+    ann = UserFactory(username="ann")
+    UserFactory(username="bob")
+    MessageRequestFactory(recipient_set="all_active")
+    expand.expand_due()
+    ann.delete()
+    email = TextOfEmail.objects.get(to_address="ann@example.org")
+    assert email.user_id is None and email.status == Status.QUEUED
+    assert TextOfEmail.objects.get(to_address="bob@example.org").user.username == "bob"
+
+
+# --- Tokens and emails written aside by two writers (dbmail.intake.expand._tokens_first) -------------
+
+
+def _tokens_in(email):
+    import re
+
+    return set(re.findall(r"/unsubscribe/([a-z2-7]{26})/", email.headers["List-Unsubscribe"]))
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_chunks_tokens_are_committed_before_its_emails_and_each_email_token_works(monkeypatch):
+    import psycopg2
+    from django.db import connection
+
+    from dbmail.content import tokens
+    from dbmail.intake import copyrows
+
+    User = get_user_model()
+    User.objects.bulk_create(User(username=f"t{i:03d}", email=f"t{i:03d}@example.org") for i in range(250))
+    MessageRequestFactory(recipient_set="all_active")
+    outside = psycopg2.connect(
+        dbname=connection.settings_dict["NAME"],
+        user=connection.settings_dict["USER"],
+        host=connection.settings_dict["HOST"],
+        port=connection.settings_dict["PORT"] or 5432,
+    )
+    outside.autocommit = True
+    copy, seen = copyrows.copy_new, []
+
+    def check_then_copy(table, columns, data, *args, **kwargs):
+        # Inside the emails' transaction: another connection must already see this chunk's tokens.
+        addresses = [line.split("\t")[1] for line in data.decode().splitlines()]
+        with outside.cursor() as cursor:
+            cursor.execute("SELECT count(*) FROM dbmail_addresstoken WHERE address = ANY(%s)", [addresses])
+            seen.append((len(addresses), cursor.fetchone()[0]))
+        if len(seen) == 2:
+            raise RuntimeError("the emails' writer dies on its second chunk")
+        return copy(table, columns, data, *args, **kwargs)
+
+    monkeypatch.setattr(copyrows, "copy_new", check_then_copy)
+    try:
+        with pytest.raises(expand.RequestFailed, match="the emails' writer dies"):
+            expand.expand(expand.claim_request(), chunk_size=100)
+    finally:
+        outside.close()
+    assert seen and all(n == stored for n, stored in seen)
+    emails = list(TextOfEmail.objects.all())
+    assert len(emails) == 100  # the first chunk only
+    for email in emails:
+        (token,) = _tokens_in(email)
+        assert tokens.address_for(token) == email.to_address
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_error_storing_tokens_stops_the_emails_too(monkeypatch):
+    User = get_user_model()
+    User.objects.bulk_create(User(username=f"s{i:03d}", email=f"s{i:03d}@example.org") for i in range(250))
+    request = MessageRequestFactory(recipient_set="all_active")
+    calls = []
+
+    def fail_second(pairs, store=expand._store_tokens):
+        calls.append(len(pairs))
+        if len(calls) == 2:
+            raise RuntimeError("tokens cannot be stored")
+        return store(pairs)
+
+    monkeypatch.setattr(expand, "_store_tokens", fail_second)
+    with pytest.raises(expand.RequestFailed, match="tokens cannot be stored"):
+        expand.expand(expand.claim_request(), chunk_size=100)
+    request.refresh_from_db()
+    assert request.status == MessageRequest.Status.FAILED
+    assert request.emails.count() == 100 and len(calls) == 2  # no chunk past the failed one
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_request_deleted_while_a_chunk_is_written_leaves_no_email_behind():
+    """The emails' request_id has no database constraint: MessageRequest.delete() must wait for the chunk."""
+    import threading
+
+    from django.db import connection, transaction
+
+    UserFactory(username="early")
+    request = MessageRequestFactory(recipient_set="all_active")
+    expand.expand(expand.claim_request())
+    written, release, deleted = threading.Event(), threading.Event(), threading.Event()
+
+    def chunk_in_flight():
+        # What expansion's commit does: the request row updated first, then the emails, then the commit.
+        try:
+            with transaction.atomic():
+                MessageRequest.objects.filter(pk=request.pk).update(checkpoint={"after": 99})
+                TextOfEmail.objects.create(
+                    request_id=request.pk, account_id=request.sender_id, to_address="late@example.org"
+                )
+                written.set()
+                release.wait(10)
+        finally:
+            connection.close()
+
+    def delete():
+        try:
+            MessageRequest.objects.get(pk=request.pk).delete()
+            deleted.set()
+        finally:
+            connection.close()
+
+    writer = threading.Thread(target=chunk_in_flight)
+    writer.start()
+    assert written.wait(10)
+    deleter = threading.Thread(target=delete)
+    deleter.start()
+    assert not deleted.wait(0.5)  # waits for the chunk's transaction
+    release.set()
+    writer.join(10)
+    deleter.join(10)
+    assert deleted.is_set()
+    assert not MessageRequest.objects.filter(pk=request.pk).exists()
+    assert not TextOfEmail.objects.filter(request_id=request.pk).exists()  # the late chunk went with it

@@ -168,9 +168,11 @@ class EmailInsert:
 
     `shared`: the values all of them have (RowMaker.shared); `rows`: each one's
     OWN_COLUMNS (RowMaker.own); `tokens`: the (token, address) pairs of the
-    unsubscribe links they carry, stored first in the same transaction, so an
-    email never exists without its working token. Emails whose address the
-    request already has are left out (a chunk made again).
+    unsubscribe links they carry, stored before the emails, so an email never
+    exists without its working token: in the same transaction here, or
+    committed ahead of it by the tokens' writer (_tokens_first), which then
+    empties the list. Emails whose address the request already has are left
+    out (a chunk made again).
 
     On PostgreSQL the rows become COPY text here, in the rendering thread, so
     the writer thread holds no Python lock while the server works
@@ -266,15 +268,22 @@ class ChunkWriter:
     The database's half of the work (inserting and indexing) then costs the
     renderer nothing. Each chunk still commits with its checkpoint in one
     transaction, in order; a stop (cancel, lost lease) or an error ends it.
+    With `then`, each chunk this one has committed goes on to that writer
+    (the unsubscribe tokens' writer hands its chunks to the emails' writer).
     """
 
-    def __init__(self, commit):
+    def __init__(self, commit, then=None, name="dbmail-expand"):
         self._commit = commit
+        self._then = then
         self._work = queue.Queue(maxsize=1)
-        self.stopped = False
+        self._stopped = False
         self.error = None
-        self._thread = threading.Thread(target=self._run, name="dbmail-expand", daemon=True)
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
+
+    @property
+    def stopped(self):
+        return self._stopped or (self._then is not None and self._then.stopped)
 
     def submit(self, last_position, rows):
         if self.error:
@@ -287,7 +296,9 @@ class ChunkWriter:
                 if self.stopped or self.error:
                     continue
                 try:
-                    self.stopped = not self._commit(*item)
+                    self._stopped = not self._commit(*item)
+                    if not self._stopped and self._then is not None:
+                        self._then.submit(*item)
                 except BaseException as exc:  # re-raised in the expanding thread
                     self.error = exc
         finally:
@@ -296,8 +307,34 @@ class ChunkWriter:
     def close(self):
         self._work.put(None)
         self._thread.join()
-        if self.error:
-            raise self.error
+        try:
+            if self._then is not None:
+                self._then.close()
+        finally:
+            if self.error:
+                raise self.error
+
+
+def _tokens_first(commit):
+    """The writers for PostgreSQL: a chunk's tokens commit on one connection, then its emails on another.
+
+    Storing tokens is about a third of the database's work per email. Done by
+    a writer of its own, it runs beside the COPY of the chunk before instead
+    of ahead of it. The tokens commit first, so an email still never exists
+    without its working token; a crash between the two leaves tokens that no
+    email carries yet, which is harmless (a token only names the address it
+    was made for, and the chunk made again stores it again as a no-op).
+    """
+
+    def store_tokens(last_position, emails):
+        if emails.tokens:
+            with transaction.atomic():
+                _commit_without_flush()
+                _store_tokens(emails.tokens)
+            emails.tokens = []  # stored: the emails' writer has nothing more to do for them
+        return True
+
+    return ChunkWriter(store_tokens, then=ChunkWriter(commit), name="dbmail-expand-tokens")
 
 
 def _commit_without_flush():
@@ -419,7 +456,7 @@ def _expand(request, chunk_size=None, on_chunk=None, deadline=None):
     )
     links = unsubscribe.LinkMaker()
     maker = RowMaker(request, compiled, links)
-    writer = ChunkWriter(commit) if _can_write_aside() else InlineWriter(commit)
+    writer = _tokens_first(commit) if _can_write_aside() else InlineWriter(commit)
     paused = False
     try:
         for last_position, chunk in chunks:
