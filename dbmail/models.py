@@ -294,7 +294,7 @@ class MessageRequest(models.Model):
         return {status: counts.get(status, 0) for status in states.TRACKED}
 
     def delete(self, *args, **kwargs):
-        # The emails' request_id has no database constraint (migration 0018_expand): lock the request
+        # The emails' request_id has no database constraint (migration 0019_expand): lock the request
         # first, so a chunk being written commits before its emails are collected, and the next
         # chunk's checkpoint update finds the request gone and writes nothing.
         with transaction.atomic():

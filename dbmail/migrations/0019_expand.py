@@ -31,7 +31,7 @@ def create_token_like_index(apps, schema_editor):
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("dbmail", "0017_sending_api"),
+        ("dbmail", "0018_deliv"),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 
