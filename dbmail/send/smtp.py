@@ -59,13 +59,14 @@ class _BulkSMTP:
     # The next message's MAIL, RCPT and DATA, written after this one's final dot (RFC 2920 lets a
     # client go on without waiting for the dot's answer): one round trip a message instead of two.
     _ahead = None
+    _ahead_of = None  # ((from, [to], mail options, rcpt options), message bytes, envelope) of `_ahead`
     # What the server sent that no reply has consumed yet, and the socket it came from: a new socket
     # (a reconnection, or STARTTLS, after which nothing sent in the clear may be believed) starts empty.
     _rbuf = b""
     _rsock = None
 
     def close(self):
-        self._ahead = None
+        self._ahead = self._ahead_of = None
         self._rbuf, self._rsock = b"", None
         super().close()
 
@@ -159,9 +160,19 @@ class _BulkSMTP:
         to_addrs = [to_addrs] if isinstance(to_addrs, str) else list(to_addrs)
         if isinstance(msg, str):
             msg = smtplib._fix_eols(msg).encode("ascii")
-        mail, rcpts, encoding = self._envelope(from_addr, to_addrs, msg, mail_options, rcpt_options)
         ahead, self._ahead = self._ahead, None
-        if ahead is not None and ahead != self._group(mail, rcpts, encoding):
+        ahead_of, self._ahead_of = self._ahead_of, None
+        announced = (
+            ahead is not None
+            and ahead_of is not None
+            and ahead_of[1] is msg
+            and ahead_of[0] == (from_addr, to_addrs, mail_options, rcpt_options)
+        )
+        if announced:
+            mail, rcpts, encoding = ahead_of[2]  # the call announced with the last message: its envelope went out
+        else:
+            mail, rcpts, encoding = self._envelope(from_addr, to_addrs, msg, mail_options, rcpt_options)
+        if ahead is not None and not announced and ahead != self._group(mail, rcpts, encoding):
             # The commands on their way are another message's: this connection cannot go on.
             self.close()
             raise _staged(smtplib.SMTPServerDisconnected("the pipelined envelope was another message's"), "mail")
@@ -189,7 +200,12 @@ class _BulkSMTP:
         end = b"." + _CRLF if body.endswith(_CRLF) else _CRLF + b"." + _CRLF
         following = b""
         if then is not None and self.has_extn("pipelining"):
-            following = self._group(*self._envelope(*then))
+            then_from, then_to, then_msg, then_mail_options, then_rcpt_options = then
+            then_to = [then_to] if isinstance(then_to, str) else list(then_to)
+            envelope = self._envelope(then_from, then_to, then_msg, then_mail_options, then_rcpt_options)
+            following = self._group(*envelope)
+            # Kept so that the next call, for that message, need not write its envelope again to compare it.
+            self._ahead_of = ((then_from, then_to, then_mail_options, then_rcpt_options), then_msg, envelope)
         try:
             if len(body) < _ONE_WRITE:
                 # One segment: a second small write could wait for an ACK (Nagle).
