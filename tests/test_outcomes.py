@@ -56,6 +56,39 @@ def test_threaded_worker_commits_on_its_own_connection_in_order():
 
 
 @pytest.mark.django_db(transaction=True)
+def test_threaded_worker_holds_the_sender_once_the_window_waits_for_its_commit(monkeypatch):
+    """The crash bound: never more than DBMAIL_OUTCOME_WINDOW outcomes handed over and not committed."""
+    import threading
+
+    TextOfEmailFactory.create_batch(6)
+    batch = claims.claim(6)
+    sent = retry.Outcome("sent", 250, "ok")
+    gate, written, real = threading.Event(), [], outcomes.write
+
+    def held(rows):
+        gate.wait(10)
+        written.extend(row.pk for row in rows)
+        return real(rows)
+
+    monkeypatch.setattr(outcomes, "write", held)
+    worker = dbworker.ThreadedWorker(window=4)
+    for email in batch.emails[:4]:
+        worker.record(email, batch.token, sent)
+    fifth = threading.Thread(target=worker.record, args=(batch.emails[4], batch.token, sent))
+    fifth.start()
+    fifth.join(0.5)
+    assert fifth.is_alive()  # four wait for their commit: the fifth is not handed over
+    assert written == []
+    gate.set()
+    fifth.join(10)
+    assert not fifth.is_alive()
+    worker.record(batch.emails[5], batch.token, sent)
+    worker.close()
+    assert written == [e.pk for e in batch.emails]  # in the order handed over
+    assert set(TextOfEmail.objects.values_list("status", flat=True)) == {Status.SENT}
+
+
+@pytest.mark.django_db(transaction=True)
 def test_threaded_worker_surfaces_a_database_error(monkeypatch):
     TextOfEmailFactory()
     batch = claims.claim(1)
