@@ -74,7 +74,7 @@ _dkimpy_module = None
 def _dkimpy():
     """dkimpy, imported when the first message is signed, with OpenSSL doing its RSA step.
 
-    dkimpy pulls in dnspython and asyncio: a tenth of a second of a sender's start-up, which a
+    dkimpy pulls in dnspython: about 0.06 s of CPU of a sender's start-up (measured here), which a
     site without DKIM keys, or a run with nothing to send, would pay for nothing.
     """
     global _dkimpy_module
