@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 
 from django.db import connection, transaction
-from django.db.models import BigIntegerField, BooleanField, F, Q, signals
+from django.db.models import BigIntegerField, BooleanField, F, JSONField, Q, signals
 from django.db.models.base import ModelState
 from django.db.models.expressions import RawSQL
 from django.utils import timezone
@@ -267,6 +267,8 @@ def _instances(rows, accounts):
     fields = TextOfEmail._meta.concrete_fields
     names = [f.attname for f in fields]
     converters = [(i, f.get_db_converters(connection)) for i, f in enumerate(fields) if f.get_db_converters(connection)]
+    # Nearly every email's extra headers are "{}": json.loads (through JSONField's converter) not needed for that.
+    plain_json = {i for i, f in enumerate(fields) if isinstance(f, JSONField) and f.decoder is None}
     account_field = TextOfEmail._meta.get_field("account")
     signalled = signals.pre_init.has_listeners(TextOfEmail) or signals.post_init.has_listeners(TextOfEmail)
     alias = connection.alias
@@ -275,6 +277,9 @@ def _instances(rows, accounts):
         if converters:
             row = list(row)
             for i, funcs in converters:
+                if row[i] == "{}" and i in plain_json:
+                    row[i] = {}
+                    continue
                 for func in funcs:
                     row[i] = func(row[i], None, connection)
         if signalled:
