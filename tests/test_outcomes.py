@@ -89,6 +89,28 @@ def test_threaded_worker_holds_the_sender_once_the_window_waits_for_its_commit(m
 
 
 @pytest.mark.django_db(transaction=True)
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
+def test_threaded_worker_whose_own_loop_fails_keeps_every_outcome_handed_over(monkeypatch):
+    TextOfEmailFactory.create_batch(3)
+    batch = claims.claim(3)
+    sent = retry.Outcome("sent", 250, "ok")
+
+    def broken(self):
+        raise RuntimeError("the loop broke")
+
+    monkeypatch.setattr(dbworker.ThreadedWorker, "_gather", broken)
+    worker = dbworker.ThreadedWorker(window=8)
+    worker.record(batch.emails[0], batch.token, sent)
+    worker._thread.join(10)  # woken by the first outcome, it fails gathering more
+    assert not worker._thread.is_alive()
+    with pytest.raises(RuntimeError, match="loop broke"):
+        worker.record(batch.emails[1], batch.token, sent)  # the sender stops
+    assert [row.pk for row in worker.unwritten] == [e.pk for e in batch.emails[:2]]  # kept for recovery
+    worker.close(raise_error=False)
+    assert set(TextOfEmail.objects.values_list("status", flat=True)) == {Status.SENDING}
+
+
+@pytest.mark.django_db(transaction=True)
 def test_threaded_worker_surfaces_a_database_error(monkeypatch):
     TextOfEmailFactory()
     batch = claims.claim(1)

@@ -105,6 +105,10 @@ class ThreadedWorker:
             raise self.error or RuntimeError("the database thread has ended")
         self._rows.append(row)
         self._handed += 1
+        if self._ended:  # the thread ended between the test above and the append: the row is not left behind
+            while self._rows:
+                self.unwritten.append(self._rows.popleft())
+            raise self.error or RuntimeError("the database thread has ended")
         if self._idle or len(self._rows) >= self._gather_rows:
             self._wake.set()
         return retry.give_up(outcome, email.attempts, email)
@@ -143,8 +147,13 @@ class ThreadedWorker:
                     except BaseException as exc:
                         future.set_exception(exc)
                 self._write_waiting()
+        except BaseException as exc:  # a fault of this loop itself: the sender must stop, as for the database's
+            self.error = self.error or exc
+            raise
         finally:
             self._ended = True
+            while self._rows:  # only if the loop itself failed: kept to be written later, never dropped
+                self.unwritten.append(self._rows.popleft())
             with self._room:
                 self._room.notify_all()
             try:
