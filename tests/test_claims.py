@@ -179,3 +179,48 @@ def test_the_plain_sql_claim_picks_what_the_orm_query_picks():
                 plain = claims._candidates_postgresql(limit, now, due_by, after, paced=True)
             assert [tuple(c) for c in plain] == [tuple(c) for c in orm], (after, limit)
             assert plain or after == (ago[0], 10**9)
+
+
+def test_claimed_rows_are_the_instances_the_orm_would_load(django_assert_num_queries):
+    """The claim fills each instance's __dict__ itself (claims._instances): it must be what from_db makes."""
+    from django.db.models.signals import post_init
+
+    plain = TextOfEmailFactory(headers={}, raw_message=None)
+    extra = TextOfEmailFactory(account=None, headers={"X-Campaign": "spring", "List-Id": "<news.example.org>"})
+    raw = TextOfEmailFactory(raw_message=b"Subject: forwarded\r\n\r\nbody\r\n")
+    batch = claims.claim(10)
+    assert {e.pk for e in batch.emails} == {plain.pk, extra.pk, raw.pk}
+    fields = [f.attname for f in TextOfEmail._meta.concrete_fields]
+    for email in batch.emails:
+        loaded = TextOfEmail.objects.get(pk=email.pk)
+        for name in fields:
+            ours, theirs = getattr(email, name), getattr(loaded, name)
+            assert (bytes(ours) if isinstance(ours, memoryview) else ours) == (
+                bytes(theirs) if isinstance(theirs, memoryview) else theirs
+            ), name
+        assert email._state.adding is False and email._state.db == "default"
+        assert email == loaded and not email.get_deferred_fields()
+    by_pk = {e.pk: e for e in batch.emails}
+    with django_assert_num_queries(0):  # the account came with the claim, as select_related would
+        assert by_pk[plain.pk].account.address == "office@example.org"
+        assert by_pk[extra.pk].account is None
+    assert by_pk[extra.pk].headers == {"X-Campaign": "spring", "List-Id": "<news.example.org>"}
+    by_pk[plain.pk].headers["X-New"] = "1"  # each email its own dict
+    assert by_pk[raw.pk].headers == {}
+    by_pk[plain.pk].save(update_fields=["headers"])  # an instance the ORM can write back
+    assert TextOfEmail.objects.get(pk=plain.pk).headers == {"X-New": "1"}
+
+    # With something listening to the model's init signals, the ORM's own from_db makes them (and signals).
+    seen = []
+
+    def listener(sender, instance, **kwargs):
+        seen.append(instance.pk)
+
+    post_init.connect(listener, sender=TextOfEmail)
+    try:
+        TextOfEmail.objects.filter(pk__in=[plain.pk]).update(leased_until=timezone.now() - timedelta(seconds=1))
+        seen.clear()
+        again = claims.claim(10)
+    finally:
+        post_init.disconnect(listener, sender=TextOfEmail)
+    assert [e.pk for e in again.emails] == [plain.pk] and plain.pk in seen

@@ -305,8 +305,9 @@ def test_a_key_saved_in_this_process_signs_at_once():
 
 
 def test_openssl_gives_dkimpys_own_rsa_signature():
+    assert dkim._dkimpy() is dkimpy
     rsa_sign = dkimpy.RSASSA_PKCS1_v1_5_sign
-    assert getattr(rsa_sign, "openssl", False)  # installed when dbmail.send.dkim is imported
+    assert getattr(rsa_sign, "openssl", False)  # installed when dbmail.send.dkim first signs
     material = dkimkeys.new_key_material(DkimKey.Algorithm.RSA, 2048)
     private = dkimpy.parse_pem_private_key(material.private_key.encode())
     for text in (b"", b"one message", b"another" * 100):

@@ -1,5 +1,6 @@
 """The lean composer must say what Django's EmailMessage says, for any content."""
 
+import binascii
 from email import message_from_bytes, message_from_string, policy
 
 import pytest
@@ -119,3 +120,34 @@ def test_a_utf8_local_part_needs_smtputf8_and_then_stays_utf8():
 def test_an_empty_address_is_no_message():
     with pytest.raises(addresses.AddressError, match="no recipient address"):
         mime.compose(email_with(to_address=""), sign=False)
+
+
+# Printable ASCII with long lines: the quoted-printable written without binascii (mime._qp_printable).
+long_ascii = st.lists(
+    st.text(st.sampled_from("ab =\t.-"), min_size=0, max_size=1200) | st.sampled_from(["=" * 999, " " * 1000, ""]),
+    min_size=1,
+    max_size=5,
+).map("\n".join)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(long_ascii)
+def test_long_ascii_lines_are_quoted_printable_that_reads_back_as_the_text(text):
+    import quopri
+
+    encoding, body = mime._part_body(text)
+    if max(map(len, text.split("\n"))) <= 998:
+        assert (encoding, body) == ("7bit", text.replace("\n", "\r\n"))
+        return
+    assert encoding == "quoted-printable"
+    lines = body.split("\r\n")
+    assert all(len(line) <= 76 and not line.endswith((" ", "\t")) for line in lines)
+    assert quopri.decodestring(body.encode("ascii")).decode("ascii").replace("\r\n", "\n") == text
+    same_reading(email_with(text=text))
+
+
+def test_control_characters_and_non_ascii_still_go_through_binascii():
+    for text in ("a\x01" + "b" * 1000, "é" + "c" * 1000):
+        encoding, body = mime._part_body(text)
+        assert encoding == "quoted-printable"
+        assert body == binascii.b2a_qp(text.encode("utf-8"), istext=True).decode("ascii").replace("\n", "\r\n")

@@ -56,6 +56,61 @@ def test_threaded_worker_commits_on_its_own_connection_in_order():
 
 
 @pytest.mark.django_db(transaction=True)
+def test_threaded_worker_holds_the_sender_once_the_window_waits_for_its_commit(monkeypatch):
+    """The crash bound: never more than DBMAIL_OUTCOME_WINDOW outcomes handed over and not committed."""
+    import threading
+
+    TextOfEmailFactory.create_batch(6)
+    batch = claims.claim(6)
+    sent = retry.Outcome("sent", 250, "ok")
+    gate, written, real = threading.Event(), [], outcomes.write
+
+    def held(rows):
+        gate.wait(10)
+        written.extend(row.pk for row in rows)
+        return real(rows)
+
+    monkeypatch.setattr(outcomes, "write", held)
+    worker = dbworker.ThreadedWorker(window=4)
+    for email in batch.emails[:4]:
+        worker.record(email, batch.token, sent)
+    fifth = threading.Thread(target=worker.record, args=(batch.emails[4], batch.token, sent))
+    fifth.start()
+    fifth.join(0.5)
+    assert fifth.is_alive()  # four wait for their commit: the fifth is not handed over
+    assert written == []
+    gate.set()
+    fifth.join(10)
+    assert not fifth.is_alive()
+    worker.record(batch.emails[5], batch.token, sent)
+    worker.close()
+    assert written == [e.pk for e in batch.emails]  # in the order handed over
+    assert set(TextOfEmail.objects.values_list("status", flat=True)) == {Status.SENT}
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
+def test_threaded_worker_whose_own_loop_fails_keeps_every_outcome_handed_over(monkeypatch):
+    TextOfEmailFactory.create_batch(3)
+    batch = claims.claim(3)
+    sent = retry.Outcome("sent", 250, "ok")
+
+    def broken(self):
+        raise RuntimeError("the loop broke")
+
+    monkeypatch.setattr(dbworker.ThreadedWorker, "_gather", broken)
+    worker = dbworker.ThreadedWorker(window=8)
+    worker.record(batch.emails[0], batch.token, sent)
+    worker._thread.join(10)  # woken by the first outcome, it fails gathering more
+    assert not worker._thread.is_alive()
+    with pytest.raises(RuntimeError, match="loop broke"):
+        worker.record(batch.emails[1], batch.token, sent)  # the sender stops
+    assert [row.pk for row in worker.unwritten] == [e.pk for e in batch.emails[:2]]  # kept for recovery
+    worker.close(raise_error=False)
+    assert set(TextOfEmail.objects.values_list("status", flat=True)) == {Status.SENDING}
+
+
+@pytest.mark.django_db(transaction=True)
 def test_threaded_worker_surfaces_a_database_error(monkeypatch):
     TextOfEmailFactory()
     batch = claims.claim(1)

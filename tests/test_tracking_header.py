@@ -16,6 +16,20 @@ from .tracking_support import event
 Status = TextOfEmail.Status
 
 
+@pytest.mark.parametrize("secret", ["a-secret", "ünïcode secret", b"bytes secret"])
+def test_tracking_ids_are_what_djangos_signer_makes_and_follow_the_secret_key(settings, secret):
+    from django.core import signing
+
+    from dbmail.track.header import _SALT
+
+    settings.SECRET_KEY = secret
+    for pk in (1, 42, 10**15):
+        assert tracking_id(pk) == signing.Signer(key=secret, salt=_SALT).sign(str(pk))
+    assert email_pk_from_tracking_id(tracking_id(7)) == 7
+    settings.SECRET_KEY = "another secret"
+    assert tracking_id(7) != signing.Signer(key=secret, salt=_SALT).sign("7")
+
+
 def test_tracking_ids_are_signed():
     value = tracking_id(42)
     assert email_pk_from_tracking_id(value) == 42

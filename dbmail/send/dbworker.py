@@ -19,6 +19,7 @@ break), so the sender can write them once the database answers again
 (dbmail.send.recovery).
 """
 
+import collections
 import queue
 import sys
 import threading
@@ -55,11 +56,27 @@ class ThreadedWorker:
     # answer arrives; the default 5 ms hand-over would stall the SMTP conversation.
     SWITCH_INTERVAL = 0.0002
 
+    # Outcomes are committed in groups: a statement costs PostgreSQL about 0.4 ms whatever it writes,
+    # and each outcome in it about 60 µs more. So the thread waits up to GATHER_SECONDS after an
+    # outcome for others to join it (never for more than half the window, and never while a claim
+    # or another call is waiting): the crash bound above stays what the window makes it.
+    GATHER_SECONDS = 0.005
+
     def __init__(self, window=None):
-        self._work = queue.Queue()
-        window = window or conf.DBMAIL_OUTCOME_WINDOW
-        self._slots = threading.Semaphore(window)
-        self._gather_rows = max(1, window // 2)
+        self._work = queue.Queue()  # calls, and None to end
+        # Outcomes go on a deque of their own, not through the queue: an append takes no lock, and the
+        # database thread is woken only when it is idle or half the window is waiting, not once an outcome
+        # (each wake-up is a hand-over of the interpreter between the two threads).
+        self._rows = collections.deque()
+        self._wake = threading.Event()
+        self._idle = False  # the database thread waits for anything at all (not gathering)
+        self._window = window or conf.DBMAIL_OUTCOME_WINDOW
+        self._gather_rows = max(1, self._window // 2)
+        # Each counter is written by one thread only: handed over (the sender's), written or failed (ours).
+        self._handed = 0
+        self._settled = 0
+        self._room = threading.Condition()
+        self._ended = False
         self.error = None
         self.unwritten = []  # outcomes.Row not committed because the database failed
         self._switch_interval = sys.getswitchinterval()
@@ -71,53 +88,57 @@ class ThreadedWorker:
         """Run `func` on the database thread after the work queued before it; returns a Future."""
         future = Future()
         self._work.put((future, func, args, kwargs))
+        self._wake.set()
         return future
+
+    def _full(self):
+        return self._handed - self._settled >= self._window and not self._ended
 
     def record(self, email, token, outcome):
         """Queue the outcome's commit; returns the outcome as it will be applied."""
-        self._slots.acquire()  # no more than the window waits for its commit
+        if self._full():  # no more than the window waits for its commit
+            with self._room:
+                self._room.wait_for(lambda: not self._full())
         row = outcomes.as_row(email, token, outcome)
-        if self.error:
-            self._slots.release()
+        if self.error or self._ended:
             self.unwritten.append(row)  # the message was sent all the same: its outcome must not be lost
-            raise self.error
-        self._work.put(row)
+            raise self.error or RuntimeError("the database thread has ended")
+        self._rows.append(row)
+        self._handed += 1
+        if self._ended:  # the thread ended between the test above and the append: the row is not left behind
+            while self._rows:
+                self.unwritten.append(self._rows.popleft())
+            raise self.error or RuntimeError("the database thread has ended")
+        if self._idle or len(self._rows) >= self._gather_rows:
+            self._wake.set()
         return retry.give_up(outcome, email.attempts, email)
 
-    # Outcomes are committed in groups: a statement costs PostgreSQL about 0.4 ms whatever it writes,
-    # and each outcome in it about 60 µs more. So the thread waits up to GATHER_SECONDS after an
-    # outcome for others to join it (never for more than half the window, and never while a claim
-    # or another call is waiting): the crash bound above stays what the window makes it.
-    GATHER_SECONDS = 0.005
-
-    def _gather(self, items):
-        """Add to `items` (one outcome so far) what arrives within GATHER_SECONDS, up to half the window."""
+    def _gather(self):
+        """Let outcomes join the first for up to GATHER_SECONDS, up to half the window, unless a call waits."""
         deadline = time.monotonic() + self.GATHER_SECONDS
-        while len(items) < self._gather_rows:
+        while len(self._rows) < self._gather_rows and self._work.empty():
             left = deadline - time.monotonic()
-            try:
-                item = self._work.get(timeout=left) if left > 0 else self._work.get_nowait()
-            except queue.Empty:
+            if left <= 0:
                 return
-            items.append(item)
-            if not isinstance(item, outcomes.Row):
-                return  # a claim or a call waits: no more delay
+            self._wake.wait(left)
+            self._wake.clear()
 
     def _run(self):
         try:
             while True:
-                items = [self._work.get()]
-                if isinstance(items[0], outcomes.Row):
-                    self._gather(items)
-                while not self._work.empty():
-                    items.append(self._work.get_nowait())
-                rows = []
-                for item in items:
-                    if isinstance(item, outcomes.Row):
-                        rows.append(item)
-                        continue
-                    self._write(rows)  # outcomes queued before a call are committed before it runs
-                    rows = []
+                self._idle = True
+                if not self._rows and self._work.empty():
+                    self._wake.wait()
+                self._idle = False
+                self._wake.clear()
+                if self._rows and self._work.empty():
+                    self._gather()
+                while True:
+                    try:
+                        item = self._work.get_nowait()
+                    except queue.Empty:
+                        break
+                    self._write_waiting()  # outcomes handed over before a call are committed before it runs
                     if item is None:
                         return
                     future, func, args, kwargs = item
@@ -125,14 +146,25 @@ class ThreadedWorker:
                         future.set_result(func(*args, **kwargs))
                     except BaseException as exc:
                         future.set_exception(exc)
-                self._write(rows)
+                self._write_waiting()
+        except BaseException as exc:  # a fault of this loop itself: the sender must stop, as for the database's
+            self.error = self.error or exc
+            raise
         finally:
+            self._ended = True
+            while self._rows:  # only if the loop itself failed: kept to be written later, never dropped
+                self.unwritten.append(self._rows.popleft())
+            with self._room:
+                self._room.notify_all()
             try:
                 connection.close()
             except Exception:  # a connection the server broke: the sender already knows (self.error)
                 pass
 
-    def _write(self, rows):
+    def _write_waiting(self):
+        rows = []
+        while self._rows:
+            rows.append(self._rows.popleft())
         if not rows:
             return
         try:
@@ -141,11 +173,13 @@ class ThreadedWorker:
             self.error = self.error or exc
             self.unwritten.extend(rows)
         finally:
-            for _ in rows:
-                self._slots.release()
+            self._settled += len(rows)
+            with self._room:
+                self._room.notify_all()
 
     def close(self, raise_error=True):
         self._work.put(None)
+        self._wake.set()
         self._thread.join()
         sys.setswitchinterval(self._switch_interval)
         if self.error and raise_error:

@@ -67,11 +67,48 @@ def _address_header(name, value):
 
 def _part_body(text):
     """(Content-Transfer-Encoding, encoded body with CRLF line ends)."""
-    text = text.replace("\r\n", "\n").replace("\r", "\n")
-    if _is_ascii(text) and max(map(len, text.split("\n"))) <= 998:
-        return "7bit", text.replace("\n", "\r\n")
+    if "\r" in text:
+        text = text.replace("\r\n", "\n").replace("\r", "\n")
+    lines = text.split("\n")
+    if _is_ascii(text):
+        if max(map(len, lines)) <= 998:
+            return "7bit", "\r\n".join(lines)
+        if not any(c in text for c in _CONTROL):
+            return "quoted-printable", _qp_printable(lines)
     encoded = binascii.b2a_qp(text.encode("utf-8"), istext=True).decode("ascii")
     return "quoted-printable", encoded.replace("\n", "\r\n")
+
+
+_CONTROL = tuple(chr(c) for c in (*range(32), 127) if chr(c) not in "\t\n")  # "\r" is gone by then
+_QP_LINE = 76  # RFC 2045 6.7 (5): encoded lines of at most 76 characters, the soft break's "=" included
+
+
+def _qp_printable(lines):
+    """Quoted-printable of printable ASCII lines (a plain text with a line too long for 7bit), CRLF line ends.
+
+    binascii.b2a_qp looks at every character of the text, and an ordinary letter with one long
+    paragraph is little more than "=" escaped and the long lines broken: this does just that, a
+    line at a time. Anything else (control characters, non-ASCII text) goes through b2a_qp.
+    """
+    out = []
+    for line in lines:
+        if "=" in line:
+            line = line.replace("=", "=3D")
+        if line[-1:] == " " or line[-1:] == "\t":  # RFC 2045 6.7 (3): no white space at the end of a line
+            line = line[:-1] + ("=20" if line[-1] == " " else "=09")
+        start, end = 0, len(line)
+        while end - start > _QP_LINE:
+            cut = start + _QP_LINE - 1
+            escape = line.find("=", cut - 2, cut)  # an "=" always begins an escape: never cut one in two
+            if escape != -1:
+                cut = escape
+            out.append(line[start:cut])
+            out.append("=\r\n")
+            start = cut
+        out.append(line[start:] if start else line)
+        out.append("\r\n")
+    out.pop()  # no line end after the last line, as "\r\n".join would have it
+    return "".join(out)
 
 
 def _part(subtype, text):

@@ -5,7 +5,7 @@ on the sender's database thread where there is one).
 """
 
 import logging
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from django.db import connection as db_connection
 from django.db import transaction
@@ -25,9 +25,11 @@ LOST_LEASE = "lost-lease"
 _FROM = sorted({source for transition in states.OUTCOMES.values() for source in transition.sources})
 
 
-@dataclass(frozen=True)
-class Row:
-    """One outcome as written: the email's new state and its log line."""
+class Row(NamedTuple):
+    """One outcome as written: the email's new state and its log line.
+
+    A named tuple: one is made for every message sent, and the writer takes its columns with zip.
+    """
 
     pk: int
     token: object
@@ -157,20 +159,14 @@ _EXECUTE_SQL = "{sync} EXECUTE dbmail_write_outcomes (%s, %s::uuid[], %s, %s, %s
 
 def _write_postgresql(rows):
     sync = "SET LOCAL synchronous_commit TO OFF;" if conf.DBMAIL_ASYNC_COMMIT else ""
-    columns = [
-        [r.pk for r in rows],
-        [str(r.token) for r in rows],
-        [r.status for r in rows],
-        [r.at for r in rows],
-        [r.last_error for r in rows],
-        [r.sent_at for r in rows],
-        [r.next_attempt_at for r in rows],
-        [r.smtp_code for r in rows],
-        [r.text for r in rows],
-        [r.counted for r in rows],
-        [r.possibly_delivered for r in rows],
-        [rollup.day_of(r.at) for r in rows],
-    ]
+    pks, tokens, statuses, ats, last_errors, sent_ats, next_ats, codes, texts, counted, unknown = map(
+        list, zip(*rows, strict=True)
+    )
+    token_text = {token: str(token) for token in set(tokens)}  # a batch's outcomes share their claim's token
+    first, last = rollup.day_of(min(ats)), rollup.day_of(max(ats))
+    days = [first] * len(ats) if first == last else [rollup.day_of(at) for at in ats]
+    columns = [pks, [token_text[t] for t in tokens], statuses, ats, last_errors, sent_ats, next_ats, codes, texts]
+    columns += [counted, unknown, days]
     db_connection.ensure_connection()
     session = db_connection.connection  # a prepared statement lives as long as this session
     with db_connection.cursor() as cursor:

@@ -18,6 +18,11 @@
   answer lost after the final dot (AckLost: the message may have been
   delivered).
 - SMTPUTF8 (RFC 6531) is asked for when the caller says the message needs it.
+- Replies are read from a buffer of our own (_BulkSMTP.getreply) rather than
+  line by line through smtplib's file object: with pipelining the four
+  replies of a message usually arrive in one segment, and are parsed from it
+  in one pass. What a reply means, and every failure (a lost connection, a
+  line too long, a garbled code), is as smtplib's getreply has it.
 
 Everything else is Django's own backend, so EMAIL_* settings mean what
 Django's documentation says.
@@ -54,10 +59,64 @@ class _BulkSMTP:
     # The next message's MAIL, RCPT and DATA, written after this one's final dot (RFC 2920 lets a
     # client go on without waiting for the dot's answer): one round trip a message instead of two.
     _ahead = None
+    _ahead_of = None  # ((from, [to], mail options, rcpt options), message bytes, envelope) of `_ahead`
+    # What the server sent that no reply has consumed yet, and the socket it came from: a new socket
+    # (a reconnection, or STARTTLS, after which nothing sent in the clear may be believed) starts empty.
+    _rbuf = b""
+    _rsock = None
 
     def close(self):
-        self._ahead = None
+        self._ahead = self._ahead_of = None
+        self._rbuf, self._rsock = b"", None
         super().close()
+
+    def _readline(self):
+        """The next line from the server, as smtplib's file.readline(_MAXLINE + 1) would return it."""
+        limit = smtplib._MAXLINE + 1
+        buf = self._rbuf
+        while True:
+            end = buf.find(b"\n", 0, limit)
+            if end >= 0:
+                self._rbuf = buf[end + 1 :]
+                return buf[: end + 1]
+            if len(buf) >= limit:
+                self._rbuf = buf[limit:]
+                return buf[:limit]
+            chunk = self.sock.recv(65536)
+            if not chunk:  # the end of the stream: what is left is the last (partial) line
+                self._rbuf = b""
+                return buf
+            buf += chunk
+            self._rbuf = buf
+
+    def getreply(self):
+        """(code, text) of the server's next reply, as smtplib's getreply (-1 for a garbled code)."""
+        if self.sock is None:
+            raise smtplib.SMTPServerDisconnected("please run connect() first")
+        if self._rsock is not self.sock:
+            self._rsock, self._rbuf = self.sock, b""
+        lines = []
+        while True:
+            try:
+                line = self._readline()
+            except OSError as exc:
+                self.close()
+                raise smtplib.SMTPServerDisconnected(f"Connection unexpectedly closed: {exc}")  # noqa: B904 (as smtplib)
+            if not line:
+                self.close()
+                raise smtplib.SMTPServerDisconnected("Connection unexpectedly closed")
+            if len(line) > smtplib._MAXLINE:
+                self.close()
+                raise smtplib.SMTPResponseException(500, "Line too long.")
+            lines.append(line[4:].strip(b" \t\r\n"))
+            try:
+                code = int(line[:3])
+            except ValueError:
+                code = -1  # as smtplib: no continuation line is read after a broken one
+                break
+            if line[3:4] != b"-":
+                break
+        return code, lines[0] if len(lines) == 1 else b"\n".join(lines)
 
     def starttls(self, *args, **kwargs):
         try:
@@ -101,9 +160,19 @@ class _BulkSMTP:
         to_addrs = [to_addrs] if isinstance(to_addrs, str) else list(to_addrs)
         if isinstance(msg, str):
             msg = smtplib._fix_eols(msg).encode("ascii")
-        mail, rcpts, encoding = self._envelope(from_addr, to_addrs, msg, mail_options, rcpt_options)
         ahead, self._ahead = self._ahead, None
-        if ahead is not None and ahead != self._group(mail, rcpts, encoding):
+        ahead_of, self._ahead_of = self._ahead_of, None
+        announced = (
+            ahead is not None
+            and ahead_of is not None
+            and ahead_of[1] is msg
+            and ahead_of[0] == (from_addr, to_addrs, mail_options, rcpt_options)
+        )
+        if announced:
+            mail, rcpts, encoding = ahead_of[2]  # the call announced with the last message: its envelope went out
+        else:
+            mail, rcpts, encoding = self._envelope(from_addr, to_addrs, msg, mail_options, rcpt_options)
+        if ahead is not None and not announced and ahead != self._group(mail, rcpts, encoding):
             # The commands on their way are another message's: this connection cannot go on.
             self.close()
             raise _staged(smtplib.SMTPServerDisconnected("the pipelined envelope was another message's"), "mail")
@@ -131,7 +200,12 @@ class _BulkSMTP:
         end = b"." + _CRLF if body.endswith(_CRLF) else _CRLF + b"." + _CRLF
         following = b""
         if then is not None and self.has_extn("pipelining"):
-            following = self._group(*self._envelope(*then))
+            then_from, then_to, then_msg, then_mail_options, then_rcpt_options = then
+            then_to = [then_to] if isinstance(then_to, str) else list(then_to)
+            envelope = self._envelope(then_from, then_to, then_msg, then_mail_options, then_rcpt_options)
+            following = self._group(*envelope)
+            # Kept so that the next call, for that message, need not write its envelope again to compare it.
+            self._ahead_of = ((then_from, then_to, then_mail_options, then_rcpt_options), then_msg, envelope)
         try:
             if len(body) < _ONE_WRITE:
                 # One segment: a second small write could wait for an ACK (Nagle).
