@@ -167,6 +167,10 @@ def measure(args, conn, db_url, workdir):
             "postfix": figure("postfix", "postfix_cpu_us", 0),
             "sink": figure("postfix", "sink_cpu_us", 0),
         },
+        "postfix_cpu_us_by_process": {
+            name: stats.summary([run["postfix_cpu_us_by_process"].get(name, 0) for run in runs["postfix"]], 0)
+            for name in sorted({name for run in runs["postfix"] for name in run["postfix_cpu_us_by_process"]})
+        },
         "duplicates": sum(run["duplicates"] for kind in runs for run in runs[kind]),
         "missing": sum(run["missing"] for kind in runs for run in runs[kind]),
         "postfix_version": version,
@@ -230,6 +234,10 @@ def send(args, db_url, workdir, sink, server, n):
         run["delivered_seconds"] = delivered - started
         run["delivered_msgs_s"] = n / (delivered - started)
         run["postfix_cpu_us"] = (postfix_cpu(server) - postfix_before) / n * 1e6
+        # A fresh instance each time: what its processes spent is this run's (start-up is a few ms).
+        run["postfix_cpu_us_by_process"] = {
+            name: round(seconds / n * 1e6) for name, seconds in sorted(postfix_cpu(server, by_process=True).items())
+        }
     return run
 
 
@@ -254,28 +262,32 @@ def children_cpu():
     return usage.ru_utime + usage.ru_stime
 
 
-def postfix_cpu(server):
-    """CPU seconds of the instance: its master and every live process under it, and those it reaped."""
+def postfix_cpu(server, by_process=False):
+    """CPU seconds of the instance: its master, every live process under it, and those it reaped.
+
+    With `by_process`, a dict of them by process name instead (the reaped ones under "exited").
+    """
     if server is None:
         return 0.0
     pid_file = server.root / "queue" / "pid" / "master.pid"
     master = int(pid_file.read_text().split()[0])
-    parents, times = {}, {}
+    tick = os.sysconf("SC_CLK_TCK")
+    parts = {}
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
         try:
-            fields = Path(f"/proc/{entry}/stat").read_text().rpartition(")")[2].split()
+            name, _, rest = Path(f"/proc/{entry}/stat").read_text().partition(" (")[2].rpartition(")")
+            fields = rest.split()
         except OSError:
             continue
-        parents[int(entry)] = int(fields[1])
-        times[int(entry)] = [int(x) for x in fields[11:15]]  # utime stime cutime cstime
-    tick = os.sysconf("SC_CLK_TCK")
-    total = sum(times.get(master, [0, 0, 0, 0]))
-    for pid, parent in parents.items():
-        if parent == master:
-            total += sum(times[pid][:2])  # a daemon that exits later is in the master's cutime then
-    return total / tick
+        utime, stime, cutime, cstime = (int(x) / tick for x in fields[11:15])
+        if int(entry) == master:
+            parts["master"] = parts.get("master", 0) + utime + stime
+            parts["exited"] = parts.get("exited", 0) + cutime + cstime  # daemons that ended meanwhile
+        elif int(fields[1]) == master:
+            parts[name] = parts.get(name, 0) + utime + stime
+    return parts if by_process else sum(parts.values())
 
 
 def describe(kind, run):
@@ -294,6 +306,10 @@ def print_table(figures):
     print(f"  until the sink has them all        {stats.shown(figures['delivered_msgs_s'], ' msg/s')}")
     print(f"  submission / direct                {figures['submit_ratio']:.2f}")
     print("  CPU per message (us): " + ", ".join(f"{name} {value['median']:.0f}" for name, value in cpu.items()))
+    print(
+        "  Postfix's CPU per message by process (us): "
+        + ", ".join(f"{name} {value['median']:.0f}" for name, value in figures["postfix_cpu_us_by_process"].items())
+    )
     print(f"  duplicates {figures['duplicates']}, missing {figures['missing']}")
     print("  postfix: " + ", ".join(f"{k}={v}" for k, v in figures["postfix_settings"].items()))
     load = figures["load_average"]

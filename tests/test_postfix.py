@@ -299,3 +299,29 @@ def test_mail_for_no_list_is_bounced_by_postfix_with_our_line(postfix_gate, post
     (dsn,) = postfix_sink.to("ann@example.com")
     assert b"mailgate: " in dsn.data and b"5.1.1" in dsn.data, dsn.data[:3000]
     assert InboundMessage.objects.get().status == InboundMessage.Status.NO_LIST
+
+
+def test_postfix_log_lines_track_delivery_and_bounce(postfix, postfix_sink, settings):
+    # dbmail_track --follow-log on Postfix 3.7's own lines, not on lines written for the test.
+    from dbmail.track.logfollow import Follower
+
+    settings.TRACKING_QUEUE_URL = ""
+    postfix_sink.script("gone@example.net", "550 5.1.1 <gone@example.net>: no such user")
+    UserFactory(email="gone@example.net")
+    UserFactory(email="here@example.net")
+    MessageRequestFactory()
+
+    cron(postfix)
+    assert postfix.wait_log(r"to=<gone@example\.net>.* status=bounced"), postfix.log()
+    assert postfix.wait_log(r"to=<here@example\.net>.* status=sent"), postfix.log()
+    follower = Follower(str(postfix.root / "maillog"), "postfix")
+    for _ in range(5):  # a megabyte of the session's log a poll
+        follower.poll()
+    consume()
+    gone = TextOfEmail.objects.get(to_address="gone@example.net")
+    here = TextOfEmail.objects.get(to_address="here@example.net")
+    assert here.status == Status.DELIVERED, here.events.all()
+    assert gone.status == Status.BOUNCED
+    # Postfix's DSN may reach the gate too (VERP), with the same verdict: either way 550 5.1.1.
+    tracking = list(gone.events.exclude(kind=DeliveryEvent.Kind.ATTEMPT))
+    assert tracking and all(e.smtp_code == 550 and "5.1.1" in e.text for e in tracking), tracking
