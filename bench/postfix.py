@@ -2,6 +2,7 @@
 
     python bench/postfix.py                    # 10,000 emails, 3 repetitions (a few minutes)
     python bench/postfix.py --messages 2000 --reps 1
+    python bench/postfix.py --senders 2        # two dbmail_cron at once, in both phases
 
 Needs root and Debian's postfix (installed if missing, without starting the
 system's; tests/postfix.py runs the instance: its own configuration, queue
@@ -68,6 +69,7 @@ def parse_args(argv):
     parser = argparse.ArgumentParser(description="dbmail_cron through a private Postfix to the bench sink")
     parser.add_argument("--messages", type=int, default=10_000)
     parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--senders", type=int, default=1, help="dbmail_cron processes at once (each phase)")
     parser.add_argument("--timeout", type=float, default=900, help="seconds to wait for the sink to have them all")
     parser.add_argument("--results", default=str(ROOT / "bench" / "results.json"))
     parser.add_argument("--keep-db", action="store_true")
@@ -156,6 +158,7 @@ def measure(args, conn, db_url, workdir):
     return {
         "messages": n,
         "reps": args.reps,
+        "senders": args.senders,
         "submit_msgs_s": submit,
         "delivered_msgs_s": figure("postfix", "delivered_msgs_s"),
         "direct_msgs_s": direct,
@@ -209,23 +212,28 @@ def send(args, db_url, workdir, sink, server, n):
     cpu_before, postfix_before = children_cpu(), postfix_cpu(server)
     with db.BackendCpu(db_url) as pg:
         started = time.perf_counter()
-        done = subprocess.run(
-            [PY, str(ROOT / "manage.py"), "dbmail_cron", "-v", "2"],
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
+        procs = [
+            subprocess.Popen(
+                [PY, str(ROOT / "manage.py"), "dbmail_cron", "-v", "2"],
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+            for _ in range(args.senders)
+        ]
+        outputs = [proc.communicate()[0] for proc in procs]
         seconds = time.perf_counter() - started
     cpu = children_cpu() - cpu_before
-    if done.returncode:
-        raise SystemExit(f"bench: dbmail_cron failed (exit {done.returncode}):\n{done.stdout}")
+    for proc, out in zip(procs, outputs, strict=True):
+        if proc.returncode:
+            raise SystemExit(f"bench: dbmail_cron failed (exit {proc.returncode}):\n{out}")
     run = {
         "msgs_s": n / seconds,
         "seconds": seconds,
         "cpu_us": cpu / n * 1e6,
         "pg_cpu_us": pg.seconds / n * 1e6,
-        "summary": done.stdout.strip().splitlines()[-1] if done.stdout.strip() else "",
+        "summary": " | ".join(out.strip().splitlines()[-1] for out in outputs if out.strip()),
     }
     if server:
         delivered = wait_delivered(log, n, started + args.timeout)
@@ -300,7 +308,10 @@ def describe(kind, run):
 def print_table(figures):
     n = figures["messages"]
     cpu = figures["cpu_us_per_msg"]
-    print(f"\n{n:,} emails through Postfix {figures['postfix_version']} (medians of {figures['reps']}, spread):")
+    print(
+        f"\n{n:,} emails through Postfix {figures['postfix_version']}, {figures['senders']} sender(s) "
+        f"(medians of {figures['reps']}, spread):"
+    )
     print(f"  dbmail_cron straight to the sink   {stats.shown(figures['direct_msgs_s'], ' msg/s')}")
     print(f"  dbmail_cron submitting to Postfix  {stats.shown(figures['submit_msgs_s'], ' msg/s')}")
     print(f"  until the sink has them all        {stats.shown(figures['delivered_msgs_s'], ' msg/s')}")
