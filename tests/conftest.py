@@ -12,7 +12,7 @@ from hypothesis import settings as hypothesis_settings
 from .smtpserver import SMTPServer
 
 # Shared fixtures: the tracking queue backends and the comm panel's signed-in editor.
-pytest_plugins = ["tests.tracking_support", "tests.panel", "tests.queuetables"]
+pytest_plugins = ["tests.tracking_support", "tests.panel", "tests.queuetables", "tests.postfix"]
 
 ROOT = Path(__file__).resolve().parent.parent
 
