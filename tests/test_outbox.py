@@ -161,3 +161,30 @@ def test_a_checked_insert_inside_the_callers_transaction_leaves_it_usable():
         queued = outbox.enqueue("d@example.net", "s", "t", from_email="club@example.org")
     assert TextOfEmail.objects.get(pk=dropped.pk).status == Status.DROPPED
     assert TextOfEmail.objects.get(pk=queued.pk).status == Status.QUEUED
+
+
+def test_values_sent_as_they_are_are_what_the_orm_would_send():
+    # enqueue skips the ORM's preparing for values psycopg2 sends unchanged; for each such value of
+    # an email (with a user, a date, a raw message) the ORM must have given the same back.
+    from datetime import timedelta
+
+    from django.db import connection
+    from django.utils import timezone
+
+    from .factories import UserFactory
+
+    user = UserFactory()
+    email = outbox.enqueue(
+        "Ann <ann@example.net>", "s", "t", user=user, send_at=timezone.now() + timedelta(hours=1), raw_message=b"x"
+    )
+    email.sent_at = timezone.now()
+    fields = outbox._insert_fields()
+    as_they_are = 0
+    for (field, _), value in zip(fields, outbox._values(email, fields, connection), strict=True):
+        original = getattr(email, field.attname)
+        if value is original:
+            as_they_are += 1
+            assert value == field.get_db_prep_save(original, connection), field.name
+        else:  # prepared by the ORM: JSON and bytes only, here
+            assert field.name in ("headers", "raw_message"), field.name
+    assert as_they_are == len(fields) - 2

@@ -16,6 +16,7 @@ single-email path.
 
 import functools
 import re
+from datetime import datetime
 from email.utils import formataddr, parseaddr
 
 from django.conf import settings
@@ -224,10 +225,15 @@ def _insert_checked(db, email, sender, address):
 
 def _values(email, fields, db):
     values = []
-    for field, plain in fields:
+    for field, as_is in fields:
         value = getattr(email, field.attname)
-        # A plain str or int goes as it is; anything else (a date, JSON, a lazy string) as the ORM prepares it.
-        values.append(value if plain and type(value) in _AS_IS else field.get_db_prep_save(value, db))
+        # A value of a type psycopg2 sends exactly as the ORM would prepare it goes as it is; anything else
+        # (JSON, a lazy string, a naive date the ORM warns about) as the ORM prepares it.
+        kind = type(value)
+        if kind in as_is and (kind is not datetime or value.tzinfo is not None):
+            values.append(value)
+        else:
+            values.append(field.get_db_prep_save(value, db))
     return values
 
 
@@ -258,14 +264,24 @@ def _insert(email):
     email._state.db = db.alias
 
 
-_AS_IS = (str, int, type(None))
+_NONE = type(None)
 
 
 def _insert_fields():
-    """[(field, whether its str, int or None values need no preparing)] of every column enqueue writes."""
-    plain = (models.CharField, models.TextField, models.IntegerField)
-    fields = [f for f in TextOfEmail._meta.concrete_fields if not f.primary_key]
-    return [(f, isinstance(f, plain) and not f.is_relation) for f in fields]
+    """[(field, the types of its values that need no preparing)] of every column enqueue writes."""
+    return [(f, _as_is(f)) for f in TextOfEmail._meta.concrete_fields if not f.primary_key]
+
+
+def _as_is(field):
+    if field.is_relation:
+        return (int, _NONE)  # the related row's id
+    if isinstance(field, (models.CharField, models.TextField, models.IntegerField)):
+        return (str, int, _NONE)
+    if isinstance(field, models.DateTimeField):
+        return (datetime, _NONE)  # an aware one (_values): PostgreSQL's backend sends those unchanged
+    if isinstance(field, models.JSONField):
+        return ()  # None is JSON null or SQL NULL by the field's rules: always the ORM's way
+    return (_NONE,)
 
 
 @functools.cache  # on PostgreSQL only (_insert)
