@@ -37,6 +37,7 @@ NOT_NEEDED = (
     "mailgate.gate.forward",
     "dbmail.panel.views",
     "dbmail.ops.dnscheck",  # the admin's DNS page and dbmail_dkim
+    "defusedxml",  # the spool's XML parser: imported when a spool file is read
     "dkim",  # dkimpy (and dnspython under it): imported when the first message is signed
 )
 

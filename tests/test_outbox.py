@@ -105,3 +105,86 @@ def test_the_quick_address_split_is_parseaddrs(text):
     from dbmail.intake.outbox import _parseaddr
 
     assert _parseaddr(text) == parseaddr(text)
+
+
+def test_a_sender_seen_before_is_checked_again_by_every_call(settings):
+    # enqueue keeps each sender it has seen as a guess, checked inside its INSERT: every change to
+    # the account (or to the site's addresses) must show at the very next call, in this process too.
+    from dbmail.models import SenderAccount, Suppression
+
+    account = SenderAccountFactory(address="club@example.org", display_name="Club")
+    first = outbox.enqueue("a@example.net", "s", "t", from_email="club@example.org")
+    assert (first.account_id, first.from_header, first.status) == (account.pk, "Club <club@example.org>", Status.QUEUED)
+
+    SenderAccount.objects.filter(pk=account.pk).update(display_name="The Club")
+    assert outbox.enqueue("a@example.net", "s", "t", from_email="club@example.org").from_header == (
+        "The Club <club@example.org>"
+    )
+
+    Suppression.objects.create(address="b@example.net", reason=Suppression.Reason.BOUNCED)
+    dropped = outbox.enqueue("B@example.net", "s", "t", from_email="club@example.org")
+    assert dropped.status == Status.DROPPED and dropped.last_error.startswith("suppressed: hard bounce")
+    assert dropped.events.count() == 1
+
+    SenderAccount.objects.filter(pk=account.pk).update(active=False)
+    with pytest.raises(outbox.UnknownSender):
+        outbox.enqueue("a@example.net", "s", "t", from_email="club@example.org")
+    assert TextOfEmail.objects.count() == 3  # nothing written by the refused call
+
+    # An account replaced by another of the same address: the new one sends, not the guessed id.
+    SenderAccount.objects.filter(pk=account.pk).update(address="old-club@example.org", active=True)
+    other = SenderAccountFactory(address="club@example.org", display_name="Club")
+    assert outbox.enqueue("a@example.net", "s", "t", from_email="club@example.org").account_id == other.pk
+
+    # A site address that gains an account sends as that account; one that stops being the site's is refused.
+    settings.DEFAULT_FROM_EMAIL = "noreply@example.org"
+    assert outbox.enqueue("a@example.net", "s", "t").account is None
+    own = SenderAccountFactory(address="noreply@example.org", display_name="No Reply")
+    assert outbox.enqueue("a@example.net", "s", "t").account == own
+    settings.SERVER_EMAIL = "root@example.org"
+    assert outbox.enqueue("a@example.net", "s", "t", from_email="root@example.org").account is None
+    settings.SERVER_EMAIL = "admin@example.org"
+    with pytest.raises(outbox.UnknownSender):
+        outbox.enqueue("a@example.net", "s", "t", from_email="root@example.org")
+
+
+def test_a_checked_insert_inside_the_callers_transaction_leaves_it_usable():
+    # A failed check writes nothing and raises nothing inside the caller's transaction: the
+    # retry with the fresh sender (or the refusal) happens in the same transaction, which commits.
+    from dbmail.models import Suppression
+
+    SenderAccountFactory(address="club@example.org", display_name="Club")
+    outbox.enqueue("a@example.net", "s", "t", from_email="club@example.org")
+    Suppression.objects.create(address="c@example.net", reason=Suppression.Reason.COMPLAINED)
+    with transaction.atomic():
+        dropped = outbox.enqueue("c@example.net", "s", "t", from_email="club@example.org")
+        queued = outbox.enqueue("d@example.net", "s", "t", from_email="club@example.org")
+    assert TextOfEmail.objects.get(pk=dropped.pk).status == Status.DROPPED
+    assert TextOfEmail.objects.get(pk=queued.pk).status == Status.QUEUED
+
+
+def test_values_sent_as_they_are_are_what_the_orm_would_send():
+    # enqueue skips the ORM's preparing for values psycopg2 sends unchanged; for each such value of
+    # an email (with a user, a date, a raw message) the ORM must have given the same back.
+    from datetime import timedelta
+
+    from django.db import connection
+    from django.utils import timezone
+
+    from .factories import UserFactory
+
+    user = UserFactory()
+    email = outbox.enqueue(
+        "Ann <ann@example.net>", "s", "t", user=user, send_at=timezone.now() + timedelta(hours=1), raw_message=b"x"
+    )
+    email.sent_at = timezone.now()
+    fields = outbox._insert_fields()
+    as_they_are = 0
+    for (field, _), value in zip(fields, outbox._values(email, fields, connection), strict=True):
+        original = getattr(email, field.attname)
+        if value is original:
+            as_they_are += 1
+            assert value == field.get_db_prep_save(original, connection), field.name
+        else:  # prepared by the ORM: JSON and bytes only, here
+            assert field.name in ("headers", "raw_message"), field.name
+    assert as_they_are == len(fields) - 2

@@ -16,6 +16,7 @@ single-email path.
 
 import functools
 import re
+from datetime import datetime
 from email.utils import formataddr, parseaddr
 
 from django.conf import settings
@@ -106,21 +107,25 @@ def enqueue(
     it, and the `from_header` it shows if that differs from `from_email` (a
     list forward's From is the list; the account sending it is `from_email`).
     """
-    account, resolved_from_header, from_address = resolve_sender(from_email)
-    message_id = message_id or rendering.new_message_id(from_address)
+    db = connections[DEFAULT_DB_ALIAS]  # looked up once: each use of django.db.connection looks it up again
+    fast = db.vendor == "postgresql"
+    key = (from_email or settings.DEFAULT_FROM_EMAIL, settings.DEFAULT_FROM_EMAIL, settings.SERVER_EMAIL)
+    sender = _senders.get(key) if fast else None
+    if sender is None:
+        sender = _Sender.of(*resolve_sender(from_email))
+    message_id = message_id or rendering.new_message_id(sender.address)
     name, address = _parseaddr(to)
     address = recipients.normalise_address(address or to)
     now = timezone.now()
     if html and not text:
         text = rendering.html_to_text(html)
     email = TextOfEmail(
-        account=account,
         user=user,
         to_address=address[:254],
         to_name=name[:200],
         dest_group=destinations.group_of(address),
-        from_header=from_header or resolved_from_header,
-        envelope_sender=envelope_sender or verp.envelope_sender(message_id, from_address),
+        from_header=from_header or sender.from_header,
+        envelope_sender=envelope_sender or verp.envelope_sender(message_id, sender.address),
         reply_to=reply_to,
         subject=" ".join(subject.split())[:998],
         text=text,
@@ -132,13 +137,111 @@ def enqueue(
         status_changed_at=now,
         next_attempt_at=send_at or now,
     )
-    error = recipients.address_error(address) or _suppressed(address)
+    # The account by its id only: a web view that reads email.account gets it fresh, not as it was cached.
+    email.account_id = sender.account_id
+    error = recipients.address_error(address)
+    if fast and not error:
+        if _insert_checked(db, email, sender, address):
+            _senders.remember(key, sender)
+            return email
+        # The sender account changed, or the address is suppressed: ask again, as a first call does.
+        _senders.forget(key)
+        sender = _Sender.of(*resolve_sender(from_email))
+        email.account_id, email.from_header = sender.account_id, from_header or sender.from_header
+    error = error or _suppressed(address)
     if error:
         email.status, email.last_error = states.REFUSE.target, error
     _insert(email)
     if error:
         DeliveryEvent.objects.create(email=email, kind=DeliveryEvent.Kind.ADMIN, outcome=email.status, text=error)
     return email
+
+
+class _Sender(tuple):
+    """What enqueue takes of the sender: (account id or None, its display name, From header, address)."""
+
+    __slots__ = ()
+
+    @classmethod
+    def of(cls, account, from_header, address):
+        return cls((account.pk if account else None, account.display_name if account else None, from_header, address))
+
+    account_id = property(lambda self: self[0])
+    display_name = property(lambda self: self[1])
+    from_header = property(lambda self: self[2])
+    address = property(lambda self: self[3])
+
+
+class _SenderCache:
+    """The senders seen in this process, by (from_email, DEFAULT_FROM_EMAIL, SERVER_EMAIL).
+
+    Only a guess: each INSERT checks, in the same statement, that the account is
+    still the active one of that address with that name (or that there is none,
+    for the site's own addresses), so a deactivated or renamed account takes
+    effect at the next call on every host. A guess that fails is asked again.
+    """
+
+    LIMIT = 256  # from_email values a process sees: a handful; the bound is for a caller passing many
+
+    def __init__(self):
+        self._rows = {}
+
+    def get(self, key):
+        return self._rows.get(key)
+
+    def remember(self, key, sender):
+        if key not in self._rows:
+            if len(self._rows) >= self.LIMIT:
+                self._rows.clear()
+            self._rows[key] = sender
+
+    def forget(self, key):
+        self._rows.pop(key, None)
+
+
+_senders = _SenderCache()
+
+
+def _insert_checked(db, email, sender, address):
+    """Insert `email` if its sender is still as guessed and `address` is not suppressed; whether it was.
+
+    One statement and one round trip (with SET LOCAL in autocommit): the sender
+    check, the suppression check and the INSERT ... RETURNING, which PostgreSQL
+    runs in one snapshot. Nothing is written when either check fails.
+    """
+    sql, fields = _checked_insert_statement()
+    values = _values(email, fields, db)
+    values += [address.strip().lower(), sender.address, sender.account_id, sender.display_name]
+    with db.cursor() as cursor:
+        prepared.execute(cursor, "dbmail_enqueue_checked", sql, values, prefix=_prefix(db))
+        row = cursor.fetchone()
+    if row is None:
+        return False
+    email.pk = row[0]
+    email._state.adding = False
+    email._state.db = db.alias
+    return True
+
+
+def _values(email, fields, db):
+    values = []
+    for field, as_is in fields:
+        value = getattr(email, field.attname)
+        # A value of a type psycopg2 sends exactly as the ORM would prepare it goes as it is; anything else
+        # (JSON, a lazy string, a naive date the ORM warns about) as the ORM prepares it.
+        kind = type(value)
+        if kind in as_is and (kind is not datetime or value.tzinfo is not None):
+            values.append(value)
+        else:
+            values.append(field.get_db_prep_save(value, db))
+    return values
+
+
+def _prefix(db):
+    if conf.DBMAIL_ASYNC_ENQUEUE and not db.in_atomic_block:
+        # One round trip: in autocommit, a multi-statement query is one transaction, and SET LOCAL holds for it.
+        return "SET LOCAL synchronous_commit TO OFF; "
+    return ""
 
 
 def _insert(email):
@@ -149,42 +252,77 @@ def _insert(email):
     not wait for the WAL flush: see docs/scaling.md for what that trades. Inside a caller's
     transaction, the caller's commit decides.
     """
-    db = connections[DEFAULT_DB_ALIAS]  # looked up once: each use of django.db.connection looks it up again
+    db = connections[DEFAULT_DB_ALIAS]
     if db.vendor != "postgresql":
         email.save(force_insert=True)
         return
     sql, fields = _insert_statement()
-    values = []
-    for field, plain in fields:
-        value = getattr(email, field.attname)
-        # A plain str or int goes as it is; anything else (a date, JSON, a lazy string) as the ORM prepares it.
-        values.append(value if plain and type(value) in _AS_IS else field.get_db_prep_save(value, db))
-    prefix = ""
-    if conf.DBMAIL_ASYNC_ENQUEUE and not db.in_atomic_block:
-        # One round trip: in autocommit, a multi-statement query is one transaction, and SET LOCAL holds for it.
-        prefix = "SET LOCAL synchronous_commit TO OFF; "
     with db.cursor() as cursor:
-        prepared.execute(cursor, "dbmail_enqueue", sql, values, prefix=prefix)
+        prepared.execute(cursor, "dbmail_enqueue", sql, _values(email, fields, db), prefix=_prefix(db))
         email.pk = cursor.fetchone()[0]
     email._state.adding = False
     email._state.db = db.alias
 
 
-_AS_IS = (str, int, type(None))
+_NONE = type(None)
+
+
+def _insert_fields():
+    """[(field, the types of its values that need no preparing)] of every column enqueue writes."""
+    return [(f, _as_is(f)) for f in TextOfEmail._meta.concrete_fields if not f.primary_key]
+
+
+def _as_is(field):
+    if field.is_relation:
+        return (int, _NONE)  # the related row's id
+    if isinstance(field, (models.CharField, models.TextField, models.IntegerField)):
+        return (str, int, _NONE)
+    if isinstance(field, models.DateTimeField):
+        return (datetime, _NONE)  # an aware one (_values): PostgreSQL's backend sends those unchanged
+    if isinstance(field, models.JSONField):
+        return ()  # None is JSON null or SQL NULL by the field's rules: always the ORM's way
+    return (_NONE,)
 
 
 @functools.cache  # on PostgreSQL only (_insert)
 def _insert_statement():
-    """(INSERT ... RETURNING id with $n parameters, [(field, whether its str, int or None values need no preparing)])."""
+    """(INSERT ... RETURNING id with $n parameters, _insert_fields())."""
     quote = connection.ops.quote_name
-    fields = [f for f in TextOfEmail._meta.concrete_fields if not f.primary_key]
-    plain = (models.CharField, models.TextField, models.IntegerField)
-    prepared = [(f, isinstance(f, plain) and not f.is_relation) for f in fields]
+    fields = _insert_fields()
     sql = (
-        f"INSERT INTO {quote(TextOfEmail._meta.db_table)} ({', '.join(quote(f.column) for f in fields)}) "
+        f"INSERT INTO {quote(TextOfEmail._meta.db_table)} ({', '.join(quote(f.column) for f, _ in fields)}) "
         f"VALUES ({', '.join(f'${i}' for i in range(1, len(fields) + 1))}) RETURNING {quote(TextOfEmail._meta.pk.column)}"
     )
-    return sql, prepared
+    return sql, fields
+
+
+@functools.cache  # on PostgreSQL only (_insert_checked)
+def _checked_insert_statement():
+    """(INSERT ... SELECT ... WHERE <the sender as guessed, the address not suppressed> RETURNING id, fields).
+
+    After the columns' parameters come four: the recipient's address (lower-case), the
+    sender's address, the guessed account's id (NULL: none) and its display name.
+    """
+    quote = connection.ops.quote_name
+    fields = _insert_fields()
+    n = len(fields)
+    to, address, account, display_name = (f"${n + i}" for i in range(1, 5))
+    account_type = SenderAccount._meta.pk.db_type(connection)
+    reasons = ", ".join(f"'{reason}'" for reason in Suppression.STOPS_ALL_MAIL)
+    accounts, suppressions = quote(SenderAccount._meta.db_table), quote(Suppression._meta.db_table)
+    sql = (
+        f"INSERT INTO {quote(TextOfEmail._meta.db_table)} ({', '.join(quote(f.column) for f, _ in fields)}) "
+        f"SELECT {', '.join(f'${i}' for i in range(1, n + 1))} "
+        f"WHERE NOT EXISTS (SELECT 1 FROM {suppressions} WHERE address = {to}::text AND reason IN ({reasons})) "
+        # No active account of the address other than the guessed one, with the guessed name ...
+        f"AND NOT EXISTS (SELECT 1 FROM {accounts} WHERE address = {address}::text AND active "
+        f"AND (id, display_name) IS DISTINCT FROM ({account}::{account_type}, {display_name}::text)) "
+        # ... and the guessed one (if any) still there and active.
+        f"AND ({account}::{account_type} IS NULL OR EXISTS (SELECT 1 FROM {accounts} "
+        f"WHERE id = {account}::{account_type} AND address = {address}::text AND active)) "
+        f"RETURNING {quote(TextOfEmail._meta.pk.column)}"
+    )
+    return sql, fields
 
 
 def _suppressed(address):

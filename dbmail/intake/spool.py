@@ -30,10 +30,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
-from xml.etree.ElementTree import ParseError
 
-from defusedxml import DefusedXmlException
-from defusedxml.ElementTree import fromstring
 from django.db import transaction
 from django.db.models import Count
 from django.db.models.functions import Lower
@@ -108,6 +105,12 @@ def _existing_directory():
 
 def parse(data):
     """The items of one spool file (bytes); FormatError says what is wrong with it."""
+    # Here, not at the top: dbmail_cron imports this module on every run, and most runs find no file.
+    from xml.etree.ElementTree import ParseError
+
+    from defusedxml import DefusedXmlException
+    from defusedxml.ElementTree import fromstring
+
     try:
         root = fromstring(data, forbid_dtd=True)
     except (ParseError, DefusedXmlException) as exc:
