@@ -22,7 +22,6 @@ from dbmail.models import (  # the XML spool
     MessageRequest,
     PacingBucket,
     QueueTableItem,
-    RequestEvent,
     SenderAccount,
     SendGrant,
     SendingProblem,
@@ -126,11 +125,15 @@ class HeldFilter(admin.SimpleListFilter):
         return queryset.filter(held) if self.value() == "yes" else queryset.exclude(held)
 
 
-class RequestEventInline(HistoryInline):
-    """The request's history (failures, retries, cancels): append-only."""
+class RequestHistoryInline(HistoryInline):
+    """The request's history, oldest first: its failures and pauses, and who cancelled, retried or resumed it."""
 
-    model = RequestEvent
-    fields = readonly_fields = ["at", "kind", "user", "text"]
+    model = AuditEvent
+    fk_name = "request"
+    fields = readonly_fields = ["at", "actor_name", "action", "kind", "detail"]
+    ordering = ["at", "id"]
+    verbose_name = "history event"
+    verbose_name_plural = "request history"
 
 
 @admin.register(SendGrant)
@@ -188,7 +191,7 @@ class MessageRequestAdmin(AuditedAdmin):
         "progress",
         "delivery",
     ]
-    inlines = [RequestEventInline]
+    inlines = [RequestHistoryInline]
     actions = ["cancel_requests", "queue_now", "retry_failed", "resume_paused"]
 
     @admin.display(description="Status", ordering="status")
@@ -206,7 +209,9 @@ class MessageRequestAdmin(AuditedAdmin):
             problem = expand.obvious_problem(message_request)
             if problem:
                 refused.append(f"#{message_request.pk}: {problem}")
-            elif message_request.retry(user=request.user):
+            elif text := message_request.retry(user=request.user):
+                kind = AuditEvent.Kind.RETRY
+                audit.record(request.user, "retry (admin)", message_request, detail=text, kind=kind)
                 retried += 1
         self.message_user(request, f"{retried} failed request(s) queued again.", messages.SUCCESS)
         if refused:
@@ -216,9 +221,7 @@ class MessageRequestAdmin(AuditedAdmin):
     def resume_paused(self, request, queryset):
         resumed = 0
         for message_request in queryset.filter(status=states.PAUSE_REQUEST.target):
-            words = guard.resume(message_request, user=request.user)
-            if words:
-                audit.record(request.user, "resume", message_request, detail=f"{words} (admin)")
+            if guard.resume(message_request, user=request.user, action="resume (admin)"):
                 resumed += 1
         self.message_user(request, f"{resumed} paused request(s) resumed.", messages.SUCCESS)
 
@@ -274,8 +277,9 @@ class MessageRequestAdmin(AuditedAdmin):
     def cancel_requests(self, request, queryset):
         live = list(queryset.filter(status__in=states.CANCEL_REQUEST.sources))
         for message_request in live:
-            stopped = message_request.cancel(actor=request.user)
-            audit.record(request.user, "cancel", message_request, detail=f"{stopped} row(s) cancelled (admin)")
+            stopped = max(message_request.cancel(actor=request.user) - 1, 0)  # less the request's own row
+            detail = f"{stopped} email(s) stopped before sending"
+            audit.record(request.user, "cancel (admin)", message_request, detail=detail, kind=AuditEvent.Kind.CANCEL)
         self.message_user(request, f"Cancelled {len(live)} request(s).", messages.SUCCESS)
 
     @admin.action(description="Send now (drafts and scheduled requests)", permissions=["change"])

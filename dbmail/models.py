@@ -302,17 +302,23 @@ class MessageRequest(models.Model):
             return super().delete(*args, **kwargs)
 
     def cancel(self, actor=None):
-        """Stop the request: no further expansion, and unsent emails become cancelled (each with its event)."""
+        """Stop the request: no further expansion, and unsent emails become cancelled (each with its event).
+
+        Returns the rows changed (the request's own, then its emails'). Whoever asked records the
+        request's step through dbmail.audit.record (kind "cancel"): the models import no logic.
+        """
         updated = states.CANCEL_REQUEST.update(
             MessageRequest.objects.filter(pk=self.pk), expand_token=None, expand_lease_until=None
         )
-        if updated:
-            RequestEvent.objects.create(request=self, kind=RequestEvent.Kind.CANCEL, user=actor)
         self.status = states.CANCEL_REQUEST.target
         return updated + TextOfEmail.cancel(self.emails.all(), actor=actor)
 
     def retry(self, user=None):
-        """A failed request goes back to queued and resumes from its checkpoint; False if it had not failed."""
+        """A failed request goes back to queued and resumes from its checkpoint: what was done in words, or "".
+
+        The words are the detail of the request's step, which whoever asked records through
+        dbmail.audit.record (kind "retry").
+        """
         updated = states.RETRY_REQUEST.update(
             MessageRequest.objects.filter(pk=self.pk),
             failure="",
@@ -320,12 +326,11 @@ class MessageRequest(models.Model):
             expand_token=None,
             expand_lease_until=None,
         )
-        if updated:
-            after = (self.checkpoint or {}).get("after")
-            text = "retry: expansion resumes " + ("from the start" if after is None else f"after position {after}")
-            RequestEvent.objects.create(request=self, kind=RequestEvent.Kind.RETRY, user=user, text=text)
-            self.refresh_from_db(fields=["status", "failure", "failed_at", "expand_token", "expand_lease_until"])
-        return bool(updated)
+        if not updated:
+            return ""
+        after = (self.checkpoint or {}).get("after")
+        self.refresh_from_db(fields=["status", "failure", "failed_at", "expand_token", "expand_lease_until"])
+        return "retry: expansion resumes " + ("from the start" if after is None else f"after position {after}")
 
 
 _ACTION_CHUNK = 5000  # emails a cancel or retry locks and logs per transaction
@@ -544,40 +549,38 @@ class DeliveryEvent(models.Model):
         return f"{self.at:%Y-%m-%d %H:%M:%S} {self.kind}{code} -> {self.outcome}"
 
 
-class RequestEvent(models.Model):
-    """The history of one request: why it failed, who retried or cancelled it, and when (append-only)."""
+class AuditEventQuerySet(models.QuerySet):
+    """AuditEvents are written once: no bulk update or delete through the ORM (the database refuses them too)."""
+
+    def update(self, **kwargs):
+        raise PermissionError("an AuditEvent is never changed")
+
+    def delete(self):
+        raise PermissionError("an AuditEvent is never deleted")
+
+
+class AuditEvent(models.Model):
+    """Who did what, when, on what: a person's action or the machinery's step. Written once (dbmail.audit).
+
+    Sending, scheduling, cancelling or retrying a request or an email, approving
+    or rejecting a held post, suppressing or unsuppressing an address, changing
+    a sender account, a list or a grant: each leaves one row here (an email's
+    own history also gets a DeliveryEvent naming the actor). A request's own
+    history is here too, each step with its `kind`: its expansion failing
+    (dbmail_cron), the reputation guard pausing it (dbmail_track), and a
+    person's retry, cancel or resume. Nothing updates or deletes a row: the
+    model and its queryset refuse, and so does a trigger in the database
+    (migration 0020_events), which lets through only the foreign keys' SET NULL
+    when a user or a draft request is deleted.
+    """
 
     class Kind(models.TextChoices):
+        # The steps of a request's life its history names; other actions have none.
         FAILURE = "failure", "expansion failed"
         RETRY = "retry", "retried"
         CANCEL = "cancel", "cancelled by hand"
         PAUSE = "pause", "paused by the reputation guard"
         RESUME = "resume", "resumed"
-
-    request = models.ForeignKey(MessageRequest, on_delete=models.CASCADE, related_name="events")
-    at = models.DateTimeField(default=timezone.now)
-    kind = models.CharField(max_length=16, choices=Kind.choices)
-    user = models.ForeignKey(
-        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
-    )
-    text = models.TextField(blank=True)
-
-    class Meta:
-        ordering = ["request", "at", "id"]
-
-    def __str__(self):
-        who = f" by {self.user}" if self.user_id else ""
-        return f"{self.at:%Y-%m-%d %H:%M:%S} {self.kind}{who}"
-
-
-class AuditEvent(models.Model):
-    """One action a person took: who, when, what, on what. Written once, never changed (dbmail.audit).
-
-    Sending, scheduling, cancelling or retrying a request or an email, approving
-    or rejecting a held post, suppressing or unsuppressing an address, changing
-    a sender account, a list or a grant: each leaves one row here (an email's
-    own history also gets a DeliveryEvent naming the actor).
-    """
 
     at = models.DateTimeField(default=timezone.now, db_index=True)
     actor = models.ForeignKey(
@@ -593,6 +596,15 @@ class AuditEvent(models.Model):
         MessageRequest, null=True, blank=True, on_delete=models.SET_NULL, related_name="audit_events"
     )
     detail = models.TextField(blank=True)
+    kind = models.CharField(
+        max_length=16,
+        choices=Kind.choices,
+        blank=True,
+        default="",
+        help_text="For a step in a request's history: which (failure, retry, cancel, pause, resume).",
+    )
+
+    objects = AuditEventQuerySet.as_manager()
 
     class Meta:
         ordering = ["-at", "-id"]
@@ -601,6 +613,14 @@ class AuditEvent(models.Model):
 
     def __str__(self):
         return f"{self.at:%Y-%m-%d %H:%M:%S} {self.actor_name or '?'} {self.action} {self.target}"
+
+    def save(self, *args, **kwargs):
+        if not self._state.adding:
+            raise PermissionError("an AuditEvent is never changed")
+        return super().save(*args, **kwargs)
+
+    def delete(self, *args, **kwargs):
+        raise PermissionError("an AuditEvent is never deleted")
 
 
 class Suppression(models.Model):

@@ -178,7 +178,7 @@ def test_failed_requests_are_filtered_shown_with_the_reason_and_retried(admin_cl
 
     detail = admin_client.get(reverse("admin:dbmail_messagerequest_change", args=[bad.pk])).content.decode()
     assert "must be a list of group names" in detail and 'name="failure"' not in detail  # shown, never editable
-    assert "field-failed_at" in detail and "Request events" in detail  # when, and the history inline
+    assert "field-failed_at" in detail and "Request history" in detail  # when, and the history inline
 
     MessageRequest.objects.filter(pk=bad.pk).update(recipient_params={"groups": ["Teachers"]})  # the fix
     response = admin_client.post(url, {"action": "retry_failed", "_selected_action": [bad.pk, gone.pk]}, follow=True)
@@ -186,8 +186,8 @@ def test_failed_requests_are_filtered_shown_with_the_reason_and_retried(admin_cl
     assert "1 failed request(s) queued again" in text and f"#{gone.pk}: No recipient set named" in text
     assert MessageRequest.objects.get(pk=bad.pk).status == MessageRequest.Status.QUEUED
     assert MessageRequest.objects.get(pk=gone.pk).status == MessageRequest.Status.FAILED
-    retried = MessageRequest.objects.get(pk=bad.pk).events.get(kind="retry")
-    assert retried.user.username == "root"
+    retried = MessageRequest.objects.get(pk=bad.pk).audit_events.get(kind="retry")
+    assert (retried.actor.username, retried.action) == ("root", "retry (admin)")
     assert BROKEN["on"]
 
 
@@ -208,7 +208,7 @@ def test_held_mail_has_a_filter_and_shows_as_held(admin_client):
 
 
 def test_a_paused_request_is_resumed_by_the_admin_action_with_who(admin_client):
-    from dbmail.models import RequestEvent
+    from dbmail.models import AuditEvent
     from dbmail.track import guard
 
     mail = MessageRequestFactory(status=MessageRequest.Status.EXPANDED)
@@ -220,7 +220,8 @@ def test_a_paused_request_is_resumed_by_the_admin_action_with_who(admin_client):
     )
     mail.refresh_from_db()
     assert mail.status == MessageRequest.Status.EXPANDED
-    assert RequestEvent.objects.get(request=mail, kind=RequestEvent.Kind.RESUME).user.username == "root"
+    resumed = AuditEvent.objects.get(request=mail, kind=AuditEvent.Kind.RESUME)
+    assert (resumed.actor.username, resumed.action) == ("root", "resume (admin)")
 
 
 def test_a_slowdown_can_be_lifted_and_a_daily_cap_is_shown_with_todays_count(admin_client):
@@ -272,11 +273,11 @@ def test_read_only_pages_refuse_even_a_superuser(admin_client, model, deletable)
 def test_history_inlines_add_change_and_delete_nothing(admin_client):
     from django.contrib import admin
 
-    from dbmail.admin import DeliveryEventInline, MessageRequestAdmin, RequestEventInline, TextOfEmailAdmin
+    from dbmail.admin import DeliveryEventInline, MessageRequestAdmin, RequestHistoryInline, TextOfEmailAdmin
 
-    assert DeliveryEventInline in TextOfEmailAdmin.inlines and RequestEventInline in MessageRequestAdmin.inlines
+    assert DeliveryEventInline in TextOfEmailAdmin.inlines and RequestHistoryInline in MessageRequestAdmin.inlines
     request = admin_client.get(reverse("admin:index")).wsgi_request
-    for inline in (DeliveryEventInline, RequestEventInline):
+    for inline in (DeliveryEventInline, RequestHistoryInline):
         shown = inline(inline.model, admin.site)
         assert not shown.can_delete and shown.extra == 0
         assert not shown.has_add_permission(request, None) and not shown.has_change_permission(request)

@@ -5,7 +5,7 @@ from django.contrib.auth import get_user_model
 from django.utils import timezone
 
 from dbmail.intake import expand
-from dbmail.models import MessageRequest, RequestEvent, SenderAccount, Suppression, TextOfEmail
+from dbmail.models import AuditEvent, MessageRequest, SenderAccount, Suppression, TextOfEmail
 
 from . import poison
 from .factories import GroupFactory, MessageRequestFactory, UserFactory
@@ -241,8 +241,9 @@ def test_a_poisoned_request_fails_alone_with_the_reason_in_words(kind, broken_se
     bad.refresh_from_db()
     assert bad.status == MessageRequest.Status.FAILED and words in bad.failure and bad.failed_at
     assert (bad.expand_token, bad.expand_lease_until) == (None, None)
-    event = bad.events.get()
-    assert event.kind == RequestEvent.Kind.FAILURE and words in event.text and event.user is None
+    event = bad.audit_events.get()
+    assert event.kind == AuditEvent.Kind.FAILURE and words in event.detail and event.actor is None
+    assert (event.actor_name, event.at) == ("dbmail_cron", bad.failed_at)
     good.refresh_from_db()
     assert good.status == MessageRequest.Status.EXPANDED and good.emails.count() == 3
     assert expand.expand_due().requests == 0  # a failed request is not claimed again
@@ -251,8 +252,13 @@ def test_a_poisoned_request_fails_alone_with_the_reason_in_words(kind, broken_se
 def test_a_bug_in_a_set_keeps_its_traceback_in_the_history(broken_sets):
     bad = MessageRequestFactory(recipient_set="test_explodes")
     expand.expand_due()
-    text = bad.events.get().text
-    assert text.startswith("recipient set 'test_explodes' failed") and "Traceback" in text and "explodes" in text
+    text = bad.audit_events.get().detail
+    assert (
+        "\n" in text
+        and text.startswith("recipient set 'test_explodes' failed")
+        and "Traceback" in text
+        and "explodes" in text
+    )
     assert "Traceback" not in MessageRequest.objects.get(pk=bad.pk).failure  # the failure itself is words only
 
 
@@ -273,15 +279,14 @@ def test_a_failed_request_retried_after_the_fix_resumes_from_its_checkpoint(brok
                       "ConnectionResetError: the directory server went away"]  # fmt: skip
 
     broken_sets["on"] = False  # the cause is fixed
-    MessageRequest.objects.get(pk=request.pk).retry(user=editor)
+    assert "after position 199" in MessageRequest.objects.get(pk=request.pk).retry(user=editor)  # its history's words
     result = expand.expand_due()
     assert (result.requests, result.failed) == (1, [])
     request.refresh_from_db()
     assert request.status == MessageRequest.Status.EXPANDED and request.recipient_count == 400
     assert request.emails.values("to_address").distinct().count() == 400
-    kinds = [(e.kind, e.user_id) for e in request.events.order_by("at", "id")]
-    assert kinds == [("failure", None), ("retry", editor.pk), ("failure", None), ("retry", editor.pk)]
-    assert "after position 199" in request.events.filter(kind="retry").last().text
+    kinds = [(e.kind, e.actor_name) for e in request.audit_events.order_by("at", "id")]
+    assert kinds == [("failure", "dbmail_cron"), ("failure", "dbmail_cron")]  # a retry is its caller's to record
 
 
 def test_a_request_of_an_inactive_sender_is_held_not_expanded():
@@ -310,7 +315,7 @@ def test_an_unexpected_crash_while_rendering_fails_the_request_not_the_run(monke
     result = expand.expand_due()
     assert result.failed == [f"#{crashing.pk}: expansion failed: KeyError: 'unsubscribe_url'"]
     assert MessageRequest.objects.get(pk=other.pk).emails.count() == 2
-    assert "Traceback" in crashing.events.get().text
+    assert "Traceback" in crashing.audit_events.get().detail
 
 
 # --- The email's user has no foreign key in the database (docs/scaling.md#where-expansion-spends) -----

@@ -7,7 +7,7 @@ from django.utils import timezone
 
 from dbmail import rollup, states
 from dbmail.content import rendering
-from dbmail.models import HARD_BOUNCED, MessageRequest, RequestEvent, Suppression, TextOfEmail
+from dbmail.models import HARD_BOUNCED, AuditEvent, MessageRequest, Suppression, TextOfEmail
 from dbmail.send import claims
 from dbmail.track import guard
 from dbmail.track.apply import apply_batch
@@ -66,8 +66,9 @@ def test_events_taking_a_request_past_the_threshold_pause_it_in_the_same_run():
     mail.refresh_from_db()
     assert mail.status == R.PAUSED
     assert mail.paused_reason.startswith("26 of 500 emails sent bounced hard (5.2 %, above 5 %)")
-    event_row = RequestEvent.objects.get(request=mail)
-    assert event_row.kind == RequestEvent.Kind.PAUSE and event_row.user is None
+    event_row = AuditEvent.objects.get(request=mail)
+    assert event_row.kind == AuditEvent.Kind.PAUSE and event_row.actor is None
+    assert (event_row.actor_name, event_row.detail) == ("dbmail_track (reputation guard)", mail.paused_reason)
     # Its waiting emails are not claimed while it is paused; other mail still is.
     other, _ = request_with(sent=0, waiting=3)
     claimed = claims.claim(100)
@@ -103,8 +104,8 @@ def test_resume_goes_on_where_it_was_records_who_and_keeps_suppressed_addresses_
     assert "1 email to addresses suppressed meanwhile cancelled" in words
     assert mail.status == R.EXPANDED and mail.paused_reason == ""
     assert mail.guard_baseline == {E.SENT: 500, E.BOUNCED: 30, HARD_BOUNCED: 30}
-    last = RequestEvent.objects.filter(request=mail).latest("at", "id")
-    assert (last.kind, last.user) == (RequestEvent.Kind.RESUME, staff)
+    last = AuditEvent.objects.filter(request=mail).latest("at", "id")
+    assert (last.kind, last.actor, last.detail) == (AuditEvent.Kind.RESUME, staff, words)
     assert TextOfEmail.objects.get(pk=emails[-1].pk).status == E.CANCELLED
     assert len(claims.claim(100).emails) == 9  # claimable again, but the suppressed one
     # After a resume, only the mail sent since is judged: more bounces of the old mail do not pause it again.
@@ -134,7 +135,7 @@ def test_a_paused_request_can_be_cancelled():
 def test_resume_of_a_request_that_is_not_paused_does_nothing():
     mail, _ = request_with(sent=1)
     assert guard.resume(mail) == ""
-    assert not RequestEvent.objects.filter(request=mail).exists()
+    assert not AuditEvent.objects.filter(request=mail).exists()
 
 
 def hard_and_soft(mail):

@@ -20,14 +20,14 @@ from django.db import InterfaceError, OperationalError, connection, models, tran
 from django.db.models import Q
 from django.utils import timezone
 
-from dbmail import states
+from dbmail import audit, states
 from dbmail.conf import settings as conf
 from dbmail.content import headers as header_values
 from dbmail.content import recipients, rendering, verp
 from dbmail.content import tokens as unsubscribe
 from dbmail.exceptions import RequestFailed
 from dbmail.intake import copyrows
-from dbmail.models import AddressToken, MessageRequest, RequestEvent, SenderAccount, TextOfEmail
+from dbmail.models import AddressToken, AuditEvent, MessageRequest, SenderAccount, TextOfEmail
 from dbmail.send import destinations
 
 RequestStatus = states.RequestStatus
@@ -427,7 +427,15 @@ def fail(request, reason, trace=""):
         )
         if failed:
             text = f"{reason}\n\n{trace}" if trace else reason
-            RequestEvent.objects.create(request_id=request.pk, at=now, kind=RequestEvent.Kind.FAILURE, text=text)
+            audit.record(
+                None,
+                AuditEvent.Kind.FAILURE.label,
+                request,
+                detail=text,
+                kind=AuditEvent.Kind.FAILURE,
+                by=audit.CRON,
+                at=now,
+            )
     return bool(failed)
 
 

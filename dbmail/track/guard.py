@@ -17,7 +17,7 @@ bounced or complained: the batch that takes a request over the threshold
 pauses it. Paused (dbmail.states.PAUSE_REQUEST), nothing more of it is made
 or sent: its waiting emails are not claimed (dbmail.send.claims). Its page
 in the comm panel says why and offers Resume or Cancel; both are recorded
-with who and when (RequestEvent). After a resume the guard judges only the
+with who and when (an AuditEvent of the request's history). After a resume the guard judges only the
 mail sent since, with the same minimum; addresses suppressed meanwhile (a
 hard bounce, a complaint) stay suppressed: their waiting emails are cancelled.
 """
@@ -26,9 +26,9 @@ from django.db import transaction
 from django.db.models.functions import Lower
 from django.utils import timezone
 
-from dbmail import rollup, states
+from dbmail import audit, rollup, states
 from dbmail.conf import settings as conf
-from dbmail.models import HARD_BOUNCED, MessageRequest, RequestEvent, Suppression, TextOfEmail
+from dbmail.models import HARD_BOUNCED, AuditEvent, MessageRequest, Suppression, TextOfEmail
 
 E = states.EmailStatus
 COUNTED = (E.SENT, HARD_BOUNCED, E.COMPLAINED)
@@ -97,11 +97,19 @@ def pause(request, reason, now=None):
             locked, paused_reason=reason[:2000], paused_at=now, paused_from=before or ""
         )
         if moved:
-            RequestEvent.objects.create(request_id=request.pk, at=now, kind=RequestEvent.Kind.PAUSE, text=reason)
+            audit.record(
+                None,
+                AuditEvent.Kind.PAUSE.label,
+                request,
+                detail=reason,
+                kind=AuditEvent.Kind.PAUSE,
+                by=audit.GUARD,
+                at=now,
+            )
     return bool(moved)
 
 
-def resume(request, user=None, now=None):
+def resume(request, user=None, now=None, action="resume"):
     """A person resumes a paused request: it goes on where it was; returns what was done in words, or ""."""
     now = now or timezone.now()
     with transaction.atomic():
@@ -128,7 +136,7 @@ def resume(request, user=None, now=None):
         text = "resumed; the guard now judges only the mail sent from here"
         if stopped:
             text += f"; {stopped:,} email{'s' * (stopped != 1)} to addresses suppressed meanwhile cancelled"
-        RequestEvent.objects.create(request_id=request.pk, at=now, kind=RequestEvent.Kind.RESUME, user=user, text=text)
+        audit.record(user, action, request, detail=text, kind=AuditEvent.Kind.RESUME, by=audit.GUARD, at=now)
     request.refresh_from_db(fields=["status", "paused_reason", "paused_at", "guard_baseline"])
     return text
 

@@ -32,7 +32,7 @@ from dbmail.intake.api.serializers import (
     plain_data,
 )
 from dbmail.intake.api.throttling import SendRateThrottle
-from dbmail.models import ApiSend, MessageRequest, TextOfEmail
+from dbmail.models import ApiSend, AuditEvent, MessageRequest, TextOfEmail
 
 EmailStatus = states.EmailStatus
 _KEY = re.compile(r"[\x21-\x7e]{1,255}")  # printable ASCII, no spaces
@@ -143,7 +143,8 @@ class RequestViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, _SendingV
             mail.cancel(actor=request.user)
         stopped = mail.status_counts().get(EmailStatus.CANCELLED, 0) - before
         if cancelled:
-            audit.record(request.user, "cancel (API)", mail, detail=f"{stopped} email(s) stopped before sending")
+            detail = f"{stopped} email(s) stopped before sending"
+            audit.record(request.user, "cancel (API)", mail, detail=detail, kind=AuditEvent.Kind.CANCEL)
         return Response({"id": mail.pk, "status": mail.status, "cancelled_emails": stopped})
 
     @extend_schema(
@@ -154,9 +155,10 @@ class RequestViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, _SendingV
     def retry(self, request, pk=None):
         """Queue a failed request again (once its cause is fixed): expansion resumes from its checkpoint."""
         mail = self.get_object()
-        if not mail.retry(user=request.user):
+        text = mail.retry(user=request.user)
+        if not text:
             return Response({"detail": "Only a failed request can be retried."}, status=status.HTTP_409_CONFLICT)
-        audit.record(request.user, "retry (API)", mail)
+        audit.record(request.user, "retry (API)", mail, detail=text, kind=AuditEvent.Kind.RETRY)
         return Response({"id": mail.pk, "status": mail.status})
 
     @extend_schema(

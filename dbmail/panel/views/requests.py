@@ -17,7 +17,7 @@ from dbmail import audit, rollup, states
 from dbmail.conf import settings as conf
 from dbmail.content import attachments, audience, recipients, rendering, validation
 from dbmail.intake import expand
-from dbmail.models import MessageRequest, RequestEvent, TextOfEmail
+from dbmail.models import AuditEvent, MessageRequest, TextOfEmail
 from dbmail.panel import preview
 from dbmail.panel.forms import ScheduleForm
 from dbmail.panel.progress import LOST, progress, when
@@ -90,25 +90,16 @@ def _delivery(counts):
     return {"counts": counts, "rates": rollup.rates(counts)}
 
 
-_AUTOMATIC = {RequestEvent.Kind.PAUSE: "the reputation guard (dbmail_track)"}
-
-
 def history_of(mail):
-    """The request's history, oldest first: people's actions (AuditEvent) and its failures and retries.
+    """The request's history, oldest first: its AuditEvents, people's actions and the machinery's steps.
 
-    A cancel and a resume are written both ways (the model's RequestEvent and the panel's or admin's
-    AuditEvent); each is shown once, from the audit, which says who and from where. A pause is the
-    reputation guard's (dbmail_track), nobody's action.
+    Each is one row, written once by whatever did it: a person (by name), dbmail_cron (a failed
+    expansion) or the reputation guard in dbmail_track (a pause).
     """
-    shown = [
-        {"at": e.at, "who": e.actor_name, "what": e.action, "detail": e.detail}
+    return [
+        {"at": e.at, "who": e.actor_name, "what": e.action, "detail": e.detail, "kind": e.kind}
         for e in mail.audit_events.order_by("at", "id")
     ]
-    both_ways = (RequestEvent.Kind.CANCEL, RequestEvent.Kind.RESUME)
-    for e in mail.events.select_related("user").exclude(kind__in=both_ways).order_by("at", "id"):
-        who = e.user.get_username() if e.user else _AUTOMATIC.get(e.kind, "dbmail_cron")
-        shown.append({"at": e.at, "who": who, "what": e.get_kind_display(), "detail": e.text})
-    return sorted(shown, key=lambda e: e["at"])
 
 
 @panel_view
@@ -366,14 +357,15 @@ def cancel(request, pk):
         messages.info(request, "This request was already cancelled.")
     elif mail.status == Status.DRAFT:
         mail.cancel(actor=request.user)
-        audit.record(request.user, "discard draft", mail)
+        audit.record(request.user, "discard draft", mail, kind=AuditEvent.Kind.CANCEL)
         messages.success(request, "Draft discarded: nothing was sent.")
     else:
         before = mail.status_counts()
         mail.cancel(actor=request.user)
         after = mail.status_counts()
         stopped = after.get(EmailStatus.CANCELLED, 0) - before.get(EmailStatus.CANCELLED, 0)
-        audit.record(request.user, "cancel", mail, detail=f"{stopped} email(s) stopped before sending")
+        detail = f"{stopped} email(s) stopped before sending"
+        audit.record(request.user, "cancel", mail, detail=detail, kind=AuditEvent.Kind.CANCEL)
         messages.success(request, _cancelled(stopped, progress(mail, after)))
     return redirect("commpanel:request", pk=pk)
 
@@ -408,7 +400,6 @@ def resume(request, pk):
     if mail.status == Status.PAUSED:
         words = guard.resume(mail, user=request.user)
         if words:
-            audit.record(request.user, "resume", mail, detail=words)
             messages.success(request, f"Resumed: the rest goes out with the next dbmail_cron runs ({words}).")
         return redirect("commpanel:request", pk=pk)
     if mail.status not in states.RETRY_REQUEST.sources:
@@ -418,7 +409,9 @@ def resume(request, pk):
     if problem:
         messages.error(request, f"Not retried: it would fail again: {problem}")
         return redirect("commpanel:request", pk=pk)
-    if mail.retry(user=request.user):
+    text = mail.retry(user=request.user)
+    if text:
+        audit.record(request.user, AuditEvent.Kind.RETRY.label, mail, detail=text, kind=AuditEvent.Kind.RETRY)
         messages.success(request, "Queued again: the next dbmail_cron run continues where it stopped.")
     return redirect("commpanel:request", pk=pk)
 
