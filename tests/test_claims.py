@@ -224,3 +224,37 @@ def test_claimed_rows_are_the_instances_the_orm_would_load(django_assert_num_que
     finally:
         post_init.disconnect(listener, sender=TextOfEmail)
     assert [e.pk for e in again.emails] == [plain.pk] and plain.pk in seen
+
+
+def test_a_claims_accounts_are_what_the_orm_loads_and_read_afresh_for_each_batch():
+    """claims._accounts reads the batch's accounts in one plain statement: every field as in_bulk
+    gives it (dates, floats, caps), and an operator's change between two batches is seen by the next."""
+    from datetime import date
+
+    from dbmail.models import SenderAccount
+
+    from .factories import SenderAccountFactory
+
+    account = SenderAccountFactory(
+        daily_cap=500, warmup_start=date(2026, 1, 2), warmup_initial=50, warmup_factor=1.5, smtp_port=2525
+    )
+    other = SenderAccountFactory()
+    first = TextOfEmailFactory(account=account)
+    TextOfEmailFactory(account=other)
+    batch = claims.claim(10)
+    loaded = SenderAccount.objects.in_bulk([account.pk, other.pk])
+    claimed = {e.account.pk: e.account for e in batch.emails}
+    assert set(claimed) == {account.pk, other.pk}
+    for pk, theirs in loaded.items():
+        ours = claimed[pk]
+        for field in SenderAccount._meta.concrete_fields:
+            assert getattr(ours, field.attname) == getattr(theirs, field.attname), field.name
+            assert type(getattr(ours, field.attname)) is type(getattr(theirs, field.attname)), field.name
+        assert ours._state.adding is False and ours._state.db == "default"
+    claimed[account.pk].save(update_fields=["display_name"])  # an instance the ORM can write back
+    batch.release()
+
+    SenderAccount.objects.filter(pk=account.pk).update(daily_cap=7, smtp_host="relay.example.net")
+    again = claims.claim(10)
+    fresh = next(e.account for e in again.emails if e.pk == first.pk)
+    assert (fresh.daily_cap, fresh.smtp_host) == (7, "relay.example.net")

@@ -172,3 +172,37 @@ def test_an_outcome_finds_its_email_by_id_whatever_the_statistics_say():
         cursor.execute("DEALLOCATE plan_probe")
     update = plan[plan.index("Update on dbmail_textofemail") :]
     assert "dbmail_textofemail_pkey" in update and "dbmail_lease" not in update, plan
+
+
+@pytest.mark.django_db
+def test_a_group_of_outcomes_keeps_every_character_and_moment_of_each():
+    """The outcome statement's arrays are written as PostgreSQL array text (outcomes._array_literal):
+    what an SMTP server may say (quotes, backslashes, braces, commas, line breaks, the word NULL,
+    UTF-8) and every microsecond and offset of each moment must come back as they were."""
+    from zoneinfo import ZoneInfo
+
+    nasty = [
+        'he said "no" \\ and \\" then {a,b} , NULL',
+        "NULL",
+        "",
+        "line one\nline two\r\n\ttabbed, ‘quoted’ ünïcode 😀",
+        "\\",
+        '"',
+        "{}",
+    ]
+    emails = [TextOfEmailFactory() for _ in nasty]
+    batch = claims.claim(len(nasty))
+    by_pk = {e.pk: e for e in batch.emails}
+    base = timezone.now().astimezone(ZoneInfo("Pacific/Chatham"))  # an offset of 12:45 or 13:45
+    rows = []
+    for i, (email, text) in enumerate(zip(emails, nasty, strict=True)):
+        status = retry.Outcome("deferred" if i % 2 else "sent", None if i == 2 else 400 + i, text)
+        rows.append(outcomes.as_row(by_pk[email.pk], batch.token, status, now=base + timedelta(microseconds=i * 7)))
+    assert outcomes.write(rows) == []
+    for email, text, row in zip(emails, nasty, rows, strict=True):
+        email.refresh_from_db()
+        event = email.events.get()
+        assert event.text == text and event.smtp_code == row.smtp_code and event.at == row.at
+        assert email.status_changed_at == row.at and email.status == row.status
+        assert email.last_error == ("" if row.status == Status.SENT else text)
+        assert email.sent_at == row.sent_at if row.sent_at else email.next_attempt_at == row.next_attempt_at

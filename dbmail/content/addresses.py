@@ -14,7 +14,7 @@
 
 import re
 import unicodedata
-from email.utils import formataddr, getaddresses
+from email.utils import formataddr, getaddresses, specialsre
 
 import idna
 from django.core.exceptions import ValidationError
@@ -77,6 +77,8 @@ def display(name, address):
     name = " ".join((name or "").split())
     if not name:
         return address
+    if name.isascii() and not specialsre.search(name):
+        return f"{name} <{address}>"  # what formataddr writes for such a name, without its checks (once a message)
     # email.utils quotes or encodes the name but insists on an ASCII address: give it a stand-in.
     return formataddr((name, "a@a"), charset="utf-8")[: -len("<a@a>")] + f"<{address}>"
 

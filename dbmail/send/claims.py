@@ -248,8 +248,37 @@ def _take_postgresql(ids, token, lease_until, now):
         prepared.execute(cursor, "dbmail_claim", _take_sql(), [str(token), lease_until, now, ids])
         rows = cursor.fetchall()
     # What select_related("account") gave: each email's account, read once per batch.
-    accounts = SenderAccount.objects.in_bulk({row[_ACCOUNT_AT] for row in rows if row[_ACCOUNT_AT] is not None})
+    accounts = _accounts({row[_ACCOUNT_AT] for row in rows if row[_ACCOUNT_AT] is not None})
     return _instances(rows, accounts)
+
+
+def _accounts(ids):
+    """{pk: SenderAccount} for `ids`, read afresh (a cap or a setting changed since the last batch counts).
+
+    What SenderAccount.objects.in_bulk(ids) returns, in one plain statement: composing that
+    query through the ORM took a seventh of the database thread's interpreter time, for one
+    row. Instances come from Model.from_db, with each field's own conversion from the database.
+    """
+    if not ids:
+        return {}
+    fields = SenderAccount._meta.concrete_fields
+    quote = connection.ops.quote_name
+    columns = ", ".join(quote(f.column) for f in fields)
+    with connection.cursor() as cursor:
+        cursor.execute(f"SELECT {columns} FROM {quote(SenderAccount._meta.db_table)} WHERE id = ANY(%s)", [sorted(ids)])
+        rows = cursor.fetchall()
+    names = [f.attname for f in fields]
+    converters = [(i, f.get_db_converters(connection)) for i, f in enumerate(fields) if f.get_db_converters(connection)]
+    accounts = {}
+    for row in rows:
+        if converters:
+            row = list(row)
+            for i, funcs in converters:
+                for func in funcs:
+                    row[i] = func(row[i], None, connection)
+        account = SenderAccount.from_db(connection.alias, names, row)
+        accounts[account.pk] = account
+    return accounts
 
 
 _ACCOUNT_AT = [f.attname for f in TextOfEmail._meta.concrete_fields].index("account_id")

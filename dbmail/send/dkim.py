@@ -145,10 +145,12 @@ class UnsignedCounter:
     _day = (None, None)  # ((second, time zone), that day): worked out once a second, not once a message
 
     def _today(self):
-        now = (int(time.time()), timezone.get_current_timezone())
+        # The site's day (TIME_ZONE), as the dashboard counts it. Not the zone a request may have
+        # activated: reading that is a context-local lookup, which cost more than the rest of a count.
+        now = (int(time.time()), timezone.get_default_timezone())
         when, day = self._day
         if when != now:
-            day = timezone.localdate()
+            day = timezone.localdate(timezone=now[1])
             self._day = (now, day)
         return day
 

@@ -17,6 +17,7 @@ same headers and bodies from this output as from Django's.
 
 import binascii
 import datetime
+import re
 import secrets
 import time
 from email.header import Header
@@ -73,13 +74,14 @@ def _part_body(text):
     if _is_ascii(text):
         if max(map(len, lines)) <= 998:
             return "7bit", "\r\n".join(lines)
-        if not any(c in text for c in _CONTROL):
+        if not _CONTROL.search(text):
             return "quoted-printable", _qp_printable(lines)
     encoded = binascii.b2a_qp(text.encode("utf-8"), istext=True).decode("ascii")
     return "quoted-printable", encoded.replace("\n", "\r\n")
 
 
-_CONTROL = tuple(chr(c) for c in (*range(32), 127) if chr(c) not in "\t\n")  # "\r" is gone by then
+# One pass of the regex engine over the text, not one `in` per character (this runs once a message).
+_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f]")  # every control character but tab and LF ("\r" is gone by then)
 _QP_LINE = 76  # RFC 2045 6.7 (5): encoded lines of at most 76 characters, the soft break's "=" included
 
 
@@ -94,21 +96,23 @@ def _qp_printable(lines):
     for line in lines:
         if "=" in line:
             line = line.replace("=", "=3D")
-        if line[-1:] == " " or line[-1:] == "\t":  # RFC 2045 6.7 (3): no white space at the end of a line
-            line = line[:-1] + ("=20" if line[-1] == " " else "=09")
-        start, end = 0, len(line)
+        last = line[-1:]
+        if last == " " or last == "\t":  # RFC 2045 6.7 (3): no white space at the end of a line
+            line = line[:-1] + ("=20" if last == " " else "=09")
+        if len(line) <= _QP_LINE:  # most lines: as they are
+            out.append(line)
+            continue
+        start, end, pieces = 0, len(line), []
         while end - start > _QP_LINE:
             cut = start + _QP_LINE - 1
             escape = line.find("=", cut - 2, cut)  # an "=" always begins an escape: never cut one in two
             if escape != -1:
                 cut = escape
-            out.append(line[start:cut])
-            out.append("=\r\n")
+            pieces.append(line[start:cut])
             start = cut
-        out.append(line[start:] if start else line)
-        out.append("\r\n")
-    out.pop()  # no line end after the last line, as "\r\n".join would have it
-    return "".join(out)
+        pieces.append(line[start:])
+        out.append("=\r\n".join(pieces))  # soft line breaks
+    return "\r\n".join(out)
 
 
 def _part(subtype, text):

@@ -167,6 +167,7 @@ def _write_postgresql(rows):
     days = [first] * len(ats) if first == last else [rollup.day_of(at) for at in ats]
     columns = [pks, [token_text[t] for t in tokens], statuses, ats, last_errors, sent_ats, next_ats, codes, texts]
     columns += [counted, unknown, days]
+    columns = [_array_literal(column) for column in columns]
     db_connection.ensure_connection()
     session = db_connection.connection  # a prepared statement lives as long as this session
     with db_connection.cursor() as cursor:
@@ -177,3 +178,27 @@ def _write_postgresql(rows):
         cursor.execute(_EXECUTE_SQL.format(sync=sync), columns)
         written = cursor.fetchall()
     return [pk for pk, outcome in written if outcome == LOST_LEASE]
+
+
+def _array_literal(values):
+    """`values` as the text of a PostgreSQL array ('{..}'), which the statement's parameter types read back.
+
+    psycopg2 adapts a list element by element, about 1.5 µs each and 8 µs a timestamp, while
+    holding the interpreter: for a window of outcomes that was most of the database thread's
+    time. Every element is written quoted (only backslash and double quote are special
+    inside the quotes), NULL as NULL; timestamps in ISO 8601 with their offset.
+    """
+    items = []
+    for value in values:
+        if value is None:
+            items.append("NULL")
+        elif value is True or value is False:
+            items.append("t" if value else "f")
+        elif isinstance(value, int):
+            items.append(str(value))
+        else:
+            text = value.isoformat() if hasattr(value, "isoformat") else str(value)
+            if "\\" in text or '"' in text:
+                text = text.replace("\\", "\\\\").replace('"', '\\"')
+            items.append(f'"{text}"')
+    return "{" + ",".join(items) + "}"
