@@ -56,6 +56,11 @@ def record(user, action, target, *, detail="", request=None, kind="", by="", at=
     )
 
 
+def program_step(program, kind, request, detail, at=None):
+    """A step of `request`'s history taken by a program, not a person (`program`: CRON, GUARD)."""
+    return record(None, kind.label, request, detail=detail, kind=kind, by=program, at=at)
+
+
 def for_target(obj):
     """The AuditEvents about `obj`, oldest first."""
     return AuditEvent.objects.filter(target_type=obj._meta.label_lower, target_id=str(obj.pk)).order_by("at", "id")

@@ -427,15 +427,7 @@ def fail(request, reason, trace=""):
         )
         if failed:
             text = f"{reason}\n\n{trace}" if trace else reason
-            audit.record(
-                None,
-                AuditEvent.Kind.FAILURE.label,
-                request,
-                detail=text,
-                kind=AuditEvent.Kind.FAILURE,
-                by=audit.CRON,
-                at=now,
-            )
+            audit.program_step(audit.CRON, AuditEvent.Kind.FAILURE, request, text, at=now)
     return bool(failed)
 
 

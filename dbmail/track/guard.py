@@ -97,15 +97,7 @@ def pause(request, reason, now=None):
             locked, paused_reason=reason[:2000], paused_at=now, paused_from=before or ""
         )
         if moved:
-            audit.record(
-                None,
-                AuditEvent.Kind.PAUSE.label,
-                request,
-                detail=reason,
-                kind=AuditEvent.Kind.PAUSE,
-                by=audit.GUARD,
-                at=now,
-            )
+            audit.program_step(audit.GUARD, AuditEvent.Kind.PAUSE, request, reason, at=now)
     return bool(moved)
 
 
