@@ -48,7 +48,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 import db as benchdb  # noqa: E402
 import results  # noqa: E402
-from run import child_env, drop_database, recreate_database  # noqa: E402
+from run import child_env, drop_database, fresh_database  # noqa: E402
 
 PY = sys.executable
 DEFAULT_DB = "postgres://postgres@127.0.0.1:5432/mailsite_backlog_bench"
@@ -71,11 +71,8 @@ def parse_args(argv):
 def main(argv=None):
     args = parse_args(argv)
     db_url = os.environ.get("BENCH_BACKLOG_DATABASE_URL", DEFAULT_DB)
-    print(f"recreating {db_url.rsplit('/', 1)[-1]} and migrating", flush=True)
-    recreate_database(db_url)
     env = child_env(db_url)
-    subprocess.run([PY, str(ROOT / "manage.py"), "migrate", "--noinput", "-v", "0"], env=env, check=True)
-    os.environ.update(env)
+    fresh_database(db_url, env)
     os.environ["DBMAIL_DESTINATION_GROUPS"] = json.dumps(GROUPS)
     os.environ["DBMAIL_THROTTLE_PER_SECOND"] = "0"
     import django

@@ -35,7 +35,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from run import child_env, drop_database, recreate_database  # noqa: E402
+from run import child_env, drop_database, fresh_database  # noqa: E402
 
 PY = sys.executable
 DEFAULT_DB = "postgres://postgres@127.0.0.1:5432/mailsite_pacing_bench"
@@ -60,11 +60,7 @@ def parse_args(argv):
 def main(argv=None):
     args = parse_args(argv)
     db_url = os.environ.get("BENCH_PACING_DATABASE_URL", DEFAULT_DB)
-    print(f"recreating {db_url.rsplit('/', 1)[-1]} and migrating", flush=True)
-    recreate_database(db_url)
-    env = child_env(db_url)
-    subprocess.run([PY, str(ROOT / "manage.py"), "migrate", "--noinput", "-v", "0"], env=env, check=True)
-    os.environ.update(env)
+    fresh_database(db_url, child_env(db_url))
     os.environ["DBMAIL_DESTINATION_GROUPS"] = json.dumps(GROUPS)
     import django
 

@@ -45,7 +45,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from run import Sink, child_env, create_request  # noqa: E402
+from run import Sink, child_env, create_request, fresh_database  # noqa: E402
 
 from bench import db, stats  # noqa: E402
 from bench import results as bench_results  # noqa: E402
@@ -85,10 +85,7 @@ def main(argv=None):
     db_url = os.environ.get("BENCH_POSTFIX_DATABASE_URL", DEFAULT_DB)
     workdir = Path(tempfile.mkdtemp(prefix="mailsite-bench-postfix-"))
     env = child_env(db_url, pycache=workdir / "pycache")
-    print(f"recreating {db.name_of(db_url)} and migrating", flush=True)
-    db.recreate(db_url)
-    subprocess.run([PY, str(ROOT / "manage.py"), "migrate", "--noinput", "-v", "0"], env=env, check=True)
-    os.environ.update(env)
+    fresh_database(db_url, env)
     import django
 
     django.setup()

@@ -147,6 +147,14 @@ recreate_database = db.recreate
 drop_database = db.drop
 
 
+def fresh_database(db_url, env):
+    """Recreate the bench database, migrate it in a child, and make `env` this process's environment."""
+    print(f"recreating {db.name_of(db_url)} and migrating", flush=True)
+    db.recreate(db_url)
+    subprocess.run([PY, str(ROOT / "manage.py"), "migrate", "--noinput", "-v", "0"], env=env, check=True)
+    os.environ.update(env)
+
+
 # --- the sink -----------------------------------------------------------------------------------
 
 
