@@ -48,7 +48,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 import db as benchdb  # noqa: E402
 import results  # noqa: E402
-from run import child_env, drop_database, fresh_database  # noqa: E402
+from run import child_env, fresh_database, measure_with_test_server  # noqa: E402
 
 PY = sys.executable
 DEFAULT_DB = "postgres://postgres@127.0.0.1:5432/mailsite_backlog_bench"
@@ -75,21 +75,7 @@ def main(argv=None):
     fresh_database(db_url, env)
     os.environ["DBMAIL_DESTINATION_GROUPS"] = json.dumps(GROUPS)
     os.environ["DBMAIL_THROTTLE_PER_SECOND"] = "0"
-    import django
-
-    django.setup()
-    from tests.smtpserver import SMTPServer
-
-    server = SMTPServer().start()
-    try:
-        figures = measure(args, db_url, server)
-    finally:
-        server.stop()
-        from django.db import connection
-
-        connection.close()
-        if not args.keep_db:
-            drop_database(db_url)
+    figures = measure_with_test_server(measure, args, db_url)
     figures["loadavg_after"] = Path("/proc/loadavg").read_text().split()[:3]
     print_table(figures)
     results.update(args.results, {"backlog": figures})

@@ -35,7 +35,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from run import child_env, drop_database, fresh_database  # noqa: E402
+from run import child_env, fresh_database, measure_with_test_server  # noqa: E402
 
 PY = sys.executable
 DEFAULT_DB = "postgres://postgres@127.0.0.1:5432/mailsite_pacing_bench"
@@ -62,21 +62,7 @@ def main(argv=None):
     db_url = os.environ.get("BENCH_PACING_DATABASE_URL", DEFAULT_DB)
     fresh_database(db_url, child_env(db_url))
     os.environ["DBMAIL_DESTINATION_GROUPS"] = json.dumps(GROUPS)
-    import django
-
-    django.setup()
-    from tests.smtpserver import SMTPServer
-
-    server = SMTPServer().start()
-    try:
-        figures = measure(args, db_url, server)
-    finally:
-        server.stop()
-        from django.db import connection
-
-        connection.close()
-        if not args.keep_db:
-            drop_database(db_url)
+    figures = measure_with_test_server(measure, args, db_url)
     write(args.results, figures)
 
 

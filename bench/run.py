@@ -147,6 +147,25 @@ recreate_database = db.recreate
 drop_database = db.drop
 
 
+def measure_with_test_server(measure, args, db_url):
+    """Set Django up, run `measure(args, db_url, server)` against the tests' scripted SMTP server, clean up."""
+    import django
+
+    django.setup()
+    from django.db import connection
+
+    from tests.smtpserver import SMTPServer
+
+    server = SMTPServer().start()
+    try:
+        return measure(args, db_url, server)
+    finally:
+        server.stop()
+        connection.close()
+        if not args.keep_db:
+            db.drop(db_url)
+
+
 def fresh_database(db_url, env):
     """Recreate the bench database, migrate it in a child, and make `env` this process's environment."""
     print(f"recreating {db.name_of(db_url)} and migrating", flush=True)
