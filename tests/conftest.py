@@ -1,5 +1,6 @@
 import os
 import secrets
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -40,6 +41,20 @@ def fuzz_settings(examples):
         database=None,
         suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.function_scoped_fixture],
     )
+
+
+@pytest.fixture(autouse=True)
+def own_signal_handlers():
+    """Each test gives SIGINT and SIGTERM back as it found them.
+
+    A command run in-process (call_command("dbmail_cron"), a RunLoop) installs handlers that only
+    set a stop flag: left in place, they made the rest of a test run deaf to Ctrl-C and SIGTERM.
+    """
+    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    yield
+    for sig, handler in saved.items():
+        if signal.getsignal(sig) is not handler:
+            signal.signal(sig, handler)
 
 
 @pytest.fixture(autouse=True)
