@@ -19,6 +19,7 @@ from django.core.management import call_command
 from dbmail.content import rendering
 from dbmail.models import CronHeartbeat, TextOfEmail
 from dbmail.ops import processes
+from dbmail.ops.cron import send_processes
 
 from .conftest import ROOT, subprocess_env
 from .factories import SenderAccountFactory
@@ -107,7 +108,7 @@ def test_a_run_forks_only_for_enough_mail_and_splits_max_messages():
     assert processes.how_many(1, 100_000, 100) == 1
     assert processes.shares(None, 3) == [None, None, None]
     assert processes.shares(1001, 2) == [501, 500] and sum(processes.shares(7, 3)) == 7
-    assert processes.wanted("auto") == len(os.sched_getaffinity(0)) and processes.wanted("3") == 3
+    assert send_processes("auto") == len(os.sched_getaffinity(0)) and send_processes("3") == 3
 
 
 @db

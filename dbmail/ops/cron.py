@@ -8,6 +8,7 @@ grows after each failed round: dbmail.ops.runloop).
 """
 
 import logging
+import os
 import time
 from dataclasses import dataclass
 
@@ -150,27 +151,25 @@ class Runner:
             due = due if limit is None else min(due, limit)
         if progress:
             progress.sending(due)
-        if processes > 1 and not self.stopping:
+        if processes > 1 and due and not self.stopping:
             from dbmail.ops import processes as forking
 
             batch_size = self.options["batch_size"] or conf.DBMAIL_BATCH_SIZE
             n = forking.how_many(processes, due, batch_size)
             if n > 1 and not _in_transaction():
-                return expanded, self._send_forked(forking, n, deadline)
+                sent = self._send_forked(forking, n, deadline)
+                if sent is not None:
+                    return expanded, sent
         on_outcome = progress.outcome if progress else None
         self.sender = sending.Sender(on_outcome=on_outcome, deadline=deadline, **self.options)
         self.sender.stopping = self.stopping
         return expanded, self.sender.run()
 
     def _processes(self):
+        """Sending processes at most: --processes, else DBMAIL_SEND_PROCESSES ("auto": the cores we may use)."""
         if self.processes is not None:
             return self.processes
-        setting = conf.DBMAIL_SEND_PROCESSES
-        if setting == "1":
-            return 1
-        from dbmail.ops import processes as forking
-
-        return forking.wanted(setting)
+        return send_processes(conf.DBMAIL_SEND_PROCESSES)
 
     def _send_forked(self, forking, n, deadline):
         """Send with n child processes, each an ordinary Sender (dbmail.ops.processes)."""
@@ -187,7 +186,12 @@ class Runner:
         )
         try:
             self.children.stopping = self.stopping
-            return self.children.start().wait()
+            try:
+                self.children.start()
+            except OSError as exc:  # not one process could be forked: this one sends, as with one process
+                log.warning("dbmail_cron: cannot fork sending processes (%s); sending in this one", exc)
+                return None
+            return self.children.wait()
         finally:
             self.children = None
 
@@ -216,6 +220,16 @@ class Runner:
 
         self.loop.run(one_round)
         self.give_back()
+
+
+def send_processes(setting):
+    """DBMAIL_SEND_PROCESSES as a number: "auto" is the cores this process may run on (a container's, taskset's)."""
+    if setting != "auto":
+        return int(setting)
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - not Linux
+        return max(1, os.cpu_count() or 1)
 
 
 def _in_transaction():

@@ -24,8 +24,8 @@ killed with kill -9 loses nothing (its rows come back after their lease).
   message in hand and gives back what it claimed; the parent waits for them.
   A child whose parent died (its parent pid changes) stops the same way.
 
-Only os, pickle, select, signal, struct and threading are used, imported by
-Django already; this module itself is imported only by a run that forks.
+It uses only modules Django has imported already (os, pickle, select,
+signal, struct, threading), and is itself imported only by a run with mail due.
 """
 
 import logging
@@ -40,7 +40,6 @@ import traceback
 from collections import Counter
 
 from dbmail import states
-from dbmail.conf import settings as conf
 from dbmail.exceptions import DatabaseLost, SendingProcessFailed
 from dbmail.send.loop import SendResult
 from dbmail.send.recovery import DATABASE_ERRORS, Leftovers
@@ -53,17 +52,6 @@ PROGRESS_SECONDS = 0.2  # how often a child tells the parent's progress line its
 WATCH_SECONDS = 0.2  # how often a child looks whether its parent is still there
 MAX_ERRORS = 20  # recipients' errors kept for the report, as one Sender keeps
 STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
-
-
-def wanted(setting=None):
-    """The processes DBMAIL_SEND_PROCESSES asks for: "auto" is the cores this process may run on."""
-    value = conf.DBMAIL_SEND_PROCESSES if setting is None else setting
-    if str(value).strip().lower() == "auto":
-        try:
-            return max(1, len(os.sched_getaffinity(0)))  # the cores a container or taskset leaves us
-        except AttributeError:  # pragma: no cover - not Linux
-            return max(1, os.cpu_count() or 1)
-    return int(value)
 
 
 def how_many(processes, due, batch_size):
@@ -123,10 +111,20 @@ class Children:
             try:
                 pid = os.fork()
                 if pid == 0:  # the child: never returns
-                    os.close(read)
-                    for other in self.children:
-                        os.close(other.fd)
-                    _child_main(self.make_sender, share, write, parent, report_counts=self.on_counts is not None)
+                    try:
+                        os.close(read)
+                        for other in self.children:
+                            os.close(other.fd)
+                        _child_main(self.make_sender, share, write, parent, report_counts=self.on_counts is not None)
+                    finally:
+                        os._exit(1)
+            except OSError as exc:  # no more processes (EAGAIN, ENOMEM): go on with those forked, if any
+                os.close(read)
+                os.close(write)
+                if not self.children:
+                    raise
+                log.warning("dbmail_cron: cannot start more than %s sending processes: %s", len(self.children), exc)
+                break
             finally:
                 signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
             os.close(write)
@@ -148,19 +146,25 @@ class Children:
     def wait(self):
         """Wait for every child; their SendResults added up, or the error that ends the run."""
         open_fds = {child.fd: child for child in self.children}
-        while open_fds:
-            ready, _, _ = select.select(list(open_fds), [], [], 1.0)
-            for fd in ready:
-                child = open_fds[fd]
-                data = os.read(fd, 1 << 16)
-                if not data:
-                    os.close(fd)
-                    del open_fds[fd]
-                    continue
-                child.buffer += data
-                self._read_frames(child)
-        for child in self.children:
-            _, child.status = _waitpid(child.pid)
+        try:
+            while open_fds:
+                ready, _, _ = select.select(list(open_fds), [], [], 1.0)
+                for fd in ready:
+                    child = open_fds[fd]
+                    data = os.read(fd, 1 << 16)
+                    if not data:
+                        os.close(open_fds.pop(fd).fd)
+                        continue
+                    child.buffer += data
+                    self._read_frames(child)
+        except BaseException:  # our own failure: the children still stop cleanly, and are not left behind
+            self.stop()
+            for fd in open_fds:
+                os.close(fd)
+            raise
+        finally:
+            for child in self.children:
+                _, child.status = _waitpid(child.pid)
         return self._result()
 
     def _read_frames(self, child):
