@@ -319,3 +319,42 @@ def test_processes_below_one_is_refused():
 
     with pytest.raises(CommandError, match="--processes must be at least 1"):
         call_command("dbmail_cron", "--processes", "0", stdout=io.StringIO())
+
+
+@db
+@pytest.mark.slow
+def test_the_processes_of_one_run_share_a_groups_budget(smtp_server):
+    import json
+
+    from dbmail.models import PacingBucket
+    from dbmail.send import destinations
+
+    groups = {"gmail": {"rate_per_minute": 60, "max_connections": 0}}
+    PacingBucket.objects.create(name="gmail", tokens=0, configured_per_minute=60)  # what 60 a minute earns
+    account = SenderAccountFactory()
+    TextOfEmail.objects.bulk_create(
+        TextOfEmail(
+            account=account,
+            to_address=f"r{i:05d}@{domain}",
+            dest_group=destinations.group_of(f"x@{domain}"),
+            from_header=account.from_header,
+            envelope_sender=account.address,
+            subject=f"n{i}",
+            text="hello\n",
+            message_id=rendering.new_message_id(),
+        )
+        for domain, n in (("gmail.com", 100), ("example.net", 1200))
+        for i in range(n)
+    )
+    env = subprocess_env(smtp_server, DBMAIL_DESTINATION_GROUPS=json.dumps(groups))
+    started = time.time()
+    proc = cron(env, "--processes", "3", "--batch-size", "50", "--max-seconds", "5", "-v", "2")
+    out, err = proc.communicate(timeout=120)
+    elapsed = time.time() - started
+    assert proc.returncode == 0, err
+    received = Counter(m.rcpt_tos[0].rpartition("@")[2] for m in smtp_server.received)
+    assert received["example.net"] == 1200 and smtp_server.connections == 3
+    # One budget for the three: one a second while they ran (three times that if each counted its own).
+    assert 1 <= received["gmail.com"] <= elapsed + 2, (received, elapsed)
+    assert TextOfEmail.objects.filter(status=Status.QUEUED, attempts=0).count() == 100 - received["gmail.com"]
+    assert not TextOfEmail.objects.filter(status=Status.SENDING).exists()
