@@ -115,7 +115,7 @@ def test_a_run_forks_only_for_enough_mail_and_splits_max_messages():
 def test_few_due_emails_are_sent_in_process(smtp_server):
     expected = queue(30)
     done = subprocess.run(
-        [sys.executable, str(ROOT / "manage.py"), "dbmail_cron", "--processes", "4", "-v", "2"],
+        [sys.executable, str(ROOT / "manage.py"), "dbmail_cron", "--processes", "4", "--batch-size", "5", "-v", "2"],
         env=subprocess_env(smtp_server),
         capture_output=True,
         text=True,
@@ -124,7 +124,7 @@ def test_few_due_emails_are_sent_in_process(smtp_server):
     assert done.returncode == 0, done.stderr
     assert "sent 30, deferred 0, dropped 0" in summary(done.stdout)
     assert {m.message_id for m in smtp_server.received} == expected
-    assert smtp_server.connections == 1  # one process, one connection
+    assert smtp_server.connections == 1  # one process, one connection (4 would share 6 batches between them)
 
 
 # --- exactly once, one summary ---------------------------------------------------------------------
