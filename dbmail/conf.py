@@ -195,6 +195,12 @@ def _not_amqp(value):
     return f" must be an amqp:// or amqps:// URL, not {value.partition(':')[0]}:"  # the rest may hold a password
 
 
+def _not_a_process_count(value):
+    if value == "auto" or (value.isdigit() and int(value) >= 1):
+        return ""
+    return " must be auto (one per core) or a whole number of at least 1"
+
+
 def _bad_destination_groups(value):
     from dbmail.send import destinations  # no models: safe while the settings load
 
@@ -272,6 +278,8 @@ SETTINGS = [
     # A server that fails for reasons no recipient caused: new connections, DELAY seconds doubling, then give up.
     Setting("DBMAIL_RECONNECT_TRIES", 2, int, minimum=0),
     Setting("DBMAIL_RECONNECT_DELAY_SECONDS", 1.0, float, minimum=0),
+    # Processes one dbmail_cron run sends with when enough mail is due (dbmail.ops.processes); auto: one a core.
+    Setting("DBMAIL_SEND_PROCESSES", "auto", str, check=_not_a_process_count, clean=lambda v: v.strip().lower()),
     # Body bytes a sender holds at once (the batch being sent and the next one, claimed ahead).
     Setting("DBMAIL_BATCH_MAX_BYTES", 20 * 1024 * 1024, int, minimum=1),
     # Pacing per destination group, shared by every host (dbmail.send.destinations, pacing, backoff).

@@ -88,6 +88,10 @@ class DatabaseUnreachable(Unreachable):
     """The database could not be reached, or its connection broke during the run."""
 
 
+class SendingProcessFailed(DbmailError, RuntimeError):
+    """A child of a run sending with several processes died or failed (dbmail.ops.processes); in words."""
+
+
 class DatabaseLost(DbmailError, DatabaseError):
     """The database connection broke during a send run; `leftovers` is what the run still held.
 

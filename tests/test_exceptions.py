@@ -38,6 +38,7 @@ from mailgate.mailboxes import imap
         (exceptions.Unreachable, ConnectionError),
         (exceptions.DatabaseUnreachable, exceptions.Unreachable),
         (exceptions.DatabaseLost, DatabaseError),
+        (exceptions.SendingProcessFailed, RuntimeError),
         (exceptions.AddressError, ValueError),
         (exceptions.NeedsSMTPUTF8, exceptions.AddressError),
         (exceptions.QueueUnavailable, ConnectionError),

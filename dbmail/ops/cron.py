@@ -8,21 +8,21 @@ grows after each failed round: dbmail.ops.runloop).
 """
 
 import logging
+import os
 import time
 from dataclasses import dataclass
 
 from django.utils import timezone
 
 from dbmail import rollup
-from dbmail.exceptions import DatabaseLost, DatabaseUnreachable, QueueTableError, Unreachable
+from dbmail.conf import settings as conf
+from dbmail.exceptions import DatabaseLost, DatabaseUnreachable, QueueTableError, SendingProcessFailed, Unreachable
 from dbmail.intake import expand, smailer, spool
 from dbmail.ops import health
 from dbmail.ops.runloop import Round, RunLoop
 from dbmail.send import claims
 from dbmail.send import loop as sending
 from dbmail.send.recovery import DATABASE_ERRORS, Leftovers
-
-log = logging.getLogger(__name__)
 
 log = logging.getLogger(__name__)
 
@@ -59,12 +59,16 @@ class RunResult:
 class Runner:
     """Runs once or in a loop (dbmail.ops.runloop); SIGTERM/SIGINT stop it after the message in flight."""
 
-    def __init__(self, max_seconds=None, max_messages=None, batch_size=None, progress=None, interval=60.0):
+    def __init__(
+        self, max_seconds=None, max_messages=None, batch_size=None, progress=None, interval=60.0, processes=None
+    ):
         self.max_seconds = max_seconds
         self.options = dict(max_messages=max_messages, batch_size=batch_size)
         self.progress = progress  # a dbmail.ops.progress.Progress on a terminal, else None
+        self.processes = processes  # sending processes at most (None: DBMAIL_SEND_PROCESSES)
         self.loop = RunLoop(interval, on_stop=[self._stop_sending])
         self.sender = None
+        self.children = None  # dbmail.ops.processes.Children while a run sends with several processes
         self.leftovers = Leftovers()  # what a run cut off from the database still holds
 
     @property
@@ -77,6 +81,8 @@ class Runner:
     def _stop_sending(self):
         if self.sender:
             self.sender.stopping = True
+        if self.children:
+            self.children.stop()
 
     def install_signal_handlers(self):
         self.loop.handle_signals()
@@ -137,14 +143,57 @@ class Runner:
         expanded = (
             expand.expand_due(on_chunk=on_chunk, deadline=deadline) if not self.stopping else expand.ExpandResult()
         )
-        if progress:  # one count query, only for the person watching
+        processes = self._processes()
+        due = None
+        if progress or processes > 1:  # one count query, for the person watching or to judge a fork
             due = claims.due_count()
             limit = self.options["max_messages"]
-            progress.sending(due if limit is None else min(due, limit))
+            due = due if limit is None else min(due, limit)
+        if progress:
+            progress.sending(due)
+        if processes > 1 and due and not self.stopping:
+            from dbmail.ops import processes as forking
+
+            batch_size = self.options["batch_size"] or conf.DBMAIL_BATCH_SIZE
+            n = forking.how_many(processes, due, batch_size)
+            if n > 1 and not _in_transaction():
+                sent = self._send_forked(forking, n, deadline)
+                if sent is not None:
+                    return expanded, sent
         on_outcome = progress.outcome if progress else None
         self.sender = sending.Sender(on_outcome=on_outcome, deadline=deadline, **self.options)
         self.sender.stopping = self.stopping
         return expanded, self.sender.run()
+
+    def _processes(self):
+        """Sending processes at most: --processes, else DBMAIL_SEND_PROCESSES ("auto": the cores we may use)."""
+        if self.processes is not None:
+            return self.processes
+        return send_processes(conf.DBMAIL_SEND_PROCESSES)
+
+    def _send_forked(self, forking, n, deadline):
+        """Send with n child processes, each an ordinary Sender (dbmail.ops.processes)."""
+        batch_size = self.options["batch_size"]
+
+        def make_sender(max_messages, on_outcome):  # called in each child
+            return sending.Sender(
+                on_outcome=on_outcome, deadline=deadline, max_messages=max_messages, batch_size=batch_size
+            )
+
+        progress = self.progress
+        self.children = forking.Children(
+            make_sender, n, self.options["max_messages"], on_counts=progress.counted if progress else None
+        )
+        try:
+            self.children.stopping = self.stopping
+            try:
+                self.children.start()
+            except OSError as exc:  # not one process could be forked: this one sends, as with one process
+                log.warning("dbmail_cron: cannot fork sending processes (%s); sending in this one", exc)
+                return None
+            return self.children.wait()
+        finally:
+            self.children = None
 
     def run_loop(self, report):
         """Run every `interval` seconds until stopped; `report(result or exception)` after each.
@@ -158,7 +207,7 @@ class Runner:
         def one_round():
             try:
                 report(self.run_once())
-            except Unreachable as exc:
+            except (Unreachable, SendingProcessFailed) as exc:
                 if isinstance(exc, DatabaseUnreachable):
                     _forget_connection()
                 report(exc)
@@ -171,6 +220,23 @@ class Runner:
 
         self.loop.run(one_round)
         self.give_back()
+
+
+def send_processes(setting):
+    """DBMAIL_SEND_PROCESSES as a number: "auto" is the cores this process may run on (a container's, taskset's)."""
+    if setting != "auto":
+        return int(setting)
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def _in_transaction():
+    """A caller's open transaction (a test's): its rows are invisible to children, so no fork."""
+    from django.db import connections
+
+    return any(c.in_atomic_block for c in connections.all(initialized_only=True))
 
 
 def _forget_connection():

@@ -58,6 +58,11 @@ class Progress:
         self.counts[outcome.status] += 1
         self.draw()
 
+    def counted(self, counts):
+        """The outcomes so far, counted elsewhere (the children of a run sending with several processes)."""
+        self.counts.update(counts)
+        self.draw()
+
     @property
     def attempted(self):
         return sum(self.counts.values())

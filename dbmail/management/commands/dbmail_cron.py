@@ -3,7 +3,7 @@ import sys
 from django.core.management.base import BaseCommand, CommandError
 
 from dbmail.ops import sites
-from dbmail.ops.cron import Runner, Unreachable
+from dbmail.ops.cron import Runner, SendingProcessFailed, Unreachable
 from dbmail.ops.progress import Progress
 
 
@@ -20,6 +20,11 @@ class Command(BaseCommand):
         )
         parser.add_argument("--max-messages", type=int, help="Stop after this many send attempts.")
         parser.add_argument("--batch-size", type=int, help="Emails claimed at a time (DBMAIL_BATCH_SIZE).")
+        parser.add_argument(
+            "--processes",
+            type=int,
+            help="Send with up to this many processes when enough mail is due (DBMAIL_SEND_PROCESSES; 1: one).",
+        )
         parser.add_argument("--loop", action="store_true", help="Keep running (for hosts without cron).")
         parser.add_argument("--interval", type=float, default=60, help="Seconds between runs with --loop.")
         parser.add_argument("--sid", help="The site: a database alias (DATABASE_URL_<SID>); default: DATABASE_URL.")
@@ -29,6 +34,8 @@ class Command(BaseCommand):
             sites.use(opts["sid"])
         except sites.UnknownSite as exc:
             raise CommandError(str(exc)) from exc
+        if opts["processes"] is not None and opts["processes"] < 1:
+            raise CommandError("--processes must be at least 1")
         tty = sys.stderr.isatty() and opts["verbosity"] >= 1
         self.progress = Progress(sys.stderr) if tty else None
         self.loud = tty or opts["verbosity"] >= 2
@@ -38,6 +45,7 @@ class Command(BaseCommand):
             batch_size=opts["batch_size"],
             progress=self.progress,
             interval=opts["interval"],
+            processes=opts["processes"],
         )
         runner.install_signal_handlers()
         self.looping = opts["loop"]
@@ -46,7 +54,7 @@ class Command(BaseCommand):
             return
         try:
             result = runner.run_once()
-        except Unreachable as exc:
+        except (Unreachable, SendingProcessFailed) as exc:
             raise CommandError(str(exc)) from exc
         self.report(result)
         if result.expanded.failed:  # everything else was done; the failed requests wait for a fix and a retry
