@@ -188,3 +188,33 @@ def test_values_sent_as_they_are_are_what_the_orm_would_send():
         else:  # prepared by the ORM: JSON and bytes only, here
             assert field.name in ("headers", "raw_message"), field.name
     assert as_they_are == len(fields) - 2
+
+
+def test_an_enqueued_email_is_the_row_stored_and_what_the_keyword_path_would_have_made(django_assert_num_queries):
+    # enqueue builds its email from values in the fields' order (outbox._new_email), not the ORM's keywords.
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from .factories import UserFactory
+
+    user = UserFactory()
+    email = outbox.enqueue("Ann <ann@example.net>", "s", "t", "<p>t</p>", user=user, headers={"X-A": "1"})
+    stored = TextOfEmail.objects.get(pk=email.pk)
+    for field in TextOfEmail._meta.concrete_fields:
+        assert getattr(email, field.attname) == getattr(stored, field.attname), field.name
+    with django_assert_num_queries(0):
+        assert email.user is user
+    columns = {f.attname: getattr(stored, f.attname) for f in TextOfEmail._meta.concrete_fields if f.attname != "id"}
+    columns["next_attempt_at"] += timedelta(hours=1)
+    made, keyword = outbox._new_email(dict(columns)), TextOfEmail(**columns)
+    assert [getattr(made, f.attname) for f in TextOfEmail._meta.concrete_fields] == [
+        getattr(keyword, f.attname) for f in TextOfEmail._meta.concrete_fields
+    ]
+    assert made._state.adding and made.pk is None and timezone.is_aware(made.next_attempt_at)
+
+
+def test_a_user_that_is_not_a_user_is_refused_and_nothing_is_stored():
+    with pytest.raises(ValueError, match="must be a .*User.* instance"):
+        outbox.enqueue("a@example.net", "s", "t", user="ann")
+    assert not TextOfEmail.objects.exists()
