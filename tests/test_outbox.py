@@ -165,8 +165,9 @@ def test_a_checked_insert_inside_the_callers_transaction_leaves_it_usable():
 
 def test_values_sent_as_they_are_are_what_the_orm_would_send():
     # enqueue skips the ORM's preparing for values psycopg2 sends unchanged; for each such value of
-    # an email (with a user, a date, a raw message) the ORM must have given the same back.
-    from datetime import timedelta
+    # an email (with a user, a date, a raw message) the ORM must have given the same back. Aware dates
+    # go as their ISO text and an empty JSON object as {}: the same values to PostgreSQL.
+    from datetime import datetime, timedelta
 
     from django.db import connection
     from django.utils import timezone
@@ -179,15 +180,25 @@ def test_values_sent_as_they_are_are_what_the_orm_would_send():
     )
     email.sent_at = timezone.now()
     fields = outbox._insert_fields()
-    as_they_are = 0
+    as_they_are, as_text = 0, []
     for (field, _), value in zip(fields, outbox._values(email, fields, connection), strict=True):
         original = getattr(email, field.attname)
         if value is original:
             as_they_are += 1
             assert value == field.get_db_prep_save(original, connection), field.name
-        else:  # prepared by the ORM: JSON and bytes only, here
-            assert field.name in ("headers", "raw_message"), field.name
-    assert as_they_are == len(fields) - 2
+        elif isinstance(original, datetime):
+            assert value == original.isoformat() and datetime.fromisoformat(value) == original
+            as_text.append(field.name)
+        elif field.name == "headers":
+            assert (original, value) == ({}, "{}")
+            as_text.append(field.name)
+        else:  # prepared by the ORM: bytes only, here
+            assert field.name == "raw_message", field.name
+    assert sorted(as_text) == ["created_at", "headers", "next_attempt_at", "sent_at", "status_changed_at"]
+    assert as_they_are == len(fields) - 6
+    with connection.cursor() as cursor:  # and PostgreSQL reads the texts back as the values
+        cursor.execute("SELECT %s::timestamptz, %s::jsonb = '{}'::jsonb", [email.next_attempt_at.isoformat(), "{}"])
+        assert cursor.fetchone() == (email.next_attempt_at, True)
 
 
 def test_an_enqueued_email_is_the_row_stored_and_what_the_keyword_path_would_have_made(django_assert_num_queries):

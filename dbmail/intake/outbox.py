@@ -259,10 +259,14 @@ def _values(email, fields, db):
     for field, as_is in fields:
         value = getattr(email, field.attname)
         # A value of a type psycopg2 sends exactly as the ORM would prepare it goes as it is; anything else
-        # (JSON, a lazy string, a naive date the ORM warns about) as the ORM prepares it.
+        # (JSON, a lazy string, a naive date the ORM warns about) as the ORM prepares it. Two exceptions
+        # for what psycopg2's adapters make slowly, sent as the same text: an aware date as its ISO form
+        # (with its offset: the same instant), an empty JSON object as {} (a quarter of the row's cost).
         kind = type(value)
         if kind in as_is and (kind is not datetime or value.tzinfo is not None):
-            values.append(value)
+            values.append(value.isoformat() if kind is datetime else value)
+        elif kind is dict and not value and _EMPTY_OBJECT in as_is:
+            values.append("{}")
         else:
             values.append(field.get_db_prep_save(value, db))
     return values
@@ -296,6 +300,7 @@ def _insert(email):
 
 
 _NONE = type(None)
+_EMPTY_OBJECT = object()  # in _as_is: an empty dict goes as the text {}
 
 
 def _insert_fields():
@@ -311,7 +316,7 @@ def _as_is(field):
     if isinstance(field, models.DateTimeField):
         return (datetime, _NONE)  # an aware one (_values): PostgreSQL's backend sends those unchanged
     if isinstance(field, models.JSONField):
-        return ()  # None is JSON null or SQL NULL by the field's rules: always the ORM's way
+        return (_EMPTY_OBJECT,)  # None is JSON null or SQL NULL by the field's rules: always the ORM's way
     return (_NONE,)
 
 
