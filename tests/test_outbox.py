@@ -225,6 +225,30 @@ def test_an_enqueued_email_is_the_row_stored_and_what_the_keyword_path_would_hav
     assert made._state.adding and made.pk is None and timezone.is_aware(made.next_attempt_at)
 
 
+def test_the_checked_insert_sends_what_enqueue_gives_and_writes_the_rest_at_their_defaults(monkeypatch):
+    # The columns enqueue does not give go in the prepared statement as constants (outbox._fixed_columns):
+    # what it gives must be exactly outbox._GIVEN, and the constants the model's defaults.
+    from dbmail import states
+
+    given = []
+    new_email = outbox._new_email
+    monkeypatch.setattr(
+        outbox, "_new_email", lambda columns, user=None: given.append(set(columns)) or new_email(columns, user)
+    )
+    email = outbox.enqueue("a@example.net", "s", "t", reply_to="r@example.org", raw_message=b"x", message_id="<m@x>")
+    assert given[0] | {"user_id"} == outbox._GIVEN
+    fixed = outbox._fixed_columns()
+    assert "status" in fixed and "attempts" in fixed and not fixed.keys() & outbox._GIVEN
+    stored = TextOfEmail.objects.get(pk=email.pk)
+    assert stored.status == states.ENQUEUE.target and (stored.reply_to, bytes(stored.raw_message)) == (
+        "r@example.org",
+        b"x",
+    )
+    for name, default in outbox._defaults():
+        if name in fixed:
+            assert getattr(stored, name) == default == getattr(email, name), name
+
+
 def test_a_user_that_is_not_a_user_is_refused_and_nothing_is_stored():
     with pytest.raises(ValueError, match="must be a .*User.* instance"):
         outbox.enqueue("a@example.net", "s", "t", user="ann")
