@@ -476,8 +476,8 @@ class DkimKeyAdmin(AuditedAdmin):
             "wanted": wanted,
             "reports": [],
         }
-        # Here, not at the top: every manage.py command imports this module at start-up (admin
-        # autodiscovery), and only this page needs the DNS check.
+        # Here, not at the top: every web worker and `manage.py check` imports this module
+        # (mailsite/adminconfig.py), and only this page needs the DNS check.
         from dbmail.ops import dnscheck
 
         try:

@@ -25,8 +25,8 @@ from mailgate.models import (
 )
 
 # The gate's and the mailboxes' logic (forwarding, moderation, the IMAP client) is imported by the
-# actions that use it, not here: every manage.py command imports the admin modules at start-up
-# (admin autodiscovery), and dbmail_cron, run every minute, needs none of it.
+# actions that use it, not here: every web worker and `manage.py check` imports the admin modules
+# (mailsite/adminconfig.py), and only these actions need it.
 
 
 @admin.register(EmailList)

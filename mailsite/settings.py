@@ -94,7 +94,7 @@ if not SECRET_KEY:
 ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["localhost", "127.0.0.1"] if DEBUG else [])
 
 INSTALLED_APPS = [
-    "django.contrib.admin",
+    "mailsite.adminconfig.AdminConfig",  # django.contrib.admin, its pages registered when first needed
     "django.contrib.auth",
     "django.contrib.contenttypes",
     "django.contrib.sessions",

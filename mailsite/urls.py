@@ -5,6 +5,10 @@ from django.views.generic import RedirectView
 
 from dbmail.conf import settings as conf
 
+# Every app's admin pages, before admin.site.urls lists them: they are not imported at start-up
+# (mailsite/adminconfig.py).
+admin.autodiscover()
+
 # The sign-in page is the comm panel's too: it names the site, not "Django administration".
 admin.site.site_header = conf.DBMAIL_SITE_NAME
 admin.site.site_title = f"{conf.DBMAIL_SITE_NAME} administration"

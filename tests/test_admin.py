@@ -261,8 +261,8 @@ def test_read_only_pages_refuse_even_a_superuser(admin_client, model, deletable)
     from django.apps import apps
     from django.contrib import admin
 
+    request = admin_client.get(reverse("admin:index")).wsgi_request  # the URL patterns register the pages
     page = admin.site._registry[apps.get_model("dbmail", model)]
-    request = admin_client.get(reverse("admin:index")).wsgi_request
     assert request.user.is_superuser
     assert not page.has_add_permission(request) and not page.has_change_permission(request)
     assert page.has_view_permission(request)

@@ -12,7 +12,7 @@ import sys
 
 import pytest
 
-from .conftest import ROOT, subprocess_env
+from .conftest import ROOT, manage, subprocess_env
 
 WRAPPER = """
 import atexit, json, runpy, sys
@@ -39,6 +39,10 @@ NOT_NEEDED = (
     "dbmail.ops.dnscheck",  # the admin's DNS page and dbmail_dkim
     "defusedxml",  # the spool's XML parser: imported when a spool file is read
     "dkim",  # dkimpy (and dnspython under it): imported when the first message is signed
+    # The admin's pages (mailsite/adminconfig.py): imported by the URL patterns and the admin's check.
+    "dbmail.admin",
+    "mailgate.admin",
+    "django.contrib.auth.admin",
 )
 
 
@@ -71,3 +75,30 @@ def test_the_wrapper_sees_what_a_command_that_needs_the_url_patterns_imports(tmp
     # `manage.py check` checks the URL patterns, so it loads them and the REST API behind them.
     modules = imported_by(tmp_path, "check")
     assert loaded(modules, "mailsite.urls") and loaded(modules, "rest_framework.views")
+
+
+# Not importing the admin's pages at start-up must not hide a broken one from `manage.py check`: the admin's
+# check imports them itself, whether or not the URL patterns (which import them too) are checked, and in
+# whatever order the checks run.
+@pytest.mark.parametrize("argv", [["check"], ["check", "--deploy"], ["check", "--tag", "admin"]], ids=" ".join)
+def test_manage_py_check_still_reports_a_broken_modeladmin(argv):
+    done = manage(*argv, env=subprocess_env(DJANGO_SETTINGS_MODULE="tests.brokenadmin.settings"))
+    assert done.returncode != 0
+    assert "admin.E108" in done.stderr and "BrokenGroupAdmin" in done.stderr, done.stderr
+
+
+def test_the_admin_pages_are_all_registered_once_the_url_patterns_load():
+    from django.contrib import admin
+    from django.urls import reverse
+
+    reverse("admin:index")  # loads the URL patterns, as any request does
+    registered = {model._meta.label for model in admin.site._registry}
+    assert {"dbmail.TextOfEmail", "dbmail.MessageRequest", "mailgate.EmailList", "auth.User"} <= registered
+
+
+def test_manage_py_keeps_the_garbage_collector_out_of_start_up_and_on_for_the_command():
+    # mailsite/startup.py: collection off while Django is set up, what set-up built frozen, collection on again.
+    done = manage("shell", "-c", "import gc; print(gc.isenabled(), gc.get_freeze_count())")
+    assert done.returncode == 0, done.stderr
+    enabled, frozen = done.stdout.split()[-2:]
+    assert enabled == "True" and int(frozen) > 50_000  # about 80,000

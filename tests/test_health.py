@@ -395,3 +395,22 @@ def test_unsigned_mail_is_a_warning_per_domain():
     assert "old.example" not in out
     dkim = next(c for c in json.loads(status("--json")[1])["checks"] if c["check"] == "dkim")
     assert dkim["state"] == "warning" and dkim["details"]["unsigned"] == {"keyed.example": 1, "other.example": 5}
+
+
+def test_a_heartbeat_is_one_statement_and_a_failed_run_keeps_the_last_success(django_assert_num_queries):
+    first = timezone.now()
+    with django_assert_num_queries(1):  # INSERT ... ON CONFLICT DO UPDATE, at the end of every run
+        health.beat("dbmail_cron", first, {"sent": 3})
+    (row,) = CronHeartbeat.objects.all()
+    succeeded = row.last_success_at
+    assert (
+        row.last_started_at == first and succeeded >= first and (row.last_summary, row.last_error) == ({"sent": 3}, "")
+    )
+    with django_assert_num_queries(1):
+        health.beat("dbmail_cron", timezone.now(), error="cannot reach the SMTP server: refused")
+    (row,) = CronHeartbeat.objects.all()
+    assert row.last_success_at == succeeded and row.last_started_at > first
+    assert (row.last_summary, row.last_error) == ({}, "cannot reach the SMTP server: refused")
+    health.beat("dbmail_cron", timezone.now())
+    (row,) = CronHeartbeat.objects.all()
+    assert row.last_success_at > succeeded and row.last_error == ""

@@ -165,8 +165,9 @@ def test_a_checked_insert_inside_the_callers_transaction_leaves_it_usable():
 
 def test_values_sent_as_they_are_are_what_the_orm_would_send():
     # enqueue skips the ORM's preparing for values psycopg2 sends unchanged; for each such value of
-    # an email (with a user, a date, a raw message) the ORM must have given the same back.
-    from datetime import timedelta
+    # an email (with a user, a date, a raw message) the ORM must have given the same back. Aware dates
+    # go as their ISO text and an empty JSON object as {}: the same values to PostgreSQL.
+    from datetime import datetime, timedelta
 
     from django.db import connection
     from django.utils import timezone
@@ -179,12 +180,76 @@ def test_values_sent_as_they_are_are_what_the_orm_would_send():
     )
     email.sent_at = timezone.now()
     fields = outbox._insert_fields()
-    as_they_are = 0
+    as_they_are, as_text = 0, []
     for (field, _), value in zip(fields, outbox._values(email, fields, connection), strict=True):
         original = getattr(email, field.attname)
         if value is original:
             as_they_are += 1
             assert value == field.get_db_prep_save(original, connection), field.name
-        else:  # prepared by the ORM: JSON and bytes only, here
-            assert field.name in ("headers", "raw_message"), field.name
-    assert as_they_are == len(fields) - 2
+        elif isinstance(original, datetime):
+            assert value == original.isoformat() and datetime.fromisoformat(value) == original
+            as_text.append(field.name)
+        elif field.name == "headers":
+            assert (original, value) == ({}, "{}")
+            as_text.append(field.name)
+        else:  # prepared by the ORM: bytes only, here
+            assert field.name == "raw_message", field.name
+    assert sorted(as_text) == ["created_at", "headers", "next_attempt_at", "sent_at", "status_changed_at"]
+    assert as_they_are == len(fields) - 6
+    with connection.cursor() as cursor:  # and PostgreSQL reads the texts back as the values
+        cursor.execute("SELECT %s::timestamptz, %s::jsonb = '{}'::jsonb", [email.next_attempt_at.isoformat(), "{}"])
+        assert cursor.fetchone() == (email.next_attempt_at, True)
+
+
+def test_an_enqueued_email_is_the_row_stored_and_what_the_keyword_path_would_have_made(django_assert_num_queries):
+    # enqueue builds its email from values in the fields' order (outbox._new_email), not the ORM's keywords.
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from .factories import UserFactory
+
+    user = UserFactory()
+    email = outbox.enqueue("Ann <ann@example.net>", "s", "t", "<p>t</p>", user=user, headers={"X-A": "1"})
+    stored = TextOfEmail.objects.get(pk=email.pk)
+    for field in TextOfEmail._meta.concrete_fields:
+        assert getattr(email, field.attname) == getattr(stored, field.attname), field.name
+    with django_assert_num_queries(0):
+        assert email.user is user
+    columns = {f.attname: getattr(stored, f.attname) for f in TextOfEmail._meta.concrete_fields if f.attname != "id"}
+    columns["next_attempt_at"] += timedelta(hours=1)
+    made, keyword = outbox._new_email(dict(columns)), TextOfEmail(**columns)
+    assert [getattr(made, f.attname) for f in TextOfEmail._meta.concrete_fields] == [
+        getattr(keyword, f.attname) for f in TextOfEmail._meta.concrete_fields
+    ]
+    assert made._state.adding and made.pk is None and timezone.is_aware(made.next_attempt_at)
+
+
+def test_the_checked_insert_sends_what_enqueue_gives_and_writes_the_rest_at_their_defaults(monkeypatch):
+    # The columns enqueue does not give go in the prepared statement as constants (outbox._fixed_columns):
+    # what it gives must be exactly outbox._GIVEN, and the constants the model's defaults.
+    from dbmail import states
+
+    given = []
+    new_email = outbox._new_email
+    monkeypatch.setattr(
+        outbox, "_new_email", lambda columns, user=None: given.append(set(columns)) or new_email(columns, user)
+    )
+    email = outbox.enqueue("a@example.net", "s", "t", reply_to="r@example.org", raw_message=b"x", message_id="<m@x>")
+    assert given[0] | {"user_id"} == outbox._GIVEN
+    fixed = outbox._fixed_columns()
+    assert "status" in fixed and "attempts" in fixed and not fixed.keys() & outbox._GIVEN
+    stored = TextOfEmail.objects.get(pk=email.pk)
+    assert stored.status == states.ENQUEUE.target and (stored.reply_to, bytes(stored.raw_message)) == (
+        "r@example.org",
+        b"x",
+    )
+    for name, default in outbox._defaults():
+        if name in fixed:
+            assert getattr(stored, name) == default == getattr(email, name), name
+
+
+def test_a_user_that_is_not_a_user_is_refused_and_nothing_is_stored():
+    with pytest.raises(ValueError, match="must be a .*User.* instance"):
+        outbox.enqueue("a@example.net", "s", "t", user="ann")
+    assert not TextOfEmail.objects.exists()

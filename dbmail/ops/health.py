@@ -198,7 +198,14 @@ def beat(command, started_at, summary=None, error=""):
     defaults = {"last_started_at": started_at, "last_summary": summary or {}, "last_error": error}
     if not error:
         defaults["last_success_at"] = now
-    CronHeartbeat.objects.update_or_create(command=command, host=socket.gethostname(), defaults=defaults)
+    # One INSERT ... ON CONFLICT DO UPDATE: update_or_create would take four round trips (its
+    # transaction, a locking read, the update) at the end of every run of every command.
+    CronHeartbeat.objects.bulk_create(
+        [CronHeartbeat(command=command, host=socket.gethostname(), **defaults)],
+        update_conflicts=True,
+        unique_fields=["command", "host"],
+        update_fields=list(defaults),
+    )
 
 
 # --- dbmail's own checks -----------------------------------------------------------------------
