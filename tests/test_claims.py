@@ -5,6 +5,7 @@ import pytest
 from django.db.models import Q
 from django.utils import timezone
 
+from dbmail.conf import settings as conf
 from dbmail.models import TextOfEmail
 from dbmail.send import claims
 
@@ -191,7 +192,10 @@ def test_claimed_rows_are_the_instances_the_orm_would_load(django_assert_num_que
     batch = claims.claim(10)
     assert {e.pk for e in batch.emails} == {plain.pk, extra.pk, raw.pk}
     fields = [f.attname for f in TextOfEmail._meta.concrete_fields]
+    # What only an outcome writes, and the user, are not read back: deferred, as .defer() leaves them.
+    unread = {"user_id", "sent_at", "last_error", "possibly_delivered"}
     for email in batch.emails:
+        assert email.get_deferred_fields() == unread
         loaded = TextOfEmail.objects.get(pk=email.pk)
         for name in fields:
             ours, theirs = getattr(email, name), getattr(loaded, name)
@@ -200,6 +204,17 @@ def test_claimed_rows_are_the_instances_the_orm_would_load(django_assert_num_que
             ), name
         assert email._state.adding is False and email._state.db == "default"
         assert email == loaded and not email.get_deferred_fields()
+    by_pk = {e.pk: e for e in batch.emails}
+    fresh = claims.claim(10, now=timezone.now() + timedelta(seconds=conf.DBMAIL_LEASE_SECONDS + 1))
+    assert {e.pk for e in fresh.emails} == set(by_pk)  # taken over once the lease ran out
+    with django_assert_num_queries(0):  # what sending reads came with the claim
+        for email in fresh.emails:
+            for name in set(fields) - unread:
+                getattr(email, name)
+            assert email.status == Status.SENDING and email.claim_token == fresh.token
+            assert email.leased_until == fresh.lease_until
+    with django_assert_num_queries(1):  # a field left unread is loaded on first use, as a deferred one is
+        assert fresh.emails[0].last_error == ""
     by_pk = {e.pk: e for e in batch.emails}
     with django_assert_num_queries(0):  # the account came with the claim, as select_related would
         assert by_pk[plain.pk].account.address == "office@example.org"
@@ -218,12 +233,15 @@ def test_claimed_rows_are_the_instances_the_orm_would_load(django_assert_num_que
 
     post_init.connect(listener, sender=TextOfEmail)
     try:
-        TextOfEmail.objects.filter(pk__in=[plain.pk]).update(leased_until=timezone.now() - timedelta(seconds=1))
+        past = timezone.now() - timedelta(seconds=1)
+        TextOfEmail.objects.filter(pk__in=[plain.pk]).update(leased_until=past, status_changed_at=past)
         seen.clear()
         again = claims.claim(10)
     finally:
         post_init.disconnect(listener, sender=TextOfEmail)
     assert [e.pk for e in again.emails] == [plain.pk] and plain.pk in seen
+    assert again.emails[0].get_deferred_fields() == unread and again.emails[0].status == Status.SENDING
+    assert again.emails[0].headers == {"X-New": "1"} and again.emails[0].claim_token == again.token
 
 
 def test_a_claims_accounts_are_what_the_orm_loads_and_read_afresh_for_each_batch():

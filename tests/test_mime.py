@@ -124,7 +124,11 @@ def test_an_empty_address_is_no_message():
 
 # Printable ASCII with long lines: the quoted-printable written without binascii (mime._qp_printable).
 long_ascii = st.lists(
-    st.text(st.sampled_from("ab =\t.-"), min_size=0, max_size=1200) | st.sampled_from(["=" * 999, " " * 1000, ""]),
+    st.text(st.sampled_from("ab =\t.-"), min_size=0, max_size=1200)
+    # A long paragraph with no "=" (cut in one pass), or with one late, or only its last space escaped.
+    | st.builds(lambda n, tail: "word " * n + tail, st.integers(0, 300), st.sampled_from(["", " ", "\t", "=", "x="]))
+    | st.builds(lambda n, m: "a" * n + "=" + "b" * m, st.integers(0, 400), st.integers(0, 900))
+    | st.sampled_from(["=" * 999, " " * 1000, "", "x" * 1116 + " ", "x" * 999]),
     min_size=1,
     max_size=5,
 ).map("\n".join)
@@ -144,6 +148,12 @@ def test_long_ascii_lines_are_quoted_printable_that_reads_back_as_the_text(text)
     assert all(len(line) <= 76 and not line.endswith((" ", "\t")) for line in lines)
     assert quopri.decodestring(body.encode("ascii")).decode("ascii").replace("\r\n", "\n") == text
     same_reading(email_with(text=text))
+
+
+def test_only_control_characters_but_tab_and_line_feed_make_ascii_text_unprintable():
+    controls = {chr(c) for c in [*range(9), *range(11, 32), 127]}
+    for c in map(chr, range(128)):
+        assert mime._printable(f"a{c}b") == (c not in controls), repr(c)
 
 
 def test_control_characters_and_non_ascii_still_go_through_binascii():

@@ -176,7 +176,7 @@ def test_an_outcome_finds_its_email_by_id_whatever_the_statistics_say():
 
 @pytest.mark.django_db
 def test_a_group_of_outcomes_keeps_every_character_and_moment_of_each():
-    """The outcome statement's arrays are written as PostgreSQL array text (outcomes._array_literal):
+    """The outcome statement's arrays are written as PostgreSQL array text (outcomes._texts, _moments...):
     what an SMTP server may say (quotes, backslashes, braces, commas, line breaks, the word NULL,
     UTF-8) and every microsecond and offset of each moment must come back as they were."""
     from zoneinfo import ZoneInfo

@@ -105,20 +105,22 @@ def claim(limit, now=None, scope=None, after=None, due_by=None, max_bytes=None, 
     due_by = min(due_by or now, now)
     token = uuid.uuid4()
     lease_until = now + timedelta(seconds=conf.DBMAIL_LEASE_SECONDS)
-    rows = TextOfEmail.objects.select_for_update(skip_locked=True)
-    held = ~_held() & ~_paused()
-    columns = ("pk", "status", _body_bytes())
     waiting = Q()  # the pacer's groups and accounts that must wait now (usually none)
     if pacer is not None:
         waiting = pacer.claimable()
-        held &= waiting
-        columns += ("account_id", "dest_group", "to_address")
     with transaction.atomic():
         if after is None:
             _give_back_held(now)
         if scope is None and not waiting and connection.vendor == "postgresql":
             candidates = _candidates_postgresql(limit, now, due_by, after, paced=pacer is not None)
         else:
+            # The ORM's query, composed only here: on PostgreSQL's usual path its parts cost a claim
+            # more interpreter time than the two statements written out.
+            rows = TextOfEmail.objects.select_for_update(skip_locked=True)
+            held = ~_held() & ~_paused() & waiting
+            columns = ("pk", "status", _body_bytes())
+            if pacer is not None:
+                columns += ("account_id", "dest_group", "to_address")
             candidates = _candidates(rows, held, columns, limit, now, due_by, after, scope)
         picked, sizes, total = {}, {}, 0
         for pk, status, nbytes, *_ in candidates:
@@ -177,8 +179,37 @@ def _candidates_postgresql(limit, now, due_by, after, paced=False):
     `paced`: with the pacer's columns (account, destination group, address) after the size.
 
     The ORM would spend longer composing these two queries, for every batch, than PostgreSQL
-    spends running them; the SQL is the ORM's, written out (tests/test_claims.py runs both).
+    spends running them; the SQL is the ORM's, written out (tests/test_claims.py runs both), and
+    prepared once a session: planning them again for every batch cost PostgreSQL more than
+    running them.
     """
+    suffix = "_paced" if paced else ""
+    with connection.cursor() as cursor:
+        prepared.execute(cursor, "dbmail_claim_stale" + suffix, _candidate_sql("stale", paced), [now, due_by, limit])
+        candidates = cursor.fetchall()
+        if len(candidates) < limit:
+            left = limit - len(candidates)
+            if after is None:
+                prepared.execute(cursor, "dbmail_claim_due" + suffix, _candidate_sql("due", paced), [due_by, left])
+            else:
+                params = [due_by, *after, left]
+                prepared.execute(cursor, "dbmail_claim_due_after" + suffix, _candidate_sql("due_after", paced), params)
+            candidates += cursor.fetchall()
+    return candidates
+
+
+_CANDIDATE_SQL = {}  # (which, paced) -> the statement, written once
+
+
+def _candidate_sql(which, paced):
+    """The SQL of one of _candidates_postgresql's statements ($n parameters).
+
+    The states are written in, not parameters: a generic plan must still see that the
+    condition is a partial index's (dbmail_lease, dbmail_due).
+    """
+    sql = _CANDIDATE_SQL.get((which, paced))
+    if sql is not None:
+        return sql
     quote = connection.ops.quote_name
     table = quote(TextOfEmail._meta.db_table)
     size = _body_bytes().sql
@@ -192,24 +223,22 @@ def _candidates_postgresql(limit, now, due_by, after, paced=False):
     waiting = ", ".join(f"'{status}'" for status in states.WAITING)
     if paced:
         size += f", {table}.account_id, {table}.dest_group, {table}.to_address"
-    with connection.cursor() as cursor:
-        cursor.execute(
-            f"SELECT id, status, {size} FROM {table} WHERE status = %s AND leased_until <= %s "
-            f"AND status_changed_at <= %s AND {held} ORDER BY leased_until LIMIT %s FOR UPDATE SKIP LOCKED",
-            [Status.SENDING, now, due_by, limit],
+    if which == "stale":
+        sql = (
+            f"SELECT id, status, {size} FROM {table} WHERE status = '{Status.SENDING}' "
+            f"AND leased_until <= $1::timestamptz AND status_changed_at <= $2::timestamptz AND {held} "
+            f"ORDER BY leased_until LIMIT $3::bigint FOR UPDATE SKIP LOCKED"
         )
-        candidates = cursor.fetchall()
-        if len(candidates) < limit:
-            past, params = "", [due_by]
-            if after is not None:
-                past, params = f"AND ({table}.next_attempt_at, {table}.id) > (%s, %s) ", [due_by, *after]
-            cursor.execute(
-                f"SELECT id, status, {size} FROM {table} WHERE status IN ({waiting}) AND next_attempt_at <= %s "
-                f"{past}AND {held} ORDER BY next_attempt_at, id LIMIT %s FOR UPDATE SKIP LOCKED",
-                [*params, limit - len(candidates)],
-            )
-            candidates += cursor.fetchall()
-    return candidates
+    else:
+        past, limit = "", "$2"
+        if which == "due_after":
+            past, limit = f"AND ({table}.next_attempt_at, {table}.id) > ($2::timestamptz, $3::bigint) ", "$4"
+        sql = (
+            f"SELECT id, status, {size} FROM {table} WHERE status IN ({waiting}) AND next_attempt_at <= $1::timestamptz "
+            f"{past}AND {held} ORDER BY next_attempt_at, id LIMIT {limit}::bigint FOR UPDATE SKIP LOCKED"
+        )
+    _CANDIDATE_SQL[(which, paced)] = sql
+    return sql
 
 
 def _SEND_ORDER(email):
@@ -223,14 +252,25 @@ def _SEND_ORDER(email):
 # The claim's UPDATE on PostgreSQL: one prepared statement that marks the rows and hands them back
 # (RETURNING), instead of an UPDATE and then a SELECT through the ORM of every row it claimed.
 # Its conditions are CLAIM's sources and the same re-check as the portable path's.
+#
+# It returns the columns sending reads, not every column: the ones the claim itself sets are known
+# without reading them back (_SET_BY_CLAIM), and those only an outcome writes, and the user, are left
+# deferred (_NOT_READ): Django loads such a field on first access (one query), and nothing on the
+# send path makes one. Reading and converting every column was a third of a claim's interpreter time.
+_SET_BY_CLAIM = ("status", "claim_token", "leased_until", "status_changed_at")
+_NOT_READ = ("user_id", "sent_at", "last_error", "possibly_delivered")
 _TAKE_SQL = None
+
+
+def _returned_fields():
+    return [f for f in TextOfEmail._meta.concrete_fields if f.attname not in _SET_BY_CLAIM + _NOT_READ]
 
 
 def _take_sql():
     global _TAKE_SQL
     if _TAKE_SQL is None:
         quote = connection.ops.quote_name
-        columns = ", ".join(quote(f.column) for f in TextOfEmail._meta.concrete_fields)
+        columns = ", ".join(quote(f.column) for f in _returned_fields())
         sources = ", ".join(f"'{status}'" for status in states.CLAIM.sources)
         _TAKE_SQL = (
             f"UPDATE {quote(TextOfEmail._meta.db_table)} SET status = '{states.CLAIM.target}', claim_token = $1::uuid, "
@@ -244,18 +284,22 @@ def _take_sql():
 
 def _take_postgresql(ids, token, lease_until, now):
     """Claim `ids` (locked by the caller's SELECT ... FOR UPDATE) and return them as model instances."""
+    # The ids as an array's text: psycopg2 would adapt a list element by element.
+    id_array = "{" + ",".join(map(str, ids)) + "}"
     with connection.cursor() as cursor:
-        prepared.execute(cursor, "dbmail_claim", _take_sql(), [str(token), lease_until, now, ids])
+        prepared.execute(cursor, "dbmail_claim", _take_sql(), [str(token), lease_until, now, id_array])
         rows = cursor.fetchall()
     # What select_related("account") gave: each email's account, read once per batch.
     accounts = _accounts({row[_ACCOUNT_AT] for row in rows if row[_ACCOUNT_AT] is not None})
-    return _instances(rows, accounts)
+    set_by_claim = {"status": str(states.CLAIM.target), "claim_token": token, "leased_until": lease_until}
+    set_by_claim["status_changed_at"] = now
+    return _instances(rows, accounts, set_by_claim)
 
 
 def _accounts(ids):
     """{pk: SenderAccount} for `ids`, read afresh (a cap or a setting changed since the last batch counts).
 
-    What SenderAccount.objects.in_bulk(ids) returns, in one plain statement: composing that
+    What SenderAccount.objects.in_bulk(ids) returns, in one plain (prepared) statement: composing that
     query through the ORM took a seventh of the database thread's interpreter time, for one
     row. Instances come from Model.from_db, with each field's own conversion from the database.
     """
@@ -264,8 +308,10 @@ def _accounts(ids):
     fields = SenderAccount._meta.concrete_fields
     quote = connection.ops.quote_name
     columns = ", ".join(quote(f.column) for f in fields)
+    sql = f"SELECT {columns} FROM {quote(SenderAccount._meta.db_table)} WHERE id = ANY($1::bigint[])"
     with connection.cursor() as cursor:
-        cursor.execute(f"SELECT {columns} FROM {quote(SenderAccount._meta.db_table)} WHERE id = ANY(%s)", [sorted(ids)])
+        # Prepared, as the claim's other statements: planned once a session, not once a batch.
+        prepared.execute(cursor, "dbmail_claim_accounts", sql, ["{" + ",".join(map(str, sorted(ids))) + "}"])
         rows = cursor.fetchall()
     names = [f.attname for f in fields]
     converters = [(i, f.get_db_converters(connection)) for i, f in enumerate(fields) if f.get_db_converters(connection)]
@@ -281,44 +327,51 @@ def _accounts(ids):
     return accounts
 
 
-_ACCOUNT_AT = [f.attname for f in TextOfEmail._meta.concrete_fields].index("account_id")
+_ACCOUNT_AT = [f.attname for f in _returned_fields()].index("account_id")
 
 
-def _instances(rows, accounts):
-    """Model instances of every column of `rows`, as Model.from_db makes them, for a fraction of its cost.
+def _instances(rows, accounts, set_by_claim):
+    """Model instances of the claim's rows (_returned_fields' columns, and `set_by_claim`'s values),
+    as Model.from_db makes them for a query that defers the other fields, for a fraction of its cost.
 
-    from_db goes through Model.__init__, which sets each of the 24 fields through its descriptor:
-    for a batch of 100 that was most of a claim's Python time. The instance's __dict__ is filled
-    at once instead (what __init__ would leave there: every field's attname, and the state of a
-    row loaded from this database). Should anything listen to the model's init signals, from_db
-    is used, as the signals must be sent.
+    from_db goes through Model.__init__, which sets each field through its descriptor: for a
+    batch of 100 that was most of a claim's Python time. The instance's __dict__ is filled at
+    once instead (what __init__ would leave there: each loaded field's attname, and the state of
+    a row loaded from this database). Should anything listen to the model's init signals,
+    from_db is used, as the signals must be sent.
     """
-    fields = TextOfEmail._meta.concrete_fields
-    names = [f.attname for f in fields]
-    converters = [(i, f.get_db_converters(connection)) for i, f in enumerate(fields) if f.get_db_converters(connection)]
+    returned = _returned_fields()
+    names = [f.attname for f in returned]
+    by_name = {f.attname: f for f in TextOfEmail._meta.concrete_fields}
+    # `set_by_claim` holds Python values already (the token a UUID): only the returned columns are converted.
+    converters = [(name, by_name[name].get_db_converters(connection)) for name in names]
+    converters = [(name, funcs) for name, funcs in converters if funcs]
     # Nearly every email's extra headers are "{}": json.loads (through JSONField's converter) not needed for that.
-    plain_json = {i for i, f in enumerate(fields) if isinstance(f, JSONField) and f.decoder is None}
+    plain_json = {name for name, f in by_name.items() if isinstance(f, JSONField) and f.decoder is None}
     account_field = TextOfEmail._meta.get_field("account")
     signalled = signals.pre_init.has_listeners(TextOfEmail) or signals.post_init.has_listeners(TextOfEmail)
+    loaded = [f.attname for f in TextOfEmail._meta.concrete_fields if f.attname in names or f.attname in set_by_claim]
     alias = connection.alias
     emails = []
     for row in rows:
-        if converters:
-            row = list(row)
-            for i, funcs in converters:
-                if row[i] == "{}" and i in plain_json:
-                    row[i] = {}
-                    continue
-                for func in funcs:
-                    row[i] = func(row[i], None, connection)
+        values = dict(zip(names, row, strict=True))
+        values.update(set_by_claim)
+        for name, funcs in converters:
+            value = values[name]
+            if value == "{}" and name in plain_json:
+                values[name] = {}
+                continue
+            for func in funcs:
+                value = func(value, None, connection)
+            values[name] = value
         if signalled:
-            email = TextOfEmail.from_db(alias, names, row)
+            email = TextOfEmail.from_db(alias, loaded, [values[name] for name in loaded])
         else:
             email = TextOfEmail.__new__(TextOfEmail)
-            email.__dict__.update(zip(names, row, strict=True))
+            email.__dict__.update(values)
             state = email._state = ModelState()
             state.adding, state.db = False, alias
-        account_id = row[_ACCOUNT_AT]
+        account_id = values["account_id"]
         if account_id is not None:
             account_field.set_cached_value(email, accounts[account_id])
         emails.append(email)
