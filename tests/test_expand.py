@@ -443,6 +443,21 @@ def test_a_chunks_tokens_are_committed_before_its_emails_and_each_email_token_wo
         assert tokens.address_for(token) == email.to_address
 
 
+def test_tokens_are_stored_as_their_addresses_are_written():
+    from dbmail.models import AddressToken
+
+    addresses = [
+        '"quoted\\\\\\"back"@example.org',
+        "ünïcødé.用户@example.org",
+        "o'neil@example.org",
+        "plain@example.org",
+    ]
+    AddressToken.objects.create(token="a" * 26, address="before@example.org")
+    expand._store_tokens([(f"{i}" * 26, a) for i, a in enumerate(addresses)] + [("a" * 26, "other@example.org")])
+    stored = dict(AddressToken.objects.values_list("token", "address"))
+    assert stored == {"a" * 26: "before@example.org", **{f"{i}" * 26: a for i, a in enumerate(addresses)}}
+
+
 @pytest.mark.django_db(transaction=True)
 def test_an_error_storing_tokens_stops_the_emails_too(monkeypatch):
     User = get_user_model()
