@@ -147,10 +147,44 @@ def test_a_repeated_chunk_is_harmless():
     claimed = expand.claim_request()
     expand.expand(claimed)
     # As if a second expander re-ran the whole set after a lost checkpoint.
-    MessageRequest.objects.filter(pk=request.pk).update(status="expanding", checkpoint=None)
+    MessageRequest.objects.filter(pk=request.pk).update(
+        status="expanding", checkpoint=None, expand_token=claimed.expand_token
+    )
     claimed.checkpoint = None
-    expand.expand(claimed)
+    assert expand.expand(claimed) == 5
     assert request.emails.count() == 5
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_repeated_chunk_written_aside_is_harmless_and_completes_the_chunk(monkeypatch):
+    """The emails' writer COPYs without a savepoint: a row already there rolls the chunk back, which goes in again."""
+    from dbmail.intake import copyrows
+
+    UserFactory.create_batch(30)
+    request = MessageRequestFactory(recipient_set="all_active")
+    claimed = expand.claim_request()
+    assert expand._can_write_aside()
+    assert expand.expand(claimed, chunk_size=10) == 30
+    # As if a second expander re-ran the set after a lost checkpoint, with some of its emails gone meanwhile.
+    gone = list(request.emails.order_by("pk").values_list("pk", flat=True))[3:25:2]
+    request.emails.filter(pk__in=gone).delete()
+    MessageRequest.objects.filter(pk=request.pk).update(
+        status="expanding", checkpoint=None, expand_token=claimed.expand_token
+    )
+    claimed.checkpoint = None
+    copies = []
+    real = copyrows.insert_new
+
+    def counted(*args, **kwargs):
+        copies.append(real(*args, **kwargs))
+        return copies[-1]
+
+    monkeypatch.setattr(copyrows, "insert_new", counted)
+    assert expand.expand(claimed, chunk_size=10) == 30
+    assert request.emails.count() == 30 and request.emails.values("to_address").distinct().count() == 30
+    assert sum(copies) == 11  # the deleted ones, made again; each chunk went through insert_new
+    request.refresh_from_db()
+    assert request.status == MessageRequest.Status.EXPANDED and request.checkpoint["after"] is not None
 
 
 def test_cancel_during_expansion_stops_it():
@@ -330,7 +364,7 @@ def test_a_user_deleted_while_their_chunk_is_written_fails_nothing(monkeypatch):
 
     users = [UserFactory(username=f"u{i}") for i in range(5)]
     request = MessageRequestFactory(recipient_set="all_active")
-    copy = copyrows.copy_new
+    copy = copyrows.copy  # what the emails' writer runs in its transaction (expand._commit_aside)
 
     def delete_one_then_copy(*args, **kwargs):
         # Read, rendered, not yet committed: the user goes in the same transaction, as a concurrent
@@ -339,7 +373,7 @@ def test_a_user_deleted_while_their_chunk_is_written_fails_nothing(monkeypatch):
             cursor.execute("DELETE FROM auth_user WHERE id = %s", [users[2].pk])
         return copy(*args, **kwargs)
 
-    monkeypatch.setattr(copyrows, "copy_new", delete_one_then_copy)
+    monkeypatch.setattr(copyrows, "copy", delete_one_then_copy)
     assert expand.expand(expand.claim_request()) == 5
     request.refresh_from_db()
     assert request.status == MessageRequest.Status.EXPANDED and request.emails.count() == 5
@@ -383,7 +417,7 @@ def test_a_chunks_tokens_are_committed_before_its_emails_and_each_email_token_wo
         port=connection.settings_dict["PORT"] or 5432,
     )
     outside.autocommit = True
-    copy, seen = copyrows.copy_new, []
+    copy, seen = copyrows.copy, []
 
     def check_then_copy(table, columns, data, *args, **kwargs):
         # Inside the emails' transaction: another connection must already see this chunk's tokens.
@@ -395,7 +429,7 @@ def test_a_chunks_tokens_are_committed_before_its_emails_and_each_email_token_wo
             raise RuntimeError("the emails' writer dies on its second chunk")
         return copy(table, columns, data, *args, **kwargs)
 
-    monkeypatch.setattr(copyrows, "copy_new", check_then_copy)
+    monkeypatch.setattr(copyrows, "copy", check_then_copy)
     try:
         with pytest.raises(expand.RequestFailed, match="the emails' writer dies"):
             expand.expand(expand.claim_request(), chunk_size=100)
@@ -407,6 +441,21 @@ def test_a_chunks_tokens_are_committed_before_its_emails_and_each_email_token_wo
     for email in emails:
         (token,) = _tokens_in(email)
         assert tokens.address_for(token) == email.to_address
+
+
+def test_tokens_are_stored_as_their_addresses_are_written():
+    from dbmail.models import AddressToken
+
+    addresses = [
+        '"quoted\\\\\\"back"@example.org',
+        "ünïcødé.用户@example.org",
+        "o'neil@example.org",
+        "plain@example.org",
+    ]
+    AddressToken.objects.create(token="a" * 26, address="before@example.org")
+    expand._store_tokens([(f"{i}" * 26, a) for i, a in enumerate(addresses)] + [("a" * 26, "other@example.org")])
+    stored = dict(AddressToken.objects.values_list("token", "address"))
+    assert stored == {"a" * 26: "before@example.org", **{f"{i}" * 26: a for i, a in enumerate(addresses)}}
 
 
 @pytest.mark.django_db(transaction=True)

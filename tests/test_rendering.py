@@ -91,6 +91,20 @@ def test_plain_templates_render_exactly_as_the_engine_does(parts, values, autoes
     assert plain.render(values) == template.render(Context(values, autoescape=autoescape))
 
 
+@hsettings(max_examples=500, deadline=None)
+@given(st.text(st.sampled_from(" \t\n\r\x0b\x0c\x1c\x85\xa0\u2003\u2028\u3000ab.")) | st.text())
+def test_one_line_is_the_regex_it_stands_for(text):
+    assert rendering.one_line(text) == rendering._WHITESPACE.sub(" ", text).strip()
+
+
+def test_the_only_printable_whitespace_is_the_space():
+    # What one_line's shortcut relies on, for every code point.
+    import sys
+
+    everything = map(chr, range(sys.maxunicode + 1))
+    assert [c for c in everything if c.isprintable() and rendering._WHITESPACE.fullmatch(c)] == [" "]
+
+
 @pytest.mark.parametrize(
     "source", ["{{ name|upper }}", "{% if name %}x{% endif %}", "{{ user.name }}", "{{ True }}", "{{ 'lit' }}"]
 )

@@ -51,15 +51,25 @@ _B32_PAIRS = [a + b for a in _B32 for b in _B32]
 
 
 def _keyed(key):
-    """An HMAC-SHA256 under `key`, to be copied for each address (the key is processed once)."""
-    return hmac.new(key, digestmod=hashlib.sha256)
+    """HMAC-SHA256 under `key` (RFC 2104) as its two hash states, the key already hashed into each.
+
+    A token is then two copies, two updates and two digests of C objects: what
+    hmac.HMAC.copy() does, without its Python wrapper (about 40 % of the cost).
+    `key` is a SHA-256 digest (_key): shorter than the block, so it is only padded.
+    """
+    block = key.ljust(64, b"\0")
+    return (
+        hashlib.sha256(bytes(b ^ 0x36 for b in block)),
+        hashlib.sha256(bytes(b ^ 0x5C for b in block)),
+    )
 
 
 def _token_from(keyed, address):
-    mac = keyed.copy()
-    mac.update(address.strip().lower().encode())
+    inner, outer = keyed[0].copy(), keyed[1].copy()
+    inner.update(address.strip().lower().encode())
+    outer.update(inner.digest())
     # The first 130 bits of the digest: what base64.b32encode(digest)[:26] spells.
-    b = int.from_bytes(mac.digest()[:17], "big") >> (17 * 8 - 5 * TOKEN_LENGTH)  # 130 bits: 13 pairs
+    b = int.from_bytes(outer.digest()[:17], "big") >> (17 * 8 - 5 * TOKEN_LENGTH)  # 130 bits: 13 pairs
     p = _B32_PAIRS
     return (
         p[b >> 120] + p[b >> 110 & 1023] + p[b >> 100 & 1023] + p[b >> 90 & 1023] + p[b >> 80 & 1023]

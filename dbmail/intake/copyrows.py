@@ -7,7 +7,9 @@ comes, which is as fast as PostgreSQL can take rows (bench/run.py measures
 both side by side). Its one drawback: COPY has no ON CONFLICT, and one
 duplicate key aborts the whole statement. `copy_new` therefore copies under
 a savepoint and, only when a row is already there, copies the chunk into a
-temporary table and inserts from it with ON CONFLICT DO NOTHING.
+temporary table and inserts from it with ON CONFLICT DO NOTHING
+(`insert_new`). A caller that runs its own transactions can do without the
+savepoint: `copy`, and after a duplicate a new transaction with `insert_new`.
 """
 
 import datetime
@@ -67,16 +69,29 @@ def json_text(data):
 def copy_new(table, columns, data, conflict_target=""):
     """COPY `data` (encoded lines) into `table` (`columns`), leaving out rows whose key is already there.
 
-    Runs inside the caller's transaction; returns the rows inserted.
+    Runs inside the caller's transaction (Django's); returns the rows inserted.
     """
-    names = ", ".join(connection.ops.quote_name(c) for c in columns)
+    try:
+        with transaction.atomic():  # a savepoint: a duplicate undoes this COPY only
+            return copy(table, columns, data)
+    except IntegrityError:
+        return insert_new(table, columns, data, conflict_target)
+
+
+def copy(table, columns, data):
+    """A plain COPY of `data` into `table`; returns the rows copied. One duplicate key raises IntegrityError."""
     with connection.cursor() as cursor:
-        try:
-            with transaction.atomic():  # a savepoint: a duplicate undoes this COPY only
-                _copy(cursor, f"COPY {connection.ops.quote_name(table)} ({names}) FROM STDIN", data)
-                return cursor.rowcount
-        except IntegrityError:
-            pass
+        _copy(cursor, f"COPY {connection.ops.quote_name(table)} ({_names(columns)}) FROM STDIN", data)
+        return cursor.rowcount
+
+
+def insert_new(table, columns, data, conflict_target=""):
+    """The rows of `data` whose key is not in `table` yet, by way of a temporary table; returns the rows inserted.
+
+    Slower than copy() (every row is written twice): for a chunk some of whose rows may be there already.
+    """
+    names = _names(columns)
+    with connection.cursor() as cursor:
         stage = connection.ops.quote_name(f"{table}_stage")
         cursor.execute(
             f"CREATE TEMPORARY TABLE IF NOT EXISTS {stage} ON COMMIT DELETE ROWS AS "
@@ -90,6 +105,10 @@ def copy_new(table, columns, data, conflict_target=""):
         inserted = cursor.rowcount
         cursor.execute(f"TRUNCATE {stage}")  # the next chunk of this transaction starts empty
         return inserted
+
+
+def _names(columns):
+    return ", ".join(connection.ops.quote_name(c) for c in columns)
 
 
 class _Reader:
