@@ -82,7 +82,7 @@ class _Child:
         self.fd = fd
         self.buffer = b""
         self.counts = {}
-        self.report = None  # ("result", SendResult) / ("lost", (text, Leftovers)) / ("failed", text)
+        self.report = None  # ("result", SendResult) / ("lost", (text, Leftovers)) / ("crashed", text)
         self.status = None  # os.waitpid's
 
 
@@ -191,7 +191,7 @@ class Children:
                 lost.append(payload[0])
                 if payload[1] is not None:
                     leftovers.add(payload[1])
-            elif kind == "failed":
+            elif kind == "crashed":
                 failures.append(f"sending process {child.pid} failed: {payload}")
             else:
                 failures.append(f"sending process {child.pid} {_died(child.status)}")
@@ -224,7 +224,7 @@ def _died(status):
 
 
 def _add(total, result):
-    for name in ("sent", "deferred", "dropped", "possibly_delivered", "connections", "connect_failures"):
+    for name in (*states.OUTCOMES, "possibly_delivered", "connections", "connect_failures"):
         setattr(total, name, getattr(total, name) + getattr(result, name))
     total.errors.extend(result.errors[: max(0, MAX_ERRORS - len(total.errors))])
     # Each child reports the server or account that failed it: the same words from two children once.
@@ -271,12 +271,12 @@ def _child_main(make_sender, share, fd, parent, report_counts):
         report = ("lost", (" ".join(str(exc).split()) or type(exc).__name__, None))
     except BaseException as exc:  # a bug: said in full on stderr, in one line to the parent
         traceback.print_exc()
-        report, code = ("failed", f"{type(exc).__name__}: {exc}"), 1
+        report, code = ("crashed", f"{type(exc).__name__}: {exc}"), 1
     try:
         try:
             data = _frame(*report)
         except Exception:  # leftovers that cannot be pickled: their leases give them back
-            data = _frame(report[0], (report[1][0], None)) if report[0] == "lost" else _frame("failed", "no result")
+            data = _frame(report[0], (report[1][0], None)) if report[0] == "lost" else _frame("crashed", "no result")
         if report_counts:  # the last counts, which the watcher may not have sent yet
             data = _frame("counts", dict(counts)) + data
         _write_all(fd, data)
