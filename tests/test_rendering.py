@@ -75,9 +75,16 @@ _values = st.one_of(
 )
 
 
-@hsettings(max_examples=300, deadline=None)
+_defaults = st.text(st.sampled_from("ab <>&'.,!?-_é0"), max_size=8)
+_variables = st.one_of(
+    _names.map(lambda n: "{{ " + n + " }}"),
+    st.tuples(_names, _defaults).map(lambda nd: "{{ " + nd[0] + '|default:"' + nd[1] + '" }}'),
+)
+
+
+@hsettings(max_examples=400, deadline=None)
 @given(
-    parts=st.lists(st.one_of(_text, _names.map(lambda n: "{{ " + n + " }}")), max_size=12),
+    parts=st.lists(st.one_of(_text, _variables), max_size=12),
     values=st.dictionaries(_names.filter(lambda n: n != "missing"), _values),
     autoescape=st.booleans(),
 )
@@ -106,10 +113,28 @@ def test_the_only_printable_whitespace_is_the_space():
 
 
 @pytest.mark.parametrize(
-    "source", ["{{ name|upper }}", "{% if name %}x{% endif %}", "{{ user.name }}", "{{ True }}", "{{ 'lit' }}"]
+    "source",
+    [
+        "{{ name|upper }}",
+        "{% if name %}x{% endif %}",
+        "{{ user.name }}",
+        "{{ True }}",
+        "{{ 'lit' }}",
+        "{{ name|default:other }}",
+        "{{ name|default:0 }}",
+        '{{ name|default:"x"|upper }}',
+    ],
 )
 def test_anything_beyond_text_and_names_is_left_to_the_engine(source):
     assert rendering.PlainTemplate.of(rendering._TEXT_ENGINE.from_string(source), False) is None
+
+
+def test_a_default_is_used_for_missing_empty_and_false_values_and_never_escaped():
+    c = compiled(subject="{{ first_name|default:'you' }}", html='<p>Hi {{ nick|default:"<friend>" }}</p>')
+    assert c.plain[c.html] is not None  # the engine-free path
+    assert c.render({"first_name": "", "nick": None}).html.startswith("<p>Hi <friend></p>")
+    assert c.render({"first_name": "Ann", "nick": "<b>"}).html.startswith("<p>Hi &lt;b&gt;</p>")
+    assert c.render({"first_name": 0}).subject == "you"
 
 
 def test_a_value_that_is_not_plain_is_rendered_by_the_engine():
