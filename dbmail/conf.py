@@ -51,6 +51,7 @@ class Setting:
     clean: object = None  # applied to a value read from the environment (a trailing "/", case)
     secret: bool = False  # the value never appears in a message
     show_value: bool = True  # False: messages name the setting only (the check names the bad part itself)
+    also: tuple = ()  # other types a Python settings file may give (4 for "4"); the check still judges the value
 
     def default_for(self, get):
         if isinstance(self.default, Derived):
@@ -68,7 +69,7 @@ class Setting:
     def problem(self, value, shown=None):
         """Why `value` cannot be used, as a sentence naming the setting; "" when it can."""
         shown = shown or self.shown(value)
-        if not _has_type(value, self.type):
+        if not _has_type(value, self.type) and not any(_has_type(value, kind) for kind in self.also):
             return f"{shown} must be {_ARTICLE[self.type.__name__]}, not {type(value).__name__}."
         if self.minimum is not None and value < self.minimum:
             return f"{shown} must be at least {self.minimum}."
@@ -196,7 +197,7 @@ def _not_amqp(value):
 
 
 def _not_a_process_count(value):
-    if value == "auto" or (value.isdigit() and int(value) >= 1):
+    if value == "auto" or (str(value).isdigit() and int(value) >= 1):
         return ""
     return " must be auto (one per core) or a whole number of at least 1"
 
@@ -279,7 +280,9 @@ SETTINGS = [
     Setting("DBMAIL_RECONNECT_TRIES", 2, int, minimum=0),
     Setting("DBMAIL_RECONNECT_DELAY_SECONDS", 1.0, float, minimum=0),
     # Processes one dbmail_cron run sends with when enough mail is due (dbmail.ops.processes); auto: one a core.
-    Setting("DBMAIL_SEND_PROCESSES", "auto", str, check=_not_a_process_count, clean=lambda v: v.strip().lower()),
+    Setting(
+        "DBMAIL_SEND_PROCESSES", "auto", str, check=_not_a_process_count, clean=lambda v: v.strip().lower(), also=(int,)
+    ),
     # Body bytes a sender holds at once (the batch being sent and the next one, claimed ahead).
     Setting("DBMAIL_BATCH_MAX_BYTES", 20 * 1024 * 1024, int, minimum=1),
     # Pacing per destination group, shared by every host (dbmail.send.destinations, pacing, backoff).

@@ -144,9 +144,11 @@ class Runner:
             expand.expand_due(on_chunk=on_chunk, deadline=deadline) if not self.stopping else expand.ExpandResult()
         )
         processes = self._processes()
+        batch_size = self.options["batch_size"] or conf.DBMAIL_BATCH_SIZE
         due = None
         if progress or processes > 1:  # one count query, for the person watching or to judge a fork
-            due = claims.due_count()
+            # To judge a fork, counted only as far as enough for every process (a paced backlog can be millions).
+            due = claims.due_count(at_most=None if progress else processes * batch_size * MIN_BATCHES_PER_PROCESS)
             limit = self.options["max_messages"]
             due = due if limit is None else min(due, limit)
         if progress:
@@ -154,8 +156,7 @@ class Runner:
         if processes > 1 and due and not self.stopping:
             from dbmail.ops import processes as forking
 
-            batch_size = self.options["batch_size"] or conf.DBMAIL_BATCH_SIZE
-            n = forking.how_many(processes, due, batch_size)
+            n = how_many(processes, due, batch_size)
             if n > 1 and not _in_transaction():
                 sent = self._send_forked(forking, n, deadline)
                 if sent is not None:
@@ -220,6 +221,15 @@ class Runner:
 
         self.loop.run(one_round)
         self.give_back()
+
+
+# A child must have at least this many batches to send, or the fork and its connections cost more than they save.
+MIN_BATCHES_PER_PROCESS = 4
+
+
+def how_many(processes, due, batch_size):
+    """How many sending processes to fork for `due` emails (1: send in-process)."""
+    return max(1, min(processes, due // (batch_size * MIN_BATCHES_PER_PROCESS)))
 
 
 def send_processes(setting):

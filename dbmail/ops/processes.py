@@ -10,7 +10,7 @@ connection slots, caps and the throttle's budget all in the database, each
 child with its own pacer and slots), so nothing is sent twice and a child
 killed with kill -9 loses nothing (its rows come back after their lease).
 
-- Forked only when it pays: at least MIN_BATCHES_PER_PROCESS batches due
+- Forked only when it pays: at least cron.MIN_BATCHES_PER_PROCESS batches due
   for each child; an empty or small queue is sent in-process, as before.
 - No connection crosses the fork: the parent closes every database
   connection first, and each child opens its own (a connection shared by
@@ -46,17 +46,10 @@ from dbmail.send.recovery import DATABASE_ERRORS, Leftovers
 
 log = logging.getLogger(__name__)
 
-# A child must have at least this many batches to send, or the fork and its connections cost more than they save.
-MIN_BATCHES_PER_PROCESS = 4
 PROGRESS_SECONDS = 0.2  # how often a child tells the parent's progress line its counts
 WATCH_SECONDS = 0.2  # how often a child looks whether its parent is still there
 MAX_ERRORS = 20  # recipients' errors kept for the report, as one Sender keeps
 STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
-
-
-def how_many(processes, due, batch_size):
-    """How many children to fork for `due` emails (1: send in-process)."""
-    return max(1, min(processes, due // (batch_size * MIN_BATCHES_PER_PROCESS)))
 
 
 def shares(max_messages, n):

@@ -423,9 +423,13 @@ def claim_one(email, pacer=None):
     return Claim([claimed], token, lease_until, {email.pk: Status.QUEUED})
 
 
-def due_count(now=None):
-    """How many emails a claim could take now: due waiting ones and those whose sender's lease ran out."""
+def due_count(now=None, at_most=None):
+    """How many emails a claim could take now: due waiting ones and those whose sender's lease ran out.
+
+    `at_most`: count no further than that (a question of "enough?" need not walk a backlog of millions).
+    """
     now = now or timezone.now()
-    return TextOfEmail.objects.filter(
+    due = TextOfEmail.objects.filter(
         Q(status__in=states.WAITING, next_attempt_at__lte=now) | Q(status=Status.SENDING, leased_until__lte=now)
-    ).count()
+    )
+    return (due if at_most is None else due.values("pk")[:at_most]).count()
