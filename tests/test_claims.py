@@ -276,3 +276,26 @@ def test_a_claims_accounts_are_what_the_orm_loads_and_read_afresh_for_each_batch
     again = claims.claim(10)
     fresh = next(e.account for e in again.emails if e.pk == first.pk)
     assert (fresh.daily_cap, fresh.smtp_host) == (7, "relay.example.net")
+
+
+@pytest.mark.parametrize("paced", [False, True])
+def test_the_prepared_claim_statements_keep_to_their_partial_indexes_under_a_generic_plan(paced):
+    """The candidate statements are prepared once a session; after five runs PostgreSQL may keep a generic
+    plan, made without the parameters' values: the states are written in, so it still reads the partial
+    index (a status parameter would not match the index's predicate, and the claim would scan the table)."""
+    from django.db import connection
+
+    TextOfEmailFactory()
+    probes = {"stale": ("dbmail_lease", "now(), now(), 100"), "due": ("dbmail_due", "now(), 100")}
+    probes["due_after"] = ("dbmail_due", "now(), now() - interval '1 day', 5, 100")
+    with connection.cursor() as cursor:
+        cursor.execute("SET plan_cache_mode = force_generic_plan")
+        try:
+            for which, (index, params) in probes.items():
+                cursor.execute(f"PREPARE plan_probe AS {claims._candidate_sql(which, paced)}")
+                cursor.execute(f"EXPLAIN EXECUTE plan_probe ({params})")
+                plan = "\n".join(row[0] for row in cursor.fetchall())
+                cursor.execute("DEALLOCATE plan_probe")
+                assert f"Index Scan using {index} on dbmail_textofemail" in plan, plan
+        finally:
+            cursor.execute("RESET plan_cache_mode")
