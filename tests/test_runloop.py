@@ -7,15 +7,7 @@ import time
 
 import pytest
 
-from dbmail.ops.runloop import Round, RunLoop
-
-
-@pytest.fixture
-def restore_signals():
-    saved = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
-    yield
-    for sig, handler in saved.items():
-        signal.signal(sig, handler)
+from dbmail.ops.runloop import Round, RunLoop, restores_signals
 
 
 def test_failures_in_a_row_double_the_pause_up_to_the_cap_and_a_success_resets_it():
@@ -56,7 +48,7 @@ def test_a_stop_cuts_a_long_sleep_short_and_calls_the_stop_hooks():
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
-def test_sigterm_and_sigint_stop_the_loop_instead_of_the_process(sig, restore_signals):
+def test_sigterm_and_sigint_stop_the_loop_instead_of_the_process(sig):  # conftest restores the handlers
     loop = RunLoop(3600).handle_signals()
     rounds = []
 
@@ -66,3 +58,38 @@ def test_sigterm_and_sigint_stop_the_loop_instead_of_the_process(sig, restore_si
 
     loop.run(one_round)
     assert loop.stopping and rounds == [1]
+
+
+def _stop_flag_command():
+    loop = RunLoop(1)
+
+    @restores_signals
+    def handle(fail=False):
+        loop.handle_signals()
+        assert signal.getsignal(signal.SIGINT) == loop.stop
+        if fail:
+            raise RuntimeError("the command failed")
+
+    return handle
+
+
+@pytest.mark.parametrize("fail", [False, True])
+def test_a_command_gives_the_stop_signals_back_as_it_found_them(fail):
+    before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    handle = _stop_flag_command()
+    if fail:
+        with pytest.raises(RuntimeError):
+            handle(fail=True)
+    else:
+        handle()
+    assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("command", ["dbmail_cron", "dbmail_track"])
+def test_the_looping_commands_run_in_process_leave_ctrl_c_working(command):
+    from django.core.management import call_command
+
+    before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    call_command(command)
+    assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before

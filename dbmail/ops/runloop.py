@@ -8,11 +8,14 @@ is never kept waiting. Work in a round checks `stopping` to end early.
 """
 
 import enum
+import functools
 import signal
+import threading
 import time
 
 from django.db import close_old_connections
 
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 STEP = 0.2  # seconds between looks at the stop flag while sleeping
 MAX_BACKOFF = 300.0  # the longest pause after failures (or the interval, if longer)
 
@@ -71,3 +74,24 @@ class RunLoop:
             outcome = one_round() or Round.DONE
             if not self.stopping:
                 self.sleep(self.pause(outcome))
+
+
+def restores_signals(handle):
+    """A command's handle() that gives SIGTERM and SIGINT back as it found them.
+
+    Run in-process (call_command from a worker or a test), the loop's handlers, which only
+    set a stop flag, would otherwise outlive the command and leave its caller deaf to both.
+    """
+
+    @functools.wraps(handle)
+    def wrapper(*args, **kwargs):
+        previous = {sig: signal.getsignal(sig) for sig in STOP_SIGNALS}
+        try:
+            return handle(*args, **kwargs)
+        finally:
+            if threading.current_thread() is threading.main_thread():  # only there can handlers be set
+                for sig, handler in previous.items():
+                    if handler is not None and signal.getsignal(sig) is not handler:
+                        signal.signal(sig, handler)
+
+    return wrapper

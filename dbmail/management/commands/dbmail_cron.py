@@ -5,6 +5,7 @@ from django.core.management.base import BaseCommand, CommandError
 from dbmail.ops import sites
 from dbmail.ops.cron import Runner, SendingProcessFailed, Unreachable
 from dbmail.ops.progress import Progress
+from dbmail.ops.runloop import restores_signals
 
 
 class Command(BaseCommand):
@@ -29,6 +30,7 @@ class Command(BaseCommand):
         parser.add_argument("--interval", type=float, default=60, help="Seconds between runs with --loop.")
         parser.add_argument("--sid", help="The site: a database alias (DATABASE_URL_<SID>); default: DATABASE_URL.")
 
+    @restores_signals  # its stop handlers end with it (call_command in a worker, a test)
     def handle(self, *args, **opts):
         try:
             sites.use(opts["sid"])

@@ -6,7 +6,7 @@ from django.db import DatabaseError
 from django.utils import timezone
 
 from dbmail.ops import health
-from dbmail.ops.runloop import Round, RunLoop
+from dbmail.ops.runloop import Round, RunLoop, restores_signals
 from dbmail.track import logfollow
 from dbmail.track.consume import consume
 from dbmail.track.queue import QueueUnavailable
@@ -28,6 +28,7 @@ class Command(BaseCommand):
         parser.add_argument("--format", choices=sorted(logfollow.PARSERS), help="The log's format, with --follow-log.")
         parser.add_argument("--poll", type=float, default=1.0, help="Seconds between looks at the log.")
 
+    @restores_signals  # its stop handlers end with it (call_command in a worker, a test)
     def handle(self, *args, **opts):
         self.loop = RunLoop(opts["poll"] if opts["follow_log"] else opts["interval"]).handle_signals()
         self.loud = opts["verbosity"] >= 2 or (sys.stdout.isatty() and opts["verbosity"] >= 1)

@@ -1,7 +1,7 @@
 from django.core.management.base import BaseCommand, CommandError
 from django.db import DatabaseError
 
-from dbmail.ops.runloop import Round, RunLoop
+from dbmail.ops.runloop import Round, RunLoop, restores_signals
 from mailgate.mailboxes import imap, outgoing
 from mailgate.models import MailAccount
 
@@ -17,6 +17,7 @@ class Command(BaseCommand):
         parser.add_argument("--interval", type=float, default=5.0, help="Seconds between rounds with --loop.")
         parser.add_argument("--discover", action="store_true", help="List every account's folders first.")
 
+    @restores_signals  # its stop handlers end with it (call_command in a worker, a test)
     def handle(self, *args, loop=False, interval=5.0, discover=False, verbosity=1, **options):
         self.verbosity = verbosity
         if discover:
