@@ -3,6 +3,7 @@ import secrets
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -114,6 +115,25 @@ def manage(*args, env=None, **kwargs):
         timeout=kwargs.pop("timeout", 300),
         **kwargs,
     )
+
+
+def start_manage(*args, env):
+    """Start `manage.py ARGS` as a child process (text stdout and stderr piped); returns the Popen."""
+    return subprocess.Popen(
+        [sys.executable, str(ROOT / "manage.py"), *args],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def wait_until(predicate, seconds=60, step=0.02):
+    """Poll `predicate` until it holds; the test fails after `seconds`."""
+    deadline = time.monotonic() + seconds
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(step)
 
 
 # --- Mailboxes: one private Dovecot for the session; each test gets its own IMAP user ---

@@ -21,7 +21,7 @@ from dbmail.models import CronHeartbeat, TextOfEmail
 from dbmail.ops import processes
 from dbmail.ops.cron import how_many, send_processes
 
-from .conftest import ROOT, subprocess_env
+from .conftest import ROOT, start_manage, subprocess_env, wait_until
 from .factories import SenderAccountFactory
 from .test_conf import app_errors
 from .test_settings import run_manage
@@ -48,20 +48,7 @@ def queue(n, start=0):
 
 
 def cron(env, *args):
-    return subprocess.Popen(
-        [sys.executable, str(ROOT / "manage.py"), "dbmail_cron", *args],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-
-
-def wait_until(predicate, seconds=60):
-    deadline = time.monotonic() + seconds
-    while not predicate():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.02)
+    return start_manage("dbmail_cron", *args, env=env)
 
 
 def children_of(pid):
@@ -269,7 +256,8 @@ def test_the_loop_forks_each_round_that_has_enough_mail(smtp_server):
     received = Counter(m.message_id for m in smtp_server.received)
     assert set(received) == first | second and max(received.values()) == 1
     assert out.count("sent 1000, deferred 0, dropped 0") == 2, out
-    assert smtp_server.connections == 4
+    # Two a round when both children find mail (one, under load, may find its sibling took the rest).
+    assert 3 <= smtp_server.connections <= 4, smtp_server.connections
 
 
 @db

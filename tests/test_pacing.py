@@ -7,8 +7,6 @@ figure itself is bench/pacing.py's).
 """
 
 import json
-import subprocess
-import sys
 import time
 from collections import Counter
 from datetime import timedelta
@@ -24,7 +22,7 @@ from dbmail.models import ConnectionSlot, PacingBucket, TextOfEmail
 from dbmail.send import claims, destinations, pacing
 from dbmail.send import loop as sending
 
-from .conftest import ROOT, subprocess_env
+from .conftest import start_manage, subprocess_env
 from .factories import SenderAccountFactory
 
 Status = states.EmailStatus
@@ -212,13 +210,7 @@ def test_the_ad_hoc_path_takes_from_the_budget_or_leaves_the_email_to_cron(gmail
 
 
 def cron(env, *args):
-    return subprocess.Popen(
-        [sys.executable, str(ROOT / "manage.py"), "dbmail_cron", *args],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    return start_manage("dbmail_cron", *args, env=env)
 
 
 @pytest.mark.slow

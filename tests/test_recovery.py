@@ -7,9 +7,6 @@ committed yet are written, and nothing is sent twice.
 """
 
 import signal
-import subprocess
-import sys
-import time
 from collections import Counter
 from datetime import timedelta
 
@@ -21,7 +18,7 @@ from dbmail import states
 from dbmail.content import rendering
 from dbmail.models import TextOfEmail
 
-from .conftest import ROOT, subprocess_env
+from .conftest import start_manage, subprocess_env, wait_until
 from .factories import SenderAccountFactory
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
@@ -50,20 +47,7 @@ def queue(n):
 def cron(smtp_server, *args):
     # A lease far longer than the test: whatever is given back was given back by the sender itself.
     env = subprocess_env(smtp_server, DBMAIL_LEASE_SECONDS=3600, DBMAIL_BATCH_SIZE=20)
-    return subprocess.Popen(
-        [sys.executable, str(ROOT / "manage.py"), "dbmail_cron", *args],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-
-
-def wait_until(predicate, seconds=60):
-    deadline = time.monotonic() + seconds
-    while not predicate():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.02)
+    return start_manage("dbmail_cron", *args, env=env)
 
 
 def terminate_other_backends():

@@ -1,8 +1,6 @@
 """Several real sender processes against one PostgreSQL queue and one SMTP server."""
 
 import signal
-import subprocess
-import sys
 import time
 from collections import Counter
 
@@ -12,7 +10,7 @@ from django.contrib.auth import get_user_model
 from dbmail.content import rendering
 from dbmail.models import MessageRequest, TextOfEmail
 
-from .conftest import ROOT, subprocess_env
+from .conftest import start_manage, subprocess_env, wait_until
 from .factories import MessageRequestFactory, SenderAccountFactory
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
@@ -37,20 +35,7 @@ def queue(n):
 
 
 def cron(env, *args):
-    return subprocess.Popen(
-        [sys.executable, str(ROOT / "manage.py"), "dbmail_cron", *args],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-
-
-def wait_until(predicate, seconds=60):
-    deadline = time.monotonic() + seconds
-    while not predicate():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.05)
+    return start_manage("dbmail_cron", *args, env=env)
 
 
 def test_four_senders_deliver_every_email_exactly_once(smtp_server):
