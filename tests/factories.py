@@ -66,6 +66,28 @@ class TextOfEmailFactory(factory.django.DjangoModelFactory):
     message_id = factory.LazyFunction(rendering.new_message_id)
 
 
+def queue_emails(n, start=0, account=None, **fields):
+    """n queued emails of one sender account (a new one by default), "hello" to r<start..>@example.net.
+
+    Returns their Message-IDs, the set a test compares with what its SMTP server received.
+    """
+    account = account or SenderAccountFactory(address=f"s{start}@example.org")
+    emails = TextOfEmail.objects.bulk_create(
+        TextOfEmail(
+            account=account,
+            to_address=f"r{i:05d}@example.net",
+            from_header=account.from_header,
+            envelope_sender=account.address,
+            subject=f"n{i}",
+            text="hello\n",
+            message_id=rendering.new_message_id(),
+            **fields,
+        )
+        for i in range(start, start + n)
+    )
+    return {email.message_id for email in emails}
+
+
 # --- mailgate ---------------------------------------------------------------------------------
 
 from pathlib import Path  # noqa: E402

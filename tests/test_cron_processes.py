@@ -22,29 +22,12 @@ from dbmail.ops import processes
 from dbmail.ops.cron import how_many, send_processes
 
 from .conftest import ROOT, start_manage, subprocess_env, wait_until
-from .factories import SenderAccountFactory
+from .factories import SenderAccountFactory, queue_emails
 from .test_conf import app_errors
 from .test_settings import run_manage
 
 Status = TextOfEmail.Status
 db = pytest.mark.django_db(transaction=True)
-
-
-def queue(n, start=0):
-    account = SenderAccountFactory(address=f"s{start}@example.org")
-    TextOfEmail.objects.bulk_create(
-        TextOfEmail(
-            account=account,
-            to_address=f"r{i:05d}@example.net",
-            from_header=account.from_header,
-            envelope_sender=account.address,
-            subject=f"n{i}",
-            text="hello\n",
-            message_id=rendering.new_message_id(),
-        )
-        for i in range(start, start + n)
-    )
-    return set(TextOfEmail.objects.filter(account=account).values_list("message_id", flat=True))
 
 
 def cron(env, *args):
@@ -100,7 +83,7 @@ def test_a_run_forks_only_for_enough_mail_and_splits_max_messages():
 
 @db
 def test_few_due_emails_are_sent_in_process(smtp_server):
-    expected = queue(30)
+    expected = queue_emails(30)
     done = subprocess.run(
         [sys.executable, str(ROOT / "manage.py"), "dbmail_cron", "--processes", "4", "--batch-size", "5", "-v", "2"],
         env=subprocess_env(smtp_server),
@@ -120,7 +103,7 @@ def test_few_due_emails_are_sent_in_process(smtp_server):
 @db
 @pytest.mark.slow
 def test_three_processes_send_every_email_exactly_once_and_report_one_summary(smtp_server):
-    expected = queue(3000)
+    expected = queue_emails(3000)
     proc = cron(subprocess_env(smtp_server), "--processes", "3", "--batch-size", "50", "-v", "2")
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err
@@ -135,7 +118,7 @@ def test_three_processes_send_every_email_exactly_once_and_report_one_summary(sm
 @db
 @pytest.mark.slow
 def test_max_messages_is_the_total_of_all_processes(smtp_server):
-    queue(2000)
+    queue_emails(2000)
     proc = cron(
         subprocess_env(smtp_server), "--processes", "2", "--batch-size", "50", "--max-messages", "1001", "-v", "2"
     )
@@ -149,7 +132,7 @@ def test_max_messages_is_the_total_of_all_processes(smtp_server):
 @db
 @pytest.mark.slow
 def test_failures_in_the_children_are_reported_as_one_run(smtp_server):
-    queue(1000)
+    queue_emails(1000)
     smtp_server.script("r00007@example.net", "550 5.1.1 unknown")
     smtp_server.script("r00900@example.net", "451 4.3.0 try later")
     proc = cron(subprocess_env(smtp_server), "--processes", "2", "--batch-size", "50")  # not -v 2: only failures
@@ -166,7 +149,7 @@ def test_failures_in_the_children_are_reported_as_one_run(smtp_server):
 @db
 @pytest.mark.slow
 def test_sigterm_mid_run_stops_every_child_with_nothing_held_and_nothing_lost(smtp_server):
-    expected = queue(1500)
+    expected = queue_emails(1500)
     smtp_server.delay = 0.005  # keep them mid-batch
     env = subprocess_env(smtp_server)
     proc = cron(env, "--processes", "2", "--batch-size", "50", "-v", "2")
@@ -191,7 +174,7 @@ def test_sigterm_mid_run_stops_every_child_with_nothing_held_and_nothing_lost(sm
 @db
 @pytest.mark.slow
 def test_a_child_killed_by_kill_9_loses_nothing_and_a_later_run_sends_the_rest(smtp_server, settings):
-    expected = queue(1500)
+    expected = queue_emails(1500)
     smtp_server.delay = 0.005
     env = subprocess_env(smtp_server, DBMAIL_LEASE_SECONDS=4)
     proc = cron(env, "--processes", "2", "--batch-size", "50")
@@ -220,7 +203,7 @@ def test_a_child_killed_by_kill_9_loses_nothing_and_a_later_run_sends_the_rest(s
 @db
 @pytest.mark.slow
 def test_children_whose_parent_died_stop_cleanly(smtp_server):
-    queue(1500)
+    queue_emails(1500)
     smtp_server.delay = 0.005
     proc = cron(subprocess_env(smtp_server), "--processes", "2", "--batch-size", "50")
     wait_until(lambda: len(smtp_server.received) >= 100)
@@ -240,13 +223,13 @@ def test_children_whose_parent_died_stop_cleanly(smtp_server):
 @db
 @pytest.mark.slow
 def test_the_loop_forks_each_round_that_has_enough_mail(smtp_server):
-    first = queue(1000)
+    first = queue_emails(1000)
     proc = cron(
         subprocess_env(smtp_server), "--loop", "--interval", "0.3", "--processes", "2", "--batch-size", "50", "-v", "2"
     )
     try:
         wait_until(lambda: len(smtp_server.received) >= 1000)
-        second = queue(1000, start=1000)
+        second = queue_emails(1000, start=1000)
         wait_until(lambda: len(smtp_server.received) >= 2000)
         assert proc.poll() is None
     finally:
@@ -266,7 +249,7 @@ def test_the_progress_line_counts_the_childrens_outcomes(smtp_server):
     from dbmail.ops.cron import Runner
     from dbmail.ops.progress import Progress
 
-    queue(1000)
+    queue_emails(1000)
     stream = io.StringIO()
     progress = Progress(stream)
     result = Runner(batch_size=50, progress=progress, processes=2).run_once()
@@ -279,11 +262,7 @@ def test_the_progress_line_counts_the_childrens_outcomes(smtp_server):
 def test_the_fork_decision_counts_due_mail_only_as_far_as_it_needs():
     from dbmail.send import claims
 
-    account = SenderAccountFactory()
-    TextOfEmail.objects.bulk_create(
-        TextOfEmail(account=account, to_address=f"r{i}@example.net", subject="s", text="t\n", message_id=f"<{i}@x>")
-        for i in range(30)
-    )
+    queue_emails(30)
     assert claims.due_count() == 30
     assert claims.due_count(at_most=12) == 12 and claims.due_count(at_most=100) == 30
 

@@ -15,32 +15,18 @@ from django.db import connection
 from django.utils import timezone
 
 from dbmail import states
-from dbmail.content import rendering
 from dbmail.models import TextOfEmail
 
 from .conftest import start_manage, subprocess_env, wait_until
-from .factories import SenderAccountFactory
+from .factories import queue_emails
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
 Status = states.EmailStatus
 
 
 def queue(n):
-    account = SenderAccountFactory()
     due = timezone.now() - timedelta(minutes=1)
-    TextOfEmail.objects.bulk_create(
-        TextOfEmail(
-            account=account,
-            to_address=f"r{i:05d}@example.net",
-            from_header=account.from_header,
-            envelope_sender=account.address,
-            subject=f"n{i}",
-            text="hello\n",
-            message_id=rendering.new_message_id(),
-            next_attempt_at=due,
-        )
-        for i in range(n)
-    )
+    queue_emails(n, next_attempt_at=due)
     return due
 
 

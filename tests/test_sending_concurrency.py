@@ -7,31 +7,13 @@ from collections import Counter
 import pytest
 from django.contrib.auth import get_user_model
 
-from dbmail.content import rendering
 from dbmail.models import MessageRequest, TextOfEmail
 
 from .conftest import start_manage, subprocess_env, wait_until
-from .factories import MessageRequestFactory, SenderAccountFactory
+from .factories import MessageRequestFactory, queue_emails
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
 Status = TextOfEmail.Status
-
-
-def queue(n):
-    account = SenderAccountFactory()
-    TextOfEmail.objects.bulk_create(
-        TextOfEmail(
-            account=account,
-            to_address=f"r{i:05d}@example.net",
-            from_header=account.from_header,
-            envelope_sender=account.address,
-            subject=f"n{i}",
-            text="hello\n",
-            message_id=rendering.new_message_id(),
-        )
-        for i in range(n)
-    )
-    return set(TextOfEmail.objects.values_list("message_id", flat=True))
 
 
 def cron(env, *args):
@@ -39,7 +21,7 @@ def cron(env, *args):
 
 
 def test_four_senders_deliver_every_email_exactly_once(smtp_server):
-    expected = queue(2000)
+    expected = queue_emails(2000)
     env = subprocess_env(smtp_server)
     procs = [cron(env, "--batch-size", "50") for _ in range(4)]
     for proc in procs:
@@ -54,7 +36,7 @@ def test_four_senders_deliver_every_email_exactly_once(smtp_server):
 
 
 def test_a_killed_sender_loses_nothing_and_duplicates_at_most_the_window(smtp_server, settings):
-    expected = queue(300)
+    expected = queue_emails(300)
     smtp_server.delay = 0.01  # keep the sender mid-batch when it is killed
     env = subprocess_env(smtp_server, DBMAIL_LEASE_SECONDS=5)
     victim = cron(env, "--batch-size", "100")
