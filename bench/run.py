@@ -96,6 +96,12 @@ def parse_args(argv):
         help="run the child processes under cProfile, writing DIR/*.prof "
         "(slows them down: the figures of such a run are not comparable)",
     )
+    parser.add_argument(
+        "--sample",
+        metavar="DIR",
+        help="run dbmail_cron under py-spy (bench/requirements.txt), writing DIR/<name>.txt as collapsed "
+        "stacks of on-CPU samples: far less distortion than --profile",
+    )
     parser.add_argument("--results", help="where to merge the figures (default bench/results.json; none with --quick)")
     parser.add_argument("--keep-db", action="store_true", help="leave the database in place afterwards")
     parser.add_argument("--memory", action="store_true", help="measure memory only (results in bench/memory.json)")
@@ -243,7 +249,12 @@ class Bench:
         return json.loads(proc.stdout.strip().splitlines()[-1])
 
     def manage_command(self, name, *argv):
-        return [PY, *self.profiled(name), str(ROOT / "manage.py"), *argv]
+        command = [PY, *self.profiled(name), str(ROOT / "manage.py"), *argv]
+        if self.args.sample:
+            out = Path(self.args.sample) / f"{name}.txt"
+            spy = Path(PY).with_name("py-spy")
+            command = [str(spy), "record", "-s", "-r", "250", "-f", "raw", "-o", str(out), "--", *command]
+        return command
 
     def start_manage(self, name, *argv, env):
         return subprocess.Popen(
@@ -666,8 +677,9 @@ def print_table(rows, notes):
 def main(argv=None):
     args = parse_args(argv)
     b = Bench(args)
-    if args.profile:
-        Path(args.profile).mkdir(parents=True, exist_ok=True)
+    for folder in (args.profile, args.sample):
+        if folder:
+            Path(folder).mkdir(parents=True, exist_ok=True)
     load_before = os.getloadavg()
 
     b.step(f"recreating {db.name_of(b.db_url)} and migrating (dbmail, django-post_office, django-mailer)")
