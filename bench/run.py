@@ -253,7 +253,8 @@ class Bench:
         if self.args.sample:
             out = Path(self.args.sample) / f"{name}.txt"
             spy = Path(PY).with_name("py-spy")
-            command = [str(spy), "record", "-s", "-r", "250", "-f", "raw", "-o", str(out), "--", *command]
+            sampler = ["record", "--nonblocking", "--subprocesses", "--rate", "250", "--format", "raw"]
+            command = [str(spy), *sampler, "--output", str(out), "--", *command]
         return command
 
     def start_manage(self, name, *argv, env):
