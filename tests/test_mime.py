@@ -161,3 +161,14 @@ def test_control_characters_and_non_ascii_still_go_through_binascii():
         encoding, body = mime._part_body(text)
         assert encoding == "quoted-printable"
         assert body == binascii.b2a_qp(text.encode("utf-8"), istext=True).decode("ascii").replace("\n", "\r\n")
+
+
+def test_encoded_lines_are_remembered_up_to_a_bound_and_come_back_the_same():
+    paragraph = "The same paragraph in every letter = news. " * 30
+    first = mime._part_body(f"Dear Ann,\n{paragraph}\n")
+    assert mime._QP_CACHE[paragraph] == mime._qp_line(paragraph)
+    for i in range(mime._QP_CACHE_SIZE * 2):  # links that differ in every message
+        mime._part_body(f"{paragraph}\nhttps://example.org/unsubscribe/{i:0100d}\n" + "x" * 999)
+        assert len(mime._QP_CACHE) <= mime._QP_CACHE_SIZE
+    assert mime._part_body(f"Dear Ann,\n{paragraph}\n") == first
+    assert mime._QP_CACHE[paragraph] == mime._qp_line(paragraph)

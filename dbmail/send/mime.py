@@ -107,13 +107,27 @@ def _qp_printable(lines):
     """
     return "\r\n".join(
         [
-            line if len(line) <= _QP_LINE and "=" not in line and line[-1:] not in _WHITE else _qp_line(line)
+            line if len(line) <= _QP_LINE and "=" not in line and line[-1:] not in _WHITE else _qp_cached(line)
             for line in lines
         ]
     )
 
 
 _WHITE = (" ", "\t")
+# The encoded form of lines that needed encoding, by line: a newsletter's long paragraphs are the same
+# in every one of its messages (only a greeting or a link differs), and looking a line up costs a
+# fraction of encoding it again. Bounded: when full it starts over (what repeats comes back at once).
+_QP_CACHE = {}
+_QP_CACHE_SIZE = 256
+
+
+def _qp_cached(line):
+    encoded = _QP_CACHE.get(line)
+    if encoded is None:
+        if len(_QP_CACHE) >= _QP_CACHE_SIZE:
+            _QP_CACHE.clear()
+        encoded = _QP_CACHE[line] = _qp_line(line)
+    return encoded
 
 
 def _qp_line(line):
