@@ -2,10 +2,10 @@
 
 On PostgreSQL a sender has one database thread with its own connection. It
 claims the next batch while the current one is being sent, and commits the
-outcomes within a few milliseconds of the server's answers, while the SMTP
-thread already talks about the next messages: those that arrive within 5 ms
-of one another (or are waiting when the database is slower than the SMTP
-server) go out together in one statement. The SMTP thread never has more than DBMAIL_OUTCOME_WINDOW
+outcomes within some 20 ms of the server's answers, while the SMTP thread
+already talks about the next messages: those that arrive within 20 ms of the
+first (up to half the window, or those waiting when the database is slower
+than the SMTP server) go out together in one statement. The SMTP thread never has more than DBMAIL_OUTCOME_WINDOW
 outcomes waiting for their commit, so a killed sender can cause at most that
 many messages, plus the one just answered, to be sent twice.
 
@@ -60,7 +60,10 @@ class ThreadedWorker:
     # and each outcome in it about 60 µs more. So the thread waits up to GATHER_SECONDS after an
     # outcome for others to join it (never for more than half the window, and never while a claim
     # or another call is waiting): the crash bound above stays what the window makes it.
-    GATHER_SECONDS = 0.005
+    # 20 ms lets half the window fill at the rate one of two processes sends on two cores (about
+    # 800 a second); with 5 ms a statement carried about 12 outcomes, and cost both sides more
+    # per email (docs/scaling.md, "What keeps a sender fast").
+    GATHER_SECONDS = 0.02
 
     def __init__(self, window=None):
         self._work = queue.Queue()  # calls, and None to end
