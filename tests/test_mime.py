@@ -172,3 +172,6 @@ def test_encoded_lines_are_remembered_up_to_a_bound_and_come_back_the_same():
         assert len(mime._QP_CACHE) <= mime._QP_CACHE_SIZE
     assert mime._part_body(f"Dear Ann,\n{paragraph}\n") == first
     assert mime._QP_CACHE[paragraph] == mime._qp_line(paragraph)
+    huge = "a long line without an end " * 1000  # longer than a paragraph: encoded, not kept
+    mime._part_body(huge)
+    assert huge not in mime._QP_CACHE

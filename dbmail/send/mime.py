@@ -116,12 +116,16 @@ def _qp_printable(lines):
 _WHITE = (" ", "\t")
 # The encoded form of lines that needed encoding, by line: a newsletter's long paragraphs are the same
 # in every one of its messages (only a greeting or a link differs), and looking a line up costs a
-# fraction of encoding it again. Bounded: when full it starts over (what repeats comes back at once).
+# fraction of encoding it again. Bounded: when full it starts over (what repeats comes back at once),
+# and a line longer than a paragraph is not kept (256 of them could otherwise hold a great deal).
 _QP_CACHE = {}
 _QP_CACHE_SIZE = 256
+_QP_CACHE_LINE = 8192
 
 
 def _qp_cached(line):
+    if len(line) > _QP_CACHE_LINE:
+        return _qp_line(line)
     encoded = _QP_CACHE.get(line)
     if encoded is None:
         if len(_QP_CACHE) >= _QP_CACHE_SIZE:
