@@ -162,8 +162,14 @@ RETURNING email_id, outcome
 _EXECUTE_SQL = "{sync} EXECUTE dbmail_write_outcomes (%s, %s::uuid[], %s, %s, %s, %s, %s, %s, %s, %s, %s, %s::date[])"
 
 
+# Always the plan made once (a generic plan): by its cost estimates PostgreSQL would otherwise plan the
+# statement again for every call of a few outcomes (a small group estimated cheaper that way), and
+# planning it cost more than running it (docs/scaling.md#what-keeps-a-sender-fast).
+_GENERIC = "SET LOCAL plan_cache_mode TO force_generic_plan;"
+
+
 def _write_postgresql(rows):
-    sync = "SET LOCAL synchronous_commit TO OFF;" if conf.DBMAIL_ASYNC_COMMIT else ""
+    sync = _GENERIC + ("SET LOCAL synchronous_commit TO OFF;" if conf.DBMAIL_ASYNC_COMMIT else "")
     pks, tokens, statuses, ats, last_errors, sent_ats, next_ats, codes, texts, counted, unknown = map(
         list, zip(*rows, strict=True)
     )
