@@ -121,3 +121,15 @@ def test_deleting_a_user_keeps_their_emails_without_the_link():
     user.delete()
     email.refresh_from_db()
     assert email.user_id is None and email.status == Status.QUEUED
+
+
+def test_deleting_a_request_deletes_its_emails_and_their_log():
+    """The log's email has no database constraint (migration 0021): Django's CASCADE deletes it."""
+    request = MessageRequestFactory()
+    email = TextOfEmailFactory(request=request)
+    other = TextOfEmailFactory()
+    for each in (email, other):
+        DeliveryEvent.objects.create(email=each, kind="attempt", outcome=Status.SENT)
+    request.delete()
+    assert not TextOfEmail.objects.filter(pk=email.pk).exists()
+    assert list(DeliveryEvent.objects.values_list("email_id", flat=True)) == [other.pk]

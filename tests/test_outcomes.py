@@ -206,3 +206,19 @@ def test_a_group_of_outcomes_keeps_every_character_and_moment_of_each():
         assert email.status_changed_at == row.at and email.status == row.status
         assert email.last_error == ("" if row.status == Status.SENT else text)
         assert email.sent_at == row.sent_at if row.sent_at else email.next_attempt_at == row.next_attempt_at
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("writer", [outcomes._write_postgresql, outcomes._write_portable])
+def test_an_outcome_for_an_email_deleted_meanwhile_is_a_lost_claim_and_logs_nothing(monkeypatch, writer):
+    """The log's email has no database constraint (migration 0021): the writer itself logs nothing naming nothing."""
+    from dbmail.models import DeliveryEvent
+
+    monkeypatch.setattr(outcomes, "_write_postgresql", writer)
+    gone, kept = TextOfEmailFactory.create_batch(2)
+    batch = claims.claim(2)
+    rows = [outcomes.as_row(e, batch.token, retry.Outcome("sent", 250, "ok")) for e in batch.emails]
+    TextOfEmail.objects.filter(pk=gone.pk).delete()  # its request deleted while it was being sent
+    assert outcomes.write(rows) == [gone.pk]
+    assert list(DeliveryEvent.objects.values_list("email_id", "outcome")) == [(kept.pk, "sent")]
+    assert TextOfEmail.objects.get(pk=kept.pk).status == Status.SENT

@@ -119,3 +119,68 @@ def test_purge_also_forgets_old_idempotency_keys_of_the_sending_api():
     call_command("dbmail_purge", "--older-than", "7d", stdout=out)
     assert "1 API idempotency keys" in out.getvalue()
     assert list(ApiSend.objects.values_list("key", flat=True)) == ["new"]
+
+
+def _orphans():
+    """Log rows naming an email that is not there (the log's email has no database constraint: 0021)."""
+    return DeliveryEvent.objects.exclude(email_id__in=TextOfEmail.objects.values("pk"))
+
+
+@pytest.mark.parametrize("fast", [True, False], ids=["statements", "orm"])
+def test_purge_leaves_no_log_row_naming_a_purged_email(monkeypatch, fast):
+    from dbmail.ops import purge
+
+    if not fast:
+        monkeypatch.setattr(purge, "_fast_plan", lambda: None)
+    old = timezone.now() - timedelta(days=10)
+    gone = TextOfEmailFactory.create_batch(3, status=Status.SENT, status_changed_at=old)
+    kept = TextOfEmailFactory(status=Status.SENT)
+    for email in (*gone, kept):
+        DeliveryEvent.objects.create(email=email, kind="attempt", outcome=Status.SENT)
+        DeliveryEvent.objects.create(email=email, kind="tracking", outcome=Status.DELIVERED)
+    assert purge.purge(timedelta(days=7), chunk=2) == 3  # two chunks
+    assert not _orphans().exists()
+    assert sorted(DeliveryEvent.objects.values_list("email_id", "outcome")) == [
+        (kept.pk, Status.DELIVERED),
+        (kept.pk, Status.SENT),
+    ]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_log_row_written_while_the_purge_waits_for_its_email_goes_with_it():
+    """dbmail_track locks the emails it records for: a log row it commits while the purge waits is purged too."""
+    import threading
+
+    from django.db import connection, transaction
+
+    from dbmail.ops import purge
+
+    from .conftest import wait_until
+
+    email = TextOfEmailFactory(status=Status.SENT, status_changed_at=timezone.now() - timedelta(days=10))
+    backend, purged = [], []
+
+    def purging():
+        try:
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT pg_backend_pid()")
+                backend.append(cursor.fetchone()[0])
+            purged.append(purge.purge(timedelta(days=7)))
+        finally:
+            connection.close()
+
+    def purge_waits():
+        with connection.cursor() as cursor:  # pg_locks is read live, also inside a transaction
+            cursor.execute("SELECT EXISTS (SELECT FROM pg_locks WHERE pid = %s AND NOT granted)", backend[:1] or [0])
+            return cursor.fetchone()[0]
+
+    thread = threading.Thread(target=purging)
+    with transaction.atomic():
+        TextOfEmail.objects.select_for_update().get(pk=email.pk)
+        thread.start()
+        wait_until(purge_waits, seconds=10)
+        DeliveryEvent.objects.create(email=email, kind="tracking", outcome=Status.DELIVERED)
+    thread.join(10)
+    assert purged == [1]
+    assert not TextOfEmail.objects.filter(pk=email.pk).exists()
+    assert not _orphans().exists()

@@ -67,10 +67,15 @@ def _delete_emails(ids, plan):
     On PostgreSQL, when nothing listens to their deletion (`plan`: _fast_plan()), with one
     statement per table and the ids as one array, as Django itself does for a "fast delete":
     the ORM's delete() would load every email as a model instance first, about 10,000 a second.
+
+    The emails go first, their log after: the log's email has no database constraint (migration
+    0021), and a log row written while the delete waited for an email's row lock (dbmail_track
+    locks the emails it records for) is then seen and deleted too, instead of naming nothing.
+    The other tables' constraints are checked at the commit, whatever the order.
     """
     if plan is None:
-        DeliveryEvent.objects.filter(email_id__in=ids).delete()
         TextOfEmail.objects.filter(pk__in=ids).delete()
+        DeliveryEvent.objects.filter(email_id__in=ids).delete()
         return
     with connection.cursor() as cursor:
         for sql in plan:
@@ -86,7 +91,7 @@ def _fast_plan():
     receiver) is left to the ORM.
     """
     quote = connection.ops.quote_name
-    plan = []
+    plan = [f"DELETE FROM {quote(TextOfEmail._meta.db_table)} WHERE id = ANY(%s)"]  # first: see _delete_emails
     for model in (TextOfEmail, *(rel.related_model for rel in TextOfEmail._meta.related_objects)):
         if any(signal.has_listeners(model) for signal in (signals.pre_delete, signals.post_delete)):
             return None
@@ -103,7 +108,6 @@ def _fast_plan():
             plan.append(f"UPDATE {table} SET {column} = NULL WHERE {column} = ANY(%s)")
         elif rel.on_delete is not models.DO_NOTHING:
             return None
-    plan.append(f"DELETE FROM {quote(TextOfEmail._meta.db_table)} WHERE id = ANY(%s)")
     return plan
 
 

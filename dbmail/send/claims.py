@@ -185,7 +185,11 @@ def _candidates_postgresql(limit, now, due_by, after, paced=False):
     """
     suffix = "_paced" if paced else ""
     with connection.cursor() as cursor:
-        prepared.execute(cursor, "dbmail_claim_stale" + suffix, _candidate_sql("stale", paced), [now, due_by, limit])
+        # For the rest of the claim's transaction, each statement's plan made once (a generic plan): by
+        # the cost estimates of its bounds PostgreSQL planned the due rows' statement afresh every claim.
+        generic = "SET LOCAL plan_cache_mode TO force_generic_plan;"
+        params = [now, due_by, limit]
+        prepared.execute(cursor, "dbmail_claim_stale" + suffix, _candidate_sql("stale", paced), params, prefix=generic)
         candidates = cursor.fetchall()
         if len(candidates) < limit:
             left = limit - len(candidates)

@@ -98,6 +98,9 @@ def _write_portable(rows):
             held = TextOfEmail.objects.filter(pk=row.pk, claim_token=row.token, status__in=_FROM).update(
                 claim_token=None, leased_until=None, **changes
             )
+            if not held and not TextOfEmail.objects.filter(pk=row.pk).exists():
+                lost.append(row.pk)  # deleted meanwhile: no log row naming nothing (see _PREPARE_SQL)
+                continue
             DeliveryEvent.objects.create(
                 email_id=row.pk,
                 at=row.at,
@@ -124,6 +127,8 @@ def _write_portable(rows):
 # The status test is wrapped in IS TRUE so the planner cannot match it to the partial index of
 # rows being sent (dbmail_lease): statistics gathered while few rows were "sending" (the usual
 # case) would make it walk every row being sent for each outcome instead of looking up its id.
+# A claim lost because its email was deleted meanwhile (its request deleted while being sent) leaves
+# no log row: the log's email has no database constraint (migration 0021) to refuse one naming nothing.
 # With DBMAIL_ASYNC_COMMIT the commit does not wait for the WAL flush: a crash of the sender
 # loses nothing, and only a crash of the PostgreSQL server itself can forget the last
 # fraction of a second of outcomes, whose emails are then sent again after their lease.
@@ -148,17 +153,23 @@ updated AS (
 ),
 counted AS ({{count_sql}})
 INSERT INTO dbmail_deliveryevent (email_id, at, kind, outcome, smtp_code, text)
-SELECT o.pk, o.at, '{DeliveryEvent.Kind.ATTEMPT}',
-       CASE WHEN o.pk IN (SELECT id FROM updated) THEN o.status ELSE '{LOST_LEASE}' END,
+SELECT o.pk, o.at, '{DeliveryEvent.Kind.ATTEMPT}', CASE WHEN u.id IS NULL THEN '{LOST_LEASE}' ELSE o.status END,
        o.smtp_code, o.text
-  FROM outcome AS o
+  FROM outcome AS o LEFT JOIN updated AS u ON u.id = o.pk
+ WHERE u.id IS NOT NULL OR EXISTS (SELECT FROM dbmail_textofemail AS x WHERE x.id = o.pk)
 RETURNING email_id, outcome
 """
 _EXECUTE_SQL = "{sync} EXECUTE dbmail_write_outcomes (%s, %s::uuid[], %s, %s, %s, %s, %s, %s, %s, %s, %s, %s::date[])"
 
 
+# Always the plan made once (a generic plan): by its cost estimates PostgreSQL would otherwise plan the
+# statement again for every call of a few outcomes (a small group estimated cheaper that way), and
+# planning it cost more than running it (docs/scaling.md#what-keeps-a-sender-fast).
+_GENERIC = "SET LOCAL plan_cache_mode TO force_generic_plan;"
+
+
 def _write_postgresql(rows):
-    sync = "SET LOCAL synchronous_commit TO OFF;" if conf.DBMAIL_ASYNC_COMMIT else ""
+    sync = _GENERIC + ("SET LOCAL synchronous_commit TO OFF;" if conf.DBMAIL_ASYNC_COMMIT else "")
     pks, tokens, statuses, ats, last_errors, sent_ats, next_ats, codes, texts, counted, unknown = map(
         list, zip(*rows, strict=True)
     )
@@ -176,8 +187,8 @@ def _write_postgresql(rows):
             cursor.execute(_PREPARE_SQL.format(count_sql=rollup.insert_sql("updated")))
             db_connection.dbmail_prepared_in = session
         cursor.execute(_EXECUTE_SQL.format(sync=sync), columns)
-        written = cursor.fetchall()
-    return [pk for pk, outcome in written if outcome == LOST_LEASE]
+        held = {pk for pk, outcome in cursor.fetchall() if outcome != LOST_LEASE}
+    return [pk for pk in pks if pk not in held]
 
 
 # The outcome statement's arrays, as the text of PostgreSQL arrays ('{..}'), which the statement's
