@@ -116,6 +116,26 @@ def reset_emails(conn):
         cur.execute(f"TRUNCATE {', '.join(EMAIL_TABLES)} CASCADE")
 
 
+# Every email queued and due again, as if just expanded (bench/resend.py, bench/send_db_cost.py).
+_REQUEUE = (
+    "UPDATE dbmail_textofemail SET status = 'queued', attempts = 0, sent_at = NULL, last_error = '', "
+    "next_attempt_at = now() - interval '1 minute', claim_token = NULL, leased_until = NULL, possibly_delivered = 0"
+)
+
+
+def requeue_emails(cursor):
+    """Queue every email of the database again, its log and counts gone, vacuumed as after a load; how many.
+
+    `cursor`: psycopg2's or Django's, in autocommit (VACUUM cannot run in a transaction).
+    """
+    cursor.execute("TRUNCATE dbmail_deliveryevent, dbmail_dailystat, dbmail_dailystatdelta")
+    cursor.execute(_REQUEUE)
+    count = cursor.rowcount
+    cursor.execute("VACUUM ANALYZE dbmail_textofemail")
+    cursor.execute("CHECKPOINT")
+    return count
+
+
 def reset_tokens(conn):
     """Forget the unsubscribe tokens, so an expansion stores every one as the first expansion did."""
     with conn.cursor() as cur:

@@ -35,11 +35,6 @@ sys.path.insert(0, str(ROOT))
 from bench import db  # noqa: E402
 from bench.run import DEFAULT_DB, Sink, child_env  # noqa: E402
 
-REQUEUE = (
-    "UPDATE dbmail_textofemail SET status = 'queued', attempts = 0, sent_at = NULL, last_error = '', "
-    "next_attempt_at = now() - interval '1 minute', claim_token = NULL, leased_until = NULL, possibly_delivered = 0"
-)
-
 
 def parse_args(argv):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -50,17 +45,6 @@ def parse_args(argv):
     args = parser.parse_args(argv)
     args.tree = [Path(t).resolve() for t in (args.tree or [ROOT])]
     return args
-
-
-def requeue(conn):
-    """Every email queued and due again, its log and counts gone, the table vacuumed as after a load."""
-    with conn.cursor() as cur:
-        cur.execute("TRUNCATE dbmail_deliveryevent, dbmail_dailystat, dbmail_dailystatdelta")
-        cur.execute(REQUEUE)
-        count = cur.rowcount
-        cur.execute("VACUUM ANALYZE dbmail_textofemail")
-        cur.execute("CHECKPOINT")
-    return count
 
 
 def wal_position(conn):
@@ -81,7 +65,8 @@ def python_of(tree):
 
 
 def one_run(conn, db_url, tree, processes, workdir):
-    count = requeue(conn)
+    with conn.cursor() as cursor:
+        count = db.requeue_emails(cursor)
     sink = Sink(workdir, f"resend-{time.monotonic_ns()}")
     env = child_env(db_url, sink.port, pycache=Path(workdir) / f"pycache-{tree.name}")
     env.update(DBMAIL_SEND_PROCESSES=str(processes), PYTHONPATH=str(tree))

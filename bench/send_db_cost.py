@@ -24,20 +24,13 @@ django.setup()
 
 from django.db import connection  # noqa: E402
 
+from bench import db  # noqa: E402
 from dbmail.send import claims, outcomes, retry  # noqa: E402
-
-REQUEUE = (
-    "UPDATE dbmail_textofemail SET status='queued', attempts=0, sent_at=NULL, last_error='', "
-    "next_attempt_at=now()-interval '1 minute', claim_token=NULL, leased_until=NULL, possibly_delivered=0"
-)
 
 
 def main(count, group):
     with connection.cursor() as cursor:
-        cursor.execute("TRUNCATE dbmail_deliveryevent, dbmail_dailystat, dbmail_dailystatdelta")
-        cursor.execute(REQUEUE)
-        cursor.execute("VACUUM ANALYZE dbmail_textofemail")
-        cursor.execute("CHECKPOINT")
+        db.requeue_emails(cursor)
         cursor.execute("SELECT pg_backend_pid()")
         schedstat = f"/proc/{cursor.fetchone()[0]}/schedstat"
 
