@@ -66,16 +66,21 @@ class TextOfEmailFactory(factory.django.DjangoModelFactory):
     message_id = factory.LazyFunction(rendering.new_message_id)
 
 
-def queue_emails(n, start=0, account=None, **fields):
+def queue_emails(n, start=0, account=None, domain=None, **fields):
     """n queued emails of one sender account (a new one by default), "hello" to r<start..>@example.net.
 
+    `domain`: to r<start..>@domain instead, with the destination group a new email of it has.
     Returns their Message-IDs, the set a test compares with what its SMTP server received.
     """
+    from dbmail.send import destinations
+
     account = account or SenderAccountFactory(address=f"s{start}@example.org")
+    if domain is not None:
+        fields["dest_group"] = destinations.group_of(f"x@{domain}")
     emails = TextOfEmail.objects.bulk_create(
         TextOfEmail(
             account=account,
-            to_address=f"r{i:05d}@example.net",
+            to_address=f"r{i:05d}@{domain or 'example.net'}",
             from_header=account.from_header,
             envelope_sender=account.address,
             subject=f"n{i}",

@@ -16,7 +16,6 @@ from collections import Counter
 import pytest
 from django.core.management import call_command
 
-from dbmail.content import rendering
 from dbmail.models import CronHeartbeat, TextOfEmail
 from dbmail.ops import processes
 from dbmail.ops.cron import how_many, send_processes
@@ -308,25 +307,12 @@ def test_the_processes_of_one_run_share_a_groups_budget(smtp_server):
     import json
 
     from dbmail.models import PacingBucket
-    from dbmail.send import destinations
 
     groups = {"gmail": {"rate_per_minute": 60, "max_connections": 0}}
     PacingBucket.objects.create(name="gmail", tokens=0, configured_per_minute=60)  # what 60 a minute earns
     account = SenderAccountFactory()
-    TextOfEmail.objects.bulk_create(
-        TextOfEmail(
-            account=account,
-            to_address=f"r{i:05d}@{domain}",
-            dest_group=destinations.group_of(f"x@{domain}"),
-            from_header=account.from_header,
-            envelope_sender=account.address,
-            subject=f"n{i}",
-            text="hello\n",
-            message_id=rendering.new_message_id(),
-        )
-        for domain, n in (("gmail.com", 100), ("example.net", 1200))
-        for i in range(n)
-    )
+    queue_emails(100, account=account, domain="gmail.com")
+    queue_emails(1200, account=account, domain="example.net")
     env = subprocess_env(smtp_server, DBMAIL_DESTINATION_GROUPS=json.dumps(groups))
     started = time.time()
     proc = cron(env, "--processes", "3", "--batch-size", "50", "--max-seconds", "5", "-v", "2")
