@@ -23,6 +23,20 @@ from dbmail.content import addresses
 from dbmail.exceptions import AddressError
 
 FEEDBACK_ID = "Feedback-ID"
+
+# What may never be in a header value a user gives: every character str.splitlines() breaks at, and NUL.
+# Not only CR and LF: the email package folds a header with splitlines(), so a vertical tab, form feed
+# or \x1c-\x1e in an ASCII value comes out as a line break of its own ("hi\vFrom : boss@x" became a
+# second From line; "\f\v" an empty line that ended the header section), and Django's own check
+# (BadHeaderError) looks for CR and LF only. \x85 and U+2028/9 are listed for the same reason.
+LINE_BREAKS = re.compile("[\r\n\v\f\x1c\x1d\x1e\x85\u2028\u2029\x00]")
+
+
+def has_line_break(value):
+    """Whether `value` holds a line break (as the email package sees one) or a NUL."""
+    return LINE_BREAKS.search(value) is not None
+
+
 _NOT_IN_FIELD = re.compile(r"[^A-Za-z0-9._-]+")
 
 

@@ -27,7 +27,7 @@ from rest_framework import serializers
 
 from dbmail import states
 from dbmail.conf import settings as conf
-from dbmail.content import csvmerge, recipients, validation
+from dbmail.content import csvmerge, headers, recipients, validation
 from dbmail.exceptions import DbmailError
 from dbmail.intake import grants
 from dbmail.models import MessageRequest, RequestAttachment, TextOfEmail
@@ -48,7 +48,7 @@ _NAME_VARIABLES = ("name", "first_name", "last_name")
 _VARIABLE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _HEADER_NAME = re.compile(r"[!-9;-~]+")  # RFC 5322 field-name: printable ASCII but ":"
 _CONTENT_TYPE = re.compile(r"\A[A-Za-z0-9][\w.+-]*/[A-Za-z0-9][\w.+-]*\Z", re.ASCII)  # anchored: RegexField searches
-_LINE_BREAK = re.compile(r"[\r\n\x00]")
+_LINE_BREAK = headers.LINE_BREAKS  # CR and LF, and whatever else the email package breaks a line at
 # Headers a caller may set on a transactional email; anything else (From, To, Cc, Bcc, Sender, Date,
 # Message-ID, Return-Path, Received, MIME and DKIM fields...) is the site's to write.
 HEADER_WHITELIST = (

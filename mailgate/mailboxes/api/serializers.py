@@ -8,6 +8,7 @@ from django.urls import reverse
 from rest_framework import serializers
 
 from dbmail.conf import settings as conf
+from dbmail.content import headers
 from dbmail.models import SendGrant
 from mailgate.mailboxes import identity
 from mailgate.mailboxes.store import store_part
@@ -158,6 +159,13 @@ class MessageSerializer(serializers.ModelSerializer):
         if refusal:
             raise serializers.ValidationError(refusal)
         return account
+
+    def validate_subject(self, subject):
+        # Sent as the Subject header: a line break in it would be a header of the sender's own making,
+        # or (CR/LF) a message stuck in "sending" once Django refused to build it (dbmail.content.headers).
+        if headers.has_line_break(subject):
+            raise serializers.ValidationError("Line breaks and NUL characters are not allowed in a subject.")
+        return subject
 
     def validate_files(self, files):
         total = sum(f.size for f in files)
