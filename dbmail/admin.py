@@ -8,7 +8,7 @@ from django.urls import path
 from django.utils import timezone
 
 from dbmail import audit, states
-from dbmail.audit import AuditedAdmin
+from dbmail.audit import ActPermission, AuditedAdmin
 from dbmail.content import domains
 from dbmail.content.validation import RequestForm
 from dbmail.exceptions import DkimError
@@ -202,7 +202,10 @@ class MessageRequestAdmin(AuditedAdmin):
     def short_failure(self, obj):
         return obj.failure[:120] or "-"
 
-    @admin.action(description="Retry failed requests (back to queued; expansion resumes from its checkpoint)")
+    @admin.action(
+        description="Retry failed requests (back to queued; expansion resumes from its checkpoint)",
+        permissions=["change"],
+    )
     def retry_failed(self, request, queryset):
         retried, refused = 0, []
         for message_request in queryset.filter(status__in=states.RETRY_REQUEST.sources).select_related("sender"):
@@ -217,7 +220,10 @@ class MessageRequestAdmin(AuditedAdmin):
         if refused:
             self.message_user(request, "Not retried, they would fail again: " + "; ".join(refused), messages.ERROR)
 
-    @admin.action(description="Resume paused requests (the reputation guard then judges only the mail sent since)")
+    @admin.action(
+        description="Resume paused requests (the reputation guard then judges only the mail sent since)",
+        permissions=["change"],
+    )
     def resume_paused(self, request, queryset):
         resumed = 0
         for message_request in queryset.filter(status=states.PAUSE_REQUEST.target):
@@ -300,7 +306,7 @@ class DeliveryEventInline(HistoryInline):
 
 
 @admin.register(TextOfEmail)
-class TextOfEmailAdmin(HistoryAdmin):
+class TextOfEmailAdmin(ActPermission, HistoryAdmin):
     """Read-only: an email changes only by sending, tracking and the cancel and retry actions (each logged).
     Emails are made by expansion and the outbox, never typed in; dbmail_purge removes old ones."""
 
@@ -319,10 +325,6 @@ class TextOfEmailAdmin(HistoryAdmin):
     @admin.display(description="Last error")
     def short_error(self, obj):
         return obj.last_error[:80]
-
-    def has_act_permission(self, request):
-        """The cancel and retry actions: for staff who may change emails (the form itself stays read-only)."""
-        return request.user.has_perm("dbmail.change_textofemail")
 
     @admin.action(description="Cancel (queued and deferred only)", permissions=["act"])
     def cancel_emails(self, request, queryset):
@@ -596,7 +598,7 @@ class QueueTableItemAdmin(ReadOnlyAdmin):
 
 
 @admin.register(UnmatchedTrackingEvent)
-class UnmatchedTrackingEventAdmin(ReadOnlyAdmin):
+class UnmatchedTrackingEventAdmin(ActPermission, ReadOnlyAdmin):
     """Tracking events for no email of ours, kept for inspection; the changelist count is the tally."""
 
     list_display = ["received_at", "reason", "event", "message_id", "recipient", "source", "error"]
@@ -606,7 +608,7 @@ class UnmatchedTrackingEventAdmin(ReadOnlyAdmin):
     readonly_fields = [f.name for f in UnmatchedTrackingEvent._meta.fields]
     actions = ["apply_again"]
 
-    @admin.action(description="Apply again (their email may exist now)")
+    @admin.action(description="Apply again (their email may exist now)", permissions=["act"])
     def apply_again(self, request, queryset):
         result = retry_unmatched(queryset)
         self.message_user(request, f"Applied {result.applied}; still unmatched {result.unmatched + result.invalid}.")
@@ -697,7 +699,7 @@ class PacingBucketAdmin(admin.ModelAdmin):
     def rate_now(self, obj):
         return round(backoff.effective_rate(obj, timezone.now()), 1)
 
-    @admin.action(description="Lift the slowdown (back to the configured rate at once)")
+    @admin.action(description="Lift the slowdown (back to the configured rate at once)", permissions=["change"])
     def lift_slowdown(self, request, queryset):
         n = queryset.update(
             slowed_per_minute=None,

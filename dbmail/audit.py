@@ -16,6 +16,7 @@ DeliveryEvents) also names the person who cancelled or retried it
 """
 
 from django.contrib import admin
+from django.contrib.auth import get_permission_codename
 
 from dbmail.models import AuditEvent, MessageRequest, TextOfEmail
 
@@ -64,6 +65,19 @@ def program_step(program, kind, request, detail, at=None):
 def for_target(obj):
     """The AuditEvents about `obj`, oldest first."""
     return AuditEvent.objects.filter(target_type=obj._meta.label_lower, target_id=str(obj.pk)).order_by("at", "id")
+
+
+class ActPermission:
+    """A ModelAdmin mixin: actions marked `permissions=["act"]` are for staff holding the model's change permission.
+
+    Django offers an action without `permissions` to whoever may view the change list. The
+    actions of a read-only page change things all the same (approve a held post, resume a
+    paused request, apply tracking events), and such a page's has_change_permission is always
+    False, so ["change"] would hide them from everyone: this asks for the permission itself.
+    """
+
+    def has_act_permission(self, request):
+        return request.user.has_perm(f"{self.opts.app_label}.{get_permission_codename('change', self.opts)}")
 
 
 class AuditedAdmin(admin.ModelAdmin):

@@ -7,7 +7,7 @@ from django.urls import path, reverse
 from django.utils.html import format_html
 
 from dbmail import audit
-from dbmail.audit import AuditedAdmin
+from dbmail.audit import ActPermission, AuditedAdmin
 from mailgate.exceptions import NotHeld
 from mailgate.gate import routing
 from mailgate.models import (
@@ -79,7 +79,7 @@ class BounceInline(admin.TabularInline):
         return False
 
 
-class _InboundBase(admin.ModelAdmin):
+class _InboundBase(ActPermission, admin.ModelAdmin):
     list_display = ["id", "received_at", "envelope_sender", "envelope_recipient", "subject", "status", "email_list"]
     list_filter = ["status", "email_list"]
     search_fields = ["envelope_sender", "envelope_recipient", "subject", "message_id", "from_header"]
@@ -127,7 +127,7 @@ class InboundMessageAdmin(_InboundBase):
     inlines = [BounceInline]
     actions = ["process_again"]
 
-    @admin.action(description="Process again (raw and failed messages)")
+    @admin.action(description="Process again (raw and failed messages)", permissions=["act"])
     def process_again(self, request, queryset):
         done = 0
         for inbound in queryset.filter(status__in=[InboundMessage.Status.RAW, InboundMessage.Status.FAILED]):
@@ -160,13 +160,13 @@ class HeldMessageAdmin(_InboundBase):
                 self.message_user(request, str(exc), messages.WARNING)
         self.message_user(request, f"{verb} {done} message(s).", messages.SUCCESS)
 
-    @admin.action(description="Approve (forward to the list)")
+    @admin.action(description="Approve (forward to the list)", permissions=["act"])
     def approve(self, request, queryset):
         from mailgate.gate import moderation  # imported here: see the top of the module
 
         self._decide(request, queryset, moderation.approve, "Approved")
 
-    @admin.action(description="Reject (notify the sender)")
+    @admin.action(description="Reject (notify the sender)", permissions=["act"])
     def reject(self, request, queryset):
         from mailgate.gate import moderation  # imported here: see the top of the module
 
@@ -309,7 +309,7 @@ class MailAccountAdmin(AuditedAdmin):
             else:
                 self.message_user(request, f"{len(added)} folder(s) found; turn on the ones to poll.")
 
-    @admin.action(description="Discover folders again")
+    @admin.action(description="Discover folders again", permissions=["change"])
     def discover_folders(self, request, queryset):
         from mailgate.mailboxes import imap  # imported here: see the top of the module
 
@@ -330,11 +330,11 @@ class MailFolderAdmin(AuditedAdmin):
     readonly_fields = ["uidvalidity", "last_uid", "last_polled_at", "lease_until", "last_error", "exists_on_server"]
     actions = ["enable", "disable"]
 
-    @admin.action(description="Poll the selected folders")
+    @admin.action(description="Poll the selected folders", permissions=["change"])
     def enable(self, request, queryset):
         self._switch(request, queryset, True)
 
-    @admin.action(description="Stop polling the selected folders")
+    @admin.action(description="Stop polling the selected folders", permissions=["change"])
     def disable(self, request, queryset):
         self._switch(request, queryset, False)
 
