@@ -305,6 +305,8 @@ SETTINGS = [
     Setting("DBMAIL_PANEL_POLL_SECONDS", 3, int, minimum=1),
     # The sending API: calls that send, per user and window (dbmail.intake.api.throttling).
     Setting("DBMAIL_API_SEND_RATE", "120/min", str, check=_not_a_rate, clean=lambda v: v.strip().lower()),
+    # POST /api/v1/token/ (a password check) per username and window: password guessing is slow.
+    Setting("DBMAIL_API_LOGIN_RATE", "10/min", str, check=_not_a_rate, clean=lambda v: v.strip().lower()),
     # The XML spool (seed 003); "{sid}" in the directory stands for the site chosen with --sid.
     Setting("DBMAIL_SPOOL_DIR", "", str),
     Setting("DBMAIL_SPOOL_KEEP_DAYS", 7, int, minimum=1),

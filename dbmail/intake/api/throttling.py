@@ -10,8 +10,15 @@ its start; the rate is a guard against runaway scripts, not a meter.
 
 DRF's tokens are one per user, so "per token" and "per user" are the same
 count; a signed-in session counts with its user's token.
+
+DBMAIL_API_LOGIN_RATE bounds the same way the password checks of POST
+/api/v1/token/ per username (every attempt, right or wrong: a client asks for
+its token once), so a password cannot be guessed there at the speed of the
+web workers. Per username rather than per client address: behind a proxy
+every client has the proxy's.
 """
 
+import hashlib
 import math
 import time
 
@@ -63,6 +70,31 @@ class SendRateThrottle(BaseThrottle):
         number, seconds = limit
         now = time.time()
         hits, window = hit(f"send:user:{request.user.pk}", seconds, now)
+        if hits <= number:
+            return True
+        self.wait_seconds = max(1, math.ceil((window + 1) * seconds - now))
+        return False
+
+    def wait(self):
+        return self.wait_seconds
+
+
+class LoginRateThrottle(BaseThrottle):
+    """Counts the attempts to obtain a token (a password check) per username given."""
+
+    def __init__(self):
+        self.wait_seconds = None
+
+    def allow_request(self, request, view):
+        limit = parse_rate(conf.DBMAIL_API_LOGIN_RATE)
+        username = request.data.get("username") if hasattr(request.data, "get") else None
+        if limit is None or request.method != "POST" or not isinstance(username, str):
+            return True  # nothing to check a password against: the view answers 400
+        number, seconds = limit
+        now = time.time()
+        # Hashed: a username may be longer than the counter's ident, and is folded as logins are looked up.
+        key = hashlib.sha256(username.strip().lower().encode("utf-8", "replace")).hexdigest()[:40]
+        hits, window = hit(f"login:{key}", seconds, now)
         if hits <= number:
             return True
         self.wait_seconds = max(1, math.ceil((window + 1) * seconds - now))

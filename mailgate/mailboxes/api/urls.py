@@ -1,5 +1,4 @@
 from django.urls import include, path
-from rest_framework.authtoken.views import obtain_auth_token
 from rest_framework.routers import DefaultRouter
 
 from mailgate.mailboxes.api import views
@@ -13,6 +12,6 @@ router.register("grants", views.GrantViewSet, basename="send-grant")
 
 urlpatterns = [
     path("schema/", views.SchemaView.as_view(), name="api-schema"),
-    path("token/", obtain_auth_token, name="api-token"),
+    path("token/", views.TokenView.as_view(), name="api-token"),
     path("", include(router.urls)),
 ]

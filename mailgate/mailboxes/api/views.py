@@ -12,12 +12,14 @@ from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_view
 from drf_spectacular.views import SpectacularAPIView
 from rest_framework import mixins, serializers, status, viewsets
+from rest_framework.authtoken.views import ObtainAuthToken
 from rest_framework.decorators import action
 from rest_framework.permissions import AllowAny, IsAuthenticated
 from rest_framework.response import Response
 
 from dbmail import audit
 from dbmail.intake import grants
+from dbmail.intake.api.throttling import LoginRateThrottle
 from dbmail.models import SendGrant
 from mailgate.mailboxes import imap, outgoing
 from mailgate.mailboxes.api import permissions
@@ -39,6 +41,12 @@ class SchemaView(SpectacularAPIView):
 
     def get_permissions(self):
         return [AllowAny() if settings.API_SCHEMA_PUBLIC else IsAuthenticated()]
+
+
+class TokenView(ObtainAuthToken):
+    """POST username and password, get the user's token; DBMAIL_API_LOGIN_RATE attempts per username (429 past it)."""
+
+    throttle_classes = [LoginRateThrottle]
 
 
 class ProfileViewSet(viewsets.ModelViewSet):
