@@ -17,7 +17,10 @@ import pytest
 from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
+from dbmail.intake import outbox
 from dbmail.models import TextOfEmail
+from dbmail.send import message as sent_message
+from dbmail.send import mime
 from mailgate.models import Message
 
 from .factories import MailAccountFactory, MailServerProfileFactory, SenderAccountFactory, UserFactory
@@ -108,3 +111,13 @@ def test_a_mailbox_message_with_a_plain_subject_is_sent_with_one_from(mailbox, d
     (received,) = own.received
     assert received.message["Subject"] == "Quarterly report"
     assert received.message.get_all("From") == ["office@example.org"]
+
+
+@pytest.mark.parametrize("brk", BREAKS, ids=repr)
+def test_the_writers_refuse_a_line_break_in_a_header_from_code_too(brk):
+    # An ad-hoc outbox.enqueue(headers=...) skips the API's check: both writers refuse it, so it is dropped.
+    email = outbox.enqueue("cy@example.net", "Hello", text="Hi.", headers={"X-Note": f"hi{brk}{FORGED}"})
+    with pytest.raises(ValueError, match="newlines"):
+        mime.compose(email, sign=False)
+    with pytest.raises(ValueError, match="newlines"):
+        sent_message.as_bytes(email, attachments=[("a.txt", b"hi", "text/plain")], sign=False)

@@ -37,6 +37,16 @@ def has_line_break(value):
     return LINE_BREAKS.search(value) is not None
 
 
+def refuse_line_breaks(name, value):
+    """ValueError for a header value with a line break, as Django's BadHeaderError (the email is dropped with it).
+
+    The writers' own guard, for values that did not come through a form or the API (an ad-hoc
+    outbox.enqueue(headers=...)); those refuse them with a 400 first.
+    """
+    if LINE_BREAKS.search(value):
+        raise ValueError(f"Header values can't contain newlines ({name})")
+
+
 _NOT_IN_FIELD = re.compile(r"[^A-Za-z0-9._-]+")
 
 

@@ -118,6 +118,9 @@ def to_email_message(email, connection=None, attachments=(), smtputf8=True, sign
         if sign:
             message.signed_for = email
         return message
+    for name, value in (email.headers or {}).items():
+        # Django refuses CR and LF only; its email package would fold a vertical tab into a line of its own.
+        header_values.refuse_line_breaks(name, str(value))
     headers = {
         "From": email.from_header,
         "Date": header_values.date(),  # Django's own default writes "-0000" for UTC: "zone unknown"

@@ -51,8 +51,7 @@ def _fold(name, value):
 
 def _header(name, value):
     value = str(value)
-    if "\n" in value or "\r" in value:
-        raise ValueError(f"Header values can't contain newlines ({name})")  # as Django refuses them
+    headers.refuse_line_breaks(name, value)  # CR, LF and the other breaks the email package folds at
     if _is_ascii(value):
         return _fold(name, value)
     return f"{name}: " + Header(value, "utf-8", header_name=name).encode(linesep="\r\n")
@@ -60,8 +59,7 @@ def _header(name, value):
 
 def _address_header(name, value):
     # Names are already encoded words here; what is left that is not ASCII is a UTF-8 address (SMTPUTF8).
-    if "\n" in value or "\r" in value:
-        raise ValueError(f"Header values can't contain newlines ({name})")
+    headers.refuse_line_breaks(name, value)
     return _fold(name, value)
 
 
