@@ -346,3 +346,13 @@ def test_a_disconnect_before_the_message_went_out_is_no_possible_delivery(server
     assert sending.send_due().possibly_delivered == 0
     email.refresh_from_db()
     assert email.possibly_delivered == 0 and "outcome unknown" not in email.last_error
+
+
+@pytest.mark.parametrize("reply", ["502 5.5.2 EHLO not implemented", "500 5.5.1 what?", "550 5.7.1 not you"])
+def test_a_server_that_refuses_ehlo_but_takes_helo_gets_every_email(server, reply):
+    server.helo_after_ehlo = True
+    server.fault("ehlo", reply)
+    emails = [TextOfEmailFactory(to_address=f"r{i}@example.net") for i in range(3)]
+    result = sending.send_due()
+    assert [state(e) for e in emails] == [SENT] * 3, [e.last_error for e in emails]
+    assert result.problems == [] and len(server.received) == 3
