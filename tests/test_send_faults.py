@@ -88,6 +88,8 @@ FAULTS = [
     everyone("data 451", "data", "451 4.3.0 try later", reason="DATA: 451"),
     everyone("data 554", "data", "554 5.7.1 no", reason="DATA: 554"),
     once("data 451 once", "data", "451 4.3.0 try later"),
+    everyone("data stall", "data", "timeout", reason="timed out"),
+    everyone("data dropped", "data", "disconnect", reason="disconnected"),
     victim("victim data 451", "data", "451 4.3.0 try later", NOT_COUNTED, reason="DATA: 451"),
     victim("victim data 554", "data", "554 5.7.1 no", NOT_COUNTED, reason="DATA: 554"),
     # RCPT TO: the recipient's own answer (a 421 excepted: the server is closing).
