@@ -136,6 +136,14 @@ try:
     DATABASES = {"default": env.db("DATABASE_URL", default=f"sqlite:///{VAR_DIR / 'mailsite.sqlite3'}")}
 except (environ.ImproperlyConfigured, ValueError, KeyError) as exc:
     raise ConfigurationError(f"Setting DATABASE_URL is not a usable database URL: {exc}") from None
+# django-environ takes a scheme it does not know for the engine's name, and Django would then fail at the
+# first query naming neither the setting nor the scheme ("'postgress' isn't an available database backend").
+if DATABASES["default"]["ENGINE"] not in environ.Env.DB_SCHEMES.values():
+    _scheme = env.str("DATABASE_URL", default="").partition(":")[0]
+    raise ConfigurationError(
+        f"Setting DATABASE_URL is not a usable database URL: unknown scheme {_scheme!r}"
+        " (postgres://, sqlite:///, mysql://...)"
+    )
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     VAR_DIR.mkdir(exist_ok=True)
     # The demo database is shared by the web server and the sender loop. In WAL mode the panel's

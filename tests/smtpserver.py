@@ -139,7 +139,7 @@ class ScriptedHandler:
 
     async def handle_HELO(self, smtp, session, envelope, hostname):
         step = getattr(session, "ehlo_fault", None)
-        if step:
+        if step and not self.server.helo_after_ehlo:
             return await self.server.apply(step, smtp) or "421 4.4.2 gone"
         session.host_name = hostname
         return f"250 {smtp.hostname}"
@@ -206,6 +206,7 @@ class SMTPServer:
     logins: dict = field(default_factory=dict)  # login -> password; when set, AUTH is required
     may_send_as: dict = field(default_factory=dict)  # login -> the MAIL FROM addresses it may use
     max_size: int = 0  # the SIZE announced (0: aiosmtpd's default, 32 MiB)
+    helo_after_ehlo: bool = False  # an "ehlo" fault refuses EHLO only: HELO then works (an old server)
     received: list = field(default_factory=list)
     refused: list = field(default_factory=list)
     rules: dict = field(default_factory=dict)  # (stage, address) -> _Rule

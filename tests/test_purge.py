@@ -184,3 +184,48 @@ def test_a_log_row_written_while_the_purge_waits_for_its_email_goes_with_it():
     assert purged == [1]
     assert not TextOfEmail.objects.filter(pk=email.pk).exists()
     assert not _orphans().exists()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_email_retried_while_the_purge_waits_for_it_is_kept_and_not_counted():
+    """An admin's "retry now" (dropped -> queued) committed while the purge waits for the row: the email stays."""
+    import threading
+
+    from django.db import connection, transaction
+
+    from dbmail import states
+    from dbmail.ops import purge
+
+    from .conftest import wait_until
+
+    request = MessageRequestFactory(status="expanded")
+    email = TextOfEmailFactory(
+        request=request, status=Status.DROPPED, status_changed_at=timezone.now() - timedelta(days=10)
+    )
+    backend, purged = [], []
+
+    def purging():
+        try:
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT pg_backend_pid()")
+                backend.append(cursor.fetchone()[0])
+            purged.append(purge.purge(timedelta(days=7)))
+        finally:
+            connection.close()
+
+    def purge_waits():
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT EXISTS (SELECT FROM pg_locks WHERE pid = %s AND NOT granted)", backend[:1] or [0])
+            return cursor.fetchone()[0]
+
+    thread = threading.Thread(target=purging)
+    with transaction.atomic():
+        assert states.RETRY.update(TextOfEmail.objects.filter(pk=email.pk), status_changed_at=timezone.now()) == 1
+        thread.start()
+        wait_until(purge_waits, seconds=10)
+    thread.join(10)
+    assert purged == [0]
+    email.refresh_from_db()
+    assert email.status == Status.QUEUED
+    request.refresh_from_db()
+    assert request.status_counts() == {"queued": 1}

@@ -7,18 +7,22 @@ committed yet are written, and nothing is sent twice.
 """
 
 import signal
+import threading
 from collections import Counter
 from datetime import timedelta
 
+import psycopg2
 import pytest
 from django.db import connection
 from django.utils import timezone
 
 from dbmail import states
-from dbmail.models import TextOfEmail
+from dbmail.exceptions import DatabaseLost
+from dbmail.models import MessageRequest, TextOfEmail
+from dbmail.send import loop as sending
 
 from .conftest import start_manage, subprocess_env, wait_until
-from .factories import queue_emails
+from .factories import MessageRequestFactory, SenderAccountFactory, queue_emails
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
 Status = states.EmailStatus
@@ -91,3 +95,42 @@ def test_a_loop_reconnects_and_goes_on(smtp_server):
     assert "Traceback" not in err and "dbmail_cron: lost the database connection while sending" in err
     received = Counter(m.message_id for m in smtp_server.received)
     assert len(received) == 300 and max(received.values()) == 1
+
+
+def test_a_connection_lost_between_two_requests_drops_none_of_their_emails(smtp_server):
+    # The sender reads each request's attachments on its own connection when it reaches the request's
+    # first email, while its database thread (another connection) writes the outcomes. Only the first
+    # connection is terminated here: a database error there is the database's fault, not the message's
+    # (it once dropped every email left, "cannot build message: InterfaceError: connection already closed").
+    due = timezone.now() - timedelta(minutes=1)
+    account = SenderAccountFactory()
+    for i in range(10):
+        request = MessageRequestFactory(sender=account, status=MessageRequest.Status.EXPANDED)
+        queue_emails(10, start=10 * i, account=account, request=request, next_attempt_at=due)
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_backend_pid()")
+        (own,) = cursor.fetchone()
+
+    def terminate_when_under_way():
+        wait_until(lambda: len(smtp_server.received) >= 15, seconds=30)
+        with psycopg2.connect(**connection.get_connection_params()) as other, other.cursor() as cursor:
+            cursor.execute("SELECT pg_terminate_backend(%s)", [own])
+        other.close()
+
+    smtp_server.delay = 0.01
+    killer = threading.Thread(target=terminate_when_under_way)
+    killer.start()
+    with pytest.raises(DatabaseLost) as lost:
+        sending.send_due(batch_size=100)
+    killer.join(timeout=30)
+    lost.value.leftovers.give_back()
+
+    dropped = TextOfEmail.objects.filter(status=Status.DROPPED)
+    assert not dropped.exists(), f"{dropped.count()} dropped: {dropped.first().last_error}"
+    assert not TextOfEmail.objects.filter(status=Status.SENDING).exists()
+    received = Counter(m.message_id for m in smtp_server.received)
+    rows = dict(TextOfEmail.objects.values_list("message_id", "status"))
+    assert {mid for mid, status in rows.items() if status == Status.SENT} == set(received)
+    waiting = TextOfEmail.objects.exclude(status=Status.SENT)
+    assert waiting.exists()
+    assert set(waiting.values_list("status", "attempts", "next_attempt_at")) == {(Status.QUEUED, 0, due)}

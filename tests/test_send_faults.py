@@ -88,6 +88,8 @@ FAULTS = [
     everyone("data 451", "data", "451 4.3.0 try later", reason="DATA: 451"),
     everyone("data 554", "data", "554 5.7.1 no", reason="DATA: 554"),
     once("data 451 once", "data", "451 4.3.0 try later"),
+    everyone("data stall", "data", "timeout", reason="timed out"),
+    everyone("data dropped", "data", "disconnect", reason="disconnected"),
     victim("victim data 451", "data", "451 4.3.0 try later", NOT_COUNTED, reason="DATA: 451"),
     victim("victim data 554", "data", "554 5.7.1 no", NOT_COUNTED, reason="DATA: 554"),
     # RCPT TO: the recipient's own answer (a 421 excepted: the server is closing).
@@ -112,6 +114,23 @@ FAULTS = [
     victim("ack lost", "message", "ack-lost", UNKNOWN, kept=True, reason="outcome unknown (possibly delivered)"),
     victim("ack too late", "message", "late", UNKNOWN, kept=True, reason="outcome unknown (possibly delivered)"),
     victim("message stall", "message", "timeout", UNKNOWN, reason="outcome unknown (possibly delivered)"),
+    # An answer that is no SMTP reply (a garbled code) or none a recipient can get (3xx, 6xx) says nothing
+    # about the recipient: to RCPT, the session's fault; after the final dot, the outcome is unknown.
+    everyone("connect garbled", "connect", "hello there", reason="not an SMTP reply"),
+    everyone("ehlo garbled", "ehlo", "hello there", reason="not an SMTP reply"),
+    everyone("mail garbled", "mail", "hello there", reason="MAIL FROM: not an SMTP reply"),
+    everyone("data garbled", "data", "hello there", reason="DATA: not an SMTP reply"),
+    victim("rcpt garbled", "rcpt", "hello there", NOT_COUNTED, reason="not an SMTP reply"),
+    victim("rcpt 354", "rcpt", "354 go ahead", NOT_COUNTED, reason="354"),
+    victim("rcpt 650", "rcpt", "650 5.1.1 who knows", NOT_COUNTED, reason="650"),
+    victim("message garbled", "message", "hello there", UNKNOWN, reason="outcome unknown (possibly delivered)"),
+    victim("message 354", "message", "354 again", UNKNOWN, reason="outcome unknown (possibly delivered)"),
+    # More of the codes real servers give.
+    everyone("mail 452", "mail", "452 4.3.1 insufficient system storage", reason="MAIL FROM: 452"),
+    everyone("mail 550", "mail", "550 5.7.1 sender blocked", reason="MAIL FROM: 550"),
+    victim("rcpt 551", "rcpt", "551 5.1.6 user has moved", DROPPED, reason="user has moved"),
+    victim("rcpt 552", "rcpt", "552 5.2.2 mailbox full", DROPPED, reason="mailbox full"),
+    victim("message 250 text", "message", "250 2.0.0 fine", SENT),
 ]
 
 
@@ -329,3 +348,13 @@ def test_a_disconnect_before_the_message_went_out_is_no_possible_delivery(server
     assert sending.send_due().possibly_delivered == 0
     email.refresh_from_db()
     assert email.possibly_delivered == 0 and "outcome unknown" not in email.last_error
+
+
+@pytest.mark.parametrize("reply", ["502 5.5.2 EHLO not implemented", "500 5.5.1 what?", "550 5.7.1 not you"])
+def test_a_server_that_refuses_ehlo_but_takes_helo_gets_every_email(server, reply):
+    server.helo_after_ehlo = True
+    server.fault("ehlo", reply)
+    emails = [TextOfEmailFactory(to_address=f"r{i}@example.net") for i in range(3)]
+    result = sending.send_due()
+    assert [state(e) for e in emails] == [SENT] * 3, [e.last_error for e in emails]
+    assert result.problems == [] and len(server.received) == 3

@@ -52,6 +52,7 @@ def test_production_settings_pass_check_deploy():
         ("DEFAULT_FROM_EMAIL", "nobody", "DEFAULT_FROM_EMAIL='nobody' is not an email address"),
         ("DBMAIL_RETRY_MAX_SECONDS", "10", "DBMAIL_RETRY_MAX_SECONDS must not be below"),
         ("EMAIL_URL", "smtp://host:port", "EMAIL_URL"),
+        ("DATABASE_URL", "postgress://postgres@127.0.0.1/mailsite", "DATABASE_URL is not a usable database URL"),
         ("DBMAIL_UNSUBSCRIBE_MAILTO", "un+sub@example.org", "DBMAIL_UNSUBSCRIBE_MAILTO='un+sub@example.org'"),
         ("DBMAIL_UNSUBSCRIBE_MAILTO", "u" * 38 + "@example.org", "at most 37 characters"),
         ("MAILGATE_LIST_DOMAINS", "lists.example.org,not_a_domain", "MAILGATE_LIST_DOMAINS: 'not_a_domain'"),

@@ -43,7 +43,11 @@ def purge(older_than, chunk=2000):
         with transaction.atomic():
             # Each chunk starts past the last one: the index entries of rows just deleted stay until
             # vacuum, and walking them again every chunk would make a long purge quadratic.
-            rows = list(old.filter(pk__gt=last).order_by("pk").values_list("pk", "request_id", "status")[:chunk])
+            # Locked as they are read: an email moved meanwhile (an admin's retry makes a dropped one queued
+            # again, a bounce report makes a sent one bounced) is read as it is once its mover commits, so a
+            # queued email is never deleted and each is counted in the status it is deleted in.
+            chosen = old.filter(pk__gt=last).order_by("pk").select_for_update(of=("self",))
+            rows = list(chosen.values_list("pk", "request_id", "status")[:chunk])
             if not rows:
                 return removed
             last = rows[-1][0]

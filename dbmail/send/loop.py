@@ -436,6 +436,10 @@ class Sender:
                     self._ahead[following.pk] = then = ahead
             sender, recipients, data, utf8 = prepared
             conn.send_prepared(sender, recipients, data, smtputf8=utf8, then=then)
+        except DATABASE_ERRORS:
+            # Building reads the database (a request's attachments): its loss is no fault of the message,
+            # which retry.classify would drop as unbuildable. The run gives back what it holds (Leftovers).
+            raise
         except Exception as exc:
             return retry.classify(exc)
         reply = conn.last_reply

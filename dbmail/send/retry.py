@@ -20,6 +20,10 @@ outcome is unknown and the message may have been delivered. The email is
 deferred and retried, the attempt counts, and it is recorded as "outcome
 unknown (possibly delivered)" so that a duplicate can be told from a failure.
 
+A reply that is no SMTP reply (a garbled line, which smtplib reads as -1) or not one a
+recipient can get (3xx, 6xx) is never the recipient's fault either: the session's, or after
+the final dot an unknown outcome. Only 2xx to 5xx codes are kept in the log.
+
 An email that cannot be built (a header with a line break, an address that
 cannot be written) is dropped with the reason: retrying cannot help.
 """
@@ -73,8 +77,26 @@ def _reply_text(resp):
     return resp.decode("utf-8", "replace") if isinstance(resp, bytes) else str(resp)
 
 
+def _reply_code(code):
+    """`code` if it can be an SMTP reply's (RFC 5321: 2xx to 5xx), else None (a garbled line reads as -1)."""
+    return code if isinstance(code, int) and 200 <= code < 600 else None
+
+
 def by_code(code, text, stage=""):
-    """A recipient's answer: 2xx sent, 4xx deferred, 5xx dropped; 421 and 503 are the session's."""
+    """A recipient's answer: 2xx sent, 4xx deferred, 5xx dropped; 421 and 503 are the session's.
+
+    Anything else (a garbled line, a 3xx or 6xx where a recipient's answer belongs) says nothing about
+    the recipient and leaves the conversation out of step: the session's fault, and the connection is
+    reset. After the final dot the whole message had gone out, so the outcome is unknown, as when the
+    answer is lost.
+    """
+    if _reply_code(code) is None or 300 <= code < 400:
+        what = f"{code} {text}" if isinstance(code, int) and code > 0 else text
+        reply = f"not an SMTP reply to {STAGE_WORDS.get(stage, stage or 'a command')}: {what!r}"
+        if stage == "message":
+            text = f"outcome unknown (possibly delivered): {reply}"
+            return Outcome(DEFERRED, _reply_code(code), text, True, stage=stage, possibly_delivered=True)
+        return session(_reply_code(code), reply, reset=True, stage=stage)
     if 200 <= code < 300:
         return Outcome(SENT, code, text)
     if code in (421, 503):
@@ -88,6 +110,9 @@ def session(code, text, reset=False, stage=""):
     """A failure of the connection, the session or the sender: deferred, not counted."""
     if code == 503:
         text = f"{text} (a command out of sequence: our side's fault; the session is reset)"
+    if code is not None and _reply_code(code) is None:
+        # A garbled reply (-1) to the greeting, EHLO, MAIL FROM...: the log's code column takes SMTP codes only.
+        code, reset = None, True
     return Outcome(DEFERRED, code, text, reset_connection=reset or code in (421, 503), session=True, stage=stage)
 
 
@@ -113,7 +138,8 @@ def classify(exc):
     if isinstance(exc, smtplib.SMTPResponseException):
         # The greeting, EHLO, STARTTLS, AUTH, MAIL FROM or DATA: the server or our sender, never the recipient.
         code, text = exc.smtp_code, _reply_text(exc.smtp_error)
-        return session(code, f"{words}: {code} {text}".strip(), reset=stage in SESSION_STAGES, stage=stage)
+        said = f"{code} {text}" if _reply_code(code) else f"not an SMTP reply: {text!r}"
+        return session(code, f"{words}: {said}".strip(), reset=stage in SESSION_STAGES, stage=stage)
     if isinstance(exc, (OSError, smtplib.SMTPException)):
         kind = "timeout" if isinstance(exc, (socket.timeout, TimeoutError)) else type(exc).__name__
         if isinstance(exc, smtplib.SMTPServerDisconnected):
