@@ -7,7 +7,7 @@ from dbmail.track import webhooks
 app_name = "dbmail"
 urlpatterns = [
     path("unsubscribe/<str:token>/", unsubscribe.unsubscribe, name="unsubscribe"),
-    path("mail/<uuid:public_id>/", public.web_version, name="web_version"),
+    path("mail/<str:public_id>/", public.web_version, name="web_version"),
     path("tracking/events/", webhooks.tracking_events, name="tracking-events"),
     path("tracking/events/<slug:mapping>/", webhooks.tracking_events, name="tracking-events-mapped"),
 ]

@@ -151,6 +151,23 @@ def test_public_request_gets_an_unguessable_web_version_without_recipient_data(p
     assert client.get(reverse("dbmail:web_version", args=[mail.public_id])).status_code == 404
 
 
+def test_an_altered_or_unknown_web_version_link_gets_a_clear_page(panel, client, settings):
+    # DEBUG as under `make run`: a bare Http404 there showed the recipient the site's URL patterns.
+    settings.DEBUG = True
+    mail = rows_request(public=True)
+    panel.post(reverse("commpanel:send", args=[mail.pk]), {"when": "now"})
+    mail.refresh_from_db()
+    good = str(mail.public_id)
+    altered = good[:-1] + ("0" if good[-1] != "0" else "1")
+    for link in [f"/mail/{altered}/", f"/mail/{good[:20]}/", "/mail/not-a-uuid/"]:
+        page = client.get(link)
+        assert page.status_code == 404, link
+        html = page.content.decode()
+        assert "This web version is not available" in html and "use the link from the email itself" in html, link
+        assert "URLconf" not in html and "MessageRequest" not in html, link
+    assert client.get(f"/mail/{good}/").status_code == 200
+
+
 # Transactional, like production: the ad-hoc send runs when the view's writes commit.
 @pytest.mark.django_db(transaction=True)
 def test_test_send_goes_to_me_now_with_prefix_and_attachments(panel, editor, smtp_server, settings, tmp_path):
