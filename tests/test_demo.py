@@ -8,6 +8,7 @@ import dkim as dkimpy
 import pytest
 from django.contrib.auth import authenticate, get_user_model
 from django.core.management import CommandError, call_command
+from django.test import Client
 
 from dbmail.models import AuditEvent, DkimKey, MessageRequest, SenderAccount, TextOfEmail, UnsignedMail
 
@@ -42,6 +43,10 @@ def test_the_demo_has_what_readme_says(settings, smtp_server):
     sent = TextOfEmail.objects.filter(request=mail)
     assert sent.count() == 5 and {e.status for e in sent} == {"sent"}
     assert sorted(r for m in smtp_server.received for r in m.rcpt_tos) == sorted(e.to_address for e in sent)
+    # README: the captured mail's links (unsubscribe, web version) lead to the site, and the web version opens.
+    link = f"{settings.DBMAIL_SITE_URL}/mail/{mail.public_id}/"
+    assert mail.public_id and all(link in e.text and link in e.html for e in sent)
+    assert Client().get(link.removeprefix(settings.DBMAIL_SITE_URL)).status_code == 200
 
 
 def test_loading_it_again_adds_nothing(settings):

@@ -168,6 +168,25 @@ def test_an_altered_or_unknown_web_version_link_gets_a_clear_page(panel, client,
     assert client.get(f"/mail/{good}/").status_code == 200
 
 
+def test_each_mail_links_its_web_version_and_the_web_version_does_not_link_itself(panel, client, settings):
+    settings.DBMAIL_SITE_URL = "https://mail.example.org"
+    body = "Hi {{ first_name }}.{% if web_version_url %} Online: {{ web_version_url }}{% endif %}\n"
+    public = rows_request(public=True, text_body=body, html_body="")
+    private = rows_request(text_body=body, html_body="", subject="Private {{ first_name }}")
+    for mail in (public, private):
+        panel.post(reverse("commpanel:send", args=[mail.pk]), {"when": "now"})
+    expand.expand_due()
+    public.refresh_from_db()
+    link = f"https://mail.example.org/mail/{public.public_id}/"
+    texts = list(TextOfEmail.objects.filter(request=public).values_list("text", flat=True))
+    assert len(texts) == 3 and all(f"Online: {link}" in text for text in texts)
+    assert not any(
+        "Online" in text for text in TextOfEmail.objects.filter(request=private).values_list("text", flat=True)
+    )
+    page = client.get(link.removeprefix("https://mail.example.org"))
+    assert page.status_code == 200 and "Online" not in page.content.decode()
+
+
 # Transactional, like production: the ad-hoc send runs when the view's writes commit.
 @pytest.mark.django_db(transaction=True)
 def test_test_send_goes_to_me_now_with_prefix_and_attachments(panel, editor, smtp_server, settings, tmp_path):

@@ -16,6 +16,7 @@ from html.parser import HTMLParser
 
 from django.template import Context, Engine, TemplateSyntaxError, defaultfilters
 from django.template.base import TextNode, Variable, VariableNode, render_value_in_context, tag_re
+from django.urls import reverse
 
 from dbmail.conf import settings as conf
 from dbmail.content import headers, layout
@@ -41,7 +42,7 @@ def one_line(text):
 
 
 RECIPIENT_VARIABLES = ("first_name", "last_name", "name", "email", "username")
-SITE_VARIABLES = ("site_name", "site_url", "unsubscribe_url")
+SITE_VARIABLES = ("site_name", "site_url", "unsubscribe_url", "web_version_url")
 
 
 @dataclass
@@ -275,6 +276,8 @@ class CompiledRequest:
             "site_name": conf.DBMAIL_SITE_NAME,
             "site_url": conf.DBMAIL_SITE_URL,
             **{k: v for k, v in (getattr(request, "context", None) or {}).items() if isinstance(k, str)},
+            # The site's to give, as the unsubscribe link is: a request's context cannot point it elsewhere.
+            "web_version_url": web_version_url(request),
         }
 
     def context_for(self, recipient, unsubscribe_url=""):
@@ -310,6 +313,18 @@ class CompiledRequest:
         elif url and text and self.text_footer:
             text = layout.add_text_footer(text, url)
         return Rendered(subject, text, html)
+
+
+def web_version_url(request):
+    """The public web version's address of `request` ("" when it has none: not ticked, or a saved template).
+
+    Known before the request is sent (its id is made when "public web version" is ticked), so a
+    mail can link it ("View it in your browser"); the page itself shows it once the send time came.
+    """
+    public_id = getattr(request, "public_id", None)
+    if not getattr(request, "public", False) or public_id is None:
+        return ""
+    return conf.DBMAIL_SITE_URL + reverse("dbmail:web_version", args=[public_id])
 
 
 class MessageIds:

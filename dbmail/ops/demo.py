@@ -55,9 +55,14 @@ def load(admin_password="admin"):
             subject="Welcome, {{ first_name }}!",
             text_body=(
                 "Hello {{ first_name }},\n\nthis is the first mail sent by {{ site_name }}.\n"
-                "Your user name is {{ username }}.\n\nUnsubscribe: {{ unsubscribe_url }}\n"
+                "Your user name is {{ username }}.\n\nView it in your browser: {{ web_version_url }}\n"
+                "Unsubscribe: {{ unsubscribe_url }}\n"
             ),
-            html_body="<p>Hello <b>{{ first_name }}</b>,</p><p>this is the first mail sent by {{ site_name }}.</p>",
+            html_body=(
+                "<p>Hello <b>{{ first_name }}</b>,</p><p>this is the first mail sent by {{ site_name }}.</p>"
+                '<p><a href="{{ web_version_url }}">View it in your browser</a></p>'
+            ),
+            public=True,  # the captured mail links its public web version, as README says
             recipient_set="groups",
             recipient_params={"groups": ["Students"]},
             creator=admin,  # the request page and its history then say who made it, as for any other

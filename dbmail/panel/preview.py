@@ -96,7 +96,9 @@ def for_test(request, recipient, user):
 def public_version(request):
     """The request rendered with no recipient at all: the public web version."""
     compiled = rendering.CompiledRequest(request)
-    return compiled.render(compiled.context_for(recipients.Recipient(email=""), unsubscribe_url=""))
+    context = compiled.context_for(recipients.Recipient(email=""), unsubscribe_url="")
+    context["web_version_url"] = ""  # the page is the web version: no link to itself
+    return compiled.render(context)
 
 
 def send_test(request, recipient, user):
