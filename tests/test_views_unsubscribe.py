@@ -41,6 +41,13 @@ def test_one_click_post_without_csrf_or_cookies_unsubscribes():
     assert Suppression.objects.count() == 1
 
 
+def test_a_link_opened_again_says_already_unsubscribed_without_a_second_form(client):
+    client.post(url_for("ann@example.org"))
+    page = client.get(url_for("Ann@Example.org")).content.decode()
+    assert "You are already unsubscribed" in page and 'method="post"' not in page
+    assert Suppression.objects.count() == 1
+
+
 def test_unsubscribing_does_not_deactivate_the_account(client):
     user = UserFactory(username="ann")
     client.post(url_for(user.email))

@@ -21,4 +21,7 @@ def unsubscribe(request, token):
             address=address, defaults={"reason": Suppression.Reason.UNSUBSCRIBED, "note": "unsubscribe link"}
         )
         return render(request, "dbmail/unsubscribed.html", {"address": address})
+    if Suppression.objects.filter(address=address).exists():
+        # A link opened again (or after a bounce stopped the mail): say so rather than ask again.
+        return render(request, "dbmail/unsubscribed.html", {"address": address, "already": True})
     return render(request, "dbmail/unsubscribe.html", {"address": address})
