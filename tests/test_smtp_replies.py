@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from dbmail.send.smtp import _SMTP
+from dbmail.send.smtp import _SMTP, socket_timeout
 
 
 class _Server:
@@ -158,3 +158,42 @@ def test_nothing_read_on_one_socket_is_taken_for_the_next_ones():
 def test_no_socket_is_a_lost_connection_not_a_crash():
     with pytest.raises(smtplib.SMTPServerDisconnected):
         _SMTP().getreply()
+
+
+def test_a_plain_connection_waits_with_the_kernels_timeouts_not_pythons():
+    """The backend's sockets are blocking with SO_RCVTIMEO/SO_SNDTIMEO: no poll before each recv and send."""
+    server = _Server([b"220 hello\r\n"], close=False)
+    client = _SMTP("127.0.0.1", server.port, timeout=0.75)
+    try:
+        assert client.sock.gettimeout() is None
+        assert socket_timeout(client.sock) == pytest.approx(0.75, abs=0.02)  # the kernel keeps it in jiffies
+    finally:
+        client.close()
+        server.shutdown()
+
+
+def test_a_silent_server_times_out_within_the_timeout_with_the_kernels_timeouts():
+    server = _Server([b"220 hello\r\n"], close=False)  # greets, then says nothing (closes after 5 s)
+    client = _SMTP("127.0.0.1", server.port, timeout=0.5)
+    try:
+        started = time.monotonic()
+        with pytest.raises(smtplib.SMTPServerDisconnected, match="^Connection unexpectedly closed: timed out$"):
+            client.ehlo()
+        assert 0.4 < time.monotonic() - started < 1.5
+    finally:
+        client.close()
+        server.shutdown()
+
+
+def test_a_server_that_stops_reading_times_out_a_send():
+    server = _Server([b"220 hello\r\n"], close=False)  # never reads what it is sent
+    client = _SMTP("127.0.0.1", server.port, timeout=0.5)
+    try:
+        started = time.monotonic()
+        with pytest.raises(smtplib.SMTPServerDisconnected):
+            client.send(b"x" * (64 << 20))  # far more than both sides' socket buffers hold
+        assert time.monotonic() - started < 3
+        assert client.sock is None
+    finally:
+        client.close()
+        server.shutdown()

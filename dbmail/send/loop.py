@@ -399,7 +399,9 @@ class Sender:
         conn.timeout = max(left, 0.05)
         sock = getattr(getattr(conn, "connection", None), "sock", None)
         if sock is not None:
-            sock.settimeout(conn.timeout)
+            from dbmail.send.smtp import set_socket_timeout  # here: a run through an API never imports smtplib
+
+            set_socket_timeout(sock, conn.timeout)
 
     def _open(self, server):
         """Open the connection if needed; an Outcome when no session can be had."""

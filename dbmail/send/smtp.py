@@ -23,6 +23,11 @@
   replies of a message usually arrive in one segment, and are parsed from it
   in one pass. What a reply means, and every failure (a lost connection, a
   line too long, a garbled code), is as smtplib's getreply has it.
+- A plain (not TLS) connection's reads and writes wait in the kernel
+  (SO_RCVTIMEO / SO_SNDTIMEO on a blocking socket, set_socket_timeout) rather
+  than through Python's socket timeout, which polls before every recv and
+  send: one system call and one hand-over of the GIL fewer each. Connecting
+  keeps Python's timeout; a read that times out says "timed out" as before.
 
 Everything else is Django's own backend, so EMAIL_* settings mean what
 Django's documentation says.
@@ -30,6 +35,10 @@ Django's documentation says.
 
 import re
 import smtplib
+import socket
+import ssl
+import struct
+import sys
 
 from django.core.mail.backends.smtp import EmailBackend
 
@@ -44,6 +53,44 @@ _DOT_AFTER_LINE_END = re.compile(rb"\n\.")
 _PLAIN_ADDRESS = re.compile(r"[^\s<>()\[\]\\,;:\"@]+@[^\s<>()\[\]\\,;:\"@]+")
 _CRLF = b"\r\n"
 _ONE_WRITE = 1 << 20
+# struct timeval as Linux has it (two longs). Elsewhere, and for TLS, sockets keep Python's timeouts.
+_TIMEVAL = struct.Struct("@ll")
+_KERNEL_TIMEOUTS = sys.platform.startswith("linux") and hasattr(socket, "SO_RCVTIMEO")
+
+
+def set_socket_timeout(sock, seconds):
+    """Bound each read and each write on `sock` to `seconds` (None: wait as long as it takes).
+
+    A plain socket is left blocking with the kernel's timeouts: with Python's own, every recv and
+    send polls first (a system call, and the GIL released and taken again, each a chance for the
+    database thread to take it over), about 10 µs a message. A recv that times out then raises
+    BlockingIOError (EAGAIN), which _BulkSMTP._readline reports as the timeout it is; sendall
+    raises it too, and smtplib makes any failed send a lost connection, as before. The kernel's
+    bound is per system call: a server that takes a byte now and then keeps a large write going
+    (Python bounds the whole sendall), one that stops reading does not.
+    A TLS socket keeps Python's timeout: on a blocking socket, the ssl module retries a read that
+    met EAGAIN (OpenSSL's "want read") for ever, and would never time out.
+    """
+    if not _KERNEL_TIMEOUTS or isinstance(sock, ssl.SSLSocket):
+        sock.settimeout(seconds)
+        return
+    if seconds is None:
+        bound = _TIMEVAL.pack(0, 0)  # zero: no bound
+    else:
+        whole = int(seconds)
+        bound = _TIMEVAL.pack(whole, max(int((seconds - whole) * 1_000_000), 0 if whole else 1))
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, bound)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, bound)
+    sock.settimeout(None)  # blocking: no poll before each call
+
+
+def socket_timeout(sock):
+    """The bound set_socket_timeout gave `sock`'s reads (None: none)."""
+    seconds = sock.gettimeout()
+    if seconds is not None or not _KERNEL_TIMEOUTS or isinstance(sock, ssl.SSLSocket):
+        return seconds
+    whole, micro = _TIMEVAL.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, _TIMEVAL.size))
+    return whole + micro / 1_000_000 if whole or micro else None
 
 
 def _quoteaddr(address):
@@ -85,7 +132,10 @@ class _BulkSMTP:
             if len(buf) >= limit:
                 self._rbuf = buf[limit:]
                 return buf[:limit]
-            chunk = self.sock.recv(65536)
+            try:
+                chunk = self.sock.recv(65536)
+            except BlockingIOError:  # the kernel's timeout (set_socket_timeout): what Python's says
+                raise TimeoutError("timed out") from None
             if not chunk:  # the end of the stream: what is left is the last (partial) line
                 self._rbuf = b""
                 return buf
@@ -121,7 +171,14 @@ class _BulkSMTP:
                 break
         return code, lines[0] if len(lines) == 1 else b"\n".join(lines)
 
+    def _get_socket(self, host, port, timeout):
+        sock = super()._get_socket(host, port, timeout)  # connecting waits with Python's timeout
+        set_socket_timeout(sock, sock.gettimeout())  # the rest with the kernel's (not for SMTPS)
+        return sock
+
     def starttls(self, *args, **kwargs):
+        if self.sock is not None:
+            self.sock.settimeout(socket_timeout(self.sock))  # TLS needs Python's timeout (set_socket_timeout)
         try:
             return super().starttls(*args, **kwargs)
         except OSError as exc:
