@@ -149,15 +149,59 @@ def test_purge_leaves_no_log_row_naming_a_purged_email(monkeypatch, fast):
 @pytest.mark.django_db(transaction=True)
 def test_a_log_row_written_while_the_purge_waits_for_its_email_goes_with_it():
     """dbmail_track locks the emails it records for: a log row it commits while the purge waits is purged too."""
-    import threading
 
-    from django.db import connection, transaction
-
-    from dbmail.ops import purge
+    from django.db import transaction
 
     from .conftest import wait_until
 
     email = TextOfEmailFactory(status=Status.SENT, status_changed_at=timezone.now() - timedelta(days=10))
+    thread, purged, purge_waits = _purge_in_a_thread()
+    with transaction.atomic():
+        TextOfEmail.objects.select_for_update().get(pk=email.pk)
+        thread.start()
+        wait_until(purge_waits, seconds=10)
+        DeliveryEvent.objects.create(email=email, kind="tracking", outcome=Status.DELIVERED)
+    thread.join(10)
+    assert purged == [1]
+    assert not TextOfEmail.objects.filter(pk=email.pk).exists()
+    assert not _orphans().exists()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_email_retried_while_the_purge_waits_for_it_is_kept_and_not_counted():
+    """An admin's "retry now" (dropped -> queued) committed while the purge waits for the row: the email stays."""
+
+    from django.db import transaction
+
+    from dbmail import states
+
+    from .conftest import wait_until
+
+    request = MessageRequestFactory(status="expanded")
+    email = TextOfEmailFactory(
+        request=request, status=Status.DROPPED, status_changed_at=timezone.now() - timedelta(days=10)
+    )
+    thread, purged, purge_waits = _purge_in_a_thread()
+    with transaction.atomic():
+        assert states.RETRY.update(TextOfEmail.objects.filter(pk=email.pk), status_changed_at=timezone.now()) == 1
+        thread.start()
+        wait_until(purge_waits, seconds=10)
+    thread.join(10)
+    assert purged == [0]
+    email.refresh_from_db()
+    assert email.status == Status.QUEUED
+    request.refresh_from_db()
+    assert request.status_counts() == {"queued": 1}
+
+
+def _purge_in_a_thread():
+    """(a thread that purges emails older than 7 days when started, its results, whether it waits for a lock)."""
+    import threading
+
+    from django.db import connection
+
+    from dbmail.ops import purge
+
     backend, purged = [], []
 
     def purging():
@@ -174,58 +218,4 @@ def test_a_log_row_written_while_the_purge_waits_for_its_email_goes_with_it():
             cursor.execute("SELECT EXISTS (SELECT FROM pg_locks WHERE pid = %s AND NOT granted)", backend[:1] or [0])
             return cursor.fetchone()[0]
 
-    thread = threading.Thread(target=purging)
-    with transaction.atomic():
-        TextOfEmail.objects.select_for_update().get(pk=email.pk)
-        thread.start()
-        wait_until(purge_waits, seconds=10)
-        DeliveryEvent.objects.create(email=email, kind="tracking", outcome=Status.DELIVERED)
-    thread.join(10)
-    assert purged == [1]
-    assert not TextOfEmail.objects.filter(pk=email.pk).exists()
-    assert not _orphans().exists()
-
-
-@pytest.mark.django_db(transaction=True)
-def test_an_email_retried_while_the_purge_waits_for_it_is_kept_and_not_counted():
-    """An admin's "retry now" (dropped -> queued) committed while the purge waits for the row: the email stays."""
-    import threading
-
-    from django.db import connection, transaction
-
-    from dbmail import states
-    from dbmail.ops import purge
-
-    from .conftest import wait_until
-
-    request = MessageRequestFactory(status="expanded")
-    email = TextOfEmailFactory(
-        request=request, status=Status.DROPPED, status_changed_at=timezone.now() - timedelta(days=10)
-    )
-    backend, purged = [], []
-
-    def purging():
-        try:
-            with connection.cursor() as cursor:
-                cursor.execute("SELECT pg_backend_pid()")
-                backend.append(cursor.fetchone()[0])
-            purged.append(purge.purge(timedelta(days=7)))
-        finally:
-            connection.close()
-
-    def purge_waits():
-        with connection.cursor() as cursor:
-            cursor.execute("SELECT EXISTS (SELECT FROM pg_locks WHERE pid = %s AND NOT granted)", backend[:1] or [0])
-            return cursor.fetchone()[0]
-
-    thread = threading.Thread(target=purging)
-    with transaction.atomic():
-        assert states.RETRY.update(TextOfEmail.objects.filter(pk=email.pk), status_changed_at=timezone.now()) == 1
-        thread.start()
-        wait_until(purge_waits, seconds=10)
-    thread.join(10)
-    assert purged == [0]
-    email.refresh_from_db()
-    assert email.status == Status.QUEUED
-    request.refresh_from_db()
-    assert request.status_counts() == {"queued": 1}
+    return threading.Thread(target=purging), purged, purge_waits

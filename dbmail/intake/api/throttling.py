@@ -57,48 +57,57 @@ def hit(ident, seconds, now=None):
     return hits, window
 
 
-class SendRateThrottle(BaseThrottle):
+class _WindowThrottle(BaseThrottle):
+    """A fixed-window limit from a rate setting, counted by hit(); subclasses say what one call counts as."""
+
+    def __init__(self):
+        self.wait_seconds = None
+
+    def rate(self):
+        raise NotImplementedError
+
+    def ident(self, request):
+        """The counter's name for this call, or None when it is not counted."""
+        raise NotImplementedError
+
+    def allow_request(self, request, view):
+        limit = parse_rate(self.rate())
+        ident = self.ident(request) if limit is not None else None
+        if ident is None:
+            return True
+        number, seconds = limit
+        now = time.time()
+        hits, window = hit(ident, seconds, now)
+        if hits <= number:
+            return True
+        self.wait_seconds = max(1, math.ceil((window + 1) * seconds - now))
+        return False
+
+    def wait(self):
+        return self.wait_seconds
+
+
+class SendRateThrottle(_WindowThrottle):
     """Counts the calls that send (creating a request, queueing a draft, POST /send/) per user."""
 
-    def __init__(self):
-        self.wait_seconds = None
+    def rate(self):
+        return conf.DBMAIL_API_SEND_RATE
 
-    def allow_request(self, request, view):
-        limit = parse_rate(conf.DBMAIL_API_SEND_RATE)
-        if limit is None or not request.user.is_authenticated:
-            return True  # the permission check answers the anonymous
-        number, seconds = limit
-        now = time.time()
-        hits, window = hit(f"send:user:{request.user.pk}", seconds, now)
-        if hits <= number:
-            return True
-        self.wait_seconds = max(1, math.ceil((window + 1) * seconds - now))
-        return False
-
-    def wait(self):
-        return self.wait_seconds
+    def ident(self, request):
+        # The permission check answers the anonymous.
+        return f"send:user:{request.user.pk}" if request.user.is_authenticated else None
 
 
-class LoginRateThrottle(BaseThrottle):
+class LoginRateThrottle(_WindowThrottle):
     """Counts the attempts to obtain a token (a password check) per username given."""
 
-    def __init__(self):
-        self.wait_seconds = None
+    def rate(self):
+        return conf.DBMAIL_API_LOGIN_RATE
 
-    def allow_request(self, request, view):
-        limit = parse_rate(conf.DBMAIL_API_LOGIN_RATE)
+    def ident(self, request):
         username = request.data.get("username") if hasattr(request.data, "get") else None
-        if limit is None or request.method != "POST" or not isinstance(username, str):
-            return True  # nothing to check a password against: the view answers 400
-        number, seconds = limit
-        now = time.time()
+        if request.method != "POST" or not isinstance(username, str):
+            return None  # nothing to check a password against: the view answers 400
         # Hashed: a username may be longer than the counter's ident, and is folded as logins are looked up.
         key = hashlib.sha256(username.strip().lower().encode("utf-8", "replace")).hexdigest()[:40]
-        hits, window = hit(f"login:{key}", seconds, now)
-        if hits <= number:
-            return True
-        self.wait_seconds = max(1, math.ceil((window + 1) * seconds - now))
-        return False
-
-    def wait(self):
-        return self.wait_seconds
+        return f"login:{key}"
