@@ -23,7 +23,6 @@ from collections import Counter
 
 import pytest
 from django.contrib.auth import get_user_model
-from django.db import connection
 from django.db.models import Count, Sum
 
 from dbmail import rollup
@@ -31,6 +30,7 @@ from dbmail.models import DailyStat, DailyStatDelta, DeliveryEvent, MessageReque
 
 from .conftest import ROOT, subprocess_env, wait_until
 from .factories import MessageRequestFactory, queue_emails
+from .test_recovery import terminate_other_backends
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
 Status = TextOfEmail.Status
@@ -52,15 +52,6 @@ def progress(smtp_server, procs, received):
     return lambda: len(smtp_server.received) >= received or all(p.poll() is not None for p in procs)
 
 
-def terminate_backends():
-    with connection.cursor() as cursor:
-        cursor.execute(
-            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
-            "WHERE datname = current_database() AND pid <> pg_backend_pid() AND backend_type = 'client backend'"
-        )
-        return cursor.fetchone()[0]
-
-
 def test_rounds_of_kill_9_lose_nothing_and_duplicate_within_the_window(smtp_server, tmp_path):
     rng = random.Random(20261201)
     expected = queue_emails(QUEUED)
@@ -78,7 +69,7 @@ def test_rounds_of_kill_9_lose_nothing_and_duplicate_within_the_window(smtp_serv
         # Some progress first, so each kill lands in the middle of claims, conversations and outcome writes.
         wait_until(progress(smtp_server, procs, len(smtp_server.received) + 50), 60)
         if round_ == 1:
-            assert terminate_backends() >= 1
+            assert terminate_other_backends() >= 1
         if round_ == 2:
             smtp_server.stop()
             time.sleep(0.3)
