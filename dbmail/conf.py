@@ -266,6 +266,9 @@ SETTINGS = [
         check=_not_an_unsubscribe_address,
     ),
     Setting("DBMAIL_BATCH_SIZE", 100, int, minimum=1),
+    # The render budget (dbmail.content.template_limits): the longest subject or body one recipient's mail may
+    # render to. Far above any real mail; what it stops is a template made to exhaust memory or time.
+    Setting("DBMAIL_MAX_RENDERED_BYTES", 1024 * 1024, int, minimum=10 * 1024),
     Setting("DBMAIL_LEASE_SECONDS", 300, int, minimum=1),
     Setting("DBMAIL_MAX_ATTEMPTS", 100, int, minimum=1),
     Setting("DBMAIL_RETRY_BASE_SECONDS", 300, int, minimum=1),

@@ -40,6 +40,14 @@ class RenderError(DbmailError, ValueError):
     """A subject or body template that cannot be compiled or rendered; the message says where."""
 
 
+class RenderLimitExceeded(RenderError):
+    """A template that would make too much text or loop too often (dbmail.content.template_limits); in words.
+
+    Expansion fails the whole request with it, rather than dropping one recipient: it usually means
+    the template, and each further recipient would cost the same time for nothing.
+    """
+
+
 class UnknownRecipientSet(DbmailError, LookupError):
     """A request names a recipient set no code registered."""
 

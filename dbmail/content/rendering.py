@@ -14,19 +14,20 @@ import time
 from dataclasses import dataclass
 from html.parser import HTMLParser
 
-from django.template import Context, Engine, TemplateSyntaxError, defaultfilters
+from django.template import Context, TemplateSyntaxError, defaultfilters
 from django.template.base import TextNode, Variable, VariableNode, render_value_in_context, tag_re
 from django.urls import reverse
 
 from dbmail.conf import settings as conf
-from dbmail.content import headers, layout
-from dbmail.exceptions import RenderError
+from dbmail.content import headers, layout, template_limits
+from dbmail.exceptions import RenderError, RenderLimitExceeded
 
-_TEXT_ENGINE = Engine(autoescape=False, loaders=[])
-_HTML_ENGINE = Engine(autoescape=True, loaders=[])
+# Each rendering within a budget of output, text made and loop iterations (dbmail.content.template_limits).
+_TEXT_ENGINE = template_limits.LimitedEngine(autoescape=False)
+_HTML_ENGINE = template_limits.LimitedEngine(autoescape=True)
 # Debug engines only for checking: they attach the failing line to the error.
-_CHECK_TEXT_ENGINE = Engine(autoescape=False, loaders=[], debug=True)
-_CHECK_HTML_ENGINE = Engine(autoescape=True, loaders=[], debug=True)
+_CHECK_TEXT_ENGINE = template_limits.LimitedEngine(autoescape=False, debug=True)
+_CHECK_HTML_ENGINE = template_limits.LimitedEngine(autoescape=True, debug=True)
 
 _WHITESPACE = re.compile(r"\s+")
 
@@ -53,10 +54,14 @@ class Rendered:
 
 
 def template_errors(request):
-    """Map of field name -> message with the line, for each template that does not compile or has a half brace.
+    """Map of field name -> message with the line, for each template that does not compile, has a half brace or is over budget.
 
     The one check behind saving (forms, validation.full_clean) and the compose
-    page's check while typing, so both say the same.
+    page's check while typing, so both say the same. Templates that compile are
+    then rendered once for a sample recipient: one over the render budget
+    (dbmail.content.template_limits) is refused here rather than failing at
+    expansion. Other errors in that render are left alone: they may come from
+    the sample's values, and expansion drops the recipients they concern.
     """
     errors = {}
     for field, engine in (
@@ -75,6 +80,41 @@ def template_errors(request):
         half = half_brace(source)
         if half:
             errors[field] = half
+    if not errors:
+        errors = budget_errors(request)
+    return errors
+
+
+def budget_errors(request):
+    """{field: message} for each of `request`'s templates that a sample recipient's render finds over budget."""
+    from dbmail.content.recipients import Recipient  # it reads the models: not at import time
+
+    try:
+        compiled = CompiledRequest(request)
+    except RenderError:
+        return {}  # the request's context is no JSON object: the form says so
+    sample = Recipient(
+        email="sample.recipient@example.org",
+        name="Sample Recipient",
+        first_name="Sample",
+        last_name="Recipient",
+        username="sample",
+    )
+    context = compiled.context_for(sample, unsubscribe_url=conf.DBMAIL_SITE_URL + "/unsubscribe/sample/")
+    errors = {}
+    for field, template, autoescape in (
+        ("subject", compiled.subject, False),
+        ("text_body", compiled.text, False),
+        ("html_body", compiled.html, True),
+    ):
+        if template is None:
+            continue
+        try:
+            compiled.render_part(template, context, autoescape)
+        except RenderLimitExceeded as exc:
+            errors[field] = f"Template error: {exc}."
+        except Exception:  # the sample's values may cause it; expansion deals with each recipient's own
+            pass
     return errors
 
 
@@ -272,6 +312,7 @@ class CompiledRequest:
             for template, autoescape in ((self.subject, False), (self.text, False), (self.html, True))
             if template is not None
         }
+        self.limit = conf.DBMAIL_MAX_RENDERED_BYTES  # read once: expansion renders thousands with it
         self.base = {
             "site_name": conf.DBMAIL_SITE_NAME,
             "site_url": conf.DBMAIL_SITE_URL,
@@ -293,16 +334,25 @@ class CompiledRequest:
         )
         return ctx
 
-    def _render(self, template, values, autoescape):
+    def render_part(self, template, values, autoescape):
+        """One of the compiled templates rendered with `values`, within the render budget."""
         plain = self.plain[template]
         text = plain.render(values) if plain is not None else None
-        return text if text is not None else template.render(Context(values, autoescape=autoescape))
+        if text is None:
+            return template_limits.render(template, Context(values, autoescape=autoescape), self.limit)
+        template_limits.check_output(text, self.limit)  # a value may be long: the fast path has a cap too
+        return text
 
     def render(self, context):
+        part = "subject"
         try:
-            subject = one_line(self._render(self.subject, context, False))
-            text = self._render(self.text, context, False) if self.text else ""
-            html = self._render(self.html, context, True) if self.html else ""
+            subject = one_line(self.render_part(self.subject, context, False))
+            part = "text body"
+            text = self.render_part(self.text, context, False) if self.text else ""
+            part = "HTML body"
+            html = self.render_part(self.html, context, True) if self.html else ""
+        except RenderLimitExceeded as exc:
+            raise RenderLimitExceeded(f"{part}: {exc}") from exc
         except Exception as exc:  # a filter or tag can raise anything; the row is dropped with it
             raise RenderError(f"render error: {exc.__class__.__name__}: {exc}") from exc
         url = context.get("unsubscribe_url")

@@ -125,6 +125,10 @@ class RowMaker:
         if not error:
             try:
                 rendered = self.compiled.render(self.compiled.context_for(recipient, url))
+            except rendering.RenderLimitExceeded as exc:
+                # Over the render budget: the whole request fails (expand), not this row alone; the next
+                # recipients would most likely cost the same time and memory for nothing.
+                raise rendering.RenderLimitExceeded(f"{exc} (rendering the mail for {recipient.email})") from exc
             except rendering.RenderError as exc:
                 error = str(exc)
             else:

@@ -1,0 +1,354 @@
+"""The render budget: how much one rendering of a composed template may make and repeat.
+
+Composed templates are written by staff and API users, and dbmail_cron renders
+them for every recipient: a filter asked for a billion-character field, or
+loops nested over long strings, would stall or crash the run for everyone. So
+each rendering (render() here) gets a Budget, and the engines of
+dbmail.content.rendering load this library over Django's builtins:
+
+- a result that would be longer than DBMAIL_MAX_RENDERED_BYTES is refused
+  before it is made: the filters whose argument says how much to make
+  (ljust, rjust, center, stringformat, floatformat, join's separator) and
+  {% lorem %} check their argument first, and each loop its output so far;
+- everything made along the way counts: every filter's result, every printed
+  variable and every loop iteration's text, WORK_FACTOR times the cap in all
+  (text a template makes and then drops costs the same memory and time);
+- each {% for %} (and {% regroup %}) counts its iterations before it starts,
+  an iteration weighing one for each tag, variable and text inside the loop,
+  LOOP_ITERATIONS in all.
+
+Over budget raises RenderLimitExceeded (a RenderError) with the reason in
+words; the first reason sticks, so a tag that swallows errors ({% if %}'s
+operators do) cannot hide it. Within budget, output is Django's to the byte:
+the library calls Django's own filters and nodes and only counts.
+"""
+
+import functools
+import re
+from contextvars import ContextVar
+
+from django.template import Engine, Library, Node, NodeList, defaultfilters, defaulttags
+from django.template.base import VariableNode
+
+from dbmail.conf import settings as conf
+from dbmail.exceptions import RenderLimitExceeded
+
+LOOP_ITERATIONS = 50_000
+WORK_FACTOR = 8  # text made along the way, in multiples of the output cap
+_LIST_ITEM_COST = 8  # a list's item costs a pointer at least: count lists at this many characters an item
+
+_current = ContextVar("dbmail_render_budget", default=None)
+
+
+def size_words(limit):
+    """`limit` bytes for a reader: 1 MB, 512 kB, 20,000 bytes."""
+    for unit, name in ((1024 * 1024, "MB"), (1024, "kB")):
+        if limit >= unit and limit % unit == 0:
+            return f"{limit // unit:,} {name}"
+    return f"{limit:,} bytes"
+
+
+def too_big(limit):
+    return f"the template's output would exceed {size_words(limit)} (DBMAIL_MAX_RENDERED_BYTES)"
+
+
+class Budget:
+    """What one rendering may still make (characters) and repeat (loop iterations); `limit`: the output cap."""
+
+    __slots__ = ("limit", "work", "steps", "exceeded")
+
+    def __init__(self, limit):
+        self.limit = limit
+        self.work = limit * WORK_FACTOR
+        self.steps = LOOP_ITERATIONS
+        self.exceeded = ""
+
+    def over(self, reason):
+        self.exceeded = self.exceeded or reason
+        raise RenderLimitExceeded(self.exceeded)
+
+    def spend(self, chars):
+        """Count `chars` characters made."""
+        self.work -= chars
+        if self.work < 0 or self.exceeded:
+            self.over(
+                f"the template would make more than {size_words(self.limit * WORK_FACTOR)} of text while rendering "
+                f"({WORK_FACTOR} times DBMAIL_MAX_RENDERED_BYTES, counting what its filters and loops make)"
+            )
+
+    def make(self, chars):
+        """Before making one result of `chars` characters: refused when longer than the output may be."""
+        if chars > self.limit:
+            self.over(too_big(self.limit))
+        self.spend(chars)
+
+    def repeat(self, times):
+        self.steps -= times
+        if self.steps < 0 or self.exceeded:
+            self.over(
+                f"the template's loops would run more than {LOOP_ITERATIONS:,} iterations "
+                "(an iteration counts once for each tag, variable and text inside the loop)"
+            )
+
+
+def current():
+    """The budget of the rendering under way; outside render() a fresh one, so each result is still capped."""
+    return _current.get() or Budget(conf.DBMAIL_MAX_RENDERED_BYTES)
+
+
+def check_output(text, limit):
+    """Raise RenderLimitExceeded when `text` is longer than `limit` bytes in UTF-8."""
+    chars = len(text)
+    # A character is 1 to 4 bytes: encode only when the count of characters cannot tell.
+    if chars * 4 > limit and (chars > limit or len(text.encode("utf-8", "surrogatepass")) > limit):
+        raise RenderLimitExceeded(too_big(limit))
+
+
+def render(template, context, limit):
+    """`template` rendered with `context` within a fresh Budget of `limit` bytes of output."""
+    budget = Budget(limit)
+    token = _current.set(budget)
+    try:
+        text = template.render(context)
+    except RenderLimitExceeded:
+        raise
+    except Exception:
+        if budget.exceeded:  # something caught the budget's error and failed otherwise
+            raise RenderLimitExceeded(budget.exceeded) from None
+        raise
+    finally:
+        _current.reset(token)
+    if budget.exceeded:
+        raise RenderLimitExceeded(budget.exceeded)
+    check_output(text, limit)
+    return text
+
+
+def count_variables(template):
+    """Make each printed variable of a compiled `template` count its text (done once, as it is compiled)."""
+    for node in template.nodelist.get_nodes_by_type(VariableNode):
+        node.__class__ = CountedVariableNode
+    return template
+
+
+class CountedVariableNode(VariableNode):
+    def render(self, context):
+        text = super().render(context)
+        current().spend(len(text))
+        return text
+
+
+register = Library()
+
+
+# --- filters: each result counted; those sized by their argument checked first ---
+
+
+def _cost(result):
+    if isinstance(result, str):
+        return len(result)
+    if isinstance(result, list | tuple):
+        return len(result) * _LIST_ITEM_COST
+    return 0
+
+
+def _register(name, original, func):
+    register.filter(
+        name,
+        functools.wraps(original)(func),
+        is_safe=getattr(original, "is_safe", False),
+        needs_autoescape=getattr(original, "needs_autoescape", False),
+        expects_localtime=getattr(original, "expects_localtime", False),
+    )
+
+
+def _counted(original):
+    def counted(value, *args, **kwargs):
+        result = original(value, *args, **kwargs)
+        current().spend(_cost(result))
+        return result
+
+    return counted
+
+
+def _number(arg):
+    try:
+        return abs(int(arg))
+    except (ValueError, TypeError, OverflowError):
+        return 0  # Django's filter then does with it what it always does
+
+
+def _padded(original):
+    """ljust, rjust, center: the width asked for is the result's length."""
+
+    def padded(value, arg):
+        current().make(_number(arg))
+        return original(value, arg)
+
+    return padded
+
+
+# A printf conversion's width and precision: what stringformat's argument asks each conversion to make.
+_CONVERSION = re.compile(r"%(?:\([^)]*\))?[-#0 +]*(\d*)(?:\.(\d*))?")
+
+
+def stringformat(value, arg):
+    asked = [(_number(w or 0), _number(p or 0)) for w, p in _CONVERSION.findall("%" + str(arg))]
+    try:
+        value_chars = len(str(value)) if asked else 0
+    except ValueError:  # an int too long to print: Django's filter gives ""
+        value_chars = 0
+    current().make(sum(max(w, p + value_chars) for w, p in asked))
+    return defaultfilters.stringformat(value, arg)
+
+
+def floatformat(text, arg=-1):
+    # The argument is the number of decimal places (with Django's g and u suffixes).
+    places = _number(arg.rstrip("gu") or 0) if isinstance(arg, str) else _number(arg)
+    current().make(places)
+    return defaultfilters.floatformat(text, arg)
+
+
+def join(value, arg, autoescape=True):
+    # The separator is repeated once between each two items.
+    try:
+        items = len(value)
+    except TypeError:
+        items = 0
+    budget = current()
+    budget.make(len(str(arg)) * max(items - 1, 0))
+    result = defaultfilters.join(value, arg, autoescape=autoescape)
+    budget.spend(_cost(result))
+    return result
+
+
+_CHECKED = {
+    "ljust": _padded(defaultfilters.ljust),
+    "rjust": _padded(defaultfilters.rjust),
+    "center": _padded(defaultfilters.center),
+    "stringformat": stringformat,
+    "floatformat": floatformat,
+    "join": join,
+}
+# These hand back their value or their argument as it is: nothing is made, and rendering's fast path
+# recognises `default` by identity (dbmail.content.rendering.PlainTemplate).
+_AS_THEY_ARE = {"default", "default_if_none"}
+
+for _name, _original in defaultfilters.register.filters.items():
+    if _name in _CHECKED:
+        _register(_name, _original, _CHECKED[_name])
+    elif _name not in _AS_THEY_ARE:
+        _register(_name, _original, _counted(_original))
+
+
+# --- tags: loops count their iterations and output, lorem checks its count ---
+
+
+def _weight(nodelist):
+    """What one pass over `nodelist` counts as: one for each node in it, a counted loop inside counting itself."""
+    total = 0
+    for node in nodelist:
+        total += 1
+        if not isinstance(node, CountedForNode):
+            for attr in node.child_nodelists:
+                total += _weight(getattr(node, attr, None) or ())
+    return total
+
+
+class _Sized:
+    """A loop's sequence, counting the iterations it will run (its length times the body's weight) before they run."""
+
+    def __init__(self, expression, weight):
+        self.expression = expression
+        self.weight = weight
+
+    def resolve(self, context, ignore_failures=False):
+        values = self.expression.resolve(context, ignore_failures=ignore_failures)
+        if values is None:
+            return values
+        if not hasattr(values, "__len__"):
+            values = list(values)
+        current().repeat(len(values) * self.weight)
+        return values
+
+    def __str__(self):
+        return str(self.expression)
+
+
+class _Iteration(Node):
+    """A loop's body, rendered once per iteration: counts what the iteration made and what the loop has made so far."""
+
+    child_nodelists = ("nodelist",)
+
+    def __init__(self, nodelist, loop):
+        self.nodelist = nodelist
+        self.loop = loop
+
+    @property
+    def token(self):  # the loop's, for the debug engines' error location
+        return self.loop.token
+
+    def render(self, context):
+        text = self.nodelist.render(context)
+        budget = current()
+        budget.spend(len(text))
+        made = context.render_context[self.loop] + len(text)
+        if made > budget.limit:
+            budget.over(too_big(budget.limit))
+        context.render_context[self.loop] = made
+        return text
+
+
+class CountedForNode(defaulttags.ForNode):
+    def render(self, context):
+        context.render_context[self] = 0  # this loop's output so far
+        return super().render(context)
+
+
+@register.tag("for")
+def do_for(parser, token):
+    node = defaulttags.do_for(parser, token)
+    node.__class__ = CountedForNode
+    node.sequence = _Sized(node.sequence, max(_weight(node.nodelist_loop), 1))
+    node.nodelist_loop = NodeList([_Iteration(node.nodelist_loop, node)])
+    return node
+
+
+@register.tag
+def regroup(parser, token):
+    node = defaulttags.regroup(parser, token)
+    node.target = _Sized(node.target, 1)
+    return node
+
+
+class CountedLoremNode(defaulttags.LoremNode):
+    # At most: Django's lorem words have 14 letters, a paragraph 4 sentences of 5 sections of 12 words.
+    _CHARS = {"w": 15, "p": 4 * 5 * 12 * 16 + 9, "b": 4 * 5 * 12 * 16 + 2}
+
+    def render(self, context):
+        try:
+            count = int(self.count.resolve(context))
+        except (ValueError, TypeError):
+            count = 1
+        budget = current()
+        budget.make(max(count, 0) * self._CHARS[self.method])
+        text = super().render(context)
+        budget.spend(len(text))
+        return text
+
+
+@register.tag
+def lorem(parser, token):
+    node = defaulttags.lorem(parser, token)
+    node.__class__ = CountedLoremNode
+    return node
+
+
+class LimitedEngine(Engine):
+    """An engine that loads no files and renders with this library over Django's builtins."""
+
+    def __init__(self, **options):
+        super().__init__(loaders=[], builtins=[__name__], **options)
+
+    def from_string(self, template_code):
+        return count_variables(super().from_string(template_code))
