@@ -10,6 +10,7 @@ import html
 import os
 import re
 import secrets
+import sys
 import time
 from dataclasses import dataclass
 from html.parser import HTMLParser
@@ -268,8 +269,12 @@ class PlainTemplate:
             parts.append(name)
         return cls(parts, autoescape)
 
-    def render(self, values):
-        """The rendered text, or None when a value is not plain (the engine must render it)."""
+    def render(self, values, limit=sys.maxsize):
+        """The rendered text, or None when a value is not plain (the engine must render it).
+
+        RenderLimitExceeded when it would be longer than `limit` characters (one long value printed many
+        times); CompiledRequest passes DBMAIL_MAX_RENDERED_BYTES.
+        """
         out = self.skeleton.copy()
         escape = html.escape if self.autoescape else None
         for i, name, default in self.holes:
@@ -285,6 +290,8 @@ class PlainTemplate:
                 out[i] = render_value_in_context(value, self.context)
             else:
                 return None
+        if sum(map(len, out)) > limit:  # characters: each at least a byte (bytes are checked once it is made)
+            raise RenderLimitExceeded(template_limits.too_big(limit))
         return "".join(out)
 
 
@@ -337,7 +344,7 @@ class CompiledRequest:
     def render_part(self, template, values, autoescape):
         """One of the compiled templates rendered with `values`, within the render budget."""
         plain = self.plain[template]
-        text = plain.render(values) if plain is not None else None
+        text = plain.render(values, self.limit) if plain is not None else None
         if text is None:
             return template_limits.render(template, Context(values, autoescape=autoescape), self.limit)
         template_limits.check_output(text, self.limit)  # a value may be long: the fast path has a cap too

@@ -493,9 +493,10 @@ def obvious_problem(request):
         if request.recipient_params is not None and not isinstance(request.recipient_params, dict):
             return "the recipient parameters must be a JSON object"
         rendering.CompiledRequest(request)
+        over_budget = rendering.budget_errors(request)
     except Exception as exc:  # whatever it is, it is the request's: say it instead of failing the page
         return _reason(exc)
-    return ""
+    return next(iter(over_budget.values()), "")
 
 
 def fail(request, reason, trace=""):
