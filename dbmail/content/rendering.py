@@ -347,7 +347,8 @@ class CompiledRequest:
         text = plain.render(values, self.limit) if plain is not None else None
         if text is None:
             return template_limits.render(template, Context(values, autoescape=autoescape), self.limit)
-        template_limits.check_output(text, self.limit)  # a value may be long: the fast path has a cap too
+        if len(text) * 4 > self.limit:  # plain.render capped its characters; UTF-8 may make them more bytes
+            template_limits.check_output(text, self.limit)
         return text
 
     def render(self, context):

@@ -6,10 +6,10 @@ loops nested over long strings, would stall or crash the run for everyone. So
 each rendering (render() here) gets a Budget, and the engines of
 dbmail.content.rendering load this library over Django's builtins:
 
-- a result that would be longer than DBMAIL_MAX_RENDERED_BYTES is refused
-  before it is made: the filters whose argument says how much to make
-  (ljust, rjust, center, stringformat, floatformat, join's separator) and
-  {% lorem %} check their argument first, and each loop its output so far;
+- a result that would be longer than DBMAIL_MAX_RENDERED_BYTES is refused:
+  the filters whose argument says how much to make (ljust, rjust, center,
+  stringformat, floatformat, join's separator) and {% lorem %} check their
+  argument before they make it, and each loop its output;
 - everything made along the way counts: every filter's result, every printed
   variable and every loop iteration's text, WORK_FACTOR times the cap in all
   (text a template makes and then drops costs the same memory and time);
@@ -127,14 +127,22 @@ def render(template, context, limit):
 def count_variables(template):
     """Make each printed variable of a compiled `template` count its text (done once, as it is compiled)."""
     for node in template.nodelist.get_nodes_by_type(VariableNode):
-        node.__class__ = CountedVariableNode
+        filters = node.filter_expression.filters
+        # A last filter that counts its result has counted nearly all of it (only escaping may add to it).
+        if not (filters and getattr(filters[-1][0], "counts_its_result", False)):
+            node.__class__ = CountedVariableNode
     return template
 
 
 class CountedVariableNode(VariableNode):
     def render(self, context):
-        text = super().render(context)
-        current().spend(len(text))
+        text = VariableNode.render(self, context)
+        # Budget.spend spelled out: this runs for every variable the engine prints.
+        budget = _current.get()
+        if budget is not None:
+            budget.work -= len(text)
+            if budget.work < 0:
+                budget.spend(0)
         return text
 
 
@@ -163,11 +171,17 @@ def _register(name, original, func):
 
 
 def _counted(original):
-    def counted(value, *args, **kwargs):
-        result = original(value, *args, **kwargs)
-        current().spend(_cost(result))
+    def counted(*args, **kwargs):
+        result = original(*args, **kwargs)
+        # Budget.spend spelled out: this runs for every filter the engine applies.
+        budget = _current.get()
+        if budget is not None:
+            budget.work -= len(result) if isinstance(result, str) else _cost(result)
+            if budget.work < 0:
+                budget.spend(0)
         return result
 
+    counted.counts_its_result = True
     return counted
 
 
@@ -220,6 +234,9 @@ def join(value, arg, autoescape=True):
     result = defaultfilters.join(value, arg, autoescape=autoescape)
     budget.spend(_cost(result))
     return result
+
+
+join.counts_its_result = True
 
 
 _CHECKED = {
@@ -276,7 +293,7 @@ class _Sized:
 
 
 class _Iteration(Node):
-    """A loop's body, rendered once per iteration: counts what the iteration made and what the loop has made so far."""
+    """A loop's body, rendered once per iteration: counts the text the iteration made."""
 
     child_nodelists = ("nodelist",)
 
@@ -289,20 +306,23 @@ class _Iteration(Node):
         return self.loop.token
 
     def render(self, context):
-        text = self.nodelist.render(context)
-        budget = current()
-        budget.spend(len(text))
-        made = context.render_context[self.loop] + len(text)
-        if made > budget.limit:
-            budget.over(too_big(budget.limit))
-        context.render_context[self.loop] = made
+        # NodeList.render spelled out, without its SafeString: the loop marks its whole output safe itself.
+        text = "".join([node.render_annotated(context) for node in self.nodelist])
+        budget = _current.get() or current()
+        budget.work -= len(text)
+        if budget.work < 0:
+            budget.spend(0)
         return text
 
 
 class CountedForNode(defaulttags.ForNode):
     def render(self, context):
-        context.render_context[self] = 0  # this loop's output so far
-        return super().render(context)
+        # Each iteration counted its text (_Iteration): the output cannot grow past the budget's work on the way.
+        text = super().render(context)
+        limit = (_current.get() or current()).limit
+        if len(text) > limit:
+            current().over(too_big(limit))
+        return text
 
 
 @register.tag("for")
