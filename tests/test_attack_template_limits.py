@@ -74,6 +74,8 @@ ATTACKS = {
     "regroup-over-a-long-string": ('{% regroup email|ljust:"1000000" by x as g %}{{ g|length }}', LOOPS),
     "hidden-in-an-if": ('{% if email|ljust:"1000000000" == "x" %}yes{% endif %}', OUTPUT),
     "filter-tag": ('{% filter ljust:"1000000000" %}x{% endfilter %}', OUTPUT),
+    "firstof-printed-and-dropped": ("{% filter length %}" + "{% firstof big %}" * 2000 + "{% endfilter %}", MADE),
+    "cycle-printed-and-dropped": ("{% filter length %}" + "{% cycle big big %}" * 2000 + "{% endfilter %}", MADE),
     "cycle-in-nested-loops": (
         f'{{% for a in "{LONG}" %}}{{% for b in "{LONG}" %}}{{% cycle "p" "q" %}}{{% endfor %}}{{% endfor %}}',
         LOOPS,
@@ -155,6 +157,8 @@ def test_within_budget_a_template_renders_as_before():
         "{% for i in items %}{{ forloop.counter }}:{{ i|upper }}{% cycle ',' ';' %}{% empty %}none{% endfor %}|"
         "{% regroup people by team as teams %}{% for t in teams %}{{ t.grouper }}={{ t.list|length }} {% endfor %}|"
         "{% lorem 3 w %}|{% widthratio 30 60 100 %}|{{ name|truncatechars:4 }}|{{ long|wordwrap:10 }}|"
+        '{{ name|ljust:"-5" }}|{% firstof missing name %}|{% cycle "a" name as c %}{% cycle c %}|'
+        "{% filter upper %}{{ name }}{% endfilter %}|{{ items|slice:':1' }}|{{ 1.5|floatformat:'-3' }}|"
         '{{ "a&b"|addslashes }}{{ "<x>" }}'
     )
     values = {

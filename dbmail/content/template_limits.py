@@ -193,10 +193,14 @@ def _number(arg):
 
 
 def _padded(original):
-    """ljust, rjust, center: the width asked for is the result's length."""
+    """ljust, rjust, center: the width asked for is the result's length (a negative one pads nothing)."""
 
     def padded(value, arg):
-        current().make(_number(arg))
+        try:
+            width = int(arg)
+        except (ValueError, TypeError, OverflowError):
+            width = 0  # Django's filter raises as it always did
+        current().make(max(width, 0))
         return original(value, arg)
 
     return padded
@@ -332,6 +336,38 @@ def do_for(parser, token):
     node.sequence = _Sized(node.sequence, max(_weight(node.nodelist_loop), 1))
     node.nodelist_loop = NodeList([_Iteration(node.nodelist_loop, node)])
     return node
+
+
+class _CountedOutput:
+    """Node classes whose output is a value of the context (or all of it): made to count it as variables do."""
+
+    _classes = {}
+
+    @classmethod
+    def of(cls, node_class):
+        if node_class not in cls._classes:
+
+            def render(self, context):
+                text = node_class.render(self, context)
+                current().spend(len(text))
+                return text
+
+            cls._classes[node_class] = type(f"Counted{node_class.__name__}", (node_class,), {"render": render})
+        return cls._classes[node_class]
+
+
+def _counting(compile_function):
+    def compile_counted(parser, token):
+        node = compile_function(parser, token)
+        node.__class__ = _CountedOutput.of(type(node))
+        return node
+
+    return compile_counted
+
+
+# {% firstof big %} and {% cycle big big %} print a value as {{ big }} does; {% debug %} (with DEBUG on) the context.
+for _name in ("firstof", "cycle", "debug"):
+    register.tag(_name, _counting(defaulttags.register.tags[_name]))
 
 
 @register.tag
