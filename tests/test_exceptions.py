@@ -28,6 +28,7 @@ from mailgate.mailboxes import imap
         (exceptions.ConfigurationError, ImproperlyConfigured),
         (exceptions.UnknownSite, ValueError),
         (exceptions.RenderError, ValueError),
+        (exceptions.RenderLimitExceeded, exceptions.RenderError),
         (exceptions.UnknownRecipientSet, LookupError),
         (exceptions.RecipientSetError, ValueError),
         (exceptions.CSVError, ValueError),
@@ -63,6 +64,7 @@ def test_the_raising_modules_keep_their_names_for_the_same_classes():
     assert outbox.UnknownSender is smailer.UnknownSender is exceptions.UnknownSender  # once, not twice
     assert (spool.SpoolError, spool.FormatError) == (exceptions.SpoolError, exceptions.SpoolFormatError)
     assert rendering.RenderError is exceptions.RenderError
+    assert rendering.RenderLimitExceeded is exceptions.RenderLimitExceeded
     assert recipients.UnknownRecipientSet is exceptions.UnknownRecipientSet
     assert recipients.RecipientSetError is exceptions.RecipientSetError
     assert expand.RequestFailed is exceptions.RequestFailed
