@@ -37,7 +37,7 @@ from .sendingapi import client_for, composer
 Status = MessageRequest.Status
 LONG = "x" * 500
 OUTPUT = "would exceed 1 MB (DBMAIL_MAX_RENDERED_BYTES)"
-MADE = "8 MB of text while rendering"
+MADE = "more than 8 MB of text while rendering"
 LOOPS = "loops would run more than 50,000 iterations"
 
 
@@ -74,6 +74,7 @@ ATTACKS = {
     "regroup-over-a-long-string": ('{% regroup email|ljust:"1000000" by x as g %}{{ g|length }}', LOOPS),
     "hidden-in-an-if": ('{% if email|ljust:"1000000000" == "x" %}yes{% endif %}', OUTPUT),
     "filter-tag": ('{% filter ljust:"1000000000" %}x{% endfilter %}', OUTPUT),
+    "a-long-value-read-often": ("{{ big|wordcount }}" * 2000, MADE),
     "firstof-printed-and-dropped": ("{% filter length %}" + "{% firstof big %}" * 2000 + "{% endfilter %}", MADE),
     "cycle-printed-and-dropped": ("{% filter length %}" + "{% cycle big big %}" * 2000 + "{% endfilter %}", MADE),
     "cycle-in-nested-loops": (

@@ -10,9 +10,10 @@ dbmail.content.rendering load this library over Django's builtins:
   the filters whose argument says how much to make (ljust, rjust, center,
   stringformat, floatformat, join's separator) and {% lorem %} check their
   argument before they make it, and each loop its output;
-- everything made along the way counts: every filter's result, every printed
-  variable and every loop iteration's text, WORK_FACTOR times the cap in all
-  (text a template makes and then drops costs the same memory and time);
+- everything made along the way counts: every filter's result (and what it
+  read), every printed variable and every loop iteration's text, WORK_FACTOR
+  times the cap in all (text a template makes and then drops, or reads over
+  and over, costs the same memory and time);
 - each {% for %} (and {% regroup %}) counts its iterations before it starts,
   an iteration weighing one for each tag, variable and text inside the loop,
   LOOP_ITERATIONS in all.
@@ -72,8 +73,9 @@ class Budget:
         self.work -= chars
         if self.work < 0 or self.exceeded:
             self.over(
-                f"the template would make more than {size_words(self.limit * WORK_FACTOR)} of text while rendering "
-                f"({WORK_FACTOR} times DBMAIL_MAX_RENDERED_BYTES, counting what its filters and loops make)"
+                f"the template would work through more than {size_words(self.limit * WORK_FACTOR)} of text while "
+                f"rendering ({WORK_FACTOR} times DBMAIL_MAX_RENDERED_BYTES: what its filters read and make, its "
+                "variables print and its loops repeat)"
             )
 
     def make(self, chars):
@@ -171,12 +173,15 @@ def _register(name, original, func):
 
 
 def _counted(original):
-    def counted(*args, **kwargs):
-        result = original(*args, **kwargs)
-        # Budget.spend spelled out: this runs for every filter the engine applies.
+    def counted(value, *args, **kwargs):
+        result = original(value, *args, **kwargs)
+        # Budget.spend spelled out: this runs for every filter the engine applies. What it read counts too:
+        # `{{ big|wordcount }}` written many times makes little but works through all of `big` each time.
         budget = _current.get()
         if budget is not None:
-            budget.work -= len(result) if isinstance(result, str) else _cost(result)
+            budget.work -= (len(result) if isinstance(result, str) else _cost(result)) + (
+                len(value) if isinstance(value, str) else _cost(value)
+            )
             if budget.work < 0:
                 budget.spend(0)
         return result
