@@ -11,9 +11,10 @@ dbmail.content.rendering load this library over Django's builtins:
   stringformat, floatformat, join's separator) and {% lorem %} check their
   argument before they make it, and each loop its output;
 - everything made along the way counts: every filter's result (and what it
-  read), every printed variable and every loop iteration's text, WORK_FACTOR
-  times the cap in all (text a template makes and then drops, or reads over
-  and over, costs the same memory and time);
+  read), every printed variable ({% firstof %} and {% cycle %} too) and the
+  literal text of every loop iteration, WORK_FACTOR times the cap in all
+  (text a template makes and then drops, or reads over and over, costs the
+  same memory and time);
 - each {% for %} (and {% regroup %}) counts its iterations before it starts,
   an iteration weighing one for each tag, variable and text inside the loop,
   LOOP_ITERATIONS in all.
@@ -28,8 +29,8 @@ import functools
 import re
 from contextvars import ContextVar
 
-from django.template import Engine, Library, Node, NodeList, defaultfilters, defaulttags
-from django.template.base import VariableNode
+from django.template import Engine, Library, defaultfilters, defaulttags
+from django.template.base import TextNode, VariableNode
 
 from dbmail.conf import settings as conf
 from dbmail.exceptions import RenderLimitExceeded
@@ -270,23 +271,37 @@ for _name, _original in defaultfilters.register.filters.items():
 # --- tags: loops count their iterations and output, lorem checks its count ---
 
 
-def _weight(nodelist):
-    """What one pass over `nodelist` counts as: one for each node in it, a counted loop inside counting itself."""
-    total = 0
+def _body(nodelist):
+    """(nodes, characters) of one pass over a loop's body: each node in it, and the most literal text it prints.
+
+    A loop inside counts its own, each time it runs.
+    """
+    nodes = chars = 0
     for node in nodelist:
-        total += 1
+        nodes += 1
+        if isinstance(node, TextNode):
+            chars += len(node.s)
+        elif isinstance(node, defaulttags.VerbatimNode):
+            chars += len(node.content)
         if not isinstance(node, CountedForNode):
             for attr in node.child_nodelists:
-                total += _weight(getattr(node, attr, None) or ())
-    return total
+                more_nodes, more_chars = _body(getattr(node, attr, None) or ())
+                nodes += more_nodes
+                chars += more_chars
+    return nodes, chars
 
 
 class _Sized:
-    """A loop's sequence, counting the iterations it will run (its length times the body's weight) before they run."""
+    """A loop's sequence: counts, before the loop starts, its iterations and the literal text they will print.
 
-    def __init__(self, expression, weight):
+    An iteration counts one for each node in the body. The body's variables and filters count what they
+    make as they run; counting its text here, in one step, spares the loop any work per iteration.
+    """
+
+    def __init__(self, expression, nodelist=()):
         self.expression = expression
-        self.weight = weight
+        nodes, self.chars = _body(nodelist)
+        self.weight = max(nodes, 1)
 
     def resolve(self, context, ignore_failures=False):
         values = self.expression.resolve(context, ignore_failures=ignore_failures)
@@ -294,39 +309,19 @@ class _Sized:
             return values
         if not hasattr(values, "__len__"):
             values = list(values)
-        current().repeat(len(values) * self.weight)
+        budget = current()
+        budget.repeat(len(values) * self.weight)
+        budget.spend(len(values) * self.chars)
         return values
 
     def __str__(self):
         return str(self.expression)
 
 
-class _Iteration(Node):
-    """A loop's body, rendered once per iteration: counts the text the iteration made."""
-
-    child_nodelists = ("nodelist",)
-
-    def __init__(self, nodelist, loop):
-        self.nodelist = nodelist
-        self.loop = loop
-
-    @property
-    def token(self):  # the loop's, for the debug engines' error location
-        return self.loop.token
-
-    def render(self, context):
-        # NodeList.render spelled out, without its SafeString: the loop marks its whole output safe itself.
-        text = "".join([node.render_annotated(context) for node in self.nodelist])
-        budget = _current.get() or current()
-        budget.work -= len(text)
-        if budget.work < 0:
-            budget.spend(0)
-        return text
-
-
 class CountedForNode(defaulttags.ForNode):
     def render(self, context):
-        # Each iteration counted its text (_Iteration): the output cannot grow past the budget's work on the way.
+        # What the iterations print is counted as it is made (and its text up front): it cannot grow past the
+        # budget's work on the way here.
         text = super().render(context)
         limit = (_current.get() or current()).limit
         if len(text) > limit:
@@ -338,8 +333,7 @@ class CountedForNode(defaulttags.ForNode):
 def do_for(parser, token):
     node = defaulttags.do_for(parser, token)
     node.__class__ = CountedForNode
-    node.sequence = _Sized(node.sequence, max(_weight(node.nodelist_loop), 1))
-    node.nodelist_loop = NodeList([_Iteration(node.nodelist_loop, node)])
+    node.sequence = _Sized(node.sequence, node.nodelist_loop)
     return node
 
 
@@ -378,7 +372,7 @@ for _name in ("firstof", "cycle", "debug"):
 @register.tag
 def regroup(parser, token):
     node = defaulttags.regroup(parser, token)
-    node.target = _Sized(node.target, 1)
+    node.target = _Sized(node.target)
     return node
 
 
