@@ -396,3 +396,16 @@ def test_a_retry_that_would_fail_again_is_refused_with_the_reason(settings):
     mail = over_budget_request(status=Status.FAILED)
     settings.DBMAIL_MAX_RENDERED_BYTES = 20_000
     assert "would exceed 20,000 bytes" in expand.obvious_problem(mail)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "value,message",
+    [("1MB", "DBMAIL_MAX_RENDERED_BYTES='1MB' is not a valid int"), ("100", "must be at least 10240")],
+)
+def test_a_bad_limit_in_the_environment_stops_start_up_naming_it(value, message):
+    from .test_settings import run_manage
+
+    done = run_manage("check", DBMAIL_MAX_RENDERED_BYTES=value)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert done.stderr.startswith("mailsite: Setting DBMAIL_MAX_RENDERED_BYTES") and message in done.stderr
