@@ -19,6 +19,7 @@ from django.db.models.functions import Coalesce, Lower, Now
 from django.utils import timezone
 
 from dbmail import states
+from dbmail.content.addresses import mailbox_key
 
 
 class SenderAccount(models.Model):
@@ -629,6 +630,16 @@ class AuditEvent(models.Model):
         raise PermissionError("an AuditEvent is never deleted")
 
 
+class SuppressionQuerySet(models.QuerySet):
+    def of(self, address):
+        """The suppression of the mailbox `address` names, however it is written (a queryset of at most one)."""
+        return self.filter(address=mailbox_key(address))
+
+    def add(self, address, reason, note=""):
+        """(row, created): `address` suppressed for `reason` unless its mailbox already is (its first reason stays)."""
+        return self.get_or_create(address=mailbox_key(address), defaults={"reason": reason, "note": note[:500]})
+
+
 class Suppression(models.Model):
     """Addresses that get no more mail: unsubscribed, hard-bounced, complained or blocked by hand.
 
@@ -640,6 +651,11 @@ class Suppression(models.Model):
     admin lifts it (deletes the row). Bulk mail leaves suppressed addresses
     out when it picks its recipients; everything else is dropped when it is
     made, with `refusal()` as the reason.
+
+    `address` is the mailbox's key (dbmail.content.addresses.mailbox_key), not
+    the address as someone wrote it: every writer stores it and every check,
+    raw SQL included, compares with it, so a suppression of one spelling
+    (anna@bücher.example, "anna"@XN--BCHER-KVA.example.) stops all the others.
     """
 
     class Reason(models.TextChoices):
@@ -657,10 +673,14 @@ class Suppression(models.Model):
         Reason.MANUAL: "blocked by hand",
     }
 
-    address = models.CharField(max_length=254, unique=True, help_text="Stored lower-case.")
+    address = models.CharField(
+        max_length=254, unique=True, help_text="Stored as the mailbox's key: lower-case, the domain in A-labels."
+    )
     reason = models.CharField(max_length=16, choices=Reason.choices, default=Reason.MANUAL)
     note = models.CharField(max_length=500, blank=True)
     created_at = models.DateTimeField(default=timezone.now)
+
+    objects = SuppressionQuerySet.as_manager()
 
     class Meta:
         ordering = ["address"]
@@ -671,8 +691,11 @@ class Suppression(models.Model):
         return f"{self.address} ({self.reason})"
 
     def save(self, *args, **kwargs):
-        self.address = self.address.strip().lower()
+        self.address = mailbox_key(self.address)
         super().save(*args, **kwargs)
+
+    def clean(self):
+        self.address = mailbox_key(self.address)  # before validate_unique, which a form runs next
 
     @property
     def stops_all_mail(self):
@@ -690,8 +713,8 @@ class Suppression(models.Model):
 
     @classmethod
     def stopping_all_mail(cls, addresses):
-        """{lower-case address: suppression} for those of `addresses` that get no mail at all."""
-        keys = {a.strip().lower() for a in addresses if a}
+        """{mailbox key: suppression} for those of `addresses` that get no mail at all."""
+        keys = {mailbox_key(a) for a in addresses if a}
         if not keys:
             return {}
         rows = cls.objects.filter(address__in=keys, reason__in=cls.STOPS_ALL_MAIL)
