@@ -11,7 +11,7 @@ from django.views.decorators.http import require_POST
 from dbmail import audit
 from dbmail.conf import settings as conf
 from dbmail.content import csvmerge, suppression_csv
-from dbmail.content.addresses import mailbox_key
+from dbmail.content.addresses import key_fragment
 from dbmail.exceptions import CSVError
 from dbmail.models import Suppression
 from dbmail.panel.forms import SuppressionForm, SuppressionImportForm
@@ -23,8 +23,7 @@ def _filtered(request):
     query = request.GET.get("q", "").strip()
     if query:
         # The list holds mailbox keys (domains in A-labels): "bücher" finds anna@xn--bcher-kva.example too.
-        key = mailbox_key(query) if "@" in query else mailbox_key(f"x@{query}").partition("@")[2]
-        rows = rows.filter(Q(address__icontains=query) | Q(address__icontains=key))
+        rows = rows.filter(Q(address__icontains=query) | Q(address__icontains=key_fragment(query)))
     reason = request.GET.get("reason", "")
     if reason in Suppression.Reason.values:
         rows = rows.filter(reason=reason)
