@@ -167,3 +167,15 @@ def test_resuming_a_paused_request_cancels_its_emails_to_any_spelling_suppressed
     Suppression.objects.create(address=SPELLINGS[1], reason=Suppression.Reason.COMPLAINED)
     assert "1 email to addresses suppressed meanwhile cancelled" in guard.resume(mail)
     assert [TextOfEmail.objects.get(pk=e.pk).status for e in waiting] == [E.CANCELLED, E.QUEUED]
+
+
+def test_a_quoted_local_part_that_needs_its_quotes_is_a_mailbox_of_its_own(smtp_server):
+    Suppression.objects.add("annasmith@example.net", Suppression.Reason.BOUNCED)
+    Suppression.objects.add("anna.smith@example.net", Suppression.Reason.BOUNCED)
+    email = outbox.enqueue('Anna <"anna smith"@example.net>', "Your code", "1234", from_email="office@example.org")
+    assert (email.status, email.to_address) == (E.QUEUED, '"anna smith"@example.net')
+    run_cron()
+    assert delivered_to(smtp_server) == ['"anna smith"@example.net']
+    Suppression.objects.add('"Anna Smith"@Example.net', Suppression.Reason.BOUNCED)
+    again = outbox.enqueue('"anna smith"@example.net', "Your code", "1234", from_email="office@example.org")
+    assert again.status == E.DROPPED

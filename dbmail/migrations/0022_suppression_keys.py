@@ -45,14 +45,20 @@ def rekey(apps, schema_editor):
         rows = {}
         for row in Suppression.objects.filter(models.Q(pk__in=pks) | models.Q(address__in=chunk)):
             rows.setdefault(mailbox_key(row.address), []).append(row)
-        events = []
+        events, gone, kept = [], [], []
         for key in chunk:
-            events += _merge(Suppression, AuditEvent, key, rows[key])
-        AuditEvent.objects.bulk_create(events)
+            events += _merge(AuditEvent, key, rows[key], gone, kept)
+        # One DELETE and one UPDATE a chunk: the rows merged away go first, so each key is free for its row.
+        Suppression.objects.filter(pk__in=gone).delete()
+        Suppression.objects.bulk_update(kept, ["address", "reason", "note", "created_at"], batch_size=CHUNK)
+        AuditEvent.objects.bulk_create(events, batch_size=CHUNK)
 
 
-def _merge(Suppression, AuditEvent, key, group):
-    """Make `group` (the rows of one mailbox) one row keyed `key`; the AuditEvents that say what happened."""
+def _merge(AuditEvent, key, group, gone, kept_rows):
+    """Make `group` (the rows of one mailbox) one row keyed `key`; the AuditEvents that say what happened.
+
+    The pks of the rows to delete go on `gone`, the row that stays (changed) on `kept_rows`.
+    """
     strongest = min(group, key=lambda r: (STRENGTH.get(r.reason, len(STRENGTH)), r.created_at, r.pk))
     # The row already keyed stays (its id, which audit events name, is kept); else the strongest one.
     kept = next((r for r in group if r.address == key), strongest)
@@ -81,13 +87,9 @@ def _merge(Suppression, AuditEvent, key, group):
                 detail=f"now {key!r} ({strongest.reason}, {earliest.isoformat()}); was {_described(kept)}"[:5000],
             )
         )
-    Suppression.objects.filter(pk__in=[r.pk for r in others]).delete()
-    Suppression.objects.filter(pk=kept.pk).update(
-        address=key,
-        reason=strongest.reason,
-        note=strongest.note,
-        created_at=earliest,
-    )
+    gone.extend(r.pk for r in others)
+    kept.address, kept.reason, kept.note, kept.created_at = now
+    kept_rows.append(kept)
     return events
 
 
