@@ -147,7 +147,9 @@ def enqueue(
         if _insert_checked(db, email, sender, address):
             _senders.remember(key, sender)
             return email
-        # The sender account changed, or the address is suppressed: ask again, as a first call does.
+    if fast:
+        # The sender account changed, or the address is suppressed or refused (a refused email is inserted
+        # without the checked statement, so the guess must not be trusted either): ask again, as a first call does.
         _senders.forget(key)
         sender = _Sender.of(*resolve_sender(from_email))
         email.account_id, email.from_header = sender.account_id, from_header or sender.from_header
