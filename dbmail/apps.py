@@ -11,8 +11,12 @@ class DbmailConfig(AppConfig):
         from django.core import checks
 
         from dbmail import conf
+        from dbmail.content.addresses import mailbox_key
         from dbmail.intake import tablequeue
         from dbmail.track import anymail as anymail_events
+
+        # The suppression list's one rule for a mailbox's key (the models import no logic of their own).
+        self.get_model("Suppression").key = staticmethod(mailbox_key)
 
         checks.register(conf.check_settings, "dbmail")  # `manage.py check` names a bad setting and why
         checks.register(tablequeue.check_database, "dbmail")

@@ -629,6 +629,20 @@ class AuditEvent(models.Model):
         raise PermissionError("an AuditEvent is never deleted")
 
 
+def _key_not_installed(address):
+    raise RuntimeError("Suppression.key is installed by dbmail's AppConfig.ready(): Django is not set up")
+
+
+class SuppressionQuerySet(models.QuerySet):
+    def of(self, address):
+        """The suppression of the mailbox `address` names, however it is written (a queryset of at most one)."""
+        return self.filter(address=Suppression.key(address))
+
+    def add(self, address, reason, note=""):
+        """(row, created): `address` suppressed for `reason` unless its mailbox already is (its first reason stays)."""
+        return self.get_or_create(address=Suppression.key(address), defaults={"reason": reason, "note": note[:500]})
+
+
 class Suppression(models.Model):
     """Addresses that get no more mail: unsubscribed, hard-bounced, complained or blocked by hand.
 
@@ -640,6 +654,11 @@ class Suppression(models.Model):
     admin lifts it (deletes the row). Bulk mail leaves suppressed addresses
     out when it picks its recipients; everything else is dropped when it is
     made, with `refusal()` as the reason.
+
+    `address` is the mailbox's key (`Suppression.key`), not the address as
+    someone wrote it: every writer stores it and every check, raw SQL
+    included, compares with it, so a suppression of one spelling
+    (anna@bücher.example, "anna"@XN--BCHER-KVA.example.) stops all the others.
     """
 
     class Reason(models.TextChoices):
@@ -657,10 +676,18 @@ class Suppression(models.Model):
         Reason.MANUAL: "blocked by hand",
     }
 
-    address = models.CharField(max_length=254, unique=True, help_text="Stored lower-case.")
+    address = models.CharField(
+        max_length=254, unique=True, help_text="Stored as the mailbox's key: lower-case, the domain in A-labels."
+    )
     reason = models.CharField(max_length=16, choices=Reason.choices, default=Reason.MANUAL)
     note = models.CharField(max_length=500, blank=True)
     created_at = models.DateTimeField(default=timezone.now)
+
+    objects = SuppressionQuerySet.as_manager()
+
+    # The key of a mailbox: dbmail.content.addresses.mailbox_key, which the app's ready() puts here,
+    # since the models import no logic (tests/test_models.py). Until then, nothing can be keyed.
+    key = staticmethod(_key_not_installed)
 
     class Meta:
         ordering = ["address"]
@@ -671,8 +698,11 @@ class Suppression(models.Model):
         return f"{self.address} ({self.reason})"
 
     def save(self, *args, **kwargs):
-        self.address = self.address.strip().lower()
+        self.address = self.key(self.address)
         super().save(*args, **kwargs)
+
+    def clean(self):
+        self.address = self.key(self.address)  # before validate_unique, which a form runs next
 
     @property
     def stops_all_mail(self):
@@ -690,8 +720,8 @@ class Suppression(models.Model):
 
     @classmethod
     def stopping_all_mail(cls, addresses):
-        """{lower-case address: suppression} for those of `addresses` that get no mail at all."""
-        keys = {a.strip().lower() for a in addresses if a}
+        """{mailbox key: suppression} for those of `addresses` that get no mail at all."""
+        keys = {cls.key(a) for a in addresses if a}
         if not keys:
             return {}
         rows = cls.objects.filter(address__in=keys, reason__in=cls.STOPS_ALL_MAIL)

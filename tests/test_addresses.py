@@ -76,3 +76,105 @@ def test_the_quick_check_of_common_addresses_accepts_nothing_djangos_validator_r
             validate_email(address)
         except ValidationError:
             pytest.fail(f"the quick check accepts {address!r}, which Django refuses")
+
+
+# --- one key per mailbox (mailbox_key), however it is written ---
+
+ANNA = "anna@xn--bcher-kva.example"
+ANNA_SPELLINGS = [
+    "anna@bücher.example",  # U-labels
+    "anna@xn--bcher-kva.example",  # A-labels
+    "anna@XN--BCHER-KVA.example",  # mixed-case A-labels
+    "Anna@Bücher.Example",
+    "anna@bücher.example.",  # a trailing dot (the root)
+    "anna@ｂüｃｈｅｒ．ｅｘａｍｐｌｅ",  # fullwidth forms, which UTS #46 maps
+    "anna@bücher。example",  # an ideographic full stop between labels
+    '"anna"@bücher.example',  # quotes that need not be there (RFC 5321 4.1.2)
+    '"\\a\\n\\n\\a"@xn--bcher-kva.example',  # quoted pairs that need not be there
+    "  anna@bücher.example \t",
+    "<anna@bücher.example>",
+    "Anna Smith <anna@Bücher.example.>",
+    '"Smith, Anna" <"ANNA"@bücher.example>',
+]
+
+
+@pytest.mark.parametrize("spelling", ANNA_SPELLINGS)
+def test_every_spelling_of_a_mailbox_has_one_key(spelling):
+    assert addresses.mailbox_key(spelling) == ANNA
+
+
+@pytest.mark.parametrize(
+    ("address", "key"),
+    [
+        ('"anna smith"@x.org', '"anna smith"@x.org'),  # the quotes make it a mailbox of its own
+        ('"Anna Smith"@X.org', '"anna smith"@x.org'),
+        ('"anna@home"@x.org', '"anna@home"@x.org'),
+        ('"a\\"b"@x.org', '"a\\"b"@x.org'),  # only the escapes it needs
+        ('"a..b"@x.org', '"a..b"@x.org'),  # not a dot-atom: the quotes stay
+        ("用户@例子.广告", "用户@xn--fsqu00a.xn--4rr70v"),
+        ("JÖRG@exämple.org", "jörg@xn--exmple-cua.org"),
+        ("Jo\u0308rg@x.org", "jörg@x.org"),  # a UTF-8 local part in NFC
+        ("user@[IPv6:::1]", "user@[ipv6:::1]"),
+        ("not an address", "not an address"),
+        ("", ""),
+    ],
+)
+def test_distinct_mailboxes_keep_distinct_keys(address, key):
+    assert addresses.mailbox_key(address) == key
+    assert key not in (addresses.mailbox_key("annasmith@x.org"), addresses.mailbox_key("anna.smith@x.org"))
+
+
+def test_a_quoted_local_part_with_a_space_is_a_valid_address_and_goes_out_as_written():
+    assert address_error('"anna smith"@x.org') == ""
+    assert addresses.wire('"anna smith"@x.org') == '"anna smith"@x.org'
+    assert address_error('"anna\\"smith"@x.org') == ""
+    assert address_error('"anna\nsmith"@x.org') != ""
+
+
+@pytest.mark.parametrize("address", ["user@[127.0.0.1]", "user@[IPv6:::1]", "user@[ipv6:fe80::1]", "u@ [10.0.0.1]"])
+def test_domain_literals_are_refused_with_their_reason(address):
+    assert address_error(address) == (
+        f"domain literal refused in {address!r}: mail goes to domain names only, never to a host named by its IP address"
+    )
+
+
+_LABEL = st.sampled_from(["bücher", "example", "xn--bcher-kva", "mañana", "straße", "例子", "a-b", "x1"])
+_LOCAL = st.from_regex(r"\A[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]{1,8}(\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]{1,8}){0,2}\Z")
+
+
+def _ascii_upper(text):
+    return "".join(c.upper() if c.isascii() else c for c in text)
+
+
+def _fullwidth(text):
+    return "".join(chr(ord(c) + 0xFEE0) if "!" <= c <= "~" and c.isalnum() else c for c in text)
+
+
+@settings(max_examples=300, deadline=None)
+@given(_LOCAL, st.lists(_LABEL, min_size=1, max_size=3), st.sampled_from(["org", "example", "de"]), st.data())
+def test_spellings_of_generated_mailboxes_collapse_to_one_key(local, labels, tld, data):
+    domain = ".".join([*labels, tld])
+    key = addresses.mailbox_key(f"{local}@{domain}")
+    quoted_local = '"' + local.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    spellings = [
+        f"{local.upper()}@{_ascii_upper(domain)}",  # str.upper would turn ß into SS: another domain
+        f"{quoted_local}@{domain}",
+        f"{local}@{domain}.",
+        f"{local}@{addresses.a_label(domain).upper()}",
+        f" <{local}@{domain}> ",
+        f"{data.draw(st.sampled_from(['Anna', 'Smith, Anna', 'Ännä']))} <{local}@{domain}>",
+        f"{local}@{_fullwidth(domain)}",
+    ]
+    for spelling in spellings:
+        assert addresses.mailbox_key(spelling) == key, spelling
+    assert key == key.lower() and key.isascii() and not key.endswith(".")
+
+
+@settings(max_examples=1000, deadline=None)
+@given(st.one_of(_ADDRESS_LIKE, st.text(max_size=40), st.builds("{}@{}".format, st.text(max_size=12), _LABEL)))
+def test_the_key_of_a_key_is_itself_and_the_quick_path_agrees_with_the_full_one(address):
+    key = addresses.mailbox_key(address)
+    assert addresses.mailbox_key(key) == key
+    if addresses._PLAIN_KEY.fullmatch(address):
+        local, _, domain = address.rpartition("@")
+        assert key == f"{addresses._local_key(local)}@{addresses._domain_key(domain)}"

@@ -136,6 +136,13 @@ def test_a_sender_seen_before_is_checked_again_by_every_call(settings):
     other = SenderAccountFactory(address="club@example.org", display_name="Club")
     assert outbox.enqueue("a@example.net", "s", "t", from_email="club@example.org").account_id == other.pk
 
+    # A refused address is inserted without the checked statement: the guess is asked again for it too.
+    SenderAccount.objects.filter(pk=other.pk).update(address="older-club@example.org")
+    newest = SenderAccountFactory(address="club@example.org", display_name="Club")
+    refused = outbox.enqueue("user@[127.0.0.1]", "s", "t", from_email="club@example.org")
+    assert (refused.status, refused.account_id) == (Status.DROPPED, newest.pk)
+    assert outbox.enqueue("not an address", "s", "t", from_email="club@example.org").account_id == newest.pk
+
     # A site address that gains an account sends as that account; one that stops being the site's is refused.
     settings.DEFAULT_FROM_EMAIL = "noreply@example.org"
     assert outbox.enqueue("a@example.net", "s", "t").account is None

@@ -124,3 +124,22 @@ def test_each_row_says_what_it_stops(panel):
     rows = {line.split("</td>")[0].split("<td>")[-1]: line for line in html.splitlines() if "suppression-stops" in line}
     assert '<td class="suppression-stops">bulk mail only</td>' in rows["ann@example.org"]
     assert '<td class="suppression-stops">all mail</td>' in rows["bob@example.org"]
+
+
+def test_search_finds_a_mailbox_key_by_any_spelling_of_its_domain(panel, admin_client):
+    Suppression.objects.create(address="anna@Bücher.example", reason="bounced")
+    Suppression.objects.create(address="bob@example.org", reason="bounced")
+    for query in ("bücher", "Anna@BÜCHER.example", "xn--bcher"):
+        page = panel.get(reverse("commpanel:suppressions"), {"q": query})
+        assert [r.address for r in page.context["page"]] == ["anna@xn--bcher-kva.example"], query
+        listed = admin_client.get(reverse("admin:dbmail_suppression_changelist"), {"q": query})
+        assert [r.address for r in listed.context["cl"].result_list] == ["anna@xn--bcher-kva.example"], query
+
+
+def test_add_refuses_another_spelling_of_a_listed_mailbox(panel):
+    panel.post(reverse("commpanel:suppressions"), {"address": "anna@bücher.example", "reason": "manual"})
+    response = panel.post(
+        reverse("commpanel:suppressions"), {"address": "ANNA@xn--bcher-kva.example", "reason": "manual"}
+    )
+    assert "already on the list" in response.context["form"].errors["address"][0]
+    assert list(Suppression.objects.values_list("address", flat=True)) == ["anna@xn--bcher-kva.example"]

@@ -10,8 +10,17 @@
   it at all (NeedsSMTPUTF8).
 - Display names with non-ASCII letters become RFC 2047 encoded words, with
   or without SMTPUTF8.
+- A domain literal (ann@[192.0.2.1], ann@[IPv6:...]) is refused: it would make
+  the MTA connect to whatever host the address names, internal ones included,
+  and no one a bulk sender writes to needs one.
+
+One mailbox can be written many ways; `mailbox_key` gives all of them one
+key, which is what the suppression list stores and what every check of it
+compares (dbmail.models.Suppression). The address as written is kept for the
+To header and the envelope.
 """
 
+import functools
 import re
 import unicodedata
 from email.utils import formataddr, getaddresses, specialsre
@@ -22,7 +31,18 @@ from django.core.validators import validate_email
 
 from dbmail.exceptions import AddressError, NeedsSMTPUTF8
 
-__all__ = ["AddressError", "NeedsSMTPUTF8", "a_label", "display", "error", "header", "needs_smtputf8", "wire"]
+__all__ = [
+    "AddressError",
+    "NeedsSMTPUTF8",
+    "a_label",
+    "display",
+    "error",
+    "header",
+    "key_fragment",
+    "mailbox_key",
+    "needs_smtputf8",
+    "wire",
+]
 
 # The common address, which needs none of the work below (checked on every message sent).
 _PLAIN = re.compile(r"[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9.-]+")
@@ -35,6 +55,10 @@ _SURELY_VALID = re.compile(
     r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*"
     r"@(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+[A-Za-z]{2,63}"
 )
+# An address whose key is itself lower-cased: ASCII dot-atom-ish local part, no quotes, no trailing dot.
+_PLAIN_KEY = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*")
+# RFC 5321 4.1.2: inside a quoted local part, any printable ASCII character or space, \" and \\ escaped.
+_QUOTED_LOCAL = re.compile(r'"(?:[ !#-\[\]-~]|\\[ -~])*"')
 
 
 def a_label(domain):
@@ -97,17 +121,99 @@ def header_needs_smtputf8(value):
     return not value.isascii() and any(needs_smtputf8(addr) for _, addr in getaddresses([value]))
 
 
+def mailbox_key(address):
+    """The one key of the mailbox `address` names, however it is written; never raises.
+
+    Spellings of one mailbox get one key:
+    - surrounding white space, angle brackets and a display name go
+      ("Anna <anna@x.org>", " <anna@x.org> ");
+    - the domain is written in lower-case A-labels (IDNA 2008 with the UTS #46
+      mapping, as `wire` sends it), without a trailing dot: bücher.example,
+      XN--BCHER-KVA.example, fullwidth ｂüｃｈｅｒ．example and
+      xn--bcher-kva.example. are all xn--bcher-kva.example;
+    - a quoted local part that needs no quotes loses them ("anna"@x.org is
+      anna@x.org, RFC 5321 4.1.2), one that needs them keeps them, with only the
+      escapes it needs ("anna smith"@x.org stays a mailbox of its own);
+    - the local part is lower-cased (and a UTF-8 one put in Unicode NFC).
+      RFC 5321 lets a server tell Anna@ from anna@, but none we know of does,
+      and a person who unsubscribed as Anna@ must not get mail as anna@: the
+      suppression list has always compared lower-cased addresses, and still does.
+
+    What is not an address at all (no @) keys as itself, trimmed and lower-cased.
+    """
+    if _PLAIN_KEY.fullmatch(address or ""):
+        return address.lower()  # the common address: one match (expansion keys every recipient)
+    text = (address or "").strip()
+    if text.endswith(">") and "<" in text:
+        text = _angle_addr(text)
+    local, at, domain = text.rpartition("@")
+    if not at:
+        return text.lower()
+    return f"{_local_key(local)}@{_domain_key(domain)}"
+
+
+def key_fragment(term):
+    """A search term (a whole address or a part: "bücher", "anna@Bücher") in the form mailbox keys are stored."""
+    term = term.strip()
+    return mailbox_key(term) if "@" in term else mailbox_key(f"x@{term}").partition("@")[2]
+
+
+def _angle_addr(text):
+    """What is inside the last <...> of "Name <addr>" outside quotes (a display name may hold < or ,)."""
+    start, quoted, escaped = None, False, False
+    for i, char in enumerate(text[:-1]):
+        if escaped:
+            escaped = False
+        elif char == "\\":
+            escaped = True
+        elif char == '"':
+            quoted = not quoted
+        elif char == "<" and not quoted:
+            start = i
+    return text[start + 1 : -1].strip() if start is not None else text
+
+
+def _local_key(local):
+    quoted = _QUOTED_LOCAL.fullmatch(local)
+    local = re.sub(r"\\(.)", r"\1", local[1:-1]) if quoted else local.strip()
+    local = unicodedata.normalize("NFC", local.lower())
+    if local and all(_utf8_atom(atom) for atom in local.split(".")):
+        return local  # a dot-atom: the quotes, if any, changed nothing
+    if quoted:
+        return '"' + local.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return local  # no valid local part (a..b, a space): kept as written, lower-cased
+
+
+@functools.lru_cache(maxsize=4096)  # idna takes ~20 µs a domain; a list has few domains, many times each
+def _domain_key(domain):
+    domain = domain.strip()
+    if domain.startswith("["):
+        return domain.lower()  # a domain literal: refused by error(), keyed as written
+    if not domain.isascii():
+        try:
+            domain = idna.encode(domain.rstrip(".。．｡"), uts46=True).decode("ascii")
+        except UnicodeError:  # idna.IDNAError among them: no valid IDN, keyed as written
+            domain = unicodedata.normalize("NFC", domain)
+    return domain.lower().rstrip(".")
+
+
 def error(address):
     """Why `address` cannot be mailed, in words; "" when it can.
 
     Django's validator knows ASCII local parts and IDN domains; a UTF-8
     local part (RFC 6531) is checked here: dot-separated atoms of ASCII
-    atext and printable non-ASCII letters, at most 64 bytes.
+    atext and printable non-ASCII letters, at most 64 bytes; so is a quoted
+    one (RFC 5321 allows a space in it, Django's validator does not). A
+    domain literal is refused with its own reason (the module's docstring).
     """
     if len(address or "") <= 320 and _SURELY_VALID.fullmatch(address or ""):
         return ""
     invalid = f"invalid address {address!r}"
     local, at, domain = (address or "").rpartition("@")
+    if at and domain.strip().startswith("["):
+        return f"domain literal refused in {address!r}: mail goes to domain names only, never to a host named by its IP address"
+    if at and _QUOTED_LOCAL.fullmatch(local) and len(local) <= 64:
+        address = f"x@{domain}"  # RFC 5321's quoted local part (Django's refuses a space in one)
     if at and local and not local.isascii():
         if len(local.encode("utf-8")) > 64 or not all(_utf8_atom(atom) for atom in local.split(".")):
             return invalid

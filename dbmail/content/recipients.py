@@ -26,6 +26,7 @@ from django.db import InterfaceError, OperationalError, connection
 from django.db.models import QuerySet
 
 from dbmail.content.addresses import error as _address_error
+from dbmail.content.addresses import mailbox_key
 from dbmail.exceptions import RecipientSetError, UnknownRecipientSet
 from dbmail.models import Suppression
 
@@ -80,7 +81,8 @@ class Recipient:
 
     @property
     def key(self):
-        return self.email.lower()
+        """The mailbox's key: what repeats and suppressions are judged by (dbmail.content.addresses)."""
+        return mailbox_key(self.email)
 
 
 def recipient_set(name, *, label=None, params_help=""):
@@ -105,7 +107,11 @@ def registered_sets():
 
 
 def normalise_address(address):
-    """Trim and lower-case the domain; the local part is the mailbox owner's business."""
+    """Trim and lower-case the domain; the local part is the mailbox owner's business.
+
+    This is the address as it is sent and shown; what it is compared by (repeats, suppressions)
+    is its mailbox_key.
+    """
     local, at, domain = (address or "").strip().rpartition("@")
     return f"{local}@{domain.lower()}" if at else (address or "").strip()
 
@@ -203,14 +209,14 @@ def iter_recipients(name, params, after=None, chunk_size=2000, first_chunk_size=
         size = chunk_size
         unique = {}
         for _pos, rcpt in chunk:
-            unique.setdefault(rcpt.email.lower(), rcpt)  # rcpt.key
+            unique.setdefault(mailbox_key(rcpt.email), rcpt)  # rcpt.key, without the property's call
         suppressed = _suppressed(list(unique))
         # The last position is reported even when its row was left out, so the checkpoint moves past it.
         yield chunk[-1][0], [r for key, r in unique.items() if key not in suppressed]
 
 
 def _suppressed(keys):
-    """Which of `keys` (lower-case addresses) are on the suppression list."""
+    """Which of `keys` (mailbox keys, as the suppression list stores them) are on it."""
     if connection.vendor == "postgresql":
         # One array parameter: the ORM's IN (...) would prepare each of a chunk's thousand values by itself.
         with connection.cursor() as cursor:

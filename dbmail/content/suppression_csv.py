@@ -4,7 +4,9 @@ Export columns: address, reason, note, created_at (ISO 8601). Import: a header
 row naming an address column (`address`, `email` or `email_address`, any
 case; Mailchimp's "Email Address" too); `reason` and `note` columns are
 optional, and a missing or unknown reason takes the one chosen on the form.
-Addresses already on the list are left as they are (their reason and date are
+Each address is stored as its mailbox's key (dbmail.content.addresses.mailbox_key:
+Anna <anna@Bücher.example.> is anna@xn--bcher-kva.example). Addresses already on
+the list, in whatever spelling, are left as they are (their reason and date are
 history); bad rows are reported with their line numbers and skipped, and the
 good rows go in all the same, in one transaction.
 """
@@ -17,6 +19,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from dbmail.content import csvmerge, recipients
+from dbmail.content.addresses import mailbox_key
 from dbmail.exceptions import CSVError
 from dbmail.models import Suppression
 
@@ -75,8 +78,13 @@ def import_csv(data, default_reason=Suppression.Reason.MANUAL, note=""):
         if len(cells) <= where:
             result.bad.append((line, "no address"))
             continue
-        address = recipients.normalise_address(cells[where]).lower()
+        written = cells[where].strip()
+        # Stored as the mailbox's key (dbmail.content.addresses), which is what is checked: a spelling
+        # that only the key makes valid (a trailing dot, a display name) is taken as that mailbox.
+        address = mailbox_key(written)
         error = recipients.address_error(address) if address else "no address"
+        if error and written != address:
+            error = recipients.address_error(written) or error  # in the words of what the file says
         if error:
             result.bad.append((line, error))
             continue

@@ -26,6 +26,7 @@ from django.utils import timezone
 from dbmail import prepared, states
 from dbmail.conf import settings as conf
 from dbmail.content import recipients, rendering, verp
+from dbmail.content.addresses import mailbox_key
 from dbmail.exceptions import UnknownSender
 from dbmail.models import DeliveryEvent, SenderAccount, Suppression, TextOfEmail
 from dbmail.send import destinations
@@ -146,7 +147,9 @@ def enqueue(
         if _insert_checked(db, email, sender, address):
             _senders.remember(key, sender)
             return email
-        # The sender account changed, or the address is suppressed: ask again, as a first call does.
+    if fast:
+        # The sender account changed, or the address is suppressed or refused (a refused email is inserted
+        # without the checked statement, so the guess must not be trusted either): ask again, as a first call does.
         _senders.forget(key)
         sender = _Sender.of(*resolve_sender(from_email))
         email.account_id, email.from_header = sender.account_id, from_header or sender.from_header
@@ -247,7 +250,7 @@ def _insert_checked(db, email, sender, address):
     """
     sql, fields = _checked_insert_statement()
     values = _values(email, fields, db)
-    values += [address.strip().lower(), sender.address, sender.display_name]
+    values += [mailbox_key(address), sender.address, sender.display_name]
     with db.cursor() as cursor:
         prepared.execute(cursor, "dbmail_enqueue_checked", sql, values, prefix=_prefix(db))
         row = cursor.fetchone()
@@ -343,7 +346,7 @@ def _checked_insert_statement():
     """(INSERT ... SELECT ... WHERE <the sender as guessed, the address not suppressed> RETURNING id, fields).
 
     `fields` are the columns sent as parameters, in order; after them come three more: the
-    recipient's address (lower-case), the sender's address and its display name. The email's
+    recipient's mailbox key (what the suppression list stores), the sender's address and its display name. The email's
     account_id is the guessed account (NULL: none). The columns enqueue does not give
     (_fixed_columns) are written as constants, not sent with each email.
     """
@@ -397,12 +400,12 @@ def _suppressed(address):
     # A hard bounce, a complaint or a block stops even this mail; an unsubscribe stops bulk mail only,
     # which never reaches here for an unsubscribed address (its recipients leave them out).
     if connection.vendor != "postgresql" or not address:
-        row = Suppression.stopping_all_mail([address]).get(address.lower())
+        row = Suppression.stopping_all_mail([address]).get(mailbox_key(address))
         return row.refusal() if row else ""
     # What stopping_all_mail asks, as one prepared statement: it runs for every email enqueued.
     sql, names = _suppression_statement()
     with connection.cursor() as cursor:
-        prepared.execute(cursor, "dbmail_suppressed", sql, [address.strip().lower()])
+        prepared.execute(cursor, "dbmail_suppressed", sql, [mailbox_key(address)])
         row = cursor.fetchone()
     return Suppression.from_db(connection.alias, names, row).refusal() if row else ""
 

@@ -39,6 +39,7 @@ from django.utils import timezone
 from dbmail import states
 from dbmail.conf import settings as conf
 from dbmail.content import recipients, rendering
+from dbmail.content.addresses import mailbox_key
 from dbmail.exceptions import SpoolError
 from dbmail.exceptions import SpoolFormatError as FormatError
 from dbmail.models import DeliveryEvent, SenderAccount, SpoolFile, SpoolItem, Suppression, TextOfEmail
@@ -286,7 +287,7 @@ def email_for(item, account, now, stopped):
         error = f"fld_sender {item.sender!r} is not a configured sender account"
     else:
         # Spool mail is one program's message to one person: only what stops all mail stops it.
-        suppression = stopped.get(address.lower())
+        suppression = stopped.get(mailbox_key(address))
         error = recipients.address_error(address) or (suppression.refusal() if suppression else "")
     if error:
         email.status, email.last_error = states.REFUSE.target, error

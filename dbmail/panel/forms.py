@@ -10,6 +10,7 @@ from django.core.files import File
 from django.utils import timezone
 
 from dbmail.content import attachments, authoring, csvmerge, pasted, recipients, rendering
+from dbmail.content.addresses import mailbox_key
 from dbmail.content.validation import RequestForm
 from dbmail.exceptions import CSVError
 from dbmail.intake import grants
@@ -404,7 +405,7 @@ class SuppressionForm(forms.ModelForm):
         fields = ["address", "reason", "note"]
 
     def clean_address(self):
-        address = self.cleaned_data["address"].strip().lower()
+        address = mailbox_key(self.cleaned_data["address"])
         if Suppression.objects.filter(address=address).exclude(pk=self.instance.pk).exists():
             raise forms.ValidationError("This address is already on the list.")
         return address

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from django.utils import timezone
 
 from dbmail import states
-from dbmail.content import recipients, rendering
+from dbmail.content import addresses, recipients, rendering
 from dbmail.intake import expand
 from dbmail.models import TextOfEmail
 
@@ -22,7 +22,7 @@ class Preview:
 
 def find(request, index=0, address=""):
     """The recipient at `index` (0-based) or the first whose address contains `address`, or None."""
-    address = address.strip().lower()
+    address = addresses.key_fragment(address) if address.strip() else ""  # keys hold A-labels: "bücher" finds them
     position = -1
     found = None
     seen = set()

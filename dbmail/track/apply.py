@@ -21,6 +21,7 @@ from django.db.models import Q
 from django.utils import timezone
 
 from dbmail import rollup, states
+from dbmail.content.addresses import mailbox_key
 from dbmail.models import (
     HARD_BOUNCED,
     AppliedTrackingEvent,
@@ -116,9 +117,9 @@ def apply_batch(payloads, now=None):
                 changed[email.pk] = email
             log_rows.append(_log_row(email, event))
             if event.event == EventType.COMPLAINED:
-                suppress[email.to_address.lower()] = (Suppression.Reason.COMPLAINED, event)
+                suppress[mailbox_key(email.to_address)] = (Suppression.Reason.COMPLAINED, event)
             elif event.event == EventType.BOUNCED and event.bounce_type == BounceType.HARD:
-                suppress.setdefault(email.to_address.lower(), (Suppression.Reason.BOUNCED, event))
+                suppress.setdefault(mailbox_key(email.to_address), (Suppression.Reason.BOUNCED, event))
                 hard[email.pk] = email
         result.changed = len(changed)
         result.unmatched = len(unmatched) - result.invalid

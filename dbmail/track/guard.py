@@ -23,11 +23,11 @@ hard bounce, a complaint) stay suppressed: their waiting emails are cancelled.
 """
 
 from django.db import transaction
-from django.db.models.functions import Lower
 from django.utils import timezone
 
 from dbmail import audit, rollup, states
 from dbmail.conf import settings as conf
+from dbmail.content.addresses import mailbox_key
 from dbmail.models import HARD_BOUNCED, AuditEvent, MessageRequest, Suppression, TextOfEmail
 
 E = states.EmailStatus
@@ -135,9 +135,25 @@ def resume(request, user=None, now=None, action="resume"):
 
 def _cancel_suppressed(request, user):
     """Cancel the request's waiting emails to addresses on the suppression list (each with its event); how many."""
-    emails = (
-        TextOfEmail.objects.filter(request_id=request.pk, status__in=states.WAITING)
-        .alias(address=Lower("to_address"))
-        .filter(address__in=Suppression.objects.values("address"))
-    )
-    return TextOfEmail.cancel(emails, actor=user)
+    # The list holds mailbox keys, the emails their addresses as written: each is keyed here, a chunk at a time
+    # (a join on lower(to_address) would miss anna@bücher.example suppressed as anna@xn--bcher-kva.example).
+    waiting = TextOfEmail.objects.filter(request_id=request.pk, status__in=states.WAITING)
+    stopped, chunk = [], []
+    for pk, address in waiting.values_list("pk", "to_address").iterator(chunk_size=_KEY_CHUNK):
+        chunk.append((pk, mailbox_key(address)))
+        if len(chunk) == _KEY_CHUNK:
+            stopped += _suppressed_of(chunk)
+            chunk = []
+    stopped += _suppressed_of(chunk)
+    return TextOfEmail.cancel(waiting.filter(pk__in=stopped), actor=user) if stopped else 0
+
+
+_KEY_CHUNK = 5000
+
+
+def _suppressed_of(keyed):
+    """The pks of (pk, mailbox key) pairs whose key is on the suppression list."""
+    if not keyed:
+        return []
+    found = set(Suppression.objects.filter(address__in={key for _, key in keyed}).values_list("address", flat=True))
+    return [pk for pk, key in keyed if key in found]

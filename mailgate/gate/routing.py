@@ -27,6 +27,7 @@ from email.utils import parseaddr
 from django.contrib.auth import get_user_model
 from django.db.models import Q
 
+from dbmail.content.addresses import mailbox_key
 from dbmail.content.recipients import address_error, normalise_address
 from dbmail.models import Suppression
 from mailgate import resolvers
@@ -127,15 +128,15 @@ def resolve_members(email_list, match):
     if email_list.archive_address:
         found.extend(_as_members([email_list.archive_address]))
 
-    seen, members = set(), []
+    # One copy per mailbox, however its address is written; a suppression of any spelling leaves it out.
+    seen = {}
     for member in found:
-        key = member.address.lower()
+        key = mailbox_key(member.address)
         if key in seen or address_error(member.address):
             continue
-        seen.add(key)
-        members.append(member)
+        seen[key] = member
     suppressed = set(Suppression.objects.filter(address__in=list(seen)).values_list("address", flat=True))
-    return [m for m in members if m.address.lower() not in suppressed]
+    return [member for key, member in seen.items() if key not in suppressed]
 
 
 # --- Built-in resolver -----------------------------------------------------------------------

@@ -28,9 +28,7 @@ def handle(inbound, parsed):
     token = tokens.mailto_token(inbound.envelope_recipient) or ""
     address = tokens.address_for(token) if tokens.is_token(token) else None
     if address:
-        _, created = Suppression.objects.get_or_create(
-            address=address, defaults={"reason": Suppression.Reason.UNSUBSCRIBED, "note": "unsubscribe by mail"}
-        )
+        _, created = Suppression.objects.add(address, Suppression.Reason.UNSUBSCRIBED, "unsubscribe by mail")
         sender = inbound.envelope_sender or "<>"
         return f"unsubscribed {address} (its token; sent by {sender})" + ("" if created else " (already suppressed)")
     what = "a token that is not valid" if token else "no token"

@@ -28,6 +28,7 @@ from rest_framework import serializers
 from dbmail import states
 from dbmail.conf import settings as conf
 from dbmail.content import csvmerge, headers, recipients, validation
+from dbmail.content.addresses import mailbox_key
 from dbmail.exceptions import DbmailError
 from dbmail.intake import grants
 from dbmail.models import MessageRequest, RequestAttachment, TextOfEmail
@@ -124,7 +125,8 @@ def _one_address(value):
     address = recipients.normalise_address(address)
     error = recipients.address_error(address)
     if error:
-        raise serializers.ValidationError(f"Not an email address: {value[:100]!r}.")
+        why = "" if error.startswith("invalid address") else f" ({error})"  # a domain literal says why
+        raise serializers.ValidationError(f"Not an email address: {value[:100]!r}{why}.")
     return name, address
 
 
@@ -279,9 +281,10 @@ def clean_rows(rows):
         clean = {**variables, "email": address}
         if name and not clean.get("name"):
             clean["name"] = name
-        if address.lower() in seen:
-            continue  # expansion would leave the repeat out anyway
-        seen.add(address.lower())
+        key = mailbox_key(address)
+        if key in seen:
+            continue  # expansion would leave the repeat (in any spelling) out anyway
+        seen.add(key)
         good.append(clean)
     return good, bad
 

@@ -23,6 +23,7 @@ from django.conf import settings
 from django.db import IntegrityError, transaction
 
 from dbmail import audit, states
+from dbmail.content.addresses import mailbox_key
 from dbmail.exceptions import IdempotencyKeyReused
 from dbmail.intake import outbox
 from dbmail.models import ApiSend
@@ -91,8 +92,8 @@ def make_emails(user, data, files):
     cc = data.get("cc", [])
     everyone, seen = [], set()
     for name, address in [to, *cc]:
-        if address.lower() not in seen:
-            seen.add(address.lower())
+        if mailbox_key(address) not in seen:  # one email per mailbox, however often and however it is written
+            seen.add(mailbox_key(address))
             everyone.append((name, address))
     emails = []
     for name, address in everyone:

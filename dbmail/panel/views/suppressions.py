@@ -2,6 +2,7 @@
 
 from django.contrib import messages
 from django.core.paginator import Paginator
+from django.db.models import Q
 from django.http import StreamingHttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.utils import timezone
@@ -10,6 +11,7 @@ from django.views.decorators.http import require_POST
 from dbmail import audit
 from dbmail.conf import settings as conf
 from dbmail.content import csvmerge, suppression_csv
+from dbmail.content.addresses import key_fragment
 from dbmail.exceptions import CSVError
 from dbmail.models import Suppression
 from dbmail.panel.forms import SuppressionForm, SuppressionImportForm
@@ -20,7 +22,8 @@ def _filtered(request):
     rows = Suppression.objects.order_by("-created_at", "address")
     query = request.GET.get("q", "").strip()
     if query:
-        rows = rows.filter(address__icontains=query)
+        # The list holds mailbox keys (domains in A-labels): "bücher" finds anna@xn--bcher-kva.example too.
+        rows = rows.filter(Q(address__icontains=query) | Q(address__icontains=key_fragment(query)))
     reason = request.GET.get("reason", "")
     if reason in Suppression.Reason.values:
         rows = rows.filter(reason=reason)

@@ -17,11 +17,9 @@ def unsubscribe(request, token):
     if address is None:
         return render(request, "dbmail/unsubscribe_invalid.html", status=400)
     if request.method == "POST":
-        Suppression.objects.get_or_create(
-            address=address, defaults={"reason": Suppression.Reason.UNSUBSCRIBED, "note": "unsubscribe link"}
-        )
+        Suppression.objects.add(address, Suppression.Reason.UNSUBSCRIBED, "unsubscribe link")
         return render(request, "dbmail/unsubscribed.html", {"address": address})
-    if Suppression.objects.filter(address=address).exists():
+    if Suppression.objects.of(address).exists():
         # A link opened again (or after a bounce stopped the mail): say so rather than ask again.
         return render(request, "dbmail/unsubscribed.html", {"address": address, "already": True})
     return render(request, "dbmail/unsubscribe.html", {"address": address})
