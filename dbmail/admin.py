@@ -82,7 +82,8 @@ class SenderAccountForm(forms.ModelForm):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self.fields["warmup_factor"].required = False  # left empty: the usual 1.5
+        if "warmup_factor" in self.fields:  # not for a holder of only the view permission: every field is read-only
+            self.fields["warmup_factor"].required = False  # left empty: the usual 1.5
 
     def clean_smtp_password(self):
         return self.cleaned_data["smtp_password"] or (self.instance.smtp_password if self.instance.pk else "")
