@@ -35,7 +35,7 @@ from .factories import (
     UserFactory,
 )
 
-pytestmark = pytest.mark.django_db
+pytestmark = [pytest.mark.django_db, pytest.mark.slow]  # about 4,000 requests: a minute
 
 # Open to anyone, each for its reason; asked here all the same (no 500, no change from junk values).
 PUBLIC = {
