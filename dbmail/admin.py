@@ -9,7 +9,7 @@ from django.utils import timezone
 
 from dbmail import audit, states
 from dbmail.audit import ActPermission, AuditedAdmin
-from dbmail.content import domains
+from dbmail.content import domains, lifting
 from dbmail.content.addresses import key_fragment
 from dbmail.content.validation import RequestForm
 from dbmail.exceptions import DkimError
@@ -83,7 +83,8 @@ class SenderAccountForm(forms.ModelForm):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self.fields["warmup_factor"].required = False  # left empty: the usual 1.5
+        if "warmup_factor" in self.fields:  # not for a holder of only the view permission: every field is read-only
+            self.fields["warmup_factor"].required = False  # left empty: the usual 1.5
 
     def clean_smtp_password(self):
         return self.cleaned_data["smtp_password"] or (self.instance.smtp_password if self.instance.pk else "")
@@ -382,6 +383,18 @@ class SuppressionAdmin(AuditedAdmin):
     @admin.display(description="Stops")
     def stops(self, obj):
         return obj.stops
+
+    def get_readonly_fields(self, request, obj=None):
+        # Changing a protected row's address or reason lifts it (dbmail.content.lifting): the deleters' right.
+        if obj is not None and not lifting.may_lift(request.user, obj):
+            return [*super().get_readonly_fields(request, obj), *lifting.LIFTING_FIELDS]
+        return super().get_readonly_fields(request, obj)
+
+    def log_deletions(self, request, queryset):
+        # One "unsuppress" event per lifted row, as the comm panel's Remove writes, with what it was.
+        for row in queryset:
+            audit.record(request.user, "unsuppress (admin)", row, detail=f"was {row.reason}: {row.note}")
+        return admin.ModelAdmin.log_deletions(self, request, queryset)
 
 
 # --- DKIM keys and the DNS check ---

@@ -651,7 +651,7 @@ class Suppression(models.Model):
     only, since the person still wants the mail they ask for (a password
     reset, a reply from a mailbox); a hard bounce, a complaint or a block by
     hand stops all mail to the address, transactional included, until an
-    admin lifts it (deletes the row). Bulk mail leaves suppressed addresses
+    admin lifts it (deletes the row; dbmail.content.lifting says who may). Bulk mail leaves suppressed addresses
     out when it picks its recipients; everything else is dropped when it is
     made, with `refusal()` as the reason.
 

@@ -8,6 +8,7 @@ none: that server accepts only what the login may send as.
 """
 
 import pytest
+from django.contrib.auth.models import Permission
 from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
@@ -35,7 +36,10 @@ def client_for(user):
 
 @pytest.fixture
 def staff_user():
-    return UserFactory(username="staffer", is_staff=True)
+    """Staff who manage the server profiles (the API writes them for holders of the admin's permissions)."""
+    user = UserFactory(username="staffer", is_staff=True)
+    user.user_permissions.add(*Permission.objects.filter(codename__endswith="_mailserverprofile"))
+    return user
 
 
 @pytest.fixture

@@ -8,6 +8,7 @@ to the sender account: its mail keeps going through the relay.
 """
 
 import pytest
+from django.contrib.auth.models import Permission
 from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
@@ -54,7 +55,10 @@ def hers():
 
 @pytest.fixture
 def staff():
-    return client_for(UserFactory(username="staffer", is_staff=True))
+    """Staff who manage the server profiles (the API writes them for holders of the admin's permissions)."""
+    user = UserFactory(username="staffer", is_staff=True)
+    user.user_permissions.add(*Permission.objects.filter(codename__endswith="_mailserverprofile"))
+    return client_for(user)
 
 
 @pytest.fixture

@@ -129,6 +129,15 @@ def test_template_errors_show_while_typing(page):
     page.wait_for_function("document.getElementById('live-preview-text').textContent.startsWith('Dear Chris,')")
 
 
+def test_a_misspelt_variable_is_warned_of_while_typing(page):
+    page.fill("#id_subject", "Hello {{ frist_name }}")
+    page.wait_for_selector("#live-warnings:not([hidden])")
+    assert page.inner_text("#live-warnings") == "{{ frist_name }} is not a known variable: did you mean first_name?"
+    shot(page, "unknown-variable")
+    page.fill("#id_subject", "Hello {{ first_name }}")
+    page.wait_for_selector("#live-warnings[hidden]", state="attached")
+
+
 def test_rich_text_and_markdown_make_the_html_body(page):
     students = Group.objects.create(name="Students")
     UserFactory(username="ada", first_name="Ada", groups=[students])

@@ -1,6 +1,7 @@
 """The messages API under /api/v1/: token auth, ownership, filters, files byte for byte, secrets never shown."""
 
 import pytest
+from django.contrib.auth.models import Permission
 from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
@@ -57,7 +58,7 @@ def test_token_endpoint_gives_the_users_token(ann):
     assert response.json()["token"] == Token.objects.get(user=ann).key
 
 
-def test_users_see_only_their_accounts_staff_see_all(api, ann):
+def test_users_see_only_their_accounts_viewers_see_all(api, ann):
     mine = incoming(MailAccountFactory(owner=ann))
     theirs = incoming(MailAccountFactory(owner=UserFactory()))
 
@@ -69,8 +70,18 @@ def test_users_see_only_their_accounts_staff_see_all(api, ann):
     assert api.get(f"/api/v1/folders/{theirs.folder_id}/").status_code == 404
     assert api.patch(f"/api/v1/folders/{theirs.folder_id}/", {"enabled": True}).status_code == 404
 
-    staff = client_for(UserFactory(username="root", is_staff=True))
+    # Staff status alone shows nothing more (as in the admin); the admin's view permission shows everyone's.
+    user = UserFactory(username="root", is_staff=True)
+    staff = client_for(user)
+    assert [m["id"] for m in staff.get("/api/v1/messages/").json()["results"]] == []
+    assert staff.get(f"/api/v1/accounts/{theirs.account_id}/").status_code == 404
+    assert staff.post(f"/api/v1/messages/{theirs.pk}/retry/").status_code == 404
+    user.user_permissions.add(*Permission.objects.filter(codename__in=["view_message", "view_mailaccount"]))
     assert {m["id"] for m in staff.get("/api/v1/messages/").json()["results"]} == {mine.pk, theirs.pk}
+    assert staff.get(f"/api/v1/accounts/{theirs.account_id}/").status_code == 200
+    # Viewing is not changing: another's folder and message stay out of reach for writes.
+    assert staff.patch(f"/api/v1/folders/{theirs.folder_id}/", {"enabled": True}).status_code == 404
+    assert staff.post(f"/api/v1/messages/{theirs.pk}/retry/").status_code == 404
 
 
 def test_cannot_use_someone_elses_account(api):
@@ -82,12 +93,14 @@ def test_cannot_use_someone_elses_account(api):
     assert Message.objects.count() == 0 and not MailFolder.objects.filter(name="Spam").exists()
 
 
-def test_profiles_are_read_by_all_and_written_by_staff(api):
+def test_profiles_are_read_by_all_and_written_by_permission(api):
     profile = MailServerProfileFactory()
     assert api.get(f"/api/v1/profiles/{profile.pk}/").json()["imap_host"] == "127.0.0.1"
     data = {"name": "Provider", "imap_host": "imap.example.org"}
     assert api.post("/api/v1/profiles/", data, format="json").status_code == 403
-    staff = client_for(UserFactory(username="root", is_staff=True))
+    bare = client_for(UserFactory(username="bare", is_staff=True))
+    assert bare.post("/api/v1/profiles/", data, format="json").status_code == 403
+    staff = client_for(UserFactory(username="root", is_staff=True, is_superuser=True))
     created = staff.post("/api/v1/profiles/", data, format="json")
     assert created.status_code == 201 and created.json()["imap_port"] == 993
     both = staff.post("/api/v1/profiles/", {**data, "name": "Both", "imap_starttls": True}, format="json")

@@ -33,13 +33,22 @@ def test_add_lower_cases_and_refuses_duplicates(panel):
 
 
 def test_edit_and_remove(panel):
-    row = Suppression.objects.create(address="ann@example.org", reason="bounced")
+    # A block added by hand: any panel user may lift it (protected ones: tests/test_lifting.py).
+    row = Suppression.objects.create(address="ann@example.org", reason="manual")
     panel.post(
         reverse("commpanel:suppression_edit", args=[row.pk]),
         {"address": "ann@example.org", "reason": "manual", "note": "x"},
     )
     row.refresh_from_db()
     assert (row.reason, row.note) == ("manual", "x")
+    panel.post(
+        reverse("commpanel:suppression_edit", args=[row.pk]),
+        {"address": "ann@example.org", "reason": "unsubscribed", "note": "x"},
+    )
+    row.refresh_from_db()
+    assert row.reason == "unsubscribed"
+    row.reason = "manual"
+    row.save()
     panel.post(reverse("commpanel:suppression_delete", args=[row.pk]))
     assert not Suppression.objects.exists()
 

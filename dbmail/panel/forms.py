@@ -9,7 +9,7 @@ from django.contrib.auth.models import Group
 from django.core.files import File
 from django.utils import timezone
 
-from dbmail.content import attachments, authoring, csvmerge, pasted, recipients, rendering
+from dbmail.content import attachments, authoring, csvmerge, lifting, pasted, recipients, rendering
 from dbmail.content.addresses import mailbox_key
 from dbmail.content.validation import RequestForm
 from dbmail.exceptions import CSVError
@@ -403,6 +403,13 @@ class SuppressionForm(forms.ModelForm):
     class Meta:
         model = Suppression
         fields = ["address", "reason", "note"]
+
+    def __init__(self, *args, may_lift=True, **kwargs):
+        super().__init__(*args, **kwargs)
+        if not may_lift:  # only the note of a protected row (dbmail.content.lifting); a forged POST is ignored
+            for name in lifting.LIFTING_FIELDS:
+                self.fields[name].disabled = True
+                self.fields[name].help_text = "Only an admin with “Can delete suppression” may change this."
 
     def clean_address(self):
         address = mailbox_key(self.cleaned_data["address"])

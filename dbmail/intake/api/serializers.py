@@ -27,7 +27,7 @@ from rest_framework import serializers
 
 from dbmail import states
 from dbmail.conf import settings as conf
-from dbmail.content import csvmerge, headers, recipients, validation
+from dbmail.content import csvmerge, headers, recipients, validation, variables
 from dbmail.content.addresses import mailbox_key
 from dbmail.exceptions import DbmailError
 from dbmail.intake import grants
@@ -517,11 +517,14 @@ class RequestSerializer(RequestListSerializer):
     attachments = AttachmentInfoSerializer(many=True, read_only=True)
     web_version_url = serializers.SerializerMethodField()
     left_out = serializers.SerializerMethodField(help_text="The bad rows left out (only when just created).")
+    warnings = serializers.SerializerMethodField(
+        help_text="Template variables nothing fills (they render empty), each with the closest known name."
+    )
 
     class Meta(RequestListSerializer.Meta):
         fields = [
             *RequestListSerializer.Meta.fields, "reply_to", "text_body", "html_body", "recipient_params",
-            "context", "attachments", "web_version_url", "left_out",
+            "context", "attachments", "web_version_url", "left_out", "warnings",
         ]  # fmt: skip
         read_only_fields = fields
 
@@ -541,6 +544,9 @@ class RequestSerializer(RequestListSerializer):
 
     def get_left_out(self, mail) -> list[str]:
         return self.context.get("left_out", [])
+
+    def get_warnings(self, mail) -> list[str]:
+        return variables.warnings_for(mail)
 
 
 class EmailSerializer(serializers.ModelSerializer):

@@ -7,7 +7,7 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_POST
 
 from dbmail import audit, states
-from dbmail.content import audience, authoring, rendering, starters
+from dbmail.content import audience, authoring, rendering, starters, variables
 from dbmail.exceptions import RenderError, TooLate
 from dbmail.models import BodyFormat, EmailTemplate, MessageRequest
 from dbmail.panel import preview
@@ -138,6 +138,22 @@ def count(request, pk=None):
     return JsonResponse({**answer, "columns": columns, **result.as_dict()})
 
 
+def _known_extras(request):
+    """The draft's own context (?request=<id>) and the recipients' columns as the form now has them."""
+    draft = None
+    pk = request.GET.get("request", "")
+    if pk.isdigit():
+        draft = MessageRequest.objects.filter(pk=pk).only("context", "recipient_set", "recipient_params").first()
+    columns = ()
+    if "source" in request.POST:  # the compose form (the template page has no recipients)
+        form = ComposeForm(request.POST, request.FILES, instance=MessageRequest(), user=request.user)
+        form.is_valid()  # fills the recipients' verdict, CSV columns included
+        columns = variables.columns_of(form.verdict.name, form.verdict.params)
+    if draft is not None and not columns:
+        columns = variables.columns_of(draft.recipient_set, draft.recipient_params)
+    return (draft.context if draft is not None else None), columns
+
+
 @require_POST
 @panel_view
 def check(request):
@@ -158,7 +174,13 @@ def check(request):
         body_format=body_format,
     )
     errors = rendering.template_errors(probe)
-    answer = {"ok": not errors, "errors": errors, "html_body": probe.html_body}
+    probe.context, columns = _known_extras(request)
+    answer = {
+        "ok": not errors,
+        "errors": errors,
+        "html_body": probe.html_body,
+        "warnings": variables.warnings_for(probe, columns),
+    }
     try:
         shown = preview.sample(probe, request.user)
     except RenderError as exc:

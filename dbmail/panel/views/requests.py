@@ -15,7 +15,7 @@ from django.views.decorators.http import require_POST
 
 from dbmail import audit, rollup, states
 from dbmail.conf import settings as conf
-from dbmail.content import attachments, audience, recipients, rendering, validation
+from dbmail.content import attachments, audience, recipients, rendering, validation, variables
 from dbmail.intake import expand
 from dbmail.models import AuditEvent, MessageRequest, TextOfEmail
 from dbmail.panel import preview
@@ -114,6 +114,7 @@ def request_detail(request, pk):
         "attachments": mail.attachments.all(),
         "poll_seconds": conf.DBMAIL_PANEL_POLL_SECONDS,
         "errors": rendering.template_errors(mail),
+        "variable_warnings": variables.warnings_for(mail),
         "recipients_label": recipients_label(mail),
         "now": now,
         "large_threshold": conf.DBMAIL_LARGE_SEND_WARNING,

@@ -10,7 +10,7 @@ from django.views.decorators.http import require_POST
 
 from dbmail import audit
 from dbmail.conf import settings as conf
-from dbmail.content import csvmerge, suppression_csv
+from dbmail.content import csvmerge, lifting, suppression_csv
 from dbmail.content.addresses import key_fragment
 from dbmail.exceptions import CSVError
 from dbmail.models import Suppression
@@ -50,6 +50,8 @@ def suppression_list(request):
             "query": query,
             "reason": reason,
             "reasons": Suppression.Reason.choices,
+            "may_lift_protected": request.user.has_perm(lifting.PERMISSION),
+            "protected": lifting.PROTECTED,
         },
     )
 
@@ -57,10 +59,14 @@ def suppression_list(request):
 @panel_view
 def suppression_edit(request, pk):
     row = get_object_or_404(Suppression, pk=pk)
-    form = SuppressionForm(request.POST or None, instance=row)
+    was = f"{row.address} ({row.reason})"
+    form = SuppressionForm(request.POST or None, instance=row, may_lift=lifting.may_lift(request.user, row))
     if request.method == "POST" and form.is_valid():
         form.save()
-        audit.record(request.user, "change suppression", row, detail=f"{row.reason}: {row.note}")
+        detail = f"{row.reason}: {row.note}"
+        if any(name in form.changed_data for name in lifting.LIFTING_FIELDS):
+            detail = f"was {was}; now {detail}"
+        audit.record(request.user, "change suppression", row, detail=detail)
         messages.success(request, f"{row.address} updated.")
         return redirect("commpanel:suppressions")
     return render(request, "commpanel/suppression_edit.html", {"form": form, "row": row})
@@ -70,6 +76,9 @@ def suppression_edit(request, pk):
 @panel_view
 def suppression_delete(request, pk):
     row = get_object_or_404(Suppression, pk=pk)
+    if not lifting.may_lift(request.user, row):
+        messages.error(request, lifting.refusal(row))
+        return render(request, "commpanel/suppression_refused.html", {"row": row}, status=403)
     audit.record(request.user, "unsuppress", row, detail=f"was {row.reason}: {row.note}")
     row.delete()
     messages.success(request, f"{row.address} removed from the list: it will get mail again.")

@@ -184,6 +184,13 @@
         el.textContent = shown[name] || "";
         el.hidden = !shown[name];
       });
+      // Variables nothing fills: a warning, not an error (saving still works; they render empty).
+      var warnings = document.getElementById("live-warnings");
+      if (warnings) {
+        warnings.textContent = "";
+        (data.warnings || []).forEach(function (text) { warnings.appendChild(li(text, "warn")); });
+        warnings.hidden = !(data.warnings && data.warnings.length);
+      }
       if (data.preview) {
         if (frame) frame.srcdoc = data.preview.html || "<p style='font-family:sans-serif;color:#656d76'>No HTML part: only the text is sent.</p>";
         if (previewText) previewText.textContent = data.preview.text;

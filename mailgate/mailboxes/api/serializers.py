@@ -11,6 +11,7 @@ from dbmail.conf import settings as conf
 from dbmail.content import headers
 from dbmail.models import SendGrant
 from mailgate.mailboxes import identity
+from mailgate.mailboxes.api import permissions
 from mailgate.mailboxes.store import store_part
 from mailgate.models import MailAccount, MailFolder, MailServerProfile, Message, MessagePart, validate_options
 
@@ -83,7 +84,7 @@ class FolderSerializer(serializers.ModelSerializer):
 
     def validate_account(self, account):
         request = self.context["request"]
-        if not (request.user.is_staff or account.owner_id == request.user.pk):
+        if not permissions.may_use_account(request, account, "mailfolder"):
             raise serializers.ValidationError("No such account.")
         if self.instance and account != self.instance.account:
             raise serializers.ValidationError("A folder cannot move to another account.")
@@ -153,7 +154,7 @@ class MessageSerializer(serializers.ModelSerializer):
 
     def validate_account(self, account):
         request = self.context["request"]
-        if not (request.user.is_staff or account.owner_id == request.user.pk):
+        if not permissions.may_use_account(request, account, "message"):
             raise serializers.ValidationError("No such account.")
         refusal = identity.address_refusal(account.address, account) or identity.sending_refusal(account)
         if refusal:

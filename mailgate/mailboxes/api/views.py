@@ -80,7 +80,7 @@ class AccountViewSet(viewsets.ModelViewSet):
 
     def get_queryset(self):
         accounts = MailAccount.objects.select_related("profile").order_by("address")
-        return permissions.visible_accounts(self.request.user, accounts)
+        return permissions.visible_accounts(self.request, accounts)
 
     def perform_create(self, serializer):
         with transaction.atomic():
@@ -95,7 +95,7 @@ class AccountViewSet(viewsets.ModelViewSet):
 
     @extend_schema(request=None, responses=DiscoveryResult)
     @action(detail=True, methods=["post"])
-    def discover(self, request, pk=None):
+    def discover(self, request, pk=None, format=None):
         """List the account's folders again and store the new ones."""
         account = self.get_object()
         try:
@@ -128,7 +128,7 @@ class FolderViewSet(viewsets.ModelViewSet):
 
     def get_queryset(self):
         folders = MailFolder.objects.select_related("account").order_by("account__address", "name")
-        folders = permissions.visible_by_account(self.request.user, folders)
+        folders = permissions.visible_by_account(self.request, folders, "mailfolder")
         account = self.request.query_params.get("account")
         return folders.filter(account=account) if account and account.isdigit() else folders
 
@@ -169,7 +169,7 @@ class MessageViewSet(
 
     def get_queryset(self):
         messages = Message.objects.prefetch_related("parts").annotate(when=Coalesce(F("date"), F("created_at")))
-        messages = permissions.visible_by_account(self.request.user, messages).order_by("-when", "-id")
+        messages = permissions.visible_by_account(self.request, messages, "message").order_by("-when", "-id")
         params = self.request.query_params
         for name in ("status", "direction"):
             if params.get(name):
@@ -195,7 +195,7 @@ class MessageViewSet(
 
     @extend_schema(request=None, responses=MessageSerializer)
     @action(detail=True, methods=["post"])
-    def retry(self, request, pk=None):
+    def retry(self, request, pk=None, format=None):
         """Send an outgoing message in `error` again (it becomes `sending`)."""
         message = self.get_object()
         if not outgoing.retry(message):
@@ -211,29 +211,29 @@ class MessageViewSet(
 
     @extend_schema(responses=PartSerializer(many=True))
     @action(detail=True, methods=["get"], pagination_class=None)
-    def attachments(self, request, pk=None):
+    def attachments(self, request, pk=None, format=None):
         parts = self.get_object().parts.filter(kind=MessagePart.Kind.ATTACHMENT)
         return Response(PartSerializer(parts, many=True, context=self.get_serializer_context()).data)
 
     @extend_schema(responses=PartSerializer(many=True))
     @action(detail=True, methods=["get"], pagination_class=None)
-    def inlines(self, request, pk=None):
+    def inlines(self, request, pk=None, format=None):
         parts = self.get_object().parts.filter(kind=MessagePart.Kind.INLINE)
         return Response(PartSerializer(parts, many=True, context=self.get_serializer_context()).data)
 
     @extend_schema(responses=BINARY)
     @action(detail=True, methods=["get"], url_path=r"attachments/(?P<position>\d+)", url_name="attachment")
-    def attachment(self, request, pk=None, position=None):
+    def attachment(self, request, pk=None, position=None, format=None):
         return _file_response(self._part(MessagePart.Kind.ATTACHMENT, int(position)))
 
     @extend_schema(responses=BINARY)
     @action(detail=True, methods=["get"], url_path=r"inlines/(?P<position>\d+)", url_name="inline")
-    def inline(self, request, pk=None, position=None):
+    def inline(self, request, pk=None, position=None, format=None):
         return _file_response(self._part(MessagePart.Kind.INLINE, int(position)))
 
     @extend_schema(responses={(200, "text/html"): OpenApiTypes.STR})
     @action(detail=True, methods=["get"])
-    def html(self, request, pk=None):
+    def html(self, request, pk=None, format=None):
         message = self.get_object()
         if not message.html:
             raise Http404("This message has no HTML body.")
@@ -242,7 +242,7 @@ class MessageViewSet(
 
     @extend_schema(responses={(200, "message/rfc822"): OpenApiTypes.BINARY})
     @action(detail=True, methods=["get"])
-    def raw(self, request, pk=None):
+    def raw(self, request, pk=None, format=None):
         """The original RFC 822 bytes (incoming), or the bytes handed to the SMTP server (outgoing)."""
         message = self.get_object()
         data = message.raw
