@@ -189,6 +189,18 @@ class ThreadedWorker:
             raise self.error
 
 
+def crash_window():
+    """The most messages a sender killed at any moment may have sent with no outcome committed.
+
+    The window of outcomes waiting for their commit (ThreadedWorker.record waits for room
+    beyond it), and the one whose answer came while the window was full. The next message's
+    envelope may be on its way too (pipelining), but not its content: it cannot have gone out.
+    Inline, each outcome is committed before the next message: one. dbmail.send.takeover marks
+    this many of a dead claim's rows possibly delivered.
+    """
+    return conf.DBMAIL_OUTCOME_WINDOW + 1
+
+
 def worker():
     """The fastest safe worker here: another connection cannot see rows of a transaction still open."""
     if connection.vendor == "postgresql" and not connection.in_atomic_block:
