@@ -66,7 +66,7 @@ def test_the_first_k_unrecorded_rows_in_send_order_are_marked_and_no_others():
     assert set(TextOfEmail.objects.filter(pk__in=marked()).values_list("possibly_delivered", flat=True)) == {1}
 
 
-def test_a_dead_claim_taken_over_in_parts_is_marked_once(settings):
+def test_a_dead_claim_taken_over_in_parts_is_marked_once():
     order = mixed_queue()
     dead = claims.claim(100)
     die(dead, committed=0)
@@ -89,13 +89,25 @@ def test_rows_given_back_by_a_clean_stop_are_not_marked():
     assert DeliveryEvent.objects.filter(text=takeover.TEXT).count() == 3
 
 
-def test_each_dead_claim_marks_at_most_k():
+def test_a_dead_senders_claims_are_read_in_the_order_it_made_them():
     mixed_queue()
-    sending, ahead = claims.claim(6), claims.claim(100)  # the batch being sent and the one claimed ahead
-    die(sending, committed=1)
+    made = takeover.tokens()
+    sending = claims.claim(5, token=next(made))
+    ahead = claims.claim(100, token=next(made))  # claimed while the first was sent: never started
+    die(sending, committed=3)
     die(ahead, committed=0)
     claims.claim(100)
-    assert marked() == {e.pk for e in sending.emails[1:4] + ahead.emails[:3]}
+    # K = 3 for the sender: the 2 left of the claim it was sending, then 1 of the next (it may have begun).
+    assert marked() == {e.pk for e in sending.emails[3:] + ahead.emails[:1]}
+
+
+def test_two_dead_senders_are_judged_each_on_its_own():
+    mixed_queue()
+    one, other = claims.claim(6), claims.claim(100)  # a token each from a sender of its own
+    die(one, committed=1)
+    die(other, committed=0)
+    claims.claim(100)
+    assert marked() == {e.pk for e in one.emails[1:4] + other.emails[:3]}
 
 
 def test_a_dead_senders_rows_of_an_inactive_account_are_marked_as_they_go_back():

@@ -90,7 +90,7 @@ def _body_bytes():
     return RawSQL(sql, (), output_field=BigIntegerField())
 
 
-def claim(limit, now=None, scope=None, after=None, due_by=None, max_bytes=None, pacer=None):
+def claim(limit, now=None, scope=None, after=None, due_by=None, max_bytes=None, pacer=None, token=None):
     """Claim up to `limit` due emails for this process.
 
     `scope` (a Q) restricts the claim to matching rows, due or not: an operator's forced send.
@@ -101,10 +101,11 @@ def claim(limit, now=None, scope=None, after=None, due_by=None, max_bytes=None, 
     email per run). `max_bytes`: stop adding rows once their bodies come to this (the first
     row always comes, whatever its size). `pacer` (dbmail.send.pacing): the budgets of
     destinations and sender accounts; rows over them are not claimed, and wait untouched.
+    `token`: the claim's, the next of its sender's takeover.tokens() (a new sender's first by default).
     """
     now = now or timezone.now()
     due_by = min(due_by or now, now)
-    token = uuid.uuid4()
+    token = token or next(takeover.tokens())
     lease_until = now + timedelta(seconds=conf.DBMAIL_LEASE_SECONDS)
     waiting = Q()  # the pacer's groups and accounts that must wait now (usually none)
     if pacer is not None:
@@ -415,7 +416,7 @@ def claim_one(email, pacer=None):
     if pacer is not None and not pacer.admit_one(email):
         return None  # left queued for the next dbmail_cron run
     now = timezone.now()
-    token = uuid.uuid4()
+    token = next(takeover.tokens())
     lease_until = now + timedelta(seconds=conf.DBMAIL_LEASE_SECONDS)
     taken = states.CLAIM_NOW.update(
         # held: the first cron run after the account is active again sends it
