@@ -7,7 +7,8 @@ already talks about the next messages: those that arrive within 20 ms of the
 first (up to half the window, or those waiting when the database is slower
 than the SMTP server) go out together in one statement. The SMTP thread never has more than DBMAIL_OUTCOME_WINDOW
 outcomes waiting for their commit, so a killed sender can cause at most that
-many messages, plus the one just answered, to be sent twice.
+many messages, plus the one just answered, to be sent twice (crash_window(): the
+claim that takes its rows over marks that many possibly delivered, dbmail.send.takeover).
 
 Where a second connection cannot help (SQLite, or inside a caller's open
 transaction, whose rows another connection cannot see) the same calls run
