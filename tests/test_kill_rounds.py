@@ -193,6 +193,7 @@ def test_a_killed_senders_possible_duplicates_are_marked_when_its_rows_are_taken
     assert twice and unrecorded <= twice
     emails = TextOfEmail.objects.all()
     marked = set(emails.filter(possibly_delivered__gt=0).values_list("message_id", flat=True))
+    print(f"{dead_senders} killed, {len(twice)} duplicates, {len(marked)} marked")
     assert twice <= marked, f"{len(twice - marked)} of {len(twice)} duplicates unmarked"
     # Not the killed senders' whole claims: at most the crash window of each, once more for a claim it made
     # ahead whose lease ran out after the rest was taken over.
