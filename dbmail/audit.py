@@ -6,10 +6,11 @@ admin's actions and forms (through AuditedAdmin, which hooks the admin's own
 change log) and mailgate's moderation call it for what a person did; a
 request's own history goes through it too, with its `kind`: a failed expansion
 (dbmail.intake.expand, by dbmail_cron), the reputation guard's pause
-(dbmail.track.guard, by dbmail_track), a resume (guard.resume), and a
-cancel or retry, recorded by the panel, admin or API view that called
-MessageRequest.cancel or retry (the models import no logic, so they cannot
-call this): each step once. Nothing ever updates or deletes an AuditEvent
+(dbmail.track.guard, by dbmail_track), a resume (guard.resume), a retry,
+recorded by the panel, admin or API view that called MessageRequest.retry,
+and a cancel, which MessageRequest.cancel records itself (through
+AuditEvent.objects.record, the writer behind this one: the models import no
+logic), so one from a shell is in the history too: each step once. Nothing ever updates or deletes an AuditEvent
 (the model, its queryset and the database refuse). An email's own history (its
 DeliveryEvents) also names the person who cancelled or retried it
 (dbmail.models.TextOfEmail.cancel and retry_now).
@@ -18,12 +19,7 @@ DeliveryEvents) also names the person who cancelled or retried it
 from django.contrib import admin
 from django.contrib.auth import get_permission_codename
 
-from dbmail.models import AuditEvent, MessageRequest, TextOfEmail
-
-
-def actor_name(user):
-    return user.get_username() if user is not None and getattr(user, "is_authenticated", False) else ""
-
+from dbmail.models import AuditEvent, actor_name
 
 # The programs named as the actor of what no person did.
 CRON = "dbmail_cron"
@@ -36,25 +32,7 @@ def record(user, action, target, *, detail="", request=None, kind="", by="", at=
     `kind` marks a step of a request's history (AuditEvent.Kind); its detail is kept whole, line
     breaks and all (a failure's traceback), where a person's action's detail is one line.
     """
-    if request is None:
-        if isinstance(target, MessageRequest):
-            request = target
-        elif isinstance(target, TextOfEmail) and target.request_id:
-            request = target.request
-    name = actor_name(user)
-    extra = {} if at is None else {"at": at}
-    return AuditEvent.objects.create(
-        actor=user if name else None,
-        actor_name=name or by or "(unknown)",
-        action=action[:50],
-        target_type=target._meta.label_lower,
-        target_id=str(target.pk or "")[:64],
-        target=str(target)[:300],
-        request=request if request is not None and request.pk else None,
-        detail=str(detail) if kind else " ".join(str(detail).split())[:5000],
-        kind=kind,
-        **extra,
-    )
+    return AuditEvent.objects.record(user, action, target, detail=detail, request=request, kind=kind, by=by, at=at)
 
 
 def program_step(program, kind, request, detail, at=None):

@@ -301,17 +301,26 @@ class MessageRequest(models.Model):
             MessageRequest.objects.select_for_update().filter(pk=self.pk).exists()
             return super().delete(*args, **kwargs)
 
-    def cancel(self, actor=None):
+    def cancel(self, actor=None, via="", by="shell"):
         """Stop the request: no further expansion, and unsent emails become cancelled (each with its event).
 
-        Returns the rows changed (the request's own, then its emails'). Whoever asked records the
-        request's step through dbmail.audit.record (kind "cancel"): the models import no logic.
+        Returns the rows changed (the request's own, then its emails'). The step goes into the
+        request's history here, once, whoever asked (the panel, the admin, the API, a shell):
+        an AuditEvent of kind "cancel" naming `actor`, or the program `by` when there is no user,
+        and `via` ("admin", "API") in its action. A request that could not be cancelled (already
+        cancelled, or sent) records nothing.
         """
+        draft = self.status == states.RequestStatus.DRAFT
         updated = states.CANCEL_REQUEST.update(
             MessageRequest.objects.filter(pk=self.pk), expand_token=None, expand_lease_until=None
         )
         self.status = states.CANCEL_REQUEST.target
-        return updated + TextOfEmail.cancel(self.emails.all(), actor=actor)
+        stopped = TextOfEmail.cancel(self.emails.all(), actor=actor)
+        if updated:
+            action = ("discard draft" if draft else "cancel") + (f" ({via})" if via else "")
+            detail = "" if draft else f"{stopped} email(s) stopped before sending"
+            AuditEvent.objects.record(actor, action, self, detail=detail, kind=AuditEvent.Kind.CANCEL, by=by)
+        return updated + stopped
 
     def retry(self, user=None):
         """A failed request goes back to queued and resumes from its checkpoint: what was done in words, or "".
@@ -555,8 +564,41 @@ class DeliveryEvent(models.Model):
         return f"{self.at:%Y-%m-%d %H:%M:%S} {self.kind}{code} -> {self.outcome}"
 
 
+def actor_name(user):
+    """The username an event keeps for `user` ("" for none, or for an anonymous visitor)."""
+    return user.get_username() if user is not None and getattr(user, "is_authenticated", False) else ""
+
+
 class AuditEventQuerySet(models.QuerySet):
     """AuditEvents are written once: no bulk update or delete through the ORM (the database refuses them too)."""
+
+    def record(self, user, action, target, *, detail="", request=None, kind="", by="", at=None):
+        """One AuditEvent: `user` (or, with no user, the program `by`) did `action` to `target`. Returns it.
+
+        The one writer of a single AuditEvent (dbmail.audit.record, for the logic, is this): here so
+        that a model's own step (MessageRequest.cancel) is recorded without the models importing logic.
+        `kind` marks a step of a request's history (AuditEvent.Kind); its detail is kept whole, line
+        breaks and all (a failure's traceback), where a person's action's detail is one line.
+        """
+        if request is None:
+            if isinstance(target, MessageRequest):
+                request = target
+            elif isinstance(target, TextOfEmail) and target.request_id:
+                request = target.request
+        name = actor_name(user)
+        extra = {} if at is None else {"at": at}
+        return self.create(
+            actor=user if name else None,
+            actor_name=name or by or "(unknown)",
+            action=action[:50],
+            target_type=target._meta.label_lower,
+            target_id=str(target.pk or "")[:64],
+            target=str(target)[:300],
+            request=request if request is not None and request.pk else None,
+            detail=str(detail) if kind else " ".join(str(detail).split())[:5000],
+            kind=kind,
+            **extra,
+        )
 
     def update(self, **kwargs):
         raise PermissionError("an AuditEvent is never changed")

@@ -125,12 +125,16 @@ def test_a_cancel_leaves_one_event_from_the_panel_the_admin_the_api_and_the_mode
         {"action": "cancel_requests", "_selected_action": [mails[1].pk]},
     )
     assert client_for(ann).post(f"/api/v1/requests/{mails[2].pk}/cancel/").json()["cancelled_emails"] == 2
-    mails[3].cancel()  # the model's step alone: its caller records it
+    mails[3].cancel()  # from a Django shell: no user, and in the history all the same
+    assert mails[3].cancel() == 0  # once cancelled, nothing more happens, nor is recorded
     seen = [[(e.actor_name, e.action, e.kind, e.detail) for e in _events(mail)] for mail in mails]
     assert seen[0] == [("editor", "cancel", "cancel", "2 email(s) stopped before sending")]
     assert seen[1] == [("admin", "cancel (admin)", "cancel", "2 email(s) stopped before sending")]
     assert seen[2] == [("ann", "cancel (API)", "cancel", "2 email(s) stopped before sending")]
-    assert seen[3] == [] and MessageRequest.objects.filter(status=R.CANCELLED).count() == 4
+    assert seen[3] == [("shell", "cancel", "cancel", "2 email(s) stopped before sending")]
+    assert MessageRequest.objects.filter(status=R.CANCELLED).count() == 4
+    assert _events(mails[3])[0].actor is None
+    assert [(e["who"], e["what"]) for e in history_of(mails[3])] == [("shell", "cancel")]  # the request page's
 
 
 @pytest.mark.django_db
@@ -138,6 +142,9 @@ def test_a_draft_discarded_in_the_panel_is_one_event(panel, editor):
     draft = MessageRequestFactory(status=R.DRAFT, creator=editor)
     panel.post(reverse("commpanel:cancel", args=[draft.pk]))
     assert [(e.action, e.kind, e.detail) for e in _events(draft)] == [("discard draft", "cancel", "")]
+    other = MessageRequestFactory(status=R.DRAFT, creator=editor)
+    other.cancel()
+    assert [(e.actor_name, e.action, e.kind) for e in _events(other)] == [("shell", "discard draft", "cancel")]
 
 
 @pytest.mark.django_db

@@ -75,6 +75,8 @@ def test_a_one_shot_run_exits_in_one_line_and_gives_its_claims_back(smtp_server)
     assert again.returncode == 0
     received = Counter(m.message_id for m in smtp_server.received)
     assert set(received) == set(rows) and max(received.values()) == 1
+    # Given back, not taken over from a dead sender: nothing is marked possibly delivered (dbmail.send.takeover).
+    assert not TextOfEmail.objects.filter(possibly_delivered__gt=0).exists()
 
 
 def test_a_loop_reconnects_and_goes_on(smtp_server):

@@ -24,6 +24,7 @@ from django.utils import timezone
 from dbmail import prepared, states
 from dbmail.conf import settings as conf
 from dbmail.models import MessageRequest, SenderAccount, TextOfEmail
+from dbmail.send import takeover
 
 Status = states.EmailStatus
 
@@ -89,7 +90,7 @@ def _body_bytes():
     return RawSQL(sql, (), output_field=BigIntegerField())
 
 
-def claim(limit, now=None, scope=None, after=None, due_by=None, max_bytes=None, pacer=None):
+def claim(limit, now=None, scope=None, after=None, due_by=None, max_bytes=None, pacer=None, token=None):
     """Claim up to `limit` due emails for this process.
 
     `scope` (a Q) restricts the claim to matching rows, due or not: an operator's forced send.
@@ -100,10 +101,11 @@ def claim(limit, now=None, scope=None, after=None, due_by=None, max_bytes=None, 
     email per run). `max_bytes`: stop adding rows once their bodies come to this (the first
     row always comes, whatever its size). `pacer` (dbmail.send.pacing): the budgets of
     destinations and sender accounts; rows over them are not claimed, and wait untouched.
+    `token`: the claim's, the next of its sender's takeover.tokens() (a new sender's first by default).
     """
     now = now or timezone.now()
     due_by = min(due_by or now, now)
-    token = uuid.uuid4()
+    token = token or next(takeover.tokens())
     lease_until = now + timedelta(seconds=conf.DBMAIL_LEASE_SECONDS)
     waiting = Q()  # the pacer's groups and accounts that must wait now (usually none)
     if pacer is not None:
@@ -133,6 +135,9 @@ def claim(limit, now=None, scope=None, after=None, due_by=None, max_bytes=None, 
             admitted = pacer.admit([(pk, *rest) for pk, _, _, *rest in candidates if pk in picked])
             picked = {pk: picked[pk] for pk in admitted}
         total = sum(sizes[pk] for pk in picked)
+        stale = [pk for pk, status in picked.items() if status == Status.SENDING]
+        if stale:  # rare: a sender stopped without giving its rows back; it may have sent some
+            takeover.judge(stale, now)
         if picked and connection.vendor == "postgresql":
             emails = _take_postgresql(list(picked), token, lease_until, now)
         elif picked:
@@ -146,7 +151,7 @@ def claim(limit, now=None, scope=None, after=None, due_by=None, max_bytes=None, 
             )
     if picked and connection.vendor != "postgresql":
         emails = list(TextOfEmail.objects.filter(pk__in=list(picked), claim_token=token).select_related("account"))
-    emails = sorted(emails, key=_SEND_ORDER) if picked else []
+    emails = sorted(emails, key=takeover.SEND_ORDER) if picked else []
     # A row taken over from a dead sender goes back as deferred if it is released unsent.
     claimed_from = {pk: (Status.DEFERRED if status == Status.SENDING else status) for pk, status in picked.items()}
     return Claim(emails, token, lease_until, claimed_from, bytes=total)
@@ -243,14 +248,6 @@ def _candidate_sql(which, paced):
         )
     _CANDIDATE_SQL[(which, paced)] = sql
     return sql
-
-
-def _SEND_ORDER(email):
-    return (
-        email.account_id or 0,
-        email.request_id or 0,
-        email.pk,
-    )  # a request's emails together: attachments read once
 
 
 # The claim's UPDATE on PostgreSQL: one prepared statement that marks the rows and hands them back
@@ -397,9 +394,17 @@ def _paused():
 
 
 def _give_back_held(now):
-    """Rows of an inactive account or a paused request left "sending" by a sender that died go back to deferred."""
+    """Rows of an inactive account or a paused request left "sending" by a sender that died go back to deferred.
+
+    Those it may have sent are marked possibly delivered first (dbmail.send.takeover).
+    """
+    left = TextOfEmail.objects.filter(_held() | _paused(), status=Status.SENDING, leased_until__lte=now)
+    ids = list(left.select_for_update(skip_locked=True).values_list("pk", flat=True))
+    if not ids:
+        return
+    takeover.judge(ids, now)
     states.RELEASE[Status.DEFERRED].update(
-        TextOfEmail.objects.filter(_held() | _paused(), leased_until__lte=now),
+        TextOfEmail.objects.filter(pk__in=ids),
         claim_token=None,
         leased_until=None,
         status_changed_at=now,
@@ -411,7 +416,7 @@ def claim_one(email, pacer=None):
     if pacer is not None and not pacer.admit_one(email):
         return None  # left queued for the next dbmail_cron run
     now = timezone.now()
-    token = uuid.uuid4()
+    token = next(takeover.tokens())
     lease_until = now + timedelta(seconds=conf.DBMAIL_LEASE_SECONDS)
     taken = states.CLAIM_NOW.update(
         # held: the first cron run after the account is active again sends it

@@ -7,7 +7,8 @@ already talks about the next messages: those that arrive within 20 ms of the
 first (up to half the window, or those waiting when the database is slower
 than the SMTP server) go out together in one statement. The SMTP thread never has more than DBMAIL_OUTCOME_WINDOW
 outcomes waiting for their commit, so a killed sender can cause at most that
-many messages, plus the one just answered, to be sent twice.
+many messages, plus the one just answered, to be sent twice (crash_window(): the
+claim that takes its rows over marks that many possibly delivered, dbmail.send.takeover).
 
 Where a second connection cannot help (SQLite, or inside a caller's open
 transaction, whose rows another connection cannot see) the same calls run
@@ -187,6 +188,18 @@ class ThreadedWorker:
         sys.setswitchinterval(self._switch_interval)
         if self.error and raise_error:
             raise self.error
+
+
+def crash_window():
+    """The most messages a sender killed at any moment may have sent with no outcome committed.
+
+    The window of outcomes waiting for their commit (ThreadedWorker.record waits for room
+    beyond it), and the one whose answer came while the window was full. The next message's
+    envelope may be on its way too (pipelining), but not its content: it cannot have gone out.
+    Inline, each outcome is committed before the next message: one. dbmail.send.takeover marks
+    this many of a dead claim's rows possibly delivered.
+    """
+    return conf.DBMAIL_OUTCOME_WINDOW + 1
 
 
 def worker():

@@ -39,7 +39,7 @@ from dbmail import states
 from dbmail.conf import settings as conf
 from dbmail.content import addresses, attachments
 from dbmail.models import DeliveryEvent
-from dbmail.send import claims, dbworker, message, mime, pacing, problems, retry
+from dbmail.send import claims, dbworker, message, mime, pacing, problems, retry, takeover
 from dbmail.send.recovery import DATABASE_ERRORS, DatabaseLost, Leftovers
 
 log = logging.getLogger(__name__)
@@ -163,6 +163,7 @@ class Sender:
         self._ahead = {}  # the next email's prepared message, when its envelope went out ahead
         # `clock` (a callable returning now): the budgets' time, which a test may move (a daily cap's next day).
         self.pacer = pacing.Pacer(self.batch_size, clock=clock)
+        self._tokens = takeover.tokens()  # in claim order: a takeover after a crash reads them so
 
     def _limit_reached(self):
         if self.stopping or (self.deadline and time.monotonic() >= self.deadline):
@@ -213,6 +214,7 @@ class Sender:
             due_by=self.started_at,
             max_bytes=self.max_bytes // 2,
             pacer=self.pacer,
+            token=next(self._tokens),
         )
 
     def _wait_for_budget(self):

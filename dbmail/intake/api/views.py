@@ -140,11 +140,8 @@ class RequestViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, _SendingV
         before = mail.status_counts().get(EmailStatus.CANCELLED, 0)
         cancelled = mail.status in states.CANCEL_REQUEST.sources
         if cancelled:
-            mail.cancel(actor=request.user)
+            mail.cancel(actor=request.user, via="API")  # its history records the step
         stopped = mail.status_counts().get(EmailStatus.CANCELLED, 0) - before
-        if cancelled:
-            detail = f"{stopped} email(s) stopped before sending"
-            audit.record(request.user, "cancel (API)", mail, detail=detail, kind=AuditEvent.Kind.CANCEL)
         return Response({"id": mail.pk, "status": mail.status, "cancelled_emails": stopped})
 
     @extend_schema(

@@ -59,7 +59,8 @@ class Command(BaseCommand):
         if report.possibly_delivered:
             self.stdout.write(
                 f"outcome unknown (possibly delivered): {report.possibly_delivered} emails went out whole but "
-                "their answer was lost; they were sent again and may have arrived twice"
+                "their answer was lost, or their sender was killed before recording it; they were sent again "
+                "and may have arrived twice"
             )
         for problem in report.sending_problems:
             self.stdout.write(f"sending problem: {health.describe_problem(problem)}")

@@ -357,16 +357,13 @@ def cancel(request, pk):
     if mail.status == Status.CANCELLED:
         messages.info(request, "This request was already cancelled.")
     elif mail.status == Status.DRAFT:
-        mail.cancel(actor=request.user)
-        audit.record(request.user, "discard draft", mail, kind=AuditEvent.Kind.CANCEL)
+        mail.cancel(actor=request.user)  # its history records the step
         messages.success(request, "Draft discarded: nothing was sent.")
     else:
         before = mail.status_counts()
         mail.cancel(actor=request.user)
         after = mail.status_counts()
         stopped = after.get(EmailStatus.CANCELLED, 0) - before.get(EmailStatus.CANCELLED, 0)
-        detail = f"{stopped} email(s) stopped before sending"
-        audit.record(request.user, "cancel", mail, detail=detail, kind=AuditEvent.Kind.CANCEL)
         messages.success(request, _cancelled(stopped, progress(mail, after)))
     return redirect("commpanel:request", pk=pk)
 
