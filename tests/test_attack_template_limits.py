@@ -177,6 +177,15 @@ def test_within_budget_a_template_renders_as_before():
         assert got == expected
 
 
+def test_debug_prints_nothing_in_mail_even_with_debug_on(settings):
+    # Django's {% debug %} prints the context and every loaded module when DEBUG is on (make run):
+    # the preview would show, and each recipient get, what production never sends.
+    settings.DEBUG = True
+    for engine in (rendering._TEXT_ENGINE, rendering._HTML_ENGINE, rendering._CHECK_HTML_ENGINE):
+        got = template_limits.render(engine.from_string("a{% debug %}b"), Context({"name": "Ann"}), 1 << 20)
+        assert got == "ab"
+
+
 @fuzz_settings(60)
 @given(
     widths=st.lists(st.integers(min_value=-5, max_value=300), min_size=1, max_size=5),

@@ -30,7 +30,7 @@ import re
 from contextvars import ContextVar
 
 from django.template import Engine, Library, defaultfilters, defaulttags
-from django.template.base import TextNode, VariableNode
+from django.template.base import Node, TextNode, VariableNode
 
 from dbmail.conf import settings as conf
 from dbmail.exceptions import RenderLimitExceeded
@@ -364,9 +364,25 @@ def _counting(compile_function):
     return compile_counted
 
 
-# {% firstof big %} and {% cycle big big %} print a value as {{ big }} does; {% debug %} (with DEBUG on) the context.
-for _name in ("firstof", "cycle", "debug"):
+# {% firstof big %} and {% cycle big big %} print a value as {{ big }} does.
+for _name in ("firstof", "cycle"):
     register.tag(_name, _counting(defaulttags.register.tags[_name]))
+
+
+class _SilentDebugNode(Node):
+    def render(self, context):
+        return ""
+
+
+@register.tag
+def debug(parser, token):
+    """{% debug %} prints nothing in mail, as Django's does with DEBUG off.
+
+    With DEBUG on (`make run`), Django's prints the whole context and every
+    module the process loaded: to each recipient, and the preview would show
+    what production never sends.
+    """
+    return _SilentDebugNode()
 
 
 @register.tag
