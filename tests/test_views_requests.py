@@ -12,6 +12,7 @@ from dbmail.models import AuditEvent, MessageRequest, RequestAttachment, SenderA
 
 from . import poison
 from .factories import GroupFactory, MessageRequestFactory, TextOfEmailFactory, UserFactory
+from .test_views_compose import compose_data
 
 pytestmark = pytest.mark.django_db
 Status = MessageRequest.Status
@@ -810,3 +811,15 @@ def test_a_message_stored_whole_is_shown_as_its_source(panel):
     email.save()
     page = panel.get(reverse("commpanel:email", args=[mail.pk, email.pk])).content.decode()
     assert 'id="sent-raw"' in page and "multipart/mixed; boundary=x" in page
+
+
+def test_the_history_names_a_panel_made_request_once(panel, editor):
+    sender = SenderAccount.objects.create(address="office@example.org")
+    panel.post(reverse("commpanel:compose"), compose_data(sender))
+    page = panel.get(reverse("commpanel:request", args=[MessageRequest.objects.get().pk])).content.decode()
+    history = page[page.index('id="history"') :]
+    assert history.count("create draft") == 1 and "<td>created</td>" not in history
+    # One made elsewhere, with no creation event, still shows when it was made.
+    other = MessageRequestFactory()
+    history = panel.get(reverse("commpanel:request", args=[other.pk])).content.decode()
+    assert "<td>created</td>" in history[history.index('id="history"') :]
