@@ -84,7 +84,7 @@ def test_send_now_queues_the_draft(panel):
     mail = rows_request()
     before = timezone.now()
     response = panel.post(reverse("commpanel:send", args=[mail.pk]), {"when": "now"}, follow=True)
-    assert "Queued. This goes out to 3 addresses on the next dbmail_cron run." in response.content.decode()
+    assert "Queued. This goes out to 3 addresses on the next sending run." in response.content.decode()
     mail.refresh_from_db()
     assert mail.status == Status.QUEUED
     assert before <= mail.send_at <= timezone.now()
@@ -367,7 +367,7 @@ def test_test_send_while_the_server_is_down_stays_queued_and_says_so(panel, sett
     email = TextOfEmail.objects.get(to_address="editor@example.org")
     assert email.status == TextOfEmail.Status.QUEUED
     assert "cannot connect" in email.events.get().text  # it was tried, and kept for cron
-    assert "the next dbmail_cron run sends it" in response.content.decode()
+    assert "the next sending run sends it" in response.content.decode()
 
 
 def test_each_email_has_a_history_page_with_attempts_and_tracking_events(panel, client):
@@ -530,7 +530,7 @@ def test_reschedule_moves_the_time_and_says_when(panel):
     assert mail.send_at.isoformat() == "2099-12-03T09:00:00+00:00" and mail.status == Status.QUEUED
     assert "Rescheduled. This will be sent to 3 addresses on 3 Dec 2099 at 09:00." in response.content.decode()
     response = panel.post(reverse("commpanel:reschedule", args=[mail.pk]), {"when": "now"}, follow=True)
-    assert "Rescheduled. This goes out to 3 addresses on the next dbmail_cron run." in response.content.decode()
+    assert "Rescheduled. This goes out to 3 addresses on the next sending run." in response.content.decode()
     assert expand.claim_request().pk == mail.pk
 
 

@@ -160,7 +160,7 @@ def plan(mail, count, now=None):
     whom = f"{count:,} address{'es' if count != 1 else ''}"
     if mail.send_at > now:
         return f"This will be sent to {whom} on {when(mail.send_at)}."
-    return f"This goes out to {whom} on the next dbmail_cron run."
+    return f"This goes out to {whom} on the next sending run."
 
 
 def _email_table(request, mail):
@@ -343,7 +343,7 @@ def send_test(request, pk):
     elif email.status in states.WAITING:
         messages.warning(
             request,
-            f"The mail server did not take the test yet; the next dbmail_cron run sends it to {email.to_address}.",
+            f"The mail server did not take the test yet; the next sending run sends it to {email.to_address}.",
         )
     else:
         messages.error(request, f"Test not sent: {email.last_error}")
@@ -385,7 +385,7 @@ def retry(request, pk):
     mail = get_object_or_404(MessageRequest, pk=pk)
     n = TextOfEmail.retry_now(mail.emails.all(), actor=request.user)
     audit.record(request.user, "retry", mail, detail=f"{n} email(s) queued again")
-    messages.success(request, f"{n:,} email{'s' if n != 1 else ''} will be tried again on the next dbmail_cron run.")
+    messages.success(request, f"{n:,} email{'s' if n != 1 else ''} will be tried again on the next sending run.")
     return redirect("commpanel:request", pk=pk)
 
 
@@ -398,7 +398,7 @@ def resume(request, pk):
     if mail.status == Status.PAUSED:
         words = guard.resume(mail, user=request.user)
         if words:
-            messages.success(request, f"Resumed: the rest goes out with the next dbmail_cron runs ({words}).")
+            messages.success(request, f"Resumed: the rest goes out with the next sending runs ({words}).")
         return redirect("commpanel:request", pk=pk)
     if mail.status not in states.RETRY_REQUEST.sources:
         messages.info(request, "Only a failed or paused request can be resumed this way.")
@@ -410,7 +410,7 @@ def resume(request, pk):
     text = mail.retry(user=request.user)
     if text:
         audit.record(request.user, AuditEvent.Kind.RETRY.label, mail, detail=text, kind=AuditEvent.Kind.RETRY)
-        messages.success(request, "Queued again: the next dbmail_cron run continues where it stopped.")
+        messages.success(request, "Queued again: the next sending run continues where it stopped.")
     return redirect("commpanel:request", pk=pk)
 
 
