@@ -396,3 +396,8 @@ def test_the_groups_label_comes_before_its_boxes(panel, sender):
     field = page[page.index('id="field-groups"') :]
     assert field.index("<label>Groups</label>") < field.index('name="groups"')
     assert 'for=""' not in page  # a radio or box list has no one input for its label
+
+
+def test_the_parameters_box_says_the_built_in_sets_need_none(panel, sender):
+    page = panel.get(reverse("commpanel:compose")).content.decode()
+    assert "Parameters (JSON, optional)" in page and "Leave it empty for all active users and for staff." in page

@@ -74,10 +74,13 @@ class ComposeForm(RequestForm):
         queryset=Group.objects.order_by("name"), required=False, widget=forms.CheckboxSelectMultiple
     )
     params = forms.CharField(
-        label="Parameters (JSON)",
+        label="Parameters (JSON, optional)",
         required=False,
-        widget=forms.Textarea(attrs={"rows": 2}),
-        help_text="Only for sets that take parameters other than groups.",
+        widget=forms.Textarea(attrs={"rows": 2, "placeholder": '{"class": "4b"}'}),
+        help_text=(
+            "Leave it empty for all active users and for staff. Only a set your site added "
+            "that asks for parameters reads them, as a JSON object."
+        ),
     )
     addresses = forms.CharField(
         required=False,
