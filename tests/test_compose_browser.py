@@ -11,7 +11,7 @@ import shutil
 import pytest
 from django.contrib.auth.models import Group
 
-from dbmail.models import EmailTemplate, MessageRequest, PendingUpload
+from dbmail.models import EmailTemplate, MessageRequest, PendingUpload, Suppression
 
 from .conftest import ROOT
 from .factories import SenderAccountFactory, UserFactory
@@ -112,6 +112,15 @@ def test_the_live_box_gives_the_verdict_saving_gives(page, tmp_path):
     page.wait_for_selector("#error-summary")
     assert "1 bad row(s) in people.csv" in page.inner_text("#error-summary")
     assert not MessageRequest.objects.exists()
+
+
+def test_the_count_keeps_its_note_on_what_is_left_out(page):
+    Suppression.objects.create(address="gone@x.org", reason="unsubscribed")
+    page.check("input[name=source][value=paste]")
+    page.fill("#id_addresses", "a@x.org gone@x.org a@x.org")
+    wait_count(page, "1")
+    # Why 1 and not 3: the note on suppressed addresses and repeats is still there once counted.
+    assert "suppressed addresses and repeats left out" in page.inner_text("#audience-notes")
 
 
 def test_template_errors_show_while_typing(page):

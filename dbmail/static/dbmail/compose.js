@@ -210,6 +210,8 @@
   if (!countUrl) return;
   var countEl = document.getElementById("audience-count");
   var notesEl = document.getElementById("audience-notes");
+  // The page's own note says why the count may be below the set's size (suppressed, inactive, repeats): it stays.
+  var countNote = notesEl.querySelector("p");
   var countSerial = 0;
 
   function showSource() {
@@ -249,7 +251,7 @@
         });
         if (!data.count) list.appendChild(li("Nobody would get this mail."));
       }
-      notesEl.replaceChildren(list);
+      if (countNote) notesEl.replaceChildren(countNote, list); else notesEl.replaceChildren(list);
     }).catch(function () { if (mine === countSerial) countEl.textContent = "?"; });
   }
   var scheduleCount = debounce(count, 400);
