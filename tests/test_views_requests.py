@@ -119,6 +119,20 @@ def test_bad_schedule_is_refused(panel, data, message):
     mail.refresh_from_db()
     assert mail.status == Status.DRAFT
     assert message in response.content.decode()
+    # The form comes back as it was sent, to correct, not reset to "Send now".
+    form = response.context["schedule_form"]
+    assert form["when"].value() == "later" and form["send_at"].value() == data["send_at"]
+
+
+def test_a_refused_reschedule_keeps_the_time_typed(panel):
+    mail = rows_request()
+    panel.post(reverse("commpanel:send", args=[mail.pk]), {"when": "later", "send_at": "2099-05-01T08:30"})
+    typed = {"when": "later", "send_at": "2001-01-01T00:00"}
+    response = panel.post(reverse("commpanel:reschedule", args=[mail.pk]), typed, follow=True)
+    assert "This time has passed" in response.content.decode()
+    assert 'value="2001-01-01T00:00"' in response.content.decode()
+    # Opened afresh, the page shows the time it keeps.
+    assert 'value="2099-05-01T08:30"' in panel.get(reverse("commpanel:request", args=[mail.pk])).content.decode()
 
 
 def test_a_draft_that_became_invalid_is_not_queued(panel):

@@ -11,6 +11,7 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.template.loader import render_to_string
 from django.urls import reverse
 from django.utils import timezone
+from django.utils.http import urlencode
 from django.views.decorators.http import require_POST
 
 from dbmail import audit, rollup, states
@@ -26,6 +27,8 @@ from dbmail.send import caps
 from dbmail.track import guard
 
 Status = states.RequestStatus
+# What a refused send or reschedule carries back to the form, as typed.
+SCHEDULE_FIELDS = ("when", "send_at")
 EmailStatus = states.EmailStatus
 
 
@@ -122,11 +125,13 @@ def request_detail(request, pk):
     }
     if mail.public and mail.status != Status.DRAFT:
         context["web_version_url"] = request.build_absolute_uri(reverse("dbmail:web_version", args=[mail.public_id]))
+    typed = _typed_schedule(request)
     if mail.status == Status.DRAFT:
-        context["schedule_form"] = ScheduleForm()
+        context["schedule_form"] = ScheduleForm(initial=typed)
         context["summary"] = audience.summarise(mail)
     elif shown["editable"]:  # scheduled, or queued and not yet taken: it may still change
-        context["schedule_form"] = ScheduleForm(initial={"when": "later", "send_at": timezone.localtime(mail.send_at)})
+        current = {"when": "later", "send_at": timezone.localtime(mail.send_at)}
+        context["schedule_form"] = ScheduleForm(initial=typed or current)
         context["summary"] = audience.summarise(mail)
         context["plan"] = plan(mail, context["summary"].count)
     if mail.status != Status.DRAFT:
@@ -260,10 +265,7 @@ def send(request, pk):
             return redirect("commpanel:request", pk=pk)
         form = ScheduleForm(request.POST)
         if not form.is_valid():
-            for errors in form.errors.values():
-                for error in errors:
-                    messages.error(request, error)
-            return redirect("commpanel:request", pk=pk)
+            return _refused_schedule(request, form, pk)
         try:
             validation.full_clean(mail)
         except ValidationError as exc:  # the draft became invalid since (e.g. its sender was deactivated)
@@ -292,10 +294,7 @@ def reschedule(request, pk):
     mail = get_object_or_404(MessageRequest, pk=pk)
     form = ScheduleForm(request.POST)
     if not form.is_valid():
-        for errors in form.errors.values():
-            for error in errors:
-                messages.error(request, error)
-        return redirect("commpanel:request", pk=pk)
+        return _refused_schedule(request, form, pk)
     send_at = form.send_time()
     # Conditional on the status: once expansion has taken the request (queued -> expanding),
     # nothing changes. Expansion's claim skips a row this UPDATE holds, so the two never interleave.
@@ -307,6 +306,22 @@ def reschedule(request, pk):
     audit.record(request.user, "reschedule", mail, detail=f"to go out at {send_at:%Y-%m-%d %H:%M %Z}")
     messages.success(request, f"Rescheduled. {plan(mail, audience.summarise(mail).count)}")
     return redirect("commpanel:request", pk=pk)
+
+
+def _refused_schedule(request, form, pk):
+    """Back to the request page with the errors, and the choice as typed in the form again to correct."""
+    for errors in form.errors.values():
+        for error in errors:
+            messages.error(request, error)
+    typed = {name: request.POST.get(name, "") for name in SCHEDULE_FIELDS}
+    return redirect(f"{reverse('commpanel:request', args=[pk])}?{urlencode(typed)}")
+
+
+def _typed_schedule(request):
+    """The schedule choice a refused send or reschedule brought back (?when=...&send_at=...), else None."""
+    if request.GET.get("when") not in ("now", "later"):
+        return None
+    return {name: request.GET.get(name, "") for name in SCHEDULE_FIELDS}
 
 
 def _too_late(mail):
