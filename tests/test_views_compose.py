@@ -401,3 +401,10 @@ def test_the_groups_label_comes_before_its_boxes(panel, sender):
 def test_the_parameters_box_says_the_built_in_sets_need_none(panel, sender):
     page = panel.get(reverse("commpanel:compose")).content.decode()
     assert "Parameters (JSON, optional)" in page and "Leave it empty for all active users and for staff." in page
+
+
+def test_the_hint_on_reusing_is_for_a_new_request_only(panel, sender):
+    hint = "To start from an earlier request"
+    assert hint in panel.get(reverse("commpanel:compose")).content.decode()
+    draft = MessageRequestFactory(status=MessageRequest.Status.DRAFT)
+    assert hint not in panel.get(reverse("commpanel:edit", args=[draft.pk])).content.decode()
