@@ -277,6 +277,10 @@ class MessageRequestAdmin(AuditedAdmin):
             ]
         return super().formfield_for_choice_field(db_field, request, **kwargs)
 
+    def get_changeform_initial_data(self, request):
+        # A new request starts as a draft, as in the comm panel: saving it is not yet sending it to everyone.
+        return {"status": states.REQUEST_CREATE_DRAFT.target, **super().get_changeform_initial_data(request)}
+
     def formfield_for_dbfield(self, db_field, request, **kwargs):
         field = super().formfield_for_dbfield(db_field, request, **kwargs)
         if db_field.name == "recipient_set" and field is not None:  # a free text box: say what it takes

@@ -125,6 +125,9 @@ def test_statuses_change_only_through_the_actions_never_by_editing(admin_client)
     # A new request starts as a draft or queued, never half way through.
     add = admin_client.get(reverse("admin:dbmail_messagerequest_add")).context["adminform"].form
     assert [value for value, _ in add.fields["status"].choices] == ["draft", "queued"]
+    # Saving the add page as it comes makes a draft: nothing goes out until someone queues it.
+    page = admin_client.get(reverse("admin:dbmail_messagerequest_add")).content.decode()
+    assert '<option value="draft" selected>' in page
 
 
 def test_send_now_action_queues_drafts_and_scheduled_requests_only(admin_client):
