@@ -26,6 +26,14 @@
     return el;
   }
 
+  // --- "Start from" loads a new page: what was typed here would be lost without a word.
+  var typed = false;
+  form.addEventListener("input", function () { typed = true; });
+  var startFrom = document.getElementById("start-from");
+  if (startFrom) startFrom.addEventListener("submit", function (event) {
+    if (typed && !window.confirm("Start from this template? It replaces everything typed in the form below.")) event.preventDefault();
+  });
+
   // --- The error summary: a link to a field in a hidden section shows that section first.
   document.querySelectorAll("#error-summary a[href^='#']").forEach(function (link) {
     link.addEventListener("click", function (event) {
