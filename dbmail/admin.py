@@ -6,10 +6,11 @@ from django.db.models.functions import Greatest
 from django.template.response import TemplateResponse
 from django.urls import path
 from django.utils import timezone
+from django.utils.html import escape
 
 from dbmail import audit, states
 from dbmail.audit import ActPermission, AuditedAdmin
-from dbmail.content import domains, lifting
+from dbmail.content import domains, lifting, recipients, variables
 from dbmail.content.addresses import key_fragment
 from dbmail.content.validation import RequestForm
 from dbmail.exceptions import DkimError
@@ -276,10 +277,27 @@ class MessageRequestAdmin(AuditedAdmin):
             ]
         return super().formfield_for_choice_field(db_field, request, **kwargs)
 
+    def get_changeform_initial_data(self, request):
+        # A new request starts as a draft, as in the comm panel: saving it is not yet sending it to everyone.
+        return {"status": states.REQUEST_CREATE_DRAFT.target, **super().get_changeform_initial_data(request)}
+
+    def formfield_for_dbfield(self, db_field, request, **kwargs):
+        field = super().formfield_for_dbfield(db_field, request, **kwargs)
+        if db_field.name == "recipient_set" and field is not None:  # a free text box: say what it takes
+            sets = [
+                f"{s.name} ({s.label}{', parameters ' + s.params_help if s.params_help else ''})"
+                for s in recipients.registered_sets()
+            ]
+            field.help_text = escape("One of: " + "; ".join(sets) + ".")  # the admin prints help text unescaped
+        return field
+
     def save_model(self, request, obj, form, change):
         if not obj.creator_id:
             obj.creator = request.user
         super().save_model(request, obj, form, change)
+        # Saved all the same, as in the comm panel: the request page there lists them too.
+        for warning in variables.warnings_for(obj):
+            self.message_user(request, f"Saved, but {warning}", messages.WARNING)
 
     @admin.action(description="Cancel (unsent emails become cancelled)", permissions=["change"])
     def cancel_requests(self, request, queryset):

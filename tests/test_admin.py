@@ -3,7 +3,7 @@ from django.urls import reverse
 
 from dbmail.models import MessageRequest, TextOfEmail
 
-from .factories import MessageRequestFactory, TextOfEmailFactory, UserFactory
+from .factories import MessageRequestFactory, SenderAccountFactory, TextOfEmailFactory, UserFactory
 
 pytestmark = pytest.mark.django_db
 Status = TextOfEmail.Status
@@ -125,6 +125,9 @@ def test_statuses_change_only_through_the_actions_never_by_editing(admin_client)
     # A new request starts as a draft or queued, never half way through.
     add = admin_client.get(reverse("admin:dbmail_messagerequest_add")).context["adminform"].form
     assert [value for value, _ in add.fields["status"].choices] == ["draft", "queued"]
+    # Saving the add page as it comes makes a draft: nothing goes out until someone queues it.
+    page = admin_client.get(reverse("admin:dbmail_messagerequest_add")).content.decode()
+    assert '<option value="draft" selected>' in page
 
 
 def test_send_now_action_queues_drafts_and_scheduled_requests_only(admin_client):
@@ -324,3 +327,27 @@ def test_a_draft_is_still_edited_here_with_one_status_row(admin_client):
     assert 'name="status"' in add.content.decode()
     rows = row_labels(add)
     assert rows.count("Status") == 1
+
+
+def test_adding_a_request_names_the_sets_and_warns_of_a_misspelt_variable(admin_client):
+    add = admin_client.get(reverse("admin:dbmail_messagerequest_add")).content.decode()
+    assert "One of: " in add and "all_active (All active users)" in add and "{&quot;groups&quot;: [" in add
+    data = {
+        "sender": SenderAccountFactory().pk,
+        "subject": "Hi {{ frist_name }}",
+        "text_body": "Hello",
+        "html_body": "",
+        "recipient_set": "all_active",
+        "recipient_params": "{}",
+        "context": "{}",
+        "status": "draft",
+        "body_format": "html",
+        "created_at_0": "2026-01-01",
+        "created_at_1": "00:00:00",
+        "send_at_0": "2026-01-01",
+        "send_at_1": "00:00:00",
+    }
+    response = admin_client.post(reverse("admin:dbmail_messagerequest_add"), data, follow=True)
+    assert MessageRequest.objects.filter(subject="Hi {{ frist_name }}").exists(), response.content.decode()[:3000]
+    shown = [str(m) for m in response.context["messages"]]
+    assert "Saved, but {{ frist_name }} is not a known variable: did you mean first_name?" in shown, shown

@@ -103,7 +103,7 @@ def test_staff_composes_previews_sends_and_follows_a_request(live_server, smtp_s
         page.evaluate("window.notReloaded = true")
         page.click("#send-form button[type=submit]")
         page.wait_for_selector("#progress")
-        assert "Queued. This goes out to 3 addresses on the next dbmail_cron run." in page.inner_text(".messages")
+        assert "Queued. This goes out to 3 addresses on the next sending run." in page.inner_text(".messages")
         assert "No emails yet" in page.inner_text("#emails")
         page.evaluate("window.notReloaded = true")
         env = subprocess_env(smtp_server, DBMAIL_THROTTLE_PER_SECOND="1.5")

@@ -11,7 +11,7 @@ import shutil
 import pytest
 from django.contrib.auth.models import Group
 
-from dbmail.models import EmailTemplate, MessageRequest, PendingUpload
+from dbmail.models import EmailTemplate, MessageRequest, PendingUpload, Suppression
 
 from .conftest import ROOT
 from .factories import SenderAccountFactory, UserFactory
@@ -112,6 +112,40 @@ def test_the_live_box_gives_the_verdict_saving_gives(page, tmp_path):
     page.wait_for_selector("#error-summary")
     assert "1 bad row(s) in people.csv" in page.inner_text("#error-summary")
     assert not MessageRequest.objects.exists()
+
+
+def test_the_count_keeps_its_note_on_what_is_left_out(page):
+    Suppression.objects.create(address="gone@x.org", reason="unsubscribed")
+    page.check("input[name=source][value=paste]")
+    page.fill("#id_addresses", "a@x.org gone@x.org a@x.org")
+    wait_count(page, "1")
+    # Why 1 and not 3: the note on suppressed addresses and repeats is still there once counted.
+    assert "suppressed addresses and repeats left out" in page.inner_text("#audience-notes")
+
+
+# Every confirm() answered "Cancel", and each question kept in window.asked.
+REFUSE_CONFIRM = "() => { window.asked = []; window.confirm = (m) => { window.asked.push(m); return false; }; }"
+
+
+def test_start_from_asks_before_it_replaces_what_was_typed(page):
+    page.wait_for_load_state("networkidle")
+    page.evaluate(REFUSE_CONFIRM)
+    page.fill("#id_subject", "Typed by hand")
+    page.select_option("#start-template", "starter:letter")
+    page.click("#start-from button")
+    page.wait_for_timeout(300)
+    assert (
+        page.evaluate("window.asked") == ["Start from this template? It replaces everything typed in the form below."]
+        and page.input_value("#id_subject") == "Typed by hand"
+    )
+    assert "template=" not in page.url
+    # Nothing typed: no question (one would be answered Cancel and the page would stay), the starter loads.
+    page.goto(f"{page.base}/commpanel/compose/")
+    page.evaluate(REFUSE_CONFIRM)
+    page.select_option("#start-template", "starter:letter")
+    page.click("#start-from button")
+    page.wait_for_url("**template=starter%3Aletter")
+    assert page.input_value("#id_subject") != ""
 
 
 def test_template_errors_show_while_typing(page):

@@ -46,7 +46,12 @@ def test_the_demo_has_what_readme_says(settings, smtp_server):
     # README: the captured mail's links (unsubscribe, web version) lead to the site, and the web version opens.
     link = f"{settings.DBMAIL_SITE_URL}/mail/{mail.public_id}/"
     assert mail.public_id and all(link in e.text and link in e.html for e in sent)
-    assert Client().get(link.removeprefix(settings.DBMAIL_SITE_URL)).status_code == 200
+    page = Client().get(link.removeprefix(settings.DBMAIL_SITE_URL))
+    assert page.status_code == 200
+    # The web version has no recipient: the demo's greeting must still read as a sentence.
+    html = page.content.decode()
+    assert "Welcome, friend!" in html and "Hello &lt;b&gt;friend&lt;/b&gt;," in html
+    assert "View it in your browser" not in html  # a link to itself, empty there
 
 
 def test_loading_it_again_adds_nothing(settings):

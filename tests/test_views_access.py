@@ -87,6 +87,18 @@ def test_permitted_user_sees_every_page(panel):
         assert panel.get(url).status_code == 200, url
 
 
+def test_every_page_leads_staff_to_the_admin_and_others_not(panel, editor):
+    mail = MessageRequestFactory(status=MessageRequest.Status.DRAFT)
+    gets, _ = panel_urls(mail)
+    link = f'href="{reverse("admin:index")}" id="to-admin"'
+    for url in gets:
+        if not url.endswith(".json"):
+            assert link in panel.get(url).content.decode(), url
+    editor.is_staff = False  # the panel may be open to non-staff; the admin never is
+    editor.save()
+    assert link not in panel.get(reverse("commpanel:requests")).content.decode()
+
+
 def test_forged_post_without_csrf_token_is_refused(editor):
     mail = MessageRequestFactory(status=MessageRequest.Status.DRAFT)
     client = Client(enforce_csrf_checks=True)

@@ -380,3 +380,31 @@ def test_compose_can_start_from_a_starter(panel):
     response = panel.get(reverse("commpanel:compose") + "?template=starter:newsletter")
     initial = response.context["form"].initial
     assert initial["body_format"] == "html" and "color-scheme" in initial["html_body"]
+
+
+def test_start_from_shows_the_template_started_from(panel, sender):
+    saved = EmailTemplate.objects.create(name="Mine", subject="s", text_body="t")
+    page = panel.get(reverse("commpanel:compose") + "?template=starter:announcement").content.decode()
+    assert '<option value="starter:announcement" selected>' in page
+    page = panel.get(reverse("commpanel:compose") + f"?template={saved.pk}").content.decode()
+    assert f'<option value="{saved.pk}" selected>' in page and 'starter:announcement" selected' not in page
+
+
+def test_the_groups_label_comes_before_its_boxes(panel, sender):
+    GroupFactory(name="Students")
+    page = panel.get(reverse("commpanel:compose")).content.decode()
+    field = page[page.index('id="field-groups"') :]
+    assert field.index("<label>Groups</label>") < field.index('name="groups"')
+    assert 'for=""' not in page  # a radio or box list has no one input for its label
+
+
+def test_the_parameters_box_says_the_built_in_sets_need_none(panel, sender):
+    page = panel.get(reverse("commpanel:compose")).content.decode()
+    assert "Parameters (JSON, optional)" in page and "Leave it empty for all active users and for staff." in page
+
+
+def test_the_hint_on_reusing_is_for_a_new_request_only(panel, sender):
+    hint = "To start from an earlier request"
+    assert hint in panel.get(reverse("commpanel:compose")).content.decode()
+    draft = MessageRequestFactory(status=MessageRequest.Status.DRAFT)
+    assert hint not in panel.get(reverse("commpanel:edit", args=[draft.pk])).content.decode()

@@ -12,6 +12,7 @@ from dbmail.models import AuditEvent, MessageRequest, RequestAttachment, SenderA
 
 from . import poison
 from .factories import GroupFactory, MessageRequestFactory, TextOfEmailFactory, UserFactory
+from .test_views_compose import compose_data
 
 pytestmark = pytest.mark.django_db
 Status = MessageRequest.Status
@@ -83,7 +84,7 @@ def test_send_now_queues_the_draft(panel):
     mail = rows_request()
     before = timezone.now()
     response = panel.post(reverse("commpanel:send", args=[mail.pk]), {"when": "now"}, follow=True)
-    assert "Queued. This goes out to 3 addresses on the next dbmail_cron run." in response.content.decode()
+    assert "Queued. This goes out to 3 addresses on the next sending run." in response.content.decode()
     mail.refresh_from_db()
     assert mail.status == Status.QUEUED
     assert before <= mail.send_at <= timezone.now()
@@ -118,6 +119,20 @@ def test_bad_schedule_is_refused(panel, data, message):
     mail.refresh_from_db()
     assert mail.status == Status.DRAFT
     assert message in response.content.decode()
+    # The form comes back as it was sent, to correct, not reset to "Send now".
+    form = response.context["schedule_form"]
+    assert form["when"].value() == "later" and form["send_at"].value() == data["send_at"]
+
+
+def test_a_refused_reschedule_keeps_the_time_typed(panel):
+    mail = rows_request()
+    panel.post(reverse("commpanel:send", args=[mail.pk]), {"when": "later", "send_at": "2099-05-01T08:30"})
+    typed = {"when": "later", "send_at": "2001-01-01T00:00"}
+    response = panel.post(reverse("commpanel:reschedule", args=[mail.pk]), typed, follow=True)
+    assert "This time has passed" in response.content.decode()
+    assert 'value="2001-01-01T00:00"' in response.content.decode()
+    # Opened afresh, the page shows the time it keeps.
+    assert 'value="2099-05-01T08:30"' in panel.get(reverse("commpanel:request", args=[mail.pk])).content.decode()
 
 
 def test_a_draft_that_became_invalid_is_not_queued(panel):
@@ -366,7 +381,7 @@ def test_test_send_while_the_server_is_down_stays_queued_and_says_so(panel, sett
     email = TextOfEmail.objects.get(to_address="editor@example.org")
     assert email.status == TextOfEmail.Status.QUEUED
     assert "cannot connect" in email.events.get().text  # it was tried, and kept for cron
-    assert "the next dbmail_cron run sends it" in response.content.decode()
+    assert "the next sending run sends it" in response.content.decode()
 
 
 def test_each_email_has_a_history_page_with_attempts_and_tracking_events(panel, client):
@@ -529,7 +544,7 @@ def test_reschedule_moves_the_time_and_says_when(panel):
     assert mail.send_at.isoformat() == "2099-12-03T09:00:00+00:00" and mail.status == Status.QUEUED
     assert "Rescheduled. This will be sent to 3 addresses on 3 Dec 2099 at 09:00." in response.content.decode()
     response = panel.post(reverse("commpanel:reschedule", args=[mail.pk]), {"when": "now"}, follow=True)
-    assert "Rescheduled. This goes out to 3 addresses on the next dbmail_cron run." in response.content.decode()
+    assert "Rescheduled. This goes out to 3 addresses on the next sending run." in response.content.decode()
     assert expand.claim_request().pk == mail.pk
 
 
@@ -810,3 +825,15 @@ def test_a_message_stored_whole_is_shown_as_its_source(panel):
     email.save()
     page = panel.get(reverse("commpanel:email", args=[mail.pk, email.pk])).content.decode()
     assert 'id="sent-raw"' in page and "multipart/mixed; boundary=x" in page
+
+
+def test_the_history_names_a_panel_made_request_once(panel, editor):
+    sender = SenderAccount.objects.create(address="office@example.org")
+    panel.post(reverse("commpanel:compose"), compose_data(sender))
+    page = panel.get(reverse("commpanel:request", args=[MessageRequest.objects.get().pk])).content.decode()
+    history = page[page.index('id="history"') :]
+    assert history.count("create draft") == 1 and "<td>created</td>" not in history
+    # One made elsewhere, with no creation event, still shows when it was made.
+    other = MessageRequestFactory()
+    history = panel.get(reverse("commpanel:request", args=[other.pk])).content.decode()
+    assert "<td>created</td>" in history[history.index('id="history"') :]

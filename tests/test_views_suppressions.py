@@ -152,3 +152,10 @@ def test_add_refuses_another_spelling_of_a_listed_mailbox(panel):
     )
     assert "already on the list" in response.context["form"].errors["address"][0]
     assert list(Suppression.objects.values_list("address", flat=True)) == ["anna@xn--bcher-kva.example"]
+
+
+def test_the_one_row_forms_say_what_goes_in_each_box(panel):
+    """Their labels are hidden to fit one row, so each text box carries a placeholder."""
+    page = panel.get(reverse("commpanel:suppressions")).content.decode()
+    assert 'placeholder="Address to suppress"' in page
+    assert page.count('placeholder="Note (optional)"') == 2  # the add form's and the import form's

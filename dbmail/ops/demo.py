@@ -50,17 +50,19 @@ def load(admin_password="admin"):
         audit.record(None, "generate DKIM key", key, detail="manage.py dbmail_demo")
         done.append(f"DKIM key {key.selector} for {key.domain} (dbmail_dkim dns {key.domain} prints its record)")
     if not MessageRequest.objects.exists():
+        # The public web version is rendered with no recipient: a default keeps it from reading "Hello ,".
         MessageRequest.objects.create(
             sender=sender,
-            subject="Welcome, {{ first_name }}!",
+            subject='Welcome, {{ first_name|default:"friend" }}!',
             text_body=(
-                "Hello {{ first_name }},\n\nthis is the first mail sent by {{ site_name }}.\n"
+                'Hello {{ first_name|default:"friend" }},\n\nthis is the first mail sent by {{ site_name }}.\n'
                 "Your user name is {{ username }}.\n\nView it in your browser: {{ web_version_url }}\n"
                 "Unsubscribe: {{ unsubscribe_url }}\n"
             ),
             html_body=(
-                "<p>Hello <b>{{ first_name }}</b>,</p><p>this is the first mail sent by {{ site_name }}.</p>"
-                '<p><a href="{{ web_version_url }}">View it in your browser</a></p>'
+                '<p>Hello <b>{{ first_name|default:"friend" }}</b>,</p><p>this is the first mail sent by {{ site_name }}.</p>'
+                # The web version itself has no web_version_url: no link there that leads nowhere.
+                '{% if web_version_url %}<p><a href="{{ web_version_url }}">View it in your browser</a></p>{% endif %}'
             ),
             public=True,  # the captured mail links its public web version, as README says
             recipient_set="groups",

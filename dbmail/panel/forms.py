@@ -74,10 +74,13 @@ class ComposeForm(RequestForm):
         queryset=Group.objects.order_by("name"), required=False, widget=forms.CheckboxSelectMultiple
     )
     params = forms.CharField(
-        label="Parameters (JSON)",
+        label="Parameters (JSON, optional)",
         required=False,
-        widget=forms.Textarea(attrs={"rows": 2}),
-        help_text="Only for sets that take parameters other than groups.",
+        widget=forms.Textarea(attrs={"rows": 2, "placeholder": '{"class": "4b"}'}),
+        help_text=(
+            "Leave it empty for all active users and for staff. Only a set your site added "
+            "that asks for parameters reads them, as a JSON object."
+        ),
     )
     addresses = forms.CharField(
         required=False,
@@ -398,11 +401,13 @@ class EmailTemplateForm(forms.ModelForm):
 
 
 class SuppressionForm(forms.ModelForm):
-    address = forms.EmailField()
+    # The list page lays these out in one row without their labels: the placeholders say what goes where.
+    address = forms.EmailField(widget=forms.EmailInput(attrs={"placeholder": "Address to suppress"}))
 
     class Meta:
         model = Suppression
         fields = ["address", "reason", "note"]
+        widgets = {"note": forms.TextInput(attrs={"placeholder": "Note (optional)"})}
 
     def __init__(self, *args, may_lift=True, **kwargs):
         super().__init__(*args, **kwargs)
@@ -429,7 +434,10 @@ class SuppressionImportForm(forms.Form):
         help_text="For rows without a reason of their own.",
     )
     note = forms.CharField(
-        required=False, max_length=500, help_text="For rows without a note, e.g. “from the old newsletter tool”."
+        required=False,
+        max_length=500,
+        widget=forms.TextInput(attrs={"placeholder": "Note (optional)"}),
+        help_text="For rows without a note, e.g. “from the old newsletter tool”.",
     )
 
 

@@ -217,7 +217,7 @@ def _line(mail, key, segments, total, waiting=""):
         if not total:
             if mail.status == Status.EXPANDING:
                 return "Sending: the emails are being made."
-            return "Sending: waiting for the next dbmail_cron run to start."
+            return "Sending: waiting for the next sending run to start."
         handled = segments[E.SENT] + segments[LOST] + segments[E.CANCELLED]
         text = f"Sending: {number(handled)} of {number(total)} handled ({said})"
         if segments[E.DEFERRED]:

@@ -71,6 +71,8 @@ def compose(request, pk=None):
             "variables": _variables(form),
             "templates": EmailTemplate.objects.all(),
             "starters": starters.STARTERS,
+            # What "Start from" shows: the template this form was started from, not the list's first.
+            "chosen": request.GET.get("template", ""),
             "attachments": draft.attachments.all() if draft else [],
         },
     )

@@ -11,6 +11,7 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.template.loader import render_to_string
 from django.urls import reverse
 from django.utils import timezone
+from django.utils.http import urlencode
 from django.views.decorators.http import require_POST
 
 from dbmail import audit, rollup, states
@@ -26,6 +27,8 @@ from dbmail.send import caps
 from dbmail.track import guard
 
 Status = states.RequestStatus
+# What a refused send or reschedule carries back to the form, as typed.
+SCHEDULE_FIELDS = ("when", "send_at")
 EmailStatus = states.EmailStatus
 
 
@@ -122,11 +125,13 @@ def request_detail(request, pk):
     }
     if mail.public and mail.status != Status.DRAFT:
         context["web_version_url"] = request.build_absolute_uri(reverse("dbmail:web_version", args=[mail.public_id]))
+    typed = _typed_schedule(request)
     if mail.status == Status.DRAFT:
-        context["schedule_form"] = ScheduleForm()
+        context["schedule_form"] = ScheduleForm(initial=typed)
         context["summary"] = audience.summarise(mail)
     elif shown["editable"]:  # scheduled, or queued and not yet taken: it may still change
-        context["schedule_form"] = ScheduleForm(initial={"when": "later", "send_at": timezone.localtime(mail.send_at)})
+        current = {"when": "later", "send_at": timezone.localtime(mail.send_at)}
+        context["schedule_form"] = ScheduleForm(initial=typed or current)
         context["summary"] = audience.summarise(mail)
         context["plan"] = plan(mail, context["summary"].count)
     if mail.status != Status.DRAFT:
@@ -160,7 +165,7 @@ def plan(mail, count, now=None):
     whom = f"{count:,} address{'es' if count != 1 else ''}"
     if mail.send_at > now:
         return f"This will be sent to {whom} on {when(mail.send_at)}."
-    return f"This goes out to {whom} on the next dbmail_cron run."
+    return f"This goes out to {whom} on the next sending run."
 
 
 def _email_table(request, mail):
@@ -260,10 +265,7 @@ def send(request, pk):
             return redirect("commpanel:request", pk=pk)
         form = ScheduleForm(request.POST)
         if not form.is_valid():
-            for errors in form.errors.values():
-                for error in errors:
-                    messages.error(request, error)
-            return redirect("commpanel:request", pk=pk)
+            return _refused_schedule(request, form, pk)
         try:
             validation.full_clean(mail)
         except ValidationError as exc:  # the draft became invalid since (e.g. its sender was deactivated)
@@ -292,10 +294,7 @@ def reschedule(request, pk):
     mail = get_object_or_404(MessageRequest, pk=pk)
     form = ScheduleForm(request.POST)
     if not form.is_valid():
-        for errors in form.errors.values():
-            for error in errors:
-                messages.error(request, error)
-        return redirect("commpanel:request", pk=pk)
+        return _refused_schedule(request, form, pk)
     send_at = form.send_time()
     # Conditional on the status: once expansion has taken the request (queued -> expanding),
     # nothing changes. Expansion's claim skips a row this UPDATE holds, so the two never interleave.
@@ -307,6 +306,22 @@ def reschedule(request, pk):
     audit.record(request.user, "reschedule", mail, detail=f"to go out at {send_at:%Y-%m-%d %H:%M %Z}")
     messages.success(request, f"Rescheduled. {plan(mail, audience.summarise(mail).count)}")
     return redirect("commpanel:request", pk=pk)
+
+
+def _refused_schedule(request, form, pk):
+    """Back to the request page with the errors, and the choice as typed in the form again to correct."""
+    for errors in form.errors.values():
+        for error in errors:
+            messages.error(request, error)
+    typed = {name: request.POST.get(name, "") for name in SCHEDULE_FIELDS}
+    return redirect(f"{reverse('commpanel:request', args=[pk])}?{urlencode(typed)}")
+
+
+def _typed_schedule(request):
+    """The schedule choice a refused send or reschedule brought back (?when=...&send_at=...), else None."""
+    if request.GET.get("when") not in ("now", "later"):
+        return None
+    return {name: request.GET.get(name, "") for name in SCHEDULE_FIELDS}
 
 
 def _too_late(mail):
@@ -343,7 +358,7 @@ def send_test(request, pk):
     elif email.status in states.WAITING:
         messages.warning(
             request,
-            f"The mail server did not take the test yet; the next dbmail_cron run sends it to {email.to_address}.",
+            f"The mail server did not take the test yet; the next sending run sends it to {email.to_address}.",
         )
     else:
         messages.error(request, f"Test not sent: {email.last_error}")
@@ -385,7 +400,7 @@ def retry(request, pk):
     mail = get_object_or_404(MessageRequest, pk=pk)
     n = TextOfEmail.retry_now(mail.emails.all(), actor=request.user)
     audit.record(request.user, "retry", mail, detail=f"{n} email(s) queued again")
-    messages.success(request, f"{n:,} email{'s' if n != 1 else ''} will be tried again on the next dbmail_cron run.")
+    messages.success(request, f"{n:,} email{'s' if n != 1 else ''} will be tried again on the next sending run.")
     return redirect("commpanel:request", pk=pk)
 
 
@@ -398,7 +413,7 @@ def resume(request, pk):
     if mail.status == Status.PAUSED:
         words = guard.resume(mail, user=request.user)
         if words:
-            messages.success(request, f"Resumed: the rest goes out with the next dbmail_cron runs ({words}).")
+            messages.success(request, f"Resumed: the rest goes out with the next sending runs ({words}).")
         return redirect("commpanel:request", pk=pk)
     if mail.status not in states.RETRY_REQUEST.sources:
         messages.info(request, "Only a failed or paused request can be resumed this way.")
@@ -410,7 +425,7 @@ def resume(request, pk):
     text = mail.retry(user=request.user)
     if text:
         audit.record(request.user, AuditEvent.Kind.RETRY.label, mail, detail=text, kind=AuditEvent.Kind.RETRY)
-        messages.success(request, "Queued again: the next dbmail_cron run continues where it stopped.")
+        messages.success(request, "Queued again: the next sending run continues where it stopped.")
     return redirect("commpanel:request", pk=pk)
 
 

@@ -5,7 +5,7 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_POST
 
 from dbmail import audit
-from dbmail.content import audience, rendering, starters
+from dbmail.content import audience, rendering, starters, variables
 from dbmail.exceptions import RenderError
 from dbmail.models import EmailTemplate
 from dbmail.panel import preview
@@ -53,6 +53,9 @@ def template_edit(request, pk=None):
         template.save()
         audit.record(request.user, "edit template" if pk else "create template", template)
         messages.success(request, f"Template “{template.name}” saved.")
+        # Saved all the same: a CSV column of that name may fill it when the template is used.
+        for warning in variables.warnings_for(template, columns=()):
+            messages.warning(request, f"{warning} (A CSV column of that name would fill it.)")
         return redirect("commpanel:templates")
     names = list(rendering.RECIPIENT_VARIABLES) + list(rendering.SITE_VARIABLES)
     return render(

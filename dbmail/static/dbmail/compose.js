@@ -26,6 +26,14 @@
     return el;
   }
 
+  // --- "Start from" loads a new page: what was typed here would be lost without a word.
+  var typed = false;
+  form.addEventListener("input", function () { typed = true; });
+  var startFrom = document.getElementById("start-from");
+  if (startFrom) startFrom.addEventListener("submit", function (event) {
+    if (typed && !window.confirm("Start from this template? It replaces everything typed in the form below.")) event.preventDefault();
+  });
+
   // --- The error summary: a link to a field in a hidden section shows that section first.
   document.querySelectorAll("#error-summary a[href^='#']").forEach(function (link) {
     link.addEventListener("click", function (event) {
@@ -210,6 +218,8 @@
   if (!countUrl) return;
   var countEl = document.getElementById("audience-count");
   var notesEl = document.getElementById("audience-notes");
+  // The page's own note says why the count may be below the set's size (suppressed, inactive, repeats): it stays.
+  var countNote = notesEl.querySelector("p");
   var countSerial = 0;
 
   function showSource() {
@@ -249,7 +259,7 @@
         });
         if (!data.count) list.appendChild(li("Nobody would get this mail."));
       }
-      notesEl.replaceChildren(list);
+      if (countNote) notesEl.replaceChildren(countNote, list); else notesEl.replaceChildren(list);
     }).catch(function () { if (mine === countSerial) countEl.textContent = "?"; });
   }
   var scheduleCount = debounce(count, 400);
