@@ -32,7 +32,7 @@ from dbmail.models import Suppression, TextOfEmail
 from dbmail.track.consume import consume
 from mailgate.gate import parsing, routing
 from mailgate.gate import receive as gate
-from mailgate.models import Bounce, InboundMessage
+from mailgate.models import Bounce, EmailList, InboundMessage
 
 from .conftest import ROOT, fuzz_settings, subprocess_env
 from .factories import MAIL_DIR, EmailListFactory, mail_fixture
@@ -413,8 +413,17 @@ ENVELOPE_NAMES = ["list", "list-null-sender", "verp", "verp-forged", "unsubscrib
 
 
 @fuzz_settings(150)
-@given(raw=mutated_mail(), name=st.sampled_from(ENVELOPE_NAMES))
-def test_mutated_mail_is_answered_stored_and_touches_nobody_else(world, capfd, raw, name):
+@given(
+    raw=mutated_mail(),
+    name=st.sampled_from(ENVELOPE_NAMES),
+    policy=st.sampled_from(EmailList.Policy.values),
+    refuse_at_smtp=st.booleans(),
+)
+def test_mutated_mail_is_answered_stored_and_touches_nobody_else(
+    world, capfd, settings, raw, name, policy, refuse_at_smtp
+):
+    EmailList.objects.update(posting_policy=policy)  # refusals (notices, or 77) and holds are reached too
+    settings.MAILGATE_REFUSE_AT_SMTP = refuse_at_smtp
     # One test's examples share its database: each starts from the same state.
     Suppression.objects.all().delete()
     Bounce.objects.all().delete()
