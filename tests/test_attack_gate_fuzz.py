@@ -18,6 +18,7 @@ for many more), and a few through the real pipe script as the MTA runs it.
 
 import io
 import logging
+import re
 import signal
 import subprocess
 import sys
@@ -30,7 +31,7 @@ from hypothesis import strategies as st
 from dbmail.content import tokens, verp
 from dbmail.models import Suppression, TextOfEmail
 from dbmail.track.consume import consume
-from mailgate.gate import parsing, routing
+from mailgate.gate import forward, parsing, routing
 from mailgate.gate import receive as gate
 from mailgate.models import Bounce, EmailList, InboundMessage
 
@@ -483,3 +484,30 @@ def test_a_10_mb_header_costs_memory_in_proportion_to_its_size():
     (empty_code, base), (code, peak) = _peak_rss(b"", env), _peak_rss(raw, env)
     assert (empty_code, code) == (0, 0)
     assert peak - base < 15 * len(raw), (base, peak)
+
+
+# --- What reaches the members ---------------------------------------------------------------------
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_huge_foldable_header_is_folded_and_the_forward_arrives(smtp_server):
+    """Before: the 2 MB Subject was copied as one line and the SMTP server refused every forward ("Line too
+    long"): each member's copy was dropped, permanently."""
+    EmailListFactory(name="Physics", regex="physics", addresses="member@example.net")
+    raw = SHAPES["encoded-words-huge"]
+    assert gate.run(raw, LIST, "ann@example.com").code == 0
+    assert TextOfEmail.objects.get().status == "sent"
+    (received,) = smtp_server.received
+    assert max(len(line) for line in received.data.splitlines()) <= forward.MAX_LINE
+    subject = raw.split(b"Subject: ", 1)[1].split(b"\n", 1)[0]
+    unfolded = re.sub(rb"\r?\n(?=[ \t])", b"", received.data)
+    assert b"\nSubject: " + subject + b"\r\n" in unfolded  # the value is the sender's, byte for byte
+
+
+def test_refolding_keeps_every_value_and_leaves_what_cannot_be_folded():
+    head = b"Subject: " + b"word " * 1000 + b"\nX-Solid: " + b"s" * 2000 + b"\nTo: a@example.net\n"
+    folded = forward.refold(head, b"\r\n")
+    lines = folded.split(b"\n")
+    assert folded.replace(b"\r\n", b"") == head  # unfolding gives back the very bytes
+    too_long = [line for line in lines if len(line.rstrip(b"\r")) > forward.MAX_LINE]
+    assert [line.strip() for line in too_long] == [b"s" * 2000]  # no whitespace to fold it at

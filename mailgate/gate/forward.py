@@ -71,6 +71,38 @@ def _fold(name, value, linesep):
     return folded.rstrip("\r\n").encode("ascii", "replace")
 
 
+MAX_LINE = 998  # octets, RFC 5322 2.1.1: SMTP servers refuse a message with a longer line ("line too long")
+_LONG_LINE = re.compile(rb"[^\r\n]{%d,}" % (MAX_LINE + 1))
+
+
+def refold(head, linesep):
+    """A header section whose lines over MAX_LINE are folded at their whitespace.
+
+    Folding puts a line break before a space or tab, which unfolding takes
+    away again: every field keeps its value. A stretch of more than MAX_LINE
+    octets without whitespace cannot be folded and stays as it is.
+    """
+    return _LONG_LINE.sub(lambda match: _fold_line(match.group(), linesep), head)
+
+
+def _fold_line(line, linesep):
+    pieces, start = [], 0
+    while len(line) - start > MAX_LINE:
+        window = line[start + 1 : start + MAX_LINE + 1]
+        cut = max(window.rfind(b" "), window.rfind(b"\t"))
+        if cut < 0:  # none within reach: the next whitespace further on, if any
+            ahead = [i for i in (line.find(b" ", start + MAX_LINE), line.find(b"\t", start + MAX_LINE)) if i > 0]
+            if not ahead:
+                break
+            cut = min(ahead)
+        else:
+            cut += start + 1
+        pieces.append(line[start:cut])
+        start = cut
+    pieces.append(line[start:])
+    return linesep.join(pieces)
+
+
 def display_from(parsed, email_list):
     """The DMARC-safe From: "Ann Smith via Physics" <list address>."""
     who = parsed.from_name or parsed.from_address.partition("@")[0] or "Someone"
@@ -136,6 +168,7 @@ class Copy:
         kept = b"".join(pieces)
         if kept and not kept.endswith((b"\n", b"\r")):  # the last field ended the message
             kept += linesep
+        kept = refold(kept, linesep)
 
         added = []
         if email_list.rewrite_from:
