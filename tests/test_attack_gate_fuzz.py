@@ -511,3 +511,33 @@ def test_refolding_keeps_every_value_and_leaves_what_cannot_be_folded():
     assert folded.replace(b"\r\n", b"") == head  # unfolding gives back the very bytes
     too_long = [line for line in lines if len(line.rstrip(b"\r")) > forward.MAX_LINE]
     assert [line.strip() for line in too_long] == [b"s" * 2000]  # no whitespace to fold it at
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_body_line_over_998_octets_is_sent_base64_and_arrives_whole(smtp_server):
+    """Before: the 1 MB body line went out as it came, the SMTP server refused it and the copy was dropped."""
+    EmailListFactory(name="Physics", regex="physics", addresses="member@example.net")
+    raw = SHAPES["line-1mb"]
+    assert gate.run(raw, LIST, "ann@example.com").code == 0
+    assert TextOfEmail.objects.get().status == "sent"
+    (received,) = smtp_server.received
+    assert max(len(line) for line in received.data.splitlines()) <= forward.MAX_LINE
+    message = received.message
+    assert message["Content-Transfer-Encoding"] == "base64" and message["MIME-Version"] == "1.0"
+    assert message.get_payload(decode=True) == raw.split(b"\n\n", 1)[1]  # the very bytes, decoded
+
+
+@pytest.mark.parametrize(
+    "raw, reencoded",
+    [
+        (HEAD + b"\n" + b"y" * 2000 + b"\n", True),
+        (HEAD + b"Content-Transfer-Encoding: 8bit\n\n" + b"\xe9" * 2000 + b"\n", True),
+        (HEAD + b"\n" + b"short\n" * 1000, False),  # nothing to do: the body goes byte for byte
+        (HEAD + b"Content-Transfer-Encoding: base64\n\n" + b"A" * 2000 + b"\n", False),  # encoded already
+        (HEAD + b'Content-Type: multipart/mixed; boundary="b"\n\n--b\n\n' + b"y" * 2000 + b"\n--b--\n", False),
+    ],
+    ids=["plain", "8bit", "short-lines", "base64", "multipart"],
+)
+def test_only_a_single_part_sent_as_is_is_reencoded(raw, reencoded):
+    body = parsing.header_section(raw)[2]
+    assert forward.needs_base64(raw[body:], parsing.parse(raw)) is reencoded

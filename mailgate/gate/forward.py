@@ -15,6 +15,7 @@ the raw message, so no arbitrary address becomes a sender: the list address
 is by construction one the site routes itself.
 """
 
+import base64
 import re
 from email import policy as email_policy
 from email.header import Header
@@ -103,6 +104,24 @@ def _fold_line(line, linesep):
     return linesep.join(pieces)
 
 
+def needs_base64(body, parsed):
+    """Whether a body must be sent base64-encoded: a line over MAX_LINE in a single part sent as it is.
+
+    SMTP servers refuse such a line, so the copy would be dropped for every
+    member. Base64 carries the same bytes in short lines. Only a part that is
+    not itself MIME structure (multipart, message) and is not encoded already
+    can be: a long line inside one part of a multipart stays, and so fails.
+    """
+    if not _LONG_LINE.search(body) or not (parsed.ok and parsed.complete):
+        return False
+    encoding = (parsed.first("content-transfer-encoding") or "7bit").strip().lower()
+    return parsed.message.get_content_maintype() not in ("multipart", "message") and encoding in (
+        "7bit",
+        "8bit",
+        "binary",
+    )
+
+
 def display_from(parsed, email_list):
     """The DMARC-safe From: "Ann Smith via Physics" <list address>."""
     who = parsed.from_name or parsed.from_address.partition("@")[0] or "Someone"
@@ -154,6 +173,10 @@ class Copy:
         self.body = raw[body:]
         email_list = route.email_list
         drop = set(_DROP)
+        reencode = needs_base64(self.body, parsed)
+        if reencode:
+            drop |= {"content-transfer-encoding"}
+            self.body = base64.encodebytes(self.body).replace(b"\n", linesep)
         if email_list.rewrite_from:
             drop |= _REWRITTEN_WITH_FROM
         if email_list.subject_prefix:
@@ -185,6 +208,10 @@ class Copy:
             if email_list.subject_prefix.lower() not in subject.lower():
                 subject = f"{email_list.subject_prefix} {subject}".strip()
             added.append(_fold("Subject", subject, linesep))
+        if reencode:
+            if parsed.first("mime-version") == "":
+                added.append(b"MIME-Version: 1.0")
+            added.append(b"Content-Transfer-Encoding: base64")
         self.head = kept + b"".join(field + linesep for field in added)
         after = []
         references = _references(parsed)
