@@ -452,6 +452,12 @@ def test_hostile_mail_through_the_pipe_script(capfd):
         assert b"Traceback" not in proc.stdout + proc.stderr
         assert all(line.startswith(b"mailgate: ") for line in (proc.stdout + proc.stderr).splitlines())
         assert bytes(InboundMessage.objects.order_by("-id").first().raw) == raw, shape
+    # An 8-bit envelope, as an MTA passes it on (Postfix does not check that it is UTF-8 by default).
+    proc = run_gate(
+        SHAPES["only-headers"], "--recipient", LIST, "--sender", b"ann\xff@example.com", env=env, script=True
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert InboundMessage.objects.order_by("-id").first().envelope_sender == "ann\ufffd@example.com"
 
 
 _MEASURED = (
