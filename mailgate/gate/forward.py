@@ -15,6 +15,7 @@ the raw message, so no arbitrary address becomes a sender: the list address
 is by construction one the site routes itself.
 """
 
+import base64
 import re
 from email import policy as email_policy
 from email.header import Header
@@ -71,6 +72,56 @@ def _fold(name, value, linesep):
     return folded.rstrip("\r\n").encode("ascii", "replace")
 
 
+MAX_LINE = 998  # octets, RFC 5322 2.1.1: SMTP servers refuse a message with a longer line ("line too long")
+_LONG_LINE = re.compile(rb"[^\r\n]{%d,}" % (MAX_LINE + 1))
+
+
+def refold(head, linesep):
+    """A header section whose lines over MAX_LINE are folded at their whitespace.
+
+    Folding puts a line break before a space or tab, which unfolding takes
+    away again: every field keeps its value. A stretch of more than MAX_LINE
+    octets without whitespace cannot be folded and stays as it is.
+    """
+    return _LONG_LINE.sub(lambda match: _fold_line(match.group(), linesep), head)
+
+
+def _fold_line(line, linesep):
+    pieces, start = [], 0
+    while len(line) - start > MAX_LINE:
+        window = line[start + 1 : start + MAX_LINE + 1]
+        cut = max(window.rfind(b" "), window.rfind(b"\t"))
+        if cut < 0:  # none within reach: the next whitespace further on, if any
+            ahead = [i for i in (line.find(b" ", start + MAX_LINE), line.find(b"\t", start + MAX_LINE)) if i > 0]
+            if not ahead:
+                break
+            cut = min(ahead)
+        else:
+            cut += start + 1
+        pieces.append(line[start:cut])
+        start = cut
+    pieces.append(line[start:])
+    return linesep.join(pieces)
+
+
+def needs_base64(body, parsed):
+    """Whether a body must be sent base64-encoded: a line over MAX_LINE in a single part sent as it is.
+
+    SMTP servers refuse such a line, so the copy would be dropped for every
+    member. Base64 carries the same bytes in short lines. Only a part that is
+    not itself MIME structure (multipart, message) and is not encoded already
+    can be: a long line inside one part of a multipart stays, and so fails.
+    """
+    if not _LONG_LINE.search(body) or not (parsed.ok and parsed.complete):
+        return False
+    encoding = (parsed.first("content-transfer-encoding") or "7bit").strip().lower()
+    return parsed.message.get_content_maintype() not in ("multipart", "message") and encoding in (
+        "7bit",
+        "8bit",
+        "binary",
+    )
+
+
 def display_from(parsed, email_list):
     """The DMARC-safe From: "Ann Smith via Physics" <list address>."""
     who = parsed.from_name or parsed.from_address.partition("@")[0] or "Someone"
@@ -122,6 +173,10 @@ class Copy:
         self.body = raw[body:]
         email_list = route.email_list
         drop = set(_DROP)
+        reencode = needs_base64(self.body, parsed)
+        if reencode:
+            drop |= {"content-transfer-encoding"}
+            self.body = base64.encodebytes(self.body).replace(b"\n", linesep)
         if email_list.rewrite_from:
             drop |= _REWRITTEN_WITH_FROM
         if email_list.subject_prefix:
@@ -136,6 +191,7 @@ class Copy:
         kept = b"".join(pieces)
         if kept and not kept.endswith((b"\n", b"\r")):  # the last field ended the message
             kept += linesep
+        kept = refold(kept, linesep)
 
         added = []
         if email_list.rewrite_from:
@@ -152,6 +208,10 @@ class Copy:
             if email_list.subject_prefix.lower() not in subject.lower():
                 subject = f"{email_list.subject_prefix} {subject}".strip()
             added.append(_fold("Subject", subject, linesep))
+        if reencode:
+            if parsed.first("mime-version") == "":
+                added.append(b"MIME-Version: 1.0")
+            added.append(b"Content-Transfer-Encoding: base64")
         self.head = kept + b"".join(field + linesep for field in added)
         after = []
         references = _references(parsed)

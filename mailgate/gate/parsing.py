@@ -70,8 +70,23 @@ WATCHED = frozenset(
 
 
 def clean_text(value):
-    """Text safe to store: no NUL characters (PostgreSQL text cannot hold them)."""
-    return str(value or "").replace("\x00", "")
+    """Text safe to store: no NUL characters and no lone surrogates (PostgreSQL text can hold neither).
+
+    Lone surrogates are what Python makes of bytes that are not UTF-8 in the
+    command line and the environment (an MTA passes an 8-bit envelope address
+    through as it came): they are turned back into those bytes and decoded
+    again, anything still not UTF-8 becoming U+FFFD.
+    """
+    text = str(value or "").replace("\x00", "")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        try:
+            data = text.encode("utf-8", "surrogateescape")
+        except UnicodeEncodeError:  # a surrogate no undecodable byte makes (from an escape such as \\ud800)
+            data = text.encode("utf-8", "surrogatepass")
+        text = data.decode("utf-8", "replace")
+    return text
 
 
 def _text(value):

@@ -27,8 +27,9 @@ from email.utils import parseaddr
 from django.contrib.auth import get_user_model
 from django.db.models import Q
 
-from dbmail.content.addresses import mailbox_key
+from dbmail.content.addresses import a_label, mailbox_key
 from dbmail.content.recipients import address_error, normalise_address
+from dbmail.exceptions import AddressError
 from dbmail.models import Suppression
 from mailgate import resolvers
 from mailgate.exceptions import NoSuchAddress
@@ -73,9 +74,27 @@ def find_list(recipient):
     return None, None
 
 
+def routable(recipient):
+    """The envelope recipient with its domain in A-labels, as lists are matched and written; None if it has none.
+
+    A list's pattern reads only the local part by default, so without this an
+    envelope domain that is no domain at all (8-bit junk, U+FFFD, a label of
+    200 characters) was routed and became the From and the Message-ID domain
+    of the forwards, which then could not be written or stored.
+    """
+    local, at, domain = normalise_recipient(recipient).rpartition("@")
+    try:
+        address = f"{local}@{a_label(domain)}" if at and local and domain else ""
+    except (AddressError, UnicodeError):
+        return None
+    return address if address and not address_error(address) else None
+
+
 def route(recipient):
     """The Route for an envelope recipient, members resolved; None when no list matches or its resolver finds nobody."""
-    recipient = normalise_recipient(recipient)
+    recipient = routable(recipient)
+    if recipient is None:
+        return None
     email_list, match = find_list(recipient)
     if email_list is None:
         return None

@@ -31,6 +31,7 @@ from dbmail.content import csvmerge, headers, recipients, validation, variables
 from dbmail.content.addresses import mailbox_key
 from dbmail.exceptions import DbmailError
 from dbmail.intake import grants
+from dbmail.intake.api import parsers
 from dbmail.models import MessageRequest, RequestAttachment, TextOfEmail
 
 EmailStatus = states.EmailStatus
@@ -73,9 +74,9 @@ _OWN_PREFIX = "x-mailsite-"  # the tracking header and whatever else the site wr
 
 def _json_field(key, value):
     try:
-        return json.loads(value)
-    except ValueError:
-        raise serializers.ValidationError({key: ["Give JSON text in this form field."]}) from None
+        return parsers.loads(value)
+    except ValueError as exc:
+        raise serializers.ValidationError({key: [f"Give JSON text in this form field: {exc}."]}) from None
 
 
 def plain_data(request, structured=(), repeated=()):
