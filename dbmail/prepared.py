@@ -14,6 +14,29 @@ PostgreSQL only: callers keep their portable path for other databases.
 _SESSION_ATTR = "dbmail_prepared"
 
 
+class _Session:
+    """The statements this module prepared in one database session."""
+
+    __slots__ = ("connection", "names")
+
+    def __init__(self, connection):
+        self.connection = connection
+        self.names = set()
+
+
+def _plain_quotes(connection):
+    """Whether literal() quotes right for this session, as it is now (a SET may change it at any time).
+
+    With standard_conforming_strings on (PostgreSQL's default since 9.1), a backslash in '...' is
+    an ordinary character and a doubled quote the only escape; in UTF-8 no byte of a multi-byte
+    character is a quote. Both are what the server last reported, which libpq keeps (no round trip).
+    """
+    info = connection.info
+    return info.parameter_status("standard_conforming_strings") == "on" and info.parameter_status(
+        "client_encoding"
+    ) in ("UTF8", "UNICODE")
+
+
 def execute(cursor, name, sql, params, prefix=""):
     """Execute `sql` ($1, $2, ... placeholders) as the prepared statement `name` of this session.
 
@@ -21,15 +44,34 @@ def execute(cursor, name, sql, params, prefix=""):
     """
     db = cursor.db  # the connection's wrapper itself: django.db.connection looks it up on every use
     db.ensure_connection()
-    session = db.connection
-    prepared = getattr(db, _SESSION_ATTR, None)
-    if prepared is None or prepared[0] is not session:
-        prepared = (session, set())
-        setattr(db, _SESSION_ATTR, prepared)
-    if name not in prepared[1]:
+    session = getattr(db, _SESSION_ATTR, None)
+    if session is None or session.connection is not db.connection:
+        session = _Session(db.connection)
+        setattr(db, _SESSION_ATTR, session)
+    if name not in session.names:
         # On its own: a prepared statement outlives the transaction that made it, even a failed one,
         # so it is known to exist exactly when this succeeds.
         cursor.execute(f"PREPARE {name} AS {sql}")
-        prepared[1].add(name)
-    placeholders = ", ".join(["%s"] * len(params))
-    cursor.execute(prefix + (f"EXECUTE {name} ({placeholders})" if params else f"EXECUTE {name}"), params)
+        session.names.add(name)
+    if not params:
+        cursor.execute(f"{prefix}EXECUTE {name}")
+    elif _plain_quotes(session.connection):
+        # The statement's text made here, with no parameters for psycopg2 to fill in: its quoting of
+        # each value (an adapter object, a call into libpq) was a tenth of an enqueue() call.
+        cursor.execute(f"{prefix}EXECUTE {name} ({', '.join([literal(cursor, value) for value in params])})")
+    else:
+        cursor.execute(f"{prefix}EXECUTE {name} ({', '.join(['%s'] * len(params))})", params)
+
+
+def literal(cursor, value):
+    """`value` as an SQL literal for a session with standard_conforming_strings on, as psycopg2 would write it."""
+    kind = type(value)
+    if kind is str:
+        if "\x00" in value:
+            raise ValueError("A string literal cannot contain NUL (0x00) characters.")  # psycopg2's own words
+        return "'" + value.replace("'", "''") + "'"
+    if value is None:
+        return "NULL"
+    if kind is int:  # not bool, which psycopg2 writes as true or false
+        return str(value)
+    return cursor.mogrify("%s", [value]).decode()  # anything else (dates, bytes, JSON, lists) as psycopg2 does
