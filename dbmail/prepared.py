@@ -17,11 +17,12 @@ _SESSION_ATTR = "dbmail_prepared"
 class _Session:
     """The statements this module prepared in one database session."""
 
-    __slots__ = ("connection", "names")
+    __slots__ = ("connection", "names", "cursor")
 
     def __init__(self, connection):
         self.connection = connection
         self.names = set()
+        self.cursor = None  # fetchone()'s, made at its first call
 
 
 def _plain_quotes(connection):
@@ -37,17 +38,41 @@ def _plain_quotes(connection):
     ) in ("UTF8", "UNICODE")
 
 
-def execute(cursor, name, sql, params, prefix=""):
-    """Execute `sql` ($1, $2, ... placeholders) as the prepared statement `name` of this session.
-
-    `prefix`: statements sent before it in the same round trip (e.g. SET LOCAL).
-    """
-    db = cursor.db  # the connection's wrapper itself: django.db.connection looks it up on every use
+def _session(db):
     db.ensure_connection()
     session = getattr(db, _SESSION_ATTR, None)
     if session is None or session.connection is not db.connection:
         session = _Session(db.connection)
         setattr(db, _SESSION_ATTR, session)
+    return session
+
+
+def fetchone(db, name, sql, params, prefix=""):
+    """execute() on a cursor this session keeps, then the statement's one row (None: no row).
+
+    For the statements a process runs thousands of times a second: a new cursor per call (a
+    psycopg2 cursor and Django's wrapper, made and closed) was about 9 us of an enqueue() call.
+    The kept one is Django's wrapper all the same (its errors, its execute wrappers); while
+    queries are logged (DEBUG, assertNumQueries) each call takes a new cursor, which logs them.
+    """
+    if db.queries_logged:
+        with db.cursor() as cursor:
+            execute(cursor, name, sql, params, prefix)
+            return cursor.fetchone()
+    session = _session(db)
+    db.validate_thread_sharing()
+    if session.cursor is None:
+        session.cursor = db.make_cursor(db.create_cursor())
+    execute(session.cursor, name, sql, params, prefix)
+    return session.cursor.fetchone()
+
+
+def execute(cursor, name, sql, params, prefix=""):
+    """Execute `sql` ($1, $2, ... placeholders) as the prepared statement `name` of this session.
+
+    `prefix`: statements sent before it in the same round trip (e.g. SET LOCAL).
+    """
+    session = _session(cursor.db)  # the connection's wrapper itself: django.db.connection looks it up each use
     if name not in session.names:
         # On its own: a prepared statement outlives the transaction that made it, even a failed one,
         # so it is known to exist exactly when this succeeds.

@@ -59,3 +59,35 @@ def test_a_session_without_standard_strings_gets_psycopg2s_quoting():
         assert prepared._plain_quotes(connection.connection)
         prepared.execute(cursor, "test_escapes", "", [tricky])
         assert cursor.fetchone() == (tricky,)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_kept_cursor_follows_the_session_and_djangos_rules(django_assert_num_queries):
+    # prepared.fetchone keeps one cursor per session (enqueue's hot path): a new session gets a new
+    # one with its statements prepared again, errors are Django's, and logged queries are still logged.
+    from django.db import IntegrityError
+
+    from dbmail.intake import outbox
+
+    first = outbox.enqueue("a@example.net", "s", "t")
+    connection.close()
+    assert outbox.enqueue("b@example.net", "s", "t").pk > first.pk  # reconnected, prepared again
+    with pytest.raises(IntegrityError):  # django.db's, not psycopg2's: the kept cursor is Django's wrapper
+        outbox.enqueue("c@example.net", "s", "t", message_id=first.message_id)
+    assert outbox.enqueue("d@example.net", "s", "t").pk  # and still usable after it
+    with django_assert_num_queries(1):
+        outbox.enqueue("e@example.net", "s", "t")
+
+
+def test_the_kept_cursor_is_refused_in_async_code():
+    import asyncio
+
+    from django.core.exceptions import SynchronousOnlyOperation
+
+    from dbmail.intake import outbox
+
+    async def view():
+        outbox.enqueue("a@example.net", "s", "t")
+
+    with pytest.raises(SynchronousOnlyOperation):
+        asyncio.run(view())
