@@ -8,6 +8,10 @@ on a new connection (one more round trip, once).
 
     prepared.execute(cursor, "dbmail_enqueue", "INSERT ... VALUES ($1, $2) RETURNING id", [a, b])
 
+The EXECUTE's values are written into its text here (literal()), not by
+psycopg2, and fetchone() runs it on a cursor the session keeps: both were a
+measurable part of an enqueue() call (docs/scaling.md, "Enqueue and durability").
+
 PostgreSQL only: callers keep their portable path for other databases.
 """
 
