@@ -251,9 +251,7 @@ def _insert_checked(db, email, sender, address):
     sql, fields = _checked_insert_statement()
     values = _values(email, fields, db)
     values += [mailbox_key(address), sender.address, sender.display_name]
-    with db.cursor() as cursor:
-        prepared.execute(cursor, "dbmail_enqueue_checked", sql, values, prefix=_prefix(db))
-        row = cursor.fetchone()
+    row = prepared.fetchone(db, "dbmail_enqueue_checked", sql, values, prefix=_prefix(db))
     if row is None:
         return False
     email.pk = row[0]
@@ -301,9 +299,7 @@ def _insert(email):
         email.save(force_insert=True)
         return
     sql, fields = _insert_statement()
-    with db.cursor() as cursor:
-        prepared.execute(cursor, "dbmail_enqueue", sql, _values(email, fields, db), prefix=_prefix(db))
-        email.pk = cursor.fetchone()[0]
+    email.pk = prepared.fetchone(db, "dbmail_enqueue", sql, _values(email, fields, db), prefix=_prefix(db))[0]
     email._state.adding = False
     email._state.db = db.alias
 
