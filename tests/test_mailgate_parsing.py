@@ -1,9 +1,10 @@
 import pytest
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from mailgate.gate import parsing
 
+from .conftest import fuzz_settings
 from .factories import MAIL_DIR, mail_fixture
 
 
@@ -57,7 +58,7 @@ def test_null_senders():
     assert not parsing.is_null_sender("ann@example.com")
 
 
-@settings(max_examples=300, deadline=None)
+@fuzz_settings(300)
 @given(st.binary(max_size=2000) | st.text(max_size=2000).map(lambda t: t.encode("utf-8", "surrogatepass")))
 def test_parse_never_raises(raw):
     parsed = parsing.parse(raw)

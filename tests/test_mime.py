@@ -4,7 +4,7 @@ import binascii
 from email import message_from_bytes, message_from_string, policy
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from dbmail.content import addresses
@@ -12,6 +12,8 @@ from dbmail.models import TextOfEmail
 from dbmail.send import mime
 from dbmail.send.message import to_email_message
 from dbmail.track.header import TRACKING_HEADER
+
+from .conftest import fuzz_settings
 
 # Printable text in many scripts, without control characters (headers never carry them).
 words = st.text(st.characters(blacklist_categories=("Cc", "Cs", "Zl", "Zp")), max_size=120)
@@ -58,7 +60,7 @@ def same_reading(email):
     return ours
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@fuzz_settings(150)
 @given(subject=words, name=words, text=bodies, html=bodies, extra=words)
 def test_reads_the_same_as_djangos_message(subject, name, text, html, extra):
     email = email_with(
@@ -134,7 +136,7 @@ long_ascii = st.lists(
 ).map("\n".join)
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@fuzz_settings(300)
 @given(long_ascii)
 def test_long_ascii_lines_are_quoted_printable_that_reads_back_as_the_text(text):
     import quopri

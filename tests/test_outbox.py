@@ -1,11 +1,12 @@
 import pytest
 from django.db import transaction
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from dbmail.intake import outbox
 from dbmail.models import TextOfEmail
 
+from .conftest import fuzz_settings
 from .factories import SenderAccountFactory
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -97,7 +98,7 @@ def test_the_sites_own_addresses_are_its_from_and_server_addresses(settings):
     assert outbox.enqueue("a@example.net", "s", "t", from_email="ROOT@example.org").account is None
 
 
-@settings(max_examples=300, deadline=None)
+@fuzz_settings(300)
 @given(st.from_regex(r"\A[A-Za-z0-9!#$%&'*+/=?^_`{|}~. <>\"(),:;@\[\]\\-]{1,14}@[A-Za-z0-9. <>()-]{1,14}\Z"))
 def test_the_quick_address_split_is_parseaddrs(text):
     from email.utils import parseaddr

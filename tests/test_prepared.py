@@ -1,9 +1,11 @@
 import pytest
 from django.db import connection
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from dbmail import prepared
+
+from .conftest import fuzz_settings
 
 pytestmark = pytest.mark.django_db
 
@@ -13,7 +15,7 @@ TEXT = st.text(st.characters(blacklist_categories=["Cs"], blacklist_characters="
 )
 
 
-@settings(max_examples=300, deadline=None)
+@fuzz_settings(300)
 @given(st.lists(TEXT | st.none() | st.integers(-(2**63), 2**63 - 1), min_size=1, max_size=4))
 def test_the_values_written_by_hand_reach_the_statement_as_they_were(values):
     # prepared.execute writes the EXECUTE's text itself (no psycopg2 quoting): every value must come back

@@ -184,6 +184,9 @@ def _local_key(local):
     return local  # no valid local part (a..b, a space): kept as written, lower-cased
 
 
+_DOMAIN_TAIL = re.compile(r"[.\s]+\Z")
+
+
 @functools.lru_cache(maxsize=4096)  # idna takes ~20 µs a domain; a list has few domains, many times each
 def _domain_key(domain):
     domain = domain.strip()
@@ -194,7 +197,9 @@ def _domain_key(domain):
             domain = idna.encode(domain.rstrip(".。．｡"), uts46=True).decode("ascii")
         except UnicodeError:  # idna.IDNAError among them: no valid IDN, keyed as written
             domain = unicodedata.normalize("NFC", domain)
-    return domain.lower().rstrip(".")
+    # Trailing dots and white space in any mix ("x.org .", "0. ."): one strip of each would leave the
+    # other at the end, and the key of the key would differ.
+    return _DOMAIN_TAIL.sub("", domain.lower())
 
 
 def error(address):
