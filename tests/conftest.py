@@ -4,6 +4,7 @@ import signal
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -35,6 +36,22 @@ hypothesis_settings.register_profile(
 hypothesis_settings.register_profile("fixed", derandomize=True, database=None)
 if hypothesis_settings.default.max_examples != LONG_EXAMPLES:
     hypothesis_settings.load_profile("fixed")
+
+
+@contextmanager
+def time_limit(seconds, error):
+    """Raise error() in the block once it has run `seconds`: an attack left unlimited fails its test, not the suite."""
+
+    def ring(signum, frame):
+        raise error()
+
+    previous = signal.signal(signal.SIGALRM, ring)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
 
 
 def fuzz_settings(examples):

@@ -19,10 +19,8 @@ for many more), and a few through the real pipe script as the MTA runs it.
 import io
 import logging
 import re
-import signal
 import subprocess
 import sys
-from contextlib import contextmanager
 
 import pytest
 from hypothesis import assume, given
@@ -35,8 +33,9 @@ from mailgate.gate import forward, parsing, routing
 from mailgate.gate import receive as gate
 from mailgate.models import Bounce, EmailList, InboundMessage
 
-from .conftest import ROOT, fuzz_settings, subprocess_env
+from .conftest import ROOT, fuzz_settings, subprocess_env, time_limit
 from .factories import MAIL_DIR, EmailListFactory, mail_fixture
+from .test_attack_fuzzed_bounces import _flip, _truncate
 from .test_mailgate_gate import run_gate
 
 pytestmark = pytest.mark.django_db
@@ -49,18 +48,8 @@ class Hung(BaseException):
     """Raised by the alarm; a BaseException so that the gate's own `except Exception` cannot swallow it."""
 
 
-@contextmanager
 def alarm(seconds):
-    def ring(signum, frame):
-        raise Hung(f"the gate took more than {seconds} s on one message")
-
-    previous = signal.signal(signal.SIGALRM, ring)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
+    return time_limit(seconds, lambda: Hung(f"the gate took more than {seconds} s on one message"))
 
 
 @pytest.fixture(autouse=True)
@@ -315,18 +304,6 @@ def test_any_envelope_is_stored_and_answered(world, capfd, local, domain, sender
 
 
 # --- Mutated real messages ------------------------------------------------------------------------
-
-
-def _flip(draw, raw):
-    data = bytearray(raw)
-    for _ in range(draw(st.integers(1, 20))):
-        if data:
-            data[draw(st.integers(0, len(data) - 1))] = draw(st.integers(0, 255))
-    return bytes(data)
-
-
-def _truncate(draw, raw):
-    return raw[: draw(st.integers(0, len(raw)))]
 
 
 def _duplicate_headers(draw, raw):

@@ -12,9 +12,7 @@ missing limit fails the test instead of hanging the suite.
 
 import html
 import io
-import signal
 import time
-from contextlib import contextmanager
 
 import pytest
 from django.core.management import CommandError, call_command
@@ -30,7 +28,7 @@ from dbmail.exceptions import RenderLimitExceeded
 from dbmail.intake import expand
 from dbmail.models import AuditEvent, MessageRequest
 
-from .conftest import fuzz_settings
+from .conftest import fuzz_settings, time_limit
 from .factories import MessageRequestFactory, SenderAccountFactory, TextOfEmailFactory, UserFactory
 from .sendingapi import client_for, composer
 
@@ -84,20 +82,9 @@ ATTACKS = {
 }
 
 
-@contextmanager
 def within(seconds):
     """Fail the test (instead of hanging) if the block takes longer than `seconds`."""
-
-    def alarm(signum, frame):
-        raise TimeoutError(f"took more than {seconds} s: not limited")
-
-    old = signal.signal(signal.SIGALRM, alarm)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, old)
+    return time_limit(seconds, lambda: TimeoutError(f"took more than {seconds} s: not limited"))
 
 
 def compiled(text_body="Fine.", html_body="", context=None):
