@@ -17,7 +17,6 @@ for many more), and a few through the real pipe script as the MTA runs it.
 """
 
 import io
-import logging
 import re
 import subprocess
 import sys
@@ -35,7 +34,11 @@ from mailgate.models import Bounce, EmailList, InboundMessage
 
 from .conftest import ROOT, fuzz_settings, subprocess_env, time_limit
 from .factories import MAIL_DIR, EmailListFactory, mail_fixture
-from .test_attack_fuzzed_bounces import _flip, _truncate
+from .test_attack_fuzzed_bounces import (
+    _flip,
+    _truncate,
+    console_logging,  # noqa: F401  (autouse: the MTA's log on stderr, as there)
+)
 from .test_mailgate_gate import run_gate
 
 pytestmark = pytest.mark.django_db
@@ -50,15 +53,6 @@ class Hung(BaseException):
 
 def alarm(seconds):
     return time_limit(seconds, lambda: Hung(f"the gate took more than {seconds} s on one message"))
-
-
-@pytest.fixture(autouse=True)
-def console_logging():
-    """The site's LOGGING in production: the root logger writes to the process's stderr (the MTA's log)."""
-    handler = logging.StreamHandler(sys.stderr)
-    logging.getLogger().addHandler(handler)
-    yield
-    logging.getLogger().removeHandler(handler)
 
 
 @pytest.fixture
