@@ -11,6 +11,7 @@ import shutil
 import pytest
 from django.contrib.auth.models import Group
 
+from dbmail.content import recipients
 from dbmail.models import EmailTemplate, MessageRequest, PendingUpload, Suppression
 
 from .conftest import ROOT
@@ -121,6 +122,19 @@ def test_the_count_keeps_its_note_on_what_is_left_out(page):
     wait_count(page, "1")
     # Why 1 and not 3: the note on suppressed addresses and repeats is still there once counted.
     assert "suppressed addresses and repeats left out" in page.inner_text("#audience-notes")
+
+
+def test_the_parameters_box_shows_only_for_a_set_that_reads_them(page, monkeypatch):
+    by_class = recipients.RecipientSet("by_class", "A class", lambda params: [], '{"class": "4b"}')
+    monkeypatch.setitem(recipients._REGISTRY, "by_class", by_class)
+    page.reload()
+    box = page.locator("[data-set=other]")
+    for name, shown in [("all_active", False), ("staff", False), ("groups", False), ("by_class", True)]:
+        page.select_option("#id_recipient_set", name)
+        assert box.is_visible() is shown, name
+    assert page.get_attribute("#id_params", "placeholder") == '{"class": "4b"}'
+    page.select_option("#id_recipient_set", "groups")
+    assert page.locator("[data-set=groups]").is_visible()
 
 
 # Every confirm() answered "Cancel", and each question kept in window.asked.

@@ -4,6 +4,7 @@ import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.urls import reverse
 
+from dbmail.content import recipients
 from dbmail.models import EmailTemplate, MessageRequest, Suppression
 
 from .factories import GroupFactory, MessageRequestFactory, SenderAccountFactory, UserFactory
@@ -75,6 +76,23 @@ def test_group_choice_is_stored_as_groups_params(panel, sender):
     panel.post(reverse("commpanel:compose"), data)
     mail = MessageRequest.objects.get()
     assert (mail.recipient_set, mail.recipient_params) == ("groups", {"groups": ["Teachers"]})
+
+
+def test_a_set_that_reads_no_parameters_ignores_what_the_hidden_box_holds(panel, sender):
+    data = compose_data(sender, source="set", recipient_set="staff", params="{not json")
+    panel.post(reverse("commpanel:compose"), data)
+    mail = MessageRequest.objects.get()
+    assert (mail.recipient_set, mail.recipient_params) == ("staff", {})
+
+
+def test_a_set_that_reads_parameters_still_has_them_checked(panel, sender, monkeypatch):
+    monkeypatch.setitem(recipients._REGISTRY, "by_class", recipients.RecipientSet("by_class", "A class", list))
+    data = compose_data(sender, source="set", recipient_set="by_class", params="{not json")
+    response = panel.post(reverse("commpanel:compose"), data)
+    assert response.context["form"].errors["params"][0].startswith("The parameters are not valid JSON")
+    data["params"] = '{"class": "4b"}'
+    panel.post(reverse("commpanel:compose"), data)
+    assert MessageRequest.objects.get().recipient_params == {"class": "4b"}
 
 
 def test_group_set_without_a_group_is_refused(panel, sender):

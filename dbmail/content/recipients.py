@@ -6,7 +6,7 @@ either a queryset of users or an iterable of mappings with an "email" key
 
     from dbmail.content.recipients import recipient_set
 
-    @recipient_set("parents", label="Parents of a class")
+    @recipient_set("parents", label="Parents of a class", params_help='{"class": "4b"}')
     def parents(params):
         return User.objects.filter(profile__class_code=params["class"])
 
@@ -66,6 +66,9 @@ class RecipientSet:
     label: str
     func: object
     params_help: str = ""
+    # False for a set that reads no parameters: the panel then asks for none. True by default,
+    # so a site's set that reads them gets the box whether or not it gives params_help.
+    takes_params: bool = True
 
 
 @dataclass(slots=True)
@@ -85,11 +88,12 @@ class Recipient:
         return mailbox_key(self.email)
 
 
-def recipient_set(name, *, label=None, params_help=""):
-    """Register a recipient set under `name` (decorator)."""
+def recipient_set(name, *, label=None, params_help="", takes_params=True):
+    """Register a recipient set under `name` (decorator); `takes_params=False` when it reads none."""
 
     def register(func):
-        _REGISTRY[name] = RecipientSet(name, label or name.replace("_", " ").capitalize(), func, params_help)
+        label_ = label or name.replace("_", " ").capitalize()
+        _REGISTRY[name] = RecipientSet(name, label_, func, params_help, takes_params)
         return func
 
     return register
@@ -236,12 +240,12 @@ def count(name, params):
 # --- Built-in sets -------------------------------------------------------------------------
 
 
-@recipient_set("all_active", label="All active users")
+@recipient_set("all_active", label="All active users", takes_params=False)
 def all_active(params):
     return get_user_model().objects.all()
 
 
-@recipient_set("staff", label="Staff")
+@recipient_set("staff", label="Staff", takes_params=False)
 def staff(params):
     return get_user_model().objects.filter(is_staff=True)
 

@@ -134,9 +134,11 @@ class ComposeForm(RequestForm):
         self.fields["body_format"].required = False  # left out, it stays as it was (HTML for a new request)
         self.fields["sender"].queryset = grants.request_senders()
         self.fields["sender"].empty_label = None
-        self.fields["recipient_set"].choices = [
-            (s.name, s.label) for s in recipients.registered_sets() if s.name != "addresses"
-        ]
+        sets = [s for s in recipients.registered_sets() if s.name != "addresses"]
+        self.fields["recipient_set"].choices = [(s.name, s.label) for s in sets]
+        # The page shows the parameters box only for a set that reads them, with that set's example.
+        asks = {s.name: s.params_help for s in sets if s.takes_params and s.name != "groups"}
+        self.fields["params"].widget.attrs["data-params-help"] = json.dumps(asks)
         self.fields["remove_attachments"].queryset = RequestAttachment.objects.filter(request_id=self.instance.pk)
         self._mine = PendingUpload.objects.filter(owner_id=getattr(user, "pk", None))
         self.fields["pending_csv"].queryset = self._mine.filter(kind=PendingUpload.Kind.CSV)
@@ -232,6 +234,9 @@ class ComposeForm(RequestForm):
                 verdict.params = {"groups": sorted(g.name for g in groups)}
             return verdict
         verdict.where = "params"
+        if not recipients.get_set(name).takes_params:
+            verdict.params = {}  # whatever the hidden box still holds is not this set's business
+            return verdict
         raw = (self.cleaned_data.get("params") or "").strip()
         try:
             params = json.loads(raw) if raw else {}

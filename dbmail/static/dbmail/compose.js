@@ -222,14 +222,25 @@
   var countNote = notesEl.querySelector("p");
   var countSerial = 0;
 
+  // Which sets read parameters, each with its example ("" when it gives none): the form lists them.
+  function paramsHelp() {
+    var el = form.querySelector("[data-params-help]");
+    try { return el ? JSON.parse(el.getAttribute("data-params-help")) : {}; } catch (e) { return {}; }
+  }
   function showSource() {
     var source = chosen("source"), set = chosen("recipient_set");
     form.querySelectorAll("[data-source]").forEach(function (el) {
       el.hidden = el.getAttribute("data-source").split(" ").indexOf(source) === -1;
     });
+    var asks = paramsHelp();
     form.querySelectorAll("[data-set]").forEach(function (el) {
-      el.hidden = (el.getAttribute("data-set") === "groups") !== (set === "groups");
+      el.hidden = el.getAttribute("data-set") === "groups" ? set !== "groups" : !(set in asks);
     });
+    var params = form.querySelector("[data-params-help]");
+    if (params) {
+      if (!params.hasAttribute("data-placeholder")) params.setAttribute("data-placeholder", params.placeholder);
+      params.placeholder = asks[set] || params.getAttribute("data-placeholder");
+    }
   }
   function count() {
     var mine = ++countSerial;
