@@ -3,14 +3,15 @@
 from datetime import timedelta
 
 import pytest
+from django.db import connection
 from django.utils import timezone
 
 from dbmail import states
 from dbmail.models import PacingBucket, SendingProblem, TextOfEmail
-from dbmail.send import backoff, buckets, retry
+from dbmail.send import backoff, buckets, destinations, retry
 from dbmail.send import loop as sending
 
-from .factories import TextOfEmailFactory
+from .factories import SenderAccountFactory, TextOfEmailFactory
 
 Status = states.EmailStatus
 
@@ -122,6 +123,31 @@ def test_a_pushback_slows_its_group_and_the_others_keep_full_speed(smtp_server, 
     # A destination's pushback is not a problem of the server or of the sender account.
     assert not SendingProblem.objects.exists()
     assert any("destination microsoft pushed back" in line for line in result.problems)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_rest_of_a_group_goes_back_before_anything_more_is_sent(smtp_server):
+    """A takeover after a kill judges the rows still "sending" in send order (dbmail.send.takeover):
+    mail held back by a pushback must leave that state before the mail tried after it, not with the
+    batch's end, or the takeover's window is spent on it and a duplicate past it goes unmarked.
+    PostgreSQL numbers its transactions in order: each row's xmin says which one wrote it last."""
+    account = SenderAccountFactory()
+    # In send order: two to outlook.com, 60 others (their outcomes committed as they go), one more to outlook.com.
+    addresses = ["a@outlook.com", "b@outlook.com", *(f"r{n}@example.net" for n in range(60)), "c@outlook.com"]
+    emails = [
+        TextOfEmailFactory(account=account, to_address=address, dest_group=destinations.group_of(address))
+        for address in addresses
+    ]
+    smtp_server.script("@outlook.com", "421 4.7.0 try again later")
+    assert sending.send_due().sent == 60
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT id, xmin::text::bigint FROM dbmail_textofemail")
+        written = dict(cursor.fetchall())
+    first, *held = [e.pk for e in emails if e.to_address.endswith("@outlook.com")]
+    after = [e.pk for e in emails if e.pk > first and not e.to_address.endswith("@outlook.com")]
+    assert len(held) == 2 and len(after) == 60
+    assert max(written[pk] for pk in held) < min(written[pk] for pk in after)
+    assert TextOfEmail.objects.filter(pk__in=held, status=Status.QUEUED, attempts=0).count() == 2
 
 
 @pytest.mark.django_db(transaction=True)

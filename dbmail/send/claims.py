@@ -64,10 +64,11 @@ class Claim:
         self.lease_until = now + lease
         TextOfEmail.objects.filter(pk__in=self.open_ids, claim_token=self.token).update(leased_until=self.lease_until)
 
-    def release(self):
-        """Give the rows not attempted back as they were (a clean stop is not an attempt)."""
+    def release(self, pks=None):
+        """Give the rows not attempted back as they were (a clean stop is not an attempt); `pks`: only those."""
+        given = self.open_ids if pks is None else self.open_ids.intersection(pks)
         for status, release in states.RELEASE.items():
-            ids = [pk for pk in self.open_ids if self.claimed_from.get(pk, Status.QUEUED) == status]
+            ids = [pk for pk in given if self.claimed_from.get(pk, Status.QUEUED) == status]
             if ids:
                 release.update(
                     TextOfEmail.objects.filter(pk__in=ids, claim_token=self.token),
@@ -75,7 +76,10 @@ class Claim:
                     leased_until=None,
                     attempts=F("attempts") - 1,
                 )
-        self.open_ids.clear()
+        if pks is None:
+            self.open_ids.clear()
+        else:
+            self.open_ids.difference_update(given)
 
 
 def _body_bytes():

@@ -262,6 +262,7 @@ class Sender:
         if batch not in self._held:
             self._held.append(batch)
         try:
+            self._give_back_held_back(batch)  # a batch claimed ahead of a pushback holds the group's mail too
             for _, emails in groupby(batch.emails, key=lambda e: e.account_id):
                 self._send_group(batch, list(emails))
         except DATABASE_ERRORS:
@@ -302,11 +303,13 @@ class Sender:
             if down:
                 self._finish(batch, email, replace(down, text=f"not tried: {down.text}"), route)
                 continue
-            if self.pacer.holds_back(email):
+            if email.pk not in batch.open_ids or self.pacer.holds_back(email):
                 self._forget_ahead(server, email)
-                continue  # its destination just pushed back: given back with the batch, not an attempt
+                continue  # its destination just pushed back: given back untried, not an attempt
             batch.renew_if_needed()
-            following = emails[i + 1] if i + 1 < len(emails) and self._may_pipeline(emails[i + 1]) else None
+            following = emails[i + 1] if i + 1 < len(emails) else None
+            if following is not None and not (following.pk in batch.open_ids and self._may_pipeline(following)):
+                following = None
             outcome = self._attempt(server, email, following)
             pushed_back = self.pacer.pushed_back(email, outcome)
             if pushed_back:
@@ -314,6 +317,7 @@ class Sender:
                 # up on the route; the group is slowed for every host and its other mail waits.
                 self._db.call(self.pacer.record_pushback, pushed_back, outcome.text).add_done_callback(_logged)
                 self._finish(batch, email, outcome, None)
+                self._give_back_held_back(batch)
                 continue
             if outcome.session and outcome.stage in retry.SESSION_STAGES and self.keep_if_down:
                 DeliveryEvent.objects.create(
@@ -322,6 +326,19 @@ class Sender:
                 return  # the claim's release puts them back
             outcome = self._after_session_faults(server, route, email, outcome)
             self._finish(batch, email, outcome, route)
+
+    def _give_back_held_back(self, batch):
+        """Give back the claimed mail of destinations that pushed back now, before more is sent.
+
+        Left "sending" until the batch's end, those rows would stand in the send order before
+        rows tried after them, and the takeover after a kill (dbmail.send.takeover) would spend
+        its window of possibly delivered rows on them: a duplicate past them would go unmarked.
+        Waiting for the database here costs one round trip a pushback, which is rare.
+        """
+        held = [e.pk for e in batch.emails if e.pk in batch.open_ids and self.pacer.holds_back(e)]
+        if held:
+            self._db.call(batch.release, held).result()
+            self.pacer.give_back(held)
 
     def _after_session_faults(self, server, route, email, outcome):
         """Reconnect and retry after a session fault, with pauses; give up on the route when they go on."""
