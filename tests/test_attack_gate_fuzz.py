@@ -28,7 +28,7 @@ from hypothesis import strategies as st
 from dbmail.content import tokens, verp
 from dbmail.models import Suppression, TextOfEmail
 from dbmail.track.consume import consume
-from mailgate.gate import forward, parsing, routing
+from mailgate.gate import long_lines, parsing, routing
 from mailgate.gate import receive as gate
 from mailgate.models import Bounce, EmailList, InboundMessage
 
@@ -192,6 +192,15 @@ SHAPES = {
     "to-header-10mb": HEAD.replace(b"To: ", b"To: " + b"x@example.net, " * (10 * MB // 15)) + b"\nx\n",
     "100000-headers": HEAD + b"X-H: v\n" * 100_000 + b"\nx\n",
     "line-1mb": HEAD + b"\n" + b"y" * MB + b"\n",
+    "parts-long-lines": HEAD
+    + b'MIME-Version: 1.0\nContent-Type: multipart/mixed; boundary="m"\n\n'
+    + b"p" * 5000
+    + b"\n--m\n\n"
+    + b"y" * MB
+    + b"\n--m\nContent-Type: message/rfc822\n\nSubject: s\n\n"
+    + b"z" * 5000
+    + b"\n--m--\n"
+    + b"e" * 5000,
     "single-1mb-line-no-newline": b"z" * MB,
     "nested-1000": _nested(1000),
     "parts-10000": _parts(10_000),
@@ -475,7 +484,7 @@ def test_a_huge_foldable_header_is_folded_and_the_forward_arrives(smtp_server):
     assert gate.run(raw, LIST, "ann@example.com").code == 0
     assert TextOfEmail.objects.get().status == "sent"
     (received,) = smtp_server.received
-    assert max(len(line) for line in received.data.splitlines()) <= forward.MAX_LINE
+    assert max(len(line) for line in received.data.splitlines()) <= long_lines.MAX_LINE
     subject = raw.split(b"Subject: ", 1)[1].split(b"\n", 1)[0]
     unfolded = re.sub(rb"\r?\n(?=[ \t])", b"", received.data)
     assert b"\nSubject: " + subject + b"\r\n" in unfolded  # the value is the sender's, byte for byte
@@ -483,10 +492,10 @@ def test_a_huge_foldable_header_is_folded_and_the_forward_arrives(smtp_server):
 
 def test_refolding_keeps_every_value_and_leaves_what_cannot_be_folded():
     head = b"Subject: " + b"word " * 1000 + b"\nX-Solid: " + b"s" * 2000 + b"\nTo: a@example.net\n"
-    folded = forward.refold(head, b"\r\n")
+    folded = long_lines.refold(head, b"\r\n")
     lines = folded.split(b"\n")
     assert folded.replace(b"\r\n", b"") == head  # unfolding gives back the very bytes
-    too_long = [line for line in lines if len(line.rstrip(b"\r")) > forward.MAX_LINE]
+    too_long = [line for line in lines if len(line.rstrip(b"\r")) > long_lines.MAX_LINE]
     assert [line.strip() for line in too_long] == [b"s" * 2000]  # no whitespace to fold it at
 
 
@@ -498,10 +507,24 @@ def test_a_body_line_over_998_octets_is_sent_base64_and_arrives_whole(smtp_serve
     assert gate.run(raw, LIST, "ann@example.com").code == 0
     assert TextOfEmail.objects.get().status == "sent"
     (received,) = smtp_server.received
-    assert max(len(line) for line in received.data.splitlines()) <= forward.MAX_LINE
+    assert max(len(line) for line in received.data.splitlines()) <= long_lines.MAX_LINE
     message = received.message
     assert message["Content-Transfer-Encoding"] == "base64" and message["MIME-Version"] == "1.0"
     assert message.get_payload(decode=True) == raw.split(b"\n\n", 1)[1]  # the very bytes, decoded
+
+
+@pytest.mark.django_db(transaction=True)
+def test_long_lines_in_parts_preamble_and_epilogue_arrive_within_998_octets(smtp_server):
+    """Before: the 1 MB line of one part went out as it came and the copy was dropped."""
+    EmailListFactory(name="Physics", regex="physics", addresses="member@example.net")
+    raw = SHAPES["parts-long-lines"]
+    assert gate.run(raw, LIST, "ann@example.com").code == 0
+    assert TextOfEmail.objects.get().status == "sent"
+    (received,) = smtp_server.received
+    assert max(len(line) for line in received.data.splitlines()) <= long_lines.MAX_LINE
+    first, attached = received.message.get_payload()
+    assert first.get_payload(decode=True) == b"y" * MB
+    assert attached.get_payload()[0].get_payload(decode=True) == b"z" * 5000
 
 
 @pytest.mark.parametrize(
@@ -517,4 +540,4 @@ def test_a_body_line_over_998_octets_is_sent_base64_and_arrives_whole(smtp_serve
 )
 def test_only_a_single_part_sent_as_is_is_reencoded(raw, reencoded):
     body = parsing.header_section(raw)[2]
-    assert forward.needs_base64(raw[body:], parsing.parse(raw)) is reencoded
+    assert long_lines.needs_base64(raw[body:], parsing.parse(raw)) is reencoded
