@@ -9,7 +9,9 @@ every input, whatever it is:
 - when accepted, the bytes stored exactly as given (the start of them for 65);
 - done within a bound (an alarm fails a hang instead of stalling the suite);
 - nobody suppressed and no email's status changed, except the address a
-  valid unsubscribe token names and the email a signed VERP address names.
+  valid unsubscribe token names, the email a signed VERP address names, and
+  the email a complaint report from the null sender names by our Message-ID
+  (bob's here stands for the random ones we make).
 
 Three parts: named worst shapes at their stated sizes, a property test that
 mutates the suite's own fixtures (fixed seed; `--hypothesis-profile=long`
@@ -30,7 +32,7 @@ from dbmail.models import Suppression, TextOfEmail
 from dbmail.track.consume import consume
 from mailgate.gate import long_lines, parsing, routing
 from mailgate.gate import receive as gate
-from mailgate.models import Bounce, EmailList, InboundMessage
+from mailgate.models import Bounce, EmailList, FeedbackReport, InboundMessage
 
 from .conftest import ROOT, fuzz_settings, subprocess_env, time_limit
 from .factories import MAIL_DIR, EmailListFactory, mail_fixture
@@ -128,10 +130,19 @@ def assert_nobody_else_touched(bob, name, before):
     allowed_suppressed = {"bob@example.net"} if name == "unsubscribe-bob" else set()
     if name == "verp":
         allowed_suppressed.add("bob@example.net")  # a hard bounce to bob's signed address suppresses bob
+    # A complaint report naming bob's email by its Message-ID: bob, as a complaint, and nothing else.
+    complained = set(Suppression.objects.filter(reason="complained").values_list("address", flat=True))
+    if name == "list-null-sender":
+        allowed_suppressed.add("bob@example.net")
+        assert complained <= {"bob@example.net"} and not Suppression.objects.exclude(reason="complained").exists()
     assert set(Suppression.objects.values_list("address", flat=True)) <= allowed_suppressed
     for address, status in after.items():
+        if name == "list-null-sender" and address == bob.to_address and status == "complained":
+            continue
         if not (name == "verp" and address == bob.to_address):
             assert status == before[address], f"{address}: {before[address]} -> {status}"
+    applied_reports = FeedbackReport.objects.filter(applied=True).exclude(email=bob)
+    assert not applied_reports.exists(), list(applied_reports.values("note", "email__to_address"))
     applied = Bounce.objects.filter(applied=True).exclude(email=bob)
     assert not applied.exists(), list(applied.values("recipient", "email__to_address"))
     if name != "verp":
@@ -217,6 +228,12 @@ SHAPES = {
     "dsn-claims-others": _report(b"delivery-status", OTHERS_DSN),
     "dsn-malformed": _report(b"delivery-status", b"Final-Recipient\nAction:\nStatus: 5.\x00\n:::\n\n\n"),
     "arf-claims-others": _report(b"feedback-report", ARF),
+    "arf-forged-tracking-header": _report(b"feedback-report", ARF).replace(
+        b"Message-ID: <bob@", b"X-Mailsite-Email: 1:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA\nMessage-ID: <bob@"
+    ),
+    "arf-names-bob-and-carol": _report(b"feedback-report", ARF).replace(
+        b"Message-ID: <bob@example.org>", b"Message-ID: <bob@example.org>\nMessage-ID: <carol@example.org>"
+    ),
 }
 
 
@@ -248,6 +265,18 @@ def test_a_dsn_to_bobs_verp_address_naming_others_bounces_only_bob(world, capfd)
     consume()
     assert statuses() == {"bob@example.net": "bounced", "carol@example.net": "sent"}
     assert list(Suppression.objects.values_list("address", flat=True)) == ["bob@example.net"]
+
+
+@pytest.mark.parametrize("shape", ["arf-claims-others", "arf-forged-tracking-header", "arf-names-bob-and-carol"])
+def test_a_complaint_report_to_bobs_verp_address_complains_of_bob_at_most(world, capfd, shape):
+    recipient, sender = envelopes(world)["verp"]
+    through_the_gate(SHAPES[shape], recipient, sender, capfd)
+    consume()
+    assert not Bounce.objects.exists()
+    bob_complained = shape == "arf-claims-others"  # the others are forged, or name two emails: unmatched
+    assert statuses() == {"bob@example.net": "complained" if bob_complained else "sent", "carol@example.net": "sent"}
+    expected = [("bob@example.net", "complained")] if bob_complained else []
+    assert list(Suppression.objects.values_list("address", "reason")) == expected
 
 
 @pytest.mark.parametrize("name", ["unsubscribe-bare", "unsubscribe-tampered", "unsubscribe-bob"])
