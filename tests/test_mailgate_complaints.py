@@ -223,12 +223,14 @@ def test_a_report_elsewhere_from_a_sender_is_ordinary_mail(sent_email, settings)
     assert not FeedbackReport.objects.exists() and not Suppression.objects.exists()
 
 
-def test_other_mail_to_the_complaint_address_is_kept_not_bounced(sent_email):
+def test_other_mail_to_the_complaint_address_is_kept_not_bounced(sent_email, settings):
     result, inbound = run_gate(mail_fixture("plain.eml"), FBL, "noreply@yahoo.com")
     assert result.message.startswith("accepted") and inbound.status == InboundMessage.Status.RECEIVED
     assert "not a complaint report" in inbound.note and not FeedbackReport.objects.exists()
     # With a +extension too; and a list routing the address still gets it.
     assert complaints.is_complaint_address("FBL+yahoo@example.org")
+    settings.MAILGATE_COMPLAINT_ADDRESSES = ["Abuse@Example.org"]  # as a Python settings file may write it
+    assert complaints.is_complaint_address("abuse@example.org")
     assert not complaints.is_complaint_address("fbl@example.net")
 
 

@@ -49,9 +49,9 @@ MAX_HEADERS_BYTES = 256 * 1024  # of a text/rfc822-headers part parsed for its f
 
 def is_complaint_address(recipient):
     """Whether `recipient` is one of MAILGATE_COMPLAINT_ADDRESSES (or one with a +extension)."""
-    addresses = conf.MAILGATE_COMPLAINT_ADDRESSES
-    if not addresses:
+    if not conf.MAILGATE_COMPLAINT_ADDRESSES:
         return False
+    addresses = {a.strip().lower() for a in conf.MAILGATE_COMPLAINT_ADDRESSES}  # a settings file may not clean them
     address = (recipient or "").strip().lower()
     local, at, domain = address.rpartition("@")
     return address in addresses or (bool(at) and f"{local.partition('+')[0]}@{domain}" in addresses)
