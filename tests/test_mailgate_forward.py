@@ -3,6 +3,8 @@ import re
 from email import policy
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from dbmail.models import SenderAccount, TextOfEmail
 from dbmail.send.loop import send_due
@@ -10,6 +12,7 @@ from mailgate.gate import forward, long_lines, parsing, routing
 from mailgate.gate import receive as gate
 from mailgate.models import EmailList
 
+from .conftest import fuzz_settings
 from .factories import EmailListFactory, UserFactory, mail_fixture
 
 LIST = "physics@lists.example.org"
@@ -336,3 +339,37 @@ def test_long_lines_in_parts_arrive_over_smtp(physics, smtp_server, shape):
     for received in smtp_server.received:
         assert longest_line(received.data) <= 998
         assert leaves(email.message_from_bytes(received.data)) == wanted
+
+
+@st.composite
+def mime_tree(draw, depth=0):
+    """A well-formed MIME entity (header section and body): leaves with short and long lines, nested parts."""
+    kind = draw(st.sampled_from(["leaf", "leaf", "multipart", "message"] if depth < 3 else ["leaf"]))
+    if kind == "leaf":
+        encoding = draw(
+            st.sampled_from([b"", b"Content-Transfer-Encoding: 7bit\n", b"Content-Transfer-Encoding: 8bit\n"])
+        )
+        lines = draw(
+            st.lists(st.sampled_from([b"short", b"x" * 1200, b"\xc3\xa9" * 700, b"", b"--not-a-boundary"]), max_size=4)
+        )
+        header = draw(
+            st.sampled_from([b"Content-Type: text/plain\n", b"Content-Type: application/octet-stream\n", b""])
+        )
+        return header + encoding + b"\n" + b"\n".join(lines)
+    if kind == "message":
+        return b"Content-Type: message/rfc822\n\nSubject: inner\n" + draw(mime_tree(depth + 1))
+    boundary = b"b%d-%d" % (depth, draw(st.integers(0, 99)))
+    parts = draw(st.lists(mime_tree(depth + 1), min_size=1, max_size=3))
+    body = b"".join(b"--" + boundary + b"\n" + part + b"\n" for part in parts) + b"--" + boundary + b"--\n"
+    preamble = draw(st.sampled_from([b"", b"Preamble.\n", b"p" * 1500 + b"\n"]))
+    return b'Content-Type: multipart/mixed; boundary="' + boundary + b'"\n\n' + preamble + body
+
+
+@fuzz_settings(80)
+@given(tree=mime_tree(), crlf=st.booleans())
+def test_any_well_formed_tree_keeps_its_content_and_loses_its_long_lines(physics, tree, crlf):
+    raw = HEAD + b"Message-ID: <t@example.com>\n" + tree
+    raw = raw.replace(b"\n", b"\r\n") if crlf else raw
+    out = forward.build_message(raw, parsing.parse(raw), routing.route(LIST), "<c@x>")
+    assert leaves(email.message_from_bytes(out)) == leaves(email.message_from_bytes(raw))
+    assert longest_line(out) <= 998

@@ -175,18 +175,19 @@ def _multipart(body, part, linesep):
     for index, (match, child) in enumerate(zip(opening, children, strict=True)):
         following = found[index + 1].start() if index + 1 < len(found) else len(body)
         # The line break before the next delimiter is the delimiter's (so is the last one of an unclosed part).
-        end = following - (
-            2
-            if body[following - 2 : following] == b"\r\n"
-            else 1
-            if body[following - 1 : following] in (b"\n", b"\r")
-            else 0
-        )
+        end = max(match.end(), following - _line_end_before(body, following))  # an empty part has none
         pieces += [body[match.start() : match.end()], _entity(body[match.end() : end], child, linesep)]
         pieces.append(body[end:following])
     if closed:
         pieces += [body[found[-1].start() : found[-1].end()], _wrap(body[found[-1].end() :], linesep)]
     return b"".join(pieces)
+
+
+def _line_end_before(data, pos):
+    """How many octets the line break ending just before `pos` has (0 when none does)."""
+    if data[pos - 2 : pos] == b"\r\n":
+        return 2
+    return 1 if pos > 0 and data[pos - 1 : pos] in (b"\n", b"\r") else 0
 
 
 def _wrap(text, linesep):
