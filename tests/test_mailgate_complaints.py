@@ -273,3 +273,22 @@ def test_a_report_not_parsed_whole_is_recorded_not_applied(sent_email, monkeypat
     assert (row.email, row.applied) == (sent_email, False) and "not parsed whole" in row.note
     assert_unchanged(sent_email)
     assert not Bounce.objects.exists()
+
+
+def test_a_bounce_carrying_a_report_deeper_down_is_a_bounce(sent_email):
+    # A forward of a report (someone posted one to a list) bounced back whole to the forward's VERP address:
+    # the report is inside the returned message, not the message itself.
+    inner = report("arf_microsoft.eml", sent_email)
+    raw = (
+        b"From: MAILER-DAEMON@mx.example.net\nSubject: Undelivered Mail Returned to Sender\nMIME-Version: 1.0\n"
+        b'Content-Type: multipart/report; report-type=delivery-status; boundary="d"\n\n'
+        b"--d\nContent-Type: text/plain\n\nIt failed.\n"
+        b"--d\nContent-Type: message/delivery-status\n\nReporting-MTA: dns; mx\n\n"
+        b"Final-Recipient: rfc822; bob@example.net\nAction: failed\nStatus: 5.1.1\n\n"
+        b"--d\nContent-Type: message/rfc822\n\n" + inner + b"\n--d--\n"
+    )
+    _, inbound = run_gate(raw, verp.envelope_sender(MID, "x"), "")
+    assert inbound.status == InboundMessage.Status.BOUNCE and not FeedbackReport.objects.exists()
+    assert Bounce.objects.get().bounce_type == "hard"
+    sent_email.refresh_from_db()
+    assert sent_email.status == TextOfEmail.Status.BOUNCED

@@ -66,7 +66,14 @@ def is_report(parsed):
         kind = message.get_param("report-type") or ""
         if clean_text(collapse_rfc2231_value(kind)).strip().lower() == "feedback-report":
             return True
-    return parsed.complete and any(part.get_content_type() == FEEDBACK_REPORT for part in parsing.walk(message))
+    return parsed.complete and any(part.get_content_type() == FEEDBACK_REPORT for part in _parts(message))
+
+
+def _parts(message):
+    """The report's own parts: its direct children only, so a report attached deeper down (a bounce of a
+    forward that carried one) does not make the message a report."""
+    payload = message.get_payload() if message.is_multipart() else None
+    return payload if isinstance(payload, list) else []
 
 
 class _Fields:
@@ -108,7 +115,7 @@ def read(parsed):
     """The report's feedback fields and the reported message's header fields (empty when not parsed whole)."""
     feedback = original = None
     if parsed.ok and parsed.complete:
-        for part in parsing.walk(parsed.message):
+        for part in _parts(parsed.message):
             kind = part.get_content_type()
             if kind == FEEDBACK_REPORT and feedback is None:
                 feedback = part
