@@ -186,6 +186,12 @@ def not_domains(value):
     return f": {bad!r} is not a domain name" if bad is not None else ""
 
 
+def not_addresses(value):
+    """For a list of email addresses (mailgate's MAILGATE_COMPLAINT_ADDRESSES)."""
+    bad = next((a for a in value if _not_an_address(a) or parseaddr(a)[1] != a), None)
+    return f": {bad!r} is not an email address" if bad is not None else ""
+
+
 def _not_a_verp_prefix(value):
     return "" if re.fullmatch(r"[A-Za-z0-9._-]{1,20}", value) else " must be 1-20 letters, digits, . _ -"
 

@@ -13,6 +13,7 @@ from mailgate.gate import routing
 from mailgate.models import (
     Bounce,
     EmailList,
+    FeedbackReport,
     GateHeartbeat,
     HeldMessage,
     InboundMessage,
@@ -79,6 +80,17 @@ class BounceInline(admin.TabularInline):
         return False
 
 
+class FeedbackReportInline(admin.TabularInline):
+    model = FeedbackReport
+    extra = 0
+    can_delete = False
+    fields = readonly_fields = ["feedback_type", "user_agent", "email", "identified_by", "applied", "note"]
+    verbose_name_plural = "complaint reports (ARF)"
+
+    def has_add_permission(self, request, obj=None):
+        return False
+
+
 class _InboundBase(ActPermission, admin.ModelAdmin):
     list_display = ["id", "received_at", "envelope_sender", "envelope_recipient", "subject", "status", "email_list"]
     list_filter = ["status", "email_list"]
@@ -124,7 +136,7 @@ class _InboundBase(ActPermission, admin.ModelAdmin):
 
 @admin.register(InboundMessage)
 class InboundMessageAdmin(_InboundBase):
-    inlines = [BounceInline]
+    inlines = [BounceInline, FeedbackReportInline]
     actions = ["process_again"]
 
     @admin.action(description="Process again (raw and failed messages)", permissions=["act"])
@@ -203,6 +215,25 @@ class BounceAdmin(admin.ModelAdmin):
 
     def has_delete_permission(self, request, obj=None):
         return False  # a finding of a stored bounce: history, like the bounce itself
+
+
+@admin.register(FeedbackReport)
+class FeedbackReportAdmin(admin.ModelAdmin):
+    """Complaint reports (ARF): matched or not, applied or only recorded; never bounces."""
+
+    list_display = ["created_at", "feedback_type", "user_agent", "email", "identified_by", "applied", "inbound"]
+    list_filter = [MatchedFilter, "feedback_type", "applied", "identified_by"]
+    search_fields = ["user_agent", "note", "email__message_id", "email__to_address"]
+    raw_id_fields = ["email", "inbound"]
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False  # a finding of a stored report: history, like the report itself
 
 
 @admin.register(SenderNotice)

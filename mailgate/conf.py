@@ -6,7 +6,7 @@
 The dbmail settings mailgate uses too (DBMAIL_UNSUBSCRIBE_MAILTO...) are read through dbmail.conf.
 """
 
-from dbmail.conf import AppSettings, Rule, Setting, not_domains, warning_first
+from dbmail.conf import AppSettings, Rule, Setting, not_addresses, not_domains, warning_first
 
 SETTINGS = [
     # The gate (mail piped in by the MTA).
@@ -24,6 +24,15 @@ SETTINGS = [
         check=not_domains,
         show_value=False,
         clean=lambda domains: [d.strip().lower() for d in domains if d.strip()],
+    ),
+    # Where feedback loops (Microsoft JMRP, Yahoo CFL...) send complaint reports, besides VERP addresses.
+    Setting(
+        "MAILGATE_COMPLAINT_ADDRESSES",
+        [],
+        list,
+        check=not_addresses,
+        show_value=False,
+        clean=lambda addresses: [a.strip().lower() for a in addresses if a.strip()],
     ),
     # Mailboxes (IMAP polling).
     Setting("MAILGATE_IMAP_AFTER_READ_TIMEOUT", 30, int, minimum=0),

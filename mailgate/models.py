@@ -1,4 +1,4 @@
-"""Inbound mail: the lists mail is routed through, every message that arrived, and the bounces found."""
+"""Inbound mail: the lists mail is routed through, every message that arrived, the bounces and complaints found."""
 
 import re
 import secrets
@@ -124,6 +124,7 @@ class InboundMessage(models.Model):
         LOOP = "loop", "stopped (loop or auto-reply)"
         NO_LIST = "no_list", "no such list"
         BOUNCE = "bounce"
+        COMPLAINT = "complaint", "complaint report (ARF)"
         TOO_BIG = "too_big", "over the size limit"
         FAILED = "failed", "failed (kept; process again)"
 
@@ -209,6 +210,39 @@ class Bounce(models.Model):
 
     def __str__(self):
         return f"{self.bounce_type} bounce for {self.recipient or '?'}"
+
+
+class FeedbackReport(models.Model):
+    """One complaint report (ARF, RFC 5965) a mailbox provider sent, matched to the outbound email or not.
+
+    Never a bounce: nothing here counts as one. Which address it concerns is
+    the matched email's own; the report's claims about recipients are not kept.
+    """
+
+    class Identified(models.TextChoices):
+        TRACKING_HEADER = "tracking_header", "signed tracking header"
+        VERP = "verp", "signed VERP address"
+        MESSAGE_ID = "message_id", "our Message-ID"
+
+    inbound = models.ForeignKey(InboundMessage, on_delete=models.CASCADE, related_name="feedback_reports")
+    email = models.ForeignKey(
+        "dbmail.TextOfEmail", null=True, blank=True, on_delete=models.SET_NULL, related_name="mailgate_feedback"
+    )
+    feedback_type = models.CharField(
+        max_length=32, help_text="As the report says (abuse, fraud, not-spam, virus, other, auth-failure...)."
+    )
+    user_agent = models.CharField(max_length=200, blank=True, help_text="The report's User-Agent: who made it.")
+    identified_by = models.CharField(max_length=16, choices=Identified.choices, blank=True)
+    applied = models.BooleanField(default=False, help_text='A "complained" event was handed on for the email.')
+    note = models.TextField(blank=True, help_text="Why it was not matched or not applied.")
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        verbose_name = "complaint report"
+
+    def __str__(self):
+        return f"{self.feedback_type} report" + (f" about email #{self.email_id}" if self.email_id else " (unmatched)")
 
 
 class SenderNotice(models.Model):

@@ -9,7 +9,9 @@ every input, whatever it is:
 - when accepted, the bytes stored exactly as given (the start of them for 65);
 - done within a bound (an alarm fails a hang instead of stalling the suite);
 - nobody suppressed and no email's status changed, except the address a
-  valid unsubscribe token names and the email a signed VERP address names.
+  valid unsubscribe token names, the email a signed VERP address names, and
+  the email a complaint report from the null sender names by our Message-ID
+  (bob's here stands for the random ones we make).
 
 Three parts: named worst shapes at their stated sizes, a property test that
 mutates the suite's own fixtures (fixed seed; `--hypothesis-profile=long`
@@ -28,9 +30,9 @@ from hypothesis import strategies as st
 from dbmail.content import tokens, verp
 from dbmail.models import Suppression, TextOfEmail
 from dbmail.track.consume import consume
-from mailgate.gate import forward, parsing, routing
+from mailgate.gate import long_lines, parsing, routing
 from mailgate.gate import receive as gate
-from mailgate.models import Bounce, EmailList, InboundMessage
+from mailgate.models import Bounce, EmailList, FeedbackReport, InboundMessage
 
 from .conftest import ROOT, fuzz_settings, subprocess_env, time_limit
 from .factories import MAIL_DIR, EmailListFactory, mail_fixture
@@ -128,10 +130,19 @@ def assert_nobody_else_touched(bob, name, before):
     allowed_suppressed = {"bob@example.net"} if name == "unsubscribe-bob" else set()
     if name == "verp":
         allowed_suppressed.add("bob@example.net")  # a hard bounce to bob's signed address suppresses bob
+    # A complaint report naming bob's email by its Message-ID: bob, as a complaint, and nothing else.
+    complained = set(Suppression.objects.filter(reason="complained").values_list("address", flat=True))
+    if name == "list-null-sender":
+        allowed_suppressed.add("bob@example.net")
+        assert complained <= {"bob@example.net"} and not Suppression.objects.exclude(reason="complained").exists()
     assert set(Suppression.objects.values_list("address", flat=True)) <= allowed_suppressed
     for address, status in after.items():
+        if name == "list-null-sender" and address == bob.to_address and status == "complained":
+            continue
         if not (name == "verp" and address == bob.to_address):
             assert status == before[address], f"{address}: {before[address]} -> {status}"
+    applied_reports = FeedbackReport.objects.filter(applied=True).exclude(email=bob)
+    assert not applied_reports.exists(), list(applied_reports.values("note", "email__to_address"))
     applied = Bounce.objects.filter(applied=True).exclude(email=bob)
     assert not applied.exists(), list(applied.values("recipient", "email__to_address"))
     if name != "verp":
@@ -192,6 +203,15 @@ SHAPES = {
     "to-header-10mb": HEAD.replace(b"To: ", b"To: " + b"x@example.net, " * (10 * MB // 15)) + b"\nx\n",
     "100000-headers": HEAD + b"X-H: v\n" * 100_000 + b"\nx\n",
     "line-1mb": HEAD + b"\n" + b"y" * MB + b"\n",
+    "parts-long-lines": HEAD
+    + b'MIME-Version: 1.0\nContent-Type: multipart/mixed; boundary="m"\n\n'
+    + b"p" * 5000
+    + b"\n--m\n\n"
+    + b"y" * MB
+    + b"\n--m\nContent-Type: message/rfc822\n\nSubject: s\n\n"
+    + b"z" * 5000
+    + b"\n--m--\n"
+    + b"e" * 5000,
     "single-1mb-line-no-newline": b"z" * MB,
     "nested-1000": _nested(1000),
     "parts-10000": _parts(10_000),
@@ -208,6 +228,12 @@ SHAPES = {
     "dsn-claims-others": _report(b"delivery-status", OTHERS_DSN),
     "dsn-malformed": _report(b"delivery-status", b"Final-Recipient\nAction:\nStatus: 5.\x00\n:::\n\n\n"),
     "arf-claims-others": _report(b"feedback-report", ARF),
+    "arf-forged-tracking-header": _report(b"feedback-report", ARF).replace(
+        b"Message-ID: <bob@", b"X-Mailsite-Email: 1:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA\nMessage-ID: <bob@"
+    ),
+    "arf-names-bob-and-carol": _report(b"feedback-report", ARF).replace(
+        b"Message-ID: <bob@example.org>", b"Message-ID: <bob@example.org>\nMessage-ID: <carol@example.org>"
+    ),
 }
 
 
@@ -239,6 +265,18 @@ def test_a_dsn_to_bobs_verp_address_naming_others_bounces_only_bob(world, capfd)
     consume()
     assert statuses() == {"bob@example.net": "bounced", "carol@example.net": "sent"}
     assert list(Suppression.objects.values_list("address", flat=True)) == ["bob@example.net"]
+
+
+@pytest.mark.parametrize("shape", ["arf-claims-others", "arf-forged-tracking-header", "arf-names-bob-and-carol"])
+def test_a_complaint_report_to_bobs_verp_address_complains_of_bob_at_most(world, capfd, shape):
+    recipient, sender = envelopes(world)["verp"]
+    through_the_gate(SHAPES[shape], recipient, sender, capfd)
+    consume()
+    assert not Bounce.objects.exists()
+    bob_complained = shape == "arf-claims-others"  # the others are forged, or name two emails: unmatched
+    assert statuses() == {"bob@example.net": "complained" if bob_complained else "sent", "carol@example.net": "sent"}
+    expected = [("bob@example.net", "complained")] if bob_complained else []
+    assert list(Suppression.objects.values_list("address", "reason")) == expected
 
 
 @pytest.mark.parametrize("name", ["unsubscribe-bare", "unsubscribe-tampered", "unsubscribe-bob"])
@@ -475,7 +513,7 @@ def test_a_huge_foldable_header_is_folded_and_the_forward_arrives(smtp_server):
     assert gate.run(raw, LIST, "ann@example.com").code == 0
     assert TextOfEmail.objects.get().status == "sent"
     (received,) = smtp_server.received
-    assert max(len(line) for line in received.data.splitlines()) <= forward.MAX_LINE
+    assert max(len(line) for line in received.data.splitlines()) <= long_lines.MAX_LINE
     subject = raw.split(b"Subject: ", 1)[1].split(b"\n", 1)[0]
     unfolded = re.sub(rb"\r?\n(?=[ \t])", b"", received.data)
     assert b"\nSubject: " + subject + b"\r\n" in unfolded  # the value is the sender's, byte for byte
@@ -483,10 +521,10 @@ def test_a_huge_foldable_header_is_folded_and_the_forward_arrives(smtp_server):
 
 def test_refolding_keeps_every_value_and_leaves_what_cannot_be_folded():
     head = b"Subject: " + b"word " * 1000 + b"\nX-Solid: " + b"s" * 2000 + b"\nTo: a@example.net\n"
-    folded = forward.refold(head, b"\r\n")
+    folded = long_lines.refold(head, b"\r\n")
     lines = folded.split(b"\n")
     assert folded.replace(b"\r\n", b"") == head  # unfolding gives back the very bytes
-    too_long = [line for line in lines if len(line.rstrip(b"\r")) > forward.MAX_LINE]
+    too_long = [line for line in lines if len(line.rstrip(b"\r")) > long_lines.MAX_LINE]
     assert [line.strip() for line in too_long] == [b"s" * 2000]  # no whitespace to fold it at
 
 
@@ -498,10 +536,24 @@ def test_a_body_line_over_998_octets_is_sent_base64_and_arrives_whole(smtp_serve
     assert gate.run(raw, LIST, "ann@example.com").code == 0
     assert TextOfEmail.objects.get().status == "sent"
     (received,) = smtp_server.received
-    assert max(len(line) for line in received.data.splitlines()) <= forward.MAX_LINE
+    assert max(len(line) for line in received.data.splitlines()) <= long_lines.MAX_LINE
     message = received.message
     assert message["Content-Transfer-Encoding"] == "base64" and message["MIME-Version"] == "1.0"
     assert message.get_payload(decode=True) == raw.split(b"\n\n", 1)[1]  # the very bytes, decoded
+
+
+@pytest.mark.django_db(transaction=True)
+def test_long_lines_in_parts_preamble_and_epilogue_arrive_within_998_octets(smtp_server):
+    """Before: the 1 MB line of one part went out as it came and the copy was dropped."""
+    EmailListFactory(name="Physics", regex="physics", addresses="member@example.net")
+    raw = SHAPES["parts-long-lines"]
+    assert gate.run(raw, LIST, "ann@example.com").code == 0
+    assert TextOfEmail.objects.get().status == "sent"
+    (received,) = smtp_server.received
+    assert max(len(line) for line in received.data.splitlines()) <= long_lines.MAX_LINE
+    first, attached = received.message.get_payload()
+    assert first.get_payload(decode=True) == b"y" * MB
+    assert attached.get_payload()[0].get_payload(decode=True) == b"z" * 5000
 
 
 @pytest.mark.parametrize(
@@ -517,4 +569,4 @@ def test_a_body_line_over_998_octets_is_sent_base64_and_arrives_whole(smtp_serve
 )
 def test_only_a_single_part_sent_as_is_is_reencoded(raw, reencoded):
     body = parsing.header_section(raw)[2]
-    assert forward.needs_base64(raw[body:], parsing.parse(raw)) is reencoded
+    assert long_lines.needs_base64(raw[body:], parsing.parse(raw)) is reencoded

@@ -2,11 +2,12 @@
 
 import datetime
 import email
+import re
 from email.utils import parsedate_to_datetime
 
 import pytest
 
-from dbmail.content import headers
+from dbmail.content import headers, rendering
 from dbmail.content.recipients import Recipient
 from dbmail.intake import expand, outbox, spool
 from dbmail.models import SendGrant, TextOfEmail
@@ -123,6 +124,56 @@ def test_dbmail_message_id_domain_overrides_the_from_domain(settings):
 def test_an_international_from_domain_gives_an_ascii_message_id(settings):
     settings.DBMAIL_MESSAGE_ID_DOMAIN = ""
     assert headers.message_id_domain("Büro <office@bücher.example>") == "xn--bcher-kva.example"
+
+
+# A valid domain of 250 characters (labels of at most 63): a Message-ID in it would not fit the 255 of
+# TextOfEmail.message_id, and the insert of a forward or a notice failed.
+LONG_DOMAIN = ".".join(["a" * 61, "b" * 61, "c" * 61, "d" * 60]) + ".org"
+MSG_ID = re.compile(r"<[A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]+@[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)+>")
+
+
+def fits(message_id):
+    """A valid msg-id (dot-atom on both sides) that fits our column, in the long domain's own registered part."""
+    assert len(message_id) <= TextOfEmail._meta.get_field("message_id").max_length, message_id
+    assert MSG_ID.fullmatch(message_id), message_id
+    rest = id_domain(message_id).partition(".")[2]  # after the label that stands for the whole domain
+    assert LONG_DOMAIN.endswith("." + rest) and rest.endswith("d" * 60 + ".org"), message_id
+    return True
+
+
+def test_a_250_character_domain_still_gives_a_message_id_that_fits(settings):
+    assert len(LONG_DOMAIN) == 250
+    settings.DBMAIL_MESSAGE_ID_DOMAIN = ""
+    long_address = f"o@{LONG_DOMAIN}"  # 252 characters: an address has at most 254
+    assert fits(rendering.new_message_id(long_address))
+    assert fits(rendering.MessageIds(long_address).new())
+    # Stable per domain, and different domains do not share one.
+    assert headers.message_id_domain(long_address) == headers.message_id_domain(long_address)
+    other = f"o@{'e' * 61}.{LONG_DOMAIN[62:]}"
+    assert headers.message_id_domain(other) != headers.message_id_domain(long_address)
+    assert headers.message_id_domain("office@example.org") == "example.org"  # short ones as they are
+
+    SenderAccountFactory(address=long_address)
+    assert fits(outbox.enqueue("bob@example.net", "s", "t", from_email=long_address).message_id)
+    settings.DBMAIL_MESSAGE_ID_DOMAIN = LONG_DOMAIN
+    assert fits(outbox.enqueue("cy@example.net", "s", "t").message_id)
+
+
+def test_a_list_at_a_250_character_domain_forwards_and_sends_notices(settings):
+    settings.DBMAIL_MESSAGE_ID_DOMAIN = ""
+    settings.MAILGATE_SEND_NOW_MAX = 0
+    EmailListFactory(name="Long", regex="l", users=[UserFactory(email="dee@example.net")])
+    result = gate.run(mail_fixture("plain.eml"), f"l@{LONG_DOMAIN}", "ann@example.com")
+    assert result.code == 0, result.message
+    forward = TextOfEmail.objects.get(to_address="dee@example.net")
+    assert fits(forward.message_id)
+    assert header(bytes(forward.raw_message), "Message-ID") == forward.message_id
+
+    settings.DEFAULT_FROM_EMAIL = f"n@{LONG_DOMAIN}"  # a notice's sender
+    settings.MAILGATE_UNKNOWN_RECIPIENT = "notice"
+    result = gate.run(mail_fixture("plain.eml"), f"x@{LONG_DOMAIN}", "ann@example.com")
+    assert result.code == 0, result.message
+    assert fits(TextOfEmail.objects.get(to_address="ann@example.com").message_id)
 
 
 # --- Feedback-ID ---

@@ -4,7 +4,9 @@
   email.utils.formatdate writes for UTC; an aware datetime through
   format_datetime gives `+0000` (or the local offset with EMAIL_USE_LOCALTIME).
 - Message-ID: its domain is the From address's (aligned with From, as DKIM
-  and DMARC look at mail) unless DBMAIL_MESSAGE_ID_DOMAIN names one.
+  and DMARC look at mail) unless DBMAIL_MESSAGE_ID_DOMAIN names one. A
+  domain too long for the whole ID to fit MESSAGE_ID_MAX (a valid domain
+  may have 253 characters) is shortened by fit_domain.
 - Feedback-ID: Gmail's feedback loop reports complaints per value of this
   header, in its `a:b:c:SenderId` form; ours is
   `<request id>:<sender account id>:mailsite:<site name>`.
@@ -12,6 +14,7 @@
 
 import datetime
 import functools
+import hashlib
 import re
 from email.utils import format_datetime, parseaddr
 
@@ -73,14 +76,44 @@ def domain_of(address):
         return ""
 
 
+# TextOfEmail.message_id's max_length (and a TrackingEvent's): a longer Message-ID fails the insert.
+MESSAGE_ID_MAX = 255
+# What dbmail.content.rendering puts around the domain: "<", time_ns (19 digits until 2286, 20 after),
+# ".", 16 hex digits, "@" and ">".
+MESSAGE_ID_OVERHEAD = 1 + 20 + 1 + 16 + 1 + 1
+MESSAGE_ID_DOMAIN_MAX = MESSAGE_ID_MAX - MESSAGE_ID_OVERHEAD  # 215
+_DIGEST_LABEL = 17  # "m" and 16 hex digits of the whole domain's SHA-256
+
+
 def message_id_domain(from_address=None):
-    """The right-hand side of a new Message-ID for mail from `from_address`."""
-    return (
+    """The right-hand side of a new Message-ID for mail from `from_address` (always short enough to fit)."""
+    return fit_domain(
         conf.DBMAIL_MESSAGE_ID_DOMAIN
         or domain_of(from_address)
         or domain_of(settings.DEFAULT_FROM_EMAIL)
         or "localhost"
     )
+
+
+@functools.lru_cache(maxsize=1024)
+def fit_domain(domain):
+    """`domain` itself if a Message-ID in it fits MESSAGE_ID_MAX; else a shorter name that stands for it.
+
+    The shorter one is a label made of a digest of the whole domain, then as
+    many of its rightmost labels as fit: still in the domain's own registered
+    part (a reader sees whose mail it is), one name per domain (so two long
+    domains never share IDs), and a valid dot-atom for a msg-id (RFC 5322 3.6.4).
+    """
+    if len(domain) <= MESSAGE_ID_DOMAIN_MAX:
+        return domain
+    digest = "m" + hashlib.sha256(domain.encode("utf-8", "replace")).hexdigest()[: _DIGEST_LABEL - 1]
+    kept, room = [], MESSAGE_ID_DOMAIN_MAX - _DIGEST_LABEL
+    for label in reversed(domain.split(".")):
+        if len(label) + 1 > room:
+            break
+        kept.insert(0, label)
+        room -= len(label) + 1
+    return ".".join([digest, *kept])
 
 
 def _field(value):

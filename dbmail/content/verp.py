@@ -16,7 +16,7 @@ import re
 from django.utils.crypto import salted_hmac
 
 from dbmail.conf import settings as conf
-from dbmail.content import domains
+from dbmail.content import domains, headers
 
 _SALT = "dbmail.verp"
 _LEFT = re.compile(r"[A-Za-z0-9._-]{1,64}")
@@ -86,5 +86,6 @@ def find_email(address):
     # The exact Message-ID in each domain IDs are made in first (index lookups); the prefix scan,
     # which reads the table, only if none matches (a domain no longer among them).
     candidates = (set(domains.sender_domains(include_mailboxes=True)) | {conf.DBMAIL_MESSAGE_ID_DOMAIN}) - {""}
+    candidates = {headers.fit_domain(d) for d in candidates}  # as the IDs were made (a long domain shortened)
     exact = TextOfEmail.objects.filter(message_id__in=[f"<{left}@{d}>" for d in sorted(candidates)]).first()
     return exact or TextOfEmail.objects.filter(message_id__startswith=f"<{left}@").first()

@@ -1,7 +1,9 @@
 """A list message -> one outbox email per member, the original MIME body byte for byte.
 
 Only the header section is rewritten; the body bytes are copied untouched, so
-attachments, inline images and any charset arrive exactly as sent. Each copy
+attachments, inline images and any charset arrive exactly as sent. The one
+exception is a line over 998 octets, which SMTP servers refuse: a part sent
+as it is that has one is re-encoded base64, alone (mailgate.gate.long_lines). Each copy
 gets its own Message-ID (the outbox row's, so bounces and tracking find it);
 the original one is kept in References. Bcc, envelope and DKIM headers of the
 original are dropped: Bcc must never travel, and a signature over a From we
@@ -15,7 +17,6 @@ the raw message, so no arbitrary address becomes a sender: the list address
 is by construction one the site routes itself.
 """
 
-import base64
 import re
 from email import policy as email_policy
 from email.header import Header
@@ -29,7 +30,7 @@ from dbmail.intake import outbox
 from dbmail.models import TextOfEmail
 from dbmail.track.header import TRACKING_HEADER
 from mailgate.conf import settings as conf
-from mailgate.gate import addresses, parsing
+from mailgate.gate import addresses, long_lines, parsing
 
 # Dropped from the original and, where they matter, written anew. X-Loop stays: every list a message
 # went through adds its own, so each one recognises the message when it comes back.
@@ -70,56 +71,6 @@ def _fold(name, value, linesep):
     except Exception:  # a value the structured parser rejects still goes out, as encoded text
         folded = f"{name}: {Header(value, 'utf-8').encode(linesep=linesep.decode())}"
     return folded.rstrip("\r\n").encode("ascii", "replace")
-
-
-MAX_LINE = 998  # octets, RFC 5322 2.1.1: SMTP servers refuse a message with a longer line ("line too long")
-_LONG_LINE = re.compile(rb"[^\r\n]{%d,}" % (MAX_LINE + 1))
-
-
-def refold(head, linesep):
-    """A header section whose lines over MAX_LINE are folded at their whitespace.
-
-    Folding puts a line break before a space or tab, which unfolding takes
-    away again: every field keeps its value. A stretch of more than MAX_LINE
-    octets without whitespace cannot be folded and stays as it is.
-    """
-    return _LONG_LINE.sub(lambda match: _fold_line(match.group(), linesep), head)
-
-
-def _fold_line(line, linesep):
-    pieces, start = [], 0
-    while len(line) - start > MAX_LINE:
-        window = line[start + 1 : start + MAX_LINE + 1]
-        cut = max(window.rfind(b" "), window.rfind(b"\t"))
-        if cut < 0:  # none within reach: the next whitespace further on, if any
-            ahead = [i for i in (line.find(b" ", start + MAX_LINE), line.find(b"\t", start + MAX_LINE)) if i > 0]
-            if not ahead:
-                break
-            cut = min(ahead)
-        else:
-            cut += start + 1
-        pieces.append(line[start:cut])
-        start = cut
-    pieces.append(line[start:])
-    return linesep.join(pieces)
-
-
-def needs_base64(body, parsed):
-    """Whether a body must be sent base64-encoded: a line over MAX_LINE in a single part sent as it is.
-
-    SMTP servers refuse such a line, so the copy would be dropped for every
-    member. Base64 carries the same bytes in short lines. Only a part that is
-    not itself MIME structure (multipart, message) and is not encoded already
-    can be: a long line inside one part of a multipart stays, and so fails.
-    """
-    if not _LONG_LINE.search(body) or not (parsed.ok and parsed.complete):
-        return False
-    encoding = (parsed.first("content-transfer-encoding") or "7bit").strip().lower()
-    return parsed.message.get_content_maintype() not in ("multipart", "message") and encoding in (
-        "7bit",
-        "8bit",
-        "binary",
-    )
 
 
 def display_from(parsed, email_list):
@@ -173,10 +124,13 @@ class Copy:
         self.body = raw[body:]
         email_list = route.email_list
         drop = set(_DROP)
-        reencode = needs_base64(self.body, parsed)
+        # A line over 998 octets is refused by SMTP servers: folded in the header, re-encoded in a body.
+        reencode = long_lines.needs_base64(self.body, parsed)
         if reencode:
             drop |= {"content-transfer-encoding"}
-            self.body = base64.encodebytes(self.body).replace(b"\n", linesep)
+            self.body = long_lines.as_base64(self.body, linesep)
+        elif parsed.ok and parsed.complete:
+            self.body = long_lines.reencode_parts(self.body, parsed.message, linesep)
         if email_list.rewrite_from:
             drop |= _REWRITTEN_WITH_FROM
         if email_list.subject_prefix:
@@ -191,7 +145,7 @@ class Copy:
         kept = b"".join(pieces)
         if kept and not kept.endswith((b"\n", b"\r")):  # the last field ended the message
             kept += linesep
-        kept = refold(kept, linesep)
+        kept = long_lines.refold(kept, linesep)
 
         added = []
         if email_list.rewrite_from:

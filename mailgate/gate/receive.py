@@ -1,6 +1,6 @@
 """The pipe entry: one message from the MTA in, one sysexits code out.
 
-    store raw bytes -> parse -> bounce? -> route -> policy -> forward
+    store raw bytes -> parse -> complaint report? -> bounce? -> route -> policy -> forward
 
 The raw bytes are committed before anything else is attempted, so whatever
 happens next the mail is kept. While `main` runs, the only thing written to
@@ -9,7 +9,7 @@ tracebacks and stray output of libraries never reach the MTA's log. Exit codes a
 understands, and any code not listed here makes Postfix and Exim bounce the
 mail permanently, so `run` never raises:
 
-    0   accepted: forwarded, held, stored as a bounce, or refused with a notice
+    0   accepted: forwarded, held, stored as a bounce or a complaint report, or refused with a notice
     65  over MAILGATE_MAX_BYTES (the MTA bounces it with our message)
     67  no list matches the recipient (the MTA bounces "unknown user")
     75  temporary failure: the database cannot be reached, a required setting
@@ -38,7 +38,7 @@ from django.db import DatabaseError, transaction
 from dbmail.track.queue import QueueUnavailable
 from mailgate import health as gate_health
 from mailgate.conf import settings as conf
-from mailgate.gate import bounces, forward, parsing, policy, routing
+from mailgate.gate import bounces, complaints, forward, parsing, policy, routing
 from mailgate.gate import unsubscribe_mail as unsubscribe
 from mailgate.models import InboundMessage
 
@@ -151,6 +151,15 @@ def process(inbound):
             _mark(inbound, InboundMessage.Status.RAW, f"cannot be parsed: {parsed.error}")
 
         is_verp, email = bounces.verp_email(inbound.envelope_recipient)
+        # A complaint report first, wherever reports arrive: read as a bounce, its text could pass for one.
+        report_address = (
+            is_verp or not inbound.envelope_sender or complaints.is_complaint_address(inbound.envelope_recipient)
+        )
+        if report_address and complaints.is_report(parsed):
+            row = complaints.handle(inbound, parsed)
+            complaints.mark(inbound, row)
+            return Result(EX_OK, f"complaint report stored ({'applied' if row.applied else 'not applied'})", inbound.pk)
+
         null_sender_report = not inbound.envelope_sender and bounces.looks_like_bounce(parsed)
         if is_verp or null_sender_report:
             rows = bounces.handle(inbound, parsed, verp_email=email, trust_message_ids=not is_verp)
@@ -195,6 +204,10 @@ def deliver(inbound, parsed, route):
 
 
 def _no_list(inbound, parsed):
+    if complaints.is_complaint_address(inbound.envelope_recipient):
+        # Not a report (a feedback loop's sign-up confirmation, a person): kept for staff, never bounced.
+        _mark(inbound, inbound.status, "sent to a complaint address, not a complaint report")
+        return Result(EX_OK, "accepted (complaint address; not a complaint report)", inbound.pk)
     if conf.MAILGATE_UNKNOWN_RECIPIENT == "notice" and not conf.MAILGATE_REFUSE_AT_SMTP:
         sent = policy.notice_no_such_list(inbound, parsed)
         _mark(inbound, InboundMessage.Status.NO_LIST, "no list matches" + ("" if sent else " (no notice sent)"))
