@@ -182,3 +182,69 @@ def test_the_key_of_a_key_is_itself_and_the_quick_path_agrees_with_the_full_one(
     if addresses._PLAIN_KEY.fullmatch(address):
         local, _, domain = address.rpartition("@")
         assert key == f"{addresses._local_key(local)}@{addresses._domain_key(domain)}"
+
+
+# --- one delivery spelling per mailbox (what a request's emails store) ---
+
+
+@pytest.mark.parametrize(
+    ("address", "spelling"),
+    [
+        ("ann@bücher.example", "ann@xn--bcher-kva.example"),
+        ("ann@xn--bcher-kva.example", "ann@xn--bcher-kva.example"),
+        ("ann@BÜCHER.example", "ann@xn--bcher-kva.example"),
+        ("Anna@Bücher.Example.", "Anna@xn--bcher-kva.example"),  # an ASCII local part keeps its case
+        ('"bob"@example.org', "bob@example.org"),
+        ('"Bob"@Example.ORG', "Bob@example.org"),
+        ('"Anna Smith"@X.org', '"Anna Smith"@x.org'),  # quotes it needs stay, with the case
+        ('"a\\b"@x.org', "ab@x.org"),  # an escape it does not need goes
+        ("Anna Smith <anna@bücher.example>", "anna@xn--bcher-kva.example"),
+        ("JÖRG@exämple.org", "jörg@xn--exmple-cua.org"),  # a UTF-8 local part as its key (NFC, lower-case)
+        ("Jo\u0308rg@x.org", "jörg@x.org"),
+        ("u01234@example.org", "u01234@example.org"),
+        ("not an address", "not an address"),
+        ("", ""),
+    ],
+)
+def test_the_delivery_spelling_of_an_address(address, spelling):
+    assert addresses.delivery_spelling(address) == spelling
+
+
+@pytest.mark.parametrize("spelling", ANNA_SPELLINGS)
+def test_every_spelling_of_a_mailbox_has_one_delivery_spelling_whose_lower_case_is_its_key(spelling):
+    assert addresses.delivery_spelling(spelling).lower() == ANNA
+
+
+@fuzz_settings(1000)
+@example('"\\a\\n"@X.org')
+@example("JÖRG@exämple.org")
+@given(st.one_of(_ADDRESS_LIKE, st.text(max_size=40), st.builds("{}@{}".format, st.text(max_size=12), _LABEL)))
+def test_lower_of_the_delivery_spelling_is_the_key_and_the_spelling_is_stable(address):
+    """What the (request, lower(to_address)) constraint compares is the mailbox key, for any input."""
+    spelling = addresses.delivery_spelling(address)
+    key = addresses.mailbox_key(address)
+    assert spelling.lower() == key
+    assert addresses.delivery_spelling(spelling) == spelling and addresses.mailbox_key(spelling) == key
+    # Every letter that is not ASCII is lower-case already: PostgreSQL's lower(), whatever the database's
+    # collation does with such letters, leaves them, and lower-cases ASCII ones as Python does.
+    assert all(c.isascii() or c.lower() == c for c in spelling)
+
+
+@fuzz_settings(300)
+@given(_LOCAL, st.lists(_LABEL, min_size=1, max_size=3), st.sampled_from(["org", "example", "de"]))
+def test_generated_spellings_of_a_mailbox_share_one_delivery_spelling_but_its_case(local, labels, tld):
+    domain = ".".join([*labels, tld])
+    spelling = addresses.delivery_spelling(f"{local}@{domain}")
+    quoted_local = '"' + local.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    assert spelling == f"{local}@{addresses.a_label(domain).lower()}"
+    for other in (f"{quoted_local}@{domain}", f"{local}@{_ascii_upper(domain)}.", f"{local}@{_fullwidth(domain)}"):
+        assert addresses.delivery_spelling(other) == spelling, other
+    assert addresses.wire(spelling) == spelling  # what is stored is what goes on the wire
+
+
+def test_readable_shows_an_idn_domain_in_letters_and_leaves_others():
+    assert addresses.readable("ann@xn--bcher-kva.example") == "ann@bücher.example"
+    assert addresses.readable("Jörg@xn--exmple-cua.org") == "Jörg@exämple.org"
+    assert addresses.readable("ann@example.org") == "ann@example.org"
+    assert addresses.readable("ann@xn--zz.example") == "ann@xn--zz.example"  # no valid A-label: as stored
+    assert addresses.readable("") == ""

@@ -401,6 +401,22 @@ def test_each_email_has_a_history_page_with_attempts_and_tracking_events(panel, 
     assert client.get(url).status_code == 302  # anonymous: to the login page
 
 
+def test_idn_addresses_are_shown_in_letters_and_found_by_either_spelling(panel):
+    """A request's emails store A-labels (dbmail.content.addresses.delivery_spelling); people read the letters."""
+    mail = rows_request(status=Status.QUEUED, recipient_params={"rows": ["Ann@bücher.example", "cy@example.org"]})
+    expand.expand(expand.claim_request())
+    email = mail.emails.get(to_address="Ann@xn--bcher-kva.example")
+    url = reverse("commpanel:request", args=[mail.pk])
+    for term in ("bücher", "xn--bcher", "ann@BÜCHER.example"):
+        page = panel.get(url, {"address": term})
+        assert [e.to_address for e in page.context["emails"]] == ["Ann@xn--bcher-kva.example"], term
+    assert ">Ann@bücher.example</a>" in page.content.decode()
+    assert panel.get(url, {"rcpt": "bücher"}).context["preview"].email == email
+    detail = panel.get(reverse("commpanel:email", args=[mail.pk, email.pk])).content.decode()
+    assert "<h1>Ann@bücher.example</h1>" in detail
+    assert "&lt;Ann@xn--bcher-kva.example&gt; (Ann@bücher.example)" in detail  # what the To header carries, too
+
+
 # --- The live page's JSON: states in words, one segment per outcome, the page's parts ---
 
 

@@ -16,8 +16,11 @@
 
 One mailbox can be written many ways; `mailbox_key` gives all of them one
 key, which is what the suppression list stores and what every check of it
-compares (dbmail.models.Suppression). The address as written is kept for the
-To header and the envelope.
+compares (dbmail.models.Suppression). A request's emails store each address
+in one spelling per key, `delivery_spelling` (the same, with the case of an
+ASCII local part kept), so the database's one-email-per-address constraint on
+lower(to_address) sees every spelling of a mailbox as the same one. That
+spelling goes into the To header and the envelope (through `wire`, as any).
 """
 
 import functools
@@ -35,12 +38,14 @@ __all__ = [
     "AddressError",
     "NeedsSMTPUTF8",
     "a_label",
+    "delivery_spelling",
     "display",
     "error",
     "header",
     "key_fragment",
     "mailbox_key",
     "needs_smtputf8",
+    "readable",
     "wire",
 ]
 
@@ -57,6 +62,8 @@ _SURELY_VALID = re.compile(
 )
 # An address whose key is itself lower-cased: ASCII dot-atom-ish local part, no quotes, no trailing dot.
 _PLAIN_KEY = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*")
+# Such an address whose domain is lower-case already: its own delivery spelling.
+_PLAIN_SPELLING = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]+@[a-z0-9-]+(?:\.[a-z0-9-]+)*")
 # RFC 5321 4.1.2: inside a quoted local part, any printable ASCII character or space, \" and \\ escaped.
 _QUOTED_LOCAL = re.compile(r'"(?:[ !#-\[\]-~]|\\[ -~])*"')
 
@@ -143,13 +150,59 @@ def mailbox_key(address):
     """
     if _PLAIN_KEY.fullmatch(address or ""):
         return address.lower()  # the common address: one match (expansion keys every recipient)
+    return _canonical(address, fold=True)
+
+
+def delivery_spelling(address):
+    """The one spelling of the mailbox `address` names that a request's email stores; never raises.
+
+    mailbox_key's form (no display name or angle brackets, the domain in
+    lower-case A-labels, which is how it goes on the wire anyway, no quotes or
+    escapes the local part does not need) with the case of an ASCII local part
+    kept, as the owner wrote it. So lower(spelling) is the mailbox key, and the
+    unique index on (request, lower(to_address)) (dbmail.models.TextOfEmail)
+    takes one email per mailbox, however the recipients spelled it and in
+    whichever chunk of an expansion they come. A UTF-8 local part is written as
+    its key (NFC, lower-cased): how PostgreSQL's lower() treats non-ASCII letters
+    depends on the database's collation (under "C", not at all), so only a local
+    part lower-cased already is sure to have lower(spelling) == key.
+    """
+    if _PLAIN_SPELLING.fullmatch(address or ""):
+        return address  # the common address, as expansion has it (recipients.normalise_address): one match
+    if _PLAIN_KEY.fullmatch(address or ""):
+        local, _, domain = address.rpartition("@")
+        return f"{local}@{domain.lower()}"
+    return _canonical(address, fold=False)
+
+
+def _canonical(address, fold):
+    """mailbox_key (`fold`) or delivery_spelling (not `fold`) of an address past their quick paths."""
     text = (address or "").strip()
     if text.endswith(">") and "<" in text:
         text = _angle_addr(text)
     local, at, domain = text.rpartition("@")
     if not at:
-        return text.lower()
-    return f"{_local_key(local)}@{_domain_key(domain)}"
+        return text.lower() if fold or not text.isascii() else text
+    return f"{_local_key(local, fold)}@{_domain_key(domain)}"
+
+
+def readable(address):
+    """`address` as people read it: a domain's A-labels (xn--bcher-kva) shown as their letters (bücher).
+
+    For pages only (the comm panel): what is stored and sent stays in A-labels.
+    """
+    local, at, domain = (address or "").rpartition("@")
+    if not at or "xn--" not in domain:
+        return address
+    return f"{local}@{_u_labels(domain)}"
+
+
+@functools.lru_cache(maxsize=1024)
+def _u_labels(domain):
+    try:
+        return idna.decode(domain)
+    except (idna.IDNAError, UnicodeError):  # not a valid IDN after all: shown as stored
+        return domain
 
 
 def key_fragment(term):
@@ -173,10 +226,12 @@ def _angle_addr(text):
     return text[start + 1 : -1].strip() if start is not None else text
 
 
-def _local_key(local):
+def _local_key(local, fold=True):
+    """The local part as mailbox_key writes it; not `fold`: an ASCII one keeps its case (delivery_spelling)."""
     quoted = _QUOTED_LOCAL.fullmatch(local)
     local = re.sub(r"\\(.)", r"\1", local[1:-1]) if quoted else local.strip()
-    local = unicodedata.normalize("NFC", local.lower())
+    if fold or not local.isascii():
+        local = unicodedata.normalize("NFC", local.lower())
     if local and all(_utf8_atom(atom) for atom in local.split(".")):
         return local  # a dot-atom: the quotes, if any, changed nothing
     if quoted:

@@ -11,8 +11,9 @@ either a queryset of users or an iterable of mappings with an "email" key
         return User.objects.filter(profile__class_code=params["class"])
 
 Whatever the set returns, `iter_recipients` leaves out inactive users, users
-without an address, suppressed addresses and repeated addresses (per chunk;
-the database constraint catches repeats across chunks), and yields stable
+without an address, suppressed addresses and repeated addresses (per chunk, by
+mailbox key; the database constraint catches repeats across chunks, in any
+spelling, as expansion stores each in its delivery spelling), and yields stable
 positions so an interrupted expansion resumes where it stopped.
 """
 
@@ -113,8 +114,10 @@ def registered_sets():
 def normalise_address(address):
     """Trim and lower-case the domain; the local part is the mailbox owner's business.
 
-    This is the address as it is sent and shown; what it is compared by (repeats, suppressions)
-    is its mailbox_key.
+    This is the address as the recipient's template variables show it; what it is compared by
+    (repeats, suppressions) is its mailbox_key, and a request's email stores it in its
+    delivery_spelling (dbmail.content.addresses), so that repeats across chunks meet the
+    database's one-email-per-address constraint whatever their spelling.
     """
     local, at, domain = (address or "").strip().rpartition("@")
     return f"{local}@{domain.lower()}" if at else (address or "").strip()

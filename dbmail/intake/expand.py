@@ -4,7 +4,11 @@ A request is claimed with a lease (any number of hosts may run this at once),
 then its recipients are streamed in chunks. Each chunk's emails and the
 checkpoint past them commit in one transaction, so a crash loses at most the
 chunk in flight, which the next run redoes from the checkpoint; the unique
-(request, address) constraint makes a repeated chunk harmless anyway.
+(request, lower(to_address)) constraint makes a repeated chunk harmless anyway.
+Each address is stored in its delivery spelling (dbmail.content.addresses),
+one per mailbox key, so that constraint also stops a second email to a
+mailbox spelled differently in another chunk (ann@bücher.example, then
+ann@xn--bcher-kva.example).
 """
 
 import json
@@ -27,6 +31,7 @@ from dbmail.conf import settings as conf
 from dbmail.content import headers as header_values
 from dbmail.content import recipients, rendering, verp
 from dbmail.content import tokens as unsubscribe
+from dbmail.content.addresses import delivery_spelling
 from dbmail.exceptions import RequestFailed
 from dbmail.intake import copyrows
 from dbmail.models import AddressToken, AuditEvent, MessageRequest, SenderAccount, TextOfEmail
@@ -135,7 +140,9 @@ class RowMaker:
                 subject, text, html = rendered.subject[:998], rendered.text, rendered.html
         return (
             recipient.user_id,
-            recipient.email[:254],
+            # One spelling per mailbox, so the (request, lower(to_address)) constraint also stops another
+            # spelling of an address in another chunk, or in a resumed or second expansion.
+            delivery_spelling(recipient.email)[:254],
             recipient.name[:200],
             self.groups.of(recipient.email),
             verp.envelope_sender(message_id, self.sender_address) if self.verp else self.sender_address,

@@ -3,6 +3,7 @@
 import dataclasses
 from dataclasses import dataclass
 
+from django.db.models import Q
 from django.utils import timezone
 
 from dbmail import states
@@ -62,12 +63,23 @@ def for_page(request, index=0, address=""):
     return build(request, index, address)
 
 
+def address_contains(term):
+    """Q: emails whose address contains `term`, as typed or as stored (bücher finds ann@xn--bcher-kva.example).
+
+    A request's emails keep their addresses in their delivery spelling (dbmail.content.addresses);
+    those made before that rule keep theirs as they were written, which the term as typed finds.
+    """
+    found = Q(to_address__icontains=term)
+    stored_form = addresses.key_fragment(term)
+    return found | Q(to_address__icontains=stored_form) if stored_form != term.lower() else found
+
+
 def stored(request, index=0, address=""):
     """The Preview of the request's `index`-th stored email (or the first whose address contains `address`)."""
     emails = request.emails.order_by("pk")
     address = address.strip()
     if address:
-        email = emails.filter(to_address__icontains=address).first()
+        email = emails.filter(address_contains(address)).first()
         if email is None:
             return None
         index = emails.filter(pk__lt=email.pk).count()

@@ -2,6 +2,8 @@
 
 from django import template
 
+from dbmail.content import addresses
+
 register = template.Library()
 
 
@@ -27,3 +29,9 @@ def get(mapping, key):
 def measure(name):
     """A dashboard measure's name as a heading ("hard_bounced" -> "Hard bounced")."""
     return str(name).replace("_", " ").capitalize()
+
+
+@register.filter
+def readable_address(address):
+    """An address with its IDN domain in letters (ann@bücher.example), as stored it is in A-labels."""
+    return addresses.readable(address)

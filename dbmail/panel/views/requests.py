@@ -178,7 +178,7 @@ def _email_table(request, mail):
         emails = emails.filter(status__in=states.WAITING, account__active=False)
     address = request.GET.get("address", "").strip()
     if address:
-        emails = emails.filter(to_address__icontains=address)
+        emails = emails.filter(preview.address_contains(address))
     page = Paginator(
         # request_id too: the related manager sets each row's request, which would load it row by row.
         emails.only(
