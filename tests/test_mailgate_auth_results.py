@@ -1,8 +1,12 @@
 """Reading Authentication-Results fields (RFC 8601), mailgate.gate.auth_results."""
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
-from mailgate.gate.auth_results import MAX_RESULTS, Result, parse
+from mailgate.gate.auth_results import MAX_RESULTS, Field, Result, parse
+
+from .conftest import fuzz_settings
 
 
 def test_several_results_with_comments_and_quoted_values():
@@ -45,7 +49,9 @@ def test_no_results_or_unreadable_ones_keep_the_authserv_id(value, authserv_id):
     assert all(r.method == "dmarc" for r in field.results)
 
 
-@pytest.mark.parametrize("value", ["", "   ", "; dmarc=pass", "(only a comment)", "= dmarc"])
+@pytest.mark.parametrize(
+    "value", ["", "   ", "; dmarc=pass", "(only a comment)", "= dmarc", '""; x=y', '"mx.ourorg.example']
+)
 def test_a_field_without_an_authserv_id_is_none(value):
     assert parse(value) is None
 
@@ -54,3 +60,12 @@ def test_a_huge_field_is_read_only_in_part_and_quickly():
     value = "mx.ourorg.example" + "; dkim=fail header.d=x.example" * 100_000
     field = parse(value)
     assert len(field.results) == MAX_RESULTS
+
+
+@fuzz_settings(300)
+@given(st.text(alphabet=st.sampled_from(list('mx.ourorg; dkim=pass()"\\@ \t\r\nheader.d/1')), max_size=200))
+def test_property_any_text_parses_to_a_field_or_none(value):
+    field = parse(value)
+    assert field is None or (isinstance(field, Field) and field.authserv_id)  # '";"' is a quoted id: ";"
+    for result in [] if field is None else field.results:
+        assert result.method and result.result and "=" not in result.method + result.result

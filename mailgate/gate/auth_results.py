@@ -42,7 +42,7 @@ class Field:
 def parse(value):
     """The Field of one Authentication-Results value, or None when it has no authserv-id at all."""
     segments = _segments(value[:MAX_CHARS])
-    if not segments or not segments[0] or segments[0][0] == "=":
+    if not segments or not segments[0] or segments[0][0] in ("=", ""):  # "" from an empty quoted string
         return None
     parsed = Field(segments[0][0].lower())
     for tokens in segments[1 : MAX_RESULTS + 1]:
@@ -104,7 +104,8 @@ def _segments(value):
         elif c != ")":
             word.append(c)
         i += 1
-    end_word()
+    if not quoted:  # a quoted string never closed is no word: what it swallowed is not read as text
+        end_word()
     segments.append(tokens)
     return segments
 
