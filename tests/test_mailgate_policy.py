@@ -240,6 +240,8 @@ def test_a_moderator_approves_a_held_unproven_post_through_the_queue(physics, st
     assert inbound.status == "held" and not forwarded_copies().exists()
     assert moderation.approve(inbound, get_user_model().objects.get(username="boss")) == 1
     assert list(forwarded_copies().values_list("to_address", flat=True)) == ["ann@example.com"]
+    inbound.refresh_from_db()
+    assert inbound.note.startswith("approved by boss (held: the sender's address is not proven")
 
 
 def test_strangers_and_loops_cost_no_dns_lookup(physics, stub_dns, settings):
