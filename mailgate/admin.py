@@ -155,9 +155,14 @@ class InboundMessageAdmin(_InboundBase):
 
 @admin.register(HeldMessage)
 class HeldMessageAdmin(_InboundBase):
-    list_display = ["id", "received_at", "envelope_sender", "envelope_recipient", "subject", "email_list"]
+    list_display = ["id", "received_at", "envelope_sender", "envelope_recipient", "subject", "email_list", "why_held"]
     list_filter = ["email_list"]
     actions = ["approve", "reject"]
+
+    @admin.display(description="why held")
+    def why_held(self, obj):
+        # The policy's note: "the list is moderated", or why a member's address is not proven (mailgate.gate.proof).
+        return obj.note[:300]
 
     def get_queryset(self, request):
         return super().get_queryset(request).filter(status=InboundMessage.Status.HELD)

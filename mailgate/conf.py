@@ -6,7 +6,17 @@
 The dbmail settings mailgate uses too (DBMAIL_UNSUBSCRIBE_MAILTO...) are read through dbmail.conf.
 """
 
+import re
+
 from dbmail.conf import AppSettings, Rule, Setting, not_addresses, not_domains, warning_first
+
+_AUTHSERV_ID = re.compile(r"[A-Za-z0-9!#$%&'*+/?^_`{|}~.-]+")  # an RFC 5322 atom: how MTAs write theirs
+
+
+def _not_authserv_ids(value):
+    bad = next((i for i in value if not _AUTHSERV_ID.fullmatch(i)), None)
+    return f": {bad!r} is not an authserv-id (a host name such as mx.example.org)" if bad is not None else ""
+
 
 SETTINGS = [
     # The gate (mail piped in by the MTA).
@@ -33,6 +43,17 @@ SETTINGS = [
         check=not_addresses,
         show_value=False,
         clean=lambda addresses: [a.strip().lower() for a in addresses if a.strip()],
+    ),
+    # Members-only and staff-only lists: what a post whose sender address is not proven becomes
+    # (mailgate.gate.proof): held for a moderator, refused, or trusted as the headers claim (forgeable).
+    Setting("MAILGATE_UNVERIFIED_POSTS", "hold", str, choices=("hold", "refuse", "trust")),
+    # The authserv-ids of our own MTA's Authentication-Results fields; the fields of any other are ignored.
+    Setting(
+        "MAILGATE_TRUSTED_AUTHSERV_IDS",
+        [],
+        list,
+        check=_not_authserv_ids,
+        clean=lambda ids: [i.strip().lower() for i in ids if i.strip()],
     ),
     # Mailboxes (IMAP polling).
     Setting("MAILGATE_IMAP_AFTER_READ_TIMEOUT", 30, int, minimum=0),

@@ -101,6 +101,18 @@ def fresh_destination_limits():
 
 
 @pytest.fixture
+def stub_dns(monkeypatch):
+    """The DNS every lookup of the site gets (dbmail.ops.dnscheck.make_resolver): tests/dnsstub.py's, nothing leaves."""
+    from dbmail.ops import dnscheck
+
+    from .dnsstub import StubDNS
+
+    dns = StubDNS()
+    monkeypatch.setattr(dnscheck, "make_resolver", lambda: dns)
+    return dns
+
+
+@pytest.fixture
 def smtp_server(settings):
     """A real SMTP server on loopback, and the site's settings pointed at it."""
     server = SMTPServer().start()

@@ -87,6 +87,22 @@ def test_a_name_not_in_the_table_is_an_attribute_error():
             "Setting MAILGATE_UNKNOWN_RECIPIENT='drop' must be one of bounce, notice.",
         ),
         ("MAILGATE_IMAP_LEASE_SECONDS", 5, "Setting MAILGATE_IMAP_LEASE_SECONDS=5 must be at least 10."),
+        (
+            "MAILGATE_UNVERIFIED_POSTS",
+            "allow",
+            "Setting MAILGATE_UNVERIFIED_POSTS='allow' must be one of hold, refuse, trust.",
+        ),
+        (
+            "MAILGATE_TRUSTED_AUTHSERV_IDS",
+            ["mx.example.org", "mx example.org;"],
+            "Setting MAILGATE_TRUSTED_AUTHSERV_IDS=['mx.example.org', 'mx example.org;']: 'mx example.org;' is not "
+            "an authserv-id (a host name such as mx.example.org).",
+        ),
+        (
+            "MAILGATE_TRUSTED_AUTHSERV_IDS",
+            "mx.example.org",
+            "Setting MAILGATE_TRUSTED_AUTHSERV_IDS='mx.example.org' must be a list of strings, not str.",
+        ),
     ],
 )
 def test_the_check_names_a_bad_value_and_why(settings, name, value, message):

@@ -183,3 +183,16 @@ def test_saving_a_list_warns_when_its_pattern_catches_too_much(admin_client, reg
     assert response.status_code == 200 and EmailList.objects.filter(regex=regex).exists()
     shown = [str(m) for m in response.context["messages"]]
     assert any(warning in m for m in shown) if warning else not any("matches" in m for m in shown)
+
+
+def test_the_moderation_queue_says_why_a_members_post_was_held(admin_client, physics, stub_dns):
+    physics.posting_policy = EmailList.Policy.MEMBERS
+    physics.save()
+    held = gate.run(mail_fixture("plain.eml"), LIST, "ann@example.com").inbound_id  # unsigned: not proven
+    page = admin_client.get(reverse("admin:mailgate_heldmessage_changelist")).content.decode()
+    assert "the sender&#x27;s address is not proven" in page and "ann@example.com would be a member" in page
+    admin_client.post(
+        reverse("admin:mailgate_heldmessage_changelist"), {"action": "approve", "_selected_action": [held]}
+    )
+    assert InboundMessage.objects.get(pk=held).status == "forwarded"
+    assert sorted(TextOfEmail.objects.values_list("to_address", flat=True)) == ["ann@example.com", "desk@example.org"]

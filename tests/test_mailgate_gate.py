@@ -27,15 +27,20 @@ FIXTURES = [
 
 
 def run_gate(raw, *args, env=None, script=False):
-    """The gate as the MTA runs it: a child process, the message on stdin."""
+    """The gate as the MTA runs it: a child process, the message on stdin.
+
+    These tests are about the pipe, not about who may post (tests/test_mailgate_policy.py and
+    test_mailgate_proof.py are): a member's claimed address is trusted unless a test says otherwise.
+    """
     command = [str(ROOT / "mailgate" / "pipe.py")] if script else [str(ROOT / "manage.py"), "mailgate"]
-    return subprocess.run(
-        [sys.executable, *command, *args], input=raw, env=env or subprocess_env(), capture_output=True, timeout=120
-    )
+    env = dict(env or subprocess_env())
+    env.setdefault("MAILGATE_UNVERIFIED_POSTS", "trust")
+    return subprocess.run([sys.executable, *command, *args], input=raw, env=env, capture_output=True, timeout=120)
 
 
 @pytest.fixture
-def physics(db):
+def physics(db, settings):
+    settings.MAILGATE_UNVERIFIED_POSTS = "trust"  # as run_gate: in-process tests here are about the gate, not proofs
     ann = UserFactory(username="ann", email="ann@example.com", first_name="Ann", last_name="Smith")
     bob = UserFactory(username="bob", email="bob@example.net", first_name="Bob", last_name="Jones")
     return EmailListFactory(
@@ -53,13 +58,22 @@ def physics(db):
 @pytest.mark.slow
 @pytest.mark.django_db(transaction=True)
 def test_forwarded_mail_is_stored_queued_and_sent(physics, smtp_server):
-    raw = mail_fixture("plain.eml")
-    proc = run_gate(raw, "--recipient", LIST, "--sender", "ann@example.com", env=subprocess_env(smtp=smtp_server))
+    # Proven as in production, without DNS: our MTA's Authentication-Results, on top.
+    raw = b"Authentication-Results: mx.lists.example.org; dmarc=pass header.from=example.com\n" + mail_fixture(
+        "plain.eml"
+    )
+    env = subprocess_env(
+        smtp=smtp_server, MAILGATE_UNVERIFIED_POSTS="hold", MAILGATE_TRUSTED_AUTHSERV_IDS="MX.lists.example.org"
+    )
+    proc = run_gate(raw, "--recipient", LIST, "--sender", "ann@example.com", env=env)
     assert proc.returncode == 0, proc.stderr
     assert b"forwarded to 2 member(s)" in proc.stdout
     inbound = InboundMessage.objects.get()
     assert bytes(inbound.raw) == raw
     assert (inbound.status, inbound.email_list, inbound.forwarded_count) == ("forwarded", physics, 2)
+    assert inbound.note == (
+        "posted by a member (Authentication-Results of mx.lists.example.org: dmarc=pass header.from=example.com)"
+    )
     emails = TextOfEmail.objects.order_by("to_address")
     assert [(e.to_address, e.status) for e in emails] == [("ann@example.com", "sent"), ("bob@example.net", "sent")]
     assert sorted(r for m in smtp_server.received for r in m.rcpt_tos) == ["ann@example.com", "bob@example.net"]

@@ -19,26 +19,45 @@ def physics():
     return EmailListFactory(name="Physics", regex="physics", users=[member])
 
 
-def decide(physics, policy_name, sender="ann@example.com", raw=None):
+def decide(physics, policy_name, sender="ann@example.com", raw=None, dns=None):
+    """The decision on plain.eml from `sender`, DKIM-signed by the sender's domain when `dns` (a StubDNS) is given."""
     physics.posting_policy = policy_name
     physics.save()
     raw = raw or mail_fixture("plain.eml").replace(b"ann@example.com", sender.encode())
+    if dns is not None:
+        raw = dns.sign(raw, sender.rpartition("@")[2])
     return policy.decide(parsing.parse(raw), routing.route(LIST), sender)
 
 
 @pytest.mark.parametrize(
-    "policy_name, sender, action",
+    "policy_name, sender, action, reason",
     [
-        ("anyone", "stranger@example.net", "forward"),
-        ("members", "ann@example.com", "forward"),
-        ("members", "stranger@example.net", "refuse"),
-        ("staff", "boss@example.org", "forward"),
-        ("staff", "ann@example.com", "refuse"),
-        ("moderated", "ann@example.com", "hold"),
+        ("anyone", "stranger@example.net", "forward", "anyone may post"),
+        ("members", "ann@example.com", "forward", "posted by a member (DKIM d=example.com)"),
+        ("members", "stranger@example.net", "refuse", "only members may post to this list"),
+        ("staff", "boss@example.org", "forward", "posted by staff (DKIM d=example.org)"),
+        ("staff", "ann@example.com", "refuse", "only staff may post to this list"),
+        ("moderated", "ann@example.com", "hold", "the list is moderated"),
     ],
 )
-def test_posting_policies(physics, policy_name, sender, action):
-    assert decide(physics, policy_name, sender).action == action
+def test_posting_policies(physics, stub_dns, policy_name, sender, action, reason):
+    decision = decide(physics, policy_name, sender, dns=stub_dns)
+    assert (decision.action, decision.reason) == (action, reason)
+
+
+@pytest.mark.parametrize("policy_name, sender", [("members", "ann@example.com"), ("staff", "boss@example.org")])
+@pytest.mark.parametrize("mode, action", [("hold", "hold"), ("refuse", "refuse"), ("trust", "forward")])
+def test_a_claimed_address_is_not_proof(physics, stub_dns, settings, policy_name, sender, mode, action):
+    settings.MAILGATE_UNVERIFIED_POSTS = mode
+    decision = decide(physics, policy_name, sender)  # unsigned: From and envelope sender both say so
+    assert decision.action == action
+    if mode == "trust":
+        assert "(claimed, not proven: MAILGATE_UNVERIFIED_POSTS=trust)" in decision.reason
+    else:
+        assert decision.reason == (
+            "the sender's address is not proven (no aligned DKIM signature or trusted Authentication-Results)"
+        )
+        assert decision.detail.startswith(f"{sender} would be ") and "no DKIM signature" in decision.detail
 
 
 def test_loops_and_automatic_mail_are_stopped_before_the_policy(physics):
@@ -120,3 +139,116 @@ def test_refused_mail_gets_a_notice_through_the_gate(physics, settings):
     inbound = InboundMessage.objects.get(pk=result.inbound_id)
     assert inbound.status == "refused" and inbound.note == "only members may post to this list"
     assert TextOfEmail.objects.get().to_address == "stranger@example.net"
+
+
+# --- Members-only and staff-only lists through the gate: who is proven reaches the members --------------
+
+FORGED = [("members", "ann@example.com"), ("staff", "boss@example.org")]
+
+
+def forwarded_copies():
+    """The forwards in the outbox (each carries the member's bytes; notices are plain text emails)."""
+    return TextOfEmail.objects.filter(raw_message__isnull=False)
+
+
+def post(physics, settings, policy_name, sender, raw=None, envelope_sender=None):
+    from mailgate.gate import receive as gate
+
+    settings.EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"
+    physics.posting_policy = policy_name
+    physics.save()
+    raw = raw or mail_fixture("plain.eml").replace(b"ann@example.com", sender.encode())
+    result = gate.run(raw, LIST, sender if envelope_sender is None else envelope_sender)
+    return result, InboundMessage.objects.get(pk=result.inbound_id)
+
+
+@pytest.mark.parametrize("policy_name, sender", FORGED)
+@pytest.mark.parametrize("mode", ["hold", "refuse"])
+def test_a_forged_member_or_staff_post_reaches_nobody(physics, stub_dns, settings, policy_name, sender, mode):
+    settings.MAILGATE_UNVERIFIED_POSTS = mode
+    result, inbound = post(physics, settings, policy_name, sender)
+    assert result.code == 0
+    assert inbound.status == {"hold": "held", "refuse": "refused"}[mode] and inbound.forwarded_count == 0
+    assert inbound.note.startswith(
+        "the sender's address is not proven (no aligned DKIM signature or trusted Authentication-Results): "
+        f"{sender} would be "
+    )
+    assert not forwarded_copies().exists()
+    if mode == "refuse":  # the notice names the reason, and quotes nothing of the checks' details
+        notice = TextOfEmail.objects.get()
+        assert notice.to_address == sender and "is not proven" in notice.text
+        assert "would be" not in notice.text and "no DKIM signature" not in notice.text
+
+
+@pytest.mark.parametrize("policy_name, sender", FORGED)
+def test_trust_forwards_a_claimed_address_as_before(physics, stub_dns, settings, policy_name, sender):
+    settings.MAILGATE_UNVERIFIED_POSTS = "trust"
+    result, inbound = post(physics, settings, policy_name, sender)
+    assert inbound.status == "forwarded" and "MAILGATE_UNVERIFIED_POSTS=trust" in inbound.note
+    assert list(forwarded_copies().values_list("to_address", flat=True)) == ["ann@example.com"]
+    assert stub_dns.queries == []
+
+
+def test_refusing_at_smtp_answers_77_for_an_unproven_post(physics, stub_dns, settings):
+    settings.MAILGATE_UNVERIFIED_POSTS, settings.MAILGATE_REFUSE_AT_SMTP = "refuse", True
+    result, inbound = post(physics, settings, "members", "ann@example.com")
+    assert result.code == 77 and result.message.startswith("refused: the sender's address is not proven")
+    assert inbound.status == "refused" and not TextOfEmail.objects.exists()
+
+
+@pytest.mark.parametrize(
+    "policy_name, sender, who", [("members", "ann@example.com", "a member"), ("staff", "boss@example.org", "staff")]
+)
+def test_a_signed_post_is_forwarded_and_the_note_says_how_it_was_proven(
+    physics, stub_dns, settings, policy_name, sender, who
+):
+    raw = stub_dns.sign(mail_fixture("plain.eml").replace(b"ann@example.com", sender.encode()), sender.split("@")[1])
+    result, inbound = post(physics, settings, policy_name, sender, raw=raw)
+    assert (result.code, inbound.status, inbound.forwarded_count) == (0, "forwarded", 1)
+    assert inbound.note == f"posted by {who} (DKIM d={sender.split('@')[1]})"
+    assert list(forwarded_copies().values_list("to_address", flat=True)) == ["ann@example.com"]
+
+
+def test_a_signed_post_whose_key_lookup_times_out_is_held_without_a_traceback(physics, stub_dns, settings, caplog):
+    raw = stub_dns.sign(mail_fixture("plain.eml"), "example.com")
+    stub_dns.timeout("t1._domainkey.example.com")
+    result, inbound = post(physics, settings, "members", "ann@example.com", raw=raw)
+    assert (result.code, inbound.status) == (0, "held")
+    assert "DKIM d=example.com: its key could not be looked up (no answer for" in inbound.note
+    assert "Traceback" not in inbound.note and not forwarded_copies().exists()
+    assert not [r for r in caplog.records if r.exc_info or r.levelname in ("ERROR", "CRITICAL")]
+
+
+def test_our_mtas_authentication_results_prove_the_poster(physics, stub_dns, settings):
+    settings.MAILGATE_TRUSTED_AUTHSERV_IDS = ["mx.lists.example.org"]
+    raw = b"Authentication-Results: mx.lists.example.org; dmarc=pass header.from=example.com\n" + mail_fixture(
+        "plain.eml"
+    )
+    result, inbound = post(physics, settings, "members", "ann@example.com", raw=raw)
+    assert inbound.status == "forwarded" and forwarded_copies().count() == 1
+    assert inbound.note == (
+        "posted by a member (Authentication-Results of mx.lists.example.org: dmarc=pass header.from=example.com)"
+    )
+
+
+def test_a_moderator_approves_a_held_unproven_post_through_the_queue(physics, stub_dns, settings):
+    from django.contrib.auth import get_user_model
+
+    from mailgate.gate import moderation
+
+    result, inbound = post(physics, settings, "members", "ann@example.com")
+    assert inbound.status == "held" and not forwarded_copies().exists()
+    assert moderation.approve(inbound, get_user_model().objects.get(username="boss")) == 1
+    assert list(forwarded_copies().values_list("to_address", flat=True)) == ["ann@example.com"]
+    inbound.refresh_from_db()
+    assert inbound.note.startswith("approved by boss (held: the sender's address is not proven")
+
+
+def test_strangers_and_loops_cost_no_dns_lookup(physics, stub_dns, settings):
+    _, stranger = post(physics, settings, "members", "stranger@example.net")
+    assert stranger.status == "refused" and stranger.note.startswith("only members may post to this list")
+    looped = mail_fixture("plain.eml").replace(b"Subject:", b"X-Loop: physics@lists.example.org\nSubject:")
+    looped = stub_dns.sign(looped, "example.com")
+    _, loop = post(physics, settings, "members", "ann@example.com", raw=looped)
+    assert loop.status == "loop"
+    assert stub_dns.queries == []

@@ -83,6 +83,8 @@ def test_a_bad_setting_stops_start_up_naming_it(name, value, message):
         ),
         ({"DBMAIL_VERP_DOMAIN": "not a domain"}, "DBMAIL_VERP_DOMAIN='not a domain' is not a domain name"),
         ({"MAILGATE_UNKNOWN_RECIPIENT": "drop"}, "MAILGATE_UNKNOWN_RECIPIENT='drop' must be one of bounce, notice"),
+        ({"MAILGATE_UNVERIFIED_POSTS": "yes"}, "MAILGATE_UNVERIFIED_POSTS='yes' must be one of hold, refuse, trust"),
+        ({"MAILGATE_TRUSTED_AUTHSERV_IDS": "mx.example.org,(mx)"}, "'(mx)' is not an authserv-id"),
     ],
 )
 def test_the_apps_rules_stop_start_up_too(env, message):

@@ -27,7 +27,8 @@ def approve(inbound, user):
         if route is None or not parsed.ok:
             raise NotHeld(f"message #{inbound.pk} no longer matches a list or cannot be parsed")
         locked.forwarded_count = forward.forward(locked, parsed, route)
-        locked.note = f"approved by {user}"
+        # Why it was held stays with the approval: "approved" over "not proven" is a moderator's judgement.
+        locked.note = f"approved by {user} (held: {locked.note})"[:5000] if locked.note else f"approved by {user}"
         locked.save(update_fields=["status", "decided_by", "decided_at", "forwarded_count", "note"])
         audit.record(user, "approve", locked, detail=f"forwarded to {locked.forwarded_count} member(s)")
     return locked.forwarded_count

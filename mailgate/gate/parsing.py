@@ -278,6 +278,26 @@ class Parsed:
         values = self.header(name)
         return values[0] if values else ""
 
+    def raw_header(self, name):
+        """Every value of the top-level field `name` as it was written: no RFC 2047 decoding, folding kept.
+
+        For fields whose exact text matters (Authentication-Results: an
+        encoded word must not turn into a trusted name).
+        """
+        if self._fields is None:
+            return []
+        return [value.decode("utf-8", "replace") for value in self._fields.values(name.lower())]
+
+    @property
+    def data(self):
+        """The message's bytes as parsed (for a DKIM verifier, which needs them exactly)."""
+        return self._fields.data if self._fields is not None else b""
+
+    @property
+    def fields_truncated(self):
+        """More than MAX_HEADER_FIELDS header fields (too many for work that is not bounded per field)."""
+        return self._fields is not None and self._fields.truncated
+
     def email_message(self):
         """The message with the email package's modern API (get_body, iter_parts), or None when not complete."""
         if not self.complete:

@@ -4,7 +4,10 @@ Order: loops and automatic mail are stopped silently (answering them is how
 loops start); then the list's posting policy decides. A loop is any mark we
 put on mail coming back: the signed tracking header every outbound email
 carries, an X-Loop naming one of our addresses, the List-Id of one of our
-lists.
+lists. Members-only and staff-only lists then count a poster only on an
+address the message proves (mailgate.gate.proof: a DKIM signature verified
+here, or our own MTA's Authentication-Results); MAILGATE_UNVERIFIED_POSTS
+says what becomes of a member's post that proves nothing (held by default).
 
 Notices go to the envelope sender, which anyone can forge, so they are kept
 harmless to whoever gets them: they quote nothing the sender wrote except
@@ -31,7 +34,7 @@ from dbmail.content.recipients import address_error
 from dbmail.intake.outbox import send_now
 from dbmail.track.header import TRACKING_HEADER, email_pk_from_tracking_id
 from mailgate.conf import settings as conf
-from mailgate.gate import addresses, forward, parsing, routing
+from mailgate.gate import addresses, forward, parsing, proof, routing
 from mailgate.models import EmailList, SenderNotice
 
 FORWARD, HOLD, REFUSE, LOOP = "forward", "hold", "refuse", "loop"
@@ -53,7 +56,12 @@ _MESSAGE_ID = re.compile(r"<[^<>\s\"]{1,250}>")
 @dataclass
 class Decision:
     action: str
-    reason: str
+    reason: str  # shown to the sender in a refusal notice: nothing the sender wrote
+    detail: str = ""  # for the stored note only (it may quote the message)
+
+    @property
+    def note(self):
+        return f"{self.reason}: {self.detail}" if self.detail else self.reason
 
 
 def is_automatic(parsed):
@@ -151,22 +159,40 @@ def decide(parsed, route, envelope_sender):
     reason = loop_reason(parsed, route, envelope_sender)
     if reason:
         return Decision(LOOP, reason)
-    # The From header is what members see; the envelope sender is accepted too (lists relayed by another host).
-    posters = [a for a in {parsed.from_address, (envelope_sender or "").lower()} if a]
     policy = route.email_list.posting_policy
     if policy == EmailList.Policy.ANYONE:
         return Decision(FORWARD, "anyone may post")
     if policy == EmailList.Policy.MODERATED:
         return Decision(HOLD, "the list is moderated")
     if policy == EmailList.Policy.MEMBERS:
-        if any(route.is_member(a) for a in posters):
-            return Decision(FORWARD, "posted by a member")
-        return Decision(REFUSE, "only members may post to this list")
+        return _restricted(parsed, envelope_sender, "a member", "members", route.is_member)
     if policy == EmailList.Policy.STAFF:
-        if posters and _is_staff(posters):
-            return Decision(FORWARD, "posted by staff")
-        return Decision(REFUSE, "only staff may post to this list")
+        return _restricted(parsed, envelope_sender, "staff", "staff", lambda address: _is_staff([address]))
     return Decision(HOLD, f"unknown posting policy {policy!r}")  # hold rather than guess
+
+
+def _restricted(parsed, envelope_sender, who, group, allowed):
+    """A members-only or staff-only list: the poster must be one, and their address proven (mailgate.gate.proof).
+
+    The From header is what members see; the envelope sender is accepted too
+    (lists relayed by another host). Both are only claims: whom they name is
+    looked up first (a stranger costs no DNS lookup), then whether the
+    message proves it, unless MAILGATE_UNVERIFIED_POSTS=trust.
+    """
+    claimed = [a for a in dict.fromkeys((parsed.from_address, (envelope_sender or "").strip().lower())) if a]
+    candidates = [address for address in claimed if allowed(address)]
+    if not candidates:
+        return Decision(REFUSE, f"only {group} may post to this list")
+    mode = conf.MAILGATE_UNVERIFIED_POSTS
+    if mode == "trust":
+        return Decision(FORWARD, f"posted by {who} (claimed, not proven: MAILGATE_UNVERIFIED_POSTS=trust)")
+    proofs = proof.check(parsed, envelope_sender, set(candidates))
+    for address in candidates:
+        if address in proofs.proven:
+            return Decision(FORWARD, f"posted by {who} ({proofs.proven[address]})")
+    reason = f"the sender's address is not proven ({proof.NOT_PROVEN})"
+    detail = f"{candidates[0]} would be {who}; {proofs.details()}".rstrip("; ")
+    return Decision(REFUSE if mode == "refuse" else HOLD, reason, detail)
 
 
 # --- Notices to senders ----------------------------------------------------------------------

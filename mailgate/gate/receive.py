@@ -184,22 +184,26 @@ def process(inbound):
             _mark(inbound, InboundMessage.Status.LOOP, f"not forwarded: {decision.reason}")
             return Result(EX_OK, "accepted (not forwarded: loop or automatic mail)", inbound.pk)
         if decision.action == policy.HOLD:
-            _mark(inbound, InboundMessage.Status.HELD, decision.reason)
+            _mark(inbound, InboundMessage.Status.HELD, decision.note)
             return Result(EX_OK, "accepted and held for moderation", inbound.pk)
         if decision.action == policy.REFUSE:
             if conf.MAILGATE_REFUSE_AT_SMTP:  # the MTA tells the sender, in its own bounce
-                _mark(inbound, InboundMessage.Status.REFUSED, f"{decision.reason} (refused to the MTA, exit 77)")
+                _mark(inbound, InboundMessage.Status.REFUSED, f"{decision.note} (refused to the MTA, exit 77)")
                 return Result(EX_NOPERM, f"refused: {decision.reason}", inbound.pk)
             sent = policy.notice_refused(inbound, parsed, decision.reason)
-            _mark(inbound, InboundMessage.Status.REFUSED, decision.reason + ("" if sent else " (no notice sent)"))
+            _mark(inbound, InboundMessage.Status.REFUSED, decision.note + ("" if sent else " (no notice sent)"))
             return Result(EX_OK, f"accepted; not forwarded: {decision.reason}", inbound.pk)
-        return deliver(inbound, parsed, route)
+        return deliver(inbound, parsed, route, decision.note)
 
 
-def deliver(inbound, parsed, route):
+def deliver(inbound, parsed, route, why=""):
+    """Forward to the members; `why` (the policy's reason: who posted, how proven) is added to the note."""
     count = forward.forward(inbound, parsed, route)
-    InboundMessage.objects.filter(pk=inbound.pk).update(status=InboundMessage.Status.FORWARDED, forwarded_count=count)
-    inbound.status, inbound.forwarded_count = InboundMessage.Status.FORWARDED, count
+    note = "; ".join(part for part in (why, inbound.note) if part)[:5000]
+    InboundMessage.objects.filter(pk=inbound.pk).update(
+        status=InboundMessage.Status.FORWARDED, forwarded_count=count, note=note
+    )
+    inbound.status, inbound.forwarded_count, inbound.note = InboundMessage.Status.FORWARDED, count, note
     return Result(EX_OK, f"forwarded to {count} member(s)", inbound.pk)
 
 
