@@ -65,6 +65,8 @@ SETTINGS = [
     Setting("MAILGATE_HEALTH_IMAP_CRITICAL_INTERVALS", 30, int, minimum=1),
     Setting("MAILGATE_HEALTH_TEMPFAIL_WINDOW_SECONDS", 3600, int, minimum=1),
     Setting("MAILGATE_HEALTH_TEMPFAILS_CRITICAL", 3, int, minimum=1),
+    # A message held for moderation longer than this makes the gate's check a warning: someone must decide.
+    Setting("MAILGATE_HEALTH_HELD_WARNING_HOURS", 24, int, minimum=1),
 ]
 
 RULES = [

@@ -92,12 +92,40 @@ def check_gate(now, options):
             f"{n_failed} inbound message(s) failed processing in the last {human(window)} "
             f"(kept; process them again in the admin), e.g. #{failed.order_by('-received_at').first().pk}"
         )
+    held_words, n_held = _held(now, grades)
     state = health.worst(*grades)
     if state == OK:
         accepted = max((hb.last_accepted_at for hb in beats if hb.last_accepted_at), default=None)
         words.append(f"last message accepted {human(now - accepted)} ago" if accepted else "no message yet")
-    details = {"failed_messages": n_failed, "hosts": {hb.host: hb.tempfails_in_a_row for hb in beats}}
+    words += held_words
+    details = {
+        "failed_messages": n_failed,
+        "held_messages": n_held,
+        "hosts": {hb.host: hb.tempfails_in_a_row for hb in beats},
+    }
     return Finding("gate", state, "; ".join(words), details)
+
+
+def _held(now, grades):
+    """What waits for a moderator: words for the summary and the count; a warning once one waits too long."""
+    from mailgate.gate.proof import NOT_PROVEN  # the gate's modules stay out of every command's start-up
+
+    held = InboundMessage.objects.filter(status=InboundMessage.Status.HELD)
+    n_held = held.count()
+    if not n_held:
+        return [], 0
+    oldest = held.order_by("received_at").values_list("received_at", flat=True).first()
+    words = f"{n_held} message(s) held for moderation, the oldest for {human(now - oldest)}"
+    # Members' posts that prove nothing are held too (mailgate.gate.proof): say how to have them proven.
+    unproven = held.filter(note__contains=NOT_PROVEN).count()
+    if unproven and not conf.MAILGATE_TRUSTED_AUTHSERV_IDS:
+        words += (
+            f" ({unproven} from members whose address is not proven: unsigned mail needs the MTA's "
+            "Authentication-Results, MAILGATE_TRUSTED_AUTHSERV_IDS, docs/mta.md)"
+        )
+    if now - oldest > timedelta(hours=conf.MAILGATE_HEALTH_HELD_WARNING_HOURS):
+        grades.append(WARNING)
+    return [words], n_held
 
 
 # --- The IMAP poller -----------------------------------------------------------------------------

@@ -1,6 +1,7 @@
 from datetime import timedelta
 
 import pytest
+from django.utils import timezone
 
 from dbmail.models import SenderAccount, TextOfEmail
 from mailgate.gate import parsing, policy, routing
@@ -252,3 +253,22 @@ def test_strangers_and_loops_cost_no_dns_lookup(physics, stub_dns, settings):
     _, loop = post(physics, settings, "members", "ann@example.com", raw=looped)
     assert loop.status == "loop"
     assert stub_dns.queries == []
+
+
+def test_dbmail_status_says_what_waits_for_a_moderator_and_how_members_get_proven(physics, stub_dns, settings):
+    from dbmail.ops import health
+
+    def gate_finding():
+        return next(f for f in health.run().findings if f.check == "gate")
+
+    post(physics, settings, "members", "ann@example.com")
+    found = gate_finding()
+    assert found.state == health.OK and found.details["held_messages"] == 1
+    assert "1 message(s) held for moderation, the oldest for 0 seconds" in found.summary
+    assert "1 from members whose address is not proven" in found.summary
+    assert "MAILGATE_TRUSTED_AUTHSERV_IDS" in found.summary
+    settings.MAILGATE_TRUSTED_AUTHSERV_IDS = ["mx.lists.example.org"]  # set: the hint has done its work
+    assert "not proven" not in gate_finding().summary
+    InboundMessage.objects.update(received_at=timezone.now() - timedelta(hours=25))
+    found = gate_finding()
+    assert found.state == health.WARNING and "the oldest for 1 day" in found.summary
