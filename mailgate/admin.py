@@ -7,6 +7,7 @@ from django.urls import path, reverse
 from django.utils.html import format_html
 
 from dbmail import audit
+from dbmail.admin import HistoryAdmin
 from dbmail.audit import ActPermission, AuditedAdmin
 from mailgate.exceptions import NotHeld
 from mailgate.gate import routing
@@ -206,39 +207,21 @@ class MatchedFilter(admin.SimpleListFilter):
 
 
 @admin.register(Bounce)
-class BounceAdmin(admin.ModelAdmin):
+class BounceAdmin(HistoryAdmin):  # a finding of a stored bounce: history, like the bounce
     list_display = ["created_at", "recipient", "bounce_type", "status_code", "email", "applied", "inbound"]
     list_filter = [MatchedFilter, "bounce_type", "applied"]
     search_fields = ["recipient", "diagnostic", "email__message_id"]
     raw_id_fields = ["email", "inbound"]
 
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False  # a finding of a stored bounce: history, like the bounce itself
-
 
 @admin.register(FeedbackReport)
-class FeedbackReportAdmin(admin.ModelAdmin):
+class FeedbackReportAdmin(HistoryAdmin):  # history, like the report itself
     """Complaint reports (ARF): matched or not, applied or only recorded; never bounces."""
 
     list_display = ["created_at", "feedback_type", "user_agent", "email", "identified_by", "applied", "inbound"]
     list_filter = [MatchedFilter, "feedback_type", "applied", "identified_by"]
     search_fields = ["user_agent", "note", "email__message_id", "email__to_address"]
     raw_id_fields = ["email", "inbound"]
-
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False  # a finding of a stored report: history, like the report itself
 
 
 @admin.register(SenderNotice)
