@@ -2,6 +2,9 @@
 a line for one reader and not for another, encodings that lie, boundaries inside parts, deep nesting.
 Forwards go to a real SMTP server on loopback (aiosmtpd refuses a line over 1000 octets, as SMTP says)."""
 
+import base64
+import email
+
 import pytest
 
 from dbmail.models import TextOfEmail
@@ -78,3 +81,90 @@ def test_a_flood_of_998_octet_lines_costs_time_in_proportion_to_its_size():
         assert not long_lines.needs_base64(body, parsed)
         assert long_lines.reencode_parts(body, parsed.message, b"\n") == body
         assert long_lines.refold(raw[: parsing.header_section(raw)[1]] * 1000, b"\n")
+
+
+# --- Parts whose encoding does not keep their lines short -----------------------------------------------------------
+
+QP_LINE = b"x" * 1000 + b"=41=\n" + b"y" * 1500 + b" caf=C3=A9"  # a soft break, escapes, and still 1500 octets
+MIXED = b'MIME-Version: 1.0\nContent-Type: multipart/mixed; boundary="b"\n'
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_quoted_printable_part_with_a_raw_long_line_arrives_decoded_the_same(smtp_server):
+    """Before: left as it came ("encoded already"), so the SMTP server refused the forward for every member."""
+    raw = (
+        HEAD + MIXED + b"\n--b\nContent-Type: text/plain\n\nfirst part\n"
+        b"--b\nContent-Type: text/plain; charset=utf-8\nContent-Transfer-Encoding: quoted-printable\n\n"
+        + QP_LINE + b"\n--b--\n"
+    )  # fmt: skip
+    received = forward(raw, smtp_server)
+    first, second = received.message.get_payload()
+    assert first.get_payload() == "first part"  # untouched
+    assert second["Content-Transfer-Encoding"] == "base64"
+    assert second.get_payload(decode=True) == b"x" * 1000 + b"A" + b"y" * 1500 + " café".encode()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_single_quoted_printable_body_with_a_long_line_arrives_decoded_the_same(smtp_server):
+    raw = HEAD + b"MIME-Version: 1.0\nContent-Transfer-Encoding: Quoted-Printable\n\n" + QP_LINE + b"\n"
+    received = forward(raw, smtp_server)
+    assert received.message["Content-Transfer-Encoding"] == "base64"
+    assert received.message.get_payload(decode=True) == b"x" * 1000 + b"A" + b"y" * 1500 + " café\n".encode()
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("single", [True, False], ids=["single", "in-a-multipart"])
+def test_base64_written_in_one_long_line_arrives_with_the_same_bytes(smtp_server, single):
+    """Some writers put a whole attachment's base64 on one line; before, it was left so and refused."""
+    data = bytes(range(256)) * 40
+    encoded = base64.b64encode(data)  # 13,656 octets, one line
+    part = b"Content-Type: application/octet-stream\nContent-Transfer-Encoding: base64\n\n" + encoded + b"\n"
+    raw = HEAD + b"MIME-Version: 1.0\n" + part if single else HEAD + MIXED + b"\n--b\n" + part + b"--b--\n"
+    received = forward(raw, smtp_server)
+    leaf = received.message if single else received.message.get_payload()[0]
+    assert leaf["Content-Transfer-Encoding"] == "base64" and leaf.get_payload(decode=True) == data
+
+
+def test_a_boundary_inside_a_base64_part_is_a_delimiter_for_both_readers():
+    """A "--b" line inside a base64 part ends it, for the email package and for the split alike: nothing is
+    re-encoded across it, and a line that merely contains "--b" is no delimiter."""
+    raw = (
+        HEAD + MIXED + b"\n--b\nContent-Transfer-Encoding: base64\n\nQUJD\n--b\n\n" + b"x" * 1200 + b"--b\n"
+        b"--b\n\nlast\n--b--\n"
+    )  # fmt: skip
+    parsed = parsing.parse(raw)
+    assert parsed.complete and len(parsed.message.get_payload()) == 3
+    body = raw[parsing.header_section(raw)[2] :]
+    out = long_lines.reencode_parts(body, parsed.message, b"\n")
+    assert not long_lines.has_long_line(out)
+    again = email.message_from_bytes(raw[: parsing.header_section(raw)[2]] + out)
+    first, second, third = again.get_payload()
+    assert first.get_payload(decode=True) == b"ABC" and third.get_payload() == "last"
+    assert second.get_payload(decode=True) == b"x" * 1200 + b"--b"
+
+
+def _nested(levels, leaf):
+    raw = leaf
+    for level in range(levels):
+        raw = (
+            b'Content-Type: multipart/mixed; boundary="n%d"\n\n--n%d\n' % (level, level)
+            + raw + b"\n--n%d--\n" % level
+        )  # fmt: skip
+    return HEAD + b"MIME-Version: 1.0\n" + raw
+
+
+def test_deep_nesting_at_the_parsers_limit_is_reencoded_in_bounded_time():
+    leaf = b"Content-Type: text/plain\n\n" + b"w" * 2_000_000
+    raw = _nested(parsing.MAX_DEPTH - 1, leaf)
+    parsed = parsing.parse(raw)
+    assert parsed.complete
+    body = raw[parsing.header_section(raw)[2] :]
+    with time_limit(3, Slow):
+        out = long_lines.reencode_parts(body, parsed.message, b"\n")
+    assert not long_lines.has_long_line(out)
+    part = email.message_from_bytes(raw[: parsing.header_section(raw)[2]] + out)
+    while part.is_multipart():
+        part = part.get_payload()[0]
+    assert part.get_payload(decode=True) == b"w" * 2_000_000
+    too_deep = parsing.parse(_nested(parsing.MAX_DEPTH + 1, leaf))
+    assert not too_deep.complete  # beyond the limit: never split, the copy goes as it came (docs say so)
