@@ -295,3 +295,31 @@ def test_huge_or_malformed_key_records_prove_nothing_and_raise_nothing(stub_dns,
     with time_limit(5, Slow):
         proofs = check(raw)
     assert proofs.proven == {} and proofs.failures
+
+
+# --- Through the gate ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.django_db
+def test_a_replayed_signature_of_the_members_domain_does_not_post_as_the_member(stub_dns, settings):
+    """Any mail signed by example.com (the attacker's own there, a newsletter) replayed with a bare CR: held
+    on a members-only list, never forwarded. Before: forwarded as "posted by a member (DKIM d=example.com)"."""
+    from dbmail.models import TextOfEmail
+    from mailgate.gate import receive as gate
+    from mailgate.models import EmailList, InboundMessage
+
+    from .factories import EmailListFactory, UserFactory, mail_fixture
+
+    settings.EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"
+    EmailListFactory(
+        name="Physics", regex="physics", users=[UserFactory(username="ann", email="ann@example.com")],
+        posting_policy=EmailList.Policy.MEMBERS,
+    )  # fmt: skip
+    theirs = mail_fixture("plain.eml").replace(b"Ann Smith <ann@example.com>", b"news@example.com")
+    signed = stub_dns.sign(theirs.replace(b"\r\n", b"\n"), "example.com")
+    attack = hide_signed_from(signed, b"X-A: x\rFrom: Ann Smith <ann@example.com>\r\r\n")
+    result = gate.run(attack, "physics@lists.example.org", "ann@example.com")
+    inbound = InboundMessage.objects.get(pk=result.inbound_id)
+    assert (result.code, inbound.status) == (0, "held"), inbound.note
+    assert "bare CR" in inbound.note
+    assert not TextOfEmail.objects.filter(raw_message__isnull=False).exists()
