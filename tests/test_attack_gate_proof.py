@@ -7,10 +7,12 @@ import re
 
 import dkim as dkimpy
 import pytest
+from hypothesis import example, given
+from hypothesis import strategies as st
 
 from mailgate.gate import auth_results, parsing, proof
 
-from .conftest import time_limit
+from .conftest import fuzz_settings, time_limit
 
 MEMBER = "member@ourorg.example"
 OTHER = "other@ourorg.example"  # the attacker's own mailbox at the member's domain, or a newsletter's
@@ -323,3 +325,28 @@ def test_a_replayed_signature_of_the_members_domain_does_not_post_as_the_member(
     assert (result.code, inbound.status) == (0, "held"), inbound.note
     assert "bare CR" in inbound.note
     assert not TextOfEmail.objects.filter(raw_message__isnull=False).exists()
+
+
+# --- Fuzzed: whatever is written around a signed From, it proves only that From --------------------------------
+
+_CONTENT = st.sampled_from(
+    [b"X-A: x", b"From: " + MEMBER.encode(), b"FROM:<" + MEMBER.encode() + b">", b"From " + MEMBER.encode(), b"zz",
+     b" folded", b"", b"Subject: \xff\x00"]
+)  # fmt: skip
+_LINES = st.lists(st.tuples(_CONTENT, st.sampled_from([b"\r\n", b"\n", b"\r"])), max_size=5)
+
+
+@fuzz_settings(400)
+@given(before=_LINES, after=_LINES, at_top=st.booleans())
+@example(before=[(b"X-A: x", b"\r"), (b"From: " + MEMBER.encode(), b"\r"), (b"", b"\r\n")], after=[], at_top=False)
+def test_fuzzed_lines_around_a_signed_from_never_prove_another(stub_dns, before, after, at_top):
+    """Lines of fields, continuations, mbox lines and junk, ended by CRLF, LF or a lone CR, written above the
+    message or around its signed From (OTHER): MEMBER is never proven."""
+    signed = stub_dns.sign(message(from_value=OTHER), "ourorg.example")
+    cut = signed.index(b"From: ")
+    line_end = signed.index(b"\r\n", cut) + 2
+    insert_at = 0 if at_top else cut
+    lines = [b"".join(line) for line in before], [b"".join(line) for line in after]
+    raw = signed[:insert_at] + b"".join(lines[0]) + signed[insert_at:line_end] + b"".join(lines[1]) + signed[line_end:]
+    proofs = check(raw, OTHER, [MEMBER, OTHER])
+    assert MEMBER not in proofs.proven, (raw[:600], proofs)
