@@ -168,3 +168,20 @@ def test_deep_nesting_at_the_parsers_limit_is_reencoded_in_bounded_time():
     assert part.get_payload(decode=True) == b"w" * 2_000_000
     too_deep = parsing.parse(_nested(parsing.MAX_DEPTH + 1, leaf))
     assert not too_deep.complete  # beyond the limit: never split, the copy goes as it came (docs say so)
+
+
+def test_an_attached_message_encoded_base64_as_a_whole_keeps_its_bytes():
+    """message/rfc822 may not be encoded (RFC 2046 5.2.1); some writers do it. Its base64, one long line, is
+    broken into lines (decoders skip them); before, it was read as a message whose body it re-encoded again."""
+    inner = b"Subject: inner\nFrom: a@example.org\n\n" + b"hello " * 400 + b"\n"
+    raw = (
+        HEAD + MIXED + b"\n--b\nContent-Type: message/rfc822\nContent-Transfer-Encoding: base64\n\n"
+        + base64.b64encode(inner) + b"\n--b--\n"
+    )  # fmt: skip
+    parsed = parsing.parse(raw)
+    start = parsing.header_section(raw)[2]
+    out = long_lines.reencode_parts(raw[start:], parsed.message, b"\n")
+    assert not long_lines.has_long_line(out)
+    encoded = out.split(b"Content-Transfer-Encoding: base64\n\n", 1)[1].split(b"\n--b--", 1)[0]
+    assert b"Content-Transfer-Encoding" not in encoded  # no header section written into it
+    assert base64.b64decode(b"".join(encoded.split())) == inner

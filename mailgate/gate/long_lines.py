@@ -134,11 +134,15 @@ def reencode_parts(body, message, linesep):
 def _body(body, part, linesep):
     if part.get_content_maintype() == "multipart" and part.is_multipart():
         return _multipart(body, part, linesep)
-    if part.get_content_type() == "message/rfc822" and part.is_multipart():
+    encoding = _encoding(part.get(_CTE))
+    if encoding == "base64" and (_leaf(part) or part.get_content_maintype() == "message"):
+        # Decoders skip line breaks: the same bytes once decoded. (An attached message encoded as a whole,
+        # which RFC 2046 forbids and some writers do, is such text too: read as a message, its base64 would
+        # have been re-encoded as if it were the body of one.)
+        return _wrap(body, linesep)
+    if part.get_content_type() == "message/rfc822" and part.is_multipart() and encoding in SENT_AS_IS:
         inner = part.get_payload()  # [the attached message]
         return _entity(body, inner[0], linesep) if inner else body
-    if _leaf(part) and _encoding(part.get(_CTE)) == "base64":
-        return _wrap(body, linesep)  # decoders skip line breaks: the same bytes once decoded
     return body
 
 
