@@ -175,6 +175,16 @@ def test_an_upper_case_or_international_signing_domain(stub_dns):
     assert check(lookalike).proven == {}
 
 
+def test_a_signature_whose_i_is_another_domain_proves_nothing_and_raises_nothing(stub_dns):
+    """dkimpy signs i=@xourorg.example for d=ourorg.example (a suffix of characters) but will not verify it."""
+    key = stub_dns.signing_key("ourorg.example")
+    raw = message()
+    signer = dkimpy.DKIM(raw, signature_algorithm=key.algorithm)
+    field = signer.sign(key.selector, key.domain, key.private_key, identity=b"@xourorg.example")
+    proofs = check(field + raw)
+    assert proofs.proven == {} and "ValidationError" in proofs.details()
+
+
 # --- Authentication-Results ---------------------------------------------------------------------------------------
 
 
