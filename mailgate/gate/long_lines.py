@@ -10,8 +10,9 @@ can carry such a line is changed, and nothing else:
   and "Content-Transfer-Encoding: base64" instead of its own: the same
   bytes once decoded. So does a quoted-printable one whose writer put a
   long line in it all the same (its text decoded first, leniently, as
-  readers decode it); a base64 one has its long lines broken instead
-  (decoders skip line breaks: the same bytes). Only that part: every other part, the boundaries,
+  readers decode it); a base64 one (or an attached message wrongly encoded
+  base64 as a whole) has its long lines broken instead (decoders skip line
+  breaks: the same bytes). Only that part: every other part, the boundaries,
   the preamble and the epilogue keep their bytes, and the MIME structure
   stays, nested message/rfc822 parts included (their own header lines are
   folded, their offending parts re-encoded).
