@@ -15,7 +15,10 @@ wrote it: mailgate.gate.proof reads only fields whose authserv-id is trusted.
 The parser is lenient where that is safe: a result it cannot read is left
 out (it proves nothing), while the authserv-id is still read, so a field of
 our MTA's that we misread hides the ones below it instead of letting them
-through. Time is linear in the value; the value is capped.
+through. `version` and `plain` (the authserv-id written as it is at the
+start, nothing before it, no quotes) let the reader refuse a field whose id
+only reads as ours once comments and quotes are taken away. Time is linear
+in the value; the value is capped.
 """
 
 import re
@@ -24,6 +27,7 @@ from dataclasses import dataclass, field
 MAX_CHARS = 16 * 1024  # of one field value read (parsing.MAX_FIELD_BYTES is the same)
 MAX_RESULTS = 50  # results read from one field
 _KEYWORD = re.compile(r"[a-z0-9][a-z0-9_-]*")
+_PLAIN_START = re.compile(r"[ \t\r\n]*([^ \t\r\n;()\"]*)(?=[ \t\r\n;(]|\Z)")  # what docs/mta.md's check matches
 
 
 @dataclass
@@ -37,6 +41,8 @@ class Result:
 class Field:
     authserv_id: str  # lower-case
     results: list = field(default_factory=list)
+    version: str = "1"  # as written after the authserv-id ("1" when none is)
+    plain: bool = True  # the authserv-id opens the value as it is, no comment before it and no quotes in it
 
 
 def parse(value):
@@ -44,7 +50,11 @@ def parse(value):
     segments = _segments(value[:MAX_CHARS])
     if not segments or not segments[0] or segments[0][0] in ("=", ""):  # "" from an empty quoted string
         return None
-    parsed = Field(segments[0][0].lower())
+    parsed = Field(segments[0][0].lower(), version=segments[0][1] if len(segments[0]) > 1 else "1")
+    # What an MTA's header check can match (docs/mta.md): a sender's field whose id hides behind a comment or
+    # quotes ("(x) mx.ourorg.example", "mx.ourorg.exa""mple") gets past it and must not read as written plainly.
+    plain = _PLAIN_START.match(value[:MAX_CHARS])
+    parsed.plain = plain is not None and plain.group(1).lower() == parsed.authserv_id
     for tokens in segments[1 : MAX_RESULTS + 1]:
         result = _result(_joined(tokens))
         if result is not None:

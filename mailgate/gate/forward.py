@@ -128,7 +128,7 @@ class Copy:
         reencode = long_lines.needs_base64(self.body, parsed)
         if reencode:
             drop |= {"content-transfer-encoding"}
-            self.body = long_lines.as_base64(self.body, linesep)
+            self.body = long_lines.whole_as_base64(self.body, parsed, linesep)
         elif parsed.ok and parsed.complete:
             self.body = long_lines.reencode_parts(self.body, parsed.message, linesep)
         if email_list.rewrite_from:

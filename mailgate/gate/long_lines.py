@@ -8,7 +8,11 @@ can carry such a line is changed, and nothing else:
 * a header line is folded at its whitespace (unfolding gives the value back);
 * a leaf part sent as it is (7bit, 8bit, binary) gets base64 for its body
   and "Content-Transfer-Encoding: base64" instead of its own: the same
-  bytes once decoded. Only that part: every other part, the boundaries,
+  bytes once decoded. So does a quoted-printable one whose writer put a
+  long line in it all the same (its text decoded first, leniently, as
+  readers decode it); a base64 one (or an attached message wrongly encoded
+  base64 as a whole) has its long lines broken instead (decoders skip line
+  breaks: the same bytes). Only that part: every other part, the boundaries,
   the preamble and the epilogue keep their bytes, and the MIME structure
   stays, nested message/rfc822 parts included (their own header lines are
   folded, their offending parts re-encoded).
@@ -18,17 +22,24 @@ mailgate.gate.parsing, capped in parts and depth), so this is one pass per
 level over the bytes of the parts that hold a long line. Where the split
 does not agree with the parse (a broken multipart), that part is left as it
 came: re-encoding what cannot be delimited for sure would change content.
-Encoded parts (base64, quoted-printable) with a long line are left too.
 """
 
 import base64
+import binascii
 import re
 
 from mailgate.gate import parsing
 
 MAX_LINE = 998  # octets, RFC 5322 2.1.1
-LONG_LINE = re.compile(rb"[^\r\n]{%d,}" % (MAX_LINE + 1))
+# A line as an SMTP server counts it: up to LF, less the CR of a CRLF (a lone CR is inside the line:
+# "a" * 600 + CR + "b" * 600 is one line of 1201 octets, refused). Anchored at line starts so the
+# search is one pass: unanchored, a text of 998-octet lines was tried again at every offset
+# (14 s for 10 MB).
+LONG_LINE = re.compile(rb"(?m)^(?:[^\n]{%d,}|[^\n]{%d}(?<!\r))" % (MAX_LINE + 2, MAX_LINE + 1))
 SENT_AS_IS = ("7bit", "8bit", "binary")
+# Leaves whose long lines are cured by base64. Quoted-printable is among them: its lines are at most 76
+# octets when written right, but some writers leave a long one, and the SMTP server refuses it all the same.
+REENCODED = (*SENT_AS_IS, "quoted-printable")
 _EOL = re.compile(rb"\r\n|\n|\r")
 _CTE = "content-transfer-encoding"
 
@@ -71,21 +82,37 @@ def _fold_line(line, linesep):
 # --- Bodies ---
 
 
-def _sent_as_is(part):
-    """Whether a parsed part is a leaf whose body travels as it is (no transfer encoding of its own)."""
-    encoding = (part.get(_CTE) or "7bit").strip().lower()
-    return part.get_content_maintype() not in ("multipart", "message") and encoding in SENT_AS_IS
+def _encoding(value):
+    return (value or "7bit").strip().lower()
+
+
+def _leaf(part):
+    return part.get_content_maintype() not in ("multipart", "message")
+
+
+def _reencoded(part):
+    """Whether a parsed part is a leaf whose long lines base64 cures (REENCODED)."""
+    return _leaf(part) and _encoding(part.get(_CTE)) in REENCODED
+
+
+def decoded(body, encoding):
+    """A leaf's body to re-encode: quoted-printable taken off (leniently, as readers do), else as it is."""
+    return binascii.a2b_qp(body) if encoding == "quoted-printable" else body
 
 
 def needs_base64(body, parsed):
-    """Whether a whole message body must be sent base64-encoded: a single part sent as it is, with a long line.
+    """Whether a whole message body must be sent base64-encoded: a single part (REENCODED) with a long line.
 
     (A multipart's or an attached message's parts are re-encoded one by one: reencode_parts.)
     """
     if not has_long_line(body) or not (parsed.ok and parsed.complete):
         return False
-    encoding = (parsed.first(_CTE) or "7bit").strip().lower()
-    return parsed.message.get_content_maintype() not in ("multipart", "message") and encoding in SENT_AS_IS
+    return _leaf(parsed.message) and _encoding(parsed.first(_CTE)) in REENCODED
+
+
+def whole_as_base64(body, parsed, linesep):
+    """The body of a message for which needs_base64 is true, base64-encoded (its own encoding taken off)."""
+    return as_base64(decoded(body, _encoding(parsed.first(_CTE))), linesep)
 
 
 def as_base64(body, linesep):
@@ -108,7 +135,13 @@ def reencode_parts(body, message, linesep):
 def _body(body, part, linesep):
     if part.get_content_maintype() == "multipart" and part.is_multipart():
         return _multipart(body, part, linesep)
-    if part.get_content_type() == "message/rfc822" and part.is_multipart():
+    encoding = _encoding(part.get(_CTE))
+    if encoding == "base64" and (_leaf(part) or part.get_content_maintype() == "message"):
+        # Decoders skip line breaks: the same bytes once decoded. (An attached message encoded as a whole,
+        # which RFC 2046 forbids and some writers do, is such text too: read as a message, its base64 would
+        # have been re-encoded as if it were the body of one.)
+        return _wrap(body, linesep)
+    if part.get_content_type() == "message/rfc822" and part.is_multipart() and encoding in SENT_AS_IS:
         inner = part.get_payload()  # [the attached message]
         return _entity(body, inner[0], linesep) if inner else body
     return body
@@ -124,11 +157,11 @@ def _entity(data, part, linesep):
     else:
         start, end, body_start = parsing.header_section(data)
         prefix, head, separator, body = data[:start], data[start:end], data[end:body_start], data[body_start:]
-    if _sent_as_is(part):
+    if _reencoded(part):
         if has_long_line(body):
             head = _with_base64_encoding(head, linesep)
             separator = separator or linesep  # the new field needs the empty line that ends the section
-            body = as_base64(body, linesep)
+            body = as_base64(decoded(body, _encoding(part.get(_CTE))), linesep)
     else:
         body = _body(body, part, linesep)
     return prefix + refold(head, linesep) + separator + body
@@ -191,9 +224,15 @@ def _line_end_before(data, pos):
 
 
 def _wrap(text, linesep):
-    """A preamble or epilogue with its long lines broken: no reader shows them, and SMTP refuses them."""
+    """A preamble, an epilogue or base64 text with its long lines broken: no reader shows the first two,
+    base64 decoders skip line breaks, and SMTP refuses long lines."""
     if not has_long_line(text):
         return text
-    return LONG_LINE.sub(
-        lambda m: linesep.join(m.group()[i : i + MAX_LINE] for i in range(0, len(m.group()), MAX_LINE)), text
-    )
+
+    def broken(match):
+        line = match.group()
+        cr = b"\r" if line.endswith(b"\r") else b""  # a CRLF's CR (LONG_LINE's match may end with it) stays
+        line = line[: len(line) - len(cr)]
+        return linesep.join(line[i : i + MAX_LINE] for i in range(0, len(line), MAX_LINE)) + cr
+
+    return LONG_LINE.sub(broken, text)

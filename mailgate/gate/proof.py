@@ -20,7 +20,9 @@ address counts only when one of these proves it:
   sender proves the envelope sender, and only it.
 
 From is proven only when the message has one From field naming one address,
-the one the gate's parser read. Nothing here raises: a DNS failure, a
+the one the gate's parser read, and a header section without a bare CR;
+a DKIM signature proves it only when the verifier read that same From field.
+Nothing here raises: a DNS failure, a
 malformed signature or field is one more reason in `Proofs.failures`.
 """
 
@@ -31,12 +33,13 @@ from email.utils import getaddresses
 from dbmail.content.addresses import AddressError, a_label
 from dbmail.exceptions import DNSLookupFailed
 from mailgate.conf import settings as conf
-from mailgate.gate import auth_results
+from mailgate.gate import auth_results, parsing
 
 MAX_SIGNATURES = 3  # DKIM signatures verified per message (each costs a DNS lookup and an RSA or Ed25519 check)
 FROM_CHARS = 2000  # of a From value read for its addresses (one address needs far fewer)
 _H_SPLIT = re.compile(rb"\s*:\s*")
 _SPACE = re.compile(rb"\s+")
+_BARE_CR = re.compile(rb"\r(?!\n)")
 NOT_PROVEN = "no aligned DKIM signature or trusted Authentication-Results"
 
 
@@ -63,6 +66,12 @@ def sole_from(parsed):
     values = parsed.raw_header("from")
     if len(values) != 1:
         return "", f"{len(values)} From fields" if values else "no From field"
+    # A CR not followed by LF ends a line for this parser (as for the email package) but not for dkimpy
+    # nor for many MTAs' filters, which split at LF: "X-A: x\rFrom: member@...\r\r\n" shows us a From
+    # that they read as part of X-A, and ends our header section before the From they verified.
+    _, end, _ = parsing.header_section(parsed.data)
+    if _BARE_CR.search(parsed.data, 0, end):
+        return "", "the header section has a bare CR (readers split its lines differently)"
     value = " ".join(values[0].split())  # unfolded, undecoded: a comma inside an encoded word stays hidden
     if len(value) > FROM_CHARS:
         return "", "the From field is too long to read"
@@ -126,6 +135,13 @@ def _from_authentication_results(parsed, from_address, from_domain, envelope_sen
         proofs.failures.append(f"no Authentication-Results of {', '.join(sorted(trusted))}")
         return
     where = f"Authentication-Results of {found.authserv_id}"
+    # The topmost of ours, but not as our MTA writes it: it hides those below and proves nothing itself.
+    if not found.plain:
+        proofs.failures.append(f"{where}: its authserv-id is not written plainly (a comment or quotes): not read")
+        return
+    if found.version != "1":  # RFC 8601 defines version 1 only: what another one says is unknown
+        proofs.failures.append(f"{where}: version {found.version[:20]!r} is not read (only 1)")
+        return
     before = len(proofs.proven)
     for result in found.results:
         if result.result != "pass":
@@ -162,6 +178,12 @@ def _dns_lookup():
     return lookup
 
 
+def _lf(value):
+    """A field value with its line breaks written one way (dkimpy writes CRLF for what came as LF)."""
+    text = value.decode("utf-8", "replace") if isinstance(value, bytes) else value
+    return text.replace("\r\n", "\n")
+
+
 def _signature(value):
     """(d=, the tags) of a DKIM-Signature value; None when it is no tag list."""
     import dkim.util
@@ -189,6 +211,12 @@ def _from_dkim(parsed, from_domain, failures):
         verifier = dkim.DKIM(parsed.data)
     except Exception as exc:
         failures.append(f"DKIM not verified: the message is unreadable to the verifier ({type(exc).__name__})")
+        return ""
+    # The From a signature covers must be the From read here, whatever else splits lines differently:
+    # dkimpy's one From field, its value (less the CRLF it adds to each line) the one the parser read.
+    signed_from = [value for name, value in verifier.headers if name.lower() == b"from"]
+    if len(signed_from) != 1 or _lf(signed_from[0][:-2]) != _lf(parsed.raw_header("from")[0]):
+        failures.append("DKIM not verified: the verifier reads another From field than the gate")
         return ""
     lookup, verified = None, 0
     values = [value for name, value in verifier.headers if name.lower() == b"dkim-signature"]
