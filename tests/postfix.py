@@ -33,6 +33,7 @@ POSTQUEUE = "/usr/sbin/postqueue"
 POSTMAP = "/usr/sbin/postmap"
 PIPE_USER = "nobody"  # pipe(8) refuses root and the mail owner; docs/mta.md's `mailsite` user stands here
 LIST_DOMAIN = "lists.example.org"
+AUTHSERV_ID = "mx.ourorg.example"  # docs/mta.md's example name of our MTA's Authentication-Results
 QUEUE_ID = re.compile(r"queued as ([0-9A-Za-z]+)")
 
 # Every service the instance needs, none chrooted (the queue is in a temporary directory). The smtpd
@@ -164,6 +165,15 @@ def docs_postfix_config(python=sys.executable, tree=ROOT, user=PIPE_USER):
     return blocks["master.cf"], blocks["main.cf"], blocks["transport"]
 
 
+def docs_header_checks(config_dir):
+    """(main.cf line, header_checks file) as docs/mta.md gives them to remove forged Authentication-Results."""
+    text = (ROOT / "docs" / "mta.md").read_text()
+    block = next(b for b in re.findall(r"```\n(.*?)```", text, re.S) if "# /etc/postfix/header_checks" in b)
+    main_part, _, checks = block.partition("# /etc/postfix/header_checks\n")
+    main_line = main_part.replace("# /etc/postfix/main.cf\n", "").replace("/etc/postfix", str(config_dir))
+    return main_line, checks
+
+
 def _group_of(user):
     import grp
     import pwd
@@ -180,6 +190,7 @@ class Postfix:
         self.relay_port = relay_port
         self.gate_env = dict(gate_env or {})
         self.main_cf_extra = main_cf_extra
+        self.files = {}  # more files of its configuration directory (name: text), as main_cf_extra names them
         self.started = False
         self.log_start = 0
         self.python = sys.executable  # the gate's interpreter in the pipe service
@@ -203,6 +214,8 @@ class Postfix:
             + self.main_cf_extra
         )
         (self.config / "transport").write_text(transport)
+        for name, text in self.files.items():
+            (self.config / name).write_text(text)
         self._run(POSTMAP, str(self.config / "transport"))
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), **self.gate_env}
         started = self._run(POSTFIX, "-c", str(self.config), "start", env=env, check=False)
@@ -378,6 +391,9 @@ def postfix_instance(django_db_setup, postfix_sink):
     proxy = TCPProxy(target=(db["HOST"] or "127.0.0.1", int(db["PORT"] or 5432))).start()
     root = tempfile.mkdtemp(prefix="mailsite-postfix-")  # not pytest's tmp: the postfix user must reach it
     mta = Postfix(root, relay_port=postfix_sink.port, main_cf_extra=f"message_size_limit = {MESSAGE_SIZE_LIMIT}\n")
+    # docs/mta.md's rule against forged Authentication-Results of our MTA (AUTHSERV_ID), as operators write it.
+    header_checks_line, mta.files["header_checks"] = docs_header_checks(mta.config)
+    mta.main_cf_extra += header_checks_line
     mta.db_proxy = proxy
     python, python_env, mta.gate_problem = gate_python()
     mta.python = python or sys.executable
@@ -389,6 +405,7 @@ def postfix_instance(django_db_setup, postfix_sink):
         "EMAIL_TIMEOUT": "5",
         "DBMAIL_VERP_DOMAIN": LIST_DOMAIN,
         "MAILGATE_MAX_BYTES": str(GATE_MAX_BYTES),
+        "MAILGATE_TRUSTED_AUTHSERV_IDS": AUTHSERV_ID,
         "PYTHONDONTWRITEBYTECODE": "1",
         **python_env,
     }

@@ -25,7 +25,7 @@ from mailgate.models import Bounce, InboundMessage
 from .conftest import manage, subprocess_env
 from .dnsstub import StubDNS
 from .factories import EmailListFactory, MessageRequestFactory, UserFactory, mail_fixture
-from .postfix import GATE_MAX_BYTES, LIST_DOMAIN, MESSAGE_SIZE_LIMIT, QUEUE_ID
+from .postfix import AUTHSERV_ID, GATE_MAX_BYTES, LIST_DOMAIN, MESSAGE_SIZE_LIMIT, QUEUE_ID
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 Status = TextOfEmail.Status
@@ -198,6 +198,30 @@ def test_list_mail_through_postfix_reaches_the_gate_and_the_forward_the_sink(pos
     ).replace(b"\r\n", b"\n")
     (forward,) = postfix_sink.to("member@example.net")
     assert forward.message["List-Id"]
+
+
+def test_a_forged_authentication_results_of_our_mta_is_removed_by_the_documented_header_check(
+    postfix_gate, postfix_sink
+):
+    """Without docs/mta.md's header check the gate would read the forged field as our MTA's own and
+    forward a stranger's claim (tests/test_mailgate_policy.py: our MTA's Authentication-Results prove)."""
+    from mailgate.models import EmailList
+
+    EmailListFactory(
+        regex="physics", posting_policy=EmailList.Policy.MEMBERS, users=[UserFactory(email="ann@example.com")]
+    )
+    forged = [
+        f"Authentication-Results: {AUTHSERV_ID}; dmarc=pass header.from=example.com",
+        f"Authentication-Results:   {AUTHSERV_ID.upper()}  (forged); dkim=pass header.d=example.com",
+    ]
+    send_to_list(postfix_gate, "\r\n".join(forged).encode() + b"\r\n" + mail_fixture("plain.eml"))
+
+    assert postfix_gate.wait_log(r"to=<physics@lists\.example\.org>, relay=mailgate, .*status=sent")
+    inbound = InboundMessage.objects.get()
+    assert b"dmarc=pass" not in bytes(inbound.raw) and b"dkim=pass" not in bytes(inbound.raw)
+    assert inbound.status == InboundMessage.Status.HELD, inbound.note
+    assert f"no Authentication-Results of {AUTHSERV_ID}" in inbound.note
+    assert not postfix_sink.received
 
 
 def test_a_plus_address_reaches_the_gate_whole(postfix_gate, postfix_sink):
