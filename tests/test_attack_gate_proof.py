@@ -13,22 +13,9 @@ from hypothesis import strategies as st
 from mailgate.gate import auth_results, parsing, proof
 
 from .conftest import fuzz_settings, time_limit
+from .test_mailgate_proof import BODY, MEMBER, check, message
 
-MEMBER = "member@ourorg.example"
 OTHER = "other@ourorg.example"  # the attacker's own mailbox at the member's domain, or a newsletter's
-BODY = b"Hello all,\r\n\r\nthe lab moves to room 12 on Thursday.\r\n"
-
-
-def message(from_value=f"Member <{MEMBER}>", extra=b"", body=BODY):
-    head = (
-        f"From: {from_value}\r\nTo: physics@lists.example.org\r\nSubject: Lab on Thursday\r\n"
-        "Date: Sat, 21 Nov 2026 10:00:00 +0000\r\nMessage-ID: <lab-1@ourorg.example>\r\n"
-    ).encode()
-    return extra + head + b"\r\n" + body
-
-
-def check(raw, envelope_sender=MEMBER, wanted=(MEMBER,)):
-    return proof.check(parsing.parse(raw), envelope_sender, set(wanted))
 
 
 def sign_once(stub_dns, raw, domain="ourorg.example", headers=(b"from", b"to", b"subject")):
