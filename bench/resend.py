@@ -96,6 +96,10 @@ def one_run(conn, db_url, tree, processes, workdir):
         "pg_cpu_us": pg.seconds / n * 1e6,
         "sink_cpu_us": report["cpu_seconds"] / n * 1e6,
         "wal_bytes": written / n,
+        # Each switch is a thread or process put to sleep and woken: on some virtual machines that costs
+        # far more than the system calls themselves (docs/scaling.md, run 10).
+        "sys_us": (after.ru_stime - before.ru_stime) / n * 1e6,
+        "switches": ((after.ru_nvcsw + after.ru_nivcsw) - (before.ru_nvcsw + before.ru_nivcsw)) / n,
         "duplicates": report["duplicates"],
         "missing": count - report["unique"],
     }
@@ -103,8 +107,8 @@ def one_run(conn, db_url, tree, processes, workdir):
 
 def shown(run):
     return (
-        f"{run['msgs_s']:7,.0f} msg/s  dbmail_cron {run['cpu_us']:4.0f} us/msg  PostgreSQL {run['pg_cpu_us']:4.0f}"
-        f"  sink {run['sink_cpu_us']:4.0f}  WAL {run['wal_bytes']:5,.0f} B/msg"
+        f"{run['msgs_s']:7,.0f} msg/s  dbmail_cron {run['cpu_us']:4.0f} us/msg ({run['sys_us']:.0f} system)  PostgreSQL {run['pg_cpu_us']:4.0f}"
+        f"  sink {run['sink_cpu_us']:4.0f}  WAL {run['wal_bytes']:5,.0f} B/msg  switches {run['switches']:.1f}/msg"
         f"  duplicates {run['duplicates']} missing {run['missing']}"
     )
 

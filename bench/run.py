@@ -371,19 +371,39 @@ def claim_latencies(b, name):
 
 
 def prebuilt_messages(request):
-    """The request's emails as the exact bytes dbmail sends them: (envelope sender, [recipient], bytes)."""
+    """The request's emails as the exact bytes dbmail sends them: (envelope sender, [recipient], bytes),
+    and the CPU each took to compose in this process (microseconds, median of three passes)."""
     from dbmail.send import mime
     from dbmail.send.message import to_email_message
 
-    built = []
-    for email in request.emails.select_related("account").order_by("pk"):
-        # The bench has no DKIM key, so dbmail_cron sends these unsigned too; sign=False only keeps this
-        # process from counting them as unsigned mail (bench/dkim_cost.py measures signing).
-        data = mime.compose(email, sign=False)
-        if data is None:
-            data = to_email_message(email).message().as_bytes(linesep="\r\n")
-        built.append((email.envelope_sender, [email.to_address], data))
-    return built
+    emails = list(request.emails.select_related("account").order_by("pk"))
+    passes = []
+    for _ in range(3):
+        built, started = [], time.process_time()
+        for email in emails:
+            # The bench has no DKIM key, so dbmail_cron sends these unsigned too; sign=False only keeps this
+            # process from counting them as unsigned mail (bench/dkim_cost.py measures signing).
+            data = mime.compose(email, sign=False)
+            if data is None:
+                data = to_email_message(email).message().as_bytes(linesep="\r\n")
+            built.append((email.envelope_sender, [email.to_address], data))
+        passes.append((time.process_time() - started) / max(len(emails), 1) * 1e6)
+    return built, passes
+
+
+def machine():
+    """What the figures depend on besides the code: the processor, as the kernel names it."""
+    info = {}
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            for line in cpuinfo:
+                key, _, value = line.partition(":")
+                key = key.strip()
+                if key in ("model name", "cache size") and key not in info:
+                    info[key] = value.strip()
+    except OSError:
+        pass
+    return {"cpu": info.get("model name", "unknown"), "cache": info.get("cache size", "unknown")}
 
 
 # --- phases -------------------------------------------------------------------------------------
@@ -394,7 +414,7 @@ def phase_ceiling(b):
     set_active_users(b, n)
     b.step(f"expanding a request to {n:,} (warm-up) and building its messages as bytes")
     request, _, _ = expand_fresh(b, "expand-warmup", n)
-    messages = prebuilt_messages(request)
+    messages, compose_us = prebuilt_messages(request)
     size = sum(len(m[2]) for m in messages) / len(messages)
     prepared = wire.prepare(messages)
     rates, cpu, client = [], [], []
@@ -427,6 +447,15 @@ def phase_ceiling(b):
     b.notes.append(
         f"messages of {size:,.0f} bytes on average; CPU per message under the ceiling: the raw client "
         f"{stats.summary(client)['median']:.0f} us, the sink {stats.summary(cpu)['median']:.0f} us"
+    )
+    # The ceiling is mostly the kernel's work (two system calls a message), a sender mostly the
+    # interpreter's: machines differ in the one more than in the other, and the send ratio with them
+    # (docs/scaling.md, run 10). One message composed alone says where this machine stands.
+    b.results["machine"] = {**machine(), "compose_us": stats.summary(compose_us, 1)}
+    b.notes.append(
+        f"this machine: {b.results['machine']['cpu']} ({b.results['machine']['cache']} cache); composing one "
+        f"message alone {stats.summary(compose_us)['median']:.1f} us of CPU, the raw client's whole message "
+        f"{stats.summary(client)['median']:.0f} us: the send ratio follows the first much more than the second"
     )
     # The first send of a fresh database warms PostgreSQL's caches; it is not one of the repetitions.
     b.step(f"warm-up: dbmail_cron sending those {n:,} (not counted)")
