@@ -96,9 +96,9 @@ def one_run(conn, db_url, tree, processes, workdir):
         "pg_cpu_us": pg.seconds / n * 1e6,
         "sink_cpu_us": report["cpu_seconds"] / n * 1e6,
         "wal_bytes": written / n,
+        "sys_us": (after.ru_stime - before.ru_stime) / n * 1e6,
         # Each switch is a thread or process put to sleep and woken: on some virtual machines that costs
         # far more than the system calls themselves (docs/scaling.md, run 10).
-        "sys_us": (after.ru_stime - before.ru_stime) / n * 1e6,
         "switches": ((after.ru_nvcsw + after.ru_nivcsw) - (before.ru_nvcsw + before.ru_nivcsw)) / n,
         "duplicates": report["duplicates"],
         "missing": count - report["unique"],

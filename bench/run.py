@@ -451,10 +451,10 @@ def phase_ceiling(b):
     # The ceiling is mostly the kernel's work (two system calls a message), a sender mostly the
     # interpreter's: machines differ in the one more than in the other, and the send ratio with them
     # (docs/scaling.md, run 10). One message composed alone says where this machine stands.
-    b.results["machine"] = {**machine(), "compose_us": stats.summary(compose_us, 1)}
+    here = b.results["machine"] = {**machine(), "compose_us": stats.summary(compose_us, 1)}
     b.notes.append(
-        f"this machine: {b.results['machine']['cpu']} ({b.results['machine']['cache']} cache); composing one "
-        f"message alone {stats.summary(compose_us)['median']:.1f} us of CPU, the raw client's whole message "
+        f"this machine: {here['cpu']} ({here['cache']} cache); composing one "
+        f"message alone {here['compose_us']['median']:.1f} us of CPU, the raw client's whole message "
         f"{stats.summary(client)['median']:.0f} us: the send ratio follows the first much more than the second"
     )
     # The first send of a fresh database warms PostgreSQL's caches; it is not one of the repetitions.
