@@ -111,6 +111,22 @@ def analyze(conn, *tables):
             cur.execute(f"VACUUM ANALYZE {table}")
 
 
+def checkpoint(conn):
+    """CHECKPOINT, so that what was just written is on disk before a latency is measured; False without the right.
+
+    It needs a superuser or the pg_checkpoint role (PostgreSQL 15); without either the bench
+    measures all the same, and says so.
+    """
+    import psycopg2.errors
+
+    with conn.cursor() as cur:
+        try:
+            cur.execute("CHECKPOINT")
+        except psycopg2.errors.InsufficientPrivilege:
+            return False
+    return True
+
+
 def reset_emails(conn):
     """Empty the email tables (and what references them), so a repetition starts as the first did."""
     with conn.cursor() as cur:
