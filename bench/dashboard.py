@@ -66,10 +66,11 @@ MIX = [("delivered", 900), ("sent", 40), ("bounced", 20), ("cancelled", 18), ("d
 EMAILS_SQL = """
 INSERT INTO dbmail_textofemail (request_id, account_id, to_address, to_name, from_header, envelope_sender,
     reply_to, subject, text, html, headers, message_id, status, status_changed_at, attempts, next_attempt_at,
-    sent_at, last_error, created_at)
+    sent_at, last_error, created_at{other_columns})
 SELECT r.id, r.sender_id, 'rcpt' || g || '@example.org', '', 'Office <office@example.org>', 'bounces@example.org',
        '', 'Bench', 'Hello.', '', '{{}}', '<' || g || '@bench.example.org>', s.status, s.at + interval '5 minutes',
        1, s.at, CASE WHEN s.status IN ('sent', 'delivered', 'bounced', 'complained') THEN s.at END, '', s.at
+       {other_values}
   FROM (
     SELECT g,
            1 + (g::bigint * %(requests)s / (%(rows)s + 1)) AS request_no,
@@ -94,6 +95,7 @@ def load(args):
     from django.db import connection
     from django.utils import timezone
 
+    from bench.history import other_email_columns
     from dbmail.models import MessageRequest, SenderAccount
 
     accounts = SenderAccount.objects.bulk_create(
@@ -111,10 +113,19 @@ def load(args):
         )
         for n in range(args.requests)
     )
+    given = {
+        "request_id", "account_id", "to_address", "to_name", "from_header", "envelope_sender", "reply_to", "subject",
+        "text", "html", "headers", "message_id", "status", "status_changed_at", "attempts", "next_attempt_at",
+        "sent_at", "last_error", "created_at",
+    }  # fmt: skip
+    other_columns, _, defaults = other_email_columns(given)
+    # Named parameters here: each default its own.
+    other_values = "".join(f", %(default_{i})s" for i in range(len(defaults)))
+    params = {"rows": args.rows, "requests": args.requests, "days": args.days, "first_request": requests[0].pk}
+    params.update({f"default_{i}": value for i, value in enumerate(defaults)})
     with connection.cursor() as cursor:
         cursor.execute(
-            EMAILS_SQL.format(status=status_case()),
-            {"rows": args.rows, "requests": args.requests, "days": args.days, "first_request": requests[0].pk},
+            EMAILS_SQL.format(status=status_case(), other_columns=other_columns, other_values=other_values), params
         )
         cursor.execute(
             """INSERT INTO dbmail_suppression (address, reason, note, created_at)

@@ -30,13 +30,24 @@ LOAD_CHUNK = 1_000_000
 SPAN_SECONDS = 365 * 86400
 
 
+def other_email_columns(given):
+    """(", col, ...", ", %s, ...", [default, ...]): the email table's columns a bulk load does not give,
+    with their model defaults, so that a column added later (NOT NULL, with a default) loads too."""
+    from django.db import connection
+
+    from dbmail.models import TextOfEmail
+
+    others = [f for f in TextOfEmail._meta.concrete_fields if not f.primary_key and f.attname not in given]
+    defaults = [f.get_db_prep_save(f.get_default(), connection) for f in others]
+    return "".join(f", {f.column}" for f in others), "".join(", %s" for _ in others), defaults
+
+
 def load(b, rows, purge_rows):
     """Bulk-load `rows` finished emails; returns the seconds it took (indexes and VACUUM ANALYZE included)."""
-    from django.db import connection
     from django.utils import timezone
 
     from dbmail import states
-    from dbmail.models import MessageRequest, SenderAccount, TextOfEmail
+    from dbmail.models import MessageRequest, SenderAccount
 
     started = time.perf_counter()
     account = SenderAccount.objects.order_by("pk").first()
@@ -62,10 +73,7 @@ def load(b, rows, purge_rows):
         "headers", "message_id", "status", "status_changed_at", "attempts", "next_attempt_at", "last_error",
         "created_at", "account_id", "request_id", "user_id", "sent_at",
     }  # fmt: skip
-    others = [f for f in TextOfEmail._meta.concrete_fields if not f.primary_key and f.attname not in given]
-    defaults = [f.get_db_prep_save(f.get_default(), connection) for f in others]
-    other_columns = "".join(f", {f.column}" for f in others)
-    other_values = "".join(", %s" for _ in others)
+    other_columns, other_values, defaults = other_email_columns(given)
     with b.conn.cursor() as cur:
         cur.execute("ALTER TABLE dbmail_textofemail DROP CONSTRAINT dbmail_message_id_unique")
         cur.execute("DROP INDEX dbmail_one_email_per_address")
