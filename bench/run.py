@@ -595,7 +595,7 @@ def phase_expand(b):
     b.notes.append(
         f"expansion at {expand['median'] / copy['median']:.2f} of PostgreSQL's COPY of the same rows "
         f"({mb:.0f} MB in COPY text format); CPU per email: the expanding process {ours['median']:.0f} us "
-        f"(all its threads), its PostgreSQL backends {theirs['median']:.0f} us; "
+        f"(all its threads, its writing process too), its PostgreSQL backends {theirs['median']:.0f} us; "
         f"PostgreSQL's CPU per row under COPY {b.results['copy_cpu_us_per_row']['median']:.0f} us"
     )
     small = b.results.get("rss_mb_10k")

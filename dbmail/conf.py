@@ -281,6 +281,7 @@ SETTINGS = [
     Setting("DBMAIL_RETRY_MAX_SECONDS", 3600, int, minimum=1),
     Setting("DBMAIL_THROTTLE_PER_SECOND", 0.0, float, minimum=0),
     Setting("DBMAIL_EXPAND_CHUNK", 1000, int, minimum=1),
+    Setting("DBMAIL_EXPAND_WRITER", "process", str, choices=("process", "threads")),
     Setting("DBMAIL_ASYNC_COMMIT", True, bool),
     Setting("DBMAIL_ASYNC_ENQUEUE", Derived(lambda get: get("DBMAIL_ASYNC_COMMIT")), bool),
     Setting("DBMAIL_OUTCOME_WINDOW", 32, int, minimum=1),

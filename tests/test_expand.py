@@ -156,9 +156,11 @@ def test_a_repeated_chunk_is_harmless():
 
 
 @pytest.mark.django_db(transaction=True)
-def test_a_repeated_chunk_written_aside_is_harmless_and_completes_the_chunk(monkeypatch):
+def test_a_repeated_chunk_written_aside_is_harmless_and_completes_the_chunk(monkeypatch, settings):
     """The emails' writer COPYs without a savepoint: a row already there rolls the chunk back, which goes in again."""
     from dbmail.intake import copyrows
+
+    settings.DBMAIL_EXPAND_WRITER = "threads"  # the same writers as the process's, counted in this process
 
     UserFactory.create_batch(30)
     request = MessageRequestFactory(recipient_set="all_active")
@@ -213,7 +215,8 @@ def test_two_expanders_never_hold_the_same_request():
 
 
 @pytest.mark.django_db(transaction=True)
-def test_chunks_written_aside_commit_in_order_and_a_cancel_stops_them():
+def test_chunks_written_aside_commit_in_order_and_a_cancel_stops_them(settings):
+    settings.DBMAIL_EXPAND_WRITER = "threads"  # on_chunk as each commit ends (tests/test_expand_writer_process.py)
     User = get_user_model()
     User.objects.bulk_create(User(username=f"w{i:04d}", email=f"w{i:04d}@example.org") for i in range(1200))
     request = MessageRequestFactory(recipient_set="all_active", text_body="Hi {{ username }}")
@@ -400,7 +403,8 @@ def _tokens_in(email):
 
 
 @pytest.mark.django_db(transaction=True)
-def test_a_chunks_tokens_are_committed_before_its_emails_and_each_email_token_works(monkeypatch):
+def test_a_chunks_tokens_are_committed_before_its_emails_and_each_email_token_works(monkeypatch, settings):
+    settings.DBMAIL_EXPAND_WRITER = "threads"  # the writers' calls watched from this process
     import psycopg2
     from django.db import connection
 
@@ -459,7 +463,8 @@ def test_tokens_are_stored_as_their_addresses_are_written():
 
 
 @pytest.mark.django_db(transaction=True)
-def test_an_error_storing_tokens_stops_the_emails_too(monkeypatch):
+def test_an_error_storing_tokens_stops_the_emails_too(monkeypatch, settings):
+    settings.DBMAIL_EXPAND_WRITER = "threads"  # the writers' calls watched from this process
     User = get_user_model()
     User.objects.bulk_create(User(username=f"s{i:03d}", email=f"s{i:03d}@example.org") for i in range(250))
     request = MessageRequestFactory(recipient_set="all_active")

@@ -440,6 +440,33 @@ def _commit_aside(update, emails):
     return True
 
 
+def _writer(commit, commit_aside, on_chunk):
+    """Who writes the chunks: the renderer itself (in a transaction, or not on PostgreSQL), else
+    the two writers on connections of their own, in a forked process (DBMAIL_EXPAND_WRITER) or as threads.
+
+    `commit` is for the caller's transaction (it calls on_chunk itself), `commit_aside` for a
+    writer's own connection (on_chunk is called here, or in the parent for a process).
+    """
+    if not _can_write_aside():
+        return InlineWriter(commit)
+    if conf.DBMAIL_EXPAND_WRITER == "process":
+        from dbmail.intake.writer_process import WriterProcess
+
+        try:
+            return WriterProcess(_tokens_first, commit_aside, on_chunk)
+        except OSError as exc:  # no more processes (EAGAIN, ENOMEM): this process writes with threads
+            log.warning("dbmail: cannot fork the expansion's writer (%s); writing from threads", exc)
+
+    def commit_reported(last_position, emails):
+        if not commit_aside(last_position, emails):
+            return False
+        if on_chunk:
+            on_chunk(emails.count)
+        return True
+
+    return _tokens_first(commit_reported)
+
+
 def _can_write_aside():
     # Another connection cannot see rows of a transaction still open here (e.g. a caller's atomic block).
     return connection.vendor == "postgresql" and not connection.in_atomic_block
@@ -545,11 +572,7 @@ def _expand(request, chunk_size=None, on_chunk=None, deadline=None):
         return True
 
     def commit_aside(last_position, emails):
-        if not _commit_aside(_checkpoint_update(mine, last_position, timezone.now() + lease), emails):
-            return False
-        if on_chunk:
-            on_chunk(emails.count)
-        return True
+        return _commit_aside(_checkpoint_update(mine, last_position, timezone.now() + lease), emails)
 
     # A small first chunk: the writer starts inserting while the renderer is still warming up.
     chunks = recipients.iter_recipients(
@@ -557,7 +580,7 @@ def _expand(request, chunk_size=None, on_chunk=None, deadline=None):
     )
     links = unsubscribe.LinkMaker()
     maker = RowMaker(request, compiled, links)
-    writer = _tokens_first(commit_aside) if _can_write_aside() else InlineWriter(commit)
+    writer = _writer(commit, commit_aside, on_chunk)
     paused = False
     try:
         for last_position, chunk in chunks:

@@ -25,15 +25,14 @@ killed with kill -9 loses nothing (its rows come back after their lease).
   A child whose parent died (its parent pid changes) stops the same way.
 
 It uses only modules Django has imported already (os, pickle, select,
-signal, struct, threading), and is itself imported only by a run with mail due.
+signal, struct, threading), through dbmail.ops.forks for the pipe, and is
+itself imported only by a run with mail due.
 """
 
 import logging
 import os
-import pickle
 import select
 import signal
-import struct
 import sys
 import threading
 import traceback
@@ -41,6 +40,7 @@ from collections import Counter
 
 from dbmail import states
 from dbmail.exceptions import DatabaseLost, SendingProcessFailed
+from dbmail.ops import forks
 from dbmail.send.loop import SendResult
 from dbmail.send.recovery import DATABASE_ERRORS, Leftovers
 
@@ -59,21 +59,11 @@ def shares(max_messages, n):
     return [max_messages // n + (1 if i < max_messages % n else 0) for i in range(n)]
 
 
-def _frame(kind, payload):
-    data = pickle.dumps((kind, payload), protocol=pickle.HIGHEST_PROTOCOL)
-    return struct.pack(">I", len(data)) + data
-
-
-def _write_all(fd, data):
-    while data:
-        data = data[os.write(fd, data) :]
-
-
 class _Child:
     def __init__(self, pid, fd):
         self.pid = pid
         self.fd = fd
-        self.buffer = b""
+        self.frames = forks.Reader()
         self.counts = {}
         self.report = None  # ("result", SendResult) / ("lost", (text, Leftovers)) / ("crashed", text)
         self.status = None  # os.waitpid's
@@ -91,36 +81,29 @@ class Children:
         self.stopping = False
 
     def start(self):
-        from django.db import connections
-
-        connections.close_all()  # no socket of ours may be shared with a child
-        for stream in (sys.stdout, sys.stderr):
-            stream.flush()  # or a child would write the parent's pending output once more
+        forks.prepare()
         parent = os.getpid()
         for share in shares(self.max_messages, self.n):
-            read, write = os.pipe()
+            read, write = forks.pipe()
             # A stop signal waits until the child has its own handlers (the parent's would stop its siblings).
             signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
             try:
-                pid = os.fork()
+                pid = forks.fork(keep=(write,))  # in the child, its siblings' pipes closed
                 if pid == 0:  # the child: never returns
                     try:
-                        os.close(read)
-                        for other in self.children:
-                            os.close(other.fd)
                         _child_main(self.make_sender, share, write, parent, report_counts=self.on_counts is not None)
                     finally:
                         os._exit(1)
             except OSError as exc:  # no more processes (EAGAIN, ENOMEM): go on with those forked, if any
-                os.close(read)
-                os.close(write)
+                forks.close(read)
+                forks.close(write)
                 if not self.children:
                     raise
                 log.warning("dbmail_cron: cannot start more than %s sending processes: %s", len(self.children), exc)
                 break
             finally:
                 signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
-            os.close(write)
+            forks.close(write)
             self.children.append(_Child(pid, read))
             if self.stopping:  # a stop came before this child existed
                 self.stop()
@@ -146,27 +129,21 @@ class Children:
                     child = open_fds[fd]
                     data = os.read(fd, 1 << 16)
                     if not data:
-                        os.close(open_fds.pop(fd).fd)
+                        forks.close(open_fds.pop(fd).fd)
                         continue
-                    child.buffer += data
-                    self._read_frames(child)
+                    self._take(child, child.frames.feed(data))
         except BaseException:  # our own failure: the children still stop cleanly, and are not left behind
             self.stop()
             for fd in open_fds:
-                os.close(fd)
+                forks.close(fd)
             raise
         finally:
             for child in self.children:
-                _, child.status = _waitpid(child.pid)
+                _, child.status = forks.waitpid(child.pid)
         return self._result()
 
-    def _read_frames(self, child):
-        while len(child.buffer) >= 4:
-            (size,) = struct.unpack(">I", child.buffer[:4])
-            if len(child.buffer) < 4 + size:
-                return
-            kind, payload = pickle.loads(child.buffer[4 : 4 + size])
-            child.buffer = child.buffer[4 + size :]
+    def _take(self, child, received):
+        for kind, payload in received:
             if kind == "counts":
                 child.counts = payload
                 if self.on_counts:
@@ -187,7 +164,7 @@ class Children:
             elif kind == "crashed":
                 failures.append(f"sending process {child.pid} failed: {payload}")
             else:
-                failures.append(f"sending process {child.pid} {_died(child.status)}")
+                failures.append(f"sending process {child.pid} {forks.died(child.status)}")
         if lost:
             # As one sender's lost connection: the run hands back what the children could not, when it can.
             raise DatabaseLost(lost[0], leftovers)
@@ -198,22 +175,6 @@ class Children:
                 "runs out (DBMAIL_LEASE_SECONDS)"
             )
         return total
-
-
-def _waitpid(pid):
-    while True:
-        try:
-            return os.waitpid(pid, 0)
-        except ChildProcessError:
-            return pid, 0
-        except InterruptedError:  # pragma: no cover - Python retries on EINTR itself
-            continue
-
-
-def _died(status):
-    if os.WIFSIGNALED(status):
-        return f"was killed by signal {os.WTERMSIG(status)}"
-    return f"ended (exit {os.waitstatus_to_exitcode(status)}) without a result"
 
 
 def _add(total, result):
@@ -267,12 +228,16 @@ def _child_main(make_sender, share, fd, parent, report_counts):
         report, code = ("crashed", f"{type(exc).__name__}: {exc}"), 1
     try:
         try:
-            data = _frame(*report)
+            data = forks.frame(*report)
         except Exception:  # leftovers that cannot be pickled: their leases give them back
-            data = _frame(report[0], (report[1][0], None)) if report[0] == "lost" else _frame("crashed", "no result")
+            data = (
+                forks.frame(report[0], (report[1][0], None))
+                if report[0] == "lost"
+                else forks.frame("crashed", "no result")
+            )
         if report_counts:  # the last counts, which the watcher may not have sent yet
-            data = _frame("counts", dict(counts)) + data
-        _write_all(fd, data)
+            data = forks.frame("counts", dict(counts)) + data
+        forks.write_all(fd, data)
     except OSError:
         pass  # the parent is gone: nobody to tell, and what we held was given back or is under its lease
     finally:
@@ -307,7 +272,7 @@ def _watch(sender, parent, done, fd, counts):
         if counts is not None and counts != last:
             last = dict(counts)
             try:
-                _write_all(fd, _frame("counts", last))
+                forks.write_all(fd, forks.frame("counts", last))
             except OSError:
                 sender.stopping = True
                 return
