@@ -33,6 +33,7 @@ from dbmail.intake import expand  # noqa: E402
 # importing the REST API's libraries), once per process whatever the number of recipients.
 _ = get_resolver().url_patterns
 
+
 def children_cpu():
     # The expansion's writing process (dbmail.intake.writer_process), once reaped.
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
