@@ -1,4 +1,8 @@
-"""bench/results.json is shared by the benchmarks: each one replaces only its own keys."""
+"""bench/results.json is shared by the benchmarks: each one replaces only its own keys.
+
+Nested objects merge too: a run of some phases (the send phase's empty-table claims in
+`history`) leaves the figures other phases wrote under the same key (the history's own).
+"""
 
 import json
 from pathlib import Path
@@ -13,7 +17,15 @@ def update(path, figures):
         existing = {}
     if not isinstance(existing, dict):
         existing = {}
-    existing.update(figures)
+    _merge(existing, figures)
     partial = Path(f"{path}.tmp")
     partial.write_text(json.dumps(existing, indent=2) + "\n")
     partial.replace(path)
+
+
+def _merge(into, figures):
+    for key, value in figures.items():
+        if isinstance(value, dict) and isinstance(into.get(key), dict):
+            _merge(into[key], value)
+        else:
+            into[key] = value
