@@ -188,7 +188,8 @@ class EmailInsert:
     out (a chunk made again).
 
     On PostgreSQL the rows become COPY text here, in the rendering thread, so
-    the writer thread holds no Python lock while the server works
+    the writer holds no Python lock while the server works, and a writing
+    process (dbmail.intake.writer_process) gets bytes that pickle as they are
     (dbmail.intake.copyrows); elsewhere the ORM's bulk_create inserts them.
     run() inserts them in the caller's transaction; a writer with a connection
     of its own (_commit_aside) uses copy(), then insert_new() after a duplicate.
