@@ -13,6 +13,7 @@ ann@xn--bcher-kva.example).
 
 import json
 import logging
+import os
 import queue
 import threading
 import time
@@ -442,15 +443,16 @@ def _commit_aside(update, emails):
 
 
 def _writer(commit, commit_aside, on_chunk):
-    """Who writes the chunks: the renderer itself (in a transaction, or not on PostgreSQL), else
-    the two writers on connections of their own, in a forked process (DBMAIL_EXPAND_WRITER) or as threads.
+    """Who writes the chunks: the renderer itself (in a transaction, or not on PostgreSQL), else the two
+    writers on connections of their own, in a forked process (DBMAIL_EXPAND_WRITER, where the system
+    can fork) or as threads.
 
     `commit` is for the caller's transaction (it calls on_chunk itself), `commit_aside` for a
     writer's own connection (on_chunk is called here, or in the parent for a process).
     """
     if not _can_write_aside():
         return InlineWriter(commit)
-    if conf.DBMAIL_EXPAND_WRITER == "process":
+    if conf.DBMAIL_EXPAND_WRITER == "process" and hasattr(os, "fork"):
         from dbmail.intake.writer_process import WriterProcess
 
         try:

@@ -53,8 +53,9 @@ class WriterProcess:
         to_child, self._to_child = forks.pipe()
         self._from_child, from_parent = forks.pipe()
         try:
-            fcntl.fcntl(self._to_child, fcntl.F_SETPIPE_SZ, PIPE_BYTES)
-        except OSError:  # above /proc/sys/fs/pipe-max-size: the default capacity only costs more writes
+            if hasattr(fcntl, "F_SETPIPE_SZ"):  # Linux's; elsewhere the default capacity costs more writes
+                fcntl.fcntl(self._to_child, fcntl.F_SETPIPE_SZ, PIPE_BYTES)
+        except OSError:  # above /proc/sys/fs/pipe-max-size: the same
             pass
         forks.prepare()
         signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
