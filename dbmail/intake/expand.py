@@ -36,6 +36,7 @@ from dbmail.content.addresses import delivery_spelling
 from dbmail.exceptions import RequestFailed
 from dbmail.intake import copyrows
 from dbmail.models import AddressToken, AuditEvent, MessageRequest, SenderAccount, TextOfEmail
+from dbmail.ops import forks
 from dbmail.send import destinations
 
 RequestStatus = states.RequestStatus
@@ -445,14 +446,15 @@ def _commit_aside(update, emails):
 def _writer(commit, commit_aside, on_chunk):
     """Who writes the chunks: the renderer itself (in a transaction, or not on PostgreSQL), else the two
     writers on connections of their own, in a forked process (DBMAIL_EXPAND_WRITER, where the system
-    can fork) or as threads.
+    can fork and this process has no other thread) or as threads.
 
     `commit` is for the caller's transaction (it calls on_chunk itself), `commit_aside` for a
     writer's own connection (on_chunk is called here, or in the parent for a process).
     """
     if not _can_write_aside():
         return InlineWriter(commit)
-    if conf.DBMAIL_EXPAND_WRITER == "process" and hasattr(os, "fork"):
+    # Forked only from a process with no other thread (dbmail_cron's is one): see dbmail.ops.forks.alone.
+    if conf.DBMAIL_EXPAND_WRITER == "process" and hasattr(os, "fork") and forks.alone():
         from dbmail.intake.writer_process import WriterProcess
 
         try:

@@ -2,7 +2,8 @@
 
 No database connection crosses a fork (prepare): a connection shared by two
 processes would mix their statements on one socket, and a child closing its
-copy would end the parent's session. Each side opens its own.
+copy would end the parent's session. Each side opens its own. A process
+with other threads running does not fork at all (alone).
 
 A frame is its length (4 bytes, big-endian) and a pickled (kind, payload).
 Only the parent and its own forked children read them, the same code on both
@@ -54,6 +55,15 @@ def fork(keep=()):
                     pass
             _ends.intersection_update(keep)
     return pid
+
+
+def alone():
+    """Whether this process runs one thread only, the one asking: the only state it is safe to fork in.
+
+    A child gets a copy of every lock as it was, and no thread to release one another thread held
+    (in libpq, the resolver, the allocator): its first connection can then wait for ever.
+    """
+    return threading.active_count() == 1
 
 
 def prepare():
