@@ -77,6 +77,22 @@ def test_threads_when_asked(writers, settings):
     assert writers == []
 
 
+def test_threads_while_another_thread_runs(writers, settings):
+    """A fork copies every lock as it is: one held by another thread would never be released in the child."""
+    settings.DBMAIL_EXPAND_WRITER = "process"
+    users(300)
+    MessageRequestFactory(recipient_set="all_active")
+    done = threading.Event()
+    other = threading.Thread(target=done.wait, daemon=True)
+    other.start()
+    try:
+        assert expand.expand_due().emails == 300
+    finally:
+        done.set()
+        other.join()
+    assert writers == []
+
+
 def test_a_cancel_stops_the_child_after_the_chunk_in_hand(settings):
     settings.DBMAIL_EXPAND_WRITER = "process"
     users(3000)
