@@ -29,6 +29,16 @@ def users(n, prefix="p"):
     User.objects.bulk_create(User(username=f"{prefix}{i:05d}", email=f"{prefix}{i:05d}@example.org") for i in range(n))
 
 
+ALONE = forks.alone
+
+
+@pytest.fixture(autouse=True)
+def forking_allowed(monkeypatch):
+    """Fork as dbmail_cron does, though the test session may have idle threads of its own by now
+    (the browser tests leave two); the kill -9 test of dbmail_cron forks in a process of its own, unpatched."""
+    monkeypatch.setattr(forks, "alone", lambda: True)
+
+
 @pytest.fixture
 def writers(monkeypatch):
     """Every WriterProcess made, so that a test can reach its child."""
@@ -77,8 +87,9 @@ def test_threads_when_asked(writers, settings):
     assert writers == []
 
 
-def test_threads_while_another_thread_runs(writers, settings):
+def test_threads_while_another_thread_runs(writers, settings, monkeypatch):
     """A fork copies every lock as it is: one held by another thread would never be released in the child."""
+    monkeypatch.setattr(forks, "alone", ALONE)
     settings.DBMAIL_EXPAND_WRITER = "process"
     users(300)
     MessageRequestFactory(recipient_set="all_active")
