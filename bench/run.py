@@ -337,10 +337,10 @@ def send_phase(b, request, n_procs, name):
     env = b.env(sink.port)
     cpu_before = _children_cpu()
     with db.BackendCpu(b.db_url) as pg:
-        started = time.perf_counter()
+        started, started_at = time.perf_counter(), time.time()
         procs = [b.start_manage(f"{name}-{i}", "dbmail_cron", "-v", "2", env=env) for i in range(n_procs)]
         outputs = [p.communicate()[0] for p in procs]
-        seconds = time.perf_counter() - started
+        seconds, ended_at = time.perf_counter() - started, time.time()
     cpu = _children_cpu() - cpu_before  # the sink still runs: only the senders were reaped
     report = sink.stop()
     for proc, out in zip(procs, outputs, strict=True):
@@ -357,6 +357,10 @@ def send_phase(b, request, n_procs, name):
         "cpu_us": cpu / max(len(expected), 1) * 1e6,
         "pg_cpu_us": pg.seconds / max(len(expected), 1) * 1e6,
         "summaries": [out.strip().splitlines()[-1] if out.strip() else "" for out in outputs],
+        # The command's wall time in three: until the sink's first message, its first to last, after its last.
+        "to_first_s": report["first_at"] - started_at if report["first_at"] else None,
+        "first_to_last_s": report["last_at"] - report["first_at"] if report["first_at"] else None,
+        "after_last_s": ended_at - report["last_at"] if report["last_at"] else None,
     }
 
 
@@ -489,6 +493,7 @@ def phase_send(b):
     set_active_users(b, n)
     expand_rates, rss, send_rates, cpu, pg_cpu, sink_cpu, summaries, claim_ms = [], [], [], [], [], [], [], []
     paired = []  # (the ceiling just before, the send): how fast the machine was at that moment, and how fast we were
+    phases = []  # each send's result: its wall time split at the sink's first and last message
     prepared = getattr(b, "ceiling_bytes", None)
     for rep in range(args.reps):
         b.step(f"expanding a request to {n:,}, then dbmail_cron sending it, repetition {rep + 1}/{args.reps}")
@@ -507,6 +512,7 @@ def phase_send(b):
         pg_cpu.append(result["pg_cpu_us"])
         sink_cpu.append(result["sink_cpu_us"])
         summaries.append(result["summaries"][0])
+        phases.append(result)
     # Every repetition's claims together, as the history phase pools its own.
     b.results.setdefault("history", {})["claim_ms_empty"] = stats.summary(claim_ms, 2)
     send = b.figure("send_msgs_s", send_rates)
@@ -528,6 +534,21 @@ def phase_send(b):
         b.results["send_ratio_paired"] = stats.summary(ratios, 3)
         b.results["ceiling_msgs_s_paired"] = stats.summary([ceiling for ceiling, _ in paired])
         b.row("  each send / the ceiling just before it", stats.shown(b.results["send_ratio_paired"], "", ".2f"), "")
+    split = [p for p in phases if p["first_to_last_s"]]
+    if split:
+        # Not a target: how much of the command's time is start-up and ending, and the rate between them.
+        b.results["send_wall_split_s"] = {
+            key: stats.summary([p[key] for p in split], 3) for key in ("to_first_s", "first_to_last_s", "after_last_s")
+        }
+        steady = b.results["send_msgs_s_first_to_last"] = stats.summary([(n - 1) / p["first_to_last_s"] for p in split])
+        wall = b.results["send_wall_split_s"]
+        b.row(
+            "  its first to last message (start-up / ending left out)",
+            stats.shown(steady, " msg/s"),
+            f"{wall['to_first_s']['median']:.2f} s to the first, {wall['after_last_s']['median']:.2f} s after the last",
+        )
+        if "ceiling_msgs_s" in b.results:
+            b.results["send_ratio_first_to_last"] = round(steady["median"] / b.results["ceiling_msgs_s"], 3)
     b.row(f"expansion, {n:,} recipients", stats.shown(small, " emails/s"), "")
     b.results["send_cpu_us_per_msg"] = {
         "dbmail_cron": stats.summary(cpu),

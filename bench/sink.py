@@ -25,6 +25,7 @@ import re
 import resource
 import signal
 import sys
+import time
 
 _MESSAGE_ID = re.compile(rb"^message-id:[ \t]*(.*(?:\r\n[ \t].*)*)", re.IGNORECASE | re.MULTILINE)
 
@@ -40,9 +41,13 @@ class Sink:
         self.connections = 0
         self.without_id = 0
         self.recipients = {}
+        self.first_at = self.last_at = None  # time.time() of the first and the last message
 
     def record(self, message, rcpts=()):
         self.messages += 1
+        self.last_at = time.time()
+        if self.first_at is None:
+            self.first_at = self.last_at
         for rcpt in rcpts:
             self.recipients[rcpt] = self.recipients.get(rcpt, 0) + 1
         end = message.find(b"\r\n\r\n")
@@ -63,6 +68,8 @@ class Sink:
             "without_message_id": self.without_id,
             "duplicate_recipients": sum(n - 1 for n in self.recipients.values()),
             "cpu_seconds": round(usage.ru_utime + usage.ru_stime, 3),
+            "first_at": self.first_at,
+            "last_at": self.last_at,
             "message_ids": list(self.counts),
         }
 
