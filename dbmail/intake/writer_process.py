@@ -50,6 +50,7 @@ class WriterProcess:
         self._stopped = False
         self._done = False
         self._frames = forks.Reader()
+        forks.prepare()  # first: should closing our connections fail, no pipe is left open
         to_child, self._to_child = forks.pipe()
         self._from_child, from_parent = forks.pipe()
         try:
@@ -57,7 +58,6 @@ class WriterProcess:
                 fcntl.fcntl(self._to_child, fcntl.F_SETPIPE_SZ, PIPE_BYTES)
         except OSError:  # above /proc/sys/fs/pipe-max-size: the same
             pass
-        forks.prepare()
         signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
         try:
             self.pid = forks.fork(keep=(to_child, from_parent))
