@@ -135,7 +135,10 @@ def _child_main(make_writer, commit, fd_in, fd_out):
 
     def reported_commit(last_position, emails):
         committed = commit(last_position, emails)
-        report("chunk", emails.count) if committed else report("stopped")
+        if committed:
+            report("chunk", emails.count)
+        else:
+            report("stopped")
         return committed
 
     code = 0

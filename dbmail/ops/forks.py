@@ -2,8 +2,10 @@
 
 No database connection crosses a fork (prepare): a connection shared by two
 processes would mix their statements on one socket, and a child closing its
-copy would end the parent's session. Each side opens its own. A process
-with other threads running does not fork at all (alone).
+copy would end the parent's session. Each side opens its own. A fork is
+safe only from a process running no other thread (alone); the expansion's
+writer checks it, the sending children are forked after expansion by a run
+that has no other thread.
 
 A frame is its length (4 bytes, big-endian) and a pickled (kind, payload).
 Only the parent and its own forked children read them, the same code on both
